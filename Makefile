@@ -1,0 +1,83 @@
+# gnatsd.py: a NATS server in one stdlib-only Python file.
+#
+# Only `dev` installs anything, and only into .venv (test-only packages
+# pinned in tests/requirements.txt); `test`, `unit` and friends depend on it.
+# Nothing is installed globally.
+#
+#   make test          whole suite, incl. the smoke run on every CPython 3.8-3.13
+#   make unit          in-process tests only (layout, sublist, parser, conf, options)
+#   make test-pythons  protocol smoke with the server under each CPython 3.8-3.13
+#   make bench         BENCH (default tests/bench.py) with $(BENCH_ARGS)
+#   make lint          byte-compile gnatsd.py on the oldest supported Python (3.8)
+#   make run           run the server with conf/default.conf
+#   make docker        build the image from Dockerfile
+#   make clean         caches; `make distclean` also removes .venv
+
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+REQS := tests/requirements.txt
+STAMP := $(VENV)/.requirements.stamp
+PYTEST_ARGS ?=
+BENCH ?= tests/bench.py
+BENCH_ARGS ?=
+IMAGE ?= gnatsd-py
+PYENV_ROOT ?= $(HOME)/.pyenv
+
+# The oldest supported Python: a pyenv 3.8.x, else python3.8 on PATH.
+PYTHON38 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.8.*/bin/python3) \
+                        $(shell command -v python3.8 2>/dev/null))
+
+# In-process tests (gnatsd's server/*_test.go); whichever of them exist.
+UNIT_TESTS = $(wildcard tests/test_layout.py tests/test_sublist.py \
+                        tests/test_parser.py tests/test_conf.py tests/test_options.py)
+
+.DEFAULT_GOAL := help
+.PHONY: help dev test unit test-pythons bench lint run docker clean distclean
+
+help:
+	@sed -n 's/^#   make /  make /p' Makefile
+
+dev: $(STAMP)
+
+# The venv itself; pytest 9 needs Python >= 3.10 for it.
+$(VPY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+	  { echo "make: the test venv needs Python >= 3.10; try 'make PYTHON=python3.12 test'" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when the requirements file is newer than the stamp.
+$(STAMP): $(REQS) | $(VPY)
+	$(VPY) -m pip install --disable-pip-version-check -q -r $(REQS)
+	@touch $@
+
+# One pytest run covers everything, tests/test_pythons.py included.
+test: dev
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+unit: dev
+	@test -n "$(UNIT_TESTS)" || { echo "make: no in-process tests yet" >&2; exit 1; }
+	$(VPY) -m pytest $(PYTEST_ARGS) $(UNIT_TESTS)
+
+test-pythons: dev
+	$(VPY) -m pytest $(PYTEST_ARGS) tests/test_pythons.py
+
+bench: dev
+	$(VPY) $(BENCH) $(BENCH_ARGS)
+
+lint:
+	@test -n "$(PYTHON38)" || { echo "make: Python 3.8 not found (pyenv or python3.8 on PATH)" >&2; exit 1; }
+	$(PYTHON38) -W error -m py_compile gnatsd.py
+	@echo "gnatsd.py compiles on $$($(PYTHON38) -V 2>&1)"
+
+run:
+	$(PYTHON) gnatsd.py -c conf/default.conf
+
+docker:
+	docker build -t $(IMAGE) .
+
+clean:
+	rm -rf .pytest_cache __pycache__ tests/__pycache__ bench-results
+
+distclean: clean
+	rm -rf $(VENV)

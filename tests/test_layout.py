@@ -1,0 +1,208 @@
+"""The shape of gnatsd.py, tested like any feature (STYLE.md sections 1-2).
+
+One file, stdlib only, read like a book: a shebang, a docstring cover page
+with a numbered Contents, chapter banners that agree with it, a short
+`__all__` whose names exist, and the `__main__` guard at the very end.
+All in-process: the file is parsed with `ast` and imported from its path.
+
+GNATSD_FILE=path points these tests at another file (handy for trying them
+on a sample).
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GNATSD = os.environ.get("GNATSD_FILE") or os.path.join(ROOT, "gnatsd.py")
+
+# A banner is a rule, "# N. Title", and the same rule again.
+RULE_RE = re.compile(r"# ={20,}")
+TITLE_RE = re.compile(r"# (\d+)\. (\S.*?)\s*")
+# An entry of the docstring's Contents: "  N. Title".
+ENTRY_RE = re.compile(r"\s+(\d+)\. (\S.*?)\s*")
+
+
+@pytest.fixture(scope="module")
+def source() -> str:
+    if not os.path.exists(GNATSD):
+        pytest.fail("%s does not exist" % GNATSD)
+    with open(GNATSD, encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def tree(source) -> ast.Module:
+    return ast.parse(source, GNATSD)
+
+
+@pytest.fixture(scope="module")
+def module(source):
+    """gnatsd.py imported from its path under a private name."""
+    name = "_gnatsd_under_layout_test"
+    spec = importlib.util.spec_from_file_location(name, GNATSD)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up here
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop(name, None)
+
+
+def contents_of(docstring: str) -> list:
+    """[(number, title)] from the "Contents" block of the module docstring."""
+    lines = docstring.splitlines()
+    try:
+        start = [line.strip() for line in lines].index("Contents")
+    except ValueError:
+        return []
+    entries = []
+    for line in lines[start + 1:]:
+        m = ENTRY_RE.fullmatch(line)
+        if not m:
+            break
+        entries.append((int(m.group(1)), m.group(2)))
+    return entries
+
+
+def banners_of(source: str) -> list:
+    """[(number, title, line_no)] of every chapter banner, in file order."""
+    lines = source.splitlines()
+    found = []
+    for i in range(len(lines) - 2):
+        if RULE_RE.fullmatch(lines[i]) and RULE_RE.fullmatch(lines[i + 2]):
+            m = TITLE_RE.fullmatch(lines[i + 1])
+            if m:
+                found.append((int(m.group(1)), m.group(2), i + 2))
+    return found
+
+
+# -- cover page ---------------------------------------------------------------
+
+
+def test_file_starts_with_python3_shebang(source):
+    first = source.splitlines()[0] if source else ""
+    assert first.startswith("#!") and "python3" in first, first
+
+
+def test_docstring_has_numbered_contents(tree):
+    doc = ast.get_docstring(tree, clean=False)
+    assert doc, "gnatsd.py needs a module docstring (the cover page)"
+    entries = contents_of(doc)
+    assert entries, "the docstring needs a 'Contents' line followed by '  1. Title' lines"
+    numbers = [n for n, _ in entries]
+    assert numbers == list(range(1, len(entries) + 1)), "Contents numbering: %s" % numbers
+
+
+def test_chapter_banners_match_contents_in_order(source, tree):
+    contents = contents_of(ast.get_docstring(tree, clean=False) or "")
+    banners = banners_of(source)
+    assert [(n, t) for n, t, _ in banners] == contents, (
+        "banners (line: N. title):\n%s\nContents:\n%s" % (
+            "\n".join("  %d: %d. %s" % (ln, n, t) for n, t, ln in banners),
+            "\n".join("  %d. %s" % e for e in contents)))
+
+
+def test_grep_for_numbered_headings_finds_only_banners(source):
+    """`grep -n '^# [0-9]*\\. ' gnatsd.py` must print exactly the contents."""
+    banner_lines = {ln for _, _, ln in banners_of(source)}
+    stray = [(i, line) for i, line in enumerate(source.splitlines(), 1)
+             if re.match(r"# [0-9]*\. ", line) and i not in banner_lines]
+    assert not stray, "numbered '# N. ' lines outside banners: %s" % stray
+
+
+def test_future_annotations_and_version(tree, module):
+    futures = [a.name for node in tree.body if isinstance(node, ast.ImportFrom)
+               and node.module == "__future__" for a in node.names]
+    assert "annotations" in futures
+    assert isinstance(getattr(module, "__version__", None), str)
+
+
+# -- public surface -----------------------------------------------------------
+
+
+def test_all_names_exist(module):
+    names = getattr(module, "__all__", None)
+    assert isinstance(names, (list, tuple)) and names, "__all__ must be a non-empty list"
+    assert len(set(names)) == len(names), "duplicates in __all__: %s" % names
+    missing = [n for n in names if not hasattr(module, n)]
+    assert not missing, "__all__ names not defined: %s" % missing
+
+
+def test_main_takes_optional_argv(module):
+    params = inspect.signature(module.main).parameters
+    assert "argv" in params and params["argv"].default is None
+
+
+# -- stdlib only --------------------------------------------------------------
+
+
+def _stdlib_names() -> set | None:
+    return set(getattr(sys, "stdlib_module_names", ())) or None
+
+
+def _is_stdlib(name: str, known: set | None) -> bool:
+    if known is not None:
+        return name in known
+    # Before 3.10: built in, or found under the stdlib directory (not site-packages).
+    if name in sys.builtin_module_names:
+        return True
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin:
+        return False
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
+    origin = os.path.realpath(spec.origin)
+    return origin.startswith(stdlib + os.sep) and "site-packages" not in origin
+
+
+def _imports_outside_try(tree: ast.Module):
+    """(line, module name, level) of each import not inside a `try` block."""
+    try_types = tuple(getattr(ast, n) for n in ("Try", "TryStar") if hasattr(ast, n))
+
+    def walk(node, in_try):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import) and not in_try:
+                for alias in child.names:
+                    yield child.lineno, alias.name, 0
+            elif isinstance(child, ast.ImportFrom) and not in_try:
+                yield child.lineno, child.module or "", child.level
+            else:
+                yield from walk(child, in_try or isinstance(child, try_types))
+
+    yield from walk(tree, False)
+
+
+def test_only_stdlib_modules_imported_outside_try(tree):
+    known = _stdlib_names()
+    bad = []
+    for line, name, level in _imports_outside_try(tree):
+        top = name.split(".")[0]
+        if level or not _is_stdlib(top, known):
+            bad.append("line %d: %s%s" % (line, "." * level, name))
+    assert not bad, "non-stdlib imports (wrap optional ones in try): %s" % bad
+
+
+# -- command line ---------------------------------------------------------------
+
+
+def test_help_exits_zero():
+    out = subprocess.run([sys.executable, GNATSD, "--help"], capture_output=True,
+                         timeout=30, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    assert out.stdout.strip(), "--help printed nothing"
+
+
+def test_file_ends_with_main_guard_calling_sys_exit_main(tree):
+    last = tree.body[-1] if tree.body else None
+    expected = ast.dump(ast.parse('if __name__ == "__main__":\n    sys.exit(main())\n').body[0])
+    assert last is not None and ast.dump(last) == expected, (
+        'the file must end with:\nif __name__ == "__main__":\n    sys.exit(main())')
