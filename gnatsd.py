@@ -1,0 +1,2747 @@
+#!/usr/bin/env python3
+"""gnatsd.py: a NATS server in one file, standard library only.
+
+gnatsd.py speaks the NATS client protocol as nats-server 2.x does (protocol
+1: INFO, CONNECT, PUB, HPUB, SUB, UNSUB, PING, PONG, MSG, HMSG, +OK, -ERR,
+with headers, no_responders and echo), accepts the command line and config
+file of gnatsd 0.7.2 and of the modern nats-server, and runs on CPython 3.8
+or newer with nothing but the standard library.
+
+    python3 gnatsd.py                  # a server on 0.0.0.0:4222
+    python3 gnatsd.py -p -1 -DV        # a free port, debug and protocol trace
+    python3 gnatsd.py -c conf/default.conf
+
+One thread runs an event loop on `selectors`: it accepts connections, reads
+whole control lines and payloads, matches subjects in a trie with a result
+cache, appends deliveries to each receiver's outbound buffer and flushes every
+buffer once per loop turn::
+
+    socket --recv--> parser --PUB--> sublist.match --> out buffers --send--> sockets
+                       |                                   ^
+                       +--SUB/UNSUB--> sublist             +-- flushed once per turn
+
+Contents
+  1. Constants and errors
+  2. Config-file lexer and parser
+  3. Options
+  4. Sublist
+  5. Protocol parser
+  6. Connection base
+  7. Client
+  8. Route
+  9. Server and event loop
+  10. Monitor
+  11. Logging
+  12. Command line
+
+`grep -n '^# [0-9]*\\. ' gnatsd.py` prints the chapters with line numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import errno
+import heapq
+import hmac
+import json
+import logging
+import os
+import platform
+import random
+import re
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+
+__version__ = "0.1.0"
+
+__all__ = ["Server", "Options", "Sublist", "NatsError", "ConfigError", "parse_config", "main"]
+
+
+# ============================================================================
+# 1. Constants and errors
+# ============================================================================
+#
+# Every limit, default and wire literal in one place, named as in the Go
+# server's const.go and errors.go, so a reader with those files open finds
+# each one.  Durations are float seconds; sizes are bytes.
+
+# The nats-server release whose core client behaviour we match.  Clients gate
+# features on this string (headers arrived in 2.2), so it is the Go version,
+# and gnatsd.py's own version is shown beside it in the log and by -v.
+VERSION = "2.10.0"
+
+# Client protocol level: 1 means the server may send async INFO updates.
+PROTO = 1
+
+# What INFO reports in its `go` field: the runtime that runs us.
+GO_FIELD = "python%s" % platform.python_version()
+
+# Default client port, and the value meaning "let the OS choose".
+DEFAULT_PORT = 4222
+RANDOM_PORT = -1
+
+# Default bind address for clients.
+DEFAULT_HOST = "0.0.0.0"
+
+# Largest payload a client may publish (bytes).
+MAX_PAYLOAD_SIZE = 1024 * 1024
+
+# Largest control line (op and arguments, CONNECT included) (bytes).
+MAX_CONTROL_LINE_SIZE = 4096
+
+# Outbound bytes a connection may have queued before it is a slow consumer.
+MAX_PENDING_SIZE = 64 * 1024 * 1024
+
+# Connections the server accepts at once.
+DEFAULT_MAX_CONNECTIONS = 64 * 1024
+
+# Seconds between server PINGs, and unanswered PINGs before a close.
+DEFAULT_PING_INTERVAL = 120.0
+DEFAULT_PING_MAX_OUT = 2
+
+# Seconds a client has to send CONNECT when authorization is required.
+AUTH_TIMEOUT = 2.0
+
+# Seconds an outbound buffer may make no progress before a slow-consumer close.
+DEFAULT_WRITE_DEADLINE = 10.0
+
+# Lame duck mode: how long to spread closes over, and the grace before that.
+DEFAULT_LAME_DUCK_DURATION = 120.0
+DEFAULT_LAME_DUCK_GRACE_PERIOD = 10.0
+
+# Bytes asked of the kernel per socket read (into one reused buffer).
+READ_SIZE = 1024 * 1024
+
+# Bytes sent per send() call at most; larger buffers are sent in pieces.
+MAX_SEND_SIZE = 4 * 1024 * 1024
+
+# Entries in the sublist's match cache before the oldest are dropped.
+SUBLIST_CACHE_MAX = 1024
+
+# Distinct PUB control lines a client's parse cache remembers.
+PUB_CACHE_MAX = 256
+
+# Bytes of an offending protocol line quoted in an error log (protoSnippet).
+PROTO_SNIPPET_SIZE = 32
+
+# Wire literals.
+CR_LF = b"\r\n"
+PING = b"PING\r\n"
+PONG = b"PONG\r\n"
+OK = b"+OK\r\n"
+
+# -ERR texts the server sends, exactly as nats-server 2.x words them.
+ERR_UNKNOWN_PROTOCOL = "Unknown Protocol Operation"
+ERR_INVALID_SUBJECT = "Invalid Subject"
+ERR_INVALID_PUBLISH_SUBJECT = "Invalid Publish Subject"
+ERR_MAX_PAYLOAD = "Maximum Payload Violation"
+ERR_MAX_CONTROL_LINE = "maximum control line exceeded"
+ERR_MAX_CONNECTIONS = "maximum connections exceeded"
+ERR_MAX_SUBSCRIPTIONS = "maximum subscriptions exceeded"
+ERR_STALE_CONNECTION = "Stale Connection"
+ERR_AUTH_VIOLATION = "Authorization Violation"
+ERR_AUTH_TIMEOUT = "Authentication Timeout"
+ERR_BAD_CLIENT_PROTOCOL = "invalid client protocol"
+ERR_NO_RESPONDERS_REQUIRES_HEADERS = "no responders requires headers support"
+
+# The status message a requester gets when nobody can answer its request.
+NO_RESPONDERS_HEADER = b"NATS/1.0 503\r\n\r\n"
+
+# Why a connection was closed (Go's ClosedState strings, as /connz shows them).
+CLIENT_CLOSED = "Client Closed"
+AUTHENTICATION_TIMEOUT = "Authentication Timeout"
+AUTHENTICATION_VIOLATION = "Authentication Failure"
+SLOW_CONSUMER_PENDING_BYTES = "Slow Consumer (Pending Bytes)"
+SLOW_CONSUMER_WRITE_DEADLINE = "Slow Consumer (Write Deadline)"
+WRITE_ERROR = "Write Error"
+READ_ERROR = "Read Error"
+PARSE_ERROR = "Parse Error"
+STALE_CONNECTION = "Stale Connection"
+PROTOCOL_VIOLATION = "Protocol Violation"
+BAD_CLIENT_PROTOCOL_VERSION = "Bad Client Protocol Version"
+MAX_PAYLOAD_EXCEEDED = "Maximum Message Payload Exceeded"
+MAX_CONTROL_LINE_EXCEEDED = "Maximum Control Line Exceeded"
+MAX_CONNECTIONS_EXCEEDED = "Maximum Connections Exceeded"
+NO_RESPONDERS_REQUIRES_HEADERS = "No Responders Requires Headers"
+SERVER_SHUTDOWN = "Server Shutdown"
+
+# Log levels below DEBUG: TRACE is Go's -V protocol trace.
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+# The one module logger; chapter 11 gives it handlers.
+log = logging.getLogger("gnatsd")
+
+
+class NatsError(Exception):
+    """Base class of every error gnatsd.py raises on purpose."""
+
+
+class ConfigError(NatsError):
+    """A configuration problem, naming the file, line and column when known."""
+
+    def __init__(self, message: str, path: str = "", line: int = 0, column: int = 0):
+        self.message = message
+        self.path = path
+        self.line = line
+        self.column = column
+        where = path or "<config>"
+        if line:
+            where += ":%d:%d" % (line, column)
+        super().__init__("%s: %s" % (where, message) if (path or line) else message)
+
+
+class ProtocolError(NatsError):
+    """A peer broke the protocol.  `err` is the -ERR text to send, or None
+    for a silent close (Go closes silently on malformed arguments)."""
+
+    def __init__(self, message: str, err: str | None = None, reason: str = PROTOCOL_VIOLATION):
+        super().__init__(message)
+        self.err = err
+        self.reason = reason
+
+
+class AuthorizationError(NatsError):
+    """A client failed authentication or authorization."""
+
+
+class MaxPayloadError(ProtocolError):
+    """A PUB declared a payload larger than max_payload."""
+
+
+# ============================================================================
+# 2. Config-file lexer and parser
+# ============================================================================
+#
+# The config format is the Go server's: a relaxed JSON/TOML cousin.
+#
+#     # comment            // comment too
+#     port: 4222           # `:`, `=` or plain whitespace separate key and value
+#     max_payload = 1MB    # size suffixes: K M G are 1000-based, KB MB GB 1024
+#     ping_interval "2m"   # durations are strings the options chapter reads
+#     authorization {      # maps; arrays are [a, b] or one item per line
+#       user: derek, password: "s3cr3t"
+#     }
+#     include ./more.conf  # path relative to the including file
+#     port: $PORT          # a variable: an earlier key in scope, else the env
+#
+# `parse_config(path)` returns a `ConfigMap` (a dict that also remembers where
+# each key was written) so that later chapters can name file, line and column
+# in their errors.  The scanner keeps one position and reads a token at a time;
+# a recursive-descent parser builds maps and arrays (Go's lex.go and parse.go
+# are a state-function lexer and a stack; the grammar is the same).
+
+# Characters that end a bare (unquoted) word.
+_BARE_END = frozenset(" \t\r\n,;}]#")
+
+# Values that read as booleans (case-insensitive).
+_TRUE_WORDS = frozenset(("true", "yes", "on"))
+_FALSE_WORDS = frozenset(("false", "no", "off"))
+
+# Size suffixes and their multipliers (Go's parse.go: k is 1000, kb is 1024).
+_SIZE_SUFFIXES = {
+    "k": 1000, "kb": 1024, "ki": 1024, "kib": 1024,
+    "m": 1000 ** 2, "mb": 1024 ** 2, "mi": 1024 ** 2, "mib": 1024 ** 2,
+    "g": 1000 ** 3, "gb": 1024 ** 3, "gi": 1024 ** 3, "gib": 1024 ** 3,
+    "t": 1000 ** 4, "tb": 1024 ** 4, "ti": 1024 ** 4, "tib": 1024 ** 4,
+}
+
+_NUMBER_RE = re.compile(r"^(-?\d+)([A-Za-z]*)$")
+_FLOAT_RE = re.compile(r"^-?\d+\.\d+([eE][-+]?\d+)?$")
+
+
+class ConfigMap(dict):
+    """A parsed config map: a dict plus where each key was written."""
+
+    def __init__(self, path: str = ""):
+        super().__init__()
+        self.path = path
+        self.positions: dict = {}
+        self.used_variables: set = set()
+
+    def position(self, key: str) -> tuple:
+        return self.positions.get(key, (0, 0))
+
+    def error(self, key: str, message: str) -> ConfigError:
+        line, col = self.position(key)
+        return ConfigError(message, self.path, line, col)
+
+
+class _ConfigParser:
+    """Recursive-descent parser over one file's text."""
+
+    def __init__(self, text: str, path: str, depth: int = 0):
+        self.text = text
+        self.path = path
+        self.pos = 0
+        self.line = 1
+        self.line_start = 0
+        self.depth = depth
+        self.scopes: list = []  # stack of ConfigMaps, for variable look-up
+
+    # -- scanning ------------------------------------------------------------
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(message, self.path, self.line, self.pos - self.line_start + 1)
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def advance(self, n: int = 1):
+        for _ in range(n):
+            if self.pos < len(self.text) and self.text[self.pos] == "\n":
+                self.line += 1
+                self.line_start = self.pos + 1
+            self.pos += 1
+
+    def skip_space(self, newlines: bool = True):
+        """Skip blanks and comments (and newlines unless told not to)."""
+        text = self.text
+        while self.pos < len(text):
+            ch = text[self.pos]
+            if ch in " \t\r" or (newlines and ch == "\n"):
+                self.advance()
+            elif ch == "#" or text.startswith("//", self.pos):
+                while self.pos < len(text) and text[self.pos] != "\n":
+                    self.pos += 1
+            else:
+                return
+
+    def here(self) -> tuple:
+        return (self.line, self.pos - self.line_start + 1)
+
+    # -- grammar -------------------------------------------------------------
+
+    def parse_document(self, into: ConfigMap) -> ConfigMap:
+        self.scopes.append(into)
+        self.parse_pairs(into, closing="")
+        self.scopes.pop()
+        return into
+
+    def parse_pairs(self, into: ConfigMap, closing: str):
+        """key sep value pairs until `closing` (or end of text at top level)."""
+        while True:
+            self.skip_space()
+            ch = self.peek()
+            if ch in ",;":
+                self.advance()
+                continue
+            if ch == "":
+                if closing:
+                    raise self.error("unexpected end of file, expected %r" % closing)
+                return
+            if closing and ch == closing:
+                self.advance()
+                return
+            where = self.here()
+            key = self.parse_key()
+            if key.lower() == "include" and ch not in "\"'":
+                self.include(into, where)
+                continue
+            self.skip_space(newlines=False)
+            if self.peek() in ":=":
+                self.advance()
+                self.skip_space(newlines=False)
+            if self.peek() in ("", "\n"):
+                raise self.error("key %r has no value" % key)
+            into[key] = self.parse_value()
+            into.positions[key] = where
+
+    def parse_key(self) -> str:
+        ch = self.peek()
+        if ch in "\"'":
+            return self.parse_quoted()
+        start = self.pos
+        text = self.text
+        while self.pos < len(text) and text[self.pos] not in " \t\r\n:=#{[;,}]":
+            self.pos += 1
+        if self.pos == start:
+            raise self.error("expected a key, found %r" % ch)
+        return text[start:self.pos]
+
+    def parse_quoted(self) -> str:
+        quote = self.peek()
+        self.advance()
+        end = self.text.find(quote, self.pos)
+        newline = self.text.find("\n", self.pos)
+        if end < 0 or (0 <= newline < end):
+            raise self.error("unterminated string")
+        value = self.text[self.pos:end]
+        self.pos = end + 1
+        return value
+
+    def parse_value(self):
+        ch = self.peek()
+        if ch == "{":
+            self.advance()
+            child = ConfigMap(self.path)
+            self.scopes.append(child)
+            self.parse_pairs(child, closing="}")
+            self.scopes.pop()
+            return child
+        if ch == "[":
+            return self.parse_array()
+        if ch in "\"'":
+            return self.parse_quoted()
+        if ch == "(":
+            return self.parse_block_string()
+        if ch == "$":
+            return self.parse_variable()
+        return self.parse_bare()
+
+    def parse_array(self) -> list:
+        self.advance()  # [
+        items = []
+        while True:
+            self.skip_space()
+            ch = self.peek()
+            if ch == "":
+                raise self.error("unexpected end of file in array")
+            if ch == "]":
+                self.advance()
+                return items
+            if ch == ",":
+                self.advance()
+                continue
+            items.append(self.parse_value())
+
+    def parse_block_string(self) -> str:
+        """`( ... )` where the closing `)` stands alone on its line."""
+        self.advance()
+        m = re.compile(r"\n[ \t]*\)[ \t]*(?=\n|$)").search(self.text, self.pos)
+        if not m:
+            raise self.error("unterminated block string")
+        value = self.text[self.pos:m.start()].strip("\n")
+        while self.pos < m.end():
+            self.advance()
+        return value
+
+    def parse_variable(self):
+        where_line, where_col = self.here()
+        self.advance()  # $
+        start = self.pos
+        while self.pos < len(self.text) and (self.text[self.pos].isalnum() or self.text[self.pos] in "_-"):
+            self.pos += 1
+        name = self.text[start:self.pos]
+        for scope in reversed(self.scopes):
+            if name in scope:
+                scope.used_variables.add(name)
+                return scope[name]
+        if name in os.environ:
+            env_value = os.environ[name]
+            return _read_scalar(env_value) if env_value else env_value
+        raise ConfigError("variable reference for '%s' on line %d can not be found"
+                          % (name, where_line), self.path, where_line, where_col)
+
+    def parse_bare(self):
+        start = self.pos
+        text = self.text
+        while self.pos < len(text) and text[self.pos] not in _BARE_END:
+            if text.startswith("//", self.pos):
+                break
+            self.pos += 1
+        word = text[start:self.pos]
+        if not word:
+            raise self.error("expected a value, found %r" % self.peek())
+        try:
+            return _read_scalar(word)
+        except ValueError as exc:
+            self.pos = start
+            raise self.error(str(exc))
+
+    def include(self, into: ConfigMap, where: tuple):
+        self.skip_space(newlines=False)
+        ch = self.peek()
+        target = self.parse_quoted() if ch in "\"'" else self.parse_bare()
+        if not isinstance(target, str):
+            raise self.error("include needs a file name")
+        if self.depth > 10:
+            raise self.error("include nested too deeply")
+        path = os.path.join(os.path.dirname(self.path) or ".", target)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ConfigError("error parsing include file '%s', %s" % (target, exc.strerror),
+                              self.path, *where)
+        sub = _ConfigParser(text, path, self.depth + 1)
+        sub.scopes = list(self.scopes)
+        sub.parse_pairs(into, closing="")
+
+
+def _read_scalar(word: str):
+    """A bare word as a bool, int (with size suffix), float or string."""
+    lower = word.lower()
+    if lower in _TRUE_WORDS:
+        return True
+    if lower in _FALSE_WORDS:
+        return False
+    m = _NUMBER_RE.match(word)
+    if m:
+        number, suffix = int(m.group(1)), m.group(2).lower()
+        if not suffix:
+            return number
+        if suffix in _SIZE_SUFFIXES:
+            return number * _SIZE_SUFFIXES[suffix]
+        if _parse_duration_or_none(word) is not None:
+            return word  # a bare duration such as 2s: the option reads it
+        raise ValueError("unknown numeric suffix %r" % m.group(2))
+    if _FLOAT_RE.match(word):
+        return float(word)
+    return word
+
+
+def parse_config_text(text: str, path: str = "<config>") -> ConfigMap:
+    """Parse config text; raise ConfigError naming file, line and column."""
+    return _ConfigParser(text, path).parse_document(ConfigMap(path))
+
+
+def parse_config(path: str) -> ConfigMap:
+    """Parse the config file at `path` (Go's conf.ParseFile)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError("error opening config file: %s" % (exc.strerror or exc), path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config file is not UTF-8: %s" % exc, path)
+    return parse_config_text(text, path)
+
+
+# Go duration units in seconds ("ns", "us", "ms", "s", "m", "h").
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)")
+
+
+def _parse_duration_or_none(text: str):
+    """Seconds in a Go duration string such as "1h2m3.5s", or None."""
+    text = text.strip()
+    sign = 1.0
+    if text[:1] in "+-":
+        sign = -1.0 if text[0] == "-" else 1.0
+        text = text[1:]
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(text):
+        m = _DURATION_RE.match(text, pos)
+        if not m:
+            return None
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    return sign * total if pos else None
+
+
+# ============================================================================
+# 3. Options
+# ============================================================================
+#
+# `Options` holds every setting of a server.  It is filled in three steps,
+# as the Go server's opts.go does: the config file (if any) through the
+# table of keys below, then the command-line flags on top ("flags override
+# the file"), then `Options.fill_defaults()` puts every unset value in one
+# place.  Settings whose feature this build does not have yet are never
+# dropped silently: the file's keys produce a warning at startup, and a flag
+# asking for them is an error (see `UNSUPPORTED_KEYS`).
+
+# Config blocks of the Go server this build does not implement.  A key here is
+# accepted (so a Go config file still loads) and named in a startup warning.
+UNSUPPORTED_KEYS = {
+    "jetstream": "JetStream is not supported by gnatsd.py",
+    "leafnodes": "leafnodes are not supported by gnatsd.py",
+    "leaf": "leafnodes are not supported by gnatsd.py",
+    "gateway": "gateways are not supported by gnatsd.py",
+    "mqtt": "MQTT is not supported by gnatsd.py",
+    "websocket": "WebSocket is not supported by gnatsd.py",
+    "ws": "WebSocket is not supported by gnatsd.py",
+    "cluster": "clustering (routes) is not implemented yet; the cluster block is ignored",
+    "http": "HTTP monitoring is not implemented yet; the monitor port is ignored",
+    "http_port": "HTTP monitoring is not implemented yet; the monitor port is ignored",
+    "monitor_port": "HTTP monitoring is not implemented yet; the monitor port is ignored",
+    "https": "HTTPS monitoring is not implemented yet; the monitor port is ignored",
+    "https_port": "HTTPS monitoring is not implemented yet; the monitor port is ignored",
+    "http_base_path": "HTTP monitoring is not implemented yet; http_base_path is ignored",
+    "tls": "TLS is not implemented yet; the tls block is ignored",
+    "accounts": "accounts are not implemented yet; the accounts block is ignored",
+    "syslog": "syslog output is not implemented yet; logging to stderr",
+    "remote_syslog": "remote syslog is not implemented yet; logging to stderr",
+    "logfile_size_limit": "log file rotation is not implemented yet",
+    "log_size_limit": "log file rotation is not implemented yet",
+    "system_account": "the system account is not implemented yet",
+    "lame_duck_duration": "lame duck mode is not implemented yet",
+    "lame_duck_grace_period": "lame duck mode is not implemented yet",
+    "prof_port": "profiling is not supported by gnatsd.py",
+    "operator": "operator (JWT) mode is not supported by gnatsd.py",
+    "resolver": "account resolvers are not supported by gnatsd.py",
+}
+
+
+class Options:
+    """Every server setting, with the Go server's names and defaults.
+
+    Unset values are None until `fill_defaults()`; that lets flags override
+    the file only where a flag was actually given.
+    """
+
+    # (attribute, default) in the order of the Go server's Options struct.
+    DEFAULTS = (
+        ("config_file", ""),
+        ("server_name", ""),
+        ("host", DEFAULT_HOST),
+        ("port", DEFAULT_PORT),
+        ("client_advertise", ""),
+        ("trace", False),
+        ("debug", False),
+        ("logtime", True),
+        ("log_file", ""),
+        ("max_traced_msg_len", 0),
+        ("pid_file", ""),
+        ("ports_file_dir", ""),
+        ("max_connections", DEFAULT_MAX_CONNECTIONS),
+        ("max_control_line", MAX_CONTROL_LINE_SIZE),
+        ("max_payload", MAX_PAYLOAD_SIZE),
+        ("max_pending", MAX_PENDING_SIZE),
+        ("max_subscriptions", 0),
+        ("ping_interval", DEFAULT_PING_INTERVAL),
+        ("ping_max", DEFAULT_PING_MAX_OUT),
+        ("write_deadline", DEFAULT_WRITE_DEADLINE),
+        ("username", ""),
+        ("password", ""),
+        ("authorization", ""),
+        ("auth_timeout", 0.0),
+        ("no_auth_user", ""),
+        ("warnings", None),
+    )
+
+    def __init__(self, **kw):
+        for name, _default in self.DEFAULTS:
+            setattr(self, name, None)
+        for name, value in kw.items():
+            if not any(name == n for n, _ in self.DEFAULTS):
+                raise TypeError("unknown option %r" % name)
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        shown = ", ".join("%s=%r" % (n, getattr(self, n)) for n, _ in self.DEFAULTS
+                          if getattr(self, n) is not None)
+        return "Options(%s)" % shown
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Options) and all(
+            getattr(self, n) == getattr(other, n) for n, _ in self.DEFAULTS)
+
+    def merge(self, flags: "Options") -> "Options":
+        """Flags given on the command line override the file (Go's MergeOptions)."""
+        for name, _default in self.DEFAULTS:
+            value = getattr(flags, name)
+            if value is not None and name != "warnings":
+                setattr(self, name, value)
+        return self
+
+    def fill_defaults(self) -> "Options":
+        """Give every unset option its default (Go's setBaselineOptions)."""
+        for name, default in self.DEFAULTS:
+            if getattr(self, name) is None:
+                setattr(self, name, list(default or ()) if name == "warnings" else default)
+        if self.auth_timeout == 0.0:
+            self.auth_timeout = AUTH_TIMEOUT
+        if self.port == 0:
+            self.port = RANDOM_PORT
+        return self
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.username or self.authorization)
+
+
+def _to_int(cm: ConfigMap, key: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise cm.error(key, "interface conversion: expected an integer for %r, got %r"
+                       % (key, value))
+    return value
+
+
+def _to_str(cm: ConfigMap, key: str, value) -> str:
+    if isinstance(value, (dict, list)):
+        raise cm.error(key, "expected a string for %r" % key)
+    return str(value)
+
+
+def _to_bool(cm: ConfigMap, key: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise cm.error(key, "expected a boolean for %r, got %r" % (key, value))
+    return value
+
+
+def _to_seconds(cm: ConfigMap, key: str, value) -> float:
+    """A duration: a Go duration string, or a number of seconds."""
+    if isinstance(value, bool):
+        raise cm.error(key, "expected a duration for %r" % key)
+    if isinstance(value, (int, float)):
+        return float(value)
+    seconds = _parse_duration_or_none(str(value))
+    if seconds is None:
+        raise cm.error(key, "error parsing %s: time: invalid duration %r" % (key, value))
+    return seconds
+
+
+def _to_size(cm: ConfigMap, key: str, value) -> int:
+    if isinstance(value, str):
+        try:
+            value = _read_scalar(value)
+        except ValueError:
+            pass
+    return _to_int(cm, key, value)
+
+
+def _listen(cm: ConfigMap, key: str, value, opts: Options):
+    """`listen: host:port` sets both host and port."""
+    text = _to_str(cm, key, value)
+    host, _, port = text.rpartition(":")
+    if not port.lstrip("-").isdigit():
+        raise cm.error(key, "could not parse address string %r" % text)
+    if host:
+        opts.host = host.strip("[]")
+    opts.port = int(port)
+
+
+def _authorization(cm: ConfigMap, key: str, value, opts: Options):
+    """`authorization { user password token timeout }` (single user or token)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "expected a map for authorization")
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name in ("user", "username"):
+            opts.username = _to_str(value, sub_key, sub_value)
+        elif name in ("pass", "password"):
+            opts.password = _to_str(value, sub_key, sub_value)
+        elif name == "token":
+            opts.authorization = _to_str(value, sub_key, sub_value)
+        elif name == "timeout":
+            opts.auth_timeout = _to_seconds(value, sub_key, sub_value)
+        elif name in ("users", "default_permissions", "permissions"):
+            opts.warnings.append("%s:%d: authorization %s is not implemented yet; ignored"
+                                 % (cm.path, cm.position(key)[0], name))
+        else:
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+
+
+# Config keys: name -> (Options attribute, converter), aliases included, as
+# in the Go server's processConfigFileLine.  Keys are case-insensitive.
+CONFIG_KEYS = {
+    "server_name": ("server_name", _to_str),
+    "host": ("host", _to_str),
+    "net": ("host", _to_str),
+    "port": ("port", _to_int),
+    "client_advertise": ("client_advertise", _to_str),
+    "debug": ("debug", _to_bool),
+    "trace": ("trace", _to_bool),
+    "logtime": ("logtime", _to_bool),
+    "logfile": ("log_file", _to_str),
+    "log_file": ("log_file", _to_str),
+    "max_traced_msg_len": ("max_traced_msg_len", _to_int),
+    "pidfile": ("pid_file", _to_str),
+    "pid_file": ("pid_file", _to_str),
+    "ports_file_dir": ("ports_file_dir", _to_str),
+    "max_connections": ("max_connections", _to_int),
+    "max_conn": ("max_connections", _to_int),
+    "max_control_line": ("max_control_line", _to_size),
+    "max_payload": ("max_payload", _to_size),
+    "max_pending": ("max_pending", _to_size),
+    "max_pending_size": ("max_pending", _to_size),
+    "max_subscriptions": ("max_subscriptions", _to_int),
+    "max_subs": ("max_subscriptions", _to_int),
+    "ping_interval": ("ping_interval", _to_seconds),
+    "ping_max": ("ping_max", _to_int),
+    "write_deadline": ("write_deadline", _to_seconds),
+    "no_auth_user": ("no_auth_user", _to_str),
+}
+
+# Keys handled by a function that may set several options.
+CONFIG_BLOCKS = {
+    "listen": _listen,
+    "authorization": _authorization,
+}
+
+
+def options_from_config(path: str) -> Options:
+    """Read a config file into Options (Go's ProcessConfigFile)."""
+    cm = parse_config(path)
+    opts = Options(config_file=path, warnings=[])
+    for key, value in cm.items():
+        name = key.lower()
+        if name in CONFIG_KEYS:
+            attr, convert = CONFIG_KEYS[name]
+            setattr(opts, attr, convert(cm, key, value))
+        elif name in CONFIG_BLOCKS:
+            CONFIG_BLOCKS[name](cm, key, value, opts)
+        elif name in UNSUPPORTED_KEYS:
+            opts.warnings.append("%s:%d: %s" % (path, cm.position(key)[0], UNSUPPORTED_KEYS[name]))
+        elif key in cm.used_variables:
+            continue  # a variable definition, used by another key
+        else:
+            raise cm.error(key, 'unknown field "%s"' % key)
+    if opts.max_payload is not None and opts.max_payload > 64 * 1024 * 1024:
+        raise cm.error("max_payload", "max_payload cannot exceed 64 MB")
+    return opts
+
+
+# ============================================================================
+# 4. Sublist
+# ============================================================================
+#
+# A sublist maps a published subject to the subscriptions interested in it.
+# Subjects are `bytes` split on "." into tokens; a subscription's subject may
+# use `*` (exactly one token) and `>` (one or more tokens, last only).  The
+# trie has one level per token: a level maps literal tokens to nodes and keeps
+# the `*` and `>` nodes aside, and a node holds the plain subscriptions and
+# the queue subscriptions (by group name) that end there.
+#
+# `match` walks every branch that can match (literal, `*`, `>`) and merges
+# queue subscriptions of the same group name from all matching nodes into one
+# group, as the Go server does.  Results are cached by subject (at most
+# SUBLIST_CACHE_MAX entries, oldest dropped first).  The cache stays correct
+# under churn: inserting or removing a literal subscription drops just the one
+# entry with that subject; a wildcard one drops every cached subject it
+# matches.  `genid` counts changes, so callers may keep derived data (such as
+# a client's ready-made delivery plan) and know when it went stale.
+#
+# A published subject with an empty token (`foo..bar`, `.foo`) matches
+# nothing.  Go twin: server/sublist.go.
+
+
+class Subscription:
+    """One SUB of a client: subject, optional queue group, sid, optional max."""
+
+    __slots__ = ("client", "subject", "queue", "sid", "max", "delivered")
+
+    def __init__(self, client, subject: bytes, queue: bytes | None, sid: bytes):
+        self.client = client
+        self.subject = subject
+        self.queue = queue
+        self.sid = sid
+        self.max = 0          # messages to deliver before auto-unsubscribe; 0 = no limit
+        self.delivered = 0
+
+    def __repr__(self) -> str:
+        return "<Subscription %r %r sid=%r>" % (self.subject, self.queue, self.sid)
+
+
+class SublistResult:
+    """What `match` returns: plain subs, and queue subs as a list of groups.
+
+    `plan` is free for the caller (the client chapter stores its delivery
+    plan there); it lives exactly as long as the cached result.
+    """
+
+    __slots__ = ("psubs", "qsubs", "plan")
+
+    def __init__(self, psubs: list, qsubs: list):
+        self.psubs = psubs
+        self.qsubs = qsubs
+        self.plan = None
+
+    def __len__(self) -> int:
+        return len(self.psubs) + sum(len(g) for g in self.qsubs)
+
+
+class _Node:
+    __slots__ = ("next", "psubs", "qsubs")
+
+    def __init__(self):
+        self.next = None      # _Level below this token, or None
+        self.psubs = {}       # Subscription -> None (an ordered set)
+        self.qsubs = {}       # queue name -> {Subscription: None}
+
+    def is_empty(self) -> bool:
+        return not self.psubs and not self.qsubs and (self.next is None or self.next.is_empty())
+
+
+class _Level:
+    __slots__ = ("nodes", "pwc", "fwc")
+
+    def __init__(self):
+        self.nodes = {}       # literal token -> _Node
+        self.pwc = None       # the `*` node
+        self.fwc = None       # the `>` node
+
+    def is_empty(self) -> bool:
+        return not self.nodes and self.pwc is None and self.fwc is None
+
+
+class Sublist:
+    """The subject trie with a bounded match cache.  Loop thread only."""
+
+    def __init__(self, cache_max: int = SUBLIST_CACHE_MAX):
+        self.root = _Level()
+        self.cache = {}
+        self.cache_max = cache_max
+        self.count = 0
+        self.genid = 0
+        self.inserts = 0
+        self.removes = 0
+        self.matches = 0
+        self.cache_hits = 0
+
+    def insert(self, sub: Subscription):
+        level, node = self.root, None
+        tokens = sub.subject.split(b".")
+        for token in tokens:
+            if token == b"*":
+                node = level.pwc = level.pwc or _Node()
+            elif token == b">":
+                node = level.fwc = level.fwc or _Node()
+            else:
+                node = level.nodes.get(token)
+                if node is None:
+                    node = level.nodes[token] = _Node()
+            if node.next is None:
+                node.next = _Level()
+            level = node.next
+        if sub.queue is None:
+            node.psubs[sub] = None
+        else:
+            node.qsubs.setdefault(sub.queue, {})[sub] = None
+        self.count += 1
+        self.inserts += 1
+        self.genid += 1
+        self._invalidate(sub.subject, tokens)
+
+    def remove(self, sub: Subscription) -> bool:
+        """Remove `sub`; prune emptied nodes.  Returns False if it was absent."""
+        tokens = sub.subject.split(b".")
+        path = []  # (level, token, node) from the root down
+        level = self.root
+        for token in tokens:
+            if level is None:
+                return False
+            if token == b"*":
+                node = level.pwc
+            elif token == b">":
+                node = level.fwc
+            else:
+                node = level.nodes.get(token)
+            if node is None:
+                return False
+            path.append((level, token, node))
+            level = node.next
+        node = path[-1][2]
+        if sub.queue is None:
+            if node.psubs.pop(sub, 0) is not None:
+                return False
+        else:
+            group = node.qsubs.get(sub.queue)
+            if group is None or group.pop(sub, 0) is not None:
+                return False
+            if not group:
+                del node.qsubs[sub.queue]
+        for level, token, node in reversed(path):
+            if not node.is_empty():
+                break
+            if token == b"*":
+                level.pwc = None
+            elif token == b">":
+                level.fwc = None
+            else:
+                del level.nodes[token]
+        self.count -= 1
+        self.removes += 1
+        self.genid += 1
+        self._invalidate(sub.subject, tokens)
+        return True
+
+    def _invalidate(self, subject: bytes, tokens: list):
+        """Drop cached results that `subject` (a subscription's) can match."""
+        cache = self.cache
+        if not cache:
+            return
+        if b"*" not in tokens and b">" not in tokens:
+            cache.pop(subject, None)
+            return
+        for key in [k for k in cache if _subject_matches(k.split(b"."), tokens)]:
+            del cache[key]
+
+    def match(self, subject: bytes) -> SublistResult:
+        """All subscriptions matching the literal `subject` (cached)."""
+        self.matches += 1
+        result = self.cache.get(subject)
+        if result is not None:
+            self.cache_hits += 1
+            return result
+        tokens = subject.split(b".")
+        psubs: list = []
+        qsubs: dict = {}
+        if b"" not in tokens:
+            _match_level(self.root, tokens, psubs, qsubs)
+        result = SublistResult(psubs, list(qsubs.values()))
+        cache = self.cache
+        if len(cache) >= self.cache_max:
+            # Drop the oldest quarter (dicts keep insertion order).
+            for key in list(cache)[: self.cache_max // 4]:
+                del cache[key]
+        cache[subject] = result
+        return result
+
+    def has_interest(self, subject: bytes) -> bool:
+        return len(self.match(subject)) > 0
+
+    def all_subscriptions(self) -> list:
+        out: list = []
+        _collect(self.root, out)
+        return out
+
+
+def _match_level(level: _Level, tokens: list, psubs: list, qsubs: dict):
+    """Go's matchLevel: follow literal tokens, branch into `*`, collect `>`."""
+    node = pwc = None
+    for i, token in enumerate(tokens):
+        if level is None:
+            return
+        if level.fwc is not None:
+            _add_node(level.fwc, psubs, qsubs)
+        pwc = level.pwc
+        if pwc is not None:
+            _match_level(pwc.next, tokens[i + 1:], psubs, qsubs)
+        node = level.nodes.get(token)
+        level = node.next if node is not None else None
+    if node is not None:
+        _add_node(node, psubs, qsubs)
+    if pwc is not None:
+        _add_node(pwc, psubs, qsubs)
+
+
+def _add_node(node: _Node, psubs: list, qsubs: dict):
+    psubs.extend(node.psubs)
+    for name, group in node.qsubs.items():
+        members = qsubs.get(name)
+        if members is None:
+            qsubs[name] = list(group)
+        else:
+            members.extend(group)
+
+
+def _collect(level: _Level, out: list):
+    nodes = list(level.nodes.values())
+    nodes += [n for n in (level.pwc, level.fwc) if n is not None]
+    for node in nodes:
+        out.extend(node.psubs)
+        for group in node.qsubs.values():
+            out.extend(group)
+        if node.next is not None:
+            _collect(node.next, out)
+
+
+def _subject_matches(literal: list, pattern: list) -> bool:
+    """Does the literal subject (tokens) match the subscription pattern?"""
+    if b"" in literal:
+        return False
+    for i, token in enumerate(pattern):
+        if token == b">":
+            return len(literal) > i
+        if i >= len(literal) or (token != b"*" and token != literal[i]):
+            return False
+    return len(literal) == len(pattern)
+
+
+def is_valid_subject(subject: bytes) -> bool:
+    """A subscription subject: non-empty tokens, no whitespace, `>` only last."""
+    if not subject or b" " in subject or b"\t" in subject:
+        return False
+    tokens = subject.split(b".")
+    for i, token in enumerate(tokens):
+        if not token:
+            return False
+        if token == b">" and i != len(tokens) - 1:
+            return False
+    return True
+
+
+def is_valid_literal_subject(subject: bytes) -> bool:
+    """A publish subject: valid, and no `*` or `>` token."""
+    if not is_valid_subject(subject):
+        return False
+    return all(t != b"*" and t != b">" for t in subject.split(b"."))
+
+
+# ============================================================================
+# 5. Protocol parser
+# ============================================================================
+#
+# The client protocol is text control lines, each ending in CRLF (a bare LF
+# is accepted too), some followed by a payload of a declared size and CRLF:
+#
+#     PUB <subject> [reply] <size>\r\n<payload>\r\n
+#     HPUB <subject> [reply] <header size> <total size>\r\n<headers+payload>\r\n
+#     SUB <subject> [queue] <sid>\r\n        UNSUB <sid> [max]\r\n
+#     CONNECT {json}\r\n   PING\r\n   PONG\r\n   +OK\r\n   -ERR <text>\r\n
+#
+# The Go server walks bytes through a state machine.  We find whole lines
+# with `bytes.find` and keep the machine's two outer states, "control line"
+# and "payload": when a read ends inside either, the unparsed tail waits on
+# the connection with the number of bytes still needed, and the next read
+# resumes there (parser.go's split-buffer handling).  Ops are
+# case-insensitive, arguments are split on runs of spaces and tabs.
+#
+# This chapter has the pieces that do not depend on the connection: the op
+# table and the argument parsers.  The read loop that uses them is the
+# client's (chapter 7), because its PUB fast path delivers in place.
+
+# Ops a client may send, by upper-cased first token.  A name absent here is
+# `Unknown Protocol Operation`; PING and PONG match by prefix (see below).
+CLIENT_OPS = (b"PUB", b"HPUB", b"SUB", b"UNSUB", b"CONNECT", b"INFO", b"PING", b"PONG",
+              b"+OK", b"-ERR")
+
+# Whitespace between arguments.
+_ARG_SPLIT = re.compile(rb"[ \t]+")
+
+
+def split_op(line: bytes) -> tuple:
+    """(OP upper-cased, argument bytes, had a separator) of a control line."""
+    m = re.match(rb"([^ \t]*)([ \t]*)(.*)", line, re.S)
+    return m.group(1).upper(), m.group(3), bool(m.group(2))
+
+
+def split_args(arg: bytes) -> list:
+    return arg.split()
+
+
+def parse_size(token: bytes) -> int:
+    """Go's parseSize: ASCII digits only, else -1."""
+    if not token or not token.isdigit() or len(token) > 18:
+        return -1
+    return int(token)
+
+
+def parse_pub_args(arg: bytes) -> tuple:
+    """PUB arguments -> (subject, reply or None, size, offset of size in arg)."""
+    args = arg.split()
+    if len(args) == 2:
+        subject, reply, size_token = args[0], None, args[1]
+    elif len(args) == 3:
+        subject, reply, size_token = args
+    else:
+        raise ProtocolError("processPub Parse Error: %r" % arg)
+    size = parse_size(size_token)
+    if size < 0:
+        raise ProtocolError("processPub Bad or Missing Size: %r" % arg)
+    return subject, reply, size, size_token
+
+
+def parse_hpub_args(arg: bytes) -> tuple:
+    """HPUB arguments -> (subject, reply or None, header size, total size)."""
+    args = arg.split()
+    if len(args) == 3:
+        subject, reply, hdr_token, size_token = args[0], None, args[1], args[2]
+    elif len(args) == 4:
+        subject, reply, hdr_token, size_token = args
+    else:
+        raise ProtocolError("processHeaderPub Parse Error: %r" % arg)
+    hdr = parse_size(hdr_token)
+    if hdr < 0:
+        raise ProtocolError("processHeaderPub Bad or Missing Header Size: %r" % arg)
+    size = parse_size(size_token)
+    if size < 0:
+        raise ProtocolError("processHeaderPub Bad or Missing Total Size: %r" % arg)
+    if hdr > size:
+        raise ProtocolError("processHeaderPub Header Size larger then TotalSize: %r" % arg)
+    return subject, reply, hdr, size, hdr_token
+
+
+def parse_sub_args(arg: bytes) -> tuple:
+    """SUB arguments -> (subject, queue or None, sid)."""
+    args = arg.split()
+    if len(args) == 2:
+        return args[0], None, args[1]
+    if len(args) == 3:
+        return args[0], args[1], args[2]
+    raise ProtocolError("processSub Parse Error: %r" % arg)
+
+
+def parse_unsub_args(arg: bytes) -> tuple:
+    """UNSUB arguments -> (sid, max or 0)."""
+    args = arg.split()
+    if len(args) == 1:
+        return args[0], 0
+    if len(args) == 2:
+        maximum = parse_size(args[1])
+        if maximum < 0:
+            raise ProtocolError("processUnsub Bad maximum: %r" % arg)
+        return args[0], maximum
+    raise ProtocolError("processUnsub Parse Error: %r" % arg)
+
+
+def proto_snippet(data: bytes, start: int = 0) -> str:
+    """A short quoted piece of offending bytes for a log line (protoSnippet)."""
+    return repr(bytes(data[start:start + PROTO_SNIPPET_SIZE]))[1:]
+
+
+def err_proto(text: str) -> bytes:
+    """The wire form of a server error: -ERR 'text'."""
+    return b"-ERR '" + text.encode() + b"'\r\n"
+
+
+# ============================================================================
+# 6. Connection base
+# ============================================================================
+#
+# What every connection (client now, route later) shares: the socket, the
+# outbound buffer, flushing, the ping timer, closing and the byte counters.
+#
+# Writes are coalesced.  Delivery only appends to `out` (a bytearray) and
+# puts the connection in the server's `pending` set; after each loop turn the
+# server flushes every pending connection once (Go's pcd, Redis's before-sleep
+# hook).  A flush sends at once while the kernel accepts; only when it pushes
+# back does the connection wait for writability.  Memory stays bounded: a
+# connection whose buffer passes max_pending, or that makes no progress for
+# write_deadline, is a slow consumer and is closed (the publisher and every
+# other subscriber are untouched).
+
+
+class Connection:
+    """A socket with buffered output.  Loop thread only.
+
+    accepted -> open (reads, writes) -> closed (once, with a reason)
+    """
+
+    __slots__ = (
+        "server", "sock", "fd", "cid", "host", "port", "out", "closed",
+        "close_reason", "pending_in", "need", "start", "last_activity",
+        "pings_out", "write_waiting", "last_write_progress", "trace",
+        "in_msgs", "in_bytes", "out_msgs", "out_bytes", "log_prefix",
+        "ping_timer_armed", "__weakref__",
+    )
+
+    kind = "Client"
+
+    def __init__(self, server: "Server", sock: socket.socket, cid: int):
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.cid = cid
+        try:
+            peer = sock.getpeername()
+            self.host, self.port = peer[0], peer[1]
+        except OSError:
+            self.host, self.port = "", 0
+        self.out = bytearray()
+        self.closed = False
+        self.close_reason = ""
+        self.pending_in = None       # bytearray: an incomplete op waiting for more bytes
+        self.need = 0                # bytes pending_in must reach before parsing again
+        self.start = time.time()
+        self.last_activity = self.start
+        self.pings_out = 0
+        self.write_waiting = False   # registered for EVENT_WRITE
+        self.last_write_progress = 0.0
+        self.trace = server.trace
+        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        self.log_prefix = "%s:%d - cid:%d - " % (host, self.port, cid)
+        self.ping_timer_armed = False
+
+    # -- logging -------------------------------------------------------------
+
+    def debug(self, fmt: str, *args):
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(self.log_prefix + fmt, *args)
+
+    def error(self, fmt: str, *args):
+        log.error(self.log_prefix + fmt, *args)
+
+    def trace_in(self, op: str, arg: bytes = b""):
+        log.log(TRACE, "%s<<- [%s%s]", self.log_prefix, op,
+                (" " + arg.decode("utf-8", "replace")) if arg else "")
+
+    def trace_out(self, text: str):
+        log.log(TRACE, "%s->> [%s]", self.log_prefix, text)
+
+    def trace_payload(self, payload: bytes):
+        limit = self.server.options.max_traced_msg_len
+        if limit and len(payload) > limit:
+            shown = json.dumps(payload[:limit].decode("utf-8", "replace"))[1:-1] + "..."
+        else:
+            shown = json.dumps(payload.decode("utf-8", "replace"))[1:-1]
+        log.log(TRACE, '%s<<- MSG_PAYLOAD: ["%s"]', self.log_prefix, shown)
+
+    # -- output --------------------------------------------------------------
+
+    def queue_outbound(self, data: bytes):
+        """Append to the outbound buffer; it is flushed at the end of the turn."""
+        self.out += data
+        self.server.pending.add(self)
+
+    def send_proto(self, data: bytes, text: str = ""):
+        if self.trace:
+            self.trace_out(text or data.decode("utf-8", "replace").rstrip("\r\n"))
+        self.queue_outbound(data)
+
+    def send_err(self, text: str):
+        if self.trace:
+            self.trace_out("-ERR '%s'" % text)
+        self.queue_outbound(err_proto(text))
+
+    def send_err_and_close(self, text: str, reason: str):
+        """Send -ERR 'text', flush what we can, and close (Go's authViolation shape)."""
+        self.send_err(text)
+        self.close(reason)
+
+    def flush(self):
+        """Send as much of `out` as the kernel takes now.  Loop thread only."""
+        out = self.out
+        if not out or self.closed:
+            return
+        try:
+            sent = self.sock.send(out if len(out) <= MAX_SEND_SIZE else memoryview(out)[:MAX_SEND_SIZE])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.debug("Error flushing: %s", exc)
+            self.close(WRITE_ERROR, flush=False)
+            return
+        if sent:
+            self.last_write_progress = time.monotonic()
+            if sent == len(out):
+                out.clear()
+            else:
+                del out[:sent]
+        if out:
+            if len(out) > self.server.options.max_pending:
+                self.slow_consumer(SLOW_CONSUMER_PENDING_BYTES)
+                return
+            if not self.write_waiting:
+                # The write-deadline clock starts when the kernel first pushes back.
+                self.last_write_progress = time.monotonic()
+                self.write_waiting = True
+                self.server.want_write(self, True)
+        elif self.write_waiting:
+            self.write_waiting = False
+            self.server.want_write(self, False)
+
+    def write_ready(self):
+        self.flush()
+
+    def slow_consumer(self, reason: str):
+        server = self.server
+        server.slow_consumers += 1
+        if reason == SLOW_CONSUMER_PENDING_BYTES:
+            log.info("%sSlow Consumer Detected: MaxPending of %d Exceeded",
+                     self.log_prefix, server.options.max_pending)
+        else:
+            log.info("%sSlow Consumer Detected: WriteDeadline of %s exceeded with %d bytes pending",
+                     self.log_prefix, format_duration(server.options.write_deadline), len(self.out))
+        self.out.clear()
+        self.close(reason, flush=False)
+
+    def check_write_deadline(self, now: float):
+        """Called by the server's periodic sweep for connections waiting to write."""
+        if self.out and now - self.last_write_progress > self.server.options.write_deadline:
+            self.slow_consumer(SLOW_CONSUMER_WRITE_DEADLINE)
+
+    # -- input ---------------------------------------------------------------
+
+    def read_ready(self):
+        """Read what the kernel has (one recv into the server's reused buffer)."""
+        server = self.server
+        try:
+            n = self.sock.recv_into(server.read_buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.debug("Error reading from client: %s", exc)
+            self.close(READ_ERROR, flush=False)
+            return
+        if n == 0:
+            self.close(CLIENT_CLOSED, flush=False)
+            return
+        self.last_activity = time.time()
+        data = bytes(server.read_view[:n])
+        pending = self.pending_in
+        if pending is not None:
+            pending += data
+            if len(pending) < self.need:
+                return
+            data = bytes(pending)
+            self.pending_in = None
+        try:
+            self.parse(data)
+        except ProtocolError as exc:
+            self.protocol_error(exc)
+
+    def keep_tail(self, data: bytes, start: int, need: int):
+        """Park an incomplete op; parse again once `need` bytes are there."""
+        self.pending_in = bytearray(data[start:])
+        self.need = need
+
+    def protocol_error(self, exc: ProtocolError):
+        if exc.err is not None:
+            self.send_err(exc.err)
+        if str(exc):
+            self.error("%s", exc)
+        self.close(exc.reason)
+
+    def parse(self, data: bytes):
+        raise NotImplementedError
+
+    # -- ping timer ----------------------------------------------------------
+
+    def arm_ping_timer(self):
+        self.server.add_timer(self.server.options.ping_interval, self.ping_timer)
+
+    def ping_timer(self):
+        """Go's processPingTimer: PING, or close as stale after ping_max misses."""
+        if self.closed:
+            return
+        opts = self.server.options
+        if self.pings_out + 1 > opts.ping_max:
+            self.debug("Stale Client Connection - Closing")
+            self.server.stale_connections += 1
+            self.send_err_and_close(ERR_STALE_CONNECTION, STALE_CONNECTION)
+            return
+        self.pings_out += 1
+        self.send_proto(PING)
+        self.arm_ping_timer()
+
+    # -- close ---------------------------------------------------------------
+
+    def close(self, reason: str, flush: bool = True):
+        """Close once: flush what we can, unregister, drop subscriptions."""
+        if self.closed:
+            return
+        if flush and self.out:
+            self.flush()
+            if self.closed:
+                return
+        self.closed = True
+        self.close_reason = reason
+        server = self.server
+        server.pending.discard(self)
+        server.unregister(self)
+        try:
+            # Drain unread input first so the close is a FIN, not a RST that
+            # could destroy an -ERR the peer has not read yet.
+            self.sock.setblocking(False)
+            for _ in range(4):
+                if not self.sock.recv(65536):
+                    break
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.closed_cleanup()
+        self.debug("%s connection closed: %s", self.kind, reason)
+
+    def closed_cleanup(self):
+        pass
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds in Go's time.Duration String() form: 1h2m3s, 1.5s, 250ms."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        ms = seconds * 1000
+        return ("%g" % ms) + "ms" if ms >= 1 else ("%g" % (seconds * 1e6)) + "\u00b5s"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = ""
+    if hours:
+        text += "%dh" % hours
+    if hours or minutes:
+        text += "%dm" % minutes
+    return text + ("%g" % round(secs, 9)) + "s"
+
+
+# ============================================================================
+# 7. Client
+# ============================================================================
+#
+# A client connection: the INFO/CONNECT handshake, PUB/HPUB/SUB/UNSUB, and
+# delivery of MSG/HMSG to subscribers, with queue groups, echo, headers,
+# no_responders, auto-unsubscribe and the verbose/pedantic modes.
+#
+# The read loop (`parse`) has two paths.  The cold path splits a control line
+# into op and arguments and dispatches through `OPS`.  The hot path is for a
+# PUB line this client has sent before: `pub_cache` maps the raw line to its
+# parsed subject, reply and size, so a repeated `PUB foo 16\r\n` costs one
+# dict lookup.  Delivery then uses the sublist result's *plan*: for each
+# subscriber the ready-made `MSG <subject> <sid> ` prefix, followed by the
+# publisher's own `<size>\r\n<payload>\r\n` bytes, sliced once from the read
+# buffer.  Anything unusual (headers, reply-less requests needing
+# no_responders, auto-unsubscribe, echo off) takes the general `deliver_msg`.
+#
+# Go twins: server/client.go (processConnect, processPub, processSub,
+# processUnsub, deliverMsg, processMsgResults) and server/auth.go.
+
+
+class DeliveryPlan:
+    """Ready-made per-subscriber prefixes for one published subject.
+
+    Built from a SublistResult on first use; dropped with it.  `fast` means
+    every subscription is unlimited (no max), so the hot path may use it.
+    """
+
+    __slots__ = ("plain", "queues", "members", "clients", "fast", "empty")
+
+    def __init__(self, result: SublistResult, subject: bytes):
+        head = b"MSG " + subject + b" "
+        self.plain = [(s.client, head + s.sid + b" ") for s in result.psubs]
+        self.queues = [[(s.client, head + s.sid + b" ") for s in group] for group in result.qsubs]
+        self.clients = {s.client for s in result.psubs}
+        self.members = self.clients | {s.client for g in result.qsubs for s in g}
+        self.fast = not any(s.max for s in result.psubs) and not any(
+            s.max for g in result.qsubs for s in g)
+        self.empty = not result.psubs and not result.qsubs
+
+
+class Client(Connection):
+    """A client connection.
+
+    accepted -> INFO -> CONNECT (before the auth timeout, if auth is on)
+             -> (PUB | HPUB | SUB | UNSUB | PING | PONG)* -> closed
+    """
+
+    __slots__ = (
+        "verbose", "pedantic", "echo", "headers", "no_responders", "protocol",
+        "name", "lang", "version", "user", "connect_received", "awaiting_auth",
+        "subs", "pub_cache",
+    )
+
+    kind = "Client"
+
+    def __init__(self, server: "Server", sock: socket.socket, cid: int):
+        super().__init__(server, sock, cid)
+        # Until CONNECT says otherwise a client is verbose and pedantic (Go's defaultOpts).
+        self.verbose = True
+        self.pedantic = True
+        self.echo = True
+        self.headers = False
+        self.no_responders = False
+        self.protocol = 0
+        self.name = self.lang = self.version = self.user = ""
+        self.connect_received = False
+        self.awaiting_auth = server.options.auth_required
+        self.subs = {}               # sid -> Subscription
+        self.pub_cache = {}          # raw PUB line -> (subject, reply+b" " or None, size, tail offset)
+
+    # -- the read loop (HOT) ---------------------------------------------------
+
+    def parse(self, data: bytes):
+        """Process every whole op in `data`; park an incomplete tail for later.
+
+        Loop thread only.  Raises ProtocolError; the caller closes.
+        """
+        server = self.server
+        n = len(data)
+        i = 0
+        find = data.find
+        cache_get = self.pub_cache.get
+        sublist = server.sublist
+        sl_cache_get = sublist.cache.get
+        pending = server.pending
+        rand = random.random
+        echo = self.echo
+        msgs = nbytes = hits = 0
+        last_plan = None
+        while i < n:
+            # HOT: find a whole control line with one bytes.find, and look the
+            #      raw line up in the PUB cache; ~2.5x more small PUBs/s than
+            #      splitting every line (make bench, pub-only).
+            nl = find(b"\n", i)
+            if nl < 0:
+                self.partial_line(data, i)
+                break
+            entry = cache_get(data[i:nl])
+            if entry is None:
+                i = self.process_op(data, i, nl)
+                if i < 0:
+                    break
+                cache_get = self.pub_cache.get
+                echo = self.echo
+                continue
+            subject, reply_sp, size, tail_at = entry
+            stop = nl + 1 + size
+            if stop + 2 > n:
+                self.keep_tail(data, i, stop + 2 - i)
+                break
+            if data[stop] != 13 or data[stop + 1] != 10:
+                raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
+            msgs += 1
+            nbytes += size
+            result = sl_cache_get(subject)
+            if result is None:
+                result = sublist.match(subject)
+            else:
+                hits += 1
+            plan = result.plan
+            if plan is None:
+                plan = result.plan = DeliveryPlan(result, subject)
+            if plan.fast and (echo or self not in plan.members) and (
+                    reply_sp is None or not plan.empty or not self.no_responders):
+                # HOT: one slice holds "<size>\r\n<payload>\r\n" for every
+                #      receiver; prefixes are ready-made per subscriber.
+                tail = data[i + tail_at:stop + 2]
+                for c, prefix in plan.plain:
+                    out = c.out
+                    out += prefix
+                    if reply_sp is not None:
+                        out += reply_sp
+                    out += tail
+                    c.out_msgs += 1
+                    c.out_bytes += size
+                if plan is not last_plan:
+                    # HOT: mark a plan's receivers pending once per run of
+                    #      messages, not once per delivery.
+                    pending.update(plan.clients)
+                    last_plan = plan
+                for group in plan.queues:
+                    c, prefix = group[int(rand() * len(group))]
+                    out = c.out
+                    out += prefix
+                    if reply_sp is not None:
+                        out += reply_sp
+                    out += tail
+                    c.out_msgs += 1
+                    c.out_bytes += size
+                    pending.add(c)
+            else:
+                reply = reply_sp[:-1] if reply_sp is not None else None
+                self.deliver_msg(result, subject, reply, -1, size, data[nl + 1:stop])
+            i = stop + 2
+        self.in_msgs += msgs
+        self.in_bytes += nbytes
+        sublist.matches += hits
+        sublist.cache_hits += hits
+
+    def partial_line(self, data: bytes, i: int):
+        """The buffer ends inside a control line: check its length and wait."""
+        if len(data) - i > self.server.options.max_control_line + 16:
+            self.max_control_line_exceeded(len(data) - i)
+            return
+        self.keep_tail(data, i, len(data) - i + 1)
+
+    def max_control_line_exceeded(self, length: int):
+        self.error("maximum control line exceeded (max_control_line %d, line %d)",
+                   self.server.options.max_control_line, length)
+        self.send_err_and_close(ERR_MAX_CONTROL_LINE, MAX_CONTROL_LINE_EXCEEDED)
+
+    def process_op(self, data: bytes, i: int, nl: int) -> int:
+        """The cold path: one control line.  Returns the next index, or -1
+        when the op needs more bytes or the connection closed."""
+        line = data[i:nl]
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        op, arg, has_sep = split_op(line)
+        if self.awaiting_auth and op != b"CONNECT":
+            self.auth_violation()
+            return -1
+        handler = self.OPS.get(op)
+        if handler is None:
+            if op.startswith(b"PING"):
+                handler = Client.op_ping
+            elif op.startswith(b"PONG"):
+                handler = Client.op_pong
+            elif op.startswith(b"+OK"):
+                return nl + 1
+            else:
+                raise ProtocolError("", ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+        elif handler.needs_arg:
+            if not has_sep:
+                raise ProtocolError("", ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+            if len(arg) > self.server.options.max_control_line:
+                self.max_control_line_exceeded(len(arg))
+                return -1
+        next_i = handler(self, data, i, nl, line, arg)
+        return -1 if self.closed else next_i
+
+    # -- client ops (each returns the index after its bytes, or -1) ----------
+
+    def op_ping(self, data, i, nl, line, arg) -> int:
+        if self.trace:
+            self.trace_in("PING")
+        self.send_proto(PONG)
+        return nl + 1
+
+    def op_pong(self, data, i, nl, line, arg) -> int:
+        if self.trace:
+            self.trace_in("PONG")
+        self.pings_out = 0
+        return nl + 1
+
+    def op_err(self, data, i, nl, line, arg) -> int:
+        if self.trace:
+            self.trace_in("-ERR", arg)
+        self.error("Client Error %s", arg.decode("utf-8", "replace"))
+        self.close(PARSE_ERROR)
+        return -1
+
+    def op_info(self, data, i, nl, line, arg) -> int:
+        # Clients may send INFO; it is read and ignored (Go's processInfo).
+        if self.trace:
+            self.trace_in("INFO", arg)
+        try:
+            json.loads(arg)
+        except ValueError as exc:
+            raise ProtocolError("Error parsing INFO: %s" % exc)
+        return nl + 1
+
+    def op_connect(self, data, i, nl, line, arg) -> int:
+        if self.trace:
+            self.trace_in("CONNECT", arg)
+        self.process_connect(arg)
+        return nl + 1
+
+    def op_sub(self, data, i, nl, line, arg) -> int:
+        if self.trace:
+            self.trace_in("SUB", arg)
+        subject, queue, sid = parse_sub_args(arg)
+        self.process_sub(subject, queue, sid)
+        return nl + 1
+
+    def op_unsub(self, data, i, nl, line, arg) -> int:
+        if self.trace:
+            self.trace_in("UNSUB", arg)
+        sid, maximum = parse_unsub_args(arg)
+        self.process_unsub(sid, maximum)
+        return nl + 1
+
+    def op_pub(self, data, i, nl, line, arg) -> int:
+        if self.trace:
+            self.trace_in("PUB", arg)
+        subject, reply, size, size_token = parse_pub_args(arg)
+        return self.process_pub(data, i, nl, line, subject, reply, -1, size, size_token)
+
+    def op_hpub(self, data, i, nl, line, arg) -> int:
+        if self.trace:
+            self.trace_in("HPUB", arg)
+        if not self.headers:
+            raise ProtocolError("message headers not supported")
+        subject, reply, hdr, size, hdr_token = parse_hpub_args(arg)
+        return self.process_pub(data, i, nl, line, subject, reply, hdr, size, hdr_token)
+
+    OPS = {
+        b"PUB": op_pub, b"HPUB": op_hpub, b"SUB": op_sub, b"UNSUB": op_unsub,
+        b"CONNECT": op_connect, b"INFO": op_info, b"PING": op_ping, b"PONG": op_pong,
+        b"-ERR": op_err,
+    }
+    for _op, _needs in ((op_pub, True), (op_hpub, True), (op_sub, True), (op_unsub, True),
+                        (op_connect, True), (op_info, True), (op_ping, False),
+                        (op_pong, False), (op_err, False)):
+        _op.needs_arg = _needs
+    del _op, _needs
+
+    # -- CONNECT and auth ------------------------------------------------------
+
+    def process_connect(self, arg: bytes):
+        """Apply the CONNECT fields sent (only those), then check auth."""
+        try:
+            fields = json.loads(arg)
+        except ValueError as exc:
+            raise ProtocolError("processConnect: %s" % exc)
+        if not isinstance(fields, dict):
+            raise ProtocolError("processConnect: CONNECT is not a JSON object")
+        for key, kind in _CONNECT_FIELDS.items():
+            if key in fields and fields[key] is not None and not isinstance(fields[key], kind):
+                raise ProtocolError("processConnect: json: cannot unmarshal %s into field %s"
+                                    % (type(fields[key]).__name__, key))
+        for key in ("verbose", "pedantic", "echo", "no_responders", "name", "lang",
+                    "version", "protocol"):
+            if fields.get(key) is not None:
+                setattr(self, key, fields[key])
+        if fields.get("headers") is not None:
+            self.headers = bool(fields["headers"])
+        self.connect_received = True
+        self.pub_cache.clear()
+        if self.verbose or self.trace or self.pedantic:
+            # The hot path has no room for +OK, traces or subject checks.
+            self.pub_cache = _DisabledCache()
+        else:
+            self.pub_cache = {}
+        if not self.authorize(fields):
+            return
+        if self.protocol < 0 or self.protocol > PROTO:
+            self.send_err_and_close(ERR_BAD_CLIENT_PROTOCOL, BAD_CLIENT_PROTOCOL_VERSION)
+            return
+        if self.no_responders and not self.headers:
+            self.send_err_and_close(ERR_NO_RESPONDERS_REQUIRES_HEADERS,
+                                    NO_RESPONDERS_REQUIRES_HEADERS)
+            return
+        if self.verbose:
+            self.send_ok()
+
+    def authorize(self, fields: dict) -> bool:
+        """Check credentials when auth is on (Go's isClientAuthorized)."""
+        if not self.awaiting_auth:
+            return True
+        opts = self.server.options
+        if opts.authorization:
+            ok = _secret_equal(fields.get("auth_token"), opts.authorization)
+        else:
+            ok = (_secret_equal(fields.get("user"), opts.username)
+                  and _secret_equal(fields.get("pass"), opts.password))
+        if not ok:
+            self.auth_violation()
+            return False
+        self.awaiting_auth = False
+        self.user = fields.get("user") or ""
+        return True
+
+    def auth_violation(self):
+        self.error("%s", "Authorization Error")
+        self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
+
+    def auth_timeout(self):
+        if self.closed or not self.awaiting_auth:
+            return
+        self.error("Authentication Timeout")
+        self.send_err_and_close(ERR_AUTH_TIMEOUT, AUTHENTICATION_TIMEOUT)
+
+    def send_ok(self):
+        if self.trace:
+            self.trace_out("OK")
+        self.queue_outbound(OK)
+
+    # -- SUB and UNSUB ---------------------------------------------------------
+
+    def process_sub(self, subject: bytes, queue: bytes | None, sid: bytes):
+        if not is_valid_subject(subject) or (queue is not None and not _valid_queue(queue)):
+            self.send_err(ERR_INVALID_SUBJECT)
+            return
+        max_subs = self.server.options.max_subscriptions
+        if sid not in self.subs:
+            if max_subs and len(self.subs) >= max_subs:
+                self.error("maximum subscriptions exceeded")
+                self.send_err(ERR_MAX_SUBSCRIPTIONS)
+                return
+            sub = Subscription(self, subject, queue, sid)
+            self.subs[sid] = sub
+            self.server.sublist.insert(sub)
+        if self.verbose:
+            self.send_ok()
+
+    def process_unsub(self, sid: bytes, maximum: int):
+        sub = self.subs.get(sid)
+        if sub is not None:
+            if maximum > 0 and sub.delivered < maximum:
+                sub.max = maximum
+                # The plan cached for its subjects assumed no limit.
+                self.server.sublist.genid += 1
+                self.server.sublist.cache.clear()
+            else:
+                self.unsubscribe(sub)
+        if self.verbose:
+            self.send_ok()
+
+    def unsubscribe(self, sub: Subscription):
+        if self.subs.get(sub.sid) is sub:
+            del self.subs[sub.sid]
+            self.server.sublist.remove(sub)
+
+    def closed_cleanup(self):
+        sublist = self.server.sublist
+        for sub in self.subs.values():
+            sublist.remove(sub)
+        self.subs.clear()
+        self.server.remove_client(self)
+
+    # -- PUB and delivery ------------------------------------------------------
+
+    def process_pub(self, data: bytes, i: int, nl: int, line: bytes, subject: bytes,
+                    reply: bytes | None, hdr: int, size: int, size_token: bytes) -> int:
+        """PUB or HPUB whose payload starts after `nl` (Go's processPub)."""
+        max_payload = self.server.options.max_payload
+        if size > max_payload:
+            self.error("Maximum Payload Violation (%d > %d)", size, max_payload)
+            self.send_err_and_close(ERR_MAX_PAYLOAD, MAX_PAYLOAD_EXCEEDED)
+            return -1
+        stop = nl + 1 + size
+        if stop + 2 > len(data):
+            self.keep_tail(data, i, stop + 2 - i)
+            return -1
+        if data[stop:stop + 2] != CR_LF:
+            raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
+        valid = True
+        if self.pedantic and not is_valid_literal_subject(subject):
+            self.send_err(ERR_INVALID_PUBLISH_SUBJECT)
+            valid = False
+        payload = data[nl + 1:stop]
+        if self.trace:
+            self.trace_payload(payload)
+        if self.verbose:
+            self.send_ok()
+        self.in_msgs += 1
+        self.in_bytes += size
+        result = self.server.sublist.match(subject)
+        self.deliver_msg(result, subject, reply, hdr, size, payload)
+        if (valid and hdr < 0 and data[nl - 1] == 13 and line.endswith(size_token)
+                and type(self.pub_cache) is dict):
+            cache = self.pub_cache
+            if len(cache) >= PUB_CACHE_MAX:
+                cache.clear()
+            cache[data[i:nl]] = (subject, reply + b" " if reply is not None else None,
+                                 size, len(line) - len(size_token))
+        return stop + 2
+
+    def deliver_msg(self, result: SublistResult, subject: bytes, reply: bytes | None,
+                    hdr: int, size: int, payload: bytes) -> bool:
+        """Deliver to every plain sub and one member per queue group
+        (Go's processMsgResults).  Returns True if anyone got it."""
+        delivered = False
+        for sub in result.psubs:
+            if self.deliver_to(sub, subject, reply, hdr, size, payload):
+                delivered = True
+        for group in result.qsubs:
+            start = int(random.random() * len(group))
+            for k in range(len(group)):
+                sub = group[(start + k) % len(group)]
+                if self.deliver_to(sub, subject, reply, hdr, size, payload):
+                    delivered = True
+                    break
+        if not delivered and reply is not None and self.no_responders:
+            self.send_no_responders(reply)
+        return delivered
+
+    def deliver_to(self, sub: Subscription, subject: bytes, reply: bytes | None,
+                   hdr: int, size: int, payload: bytes) -> bool:
+        """Queue one MSG/HMSG for `sub` (Go's deliverMsg)."""
+        c = sub.client
+        if c.closed or (c is self and not self.echo):
+            return False
+        if sub.max:
+            sub.delivered += 1
+            if sub.delivered > sub.max:
+                return False
+            if sub.delivered == sub.max:
+                c.unsubscribe(sub)
+        c.out += msg_proto(subject, sub.sid, reply, hdr if c.headers else -1, size,
+                           payload if c.headers or hdr < 0 else payload[hdr:])
+        c.out_msgs += 1
+        c.out_bytes += size
+        self.server.pending.add(c)
+        return True
+
+    def send_no_responders(self, reply: bytes):
+        """A request nobody can answer: a 503 status to the requester's own
+        subscription on the reply subject, if it has one."""
+        for sub in self.server.sublist.match(reply).psubs:
+            if sub.client is self:
+                self.queue_outbound(msg_proto(reply, sub.sid, None, len(NO_RESPONDERS_HEADER),
+                                              len(NO_RESPONDERS_HEADER), NO_RESPONDERS_HEADER))
+                return
+        for group in self.server.sublist.match(reply).qsubs:
+            for sub in group:
+                if sub.client is self:
+                    self.queue_outbound(msg_proto(reply, sub.sid, None,
+                                                  len(NO_RESPONDERS_HEADER),
+                                                  len(NO_RESPONDERS_HEADER), NO_RESPONDERS_HEADER))
+                    return
+
+
+class _DisabledCache(dict):
+    """The PUB cache of a verbose, pedantic or traced client: never filled."""
+
+    def get(self, key, default=None):
+        return None
+
+
+# CONNECT fields and their JSON types (a wrong type closes, as Go's json does).
+_CONNECT_FIELDS = {
+    "verbose": bool, "pedantic": bool, "echo": bool, "headers": bool,
+    "no_responders": bool, "tls_required": bool, "protocol": int,
+    "name": str, "lang": str, "version": str, "user": str, "pass": str,
+    "auth_token": str,
+}
+
+
+def msg_proto(subject: bytes, sid: bytes, reply: bytes | None, hdr: int, size: int,
+              payload: bytes) -> bytes:
+    """MSG or HMSG bytes; `hdr` < 0 means no headers (payload is the body)."""
+    if hdr < 0:
+        size = len(payload)
+        if reply is None:
+            return b"MSG %s %s %d\r\n%s\r\n" % (subject, sid, size, payload)
+        return b"MSG %s %s %s %d\r\n%s\r\n" % (subject, sid, reply, size, payload)
+    if reply is None:
+        return b"HMSG %s %s %d %d\r\n%s\r\n" % (subject, sid, hdr, size, payload)
+    return b"HMSG %s %s %s %d %d\r\n%s\r\n" % (subject, sid, reply, hdr, size, payload)
+
+
+def _valid_queue(queue: bytes) -> bool:
+    return bool(queue) and b" " not in queue and b"\t" not in queue
+
+
+def _secret_equal(given, expected: str) -> bool:
+    """Constant-time comparison of a client's secret with the configured one."""
+    if not isinstance(given, str):
+        return False
+    if expected.startswith(("$2a$", "$2b$", "$2y$")):
+        return False  # bcrypt hashes are refused at startup until supported
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+# ============================================================================
+# 8. Route
+# ============================================================================
+#
+# Clustering over routes (RS+/RS-/RMSG between servers, gossip, mixed
+# clusters with Go nats-server 2.x) is not implemented yet.  The `cluster`
+# config block is accepted and named in a startup warning, and the cluster
+# flags (--routes, --cluster, --cluster_listen, ...) stop the server with a
+# clear message rather than being ignored.  Go twin: server/route.go.
+
+
+# ============================================================================
+# 9. Server and event loop
+# ============================================================================
+#
+# The server owns everything the loop thread touches: the listener, the
+# connections, the sublist, the timer heap and the counters.  One loop turn:
+#
+#     select (until the nearest timer) -> accept / read every ready socket
+#       -> flush each connection that got output this turn -> run due timers
+#
+# Timers (auth timeout, pings, the write-deadline sweep) are entries on a
+# heap, never threads.  Signal handlers only set a flag and wake the loop
+# through a socket pair.  Go twin: server/server.go.
+
+
+class _Waker:
+    """A socket pair that lets other threads and signal handlers wake select()."""
+
+    closed = False
+
+    def __init__(self):
+        self.reader, self.writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self.writer.setblocking(False)
+
+    def wake(self):
+        try:
+            self.writer.send(b"\0")
+        except OSError:
+            pass
+
+    def read_ready(self):
+        try:
+            while self.reader.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self):
+        for s in (self.reader, self.writer):
+            s.close()
+
+
+class _Listener:
+    """The client listening socket; readable means connections to accept."""
+
+    closed = False
+
+    def __init__(self, server: "Server", sock: socket.socket):
+        self.server = server
+        self.sock = sock
+
+    def read_ready(self):
+        self.server.accept_connections(self.sock)
+
+
+class Server:
+    """A NATS server.  Embedding:
+
+        server = Server(Options(port=-1)).start()   # loop in a thread
+        ... server.port ...
+        server.shutdown()
+
+    `main()` instead calls `run()`, which serves in the calling thread.
+    """
+
+    def __init__(self, options: Options | None = None):
+        self.options = (options or Options()).fill_defaults()
+        self.server_id = _new_server_id()
+        self.server_name = self.options.server_name or self.server_id
+        self.sublist = Sublist()
+        self.clients: dict = {}
+        self.pending: set = set()
+        self.write_waiting: set = set()
+        self.selector = selectors.DefaultSelector()
+        self.timers: list = []
+        self.timer_seq = 0
+        self.read_buffer = bytearray(READ_SIZE)
+        self.read_view = memoryview(self.read_buffer)
+        self.trace = self.options.trace
+        self.next_cid = 0
+        self.running = False
+        self.listener = None
+        self.host = self.options.host
+        self.port = self.options.port
+        self.waker = _Waker()
+        self.start_time = time.time()
+        self.total_connections = 0
+        self.slow_consumers = 0
+        self.stale_connections = 0
+        self.closed_in_msgs = self.closed_in_bytes = 0
+        self.closed_out_msgs = self.closed_out_bytes = 0
+        self.info_template: dict = {}
+        self.thread = None
+        self.exit_code = 0
+
+    # -- startup ---------------------------------------------------------------
+
+    def listen(self):
+        """Bind the client listener and log the Go server's startup lines."""
+        opts = self.options
+        log.info("Starting nats-server")
+        log.info("  Version:  %s", VERSION)
+        log.info("  Git:      [not set]")
+        log.info("  gnatsd.py: %s on %s %s", __version__, platform.python_implementation(),
+                 platform.python_version())
+        log.info("  Name:     %s", self.server_name)
+        log.info("  ID:       %s", self.server_id)
+        if opts.config_file:
+            log.info("Using configuration file: %s", opts.config_file)
+        for warning in opts.warnings:
+            log.warning("%s", warning)
+        sock = _bind(opts.host, opts.port)
+        self.listener = _Listener(self, sock)
+        self.host, self.port = opts.host, sock.getsockname()[1]
+        self.selector.register(sock, selectors.EVENT_READ, self.listener)
+        self.selector.register(self.waker.reader, selectors.EVENT_READ, self.waker)
+        self.info_template = self.build_info()
+        log.info("Listening for client connections on %s", _host_port(self.host, self.port))
+        if opts.pid_file:
+            _write_file(opts.pid_file, str(os.getpid()))
+        if opts.ports_file_dir:
+            self.write_ports_file()
+        self.add_timer(1.0, self.sweep_write_deadlines)
+        self.running = True
+        log.info("Server is ready")
+        return self
+
+    def build_info(self) -> dict:
+        """INFO fields shared by every client, in the Go server's order."""
+        opts = self.options
+        info = {
+            "server_id": self.server_id,
+            "server_name": self.server_name,
+            "version": VERSION,
+            "proto": PROTO,
+            "go": GO_FIELD,
+            "host": opts.host,
+            "port": self.port,
+            "headers": True,
+        }
+        if opts.auth_required:
+            info["auth_required"] = True
+        info["max_payload"] = opts.max_payload
+        return info
+
+    def write_ports_file(self):
+        name = "%s_%d.ports" % (os.path.splitext(os.path.basename(sys.argv[0] or "gnatsd"))[0],
+                                os.getpid())
+        ports = {"client": ["nats://%s" % _host_port(_advertise_host(self.host), self.port)]}
+        _write_file(os.path.join(self.options.ports_file_dir, name), json.dumps(ports))
+
+    def start(self) -> "Server":
+        """Listen, then serve on a background thread (for embedding and tests)."""
+        self.listen()
+        self.thread = threading.Thread(target=self.serve, name="gnatsd-loop", daemon=True)
+        self.thread.start()
+        return self
+
+    def run(self) -> int:
+        """Listen and serve in this thread until shutdown; returns the exit code."""
+        self.listen()
+        self.serve()
+        return self.exit_code
+
+    # -- the loop --------------------------------------------------------------
+
+    def serve(self):
+        """The event loop.  Returns after shutdown() has closed everything."""
+        select = self.selector.select
+        pending = self.pending
+        timers = self.timers
+        EVENT_READ = selectors.EVENT_READ
+        EVENT_WRITE = selectors.EVENT_WRITE
+        try:
+            while self.running:
+                timeout = None
+                if timers:
+                    timeout = max(0.0, timers[0][0] - time.monotonic())
+                for key, mask in select(timeout):
+                    conn = key.data
+                    if conn.closed:
+                        continue
+                    if mask & EVENT_READ:
+                        conn.read_ready()
+                    if mask & EVENT_WRITE and not conn.closed:
+                        conn.write_ready()
+                if pending:
+                    self.flush_pending()
+                if timers and timers[0][0] <= time.monotonic():
+                    self.run_timers()
+        finally:
+            self.close_all()
+
+    def flush_pending(self):
+        """Flush every connection that got output this turn (Go's pcd)."""
+        pending = self.pending
+        while pending:
+            pending.pop().flush()
+
+    def add_timer(self, delay: float, callback):
+        self.timer_seq += 1
+        heapq.heappush(self.timers, (time.monotonic() + delay, self.timer_seq, callback))
+
+    def run_timers(self):
+        now = time.monotonic()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _when, _seq, callback = heapq.heappop(timers)
+            try:
+                callback()
+            except Exception:  # a bug in one timer must not stop the loop
+                log.exception("timer callback failed")
+        if self.pending:
+            self.flush_pending()
+
+    def sweep_write_deadlines(self):
+        now = time.monotonic()
+        for conn in list(self.write_waiting):
+            conn.check_write_deadline(now)
+        self.add_timer(1.0, self.sweep_write_deadlines)
+
+    def want_write(self, conn: Connection, on: bool):
+        """Wait for writability only while the kernel pushes back."""
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        try:
+            self.selector.modify(conn.sock, events, conn)
+        except (KeyError, ValueError, OSError):
+            return
+        if on:
+            self.write_waiting.add(conn)
+        else:
+            self.write_waiting.discard(conn)
+
+    def unregister(self, conn: Connection):
+        self.write_waiting.discard(conn)
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    # -- connections -----------------------------------------------------------
+
+    def accept_connections(self, listener: socket.socket):
+        for _ in range(256):
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("Temporary Client Accept Error(%s), sleeping 10ms", exc)
+                    time.sleep(0.01)
+                    return
+                log.error("Client Accept Error: %s", exc)
+                return
+            self.create_client(sock)
+
+    def create_client(self, sock: socket.socket):
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        self.next_cid += 1
+        client = Client(self, sock, self.next_cid)
+        self.total_connections += 1
+        try:
+            self.selector.register(sock, selectors.EVENT_READ, client)
+        except (ValueError, OSError) as exc:
+            log.error("Error registering client connection: %s", exc)
+            sock.close()
+            return
+        self.clients[client.cid] = client
+        client.debug("Client connection created")
+        info = dict(self.info_template)
+        info["client_id"] = client.cid
+        info["client_ip"] = client.host
+        client.send_proto(b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n",
+                          "INFO ...")
+        opts = self.options
+        if len(self.clients) > opts.max_connections:
+            log.error("Maximum connections exceeded (%d)", opts.max_connections)
+            client.send_err_and_close(ERR_MAX_CONNECTIONS, MAX_CONNECTIONS_EXCEEDED)
+            return
+        if client.awaiting_auth:
+            self.add_timer(opts.auth_timeout, client.auth_timeout)
+        client.arm_ping_timer()
+        client.flush()
+
+    def remove_client(self, client: Client):
+        if self.clients.pop(client.cid, None) is not None:
+            self.closed_in_msgs += client.in_msgs
+            self.closed_in_bytes += client.in_bytes
+            self.closed_out_msgs += client.out_msgs
+            self.closed_out_bytes += client.out_bytes
+
+    # -- shutdown --------------------------------------------------------------
+
+    def shutdown(self):
+        """Stop the loop; safe from any thread and from signal handlers."""
+        self.running = False
+        self.waker.wake()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(5)
+
+    def close_all(self):
+        """Close listener and connections (loop thread, after the last turn)."""
+        log.info("Initiating Shutdown...")
+        if self.listener is not None:
+            self.unregister(self.listener)
+            self.listener.sock.close()
+            self.listener.closed = True
+        for client in list(self.clients.values()):
+            client.close(SERVER_SHUTDOWN)
+        self.waker.close()
+        self.selector.close()
+        if self.options.pid_file:
+            _remove_file(self.options.pid_file)
+        log.info("Server Exiting..")
+
+    # -- signals ---------------------------------------------------------------
+
+    def install_signal_handlers(self):
+        """SIGINT/SIGTERM stop; SIGUSR1 reopens the log file (main thread only)."""
+
+        def stop(signum, _frame):
+            log.debug('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
+            self.running = False
+            self.waker.wake()
+
+        def reopen(_signum, _frame):
+            reopen_log_file(self.options)
+
+        def not_yet(signum, _frame):
+            log.warning('Trapped "%s" signal: not supported yet, ignored',
+                        _SIGNAL_NAMES.get(signum, signum))
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, reopen)
+            signal.signal(signal.SIGHUP, not_yet)
+            signal.signal(signal.SIGUSR2, not_yet)
+
+
+# Go's names for the signals it traps.
+_SIGNAL_NAMES = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated"}
+
+
+def _new_server_id() -> str:
+    """A 56-character server id shaped like a Go server's nkey ("N...")."""
+    return "N" + base64.b32encode(os.urandom(35)).decode()[:55]
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A non-blocking listening socket on host:port (port <= 0 picks one)."""
+    if port in (RANDOM_PORT, 0):
+        port = 0
+    infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                               socket.AI_PASSIVE)
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _host_port(host: str, port: int) -> str:
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def _advertise_host(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def _write_file(path: str, text: str):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _remove_file(path: str):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+# ============================================================================
+# 10. Monitor
+# ============================================================================
+#
+# The HTTP(S) monitoring endpoints (/varz, /connz, /routez, /subsz,
+# /healthz) are not implemented yet.  A monitor port in the config file is
+# named in a startup warning; `-m`/`-ms` stop the server with a clear
+# message.  Go twin: server/monitor.go.
+
+
+# ============================================================================
+# 11. Logging
+# ============================================================================
+#
+# Log lines look like the Go server's, because people and tools read them:
+#
+#     [1234] 2026/11/27 13:37:19.818351 [INF] Server is ready
+#
+# `-T=false` drops the time; `-D` adds [DBG] lines (connections opening and
+# closing), `-V` adds [TRC] lines (every protocol op in and out), `-l FILE`
+# appends to a file instead of stderr.  SIGUSR1 reopens that file, for
+# logrotate.
+
+# Level labels as the Go server prints them.
+_LABELS = {TRACE: "TRC", logging.DEBUG: "DBG", logging.INFO: "INF",
+           logging.WARNING: "WRN", logging.ERROR: "ERR", logging.CRITICAL: "FTL"}
+
+
+class GoFormatter(logging.Formatter):
+    """`[pid] date time.micro [LBL] message`, as Go's logger writes it."""
+
+    def __init__(self, logtime: bool = True):
+        super().__init__()
+        self.logtime = logtime
+        self.pid = os.getpid()
+
+    def format(self, record: logging.LogRecord) -> str:
+        label = _LABELS.get(record.levelno, "INF")
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        if not self.logtime:
+            return "[%d] [%s] %s" % (self.pid, label, text)
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created))
+        micros = int((record.created % 1) * 1_000_000)
+        return "[%d] %s.%06d [%s] %s" % (self.pid, stamp, micros, label, text)
+
+
+class _TraceWithoutDebug(logging.Filter):
+    """-V without -D: show [TRC] lines but not [DBG] ones."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno != logging.DEBUG
+
+
+def configure_logging(opts: Options):
+    """Give the module logger one handler as the options ask."""
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    if opts.log_file:
+        handler = logging.FileHandler(opts.log_file, mode="a", encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(GoFormatter(opts.logtime))
+    if opts.trace and not opts.debug:
+        handler.addFilter(_TraceWithoutDebug())
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(TRACE if opts.trace else logging.DEBUG if opts.debug else logging.INFO)
+
+
+def reopen_log_file(opts: Options):
+    """SIGUSR1: reopen the log file (after logrotate moved it)."""
+    if opts.log_file:
+        configure_logging(opts)
+        log.info("File log re-opened")
+
+
+# ============================================================================
+# 12. Command line
+# ============================================================================
+#
+# The flags of gnatsd 0.7.2 and of the modern nats-server, in the groups of
+# the Go server's usage text.  Go's flag package is more relaxed than
+# argparse: `-port 4222`, `--port 4222`, `-port=4222`, `--port=4222` are all
+# the same flag, and booleans take `-T=false`.  `_normalize_argv` rewrites
+# every known spelling to `--name=value` before argparse sees it.  Flags go
+# into an `Options` that overrides the config file's; later flags win.
+
+# Value kinds of flags.
+_BOOL, _INT, _STR = "bool", "int", "str"
+
+# Flags whose feature is not in this build, and why.
+_NOT_YET = {
+    "http_port": "HTTP monitoring is not implemented yet",
+    "https_port": "HTTPS monitoring is not implemented yet",
+    "signal": "--signal is not implemented yet; send the signal with kill(1)",
+    "syslog": "syslog output is not implemented yet",
+    "remote_syslog": "remote syslog is not implemented yet",
+    "log_size_limit": "log file rotation is not implemented yet",
+    "jetstream": "JetStream is not supported by gnatsd.py",
+    "store_dir": "JetStream is not supported by gnatsd.py",
+    "tls": "TLS is not implemented yet",
+    "tlscert": "TLS is not implemented yet",
+    "tlskey": "TLS is not implemented yet",
+    "tlsverify": "TLS is not implemented yet",
+    "tlscacert": "TLS is not implemented yet",
+    "routes": "clustering (routes) is not implemented yet",
+    "cluster": "clustering (routes) is not implemented yet",
+    "cluster_name": "clustering (routes) is not implemented yet",
+    "no_advertise": "clustering (routes) is not implemented yet",
+    "cluster_advertise": "clustering (routes) is not implemented yet",
+    "connect_retries": "clustering (routes) is not implemented yet",
+    "cluster_listen": "clustering (routes) is not implemented yet",
+    "profile": "profiling is not supported by gnatsd.py",
+}
+
+# (group, [(flag spellings, dest, kind, metavar, help)]) as in Go's usage text.
+FLAG_GROUPS = (
+    ("Server Options", (
+        (("-a", "--addr", "--net"), "host", _STR, "<host>", "Bind to host address (default: 0.0.0.0)"),
+        (("-p", "--port"), "port", _INT, "<port>", "Use port for clients (default: 4222)"),
+        (("-n", "--name", "--server_name"), "server_name", _STR, "<server_name>",
+         "Server name (default: auto)"),
+        (("-P", "--pid"), "pid_file", _STR, "<file>", "File to store PID"),
+        (("-m", "--http_port"), "http_port", _INT, "<port>", "Use port for http monitoring"),
+        (("-ms", "--https_port"), "https_port", _INT, "<port>", "Use port for https monitoring"),
+        (("-c", "--config"), "config_file", _STR, "<file>", "Configuration file"),
+        (("-t",), "check_config", _BOOL, None, "Test configuration and exit"),
+        (("-sl", "--signal"), "signal", _STR, "<signal>[=<pid>]",
+         "Send signal to nats-server process (ldm, stop, quit, term, reopen, reload)"),
+        (("--client_advertise",), "client_advertise", _STR, "<string>",
+         "Client URL to advertise to other servers"),
+        (("--ports_file_dir",), "ports_file_dir", _STR, "<dir>",
+         "Creates a ports file in the specified directory (<executable_name>_<pid>.ports)"),
+    )),
+    ("Logging Options", (
+        (("-l", "--log"), "log_file", _STR, "<file>", "File to redirect log output"),
+        (("-T", "--logtime"), "logtime", _BOOL, None, "Timestamp log entries (default: true)"),
+        (("-s", "--syslog"), "syslog", _BOOL, None, "Log to syslog or windows event log"),
+        (("-r", "--remote_syslog"), "remote_syslog", _STR, "<addr>",
+         "Syslog server addr (udp://localhost:514)"),
+        (("-D", "--debug"), "debug", _BOOL, None, "Enable debugging output"),
+        (("-V", "--trace"), "trace", _BOOL, None, "Trace the raw protocol"),
+        (("-VV",), "trace_verbose", _BOOL, None, "Verbose trace (traces system account as well)"),
+        (("-DV",), "debug_trace", _BOOL, None, "Debug and trace"),
+        (("-DVV",), "debug_trace_verbose", _BOOL, None,
+         "Debug and verbose trace (traces system account as well)"),
+        (("--log_size_limit",), "log_size_limit", _INT, "<limit>",
+         "Logfile size limit (default: auto)"),
+        (("--max_traced_msg_len",), "max_traced_msg_len", _INT, "<len>",
+         "Maximum printable length for traced messages (default: unlimited)"),
+    )),
+    ("JetStream Options", (
+        (("-js", "--jetstream"), "jetstream", _BOOL, None, "Enable JetStream functionality (not supported)"),
+        (("-sd", "--store_dir"), "store_dir", _STR, "<dir>", "Set the storage directory (not supported)"),
+    )),
+    ("Authorization Options", (
+        (("--user",), "username", _STR, "<user>", "User required for connections"),
+        (("--pass",), "password", _STR, "<password>", "Password required for connections"),
+        (("--auth",), "authorization", _STR, "<token>", "Authorization token required for connections"),
+    )),
+    ("TLS Options", (
+        (("--tls",), "tls", _BOOL, None, "Enable TLS, do not verify clients (default: false)"),
+        (("--tlscert",), "tlscert", _STR, "<file>", "Server certificate file"),
+        (("--tlskey",), "tlskey", _STR, "<file>", "Private key for server certificate"),
+        (("--tlsverify",), "tlsverify", _BOOL, None, "Enable TLS, verify client certificates"),
+        (("--tlscacert",), "tlscacert", _STR, "<file>", "Client certificate CA for verification"),
+    )),
+    ("Cluster Options", (
+        (("--routes",), "routes", _STR, "<rurl-1, rurl-2>", "Routes to solicit and connect"),
+        (("--cluster",), "cluster", _STR, "<cluster-url>", "Cluster URL for solicited routes"),
+        (("--cluster_name",), "cluster_name", _STR, "<string>",
+         "Cluster Name, if not set one will be dynamically generated"),
+        (("--no_advertise",), "no_advertise", _BOOL, None,
+         "Do not advertise known cluster information to clients"),
+        (("--cluster_advertise",), "cluster_advertise", _STR, "<string>",
+         "Cluster URL to advertise to other servers"),
+        (("--connect_retries",), "connect_retries", _INT, "<number>",
+         "For implicit routes, number of connect retries"),
+        (("--cluster_listen",), "cluster_listen", _STR, "<url>",
+         "Cluster url from which members can solicit routes"),
+    )),
+    ("Profiling Options", (
+        (("--profile",), "profile", _INT, "<port>", "Profiling HTTP port"),
+    )),
+    ("Common Options", (
+        (("-h", "--help"), "help", _BOOL, None, "Show this message"),
+        (("-v", "--version"), "version", _BOOL, None, "Show version"),
+        (("--help_tls",), "help_tls", _BOOL, None, "TLS help"),
+    )),
+)
+
+
+def _parse_bool(text: str) -> bool:
+    """Go's strconv.ParseBool."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise argparse.ArgumentTypeError("invalid boolean value %r" % text)
+
+
+def _flag_table() -> dict:
+    """Every spelling without dashes -> (canonical --flag, kind)."""
+    table = {}
+    for _group, flags in FLAG_GROUPS:
+        for spellings, _dest, kind, _metavar, _help in flags:
+            canonical = spellings[-1] if spellings[-1].startswith("--") else spellings[0]
+            for spelling in spellings:
+                table[spelling.lstrip("-")] = (canonical, kind)
+    return table
+
+
+def _normalize_argv(argv: list) -> list:
+    """Rewrite Go flag spellings (`-port=1`, `-T=false`, `--port 1`) for argparse."""
+    table = _flag_table()
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            out.extend(argv[i - 1:])
+            break
+        if not arg.startswith("-") or arg == "-":
+            out.append(arg)
+            continue
+        name, has_value, value = arg.lstrip("-").partition("=")
+        known = table.get(name)
+        if known is None:
+            out.append(arg)  # argparse reports it
+            continue
+        canonical, kind = known
+        if kind == _BOOL:
+            out.append("%s=%s" % (canonical, value) if has_value else canonical)
+        elif has_value:
+            out.append("%s=%s" % (canonical, value))
+        elif i < len(argv):
+            out.append("%s=%s" % (canonical, argv[i]))
+            i += 1
+        else:
+            out.append(canonical)  # argparse reports the missing value
+    return out
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, with boolean flags shown bare (`-D, --debug`) in the help."""
+
+    def format_help(self) -> str:
+        return super().format_help().replace(" []", "")
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="gnatsd.py", usage="%(prog)s [options]", add_help=False, allow_abbrev=False,
+        description="gnatsd.py %s: a NATS server (nats-server %s compatible) in one Python file."
+                    % (__version__, VERSION))
+    for group_name, flags in FLAG_GROUPS:
+        group = parser.add_argument_group(group_name)
+        for spellings, dest, kind, metavar, help_text in flags:
+            if kind == _BOOL:
+                group.add_argument(*spellings, dest=dest, nargs="?", const=True, default=None,
+                                   type=_parse_bool, metavar="", help=help_text)
+            else:
+                group.add_argument(*spellings, dest=dest, default=None, metavar=metavar,
+                                   type=int if kind == _INT else str, help=help_text)
+    parser.add_argument("command", nargs="?", help=argparse.SUPPRESS)
+    return parser
+
+
+def options_from_flags(args: argparse.Namespace) -> Options:
+    """The Options the command line sets (None where a flag was not given)."""
+    opts = Options()
+    for name in ("host", "port", "server_name", "pid_file", "client_advertise", "ports_file_dir",
+                 "log_file", "logtime", "debug", "trace", "max_traced_msg_len", "username",
+                 "password", "authorization"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(opts, name, value)
+    if args.debug_trace or args.debug_trace_verbose:
+        opts.debug = opts.trace = True
+    if args.trace_verbose:
+        opts.trace = True
+    return opts
+
+
+def version_text() -> str:
+    return "nats-server: v%s (gnatsd.py %s)" % (VERSION, __version__)
+
+
+def main(argv: list | None = None) -> int:
+    """Run the server from the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_arg_parser()
+    try:
+        args = parser.parse_args(_normalize_argv(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.help or args.command == "help":
+        parser.print_help()
+        return 0
+    if args.version or args.command == "version":
+        print(version_text())
+        return 0
+    if args.command:
+        parser.print_usage(sys.stderr)
+        print("gnatsd.py: unexpected argument %r" % args.command, file=sys.stderr)
+        return 2
+    for dest, reason in _NOT_YET.items():
+        if getattr(args, dest, None) not in (None, False):
+            print("gnatsd.py: --%s: %s" % (dest, reason), file=sys.stderr)
+            return 1
+    if args.help_tls:
+        print("gnatsd.py: --help_tls: TLS is not implemented yet", file=sys.stderr)
+        return 1
+    try:
+        opts = options_from_config(args.config_file) if args.config_file else Options(warnings=[])
+    except ConfigError as exc:
+        print("nats-server: %s" % exc, file=sys.stderr)
+        return 1
+    opts.merge(options_from_flags(args)).fill_defaults()
+    for secret in (opts.password, opts.authorization):
+        if secret.startswith(("$2a$", "$2b$", "$2y$")):
+            print("gnatsd.py: bcrypt password hashes are not supported yet", file=sys.stderr)
+            return 1
+    if args.check_config:
+        print("nats-server: configuration file %s is valid" % (opts.config_file or "<none>"))
+        return 0
+    configure_logging(opts)
+    _raise_open_file_limit()
+    server = Server(opts)
+    server.install_signal_handlers()
+    try:
+        return server.run()
+    except OSError as exc:
+        log.critical("Error listening on port: %s, %r", _host_port(opts.host, opts.port), str(exc))
+        return 1
+
+
+def _raise_open_file_limit():
+    """Allow as many sockets as the hard limit permits (Go does this too)."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
+                                                        else max(soft, 1 << 20), hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
