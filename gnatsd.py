@@ -236,6 +236,9 @@ class MaxPayloadError(ProtocolError):
 # a recursive-descent parser builds maps and arrays (Go's lex.go and parse.go
 # are a state-function lexer and a stack; the grammar is the same).
 
+# What peek() returns at the end of the text.
+EOF = "\0"
+
 # Characters that end a bare (unquoted) word.
 _BARE_END = frozenset(" \t\r\n,;}]#")
 
@@ -290,7 +293,8 @@ class _ConfigParser:
         return ConfigError(message, self.path, self.line, self.pos - self.line_start + 1)
 
     def peek(self) -> str:
-        return self.text[self.pos] if self.pos < len(self.text) else ""
+        """The next character, or EOF ("\\0", so `in` tests stay false)."""
+        return self.text[self.pos] if self.pos < len(self.text) else EOF
 
     def advance(self, n: int = 1):
         for _ in range(n):
@@ -331,7 +335,7 @@ class _ConfigParser:
             if ch in ",;":
                 self.advance()
                 continue
-            if ch == "":
+            if ch == EOF:
                 if closing:
                     raise self.error("unexpected end of file, expected %r" % closing)
                 return
@@ -347,7 +351,7 @@ class _ConfigParser:
             if self.peek() in ":=":
                 self.advance()
                 self.skip_space(newlines=False)
-            if self.peek() in ("", "\n"):
+            if self.peek() in (EOF, "\n"):
                 raise self.error("key %r has no value" % key)
             into[key] = self.parse_value()
             into.positions[key] = where
@@ -400,7 +404,7 @@ class _ConfigParser:
         while True:
             self.skip_space()
             ch = self.peek()
-            if ch == "":
+            if ch == EOF:
                 raise self.error("unexpected end of file in array")
             if ch == "]":
                 self.advance()
@@ -1168,10 +1172,7 @@ def parse_unsub_args(arg: bytes) -> tuple:
     if len(args) == 1:
         return args[0], 0
     if len(args) == 2:
-        maximum = parse_size(args[1])
-        if maximum < 0:
-            raise ProtocolError("processUnsub Bad maximum: %r" % arg)
-        return args[0], maximum
+        return args[0], max(parse_size(args[1]), 0)  # Go ignores a bad max: unsubscribe now
     raise ProtocolError("processUnsub Parse Error: %r" % arg)
 
 
@@ -1491,8 +1492,9 @@ class DeliveryPlan:
 
     def __init__(self, result: SublistResult, subject: bytes):
         head = b"MSG " + subject + b" "
-        self.plain = [(s.client, head + s.sid + b" ") for s in result.psubs]
-        self.queues = [[(s.client, head + s.sid + b" ") for s in group] for group in result.qsubs]
+        self.plain = [(s.client, head + s.sid + b" ", s) for s in result.psubs]
+        self.queues = [[(s.client, head + s.sid + b" ", s) for s in group]
+                       for group in result.qsubs]
         self.clients = {s.client for s in result.psubs}
         self.members = self.clients | {s.client for g in result.qsubs for s in g}
         self.fast = not any(s.max for s in result.psubs) and not any(
@@ -1568,6 +1570,7 @@ class Client(Connection):
             subject, reply_sp, size, tail_at = entry
             stop = nl + 1 + size
             if stop + 2 > n:
+                check_payload_end(data, stop)
                 self.keep_tail(data, i, stop + 2 - i)
                 break
             if data[stop] != 13 or data[stop + 1] != 10:
@@ -1587,12 +1590,13 @@ class Client(Connection):
                 # HOT: one slice holds "<size>\r\n<payload>\r\n" for every
                 #      receiver; prefixes are ready-made per subscriber.
                 tail = data[i + tail_at:stop + 2]
-                for c, prefix in plan.plain:
+                for c, prefix, sub in plan.plain:
                     out = c.out
                     out += prefix
                     if reply_sp is not None:
                         out += reply_sp
                     out += tail
+                    sub.delivered += 1
                     c.out_msgs += 1
                     c.out_bytes += size
                 if plan is not last_plan:
@@ -1601,18 +1605,21 @@ class Client(Connection):
                     pending.update(plan.clients)
                     last_plan = plan
                 for group in plan.queues:
-                    c, prefix = group[int(rand() * len(group))]
+                    c, prefix, sub = group[int(rand() * len(group))]
                     out = c.out
                     out += prefix
                     if reply_sp is not None:
                         out += reply_sp
                     out += tail
+                    sub.delivered += 1
                     c.out_msgs += 1
                     c.out_bytes += size
                     pending.add(c)
             else:
                 reply = reply_sp[:-1] if reply_sp is not None else None
-                self.deliver_msg(result, subject, reply, -1, size, data[nl + 1:stop])
+                size_field = data[i + tail_at:nl - 1]
+                self.deliver_msg(result, Message(subject, reply, -1, size, data[nl + 1:stop],
+                                                 size_field))
             i = stop + 2
         self.in_msgs += msgs
         self.in_bytes += nbytes
@@ -1621,9 +1628,12 @@ class Client(Connection):
 
     def partial_line(self, data: bytes, i: int):
         """The buffer ends inside a control line: check its length and wait."""
-        if len(data) - i > self.server.options.max_control_line + 16:
-            self.max_control_line_exceeded(len(data) - i)
-            return
+        mcl = self.server.options.max_control_line
+        if len(data) - i > mcl:
+            _op, arg, _sep = split_op(data[i:])
+            if len(arg) > mcl:
+                self.max_control_line_exceeded(len(arg))
+                return
         self.keep_tail(data, i, len(data) - i + 1)
 
     def max_control_line_exceeded(self, length: int):
@@ -1652,7 +1662,7 @@ class Client(Connection):
             else:
                 raise ProtocolError("", ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
         elif handler.needs_arg:
-            if not has_sep:
+            if not has_sep and op not in (b"CONNECT", b"INFO"):
                 raise ProtocolError("", ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
             if len(arg) > self.server.options.max_control_line:
                 self.max_control_line_exceeded(len(arg))
@@ -1732,7 +1742,7 @@ class Client(Connection):
     }
     for _op, _needs in ((op_pub, True), (op_hpub, True), (op_sub, True), (op_unsub, True),
                         (op_connect, True), (op_info, True), (op_ping, False),
-                        (op_pong, False), (op_err, False)):
+                        (op_pong, False), (op_err, True)):
         _op.needs_arg = _needs
     del _op, _needs
 
@@ -1756,6 +1766,11 @@ class Client(Connection):
                 setattr(self, key, fields[key])
         if fields.get("headers") is not None:
             self.headers = bool(fields["headers"])
+        if self.connect_received and self.subs:
+            # A second CONNECT starts the session over: nats-server 2.11+
+            # drops the subscriptions of the first (2.9 kept them).
+            for sub in list(self.subs.values()):
+                self.unsubscribe(sub)
         self.connect_received = True
         self.pub_cache.clear()
         if self.verbose or self.trace or self.pedantic:
@@ -1862,9 +1877,10 @@ class Client(Connection):
             return -1
         stop = nl + 1 + size
         if stop + 2 > len(data):
+            check_payload_end(data, stop)
             self.keep_tail(data, i, stop + 2 - i)
             return -1
-        if data[stop:stop + 2] != CR_LF:
+        if data[stop] != 13 or data[stop + 1] != 10:
             raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
         valid = True
         if self.pedantic and not is_valid_literal_subject(subject):
@@ -1877,8 +1893,15 @@ class Client(Connection):
             self.send_ok()
         self.in_msgs += 1
         self.in_bytes += size
-        result = self.server.sublist.match(subject)
-        self.deliver_msg(result, subject, reply, hdr, size, payload)
+        if hdr < 0:
+            size_field = size_token
+        elif hdr == 0:
+            # An empty header block makes a plain message (Go's processHeaderPub).
+            size_field = line.split()[-1]
+        else:
+            size_field = b"%s %s" % (size_token, line.split()[-1])
+        msg = Message(subject, reply, hdr if hdr > 0 else -1, size, payload, size_field)
+        self.deliver_msg(self.server.sublist.match(subject), msg)
         if (valid and hdr < 0 and data[nl - 1] == 13 and line.endswith(size_token)
                 and type(self.pub_cache) is dict):
             cache = self.pub_cache
@@ -1888,59 +1911,91 @@ class Client(Connection):
                                  size, len(line) - len(size_token))
         return stop + 2
 
-    def deliver_msg(self, result: SublistResult, subject: bytes, reply: bytes | None,
-                    hdr: int, size: int, payload: bytes) -> bool:
+    def deliver_msg(self, result: SublistResult, msg: "Message") -> bool:
         """Deliver to every plain sub and one member per queue group
         (Go's processMsgResults).  Returns True if anyone got it."""
         delivered = False
         for sub in result.psubs:
-            if self.deliver_to(sub, subject, reply, hdr, size, payload):
+            if self.deliver_to(sub, msg):
                 delivered = True
         for group in result.qsubs:
             start = int(random.random() * len(group))
             for k in range(len(group)):
-                sub = group[(start + k) % len(group)]
-                if self.deliver_to(sub, subject, reply, hdr, size, payload):
+                if self.deliver_to(group[(start + k) % len(group)], msg):
                     delivered = True
                     break
-        if not delivered and reply is not None and self.no_responders:
-            self.send_no_responders(reply)
+        if not delivered and msg.reply is not None and self.no_responders:
+            self.send_no_responders(msg.reply)
         return delivered
 
-    def deliver_to(self, sub: Subscription, subject: bytes, reply: bytes | None,
-                   hdr: int, size: int, payload: bytes) -> bool:
+    def deliver_to(self, sub: Subscription, msg: "Message") -> bool:
         """Queue one MSG/HMSG for `sub` (Go's deliverMsg)."""
         c = sub.client
         if c.closed or (c is self and not self.echo):
             return False
+        sub.delivered += 1
         if sub.max:
-            sub.delivered += 1
             if sub.delivered > sub.max:
                 return False
             if sub.delivered == sub.max:
                 c.unsubscribe(sub)
-        c.out += msg_proto(subject, sub.sid, reply, hdr if c.headers else -1, size,
-                           payload if c.headers or hdr < 0 else payload[hdr:])
+        c.out += msg.proto_for(sub.sid, c.headers)
         c.out_msgs += 1
-        c.out_bytes += size
+        c.out_bytes += msg.size
         self.server.pending.add(c)
         return True
 
     def send_no_responders(self, reply: bytes):
         """A request nobody can answer: a 503 status to the requester's own
         subscription on the reply subject, if it has one."""
-        for sub in self.server.sublist.match(reply).psubs:
+        result = self.server.sublist.match(reply)
+        for sub in result.psubs + [s for group in result.qsubs for s in group]:
             if sub.client is self:
-                self.queue_outbound(msg_proto(reply, sub.sid, None, len(NO_RESPONDERS_HEADER),
-                                              len(NO_RESPONDERS_HEADER), NO_RESPONDERS_HEADER))
+                status = Message(reply, None, len(NO_RESPONDERS_HEADER),
+                                 len(NO_RESPONDERS_HEADER), NO_RESPONDERS_HEADER)
+                self.queue_outbound(status.proto_for(sub.sid, True))
                 return
-        for group in self.server.sublist.match(reply).qsubs:
-            for sub in group:
-                if sub.client is self:
-                    self.queue_outbound(msg_proto(reply, sub.sid, None,
-                                                  len(NO_RESPONDERS_HEADER),
-                                                  len(NO_RESPONDERS_HEADER), NO_RESPONDERS_HEADER))
-                    return
+
+
+class Message:
+    """A message on its way to subscribers (the cold path's representation).
+
+    `size_field` is the size part of the MSG line exactly as the publisher
+    wrote it (Go copies the PUB line's size bytes: `PUB foo 02` gives
+    `MSG foo 1 02`); for a message with headers it is `<hdr> <total>`.
+    """
+
+    __slots__ = ("subject", "reply", "hdr", "size", "payload", "size_field")
+
+    def __init__(self, subject: bytes, reply: bytes | None, hdr: int, size: int,
+                 payload: bytes, size_field: bytes | None = None):
+        self.subject = subject
+        self.reply = reply
+        self.hdr = hdr            # header bytes at the start of payload, -1 for none
+        self.size = size
+        self.payload = payload
+        if size_field is None:
+            size_field = b"%d" % size if hdr < 0 else b"%d %d" % (hdr, size)
+        self.size_field = size_field
+
+    def proto_for(self, sid: bytes, headers: bool) -> bytes:
+        """MSG or HMSG bytes for subscription `sid`; headers are stripped for
+        a client that did not announce header support."""
+        reply = b"" if self.reply is None else self.reply + b" "
+        if self.hdr < 0:
+            return b"MSG %s %s %s%s\r\n%s\r\n" % (self.subject, sid, reply, self.size_field,
+                                                  self.payload)
+        if headers:
+            return b"HMSG %s %s %s%s\r\n%s\r\n" % (self.subject, sid, reply, self.size_field,
+                                                   self.payload)
+        body = self.payload[self.hdr:]
+        return b"MSG %s %s %s%d\r\n%s\r\n" % (self.subject, sid, reply, len(body), body)
+
+
+def check_payload_end(data: bytes, stop: int):
+    """A payload must be followed by CRLF: fail as soon as a wrong byte shows."""
+    if stop < len(data) and data[stop] != 13:
+        raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
 
 
 class _DisabledCache(dict):
@@ -1957,19 +2012,6 @@ _CONNECT_FIELDS = {
     "name": str, "lang": str, "version": str, "user": str, "pass": str,
     "auth_token": str,
 }
-
-
-def msg_proto(subject: bytes, sid: bytes, reply: bytes | None, hdr: int, size: int,
-              payload: bytes) -> bytes:
-    """MSG or HMSG bytes; `hdr` < 0 means no headers (payload is the body)."""
-    if hdr < 0:
-        size = len(payload)
-        if reply is None:
-            return b"MSG %s %s %d\r\n%s\r\n" % (subject, sid, size, payload)
-        return b"MSG %s %s %s %d\r\n%s\r\n" % (subject, sid, reply, size, payload)
-    if reply is None:
-        return b"HMSG %s %s %d %d\r\n%s\r\n" % (subject, sid, hdr, size, payload)
-    return b"HMSG %s %s %s %d %d\r\n%s\r\n" % (subject, sid, reply, hdr, size, payload)
 
 
 def _valid_queue(queue: bytes) -> bool:

@@ -1,0 +1,1663 @@
+#!/usr/bin/env python3
+"""Throughput, latency and memory of gnatsd.py beside the Go nats-server.
+
+`python3 tests/bench.py` starts a fresh server for every measurement and runs
+each scenario against gnatsd.py and each Go nats-server found, interleaved
+(gnatsd, go2.9, go2.15, gnatsd, ...) so drift on the machine hits all of
+them alike. It prints the machine, then a table of medians and the ratios
+gnatsd/go that the project's targets are written in.
+
+Scenarios (16-byte payloads unless named):
+
+    pub        one publisher, no subscribers
+    pubsub     one publisher, one subscriber
+    fanout4    one publisher, 4 subscribers on the subject (msgs/s counts deliveries)
+    fanout16   one publisher, 16 subscribers
+    queue4     one publisher, a queue group of 4 (each message to exactly one)
+    pubsub1k   one publisher, one subscriber, 1 KiB payloads
+    reqrep     one requester, one responder, sequential: p50/p99 round trip
+    idle10k    10,000 connections that CONNECT, PING/PONG, then idle: server
+               RSS growth per connection (/proc/PID/status VmRSS)
+    subs100k   100,000 subscriptions on distinct subjects from 4 connections,
+               then publishes to random ones of them (half from a hot set of
+               256 subjects, sublist cache hits; half uniform, mostly misses)
+
+How the load is made, so that the generator is not what is measured:
+
+* Publishing sends pre-built batches (thousands of `PUB subj n\\r\\n...` in one
+  buffer, a PING at the end) with one sendall each. Each payload starts
+  with a 16-hex-digit sequence number; batch k is its template with k
+  written into every record by a few extended-slice assignments, so the
+  numbers cost next to nothing.
+* Flow control: at most MAX_UNACKED_BYTES of PUBs go out before their PONG
+  has come back (the server has processed them), and no subscriber may fall
+  more than WINDOW_BYTES behind, so no buffer grows without bound and the rate
+  is the sustained one.
+* Subscribers live in separate processes (up to MAX_SUB_PROCS, each serving
+  several connections) and read with recv_into into one reused buffer. Every
+  delivery on a connection has the same length, so a chunk of n records is
+  checked by stride slices, a few bytes per record: the header bytes and
+  the closing CRLF of every record, the low three hex digits of every
+  sequence number (for subscribers that see every message), full sequence
+  numbers of the first, last and every SAMPLE_EVERY-th record. Counts are
+  exact; loss, duplication or reordering fail the scenario
+  (`--self-test` shows the checker catching each).
+* `--sink` runs the same scenarios against tests/bench_sink.py, which only
+  discards input and answers PINGs: the publishing rates it shows are the
+  generator's ceiling. It also times the subscriber's checker alone.
+
+Usage:
+
+    python3 tests/bench.py                          # all scenarios, 3 reps, ~5 min
+    python3 tests/bench.py --servers go2.9,go2.15 --scenarios pub,pubsub
+    python3 tests/bench.py --sink                   # generator ceilings
+    python3 tests/bench.py --python pypy3 --json out.json
+
+Exit status 1 if any measurement failed (it shows as FAIL in the table).
+Run it on an otherwise idle machine: the header prints the load average.
+Standard library only; Python 3.8+; Linux (/proc is read for RSS and CPU).
+
+Contents:
+    1. Constants
+    2. Machine and servers
+    3. Wire helpers
+    4. Checking deliveries
+    5. Subscriber processes
+    6. Publishing
+    7. Scenarios
+    8. Running, medians and the table
+    9. Command line
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import random
+import re
+import resource
+import select
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+# ============================================================================
+# 1. Constants
+# ============================================================================
+
+# The repository root (this file lives in tests/).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The server under test and the sink.
+GNATSD = os.path.join(ROOT, "gnatsd.py")
+SINK = os.path.join(ROOT, "tests", "bench_sink.py")
+# Every server listens here, on a port it picks itself (-p -1).
+HOST = "127.0.0.1"
+
+# Log lines a server prints once it can take clients.
+LISTEN_RE = re.compile(rb"Listening for client connections on (\S+):(\d+)")
+READY_RE = re.compile(rb"(Server|gnatsd) is ready")
+
+# Wire literals.
+CONNECT = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+PING = b"PING\r\n"
+PONG = b"PONG\r\n"
+CRLF = b"\r\n"
+
+# Hex digits of the sequence number that opens every payload.
+SEQ_DIGITS = 16
+# Pads a payload after its sequence number; never 'M', CR or LF, so the
+# checker's byte counts see only the framing.
+FILL = b"."
+# Payload sizes, bytes.
+SMALL = 16
+KIB = 1024
+
+# Upper bound on one pre-built publish batch, bytes.
+BATCH_BYTES = 512 * 1024
+# PUB bytes that may be sent before the server has PONGed them, bytes.
+MAX_UNACKED_BYTES = 2 * 1024 * 1024
+# Deliveries a subscriber (or queue group) may lag the publisher by, bytes.
+WINDOW_BYTES = 4 * 1024 * 1024
+# Bytes asked of each subscriber recv, and room kept beyond it for the
+# unfinished record or line left from the previous read.
+RECV_SIZE = 1 << 20
+RECV_SLACK = 64 * 1024
+# Sequence numbers are read from every Nth record of a checked chunk.
+SAMPLE_EVERY = 1024
+# Subscriber connections are spread over at most this many processes: as
+# many as there are cores, 2 to 4 (on 2 cores, 2 beat 4, 8 and 16 for fanout16).
+MAX_SUB_PROCS = max(2, min(4, os.cpu_count() or 2))
+# A subscriber process whose round of reads brought fewer bytes than this
+# sleeps this long before the next, so that reads come in bigger pieces.
+COALESCE_BYTES = 64 * 1024
+COALESCE_SLEEP = 0.001
+
+# Longest wait for a reply or for progress before a run fails, seconds.
+IO_TIMEOUT = 20.0
+# Longest wait for a server to print its ready line, seconds.
+START_TIMEOUT = 30.0
+# Poll interval while the publisher waits for subscribers, seconds.
+WINDOW_POLL = 0.0005
+
+# Request/reply subjects, and requests made before timing starts.
+REQ_SUBJECT = b"bench.req"
+REPLY_INBOX = b"_INBOX.bench"
+REQ_WARMUP = 200
+# Cap on timed requests, so latency lists stay small.
+REQ_MAX = 200000
+
+# Idle connections, how many connect at once, and how many are re-PINGed
+# at the end to prove they are still served.
+IDLE_CONNS = 10000
+IDLE_BATCH = 100
+IDLE_PROBES = 100
+# Seconds the server may settle before RSS is read.
+RSS_SETTLE = 0.5
+
+# The many-subscriptions scenario: subjects, connections, hot subjects,
+# distinct publish templates (more templates, fewer repeats).
+MANY_SUBJECTS = 100000
+MANY_CONNS = 4
+HOT_SUBJECTS = 256
+MANY_TEMPLATES = 16
+# Subject and sid numbers start here so they all have six digits.
+SUBJECT_BASE = 100000
+
+# Ratio gnatsd/go2.9 each scenario should reach (the project issue).
+TARGETS = {"pub": 0.20, "pubsub": 0.35, "fanout16": 0.60, "pubsub1k": 0.75}
+# Most server memory per idle connection for gnatsd.py, KiB.
+IDLE_TARGET_KIB = 4.0
+# A load average above this before the run means the machine was busy.
+BUSY_LOAD = 0.5
+
+
+class BenchError(Exception):
+    """A run that must not count: loss, duplication, reordering, a server
+    that died or stopped answering."""
+
+
+def now() -> float:
+    """Seconds on the system-wide monotonic clock (comparable across processes)."""
+    return time.monotonic()
+
+
+# ============================================================================
+# 2. Machine and servers
+# ============================================================================
+#
+# The header names the machine so a table can be copied into the README
+# with its context. Servers are found like tests/conftest.py finds them;
+# each measurement starts a fresh one whose log goes to a temporary file,
+# polled for the ready line (no threads, so forking subscribers is safe).
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def mem_total_gib() -> float:
+    """Installed memory, GiB."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / (1024 * 1024)
+    except OSError:
+        pass
+    return 0.0
+
+
+def load_average() -> float:
+    """The 1-minute load average (0.0 where unknown)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def command_output(argv: list) -> str:
+    """Stdout+stderr of a short command, or '' if it cannot run."""
+    try:
+        out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             timeout=20)
+        return out.stdout.decode(errors="replace").strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def go_version(path: str) -> str:
+    """'2.9' for a nats-server v2.9.x binary, '' if it is not one."""
+    m = re.search(r"v(\d+)\.(\d+)\.\d+", command_output([path, "--version"]))
+    return "%s.%s" % (m.group(1), m.group(2)) if m else ""
+
+
+def find_go_servers() -> dict:
+    """Installed Go servers as {'go2.9': path, ...}, oldest first."""
+    candidates = [os.environ.get("NATS_SERVER_GO", ""), "/usr/sbin/nats-server",
+                  "/usr/bin/nats-server", os.path.join(ROOT, ".venv", "bin", "nats-server"),
+                  os.path.join(os.path.dirname(sys.executable), "nats-server"),
+                  shutil.which("nats-server") or ""]
+    found = {}
+    for path in candidates:
+        if path and os.path.exists(path) and path not in found.values():
+            ver = go_version(path)
+            if ver:
+                found.setdefault("go" + ver, path)
+    order = sorted(found, key=lambda name: tuple(int(x) for x in name[2:].split(".")))
+    return {name: found[name] for name in order}
+
+
+def server_commands(python: str) -> dict:
+    """Every server the bench knows, as {name: argv prefix}."""
+    commands = {"gnatsd": [python, GNATSD]}
+    commands.update({name: [path] for name, path in find_go_servers().items()})
+    commands["sink"] = [sys.executable, SINK]
+    return commands
+
+
+def describe_server(name: str, argv: list) -> str:
+    """One header line naming what a server really is."""
+    if name == "gnatsd":
+        ver = command_output([argv[0], "-c", "import sys; print(sys.version.split()[0])"])
+        return "gnatsd.py on Python %s (%s)" % (ver or "?", argv[0])
+    if name == "sink":
+        return "tests/bench_sink.py (discards input: the generator's ceiling)"
+    return "%s (%s)" % (command_output([argv[0], "--version"]), argv[0])
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise RLIMIT_NOFILE toward `wanted` (the hard limit too, where allowed);
+    servers started later inherit it. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return wanted
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):
+            wanted = hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return wanted
+
+
+class Server:
+    """One server process on a free port; its output goes to a temporary file."""
+
+    def __init__(self, name: str, argv: list):
+        self.name = name
+        self.argv = argv + ["-a", HOST, "-p", "-1"]
+        self.proc = None
+        self.port = 0
+        self.log = tempfile.TemporaryFile()
+
+    def start(self) -> "Server":
+        """Start it and wait for 'Listening ... PORT' and 'is ready'."""
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = now() + START_TIMEOUT
+        while now() < deadline:
+            text = self.log_text()
+            listen = LISTEN_RE.search(text)
+            if listen and READY_RE.search(text):
+                self.port = int(listen.group(2))
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        error = BenchError("%s did not start:\n%s" % (self.name, self.tail()))
+        self.stop()
+        raise error
+
+    def log_text(self) -> bytes:
+        """Everything the server has printed so far."""
+        return os.pread(self.log.fileno(), 1 << 20, 0)
+
+    def tail(self) -> str:
+        """The end of the log, for error messages."""
+        size = os.fstat(self.log.fileno()).st_size
+        return os.pread(self.log.fileno(), 2000, max(0, size - 2000)).decode(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+    def rss_kib(self) -> int:
+        """Resident memory now (VmRSS), KiB."""
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise BenchError("no VmRSS for %s" % self.name)
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU the process has used (all threads), seconds."""
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ============================================================================
+# 3. Wire helpers
+# ============================================================================
+#
+# Plain blocking sockets with a timeout; every wait is bounded, so a hung
+# server fails the run instead of hanging it.
+
+
+def connect(port: int) -> socket.socket:
+    """A TCP connection to the server with Nagle off."""
+    sock = socket.create_connection((HOST, port), timeout=IO_TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def recv_some(sock: socket.socket, size: int = 65536) -> bytes:
+    """One recv; a timeout or EOF is a BenchError."""
+    try:
+        data = sock.recv(size)
+    except socket.timeout:
+        raise BenchError("no answer from the server within %.0f s" % IO_TIMEOUT)
+    except OSError as e:
+        raise BenchError("connection failed: %s" % e)
+    if not data:
+        raise BenchError("server closed the connection")
+    return data
+
+
+def read_until(sock: socket.socket, buf: bytes, marker: bytes) -> tuple:
+    """Read until `marker` is in the buffer; return (before+marker, after)."""
+    while True:
+        if b"-ERR" in buf:
+            raise BenchError("server said %r" % buf[buf.find(b"-ERR"):][:200])
+        if marker in buf:
+            break
+        buf += recv_some(sock)
+    cut = buf.find(marker) + len(marker)
+    return buf[:cut], buf[cut:]
+
+
+def handshake(sock: socket.socket, ops: bytes = b"") -> None:
+    """CONNECT, then `ops` (SUBs), then PING; return once the PONG is back,
+    so the server has applied them all."""
+    sock.sendall(CONNECT + ops + PING)
+    _, rest = read_until(sock, b"", PONG)
+    if rest:
+        raise BenchError("unexpected bytes after handshake: %r" % rest[:200])
+
+
+def payload(seq: int, size: int) -> bytes:
+    """A payload of `size` bytes opening with the hex sequence number."""
+    return b"%016x" % seq + FILL * (size - SEQ_DIGITS)
+
+
+# ============================================================================
+# 4. Checking deliveries
+# ============================================================================
+#
+# Every MSG a subscriber connection receives has the same length (one
+# subject length, one sid length, one payload size), so the stream is a run
+# of fixed-size records, now and then interrupted by a PING or PONG. The
+# checker takes the aligned block of whole records at the start of each read
+# and proves it with stride slices instead of a Python loop per message:
+#
+#   * every header byte that all allowed headers share (all of it when there
+#     is one subject and sid) is checked in every record: for each such
+#     offset, buf[offset:end:size] must be n copies of that byte;
+#   * every record's last two bytes are CRLF, the same way;
+#   * the first, last and every SAMPLE_EVERY-th record must have an allowed
+#     header and sequence numbers in order; for a subscriber that sees every
+#     message, last - first == n - 1 and first follows the previous last;
+#   * for such a subscriber, the three lowest hex digits of every record's
+#     sequence number are compared with the expected cycle (one stride slice
+#     and one compare per digit), so a lost, doubled or swapped message
+#     anywhere in the block shows.
+#
+# So the cost is a few bytes per record whatever the payload size, and the
+# count is exact. A block that fails any check is re-read record by record
+# (the slow path), which also handles PING/PONG and names the bad record.
+
+
+def common_prefix(items) -> bytes:
+    """The longest prefix shared by all byte strings in `items`."""
+    items = list(items)
+    return os.path.commonprefix(items) if items else b""
+
+
+class RecordChecker:
+    """Counts and verifies one subscriber connection's deliveries.
+
+    `headers` holds every allowed `MSG subj sid n\\r\\n` line (all one length);
+    `consecutive` is True when this connection must see every sequence number
+    (plain subscribers), False when it sees an increasing subset (queue
+    members, connections holding some of many subjects).
+    """
+
+    def __init__(self, headers, size: int, consecutive: bool):
+        self.headers = headers
+        first = next(iter(headers))
+        self.header_len = len(first)
+        self.size = self.header_len + size + 2
+        self.prefix = common_prefix(headers)
+        self.fixed = self._shared_bytes(headers, first) + [
+            (self.size - 2, b"\r"), (self.size - 1, b"\n")]
+        self.consecutive = consecutive
+        # Most records one fast-path block holds.
+        self.max_block = (RECV_SIZE + RECV_SLACK) // self.size + 1
+        self.digit_cycles = self._digit_cycles(self.max_block) if consecutive else []
+        self.count = 0
+        self.last_seq = -1
+        self.pings = 0
+        self.pongs = 0
+        self.error = None
+
+    @staticmethod
+    def _shared_bytes(headers, first: bytes) -> list:
+        """(offset, byte) for every header offset where all headers agree."""
+        return [(j, first[j:j + 1]) for j in range(len(first))
+                if all(h[j] == first[j] for h in headers)]
+
+    @staticmethod
+    def _digit_cycles(records: int) -> list:
+        """For hex digit p = 0, 1, 2 (from the right): its period and the
+        digit's value for seq 0, 1, 2, ..., long enough for any block."""
+        cycles = []
+        for p in range(3):
+            period = 16 ** (p + 1)
+            one = b"".join(b"%x" % d * 16 ** p for d in range(16))
+            cycles.append((p, period, one * ((records + period) // period + 1)))
+        return cycles
+
+    def consume(self, buf, end: int) -> int:
+        """Check and count what buf[:end] holds (bytes or bytearray); return
+        how many bytes were used. The rest is an unfinished record or line."""
+        pos = 0
+        while end - pos >= self.size and buf.startswith(self.prefix, pos):
+            n = min((end - pos) // self.size, self.max_block)
+            if not self._fast(buf, pos, n):
+                break
+            pos += n * self.size
+        return self._slow(buf, pos, end)
+
+    # -- fast path ------------------------------------------------------------
+
+    def _fast(self, buf, pos: int, n: int) -> bool:
+        """Verify and count n whole records from buf[pos]; False (nothing
+        counted) if the block is not clean."""
+        size, end = self.size, pos + n * self.size
+        for offset, byte in self.fixed:
+            if buf[pos + offset:end:size].count(byte) != n:
+                return False
+        seqs = self._sample(buf, pos, n)
+        if seqs is None or not self._in_order(seqs, n):
+            return False
+        for p, period, cycle in self.digit_cycles:
+            column = pos + self.header_len + SEQ_DIGITS - 1 - p
+            first = seqs[0] % period
+            if buf[column:end:size] != cycle[first:first + n]:
+                return False
+        self.count += n
+        self.last_seq = seqs[-1]
+        return True
+
+    def _sample(self, buf, pos: int, n: int):
+        """Sequence numbers of sampled records, or None if a header is wrong."""
+        picks = list(range(0, n, SAMPLE_EVERY))
+        if picks[-1] != n - 1:
+            picks.append(n - 1)
+        seqs = []
+        for i in picks:
+            at = pos + i * self.size
+            if bytes(buf[at:at + self.header_len]) not in self.headers:
+                return None
+            at += self.header_len
+            seqs.append(int(buf[at:at + SEQ_DIGITS], 16))
+        return seqs
+
+    def _in_order(self, seqs: list, n: int) -> bool:
+        """Do the sampled numbers fit n records following self.last_seq?"""
+        rising = all(b > a for a, b in zip(seqs, seqs[1:]))
+        if self.consecutive:
+            return rising and seqs[0] == self.last_seq + 1 and seqs[-1] - seqs[0] == n - 1
+        return rising and seqs[0] > self.last_seq and seqs[-1] - seqs[0] >= n - 1
+
+    # -- slow path ------------------------------------------------------------
+
+    def _slow(self, buf, pos: int, end: int) -> int:
+        """Walk records and control lines one by one; return where it stopped."""
+        while pos < end and self.error is None:
+            if buf.startswith(self.prefix, pos):
+                if pos + self.size > end:
+                    break
+                self._one_record(bytes(buf[pos:pos + self.size]))
+                pos += self.size
+                continue
+            eol = buf.find(CRLF, pos, end)
+            if eol < 0:
+                break
+            self._control_line(bytes(buf[pos:eol + 2]))
+            pos = eol + 2
+        return pos
+
+    def _one_record(self, record: bytes) -> None:
+        """Check one whole record in full."""
+        body = self.header_len
+        if record[:body] not in self.headers or not record.endswith(CRLF):
+            self.error = "bad record after %d good ones: %r" % (self.count, record[:200])
+            return
+        try:
+            seq = int(record[body:body + SEQ_DIGITS], 16)
+        except ValueError:
+            self.error = "bad sequence number after %d good records: %r" % (
+                self.count, record[:200])
+            return
+        if seq <= self.last_seq:
+            self.error = "sequence %d after %d: duplicate or reordered" % (seq, self.last_seq)
+        elif self.consecutive and seq != self.last_seq + 1:
+            self.error = "sequence %d after %d: lost messages" % (seq, self.last_seq)
+        else:
+            self.last_seq = seq
+            self.count += 1
+
+    def _control_line(self, line: bytes) -> None:
+        """A PING, PONG, +OK or INFO between records; anything else is an error."""
+        if line == PING:
+            self.pings += 1
+        elif line == PONG:
+            self.pongs += 1
+        elif not line.startswith((b"+OK", b"INFO ")):
+            self.error = "unexpected line after %d records: %r" % (self.count, line[:200])
+
+
+class RecvBuffer:
+    """A reusable bytearray that recv_into fills and a RecordChecker drains;
+    the unfinished tail (under one record) moves to the front after each read."""
+
+    def __init__(self, checker: RecordChecker):
+        self.checker = checker
+        self.buf = bytearray(RECV_SIZE + RECV_SLACK)
+        self.view = memoryview(self.buf)
+        self.filled = 0
+
+    def space(self) -> memoryview:
+        """Where the next recv_into writes."""
+        return self.view[self.filled:self.filled + RECV_SIZE]
+
+    def commit(self, nbytes: int) -> None:
+        """`nbytes` more arrived in space(): check them, keep the tail."""
+        self.filled += nbytes
+        used = self.checker.consume(self.buf, self.filled)
+        left = self.filled - used
+        if left > RECV_SLACK:
+            self.checker.error = self.checker.error or "unparseable input: %r" % (
+                bytes(self.buf[used:used + 200]))
+            left = 0
+        if left and used:
+            self.buf[:left] = self.buf[used:self.filled]
+        self.filled = left
+
+
+def checker_ceiling(headers, size: int, stream_bytes: int = 32 << 20,
+                    chunk: int = 256 * 1024) -> float:
+    """Records/s one subscriber connection can take in (copy into its buffer
+    plus checking), on a synthetic stream arriving in `chunk`-byte reads."""
+    header = next(iter(headers))
+    records = stream_bytes // (len(header) + size + 2)
+    stream = b"".join(header + payload(i, size) + CRLF for i in range(records))
+    chunks = [stream[i:i + chunk] for i in range(0, len(stream), chunk)]
+    checker = RecordChecker(headers, size, consecutive=True)
+    receiver = RecvBuffer(checker)
+    start = now()
+    for piece in chunks:
+        receiver.space()[:len(piece)] = piece
+        receiver.commit(len(piece))
+    elapsed = now() - start
+    if checker.count != records or checker.error:
+        raise BenchError("checker self-test failed: %s" % checker.error)
+    return records / elapsed
+
+
+def feed_stream(checker: RecordChecker, stream: bytes, rng: random.Random) -> None:
+    """Push `stream` through a RecvBuffer in random-sized reads."""
+    receiver = RecvBuffer(checker)
+    pos = 0
+    while pos < len(stream) and checker.error is None:
+        piece = stream[pos:pos + rng.choice((1, 7, 100, 4096, 65536, RECV_SIZE))]
+        receiver.space()[:len(piece)] = piece
+        receiver.commit(len(piece))
+        pos += len(piece)
+
+
+def self_test() -> int:
+    """Feed the checker streams with known faults: each must be caught (an
+    error, or a count that differs from the publisher's). Returns failures."""
+    header = b"MSG bench 1 %d\r\n" % SMALL
+    good = [header + payload(i, SMALL) + CRLF for i in range(50000)]
+    swapped = list(good)
+    swapped[7000], swapped[7001] = swapped[7001], swapped[7000]
+    both, plain = (True, False), (True,)
+    # (name, records, the modes that must catch it: consecutive=True/False).
+    # A swap or a corrupt payload inside a block is only caught where every
+    # number is expected; elsewhere payloads are sampled.
+    cases = [("clean", good, ()), ("ping inside", good[:100] + [PING] + good[100:], ()),
+             ("lost one", good[:30000] + good[30001:], both),
+             ("doubled one", good[:30000] + good[29999:], both),
+             ("swapped two", swapped, plain),
+             ("wrong sid", good[:9000] + [good[9000].replace(b" 1 ", b" 2 ")] + good[9001:], both),
+             ("bad payload", good[:9000] + [good[9000][:-3] + b"x\r\n"] + good[9001:], plain),
+             ("-ERR inside", good[:100] + [b"-ERR 'Slow Consumer'\r\n"] + good[100:], both)]
+    failures = 0
+    rng = random.Random(7)
+    for name, records, must_catch in cases:
+        for consecutive in (True, False):
+            checker = RecordChecker(frozenset([header]), SMALL, consecutive)
+            feed_stream(checker, b"".join(records), rng)
+            caught = checker.error is not None or checker.count != len(good)
+            ok = caught or consecutive not in must_catch
+            failures += not ok
+            print("%-4s %-12s consecutive=%-5s -> %s" % (
+                "ok" if ok else "FAIL", name, consecutive,
+                checker.error or "count %d of %d" % (checker.count, len(good))))
+    return failures
+
+
+# ============================================================================
+# 5. Subscriber processes
+# ============================================================================
+#
+# A SubSpec describes one subscriber connection: the SUB lines it sends, the
+# deliveries it accepts, and the group whose total the publisher watches (a
+# plain subscriber is a group of its own; queue members share one). A pool
+# forks up to MAX_SUB_PROCS processes, each serving several connections
+# through a selector. Each connection publishes its running count in shared
+# memory; at the end it PINGs, reads to the PONG (so nothing is in flight)
+# and reports its final count, timings and any error through a pipe.
+
+
+class SubSpec:
+    """One subscriber connection: SUB lines, allowed headers, record shape."""
+
+    def __init__(self, subs: bytes, headers, size: int, consecutive: bool, group: int):
+        self.subs = subs
+        self.headers = headers
+        self.size = size
+        self.consecutive = consecutive
+        self.group = group
+
+
+class SubConn:
+    """A live subscriber connection inside a subscriber process."""
+
+    def __init__(self, port: int, spec: SubSpec, index: int):
+        self.index = index
+        self.checker = RecordChecker(spec.headers, spec.size, spec.consecutive)
+        self.receiver = RecvBuffer(self.checker)
+        self.subscribe_start = now()
+        self.sock = connect(port)
+        handshake(self.sock, spec.subs)
+        self.subscribe_end = now()
+        self.sock.setblocking(True)
+        self.first = self.last = 0.0
+        self.reads = 0
+
+    def read(self) -> int:
+        """One recv (the selector said it is readable); count and check.
+        Returns the bytes read."""
+        try:
+            nbytes = self.sock.recv_into(self.receiver.space())
+        except OSError as e:
+            self.checker.error = "connection failed: %s" % e
+            return 0
+        if not nbytes:
+            self.checker.error = "server closed the connection"
+            return 0
+        before = self.checker.count
+        self.reads += 1
+        self.receiver.commit(nbytes)
+        if self.checker.count != before:
+            self.last = now()
+            self.first = self.first or self.last
+        if self.checker.pings:
+            self.sock.sendall(PONG * self.checker.pings)
+            self.checker.pings = 0
+        return nbytes
+
+    def drain(self) -> None:
+        """PING and read up to the PONG, so every delivery has been counted."""
+        self.sock.settimeout(IO_TIMEOUT)
+        pongs = self.checker.pongs
+        self.sock.sendall(PING)
+        while self.checker.pongs == pongs and self.checker.error is None:
+            try:
+                nbytes = self.sock.recv_into(self.receiver.space())
+            except socket.timeout:
+                raise BenchError("no PONG within %.0f s" % IO_TIMEOUT)
+            if not nbytes:
+                raise BenchError("server closed the connection")
+            self.receiver.commit(nbytes)
+
+    def result(self) -> dict:
+        return {"count": self.checker.count, "first": self.first, "last": self.last,
+                "reads": self.reads, "error": self.checker.error,
+                "subscribe_start": self.subscribe_start, "subscribe_end": self.subscribe_end}
+
+
+def subscriber_loop(conns: list, pipe, counts, errors) -> None:
+    """Serve the connections until the parent says 'stop'. A round of reads
+    that brought little data is followed by a short sleep, so the next reads
+    are bigger: fewer system calls and less Python per message, leaving the
+    CPU to the server (the socket buffers hold far more than a sleep's worth)."""
+    sel = selectors.DefaultSelector()
+    for conn in conns:
+        sel.register(conn.sock, selectors.EVENT_READ, conn)
+    sel.register(pipe, selectors.EVENT_READ, None)
+    while True:
+        got = 0
+        for key, _ in sel.select(1.0):
+            if key.data is None:
+                pipe.recv()
+                return
+            conn = key.data
+            got += conn.read()
+            counts[conn.index] = conn.checker.count
+            if conn.checker.error:
+                errors[conn.index] = 1
+                sel.unregister(conn.sock)
+        if got < COALESCE_BYTES:
+            time.sleep(COALESCE_SLEEP)
+
+
+def subscriber_process(port: int, specs: list, indexes: list, pipe, counts, errors) -> None:
+    """Child: connect and subscribe, say 'ready', count until 'stop', report."""
+    try:
+        conns = [SubConn(port, spec, i) for spec, i in zip(specs, indexes)]
+        pipe.send(("ready", None))
+        subscriber_loop(conns, pipe, counts, errors)
+        for conn in conns:
+            if conn.checker.error is None:
+                conn.drain()
+        times = os.times()
+        pipe.send(("done", ([conn.result() for conn in conns], times.user + times.system)))
+    except Exception:
+        pipe.send(("crash", traceback.format_exc()))
+
+
+class SubscriberPool:
+    """Subscriber processes for one measurement, and their shared counters."""
+
+    def __init__(self, port: int, specs: list):
+        self.ctx = multiprocessing.get_context("fork")
+        self.specs = specs
+        self.counts = self.ctx.RawArray("q", max(1, len(specs)))
+        self.errors = self.ctx.RawArray("b", max(1, len(specs)))
+        self.procs = []
+        self.groups = sorted({spec.group for spec in specs})
+        nprocs = min(MAX_SUB_PROCS, len(specs))
+        try:
+            for p in range(nprocs):
+                self._start(port, list(range(p, len(specs), nprocs)))
+            for proc, pipe in self.procs:
+                self._expect(pipe, "ready")
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, port: int, indexes: list) -> None:
+        parent, child = self.ctx.Pipe()
+        specs = [self.specs[i] for i in indexes]
+        proc = self.ctx.Process(target=subscriber_process, daemon=True,
+                                args=(port, specs, indexes, child, self.counts, self.errors))
+        proc.start()
+        self.procs.append((proc, parent))
+
+    def _expect(self, pipe, kind: str, timeout: float = IO_TIMEOUT * 3):
+        """The next message from a child, which must be of `kind`."""
+        if not pipe.poll(timeout):
+            raise BenchError("subscriber process did not answer (%s)" % kind)
+        got, body = pipe.recv()
+        if got != kind:
+            raise BenchError("subscriber process failed:\n%s" % body)
+        return body
+
+    def received(self, group: int) -> int:
+        """Deliveries counted so far by the group's connections."""
+        return sum(self.counts[i] for i, s in enumerate(self.specs) if s.group == group)
+
+    def check_errors(self) -> None:
+        """Fail at once if any connection has seen a bad delivery, with the
+        children's reports as the message."""
+        if any(self.errors[i] for i in range(len(self.specs))):
+            try:
+                results, _ = self.stop()
+            except BenchError as e:
+                raise BenchError("a subscriber saw a bad delivery; then %s" % e)
+            raise BenchError("; ".join(r["error"] for r in results if r and r["error"]))
+
+    def wait_for(self, expected: dict) -> None:
+        """Wait until every group has counted `expected[group]` deliveries;
+        fail if progress stops for IO_TIMEOUT."""
+        last_total, last_change = -1, now()
+        while True:
+            self.check_errors()
+            got = {g: self.received(g) for g in self.groups}
+            if all(got[g] >= expected[g] for g in self.groups):
+                return
+            total = sum(got.values())
+            if total != last_total:
+                last_total, last_change = total, now()
+            elif now() - last_change > IO_TIMEOUT:
+                raise BenchError("lost messages: got %s of %s" % (got, expected))
+            time.sleep(0.002)
+
+    def stop(self) -> tuple:
+        """Ask every child to drain and report. Returns (results in spec
+        order, CPU seconds all children used)."""
+        results = [None] * len(self.specs)
+        cpu = 0.0
+        for proc, pipe in self.procs:
+            pipe.send("stop")
+        for p, (proc, pipe) in enumerate(self.procs):
+            indexes = range(p, len(self.specs), len(self.procs))
+            conns, seconds = self._expect(pipe, "done")
+            cpu += seconds
+            for i, res in zip(indexes, conns):
+                results[i] = res
+        self.close()
+        return results, cpu
+
+    def close(self) -> None:
+        for proc, pipe in self.procs:
+            proc.join(2)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2)
+        self.procs = []
+
+
+# ============================================================================
+# 6. Publishing
+# ============================================================================
+#
+# A PublishPlan is a few batch templates: 16**d PUBs of one length whose
+# payloads open with a batch-number field then the record's index in d hex
+# digits, and a PING at the end. Batch k is template k % T with k written into
+# the batch-number field of every record. The field sits at the same offset in
+# each record, so one digit is rewritten in all of them by one extended-slice
+# assignment (template[offset::record_len] = digit * records), and only the
+# digits that changed since the template was last sent: usually one per batch.
+# So payload sequence numbers run 0, 1, 2, ... across batches at next to no
+# cost. The plan also knows how many deliveries each template causes per
+# subscriber group.
+
+
+class PublishPlan:
+    """Pre-built publish batches and the deliveries each one causes."""
+
+    def __init__(self, subjects_per_template: list, size: int, deliveries: list):
+        self.size = size
+        first = b"PUB %s %d\r\n" % (subjects_per_template[0][0], size)
+        self.record = len(first) + size + 2
+        self.stamp_at = len(first)
+        self.digits = self._index_digits()
+        self.per_batch = 16 ** self.digits
+        self.stamp_width = SEQ_DIGITS - self.digits
+        self.templates = [self._template(subjects) for subjects in subjects_per_template]
+        self.stamps = [b"@" * self.stamp_width for _ in self.templates]
+        self.columns = {c: bytes([c]) * self.per_batch for c in b"0123456789abcdef"}
+        self.deliveries = deliveries
+
+    def _index_digits(self) -> int:
+        """Hex digits d for 16**d records per batch, the most under BATCH_BYTES."""
+        digits = 1
+        while 16 ** (digits + 1) * self.record <= BATCH_BYTES and digits < 4:
+            digits += 1
+        return digits
+
+    def _template(self, subjects) -> bytearray:
+        """One batch with '@'s where the batch number goes."""
+        fill = FILL * (self.size - SEQ_DIGITS)
+        stamp = b"@" * (SEQ_DIGITS - self.digits)
+        parts = [b"PUB %s %d\r\n%s%0*x%s\r\n" % (subjects[i % len(subjects)], self.size,
+                                                   stamp, self.digits, i, fill)
+                 for i in range(self.per_batch)]
+        if any(len(part) != self.record for part in parts):
+            raise ValueError("all PUBs in a plan must have one length")
+        return bytearray(b"".join(parts) + PING)
+
+    def batch(self, k: int) -> bytearray:
+        """Batch number k, ready to send (valid until the next call)."""
+        t = k % len(self.templates)
+        buf, old = self.templates[t], self.stamps[t]
+        new = b"%0*x" % (self.stamp_width, k)
+        end = self.per_batch * self.record
+        for j in range(self.stamp_width):
+            if new[j] != old[j]:
+                buf[self.stamp_at + j:end:self.record] = self.columns[new[j]]
+        self.stamps[t] = new
+        return buf
+
+    def expected(self, batches: int, group: int) -> int:
+        """Deliveries to `group` caused by the first `batches` batches."""
+        rounds, extra = divmod(batches, len(self.templates))
+        per_round = sum(d[group] for d in self.deliveries)
+        return rounds * per_round + sum(d[group] for d in self.deliveries[:extra])
+
+
+class Publisher:
+    """One publishing connection with PING/PONG flow control."""
+
+    def __init__(self, port: int):
+        self.sock = connect(port)
+        handshake(self.sock)
+        self.buf = b""
+
+    def read_pongs(self) -> int:
+        """Block until at least one PONG arrives; return how many did."""
+        data = self.buf + recv_some(self.sock)
+        lines = data.split(CRLF)
+        self.buf = lines.pop()
+        for line in lines:
+            if line == b"PING":
+                self.sock.sendall(PONG)
+            elif line.startswith(b"-ERR"):
+                raise BenchError("server said %r" % line[:200])
+        return sum(1 for line in lines if line == b"PONG")
+
+    def run(self, plan: PublishPlan, duration: float, pool) -> tuple:
+        """Publish batches for `duration` seconds; return (batches, start, end)
+        where end is when the last batch's PONG came back."""
+        max_unacked = max(2, MAX_UNACKED_BYTES // len(plan.templates[0]))
+        unacked = k = 0
+        start = now()
+        deadline = start + duration
+        while now() < deadline:
+            while unacked >= max_unacked:
+                unacked -= self.read_pongs()
+            if pool is not None:
+                wait_window(pool, plan, k + 1)
+            self.sock.sendall(plan.batch(k))
+            k += 1
+            unacked += 1
+        while unacked > 0:
+            unacked -= self.read_pongs()
+        return k, start, now()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_window(pool: SubscriberPool, plan: PublishPlan, batches: int) -> None:
+    """Wait until sending up to batch `batches` keeps every group within
+    WINDOW_BYTES of the publisher."""
+    window = max(2 * plan.per_batch, WINDOW_BYTES // (plan.size + 40))
+    last_change, last_seen = now(), None
+    for group in pool.groups:
+        target = plan.expected(batches, group) - window
+        while pool.received(group) < target:
+            pool.check_errors()
+            seen = pool.received(group)
+            if seen != last_seen:
+                last_change, last_seen = now(), seen
+            elif now() - last_change > IO_TIMEOUT:
+                raise BenchError("subscribers stopped receiving at %d" % seen)
+            time.sleep(WINDOW_POLL)
+
+
+# ============================================================================
+# 7. Scenarios
+# ============================================================================
+#
+# Each scenario has run(server, opts) -> metrics dict, and a list of the
+# metrics the table shows: (key, label, higher_is_better). `primary` is the
+# key the target ratio is written for.
+
+
+class Throughput:
+    """One publisher and `subs` subscribers (or a queue group) on one subject."""
+
+    primary = "msgs"
+
+    def __init__(self, size: int, subs: int, queue: bool = False):
+        self.size = size
+        self.subs = subs
+        self.queue = queue
+        self.metrics = [("msgs", "msgs/s", True), ("mbs", "MB/s", True)]
+
+    def plan(self) -> PublishPlan:
+        """One template on one subject; every batch reaches every group whole."""
+        plan = PublishPlan([[b"bench"]], self.size, [])
+        groups = 1 if self.queue else self.subs
+        plan.deliveries = [[plan.per_batch] * groups]
+        return plan
+
+    def specs(self) -> list:
+        header = b"MSG bench 1 %d\r\n" % self.size
+        sub = b"SUB bench q 1\r\n" if self.queue else b"SUB bench 1\r\n"
+        return [SubSpec(sub, frozenset([header]), self.size, not self.queue,
+                        0 if self.queue else i) for i in range(self.subs)]
+
+    def run(self, server: Server, opts) -> dict:
+        return measure_throughput(server, self.plan(), self.specs(), opts.duration)
+
+    def ceiling(self) -> float:
+        """Checker records/s for this scenario's deliveries (0: no subscribers)."""
+        if not self.subs:
+            return 0.0
+        return checker_ceiling(frozenset([b"MSG bench 1 %d\r\n" % self.size]), self.size)
+
+
+class ManySubs(Throughput):
+    """100,000 subjects subscribed over MANY_CONNS connections; publishes go
+    to random ones, each to exactly one connection."""
+
+    def __init__(self):
+        super().__init__(SMALL, MANY_CONNS)
+        self.metrics = self.metrics + [("subs_per_s", "subs/s", True)]
+        self._plan = None
+
+    @staticmethod
+    def number(n: int) -> int:
+        return SUBJECT_BASE + n
+
+    def specs(self) -> list:
+        specs = []
+        for c in range(MANY_CONNS):
+            nums = [self.number(n) for n in range(c, MANY_SUBJECTS, MANY_CONNS)]
+            subs = b"".join(b"SUB bench.%d %d\r\n" % (x, x) for x in nums)
+            headers = frozenset(b"MSG bench.%d %d %d\r\n" % (x, x, self.size) for x in nums)
+            specs.append(SubSpec(subs, headers, self.size, False, c))
+        return specs
+
+    def plan(self) -> PublishPlan:
+        """Templates of random subjects: half from a hot set, half uniform."""
+        if self._plan is None:
+            rng = random.Random(1)
+            hot = rng.sample(range(MANY_SUBJECTS), HOT_SUBJECTS)
+            probe = PublishPlan([[b"bench.%d" % self.number(0)]], self.size, [[0]])
+            templates, deliveries = [], []
+            for _ in range(MANY_TEMPLATES):
+                picks = [rng.choice(hot) if rng.random() < 0.5 else rng.randrange(MANY_SUBJECTS)
+                         for _ in range(probe.per_batch)]
+                templates.append([b"bench.%d" % self.number(n) for n in picks])
+                deliveries.append([sum(1 for n in picks if n % MANY_CONNS == c)
+                                   for c in range(MANY_CONNS)])
+            self._plan = PublishPlan(templates, self.size, deliveries)
+        return self._plan
+
+    def run(self, server: Server, opts) -> dict:
+        result = measure_throughput(server, self.plan(), self.specs(), opts.duration)
+        result["subs_per_s"] = MANY_SUBJECTS / result.pop("subscribe_s")
+        return result
+
+    def ceiling(self) -> float:
+        return checker_ceiling(self.specs()[0].headers, self.size)
+
+
+def measure_throughput(server: Server, plan: PublishPlan, specs: list, duration: float) -> dict:
+    """Subscribers up, publish for `duration`, wait for every delivery, verify."""
+    sink = server.name == "sink"
+    pool = SubscriberPool(server.port, specs)
+    try:
+        publisher = Publisher(server.port)
+        cpu0, own0 = server.cpu_seconds(), process_cpu()
+        batches, start, end = publisher.run(plan, duration, None if sink or not specs else pool)
+        expected = {g: 0 if sink else plan.expected(batches, g) for g in pool.groups}
+        pool.wait_for(expected)
+        cpu = {"server": server.cpu_seconds() - cpu0, "publisher": process_cpu() - own0}
+        results, cpu["subscribers"] = pool.stop()
+        publisher.close()
+    finally:
+        pool.close()
+    verify(results, specs, expected)
+    return throughput_metrics(plan, batches, start, end, results, cpu)
+
+
+def verify(results: list, specs: list, expected: dict) -> None:
+    """Every delivery counted exactly once, no errors: else BenchError."""
+    for res in results:
+        if res["error"]:
+            raise BenchError(res["error"])
+    for group, want in expected.items():
+        got = sum(r["count"] for r, s in zip(results, specs) if s.group == group)
+        if got != want:
+            raise BenchError("group %d got %d deliveries, expected %d (%s)" % (
+                group, got, want, "duplicates" if got > want else "loss"))
+
+
+def process_cpu() -> float:
+    """CPU seconds this process has used."""
+    times = os.times()
+    return times.user + times.system
+
+
+def throughput_metrics(plan, batches, start, end, results, cpu) -> dict:
+    """Rates from one measurement. msgs/s counts deliveries (all subscribers
+    together) when there are subscribers, else publishes. CPU shares are
+    cores' worth over the measurement (subscribers: whole process lives)."""
+    published = batches * plan.per_batch
+    delivered = sum(r["count"] for r in results)
+    last = max([end] + [r["last"] for r in results])
+    elapsed = (last if delivered else end) - start
+    msgs = (delivered if delivered else published) / elapsed
+    metrics = {"msgs": msgs, "mbs": msgs * plan.size / 1e6,
+               "pub_msgs": published / (end - start), "published": published,
+               "delivered": delivered, "seconds": elapsed,
+               "server_cpu": cpu["server"] / elapsed,
+               "generator_cpu": (cpu["publisher"] + cpu["subscribers"]) / elapsed,
+               "msgs_per_read": delivered / max(1, sum(r["reads"] for r in results))}
+    if results:
+        metrics["subscribe_s"] = (max(r["subscribe_end"] for r in results)
+                                  - min(r["subscribe_start"] for r in results))
+    return metrics
+
+
+class ReqRep:
+    """Sequential request/reply: one requester, one responder process."""
+
+    primary = "p50"
+    metrics = [("p50", "p50 us", False), ("p99", "p99 us", False), ("rps", "req/s", True)]
+
+    def run(self, server: Server, opts) -> dict:
+        ctx = multiprocessing.get_context("fork")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=responder_process, args=(server.port, child), daemon=True)
+        proc.start()
+        try:
+            expect_message(parent, "ready")
+            latencies = run_requests(server.port, opts.duration)
+            parent.send("stop")
+            expect_message(parent, "done")
+        finally:
+            proc.join(2)
+            if proc.is_alive():
+                proc.terminate()
+        return latency_metrics(latencies)
+
+    def ceiling(self) -> float:
+        return 0.0
+
+
+def expect_message(pipe, kind: str) -> None:
+    """Wait for a child's (kind, body) message; its failure is ours."""
+    if not pipe.poll(IO_TIMEOUT):
+        raise BenchError("child process did not answer (%s)" % kind)
+    got, body = pipe.recv()
+    if got != kind:
+        raise BenchError("child process failed:\n%s" % body)
+
+
+def responder_process(port: int, pipe) -> None:
+    """Child: answer each request on REQ_SUBJECT with its own payload."""
+    try:
+        sock = connect(port)
+        handshake(sock, b"SUB %s 1\r\n" % REQ_SUBJECT)
+        pipe.send(("ready", None))
+        sock.setblocking(True)
+        buf = b""
+        while not pipe.poll(0):
+            readable, _, _ = select.select([sock, pipe], [], [], 1.0)
+            if sock in readable:
+                buf = respond(sock, buf + recv_some(sock))
+        pipe.recv()
+        pipe.send(("done", None))
+    except Exception:
+        pipe.send(("crash", traceback.format_exc()))
+
+
+def respond(sock: socket.socket, buf: bytes) -> bytes:
+    """Answer every whole `MSG subj sid reply n` in buf; return the rest."""
+    out = []
+    while True:
+        eol = buf.find(CRLF)
+        if eol < 0:
+            break
+        args = buf[:eol].split()
+        if args[0] == b"PING":
+            out.append(PONG)
+        elif args[0] == b"MSG" and len(args) == 5:
+            end = eol + 2 + int(args[4]) + 2
+            if end > len(buf):
+                break
+            out.append(b"PUB %s %s\r\n%s\r\n" % (args[3], args[4], buf[eol + 2:end - 2]))
+            eol = end - 2
+        elif args[0] != b"PONG":
+            raise BenchError("responder got %r" % buf[:200])
+        buf = buf[eol + 2:]
+    if out:
+        sock.sendall(b"".join(out))
+    return buf
+
+
+def run_requests(port: int, duration: float) -> list:
+    """Send requests one at a time for `duration` s; return round trips in s."""
+    sock = connect(port)
+    handshake(sock, b"SUB %s 1\r\n" % REPLY_INBOX)
+    latencies = []
+    deadline = None
+    seq = 0
+    while seq < REQ_WARMUP + REQ_MAX:
+        if seq == REQ_WARMUP:
+            deadline = now() + duration
+        elif deadline and now() >= deadline:
+            break
+        latencies.append(one_request(sock, seq))
+        seq += 1
+    sock.close()
+    return latencies[REQ_WARMUP:]
+
+
+def one_request(sock: socket.socket, seq: int) -> float:
+    """One round trip; the reply must carry this request's sequence number."""
+    body = payload(seq, SMALL)
+    want = b"MSG %s 1 %d\r\n%s\r\n" % (REPLY_INBOX, SMALL, body)
+    start = now()
+    sock.sendall(b"PUB %s %s %d\r\n%s\r\n" % (REQ_SUBJECT, REPLY_INBOX, SMALL, body))
+    buf = b""
+    while len(buf) < len(want):
+        buf += recv_some(sock)
+        if buf.startswith(PING):
+            sock.sendall(PONG)
+            buf = buf[len(PING):]
+    elapsed = now() - start
+    if buf != want:
+        raise BenchError("request %d: expected %r, got %r" % (seq, want, buf[:200]))
+    return elapsed
+
+
+def latency_metrics(latencies: list) -> dict:
+    """p50/p99 in microseconds and the request rate."""
+    if not latencies:
+        raise BenchError("no requests completed")
+    ordered = sorted(latencies)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50": pick(0.50) * 1e6, "p99": pick(0.99) * 1e6,
+            "rps": len(ordered) / sum(ordered), "requests": len(ordered)}
+
+
+class Idle:
+    """Many connections that CONNECT, PING/PONG and then idle: RSS per connection."""
+
+    primary = "kib_per_conn"
+    metrics = [("kib_per_conn", "KiB/conn", False)]
+
+    def __init__(self, conns: int):
+        self.conns = conns
+
+    def run(self, server: Server, opts) -> dict:
+        time.sleep(RSS_SETTLE)
+        before = server.rss_kib()
+        start = now()
+        socks = open_idle(server.port, self.conns)
+        try:
+            setup = now() - start
+            time.sleep(RSS_SETTLE)
+            probe_idle(socks)
+            after = server.rss_kib()
+        finally:
+            for sock in socks:
+                sock.close()
+        return {"kib_per_conn": (after - before) / len(socks), "rss_before_kib": before,
+                "rss_after_kib": after, "conns": len(socks), "connect_s": setup}
+
+    def ceiling(self) -> float:
+        return 0.0
+
+
+def open_idle(port: int, total: int) -> list:
+    """Open `total` connections IDLE_BATCH at a time, each CONNECTed and PONGed."""
+    socks = []
+    try:
+        while len(socks) < total:
+            batch = [connect(port) for _ in range(min(IDLE_BATCH, total - len(socks)))]
+            socks.extend(batch)
+            for sock in batch:
+                sock.sendall(CONNECT + PING)
+            for sock in batch:
+                read_until(sock, b"", PONG)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def probe_idle(socks: list) -> None:
+    """PING a spread of the idle connections: all must still answer."""
+    step = max(1, len(socks) // IDLE_PROBES)
+    for sock in socks[::step]:
+        sock.sendall(PING)
+        read_until(sock, b"", PONG)
+
+
+# Scenario names in run order.
+SCENARIOS = {
+    "pub": Throughput(SMALL, 0),
+    "pubsub": Throughput(SMALL, 1),
+    "fanout4": Throughput(SMALL, 4),
+    "fanout16": Throughput(SMALL, 16),
+    "queue4": Throughput(SMALL, 4, queue=True),
+    "pubsub1k": Throughput(KIB, 1),
+    "reqrep": ReqRep(),
+    "idle10k": Idle(IDLE_CONNS),
+    "subs100k": ManySubs(),
+}
+
+
+# ============================================================================
+# 8. Running, medians and the table
+# ============================================================================
+#
+# For each scenario, for each repetition, each server in turn: a fresh
+# server, one measurement, server stopped. Progress goes to stderr; the
+# header and the table to stdout, ready to paste.
+
+
+def run_one(scenario, name: str, argv: list, opts) -> dict:
+    """One measurement on a fresh server; {'error': text} if it failed."""
+    server = None
+    try:
+        server = Server(name, argv).start()
+        result = scenario.run(server, opts)
+        if not server.alive():
+            raise BenchError("%s exited during the run:\n%s" % (name, server.tail()))
+        return result
+    except BenchError as e:
+        tail = server.tail() if server and not server.alive() else ""
+        return {"error": str(e) + ("\n" + tail if tail else "")}
+    finally:
+        if server:
+            server.stop()
+
+
+def progress_line(count: str, scen: str, name: str, rep: int, result: dict, scenario) -> str:
+    """One stderr line per measurement."""
+    if "error" in result:
+        return "%s %-9s %-7s rep %d  FAIL: %s" % (count, scen, name, rep, result["error"])
+    shown = "  ".join("%s %s" % (fmt_value(result[key], label), label)
+                      for key, label, _ in scenario.metrics)
+    if "server_cpu" in result:
+        shown += "  (pub %s msgs/s; cpu: server %.0f%%, generator %.0f%%)" % (
+            fmt_value(result["pub_msgs"], "msgs/s"), 100 * result["server_cpu"],
+            100 * result["generator_cpu"])
+    return "%s %-9s %-7s rep %d  %s" % (count, scen, name, rep, shown)
+
+
+def run_all(opts, commands: dict) -> dict:
+    """Every scenario x repetition x server, interleaved; {scen: {server: [results]}}."""
+    results = {s: {n: [] for n in commands} for s in opts.scenarios}
+    total = len(opts.scenarios) * opts.reps * len(commands)
+    done = 0
+    for scen in opts.scenarios:
+        scenario = SCENARIOS[scen]
+        for rep in range(1, opts.reps + 1):
+            for name, argv in commands.items():
+                result = run_one(scenario, name, argv, opts)
+                results[scen][name].append(result)
+                done += 1
+                count = "[%*d/%d]" % (len(str(total)), done, total)
+                print(progress_line(count, scen, name, rep, result, scenario),
+                      file=sys.stderr, flush=True)
+    return results
+
+
+def median_of(runs: list, key: str):
+    """Median of one metric over repetitions; None if any repetition failed."""
+    if not runs or any("error" in r for r in runs):
+        return None
+    return statistics.median(r[key] for r in runs)
+
+
+def fmt_value(value, label: str) -> str:
+    """A metric for the table: msgs/s as 1.23M, others with sensible decimals."""
+    if value is None:
+        return "FAIL"
+    if label in ("msgs/s", "req/s", "subs/s"):
+        if value >= 1e6:
+            return "%.2fM" % (value / 1e6)
+        return "%.0fk" % (value / 1e3) if value >= 1e4 else "%.0f" % value
+    if label == "KiB/conn":
+        return "%.2f" % value
+    return "%.1f" % value
+
+
+def ratio_text(mine, theirs) -> str:
+    """gnatsd/go as '0.42', or '-' when either is missing."""
+    if mine is None or theirs is None or theirs == 0:
+        return "-"
+    return "%.2f" % (mine / theirs)
+
+
+def target_text(scen: str, medians: dict) -> str:
+    """The scenario's target and whether gnatsd.py meets it."""
+    mine = medians.get("gnatsd")
+    if scen in TARGETS:
+        go = medians.get("go2.9")
+        verdict = "" if mine is None or not go else (
+            " ok" if mine / go >= TARGETS[scen] else " MISS")
+        return ">=%.2fx%s" % (TARGETS[scen], verdict)
+    if scen == "idle10k":
+        verdict = "" if mine is None else (" ok" if mine <= IDLE_TARGET_KIB else " MISS")
+        return "<=%.0f KiB%s" % (IDLE_TARGET_KIB, verdict)
+    return ""
+
+
+def table_rows(results: dict, names: list) -> list:
+    """Rows of the median table: scenario, metric, one value per server,
+    ratios against each Go server, target."""
+    gos = [n for n in names if n.startswith("go")] if "gnatsd" in names else []
+    rows = [["scenario", "metric"] + names + ["gnatsd/%s" % g for g in gos] + ["target"]]
+    for scen, by_server in results.items():
+        scenario = SCENARIOS[scen]
+        for key, label, _ in scenario.metrics:
+            medians = {n: median_of(by_server[n], key) for n in names}
+            row = [scen if key == scenario.metrics[0][0] else "", label]
+            row += [fmt_value(medians[n], label) for n in names]
+            row += [ratio_text(medians["gnatsd"], medians[g]) for g in gos]
+            row.append(target_text(scen, medians) if key == scenario.primary else "")
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: list, text_columns: int = 2, text_last: bool = True) -> str:
+    """Text columns (the first `text_columns`, and the last if `text_last`)
+    left-aligned, numbers right-aligned, a rule under the heading."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [c.ljust(w) if i < text_columns or (text_last and i == len(row) - 1)
+                 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def header(opts, commands: dict) -> str:
+    """Machine, interpreters, servers and run shape: the table's context."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["gnatsd.py benchmark, %s" % stamp,
+             "machine : %s, %d cores, %.1f GiB RAM, %s %s" % (
+                 cpu_model(), os.cpu_count() or 0, mem_total_gib(), platform.system(),
+                 platform.release()),
+             "bench   : Python %s (%s)" % (platform.python_version(), sys.executable)]
+    for name, argv in commands.items():
+        lines.append("%-8s: %s" % (name, describe_server(name, argv)))
+    lines.append("run     : %d reps x %.1f s per measurement, servers interleaved, medians; "
+                 "16-byte payloads unless named" % (opts.reps, opts.duration))
+    lines.append("load    : %.2f (1-min load average before the run%s)" % (
+        opts.load_before, "; other work was running, numbers are noisy"
+        if opts.load_before > BUSY_LOAD else ""))
+    return "\n".join(lines)
+
+
+LEGEND = """\
+msgs/s counts deliveries summed over subscribers (publishes for pub; one
+delivery per publish for queue4 and subs100k). MB/s is payload bytes.
+Latency rows: lower is better, so a ratio above 1 means gnatsd.py is slower.
+Targets are gnatsd/go2.9 ratios; idle10k's is gnatsd.py's own KiB/conn."""
+
+
+def ceilings_text(results: dict, scenarios: list) -> str:
+    """Generator ceilings per throughput scenario beside what the real servers
+    in this run needed: the publisher against the sink vs the fastest publish
+    rate seen; one subscriber process's checker vs the most deliveries one
+    subscriber process took."""
+    rows = [["scenario", "publisher: sink", "needed", "sub process: checker", "needed"]]
+    for scen in scenarios:
+        scenario = SCENARIOS[scen]
+        if not isinstance(scenario, Throughput):
+            continue
+        runs = results[scen]
+        sink = median_of(runs.get("sink", []), "pub_msgs") if "sink" in runs else None
+        real = [r for n, rs in runs.items() if n != "sink" for r in rs if "error" not in r]
+        procs = max(1, min(MAX_SUB_PROCS, scenario.subs))
+        needed_pub = max((r["pub_msgs"] for r in real), default=None)
+        needed_sub = max((r["msgs"] / procs for r in real if r["delivered"]), default=None)
+        check = scenario.ceiling()
+        rows.append([scen] + [fmt_value(v, "msgs/s") if v else "-"
+                              for v in (sink, needed_pub, check, needed_sub)])
+    return "Generator ceilings (msgs/s):\n" + format_table(rows, 1, False)
+
+
+def write_json(path: str, opts, commands: dict, results: dict, head: str) -> None:
+    """Everything measured, for later comparison."""
+    medians = {scen: {name: {key: median_of(runs, key) for key, _, _ in SCENARIOS[scen].metrics}
+                      for name, runs in by_server.items()}
+               for scen, by_server in results.items()}
+    doc = {"header": head, "reps": opts.reps, "duration": opts.duration,
+           "servers": {n: a for n, a in commands.items()}, "medians": medians,
+           "runs": results}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+
+
+# ============================================================================
+# 9. Command line
+# ============================================================================
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Benchmark gnatsd.py against the Go nats-server.",
+        epilog="Scenarios: " + ", ".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated scenarios (default: all)")
+    parser.add_argument("--servers", default="",
+                        help="comma-separated: gnatsd, go2.9, go2.15, sink "
+                             "(default: gnatsd and every Go server found)")
+    parser.add_argument("--sink", action="store_true",
+                        help="same as --servers sink: measure the generator alone")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--duration", type=float, default=2.0,
+                        help="seconds per throughput/latency measurement (default 2)")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter that runs gnatsd.py (default: this one)")
+    parser.add_argument("--idle-conns", type=int, default=IDLE_CONNS,
+                        help="connections for idle10k (default %d)" % IDLE_CONNS)
+    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    parser.add_argument("--self-test", action="store_true",
+                        help="check that the delivery checker catches loss, "
+                             "duplicates and reordering, then exit")
+    opts = parser.parse_args(argv)
+    opts.scenarios = [s for s in opts.scenarios.split(",") if s]
+    unknown = [s for s in opts.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error("unknown scenario(s): %s" % ", ".join(unknown))
+    return opts
+
+
+def choose_servers(opts) -> dict:
+    """{name: argv} for the servers this run measures, in column order."""
+    known = server_commands(opts.python)
+    if opts.sink:
+        wanted = ["sink"]
+    elif opts.servers:
+        wanted = [s for s in opts.servers.split(",") if s]
+    else:
+        wanted = [n for n in known if n != "sink"]
+        if not os.path.exists(GNATSD):
+            print("note: %s not found; measuring the Go servers only" % GNATSD, file=sys.stderr)
+            wanted.remove("gnatsd")
+    missing = [n for n in wanted
+               if n not in known or (n == "gnatsd" and not os.path.exists(GNATSD))]
+    if "gnatsd" in wanted and not shutil.which(opts.python):
+        raise SystemExit("--python %s: no such interpreter" % opts.python)
+    if missing:
+        raise SystemExit("not available here: %s (known: %s)" % (
+            ", ".join(missing), ", ".join(known)))
+    return {n: known[n] for n in wanted}
+
+
+def fit_idle_conns(opts) -> None:
+    """Raise the fd limit for idle10k; use fewer connections if it cannot."""
+    limit = raise_fd_limit(opts.idle_conns + 1000)
+    SCENARIOS["idle10k"].conns = min(opts.idle_conns, limit - 1000)
+    if SCENARIOS["idle10k"].conns < opts.idle_conns:
+        print("note: RLIMIT_NOFILE %d allows only %d idle connections" % (
+            limit, SCENARIOS["idle10k"].conns), file=sys.stderr)
+
+
+def report(opts, commands: dict, results: dict, head: str) -> int:
+    """Print the table (and ceilings), write JSON; 1 if anything failed."""
+    print(head)
+    print()
+    print(format_table(table_rows(results, list(commands))))
+    print()
+    print(LEGEND)
+    if "sink" in commands:
+        print()
+        print(ceilings_text(results, opts.scenarios))
+    if opts.json:
+        write_json(opts.json, opts, commands, results, head)
+    failed = [(scen, name, r["error"]) for scen, by in results.items()
+              for name, runs in by.items() for r in runs if "error" in r]
+    for scen, name, error in failed:
+        print("FAILED: %s on %s: %s" % (scen, name, error.splitlines()[0]), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
+    if opts.self_test:
+        return 1 if self_test() else 0
+    commands = choose_servers(opts)
+    fit_idle_conns(opts)
+    opts.load_before = load_average()
+    if opts.load_before > BUSY_LOAD:
+        print("warning: load average %.2f: something else is running; results will be "
+              "noisy" % opts.load_before, file=sys.stderr)
+    head = header(opts, commands)
+    print(head, file=sys.stderr, flush=True)
+    return report(opts, commands, run_all(opts, commands), head)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
