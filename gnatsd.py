@@ -252,6 +252,8 @@ _SIZE_SUFFIXES = {
     "m": 1000 ** 2, "mb": 1024 ** 2, "mi": 1024 ** 2, "mib": 1024 ** 2,
     "g": 1000 ** 3, "gb": 1024 ** 3, "gi": 1024 ** 3, "gib": 1024 ** 3,
     "t": 1000 ** 4, "tb": 1024 ** 4, "ti": 1024 ** 4, "tib": 1024 ** 4,
+    "p": 1000 ** 5, "pb": 1024 ** 5, "pi": 1024 ** 5, "pib": 1024 ** 5,
+    "e": 1000 ** 6, "eb": 1024 ** 6, "ei": 1024 ** 6, "eib": 1024 ** 6,
 }
 
 _NUMBER_RE = re.compile(r"^(-?\d+)([A-Za-z]*)$")
@@ -259,20 +261,31 @@ _FLOAT_RE = re.compile(r"^-?\d+\.\d+([eE][-+]?\d+)?$")
 
 
 class ConfigMap(dict):
-    """A parsed config map: a dict plus where each key was written."""
+    """A parsed config map: a dict plus where each key was written.
+
+    `positions` maps a key to (line, column); `files` names the included
+    file a key came from when it is not `path`.  `used_variables` holds
+    (name, position) of each definition a `$name` read, so a key that only
+    defines a variable is not an unknown field (a later redefinition is).
+    """
 
     def __init__(self, path: str = ""):
         super().__init__()
         self.path = path
         self.positions: dict = {}
+        self.files: dict = {}
         self.used_variables: set = set()
 
     def position(self, key: str) -> tuple:
         return self.positions.get(key, (0, 0))
 
+    def is_variable(self, key: str) -> bool:
+        """True if `key` is a definition some `$key` reference used."""
+        return (key, self.position(key)) in self.used_variables
+
     def error(self, key: str, message: str) -> ConfigError:
         line, col = self.position(key)
-        return ConfigError(message, self.path, line, col)
+        return ConfigError(message, self.files.get(key, self.path), line, col)
 
 
 class _ConfigParser:
@@ -355,6 +368,10 @@ class _ConfigParser:
                 raise self.error("key %r has no value" % key)
             into[key] = self.parse_value()
             into.positions[key] = where
+            if self.path != into.path:
+                into.files[key] = self.path
+            else:
+                into.files.pop(key, None)
 
     def parse_key(self) -> str:
         ch = self.peek()
@@ -434,7 +451,7 @@ class _ConfigParser:
         name = self.text[start:self.pos]
         for scope in reversed(self.scopes):
             if name in scope:
-                scope.used_variables.add(name)
+                scope.used_variables.add((name, scope.position(name)))
                 return scope[name]
         if name in os.environ:
             env_value = os.environ[name]
@@ -965,10 +982,28 @@ class Sublist:
         if not cache:
             return
         if b"*" not in tokens and b">" not in tokens:
-            cache.pop(subject, None)
+            self._drop(subject)
             return
         for key in [k for k in cache if _subject_matches(k.split(b"."), tokens)]:
-            del cache[key]
+            self._drop(key)
+
+    def _drop(self, key: bytes):
+        """Forget one cached result, settling its plan's counts first."""
+        result = self.cache.pop(key, None)
+        if result is not None and result.plan is not None:
+            result.plan.settle()
+
+    def clear_cache(self):
+        """Drop every cached result (and plan); callers' derived data goes stale."""
+        self.settle()
+        self.cache.clear()
+        self.genid += 1
+
+    def settle(self):
+        """Move every cached plan's pending counts to their owners."""
+        for result in self.cache.values():
+            if result.plan is not None:
+                result.plan.settle()
 
     def match(self, subject: bytes) -> SublistResult:
         """All subscriptions matching the literal `subject` (cached)."""
@@ -986,8 +1021,9 @@ class Sublist:
         cache = self.cache
         if len(cache) >= self.cache_max:
             # Drop the oldest quarter (dicts keep insertion order).
-            for key in list(cache)[: self.cache_max // 4]:
-                del cache[key]
+            for key in list(cache)[: max(1, self.cache_max // 4)]:
+                self._drop(key)
+            self.genid += 1
         cache[subject] = result
         return result
 
@@ -1496,14 +1532,18 @@ class DeliveryPlan:
 
     Built from a SublistResult on first use; dropped with it.  `fast` means
     every subscription is unlimited (no max), so the hot path may use it.
+    The hot path counts messages per plan, not per delivery; `settle()`
+    moves those counts onto the subscriptions and clients, and the sublist
+    calls it whenever it drops the result (so no count is ever lost).
     """
 
-    __slots__ = ("plain", "queues", "members", "clients", "fast", "empty")
+    __slots__ = ("plain", "plain_out", "queues", "members", "clients", "fast", "empty",
+                 "msgs", "bytes")
 
     def __init__(self, result: SublistResult, subject: bytes):
         head = b"MSG " + subject + b" "
-        self.plain = [(s.client.out.append, head + s.sid + b" ", s, s.client)
-                      for s in result.psubs]
+        self.plain = [(s, s.client) for s in result.psubs]
+        self.plain_out = [(s.client.out.append, head + s.sid + b" ") for s in result.psubs]
         self.queues = [[(s.client.out.append, head + s.sid + b" ", s, s.client) for s in group]
                        for group in result.qsubs]
         self.clients = {s.client for s in result.psubs}
@@ -1511,6 +1551,17 @@ class DeliveryPlan:
         self.fast = not any(s.max for s in result.psubs) and not any(
             s.max for g in result.qsubs for s in g)
         self.empty = not result.psubs and not result.qsubs
+        self.msgs = 0             # messages delivered to every plain sub, not yet settled
+        self.bytes = 0            # their payload bytes
+
+    def settle(self):
+        msgs, nbytes = self.msgs, self.bytes
+        if msgs:
+            self.msgs = self.bytes = 0
+            for sub, client in self.plain:
+                sub.delivered += msgs
+                client.out_msgs += msgs
+                client.out_bytes += nbytes
 
 
 class Client(Connection):
@@ -1541,7 +1592,7 @@ class Client(Connection):
         self.connect_received = False
         self.awaiting_auth = server.options.auth_required
         self.subs = {}               # sid -> Subscription
-        self.pub_cache = {}          # raw PUB line -> (subject, reply+b" " or None, size, tail offset)
+        self.pub_cache = {}          # raw PUB line -> its parse and delivery plan (process_pub)
 
     # -- the read loop (HOT) ---------------------------------------------------
 
@@ -1556,7 +1607,7 @@ class Client(Connection):
         find = data.find
         cache_get = self.pub_cache.get
         sublist = server.sublist
-        sl_cache_get = sublist.cache.get
+        genid = sublist.genid
         pending = server.pending
         rand = random.random
         echo = self.echo
@@ -1576,9 +1627,10 @@ class Client(Connection):
                 if i < 0:
                     break
                 cache_get = self.pub_cache.get
+                genid = sublist.genid
                 echo = self.echo
                 continue
-            subject, reply_sp, size, tail_at = entry
+            subject, reply_sp, size, tail_at, plan, plan_genid = entry
             stop = nl + 1 + size
             if stop + 2 > n:
                 check_payload_end(data, stop)
@@ -1588,32 +1640,47 @@ class Client(Connection):
                 raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
             msgs += 1
             nbytes += size
-            result = sl_cache_get(subject)
-            if result is None:
-                result = sublist.match(subject)
+            if plan_genid != genid:
+                # HOT: the line remembers its delivery plan until the sublist
+                #      changes (genid), saving the sublist cache lookup.
+                result = sublist.cache.get(subject)
+                if result is None:
+                    result = sublist.match(subject)
+                    genid = sublist.genid
+                else:
+                    hits += 1
+                plan = result.plan
+                if plan is None:
+                    plan = result.plan = DeliveryPlan(result, subject)
+                entry[4] = plan
+                entry[5] = genid
             else:
                 hits += 1
-            plan = result.plan
-            if plan is None:
-                plan = result.plan = DeliveryPlan(result, subject)
-            if plan.fast and (echo or self not in plan.members) and (
-                    reply_sp is None or not plan.empty or not self.no_responders):
+            if plan.empty and (reply_sp is None or not self.no_responders):
+                i = stop + 2
+                continue
+            if plan.fast and (echo or self not in plan.members):
                 # HOT: one slice holds "<size>\r\n<payload>\r\n" for every
-                #      receiver; prefixes are ready-made per subscriber.
+                #      receiver; prefixes are ready-made per subscriber, and
+                #      counts are kept per plan (settle()), not per delivery.
                 tail = data[i + tail_at:stop + 2]
-                for append, prefix, sub, c in plan.plain:
-                    append(prefix)
-                    if reply_sp is not None:
-                        append(reply_sp)
-                    append(tail)
-                    sub.delivered += 1
-                    c.out_msgs += 1
-                    c.out_bytes += size
-                if plan is not last_plan:
-                    # HOT: mark a plan's receivers pending once per run of
-                    #      messages, not once per delivery.
-                    pending.update(plan.clients)
-                    last_plan = plan
+                if plan.plain_out:
+                    plan.msgs += 1
+                    plan.bytes += size
+                    if reply_sp is None:
+                        for append, prefix in plan.plain_out:
+                            append(prefix)
+                            append(tail)
+                    else:
+                        for append, prefix in plan.plain_out:
+                            append(prefix)
+                            append(reply_sp)
+                            append(tail)
+                    if plan is not last_plan:
+                        # HOT: mark a plan's receivers pending once per run
+                        #      of messages, not once per delivery.
+                        pending.update(plan.clients)
+                        last_plan = plan
                 for group in plan.queues:
                     append, prefix, sub, c = group[int(rand() * len(group))]
                     append(prefix)
@@ -1627,8 +1694,9 @@ class Client(Connection):
             else:
                 reply = reply_sp[:-1] if reply_sp is not None else None
                 size_field = data[i + tail_at:nl - 1]
-                self.deliver_msg(result, Message(subject, reply, -1, size, data[nl + 1:stop],
-                                                 size_field))
+                self.deliver_msg(sublist.match(subject),
+                                 Message(subject, reply, -1, size, data[nl + 1:stop], size_field))
+                genid = sublist.genid
             i = stop + 2
         self.in_msgs += msgs
         self.in_bytes += nbytes
@@ -1852,11 +1920,11 @@ class Client(Connection):
     def process_unsub(self, sid: bytes, maximum: int):
         sub = self.subs.get(sid)
         if sub is not None:
+            self.server.sublist.settle()  # make sub.delivered exact
             if maximum > 0 and sub.delivered < maximum:
                 sub.max = maximum
-                # The plan cached for its subjects assumed no limit.
-                self.server.sublist.genid += 1
-                self.server.sublist.cache.clear()
+                # The plans cached for its subjects assumed no limit.
+                self.server.sublist.clear_cache()
             else:
                 self.unsubscribe(sub)
         if self.verbose:
@@ -1916,8 +1984,9 @@ class Client(Connection):
             cache = self.pub_cache
             if len(cache) >= PUB_CACHE_MAX:
                 cache.clear()
-            cache[data[i:nl]] = (subject, reply + b" " if reply is not None else None,
-                                 size, len(line) - len(size_token))
+            # [subject, "reply " or None, size, offset of size in line, plan, genid]
+            cache[data[i:nl]] = [subject, reply + b" " if reply is not None else None,
+                                 size, len(line) - len(size_token), None, -1]
         return stop + 2
 
     def deliver_msg(self, result: SublistResult, msg: "Message") -> bool:
