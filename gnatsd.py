@@ -239,8 +239,13 @@ class MaxPayloadError(ProtocolError):
 # What peek() returns at the end of the text.
 EOF = "\0"
 
-# Characters that end a bare (unquoted) word.
-_BARE_END = frozenset(" \t\r\n,;}]#")
+# Characters that end a bare (unquoted) word.  `#` and `//` do not: Go reads
+# `nats://host:4222` and `foo#1` as one word; a comment needs a blank before it.
+_BARE_END = frozenset(" \t\r\n,;}]")
+
+# Backslash escapes in double-quoted strings and bare words (Go's lexer).
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", '"': '"', "\\": "\\"}
+_ESCAPE_RE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.|$)", re.S)
 
 # Values that read as booleans (case-insensitive).
 _TRUE_WORDS = frozenset(("true", "yes", "on"))
@@ -386,15 +391,39 @@ class _ConfigParser:
         return text[start:self.pos]
 
     def parse_quoted(self) -> str:
+        """'single' is verbatim; "double" decodes backslash escapes."""
         quote = self.peek()
+        line, column = self.here()
         self.advance()
-        end = self.text.find(quote, self.pos)
-        newline = self.text.find("\n", self.pos)
-        if end < 0 or (0 <= newline < end):
-            raise self.error("unterminated string")
+        end = self.pos
+        while end < len(self.text) and self.text[end] not in (quote, "\n"):
+            end += 2 if quote == '"' and self.text[end] == "\\" else 1
+        if end >= len(self.text) or self.text[end] != quote:
+            raise ConfigError("unterminated string", self.path, line, column)
         value = self.text[self.pos:end]
         self.pos = end + 1
-        return value
+        return self.unescape(value) if quote == '"' else value
+
+    def unescape(self, raw: str) -> str:
+        """Decode \\t \\n \\r \\" \\\\ and \\xHH (bytes, then UTF-8) as Go does."""
+        if "\\" not in raw:
+            return raw
+        out = bytearray()
+        pos = 0
+        for m in _ESCAPE_RE.finditer(raw):
+            out += raw[pos:m.start()].encode()
+            code = m.group(1)
+            if code[:1] == "x" and len(code) == 3:
+                out.append(int(code[1:], 16))
+            elif code in _ESCAPES:
+                out += _ESCAPES[code].encode()
+            else:
+                raise self.error("Invalid escape character %r. Only the following escape "
+                                 "characters are allowed: \\xXX, \\t, \\n, \\r, \\\", \\\\."
+                                 % code[:1])
+            pos = m.end()
+        out += raw[pos:].encode()
+        return out.decode("utf-8", "replace")
 
     def parse_value(self):
         ch = self.peek()
@@ -463,12 +492,12 @@ class _ConfigParser:
         start = self.pos
         text = self.text
         while self.pos < len(text) and text[self.pos] not in _BARE_END:
-            if text.startswith("//", self.pos):
-                break
             self.pos += 1
         word = text[start:self.pos]
         if not word:
             raise self.error("expected a value, found %r" % self.peek())
+        if "\\" in word:
+            return self.unescape(word)
         try:
             return _read_scalar(word)
         except ValueError as exc:
@@ -1579,8 +1608,8 @@ class DeliveryPlan:
     calls it whenever it drops the result (so no count is ever lost).
     """
 
-    __slots__ = ("plain", "plain_out", "queues", "members", "clients", "fast", "empty",
-                 "msgs", "bytes")
+    __slots__ = ("plain", "plain_out", "queues", "members", "clients", "fast", "runnable",
+                 "empty", "msgs", "bytes")
 
     def __init__(self, result: SublistResult, subject: bytes):
         head = b"MSG " + subject + b" "
@@ -1593,6 +1622,9 @@ class DeliveryPlan:
         self.fast = not any(s.max for s in result.psubs) and not any(
             s.max for g in result.qsubs for s in g)
         self.empty = not result.psubs and not result.qsubs
+        # Runs may be delivered subscriber by subscriber only when that keeps
+        # each connection's message order: one subscription per connection.
+        self.runnable = self.fast and not self.queues and len(self.clients) == len(self.plain)
         self.msgs = 0             # messages delivered to every plain sub, not yet settled
         self.bytes = 0            # their payload bytes
 
@@ -1698,7 +1730,7 @@ class Client(Connection):
                 entry[5] = genid
             else:
                 hits += 1
-            if (plan.fast and not plan.queues and (echo or self not in plan.members)
+            if (plan.runnable and (echo or self not in plan.members)
                     and (reply_sp is None or not plan.empty or not self.no_responders)):
                 if data.startswith(data[i:nl + 1], stop + 2):
                     # HOT: the same PUB line again: take the whole run at once.
