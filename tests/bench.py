@@ -11,6 +11,11 @@ Scenarios (16-byte payloads unless named):
 
     pub        one publisher, no subscribers
     pubsub     one publisher, one subscriber
+    pubsub2    pub->sub, alternating subjects: as pubsub, but the PUBs alternate
+               between bench.a and bench.b record by record and the subscriber
+               holds bench.*, so no two consecutive PUB lines are identical
+               (gnatsd.py delivers runs of one PUB line in bulk; this shows its
+               per-message path)
     fanout4    one publisher, 4 subscribers on the subject (msgs/s counts deliveries)
     fanout16   one publisher, 16 subscribers
     queue4     one publisher, a queue group of 4 (each message to exactly one)
@@ -174,7 +179,9 @@ MANY_TEMPLATES = 16
 SUBJECT_BASE = 100000
 
 # Ratio gnatsd/go2.9 each scenario should reach (the project issue).
-TARGETS = {"pub": 0.20, "pubsub": 0.35, "fanout16": 0.60, "pubsub1k": 0.75}
+# pubsub2 is the pub->sub target applied to the per-message path.
+TARGETS = {"pub": 0.20, "pubsub": 0.35, "pubsub2": 0.35, "fanout16": 0.60,
+           "pubsub1k": 0.75}
 # Most server memory per idle connection for gnatsd.py, KiB.
 IDLE_TARGET_KIB = 4.0
 # A load average above this before the run means the machine was busy.
@@ -1041,27 +1048,35 @@ def wait_window(pool: SubscriberPool, plan: PublishPlan, batches: int) -> None:
 
 
 class Throughput:
-    """One publisher and `subs` subscribers (or a queue group) on one subject."""
+    """One publisher and `subs` subscribers (or a queue group) on one subject,
+    or, given `subjects` (all one length) and a wildcard `sub` matching them
+    all, PUBs cycling through the subjects record by record."""
 
     primary = "msgs"
 
-    def __init__(self, size: int, subs: int, queue: bool = False):
+    def __init__(self, size: int, subs: int, queue: bool = False,
+                 subjects: tuple = (b"bench",), sub: bytes = b"bench"):
         self.size = size
         self.subs = subs
         self.queue = queue
+        self.subjects = list(subjects)
+        self.sub = sub
         self.metrics = [("msgs", "msgs/s", True), ("mbs", "MB/s", True)]
 
     def plan(self) -> PublishPlan:
-        """One template on one subject; every batch reaches every group whole."""
-        plan = PublishPlan([[b"bench"]], self.size, [])
+        """One template over the subjects; every batch reaches every group whole."""
+        plan = PublishPlan([self.subjects], self.size, [])
         groups = 1 if self.queue else self.subs
         plan.deliveries = [[plan.per_batch] * groups]
         return plan
 
+    def headers(self) -> frozenset:
+        """Every MSG line a subscriber may see (one per subject, one length)."""
+        return frozenset(b"MSG %s 1 %d\r\n" % (s, self.size) for s in self.subjects)
+
     def specs(self) -> list:
-        header = b"MSG bench 1 %d\r\n" % self.size
-        sub = b"SUB bench q 1\r\n" if self.queue else b"SUB bench 1\r\n"
-        return [SubSpec(sub, frozenset([header]), self.size, not self.queue,
+        sub = b"SUB %s %s1\r\n" % (self.sub, b"q " if self.queue else b"")
+        return [SubSpec(sub, self.headers(), self.size, not self.queue,
                         0 if self.queue else i) for i in range(self.subs)]
 
     def run(self, server: Server, opts) -> dict:
@@ -1071,7 +1086,7 @@ class Throughput:
         """Checker records/s for this scenario's deliveries (0: no subscribers)."""
         if not self.subs:
             return 0.0
-        return checker_ceiling(frozenset([b"MSG bench 1 %d\r\n" % self.size]), self.size)
+        return checker_ceiling(self.headers(), self.size)
 
 
 class ManySubs(Throughput):
@@ -1361,6 +1376,7 @@ def probe_idle(socks: list) -> None:
 SCENARIOS = {
     "pub": Throughput(SMALL, 0),
     "pubsub": Throughput(SMALL, 1),
+    "pubsub2": Throughput(SMALL, 1, subjects=(b"bench.a", b"bench.b"), sub=b"bench.*"),
     "fanout4": Throughput(SMALL, 4),
     "fanout16": Throughput(SMALL, 16),
     "queue4": Throughput(SMALL, 4, queue=True),

@@ -342,3 +342,28 @@ def test_write_deadline_log_shape_matches_go(sc_server):
                         % scene.slow_port, line), line
     finally:
         scene.close()
+
+
+@pytest.mark.parametrize("size", [16, 1024], ids=["16B", "1KiB"])
+def test_unpaced_flood_cuts_the_slow_consumer_but_not_a_fast_one(sc_server, size):
+    """A publisher that writes 16 MB without waiting (a benchmark loop, a
+    replay): the fast subscriber, reading as fast as it can, still gets every
+    message; Go 2.15 stalls the producer while a consumer's pending bytes are
+    high, so only the consumer that never reads is cut."""
+    server = sc_server("max_pending: 1MB\n")
+    scene = FloodScene(server)
+    try:
+        n = 16 * MB // (size + 14)
+        scene.pub.conn.send(b"".join(b"PUB flood %d\r\n%s\r\n" % (size, payload(i, size))
+                                     for i in range(n)))
+        scene.pub.seq = n
+        scene.pub.conn.send(b"PING\r\n")
+        t_expect_exact(scene.pub.conn, b"PONG\r\n", timeout=60)
+        scene.fast.wait_for(n, timeout=60)
+        m = server.wait_for_log(SC_MAX_PENDING, timeout=10)
+        assert int(m.group(1)) == scene.slow_port
+        read_until_gone(scene.slow)
+        with server.lock:
+            assert server.log.count(b"Slow Consumer Detected") == 1, server.log_text()[-1500:]
+    finally:
+        scene.close()
