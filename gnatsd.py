@@ -1333,8 +1333,11 @@ class Connection:
         self.cid = cid
         try:
             peer = sock.getpeername()
-            self.host, self.port = peer[0], peer[1]
         except OSError:
+            peer = None
+        if isinstance(peer, tuple):
+            self.host, self.port = peer[0], peer[1]
+        else:
             self.host, self.port = "", 0
         self.out = []                # chunks of bytes, joined once per flush
         self.closed = False
