@@ -1601,6 +1601,11 @@ def format_duration(seconds: float) -> str:
 # processUnsub, deliverMsg, processMsgResults) and server/auth.go.
 
 
+# DeliveryPlan kinds: nobody to deliver to; plain subs only; with queue
+# groups; anything the general deliver_msg must handle (auto-unsubscribe).
+PLAN_EMPTY, PLAN_PLAIN, PLAN_QUEUES, PLAN_SLOW = 0, 1, 2, 3
+
+
 class DeliveryPlan:
     """Ready-made per-subscriber prefixes for one published subject.
 
@@ -1612,7 +1617,7 @@ class DeliveryPlan:
     """
 
     __slots__ = ("plain", "plain_out", "queues", "members", "clients", "fast", "runnable",
-                 "empty", "msgs", "bytes")
+                 "empty", "kind", "msgs", "bytes")
 
     def __init__(self, result: SublistResult, subject: bytes):
         head = b"MSG " + subject + b" "
@@ -1628,6 +1633,13 @@ class DeliveryPlan:
         # Runs may be delivered subscriber by subscriber only when that keeps
         # each connection's message order: one subscription per connection.
         self.runnable = self.fast and not self.queues and len(self.clients) == len(self.plain)
+        # One int the hot path branches on.
+        if self.empty:
+            self.kind = PLAN_EMPTY
+        elif not self.fast:
+            self.kind = PLAN_SLOW
+        else:
+            self.kind = PLAN_QUEUES if self.queues else PLAN_PLAIN
         self.msgs = 0             # messages delivered to every plain sub, not yet settled
         self.bytes = 0            # their payload bytes
 
@@ -1731,45 +1743,55 @@ class Client(Connection):
                     plan = result.plan = DeliveryPlan(result, subject)
                 entry[4] = plan
                 entry[5] = genid
-            if plan.empty:
-                if reply_sp is not None and self.no_responders:
-                    self.send_no_responders(reply_sp[:-1])
-                i = stop + 2
-                continue
-            if entry is last_entry and plan.runnable and (echo or self not in plan.clients):
-                # HOT: the same PUB line twice in a row: take the whole run
-                #      of repeats at once (deliver_run).
-                k = self.deliver_run(data, i, nl, entry, plan)
-                msgs += k - 1
-                nbytes += (k - 1) * size
-                i += k * (nl + 3 - i + size)
-                if plan is not last_plan:
-                    pending.update(plan.clients)
-                    last_plan = plan
-                continue
-            last_entry = entry
-            if plan.fast and (echo or self not in plan.members):
+            kind = plan.kind
+            if kind == PLAN_PLAIN and (echo or self not in plan.clients):
+                if entry is last_entry and plan.runnable:
+                    # HOT: the same PUB line twice in a row: take the whole
+                    #      run of repeats at once (deliver_run).
+                    k = self.deliver_run(data, i, nl, entry, plan)
+                    msgs += k - 1
+                    nbytes += (k - 1) * size
+                    i += k * (nl + 3 - i + size)
+                    if plan is not last_plan:
+                        pending.update(plan.clients)
+                        last_plan = plan
+                    continue
+                last_entry = entry
                 # HOT: one slice holds "<size>\r\n<payload>\r\n" for every
                 #      receiver; prefixes are ready-made per subscriber, and
                 #      counts are kept per plan (settle()), not per delivery.
                 tail = data[i + tail_at:stop + 2]
+                plan.msgs += 1
+                plan.bytes += size
+                if reply_sp is None:
+                    for append, prefix in plan.plain_out:
+                        append(prefix)
+                        append(tail)
+                else:
+                    for append, prefix in plan.plain_out:
+                        append(prefix)
+                        append(reply_sp)
+                        append(tail)
+                if plan is not last_plan:
+                    # HOT: mark a plan's receivers pending once per run of
+                    #      messages, not once per delivery.
+                    pending.update(plan.clients)
+                    last_plan = plan
+            elif kind == PLAN_EMPTY:
+                if reply_sp is not None and self.no_responders:
+                    self.send_no_responders(reply_sp[:-1])
+            elif kind == PLAN_QUEUES and (echo or self not in plan.members):
+                last_entry = None
+                tail = data[i + tail_at:stop + 2]
                 if plan.plain_out:
                     plan.msgs += 1
                     plan.bytes += size
-                    if reply_sp is None:
-                        for append, prefix in plan.plain_out:
-                            append(prefix)
-                            append(tail)
-                    else:
-                        for append, prefix in plan.plain_out:
-                            append(prefix)
+                    for append, prefix in plan.plain_out:
+                        append(prefix)
+                        if reply_sp is not None:
                             append(reply_sp)
-                            append(tail)
-                    if plan is not last_plan:
-                        # HOT: mark a plan's receivers pending once per run
-                        #      of messages, not once per delivery.
-                        pending.update(plan.clients)
-                        last_plan = plan
+                        append(tail)
+                    pending.update(plan.clients)
                 for group in plan.queues:
                     append, prefix, sub, c = group[int(rand() * len(group))]
                     append(prefix)
