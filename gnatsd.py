@@ -120,6 +120,13 @@ READ_SIZE = 1024 * 1024
 # Bytes sent per send() call at most; larger buffers are sent in pieces.
 MAX_SEND_SIZE = 4 * 1024 * 1024
 
+# Backpressure: a read this large means a publisher is flooding; if one of
+# the connections it fed is then above 3/4 of max_pending, the publisher is
+# not read again until that connection drains, or for at most MAX_STALL
+# seconds (Go stalls producers at 75% of max_pending too).
+FLOOD_READ_SIZE = 16 * 1024
+MAX_STALL = 0.1
+
 # Entries in the sublist's match cache before the oldest are dropped.
 SUBLIST_CACHE_MAX = 1024
 
@@ -224,6 +231,7 @@ class MaxPayloadError(ProtocolError):
 #     port: 4222           # `:`, `=` or plain whitespace separate key and value
 #     max_payload = 1MB    # size suffixes: K M G are 1000-based, KB MB GB 1024
 #     ping_interval "2m"   # durations are strings the options chapter reads
+#     name: "a\tb"         # "double" decodes \t \n \r \" \\ \xHH; 'single' is verbatim
 #     authorization {      # maps; arrays are [a, b] or one item per line
 #       user: derek, password: "s3cr3t"
 #     }
@@ -648,6 +656,7 @@ class Options:
         ("trace", False),
         ("debug", False),
         ("logtime", True),
+        ("logtime_utc", False),
         ("log_file", ""),
         ("max_traced_msg_len", 0),
         ("pid_file", ""),
@@ -835,6 +844,7 @@ CONFIG_KEYS = {
     "debug": ("debug", _to_bool),
     "trace": ("trace", _to_bool),
     "logtime": ("logtime", _to_bool),
+    "logtime_utc": ("logtime_utc", _to_bool),
     "logfile": ("log_file", _to_str),
     "log_file": ("log_file", _to_str),
     "max_traced_msg_len": ("max_traced_msg_len", _to_int),
@@ -853,7 +863,7 @@ CONFIG_KEYS = {
     "no_auth_user": ("no_auth_user", _to_str),
 }
 
-# Keys handled by a function that may set several options.
+# Keys read by a function, because they set several options or may warn.
 CONFIG_BLOCKS = {
     "listen": _listen,
     "authorization": _authorization,
@@ -1321,7 +1331,7 @@ class Connection:
         "close_reason", "pending_in", "pending_len", "need", "start", "last_activity",
         "pings_out", "write_waiting", "last_write_progress", "trace",
         "in_msgs", "in_bytes", "out_msgs", "out_bytes", "log_prefix",
-        "ping_timer_armed", "__weakref__",
+        "ping_timer_armed", "stalled", "stall_seq", "stall_waiters", "__weakref__",
     )
 
     kind = "Client"
@@ -1339,6 +1349,8 @@ class Connection:
             self.host, self.port = peer[0], peer[1]
         else:
             self.host, self.port = "", 0
+        if self.host.startswith("::ffff:") and "." in self.host:
+            self.host = self.host[7:]  # an IPv4 client on a dual-stack listener
         self.out = []                # chunks of bytes, joined once per flush
         self.closed = False
         self.close_reason = ""
@@ -1355,6 +1367,9 @@ class Connection:
         host = "[%s]" % self.host if ":" in self.host else self.host
         self.log_prefix = "%s:%d - cid:%d - " % (host, self.port, cid)
         self.ping_timer_armed = False
+        self.stalled = False         # not read while a connection it fed drains
+        self.stall_seq = 0
+        self.stall_waiters = None    # publishers stalled on this connection
 
     # -- logging -------------------------------------------------------------
 
@@ -1394,7 +1409,7 @@ class Connection:
 
     def send_err(self, text: str):
         if self.trace:
-            self.trace_out("-ERR '%s'" % text)
+            self.trace_out("-ERR %s" % text)
         self.queue_outbound(err_proto(text))
 
     def send_err_and_close(self, text: str, reason: str):
@@ -1423,6 +1438,8 @@ class Connection:
             return
         if sent:
             self.last_write_progress = time.monotonic()
+        if self.stall_waiters and size - sent <= self.server.options.max_pending * 3 // 4:
+            self.release_stalled()
         if sent < size:
             out.append(memoryview(data)[sent:])
             if size - sent > self.server.options.max_pending:
@@ -1450,8 +1467,9 @@ class Connection:
             log.info("%sSlow Consumer Detected: MaxPending of %d Exceeded",
                      self.log_prefix, server.options.max_pending)
         else:
-            log.info("%sSlow Consumer Detected: WriteDeadline of %s exceeded with %d bytes pending",
-                     self.log_prefix, format_duration(server.options.write_deadline), pending)
+            log.info("%sSlow Consumer Detected: WriteDeadline of %s exceeded with %d chunks of %d"
+                     " total bytes.", self.log_prefix, format_duration(server.options.write_deadline),
+                     len(self.out), pending)
         self.out.clear()
         self.close(reason, flush=False)
 
@@ -1466,7 +1484,7 @@ class Connection:
         """Read what the kernel has (one recv into the server's reused buffer)."""
         server = self.server
         try:
-            n = self.sock.recv_into(server.read_buffer)
+            n = self.sock.recv_into(server.read_buffer, server.read_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -1487,10 +1505,51 @@ class Connection:
                 return
             data = b"".join(pending)
             self.pending_in = None
+        flood = n >= FLOOD_READ_SIZE
+        if flood and server.pending:
+            server.flush_pending()  # so that `pending` shows whom this read feeds
         try:
             self.parse(data)
         except ProtocolError as exc:
             self.protocol_error(exc)
+            return
+        if flood and server.pending and not self.closed:
+            self.stall_if_congested()
+
+    # -- backpressure --------------------------------------------------------
+
+    def stall_if_congested(self):
+        """After a flood read: flush its receivers now, and stop reading this
+        publisher while one of them stays above 3/4 of max_pending."""
+        server = self.server
+        receivers = list(server.pending)
+        server.flush_pending()
+        high_water = server.options.max_pending * 3 // 4
+        congested = [c for c in receivers if c is not self and not c.closed and c.out
+                     and c.pending_bytes() > high_water]
+        if not congested:
+            return
+        self.stalled = True
+        self.stall_seq += 1
+        server.update_events(self)
+        for c in congested:
+            if c.stall_waiters is None:
+                c.stall_waiters = set()
+            c.stall_waiters.add(self)
+        seq = self.stall_seq
+        server.add_timer(MAX_STALL, lambda: self.end_stall(seq))
+
+    def end_stall(self, seq: int = -1):
+        """Read this connection again (its receiver drained, or time is up)."""
+        if self.stalled and not self.closed and seq in (-1, self.stall_seq):
+            self.stalled = False
+            self.server.update_events(self)
+
+    def release_stalled(self):
+        """This connection drained or closed: resume the publishers it held."""
+        waiters, self.stall_waiters = self.stall_waiters, None
+        for publisher in waiters:
+            publisher.end_stall()
 
     def keep_tail(self, data: bytes, start: int, need: int):
         """Park an incomplete op; parse again once `need` bytes are there."""
@@ -1540,6 +1599,8 @@ class Connection:
         self.closed = True
         self.close_reason = reason
         server = self.server
+        if self.stall_waiters:
+            self.release_stalled()
         server.pending.discard(self)
         server.unregister(self)
         try:
@@ -1780,6 +1841,14 @@ class Client(Connection):
             elif kind == PLAN_EMPTY:
                 if reply_sp is not None and self.no_responders:
                     self.send_no_responders(reply_sp[:-1])
+                elif entry is last_entry:
+                    # HOT: a run of repeats nobody listens to: skip it whole.
+                    k = self.deliver_run(data, i, nl, entry, plan)
+                    msgs += k - 1
+                    nbytes += (k - 1) * size
+                    i += k * (nl + 3 - i + size)
+                    continue
+                last_entry = entry
             elif kind == PLAN_QUEUES and (echo or self not in plan.members):
                 last_entry = None
                 tail = data[i + tail_at:stop + 2]
@@ -1875,7 +1944,8 @@ class Client(Connection):
         if line[-1:] == b"\r":
             line = line[:-1]
         op, arg, has_sep = split_op(line)
-        if self.awaiting_auth and op != b"CONNECT":
+        if self.awaiting_auth and line[:1] not in (b"C", b"c"):
+            # Go only checks the first byte here; `CONNX` is then a parse error.
             self.auth_violation()
             return -1
         handler = self.OPS.get(op)
@@ -1930,7 +2000,7 @@ class Client(Connection):
 
     def op_connect(self, data, i, nl, line, arg) -> int:
         if self.trace:
-            self.trace_in("CONNECT", arg)
+            self.trace_in("CONNECT", _SECRETS_IN_CONNECT.sub(rb'\1[REDACTED]"', arg))
         self.process_connect(arg)
         return nl + 1
 
@@ -2018,8 +2088,9 @@ class Client(Connection):
             self.send_ok()
 
     def authorize(self, fields: dict) -> bool:
-        """Check credentials when auth is on (Go's isClientAuthorized)."""
-        if not self.awaiting_auth:
+        """Check credentials when auth is on (Go's isClientAuthorized); every
+        CONNECT is checked, not just the first."""
+        if not self.server.options.auth_required:
             return True
         opts = self.server.options
         if opts.authorization:
@@ -2028,20 +2099,24 @@ class Client(Connection):
             ok = (_secret_equal(fields.get("user"), opts.username)
                   and _secret_equal(fields.get("pass"), opts.password))
         if not ok:
-            self.auth_violation()
+            user = fields.get("user")
+            self.auth_violation(user if isinstance(user, str) else "")
             return False
         self.awaiting_auth = False
         self.user = fields.get("user") or ""
         return True
 
-    def auth_violation(self):
-        self.error("%s", "Authorization Error")
+    def auth_violation(self, user: str = ""):
+        if user:
+            self.error('authentication error - User "%s"', user)
+        else:
+            self.error("authentication error")
         self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
 
     def auth_timeout(self):
         if self.closed or not self.awaiting_auth:
             return
-        self.error("Authentication Timeout")
+        self.debug("Authentication Timeout")
         self.send_err_and_close(ERR_AUTH_TIMEOUT, AUTHENTICATION_TIMEOUT)
 
     def send_ok(self):
@@ -2226,6 +2301,10 @@ def check_payload_end(data: bytes, stop: int):
         raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
 
 
+# Secrets in a CONNECT line, replaced before it is traced (Go's removeSecretsFromTrace).
+_SECRETS_IN_CONNECT = re.compile(rb'("(?:pass|auth_token)"\s*:\s*")(?:[^"\\]|\\.)*"')
+
+
 class _DisabledCache(dict):
     """The PUB cache of a verbose, pedantic or traced client: never filled."""
 
@@ -2343,7 +2422,10 @@ class Server:
         self.selector = selectors.DefaultSelector()
         self.timers: list = []
         self.timer_seq = 0
-        self.read_buffer = bytearray(READ_SIZE)
+        # One read's output must fit well inside max_pending, or a subscriber
+        # that keeps up could be cut off by a single batch.
+        self.read_size = max(16 * 1024, min(READ_SIZE, self.options.max_pending // 8))
+        self.read_buffer = bytearray(self.read_size)
         self.read_view = memoryview(self.read_buffer)
         self.trace = self.options.trace
         self.next_cid = 0
@@ -2449,10 +2531,13 @@ class Server:
                     conn = key.data
                     if conn.closed:
                         continue
-                    if mask & EVENT_READ:
-                        conn.read_ready()
-                    if mask & EVENT_WRITE and not conn.closed:
-                        conn.write_ready()
+                    try:
+                        if mask & EVENT_READ:
+                            conn.read_ready()
+                        if mask & EVENT_WRITE and not conn.closed:
+                            conn.write_ready()
+                    except Exception:  # a bug must cost one connection, not the server
+                        self.connection_failed(conn)
                 if pending:
                     self.flush_pending()
                 if timers and timers[0][0] <= time.monotonic():
@@ -2464,7 +2549,21 @@ class Server:
         """Flush every connection that got output this turn (Go's pcd)."""
         pending = self.pending
         while pending:
-            pending.pop().flush()
+            conn = pending.pop()
+            try:
+                conn.flush()
+            except Exception:
+                self.connection_failed(conn)
+
+    def connection_failed(self, conn):
+        """An unexpected exception while serving `conn`: log it, close it."""
+        log.exception("%sUnexpected error, closing connection",
+                      getattr(conn, "log_prefix", ""))
+        if isinstance(conn, Connection):
+            try:
+                conn.close(PROTOCOL_VIOLATION, flush=False)
+            except Exception:
+                log.exception("Error closing connection")
 
     def add_timer(self, delay: float, callback):
         self.timer_seq += 1
@@ -2490,15 +2589,28 @@ class Server:
 
     def want_write(self, conn: Connection, on: bool):
         """Wait for writability only while the kernel pushes back."""
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
-        try:
-            self.selector.modify(conn.sock, events, conn)
-        except (KeyError, ValueError, OSError):
-            return
         if on:
             self.write_waiting.add(conn)
         else:
             self.write_waiting.discard(conn)
+        self.update_events(conn)
+
+    def update_events(self, conn: Connection):
+        """Register what `conn` waits for: reads unless stalled, writes while
+        its output is blocked; neither means it is not in the selector."""
+        events = ((0 if conn.stalled else selectors.EVENT_READ)
+                  | (selectors.EVENT_WRITE if conn.write_waiting else 0))
+        selector = self.selector
+        try:
+            if events:
+                try:
+                    selector.modify(conn.sock, events, conn)
+                except KeyError:
+                    selector.register(conn.sock, events, conn)
+            else:
+                selector.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
 
     def unregister(self, conn: Connection):
         self.write_waiting.discard(conn)
@@ -2692,9 +2804,10 @@ _LABELS = {TRACE: "TRC", logging.DEBUG: "DBG", logging.INFO: "INF",
 class GoFormatter(logging.Formatter):
     """`[pid] date time.micro [LBL] message`, as Go's logger writes it."""
 
-    def __init__(self, logtime: bool = True):
+    def __init__(self, logtime: bool = True, utc: bool = False):
         super().__init__()
         self.logtime = logtime
+        self.clock = time.gmtime if utc else time.localtime
         self.pid = os.getpid()
 
     def format(self, record: logging.LogRecord) -> str:
@@ -2704,7 +2817,7 @@ class GoFormatter(logging.Formatter):
             text += "\n" + self.formatException(record.exc_info)
         if not self.logtime:
             return "[%d] [%s] %s" % (self.pid, label, text)
-        stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created))
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S", self.clock(record.created))
         micros = int((record.created % 1) * 1_000_000)
         return "[%d] %s.%06d [%s] %s" % (self.pid, stamp, micros, label, text)
 
@@ -2725,7 +2838,7 @@ def configure_logging(opts: Options):
         handler = logging.FileHandler(opts.log_file, mode="a", encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(GoFormatter(opts.logtime))
+    handler.setFormatter(GoFormatter(opts.logtime, opts.logtime_utc))
     if opts.trace and not opts.debug:
         handler.addFilter(_TraceWithoutDebug())
     log.addHandler(handler)
@@ -2801,6 +2914,8 @@ FLAG_GROUPS = (
     ("Logging Options", (
         (("-l", "--log"), "log_file", _STR, "<file>", "File to redirect log output"),
         (("-T", "--logtime"), "logtime", _BOOL, None, "Timestamp log entries (default: true)"),
+        (("--logtime_utc",), "logtime_utc", _BOOL, None,
+         "Timestamps in UTC instead of local timezone (default: false)"),
         (("-s", "--syslog"), "syslog", _BOOL, None, "Log to syslog or windows event log"),
         (("-r", "--remote_syslog"), "remote_syslog", _STR, "<addr>",
          "Syslog server addr (udp://localhost:514)"),
@@ -2957,8 +3072,8 @@ def options_from_flags(args: argparse.Namespace) -> Options:
     """The Options the command line sets (None where a flag was not given)."""
     opts = Options()
     for name in ("host", "port", "server_name", "pid_file", "client_advertise", "ports_file_dir",
-                 "log_file", "logtime", "debug", "trace", "max_traced_msg_len", "username",
-                 "password", "authorization"):
+                 "log_file", "logtime", "logtime_utc", "debug", "trace", "max_traced_msg_len",
+                 "username", "password", "authorization"):
         value = getattr(args, name)
         if value is not None:
             setattr(opts, name, value)
@@ -3018,15 +3133,34 @@ def main(argv: list | None = None) -> int:
     except ConfigError as exc:
         print("nats-server: %s" % exc, file=sys.stderr)
         return 1
-    configure_logging(opts)
+    try:
+        configure_logging(opts)
+    except OSError as exc:
+        print("nats-server: error opening file: %s" % _open_error(exc), file=sys.stderr)
+        return 1
+    if not (opts.port == RANDOM_PORT or 0 <= opts.port <= 65535):
+        # The socket layer would quietly wrap it around (99999 -> 34463).
+        log.critical('Error listening on port: %s, "invalid port"', _host_port(opts.host, opts.port))
+        return 1
     _raise_open_file_limit()
     server = Server(opts)
     server.install_signal_handlers()
     try:
         return server.run()
     except OSError as exc:
-        log.critical("Error listening on port: %s, %r", _host_port(opts.host, opts.port), str(exc))
+        if opts.pid_file and exc.filename == opts.pid_file:
+            log.critical("Could not write pidfile: %s", _open_error(exc))
+        else:
+            log.critical("Error listening on port: %s, %r", _host_port(opts.host, opts.port),
+                         str(exc))
         return 1
+
+
+def _open_error(exc: OSError) -> str:
+    """A file error as Go words it: "open /x/y.log: no such file or directory"."""
+    if exc.filename is None:
+        return str(exc)
+    return "open %s: %s" % (exc.filename, (exc.strerror or str(exc)).lower())
 
 
 def _raise_open_file_limit():

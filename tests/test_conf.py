@@ -271,6 +271,7 @@ def test_every_supported_key_reaches_options(tmp_path):
         debug: true
         trace: yes
         logtime: off
+        logtime_utc: on
         logfile: "/tmp/x.log"
         pid_file: /tmp/x.pid
         ports_file_dir: /tmp
@@ -287,8 +288,9 @@ def test_every_supported_key_reaches_options(tmp_path):
         client_advertise: "example.org:4222"
     """)
     assert (opts.server_name, opts.host, opts.port) == ("alpha", "127.0.0.2", 4333)
-    assert (opts.debug, opts.trace, opts.logtime) == (True, True, False)
-    assert (opts.log_file, opts.pid_file, opts.ports_file_dir) == ("/tmp/x.log", "/tmp/x.pid", "/tmp")
+    assert (opts.debug, opts.trace, opts.logtime, opts.logtime_utc) == (True, True, False, True)
+    assert opts.log_file == "/tmp/x.log"
+    assert (opts.pid_file, opts.ports_file_dir) == ("/tmp/x.pid", "/tmp")
     assert opts.max_payload == 2 * 1024 * 1024
     assert opts.max_control_line == 2048
     assert opts.max_connections == 100

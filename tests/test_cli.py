@@ -1,0 +1,533 @@
+"""The command line and the config file as a user meets them, against Go.
+
+Go's flag package accepts `-p 4222`, `--port 4222`, `-port=4222` and
+`--port=4222` alike, booleans as `-T=false`, and later flags win; flags
+override the config file.  Every flag gnatsd 0.7.2 had is accepted; those
+whose feature has not landed stop the server with a one-line message naming
+the flag, never silently.  `-t -c FILE` checks a file; a config error names
+file:line:col and exits 1 without a traceback.  Where Go's answer is
+observable (exit status, INFO fields, log lines) the same command runs
+against nats-server 2.9 and 2.15 (`kind` / `any_server_with`) and must give
+the same answer.  Known, deliberate differences: `-p 0` picks a free port
+(Go: 4222), bad flags exit 2 (Go prints usage and exits 0), and -t does not
+fail on Go's config warnings.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+
+import pytest
+
+from conftest import (GNATSD, GO_SERVERS, ORACLES, ROOT, SERVER_PYTHON, RawConn, ServerProcess,
+                      go_server_path, start_gnatsd, start_go, t_expect_exact, write_conf)
+
+DEFAULT_CONF = os.path.join(ROOT, "conf", "default.conf")
+
+
+def _load_version() -> tuple:
+    text = open(GNATSD, encoding="utf-8").read()
+    ours = re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+    go = re.search(r'^VERSION = "([^"]+)"', text, re.M).group(1)
+    return ours, go
+
+
+OUR_VERSION, GO_VERSION = _load_version()
+
+
+def run(*args, timeout: float = 15.0, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run gnatsd.py with `args` to completion (for flags that exit at once)."""
+    return subprocess.run([SERVER_PYTHON, GNATSD, *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd)
+
+
+def run_go(version: str, *args, timeout: float = 15.0) -> subprocess.CompletedProcess:
+    if version not in GO_SERVERS:
+        pytest.skip("Go nats-server %s is not installed" % version)
+    return subprocess.run([GO_SERVERS[version], *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def run_kind(kind: str, *args) -> subprocess.CompletedProcess:
+    return run(*args) if kind == "gnatsd" else run_go(kind[2:], *args)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(params=ORACLES)
+def kind(request):
+    """Parametrised "gnatsd", "go2.9", "go2.15" (Go ones skipped if absent)."""
+    if request.param != "gnatsd" and request.param[2:] not in GO_SERVERS:
+        pytest.skip("Go nats-server %s is not installed" % request.param[2:])
+    return request.param
+
+
+@pytest.fixture
+def start(kind):
+    """start(*args): the `kind` server with exactly these args (no -a/-p added)."""
+    started = []
+
+    def make(*args, **kw):
+        if kind == "gnatsd":
+            srv = start_gnatsd(*args, addr=False, port=False, **kw)
+        else:
+            srv = start_go(*args, version=kind[2:], addr=False, port=False, **kw)
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+def info_of(srv) -> dict:
+    c = RawConn(srv.host, srv.port)
+    try:
+        return c.read_info()
+    finally:
+        c.close()
+
+
+def one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, "expected one line, got %r" % text
+    return lines[0]
+
+
+def ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+# -- flag syntax ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spelling", ["-p {}", "--port {}", "-port={}", "--port={}", "-port {}"])
+def test_port_flag_spellings(start, spelling):
+    port = free_port()
+    srv = start("-a", "127.0.0.1", *spelling.format(port).split())
+    assert srv.port == port
+
+
+@pytest.mark.parametrize("spelling", ["-a", "--addr", "--net", "-addr", "-net"])
+def test_addr_flag_spellings(start, spelling):
+    srv = start(spelling, "127.0.0.1", "-p", "-1")
+    assert srv.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("spelling", ["-a=127.0.0.1", "--addr=127.0.0.1", "-net=127.0.0.1"])
+def test_addr_flag_with_equals(start, spelling):
+    assert start(spelling, "-p", "-1").host == "127.0.0.1"
+
+
+def test_later_flags_win(start):
+    port = free_port()
+    srv = start("-a", "0.0.0.0", "-p", "-1", "-a", "127.0.0.1", "--port=%d" % port)
+    assert (srv.host, srv.port) == ("127.0.0.1", port)
+
+
+def test_dv_turns_on_debug_and_trace(start):
+    srv = start("-a", "127.0.0.1", "-p", "-1", "-DV")
+    c = RawConn(srv.host, srv.port)
+    c.read_info()
+    c.send(b'CONNECT {"verbose":false}\r\nPING\r\n')
+    c.expect(rb".*PONG\r\n")
+    srv.wait_for_log(rb"\[DBG\] 127\.0\.0\.1:\d+ - cid:\d+ - Client connection created")
+    srv.wait_for_log(rb"\[TRC\] 127\.0\.0\.1:\d+ - cid:\d+ - <<- \[PING\]")
+    c.close()
+
+
+def test_logtime_false_drops_the_timestamp(start):
+    srv = start("-a", "127.0.0.1", "-p", "-1", "-T=false")
+    assert re.search(r"(?m)^\[\d+\] \[INF\] Starting nats-server$", srv.log_text())
+    assert not re.search(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d", srv.log_text())
+
+
+def test_logtime_true_keeps_the_timestamp(start):
+    srv = start("-a", "127.0.0.1", "-p", "-1", "--logtime=true")
+    assert re.search(r"(?m)^\[\d+\] \d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6} \[INF\] Starting",
+                     srv.log_text())
+
+
+def test_flags_override_the_config_file(start, tmp_path):
+    file_port, flag_port = free_port(), free_port()
+    conf = write_conf(tmp_path, "listen: 127.0.0.1:%d\ndebug: false\n" % file_port)
+    srv = start("-c", conf, "-p", str(flag_port), "-D")
+    assert srv.port == flag_port
+    RawConn(srv.host, srv.port).close()
+    srv.wait_for_log(rb"\[DBG\] .*Client connection created")
+
+
+def test_config_file_port_is_used_without_a_flag(start, tmp_path):
+    port = free_port()
+    srv = start("-a", "127.0.0.1", "-c", write_conf(tmp_path, "port: %d\n" % port))
+    assert srv.port == port
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ipv6_listen_address(start):
+    srv = start("-a", "::1", "-p", "-1")
+    assert re.search(r"Listening for client connections on \[::1\]:\d+", srv.log_text())
+    with socket.create_connection(("::1", srv.port), timeout=5) as s:
+        assert s.recv(5) == b"INFO "
+
+
+@pytest.mark.parametrize("port", ["-1", "0"])
+def test_port_minus_one_and_zero_pick_a_free_port_and_log_it(port):
+    # Go's -p 0 means 4222; gnatsd.py keeps it for "any port" (see the lead).
+    srv = start_gnatsd("-p", port, port=False)
+    try:
+        assert srv.port not in (0, 4222)
+        c = RawConn(srv.host, srv.port)
+        assert c.read_info()["port"] == srv.port
+        c.close()
+    finally:
+        srv.stop()
+
+
+def test_port_out_of_range_is_a_fatal_listen_error(kind):
+    r = run_kind(kind, "-a", "127.0.0.1", "-p", "99999")
+    assert r.returncode == 1
+    assert re.search(r"(?m)\[FTL\] Error listening on port: 127\.0\.0\.1:99999, .*invalid port",
+                     r.stderr)
+
+
+def test_port_in_use_is_a_fatal_listen_error(kind):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run_kind(kind, "-a", "127.0.0.1", "-p", str(port))
+    assert r.returncode == 1
+    assert re.search(r"(?m)\[FTL\] Error listening on port: 127\.0\.0\.1:%d, .*in use" % port,
+                     r.stderr, re.I)
+    assert "Traceback" not in r.stderr
+
+
+def test_server_name_flag_reaches_info(start):
+    srv = start("-a", "127.0.0.1", "-p", "-1", "-n", "alpha")
+    assert info_of(srv)["server_name"] == "alpha"
+
+
+def test_server_name_with_spaces_is_refused():
+    r = run("-a", "127.0.0.1", "-p", "-1", "--server_name", "a b")
+    assert r.returncode == 1
+    assert one_line(r.stderr) == "nats-server: server name cannot contain spaces"
+    go = run_go("2.15", "-a", "127.0.0.1", "-p", "-1", "--server_name", "a b")
+    assert go.stderr.strip() == "nats-server: server name cannot contain spaces"
+
+
+# -- version and help -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["-v"], ["--version"], ["-version"], ["version"]])
+def test_version_names_both_versions(args):
+    r = run(*args)
+    assert r.returncode == 0
+    assert OUR_VERSION in r.stdout and GO_VERSION in r.stdout
+    assert r.stdout.startswith("nats-server: v%s" % GO_VERSION)
+
+
+def test_version_output_shape_matches_go(kind):
+    r = run_kind(kind, "-v")
+    assert r.returncode == 0
+    assert re.match(r"nats-server: v\d+\.\d+\.\d+", r.stdout)
+
+
+def go_usage_groups() -> list:
+    path = go_server_path()
+    if path is None:
+        pytest.skip("Go nats-server is not installed")
+    out = subprocess.run([path, "-h"], capture_output=True, text=True, timeout=10).stdout
+    return re.findall(r"(?m)^(\w[\w ]+ Options):$", out)
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help", "-help", "help"])
+def test_help_exits_0_with_the_go_usage_groups(flag):
+    r = run(flag)
+    assert r.returncode == 0
+    assert "Usage: gnatsd.py [options]" in r.stdout
+    for group in go_usage_groups():
+        assert "\n%s:\n" % group in r.stdout
+
+
+# Every flag of gnatsd 0.7.2 (server/usage.go, gnatsd.go), as a usage line names it.
+FLAGS_072 = ["-a", "-p", "-P", "-m", "-ms", "-c", "-l", "-T", "-s", "-r", "-D", "-V", "-DV",
+             "--user", "--pass", "--auth", "--tls", "--tlscert", "--tlskey", "--tlsverify",
+             "--tlscacert", "--routes", "--cluster_listen", "-h", "-v", "--help_tls"]
+
+
+def test_help_lists_every_072_flag():
+    out = run("-h").stdout
+    for flag in FLAGS_072:
+        assert re.search(r"(?m)^ +(\S+, )*%s\b" % re.escape(flag), out), flag
+
+
+# Flags whose feature has not landed: argv, and a word the message must hold.
+NOT_LANDED = [
+    (["-m", "8222"], "-m", "monitor"),
+    (["--http_port", "8222"], "--http_port", "monitor"),
+    (["-ms", "8443"], "-ms", "monitor"),
+    (["-s"], "-s", "syslog"),
+    (["-r", "udp://localhost:514"], "-r", "syslog"),
+    (["--tls"], "--tls", "TLS"),
+    (["--tlscert", "cert.pem"], "--tlscert", "TLS"),
+    (["--tlskey", "key.pem"], "--tlskey", "TLS"),
+    (["--tlsverify"], "--tlsverify", "TLS"),
+    (["--tlscacert", "ca.pem"], "--tlscacert", "TLS"),
+    (["--routes", "nats-route://h:6222"], "--routes", "routes"),
+    (["--cluster_listen", "nats-route://0.0.0.0:6222"], "--cluster_listen", "routes"),
+    (["--cluster", "nats://0.0.0.0:6222"], "--cluster", "routes"),
+    (["--signal", "stop"], "--signal", "signal"),
+    (["-sl", "reload"], "-sl", "signal"),
+    (["--help_tls"], "--help_tls", "TLS"),
+    (["-js"], "-js", "JetStream is not supported"),
+    (["--jetstream"], "--jetstream", "JetStream is not supported"),
+]
+
+
+@pytest.mark.parametrize("argv, flag, word", NOT_LANDED, ids=[n[0][0] for n in NOT_LANDED])
+def test_flags_whose_feature_has_not_landed_fail_with_one_clear_line(argv, flag, word):
+    r = run("-a", "127.0.0.1", "-p", "-1", *argv, timeout=10)
+    assert r.returncode != 0
+    line = one_line(r.stderr)
+    assert re.search(r"(^|\W)%s(\W|$)" % re.escape(flag), line), line
+    assert word.lower() in line.lower()
+    assert "Traceback" not in r.stderr and "Listening" not in r.stderr
+
+
+def test_a_false_boolean_for_a_missing_feature_is_fine():
+    srv = start_gnatsd("-js=false", "--tls=false")
+    srv.stop()
+
+
+@pytest.mark.parametrize("argv", [["-P", "x.pid"], ["-T"], ["-D"], ["-V"], ["-DV"],
+                                  ["--user", "u", "--pass", "p"], ["--auth", "tok"],
+                                  ["-c", "x.conf"]])
+def test_the_landed_072_flags_start_a_server(tmp_path, argv):
+    # -l is in test_logging.py (its log goes to the file, not to our pipe).
+    (tmp_path / "x.conf").write_text("debug: false\n")
+    argv = [str(tmp_path / a) if a.startswith("x.") else a for a in argv]
+    srv = start_gnatsd(*argv)
+    try:
+        assert info_of(srv)["port"] == srv.port
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["--bogus"], "--bogus"), (["-x"], "-x"), (["-p"], "-p"), (["-p", "abc"], "abc"),
+    (["-T=maybe"], "maybe"), (["extra"], "extra"),
+])
+def test_bad_command_lines_exit_non_zero_naming_the_problem(argv, word):
+    r = run(*argv, timeout=10)
+    assert r.returncode != 0
+    assert word in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# -- authorization flags, against Go --------------------------------------------------
+
+
+def test_user_and_pass_flags_require_them(start, raw_factory):
+    srv = start("-a", "127.0.0.1", "-p", "-1", "--user", "derek", "--pass", "s3cr3t")
+    assert info_of(srv)["auth_required"] is True
+    good = raw_factory(srv, b'CONNECT {"verbose":false,"user":"derek","pass":"s3cr3t"}\r\n')
+    good.send(b"PING\r\n")
+    t_expect_exact(good, b"PONG\r\n")
+    bad = raw_factory(srv, b'CONNECT {"verbose":false,"user":"derek","pass":"nope"}\r\n')
+    t_expect_exact(bad, b"-ERR 'Authorization Violation'\r\n")
+
+
+def test_auth_token_flag_requires_it(start, raw_factory):
+    srv = start("-a", "127.0.0.1", "-p", "-1", "--auth", "t0k3n")
+    good = raw_factory(srv, b'CONNECT {"verbose":false,"auth_token":"t0k3n"}\r\n')
+    good.send(b"PING\r\n")
+    t_expect_exact(good, b"PONG\r\n")
+    bad = raw_factory(srv, b'CONNECT {"verbose":false,"auth_token":"x"}\r\n')
+    t_expect_exact(bad, b"-ERR 'Authorization Violation'\r\n")
+
+
+# -- the config file on the command line ------------------------------------------------
+
+
+def test_default_conf_starts_and_warns_for_each_missing_part():
+    srv = start_gnatsd("-c", DEFAULT_CONF)
+    try:
+        log = srv.log_text()
+        assert "Using configuration file: %s" % DEFAULT_CONF in log
+        assert re.search(r"\[WRN\] .*default\.conf:9: .*monitor", log)
+        assert re.search(r"\[WRN\] .*default\.conf:12: .*cluster", log)
+    finally:
+        srv.stop()
+
+
+def test_check_config_accepts_a_good_file(kind):
+    r = run_kind(kind, "-t", "-c", DEFAULT_CONF)
+    assert r.returncode == 0
+    assert r.stdout == ""
+    assert r.stderr.startswith("nats-server: configuration file %s is valid" % DEFAULT_CONF)
+
+
+def test_check_config_reports_a_bad_file_like_go(kind, tmp_path):
+    conf = write_conf(tmp_path, "port: 4222\nfoo: 1\n")
+    r = run_kind(kind, "-t", "-c", conf)
+    assert r.returncode == 1
+    assert one_line(r.stderr) == 'nats-server: %s:2:1: unknown field "foo"' % conf
+
+
+def test_config_error_at_startup_exits_1_without_traceback(kind, tmp_path):
+    conf = write_conf(tmp_path, "authorization {\n  user: a\n  bogus: 2\n}\n")
+    r = run_kind(kind, "-a", "127.0.0.1", "-p", "-1", "-c", conf)
+    assert r.returncode == 1
+    assert one_line(r.stderr) == 'nats-server: %s:3:3: unknown field "bogus"' % conf
+
+
+def test_missing_config_file_exits_1(kind, tmp_path):
+    r = run_kind(kind, "-t", "-c", str(tmp_path / "absent.conf"))
+    assert r.returncode == 1
+    assert "absent.conf" in one_line(r.stderr)
+
+
+def test_max_payload_above_max_pending_refuses_to_start(kind, tmp_path):
+    conf = write_conf(tmp_path, "max_payload: 100MB\n")
+    r = run_kind(kind, "-a", "127.0.0.1", "-p", "-1", "-c", conf)
+    assert r.returncode == 1
+    assert r.stderr.strip() == ("nats-server: max_payload (104857600) cannot be higher "
+                                "than max_pending (67108864)")
+
+
+def test_large_max_payload_logs_gos_warning(start, tmp_path):
+    conf = write_conf(tmp_path, "max_payload: 9MB\n")
+    srv = start("-a", "127.0.0.1", "-p", "-1", "-c", conf)
+    assert re.search(r"\[WRN\] Maximum payloads over 8\.00 MB are generally discouraged",
+                     srv.log_text())
+    assert info_of(srv)["max_payload"] == 9 * 1024 * 1024
+
+
+# Snippets that nats-server 2.9 and 2.15 both accept (True) or refuse (False)
+# with `-t`; gnatsd.py must agree.
+CHECK_CASES = [
+    ("port = 4222", True),
+    ("port 4222", True),
+    ("port: 4222; debug: true", True),
+    ("# c\n// c\nport: 4222 // after", True),
+    ("authorization { user: a, password: b }", True),
+    ("authorization {\n  user = a\n  password = \"b c\"\n  timeout = 2\n}", True),
+    ("authorization { token: abc, timeout: \"2s\" }", True),
+    ("authorization {\n  u = derek\n  user = $u\n  password = x\n}", True),
+    ("authorization { bogus: 1 }", False),
+    ("max_payload: 1MB\nmax_control_line: 2KB\nmax_pending: 10MiB", True),
+    ("max_payload: \"1MB\"", False),
+    ("max_payload: 1.5", False),
+    ("max_payload: 2147483648", False),
+    ("max_control_line: 1T", False),
+    ("max_pending: 1P", True),
+    ("max_pending: 1X", False),
+    ("ping_interval: \"2s\"\nwrite_deadline: \"100ms\"\nping_max: 3", True),
+    ("ping_interval: \"bogus\"", False),
+    ("write_deadline: \"5\"", False),
+    ("ping_interval: 1.5", False),
+    ("debug: yes\ntrace: off\nlogtime: TRUE", True),
+    ("debug: \"true\"", False),
+    ("server_name: nats://x:4222", True),
+    ("server_name: \"a\\ub\"", False),
+    ("listen: 127.0.0.1:4333", True),
+    ("listen: \"[::1]:4333\"", True),
+    ("pid_file: /tmp/x.pid\nlogfile: \"/tmp/x.log\"\nports_file_dir: /tmp", True),
+    ("max_connections: 100\nmax_conn: 100", True),
+    ("foo: 1", False),
+    ("x = 1\ny = $x", False),
+    ("p = 4333\nport = $p", True),
+    ("port: $GNATSD_TEST_UNSET_VARIABLE", False),
+    ("authorization {\n  user: a\n  password: b", False),
+    ("s = \"unterminated", False),
+    ("= 4222", False),
+    ("debug: true false", False),
+    ("include missing.conf", False),
+    ("port: 4_222", False),
+]
+
+
+def case_id(text: str) -> str:
+    return re.sub(r"\s+", " ", text)[:32]
+
+
+@pytest.mark.parametrize("text, valid", CHECK_CASES, ids=[case_id(t) for t, _ in CHECK_CASES])
+def test_check_config_agrees_with_go(kind, tmp_path, text, valid):
+    conf = write_conf(tmp_path, text + "\n")
+    r = run_kind(kind, "-t", "-c", conf)
+    assert r.returncode == (0 if valid else 1), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# Config snippets and the INFO fields they must produce, as Go's do.
+INFO_CASES = [
+    ("max_payload: 1K", {"max_payload": 1000}),
+    ("max_payload: 1KB", {"max_payload": 1024}),
+    ("max_payload: 2KiB", {"max_payload": 2048}),
+    ("max_payload: 3MB", {"max_payload": 3 * 1024 * 1024}),
+    ("max_payload = 2M", {"max_payload": 2000000}),
+    ("MAX_PAYLOAD 4096", {"max_payload": 4096}),
+    ("P = 5000\nmax_payload: $P", {"max_payload": 5000}),
+    ("server_name: \"a\\tb\\x41\\\"q\\\\z\"", {"server_name": 'a\tbA"q\\z'}),
+    ("server_name: 'a\\tb'", {"server_name": "a\\tb"}),
+    ("server_name: a\\x41\\\\b", {"server_name": "aA\\b"}),
+    ("server_name: nats://x:4222", {"server_name": "nats://x:4222"}),
+    ("server_name: foo#1 # a comment", {"server_name": "foo#1"}),
+    ("authorization { token: \"3secret\" }", {"auth_required": True}),
+    ("authorization {\n  user: a\n  password: b\n}", {"auth_required": True}),
+]
+
+
+@pytest.mark.parametrize("text, fields", INFO_CASES, ids=[case_id(t) for t, _ in INFO_CASES])
+def test_config_values_reach_info_as_in_go(any_server_with, tmp_path, text, fields):
+    srv = any_server_with("-c", write_conf(tmp_path, text + "\n"))
+    info = info_of(srv)
+    assert {k: info.get(k) for k in fields} == fields
+
+
+def test_include_and_variables_from_the_environment(any_server_with, tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "limits.conf").write_text("max_payload: $GNATSD_TEST_MP\n")
+    conf = write_conf(tmp_path, "include sub/limits.conf\n")
+    monkeypatch.setenv("GNATSD_TEST_MP", "3KB")
+    srv = any_server_with("-c", conf)
+    assert info_of(srv)["max_payload"] == 3072
+
+
+def test_listen_in_the_config_sets_host_and_port(start, tmp_path):
+    port = free_port()
+    srv = start("-c", write_conf(tmp_path, "listen: 127.0.0.1:%d\n" % port))
+    assert (srv.host, srv.port) == ("127.0.0.1", port)
+
+
+def test_bare_integer_duration_starts_with_a_warning(tmp_path):
+    # Go prints the same warning and starts (only -t treats it as fatal).
+    srv = start_gnatsd("-c", write_conf(tmp_path, "ping_interval: 60\n"))
+    try:
+        assert re.search(r'\[WRN\] .*:1: invalid use of field "ping_interval": ping_interval '
+                         r'should be converted to a duration', srv.log_text())
+    finally:
+        srv.stop()
+
+
+def test_config_error_in_included_file_names_it(tmp_path):
+    (tmp_path / "inner.conf").write_text("port: 1\nbogus: 2\n")
+    conf = write_conf(tmp_path, "include inner.conf\n")
+    r = run("-t", "-c", conf)
+    assert r.returncode == 1
+    assert one_line(r.stderr) == 'nats-server: %s:2:1: unknown field "bogus"' % (
+        tmp_path / "inner.conf")
