@@ -1390,9 +1390,9 @@ class Connection:
     def trace_payload(self, payload: bytes):
         limit = self.server.options.max_traced_msg_len
         if limit and len(payload) > limit:
-            shown = json.dumps(payload[:limit].decode("utf-8", "replace"))[1:-1] + "..."
+            shown = go_quote(payload[:limit])[1:-1] + "..."
         else:
-            shown = json.dumps(payload.decode("utf-8", "replace"))[1:-1]
+            shown = go_quote(payload)[1:-1]
         log.log(TRACE, '%s<<- MSG_PAYLOAD: ["%s"]', self.log_prefix, shown)
 
     # -- output --------------------------------------------------------------
@@ -1621,6 +1621,32 @@ class Connection:
 
     def closed_cleanup(self):
         pass
+
+
+# Escapes Go's %q uses for the common control characters.
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v", "\\": "\\\\", '"': '\\"'}
+
+
+def go_quote(data: bytes) -> str:
+    """`data` as Go's %q prints it: printable text kept, the rest escaped."""
+    text = data.decode("utf-8", "surrogateescape")
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:          # a byte that is not UTF-8
+            out.append("\\x%02x" % (code - 0xDC00))
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x80:
+            out.append("\\x%02x" % code)
+        elif code <= 0xFFFF:
+            out.append("\\u%04x" % code)
+        else:
+            out.append("\\U%08x" % code)
+    return '"' + "".join(out) + '"'
 
 
 def format_duration(seconds: float) -> str:
@@ -1957,10 +1983,10 @@ class Client(Connection):
             elif op.startswith(b"+OK"):
                 return nl + 1
             else:
-                raise ProtocolError("", ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+                raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
         elif handler.needs_arg:
             if not has_sep and op not in (b"CONNECT", b"INFO"):
-                raise ProtocolError("", ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+                raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
             if len(arg) > self.server.options.max_control_line:
                 self.max_control_line_exceeded(len(arg))
                 return -1
@@ -2063,6 +2089,10 @@ class Client(Connection):
                 setattr(self, key, fields[key])
         if fields.get("headers") is not None:
             self.headers = bool(fields["headers"])
+        if self.name:
+            host = "[%s]" % self.host if ":" in self.host else self.host
+            self.log_prefix = "%s:%d - cid:%d - %s - " % (host, self.port, self.cid,
+                                                         go_quote(self.name.encode()))
         if self.connect_received and self.subs:
             # A second CONNECT starts the session over: nats-server 2.11+
             # drops the subscriptions of the first (2.9 kept them).
@@ -2159,11 +2189,18 @@ class Client(Connection):
         if self.subs.get(sub.sid) is sub:
             del self.subs[sub.sid]
             self.server.sublist.remove(sub)
+            if self.trace:
+                self.trace_delsub(sub)
+
+    def trace_delsub(self, sub: Subscription):
+        log.log(TRACE, "%s<-> [DELSUB %s]", self.log_prefix, sub.sid.decode("utf-8", "replace"))
 
     def closed_cleanup(self):
         sublist = self.server.sublist
         for sub in self.subs.values():
             sublist.remove(sub)
+            if self.trace:
+                self.trace_delsub(sub)
         self.subs.clear()
         self.server.remove_client(self)
 
@@ -2242,7 +2279,10 @@ class Client(Connection):
                 return False
             if sub.delivered == sub.max:
                 c.unsubscribe(sub)
-        c.out.append(msg.proto_for(sub.sid, c.headers))
+        proto = msg.proto_for(sub.sid, c.headers)
+        if c.trace:
+            c.trace_out(proto[:proto.index(b"\r\n")].decode("utf-8", "replace"))
+        c.out.append(proto)
         c.out_msgs += 1
         c.out_bytes += msg.size
         self.server.pending.add(c)
@@ -2441,6 +2481,8 @@ class Server:
         self.closed_in_msgs = self.closed_in_bytes = 0
         self.closed_out_msgs = self.closed_out_bytes = 0
         self.info_template: dict = {}
+        self.ports_file = ""
+        self.reopen_log = False      # set by SIGUSR1, acted on by the loop
         self.thread = None
         self.exit_code = 0
 
@@ -2497,8 +2539,13 @@ class Server:
     def write_ports_file(self):
         name = "%s_%d.ports" % (os.path.splitext(os.path.basename(sys.argv[0] or "gnatsd"))[0],
                                 os.getpid())
-        ports = {"client": ["nats://%s" % _host_port(_advertise_host(self.host), self.port)]}
-        _write_file(os.path.join(self.options.ports_file_dir, name), json.dumps(ports))
+        ports = {"nats": ["nats://%s" % _host_port(_advertise_host(self.host), self.port)]}
+        self.ports_file = os.path.join(self.options.ports_file_dir, name)
+        try:
+            _write_file(self.ports_file, json.dumps(ports))
+        except OSError as exc:
+            log.error("Error writing ports file (%s): %s", self.ports_file, exc)
+            self.ports_file = ""
 
     def start(self) -> "Server":
         """Listen, then serve on a background thread (for embedding and tests)."""
@@ -2542,6 +2589,9 @@ class Server:
                     self.flush_pending()
                 if timers and timers[0][0] <= time.monotonic():
                     self.run_timers()
+                if self.reopen_log:
+                    self.reopen_log = False
+                    reopen_log_file(self.options)
         finally:
             self.close_all()
 
@@ -2656,8 +2706,8 @@ class Server:
         info = dict(self.info_template)
         info["client_id"] = client.cid
         info["client_ip"] = client.host
-        client.send_proto(b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n",
-                          "INFO ...")
+        # Go does not trace the INFO it sends on accept.
+        client.queue_outbound(b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n")
         opts = self.options
         if len(self.clients) > opts.max_connections:
             log.error("Maximum connections exceeded (%d)", opts.max_connections)
@@ -2697,6 +2747,8 @@ class Server:
         self.selector.close()
         if self.options.pid_file:
             _remove_file(self.options.pid_file)
+        if self.ports_file:
+            _remove_file(self.ports_file)
         log.info("Server Exiting..")
 
     # -- signals ---------------------------------------------------------------
@@ -2710,7 +2762,8 @@ class Server:
             self.waker.wake()
 
         def reopen(_signum, _frame):
-            reopen_log_file(self.options)
+            self.reopen_log = True   # the loop reopens; a handler must not close a file mid-write
+            self.waker.wake()
 
         def not_yet(signum, _frame):
             log.warning('Trapped "%s" signal: not supported yet, ignored',

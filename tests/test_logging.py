@@ -194,8 +194,6 @@ def test_debug_logs_connection_created_and_closed_with_client_prefix(start):
 
 
 def test_debug_logs_the_close_reason_of_a_protocol_error(start, request, kind):
-    gnatsd_lacks(request, kind, "chapter 7: an unknown op closes with reason 'Parse Error'; "
-                                "Go logs 'Protocol Violation'")
     srv = start("-D")
     c = RawConn(srv.host, srv.port)
     c.read_info()
@@ -260,7 +258,6 @@ def test_trace_escapes_control_bytes_in_payloads(start):
 
 
 def test_trace_shows_delivered_msg(start, request, kind):
-    gnatsd_lacks(request, kind, "chapter 7: deliver_to never calls trace_out for MSG/HMSG")
     srv = start("-V")
     c, port = traced_session(srv, QUIET + b"SUB foo 1\r\nPUB foo 2\r\nhi\r\n"
                                           b"PUB foo r 5\r\nhello\r\n")
@@ -282,8 +279,6 @@ def test_trace_shows_err_text_without_quotes(start):
 
 
 def test_client_name_joins_the_prefix_after_connect(start, request, kind):
-    gnatsd_lacks(request, kind, 'chapter 6/7: Go adds the CONNECT name to the client prefix: '
-                                '`ip:port - cid:N - "app" - `')
     srv = start("-V")
     c, port = traced_session(srv, b'CONNECT {"verbose":false,"name":"app"}\r\n')
     c.close()
@@ -291,8 +286,6 @@ def test_client_name_joins_the_prefix_after_connect(start, request, kind):
 
 
 def test_trace_has_no_info_line_at_connect(start, request, kind):
-    gnatsd_lacks(request, kind, "chapter 9: create_client traces '->> [INFO ...]'; Go does not "
-                                "trace the INFO it sends at accept")
     srv = start("-V")
     c, port = traced_session(srv, QUIET)
     c.close()
@@ -300,7 +293,6 @@ def test_trace_has_no_info_line_at_connect(start, request, kind):
 
 
 def test_trace_shows_delsub_on_unsub(start, request, kind):
-    gnatsd_lacks(request, kind, "chapter 7: unsubscribe does not trace '<-> [DELSUB sid]'")
     srv = start("-V")
     c, port = traced_session(srv, QUIET + b"SUB foo 1\r\nUNSUB 1\r\n")
     c.close()
@@ -308,8 +300,6 @@ def test_trace_shows_delsub_on_unsub(start, request, kind):
 
 
 def test_trace_keeps_printable_utf8_in_payloads(start, request, kind):
-    gnatsd_lacks(request, kind, "chapter 6: trace_payload uses json.dumps (\\u00e9); Go's %q "
-                                "keeps printable runes and writes bad bytes as \\xNN")
     srv = start("-V")
     c, port = traced_session(srv, QUIET + "PUB foo 2\r\n\u00e9\r\n".encode())
     c.close()

@@ -173,16 +173,12 @@ def test_ports_file_names_the_pid_and_client_url(start, tmp_path):
 
 
 def test_ports_file_uses_gos_nats_key(start, request, kind, tmp_path):
-    gnatsd_lacks(request, kind, 'chapter 9: write_ports_file writes {"client": [...]}; '
-                                'Go\'s Ports struct writes {"nats": [...]}')
     srv = start("--ports_file_dir", str(tmp_path))
     ports = json.loads(ports_file(tmp_path, srv.pid).read_text())
     assert ports == {"nats": ["nats://127.0.0.1:%d" % srv.port]}
 
 
 def test_ports_file_is_removed_at_exit(start, request, kind, tmp_path):
-    gnatsd_lacks(request, kind, "chapter 9: close_all removes the pid file but not the "
-                                "ports file (Go's deletePortsFile)")
     srv = start("--ports_file_dir", str(tmp_path))
     ports_file(tmp_path, srv.pid)
     stop_with(srv, signal.SIGINT)
@@ -190,8 +186,6 @@ def test_ports_file_is_removed_at_exit(start, request, kind, tmp_path):
 
 
 def test_an_unwritable_ports_file_dir_is_not_fatal(start, request, kind, tmp_path):
-    gnatsd_lacks(request, kind, "chapter 9: a failing write_ports_file stops the server, "
-                                "logged as 'Error listening on port'; Go logs it and runs on")
     srv = start("--ports_file_dir", str(tmp_path / "no" / "such" / "dir"))
     c = connected_clients(srv, 1)[0]
     c.close()
