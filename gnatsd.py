@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import errno
 import heapq
 import hmac
@@ -618,12 +619,8 @@ UNSUPPORTED_KEYS = {
     "websocket": "WebSocket is not supported by gnatsd.py",
     "ws": "WebSocket is not supported by gnatsd.py",
     "cluster": "clustering (routes) is not implemented yet; the cluster block is ignored",
-    "http": "HTTP monitoring is not implemented yet; the monitor port is ignored",
-    "http_port": "HTTP monitoring is not implemented yet; the monitor port is ignored",
-    "monitor_port": "HTTP monitoring is not implemented yet; the monitor port is ignored",
-    "https": "HTTPS monitoring is not implemented yet; the monitor port is ignored",
-    "https_port": "HTTPS monitoring is not implemented yet; the monitor port is ignored",
-    "http_base_path": "HTTP monitoring is not implemented yet; http_base_path is ignored",
+    "https": "HTTPS monitoring needs TLS, which is not implemented yet; the port is ignored",
+    "https_port": "HTTPS monitoring needs TLS, which is not implemented yet; the port is ignored",
     "tls": "TLS is not implemented yet; the tls block is ignored",
     "accounts": "accounts are not implemented yet; the accounts block is ignored",
     "syslog": "syslog output is not implemented yet; logging to stderr",
@@ -674,6 +671,9 @@ class Options:
         ("authorization", ""),
         ("auth_timeout", 0.0),
         ("no_auth_user", ""),
+        ("http_host", ""),
+        ("http_port", 0),
+        ("http_base_path", ""),
         ("warnings", None),
     )
 
@@ -810,6 +810,20 @@ def _listen(cm: ConfigMap, key: str, value, opts: Options):
     opts.port = int(port)
 
 
+def _http(cm: ConfigMap, key: str, value, opts: Options):
+    """`http: 8222` or `http: "host:8222"`: the monitoring listener."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        opts.http_port = value
+        return
+    text = _to_str(cm, key, value)
+    host, _, port = text.rpartition(":")
+    if not port.lstrip("-").isdigit():
+        raise cm.error(key, "could not parse address string %r" % text)
+    if host:
+        opts.http_host = host.strip("[]")
+    opts.http_port = int(port)
+
+
 def _authorization(cm: ConfigMap, key: str, value, opts: Options):
     """`authorization { user password token timeout }` (single user or token)."""
     if not isinstance(value, ConfigMap):
@@ -861,11 +875,15 @@ CONFIG_KEYS = {
     "max_subs": ("max_subscriptions", _to_int),
     "ping_max": ("ping_max", _to_int),
     "no_auth_user": ("no_auth_user", _to_str),
+    "http_port": ("http_port", _to_int),
+    "monitor_port": ("http_port", _to_int),
+    "http_base_path": ("http_base_path", _to_str),
 }
 
 # Keys read by a function, because they set several options or may warn.
 CONFIG_BLOCKS = {
     "listen": _listen,
+    "http": _http,
     "authorization": _authorization,
     "ping_interval": _duration("ping_interval"),
     "write_deadline": _duration("write_deadline"),
@@ -2074,6 +2092,34 @@ class Client(Connection):
         _op.needs_arg = _needs
     del _op, _needs
 
+    # -- monitoring ------------------------------------------------------------
+
+    def conn_info(self, now: float, subs: str, auth: bool) -> dict:
+        """This connection as a /connz entry (Go's ConnInfo).  Keys starting
+        with `_` carry raw values for sorting and are removed before output."""
+        info = {
+            "cid": self.cid, "kind": "Client", "type": "nats", "ip": self.host, "port": self.port,
+            "start": rfc3339(self.start), "last_activity": rfc3339(self.last_activity),
+            "rtt": format_duration(0), "uptime": go_uptime(now - self.start),
+            "idle": go_uptime(now - self.last_activity),
+            "pending_bytes": self.pending_bytes(), "in_msgs": self.in_msgs,
+            "out_msgs": self.out_msgs, "in_bytes": self.in_bytes, "out_bytes": self.out_bytes,
+            "subscriptions": len(self.subs),
+        }
+        for key in ("name", "lang", "version"):
+            if getattr(self, key):
+                info[key] = getattr(self, key)
+        if auth and self.user:
+            info["authorized_user"] = self.user
+        if subs == "list" and self.subs:
+            info["subscriptions_list"] = [s.subject.decode("utf-8", "replace")
+                                          for s in self.subs.values()]
+        if subs == "detail" and self.subs:
+            info["subscriptions_list_detail"] = [sub_detail(s) for s in self.subs.values()]
+        info.update(_start=self.start, _last=self.last_activity, _idle=now - self.last_activity,
+                    _uptime=now - self.start, _rtt=0)
+        return info
+
     # -- CONNECT and auth ------------------------------------------------------
 
     def process_connect(self, arg: bytes):
@@ -2203,11 +2249,12 @@ class Client(Connection):
     def closed_cleanup(self):
         sublist = self.server.sublist
         for sub in self.subs.values():
+            # Removing a sub settles every cached plan that counted for it.
             sublist.remove(sub)
             if self.trace:
                 self.trace_delsub(sub)
+        self.server.remove_client(self)  # /connz still shows the subs it had
         self.subs.clear()
-        self.server.remove_client(self)
 
     # -- PUB and delivery ------------------------------------------------------
 
@@ -2488,7 +2535,11 @@ class Server:
         self.info_template: dict = {}
         self.ports_file = ""
         self.reopen_log = False      # set by SIGUSR1, acted on by the loop
+        self.monitor = None
+        self.loop_calls = collections.deque()   # (fn, result box, event) from other threads
+        self.closed_clients = collections.deque(maxlen=MAX_CLOSED_CLIENTS)
         self.thread = None
+        self.loop_thread = None
         self.exit_code = 0
 
     # -- startup ---------------------------------------------------------------
@@ -2513,6 +2564,9 @@ class Server:
         self.selector.register(sock, selectors.EVENT_READ, self.listener)
         self.selector.register(self.waker.reader, selectors.EVENT_READ, self.waker)
         self.info_template = self.build_info()
+        if opts.http_port:
+            self.monitor = Monitor(self)
+            self.monitor.start()
         log.info("Listening for client connections on %s", _host_port(self.host, self.port))
         if opts.pid_file:
             _write_file(opts.pid_file, str(os.getpid()))
@@ -2569,6 +2623,7 @@ class Server:
 
     def serve(self):
         """The event loop.  Returns after shutdown() has closed everything."""
+        self.loop_thread = threading.current_thread()
         select = self.selector.select
         pending = self.pending
         timers = self.timers
@@ -2597,6 +2652,8 @@ class Server:
                 if self.reopen_log:
                     self.reopen_log = False
                     reopen_log_file(self.options)
+                if self.loop_calls:
+                    self.run_loop_calls()
         finally:
             self.close_all()
 
@@ -2619,6 +2676,87 @@ class Server:
                 conn.close(PROTOCOL_VIOLATION, flush=False)
             except Exception:
                 log.exception("Error closing connection")
+
+    def call_in_loop(self, fn, timeout: float = 5.0):
+        """Run `fn` on the loop thread between two turns and return its
+        result (for the monitor's threads).  Raises TimeoutError."""
+        if not self.running or threading.current_thread() is self.loop_thread:
+            return fn()
+        box: dict = {}
+        done = threading.Event()
+        self.loop_calls.append((fn, box, done))
+        self.waker.wake()
+        if not done.wait(timeout):
+            raise TimeoutError("the loop did not answer")
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    def run_loop_calls(self):
+        calls = self.loop_calls
+        while calls:
+            fn, box, done = calls.popleft()
+            try:
+                box["value"] = fn()
+            except Exception as exc:
+                box["error"] = exc
+            done.set()
+
+    # -- monitoring snapshots (loop thread) ------------------------------------
+
+    def varz_snapshot(self) -> dict:
+        self.sublist.settle()
+        clients = self.clients.values()
+        return {
+            "connections": len(self.clients),
+            "subscriptions": self.sublist.count,
+            "in_msgs": self.closed_in_msgs + sum(c.in_msgs for c in clients),
+            "in_bytes": self.closed_in_bytes + sum(c.in_bytes for c in clients),
+            "out_msgs": self.closed_out_msgs + sum(c.out_msgs for c in clients),
+            "out_bytes": self.closed_out_bytes + sum(c.out_bytes for c in clients),
+        }
+
+    def connz_snapshot(self, state: str, subs: str, auth: bool, cid: int) -> list:
+        self.sublist.settle()
+        now = time.time()
+        conns = []
+        if state in ("open", "all", "any"):
+            conns = [c.conn_info(now, subs, auth) for c in self.clients.values()]
+        if state in ("closed", "all", "any"):
+            for info in self.closed_clients:
+                info = dict(info)
+                if subs != "list":
+                    info.pop("subscriptions_list", None)
+                if subs != "detail":
+                    info.pop("subscriptions_list_detail", None)
+                if not auth:
+                    info.pop("authorized_user", None)
+                conns.append(info)
+        if cid:
+            conns = [c for c in conns if c["cid"] == cid]
+        return conns
+
+    def subsz_snapshot(self, with_subs: bool, test: str) -> dict:
+        sublist = self.sublist
+        sublist.settle()
+        fanouts = [len(r) for r in sublist.cache.values()]
+        subs = []
+        if with_subs:
+            wanted = sublist.match(test.encode()) if test else None
+            chosen = (wanted.psubs + [s for g in wanted.qsubs for s in g]) if wanted else \
+                sublist.all_subscriptions()
+            subs = [sub_detail(s) for s in chosen]
+        return {
+            "num_subscriptions": sublist.count,
+            "num_cache": len(sublist.cache),
+            "num_inserts": sublist.inserts,
+            "num_removes": sublist.removes,
+            "num_matches": sublist.matches,
+            "cache_hit_rate": (sublist.cache_hits / sublist.matches) if sublist.matches else 0,
+            "max_fanout": max(fanouts, default=0),
+            "avg_fanout": (sum(fanouts) / len(fanouts)) if fanouts else 0,
+            "subs": subs,
+        }
 
     def add_timer(self, delay: float, callback):
         self.timer_seq += 1
@@ -2725,6 +2863,11 @@ class Server:
 
     def remove_client(self, client: Client):
         if self.clients.pop(client.cid, None) is not None:
+            info = client.conn_info(time.time(), "detail", True)
+            info["stop"] = rfc3339(time.time())
+            info["_stop"] = time.time()
+            info["reason"] = client.close_reason
+            self.closed_clients.append(_closed_order(info))
             self.closed_in_msgs += client.in_msgs
             self.closed_in_bytes += client.in_bytes
             self.closed_out_msgs += client.out_msgs
@@ -2742,6 +2885,8 @@ class Server:
     def close_all(self):
         """Close listener and connections (loop thread, after the last turn)."""
         log.info("Initiating Shutdown...")
+        if self.monitor is not None:
+            self.monitor.stop()
         if self.listener is not None:
             self.unregister(self.listener)
             self.listener.sock.close()
@@ -2784,6 +2929,30 @@ class Server:
 
 # Go's names for the signals it traps.
 _SIGNAL_NAMES = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated"}
+
+
+def _closed_order(info: dict) -> dict:
+    """A closed connection's /connz entry, with stop and reason where Go puts them."""
+    ordered = {}
+    for key, value in info.items():
+        ordered[key] = value
+        if key == "last_activity":
+            ordered["stop"] = info["stop"]
+            ordered["reason"] = info["reason"]
+    return ordered
+
+
+def sub_detail(sub: Subscription) -> dict:
+    """One subscription as /connz?subs=detail and /subsz?subs=1 show it."""
+    detail = {"account": "$G", "subject": sub.subject.decode("utf-8", "replace")}
+    if sub.queue is not None:
+        detail["qgroup"] = sub.queue.decode("utf-8", "replace")
+    detail["sid"] = sub.sid.decode("utf-8", "replace")
+    detail["msgs"] = sub.delivered
+    if sub.max:
+        detail["max"] = sub.max
+    detail["cid"] = sub.client.cid
+    return detail
 
 
 def _new_server_id() -> str:
@@ -2835,10 +3004,435 @@ def _remove_file(path: str):
 # 10. Monitor
 # ============================================================================
 #
-# The HTTP(S) monitoring endpoints (/varz, /connz, /routez, /subsz,
-# /healthz) are not implemented yet.  A monitor port in the config file is
-# named in a startup warning; `-m`/`-ms` stop the server with a clear
-# message.  Go twin: server/monitor.go.
+# The HTTP monitoring endpoints, with the JSON of nats-server 2.x (key
+# names, nesting and value types), so that Prometheus' nats exporter,
+# nats-top and curl scripts read them unchanged:
+#
+#     /varz  /connz  /routez  /subsz (/subscriptionsz)  /healthz
+#     /accountz  /accstatz  /leafz  /gatewayz  /jsz      and / (an index)
+#
+# Requests are served by `http.server.ThreadingHTTPServer` threads, which
+# never touch a socket, a connection or the sublist: each asks the loop
+# thread for a snapshot (`Server.call_in_loop`), which copies plain values
+# between two loop turns, and builds its JSON from that copy.  A storm of
+# requests therefore costs the loop only the copying.  Go twin:
+# server/monitor.go.
+
+# Closed connections kept for /connz?state=closed (Go's MaxClosedClients).
+MAX_CLOSED_CLIENTS = 10000
+
+# Default and largest page of /connz and /subsz.
+DEFAULT_MONITOR_LIMIT = 1024
+
+# /connz sort keys: name -> (key function, largest first?).  Go's SortOpt.
+CONNZ_SORTS = {
+    "cid": (lambda c: c["cid"], False),
+    "start": (lambda c: c["_start"], False),
+    "subs": (lambda c: c["subscriptions"], True),
+    "pending": (lambda c: c["pending_bytes"], True),
+    "msgs_to": (lambda c: c["out_msgs"], True),
+    "msgs_from": (lambda c: c["in_msgs"], True),
+    "bytes_to": (lambda c: c["out_bytes"], True),
+    "bytes_from": (lambda c: c["in_bytes"], True),
+    "last": (lambda c: c["_last"], True),
+    "idle": (lambda c: c["_idle"], True),
+    "uptime": (lambda c: c["_uptime"], True),
+    "rtt": (lambda c: c["_rtt"], True),
+    "stop": (lambda c: c.get("_stop", 0), True),
+    "reason": (lambda c: c.get("reason", ""), False),
+}
+
+# The index page: one link per endpoint, as Go's root handler lists them.
+_MONITOR_INDEX = (("varz", "General"), ("jsz", "JetStream"), ("connz", "Connections"),
+                  ("accountz", "Accounts"), ("accstatz", "Account Stats"),
+                  ("subsz", "Subscriptions"), ("routez", "Routes"), ("leafz", "LeafNodes"),
+                  ("gatewayz", "Gateways"), ("healthz", "Health Probe"))
+
+
+class MonitorError(NatsError):
+    """A bad monitoring request: HTTP status and Go's plain-text message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def rfc3339(ts: float) -> str:
+    """A Unix time as Go's RFC3339Nano in UTC (trailing zeros trimmed)."""
+    whole = int(ts)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    frac = ("%.6f" % (ts - whole))[2:].rstrip("0")
+    return text + ("." + frac if frac else "") + "Z"
+
+
+def go_uptime(seconds: float) -> str:
+    """Go's myUptime: 1y2d3h4m5s, leading zero units left out."""
+    secs = int(seconds)
+    mins, hours, days = secs // 60, secs // 3600, secs // 86400
+    years = days // 365
+    if years:
+        return "%dy%dd%dh%dm%ds" % (years, days % 365, hours % 24, mins % 60, secs % 60)
+    if days:
+        return "%dd%dh%dm%ds" % (days, hours % 24, mins % 60, secs % 60)
+    if hours:
+        return "%dh%dm%ds" % (hours, mins % 60, secs % 60)
+    if mins:
+        return "%dm%ds" % (mins, secs % 60)
+    return "%ds" % secs
+
+
+def go_number(value: float):
+    """A float as Go's JSON writes it: integral values without a fraction."""
+    return int(value) if float(value).is_integer() else value
+
+
+def _proc_rss() -> int:
+    """Resident memory in bytes (VmRSS), or 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _int_param(query: dict, name: str, default: int) -> int:
+    text = query.get(name, "")
+    if text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise MonitorError(400, 'strconv.Atoi: parsing "%s": invalid syntax' % text)
+
+
+def _subs_param(query: dict) -> str:
+    """subs=1|true -> "list", subs=detail -> "detail", else ""."""
+    value = query.get("subs", "").lower()
+    if value == "detail":
+        return "detail"
+    return "list" if value in ("1", "true") else ""
+
+
+class Monitor:
+    """The HTTP monitoring listener and the JSON of each endpoint.
+
+    Handlers run on the HTTP server's threads; every `*_snapshot` method
+    runs on the loop thread (through Server.call_in_loop) and returns plain
+    data.
+    """
+
+    def __init__(self, server: "Server"):
+        self.server = server
+        self.httpd = None
+        self.thread = None
+        self.base_path = "/" + server.options.http_base_path.strip("/")
+        if self.base_path == "/":
+            self.base_path = ""
+        self.req_stats: dict = {}
+        self.stats_lock = threading.Lock()
+        self.cpu_mark = (time.monotonic(), _cpu_seconds())
+        self.cpu = 0.0
+        self.routes = {
+            "/": self.index, "/varz": self.varz, "/connz": self.connz, "/routez": self.routez,
+            "/subsz": self.subsz, "/subscriptionsz": self.subsz, "/healthz": self.healthz,
+            "/accountz": self.accountz, "/accstatz": self.accstatz, "/leafz": self.leafz,
+            "/gatewayz": self.gatewayz, "/jsz": self.jsz,
+        }
+
+    def start(self):
+        """Bind and serve on daemon threads; logs where, as Go does."""
+        import http.server  # here, so a server without monitoring never loads it
+        opts = self.server.options
+        host = opts.http_host or opts.host
+        port = 0 if opts.http_port in (RANDOM_PORT, 0) else opts.http_port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        handler = type("Handler", (_make_monitor_handler(),), {"monitor": self})
+        server_class = type("HTTPServer", (http.server.ThreadingHTTPServer,),
+                            {"address_family": family, "allow_reuse_address": True,
+                             "daemon_threads": True})
+        self.httpd = server_class((host, port), handler)
+        self.port = self.httpd.server_address[1]
+        log.info("Starting http monitor on %s", _host_port(host, self.port))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="gnatsd-monitor",
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+    # -- dispatch (HTTP threads) --------------------------------------------
+
+    def handle(self, raw_path: str) -> tuple:
+        """(status, content type, body bytes) for one GET."""
+        from urllib.parse import parse_qs, urlsplit
+        parts = urlsplit(raw_path)
+        path = parts.path
+        if self.base_path:
+            if not path.startswith(self.base_path):
+                return 404, "text/plain; charset=utf-8", b"404 page not found\n"
+            path = path[len(self.base_path):] or "/"
+        if path != "/":
+            path = path.rstrip("/")
+        endpoint = self.routes.get(path)
+        if endpoint is None:
+            return 404, "text/plain; charset=utf-8", b"404 page not found\n"
+        with self.stats_lock:
+            self.req_stats[path] = self.req_stats.get(path, 0) + 1
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        try:
+            result = endpoint(query)
+        except MonitorError as exc:
+            return exc.status, "text/plain; charset=utf-8", str(exc).encode()
+        if isinstance(result, bytes):
+            return 200, "text/html; charset=utf-8", result
+        return 200, "application/json", json.dumps(result, indent=2, ensure_ascii=False).encode()
+
+    def snapshot(self, fn):
+        try:
+            return self.server.call_in_loop(fn)
+        except TimeoutError:
+            raise MonitorError(503, "server busy")
+
+    # -- endpoints (HTTP threads) -------------------------------------------
+
+    def index(self, query: dict) -> bytes:
+        links = "".join('<a href=.%s/%s>%s<span class="endpoint"> /%s</span></a>\n'
+                        % ("", name, title, name) for name, title in _MONITOR_INDEX)
+        return ("<html lang=\"en\">\n<head><title>gnatsd.py monitor</title></head>\n<body>\n"
+                "<a href=https://github.com/nats-io/nats-server/tree/v%s class='version'>v%s"
+                "</a>\n<br/>\n%s</body>\n</html>\n" % (VERSION, VERSION, links)).encode()
+
+    def varz(self, query: dict) -> dict:
+        snap = self.snapshot(self.server.varz_snapshot)
+        now = time.time()
+        opts = self.server.options
+        server = self.server
+        with self.stats_lock:
+            req_stats = dict(self.req_stats)
+        varz = {
+            "server_id": server.server_id,
+            "server_name": server.server_name,
+            "version": VERSION,
+            "proto": PROTO,
+            "go": GO_FIELD,
+            "host": opts.host,
+            "port": server.port,
+        }
+        if opts.auth_required:
+            varz["auth_required"] = True
+        varz.update({
+            "max_connections": opts.max_connections,
+            "ping_interval": int(opts.ping_interval * 1e9),
+            "ping_max": opts.ping_max,
+            "http_host": opts.http_host or opts.host,
+            "http_port": self.port,
+            "http_base_path": opts.http_base_path,
+            "https_port": 0,
+            "auth_timeout": go_number(opts.auth_timeout),
+            "max_control_line": opts.max_control_line,
+            "max_payload": opts.max_payload,
+            "max_pending": opts.max_pending,
+            "cluster": {},
+            "gateway": {},
+            "leaf": {},
+            "mqtt": {},
+            "websocket": {},
+            "jetstream": {},
+            "tls_timeout": 2,
+            "write_deadline": int(opts.write_deadline * 1e9),
+            "start": rfc3339(server.start_time),
+            "now": rfc3339(now),
+            "uptime": go_uptime(now - server.start_time),
+            "mem": _proc_rss(),
+            "cores": os.cpu_count() or 1,
+            "gomaxprocs": os.cpu_count() or 1,
+            "cpu": go_number(self.cpu_percent()),
+            "connections": snap["connections"],
+            "total_connections": server.total_connections,
+            "routes": 0,
+            "remotes": 0,
+            "leafnodes": 0,
+            "in_msgs": snap["in_msgs"],
+            "in_bytes": snap["in_bytes"],
+            "in_client_msgs": snap["in_msgs"],
+            "in_client_bytes": snap["in_bytes"],
+            "out_msgs": snap["out_msgs"],
+            "out_bytes": snap["out_bytes"],
+            "out_client_msgs": snap["out_msgs"],
+            "out_client_bytes": snap["out_bytes"],
+            "slow_consumers": server.slow_consumers,
+            "stale_connections": server.stale_connections,
+            "stalled_clients": 0,
+            "subscriptions": snap["subscriptions"],
+            "http_req_stats": req_stats,
+            "config_load_time": rfc3339(server.start_time),
+            "config_digest": "",
+            "system_account": "$SYS",
+            "slow_consumer_stats": {"clients": server.slow_consumers, "routes": 0,
+                                    "gateways": 0, "leafs": 0},
+            "stale_connection_stats": {"clients": server.stale_connections, "routes": 0,
+                                       "gateways": 0, "leafs": 0},
+        })
+        return varz
+
+    def cpu_percent(self) -> float:
+        """CPU use since the previous /varz (the first: since start), in percent."""
+        with self.stats_lock:
+            then, used = self.cpu_mark
+            now, used_now = time.monotonic(), _cpu_seconds()
+            if now - then >= 0.5:
+                self.cpu = round(100.0 * (used_now - used) / (now - then), 2)
+                self.cpu_mark = (now, used_now)
+            return self.cpu
+
+    def connz(self, query: dict) -> dict:
+        sort = query.get("sort", "") or "cid"
+        if sort not in CONNZ_SORTS:
+            raise MonitorError(400, "invalid sorting option: %s" % sort)
+        state = query.get("state", "open").lower() or "open"
+        if state not in ("open", "closed", "all", "any"):
+            raise MonitorError(400, "invalid connection state: %s" % state)
+        if sort in ("stop", "reason") and state == "open":
+            raise MonitorError(400, "options 'sort=%s' only valid with closed connections" % sort)
+        offset = max(0, _int_param(query, "offset", 0))
+        limit = _int_param(query, "limit", DEFAULT_MONITOR_LIMIT)
+        if limit <= 0:
+            limit = DEFAULT_MONITOR_LIMIT
+        cid = _int_param(query, "cid", 0)
+        subs = _subs_param(query)
+        auth = query.get("auth", "").lower() in ("1", "true")
+        conns = self.snapshot(lambda: self.server.connz_snapshot(state, subs, auth, cid))
+        key, largest_first = CONNZ_SORTS[sort]
+        conns.sort(key=key, reverse=largest_first)
+        total = len(conns)
+        page = conns[offset:offset + limit]
+        for c in page:
+            for k in [k for k in c if k.startswith("_")]:
+                del c[k]
+        return {
+            "server_id": self.server.server_id,
+            "now": rfc3339(time.time()),
+            "num_connections": len(page),
+            "total": total,
+            "offset": offset,
+            "limit": limit,
+            "connections": page,
+        }
+
+    def routez(self, query: dict) -> dict:
+        return {"server_id": self.server.server_id, "server_name": self.server.server_name,
+                "now": rfc3339(time.time()), "num_routes": 0, "routes": []}
+
+    def subsz(self, query: dict) -> dict:
+        subs = _subs_param(query)
+        test = query.get("test", "")
+        if test and not is_valid_literal_subject(test.encode()):
+            raise MonitorError(400, "invalid test subject, must be valid publish subject: %s" % test)
+        offset = max(0, _int_param(query, "offset", 0))
+        limit = _int_param(query, "limit", DEFAULT_MONITOR_LIMIT)
+        if limit <= 0:
+            limit = DEFAULT_MONITOR_LIMIT
+        snap = self.snapshot(lambda: self.server.subsz_snapshot(bool(subs), test))
+        out = {
+            "server_id": self.server.server_id,
+            "now": rfc3339(time.time()),
+            "num_subscriptions": snap["num_subscriptions"],
+            "num_cache": snap["num_cache"],
+            "num_inserts": snap["num_inserts"],
+            "num_removes": snap["num_removes"],
+            "num_matches": snap["num_matches"],
+            "cache_hit_rate": go_number(snap["cache_hit_rate"]),
+            "max_fanout": snap["max_fanout"],
+            "avg_fanout": go_number(snap["avg_fanout"]),
+            "total": len(snap["subs"]),
+            "offset": offset,
+            "limit": limit,
+        }
+        if subs:
+            out["subscriptions_list"] = snap["subs"][offset:offset + limit]
+        return out
+
+    def healthz(self, query: dict) -> dict:
+        self.snapshot(lambda: None)  # the loop answers: it is alive
+        return {"status": "ok"}
+
+    def accountz(self, query: dict) -> dict:
+        return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
+                "system_account": "$SYS", "accounts": ["$G", "$SYS"]}
+
+    def accstatz(self, query: dict) -> dict:
+        snap = self.snapshot(self.server.varz_snapshot)
+        zero = {"msgs": 0, "bytes": 0}
+        stats = []
+        if snap["connections"] or query.get("unused", "").lower() in ("1", "true"):
+            stats.append({
+                "acc": "$G", "name": "$G", "conns": snap["connections"], "leafnodes": 0,
+                "total_conns": snap["connections"], "num_subscriptions": snap["subscriptions"],
+                "sent": {"msgs": snap["out_msgs"], "bytes": snap["out_bytes"],
+                         "gateways": dict(zero), "routes": dict(zero), "leafs": dict(zero)},
+                "received": {"msgs": snap["in_msgs"], "bytes": snap["in_bytes"],
+                             "gateways": dict(zero), "routes": dict(zero), "leafs": dict(zero)},
+                "slow_consumers": self.server.slow_consumers,
+            })
+        return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
+                "account_statz": stats}
+
+    def leafz(self, query: dict) -> dict:
+        return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
+                "leafnodes": 0, "leafs": []}
+
+    def gatewayz(self, query: dict) -> dict:
+        return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
+                "outbound_gateways": {}, "inbound_gateways": {}}
+
+    def jsz(self, query: dict) -> dict:
+        return {"memory": 0, "storage": 0, "reserved_memory": 0, "reserved_storage": 0,
+                "accounts": 0, "ha_assets": 0, "api": {"level": 0, "total": 0, "errors": 0},
+                "server_id": self.server.server_id, "now": rfc3339(time.time()),
+                "disabled": True}
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _make_monitor_handler():
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        """One monitoring request: GET only, Go's headers, no access log."""
+
+        monitor: Monitor
+        server_version = "gnatsd.py"
+        sys_version = ""
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            try:
+                status, content_type, body = self.monitor.handle(self.path)
+            except Exception:  # never let one request take the monitor down
+                log.exception("monitor request %r failed", self.path[:200])
+                status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error"
+            self.send_response(status)
+            if status == 200:
+                self.send_header("Access-Control-Allow-Origin", "*")
+            elif status == 404:
+                self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt, *args):
+            log.debug("monitor: %s - %s", self.address_string(), fmt % args)
+
+    return Handler
 
 
 # ============================================================================
@@ -2927,8 +3521,7 @@ _BOOL, _INT, _STR = "bool", "int", "str"
 
 # Flags whose feature is not in this build, and why.
 _NOT_YET = {
-    "http_port": "HTTP monitoring is not implemented yet",
-    "https_port": "HTTPS monitoring is not implemented yet",
+    "https_port": "HTTPS monitoring needs TLS, which is not implemented yet",
     "signal": "sending signals is not implemented yet; use kill(1)",
     "syslog": "syslog output is not implemented yet",
     "remote_syslog": "remote syslog is not implemented yet",
@@ -3130,6 +3723,7 @@ def options_from_flags(args: argparse.Namespace) -> Options:
     """The Options the command line sets (None where a flag was not given)."""
     opts = Options()
     for name in ("host", "port", "server_name", "pid_file", "client_advertise", "ports_file_dir",
+                 "http_port",
                  "log_file", "logtime", "logtime_utc", "debug", "trace", "max_traced_msg_len",
                  "username", "password", "authorization"):
         value = getattr(args, name)
