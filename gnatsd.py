@@ -1513,7 +1513,6 @@ class Connection:
         if n == 0:
             self.close(CLIENT_CLOSED, flush=False)
             return
-        self.last_activity = time.time()
         data = bytes(server.read_view[:n])
         pending = self.pending_in
         if pending is not None:
@@ -1808,6 +1807,7 @@ class Client(Connection):
         echo = self.echo
         msgs = nbytes = misses = 0
         last_plan = last_entry = None
+        now = time.time()  # last_activity of publisher and receivers (Go's c.last)
         while i < n:
             # HOT: find a whole control line with one bytes.find, and look the
             #      raw line up in the PUB cache: a PUB line seen before costs
@@ -1863,6 +1863,8 @@ class Client(Connection):
                     i += k * (nl + 3 - i + size)
                     if plan is not last_plan:
                         pending.update(plan.clients)
+                        for c in plan.clients:
+                            c.last_activity = now
                         last_plan = plan
                     continue
                 last_entry = entry
@@ -1883,9 +1885,11 @@ class Client(Connection):
                         append(reply_sp)
                         append(tail)
                 if plan is not last_plan:
-                    # HOT: mark a plan's receivers pending once per run of
-                    #      messages, not once per delivery.
+                    # HOT: mark a plan's receivers pending (and active) once
+                    #      per run of messages, not once per delivery.
                     pending.update(plan.clients)
+                    for c in plan.clients:
+                        c.last_activity = now
                     last_plan = plan
             elif kind == PLAN_EMPTY:
                 if reply_sp is not None and self.no_responders:
@@ -1910,6 +1914,8 @@ class Client(Connection):
                             append(reply_sp)
                         append(tail)
                     pending.update(plan.clients)
+                    for c in plan.clients:
+                        c.last_activity = now
                 for group in plan.queues:
                     append, prefix, sub, c = group[int(rand() * len(group))]
                     append(prefix)
@@ -1919,6 +1925,7 @@ class Client(Connection):
                     sub.delivered += 1
                     c.out_msgs += 1
                     c.out_bytes += size
+                    c.last_activity = now
                     pending.add(c)
             else:
                 reply = reply_sp[:-1] if reply_sp is not None else None
@@ -1927,8 +1934,10 @@ class Client(Connection):
                                  Message(subject, reply, -1, size, data[nl + 1:stop], size_field))
                 genid = sublist.genid
             i = stop + 2
-        self.in_msgs += msgs
-        self.in_bytes += nbytes
+        if msgs:
+            self.in_msgs += msgs
+            self.in_bytes += nbytes
+            self.last_activity = now
         sublist.matches += msgs - misses
         sublist.cache_hits += msgs - misses
 
@@ -2057,6 +2066,7 @@ class Client(Connection):
         if self.trace:
             self.trace_in("SUB", arg)
         subject, queue, sid = parse_sub_args(arg)
+        self.last_activity = time.time()
         self.process_sub(subject, queue, sid)
         return nl + 1
 
@@ -2064,6 +2074,7 @@ class Client(Connection):
         if self.trace:
             self.trace_in("UNSUB", arg)
         sid, maximum = parse_unsub_args(arg)
+        self.last_activity = time.time()
         self.process_unsub(sid, maximum)
         return nl + 1
 
@@ -2284,6 +2295,7 @@ class Client(Connection):
             self.send_ok()
         self.in_msgs += 1
         self.in_bytes += size
+        self.last_activity = time.time()
         if hdr < 0:
             size_field = size_token
         elif hdr == 0:
@@ -2337,6 +2349,7 @@ class Client(Connection):
         c.out.append(proto)
         c.out_msgs += 1
         c.out_bytes += msg.size
+        c.last_activity = time.time()
         self.server.pending.add(c)
         return True
 
@@ -2716,7 +2729,7 @@ class Server:
             "out_bytes": self.closed_out_bytes + sum(c.out_bytes for c in clients),
         }
 
-    def connz_snapshot(self, state: str, subs: str, auth: bool, cid: int) -> list:
+    def connz_snapshot(self, state: str, subs: str, auth: bool) -> list:
         self.sublist.settle()
         now = time.time()
         conns = []
@@ -2732,8 +2745,6 @@ class Server:
                 if not auth:
                     info.pop("authorized_user", None)
                 conns.append(info)
-        if cid:
-            conns = [c for c in conns if c["cid"] == cid]
         return conns
 
     def subsz_snapshot(self, with_subs: bool, test: str) -> dict:
@@ -2863,7 +2874,9 @@ class Server:
 
     def remove_client(self, client: Client):
         if self.clients.pop(client.cid, None) is not None:
-            info = client.conn_info(time.time(), "detail", True)
+            info = client.conn_info(time.time(), "list", True)
+            if client.subs:
+                info["subscriptions_list_detail"] = [sub_detail(s) for s in client.subs.values()]
             info["stop"] = rfc3339(time.time())
             info["_stop"] = time.time()
             info["reason"] = client.close_reason
@@ -2944,7 +2957,8 @@ def _closed_order(info: dict) -> dict:
 
 def sub_detail(sub: Subscription) -> dict:
     """One subscription as /connz?subs=detail and /subsz?subs=1 show it."""
-    detail = {"account": "$G", "subject": sub.subject.decode("utf-8", "replace")}
+    detail = {"account": "$G", "account_tag": "$G",
+              "subject": sub.subject.decode("utf-8", "replace")}
     if sub.queue is not None:
         detail["qgroup"] = sub.queue.decode("utf-8", "replace")
     detail["sid"] = sub.sid.decode("utf-8", "replace")
@@ -3021,6 +3035,9 @@ def _remove_file(path: str):
 # Closed connections kept for /connz?state=closed (Go's MaxClosedClients).
 MAX_CLOSED_CLIENTS = 10000
 
+# Longest HTTP request line the monitor reads (Go's default header limit).
+MONITOR_MAX_REQUEST_LINE = 1024 * 1024
+
 # Default and largest page of /connz and /subsz.
 DEFAULT_MONITOR_LIMIT = 1024
 
@@ -3036,7 +3053,7 @@ CONNZ_SORTS = {
     "bytes_from": (lambda c: c["in_bytes"], True),
     "last": (lambda c: c["_last"], True),
     "idle": (lambda c: c["_idle"], True),
-    "uptime": (lambda c: c["_uptime"], True),
+    "uptime": (lambda c: c["_uptime"], False),
     "rtt": (lambda c: c["_rtt"], True),
     "stop": (lambda c: c.get("_stop", 0), True),
     "reason": (lambda c: c.get("reason", ""), False),
@@ -3102,18 +3119,38 @@ def _int_param(query: dict, name: str, default: int) -> int:
     text = query.get(name, "")
     if text == "":
         return default
-    try:
+    if re.fullmatch(r"[-+]?\d+", text):
         return int(text)
-    except ValueError:
-        raise MonitorError(400, 'strconv.Atoi: parsing "%s": invalid syntax' % text)
+    raise MonitorError(400, "Error decoding int for '%s': strconv.Atoi: parsing \"%s\": "
+                            "invalid syntax" % (name, text))
+
+
+def _uint_param(query: dict, name: str) -> int:
+    text = query.get(name, "")
+    if text == "":
+        return 0
+    if text.isdigit():
+        return int(text)
+    raise MonitorError(400, "Error decoding uint64 for '%s': strconv.ParseUint: parsing \"%s\": "
+                            "invalid syntax" % (name, text))
+
+
+def _bool_param(query: dict, name: str) -> bool:
+    text = query.get(name, "")
+    if text == "":
+        return False
+    try:
+        return _parse_bool(text)
+    except argparse.ArgumentTypeError:
+        raise MonitorError(400, "Error decoding boolean for '%s': strconv.ParseBool: parsing "
+                                "\"%s\": invalid syntax" % (name, text))
 
 
 def _subs_param(query: dict) -> str:
     """subs=1|true -> "list", subs=detail -> "detail", else ""."""
-    value = query.get("subs", "").lower()
-    if value == "detail":
+    if query.get("subs", "") == "detail":
         return "detail"
-    return "list" if value in ("1", "true") else ""
+    return "list" if _bool_param(query, "subs") else ""
 
 
 class Monitor:
@@ -3152,7 +3189,7 @@ class Monitor:
         handler = type("Handler", (_make_monitor_handler(),), {"monitor": self})
         server_class = type("HTTPServer", (http.server.ThreadingHTTPServer,),
                             {"address_family": family, "allow_reuse_address": True,
-                             "daemon_threads": True})
+                             "daemon_threads": True, "request_queue_size": 1024})
         self.httpd = server_class((host, port), handler)
         self.port = self.httpd.server_address[1]
         log.info("Starting http monitor on %s", _host_port(host, self.port))
@@ -3176,8 +3213,6 @@ class Monitor:
             if not path.startswith(self.base_path):
                 return 404, "text/plain; charset=utf-8", b"404 page not found\n"
             path = path[len(self.base_path):] or "/"
-        if path != "/":
-            path = path.rstrip("/")
         endpoint = self.routes.get(path)
         if endpoint is None:
             return 404, "text/plain; charset=utf-8", b"404 page not found\n"
@@ -3190,6 +3225,8 @@ class Monitor:
             return exc.status, "text/plain; charset=utf-8", str(exc).encode()
         if isinstance(result, bytes):
             return 200, "text/html; charset=utf-8", result
+        if endpoint == self.healthz:
+            return 200, "application/json", json.dumps(result, separators=(",", ":")).encode()
         return 200, "application/json", json.dumps(result, indent=2, ensure_ascii=False).encode()
 
     def snapshot(self, fn):
@@ -3201,8 +3238,9 @@ class Monitor:
     # -- endpoints (HTTP threads) -------------------------------------------
 
     def index(self, query: dict) -> bytes:
-        links = "".join('<a href=.%s/%s>%s<span class="endpoint"> /%s</span></a>\n'
-                        % ("", name, title, name) for name, title in _MONITOR_INDEX)
+        links = "".join('<a href=%s/%s>%s<span class="endpoint"> /%s</span></a>\n'
+                        % (self.base_path or ".", name, title, name)
+                        for name, title in _MONITOR_INDEX)
         return ("<html lang=\"en\">\n<head><title>gnatsd.py monitor</title></head>\n<body>\n"
                 "<a href=https://github.com/nats-io/nats-server/tree/v%s class='version'>v%s"
                 "</a>\n<br/>\n%s</body>\n</html>\n" % (VERSION, VERSION, links)).encode()
@@ -3230,7 +3268,7 @@ class Monitor:
             "ping_interval": int(opts.ping_interval * 1e9),
             "ping_max": opts.ping_max,
             "http_host": opts.http_host or opts.host,
-            "http_port": self.port,
+            "http_port": opts.http_port,  # as configured (-1 stays -1, as in Go)
             "http_base_path": opts.http_base_path,
             "https_port": 0,
             "auth_timeout": go_number(opts.auth_timeout),
@@ -3251,7 +3289,7 @@ class Monitor:
             "mem": _proc_rss(),
             "cores": os.cpu_count() or 1,
             "gomaxprocs": os.cpu_count() or 1,
-            "cpu": go_number(self.cpu_percent()),
+            "cpu": float(self.cpu_percent()),
             "connections": snap["connections"],
             "total_connections": server.total_connections,
             "routes": 0,
@@ -3294,22 +3332,26 @@ class Monitor:
         sort = query.get("sort", "") or "cid"
         if sort not in CONNZ_SORTS:
             raise MonitorError(400, "invalid sorting option: %s" % sort)
-        state = query.get("state", "open").lower() or "open"
+        state = (query.get("state", "") or "open").lower()
         if state not in ("open", "closed", "all", "any"):
-            raise MonitorError(400, "invalid connection state: %s" % state)
-        if sort in ("stop", "reason") and state == "open":
-            raise MonitorError(400, "options 'sort=%s' only valid with closed connections" % sort)
+            raise MonitorError(400, "Error decoding state for %s" % state)
+        if sort in ("stop", "reason") and state != "closed":
+            raise MonitorError(400, "sort by %s only valid on closed connections" % sort)
+        subs = _subs_param(query)
+        auth = _bool_param(query, "auth")
         offset = max(0, _int_param(query, "offset", 0))
         limit = _int_param(query, "limit", DEFAULT_MONITOR_LIMIT)
         if limit <= 0:
             limit = DEFAULT_MONITOR_LIMIT
-        cid = _int_param(query, "cid", 0)
-        subs = _subs_param(query)
-        auth = query.get("auth", "").lower() in ("1", "true")
-        conns = self.snapshot(lambda: self.server.connz_snapshot(state, subs, auth, cid))
+        cid = _uint_param(query, "cid")
+        conns = self.snapshot(lambda: self.server.connz_snapshot(state, subs, auth))
+        total = len(conns)
+        if cid:
+            # One connection by id: Go answers a page of one, total unchanged.
+            conns = [c for c in conns if c["cid"] == cid]
+            offset, limit = 0, 1
         key, largest_first = CONNZ_SORTS[sort]
         conns.sort(key=key, reverse=largest_first)
-        total = len(conns)
         page = conns[offset:offset + limit]
         for c in page:
             for k in [k for k in c if k.startswith("_")]:
@@ -3325,6 +3367,7 @@ class Monitor:
         }
 
     def routez(self, query: dict) -> dict:
+        _subs_param(query)  # validated as Go does, though there are no routes
         return {"server_id": self.server.server_id, "server_name": self.server.server_name,
                 "now": rfc3339(time.time()), "num_routes": 0, "routes": []}
 
@@ -3346,9 +3389,9 @@ class Monitor:
             "num_inserts": snap["num_inserts"],
             "num_removes": snap["num_removes"],
             "num_matches": snap["num_matches"],
-            "cache_hit_rate": go_number(snap["cache_hit_rate"]),
+            "cache_hit_rate": float(snap["cache_hit_rate"]),
             "max_fanout": snap["max_fanout"],
-            "avg_fanout": go_number(snap["avg_fanout"]),
+            "avg_fanout": float(snap["avg_fanout"]),
             "total": len(snap["subs"]),
             "offset": offset,
             "limit": limit,
@@ -3431,6 +3474,41 @@ def _make_monitor_handler():
 
         def log_message(self, fmt, *args):
             log.debug("monitor: %s - %s", self.address_string(), fmt % args)
+
+        def send_error(self, code, message=None, explain=None):
+            """Errors as Go's net/http writes them: a status line, plain text."""
+            body = ("%d %s" % (code, message or self.responses.get(code, ("",))[0])).encode()
+            self.request_version = "HTTP/1.1"  # a status line even for garbage requests
+            self.close_connection = True
+            self.send_response_only(code)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Connection", "close")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def handle_one_request(self):
+            """http.server's, with Go's 1 MB request-line limit (not 64 KiB)."""
+            try:
+                self.raw_requestline = self.rfile.readline(MONITOR_MAX_REQUEST_LINE + 1)
+                if len(self.raw_requestline) > MONITOR_MAX_REQUEST_LINE:
+                    self.requestline = self.request_version = self.command = ""
+                    self.send_error(431)
+                    return
+                if not self.raw_requestline:
+                    self.close_connection = True
+                    return
+                if not self.parse_request():
+                    return
+                method = getattr(self, "do_" + self.command, None)
+                if method is None:
+                    self.send_error(405)
+                    return
+                method()
+                self.wfile.flush()
+            except (socket.timeout, TimeoutError, ConnectionError):
+                self.close_connection = True
 
     return Handler
 
