@@ -222,6 +222,14 @@ ORACLES = ["gnatsd", "go2.9", "go2.15"]
 
 
 @pytest.fixture(params=ORACLES)
+def kind(request):
+    """Parametrised "gnatsd", "go2.9", "go2.15" (Go ones skipped if absent)."""
+    if request.param != "gnatsd" and request.param[2:] not in GO_SERVERS:
+        pytest.skip("Go nats-server %s is not installed" % request.param[2:])
+    return request.param
+
+
+@pytest.fixture(params=ORACLES)
 def any_server(request):
     """Parametrised: gnatsd.py, then each installed Go nats-server.
 

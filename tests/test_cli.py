@@ -60,14 +60,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(params=ORACLES)
-def kind(request):
-    """Parametrised "gnatsd", "go2.9", "go2.15" (Go ones skipped if absent)."""
-    if request.param != "gnatsd" and request.param[2:] not in GO_SERVERS:
-        pytest.skip("Go nats-server %s is not installed" % request.param[2:])
-    return request.param
-
-
 @pytest.fixture
 def start(kind):
     """start(*args): the `kind` server with exactly these args (no -a/-p added)."""

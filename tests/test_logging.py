@@ -35,13 +35,6 @@ CLIENT_RE = re.compile(r"\[(DBG|TRC)\] ([\d.]+):(\d+) - cid:(\d+) - (.*)$", re.M
 QUIET = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
 
 
-@pytest.fixture(params=ORACLES)
-def kind(request):
-    if request.param != "gnatsd" and request.param[2:] not in GO_SERVERS:
-        pytest.skip("Go nats-server %s is not installed" % request.param[2:])
-    return request.param
-
-
 @pytest.fixture
 def start(kind):
     """start(*args): the `kind` server on 127.0.0.1 and a free port."""

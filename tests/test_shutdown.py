@@ -25,13 +25,6 @@ from conftest import (GO_SERVERS, ORACLES, RawConn, gnatsd_argv, go_server_path,
 QUIET = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
 
 
-@pytest.fixture(params=ORACLES)
-def kind(request):
-    if request.param != "gnatsd" and request.param[2:] not in GO_SERVERS:
-        pytest.skip("Go nats-server %s is not installed" % request.param[2:])
-    return request.param
-
-
 @pytest.fixture
 def start(kind):
     started = []
