@@ -670,6 +670,8 @@ class Options:
         ("password", ""),
         ("authorization", ""),
         ("auth_timeout", 0.0),
+        ("users", None),
+        ("default_permissions", None),
         ("no_auth_user", ""),
         ("http_host", ""),
         ("http_port", 0),
@@ -728,7 +730,7 @@ class Options:
 
     @property
     def auth_required(self) -> bool:
-        return bool(self.username or self.authorization)
+        return bool(self.username or self.authorization or self.users)
 
 
 def _to_int(cm: ConfigMap, key: str, value) -> int:
@@ -810,6 +812,12 @@ def _listen(cm: ConfigMap, key: str, value, opts: Options):
     opts.port = int(port)
 
 
+def _check_auth_mix(cm: ConfigMap, key: str, opts: Options):
+    """Go allows one mechanism: a single user, a token, or a users list."""
+    if opts.users and (opts.username or opts.authorization):
+        raise cm.error(key, "Can not have a single user/pass and a users array")
+
+
 def _http(cm: ConfigMap, key: str, value, opts: Options):
     """`http: 8222` or `http: "host:8222"`: the monitoring listener."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -822,6 +830,111 @@ def _http(cm: ConfigMap, key: str, value, opts: Options):
     if host:
         opts.http_host = host.strip("[]")
     opts.http_port = int(port)
+
+
+class Permissions:
+    """What one user may publish and subscribe to (Go's Permissions).
+
+    Each list holds subjects as written in the config; a subscribe entry
+    may carry a queue group after a space (`"work.* workers"`).  None means
+    "no such list" (everything allowed / nothing denied).
+    """
+
+    def __init__(self, publish_allow=None, publish_deny=None, subscribe_allow=None,
+                 subscribe_deny=None):
+        self.publish_allow = publish_allow
+        self.publish_deny = publish_deny
+        self.subscribe_allow = subscribe_allow
+        self.subscribe_deny = subscribe_deny
+
+    def __repr__(self) -> str:
+        return "Permissions(%r, %r, %r, %r)" % (self.publish_allow, self.publish_deny,
+                                               self.subscribe_allow, self.subscribe_deny)
+
+
+class User:
+    """One entry of `authorization { users [...] }`."""
+
+    def __init__(self, username: str, password: str, permissions: Permissions | None):
+        self.username = username
+        self.password = password
+        self.permissions = permissions
+
+    def __repr__(self) -> str:
+        return "User(%r)" % self.username
+
+
+def _subject_list(cm: ConfigMap, key: str, value) -> list:
+    """A permission value: one subject or a list of them."""
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise cm.error(key, "error parsing %s permissions, expected a subject string" % key)
+        out.append(item)
+    return out
+
+
+def _permission_lists(cm: ConfigMap, key: str, value) -> tuple:
+    """publish/subscribe: a subject, a list, or {allow, deny} -> (allow, deny)."""
+    if isinstance(value, ConfigMap):
+        allow = deny = None
+        for sub_key, sub_value in value.items():
+            name = sub_key.lower()
+            if name == "allow":
+                allow = _subject_list(value, sub_key, sub_value)
+            elif name == "deny":
+                deny = _subject_list(value, sub_key, sub_value)
+            else:
+                raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+        return allow, deny
+    return _subject_list(cm, key, value), None
+
+
+def _permissions(cm: ConfigMap, key: str, value) -> Permissions:
+    """`permissions { publish subscribe }` (Go's parseUserPermissions)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "expected a map for permissions")
+    perms = Permissions()
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name in ("publish", "pub"):
+            perms.publish_allow, perms.publish_deny = _permission_lists(value, sub_key, sub_value)
+        elif name in ("subscribe", "sub"):
+            perms.subscribe_allow, perms.subscribe_deny = _permission_lists(
+                value, sub_key, sub_value)
+        elif name in ("allow_responses", "allow_response"):
+            cm_line = value.position(sub_key)[0]
+            raise ConfigError("allow_responses is not implemented yet", value.path, cm_line)
+        else:
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    return perms
+
+
+def _users(cm: ConfigMap, key: str, value) -> list:
+    """`users = [ {user password permissions} ... ]`."""
+    if not isinstance(value, list):
+        raise cm.error(key, "expected an array for users")
+    users = []
+    for entry in value:
+        if not isinstance(entry, ConfigMap):
+            raise cm.error(key, "expected a map for each user")
+        username = password = ""
+        perms = None
+        for sub_key, sub_value in entry.items():
+            name = sub_key.lower()
+            if name in ("user", "username"):
+                username = _to_str(entry, sub_key, sub_value)
+            elif name in ("pass", "password"):
+                password = _to_str(entry, sub_key, sub_value)
+            elif name == "permissions":
+                perms = _permissions(entry, sub_key, sub_value)
+            elif name == "nkey":
+                raise entry.error(sub_key, "nkey users are not supported by gnatsd.py")
+            else:
+                raise entry.error(sub_key, 'unknown field "%s"' % sub_key)
+        users.append(User(username, password, perms))
+    return users
 
 
 def _authorization(cm: ConfigMap, key: str, value, opts: Options):
@@ -838,13 +951,22 @@ def _authorization(cm: ConfigMap, key: str, value, opts: Options):
             opts.authorization = _to_str(value, sub_key, sub_value)
         elif name == "timeout":
             opts.auth_timeout = _to_seconds(value, sub_key, sub_value)
-        elif name in ("users", "default_permissions", "permissions"):
-            opts.warnings.append("%s:%d: authorization %s is not implemented yet; ignored"
-                                 % (cm.path, cm.position(key)[0], name))
+        elif name == "users":
+            opts.users = _users(value, sub_key, sub_value)
+        elif name == "default_permissions":
+            opts.default_permissions = _permissions(value, sub_key, sub_value)
+        elif name == "permissions":
+            opts.warnings.append("%s:%d: authorization permissions need a user; ignored"
+                                 % (cm.path, cm.position(key)[0]))
         elif value.is_variable(sub_key):
             continue  # a variable definition, used by another key
         else:
             raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    _check_auth_mix(cm, key, opts)
+    if opts.users and opts.default_permissions is not None:
+        for user in opts.users:
+            if user.permissions is None:
+                user.permissions = opts.default_permissions
 
 
 # Config keys: name -> (Options attribute, converter), aliases included, as
@@ -1706,6 +1828,76 @@ def format_duration(seconds: float) -> str:
 # processUnsub, deliverMsg, processMsgResults) and server/auth.go.
 
 
+def _may_receive(sub: Subscription, subject: bytes) -> bool:
+    perms = sub.client.perms
+    return perms is None or perms.can_receive(subject)
+
+
+class ClientPermissions:
+    """A user's Permissions compiled into sublists (Go's client.perms).
+
+    Allow and deny lists are tries of their own, so `foo.*` in a list
+    covers `foo.bar`, and a queue entry ("work.* workers") is a queue
+    subscription in the trie.  Deny always beats allow.
+    """
+
+    __slots__ = ("pub_allow", "pub_deny", "sub_allow", "sub_deny")
+
+    def __init__(self, perms: Permissions):
+        self.pub_allow = _permission_sublist(perms.publish_allow)
+        self.pub_deny = _permission_sublist(perms.publish_deny)
+        self.sub_allow = _permission_sublist(perms.subscribe_allow)
+        self.sub_deny = _permission_sublist(perms.subscribe_deny)
+
+    def can_publish(self, subject: bytes) -> bool:
+        if self.pub_allow is not None and not self.pub_allow.match(subject).psubs:
+            return False
+        return self.pub_deny is None or not self.pub_deny.match(subject).psubs
+
+    def can_subscribe(self, subject: bytes, queue: bytes | None) -> bool:
+        """Go's canSubscribe: a queue entry decides for a queue subscription."""
+        allowed = True
+        if self.sub_allow is not None:
+            result = self.sub_allow.match(subject)
+            allowed = bool(result.psubs)
+            if queue is not None and result.qsubs:
+                allowed = _queue_listed(queue, result.qsubs)
+        if allowed and self.sub_deny is not None:
+            result = self.sub_deny.match(subject)
+            allowed = not result.psubs
+            if queue is not None and result.qsubs:
+                allowed = not _queue_listed(queue, result.qsubs)
+        return allowed
+
+    def can_receive(self, subject: bytes) -> bool:
+        """A wildcard subscription never gets a subject the deny list names."""
+        return self.sub_deny is None or not self.sub_deny.match(subject).psubs
+
+
+def _permission_sublist(entries: list | None) -> Sublist | None:
+    if entries is None:
+        return None
+    sublist = Sublist()
+    for entry in entries:
+        subject, _, queue = entry.strip().partition(" ")
+        queue = queue.strip()
+        sublist.insert(Subscription(None, subject.encode(), queue.encode() if queue else None,
+                                    b""))
+    return sublist
+
+
+def _queue_listed(queue: bytes, groups: list) -> bool:
+    """Go's queueMatches: a listed queue name, or a wildcard one covering it."""
+    for group in groups:
+        name = group[0].queue
+        if queue == name:
+            return True
+        tokens = name.split(b".")
+        if (b"*" in tokens or b">" in tokens) and _subject_matches(queue.split(b"."), tokens):
+            return True
+    return False
+
+
 # DeliveryPlan kinds: nobody to deliver to; plain subs only; with queue
 # groups; anything the general deliver_msg must handle (auto-unsubscribe).
 PLAN_EMPTY, PLAN_PLAIN, PLAN_QUEUES, PLAN_SLOW = 0, 1, 2, 3
@@ -1725,6 +1917,13 @@ class DeliveryPlan:
                  "empty", "kind", "msgs", "bytes")
 
     def __init__(self, result: SublistResult, subject: bytes):
+        if any(s.client.perms is not None for s in result.psubs) or any(
+                s.client.perms is not None for g in result.qsubs for s in g):
+            # Subscribers whose deny list names this subject are left out.
+            result = SublistResult(
+                [s for s in result.psubs if _may_receive(s, subject)],
+                [kept for kept in ([s for s in g if _may_receive(s, subject)]
+                                   for g in result.qsubs) if kept])
         head = b"MSG " + subject + b" "
         self.plain = [(s, s.client) for s in result.psubs]
         self.plain_out = [(s.client.out.append, head + s.sid + b" ") for s in result.psubs]
@@ -1768,7 +1967,7 @@ class Client(Connection):
     __slots__ = (
         "verbose", "pedantic", "echo", "headers", "no_responders", "protocol",
         "name", "lang", "version", "user", "connect_received", "awaiting_auth",
-        "subs", "pub_cache",
+        "subs", "pub_cache", "perms",
     )
 
     kind = "Client"
@@ -1786,6 +1985,7 @@ class Client(Connection):
         self.connect_received = False
         self.awaiting_auth = server.options.auth_required
         self.subs = {}               # sid -> Subscription
+        self.perms = None            # ClientPermissions of the user, if restricted
         self.pub_cache = {}          # raw PUB line -> its parse and delivery plan (process_pub)
 
     # -- the read loop (HOT) ---------------------------------------------------
@@ -2151,10 +2351,7 @@ class Client(Connection):
                 setattr(self, key, fields[key])
         if fields.get("headers") is not None:
             self.headers = bool(fields["headers"])
-        if self.name:
-            host = "[%s]" % self.host if ":" in self.host else self.host
-            self.log_prefix = "%s:%d - cid:%d - %s - " % (host, self.port, self.cid,
-                                                         go_quote(self.name.encode()))
+        self.update_log_prefix()
         if self.connect_received and self.subs:
             # A second CONNECT starts the session over: nats-server 2.11+
             # drops the subscriptions of the first (2.9 kept them).
@@ -2185,7 +2382,15 @@ class Client(Connection):
         if not self.server.options.auth_required:
             return True
         opts = self.server.options
-        if opts.authorization:
+        perms = None
+        if opts.users:
+            ok = False
+            for user in opts.users:
+                if fields.get("user") == user.username:
+                    ok = _secret_equal(fields.get("pass"), user.password)
+                    perms = user.permissions
+                    break
+        elif opts.authorization:
             ok = _secret_equal(fields.get("auth_token"), opts.authorization)
         else:
             ok = (_secret_equal(fields.get("user"), opts.username)
@@ -2196,7 +2401,20 @@ class Client(Connection):
             return False
         self.awaiting_auth = False
         self.user = fields.get("user") or ""
+        self.perms = ClientPermissions(perms) if perms is not None else None
+        self.pub_cache.clear()
+        self.update_log_prefix()
         return True
+
+    def update_log_prefix(self):
+        """Go 2.15's prefix: `ip:port - cid:N - "name" - "$G/user:alice" - `."""
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        prefix = "%s:%d - cid:%d - " % (host, self.port, self.cid)
+        if self.name:
+            prefix += go_quote(self.name.encode()) + " - "
+        if self.user and not self.awaiting_auth:
+            prefix += go_quote(("$G/user:%s" % self.user).encode()) + " - "
+        self.log_prefix = prefix
 
     def auth_violation(self, user: str = ""):
         if user:
@@ -2221,6 +2439,9 @@ class Client(Connection):
     def process_sub(self, subject: bytes, queue: bytes | None, sid: bytes):
         if not is_valid_subject(subject) or (queue is not None and not _valid_queue(queue)):
             self.send_err(ERR_INVALID_SUBJECT)
+            return
+        if self.perms is not None and not self.perms.can_subscribe(subject, queue):
+            self.sub_permission_violation(subject, queue, sid)
             return
         max_subs = self.server.options.max_subscriptions
         if sid not in self.subs:
@@ -2291,7 +2512,8 @@ class Client(Connection):
         payload = data[nl + 1:stop]
         if self.trace:
             self.trace_payload(payload)
-        if self.verbose:
+        allowed = self.perms is None or self.perms.can_publish(subject)
+        if self.verbose and allowed:
             self.send_ok()
         self.in_msgs += 1
         self.in_bytes += size
@@ -2303,6 +2525,9 @@ class Client(Connection):
             size_field = line.split()[-1]
         else:
             size_field = b"%s %s" % (size_token, line.split()[-1])
+        if not allowed:
+            self.pub_permission_violation(subject)
+            return stop + 2
         msg = Message(subject, reply, hdr if hdr > 0 else -1, size, payload, size_field)
         self.deliver_msg(self.server.sublist.match(subject), msg)
         if (valid and hdr < 0 and data[nl - 1] == 13 and line.endswith(size_token)
@@ -2314,6 +2539,21 @@ class Client(Connection):
             cache[data[i:nl]] = [subject, reply + b" " if reply is not None else None,
                                  size, len(line) - len(size_token), None, -1]
         return stop + 2
+
+    def pub_permission_violation(self, subject: bytes):
+        self.send_err("Permissions Violation for Publish to %s" % go_quote(subject))
+        self.error("Publish Violation - Subject %s", go_quote(subject))
+
+    def sub_permission_violation(self, subject: bytes, queue: bytes | None, sid: bytes):
+        if queue is None:
+            self.send_err("Permissions Violation for Subscription to %s" % go_quote(subject))
+            self.error("Subscription Violation - Subject %s, SID %s", go_quote(subject),
+                       sid.decode("utf-8", "replace"))
+        else:
+            self.send_err("Permissions Violation for Subscription to %s using queue %s"
+                          % (go_quote(subject), go_quote(queue)))
+            self.error("Subscription Violation - Subject %s, Queue: %s, SID %s",
+                       go_quote(subject), go_quote(queue), sid.decode("utf-8", "replace"))
 
     def deliver_msg(self, result: SublistResult, msg: "Message") -> bool:
         """Deliver to every plain sub and one member per queue group
@@ -2336,6 +2576,8 @@ class Client(Connection):
         """Queue one MSG/HMSG for `sub` (Go's deliverMsg)."""
         c = sub.client
         if c.closed or (c is self and not self.echo):
+            return False
+        if c.perms is not None and not c.perms.can_receive(msg.subject):
             return False
         sub.delivered += 1
         if sub.max:
@@ -3849,7 +4091,7 @@ def main(argv: list | None = None) -> int:
         print("nats-server: %s" % exc, file=sys.stderr)
         return 1
     opts.merge(options_from_flags(args)).fill_defaults()
-    for secret in (opts.password, opts.authorization):
+    for secret in [opts.password, opts.authorization] + [u.password for u in opts.users or ()]:
         if secret.startswith(("$2a$", "$2b$", "$2y$")):
             print("gnatsd.py: bcrypt password hashes are not supported yet", file=sys.stderr)
             return 1
