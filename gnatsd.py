@@ -2673,12 +2673,50 @@ def _valid_queue(queue: bytes) -> bool:
 
 
 def _secret_equal(given, expected: str) -> bool:
-    """Constant-time comparison of a client's secret with the configured one."""
+    """Constant-time comparison of a client's secret with the configured one;
+    a bcrypt hash (`$2a$...`) is verified, never compared as text."""
     if not isinstance(given, str):
         return False
-    if expected.startswith(("$2a$", "$2b$", "$2y$")):
-        return False  # bcrypt hashes are refused at startup until supported
+    if is_bcrypt_hash(expected):
+        return bcrypt_verify(given, expected)
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+# Prefixes of the bcrypt hashes Go's auth accepts as passwords and tokens.
+BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+
+# A known bcrypt hash of "gnatsd" (cost 4), to prove a verifier works.
+_BCRYPT_PROBE = "$2b$04$sgWqz21xdeDfy.ookgjCyuiNRy.tAMkUwpuNHDkOJcTS4BU7ckiZe"
+
+
+def is_bcrypt_hash(secret: str) -> bool:
+    return secret.startswith(BCRYPT_PREFIXES)
+
+
+def bcrypt_verify(password: str, hashed: str) -> bool:
+    """Check `password` against a bcrypt hash: with the C library's crypt(3)
+    through the standard `crypt` module where it exists (CPython <= 3.12 on
+    glibc/libxcrypt), else with the optional `bcrypt` package."""
+    try:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+        result = crypt.crypt(password, hashed)
+        if result:
+            return hmac.compare_digest(result.encode(), hashed.encode())
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        import bcrypt  # optional
+        return bcrypt.checkpw(password.encode(), hashed.encode())
+    except (ImportError, ValueError):
+        return False
+
+
+def bcrypt_available() -> bool:
+    """Can this Python verify bcrypt hashes at all?"""
+    return bcrypt_verify("gnatsd", _BCRYPT_PROBE) and not bcrypt_verify("x", _BCRYPT_PROBE)
 
 
 # ============================================================================
@@ -4091,10 +4129,12 @@ def main(argv: list | None = None) -> int:
         print("nats-server: %s" % exc, file=sys.stderr)
         return 1
     opts.merge(options_from_flags(args)).fill_defaults()
-    for secret in [opts.password, opts.authorization] + [u.password for u in opts.users or ()]:
-        if secret.startswith(("$2a$", "$2b$", "$2y$")):
-            print("gnatsd.py: bcrypt password hashes are not supported yet", file=sys.stderr)
-            return 1
+    secrets = [opts.password, opts.authorization] + [u.password for u in opts.users or ()]
+    if any(is_bcrypt_hash(s) for s in secrets) and not bcrypt_available():
+        print("gnatsd.py: a bcrypt password hash is configured, but this Python cannot verify"
+              " bcrypt (no crypt module with bcrypt support); install the optional 'bcrypt'"
+              " package", file=sys.stderr)
+        return 1
     if args.check_config:
         # Go checks the file only (validateOptions runs at startup), on stderr.
         print("nats-server: configuration file %s is valid" % (opts.config_file or "<none>"),
