@@ -623,10 +623,6 @@ UNSUPPORTED_KEYS = {
     "https_port": "HTTPS monitoring needs TLS, which is not implemented yet; the port is ignored",
     "tls": "TLS is not implemented yet; the tls block is ignored",
     "accounts": "accounts are not implemented yet; the accounts block is ignored",
-    "syslog": "syslog output is not implemented yet; logging to stderr",
-    "remote_syslog": "remote syslog is not implemented yet; logging to stderr",
-    "logfile_size_limit": "log file rotation is not implemented yet",
-    "log_size_limit": "log file rotation is not implemented yet",
     "system_account": "the system account is not implemented yet",
     "lame_duck_duration": "lame duck mode is not implemented yet",
     "lame_duck_grace_period": "lame duck mode is not implemented yet",
@@ -655,6 +651,9 @@ class Options:
         ("logtime", True),
         ("logtime_utc", False),
         ("log_file", ""),
+        ("log_size_limit", 0),
+        ("syslog", False),
+        ("remote_syslog", ""),
         ("max_traced_msg_len", 0),
         ("pid_file", ""),
         ("ports_file_dir", ""),
@@ -983,6 +982,10 @@ CONFIG_KEYS = {
     "logtime_utc": ("logtime_utc", _to_bool),
     "logfile": ("log_file", _to_str),
     "log_file": ("log_file", _to_str),
+    "logfile_size_limit": ("log_size_limit", _to_int),
+    "log_size_limit": ("log_size_limit", _to_int),
+    "syslog": ("syslog", _to_bool),
+    "remote_syslog": ("remote_syslog", _to_str),
     "max_traced_msg_len": ("max_traced_msg_len", _to_int),
     "pidfile": ("pid_file", _to_str),
     "pid_file": ("pid_file", _to_str),
@@ -2202,6 +2205,9 @@ class Client(Connection):
         if line[-1:] == b"\r":
             line = line[:-1]
         op, arg, has_sep = split_op(line)
+        if (self.awaiting_auth and line[:1] not in (b"C", b"c")
+                and self.server.options.no_auth_user):
+            self.authorize({})  # no CONNECT at all (telnet): the no_auth_user
         if self.awaiting_auth and line[:1] not in (b"C", b"c"):
             # Go only checks the first byte here; `CONNX` is then a parse error.
             self.auth_violation()
@@ -2385,7 +2391,16 @@ class Client(Connection):
         perms = None
         if opts.users:
             ok = False
+            if (opts.no_auth_user and not fields.get("user") and not fields.get("pass")
+                    and not fields.get("auth_token")):
+                # No credentials at all: this client is the no_auth_user.
+                for user in opts.users:
+                    if user.username == opts.no_auth_user:
+                        fields = dict(fields, user=user.username)
+                        ok, perms = True, user.permissions
             for user in opts.users:
+                if ok:
+                    break
                 if fields.get("user") == user.username:
                     ok = _secret_equal(fields.get("pass"), user.password)
                     perms = user.permissions
@@ -3804,7 +3819,8 @@ def _make_monitor_handler():
 # `-T=false` drops the time; `-D` adds [DBG] lines (connections opening and
 # closing), `-V` adds [TRC] lines (every protocol op in and out), `-l FILE`
 # appends to a file instead of stderr.  SIGUSR1 reopens that file, for
-# logrotate.
+# logrotate; `--log_size_limit` rotates it by itself.  `-s` sends the log to
+# the local syslog and `-r URL` to a remote one instead.
 
 # Level labels as the Go server prints them.
 _LABELS = {TRACE: "TRC", logging.DEBUG: "DBG", logging.INFO: "INF",
@@ -3840,15 +3856,21 @@ class _TraceWithoutDebug(logging.Filter):
 
 
 def configure_logging(opts: Options):
-    """Give the module logger one handler as the options ask."""
+    """Give the module logger one handler as the options ask: remote
+    syslog, local syslog, a file, or stderr (Go's ConfigureLogger order)."""
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
-    if opts.log_file:
-        handler = logging.FileHandler(opts.log_file, mode="a", encoding="utf-8")
+    if opts.remote_syslog:
+        handler = SysLogHandler(*_syslog_address(opts.remote_syslog))
+    elif opts.syslog:
+        handler = SysLogHandler(None, None, facility=_LOG_DAEMON)
+    elif opts.log_file:
+        handler = _SizeLimitedFileHandler(opts.log_file, opts.log_size_limit)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(GoFormatter(opts.logtime, opts.logtime_utc))
+    if not isinstance(handler, SysLogHandler):
+        handler.setFormatter(GoFormatter(opts.logtime, opts.logtime_utc))
     if opts.trace and not opts.debug:
         handler.addFilter(_TraceWithoutDebug())
     log.addHandler(handler)
@@ -3858,9 +3880,189 @@ def configure_logging(opts: Options):
 
 def reopen_log_file(opts: Options):
     """SIGUSR1: reopen the log file (after logrotate moved it)."""
-    if opts.log_file:
+    if opts.log_file and not (opts.syslog or opts.remote_syslog):
         configure_logging(opts)
         log.info("File log re-opened")
+
+
+# -- log file size limit --
+
+class _SizeLimitedFileHandler(logging.FileHandler):
+    """A log file that, once past `limit` bytes, is renamed to
+    `NAME.YYYY.MM.DD.HH.MM.SS.NANOS` and started afresh (Go's fileLogger
+    rotation; the new file opens with a "Rotated log" line)."""
+
+    def __init__(self, path: str, limit: int = 0):
+        super().__init__(path, mode="a", encoding="utf-8")
+        self.path = path
+        self.limit = limit
+
+    def emit(self, record: logging.LogRecord):
+        super().emit(record)
+        if self.limit > 0 and self.stream and os.fstat(self.stream.fileno()).st_size > self.limit:
+            self.rotate(record)
+
+    def rotate(self, record: logging.LogRecord):
+        try:
+            backup = self.baseFilename + "." + _rotation_stamp()
+            self.close()
+            os.rename(self.baseFilename, backup)
+            self.stream = self._open()
+        except OSError:
+            self.handleError(record)
+            return
+        shown = self.path + backup[len(self.baseFilename):]
+        note = logging.LogRecord(record.name, logging.INFO, __file__, 0,
+                                 'Rotated log, backup saved as "%s"', (shown,), None)
+        super().emit(note)
+
+
+def _rotation_stamp() -> str:
+    """Go's time format "2006.01.02.15.04.05.999999999" (zeros trimmed)."""
+    now = time.time_ns()
+    stamp = time.strftime("%Y.%m.%d.%H.%M.%S", time.localtime(now // 1_000_000_000))
+    nanos = ("%09d" % (now % 1_000_000_000)).rstrip("0")
+    return stamp + ("." + nanos if nanos else "")
+
+
+# -- syslog --
+#
+# Go's SysLogger writes each line through log/syslog, without the [INF]
+# label: the level is the syslog severity.  Local syslog (`-s`) uses
+# /dev/log with facility daemon; remote syslog (`-r`) uses facility 0.
+# Info and trace go out as notice.  Lines carry the tag (the executable's
+# name) and pid; network lines also carry an RFC 3339 time and hostname,
+# unix-socket lines Go's time.Stamp.  A syslog failure drops the line but
+# never takes the server down.
+
+# Syslog facility daemon (RFC 3164), shifted into place.
+_LOG_DAEMON = 3 << 3
+# Syslog severity of each level, as Go's SysLogger chooses them.
+_SYSLOG_SEVERITY = {TRACE: 5, logging.DEBUG: 7, logging.INFO: 5, logging.WARNING: 4,
+                    logging.ERROR: 3, logging.CRITICAL: 2}
+# Where local syslog listens (Go's unixSyslog tries these in order).
+_LOCAL_SYSLOG_PATHS = ("/dev/log", "/var/run/syslog", "/var/run/log")
+# Seconds to wait when connecting to, or writing to, a TCP syslog server.
+_SYSLOG_TCP_TIMEOUT = 1.0
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _syslog_address(url: str) -> tuple:
+    """`udp://host:port`, `tcp://host:port`, `unix:///path` -> (network,
+    address) (Go's getNetworkAndAddr)."""
+    network, sep, rest = url.partition("://")
+    if not sep or network not in ("udp", "tcp", "unix"):
+        raise ValueError("invalid network type: %r" % (network if sep else ""))
+    if network == "unix":
+        return network, "/" + rest.split("/", 1)[1] if "/" in rest else rest
+    host, _, port = rest.split("/", 1)[0].rpartition(":")
+    if not port.isdigit():
+        raise ValueError("dial %s %s: missing port in address" % (network, rest))
+    return network, (host.strip("[]") or "localhost", int(port))
+
+
+class SysLogHandler(logging.Handler):
+    """Write log lines to a syslog daemon as Go's log/syslog does.
+
+    network None is local syslog: the first of `_LOCAL_SYSLOG_PATHS` that
+    accepts a datagram or stream connection.  Connecting happens at once,
+    so a bad address fails at startup as in Go ("error connecting to syslog").
+    """
+
+    def __init__(self, network, address, facility: int = 0, tag: str = ""):
+        super().__init__()
+        self.network, self.address, self.facility = network, address, facility
+        self.tag = tag or os.path.basename(sys.argv[0]) or "gnatsd.py"
+        self.hostname = socket.gethostname()
+        self.sock = None
+        self.local = network in (None, "unix")
+        self.connect()
+
+    def connect(self):
+        """Open the socket; raises OSError with Go's wording."""
+        if self.network is None:
+            self.sock = _connect_local_syslog(self.address)
+        elif self.network == "udp":
+            self.sock = socket.socket(_family(self.address[0]), socket.SOCK_DGRAM)
+            self.sock.connect(self.address)
+        elif self.network == "tcp":
+            self.sock = socket.create_connection(self.address, timeout=_SYSLOG_TCP_TIMEOUT)
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(_SYSLOG_TCP_TIMEOUT)
+            try:
+                self.sock.connect(self.address)
+            except OSError as exc:
+                self.sock.close()
+                raise OSError("dial unix %s: connect: %s"
+                              % (self.address, (exc.strerror or str(exc)).lower())) from None
+
+    def line(self, record: logging.LogRecord) -> bytes:
+        """`<PRI>TIME HOST TAG[PID]: MSG\\n` (local: no host, time.Stamp)."""
+        priority = self.facility | _SYSLOG_SEVERITY.get(record.levelno, 5)
+        text = record.getMessage()
+        if self.local:
+            t = time.localtime(record.created)
+            stamp = "%s %2d %s" % (_MONTHS[t.tm_mon - 1], t.tm_mday,
+                                   time.strftime("%H:%M:%S", t))
+            head = "<%d>%s %s[%d]: " % (priority, stamp, self.tag, os.getpid())
+        else:
+            head = "<%d>%s %s %s[%d]: " % (priority, _rfc3339(record.created), self.hostname,
+                                           self.tag, os.getpid())
+        return (head + text + ("" if text.endswith("\n") else "\n")).encode("utf-8", "replace")
+
+    def emit(self, record: logging.LogRecord):
+        data = self.line(record)
+        for _attempt in range(2):  # Go's writeAndRetry: reconnect once
+            try:
+                if self.sock is None:
+                    self.connect()
+                self.sock.sendall(data)
+                return
+            except OSError:
+                self.close_socket()
+
+    def close_socket(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+
+    def close(self):
+        self.close_socket()
+        super().close()
+
+
+def _connect_local_syslog(path=None) -> socket.socket:
+    """The local syslog socket: datagram first, then stream (Go's unixSyslog)."""
+    for address in ((path,) if path else _LOCAL_SYSLOG_PATHS):
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            sock = socket.socket(socket.AF_UNIX, kind)
+            try:
+                sock.settimeout(_SYSLOG_TCP_TIMEOUT)
+                sock.connect(address)
+                return sock
+            except OSError:
+                sock.close()
+    raise OSError("Unix syslog delivery error")
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _rfc3339(created: float) -> str:
+    """Go's time.RFC3339: 2026-11-27T15:29:14Z or ...+01:00."""
+    t = time.localtime(created)
+    offset = t.tm_gmtoff or 0
+    if offset == 0:
+        zone = "Z"
+    else:
+        sign = "+" if offset > 0 else "-"
+        zone = "%s%02d:%02d" % (sign, abs(offset) // 3600, abs(offset) % 3600 // 60)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + zone
 
 
 # ============================================================================
@@ -3880,10 +4082,6 @@ _BOOL, _INT, _STR = "bool", "int", "str"
 # Flags whose feature is not in this build, and why.
 _NOT_YET = {
     "https_port": "HTTPS monitoring needs TLS, which is not implemented yet",
-    "signal": "sending signals is not implemented yet; use kill(1)",
-    "syslog": "syslog output is not implemented yet",
-    "remote_syslog": "remote syslog is not implemented yet",
-    "log_size_limit": "log file rotation is not implemented yet",
     "jetstream": "JetStream is not supported by gnatsd.py",
     "store_dir": "JetStream is not supported by gnatsd.py",
     "tls": "TLS is not implemented yet",
@@ -4083,6 +4281,7 @@ def options_from_flags(args: argparse.Namespace) -> Options:
     for name in ("host", "port", "server_name", "pid_file", "client_advertise", "ports_file_dir",
                  "http_port",
                  "log_file", "logtime", "logtime_utc", "debug", "trace", "max_traced_msg_len",
+                 "log_size_limit", "syslog", "remote_syslog",
                  "username", "password", "authorization"):
         value = getattr(args, name)
         if value is not None:
@@ -4116,6 +4315,8 @@ def main(argv: list | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("gnatsd.py: unexpected argument %r" % args.command, file=sys.stderr)
         return 2
+    if args.signal is not None:
+        return send_signal(args.signal)
     for dest, reason in _NOT_YET.items():
         if getattr(args, dest, None) not in (None, False):
             print("gnatsd.py: %s: %s" % (_flag_spellings(dest), reason), file=sys.stderr)
@@ -4129,6 +4330,10 @@ def main(argv: list | None = None) -> int:
         print("nats-server: %s" % exc, file=sys.stderr)
         return 1
     opts.merge(options_from_flags(args)).fill_defaults()
+    if opts.no_auth_user and not any(u.username == opts.no_auth_user for u in opts.users or ()):
+        print('nats-server: no_auth_user: "%s" not present as user or nkey in authorization block'
+              ' or account configuration' % opts.no_auth_user, file=sys.stderr)
+        return 1
     secrets = [opts.password, opts.authorization] + [u.password for u in opts.users or ()]
     if any(is_bcrypt_hash(s) for s in secrets) and not bcrypt_available():
         print("gnatsd.py: a bcrypt password hash is configured, but this Python cannot verify"
@@ -4147,8 +4352,11 @@ def main(argv: list | None = None) -> int:
         return 1
     try:
         configure_logging(opts)
-    except OSError as exc:
-        print("nats-server: error opening file: %s" % _open_error(exc), file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        if opts.syslog or opts.remote_syslog:
+            print('nats-server: error connecting to syslog: "%s"' % exc, file=sys.stderr)
+        else:
+            print("nats-server: error opening file: %s" % _open_error(exc), file=sys.stderr)
         return 1
     if not (opts.port == RANDOM_PORT or 0 <= opts.port <= 65535):
         # The socket layer would quietly wrap it around (99999 -> 34463).
@@ -4166,6 +4374,43 @@ def main(argv: list | None = None) -> int:
             log.critical("Error listening on port: %s, %r", _host_port(opts.host, opts.port),
                          str(exc))
         return 1
+
+
+# `--signal` commands and the signal each sends (Go's CommandToSignal).
+SIGNAL_COMMANDS = {"stop": signal.SIGKILL, "quit": signal.SIGINT, "term": signal.SIGTERM,
+                   "reopen": signal.SIGUSR1, "reload": signal.SIGHUP, "ldm": signal.SIGUSR2}
+
+
+def send_signal(spec: str) -> int:
+    """`--signal CMD=PID` or `CMD=PIDFILE`: signal a running server and exit
+    (Go's ProcessSignal).  Go finds the server with pgrep when no pid is
+    given; gnatsd.py runs as "python", so it asks for the pid instead."""
+    command, _, target = spec.partition("=")
+    if command not in SIGNAL_COMMANDS:
+        print('nats-server: unknown signal "%s"' % command, file=sys.stderr)
+        return 1
+    if not target:
+        print("nats-server: no pid given for signal \"%s\": gnatsd.py does not search for "
+              "running servers; use --signal %s=<pid> or %s=<pidfile>"
+              % (command, command, command), file=sys.stderr)
+        return 1
+    pid_text = target
+    if not target.isdigit():
+        try:
+            with open(target, encoding="ascii", errors="replace") as f:
+                pid_text = f.read().strip()
+        except OSError:
+            pass
+    if not pid_text.isdigit() or int(pid_text) <= 0:
+        print("nats-server: invalid pid: %s" % target, file=sys.stderr)
+        return 1
+    try:
+        os.kill(int(pid_text), SIGNAL_COMMANDS[command])
+    except OSError as exc:
+        print('nats-server: signal "%s" %s: %s' % (command, pid_text,
+              (exc.strerror or str(exc)).lower()), file=sys.stderr)
+        return 1
+    return 0
 
 
 def _open_error(exc: OSError) -> str:
