@@ -624,8 +624,6 @@ UNSUPPORTED_KEYS = {
     "tls": "TLS is not implemented yet; the tls block is ignored",
     "accounts": "accounts are not implemented yet; the accounts block is ignored",
     "system_account": "the system account is not implemented yet",
-    "lame_duck_duration": "lame duck mode is not implemented yet",
-    "lame_duck_grace_period": "lame duck mode is not implemented yet",
     "prof_port": "profiling is not supported by gnatsd.py",
     "operator": "operator (JWT) mode is not supported by gnatsd.py",
     "resolver": "account resolvers are not supported by gnatsd.py",
@@ -665,6 +663,8 @@ class Options:
         ("ping_interval", DEFAULT_PING_INTERVAL),
         ("ping_max", DEFAULT_PING_MAX_OUT),
         ("write_deadline", DEFAULT_WRITE_DEADLINE),
+        ("lame_duck_duration", DEFAULT_LAME_DUCK_DURATION),
+        ("lame_duck_grace_period", DEFAULT_LAME_DUCK_GRACE_PERIOD),
         ("username", ""),
         ("password", ""),
         ("authorization", ""),
@@ -1012,6 +1012,8 @@ CONFIG_BLOCKS = {
     "authorization": _authorization,
     "ping_interval": _duration("ping_interval"),
     "write_deadline": _duration("write_deadline"),
+    "lame_duck_duration": _duration("lame_duck_duration"),
+    "lame_duck_grace_period": _duration("lame_duck_grace_period"),
 }
 
 
@@ -1033,6 +1035,10 @@ def options_from_config(path: str) -> Options:
             continue  # a variable definition, used by another key
         else:
             raise cm.error(key, 'unknown field "%s"' % key)
+    if opts.lame_duck_duration is not None and opts.lame_duck_duration < 30:
+        raise ConfigError("invalid lame_duck_duration of %s, minimum is 30 seconds"
+                          % format_duration(opts.lame_duck_duration), path,
+                          cm.position("lame_duck_duration")[0], 0)
     return opts
 
 
@@ -2844,6 +2850,8 @@ class Server:
         self.ports_file = ""
         self.reopen_log = False      # set by SIGUSR1, acted on by the loop
         self.monitor = None
+        self.lame_duck = False
+        self.lame_duck_requested = False     # set by SIGUSR2, acted on by the loop
         self.loop_calls = collections.deque()   # (fn, result box, event) from other threads
         self.closed_clients = collections.deque(maxlen=MAX_CLOSED_CLIENTS)
         self.thread = None
@@ -2962,6 +2970,9 @@ class Server:
                     reopen_log_file(self.options)
                 if self.loop_calls:
                     self.run_loop_calls()
+                if self.lame_duck_requested:
+                    self.lame_duck_requested = False
+                    self.enter_lame_duck_mode()
         finally:
             self.close_all()
 
@@ -3195,7 +3206,7 @@ class Server:
         log.info("Initiating Shutdown...")
         if self.monitor is not None:
             self.monitor.stop()
-        if self.listener is not None:
+        if self.listener is not None and not self.listener.closed:
             self.unregister(self.listener)
             self.listener.sock.close()
             self.listener.closed = True
@@ -3227,12 +3238,55 @@ class Server:
             log.warning('Trapped "%s" signal: not supported yet, ignored',
                         _SIGNAL_NAMES.get(signum, signum))
 
+        def lame_duck(_signum, _frame):
+            self.lame_duck_requested = True
+            self.waker.wake()
+
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, reopen)
             signal.signal(signal.SIGHUP, not_yet)
-            signal.signal(signal.SIGUSR2, not_yet)
+            signal.signal(signal.SIGUSR2, lame_duck)
+
+    # -- lame duck mode ----------------------------------------------------------
+
+    def enter_lame_duck_mode(self):
+        """SIGUSR2 (Go's lameDuckMode): stop accepting, tell protocol-1
+        clients with an INFO carrying `ldm`, wait the grace period, then close
+        the clients spread over the rest of lame_duck_duration, and exit."""
+        if self.lame_duck or self.listener is None:
+            return
+        self.lame_duck = True
+        log.info("Entering lame duck mode, stop accepting new clients")
+        self.unregister(self.listener)
+        self.listener.sock.close()
+        self.listener.closed = True
+        info = dict(self.info_template, ldm=True)
+        proto = b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
+        for client in list(self.clients.values()):
+            if client.protocol >= PROTO:
+                client.queue_outbound(proto)
+        opts = self.options
+        self.add_timer(opts.lame_duck_grace_period, self.lame_duck_close_clients)
+
+    def lame_duck_close_clients(self):
+        log.info("Closing existing clients")
+        clients = list(self.clients.values())
+        spread = max(self.options.lame_duck_duration - self.options.lame_duck_grace_period, 1.0)
+        interval = min(spread / len(clients), 1.0) if clients else 0.0
+
+        def close_next():
+            while clients:
+                client = clients.pop(0)
+                if not client.closed:
+                    client.close(SERVER_SHUTDOWN)
+                    break
+            if clients:
+                self.add_timer(random.uniform(interval / 2, interval), close_next)
+            else:
+                self.running = False  # then the loop closes everything and exits
+        close_next()
 
 
 # Go's names for the signals it traps.
@@ -3952,7 +4006,7 @@ def _syslog_address(url: str) -> tuple:
     address) (Go's getNetworkAndAddr)."""
     network, sep, rest = url.partition("://")
     if not sep or network not in ("udp", "tcp", "unix"):
-        raise ValueError("invalid network type: %r" % (network if sep else ""))
+        raise ValueError('invalid network type: "%s"' % (network if sep else ""))
     if network == "unix":
         return network, "/" + rest.split("/", 1)[1] if "/" in rest else rest
     host, _, port = rest.split("/", 1)[0].rpartition(":")

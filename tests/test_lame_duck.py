@@ -1,0 +1,109 @@
+"""Lame duck mode (SIGUSR2), as nats-server 2.x does it.
+
+The server stops accepting, sends protocol-1 clients an INFO with
+"ldm":true so they can move elsewhere, waits lame_duck_grace_period, closes
+the clients spread over the rest of lame_duck_duration, and exits.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import time
+
+import nats
+import pytest
+
+from conftest import RawConn, start_gnatsd, start_go, write_conf
+
+# Go's shortest lame_duck_duration is 30 s; clients are closed at most 1 s apart.
+CONF = 'lame_duck_duration: "30s"\nlame_duck_grace_period: "500ms"\n'
+
+
+def start(kind, *args):
+    if kind == "gnatsd":
+        return start_gnatsd(*args)
+    return start_go(*args, version=kind[2:])
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_sigusr2_informs_clients_closes_them_and_exits(kind, tmp_path):
+    srv = start(kind, "-c", write_conf(tmp_path, CONF))
+    try:
+        clients = []
+        for proto in (1, 1, 0):
+            c = RawConn(srv.host, srv.port)
+            c.read_info()
+            c.send(b'CONNECT {"verbose":false,"protocol":%d}\r\nPING\r\n' % proto)
+            c.expect(rb"(INFO [^\r]*\r\n)?PONG\r\n")
+            clients.append(c)
+        t0 = time.monotonic()
+        srv.signal(signal.SIGUSR2)
+        srv.wait_for_log(r"\[INF\] Entering lame duck mode, stop accepting new clients")
+        for c in clients[:2]:   # protocol 1: an INFO with ldm
+            # (Go 2.12+ first sends its connect_info INFO; skip INFOs without ldm.)
+            for _ in range(3):
+                m = c.expect(rb"(?:PING\r\n)?INFO (\{.*?\}) \r\n", timeout=5)
+                if "ldm" in json.loads(m.group(1)):
+                    break
+            assert json.loads(m.group(1))["ldm"] is True
+        with pytest.raises(OSError):   # no longer accepting
+            socket.create_connection((srv.host, srv.port), timeout=2).recv(1)
+        for c in clients:
+            c.read_until_closed(timeout=10)
+        assert srv.proc.wait(10) == 0
+        took = time.monotonic() - t0
+        assert 0.4 < took < 6, took
+        assert "Closing existing clients" in srv.log_text()
+    finally:
+        srv.kill()
+        for c in clients:
+            c.close()
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_lame_duck_duration_below_30s_is_a_config_error(kind, tmp_path):
+    import subprocess
+    import sys
+    from conftest import GNATSD, go_server_path
+    conf = write_conf(tmp_path, 'lame_duck_duration: "2s"\n')
+    argv = [sys.executable, GNATSD] if kind == "gnatsd" else [go_server_path("2.15")]
+    r = subprocess.run(argv + ["-c", conf], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "invalid lame_duck_duration of 2s, minimum is 30 seconds" in r.stderr
+
+
+def test_nats_py_client_moves_to_the_other_server(tmp_path):
+    a = start_gnatsd("-c", write_conf(tmp_path, CONF))
+    b = start_gnatsd()
+
+    async def run():
+        reconnected = asyncio.Event()
+
+        async def on_reconnect():
+            reconnected.set()
+
+        nc = await nats.connect(servers=[a.url, b.url], dont_randomize=True,
+                                reconnect_time_wait=0.1, reconnected_cb=on_reconnect,
+                                max_reconnect_attempts=20)
+        try:
+            sub = await nc.subscribe("moved")
+            await nc.flush()
+            assert nc.connected_url.port == a.port
+            a.signal(signal.SIGUSR2)
+            await asyncio.wait_for(reconnected.wait(), 10)
+            assert nc.connected_url.port == b.port
+            await nc.publish("moved", b"ok")
+            msg = await asyncio.wait_for(sub.next_msg(), 5)
+            assert msg.data == b"ok"
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(run())
+        assert a.proc.wait(10) == 0
+    finally:
+        a.kill()
+        b.stop()
