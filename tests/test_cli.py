@@ -270,8 +270,6 @@ def test_help_lists_every_072_flag():
 # Flags whose feature has not landed: argv, and a word the message must hold.
 NOT_LANDED = [
     (["-ms", "8443"], "-ms", "monitor"),
-    (["-s"], "-s", "syslog"),
-    (["-r", "udp://localhost:514"], "-r", "syslog"),
     (["--tls"], "--tls", "TLS"),
     (["--tlscert", "cert.pem"], "--tlscert", "TLS"),
     (["--tlskey", "key.pem"], "--tlskey", "TLS"),
@@ -280,8 +278,6 @@ NOT_LANDED = [
     (["--routes", "nats-route://h:6222"], "--routes", "routes"),
     (["--cluster_listen", "nats-route://0.0.0.0:6222"], "--cluster_listen", "routes"),
     (["--cluster", "nats://0.0.0.0:6222"], "--cluster", "routes"),
-    (["--signal", "stop"], "--signal", "signal"),
-    (["-sl", "reload"], "-sl", "signal"),
     (["--help_tls"], "--help_tls", "TLS"),
     (["-js"], "-js", "JetStream is not supported"),
     (["--jetstream"], "--jetstream", "JetStream is not supported"),
