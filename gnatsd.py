@@ -840,7 +840,8 @@ class Permissions:
     """
 
     def __init__(self, publish_allow=None, publish_deny=None, subscribe_allow=None,
-                 subscribe_deny=None):
+                 subscribe_deny=None, responses=None):
+        self.responses = responses   # (max responses, seconds) or None
         self.publish_allow = publish_allow
         self.publish_deny = publish_deny
         self.subscribe_allow = subscribe_allow
@@ -890,6 +891,27 @@ def _permission_lists(cm: ConfigMap, key: str, value) -> tuple:
     return _subject_list(cm, key, value), None
 
 
+def _response_permission(cm: ConfigMap, key: str, value) -> tuple:
+    """`allow_responses: true` or `{max: N, expires: "1m"}` -> (max, seconds)
+    (Go's defaults: one response, within two minutes)."""
+    if value is True:
+        return (1, 120.0)
+    if value is False:
+        return None
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "error parsing allow_responses, expected a bool or a map")
+    maximum, expires = 1, 120.0
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name == "max":
+            maximum = _to_int(value, sub_key, sub_value)
+        elif name in ("expires", "ttl"):
+            expires = _to_seconds(value, sub_key, sub_value)
+        else:
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    return (maximum, expires)
+
+
 def _permissions(cm: ConfigMap, key: str, value) -> Permissions:
     """`permissions { publish subscribe }` (Go's parseUserPermissions)."""
     if not isinstance(value, ConfigMap):
@@ -903,8 +925,7 @@ def _permissions(cm: ConfigMap, key: str, value) -> Permissions:
             perms.subscribe_allow, perms.subscribe_deny = _permission_lists(
                 value, sub_key, sub_value)
         elif name in ("allow_responses", "allow_response"):
-            cm_line = value.position(sub_key)[0]
-            raise ConfigError("allow_responses is not implemented yet", value.path, cm_line)
+            perms.responses = _response_permission(value, sub_key, sub_value)
         else:
             raise value.error(sub_key, 'unknown field "%s"' % sub_key)
     return perms
@@ -1837,6 +1858,12 @@ def format_duration(seconds: float) -> str:
 # processUnsub, deliverMsg, processMsgResults) and server/auth.go.
 
 
+def _needs_slow_path(sub: Subscription) -> bool:
+    """Auto-unsubscribe and response permissions are handled per delivery."""
+    perms = sub.client.perms
+    return bool(sub.max) or (perms is not None and perms.responses is not None)
+
+
 def _may_receive(sub: Subscription, subject: bytes) -> bool:
     perms = sub.client.perms
     return perms is None or perms.can_receive(subject)
@@ -1850,18 +1877,42 @@ class ClientPermissions:
     subscription in the trie.  Deny always beats allow.
     """
 
-    __slots__ = ("pub_allow", "pub_deny", "sub_allow", "sub_deny")
+    __slots__ = ("pub_allow", "pub_deny", "sub_allow", "sub_deny", "responses", "replies")
 
     def __init__(self, perms: Permissions):
-        self.pub_allow = _permission_sublist(perms.publish_allow)
+        self.responses = perms.responses
+        self.replies = {}            # reply subject -> [responses left, expiry]
+        publish_allow = perms.publish_allow
+        if self.responses and publish_allow is None:
+            publish_allow = []       # Go: allow_responses alone permits only responses
+        self.pub_allow = _permission_sublist(publish_allow)
         self.pub_deny = _permission_sublist(perms.publish_deny)
         self.sub_allow = _permission_sublist(perms.subscribe_allow)
         self.sub_deny = _permission_sublist(perms.subscribe_deny)
 
     def can_publish(self, subject: bytes) -> bool:
+        if self.replies and self.use_response(subject):
+            return True
         if self.pub_allow is not None and not self.pub_allow.match(subject).psubs:
             return False
         return self.pub_deny is None or not self.pub_deny.match(subject).psubs
+
+    def note_request(self, reply: bytes):
+        """A delivered message carried `reply`: allow responses to it."""
+        maximum, expires = self.responses
+        self.replies[reply] = [maximum, time.monotonic() + expires if expires > 0 else 0.0]
+
+    def use_response(self, subject: bytes) -> bool:
+        grant = self.replies.get(subject)
+        if grant is None:
+            return False
+        if grant[1] and time.monotonic() > grant[1]:
+            del self.replies[subject]
+            return False
+        grant[0] -= 1
+        if grant[0] <= 0:
+            del self.replies[subject]
+        return True
 
     def can_subscribe(self, subject: bytes, queue: bytes | None) -> bool:
         """Go's canSubscribe: a queue entry decides for a queue subscription."""
@@ -1940,8 +1991,8 @@ class DeliveryPlan:
                        for group in result.qsubs]
         self.clients = {s.client for s in result.psubs}
         self.members = self.clients | {s.client for g in result.qsubs for s in g}
-        self.fast = not any(s.max for s in result.psubs) and not any(
-            s.max for g in result.qsubs for s in g)
+        self.fast = not any(_needs_slow_path(s) for s in result.psubs) and not any(
+            _needs_slow_path(s) for g in result.qsubs for s in g)
         self.empty = not result.psubs and not result.qsubs
         # Runs may be delivered subscriber by subscriber only when that keeps
         # each connection's message order: one subscription per connection.
@@ -2552,7 +2603,8 @@ class Client(Connection):
         msg = Message(subject, reply, hdr if hdr > 0 else -1, size, payload, size_field)
         self.deliver_msg(self.server.sublist.match(subject), msg)
         if (valid and hdr < 0 and data[nl - 1] == 13 and line.endswith(size_token)
-                and type(self.pub_cache) is dict):
+                and type(self.pub_cache) is dict
+                and (self.perms is None or self.perms.responses is None)):
             cache = self.pub_cache
             if len(cache) >= PUB_CACHE_MAX:
                 cache.clear()
@@ -2598,8 +2650,11 @@ class Client(Connection):
         c = sub.client
         if c.closed or (c is self and not self.echo):
             return False
-        if c.perms is not None and not c.perms.can_receive(msg.subject):
-            return False
+        if c.perms is not None:
+            if not c.perms.can_receive(msg.subject):
+                return False
+            if c.perms.responses is not None and msg.reply is not None:
+                c.perms.note_request(msg.reply)
         sub.delivered += 1
         if sub.max:
             if sub.delivered > sub.max:
