@@ -82,6 +82,7 @@ class ServerProcess:
         self.cwd = cwd
         self.env = env
         self.log = bytearray()
+        self.eof = False             # the pump has read the output to its end
         self.lock = threading.Condition()
         self.proc = None
         self.host = None
@@ -109,7 +110,7 @@ class ServerProcess:
             chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(1)
             with self.lock:
                 if not chunk:
-                    self.log += b""
+                    self.eof = True
                     self.lock.notify_all()
                     return
                 self.log += chunk
@@ -129,19 +130,20 @@ class ServerProcess:
                 if left <= 0:
                     raise AssertionError("timed out waiting for %r in %s log:\n%s" % (
                         pattern.pattern, self.kind, self.log.decode(errors="replace")[-3000:]))
-                if self.proc.poll() is not None and not m:
-                    # Give the pump a moment to drain, then fail.
-                    self.lock.wait(0.05)
-                    m = pattern.search(self.log, start)
-                    if m:
-                        return m
+                if self.proc.poll() is not None and self.eof:
+                    # The process is gone and its output fully read.
                     raise AssertionError("%s exited with %s before %r appeared:\n%s" % (
                         self.kind, self.proc.returncode, pattern.pattern,
                         self.log.decode(errors="replace")[-3000:]))
                 self.lock.wait(min(left, 0.1))
 
     def log_text(self) -> str:
+        """The log so far; all of it once the process has exited."""
         with self.lock:
+            if self.proc is not None and self.proc.poll() is not None:
+                deadline = time.monotonic() + 5
+                while not self.eof and time.monotonic() < deadline:
+                    self.lock.wait(0.05)
             return self.log.decode(errors="replace")
 
     @property
