@@ -134,9 +134,6 @@ SUBLIST_CACHE_MAX = 1024
 # Distinct PUB control lines a client's parse cache remembers.
 PUB_CACHE_MAX = 256
 
-# Bytes of an offending protocol line quoted in an error log (protoSnippet).
-PROTO_SNIPPET_SIZE = 32
-
 # Wire literals.
 CR_LF = b"\r\n"
 PING = b"PING\r\n"
@@ -1378,27 +1375,16 @@ def is_valid_literal_subject(subject: bytes) -> bool:
 # resumes there (parser.go's split-buffer handling).  Ops are
 # case-insensitive, arguments are split on runs of spaces and tabs.
 #
-# This chapter has the pieces that do not depend on the connection: the op
-# table and the argument parsers.  The read loop that uses them is the
-# client's (chapter 7), because its PUB fast path delivers in place.
-
-# Ops a client may send, by upper-cased first token.  A name absent here is
-# `Unknown Protocol Operation`; PING and PONG match by prefix (see below).
-CLIENT_OPS = (b"PUB", b"HPUB", b"SUB", b"UNSUB", b"CONNECT", b"INFO", b"PING", b"PONG",
-              b"+OK", b"-ERR")
-
-# Whitespace between arguments.
-_ARG_SPLIT = re.compile(rb"[ \t]+")
+# This chapter has the pieces that do not depend on the connection: the
+# control-line splitter and the argument parsers.  The read loop and its op
+# table are the client's (chapter 7), because its PUB fast path delivers in
+# place.
 
 
 def split_op(line: bytes) -> tuple:
     """(OP upper-cased, argument bytes, had a separator) of a control line."""
     m = re.match(rb"([^ \t]*)([ \t]*)(.*)", line, re.S)
     return m.group(1).upper(), m.group(3), bool(m.group(2))
-
-
-def split_args(arg: bytes) -> list:
-    return arg.split()
 
 
 def parse_size(token: bytes) -> int:
@@ -1463,11 +1449,6 @@ def parse_unsub_args(arg: bytes) -> tuple:
     raise ProtocolError("processUnsub Parse Error: %r" % arg)
 
 
-def proto_snippet(data: bytes, start: int = 0) -> str:
-    """A short quoted piece of offending bytes for a log line (protoSnippet)."""
-    return repr(bytes(data[start:start + PROTO_SNIPPET_SIZE]))[1:]
-
-
 def err_proto(text: str) -> bytes:
     """The wire form of a server error: -ERR 'text'."""
     return b"-ERR '" + text.encode() + b"'\r\n"
@@ -1501,7 +1482,7 @@ class Connection:
         "close_reason", "pending_in", "pending_len", "need", "start", "last_activity",
         "pings_out", "write_waiting", "last_write_progress", "trace",
         "in_msgs", "in_bytes", "out_msgs", "out_bytes", "log_prefix",
-        "ping_timer_armed", "stalled", "stall_seq", "stall_waiters", "__weakref__",
+        "stalled", "stall_seq", "stall_waiters", "__weakref__",
     )
 
     kind = "Client"
@@ -1536,7 +1517,6 @@ class Connection:
         self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
         host = "[%s]" % self.host if ":" in self.host else self.host
         self.log_prefix = "%s:%d - cid:%d - " % (host, self.port, cid)
-        self.ping_timer_armed = False
         self.stalled = False         # not read while a connection it fed drains
         self.stall_seq = 0
         self.stall_waiters = None    # publishers stalled on this connection
