@@ -56,6 +56,18 @@ def go_servers() -> dict:
 GO_SERVERS = go_servers()
 
 
+def import_gnatsd():
+    """gnatsd.py as a module, for the in-process tests (loaded once)."""
+    import importlib.util
+    if "gnatsd" in sys.modules:
+        return sys.modules["gnatsd"]
+    spec = importlib.util.spec_from_file_location("gnatsd", GNATSD)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gnatsd"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def go_server_path(prefer: str = "") -> str | None:
     if prefer and prefer in GO_SERVERS:
         return GO_SERVERS[prefer]
@@ -229,6 +241,25 @@ def kind(request):
     if request.param != "gnatsd" and request.param[2:] not in GO_SERVERS:
         pytest.skip("Go nats-server %s is not installed" % request.param[2:])
     return request.param
+
+
+@pytest.fixture
+def start(kind):
+    """start(*args): the `kind` server on 127.0.0.1 and a free port, with
+    these extra args; stopped at teardown."""
+    started = []
+
+    def make(*args, **kw):
+        if kind == "gnatsd":
+            srv = start_gnatsd(*args, **kw)
+        else:
+            srv = start_go(*args, version=kind[2:], **kw)
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
 
 
 @pytest.fixture(params=ORACLES)

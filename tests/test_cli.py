@@ -21,8 +21,8 @@ import subprocess
 
 import pytest
 
-from conftest import (GNATSD, GO_SERVERS, ORACLES, ROOT, SERVER_PYTHON, RawConn, ServerProcess,
-                      go_server_path, start_gnatsd, start_go, t_expect_exact, write_conf)
+from conftest import (GNATSD, GO_SERVERS, ROOT, SERVER_PYTHON, RawConn, go_server_path,
+                      start_gnatsd, start_go, t_expect_exact, write_conf)
 
 DEFAULT_CONF = os.path.join(ROOT, "conf", "default.conf")
 

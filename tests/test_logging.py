@@ -22,8 +22,8 @@ import time
 
 import pytest
 
-from conftest import (GO_SERVERS, LISTEN_RE, ORACLES, READY_RE, RawConn, ServerProcess,
-                      gnatsd_argv, go_server_path, start_gnatsd, start_go, t_expect, write_conf)
+from conftest import (LISTEN_RE, READY_RE, RawConn, ServerProcess, gnatsd_argv, go_server_path,
+                      t_expect, write_conf)
 
 # One log line as Go writes it; the same expression must match gnatsd.py's.
 LINE_RE = re.compile(r"^\[(\d+)\] (\d{4}/\d\d/\d\d \d\d:\d\d:\d\d)\.\d{6} "
@@ -35,28 +35,6 @@ CLIENT_RE = re.compile(r"\[(DBG|TRC)\] ([\d.]+):(\d+) - cid:(\d+) - (.*)$", re.M
 QUIET = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
 
 
-@pytest.fixture
-def start(kind):
-    """start(*args): the `kind` server on 127.0.0.1 and a free port."""
-    started = []
-
-    def make(*args, **kw):
-        if kind == "gnatsd":
-            srv = start_gnatsd(*args, **kw)
-        else:
-            srv = start_go(*args, version=kind[2:], **kw)
-        started.append(srv)
-        return srv
-
-    yield make
-    for srv in started:
-        srv.stop()
-
-
-def gnatsd_lacks(request, kind: str, reason: str):
-    """Mark this run xfail(strict) for gnatsd.py: Go does it, we do not yet."""
-    if kind == "gnatsd":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 def client_lines(srv, level: str = "TRC", local_port: int | None = None) -> list:

@@ -19,32 +19,12 @@ import time
 
 import pytest
 
-from conftest import (GO_SERVERS, ORACLES, RawConn, gnatsd_argv, go_server_path, start_gnatsd,
-                      start_go, t_expect, write_conf)
+from conftest import (RawConn, gnatsd_argv, go_server_path, start_gnatsd, t_expect,
+                      write_conf)
 
 QUIET = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
 
 
-@pytest.fixture
-def start(kind):
-    started = []
-
-    def make(*args, **kw):
-        if kind == "gnatsd":
-            srv = start_gnatsd(*args, **kw)
-        else:
-            srv = start_go(*args, version=kind[2:], **kw)
-        started.append(srv)
-        return srv
-
-    yield make
-    for srv in started:
-        srv.kill()
-
-
-def gnatsd_lacks(request, kind: str, reason: str):
-    if kind == "gnatsd":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 def connected_clients(srv, n: int = 3) -> list:

@@ -11,27 +11,17 @@ off; the cache must stay within `cache_max` entries.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
-import sys
 
 import pytest
+
+from conftest import import_gnatsd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_gnatsd():
-    if "gnatsd" in sys.modules:
-        return sys.modules["gnatsd"]
-    spec = importlib.util.spec_from_file_location("gnatsd", os.path.join(ROOT, "gnatsd.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gnatsd"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gnatsd = _load_gnatsd()
+gnatsd = import_gnatsd()
 Sublist = gnatsd.Sublist
 Subscription = gnatsd.Subscription
 
