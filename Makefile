@@ -11,6 +11,7 @@
 #   make lint          byte-compile gnatsd.py on the oldest supported Python (3.8)
 #   make run           run the server with conf/default.conf
 #   make docker        build the image from Dockerfile
+#   make certs         regenerate the test certificates in tests/certs (openssl)
 #   make clean         caches; `make distclean` also removes .venv
 
 PYTHON ?= python3
@@ -33,7 +34,7 @@ UNIT_TESTS = $(wildcard tests/test_layout.py tests/test_sublist.py \
                         tests/test_parser.py tests/test_conf.py tests/test_options.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test unit test-pythons bench lint run docker clean distclean
+.PHONY: help dev test unit test-pythons bench lint run docker certs clean distclean
 
 help:
 	@sed -n 's/^#   make /  make /p' Makefile
@@ -75,6 +76,34 @@ run:
 
 docker:
 	docker build -t $(IMAGE) .
+
+# Test certificates (tests/test_tls.py), committed so tests need no openssl:
+# a CA; a server certificate for localhost, 127.0.0.1 and ::1; a client
+# certificate whose email, DNS and URI SANs and subject feed verify_and_map;
+# a server certificate for the wrong host; and a self-signed client
+# certificate no CA vouches for.  RSA 2048, valid for 100 years.
+CERTS := tests/certs
+CERT_DAYS := 36500
+OPENSSL ?= openssl
+
+certs:
+	@mkdir -p $(CERTS)
+	cd $(CERTS) && rm -f *.pem *.srl *.csr *.ext && \
+	$(OPENSSL) req -x509 -newkey rsa:2048 -nodes -days $(CERT_DAYS) -sha256 \
+	  -subj "/O=gnatsd.py/CN=gnatsd.py test CA" -keyout ca-key.pem -out ca.pem && \
+	printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\n' > server.ext && \
+	printf 'subjectAltName=DNS:wrong.example.com\nextendedKeyUsage=serverAuth\n' > wrong.ext && \
+	printf 'subjectAltName=email:alice@example.com,DNS:alice.example.com,URI:nats://alice.example.com\nextendedKeyUsage=clientAuth\n' > client.ext && \
+	for name in server:/O=gnatsd.py/CN=localhost wrong:/O=gnatsd.py/CN=wrong.example.com \
+	            client:/C=US/O=gnatsd.py/OU=tests/CN=alice; do \
+	  base=$${name%%:*}; subj=$${name#*:}; \
+	  $(OPENSSL) req -newkey rsa:2048 -nodes -subj "$$subj" -keyout $$base-key.pem -out $$base.csr && \
+	  $(OPENSSL) x509 -req -in $$base.csr -CA ca.pem -CAkey ca-key.pem -set_serial "0x$$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" \
+	    -days $(CERT_DAYS) -sha256 -extfile $$base.ext -out $$base-cert.pem || exit 1; \
+	done && \
+	$(OPENSSL) req -x509 -newkey rsa:2048 -nodes -days $(CERT_DAYS) -sha256 \
+	  -subj "/O=rogue/CN=rogue" -keyout rogue-key.pem -out rogue-cert.pem && \
+	rm -f *.csr *.ext *.srl && ls
 
 clean:
 	rm -rf .pytest_cache __pycache__ tests/__pycache__ bench-results

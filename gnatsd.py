@@ -20,6 +20,9 @@ buffer once per loop turn::
                        |                                   ^
                        +--SUB/UNSUB--> sublist             +-- flushed once per turn
 
+With TLS, OpenSSL sits at both ends (`ssl.SSLObject` on memory BIOs, driven
+by the same loop, so a slow handshake blocks no one); the middle is the same.
+
 Contents
   1. Constants and errors
   2. Config-file lexer and parser
@@ -57,6 +60,12 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
+
+try:
+    import ssl
+except ImportError:  # a Python built without OpenSSL: TLS is refused when asked for
+    ssl = None
 
 __version__ = "0.1.0"
 
@@ -76,11 +85,19 @@ __all__ = ["Server", "Options", "Sublist", "NatsError", "ConfigError", "parse_co
 # and gnatsd.py's own version is shown beside it in the log and by -v.
 VERSION = "2.10.0"
 
+# The account of clients that log in outside any configured account, and the
+# system account's name when the config does not choose one.
+GLOBAL_ACCOUNT = "$G"
+SYSTEM_ACCOUNT = "$SYS"
+
 # Client protocol level: 1 means the server may send async INFO updates.
 PROTO = 1
 
 # What INFO reports in its `go` field: the runtime that runs us.
 GO_FIELD = "python%s" % platform.python_version()
+
+# Default route port (a route URL without a port).
+DEFAULT_ROUTE_PORT = 6222
 
 # Default client port, and the value meaning "let the OS choose".
 DEFAULT_PORT = 4222
@@ -110,6 +127,12 @@ AUTH_TIMEOUT = 2.0
 
 # Seconds an outbound buffer may make no progress before a slow-consumer close.
 DEFAULT_WRITE_DEADLINE = 10.0
+
+# Seconds a TLS handshake may take (Go's TLS_TIMEOUT), and how long a
+# `handshake_first: auto` server waits for a ClientHello before it sends a
+# plain INFO after all (Go's DEFAULT_TLS_HANDSHAKE_FIRST_FALLBACK_DELAY).
+TLS_TIMEOUT = 2.0
+DEFAULT_TLS_HANDSHAKE_FIRST_FALLBACK_DELAY = 0.05
 
 # Lame duck mode: how long to spread closes over, and the grace before that.
 DEFAULT_LAME_DUCK_DURATION = 120.0
@@ -154,6 +177,9 @@ ERR_AUTH_TIMEOUT = "Authentication Timeout"
 ERR_BAD_CLIENT_PROTOCOL = "invalid client protocol"
 ERR_NO_RESPONDERS_REQUIRES_HEADERS = "no responders requires headers support"
 
+# The header a service import adds to a request: who is asking (Go's ClientInfoHdr).
+REQUEST_INFO_HEADER = b"Nats-Request-Info"
+
 # The status message a requester gets when nobody can answer its request.
 NO_RESPONDERS_HEADER = b"NATS/1.0 503\r\n\r\n"
 
@@ -174,6 +200,7 @@ MAX_CONTROL_LINE_EXCEEDED = "Maximum Control Line Exceeded"
 MAX_CONNECTIONS_EXCEEDED = "Maximum Connections Exceeded"
 NO_RESPONDERS_REQUIRES_HEADERS = "No Responders Requires Headers"
 SERVER_SHUTDOWN = "Server Shutdown"
+TLS_HANDSHAKE_ERROR = "TLS Handshake Failure"
 
 # Log levels below DEBUG: TRACE is Go's -V protocol trace.
 TRACE = 5
@@ -346,8 +373,17 @@ class _ConfigParser:
     # -- grammar -------------------------------------------------------------
 
     def parse_document(self, into: ConfigMap) -> ConfigMap:
+        """A file: pairs, optionally wrapped in one `{ }` (JSON style)."""
         self.scopes.append(into)
-        self.parse_pairs(into, closing="")
+        self.skip_space()
+        if self.peek() == "{":
+            self.advance()
+            self.parse_pairs(into, closing="}")
+            self.skip_space()
+            if self.peek() != EOF:
+                raise self.error("expected the end of the file after the closing '}'")
+        else:
+            self.parse_pairs(into, closing="")
         self.scopes.pop()
         return into
 
@@ -366,6 +402,8 @@ class _ConfigParser:
             if closing and ch == closing:
                 self.advance()
                 return
+            if not closing and ch == "}" and not self.text[self.pos + 1:].strip():
+                return  # Go lets a file end with a stray "}" (JSON-like configs)
             where = self.here()
             key = self.parse_key()
             if key.lower() == "include" and ch not in "\"'":
@@ -525,9 +563,14 @@ class _ConfigParser:
         except OSError as exc:
             raise ConfigError("error parsing include file '%s', %s" % (target, exc.strerror),
                               self.path, *where)
-        sub = _ConfigParser(text, path, self.depth + 1)
-        sub.scopes = list(self.scopes)
-        sub.parse_pairs(into, closing="")
+        # An included file is parsed on its own (it does not see the
+        # includer's variables, as in Go), then merged in.
+        included = _ConfigParser(text, path, self.depth + 1).parse_document(ConfigMap(path))
+        for key, value in included.items():
+            into[key] = value
+            into.positions[key] = included.position(key)
+            into.files[key] = included.files.get(key, path)
+        into.used_variables |= included.used_variables
 
 
 def _read_scalar(word: str):
@@ -540,6 +583,8 @@ def _read_scalar(word: str):
     m = _NUMBER_RE.match(word)
     if m:
         number, suffix = int(m.group(1)), m.group(2).lower()
+        if not -2 ** 63 <= number < 2 ** 63:
+            raise ValueError("integer '%s' is out of the range" % m.group(1))
         if not suffix:
             return number
         if suffix in _SIZE_SUFFIXES:
@@ -563,7 +608,7 @@ def parse_config(path: str) -> ConfigMap:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
-        raise ConfigError("error opening config file: %s" % (exc.strerror or exc), path)
+        raise ConfigError(_open_error(exc))
     except UnicodeDecodeError as exc:
         raise ConfigError("config file is not UTF-8: %s" % exc, path)
     return parse_config_text(text, path)
@@ -615,12 +660,6 @@ UNSUPPORTED_KEYS = {
     "mqtt": "MQTT is not supported by gnatsd.py",
     "websocket": "WebSocket is not supported by gnatsd.py",
     "ws": "WebSocket is not supported by gnatsd.py",
-    "cluster": "clustering (routes) is not implemented yet; the cluster block is ignored",
-    "https": "HTTPS monitoring needs TLS, which is not implemented yet; the port is ignored",
-    "https_port": "HTTPS monitoring needs TLS, which is not implemented yet; the port is ignored",
-    "tls": "TLS is not implemented yet; the tls block is ignored",
-    "accounts": "accounts are not implemented yet; the accounts block is ignored",
-    "system_account": "the system account is not implemented yet",
     "prof_port": "profiling is not supported by gnatsd.py",
     "operator": "operator (JWT) mode is not supported by gnatsd.py",
     "resolver": "account resolvers are not supported by gnatsd.py",
@@ -669,9 +708,21 @@ class Options:
         ("users", None),
         ("default_permissions", None),
         ("no_auth_user", ""),
+        ("cluster_name", ""),
+        ("cluster_host", ""),
+        ("cluster_port", 0),
+        ("cluster_advertise", ""),
+        ("cluster_auth", None),
+        ("no_advertise", False),
+        ("connect_retries", 0),
+        ("routes", None),
+        ("accounts", None),
+        ("system_account", ""),
         ("http_host", ""),
         ("http_port", 0),
         ("http_base_path", ""),
+        ("https_port", 0),
+        ("tls", None),
         ("warnings", None),
     )
 
@@ -705,8 +756,11 @@ class Options:
         for name, default in self.DEFAULTS:
             if getattr(self, name) is None:
                 setattr(self, name, list(default or ()) if name == "warnings" else default)
+        if self.tls is False:
+            self.tls = None          # --tls=false turned the file's tls block off
         if self.auth_timeout == 0.0:
-            self.auth_timeout = AUTH_TIMEOUT
+            # Go's getDefaultAuthTimeout: with TLS, a second more than a handshake may take.
+            self.auth_timeout = self.tls.timeout + 1.0 if self.tls else AUTH_TIMEOUT
         if self.port == 0:
             self.port = RANDOM_PORT
         return self
@@ -808,24 +862,109 @@ def _listen(cm: ConfigMap, key: str, value, opts: Options):
     opts.port = int(port)
 
 
-def _check_auth_mix(cm: ConfigMap, key: str, opts: Options):
-    """Go allows one mechanism: a single user, a token, or a users list."""
-    if opts.users and (opts.username or opts.authorization):
-        raise cm.error(key, "Can not have a single user/pass and a users array")
+_CLUSTER_URL_RE = re.compile(r"^(?:[a-z+-]+://)?(?:(?P<user>[^:@/]*)(?::(?P<pass>[^@/]*))?@)?"
+                             r"(?P<host>\[[^\]]*\]|[^:/]*)(?::(?P<port>-?\d+))?/?$")
+
+
+def parse_cluster_url(url: str) -> tuple:
+    """`nats://[user:pass@]host:port` (the --cluster and --cluster_listen
+    flags) -> (host, port, (user, password) or None); port -1 is random."""
+    m = _CLUSTER_URL_RE.match(url.strip())
+    if not m or m.group("port") is None:
+        raise ConfigError('error parsing cluster url ["%s"]' % url)
+    auth = (urllib.parse.unquote(m.group("user") or ""),
+            urllib.parse.unquote(m.group("pass") or "")) if m.group("user") else None
+    return m.group("host").strip("[]"), int(m.group("port")), auth
+
+
+def _cluster(cm: ConfigMap, key: str, value, opts: Options):
+    """`cluster { name listen host port advertise no_advertise authorization
+    routes connect_retries pool_size compression }` (Go's parseCluster)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "Expected map to define cluster")
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name == "name":
+            opts.cluster_name = _to_str(value, sub_key, sub_value)
+            if " " in opts.cluster_name:
+                raise value.error(sub_key, "cluster name cannot contain spaces or new lines")
+        elif name == "listen":
+            text = _to_str(value, sub_key, sub_value)
+            host, _, port = text.rpartition(":")
+            if not port.lstrip("-").isdigit():
+                raise value.error(sub_key, "could not parse address string %r" % text)
+            opts.cluster_host, opts.cluster_port = host.strip("[]"), int(port)
+        elif name in ("host", "net"):
+            opts.cluster_host = _to_str(value, sub_key, sub_value)
+        elif name == "port":
+            opts.cluster_port = _to_int(value, sub_key, sub_value)
+        elif name in ("advertise", "cluster_advertise"):
+            opts.cluster_advertise = _to_str(value, sub_key, sub_value)
+        elif name == "no_advertise":
+            opts.no_advertise = _to_bool(value, sub_key, sub_value)
+        elif name == "connect_retries":
+            opts.connect_retries = _to_int(value, sub_key, sub_value)
+        elif name == "routes":
+            routes = sub_value if isinstance(sub_value, list) else [sub_value]
+            for url in routes:
+                if not isinstance(url, str):
+                    raise value.error(sub_key, "expected a route URL")
+            opts.routes = list(routes)
+        elif name == "authorization":
+            opts.cluster_auth = _route_authorization(value, sub_key, sub_value)
+        elif name in ("pool_size", "compression", "ping_interval", "ping_max", "accounts"):
+            continue  # one uncompressed route per peer here; Go peers adapt
+        elif name in ("tls", "permissions"):
+            opts.warnings.append("%s:%d: route %s is not supported by gnatsd.py yet; ignored"
+                                 % (value.files.get(sub_key, value.path),
+                                    value.position(sub_key)[0], name))
+        elif value.is_variable(sub_key):
+            continue
+        else:
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+
+
+def _route_authorization(cm: ConfigMap, key: str, value) -> tuple:
+    """cluster { authorization { user password timeout } } -> (user, password)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "expected a map for authorization")
+    user = password = ""
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name in ("user", "username"):
+            user = _to_str(value, sub_key, sub_value)
+        elif name in ("pass", "password"):
+            password = _to_str(value, sub_key, sub_value)
+        elif name == "timeout":
+            _to_seconds(value, sub_key, sub_value)
+        elif not value.is_variable(sub_key):
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    return (user, password)
 
 
 def _http(cm: ConfigMap, key: str, value, opts: Options):
     """`http: 8222` or `http: "host:8222"`: the monitoring listener."""
+    host, opts.http_port = _monitor_address(cm, key, value)
+    if host:
+        opts.http_host = host
+
+
+def _https(cm: ConfigMap, key: str, value, opts: Options):
+    """`https: 8443` or `https: "host:8443"`: the monitoring listener over TLS."""
+    host, opts.https_port = _monitor_address(cm, key, value)
+    if host:
+        opts.http_host = host
+
+
+def _monitor_address(cm: ConfigMap, key: str, value) -> tuple:
+    """A port, or "host:port" -> (host or "", port)."""
     if isinstance(value, int) and not isinstance(value, bool):
-        opts.http_port = value
-        return
+        return "", value
     text = _to_str(cm, key, value)
     host, _, port = text.rpartition(":")
     if not port.lstrip("-").isdigit():
         raise cm.error(key, "could not parse address string %r" % text)
-    if host:
-        opts.http_host = host.strip("[]")
-    opts.http_port = int(port)
+    return host.strip("[]"), int(port)
 
 
 class Permissions:
@@ -850,12 +989,15 @@ class Permissions:
 
 
 class User:
-    """One entry of `authorization { users [...] }`."""
+    """One entry of `authorization { users [...] }` or of an account's users;
+    `account` names the account it logs in to ("" is the global account)."""
 
-    def __init__(self, username: str, password: str, permissions: Permissions | None):
+    def __init__(self, username: str, password: str, permissions: Permissions | None,
+                 account: str = ""):
         self.username = username
         self.password = password
         self.permissions = permissions
+        self.account = account
 
     def __repr__(self) -> str:
         return "User(%r)" % self.username
@@ -868,6 +1010,8 @@ def _subject_list(cm: ConfigMap, key: str, value) -> list:
     for item in items:
         if not isinstance(item, str):
             raise cm.error(key, "error parsing %s permissions, expected a subject string" % key)
+        if not is_valid_subject(item.strip().partition(" ")[0].encode()):
+            raise cm.error(key, 'subject "%s" is not a valid subject' % item)
         out.append(item)
     return out
 
@@ -958,6 +1102,7 @@ def _authorization(cm: ConfigMap, key: str, value, opts: Options):
     """`authorization { user password token timeout }` (single user or token)."""
     if not isinstance(value, ConfigMap):
         raise cm.error(key, "expected a map for authorization")
+    auth_users: list = []
     for sub_key, sub_value in value.items():
         name = sub_key.lower()
         if name in ("user", "username"):
@@ -969,7 +1114,7 @@ def _authorization(cm: ConfigMap, key: str, value, opts: Options):
         elif name == "timeout":
             opts.auth_timeout = _to_seconds(value, sub_key, sub_value)
         elif name == "users":
-            opts.users = _users(value, sub_key, sub_value)
+            auth_users = _users(value, sub_key, sub_value)
         elif name == "default_permissions":
             opts.default_permissions = _permissions(value, sub_key, sub_value)
         elif name == "permissions":
@@ -979,11 +1124,581 @@ def _authorization(cm: ConfigMap, key: str, value, opts: Options):
             continue  # a variable definition, used by another key
         else:
             raise value.error(sub_key, 'unknown field "%s"' % sub_key)
-    _check_auth_mix(cm, key, opts)
-    if opts.users and opts.default_permissions is not None:
-        for user in opts.users:
+    if (auth_users or opts.users) and (opts.username or opts.authorization):
+        raise cm.error(key, "Can not have a single user/pass and a users array")
+    if opts.username and opts.authorization:
+        raise cm.error(key, "Cannot have a user/pass and token")
+    _check_duplicate_users(cm, key, auth_users, opts.users)
+    if opts.default_permissions is not None:
+        for user in auth_users:
             if user.permissions is None:
                 user.permissions = opts.default_permissions
+    opts.users = auth_users + (opts.users or [])
+
+
+def _check_duplicate_users(cm: ConfigMap, key: str, users: list, known: list | None):
+    names = {u.username for u in known or ()}
+    for user in users:
+        if user.username in names:
+            raise cm.error(key, 'Duplicate user "%s" detected' % user.username)
+        names.add(user.username)
+
+
+class Export:
+    """A stream or service an account offers to others (Go's streamExport and
+    serviceExport).  `accounts` lists who may import it; None is public."""
+
+    def __init__(self, kind: str, subject: str, accounts: list | None = None,
+                 response_type: str = "singleton", response_threshold: float = 120.0):
+        self.kind = kind
+        self.subject = subject
+        self.accounts = accounts
+        self.response_type = response_type
+        self.response_threshold = response_threshold
+
+    def __repr__(self) -> str:
+        return "Export(%r, %r)" % (self.kind, self.subject)
+
+
+class Import:
+    """A stream or service an account takes from `account` (Go's streamImport
+    and serviceImport).  `subject` is the exporter's subject; `to` is the
+    subject in the importing account (for streams, `prefix.subject` when a
+    prefix is given)."""
+
+    def __init__(self, kind: str, account: str, subject: str, to: str):
+        self.kind = kind
+        self.account = account
+        self.subject = subject
+        self.to = to
+
+    def __repr__(self) -> str:
+        return "Import(%r, %r, %r, %r)" % (self.kind, self.account, self.subject, self.to)
+
+
+class AccountConfig:
+    """One account of the `accounts` block, as written."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.exports: list = []
+        self.imports: list = []
+
+
+_RESPONSE_TYPES = ("singleton", "stream", "chunked")
+
+
+def _check_config_subject(cm: ConfigMap, key: str, subject, what: str) -> str:
+    if not isinstance(subject, str) or not is_valid_subject(subject.encode()):
+        raise cm.error(key, "invalid %s subject %r" % (what, subject))
+    return subject
+
+
+def _export(cm: ConfigMap, key: str, entry) -> Export:
+    """`{stream: "x.>"}` or `{service: "svc", accounts: [B], response_type: stream}`."""
+    if not isinstance(entry, ConfigMap):
+        raise cm.error(key, "Export Items should be a map, got %s" % type(entry).__name__)
+    export = None
+    accounts = None
+    response_type, threshold = "singleton", 120.0
+    for sub_key, value in entry.items():
+        name = sub_key.lower()
+        if name in ("stream", "service"):
+            if export is not None:
+                raise entry.error(sub_key, "Detected stream and service exports in the same "
+                                           "entry, only one is allowed")
+            export = Export(name, _check_config_subject(entry, sub_key, value, name))
+        elif name == "accounts":
+            if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+                raise entry.error(sub_key, "expected a list of account names")
+            accounts = list(value)
+        elif name in ("response", "response_type"):
+            if not isinstance(value, str) or value.lower() not in _RESPONSE_TYPES:
+                raise entry.error(sub_key, 'Unknown response type: "%s"' % (value,))
+            response_type = value.lower()
+        elif name in ("threshold", "response_threshold", "response_max_time",
+                      "response_time"):
+            threshold = _to_seconds(entry, sub_key, value)
+        elif name in ("latency", "account_token_position", "advertise", "allow_trace"):
+            continue  # service latency tracking and the like: accepted, not used
+        elif entry.is_variable(sub_key):
+            continue
+        else:
+            raise entry.error(sub_key, 'unknown field "%s"' % sub_key)
+    if export is None:
+        raise cm.error(key, "Expected a stream or service export")
+    export.accounts = accounts
+    if export.kind == "service":
+        export.response_type, export.response_threshold = response_type, threshold
+    elif response_type != "singleton":
+        raise cm.error(key, "Detected response directive on non-service")
+    return export
+
+
+def _import(cm: ConfigMap, key: str, entry) -> Import:
+    """`{stream: {account: B, subject: "x.>"}, prefix: p}` or
+    `{service: {account: B, subject: "svc"}, to: "local"}`."""
+    if not isinstance(entry, ConfigMap):
+        raise cm.error(key, "Import Items should be a map, got %s" % type(entry).__name__)
+    kind = account = subject = None
+    to = prefix = ""
+    for sub_key, value in entry.items():
+        name = sub_key.lower()
+        if name in ("stream", "service"):
+            if kind is not None:
+                raise entry.error(sub_key, "Detected stream and service imports in the same "
+                                           "entry, only one is allowed")
+            if not isinstance(value, ConfigMap):
+                raise entry.error(sub_key, "Import %s should be a map with account and subject"
+                                  % name)
+            kind = name
+            for field, field_value in value.items():
+                if field.lower() == "account":
+                    account = _to_str(value, field, field_value)
+                elif field.lower() == "subject":
+                    subject = _check_config_subject(value, field, field_value, name + " import")
+                elif not value.is_variable(field):
+                    raise value.error(field, 'unknown field "%s"' % field)
+            if not account or subject is None:
+                raise entry.error(sub_key, "Expect an account name and a subject")
+        elif name == "prefix":
+            prefix = _to_str(entry, sub_key, value)
+        elif name in ("to", "local_subject"):
+            to = _check_config_subject(entry, sub_key, value, "import")
+        elif name in ("share", "allow_trace"):
+            continue  # request-info sharing and tracing: accepted, not used
+        elif entry.is_variable(sub_key):
+            continue
+        else:
+            raise entry.error(sub_key, 'unknown field "%s"' % sub_key)
+    if kind is None:
+        raise cm.error(key, "Expected a stream or service import")
+    if kind == "service" and prefix:
+        raise cm.error(key, "Detected prefix on service import, not allowed")
+    if prefix:
+        to = prefix.rstrip(".") + "." + subject
+    return Import(kind, account, subject, to or subject)
+
+
+def _account(cm: ConfigMap, name: str, value, opts: Options) -> AccountConfig:
+    """One account: `A { users exports imports default_permissions }`."""
+    account = AccountConfig(name)
+    if value is None or value == "":
+        return account
+    if not isinstance(value, ConfigMap):
+        raise cm.error(name, "Expected map entries for accounts")
+    default_perms = None
+    users: list = []
+    users_key = ""
+    for sub_key, sub_value in value.items():
+        key = sub_key.lower()
+        if key == "users":
+            users, users_key = _users(value, sub_key, sub_value), sub_key
+        elif key == "exports":
+            items = sub_value if isinstance(sub_value, list) else [sub_value]
+            account.exports = [_export(value, sub_key, item) for item in items]
+        elif key == "imports":
+            items = sub_value if isinstance(sub_value, list) else [sub_value]
+            account.imports = [_import(value, sub_key, item) for item in items]
+        elif key == "default_permissions":
+            default_perms = _permissions(value, sub_key, sub_value)
+        elif key in ("jetstream", "mappings", "limits", "nkey", "msg_trace", "trace_dest"):
+            opts.warnings.append("%s:%d: account %s: %s is not supported by gnatsd.py; ignored"
+                                 % (value.files.get(sub_key, value.path),
+                                    value.position(sub_key)[0], name, sub_key))
+        elif value.is_variable(sub_key):
+            continue
+        else:
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    if users and (opts.username or opts.authorization):
+        raise value.error(users_key, "Can not have a single user/pass and accounts")
+    _check_duplicate_users(value, users_key, users, opts.users)
+    for user in users:
+        user.account = name
+        if user.permissions is None:
+            user.permissions = default_perms
+    opts.users = (opts.users or []) + users
+    return account
+
+
+def _accounts(cm: ConfigMap, key: str, value, opts: Options):
+    """`accounts { A {...} B {...} }`, or a list of names (Go's parseAccounts)."""
+    accounts = opts.accounts = opts.accounts or {}
+    if isinstance(value, list):
+        for name in value:
+            if not isinstance(name, str):
+                raise cm.error(key, "Expected an account name")
+            accounts[name] = AccountConfig(name)
+        return
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "Expected map or array of accounts")
+    for name, body in value.items():
+        if value.is_variable(name):
+            continue
+        if name == GLOBAL_ACCOUNT:
+            raise value.error(name, '"%s" is a Reserved Account' % name)
+        accounts[name] = _account(value, name, body, opts)
+    try:
+        check_accounts(accounts)
+    except ConfigError as exc:
+        raise cm.error(key, exc.message)
+
+
+def check_accounts(accounts: dict):
+    """Cross-account checks once the block is read (Go's parseAccounts):
+    exports name existing accounts; imports name existing accounts and
+    exported subjects they are allowed, each at most once."""
+    for account in accounts.values():
+        for export in account.exports:
+            for name in export.accounts or ():
+                if name not in accounts:
+                    raise ConfigError('"%s" account not defined for %s export'
+                                      % (name, export.kind))
+    for account in accounts.values():
+        seen = set()
+        for imp in account.imports:
+            exporter = accounts.get(imp.account)
+            if exporter is None:
+                raise ConfigError('"%s" account not defined for %s import'
+                                  % (imp.account, imp.kind))
+            export = find_export(exporter, imp.kind, imp.subject)
+            if export is None or (export.accounts is not None
+                                  and account.name not in export.accounts):
+                raise ConfigError('Error adding %s import "%s": %s import not authorized'
+                                  % (imp.kind, imp.subject, imp.kind))
+            if imp.kind == "stream":
+                if (imp.account, imp.subject) in seen:
+                    raise ConfigError('Error adding stream import "%s": stream import already'
+                                      ' exists' % imp.subject)
+                seen.add((imp.account, imp.subject))
+            if not same_wildcards(imp.subject, imp.to):
+                raise ConfigError('Error adding %s import "%s": %r must keep the wildcards of'
+                                  ' the subject' % (imp.kind, imp.subject, imp.to))
+
+
+def find_export(account: AccountConfig, kind: str, subject: str) -> Export | None:
+    """The export of `kind` covering `subject` (which may be narrower)."""
+    tokens = subject.encode().split(b".")
+    for export in account.exports:
+        if export.kind == kind and subject_is_subset(tokens, export.subject.encode().split(b".")):
+            return export
+    return None
+
+
+# -- the tls {} block ---------------------------------------------------------
+#
+#     tls { cert_file key_file ca_file verify verify_and_map timeout
+#           handshake_first cipher_suites curve_preferences min_version }
+#
+# becomes a TLSConfig (Go's TLSConfigOpts), and its SSLContext is built while
+# the file is read, so a missing file or an unknown cipher is a config error
+# with a line number, as Go's parseTLS and GenTLSConfig make it.  The same
+# reader will serve `cluster { tls {} }` (`insecure` is a route-only key).
+# Go names ciphers and curves as IANA and crypto/tls do; OpenSSL has its own
+# names, mapped below.  Chapter 6 uses the context; nothing here touches a
+# socket.
+
+# Go's cipher suite names -> OpenSSL's.  The TLS 1.3 suites map to "": Go
+# accepts and ignores them, and Python's ssl cannot choose them either.
+GO_CIPHER_SUITES = {
+    "TLS_RSA_WITH_RC4_128_SHA": "RC4-SHA",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA": "DES-CBC3-SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA": "ECDHE-ECDSA-RC4-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA": "ECDHE-RSA-RC4-SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA": "ECDHE-RSA-DES-CBC3-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    # The names nats-server 2.9 (Go < 1.14) used for the two above.
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_AES_128_GCM_SHA256": "",
+    "TLS_AES_256_GCM_SHA384": "",
+    "TLS_CHACHA20_POLY1305_SHA256": "",
+}
+
+# Go's curve names -> OpenSSL's group names.  Python's ssl sets one group
+# (set_ecdh_curve), so a server uses the first listed name this build knows.
+GO_CURVES = {
+    "CurveP256": "prime256v1",
+    "CurveP384": "secp384r1",
+    "CurveP521": "secp521r1",
+    "X25519": "X25519",
+    "X25519MLKEM768": "X25519MLKEM768",
+    "SecP256r1MLKEM768": "SecP256r1MLKEM768",
+    "SecP384r1MLKEM1024": "SecP384r1MLKEM1024",
+}
+
+# Keys of Go's tls block this build does not implement: refused, because
+# ignoring them (pinning, OCSP) would accept peers Go rejects.
+_TLS_KEYS_NOT_SUPPORTED = ("pinned_certs", "ocsp_peer", "cert_store", "cert_match_by",
+                           "cert_match", "cert_match_skip_invalid", "ca_certs_match", "certs",
+                           "certificates", "connection_rate_limit",
+                           "verify_cert_and_check_known_urls")
+
+
+class TLSConfig:
+    """One `tls {}` block, or the --tls flags (Go's TLSConfigOpts).
+
+    `server_context()` builds the SSLContext for accepted connections once
+    and raises ConfigError; `server_context(verify=False)` is the HTTPS
+    monitor's, which never asks for a client certificate (Go clones the
+    client config with NoClientCert for it).
+    """
+
+    FIELDS = ("cert_file", "key_file", "ca_file", "verify", "verify_and_map", "timeout",
+              "handshake_first", "fallback", "ciphers", "curves", "min_version", "insecure")
+
+    def __init__(self, cert_file: str = "", key_file: str = "", ca_file: str = "",
+                 verify: bool = False, verify_and_map: bool = False,
+                 timeout: float = TLS_TIMEOUT, handshake_first: bool = False,
+                 fallback: float = 0.0, ciphers: list | None = None,
+                 curves: list | None = None, min_version: str = "", insecure: bool = False):
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.ca_file = ca_file
+        self.verify = verify or verify_and_map
+        self.verify_and_map = verify_and_map
+        self.timeout = timeout                  # seconds a handshake may take
+        self.handshake_first = handshake_first  # TLS before INFO
+        self.fallback = fallback                # seconds to wait for that, then plain INFO
+        self.ciphers = ciphers                  # Go names, or None for OpenSSL's defaults
+        self.curves = curves                    # Go names, or None
+        self.min_version = min_version          # "1.2", "1.3" or "" (1.2)
+        self.insecure = insecure                # routes: do not verify the server we dial
+        self.contexts: dict = {}
+
+    def __repr__(self) -> str:
+        return "TLSConfig(%s)" % ", ".join("%s=%r" % (name, getattr(self, name))
+                                           for name in self.FIELDS if getattr(self, name))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TLSConfig) and all(
+            getattr(self, name) == getattr(other, name) for name in self.FIELDS)
+
+    def server_context(self, verify: bool | None = None):
+        """The ssl.SSLContext for connections we accept (built once)."""
+        verify = self.verify if verify is None else verify
+        if verify not in self.contexts:
+            self.contexts[verify] = self.build_context(verify)
+        return self.contexts[verify]
+
+    def build_context(self, verify: bool):
+        """A new server-side SSLContext from these settings (GenTLSConfig)."""
+        if ssl is None:
+            raise ConfigError("TLS needs Python's ssl module, and this Python has none")
+        if not self.cert_file:
+            raise ConfigError("missing 'cert_file' in TLS configuration")
+        if not self.key_file:
+            raise ConfigError("missing 'key_file' in TLS configuration")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = (ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3"
+                                   else ssl.TLSVersion.TLSv1_2)
+        context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)  # Go never renegotiates
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ValueError) as exc:
+            missing = self.key_file if os.path.exists(self.cert_file) else self.cert_file
+            raise ConfigError("error parsing X509 certificate/key pair: %s"
+                              % _tls_file_error(exc, missing))
+        if self.ca_file:
+            try:
+                context.load_verify_locations(self.ca_file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(_tls_file_error(exc, self.ca_file))
+        elif verify:
+            context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+        context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+        if self.ciphers:
+            self.set_ciphers(context)
+        if self.curves:
+            self.set_curve(context)
+        return context
+
+    def set_ciphers(self, context):
+        """Restrict TLS 1.2 to the listed suites, named as Go names them."""
+        names = []
+        for name in self.ciphers:
+            openssl_name = GO_CIPHER_SUITES[name]
+            if openssl_name and not _openssl_cipher_available(openssl_name):
+                raise ConfigError("cipher suite %s is not available in this build (%s)"
+                                  % (name, ssl.OPENSSL_VERSION))
+            if openssl_name:
+                names.append(openssl_name)
+        if names:
+            context.set_ciphers(":".join(names))
+
+    def set_curve(self, context):
+        """The first listed curve this OpenSSL has (Python sets just one)."""
+        for name in self.curves:
+            try:
+                context.set_ecdh_curve(GO_CURVES[name])
+                return
+            except ValueError:
+                continue  # a curve this OpenSSL lacks: try the next preference
+        raise ConfigError("none of the curve preferences %s is available in this build (%s)"
+                          % (", ".join(self.curves), ssl.OPENSSL_VERSION))
+
+
+def _openssl_cipher_available(openssl_name: str) -> bool:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(openssl_name)
+        return True
+    except ssl.SSLError:
+        return False
+
+
+def _tls_file_error(exc: Exception, path: str) -> str:
+    """A certificate or key file failure in Go's words where they are known."""
+    if isinstance(exc, FileNotFoundError):
+        return "open %s: no such file or directory" % path
+    reason = getattr(exc, "reason", None)
+    if reason == "KEY_VALUES_MISMATCH":
+        return "tls: private key does not match public key"
+    if reason in ("NO_START_LINE", "PEM_LIB") or "PEM" in str(exc):
+        return "tls: failed to find any PEM data in input"
+    return str(exc)
+
+
+def _go_type(value) -> str:
+    """The Go type a config value would have, for Go's conversion errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int64"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, list):
+        return "[]interface {}"
+    if isinstance(value, dict):
+        return "map[string]interface {}"
+    return "string"
+
+
+def parse_tls_block(cm: ConfigMap, key: str, value) -> TLSConfig:
+    """Read a `tls {}` block (the clients', or a cluster's) into a TLSConfig
+    and build its context, so bad files and names fail here (Go's parseTLS)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "interface conversion: interface {} is %s, not "
+                            "map[string]interface {}" % _go_type(value))
+    tc = TLSConfig()
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name in ("cert_file", "key_file", "ca_file"):
+            if not isinstance(sub_value, str):
+                raise value.error(sub_key, "error parsing tls config, expected '%s' to be "
+                                           "filename" % name)
+            setattr(tc, name, sub_value)
+        elif name in ("verify", "verify_and_map", "insecure", "allow_insecure_cipher_suites"):
+            if not isinstance(sub_value, bool):
+                raise value.error(sub_key, "error parsing tls config, expected '%s' to be a "
+                                           "boolean" % name)
+            if name != "allow_insecure_cipher_suites":  # OpenSSL's own list decides
+                setattr(tc, name, sub_value)
+        elif name == "timeout":
+            tc.timeout = _tls_timeout(value, sub_key, sub_value)
+        elif name in ("handshake_first", "first", "immediate"):
+            tc.handshake_first, tc.fallback = _handshake_first(value, sub_key, sub_value)
+        elif name in ("cipher_suites", "curve_preferences"):
+            names = _tls_names(value, sub_key, sub_value)
+            if name == "cipher_suites":
+                tc.ciphers = names
+            else:
+                tc.curves = names
+        elif name == "min_version":
+            tc.min_version = _tls_min_version(value, sub_key, sub_value)
+        elif name in _TLS_KEYS_NOT_SUPPORTED:
+            raise value.error(sub_key, "error parsing tls config, %r is not supported by "
+                                       "gnatsd.py" % name)
+        elif value.is_variable(sub_key):
+            continue  # a variable definition, used by another key
+        else:
+            raise value.error(sub_key, 'error parsing tls config, unknown field "%s"' % sub_key)
+    tc.verify = tc.verify or tc.verify_and_map
+    try:
+        tc.server_context()
+    except ConfigError as exc:
+        raise cm.error(key, exc.message)
+    return tc
+
+
+def _tls_timeout(cm: ConfigMap, key: str, value) -> float:
+    """`timeout`: seconds (int or float) or a duration string."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        seconds = _parse_duration_or_none(value)
+        if seconds is not None:
+            return seconds
+        raise cm.error(key, "error parsing tls config, 'timeout' time: invalid duration "
+                            '"%s"' % value)
+    raise cm.error(key, "error parsing tls config, 'timeout' wrong type")
+
+
+def _handshake_first(cm: ConfigMap, key: str, value) -> tuple:
+    """`handshake_first`: true/false, "auto" (wait 50ms for a ClientHello,
+    then send a plain INFO after all), or such a wait as a duration.
+    Returns (handshake first?, fallback seconds)."""
+    if isinstance(value, bool):
+        return value, 0.0
+    if not isinstance(value, str):
+        raise cm.error(key, 'field "%s" should be a boolean or string, got %s'
+                       % (key, _go_type(value)))
+    word = value.lower()
+    if word in ("true", "on"):
+        return True, 0.0
+    if word in ("false", "off"):
+        return False, 0.0
+    if word in ("auto", "auto_fallback"):
+        return True, DEFAULT_TLS_HANDSHAKE_FIRST_FALLBACK_DELAY
+    seconds = _parse_duration_or_none(value)
+    if seconds is None:
+        raise cm.error(key, 'field "%s"\'s value "%s" is invalid' % (key, value))
+    return True, max(seconds, 0.0)
+
+
+def _tls_names(cm: ConfigMap, key: str, value) -> list:
+    """`cipher_suites` or `curve_preferences`: a non-empty array of Go names."""
+    name = key.lower()
+    if not isinstance(value, list):
+        raise cm.error(key, "error parsing tls config, expected '%s' to be an array" % name)
+    if not value:
+        raise cm.error(key, "error parsing tls config, '%s' cannot be empty" % name)
+    known = GO_CIPHER_SUITES if name == "cipher_suites" else GO_CURVES
+    for item in value:
+        if item not in known:
+            raise cm.error(key, "unrecognized %s %s" % (
+                "cipher" if name == "cipher_suites" else "curve preference", item))
+    return list(value)
+
+
+def _tls_min_version(cm: ConfigMap, key: str, value) -> str:
+    if not isinstance(value, str):
+        raise cm.error(key, "error parsing tls config: 'min_version' wrong type: %s" % value)
+    if value in ("1.0", "1.1"):
+        raise cm.error(key, "error parsing tls config: unsupported TLS version: TLS %s" % value)
+    if value not in ("1.2", "1.3"):
+        raise cm.error(key, "error parsing tls config: unknown version: %s" % value)
+    return value
+
+
+def _tls(cm: ConfigMap, key: str, value, opts: Options):
+    """The clients' `tls {}` block."""
+    opts.tls = parse_tls_block(cm, key, value)
 
 
 # Config keys: name -> (Options attribute, converter), aliases included, as
@@ -1018,16 +1733,22 @@ CONFIG_KEYS = {
     "max_subs": ("max_subscriptions", _to_int),
     "ping_max": ("ping_max", _to_int),
     "no_auth_user": ("no_auth_user", _to_str),
+    "system_account": ("system_account", _to_str),
     "http_port": ("http_port", _to_int),
     "monitor_port": ("http_port", _to_int),
     "http_base_path": ("http_base_path", _to_str),
+    "https_port": ("https_port", _to_int),
 }
 
 # Keys read by a function, because they set several options or may warn.
 CONFIG_BLOCKS = {
     "listen": _listen,
     "http": _http,
+    "https": _https,
+    "tls": _tls,
     "authorization": _authorization,
+    "accounts": _accounts,
+    "cluster": _cluster,
     "ping_interval": _duration("ping_interval"),
     "write_deadline": _duration("write_deadline"),
     "lame_duck_duration": _duration("lame_duck_duration"),
@@ -1038,6 +1759,8 @@ CONFIG_BLOCKS = {
 def options_from_config(path: str) -> Options:
     """Read a config file into Options (Go's ProcessConfigFile)."""
     cm = parse_config(path)
+    if not cm:
+        raise ConfigError("config has no values or is empty", path)
     opts = Options(config_file=path, warnings=[])
     for key, value in cm.items():
         name = key.lower()
@@ -1056,7 +1779,7 @@ def options_from_config(path: str) -> Options:
     if opts.lame_duck_duration is not None and opts.lame_duck_duration < 30:
         raise ConfigError("invalid lame_duck_duration of %s, minimum is 30 seconds"
                           % format_duration(opts.lame_duck_duration), path,
-                          cm.position("lame_duck_duration")[0], 0)
+                          *cm.position("lame_duck_duration"))
     return opts
 
 
@@ -1085,9 +1808,15 @@ def options_from_config(path: str) -> Options:
 
 
 class Subscription:
-    """One SUB of a client: subject, optional queue group, sid, optional max."""
+    """One SUB of a client: subject, optional queue group, sid, optional max.
 
-    __slots__ = ("client", "subject", "queue", "sid", "max", "delivered")
+    A shadow subscription (an account's stream import, chapter 7) sits in
+    the exporter's sublist for its `parent`; `im` maps delivered subjects
+    back into the subscriber's account.
+    """
+
+    __slots__ = ("client", "subject", "queue", "sid", "max", "delivered", "parent", "im",
+                 "shadows")
 
     def __init__(self, client, subject: bytes, queue: bytes | None, sid: bytes):
         self.client = client
@@ -1096,6 +1825,9 @@ class Subscription:
         self.sid = sid
         self.max = 0          # messages to deliver before auto-unsubscribe; 0 = no limit
         self.delivered = 0
+        self.parent = None    # for a shadow: the subscription it stands for
+        self.im = None        # for a shadow: SubjectTransform into the client's account
+        self.shadows = None   # [(account, shadow)] of a subscription that has some
 
     def __repr__(self) -> str:
         return "<Subscription %r %r sid=%r>" % (self.subject, self.queue, self.sid)
@@ -1146,7 +1878,8 @@ class _Level:
 class Sublist:
     """The subject trie with a bounded match cache.  Loop thread only."""
 
-    def __init__(self, cache_max: int = SUBLIST_CACHE_MAX):
+    def __init__(self, cache_max: int = SUBLIST_CACHE_MAX, name: bytes = b"$G"):
+        self.name = name      # the account's, for the route protocol lines it makes
         self.root = _Level()
         self.cache = {}
         self.cache_max = cache_max
@@ -1336,6 +2069,76 @@ def _subject_matches(literal: list, pattern: list) -> bool:
     return len(literal) == len(pattern)
 
 
+def subject_is_subset(tokens: list, pattern: list) -> bool:
+    """Is everything `tokens` (a subject that may hold wildcards) matches
+    also matched by `pattern`?  (Go's subjectIsSubsetMatch.)"""
+    for i, token in enumerate(pattern):
+        if token == b">":
+            return len(tokens) > i
+        if i >= len(tokens) or tokens[i] == b">":
+            return False
+        if token != b"*" and tokens[i] != token:
+            return False
+    return len(tokens) == len(pattern)
+
+
+def subject_intersection(a: list, b: list) -> list | None:
+    """The tokens of the subjects both patterns match, or None if they
+    share none (`*.x` and `events.>` give `events.x`)."""
+    out = []
+    for i, token in enumerate(a):
+        if token == b">":
+            return out + b[i:] if i < len(b) else None
+        if i >= len(b):
+            return None
+        other = b[i]
+        if other == b">":
+            return out + a[i:]
+        if token == b"*":
+            out.append(other)
+        elif other == b"*" or other == token:
+            out.append(token)
+        else:
+            return None
+    return out if len(a) == len(b) else None
+
+
+def _wildcards(tokens: list) -> list:
+    return [t for t in tokens if t in (b"*", b">")]
+
+
+def same_wildcards(source: str, dest: str) -> bool:
+    """Can a SubjectTransform map `source` onto `dest`?"""
+    return _wildcards(source.encode().split(b".")) == _wildcards(dest.encode().split(b"."))
+
+
+class SubjectTransform:
+    """Maps subjects under `source` onto `dest`, carrying what the wildcards
+    of `source` matched into the wildcards of `dest`, in order
+    (`events.>` -> `from_b.events.>` for an import with a prefix).  The
+    subject mapped may itself hold wildcards if it is a subset of `source`."""
+
+    __slots__ = ("source", "dest")
+
+    def __init__(self, source: bytes, dest: bytes):
+        self.source = source.split(b".")
+        self.dest = dest.split(b".")
+
+    def apply(self, subject: bytes) -> bytes:
+        tokens = subject.split(b".")
+        captured = []
+        for i, token in enumerate(self.source):
+            if token == b"*":
+                captured.append(tokens[i])
+            elif token == b">":
+                captured.append(b".".join(tokens[i:]))
+        captured.reverse()
+        return b".".join(captured.pop() if t in (b"*", b">") else t for t in self.dest)
+
+    def reverse(self) -> "SubjectTransform":
+        return SubjectTransform(b".".join(self.dest), b".".join(self.source))
+
+
 def is_valid_subject(subject: bytes) -> bool:
     """A subscription subject: non-empty tokens, no whitespace, `>` only last."""
     if not subject or b" " in subject or b"\t" in subject:
@@ -1469,6 +2272,11 @@ def err_proto(text: str) -> bytes:
 # connection whose buffer passes max_pending, or that makes no progress for
 # write_deadline, is a slow consumer and is closed (the publisher and every
 # other subscriber are untouched).
+#
+# TLS changes only the two ends of that pipe (the TLS section at the end of
+# this chapter): a TLS connection is an instance of a subclass whose reads
+# decrypt before `process_input` and whose flush encrypts `out`, so plain
+# connections run exactly the code they ran before TLS existed.
 
 
 class Connection:
@@ -1482,7 +2290,7 @@ class Connection:
         "close_reason", "pending_in", "pending_len", "need", "start", "last_activity",
         "pings_out", "write_waiting", "last_write_progress", "trace",
         "in_msgs", "in_bytes", "out_msgs", "out_bytes", "log_prefix",
-        "stalled", "stall_seq", "stall_waiters", "__weakref__",
+        "stalled", "stall_seq", "stall_waiters", "tls", "__weakref__",
     )
 
     kind = "Client"
@@ -1520,6 +2328,7 @@ class Connection:
         self.stalled = False         # not read while a connection it fed drains
         self.stall_seq = 0
         self.stall_waiters = None    # publishers stalled on this connection
+        self.tls = None              # TLSSession of a TLS connection
 
     # -- logging -------------------------------------------------------------
 
@@ -1626,7 +2435,8 @@ class Connection:
 
     def check_write_deadline(self, now: float):
         """Called by the server's periodic sweep for connections waiting to write."""
-        if self.out and now - self.last_write_progress > self.server.options.write_deadline:
+        if now - self.last_write_progress > self.server.options.write_deadline and \
+                self.pending_bytes():
             self.slow_consumer(SLOW_CONSUMER_WRITE_DEADLINE, self.pending_bytes())
 
     # -- input ---------------------------------------------------------------
@@ -1645,7 +2455,13 @@ class Connection:
         if n == 0:
             self.close(CLIENT_CLOSED, flush=False)
             return
-        data = bytes(server.read_view[:n])
+        self.process_input(bytes(server.read_view[:n]))
+
+    def process_input(self, data: bytes):
+        """Parse what arrived, resuming an op split across reads; after a
+        flood, stall this publisher if its receivers cannot keep up."""
+        server = self.server
+        n = len(data)
         pending = self.pending_in
         if pending is not None:
             # Resume an op split across reads; join once, when it is whole.
@@ -1675,7 +2491,7 @@ class Connection:
         receivers = list(server.pending)
         server.flush_pending()
         high_water = server.options.max_pending * 3 // 4
-        congested = [c for c in receivers if c is not self and not c.closed and c.out
+        congested = [c for c in receivers if c is not self and not c.closed
                      and c.pending_bytes() > high_water]
         if not congested:
             return
@@ -1767,10 +2583,406 @@ class Connection:
         except OSError:
             pass
         self.closed_cleanup()
+        self.log_closed(reason)
+
+    def log_closed(self, reason: str):
         self.debug("%s connection closed: %s", self.kind, reason)
 
     def closed_cleanup(self):
         pass
+
+    def tls_peer_identities(self) -> list:
+        """The user names verify_and_map tries for this peer, from its
+        verified certificate, in Go's order (see `cert_identities`); [] for
+        a plain connection or one without a certificate."""
+        tls = self.tls
+        if tls is None or tls.state != TLS_OPEN:
+            return []
+        return cert_identities(tls.sslobj.getpeercert() or {})
+
+
+# -- TLS -----------------------------------------------------------------------
+#
+# A TLS connection reads and writes through OpenSSL without ever blocking the
+# loop.  `ssl.SSLObject` works on two memory BIOs instead of a socket:
+#
+#     socket --recv--> incoming BIO --SSLObject.read--> plaintext --> process_input
+#     out --SSLObject.write--> outgoing BIO --send--> socket
+#
+# so a handshake is a few rounds of "feed in what arrived, send what OpenSSL
+# wrote, wait for the selector", and a peer that stalls mid-handshake costs
+# nothing but its timer.  It also avoids the trap of non-blocking SSLSockets,
+# where plaintext already decrypted inside OpenSSL never wakes select(): each
+# read drains OpenSSL until it asks for more, and a publisher stalled by
+# backpressure with plaintext still inside is resumed by a timer.
+#
+# A session moves through
+#
+#     WAIT (handshake_first with a fallback, nothing received yet: the
+#           fallback timer sends a plain INFO and moves on to HELLO)
+#       -> HELLO (the first byte must open a TLS record, as Go checks)
+#       -> HANDSHAKE -> OPEN
+#
+# and a failed handshake, or one not done within the tls timeout, closes the
+# connection with "TLS Handshake Failure".  `with_tls(Client)` is the class
+# a TLS server accepts.  Go twins: server.go createClientEx, client.go
+# doTLSServerHandshake, tlsTimeout; auth.go checkClientTLSCertSubject.
+
+# TLSSession states, in order.
+TLS_WAIT, TLS_HELLO, TLS_HANDSHAKE, TLS_OPEN = 0, 1, 2, 3
+
+# First bytes of a TLS record: a handshake message, or an alert.
+TLS_RECORD_STARTS = (0x16, 0x15)
+
+
+class TLSSession:
+    """One connection's TLS state: OpenSSL's object, its two memory BIOs,
+    ciphertext the kernel has not taken yet, and the handshake's progress."""
+
+    __slots__ = ("sslobj", "incoming", "outgoing", "unsent", "state", "first")
+
+    def __init__(self, context, state: int, first: bool):
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.unsent = None        # memoryview: what the last send left of a record batch
+        self.state = state
+        self.first = first        # handshake_first: INFO comes after the handshake
+
+    def conn_info(self) -> dict:
+        """The /connz fields of an open session (Go's ConnInfo)."""
+        info = {"tls_version": tls_version_name(self.sslobj.version()),
+                "tls_cipher_suite": go_cipher_name(self.sslobj.cipher()[0])}
+        if self.first:
+            info["tls_first"] = True
+        return info
+
+
+class TLSConnection(Connection):
+    """The TLS ends of a connection, placed before its class by `with_tls`.
+
+    Loop thread only.  Reads go socket -> incoming BIO -> `process_input`;
+    `flush` encrypts `out` and sends the records; `close` ends with a
+    close_notify.  The parser, buffers and timers are the plain class's.
+    """
+
+    __slots__ = ()
+
+    def start_tls(self, context, timeout: float, state: int = TLS_HELLO, first: bool = False):
+        """Begin the server side of a handshake, due within `timeout` s."""
+        self.tls = TLSSession(context, state, first)
+        self.debug("Starting TLS %s connection handshake", self.kind.lower())
+        self.server.add_timer(timeout, self.tls_timeout)
+
+    def send_now(self, data: bytes):
+        """Bytes straight to the socket, outside TLS: the plain INFO before
+        the upgrade.  A fresh socket's buffer takes a few hundred bytes."""
+        try:
+            self.sock.send(data)
+        except OSError as exc:
+            self.debug("Error flushing: %s", exc)
+            self.close(WRITE_ERROR, flush=False)
+
+    # -- input ---------------------------------------------------------------
+
+    def read_ready(self):
+        """Take ciphertext from the kernel; handshake, or decrypt and parse."""
+        server = self.server
+        tls = self.tls
+        try:
+            n = self.sock.recv_into(server.tls_read_buffer, server.read_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.debug("Error reading from client: %s", exc)
+            self.close(READ_ERROR, flush=False)
+            return
+        if n == 0:
+            if tls.state == TLS_OPEN:
+                self.close(CLIENT_CLOSED, flush=False)
+            else:
+                self.tls_failed("EOF")
+            return
+        tls.incoming.write(server.tls_read_view[:n])
+        if tls.state != TLS_OPEN:
+            if tls.state < TLS_HANDSHAKE:
+                if server.tls_read_buffer[0] not in TLS_RECORD_STARTS:
+                    # A plain-text client: Go closes without a word or an alert.
+                    self.debug("TLS handshake error: tls: first record does not look like a "
+                               "TLS handshake")
+                    self.close(TLS_HANDSHAKE_ERROR, flush=False)
+                    return
+                tls.state = TLS_HANDSHAKE
+            if not self.tls_handshake():
+                return
+        self.tls_input()
+
+    def tls_handshake(self) -> bool:
+        """Feed the handshake what arrived; True once it is complete."""
+        tls = self.tls
+        try:
+            tls.sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self.flush()  # the records OpenSSL wrote (ServerHello, certificate, ...)
+            return False
+        except ssl.SSLError as exc:
+            self.tls_failed(go_tls_error(exc))
+            return False
+        tls.state = TLS_OPEN
+        if log.isEnabledFor(logging.DEBUG):
+            self.debug("TLS handshake complete")
+            self.debug("TLS version %s, cipher suite %s", tls_version_name(tls.sslobj.version()),
+                       go_cipher_name(tls.sslobj.cipher()[0]))
+        self.server.tls_established(self)
+        self.flush()
+        return True
+
+    def tls_failed(self, reason: str):
+        """Log why (Go's "TLS handshake error"), give the peer the alert
+        OpenSSL wrote, and close."""
+        self.error("TLS handshake error: %s", reason)
+        alert = self.tls.outgoing.read()
+        if alert:
+            try:
+                self.sock.send(alert)
+            except OSError:
+                pass
+        self.close(TLS_HANDSHAKE_ERROR, flush=False)
+
+    def tls_timeout(self):
+        """Go's tlsTimeout: a handshake still unfinished is closed."""
+        if self.closed or self.tls.state == TLS_OPEN:
+            return
+        self.debug("TLS handshake timeout")
+        self.close(TLS_HANDSHAKE_ERROR, flush=False)
+
+    def tls_input(self):
+        """Decrypt what OpenSSL holds and process it, a read buffer at a time,
+        until it needs more ciphertext or this publisher is stalled."""
+        tls = self.tls
+        read = tls.sslobj.read
+        view = self.server.read_view
+        size = self.server.read_size
+        while not self.closed and not self.stalled:
+            n = 0
+            eof = False
+            try:
+                while n < size:
+                    got = read(size - n, view[n:])
+                    if not got:
+                        eof = True  # the peer's close_notify
+                        break
+                    n += got
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as exc:
+                self.debug("Error reading from client: %s", exc)
+                self.close(READ_ERROR, flush=False)
+                return
+            if n:
+                self.process_input(bytes(view[:n]))
+            if eof:
+                self.close(CLIENT_CLOSED, flush=False)
+                return
+            if n < size:
+                break
+        if tls.outgoing.pending and not self.closed:
+            self.server.pending.add(self)  # a key update, say: sent by the flush
+
+    def end_stall(self, seq: int = -1):
+        """Read again; plaintext left inside OpenSSL would never wake
+        select(), so the next timer turn processes it."""
+        super().end_stall(seq)
+        tls = self.tls
+        if (not self.stalled and not self.closed and tls.state == TLS_OPEN
+                and (tls.incoming.pending or tls.sslobj.pending())):
+            self.server.add_timer(0.0, self.tls_input)
+
+    # -- output --------------------------------------------------------------
+
+    def flush(self):
+        """Encrypt `out` and send the records while the kernel takes them
+        (the plain flush's twin: same slow-consumer, stall and write-wait
+        rules, counted in ciphertext bytes)."""
+        if self.closed:
+            return
+        tls = self.tls
+        out = self.out
+        if out and tls.state == TLS_OPEN:
+            try:
+                tls.sslobj.write(out[0] if len(out) == 1 else b"".join(out))
+            except ssl.SSLError as exc:
+                self.debug("Error flushing: %s", exc)
+                self.close(WRITE_ERROR, flush=False)
+                return
+            out.clear()
+        outgoing = tls.outgoing
+        send = self.sock.send
+        while True:
+            data = tls.unsent
+            if data is None:
+                if not outgoing.pending:
+                    break
+                data = outgoing.read(MAX_SEND_SIZE)
+            try:
+                sent = send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self.debug("Error flushing: %s", exc)
+                self.close(WRITE_ERROR, flush=False)
+                return
+            if sent:
+                self.last_write_progress = time.monotonic()
+            if sent < len(data):
+                tls.unsent = memoryview(data)[sent:]
+                break
+            tls.unsent = None
+        pending = outgoing.pending + (len(tls.unsent) if tls.unsent is not None else 0)
+        max_pending = self.server.options.max_pending
+        if self.stall_waiters and pending <= max_pending * 3 // 4:
+            self.release_stalled()
+        if pending > max_pending:
+            self.slow_consumer(SLOW_CONSUMER_PENDING_BYTES, pending)
+        elif pending and not self.write_waiting:
+            # The write-deadline clock starts when the kernel first pushes back.
+            self.last_write_progress = time.monotonic()
+            self.write_waiting = True
+            self.server.want_write(self, True)
+        elif not pending and self.write_waiting:
+            self.write_waiting = False
+            self.server.want_write(self, False)
+
+    def pending_bytes(self) -> int:
+        tls = self.tls
+        unsent = len(tls.unsent) if tls.unsent is not None else 0
+        return sum(len(chunk) for chunk in self.out) + tls.outgoing.pending + unsent
+
+    # -- close ---------------------------------------------------------------
+
+    def close(self, reason: str, flush: bool = True):
+        """Close; an open session that got all its output out first says
+        close_notify (as Go's tls.Conn.Close does)."""
+        tls = self.tls
+        if flush and not self.closed and tls is not None and tls.state == TLS_OPEN:
+            self.flush()
+            if self.closed:
+                return
+            if tls.unsent is None and not tls.outgoing.pending:
+                try:
+                    tls.sslobj.unwrap()
+                except (ssl.SSLError, OSError, ValueError):
+                    pass  # the peer's close_notify is not awaited
+                try:
+                    self.sock.send(tls.outgoing.read())
+                except OSError:
+                    pass
+        super().close(reason, flush)
+
+
+def with_tls(cls: type) -> type:
+    """`cls` speaking TLS: a subclass whose read_ready, flush and close come
+    from TLSConnection.  The server makes `with_tls(Client)` once."""
+    return type("TLS" + cls.__name__, (TLSConnection, cls),
+                {"__slots__": (), "__doc__": "%s over TLS." % cls.__name__})
+
+
+def tls_version_name(version: str | None) -> str:
+    """OpenSSL's "TLSv1.3" as Go shows it: "1.3"."""
+    return (version or "").replace("TLSv", "") or "Unknown"
+
+
+def go_cipher_name(openssl_name: str) -> str:
+    """OpenSSL's name of a cipher suite as Go names it (TLS 1.3 names agree)."""
+    for go_name, name in GO_CIPHER_SUITES.items():
+        if name == openssl_name:
+            return go_name
+    return openssl_name
+
+
+# OpenSSL's reasons for a failed handshake, in Go's words.
+_GO_TLS_ERRORS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "tls: client didn't provide a certificate",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "remote error: tls: bad certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "remote error: tls: unknown certificate authority",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "remote error: tls: unknown certificate",
+    "TLSV1_ALERT_DECRYPT_ERROR": "remote error: tls: error decrypting message",
+    "NO_SHARED_CIPHER": "tls: no cipher suite supported by both client and server",
+    "UNSUPPORTED_PROTOCOL": "tls: client offered only unsupported versions",
+    "WRONG_VERSION_NUMBER": "tls: first record does not look like a TLS handshake",
+}
+
+
+def go_tls_error(exc: Exception) -> str:
+    """A handshake error as Go's crypto/tls would phrase it, where known."""
+    reason = getattr(exc, "reason", None) or ""
+    if reason == "CERTIFICATE_VERIFY_FAILED":
+        detail = getattr(exc, "verify_message", "") or "certificate verify failed"
+        if "issuer" in detail or "self-signed" in detail or "self signed" in detail:
+            detail = "certificate signed by unknown authority"
+        return "tls: failed to verify certificate: x509: %s" % detail
+    if reason in _GO_TLS_ERRORS:
+        return _GO_TLS_ERRORS[reason]
+    return "tls: " + reason.lower().replace("_", " ") if reason else str(exc)
+
+
+# Subject attributes Go's pkix.Name keeps as fields, OpenSSL's long name ->
+# the RFC 2253 short name, in the order its ToRDNSequence writes them.
+_DN_ATTRIBUTES = (("countryName", "C"), ("stateOrProvinceName", "ST"),
+                  ("localityName", "L"), ("streetAddress", "STREET"),
+                  ("postalCode", "POSTALCODE"), ("organizationName", "O"),
+                  ("organizationalUnitName", "OU"), ("commonName", "CN"),
+                  ("serialNumber", "SERIALNUMBER"))
+
+
+def cert_identities(cert: dict) -> list:
+    """The user names verify_and_map tries for a peer certificate (a dict
+    from SSLObject.getpeercert()), in Go's order (checkClientTLSCertSubject):
+    e-mail SANs, DNS SANs, URI SANs, then the subject as RFC 2253 text:
+    in the certificate's own order with every attribute Go names (Go compares
+    that one as a parsed DN), with the domain components appended when there
+    are any, and as Go's pkix.Name prints it (`CN=alice,OU=tests,O=Acme,C=US`).
+    Go finds nothing when the certificate has no e-mail, URI or subject."""
+    sans = cert.get("subjectAltName", ())
+    emails = [value for kind, value in sans if kind == "email"]
+    uris = [value for kind, value in sans if kind == "URI"]
+    names = emails + [value for kind, value in sans if kind == "DNS"] + uris
+    subject = cert.get("subject", ())
+    if not emails and not uris and not subject:
+        return []
+    short = dict(_DN_ATTRIBUTES, domainComponent="DC")
+    if all(attr in short for rdn in subject for attr, _value in rdn):
+        names.append(",".join("+".join("%s=%s" % (short[attr], _dn_escape(value))
+                                       for attr, value in rdn)
+                              for rdn in reversed(subject)))
+    values: dict = {}
+    for rdn in subject:
+        for attr, value in rdn:
+            values.setdefault(attr, []).append(value)
+    parts = []
+    for attr, name in reversed(_DN_ATTRIBUTES):
+        found = values.get(attr, [])
+        if name in ("CN", "SERIALNUMBER"):
+            found = found[-1:]  # pkix.Name keeps one of each, the last
+        if found:
+            parts.append("+".join("%s=%s" % (name, _dn_escape(value)) for value in found))
+    dn = ",".join(parts)
+    dcs = ",".join("DC=" + value for value in values.get("domainComponent", ()))
+    if dcs:
+        names.append(dn + "," + dcs)
+    names.append(dn)
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def _dn_escape(value: str) -> str:
+    """Go's RDNSequence.String escaping of an attribute value."""
+    out = []
+    for i, ch in enumerate(value):
+        if (ch in ',+"\\<>;' or (ch == " " and i in (0, len(value) - 1))
+                or (ch == "#" and i == 0)):
+            out.append("\\")
+        out.append(ch)
+    return "".join(out)
 
 
 # Escapes Go's %q uses for the common control characters.
@@ -1839,9 +3051,11 @@ def format_duration(seconds: float) -> str:
 
 
 def _needs_slow_path(sub: Subscription) -> bool:
-    """Auto-unsubscribe and response permissions are handled per delivery."""
+    """Auto-unsubscribe, response permissions and imports that rename the
+    subject are handled per delivery."""
     perms = sub.client.perms
-    return bool(sub.max) or (perms is not None and perms.responses is not None)
+    return (bool((sub.parent or sub).max) or sub.im is not None
+            or (perms is not None and perms.responses is not None))
 
 
 def _may_receive(sub: Subscription, subject: bytes) -> bool:
@@ -1938,6 +3152,34 @@ def _queue_listed(queue: bytes, groups: list) -> bool:
     return False
 
 
+def _one_per_route(subs: list) -> list:
+    """Subscriptions with each route kept once: a peer gets one RMSG per
+    message however many of its subscriptions match."""
+    seen = set()
+    kept = []
+    for sub in subs:
+        if sub.client.kind == "Router":
+            if sub.client in seen:
+                continue
+            seen.add(sub.client)
+        kept.append(sub)
+    return kept
+
+
+def _pick_start(group: list) -> int:
+    """Where to start looking for a queue member: at random, a route's
+    member counting as many as its weight."""
+    if not any(s.client.kind == "Router" for s in group):
+        return int(random.random() * len(group))
+    weights = [s.client.weight(s) if s.client.kind == "Router" else 1 for s in group]
+    r = random.random() * sum(weights)
+    for index, weight in enumerate(weights):
+        r -= weight
+        if r < 0:
+            return index
+    return len(group) - 1
+
+
 # DeliveryPlan kinds: nobody to deliver to; plain subs only; with queue
 # groups; anything the general deliver_msg must handle (auto-unsubscribe).
 PLAN_EMPTY, PLAN_PLAIN, PLAN_QUEUES, PLAN_SLOW = 0, 1, 2, 3
@@ -1956,7 +3198,7 @@ class DeliveryPlan:
     __slots__ = ("plain", "plain_out", "queues", "members", "clients", "fast", "runnable",
                  "empty", "kind", "msgs", "bytes")
 
-    def __init__(self, result: SublistResult, subject: bytes):
+    def __init__(self, result: SublistResult, subject: bytes, account: bytes = b"$G"):
         if any(s.client.perms is not None for s in result.psubs) or any(
                 s.client.perms is not None for g in result.qsubs for s in g):
             # Subscribers whose deny list names this subject are left out.
@@ -1964,16 +3206,25 @@ class DeliveryPlan:
                 [s for s in result.psubs if _may_receive(s, subject)],
                 [kept for kept in ([s for s in g if _may_receive(s, subject)]
                                    for g in result.qsubs) if kept])
+        psubs = result.psubs
+        routed = any(s.client.kind == "Router" for s in psubs)
+        if routed:
+            psubs = _one_per_route(psubs)
         head = b"MSG " + subject + b" "
-        self.plain = [(s, s.client) for s in result.psubs]
-        self.plain_out = [(s.client.out.append, head + s.sid + b" ") for s in result.psubs]
-        self.queues = [[(s.client.out.append, head + s.sid + b" ", s, s.client) for s in group]
+        route_head = b"RMSG " + account + b" " + subject + b" "
+        self.plain = [(s.parent or s, s.client) for s in psubs]
+        self.plain_out = [(s.client.out.append, route_head if s.client.kind == "Router"
+                           else head + s.sid + b" ") for s in psubs]
+        self.queues = [[(s.client.out.append, head + s.sid + b" ", s.parent or s, s.client)
+                        for s in group]
                        for group in result.qsubs]
-        self.clients = {s.client for s in result.psubs}
+        self.clients = {s.client for s in psubs}
         self.members = self.clients | {s.client for g in result.qsubs for s in g}
-        self.fast = not any(_needs_slow_path(s) for s in result.psubs) and not any(
-            _needs_slow_path(s) for g in result.qsubs for s in g)
-        self.empty = not result.psubs and not result.qsubs
+        # Queue groups with members behind a route are chosen per message
+        # (weights), in deliver_msg.
+        self.fast = not any(_needs_slow_path(s) for s in psubs) and not any(
+            _needs_slow_path(s) or s.client.kind == "Router" for g in result.qsubs for s in g)
+        self.empty = not psubs and not result.qsubs
         # Runs may be delivered subscriber by subscriber only when that keeps
         # each connection's message order: one subscription per connection.
         self.runnable = self.fast and not self.queues and len(self.clients) == len(self.plain)
@@ -1997,6 +3248,146 @@ class DeliveryPlan:
                 client.out_bytes += nbytes
 
 
+# -- accounts: subject spaces, exports and imports ----------------------------
+#
+# An account is a subject space of its own: it owns a sublist, and a message
+# published in it reaches only its subscribers.  Users of the `accounts`
+# block log in to their account; everyone else is in the global account $G.
+# Accounts share on purpose, through exports and imports (Go's accounts.go):
+#
+# * A stream import lets account A see what account B publishes on an
+#   exported subject.  Each subscription in A that the import covers gets a
+#   shadow subscription in B's sublist (same client and sid, subject mapped
+#   into B's space), so B's publishes reach A's subscriber with no extra
+#   step; when the import adds a prefix, the shadow maps the subject back
+#   on delivery (`im`).
+# * A service import lets A's requests reach B's responders: a PUB in A on
+#   the import's subject is published again in B on the exported subject,
+#   with a fresh reply subject `_R_.<prefix>.<id>` of B's.  That reply is a
+#   response import in B: what B's responder publishes to it is delivered in
+#   A on the requester's own reply subject (once, for the default singleton
+#   response type; until it expires for `stream` and `chunked`).
+
+
+class StreamImport:
+    """A's view of B's stream: `source` in B appears as `local` in A."""
+
+    __slots__ = ("exporter", "source", "local", "local_tokens", "to_local", "to_source")
+
+    def __init__(self, exporter: "Account", source: bytes, local: bytes):
+        self.exporter = exporter
+        self.source = source
+        self.local = local
+        self.local_tokens = local.split(b".")
+        mapped = source != local
+        self.to_local = SubjectTransform(source, local) if mapped else None
+        self.to_source = SubjectTransform(local, source) if mapped else None
+
+
+class ServiceImport:
+    """A's requests on `local` go to B's exported service subject."""
+
+    __slots__ = ("exporter", "export", "local", "to_export")
+
+    def __init__(self, exporter: "Account", export: Export, subject: bytes, local: bytes):
+        self.exporter = exporter
+        self.export = export
+        self.local = local
+        self.to_export = SubjectTransform(local, subject)
+
+
+class ResponseImport:
+    """A reply subject in the exporter's account that leads back to a requester."""
+
+    __slots__ = ("importer", "reply", "singleton", "expires")
+
+    def __init__(self, importer: "Account", reply: bytes, singleton: bool, expires: float):
+        self.importer = importer
+        self.reply = reply
+        self.singleton = singleton
+        self.expires = expires
+
+
+class Account:
+    """A subject space with its sublist, its imports and its pending responses."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.sublist = Sublist(name=name.encode())
+        self.stream_imports: list = []
+        self.service_imports: dict = {}      # literal local subject -> ServiceImport
+        self.wildcard_imports: list = []     # (local tokens, ServiceImport)
+        self.responses: dict = {}            # reply subject here -> ResponseImport
+        self.exports_services = False
+        self.reply_prefix = b"_R_." + _random_token(6) + b"."
+        self.interest: dict = {}             # (subject, queue) -> local subs (routes' RS+)
+        self.client_count = 0                # clients logged in now
+        self.total_connections = 0
+
+    def __repr__(self) -> str:
+        return "<Account %s>" % self.name
+
+    @property
+    def routes_services(self) -> bool:
+        """May a PUB in this account be a service request or a response?"""
+        return bool(self.service_imports or self.wildcard_imports or self.exports_services)
+
+    def service_route(self, subject: bytes):
+        """The ServiceImport or ResponseImport a PUB on `subject` follows, or None."""
+        route = self.service_imports.get(subject) or self.responses.get(subject)
+        if route is None and self.wildcard_imports:
+            tokens = subject.split(b".")
+            for pattern, imp in self.wildcard_imports:
+                if _subject_matches(tokens, pattern):
+                    return imp
+        return route
+
+    def new_response(self, importer: "Account", reply: bytes, export: Export) -> bytes:
+        """A fresh reply subject here that routes back to `reply` in `importer`."""
+        subject = self.reply_prefix + _random_token(6)
+        self.responses[subject] = ResponseImport(
+            importer, reply, export.response_type == "singleton",
+            time.monotonic() + export.response_threshold)
+        return subject
+
+    def expire_responses(self, now: float):
+        for subject in [s for s, r in self.responses.items() if r.expires <= now]:
+            del self.responses[subject]
+
+
+def build_accounts(opts: Options) -> dict:
+    """Account objects from the options: $G, the system account, and every
+    configured one, with imports resolved (checked by `check_accounts`)."""
+    accounts = {GLOBAL_ACCOUNT: Account(GLOBAL_ACCOUNT)}
+    configs = opts.accounts or {}
+    for name in configs:
+        accounts[name] = Account(name)
+    system = opts.system_account or SYSTEM_ACCOUNT
+    accounts.setdefault(system, Account(system))
+    for name, config in configs.items():
+        account = accounts[name]
+        account.exports_services = any(e.kind == "service" for e in config.exports)
+        for imp in config.imports:
+            exporter = accounts[imp.account]
+            if imp.kind == "stream":
+                account.stream_imports.append(
+                    StreamImport(exporter, imp.subject.encode(), imp.to.encode()))
+                continue
+            export = find_export(configs[imp.account], "service", imp.subject)
+            si = ServiceImport(exporter, export, imp.subject.encode(), imp.to.encode())
+            tokens = si.local.split(b".")
+            if b"*" in tokens or b">" in tokens:
+                account.wildcard_imports.append((tokens, si))
+            else:
+                account.service_imports[si.local] = si
+    return accounts
+
+
+def _random_token(n: int) -> bytes:
+    alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    return bytes(alphabet[b % 62] for b in os.urandom(n))
+
+
 class Client(Connection):
     """A client connection.
 
@@ -2007,7 +3398,7 @@ class Client(Connection):
     __slots__ = (
         "verbose", "pedantic", "echo", "headers", "no_responders", "protocol",
         "name", "lang", "version", "user", "connect_received", "awaiting_auth",
-        "subs", "pub_cache", "perms",
+        "subs", "pub_cache", "perms", "account", "credentials",
     )
 
     kind = "Client"
@@ -2026,6 +3417,10 @@ class Client(Connection):
         self.awaiting_auth = server.options.auth_required
         self.subs = {}               # sid -> Subscription
         self.perms = None            # ClientPermissions of the user, if restricted
+        self.credentials = None      # user, pass, auth_token of CONNECT (for reloads)
+        self.account = server.global_account
+        self.account.client_count += 1
+        self.account.total_connections += 1
         self.pub_cache = {}          # raw PUB line -> its parse and delivery plan (process_pub)
 
     # -- the read loop (HOT) ---------------------------------------------------
@@ -2040,7 +3435,7 @@ class Client(Connection):
         i = 0
         find = data.find
         cache_get = self.pub_cache.get
-        sublist = server.sublist
+        sublist = self.account.sublist
         genid = sublist.genid
         pending = server.pending
         rand = random.random
@@ -2087,7 +3482,7 @@ class Client(Connection):
                     genid = sublist.genid
                 plan = result.plan
                 if plan is None:
-                    plan = result.plan = DeliveryPlan(result, subject)
+                    plan = result.plan = DeliveryPlan(result, subject, sublist.name)
                 entry[4] = plan
                 entry[5] = genid
             kind = plan.kind
@@ -2363,15 +3758,21 @@ class Client(Connection):
         for key in ("name", "lang", "version"):
             if getattr(self, key):
                 info[key] = getattr(self, key)
-        if auth and self.user:
-            info["authorized_user"] = self.user
+        if self.tls is not None and self.tls.state == TLS_OPEN:
+            info.update(self.tls.conn_info())
+        if auth:
+            if self.user:
+                info["authorized_user"] = self.user
+            if self.account is not self.server.global_account:
+                info["account"] = self.account.name
+            info["name_tag"] = self.account.name
         if subs == "list" and self.subs:
             info["subscriptions_list"] = [s.subject.decode("utf-8", "replace")
                                           for s in self.subs.values()]
         if subs == "detail" and self.subs:
             info["subscriptions_list_detail"] = [sub_detail(s) for s in self.subs.values()]
         info.update(_start=self.start, _last=self.last_activity, _idle=now - self.last_activity,
-                    _uptime=now - self.start, _rtt=0)
+                    _uptime=now - self.start, _rtt=0, _account=self.account.name)
         return info
 
     # -- CONNECT and auth ------------------------------------------------------
@@ -2421,42 +3822,76 @@ class Client(Connection):
 
     def authorize(self, fields: dict) -> bool:
         """Check credentials when auth is on (Go's isClientAuthorized); every
-        CONNECT is checked, not just the first."""
-        if not self.server.options.auth_required:
-            return True
-        opts = self.server.options
-        perms = None
-        if opts.users:
-            ok = False
-            if (opts.no_auth_user and not fields.get("user") and not fields.get("pass")
-                    and not fields.get("auth_token")):
-                # No credentials at all: this client is the no_auth_user.
-                for user in opts.users:
-                    if user.username == opts.no_auth_user:
-                        fields = dict(fields, user=user.username)
-                        ok, perms = True, user.permissions
-            for user in opts.users:
-                if ok:
-                    break
-                if fields.get("user") == user.username:
-                    ok = _secret_equal(fields.get("pass"), user.password)
-                    perms = user.permissions
-                    break
-        elif opts.authorization:
-            ok = _secret_equal(fields.get("auth_token"), opts.authorization)
-        else:
-            ok = (_secret_equal(fields.get("user"), opts.username)
-                  and _secret_equal(fields.get("pass"), opts.password))
-        if not ok:
-            user = fields.get("user")
+        CONNECT is checked, not just the first.  The credentials are kept:
+        a config reload checks them again."""
+        credentials = {k: fields[k] for k in ("user", "pass", "auth_token") if fields.get(k)}
+        self.credentials = credentials or None
+        return self.check_auth()
+
+    def check_auth(self) -> bool:
+        """Log in with the kept credentials, or close with an auth violation."""
+        found = authenticate(self.server.options, self.credentials or {})
+        if found is None:
+            user = (self.credentials or {}).get("user")
             self.auth_violation(user if isinstance(user, str) else "")
             return False
+        self.user, perms, account = found
         self.awaiting_auth = False
-        self.user = fields.get("user") or ""
         self.perms = ClientPermissions(perms) if perms is not None else None
         self.pub_cache.clear()
+        self.bind_account(self.server.accounts[account or GLOBAL_ACCOUNT])
         self.update_log_prefix()
         return True
+
+    def reload_config(self, old: Options):
+        """The server reloaded its config: log in again with the same
+        credentials, under the new permissions (Go's reloadAuthorization).
+        A client of the old single user whose password changed is closed
+        without an -ERR, as Go does (Go closes every single-user client on
+        each reload; a client whose credentials still pass stays here)."""
+        self.trace = self.server.trace
+        if self.verbose or self.trace or self.pedantic:
+            self.pub_cache = _DisabledCache()
+        else:
+            self.pub_cache = {}
+        if not self.connect_received:
+            self.awaiting_auth = self.server.options.auth_required
+            return
+        if old.username and self.user == old.username and \
+                authenticate(self.server.options, self.credentials or {}) is None:
+            self.close(CLIENT_CLOSED)
+            return
+        if self.check_auth() and self.perms is not None:
+            self.remove_unauthorized_subs()
+
+    def remove_unauthorized_subs(self):
+        """Drop the subscriptions the permissions no longer allow, telling
+        the client and the log about each."""
+        for sub in list(self.subs.values()):
+            if self.perms.can_subscribe(sub.subject, sub.queue):
+                continue
+            self.unsubscribe(sub)
+            what = go_quote(sub.subject)
+            if sub.queue is not None:
+                what += " using queue %s" % go_quote(sub.queue)
+            sid = sub.sid.decode("utf-8", "replace")
+            self.send_err('Permissions Violation for Subscription to %s (sid "%s")' % (what, sid))
+            log.info('Removed sub %s (sid "%s") for User %s - not authorized',
+                     what, sid, go_quote(self.user.encode()))
+
+    def bind_account(self, account: Account):
+        """Log in to `account`: subscriptions made before move with the client."""
+        if account is self.account:
+            return
+        subs = list(self.subs.values())
+        for sub in subs:
+            self.unsubscribe(sub)
+        self.account.client_count -= 1
+        self.account = account
+        account.client_count += 1
+        account.total_connections += 1
+        for sub in subs:
+            self.add_subscription(sub)
 
     def update_log_prefix(self):
         """Go 2.15's prefix: `ip:port - cid:N - "name" - "$G/user:alice" - `."""
@@ -2465,7 +3900,7 @@ class Client(Connection):
         if self.name:
             prefix += go_quote(self.name.encode()) + " - "
         if self.user and not self.awaiting_auth:
-            prefix += go_quote(("$G/user:%s" % self.user).encode()) + " - "
+            prefix += go_quote(("%s/user:%s" % (self.account.name, self.user)).encode()) + " - "
         self.log_prefix = prefix
 
     def auth_violation(self, user: str = ""):
@@ -2501,20 +3936,72 @@ class Client(Connection):
                 self.error("maximum subscriptions exceeded")
                 self.send_err(ERR_MAX_SUBSCRIPTIONS)
                 return
-            sub = Subscription(self, subject, queue, sid)
-            self.subs[sid] = sub
-            self.server.sublist.insert(sub)
+            self.subscribe(subject, queue, sid)
         if self.verbose:
             self.send_ok()
+
+    def subscribe(self, subject: bytes, queue: bytes | None, sid: bytes) -> Subscription:
+        """A new subscription in the client's account."""
+        sub = Subscription(self, subject, queue, sid)
+        self.add_subscription(sub)
+        return sub
+
+    def add_subscription(self, sub: Subscription):
+        """Insert `sub` in the account, shadowed where imports cover it."""
+        self.subs[sub.sid] = sub
+        self.account.sublist.insert(sub)
+        if self.server.routes_enabled:
+            self.server.update_interest(self.account, sub, 1)
+        if self.account.stream_imports:
+            self.add_shadows(sub)
+
+    def add_shadows(self, sub: Subscription):
+        """A shadow subscription in each exporter whose stream `sub` can see
+        (Go's addShadowSubscriptions)."""
+        tokens = sub.subject.split(b".")
+        shadows = []
+        for imp in self.account.stream_imports:
+            overlap = subject_intersection(tokens, imp.local_tokens)
+            if overlap is None:
+                continue
+            subject = b".".join(overlap)
+            if imp.to_source is not None:
+                subject = imp.to_source.apply(subject)
+            self.debug("Creating import subscription on %s from account %s",
+                       go_quote(subject), go_quote(imp.exporter.name.encode()))
+            shadow = Subscription(self, subject, sub.queue, sub.sid)
+            shadow.parent, shadow.im = sub, imp.to_local
+            imp.exporter.sublist.insert(shadow)
+            if self.server.routes_enabled:
+                self.server.update_interest(imp.exporter, shadow, 1)
+            shadows.append((imp.exporter, shadow))
+        sub.shadows = shadows or None
+
+    def remove_subscription(self, sub: Subscription):
+        """Take `sub` and its shadows out of the sublists (and the routes' view)."""
+        routes = self.server.routes_enabled
+        self.account.sublist.remove(sub)
+        if routes:
+            self.server.update_interest(self.account, sub, -1)
+        for account, shadow in sub.shadows or ():
+            account.sublist.remove(shadow)
+            if routes:
+                self.server.update_interest(account, shadow, -1)
+
+    def sublists_of(self, sub: Subscription) -> list:
+        return [self.account.sublist] + [account.sublist for account, _ in sub.shadows or ()]
 
     def process_unsub(self, sid: bytes, maximum: int):
         sub = self.subs.get(sid)
         if sub is not None:
-            self.server.sublist.settle()  # make sub.delivered exact
+            sublists = self.sublists_of(sub)
+            for sublist in sublists:
+                sublist.settle()  # make sub.delivered exact
             if maximum > 0 and sub.delivered < maximum:
                 sub.max = maximum
                 # The plans cached for its subjects assumed no limit.
-                self.server.sublist.clear_cache()
+                for sublist in sublists:
+                    sublist.clear_cache()
             else:
                 self.unsubscribe(sub)
         if self.verbose:
@@ -2523,7 +4010,7 @@ class Client(Connection):
     def unsubscribe(self, sub: Subscription):
         if self.subs.get(sub.sid) is sub:
             del self.subs[sub.sid]
-            self.server.sublist.remove(sub)
+            self.remove_subscription(sub)
             if self.trace:
                 self.trace_delsub(sub)
 
@@ -2531,10 +4018,10 @@ class Client(Connection):
         log.log(TRACE, "%s<-> [DELSUB %s]", self.log_prefix, sub.sid.decode("utf-8", "replace"))
 
     def closed_cleanup(self):
-        sublist = self.server.sublist
+        self.account.client_count -= 1
         for sub in self.subs.values():
             # Removing a sub settles every cached plan that counted for it.
-            sublist.remove(sub)
+            self.remove_subscription(sub)
             if self.trace:
                 self.trace_delsub(sub)
         self.server.remove_client(self)  # /connz still shows the subs it had
@@ -2581,8 +4068,15 @@ class Client(Connection):
             self.pub_permission_violation(subject)
             return stop + 2
         msg = Message(subject, reply, hdr if hdr > 0 else -1, size, payload, size_field)
-        self.deliver_msg(self.server.sublist.match(subject), msg)
+        account = self.account
+        route = account.service_route(subject) if account.routes_services else None
+        if route is not None:
+            routed = self.route_service(route, msg)
+            self.deliver_msg(account.sublist.match(subject), msg, routed)
+            return stop + 2
+        self.deliver_msg(account.sublist.match(subject), msg)
         if (valid and hdr < 0 and data[nl - 1] == 13 and line.endswith(size_token)
+                and not (account.exports_services and subject.startswith(b"_R_."))
                 and type(self.pub_cache) is dict
                 and (self.perms is None or self.perms.responses is None)):
             cache = self.pub_cache
@@ -2608,19 +4102,62 @@ class Client(Connection):
             self.error("Subscription Violation - Subject %s, Queue: %s, SID %s",
                        go_quote(subject), go_quote(queue), sid.decode("utf-8", "replace"))
 
-    def deliver_msg(self, result: SublistResult, msg: "Message") -> bool:
-        """Deliver to every plain sub and one member per queue group
-        (Go's processMsgResults).  Returns True if anyone got it."""
-        delivered = False
+    def route_service(self, route, msg: "Message") -> bool:
+        """Send a request on to the exporting account, or a response back to
+        the requester's account (Go's processServiceImport).  Returns True
+        if anyone got it."""
+        if isinstance(route, ResponseImport):
+            account = self.account
+            if route.singleton or route.expires <= time.monotonic():
+                account.responses.pop(msg.subject, None)
+            if route.expires <= time.monotonic():
+                return False
+            reply = route.reply
+            routed = msg.routed(reply, msg.reply)
+            return self.deliver_msg(route.importer.sublist.match(reply), routed, True,
+                                    route.importer)
+        exporter = route.exporter
+        subject = route.to_export.apply(msg.subject)
+        reply = None
+        if msg.reply is not None:
+            reply = exporter.new_response(self.account, msg.reply, route.export)
+        routed = msg.routed(subject, reply).with_header(
+            REQUEST_INFO_HEADER, json.dumps({"acc": self.account.name},
+                                            separators=(",", ":")).encode())
+        return self.deliver_msg(exporter.sublist.match(subject), routed, True, exporter)
+
+    def deliver_msg(self, result: SublistResult, msg: "Message", delivered: bool = False,
+                    account: Account | None = None) -> bool:
+        """Deliver to every plain sub and one member per queue group, and once
+        to each route with interest, naming the groups it was picked for
+        (Go's processMsgResults).  `account` is the one `result` came from
+        (the publisher's unless an import moved the message).  Returns True
+        if anyone got it (or if `delivered` says someone already did)."""
+        routes = None
         for sub in result.psubs:
-            if self.deliver_to(sub, msg):
+            if sub.client.kind == "Router":
+                if routes is None:
+                    routes = {}
+                routes.setdefault(sub.client, [])
+            elif self.deliver_to(sub, msg):
                 delivered = True
         for group in result.qsubs:
-            start = int(random.random() * len(group))
+            start = _pick_start(group)
             for k in range(len(group)):
-                if self.deliver_to(group[(start + k) % len(group)], msg):
+                sub = group[(start + k) % len(group)]
+                if sub.client.kind == "Router":
+                    if routes is None:
+                        routes = {}
+                    routes.setdefault(sub.client, []).append(sub.queue)
                     delivered = True
                     break
+                if self.deliver_to(sub, msg):
+                    delivered = True
+                    break
+        if routes:
+            for route, queues in routes.items():
+                route.send_msg(account or self.account, msg, queues)
+            delivered = True
         if not delivered and msg.reply is not None and self.no_responders:
             self.send_no_responders(msg.reply)
         return delivered
@@ -2630,11 +4167,14 @@ class Client(Connection):
         c = sub.client
         if c.closed or (c is self and not self.echo):
             return False
+        if sub.im is not None:
+            msg = msg.routed(sub.im.apply(msg.subject), msg.reply)
         if c.perms is not None:
             if not c.perms.can_receive(msg.subject):
                 return False
             if c.perms.responses is not None and msg.reply is not None:
                 c.perms.note_request(msg.reply)
+        sub = sub.parent or sub
         sub.delivered += 1
         if sub.max:
             if sub.delivered > sub.max:
@@ -2654,7 +4194,7 @@ class Client(Connection):
     def send_no_responders(self, reply: bytes):
         """A request nobody can answer: a 503 status to the requester's own
         subscription on the reply subject, if it has one."""
-        result = self.server.sublist.match(reply)
+        result = self.account.sublist.match(reply)
         for sub in result.psubs + [s for group in result.qsubs for s in group]:
             if sub.client is self:
                 status = Message(reply, None, len(NO_RESPONDERS_HEADER),
@@ -2683,6 +4223,24 @@ class Message:
         if size_field is None:
             size_field = b"%d" % size if hdr < 0 else b"%d %d" % (hdr, size)
         self.size_field = size_field
+
+    def routed(self, subject: bytes, reply: bytes | None) -> "Message":
+        """The same message under another subject and reply (imports)."""
+        return Message(subject, reply, self.hdr, self.size, self.payload, self.size_field)
+
+    def with_header(self, name: bytes, value: bytes) -> "Message":
+        """This message with header `name` set (added, or its value replaced)."""
+        line = name + b": " + value + b"\r\n"
+        if self.hdr < 0:
+            block, body = b"NATS/1.0\r\n" + line + b"\r\n", self.payload
+        else:
+            lines = self.payload[:self.hdr - 2].split(b"\r\n")
+            kept = [lines[0]] + [h for h in lines[1:]
+                                 if h.split(b":", 1)[0].strip().lower() != name.lower()]
+            block, body = b"\r\n".join(kept) + b"\r\n" + line + b"\r\n", \
+                self.payload[self.hdr:]
+        return Message(self.subject, self.reply, len(block), len(block) + len(body),
+                       block + body)
 
     def proto_for(self, sid: bytes, headers: bool) -> bytes:
         """MSG or HMSG bytes for subscription `sid`; headers are stripped for
@@ -2726,6 +4284,30 @@ _CONNECT_FIELDS = {
 
 def _valid_queue(queue: bytes) -> bool:
     return bool(queue) and b" " not in queue and b"\t" not in queue
+
+
+def authenticate(opts: Options, credentials: dict) -> tuple | None:
+    """Who do these CONNECT credentials log in as?  (user name, Permissions
+    or None, account name or ""), or None when they are refused."""
+    if not opts.auth_required:
+        return ("", None, "")
+    if opts.users:
+        name, check = credentials.get("user"), True
+        if opts.no_auth_user and not credentials:
+            name, check = opts.no_auth_user, False   # no credentials: the no_auth_user
+        for user in opts.users:
+            if user.username == name:
+                if check and not _secret_equal(credentials.get("pass"), user.password):
+                    return None
+                return (user.username, user.permissions, user.account)
+        return None
+    if opts.authorization:
+        ok = _secret_equal(credentials.get("auth_token"), opts.authorization)
+    else:
+        ok = (_secret_equal(credentials.get("user"), opts.username)
+              and _secret_equal(credentials.get("pass"), opts.password))
+    user = credentials.get("user")
+    return (user if isinstance(user, str) else "", None, "") if ok else None
 
 
 def _secret_equal(given, expected: str) -> bool:
@@ -2779,11 +4361,455 @@ def bcrypt_available() -> bool:
 # 8. Route
 # ============================================================================
 #
-# Clustering over routes (RS+/RS-/RMSG between servers, gossip, mixed
-# clusters with Go nats-server 2.x) is not implemented yet.  The `cluster`
-# config block is accepted and named in a startup warning, and the cluster
-# flags (--routes, --cluster, --cluster_listen, ...) stop the server with a
-# clear message rather than being ignored.  Go twin: server/route.go.
+# Servers of a cluster connect to each other over routes and speak the
+# route protocol of nats-server 2.x, so a gnatsd.py node and Go nodes can be
+# peers.  One side dials (a configured route, or one learned by gossip) and
+# sends CONNECT and its INFO; the other side sends its INFO when it accepts
+# and checks the CONNECT (cluster name, route credentials).  Each side then
+# registers the peer by its server id, sends it all of its interest and a
+# PING, and tells its other peers about it (gossip: an INFO whose server id
+# is not the route's own is a server to dial), so the cluster becomes a full
+# mesh.  Of two connections between the same pair, the later one is closed.
+#
+# Interest travels as `RS+ <account> <subject> [<queue> <weight>]` and
+# `RS- ...`: sent once per (account, subject) when the first local
+# subscription appears and when the last one goes, and for a queue group
+# again whenever its local member count (the weight) changes.  A peer's
+# interest becomes subscriptions in our account sublists whose "client" is
+# the route, so matching a published subject finds the routes to send to.
+# A message goes to each interested route once, as `RMSG <account> <subject>
+# [reply] <size>` (HMSG with headers); when the route was picked for queue
+# groups the line names them (`+ <reply> <q>...` or `| <q>...`) and the peer
+# delivers to one local member of each.  A message that came over a route
+# is delivered to local clients only: one hop, so every server needs a
+# route to every other (the mesh).
+#
+# This server runs one route per peer and no compression: its INFO carries
+# neither `route_pool_size` nor `compression`, and Go peers fall back to a
+# single uncompressed connection.  Go twin: server/route.go.
+
+# Route protocol level (2: accounts and RS+/RS-).
+ROUTE_PROTO = 2
+
+# Seconds between attempts to dial a configured route, and a dial's timeout.
+ROUTE_RECONNECT_DELAY = 1.0
+ROUTE_DIAL_TIMEOUT = 2.0
+
+# Attempts after which a failed dial is logged again at [ERR] (Go's
+# reconnect_error_reports); the ones between are [DBG].
+ROUTE_ERROR_REPORTS = 3600
+
+# Seconds between route PINGs at most (Go caps the route ping interval).
+ROUTE_MAX_PING_INTERVAL = 30.0
+
+
+class RouteURL:
+    """A route URL: `nats-route://[user:pass@]host:port` (or `nats://`)."""
+
+    def __init__(self, url: str):
+        parsed = urllib.parse.urlsplit(url if "://" in url else "nats-route://" + url)
+        if parsed.scheme not in ("nats-route", "nats", "tls", "nats+tls") or not parsed.hostname:
+            raise ConfigError('error parsing route url ["%s"]' % url)
+        self.url = url
+        self.host = parsed.hostname
+        try:
+            self.port = parsed.port or DEFAULT_ROUTE_PORT
+        except ValueError:
+            raise ConfigError('error parsing route url ["%s"]: invalid port' % url)
+        self.user = urllib.parse.unquote(parsed.username or "")
+        self.password = urllib.parse.unquote(parsed.password or "")
+
+    def redacted(self) -> str:
+        """The URL as logs show it (the password hidden, as Go does)."""
+        auth = "%s:%s@" % (self.user, "xxxxx") if self.user else ""
+        return "nats-route://%s%s" % (auth, _host_port(self.host, self.port))
+
+
+class _RouteDialer:
+    """A route connection being dialed: waits in the selector for the
+    non-blocking connect to finish, then hands the socket to the server."""
+
+    closed = False
+
+    def __init__(self, server: "Server", sock: socket.socket, target: RouteURL, implicit: bool):
+        self.server = server
+        self.sock = sock
+        self.target = target
+        self.implicit = implicit
+
+    def read_ready(self):
+        self.write_ready()
+
+    def write_ready(self):
+        if self.closed:
+            return
+        self.closed = True
+        self.server.unregister(self)
+        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self.sock.close()
+            self.server.route_dial_failed(self.target, self.implicit, os.strerror(error))
+        else:
+            self.server.create_route(self.sock, self.target, self.implicit)
+
+    def timeout(self):
+        if not self.closed:
+            self.closed = True
+            self.server.unregister(self)
+            self.sock.close()
+            self.server.route_dial_failed(self.target, self.implicit, "i/o timeout")
+
+
+class Route(Connection):
+    """A connection to another server of the cluster.
+
+    dialed:   connect -> CONNECT + INFO -> peer INFO -> registered
+    accepted: INFO -> peer CONNECT (checked) -> peer INFO -> registered
+    """
+
+    __slots__ = ("target", "implicit", "remote_id", "remote_name", "remote_info",
+                 "remote_subs", "weights", "connect_received", "registered",
+                 "echo", "perms", "headers", "protocol")
+
+    kind = "Router"
+
+    def __init__(self, server: "Server", sock: socket.socket, cid: int,
+                 target: RouteURL | None = None, implicit: bool = False):
+        super().__init__(server, sock, cid)
+        self.target = target            # the URL we dialed, None for an accepted route
+        self.implicit = implicit        # learned by gossip rather than configured
+        self.remote_id = ""
+        self.remote_name = ""
+        self.remote_info: dict = {}
+        self.remote_subs: dict = {}     # b"acc subject[ queue]" -> Subscription
+        self.weights: dict = {}         # the same keys -> queue weight
+        self.connect_received = False
+        self.registered = False
+        self.echo = True                # as seen by Client.deliver_to
+        self.perms = None
+        self.headers = True
+        self.protocol = ROUTE_PROTO
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        self.log_prefix = "%s:%d - rid:%d - " % (host, self.port, cid)
+
+    # -- handshake -------------------------------------------------------------
+
+    def send_connect(self):
+        fields = {"echo": True, "verbose": False, "pedantic": False,
+                  "tls_required": False, "headers": True, "name": self.server.server_id,
+                  "cluster": self.server.cluster_name}
+        if self.target is not None and self.target.user:
+            fields["user"], fields["pass"] = self.target.user, self.target.password
+        if self.server.cluster_dynamic:
+            fields["cluster_dynamic"] = True
+        self.send_proto(b"CONNECT " + json.dumps(fields, separators=(",", ":")).encode()
+                        + CR_LF, "CONNECT")
+
+    def process_connect(self, arg: bytes):
+        """The dialing peer's CONNECT (Go's processRouteConnect)."""
+        try:
+            fields = json.loads(arg)
+        except ValueError as exc:
+            raise ProtocolError("processRouteConnect: %s" % exc)
+        if not isinstance(fields, dict):
+            raise ProtocolError("processRouteConnect: CONNECT is not a JSON object")
+        if "lang" in fields:
+            self.error("Route connect with client lang, attempted to connect to route port")
+            self.send_err_and_close("attempted to connect to route port", PROTOCOL_VIOLATION)
+            return
+        server = self.server
+        auth = server.options.cluster_auth
+        if auth is not None and not (_secret_equal(fields.get("user"), auth[0])
+                                     and _secret_equal(fields.get("pass"), auth[1])):
+            self.error("authentication error - User %s", go_quote(str(fields.get("user") or "")
+                                                                   .encode()))
+            self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
+            return
+        cluster = fields.get("cluster") or ""
+        if cluster != server.cluster_name:
+            if server.cluster_dynamic and cluster:
+                server.adopt_cluster_name(cluster)
+            elif not fields.get("cluster_dynamic"):
+                self.error("Rejecting connection, cluster name %s does not match %s",
+                           go_quote(cluster.encode()), go_quote(server.cluster_name.encode()))
+                self.send_err_and_close("Rejecting connection, cluster name %s does not match %s"
+                                        % (go_quote(cluster.encode()),
+                                           go_quote(server.cluster_name.encode())),
+                                        "Cluster Name Conflict")
+                return
+        self.connect_received = True
+        self.send_proto(server.route_info(), "INFO")
+
+    def connect_timeout(self):
+        if not self.closed and not self.connect_received:
+            self.error("Authentication Timeout")
+            self.send_err_and_close(ERR_AUTH_TIMEOUT, AUTHENTICATION_TIMEOUT)
+
+    def process_info(self, arg: bytes):
+        """The peer's INFO: the first registers the route; later ones are
+        gossip about other servers, or updates of the peer itself."""
+        try:
+            info = json.loads(arg)
+        except ValueError as exc:
+            raise ProtocolError("processRouteInfo: %s" % exc)
+        if not isinstance(info, dict):
+            return
+        server = self.server
+        remote_id = info.get("server_id") or ""
+        if self.registered and remote_id != self.remote_id:
+            server.learn_route(info)   # gossip: a server our peer knows
+            return
+        if self.registered:
+            self.remote_info.update(info)
+            server.route_info_changed(self)
+            return
+        if remote_id == server.server_id:
+            self.debug("Detected route to self, ignoring %s",
+                       self.target.redacted() if self.target else "")
+            if self.target is not None:
+                server.self_routes.add((self.target.host, self.target.port))
+            self.close(CLIENT_CLOSED)
+            return
+        if self.target is None and not self.connect_received:
+            self.error("Expected CONNECT before INFO")
+            self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
+            return
+        cluster = info.get("cluster") or ""
+        if cluster and cluster != server.cluster_name:
+            if server.cluster_dynamic:
+                server.adopt_cluster_name(cluster)
+            elif not info.get("cluster_dynamic"):
+                self.error("Rejecting connection, cluster name %s does not match %s",
+                           go_quote(cluster.encode()), go_quote(server.cluster_name.encode()))
+                self.close("Cluster Name Conflict")
+                return
+        if info.get("route_account"):
+            # A Go peer's dedicated per-account route: we run one route per peer.
+            self.debug("Closing route for pinned account %s", info.get("route_account"))
+            self.close(CLIENT_CLOSED)
+            return
+        self.remote_id = remote_id
+        self.remote_name = info.get("server_name") or ""
+        self.remote_info = info
+        self.headers = bool(info.get("headers"))
+        server.register_route(self)
+
+    # -- input -----------------------------------------------------------------
+
+    def parse(self, data: bytes):
+        """Route ops, one control line at a time (Go's parser, route states)."""
+        n = len(data)
+        i = 0
+        find = data.find
+        while i < n and not self.closed:
+            nl = find(b"\n", i)
+            if nl < 0:
+                if n - i > self.server.options.max_control_line * 16:
+                    raise ProtocolError("route control line too long", ERR_MAX_CONTROL_LINE,
+                                        MAX_CONTROL_LINE_EXCEEDED)
+                self.keep_tail(data, i, n - i + 1)
+                return
+            line = data[i:nl]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            op, _, arg = line.partition(b" ")
+            op = op.upper()
+            if op == b"RMSG" or op == b"HMSG":
+                stop = self.process_msg(data, nl, op == b"HMSG", arg.strip())
+                if stop < 0:
+                    self.keep_tail(data, i, -stop - i)
+                    return
+                i = stop
+                continue
+            if self.trace:
+                self.trace_in(op.decode("ascii", "replace"), arg)
+            if op == b"RS+":
+                self.process_remote_sub(arg.split())
+            elif op == b"RS-":
+                self.process_remote_unsub(arg.split())
+            elif op == b"PING":
+                self.send_proto(PONG)
+            elif op == b"PONG":
+                self.pings_out = 0
+            elif op == b"INFO":
+                self.process_info(arg)
+            elif op == b"CONNECT":
+                self.process_connect(arg)
+            elif op == b"-ERR":
+                self.error("Remote Error: %s", arg.decode("utf-8", "replace"))
+            elif op in (b"+OK", b"LS+", b"LS-", b""):
+                pass
+            else:
+                raise ProtocolError("route parser: unknown op %s" % go_quote(op),
+                                    ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+            i = nl + 1
+
+    def process_msg(self, data: bytes, nl: int, headers: bool, arg: bytes) -> int:
+        """RMSG/HMSG whose payload follows `nl`; returns the index after it,
+        or -(bytes needed from the line start) when it is not all here."""
+        args = arg.split()
+        try:
+            if headers:
+                hdr, size = int(args[-2]), int(args[-1])
+                args = args[:-2]
+            else:
+                hdr, size = -1, int(args[-1])
+                args = args[:-1]
+            account_name, subject = args[0], args[1]
+        except (ValueError, IndexError):
+            raise ProtocolError("processRoutedMsgArgs: bad arguments %s" % go_quote(arg),
+                                ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+        reply, queues = None, None
+        if len(args) > 2:
+            if args[2] == b"+" and len(args) > 3:
+                reply, queues = args[3], args[4:]
+            elif args[2] == b"|":
+                queues = args[3:]
+            else:
+                reply = args[2]
+        stop = nl + 1 + size
+        if stop + 2 > len(data):
+            return -(stop + 2)
+        payload = data[nl + 1:stop]
+        if self.trace:
+            self.trace_in("RMSG" if hdr < 0 else "HMSG", arg)
+        self.in_msgs += 1
+        self.in_bytes += size
+        self.last_activity = time.time()
+        account = self.server.accounts.get(account_name.decode("utf-8", "replace"))
+        if account is not None:
+            msg = Message(subject, reply, hdr, size, payload)
+            self.deliver_local(account, msg, queues)
+        return stop + 2
+
+    def deliver_local(self, account: Account, msg: Message, queues):
+        """A message from the peer: to our clients' plain subscriptions, and
+        to one local member of each queue group the peer chose us for."""
+        route = account.responses.get(msg.subject) if account.responses else None
+        if route is not None:
+            # A response to a service request made here: back to the requester.
+            if route.singleton:
+                account.responses.pop(msg.subject, None)
+            routed = msg.routed(route.reply, msg.reply)
+            self.deliver_local(route.importer, routed, None)
+            return
+        result = account.sublist.match(msg.subject)
+        for sub in result.psubs:
+            if sub.client.kind == "Client":
+                Client.deliver_to(self, sub, msg)
+        if queues:
+            for group in result.qsubs:
+                if group[0].queue not in queues:
+                    continue
+                members = [s for s in group if s.client.kind == "Client"]
+                start = int(random.random() * len(members)) if members else 0
+                for k in range(len(members)):
+                    if Client.deliver_to(self, members[(start + k) % len(members)], msg):
+                        break
+
+    # -- interest ----------------------------------------------------------------
+
+    def process_remote_sub(self, args: list):
+        """RS+ <account> <subject> [<queue> <weight>]."""
+        if len(args) < 2:
+            raise ProtocolError("processRemoteSub: bad arguments", ERR_UNKNOWN_PROTOCOL,
+                                PARSE_ERROR)
+        account = self.server.accounts.get(args[0].decode("utf-8", "replace"))
+        if account is None:
+            return
+        queue = args[2] if len(args) > 2 else None
+        key = b" ".join(args[:3])
+        if queue is not None:
+            try:
+                self.weights[key] = max(1, int(args[3])) if len(args) > 3 else 1
+            except ValueError:
+                self.weights[key] = 1
+        if key not in self.remote_subs:
+            sub = Subscription(self, args[1], queue, key)
+            self.remote_subs[key] = sub
+            account.sublist.insert(sub)
+
+    def process_remote_unsub(self, args: list):
+        """RS- <account> <subject> [<queue>]."""
+        if len(args) < 2:
+            return
+        key = b" ".join(args[:3])
+        sub = self.remote_subs.pop(key, None)
+        self.weights.pop(key, None)
+        account = self.server.accounts.get(args[0].decode("utf-8", "replace"))
+        if sub is not None and account is not None:
+            account.sublist.remove(sub)
+
+    def weight(self, sub: Subscription) -> int:
+        return self.weights.get(sub.sid, 1)
+
+    def send_interest(self, account: Account, subject: bytes, queue: bytes | None, count: int):
+        """Tell the peer about local interest: RS+ (count > 0) or RS-."""
+        name = account.name.encode()
+        if count > 0:
+            line = b"RS+ %s %s" % (name, subject)
+            if queue is not None:
+                line += b" %s %d" % (queue, count)
+        else:
+            line = b"RS- %s %s" % (name, subject)
+            if queue is not None:
+                line += b" " + queue
+        if self.trace:
+            self.trace_out(line.decode("utf-8", "replace"))
+        self.queue_outbound(line + CR_LF)
+
+    # -- output --------------------------------------------------------------------
+
+    def send_msg(self, account: Account, msg: Message, queues: list):
+        """One RMSG/HMSG for `msg`, naming the queue groups we chose the peer for."""
+        if msg.hdr >= 0 and not self.headers:
+            body = msg.payload[msg.hdr:]
+            msg = Message(msg.subject, msg.reply, -1, len(body), body)
+        head = b"RMSG" if msg.hdr < 0 else b"HMSG"
+        parts = [head, account.name.encode(), msg.subject]
+        if queues:
+            if msg.reply is not None:
+                parts += [b"+", msg.reply]
+            else:
+                parts.append(b"|")
+            parts += queues
+        elif msg.reply is not None:
+            parts.append(msg.reply)
+        parts.append(msg.size_field if msg.hdr < 0 else b"%d %d" % (msg.hdr, msg.size))
+        line = b" ".join(parts)
+        if self.trace:
+            self.trace_out(line.decode("utf-8", "replace"))
+        self.out.append(line + CR_LF + msg.payload + CR_LF)
+        self.out_msgs += 1
+        self.out_bytes += msg.size
+        self.server.pending.add(self)
+
+    # -- ping and close ----------------------------------------------------------------
+
+    def arm_ping_timer(self):
+        interval = min(self.server.options.ping_interval, ROUTE_MAX_PING_INTERVAL)
+        self.server.add_timer(interval, self.ping_timer)
+
+    def closed_cleanup(self):
+        self.server.remove_route(self)
+
+    def log_closed(self, reason: str):
+        log.info("%sRouter connection closed: %s", self.log_prefix, reason)
+
+    def conn_info(self) -> dict:
+        """This route as a /routez entry (Go's RouteInfo)."""
+        now = time.time()
+        return {
+            "rid": self.cid, "remote_id": self.remote_id, "remote_name": self.remote_name,
+            "did_solicit": self.target is not None, "is_configured": (
+                self.target is not None and not self.implicit),
+            "ip": self.host, "port": self.port, "start": rfc3339(self.start),
+            "last_activity": rfc3339(self.last_activity), "rtt": format_duration(0),
+            "uptime": go_uptime(now - self.start), "idle": go_uptime(now - self.last_activity),
+            "pending_size": self.pending_bytes(), "in_msgs": self.in_msgs,
+            "out_msgs": self.out_msgs, "in_bytes": self.in_bytes, "out_bytes": self.out_bytes,
+            "subscriptions": len(self.remote_subs),
+        }
 
 
 # ============================================================================
@@ -2830,16 +4856,18 @@ class _Waker:
 
 
 class _Listener:
-    """The client listening socket; readable means connections to accept."""
+    """A listening socket; readable means connections to accept, each
+    handed to `create` (the server's create_client or create_route)."""
 
     closed = False
 
-    def __init__(self, server: "Server", sock: socket.socket):
+    def __init__(self, server: "Server", sock: socket.socket, create=None):
         self.server = server
         self.sock = sock
+        self.create = create or server.create_client
 
     def read_ready(self):
-        self.server.accept_connections(self.sock)
+        self.server.accept_connections(self.sock, self.create)
 
 
 class Server:
@@ -2852,11 +4880,23 @@ class Server:
     `main()` instead calls `run()`, which serves in the calling thread.
     """
 
-    def __init__(self, options: Options | None = None):
+    def __init__(self, options: Options | None = None, flags: Options | None = None):
         self.options = (options or Options()).fill_defaults()
+        self.flags = flags or Options()      # the command line's, re-applied on reload
         self.server_id = _new_server_id()
         self.server_name = self.options.server_name or self.server_id
-        self.sublist = Sublist()
+        self.accounts = build_accounts(self.options)
+        self.routes: dict = {}               # remote server id -> registered Route
+        self.route_conns: set = set()        # every route connection, registered or not
+        self.routes_enabled = bool(self.options.cluster_port)
+        self.route_listener = None
+        self.cluster_host = ""
+        self.route_port = 0
+        self.self_routes: set = set()        # (host, port) of route URLs that led to us
+        self.cluster_name = self.options.cluster_name or _new_server_id()[1:23]
+        self.cluster_dynamic = not self.options.cluster_name
+        self.global_account = self.accounts[GLOBAL_ACCOUNT]
+        self.system_account = self.accounts[self.options.system_account or SYSTEM_ACCOUNT]
         self.clients: dict = {}
         self.pending: set = set()
         self.write_waiting: set = set()
@@ -2868,6 +4908,10 @@ class Server:
         self.read_size = max(16 * 1024, min(READ_SIZE, self.options.max_pending // 8))
         self.read_buffer = bytearray(self.read_size)
         self.read_view = memoryview(self.read_buffer)
+        # TLS: the class of accepted clients, and a buffer for ciphertext
+        # (made with the first TLS client; plaintext still uses read_buffer).
+        self.tls_client_class = with_tls(Client)
+        self.tls_read_buffer = self.tls_read_view = None
         self.trace = self.options.trace
         self.next_cid = 0
         self.running = False
@@ -2887,6 +4931,7 @@ class Server:
         self.monitor = None
         self.lame_duck = False
         self.lame_duck_requested = False     # set by SIGUSR2, acted on by the loop
+        self.reload_requested = False        # set by SIGHUP, acted on by the loop
         self.loop_calls = collections.deque()   # (fn, result box, event) from other threads
         self.closed_clients = collections.deque(maxlen=MAX_CLOSED_CLIENTS)
         self.thread = None
@@ -2903,6 +4948,8 @@ class Server:
         log.info("  Git:      [not set]")
         log.info("  gnatsd.py: %s on %s %s", __version__, platform.python_implementation(),
                  platform.python_version())
+        if opts.cluster_port:
+            log.info("  Cluster:  %s", self.cluster_name)
         log.info("  Name:     %s", self.server_name)
         log.info("  ID:       %s", self.server_id)
         if opts.config_file:
@@ -2915,17 +4962,26 @@ class Server:
         self.selector.register(sock, selectors.EVENT_READ, self.listener)
         self.selector.register(self.waker.reader, selectors.EVENT_READ, self.waker)
         self.info_template = self.build_info()
-        if opts.http_port:
+        if opts.tls:
+            opts.tls.server_context()  # raises ConfigError for an embedder's bad TLSConfig
+        if opts.http_port or opts.https_port:
             self.monitor = Monitor(self)
             self.monitor.start()
         log.info("Listening for client connections on %s", _host_port(self.host, self.port))
+        if opts.tls:
+            log.info("TLS required for client connections")
+            if opts.tls.handshake_first and not opts.tls.fallback:
+                log.warning('Clients that are not using "TLS Handshake First" option will '
+                            'fail to connect')
         if opts.pid_file:
             _write_file(opts.pid_file, str(os.getpid()))
         if opts.ports_file_dir:
             self.write_ports_file()
-        self.add_timer(1.0, self.sweep_write_deadlines)
+        self.add_timer(1.0, self.sweep_timeouts)
         self.running = True
         log.info("Server is ready")
+        if opts.cluster_port:
+            self.listen_for_routes()
         return self
 
     def build_info(self) -> dict:
@@ -2943,7 +4999,15 @@ class Server:
         }
         if opts.auth_required:
             info["auth_required"] = True
+        if opts.tls:
+            info["tls_required"] = True
+            if opts.tls.verify:
+                info["tls_verify"] = True
         info["max_payload"] = opts.max_payload
+        if self.routes_enabled:
+            info["cluster"] = self.cluster_name
+            if self.routes:
+                info["connect_urls"] = self.connect_urls()
         return info
 
     def write_ports_file(self):
@@ -3005,6 +5069,9 @@ class Server:
                     reopen_log_file(self.options)
                 if self.loop_calls:
                     self.run_loop_calls()
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload()
                 if self.lame_duck_requested:
                     self.lame_duck_requested = False
                     self.enter_lame_duck_mode()
@@ -3058,20 +5125,65 @@ class Server:
 
     # -- monitoring snapshots (loop thread) ------------------------------------
 
+    def settle_all(self):
+        """Make every subscription's and client's counters exact."""
+        for account in self.accounts.values():
+            account.sublist.settle()
+
     def varz_snapshot(self) -> dict:
-        self.sublist.settle()
+        self.settle_all()
         clients = self.clients.values()
         return {
             "connections": len(self.clients),
-            "subscriptions": self.sublist.count,
+            "subscriptions": sum(a.sublist.count for a in self.accounts.values()),
             "in_msgs": self.closed_in_msgs + sum(c.in_msgs for c in clients),
             "in_bytes": self.closed_in_bytes + sum(c.in_bytes for c in clients),
             "out_msgs": self.closed_out_msgs + sum(c.out_msgs for c in clients),
             "out_bytes": self.closed_out_bytes + sum(c.out_bytes for c in clients),
+            "routes": len(self.routes),
+            "cluster": self.cluster_varz(),
         }
 
+    def routez_snapshot(self, subs: str) -> list:
+        routes = []
+        for route in sorted(self.routes.values(), key=lambda r: r.cid):
+            info = route.conn_info()
+            if subs:
+                remote = list(route.remote_subs.values())
+                if subs == "detail":
+                    info["subscriptions_list_detail"] = [sub_detail(s) for s in remote]
+                else:
+                    info["subscriptions_list"] = [s.subject.decode("utf-8", "replace")
+                                                  for s in remote]
+            routes.append(info)
+        return routes
+
+    def cluster_varz(self) -> dict:
+        """/varz's `cluster` object (empty without a cluster, as in Go)."""
+        opts = self.options
+        if not self.routes_enabled:
+            return {}
+        return {"name": self.cluster_name, "addr": self.cluster_host,
+                "cluster_port": self.route_port, "auth_timeout": 2,
+                "urls": list(opts.routes or ()), "tls_timeout": 2,
+                "pool_size": -1}
+
+    def account_snapshots(self) -> list:
+        """Per-account counters for /accstatz (what the account's clients did)."""
+        self.settle_all()
+        snaps = {name: {"name": name, "conns": 0, "subscriptions": account.sublist.count,
+                        "in_msgs": 0, "in_bytes": 0, "out_msgs": 0, "out_bytes": 0,
+                        "slow_consumers": 0}
+                 for name, account in self.accounts.items()}
+        for client in self.clients.values():
+            snap = snaps[client.account.name]
+            snap["conns"] += 1
+            for key in ("in_msgs", "in_bytes", "out_msgs", "out_bytes"):
+                snap[key] += getattr(client, key)
+        return list(snaps.values())
+
     def connz_snapshot(self, state: str, subs: str, auth: bool) -> list:
-        self.sublist.settle()
+        self.settle_all()
         now = time.time()
         conns = []
         if state in ("open", "all", "any"):
@@ -3084,27 +5196,33 @@ class Server:
                 if subs != "detail":
                     info.pop("subscriptions_list_detail", None)
                 if not auth:
-                    info.pop("authorized_user", None)
+                    for key in ("authorized_user", "account", "name_tag"):
+                        info.pop(key, None)
                 conns.append(info)
         return conns
 
     def subsz_snapshot(self, with_subs: bool, test: str) -> dict:
-        sublist = self.sublist
-        sublist.settle()
-        fanouts = [len(r) for r in sublist.cache.values()]
+        """Sublist statistics summed over every account (as Go's Subsz)."""
+        self.settle_all()
+        sublists = [a.sublist for a in self.accounts.values()]
+        fanouts = [len(r) for sl in sublists for r in sl.cache.values()]
+        matches = sum(sl.matches for sl in sublists)
         subs = []
         if with_subs:
-            wanted = sublist.match(test.encode()) if test else None
-            chosen = (wanted.psubs + [s for g in wanted.qsubs for s in g]) if wanted else \
-                sublist.all_subscriptions()
-            subs = [sub_detail(s) for s in chosen]
+            for sublist in sublists:
+                if test:
+                    wanted = sublist.match(test.encode())
+                    chosen = wanted.psubs + [s for g in wanted.qsubs for s in g]
+                else:
+                    chosen = sublist.all_subscriptions()
+                subs += [sub_detail(s) for s in chosen]
         return {
-            "num_subscriptions": sublist.count,
-            "num_cache": len(sublist.cache),
-            "num_inserts": sublist.inserts,
-            "num_removes": sublist.removes,
-            "num_matches": sublist.matches,
-            "cache_hit_rate": (sublist.cache_hits / sublist.matches) if sublist.matches else 0,
+            "num_subscriptions": sum(sl.count for sl in sublists),
+            "num_cache": sum(len(sl.cache) for sl in sublists),
+            "num_inserts": sum(sl.inserts for sl in sublists),
+            "num_removes": sum(sl.removes for sl in sublists),
+            "num_matches": matches,
+            "cache_hit_rate": (sum(sl.cache_hits for sl in sublists) / matches) if matches else 0,
             "max_fanout": max(fanouts, default=0),
             "avg_fanout": (sum(fanouts) / len(fanouts)) if fanouts else 0,
             "subs": subs,
@@ -3126,11 +5244,15 @@ class Server:
         if self.pending:
             self.flush_pending()
 
-    def sweep_write_deadlines(self):
+    def sweep_timeouts(self):
+        """Once a second: slow writers past the deadline, expired responses."""
         now = time.monotonic()
         for conn in list(self.write_waiting):
             conn.check_write_deadline(now)
-        self.add_timer(1.0, self.sweep_write_deadlines)
+        for account in self.accounts.values():
+            if account.responses:
+                account.expire_responses(now)
+        self.add_timer(1.0, self.sweep_timeouts)
 
     def want_write(self, conn: Connection, on: bool):
         """Wait for writability only while the kernel pushes back."""
@@ -3166,7 +5288,7 @@ class Server:
 
     # -- connections -----------------------------------------------------------
 
-    def accept_connections(self, listener: socket.socket):
+    def accept_connections(self, listener: socket.socket, create):
         for _ in range(256):
             try:
                 sock, _addr = listener.accept()
@@ -3179,7 +5301,7 @@ class Server:
                     return
                 log.error("Client Accept Error: %s", exc)
                 return
-            self.create_client(sock)
+            create(sock)
 
     def create_client(self, sock: socket.socket):
         sock.setblocking(False)
@@ -3188,7 +5310,11 @@ class Server:
         except OSError:
             pass
         self.next_cid += 1
-        client = Client(self, sock, self.next_cid)
+        opts = self.options
+        # Over the limit, a client gets Go's plain INFO and -ERR, TLS or not.
+        over_limit = len(self.clients) >= opts.max_connections
+        client_class = self.tls_client_class if opts.tls and not over_limit else Client
+        client = client_class(self, sock, self.next_cid)
         self.total_connections += 1
         try:
             self.selector.register(sock, selectors.EVENT_READ, client)
@@ -3198,20 +5324,66 @@ class Server:
             return
         self.clients[client.cid] = client
         client.debug("Client connection created")
+        if client_class is Client:
+            client.queue_outbound(self.client_info(client))
+            if over_limit:
+                log.error("Maximum connections exceeded (%d)", opts.max_connections)
+                client.send_err_and_close(ERR_MAX_CONNECTIONS, MAX_CONNECTIONS_EXCEEDED)
+                return
+            self.start_client_timers(client)
+            client.flush()
+        else:
+            self.start_client_tls(client)
+
+    def client_info(self, client: Client) -> bytes:
+        """The INFO a new client gets (Go does not trace it)."""
         info = dict(self.info_template)
         info["client_id"] = client.cid
         info["client_ip"] = client.host
-        # Go does not trace the INFO it sends on accept.
-        client.queue_outbound(b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n")
-        opts = self.options
-        if len(self.clients) > opts.max_connections:
-            log.error("Maximum connections exceeded (%d)", opts.max_connections)
-            client.send_err_and_close(ERR_MAX_CONNECTIONS, MAX_CONNECTIONS_EXCEEDED)
-            return
+        return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
+
+    def start_client_timers(self, client: Client):
+        """The auth timeout and the ping timer (after the handshake for TLS)."""
         if client.awaiting_auth:
-            self.add_timer(opts.auth_timeout, client.auth_timeout)
+            self.add_timer(self.options.auth_timeout, client.auth_timeout)
         client.arm_ping_timer()
-        client.flush()
+
+    # -- TLS clients (chapter 6 has the connection's side) -------------------------
+
+    def start_client_tls(self, client: TLSConnection):
+        """Go's createClientEx on a TLS server: a plain INFO, then the upgrade;
+        or with handshake_first the handshake at once and INFO after it, and
+        with a fallback delay a plain INFO after all if no ClientHello came."""
+        tls = self.options.tls
+        if self.tls_read_buffer is None:
+            self.tls_read_buffer = bytearray(self.read_size)
+            self.tls_read_view = memoryview(self.tls_read_buffer)
+        context = tls.server_context()
+        if not tls.handshake_first:
+            client.send_now(self.client_info(client))
+            if not client.closed:
+                client.start_tls(context, tls.timeout)
+        elif not tls.fallback:
+            client.start_tls(context, tls.timeout, TLS_HELLO, first=True)
+        else:
+            client.start_tls(context, tls.fallback + tls.timeout, TLS_WAIT, first=True)
+            self.add_timer(tls.fallback, lambda: self.tls_fallback(client))
+
+    def tls_fallback(self, client: TLSConnection):
+        """handshake_first with a fallback, and nothing arrived in time: send
+        the INFO in plain text after all; the client upgrades as usual."""
+        if client.closed or client.tls.state != TLS_WAIT:
+            return
+        client.tls.state = TLS_HELLO
+        client.tls.first = False
+        client.send_now(self.client_info(client))
+
+    def tls_established(self, client: TLSConnection):
+        """A handshake completed: the INFO if it waited for it, then the
+        timers a plain client starts at accept (Go arms them only now)."""
+        if client.tls.first:
+            client.queue_outbound(self.client_info(client))
+        self.start_client_timers(client)
 
     def remove_client(self, client: Client):
         if self.clients.pop(client.cid, None) is not None:
@@ -3226,6 +5398,260 @@ class Server:
             self.closed_in_bytes += client.in_bytes
             self.closed_out_msgs += client.out_msgs
             self.closed_out_bytes += client.out_bytes
+
+    # -- routes (chapter 8 has the connection's side) ------------------------------
+
+    def listen_for_routes(self):
+        """Bind the route listener and dial the configured routes."""
+        opts = self.options
+        self.cluster_host = opts.cluster_host or DEFAULT_HOST
+        sock = _bind(self.cluster_host, opts.cluster_port)
+        self.route_port = sock.getsockname()[1]
+        listener = _Listener(self, sock, self.create_route)
+        self.route_listener = listener
+        self.selector.register(sock, selectors.EVENT_READ, listener)
+        log.info("Cluster name is %s", self.cluster_name)
+        if self.cluster_dynamic:
+            log.warning("Cluster name was dynamically generated, consider setting one")
+        log.info("Listening for route connections on %s",
+                 _host_port(self.cluster_host, self.route_port))
+        for url in opts.routes or ():
+            self.dial_route(RouteURL(url), implicit=False)
+
+    def route_url(self) -> str:
+        """How peers reach our route port (INFO's `ip`)."""
+        opts = self.options
+        if opts.cluster_advertise:
+            host_port = opts.cluster_advertise
+            if ":" not in host_port.rsplit("]", 1)[-1]:
+                host_port = _host_port(host_port, self.route_port)
+        else:
+            host_port = _host_port(_advertise_host(self.cluster_host), self.route_port)
+        return "nats-route://%s/" % host_port
+
+    def route_info(self) -> bytes:
+        """The INFO we send a route (Go's route INFO, without pooling or
+        compression, so Go peers use one plain connection)."""
+        opts = self.options
+        info = {
+            "server_id": self.server_id, "server_name": self.server_name,
+            "version": VERSION, "proto": ROUTE_PROTO, "go": GO_FIELD,
+            "host": self.cluster_host, "port": self.route_port, "headers": True,
+        }
+        if opts.cluster_auth is not None:
+            info["auth_required"] = True
+        info.update({"max_payload": opts.max_payload, "ip": self.route_url(),
+                     "cluster": self.cluster_name})
+        if self.cluster_dynamic:
+            info["cluster_dynamic"] = True
+        if not opts.no_advertise:
+            info["connect_urls"] = [self.client_url()]
+        return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + CR_LF
+
+    def client_url(self) -> str:
+        """Our client address as other servers tell their clients."""
+        if self.options.client_advertise:
+            advertise = self.options.client_advertise
+            if ":" not in advertise.rsplit("]", 1)[-1]:
+                advertise = _host_port(advertise, self.port)
+            return advertise
+        return _host_port(_advertise_host(self.host), self.port)
+
+    def dial_route(self, target: RouteURL, implicit: bool, attempt: int = 1):
+        """Start a non-blocking connect to a route; the selector tells us when
+        it is done (_RouteDialer)."""
+        if not self.running and self.listener is None:
+            return
+        if (target.host, target.port) in self.self_routes or self.lame_duck:
+            return
+        try:
+            infos = socket.getaddrinfo(target.host, target.port, 0, socket.SOCK_STREAM)
+            family, _type, _proto, _name, address = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self.route_dial_failed(target, implicit, str(exc), attempt)
+            return
+        sock.setblocking(False)
+        error = sock.connect_ex(address)
+        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            sock.close()
+            self.route_dial_failed(target, implicit, os.strerror(error), attempt)
+            return
+        dialer = _RouteDialer(self, sock, target, implicit)
+        dialer.attempt = attempt
+        self.selector.register(sock, selectors.EVENT_WRITE, dialer)
+        self.add_timer(ROUTE_DIAL_TIMEOUT, dialer.timeout)
+
+    def route_dial_failed(self, target: RouteURL, implicit: bool, why: str, attempt: int = 0):
+        """Log (Go's cadence) and try again: configured routes forever (or
+        connect_retries times), learned ones connect_retries times."""
+        attempt = attempt or 1
+        text = "Error trying to connect to route (attempt %d): dial tcp %s: connect: %s" % (
+            attempt, _host_port(target.host, target.port), why.lower())
+        if attempt == 1 or attempt % ROUTE_ERROR_REPORTS == 0:
+            log.error("%s", text)
+        else:
+            log.debug("%s", text)
+        retries = self.options.connect_retries
+        if implicit and attempt > retries:
+            return
+        if not implicit and retries and attempt > retries:
+            return
+        self.add_timer(ROUTE_RECONNECT_DELAY,
+                       lambda: self.redial(target, implicit, attempt + 1))
+
+    def redial(self, target: RouteURL, implicit: bool, attempt: int):
+        if self.running and not self.route_connected(target):
+            self.dial_route(target, implicit, attempt)
+
+    def route_connected(self, target: RouteURL) -> bool:
+        """Is there a route to `target` already, dialed by us or by it?"""
+        where = (target.host, target.port)
+        for route in self.route_conns:
+            if route.target is not None and (route.target.host, route.target.port) == where:
+                return True
+            if route.registered and route.remote_info.get("ip"):
+                try:
+                    advertised = RouteURL(route.remote_info["ip"].rstrip("/"))
+                except ConfigError:
+                    continue
+                if (advertised.host, advertised.port) == where:
+                    return True
+        return False
+
+    def create_route(self, sock: socket.socket, target: RouteURL | None = None,
+                     implicit: bool = False):
+        """A route connection, accepted (target None) or dialed: INFO (and
+        CONNECT first when we dialed)."""
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        self.next_cid += 1
+        route = Route(self, sock, self.next_cid, target, implicit)
+        try:
+            self.selector.register(sock, selectors.EVENT_READ, route)
+        except (ValueError, OSError) as exc:
+            log.error("Error registering route connection: %s", exc)
+            sock.close()
+            return
+        self.route_conns.add(route)
+        if target is not None:
+            route.host, route.port = target.host, target.port
+            route.log_prefix = "%s - rid:%d - " % (_host_port(target.host, target.port),
+                                                   route.cid)
+            route.send_connect()
+            route.send_proto(self.route_info(), "INFO")
+        else:
+            # Our INFO waits for a CONNECT that passes (so a peer with bad
+            # credentials never sees a route), within the auth timeout.
+            self.add_timer(AUTH_TIMEOUT, route.connect_timeout)
+        route.arm_ping_timer()
+        route.flush()
+        log.info("%sRoute connection created", route.log_prefix)
+
+    def register_route(self, route: Route):
+        """The peer's INFO arrived: one route per peer, full interest, gossip."""
+        existing = self.routes.get(route.remote_id)
+        if existing is not None and not existing.closed:
+            route.debug("Detected duplicate remote route %s", go_quote(route.remote_id.encode()))
+            route.close("Duplicate Route")
+            return
+        route.registered = True
+        self.routes[route.remote_id] = route
+        route.debug("Registering remote route %s", go_quote(route.remote_id.encode()))
+        for account in self.accounts.values():
+            for (subject, queue), count in account.interest.items():
+                route.send_interest(account, subject, queue, count)
+            if account.exports_services:
+                route.send_interest(account, account.reply_prefix + b">", None, 1)
+        route.send_proto(PING)
+        # Gossip: tell the others about the new peer; they dial it (as Go does).
+        announce = b"INFO " + json.dumps(route.remote_info, separators=(",", ":")).encode() \
+            + CR_LF
+        for other in self.routes.values():
+            if other is not route:
+                other.queue_outbound(announce)
+        self.cluster_changed()
+
+    def learn_route(self, info: dict):
+        """Gossip named a server: dial it unless we know it already."""
+        remote_id = info.get("server_id") or ""
+        url = info.get("ip") or ""
+        if not url or remote_id == self.server_id or remote_id in self.routes:
+            return
+        try:
+            target = RouteURL(url.rstrip("/"))
+        except ConfigError:
+            return
+        if not self.route_connected(target):
+            self.dial_route(target, implicit=True)
+
+    def remove_route(self, route: Route):
+        """A route closed: forget its interest; dial it again if configured."""
+        self.route_conns.discard(route)
+        for key, sub in route.remote_subs.items():
+            account = self.accounts.get(key.split(b" ", 1)[0].decode("utf-8", "replace"))
+            if account is not None:
+                account.sublist.remove(sub)
+        route.remote_subs.clear()
+        if route.registered and self.routes.get(route.remote_id) is route:
+            del self.routes[route.remote_id]
+            self.cluster_changed()
+        if route.target is not None and self.running and not self.lame_duck \
+                and route.close_reason not in ("Duplicate Route",) \
+                and (route.target.host, route.target.port) not in self.self_routes \
+                and not route.implicit:
+            self.add_timer(ROUTE_RECONNECT_DELAY,
+                           lambda: self.redial(route.target, route.implicit, 1))
+
+    def route_info_changed(self, route: Route):
+        self.cluster_changed()
+
+    def cluster_changed(self):
+        """Peers came or went: new connect_urls for clients (an async INFO to
+        clients that speak protocol 1, as Go sends)."""
+        urls = self.connect_urls() if self.routes else []
+        if urls == self.info_template.get("connect_urls", []):
+            return
+        if urls:
+            self.info_template["connect_urls"] = urls
+        else:
+            self.info_template.pop("connect_urls", None)
+        for client in list(self.clients.values()):
+            if client.protocol >= 1 and client.connect_received and not client.closed:
+                client.send_proto(self.client_info(client), "INFO")
+
+    def connect_urls(self) -> list:
+        """Our client address and every peer's, for clients to fail over to."""
+        urls = [] if self.options.no_advertise else [self.client_url()]
+        for route in self.routes.values():
+            for url in route.remote_info.get("connect_urls") or ():
+                if url not in urls:
+                    urls.append(url)
+        return urls
+
+    def adopt_cluster_name(self, name: str):
+        log.info("Cluster name updated to %s", name)
+        self.cluster_name = name
+        self.cluster_dynamic = False
+        self.info_template["cluster"] = name
+
+    def update_interest(self, account: Account, sub: Subscription, delta: int):
+        """A local subscription came or went: RS+/RS- to every route when the
+        (account, subject) interest starts or ends, or a queue's weight moves."""
+        key = (sub.subject, sub.queue)
+        interest = account.interest
+        count = interest.get(key, 0) + delta
+        if count > 0:
+            interest[key] = count
+        else:
+            interest.pop(key, None)
+        if sub.queue is None and not (count == 1 and delta > 0 or count == 0):
+            return
+        for route in self.routes.values():
+            route.send_interest(account, sub.subject, sub.queue, max(count, 0))
 
     # -- shutdown --------------------------------------------------------------
 
@@ -3245,8 +5671,14 @@ class Server:
             self.unregister(self.listener)
             self.listener.sock.close()
             self.listener.closed = True
+        if self.route_listener is not None and not self.route_listener.closed:
+            self.unregister(self.route_listener)
+            self.route_listener.sock.close()
+            self.route_listener.closed = True
         for client in list(self.clients.values()):
             client.close(SERVER_SHUTDOWN)
+        for route in list(self.route_conns):
+            route.close(SERVER_SHUTDOWN)
         self.waker.close()
         self.selector.close()
         if self.options.pid_file:
@@ -3258,10 +5690,11 @@ class Server:
     # -- signals ---------------------------------------------------------------
 
     def install_signal_handlers(self):
-        """SIGINT/SIGTERM stop; SIGUSR1 reopens the log file (main thread only)."""
+        """SIGINT/SIGTERM stop; SIGUSR1 reopens the log file; SIGHUP reloads the
+        config; SIGUSR2 enters lame duck mode (main thread only)."""
 
         def stop(signum, _frame):
-            log.debug('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
+            log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
             self.running = False
             self.waker.wake()
 
@@ -3269,9 +5702,10 @@ class Server:
             self.reopen_log = True   # the loop reopens; a handler must not close a file mid-write
             self.waker.wake()
 
-        def not_yet(signum, _frame):
-            log.warning('Trapped "%s" signal: not supported yet, ignored',
-                        _SIGNAL_NAMES.get(signum, signum))
+        def reload(signum, _frame):
+            log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
+            self.reload_requested = True
+            self.waker.wake()
 
         def lame_duck(_signum, _frame):
             self.lame_duck_requested = True
@@ -3281,8 +5715,52 @@ class Server:
         signal.signal(signal.SIGTERM, stop)
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, reopen)
-            signal.signal(signal.SIGHUP, not_yet)
+            signal.signal(signal.SIGHUP, reload)
             signal.signal(signal.SIGUSR2, lame_duck)
+
+    # -- config reload (SIGHUP) -------------------------------------------------
+
+    def reload(self):
+        """Read the config file again and apply what changed (Go's Reload):
+        logging, limits, authorization and accounts, permissions.  Clients
+        whose credentials no longer pass are closed; subscriptions the new
+        permissions deny are removed.  Any error keeps the old config."""
+        try:
+            new = self.reloaded_options()
+            changes = reload_changes(self.options, new, self.port)
+        except ConfigError as exc:
+            log.error("Failed to reload server configuration: %s", exc)
+            return
+        old, self.options = self.options, new
+        for change in changes:
+            log.info("Reloaded: %s", change)
+        if any(getattr(old, a) != getattr(new, a) for a in _LOGGING_OPTIONS):
+            configure_logging(new)
+        self.trace = new.trace
+        self.info_template = self.build_info()
+        if old.accounts or new.accounts:
+            self.accounts = build_accounts(new)
+            self.global_account = self.accounts[GLOBAL_ACCOUNT]
+            self.system_account = self.accounts[new.system_account or SYSTEM_ACCOUNT]
+        for client in list(self.clients.values()):
+            client.reload_config(old)
+        for account in self.accounts.values():
+            account.sublist.clear_cache()   # plans filtered by the old permissions
+        if new.pid_file and new.pid_file != old.pid_file:
+            _write_file(new.pid_file, str(os.getpid()))
+        log.info("Reloaded server configuration")
+
+    def reloaded_options(self) -> Options:
+        """The config file read again, flags on top, checked as at startup."""
+        path = self.options.config_file
+        if not path:
+            raise ConfigError("can only reload config when a file is provided using -c "
+                              "or --config")
+        new = options_from_config(path).merge(self.flags).fill_defaults().validate()
+        problem = startup_problem(new)
+        if problem:
+            raise ConfigError(problem)
+        return new
 
     # -- lame duck mode ----------------------------------------------------------
 
@@ -3341,7 +5819,11 @@ def _closed_order(info: dict) -> dict:
 
 def sub_detail(sub: Subscription) -> dict:
     """One subscription as /connz?subs=detail and /subsz?subs=1 show it."""
-    detail = {"account": "$G", "account_tag": "$G",
+    if sub.client.kind == "Router":
+        account = sub.sid.split(b" ", 1)[0].decode("utf-8", "replace")  # "acc subject [queue]"
+    else:
+        account = sub.client.account.name
+    detail = {"account": account, "account_tag": account,
               "subject": sub.subject.decode("utf-8", "replace")}
     if sub.queue is not None:
         detail["qgroup"] = sub.queue.decode("utf-8", "replace")
@@ -3351,6 +5833,77 @@ def sub_detail(sub: Subscription) -> dict:
         detail["max"] = sub.max
     detail["cid"] = sub.client.cid
     return detail
+
+
+# Options a reload may not change, with the Go field names its error uses.
+_NOT_RELOADABLE = (("server_name", "ServerName"), ("host", "Host"), ("port", "Port"),
+                   ("http_host", "HTTPHost"), ("http_port", "HTTPPort"),
+                   ("http_base_path", "HTTPBasePath"), ("https_port", "HTTPSPort"),
+                   ("system_account", "SystemAccount"),
+                   ("cluster_host", "cluster host"), ("cluster_port", "cluster port"),
+                   ("cluster_name", "cluster name"))
+
+# What a reload logs for each changed option ("Reloaded: max_payload = 2048"),
+# in the order of Go's Options struct.  A name ending in "=" shows the value.
+_RELOADED = (
+    ("trace", "trace ="), ("debug", "debug ="), ("logtime", "logtime ="),
+    ("logtime_utc", "logtime_utc ="), ("max_connections", "max_connections ="),
+    ("max_subscriptions", "max_subscriptions ="), ("no_auth_user", "no_auth_user ="),
+    ("username", "authorization username"), ("password", "authorization password"),
+    ("authorization", "authorization token"), ("auth_timeout", "authorization timeout ="),
+    ("ping_interval", "ping_interval ="), ("ping_max", "ping_max ="),
+    ("max_control_line", "max_control_line ="), ("max_payload", "max_payload ="),
+    ("max_pending", "max_pending ="), ("write_deadline", "write_deadline ="),
+    ("log_file", "log_file ="), ("log_size_limit", "log_size_limit ="),
+    ("syslog", "syslog ="), ("remote_syslog", "remote_syslog ="),
+    ("max_traced_msg_len", "max_traced_msg_len ="), ("pid_file", "pid_file ="),
+    ("ports_file_dir", "ports_file_dir ="), ("lame_duck_duration", "lame_duck_duration ="),
+    ("lame_duck_grace_period", "lame_duck_grace_period ="),
+    ("client_advertise", "client_advertise ="), ("tls", "tls = enabled"),
+)
+_DURATION_OPTIONS = ("ping_interval", "write_deadline", "lame_duck_duration",
+                     "lame_duck_grace_period")
+_LOGGING_OPTIONS = ("trace", "debug", "logtime", "logtime_utc", "log_file", "log_size_limit",
+                    "syslog", "remote_syslog")
+
+
+def reload_changes(old: Options, new: Options, actual_port: int) -> list:
+    """What a reload from `old` to `new` changes, as Go logs it; raises
+    ConfigError for an option that cannot change while running.  A random
+    port (-1) in the new options means the port already bound."""
+    for attr, go_name in _NOT_RELOADABLE:
+        before, after = getattr(old, attr), getattr(new, attr)
+        if attr == "port":
+            before, after = actual_port, actual_port if after == RANDOM_PORT else after
+        if before != after:
+            raise ConfigError("config reload not supported for %s: old=%s, new=%s"
+                              % (go_name, before, after))
+    # Go compares these by pointer, so every reload reports them.
+    changes = ["authorization users", "accounts"]
+    for attr, text in _RELOADED:
+        value = getattr(new, attr)
+        if getattr(old, attr) == value:
+            continue
+        if not text.endswith("="):
+            changes.append(text)
+        elif isinstance(value, bool):
+            changes.append("%s %s" % (text, "true" if value else "false"))
+        elif attr in _DURATION_OPTIONS:
+            changes.append("%s %s" % (text, format_duration(value)))
+        else:
+            changes.append("%s %s" % (text, ("%g" % value) if isinstance(value, float) else value))
+    return changes
+
+
+def startup_problem(opts: Options) -> str:
+    """What stops a server with these (valid) options from starting, or ""."""
+    if opts.no_auth_user and not any(u.username == opts.no_auth_user for u in opts.users or ()):
+        return ('no_auth_user: "%s" not present as user or nkey in authorization block or'
+                ' account configuration' % opts.no_auth_user)
+    if opts.system_account and opts.system_account not in (opts.accounts or {}) \
+            and opts.system_account != SYSTEM_ACCOUNT:
+        return "error resolving system account: account missing"
+    return ""
 
 
 def _new_server_id() -> str:
@@ -3567,8 +6120,15 @@ class Monitor:
         """Bind and serve on daemon threads; logs where, as Go does."""
         import http.server  # here, so a server without monitoring never loads it
         opts = self.server.options
+        if opts.http_port and opts.https_port:
+            raise ConfigError("Can't start monitoring: can't specify both HTTP (%d) and HTTPs "
+                              "(%d) ports" % (opts.http_port, opts.https_port))
+        secure = not opts.http_port
+        if secure and not opts.tls:
+            raise ConfigError("Can't start monitoring: TLS cert and key required for HTTPS")
+        configured = opts.https_port if secure else opts.http_port
         host = opts.http_host or opts.host
-        port = 0 if opts.http_port in (RANDOM_PORT, 0) else opts.http_port
+        port = 0 if configured in (RANDOM_PORT, 0) else configured
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         handler = type("Handler", (_make_monitor_handler(),), {"monitor": self})
         server_class = type("HTTPServer", (http.server.ThreadingHTTPServer,),
@@ -3576,7 +6136,15 @@ class Monitor:
                              "daemon_threads": True, "request_queue_size": 1024})
         self.httpd = server_class((host, port), handler)
         self.port = self.httpd.server_address[1]
-        log.info("Starting http monitor on %s", _host_port(host, self.port))
+        if secure:
+            # Go's HTTPS monitor uses the clients' certificate but never asks
+            # for one of the browser.  The handshake runs on the request's
+            # own thread (on its first read), so a stalled peer holds no one up.
+            context = opts.tls.server_context(verify=False)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True,
+                                                    do_handshake_on_connect=False)
+        log.info("Starting %s monitor on %s", "https" if secure else "http",
+                 _host_port(host, self.port))
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="gnatsd-monitor",
                                        daemon=True)
         self.thread.start()
@@ -3647,6 +6215,10 @@ class Monitor:
         }
         if opts.auth_required:
             varz["auth_required"] = True
+        if opts.tls:
+            varz["tls_required"] = True
+            if opts.tls.verify:
+                varz["tls_verify"] = True
         varz.update({
             "max_connections": opts.max_connections,
             "ping_interval": int(opts.ping_interval * 1e9),
@@ -3654,18 +6226,18 @@ class Monitor:
             "http_host": opts.http_host or opts.host,
             "http_port": opts.http_port,  # as configured (-1 stays -1, as in Go)
             "http_base_path": opts.http_base_path,
-            "https_port": 0,
+            "https_port": opts.https_port,
             "auth_timeout": go_number(opts.auth_timeout),
             "max_control_line": opts.max_control_line,
             "max_payload": opts.max_payload,
             "max_pending": opts.max_pending,
-            "cluster": {},
+            "cluster": snap["cluster"],
             "gateway": {},
             "leaf": {},
             "mqtt": {},
             "websocket": {},
             "jetstream": {},
-            "tls_timeout": 2,
+            "tls_timeout": go_number(opts.tls.timeout if opts.tls else TLS_TIMEOUT),
             "write_deadline": int(opts.write_deadline * 1e9),
             "start": rfc3339(server.start_time),
             "now": rfc3339(now),
@@ -3676,8 +6248,8 @@ class Monitor:
             "cpu": float(self.cpu_percent()),
             "connections": snap["connections"],
             "total_connections": server.total_connections,
-            "routes": 0,
-            "remotes": 0,
+            "routes": snap["routes"],
+            "remotes": snap["routes"],
             "leafnodes": 0,
             "in_msgs": snap["in_msgs"],
             "in_bytes": snap["in_bytes"],
@@ -3729,6 +6301,9 @@ class Monitor:
             limit = DEFAULT_MONITOR_LIMIT
         cid = _uint_param(query, "cid")
         conns = self.snapshot(lambda: self.server.connz_snapshot(state, subs, auth))
+        account = query.get("acc", "")
+        if account:
+            conns = [c for c in conns if c["_account"] == account]
         total = len(conns)
         if cid:
             # One connection by id: Go answers a page of one, total unchanged.
@@ -3751,9 +6326,10 @@ class Monitor:
         }
 
     def routez(self, query: dict) -> dict:
-        _subs_param(query)  # validated as Go does, though there are no routes
+        subs = _subs_param(query)
+        routes = self.snapshot(lambda: self.server.routez_snapshot(subs))
         return {"server_id": self.server.server_id, "server_name": self.server.server_name,
-                "now": rfc3339(time.time()), "num_routes": 0, "routes": []}
+                "now": rfc3339(time.time()), "num_routes": len(routes), "routes": routes}
 
     def subsz(self, query: dict) -> dict:
         subs = _subs_param(query)
@@ -3789,22 +6365,27 @@ class Monitor:
         return {"status": "ok"}
 
     def accountz(self, query: dict) -> dict:
+        names = self.snapshot(lambda: list(self.server.accounts))
         return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
-                "system_account": "$SYS", "accounts": ["$G", "$SYS"]}
+                "system_account": self.server.system_account.name, "accounts": names}
 
     def accstatz(self, query: dict) -> dict:
-        snap = self.snapshot(self.server.varz_snapshot)
+        snaps = self.snapshot(self.server.account_snapshots)
+        unused = query.get("unused", "").lower() in ("1", "true")
         zero = {"msgs": 0, "bytes": 0}
         stats = []
-        if snap["connections"] or query.get("unused", "").lower() in ("1", "true"):
+        for snap in snaps:
+            if not snap["conns"] and not unused:
+                continue
             stats.append({
-                "acc": "$G", "name": "$G", "conns": snap["connections"], "leafnodes": 0,
-                "total_conns": snap["connections"], "num_subscriptions": snap["subscriptions"],
+                "acc": snap["name"], "name": snap["name"], "conns": snap["conns"],
+                "leafnodes": 0, "total_conns": snap["conns"],
+                "num_subscriptions": snap["subscriptions"],
                 "sent": {"msgs": snap["out_msgs"], "bytes": snap["out_bytes"],
                          "gateways": dict(zero), "routes": dict(zero), "leafs": dict(zero)},
                 "received": {"msgs": snap["in_msgs"], "bytes": snap["in_bytes"],
                              "gateways": dict(zero), "routes": dict(zero), "leafs": dict(zero)},
-                "slow_consumers": self.server.slow_consumers,
+                "slow_consumers": snap["slow_consumers"],
             })
         return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
                 "account_statz": stats}
@@ -3892,6 +6473,9 @@ def _make_monitor_handler():
                 method()
                 self.wfile.flush()
             except (socket.timeout, TimeoutError, ConnectionError):
+                self.close_connection = True
+            except OSError as exc:  # an HTTPS handshake that failed (ssl.SSLError)
+                log.debug("monitor: %s - %s", self.address_string(), exc)
                 self.close_connection = True
 
     return Handler
@@ -4170,21 +6754,8 @@ _BOOL, _INT, _STR = "bool", "int", "str"
 
 # Flags whose feature is not in this build, and why.
 _NOT_YET = {
-    "https_port": "HTTPS monitoring needs TLS, which is not implemented yet",
     "jetstream": "JetStream is not supported by gnatsd.py",
     "store_dir": "JetStream is not supported by gnatsd.py",
-    "tls": "TLS is not implemented yet",
-    "tlscert": "TLS is not implemented yet",
-    "tlskey": "TLS is not implemented yet",
-    "tlsverify": "TLS is not implemented yet",
-    "tlscacert": "TLS is not implemented yet",
-    "routes": "clustering (routes) is not implemented yet",
-    "cluster": "clustering (routes) is not implemented yet",
-    "cluster_name": "clustering (routes) is not implemented yet",
-    "no_advertise": "clustering (routes) is not implemented yet",
-    "cluster_advertise": "clustering (routes) is not implemented yet",
-    "connect_retries": "clustering (routes) is not implemented yet",
-    "cluster_listen": "clustering (routes) is not implemented yet",
     "profile": "profiling is not supported by gnatsd.py",
 }
 
@@ -4368,7 +6939,7 @@ def options_from_flags(args: argparse.Namespace) -> Options:
     """The Options the command line sets (None where a flag was not given)."""
     opts = Options()
     for name in ("host", "port", "server_name", "pid_file", "client_advertise", "ports_file_dir",
-                 "http_port",
+                 "http_port", "https_port",
                  "log_file", "logtime", "logtime_utc", "debug", "trace", "max_traced_msg_len",
                  "log_size_limit", "syslog", "remote_syslog",
                  "username", "password", "authorization"):
@@ -4379,7 +6950,91 @@ def options_from_flags(args: argparse.Namespace) -> Options:
         opts.debug = opts.trace = True
     if args.trace_verbose:
         opts.trace = True
+    opts.tls = _tls_from_flags(args)
+    _cluster_from_flags(args, opts)
     return opts
+
+
+def _cluster_from_flags(args: argparse.Namespace, opts: Options):
+    """--cluster/--cluster_listen URL, --routes, --cluster_name and friends.
+    Raises ConfigError."""
+    for flag in ("cluster", "cluster_listen"):
+        url = getattr(args, flag)
+        if url:
+            opts.cluster_host, opts.cluster_port, auth = parse_cluster_url(url)
+            if auth is not None:
+                opts.cluster_auth = auth
+    if args.routes:
+        opts.routes = [u.strip() for u in args.routes.split(",") if u.strip()]
+    for name in ("cluster_name", "cluster_advertise", "no_advertise", "connect_retries"):
+        if getattr(args, name) is not None:
+            setattr(opts, name, getattr(args, name))
+
+
+def _tls_from_flags(args: argparse.Namespace):
+    """--tls --tlscert --tlskey --tlsverify --tlscacert: any of them replaces
+    the file's tls block (Go's overrideTLS), and --tls=false turns TLS off
+    (False).  None when no TLS flag was given.  Raises ConfigError."""
+    if all(getattr(args, name) is None
+           for name in ("tls", "tlscert", "tlskey", "tlsverify", "tlscacert")):
+        return None
+    if args.tls is False:
+        return False
+    if not args.tlscert:
+        raise ConfigError("TLS Server certificate must be present and valid")
+    if not args.tlskey:
+        raise ConfigError("TLS Server private key must be present and valid")
+    tls = TLSConfig(cert_file=args.tlscert, key_file=args.tlskey, ca_file=args.tlscacert or "",
+                    verify=bool(args.tlsverify))
+    tls.server_context()
+    return tls
+
+
+# `--help_tls`: Go's tlsUsage, then the names this build accepts.
+TLS_USAGE = """
+TLS configuration is specified in the tls section of a configuration file:
+
+e.g.
+
+    tls {
+        cert_file:      "./certs/server-cert.pem"
+        key_file:       "./certs/server-key.pem"
+        ca_file:        "./certs/ca.pem"
+        verify:         true
+        verify_and_map: true
+
+        cipher_suites: [
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+        ]
+        curve_preferences: [
+            "CurveP256",
+            "CurveP384",
+            "CurveP521"
+        ]
+    }
+
+Available cipher suites include:
+"""
+
+
+def tls_help_text() -> str:
+    """Go's --help_tls, listing only the ciphers and curves this Python's
+    OpenSSL can use (TLS 1.3 suites are always there)."""
+    if ssl is None:
+        return "gnatsd.py: this Python has no ssl module, so TLS is not available\n"
+    ciphers = [name for name, openssl_name in GO_CIPHER_SUITES.items()
+               if not openssl_name or _openssl_cipher_available(openssl_name)]
+    curves = []
+    for name, openssl_name in GO_CURVES.items():
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ecdh_curve(openssl_name)
+            curves.append(name)
+        except ValueError:
+            pass
+    return (TLS_USAGE + "".join("    %s\n" % name for name in ciphers)
+            + "\nAvailable curve preferences include:\n"
+            + "".join("    %s\n" % name for name in curves))
 
 
 def version_text() -> str:
@@ -4411,18 +7066,19 @@ def main(argv: list | None = None) -> int:
             print("gnatsd.py: %s: %s" % (_flag_spellings(dest), reason), file=sys.stderr)
             return 1
     if args.help_tls:
-        print("gnatsd.py: --help_tls: TLS is not implemented yet", file=sys.stderr)
-        return 1
+        sys.stdout.write(tls_help_text())
+        return 0
     try:
         opts = options_from_config(args.config_file) if args.config_file else Options(warnings=[])
     except ConfigError as exc:
         print("nats-server: %s" % exc, file=sys.stderr)
         return 1
-    opts.merge(options_from_flags(args)).fill_defaults()
-    if opts.no_auth_user and not any(u.username == opts.no_auth_user for u in opts.users or ()):
-        print('nats-server: no_auth_user: "%s" not present as user or nkey in authorization block'
-              ' or account configuration' % opts.no_auth_user, file=sys.stderr)
+    try:
+        flags = options_from_flags(args)
+    except ConfigError as exc:
+        print("nats-server: %s" % exc, file=sys.stderr)
         return 1
+    opts.merge(flags).fill_defaults()
     secrets = [opts.password, opts.authorization] + [u.password for u in opts.users or ()]
     if any(is_bcrypt_hash(s) for s in secrets) and not bcrypt_available():
         print("gnatsd.py: a bcrypt password hash is configured, but this Python cannot verify"
@@ -4439,6 +7095,10 @@ def main(argv: list | None = None) -> int:
     except ConfigError as exc:
         print("nats-server: %s" % exc, file=sys.stderr)
         return 1
+    problem = startup_problem(opts)
+    if problem:
+        print("nats-server: %s" % problem, file=sys.stderr)
+        return 1
     try:
         configure_logging(opts)
     except (OSError, ValueError) as exc:
@@ -4452,10 +7112,13 @@ def main(argv: list | None = None) -> int:
         log.critical('Error listening on port: %s, "invalid port"', _host_port(opts.host, opts.port))
         return 1
     _raise_open_file_limit()
-    server = Server(opts)
+    server = Server(opts, flags)
     server.install_signal_handlers()
     try:
         return server.run()
+    except ConfigError as exc:  # e.g. "Can't start monitoring: ..."
+        log.critical("%s", exc)
+        return 1
     except OSError as exc:
         if opts.pid_file and exc.filename == opts.pid_file:
             log.critical("Could not write pidfile: %s", _open_error(exc))

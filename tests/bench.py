@@ -20,6 +20,8 @@ Scenarios (16-byte payloads unless named):
     fanout16   one publisher, 16 subscribers
     queue4     one publisher, a queue group of 4 (each message to exactly one)
     pubsub1k   one publisher, one subscriber, 1 KiB payloads
+    tlspubsub1k  as pubsub1k, every connection over TLS (the servers get
+               --tls with tests/certs/server-*.pem; clients upgrade after INFO)
     reqrep     one requester, one responder, sequential: p50/p99 round trip
     idle10k    10,000 connections that CONNECT, PING/PONG, then idle: server
                RSS growth per connection (/proc/PID/status VmRSS)
@@ -89,6 +91,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -107,6 +110,11 @@ GNATSD = os.path.join(ROOT, "gnatsd.py")
 SINK = os.path.join(ROOT, "tests", "bench_sink.py")
 # Every server listens here, on a port it picks itself (-p -1).
 HOST = "127.0.0.1"
+# TLS scenarios: the test certificates (`make certs`), and the flags that
+# give every server the same certificate.
+CERTS = os.path.join(ROOT, "tests", "certs")
+TLS_SERVER_ARGS = ["--tls", "--tlscert", os.path.join(CERTS, "server-cert.pem"),
+                   "--tlskey", os.path.join(CERTS, "server-key.pem")]
 
 # Log lines a server prints once it can take clients.
 LISTEN_RE = re.compile(rb"Listening for client connections on (\S+):(\d+)")
@@ -181,7 +189,8 @@ SUBJECT_BASE = 100000
 # Ratio gnatsd/go2.9 each scenario should reach (the project issue).
 # pubsub2 has none: it is there to show the per-message path, which the
 # alternating subjects force (gnatsd.py's runs of one PUB line cannot form).
-TARGETS = {"pub": 0.20, "pubsub": 0.35, "fanout16": 0.60, "pubsub1k": 0.75}
+TARGETS = {"pub": 0.20, "pubsub": 0.35, "fanout16": 0.60, "pubsub1k": 0.75,
+           "tlspubsub1k": 0.50}
 # Most server memory per idle connection for gnatsd.py, KiB.
 IDLE_TARGET_KIB = 4.0
 # A load average above this before the run means the machine was busy.
@@ -309,9 +318,9 @@ def raise_fd_limit(wanted: int) -> int:
 class Server:
     """One server process on a free port; its output goes to a temporary file."""
 
-    def __init__(self, name: str, argv: list):
+    def __init__(self, name: str, argv: list, extra: list = ()):
         self.name = name
-        self.argv = argv + ["-a", HOST, "-p", "-1"]
+        self.argv = argv + ["-a", HOST, "-p", "-1"] + list(extra)
         self.proc = None
         self.port = 0
         self.log = tempfile.TemporaryFile()
@@ -380,10 +389,17 @@ class Server:
 # server fails the run instead of hanging it.
 
 
-def connect(port: int) -> socket.socket:
-    """A TCP connection to the server with Nagle off."""
+def connect(port: int, tls: bool = False) -> socket.socket:
+    """A TCP connection to the server with Nagle off; with `tls`, the plain
+    INFO is read and the socket upgraded (an ssl.SSLSocket is returned)."""
     sock = socket.create_connection((HOST, port), timeout=IO_TIMEOUT)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls:
+        _, rest = read_until(sock, b"", CRLF)
+        if rest:
+            raise BenchError("unexpected bytes after INFO: %r" % rest[:200])
+        context = ssl.create_default_context(cafile=os.path.join(CERTS, "ca.pem"))
+        sock = context.wrap_socket(sock, server_hostname="localhost")
     return sock
 
 
@@ -712,12 +728,14 @@ def self_test() -> int:
 class SubSpec:
     """One subscriber connection: SUB lines, allowed headers, record shape."""
 
-    def __init__(self, subs: bytes, headers, size: int, consecutive: bool, group: int):
+    def __init__(self, subs: bytes, headers, size: int, consecutive: bool, group: int,
+                 tls: bool = False):
         self.subs = subs
         self.headers = headers
         self.size = size
         self.consecutive = consecutive
         self.group = group
+        self.tls = tls
 
 
 class SubConn:
@@ -728,16 +746,20 @@ class SubConn:
         self.checker = RecordChecker(spec.headers, spec.size, spec.consecutive)
         self.receiver = RecvBuffer(self.checker)
         self.subscribe_start = now()
-        self.sock = connect(port)
+        self.tls = spec.tls
+        self.sock = connect(port, spec.tls)
         handshake(self.sock, spec.subs)
         self.subscribe_end = now()
-        self.sock.setblocking(True)
+        # A TLS socket is read until OpenSSL wants more (see read_tls).
+        self.sock.setblocking(not spec.tls)
         self.first = self.last = 0.0
         self.reads = 0
 
     def read(self) -> int:
         """One recv (the selector said it is readable); count and check.
         Returns the bytes read."""
+        if self.tls:
+            return self.read_tls()
         try:
             nbytes = self.sock.recv_into(self.receiver.space())
         except OSError as e:
@@ -756,6 +778,42 @@ class SubConn:
             self.sock.sendall(PONG * self.checker.pings)
             self.checker.pings = 0
         return nbytes
+
+    def read_tls(self) -> int:
+        """Decrypt every whole record there is, a receive buffer at a time:
+        one SSLSocket recv gives one record (16 KiB), and plaintext left
+        inside OpenSSL would never wake the selector."""
+        total = 0
+        while True:
+            space = self.receiver.space()
+            nbytes = 0
+            try:
+                while nbytes < len(space):
+                    got = self.sock.recv_into(space[nbytes:])
+                    if not got:
+                        self.checker.error = "server closed the connection"
+                        break
+                    nbytes += got
+            except (ssl.SSLWantReadError, BlockingIOError):
+                pass
+            except OSError as e:
+                self.checker.error = "connection failed: %s" % e
+            if nbytes:
+                before = self.checker.count
+                self.reads += 1
+                self.receiver.commit(nbytes)
+                total += nbytes
+                if self.checker.count != before:
+                    self.last = now()
+                    self.first = self.first or self.last
+            if nbytes < len(space) or self.checker.error:
+                break
+        if self.checker.pings:
+            self.sock.setblocking(True)
+            self.sock.sendall(PONG * self.checker.pings)
+            self.sock.setblocking(False)
+            self.checker.pings = 0
+        return total
 
     def drain(self) -> None:
         """PING and read up to the PONG, so every delivery has been counted."""
@@ -981,8 +1039,8 @@ class PublishPlan:
 class Publisher:
     """One publishing connection with PING/PONG flow control."""
 
-    def __init__(self, port: int):
-        self.sock = connect(port)
+    def __init__(self, port: int, tls: bool = False):
+        self.sock = connect(port, tls)
         handshake(self.sock)
         self.buf = b""
 
@@ -1055,10 +1113,12 @@ class Throughput:
     primary = "msgs"
 
     def __init__(self, size: int, subs: int, queue: bool = False,
-                 subjects: tuple = (b"bench",), sub: bytes = b"bench"):
+                 subjects: tuple = (b"bench",), sub: bytes = b"bench", tls: bool = False):
         self.size = size
         self.subs = subs
         self.queue = queue
+        self.tls = tls
+        self.server_args = TLS_SERVER_ARGS if tls else []
         self.subjects = list(subjects)
         self.sub = sub
         self.metrics = [("msgs", "msgs/s", True), ("mbs", "MB/s", True)]
@@ -1077,10 +1137,10 @@ class Throughput:
     def specs(self) -> list:
         sub = b"SUB %s %s1\r\n" % (self.sub, b"q " if self.queue else b"")
         return [SubSpec(sub, self.headers(), self.size, not self.queue,
-                        0 if self.queue else i) for i in range(self.subs)]
+                        0 if self.queue else i, self.tls) for i in range(self.subs)]
 
     def run(self, server: Server, opts) -> dict:
-        return measure_throughput(server, self.plan(), self.specs(), opts.duration)
+        return measure_throughput(server, self.plan(), self.specs(), opts.duration, self.tls)
 
     def ceiling(self) -> float:
         """Checker records/s for this scenario's deliveries (0: no subscribers)."""
@@ -1136,12 +1196,13 @@ class ManySubs(Throughput):
         return checker_ceiling(self.specs()[0].headers, self.size)
 
 
-def measure_throughput(server: Server, plan: PublishPlan, specs: list, duration: float) -> dict:
+def measure_throughput(server: Server, plan: PublishPlan, specs: list, duration: float,
+                       tls: bool = False) -> dict:
     """Subscribers up, publish for `duration`, wait for every delivery, verify."""
     sink = server.name == "sink"
     pool = SubscriberPool(server.port, specs)
     try:
-        publisher = Publisher(server.port)
+        publisher = Publisher(server.port, tls)
         cpu0, own0 = server.cpu_seconds(), process_cpu()
         batches, start, end = publisher.run(plan, duration, None if sink or not specs else pool)
         expected = {g: 0 if sink else plan.expected(batches, g) for g in pool.groups}
@@ -1381,6 +1442,7 @@ SCENARIOS = {
     "fanout16": Throughput(SMALL, 16),
     "queue4": Throughput(SMALL, 4, queue=True),
     "pubsub1k": Throughput(KIB, 1),
+    "tlspubsub1k": Throughput(KIB, 1, tls=True),
     "reqrep": ReqRep(),
     "idle10k": Idle(IDLE_CONNS),
     "subs100k": ManySubs(),
@@ -1400,7 +1462,7 @@ def run_one(scenario, name: str, argv: list, opts) -> dict:
     """One measurement on a fresh server; {'error': text} if it failed."""
     server = None
     try:
-        server = Server(name, argv).start()
+        server = Server(name, argv, getattr(scenario, "server_args", ())).start()
         result = scenario.run(server, opts)
         if not server.alive():
             raise BenchError("%s exited during the run:\n%s" % (name, server.tail()))
@@ -1435,6 +1497,8 @@ def run_all(opts, commands: dict) -> dict:
         scenario = SCENARIOS[scen]
         for rep in range(1, opts.reps + 1):
             for name, argv in commands.items():
+                if name == "sink" and getattr(scenario, "tls", False):
+                    continue  # the sink speaks no TLS
                 result = run_one(scenario, name, argv, opts)
                 results[scen][name].append(result)
                 done += 1
@@ -1495,7 +1559,7 @@ def table_rows(results: dict, names: list) -> list:
         for key, label, _ in scenario.metrics:
             medians = {n: median_of(by_server[n], key) for n in names}
             row = [scen if key == scenario.metrics[0][0] else "", label]
-            row += [fmt_value(medians[n], label) for n in names]
+            row += [fmt_value(medians[n], label) if by_server[n] else "-" for n in names]
             row += [ratio_text(medians["gnatsd"], medians[g]) for g in gos]
             row.append(target_text(scen, medians) if key == scenario.primary else "")
             rows.append(row)

@@ -506,3 +506,212 @@ def any_server_with(request):
     yield make
     for srv in started:
         srv.stop()
+
+
+# -- clusters (routes) ------------------------------------------------------------
+#
+# A cluster is a few server processes routed together.  Every node gets a
+# monitor (`-m -1`) and a route port read from its log line "Listening for
+# route connections on HOST:PORT" (Go prints it after "Server is ready").
+# Routes are checked through `/routez`: a Go 2.10+ node keeps a pool of
+# connections to each peer (3 plus one pinned to $SYS), so "routed to N
+# peers" means N distinct `remote_id`s, not `num_routes == N`.
+
+ROUTE_LISTEN_RE = re.compile(rb"Listening for route connections on (\S+):(\d+)")
+MONITOR_LISTEN_RE = re.compile(rb"Starting http monitor on (\S+):(\d+)")
+
+# Node kinds per cluster layout: node 1 is the seed, node k is started with a
+# route to node k-1 only (so node 3 reaches node 1 by gossip).
+CLUSTER_LAYOUTS = {
+    "go": ["go2.15"] * 3,
+    "go2.9": ["go2.9"] * 3,
+    "gnatsd": ["gnatsd"] * 3,
+    "go+gnatsd": ["go2.15", "gnatsd", "gnatsd"],
+    "gnatsd+go": ["gnatsd", "go2.15", "go2.15"],
+    "go2.9+go": ["go2.9", "go2.15", "go2.15"],
+    "go2.9+gnatsd": ["go2.9", "gnatsd", "gnatsd"],
+}
+
+
+def layout_kinds(layout: str) -> list:
+    """The node kinds of a layout; skips the test when a Go server is missing."""
+    kinds = CLUSTER_LAYOUTS[layout]
+    for k in kinds:
+        if k != "gnatsd" and k[2:] not in GO_SERVERS:
+            pytest.skip("Go nats-server %s is not installed" % k[2:])
+    return kinds
+
+
+def free_port() -> int:
+    """A port free right now (for a node that must know its own route port
+    before it starts); the tiny race is accepted."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def monitor_json(srv, path: str, timeout: float = 3.0) -> dict:
+    """GET a monitor endpoint of a cluster node (started with `-m -1`)."""
+    import json
+    import urllib.request
+    url = "http://127.0.0.1:%d%s" % (srv.mon_port, path)
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def server_id(srv) -> str:
+    """The node's server id (from /varz; cached on the process object)."""
+    if getattr(srv, "cached_server_id", None) is None:
+        srv.cached_server_id = monitor_json(srv, "/varz")["server_id"]
+    return srv.cached_server_id
+
+
+def route_ids(srv) -> set:
+    """Distinct `remote_id`s in the node's /routez (pooled routes count once)."""
+    return {r["remote_id"] for r in monitor_json(srv, "/routez")["routes"]}
+
+
+def _logs_of(nodes) -> str:
+    return "\n".join("--- %s (route port %s) ---\n%s" % (
+        n.kind, getattr(n, "route_port", "?"), n.log_text()[-2500:]) for n in nodes)
+
+
+def wait_routes(srv, n: int, timeout: float = 10.0) -> set:
+    """Wait until the node is routed to exactly `n` distinct peers; return their ids."""
+    deadline = time.monotonic() + timeout
+    ids = set()
+    while True:
+        try:
+            ids = route_ids(srv)
+        except OSError:
+            ids = None
+        if ids is not None and len(ids) == n:
+            return ids
+        if time.monotonic() > deadline:
+            raise AssertionError("%s: routed to %r, wanted %d peers\n%s" % (
+                srv.kind, ids, n, _logs_of([srv])))
+        time.sleep(0.05)
+
+
+def wait_mesh(nodes, timeout: float = 10.0) -> None:
+    """Wait until every node is routed to every other node and to nothing else."""
+    ids = {id(n): server_id(n) for n in nodes}
+    deadline = time.monotonic() + timeout
+    for n in nodes:
+        want = {ids[id(m)] for m in nodes if m is not n}
+        while True:
+            try:
+                got = route_ids(n)
+            except OSError:
+                got = None
+            if got == want:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError("no full mesh: %s routed to %r, wanted %r\n%s" % (
+                    n.kind, got, want, _logs_of(nodes)))
+            time.sleep(0.05)
+
+
+def _route_url(node_or_url, user: str | None = None, password: str | None = None) -> str:
+    if isinstance(node_or_url, str):
+        return node_or_url
+    auth = "%s:%s@" % (user, password) if user is not None else ""
+    return "nats://%s127.0.0.1:%d" % (auth, node_or_url.route_port)
+
+
+class Cluster:
+    """Nodes routed together under one cluster name; all stopped at teardown.
+
+    `start(kind, routes=[...])` starts one node ("gnatsd", "go2.15", "go2.9",
+    or "go" for the newest Go) with `-m -1` and a route listener, seeded with
+    `routes` (nodes, or URL strings such as `route_url(node, "u", "p")`), and
+    returns its ServerProcess with `route_port`, `mon_port` and `node_kind` set.
+    Cluster flags are used (`--cluster nats://127.0.0.1:P --cluster_name N
+    --routes ...`) unless `conf` is given: then the node gets a config file
+    with a `cluster { name listen routes <conf> }` block instead.
+    """
+
+    def __init__(self, tmp_path, name: str = "c1"):
+        self.tmp_path = tmp_path
+        self.name = name
+        self.nodes = []       # running or not, in start order
+        self._confs = 0
+
+    route_url = staticmethod(_route_url)
+
+    def start(self, kind: str, routes=(), *, route_port: int = -1, conf: str | None = None,
+              args=(), timeout: float = 10.0):
+        urls = [_route_url(r) for r in routes]
+        spec = dict(kind=kind, routes=list(routes), conf=conf, args=tuple(args))
+        if conf is None:
+            cargs = ["--cluster", "nats://127.0.0.1:%d" % route_port, "--cluster_name", self.name]
+            if urls:
+                cargs += ["--routes", ",".join(urls)]
+        else:
+            self._confs += 1
+            text = "cluster {\n  name: %s\n  listen: \"127.0.0.1:%d\"\n" % (self.name, route_port)
+            if urls:
+                text += "  routes: [\n%s  ]\n" % "".join("    %s\n" % u for u in urls)
+            text += "  %s\n}\n" % conf
+            cargs = ["-c", write_conf(self.tmp_path, text, "node%d.conf" % self._confs)]
+        all_args = ["-m", "-1", *cargs, *args]
+        if kind == "gnatsd":
+            srv = start_gnatsd(*all_args)
+        else:
+            srv = start_go(*all_args, version=kind[2:] if kind.startswith("go2") else "")
+        self.nodes.append(srv)
+        try:
+            srv.route_port = int(srv.wait_for_log(ROUTE_LISTEN_RE, timeout).group(2))
+            srv.mon_port = int(srv.wait_for_log(MONITOR_LISTEN_RE, timeout).group(2))
+        except BaseException:
+            srv.kill()
+            raise
+        srv.node_kind = kind
+        srv.cluster_spec = spec
+        return srv
+
+    def kill(self, node) -> None:
+        """SIGKILL: no goodbye on any connection."""
+        node.kill()
+
+    def restart(self, node, **overrides):
+        """Start the node again (after stop or kill) with the same kind, routes,
+        config and route port; the new process replaces it in `nodes`."""
+        node.stop()
+        spec = dict(node.cluster_spec, **overrides)
+        srv = self.start(spec.pop("kind"), spec.pop("routes"), route_port=node.route_port, **spec)
+        self.nodes.remove(srv)
+        self.nodes[self.nodes.index(node)] = srv
+        return srv
+
+    def stop_all(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+def start_cluster(cluster: Cluster, kinds, mesh: bool = True) -> list:
+    """Start nodes of `kinds` in order, each seeded with the node before it
+    only (node 3 learns node 1 by gossip); wait for the full mesh."""
+    nodes = []
+    for kind in kinds:
+        nodes.append(cluster.start(kind, routes=nodes[-1:]))
+    if mesh:
+        wait_mesh(nodes)
+    return nodes
+
+
+@pytest.fixture
+def cluster_factory(tmp_path):
+    """cluster_factory(name="c1") -> Cluster; every node is stopped at teardown,
+    and its log tail printed (pytest shows it when the test failed)."""
+    made = []
+
+    def make(name: str = "c1") -> Cluster:
+        c = Cluster(tmp_path, name)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.stop_all()
+        print(_logs_of(c.nodes))

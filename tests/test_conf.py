@@ -437,21 +437,21 @@ def test_server_name_cannot_contain_spaces(tmp_path):
 
 
 def test_features_not_built_yet_are_warnings_naming_the_line(tmp_path):
-    opts = options(tmp_path, "port: 4222\nhttps_port: 8443\ncluster {\n  port: 6222\n}\n"
+    opts = options(tmp_path, "port: 4222\nmqtt: {port: 1883}\ngateway {\n  port: 7222\n}\n"
                              "jetstream: enabled\n")
     path = str(tmp_path / "server.conf")
     assert len(opts.warnings) == 3
-    assert opts.warnings[0].startswith(path + ":2: ") and "HTTPS" in opts.warnings[0]
-    assert opts.warnings[1].startswith(path + ":3: ") and "cluster" in opts.warnings[1]
+    assert opts.warnings[0].startswith(path + ":2: ") and "MQTT" in opts.warnings[0]
+    assert opts.warnings[1].startswith(path + ":3: ") and "gateway" in opts.warnings[1]
     assert opts.warnings[2].startswith(path + ":6: ") and "JetStream" in opts.warnings[2]
 
 
-def test_the_shipped_default_conf_loads_with_warnings():
+def test_the_shipped_default_conf_loads_without_warnings():
     opts = gnatsd.options_from_config(os.path.join(ROOT, "conf", "default.conf"))
     assert opts.port == 4222
     assert opts.http_port == 8222
-    assert not any("monitor" in w for w in opts.warnings)
-    assert any("cluster" in w for w in opts.warnings)
+    assert opts.warnings == []
+    assert (opts.cluster_port, opts.cluster_auth, opts.routes) == (6222, ("ruser", "T0pS3cr3t"), [])
 
 
 # -- merge, defaults, validation ----------------------------------------------
