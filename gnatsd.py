@@ -1840,12 +1840,13 @@ class SublistResult:
     plan there); it lives exactly as long as the cached result.
     """
 
-    __slots__ = ("psubs", "qsubs", "plan")
+    __slots__ = ("psubs", "qsubs", "plan", "local_plan")
 
     def __init__(self, psubs: list, qsubs: list):
         self.psubs = psubs
         self.qsubs = qsubs
         self.plan = None
+        self.local_plan = None    # for messages from a route: local clients only
 
     def __len__(self) -> int:
         return len(self.psubs) + sum(len(g) for g in self.qsubs)
@@ -1971,8 +1972,11 @@ class Sublist:
     def _drop(self, key: bytes):
         """Forget one cached result, settling its plan's counts first."""
         result = self.cache.pop(key, None)
-        if result is not None and result.plan is not None:
-            result.plan.settle()
+        if result is not None:
+            if result.plan is not None:
+                result.plan.settle()
+            if result.local_plan is not None:
+                result.local_plan.settle()
 
     def clear_cache(self):
         """Drop every cached result (and plan); callers' derived data goes stale."""
@@ -1985,6 +1989,8 @@ class Sublist:
         for result in self.cache.values():
             if result.plan is not None:
                 result.plan.settle()
+            if result.local_plan is not None:
+                result.local_plan.settle()
 
     def match(self, subject: bytes) -> SublistResult:
         """All subscriptions matching the literal `subject` (cached)."""
@@ -3388,6 +3394,46 @@ def _random_token(n: int) -> bytes:
     return bytes(alphabet[b % 62] for b in os.urandom(n))
 
 
+def deliver_run(data: bytes, i: int, nl: int, entry: list, plan: DeliveryPlan) -> int:
+    """Deliver a run of whole records that repeat the PUB (or RMSG) line at `i`.
+
+    A publisher in a loop sends the same line (`PUB foo 16\r\n`) with
+    payloads of that size, so its records have one length and sit at
+    fixed strides.  One strided slice per byte of the line, and per byte
+    of the CRLF closing each payload, proves at C speed how many records
+    in a row are well formed.  Each subscriber then gets the run's
+    bodies (payload and CRLF) joined with its own MSG line.  Returns the
+    number of records taken (at least 1; the record at `i` is whole).
+    """
+    _subject, reply_sp, size, tail_at = entry[:4]
+    line = data[i:nl + 1]
+    head = len(line)
+    stride = head + size + 2
+    k = (len(data) - i) // stride
+    end = i + k * stride
+    # HOT: count well-formed records column by column (strided slices).
+    for col, expected in enumerate(line + CR_LF):
+        offset = col if col < head else col + size
+        column = data[i + offset:end:stride]
+        good = len(column) - len(column.lstrip(bytes((expected,))))
+        if good < k:
+            k = good
+            end = i + k * stride
+    if k < 1:
+        raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)  # the first record's CRLF is wrong
+    if plan.plain_out:
+        bodies = [data[p:p + size + 2] for p in range(i + head, end, stride)]
+        size_line = data[i + tail_at:nl + 1]
+        reply = reply_sp or b""
+        for append, prefix in plan.plain_out:
+            msg_line = prefix + reply + size_line
+            append(msg_line)
+            append(msg_line.join(bodies))
+        plan.msgs += k
+        plan.bytes += k * size
+    return k
+
+
 class Client(Connection):
     """A client connection.
 
@@ -3492,7 +3538,7 @@ class Client(Connection):
                     #      run of repeats at once (deliver_run; make bench
                     #      pub-only 0.28x -> 2.4x and pub->sub 0.36x -> 1.5x
                     #      of Go 2.9).
-                    k = self.deliver_run(data, i, nl, entry, plan)
+                    k = deliver_run(data, i, nl, entry, plan)
                     msgs += k - 1
                     nbytes += (k - 1) * size
                     i += k * (nl + 3 - i + size)
@@ -3531,7 +3577,7 @@ class Client(Connection):
                     self.send_no_responders(reply_sp[:-1])
                 elif entry is last_entry:
                     # HOT: a run of repeats nobody listens to: skip it whole.
-                    k = self.deliver_run(data, i, nl, entry, plan)
+                    k = deliver_run(data, i, nl, entry, plan)
                     msgs += k - 1
                     nbytes += (k - 1) * size
                     i += k * (nl + 3 - i + size)
@@ -3575,45 +3621,6 @@ class Client(Connection):
             self.last_activity = now
         sublist.matches += msgs - misses
         sublist.cache_hits += msgs - misses
-
-    def deliver_run(self, data: bytes, i: int, nl: int, entry: list, plan: DeliveryPlan) -> int:
-        """Deliver a run of whole records that repeat the PUB line at `i`.
-
-        A publisher in a loop sends the same line (`PUB foo 16\r\n`) with
-        payloads of that size, so its records have one length and sit at
-        fixed strides.  One strided slice per byte of the line, and per byte
-        of the CRLF closing each payload, proves at C speed how many records
-        in a row are well formed.  Each subscriber then gets the run's
-        bodies (payload and CRLF) joined with its own MSG line.  Returns the
-        number of records taken (at least 1; the record at `i` is whole).
-        """
-        _subject, reply_sp, size, tail_at, _plan, _genid = entry
-        line = data[i:nl + 1]
-        head = len(line)
-        stride = head + size + 2
-        k = (len(data) - i) // stride
-        end = i + k * stride
-        # HOT: count well-formed records column by column (strided slices).
-        for col, expected in enumerate(line + CR_LF):
-            offset = col if col < head else col + size
-            column = data[i + offset:end:stride]
-            good = len(column) - len(column.lstrip(bytes((expected,))))
-            if good < k:
-                k = good
-                end = i + k * stride
-        if k < 1:
-            raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)  # the first record's CRLF is wrong
-        if plan.plain_out:
-            bodies = [data[p:p + size + 2] for p in range(i + head, end, stride)]
-            size_line = data[i + tail_at:nl + 1]
-            reply = reply_sp or b""
-            for append, prefix in plan.plain_out:
-                msg_line = prefix + reply + size_line
-                append(msg_line)
-                append(msg_line.join(bodies))
-            plan.msgs += k
-            plan.bytes += k * size
-        return k
 
     def partial_line(self, data: bytes, i: int):
         """The buffer ends inside a control line: check its length and wait."""
@@ -4425,6 +4432,18 @@ class RouteURL:
         return "nats-route://%s%s" % (auth, _host_port(self.host, self.port))
 
 
+def local_plan(sublist: Sublist, subject: bytes) -> DeliveryPlan:
+    """The delivery plan for a message that came over a route: the local
+    clients' plain subscriptions only (one hop; queue groups only when the
+    peer names them, which the general path handles)."""
+    result = sublist.match(subject)
+    plan = result.local_plan
+    if plan is None:
+        local = SublistResult([s for s in result.psubs if s.client.kind == "Client"], [])
+        plan = result.local_plan = DeliveryPlan(local, subject, sublist.name)
+    return plan
+
+
 class _RouteDialer:
     """A route connection being dialed: waits in the selector for the
     non-blocking connect to finish, then hands the socket to the server."""
@@ -4469,7 +4488,7 @@ class Route(Connection):
 
     __slots__ = ("target", "implicit", "remote_id", "remote_name", "remote_info",
                  "remote_subs", "weights", "connect_received", "registered",
-                 "echo", "perms", "headers", "protocol")
+                 "echo", "perms", "headers", "protocol", "msg_cache")
 
     kind = "Router"
 
@@ -4489,6 +4508,7 @@ class Route(Connection):
         self.perms = None
         self.headers = True
         self.protocol = ROUTE_PROTO
+        self.msg_cache = {}             # raw RMSG line -> its parse and plan (parse)
         host = "[%s]" % self.host if ":" in self.host else self.host
         self.log_prefix = "%s:%d - rid:%d - " % (host, self.port, cid)
 
@@ -4597,10 +4617,17 @@ class Route(Connection):
     # -- input -----------------------------------------------------------------
 
     def parse(self, data: bytes):
-        """Route ops, one control line at a time (Go's parser, route states)."""
+        """Route ops.  RMSG lines seen before take the hot path, as a client's
+        PUB lines do (chapter 7): the raw line is looked up in `msg_cache`
+        and its records go to the local clients' plan in runs."""
         n = len(data)
         i = 0
         find = data.find
+        cache_get = self.msg_cache.get
+        pending = self.server.pending
+        msgs = nbytes = 0
+        last_entry = last_plan = None
+        now = time.time()
         while i < n and not self.closed:
             nl = find(b"\n", i)
             if nl < 0:
@@ -4608,41 +4635,118 @@ class Route(Connection):
                     raise ProtocolError("route control line too long", ERR_MAX_CONTROL_LINE,
                                         MAX_CONTROL_LINE_EXCEEDED)
                 self.keep_tail(data, i, n - i + 1)
-                return
-            line = data[i:nl]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            op, _, arg = line.partition(b" ")
-            op = op.upper()
-            if op == b"RMSG" or op == b"HMSG":
-                stop = self.process_msg(data, nl, op == b"HMSG", arg.strip())
-                if stop < 0:
-                    self.keep_tail(data, i, -stop - i)
-                    return
-                i = stop
+                break
+            entry = cache_get(data[i:nl])
+            if entry is None:
+                i = self.process_op(data, i, nl)
+                if i < 0:
+                    break
+                last_entry = None
                 continue
-            if self.trace:
-                self.trace_in(op.decode("ascii", "replace"), arg)
-            if op == b"RS+":
-                self.process_remote_sub(arg.split())
-            elif op == b"RS-":
-                self.process_remote_unsub(arg.split())
-            elif op == b"PING":
-                self.send_proto(PONG)
-            elif op == b"PONG":
-                self.pings_out = 0
-            elif op == b"INFO":
-                self.process_info(arg)
-            elif op == b"CONNECT":
-                self.process_connect(arg)
-            elif op == b"-ERR":
-                self.error("Remote Error: %s", arg.decode("utf-8", "replace"))
-            elif op in (b"+OK", b"LS+", b"LS-", b""):
-                pass
-            else:
-                raise ProtocolError("route parser: unknown op %s" % go_quote(op),
+            subject, reply_sp, size, tail_at, plan, genid, sublist = entry
+            stop = nl + 1 + size
+            if stop + 2 > n:
+                self.keep_tail(data, i, stop + 2 - i)
+                break
+            if data[stop] != 13 or data[stop + 1] != 10:
+                raise ProtocolError("route parser: payload not followed by CRLF",
                                     ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
-            i = nl + 1
+            if genid != sublist.genid:
+                plan = entry[4] = local_plan(sublist, subject)
+                entry[5] = sublist.genid
+            kind = plan.kind
+            if kind == PLAN_PLAIN or kind == PLAN_EMPTY:
+                if entry is last_entry and plan.runnable:
+                    # HOT: a run of one RMSG line, delivered in bulk (deliver_run).
+                    k = deliver_run(data, i, nl, entry, plan)
+                else:
+                    k = 1
+                    tail = data[i + tail_at:stop + 2]
+                    plan.msgs += 1
+                    plan.bytes += size
+                    for append, prefix in plan.plain_out:
+                        append(prefix)
+                        if reply_sp is not None:
+                            append(reply_sp)
+                        append(tail)
+                last_entry = entry
+                msgs += k
+                nbytes += k * size
+                i += k * (nl + 3 - i + size)
+                if plan is not last_plan and plan.clients:
+                    pending.update(plan.clients)
+                    for c in plan.clients:
+                        c.last_activity = now
+                    last_plan = plan
+                continue
+            last_entry = None
+            i = self.process_op(data, i, nl)   # a plan that needs the general path
+            if i < 0:
+                break
+        if msgs:
+            self.in_msgs += msgs
+            self.in_bytes += nbytes
+            self.last_activity = now
+
+    def process_op(self, data: bytes, i: int, nl: int) -> int:
+        """One control line the slow way; returns the next index, or -1 when
+        the op's payload is not all here yet (the tail is kept)."""
+        line = data[i:nl]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        op, _, arg = line.partition(b" ")
+        op = op.upper()
+        if op == b"RMSG" or op == b"HMSG":
+            stop = self.process_msg(data, nl, op == b"HMSG", arg.strip())
+            if stop < 0:
+                self.keep_tail(data, i, -stop - i)
+                return -1
+            if op == b"RMSG" and data[nl - 1] == 13:
+                self.remember_line(data[i:nl], arg)
+            return stop
+        if self.trace:
+            self.trace_in(op.decode("ascii", "replace"), arg)
+        if op == b"RS+":
+            self.process_remote_sub(arg.split())
+        elif op == b"RS-":
+            self.process_remote_unsub(arg.split())
+        elif op == b"PING":
+            self.send_proto(PONG)
+        elif op == b"PONG":
+            self.pings_out = 0
+        elif op == b"INFO":
+            self.process_info(arg)
+        elif op == b"CONNECT":
+            self.process_connect(arg)
+        elif op == b"-ERR":
+            self.error("Remote Error: %s", arg.decode("utf-8", "replace"))
+        elif op in (b"+OK", b"LS+", b"LS-", b""):
+            pass
+        else:
+            raise ProtocolError("route parser: unknown op %s" % go_quote(op),
+                                ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+        return nl + 1
+
+    def remember_line(self, raw: bytes, arg: bytes):
+        """Cache a plain RMSG line (no queue names) for the hot path:
+        [subject, "reply " or None, size, offset of the size, plan, genid, sublist]."""
+        if self.trace:
+            return
+        args = arg.split(b" ")
+        if len(args) not in (3, 4) or b"" in args or args[2] in (b"+", b"|"):
+            return
+        account = self.server.accounts.get(args[0].decode("utf-8", "replace"))
+        if account is None or account.responses:
+            return
+        size_token = args[-1]
+        cache = self.msg_cache
+        if raw in cache or not raw.endswith(size_token + b"\r"):
+            return
+        if len(cache) >= PUB_CACHE_MAX:
+            cache.clear()
+        reply_sp = args[2] + b" " if len(args) == 4 else None
+        cache[raw] = [args[1], reply_sp, int(size_token), len(raw) - 1 - len(size_token),
+                      None, -1, account.sublist]
 
     def process_msg(self, data: bytes, nl: int, headers: bool, arg: bytes) -> int:
         """RMSG/HMSG whose payload follows `nl`; returns the index after it,
@@ -5744,6 +5848,9 @@ class Server:
             self.system_account = self.accounts[new.system_account or SYSTEM_ACCOUNT]
         for client in list(self.clients.values()):
             client.reload_config(old)
+        for route in self.route_conns:
+            route.trace = self.trace
+            route.msg_cache.clear()   # its entries hold the old accounts' sublists
         for account in self.accounts.values():
             account.sublist.clear_cache()   # plans filtered by the old permissions
         if new.pid_file and new.pid_file != old.pid_file:
