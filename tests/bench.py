@@ -20,6 +20,12 @@ Scenarios (16-byte payloads unless named):
     fanout16   one publisher, 16 subscribers
     queue4     one publisher, a queue group of 4 (each message to exactly one)
     pubsub1k   one publisher, one subscriber, 1 KiB payloads
+    routepubsub  pub->sub across a route: two nodes of the same kind routed
+               into a cluster (each server's default route settings, so Go
+               2.10+ pools its routes), the subscriber on node 2, the
+               publisher on node 1; no message is sent until a probe has
+               crossed the route on the subscribers' subject
+    routepubsub1k  as routepubsub, 1 KiB payloads
     tlspubsub1k  as pubsub1k, every connection over TLS (the servers get
                --tls with tests/certs/server-*.pem; clients upgrade after INFO)
     reqrep     one requester, one responder, sequential: p50/p99 round trip
@@ -51,7 +57,8 @@ How the load is made, so that the generator is not what is measured:
   (`--self-test` shows the checker catching each).
 * `--sink` runs the same scenarios against tests/bench_sink.py, which only
   discards input and answers PINGs: the publishing rates it shows are the
-  generator's ceiling. It also times the subscriber's checker alone.
+  generator's ceiling. It also times the subscriber's checker alone. (Not
+  the TLS and route scenarios: the sink speaks neither.)
 
 Usage:
 
@@ -119,6 +126,12 @@ TLS_SERVER_ARGS = ["--tls", "--tlscert", os.path.join(CERTS, "server-cert.pem"),
 # Log lines a server prints once it can take clients.
 LISTEN_RE = re.compile(rb"Listening for client connections on (\S+):(\d+)")
 READY_RE = re.compile(rb"(Server|gnatsd) is ready")
+# ... and once it takes routes (Go and gnatsd.py print it after the above).
+ROUTE_LISTEN_RE = re.compile(rb"Listening for route connections on (\S+):(\d+)")
+# Route scenarios: the cluster's name, and how long one probe waits for its
+# delivery across the route before the next is published, seconds.
+CLUSTER_NAME = "bench"
+PROBE_WAIT = 0.05
 
 # Wire literals.
 CONNECT = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
@@ -190,7 +203,7 @@ SUBJECT_BASE = 100000
 # pubsub2 has none: it is there to show the per-message path, which the
 # alternating subjects force (gnatsd.py's runs of one PUB line cannot form).
 TARGETS = {"pub": 0.20, "pubsub": 0.35, "fanout16": 0.60, "pubsub1k": 0.75,
-           "tlspubsub1k": 0.50}
+           "tlspubsub1k": 0.50, "routepubsub": 0.30}
 # Most server memory per idle connection for gnatsd.py, KiB.
 IDLE_TARGET_KIB = 4.0
 # A load average above this before the run means the machine was busy.
@@ -215,6 +228,8 @@ def now() -> float:
 # with its context. Servers are found like tests/conftest.py finds them;
 # each measurement starts a fresh one whose log goes to a temporary file,
 # polled for the ready line (no threads, so forking subscribers is safe).
+# The route scenarios start a RoutedPair instead: two fresh servers of one
+# kind, the second routed to the first.
 
 
 def cpu_model() -> str:
@@ -329,19 +344,31 @@ class Server:
         """Start it and wait for 'Listening ... PORT' and 'is ready'."""
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            self.port = int(self.wait_log(LISTEN_RE).group(2))
+            self.wait_log(READY_RE)
+        except BenchError:
+            self.stop()
+            raise
+        return self
+
+    def wait_log(self, pattern: re.Pattern) -> re.Match:
+        """The first match of `pattern` in the log, once the server prints it."""
         deadline = now() + START_TIMEOUT
         while now() < deadline:
-            text = self.log_text()
-            listen = LISTEN_RE.search(text)
-            if listen and READY_RE.search(text):
-                self.port = int(listen.group(2))
-                return self
+            match = pattern.search(self.log_text())
+            if match:
+                return match
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
-        error = BenchError("%s did not start:\n%s" % (self.name, self.tail()))
-        self.stop()
-        raise error
+        raise BenchError("%s did not start (no %r):\n%s" % (
+            self.name, pattern.pattern.decode(), self.tail()))
+
+    @property
+    def sub_port(self) -> int:
+        """Where subscribers connect: this same server (see RoutedPair)."""
+        return self.port
 
     def log_text(self) -> bytes:
         """Everything the server has printed so far."""
@@ -379,6 +406,60 @@ class Server:
         with open("/proc/%d/stat" % self.proc.pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def node_cpu_seconds(self) -> list:
+        """cpu_seconds() of each node: here just the one."""
+        return [self.cpu_seconds()]
+
+
+class RoutedPair:
+    """Two servers of one kind in a cluster: node 1 (the seed, which takes
+    the publisher on `port`) and node 2, started with a route to node 1 (the
+    subscribers connect to its `sub_port`). Each keeps its kind's default
+    route settings. Stands in for a Server in run_one and measure_throughput;
+    that the route is up is proven later by an InterestProbe, not here."""
+
+    def __init__(self, name: str, argv: list, extra: list = ()):
+        self.name = name
+        self.argv = argv
+        self.extra = list(extra) + ["--cluster", "nats://%s:-1" % HOST,
+                                    "--cluster_name", CLUSTER_NAME]
+        self.nodes = []
+        self.port = self.sub_port = 0
+
+    def start(self) -> "RoutedPair":
+        """Start node 1, read its route port, start node 2 routed to it."""
+        try:
+            seed = self._start_node(self.extra)
+            route_port = int(seed.wait_log(ROUTE_LISTEN_RE).group(2))
+            peer = self._start_node(self.extra + ["--routes", "nats://%s:%d" % (HOST, route_port)])
+        except BaseException:
+            self.stop()
+            raise
+        self.port, self.sub_port = seed.port, peer.port
+        return self
+
+    def _start_node(self, extra: list) -> Server:
+        node = Server(self.name, self.argv, extra)
+        self.nodes.append(node)
+        return node.start()
+
+    def alive(self) -> bool:
+        return len(self.nodes) == 2 and all(node.alive() for node in self.nodes)
+
+    def tail(self) -> str:
+        return "\n".join("--- node %d ---\n%s" % (i + 1, node.tail())
+                         for i, node in enumerate(self.nodes))
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def cpu_seconds(self) -> float:
+        return sum(self.node_cpu_seconds())
+
+    def node_cpu_seconds(self) -> list:
+        return [node.cpu_seconds() for node in self.nodes]
 
 
 # ============================================================================
@@ -1108,16 +1189,19 @@ def wait_window(pool: SubscriberPool, plan: PublishPlan, batches: int) -> None:
 class Throughput:
     """One publisher and `subs` subscribers (or a queue group) on one subject,
     or, given `subjects` (all one length) and a wildcard `sub` matching them
-    all, PUBs cycling through the subjects record by record."""
+    all, PUBs cycling through the subjects record by record. With `routed`,
+    on a RoutedPair: the subscribers on node 2, the publisher on node 1."""
 
     primary = "msgs"
 
     def __init__(self, size: int, subs: int, queue: bool = False,
-                 subjects: tuple = (b"bench",), sub: bytes = b"bench", tls: bool = False):
+                 subjects: tuple = (b"bench",), sub: bytes = b"bench", tls: bool = False,
+                 routed: bool = False):
         self.size = size
         self.subs = subs
         self.queue = queue
         self.tls = tls
+        self.routed = routed
         self.server_args = TLS_SERVER_ARGS if tls else []
         self.subjects = list(subjects)
         self.sub = sub
@@ -1140,7 +1224,9 @@ class Throughput:
                         0 if self.queue else i, self.tls) for i in range(self.subs)]
 
     def run(self, server: Server, opts) -> dict:
-        return measure_throughput(server, self.plan(), self.specs(), opts.duration, self.tls)
+        probe = (self.sub, self.subjects[0]) if self.routed else None
+        return measure_throughput(server, self.plan(), self.specs(), opts.duration, self.tls,
+                                  probe)
 
     def ceiling(self) -> float:
         """Checker records/s for this scenario's deliveries (0: no subscribers)."""
@@ -1197,23 +1283,98 @@ class ManySubs(Throughput):
 
 
 def measure_throughput(server: Server, plan: PublishPlan, specs: list, duration: float,
-                       tls: bool = False) -> dict:
-    """Subscribers up, publish for `duration`, wait for every delivery, verify."""
+                       tls: bool = False, probe: tuple = None) -> dict:
+    """Subscribers up, publish for `duration`, wait for every delivery, verify.
+    With `probe` (sub, subject), an InterestProbe first proves the interest of
+    server.sub_port's subscribers in `sub` reaches server.port (a RoutedPair)."""
     sink = server.name == "sink"
-    pool = SubscriberPool(server.port, specs)
+    interest = InterestProbe(server, *probe) if probe else None
+    try:
+        pool = SubscriberPool(server.sub_port, specs)
+    finally:
+        if interest:
+            interest.close()
     try:
         publisher = Publisher(server.port, tls)
-        cpu0, own0 = server.cpu_seconds(), process_cpu()
+        cpu0, own0 = server.node_cpu_seconds(), process_cpu()
         batches, start, end = publisher.run(plan, duration, None if sink or not specs else pool)
         expected = {g: 0 if sink else plan.expected(batches, g) for g in pool.groups}
         pool.wait_for(expected)
-        cpu = {"server": server.cpu_seconds() - cpu0, "publisher": process_cpu() - own0}
+        cpu = {"nodes": [b - a for a, b in zip(cpu0, server.node_cpu_seconds())],
+               "publisher": process_cpu() - own0}
         results, cpu["subscribers"] = pool.stop()
         publisher.close()
     finally:
         pool.close()
     verify(results, specs, expected)
     return throughput_metrics(plan, batches, start, end, results, cpu)
+
+
+class InterestProbe:
+    """Proof that a RoutedPair's route is up and carries interest in `sub`
+    to node 1, before anything measured is published: a connection on node 2
+    subscribes to `sub`, and one on node 1 publishes to `subject` (which
+    `sub` matches) until a publish comes through: each attempt is PONGed by
+    node 1 (routed or dropped by then) and then given PROBE_WAIT to arrive.
+    Earlier attempts travel the same route ahead of it, so when the last one
+    has arrived nothing is in flight.
+
+    A route carries interest once per subject (RS+ on the first local
+    subscription, RS- when the last goes), so the probe's subscription must
+    outlive the subscribers' own: close() it once they have subscribed, and
+    node 1 keeps the interest."""
+
+    SID = b"99"
+
+    def __init__(self, server, sub: bytes, subject: bytes):
+        self.sock = connect(server.sub_port)
+        self.buf = b""
+        try:
+            handshake(self.sock, b"SUB %s %s\r\n" % (sub, self.SID))
+            publisher = connect(server.port)
+            try:
+                handshake(publisher)
+                self.attempts = self._cross(publisher, subject)
+            finally:
+                publisher.close()
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _cross(self, publisher: socket.socket, subject: bytes) -> int:
+        """Publish probes until one is delivered; return how many it took."""
+        deadline = now() + START_TIMEOUT
+        attempt = 0
+        while True:
+            attempt += 1
+            body = b"probe %d" % attempt
+            publisher.sendall(b"PUB %s %d\r\n%s\r\n" % (subject, len(body), body) + PING)
+            read_until(publisher, b"", PONG)
+            if self._arrived(CRLF + body + CRLF, min(PROBE_WAIT, deadline - now())):
+                return attempt
+            if now() >= deadline:
+                raise BenchError("no probe crossed the route in %.0f s (%d sent)" % (
+                    START_TIMEOUT, attempt))
+
+    def _arrived(self, marker: bytes, wait: float) -> bool:
+        """Does `marker` come in within `wait` seconds?"""
+        end = now() + wait
+        while marker not in self.buf:
+            if b"-ERR" in self.buf:
+                raise BenchError("server said %r" % self.buf[self.buf.find(b"-ERR"):][:200])
+            left = end - now()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                return False
+            self.buf += recv_some(self.sock)
+        return True
+
+    def close(self) -> None:
+        """Unsubscribe (confirmed by a PONG) and disconnect."""
+        try:
+            self.sock.sendall(b"UNSUB %s\r\n" % self.SID + PING)
+            read_until(self.sock, b"", PONG)
+        finally:
+            self.sock.close()
 
 
 def verify(results: list, specs: list, expected: dict) -> None:
@@ -1237,7 +1398,8 @@ def process_cpu() -> float:
 def throughput_metrics(plan, batches, start, end, results, cpu) -> dict:
     """Rates from one measurement. msgs/s counts deliveries (all subscribers
     together) when there are subscribers, else publishes. CPU shares are
-    cores' worth over the measurement (subscribers: whole process lives)."""
+    cores' worth over the measurement (subscribers: whole process lives;
+    server: all its nodes, and node by node)."""
     published = batches * plan.per_batch
     delivered = sum(r["count"] for r in results)
     last = max([end] + [r["last"] for r in results])
@@ -1246,7 +1408,8 @@ def throughput_metrics(plan, batches, start, end, results, cpu) -> dict:
     metrics = {"msgs": msgs, "mbs": msgs * plan.size / 1e6,
                "pub_msgs": published / (end - start), "published": published,
                "delivered": delivered, "seconds": elapsed,
-               "server_cpu": cpu["server"] / elapsed,
+               "server_cpu": sum(cpu["nodes"]) / elapsed,
+               "node_cpu": [c / elapsed for c in cpu["nodes"]],
                "generator_cpu": (cpu["publisher"] + cpu["subscribers"]) / elapsed,
                "msgs_per_read": delivered / max(1, sum(r["reads"] for r in results))}
     if results:
@@ -1443,6 +1606,8 @@ SCENARIOS = {
     "queue4": Throughput(SMALL, 4, queue=True),
     "pubsub1k": Throughput(KIB, 1),
     "tlspubsub1k": Throughput(KIB, 1, tls=True),
+    "routepubsub": Throughput(SMALL, 1, routed=True),
+    "routepubsub1k": Throughput(KIB, 1, routed=True),
     "reqrep": ReqRep(),
     "idle10k": Idle(IDLE_CONNS),
     "subs100k": ManySubs(),
@@ -1461,8 +1626,9 @@ SCENARIOS = {
 def run_one(scenario, name: str, argv: list, opts) -> dict:
     """One measurement on a fresh server; {'error': text} if it failed."""
     server = None
+    kind = RoutedPair if getattr(scenario, "routed", False) else Server
     try:
-        server = Server(name, argv, getattr(scenario, "server_args", ())).start()
+        server = kind(name, argv, getattr(scenario, "server_args", ())).start()
         result = scenario.run(server, opts)
         if not server.alive():
             raise BenchError("%s exited during the run:\n%s" % (name, server.tail()))
@@ -1482,8 +1648,9 @@ def progress_line(count: str, scen: str, name: str, rep: int, result: dict, scen
     shown = "  ".join("%s %s" % (fmt_value(result[key], label), label)
                       for key, label, _ in scenario.metrics)
     if "server_cpu" in result:
-        shown += "  (pub %s msgs/s; cpu: server %.0f%%, generator %.0f%%)" % (
-            fmt_value(result["pub_msgs"], "msgs/s"), 100 * result["server_cpu"],
+        shown += "  (pub %s msgs/s; cpu: server %s%%, generator %.0f%%)" % (
+            fmt_value(result["pub_msgs"], "msgs/s"),
+            "+".join("%.0f" % (100 * c) for c in result["node_cpu"]),
             100 * result["generator_cpu"])
     return "%s %-9s %-7s rep %d  %s" % (count, scen, name, rep, shown)
 
@@ -1497,8 +1664,9 @@ def run_all(opts, commands: dict) -> dict:
         scenario = SCENARIOS[scen]
         for rep in range(1, opts.reps + 1):
             for name, argv in commands.items():
-                if name == "sink" and getattr(scenario, "tls", False):
-                    continue  # the sink speaks no TLS
+                if name == "sink" and (getattr(scenario, "tls", False)
+                                       or getattr(scenario, "routed", False)):
+                    continue  # the sink speaks no TLS and takes no routes
                 result = run_one(scenario, name, argv, opts)
                 results[scen][name].append(result)
                 done += 1
