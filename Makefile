@@ -8,6 +8,8 @@
 #   make unit          in-process tests only (layout, sublist, parser, conf, options)
 #   make test-pythons  protocol smoke with the server under each CPython 3.8-3.13
 #   make bench         BENCH (default tests/bench.py) with $(BENCH_ARGS)
+#   make fuzz          each fuzzer in tests/fuzz for FUZZ_SECONDS (default 60; `make test`: 3 s each)
+#   make soak          tests/soak.py: 10k held conns, 50k churn, 60 s mixed traffic (SOAK_ARGS)
 #   make lint          byte-compile gnatsd.py on the oldest supported Python (3.8)
 #   make run           run the server with conf/default.conf
 #   make docker        build the image from Dockerfile
@@ -19,9 +21,11 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 REQS := tests/requirements.txt
 STAMP := $(VENV)/.requirements.stamp
-PYTEST_ARGS ?=
+# Four workers: the suite mostly waits on server processes (11 min -> 3 min).
+PYTEST_ARGS ?= -n 4
 BENCH ?= tests/bench.py
 BENCH_ARGS ?=
+SOAK_ARGS ?=
 IMAGE ?= gnatsd-py
 PYENV_ROOT ?= $(HOME)/.pyenv
 
@@ -34,7 +38,7 @@ UNIT_TESTS = $(wildcard tests/test_layout.py tests/test_sublist.py \
                         tests/test_parser.py tests/test_conf.py tests/test_options.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test unit test-pythons bench lint run docker certs clean distclean
+.PHONY: help dev test unit test-pythons bench soak fuzz lint run docker certs clean distclean
 
 help:
 	@sed -n 's/^#   make /  make /p' Makefile
@@ -66,6 +70,22 @@ test-pythons: dev
 bench: dev
 	$(VPY) $(BENCH) $(BENCH_ARGS)
 
+# The hypothesis fuzzers in tests/fuzz (client and route protocol, config,
+# sublist, monitor queries), FUZZ_SECONDS each (whole seconds); a failure is
+# printed when found and the run goes on; summary lines are appended to
+# $(FUZZ_RECORD), which tests/fuzz/RECORD.md quotes.
+FUZZ_SECONDS ?= 60
+FUZZ_RECORD ?= tests/fuzz/last-run.txt
+fuzz: dev
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_KEEP_GOING=1 FUZZ_RECORD=$(FUZZ_RECORD) \
+	  $(VPY) -m pytest -s -p no:cacheprovider --timeout=$$(( $(FUZZ_SECONDS) * 2 + 120 )) \
+	  $(PYTEST_ARGS) tests/fuzz
+
+# Loopback only, bounded (each phase has a deadline; --timeout 900 s in all);
+# writes tests/SOAK-RECORD.md, which is committed.
+soak:
+	$(PYTHON) tests/soak.py $(SOAK_ARGS)
+
 lint:
 	@test -n "$(PYTHON38)" || { echo "make: Python 3.8 not found (pyenv or python3.8 on PATH)" >&2; exit 1; }
 	$(PYTHON38) -W error -m py_compile gnatsd.py
@@ -80,8 +100,10 @@ docker:
 # Test certificates (tests/test_tls.py), committed so tests need no openssl:
 # a CA; a server certificate for localhost, 127.0.0.1 and ::1; a client
 # certificate whose email, DNS and URI SANs and subject feed verify_and_map;
-# a server certificate for the wrong host; and a self-signed client
-# certificate no CA vouches for.  RSA 2048, valid for 100 years.
+# a route certificate for localhost and 127.0.0.1 that is both server and
+# client (a route is each to its peer, and Go checks the usage); a server
+# certificate for the wrong host; and a self-signed certificate no CA
+# vouches for.  RSA 2048, valid for 100 years.
 CERTS := tests/certs
 CERT_DAYS := 36500
 OPENSSL ?= openssl
@@ -92,9 +114,11 @@ certs:
 	$(OPENSSL) req -x509 -newkey rsa:2048 -nodes -days $(CERT_DAYS) -sha256 \
 	  -subj "/O=gnatsd.py/CN=gnatsd.py test CA" -keyout ca-key.pem -out ca.pem && \
 	printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\n' > server.ext && \
+	printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth,clientAuth\n' > route.ext && \
 	printf 'subjectAltName=DNS:wrong.example.com\nextendedKeyUsage=serverAuth\n' > wrong.ext && \
 	printf 'subjectAltName=email:alice@example.com,DNS:alice.example.com,URI:nats://alice.example.com\nextendedKeyUsage=clientAuth\n' > client.ext && \
-	for name in server:/O=gnatsd.py/CN=localhost wrong:/O=gnatsd.py/CN=wrong.example.com \
+	for name in server:/O=gnatsd.py/CN=localhost route:/O=gnatsd.py/CN=route \
+	            wrong:/O=gnatsd.py/CN=wrong.example.com \
 	            client:/C=US/O=gnatsd.py/OU=tests/CN=alice; do \
 	  base=$${name%%:*}; subj=$${name#*:}; \
 	  $(OPENSSL) req -newkey rsa:2048 -nodes -subj "$$subj" -keyout $$base-key.pem -out $$base.csr && \
@@ -106,7 +130,8 @@ certs:
 	rm -f *.csr *.ext *.srl && ls
 
 clean:
-	rm -rf .pytest_cache __pycache__ tests/__pycache__ bench-results
+	rm -rf .pytest_cache __pycache__ tests/__pycache__ tests/fuzz/__pycache__ bench-results \
+	  .hypothesis
 
 distclean: clean
 	rm -rf $(VENV)

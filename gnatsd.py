@@ -61,6 +61,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import weakref
 
 try:
     import ssl
@@ -563,6 +564,11 @@ class _ConfigParser:
         except OSError as exc:
             raise ConfigError("error parsing include file '%s', %s" % (target, exc.strerror),
                               self.path, *where)
+        except ValueError as exc:
+            # A NUL in the name (Go's open says "invalid argument"), or not UTF-8.
+            why = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "invalid argument"
+            raise ConfigError("error parsing include file '%s', %s" % (target, why),
+                              self.path, *where)
         # An included file is parsed on its own (it does not see the
         # includer's variables, as in Go), then merged in.
         included = _ConfigParser(text, path, self.depth + 1).parse_document(ConfigMap(path))
@@ -623,7 +629,7 @@ def _parse_duration_or_none(text: str):
     """Seconds in a Go duration string such as "1h2m3.5s", or None."""
     text = text.strip()
     sign = 1.0
-    if text[:1] in "+-":
+    if text[:1] in ("+", "-"):  # not `in "+-"`: "" is in every string
         sign = -1.0 if text[0] == "-" else 1.0
         text = text[1:]
     if text == "0":
@@ -713,6 +719,7 @@ class Options:
         ("cluster_port", 0),
         ("cluster_advertise", ""),
         ("cluster_auth", None),
+        ("cluster_tls", None),
         ("no_advertise", False),
         ("connect_retries", 0),
         ("routes", None),
@@ -879,7 +886,7 @@ def parse_cluster_url(url: str) -> tuple:
 
 def _cluster(cm: ConfigMap, key: str, value, opts: Options):
     """`cluster { name listen host port advertise no_advertise authorization
-    routes connect_retries pool_size compression }` (Go's parseCluster)."""
+    routes tls connect_retries pool_size compression }` (Go's parseCluster)."""
     if not isinstance(value, ConfigMap):
         raise cm.error(key, "Expected map to define cluster")
     for sub_key, sub_value in value.items():
@@ -914,14 +921,22 @@ def _cluster(cm: ConfigMap, key: str, value, opts: Options):
             opts.cluster_auth = _route_authorization(value, sub_key, sub_value)
         elif name in ("pool_size", "compression", "ping_interval", "ping_max", "accounts"):
             continue  # one uncompressed route per peer here; Go peers adapt
-        elif name in ("tls", "permissions"):
-            opts.warnings.append("%s:%d: route %s is not supported by gnatsd.py yet; ignored"
-                                 % (value.files.get(sub_key, value.path),
-                                    value.position(sub_key)[0], name))
+        elif name == "tls":
+            opts.cluster_tls = parse_tls_block(value, sub_key, sub_value, route=True)
+            if opts.cluster_tls.verify_and_map:  # peers' certificates are verified, not mapped
+                opts.warnings.append(_route_not_yet(value, sub_key, "tls verify_and_map"))
+        elif name == "permissions":
+            opts.warnings.append(_route_not_yet(value, sub_key, name))
         elif value.is_variable(sub_key):
             continue
         else:
             raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+
+
+def _route_not_yet(cm: ConfigMap, key: str, what: str) -> str:
+    """The startup warning for a cluster setting this build ignores."""
+    return "%s:%d: route %s is not supported by gnatsd.py yet; ignored" % (
+        cm.files.get(key, cm.path), cm.position(key)[0], what)
 
 
 def _route_authorization(cm: ConfigMap, key: str, value) -> tuple:
@@ -1393,7 +1408,9 @@ def find_export(account: AccountConfig, kind: str, subject: str) -> Export | Non
 # becomes a TLSConfig (Go's TLSConfigOpts), and its SSLContext is built while
 # the file is read, so a missing file or an unknown cipher is a config error
 # with a line number, as Go's parseTLS and GenTLSConfig make it.  The same
-# reader will serve `cluster { tls {} }` (`insecure` is a route-only key).
+# reader serves `cluster { tls {} }`, where Go forces verification both
+# ways (a route is a client of its peer too: `client_context()`, which
+# `insecure` stops checking the server it dials).
 # Go names ciphers and curves as IANA and crypto/tls do; OpenSSL has its own
 # names, mapped below.  Chapter 6 uses the context; nothing here touches a
 # socket.
@@ -1457,7 +1474,8 @@ class TLSConfig:
     `server_context()` builds the SSLContext for accepted connections once
     and raises ConfigError; `server_context(verify=False)` is the HTTPS
     monitor's, which never asks for a client certificate (Go clones the
-    client config with NoClientCert for it).
+    client config with NoClientCert for it).  `client_context()` is for
+    the routes we dial.
     """
 
     FIELDS = ("cert_file", "key_file", "ca_file", "verify", "verify_and_map", "timeout",
@@ -1497,15 +1515,35 @@ class TLSConfig:
             self.contexts[verify] = self.build_context(verify)
         return self.contexts[verify]
 
+    def client_context(self):
+        """The ssl.SSLContext for routes we dial (built once): our certificate,
+        the peer's checked against ca_file and the host we dialed, unless
+        `insecure` (Go's route TLS config as a tls.Client)."""
+        if "client" not in self.contexts:
+            if ssl is None:
+                raise ConfigError("TLS needs Python's ssl module, and this Python has none")
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = not self.insecure
+            self.configure(context, not self.insecure, ssl.Purpose.SERVER_AUTH)
+            self.contexts["client"] = context
+        return self.contexts["client"]
+
     def build_context(self, verify: bool):
         """A new server-side SSLContext from these settings (GenTLSConfig)."""
         if ssl is None:
             raise ConfigError("TLS needs Python's ssl module, and this Python has none")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.configure(context, verify, ssl.Purpose.CLIENT_AUTH)
+        return context
+
+    def configure(self, context, verify: bool, purpose):
+        """Give a new context our certificate, the CAs that vouch for peers
+        (`purpose` picks the system's when ca_file is not set), versions,
+        ciphers and curves."""
         if not self.cert_file:
             raise ConfigError("missing 'cert_file' in TLS configuration")
         if not self.key_file:
             raise ConfigError("missing 'key_file' in TLS configuration")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = (ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3"
                                    else ssl.TLSVersion.TLSv1_2)
         context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)  # Go never renegotiates
@@ -1521,13 +1559,12 @@ class TLSConfig:
             except (OSError, ValueError) as exc:
                 raise ConfigError(_tls_file_error(exc, self.ca_file))
         elif verify:
-            context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+            context.load_default_certs(purpose)
         context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
         if self.ciphers:
             self.set_ciphers(context)
         if self.curves:
             self.set_curve(context)
-        return context
 
     def set_ciphers(self, context):
         """Restrict TLS 1.2 to the listed suites, named as Go names them."""
@@ -1589,9 +1626,11 @@ def _go_type(value) -> str:
     return "string"
 
 
-def parse_tls_block(cm: ConfigMap, key: str, value) -> TLSConfig:
-    """Read a `tls {}` block (the clients', or a cluster's) into a TLSConfig
-    and build its context, so bad files and names fail here (Go's parseTLS)."""
+def parse_tls_block(cm: ConfigMap, key: str, value, route: bool = False) -> TLSConfig:
+    """Read a `tls {}` block (the clients', or with `route` a cluster's) into
+    a TLSConfig and build its contexts, so bad files and names fail here (Go's
+    parseTLS).  Routes always verify their peers, both ways (Go's
+    parseCluster forces RequireAndVerifyClientCert)."""
     if not isinstance(value, ConfigMap):
         raise cm.error(key, "interface conversion: interface {} is %s, not "
                             "map[string]interface {}" % _go_type(value))
@@ -1628,9 +1667,11 @@ def parse_tls_block(cm: ConfigMap, key: str, value) -> TLSConfig:
             continue  # a variable definition, used by another key
         else:
             raise value.error(sub_key, 'error parsing tls config, unknown field "%s"' % sub_key)
-    tc.verify = tc.verify or tc.verify_and_map
+    tc.verify = tc.verify or tc.verify_and_map or route
     try:
         tc.server_context()
+        if route:
+            tc.client_context()
     except ConfigError as exc:
         raise cm.error(key, exc.message)
     return tc
@@ -1777,9 +1818,9 @@ def options_from_config(path: str) -> Options:
         else:
             raise cm.error(key, 'unknown field "%s"' % key)
     if opts.lame_duck_duration is not None and opts.lame_duck_duration < 30:
-        raise ConfigError("invalid lame_duck_duration of %s, minimum is 30 seconds"
-                          % format_duration(opts.lame_duck_duration), path,
-                          *cm.position("lame_duck_duration"))
+        key = next(k for k in cm if k.lower() == "lame_duck_duration")  # keys ignore case
+        raise cm.error(key, "invalid lame_duck_duration of %s, minimum is 30 seconds"
+                       % format_duration(opts.lame_duck_duration))
     return opts
 
 
@@ -2197,8 +2238,8 @@ def split_op(line: bytes) -> tuple:
 
 
 def parse_size(token: bytes) -> int:
-    """Go's parseSize: ASCII digits only, else -1."""
-    if not token or not token.isdigit() or len(token) > 18:
+    """Go's parseSize: ASCII digits only, at most 9 of them, else -1."""
+    if not token or not token.isdigit() or len(token) > 9:
         return -1
     return int(token)
 
@@ -2300,6 +2341,7 @@ class Connection:
     )
 
     kind = "Client"
+    tls_label = ""               # "route " in a route's TLS log lines, as Go words them
 
     def __init__(self, server: "Server", sock: socket.socket, cid: int):
         self.server = server
@@ -2473,8 +2515,12 @@ class Connection:
             # Resume an op split across reads; join once, when it is whole.
             pending.append(data)
             self.pending_len += n
-            if self.pending_len < self.need:
+            if self.pending_len < self.need and not (
+                    self.pending_len == self.need - 1 and data[-1:] != b"\r"):
                 return
+            # (One byte short, the byte after a payload is here: if it is not
+            # CR, parse now so the error is not held back; Go's MSG_END_R
+            # fails at once, split or not.)
             data = b"".join(pending)
             self.pending_in = None
         flood = n >= FLOOD_READ_SIZE
@@ -2542,7 +2588,17 @@ class Connection:
     # -- ping timer ----------------------------------------------------------
 
     def arm_ping_timer(self):
-        self.server.add_timer(self.server.options.ping_interval, self.ping_timer)
+        # The timer holds the connection weakly: a closed one is freed at
+        # once, not ping_interval (2 min) later; under connect/disconnect
+        # churn that held every client closed in the last two minutes
+        # (tests/soak.py: +1.2 KB RSS per connection churned).
+        ref = weakref.ref(self)
+
+        def fire():
+            conn = ref()
+            if conn is not None:
+                conn.ping_timer()
+        self.server.add_timer(self.server.options.ping_interval, fire)
 
     def ping_timer(self):
         """Go's processPingTimer: PING, or close as stale after ping_max misses."""
@@ -2631,7 +2687,10 @@ class Connection:
 #
 # and a failed handshake, or one not done within the tls timeout, closes the
 # connection with "TLS Handshake Failure".  `with_tls(Client)` is the class
-# a TLS server accepts.  Go twins: server.go createClientEx, client.go
+# a TLS server accepts; `with_tls(Route)` carries routes when the cluster has
+# a tls block, and on the routes we dial we are the TLS client, speaking
+# first (a session with a server hostname starts in HANDSHAKE).  Go twins:
+# server.go createClientEx, route.go createRoute, client.go
 # doTLSServerHandshake, tlsTimeout; auth.go checkClientTLSCertSubject.
 
 # TLSSession states, in order.
@@ -2647,10 +2706,11 @@ class TLSSession:
 
     __slots__ = ("sslobj", "incoming", "outgoing", "unsent", "state", "first")
 
-    def __init__(self, context, state: int, first: bool):
+    def __init__(self, context, state: int, first: bool, hostname: str | None = None):
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.sslobj = context.wrap_bio(self.incoming, self.outgoing,
+                                       server_side=hostname is None, server_hostname=hostname)
         self.unsent = None        # memoryview: what the last send left of a record batch
         self.state = state
         self.first = first        # handshake_first: INFO comes after the handshake
@@ -2674,11 +2734,23 @@ class TLSConnection(Connection):
 
     __slots__ = ()
 
-    def start_tls(self, context, timeout: float, state: int = TLS_HELLO, first: bool = False):
-        """Begin the server side of a handshake, due within `timeout` s."""
-        self.tls = TLSSession(context, state, first)
-        self.debug("Starting TLS %s connection handshake", self.kind.lower())
-        self.server.add_timer(timeout, self.tls_timeout)
+    def start_tls(self, context, timeout: float, state: int = TLS_HELLO, first: bool = False,
+                  hostname: str | None = None):
+        """Begin a handshake, due within `timeout` s: the server side, or
+        with the `hostname` we dialed the client side, which speaks first."""
+        server = self.server
+        if server.tls_read_buffer is None:  # ciphertext lands here; plaintext in read_buffer
+            server.tls_read_buffer = bytearray(server.read_size)
+            server.tls_read_view = memoryview(server.tls_read_buffer)
+        self.tls = TLSSession(context, TLS_HANDSHAKE if hostname else state, first, hostname)
+        if self.tls_label:
+            self.debug("Starting TLS %s%s handshake", self.tls_label,
+                       "client" if hostname else "server")
+        else:
+            self.debug("Starting TLS %s connection handshake", self.kind.lower())
+        server.add_timer(timeout, self.tls_timeout)
+        if hostname:
+            self.tls_handshake()  # the ClientHello
 
     def send_now(self, data: bytes):
         """Bytes straight to the socket, outside TLS: the plain INFO before
@@ -2713,9 +2785,11 @@ class TLSConnection(Connection):
         if tls.state != TLS_OPEN:
             if tls.state < TLS_HANDSHAKE:
                 if server.tls_read_buffer[0] not in TLS_RECORD_STARTS:
-                    # A plain-text client: Go closes without a word or an alert.
-                    self.debug("TLS handshake error: tls: first record does not look like a "
-                               "TLS handshake")
+                    # A plain-text peer: Go closes without a word or an alert
+                    # (and logs it at [ERR] for a route).
+                    (self.error if self.tls_label else self.debug)(
+                        "TLS %shandshake error: tls: first record does not look like a "
+                        "TLS handshake", self.tls_label)
                     self.close(TLS_HANDSHAKE_ERROR, flush=False)
                     return
                 tls.state = TLS_HANDSHAKE
@@ -2746,7 +2820,7 @@ class TLSConnection(Connection):
     def tls_failed(self, reason: str):
         """Log why (Go's "TLS handshake error"), give the peer the alert
         OpenSSL wrote, and close."""
-        self.error("TLS handshake error: %s", reason)
+        self.error("TLS %shandshake error: %s", self.tls_label, reason)
         alert = self.tls.outgoing.read()
         if alert:
             try:
@@ -2758,6 +2832,12 @@ class TLSConnection(Connection):
     def tls_timeout(self):
         """Go's tlsTimeout: a handshake still unfinished is closed."""
         if self.closed or self.tls.state == TLS_OPEN:
+            return
+        if self.tls_label:
+            # A route: Go's handshake read fails first, then the timer fires.
+            self.error("TLS %shandshake error: i/o timeout", self.tls_label)
+            self.close(TLS_HANDSHAKE_ERROR, flush=False)
+            self.error("TLS handshake timeout")
             return
         self.debug("TLS handshake timeout")
         self.close(TLS_HANDSHAKE_ERROR, flush=False)
@@ -2888,7 +2968,8 @@ class TLSConnection(Connection):
 
 def with_tls(cls: type) -> type:
     """`cls` speaking TLS: a subclass whose read_ready, flush and close come
-    from TLSConnection.  The server makes `with_tls(Client)` once."""
+    from TLSConnection.  The server makes `with_tls(Client)` and
+    `with_tls(Route)` once each."""
     return type("TLS" + cls.__name__, (TLSConnection, cls),
                 {"__slots__": (), "__doc__": "%s over TLS." % cls.__name__})
 
@@ -3444,7 +3525,7 @@ class Client(Connection):
     __slots__ = (
         "verbose", "pedantic", "echo", "headers", "no_responders", "protocol",
         "name", "lang", "version", "user", "connect_received", "awaiting_auth",
-        "subs", "pub_cache", "perms", "account", "credentials",
+        "subs", "pub_cache", "perms", "account", "credentials", "tls_identities",
     )
 
     kind = "Client"
@@ -3464,6 +3545,7 @@ class Client(Connection):
         self.subs = {}               # sid -> Subscription
         self.perms = None            # ClientPermissions of the user, if restricted
         self.credentials = None      # user, pass, auth_token of CONNECT (for reloads)
+        self.tls_identities = ()     # verify_and_map's names from the certificate (handshake)
         self.account = server.global_account
         self.account.client_count += 1
         self.account.total_connections += 1
@@ -3626,10 +3708,21 @@ class Client(Connection):
         """The buffer ends inside a control line: check its length and wait."""
         mcl = self.server.options.max_control_line
         if len(data) - i > mcl:
-            _op, arg, _sep = split_op(data[i:])
-            if len(arg) > mcl:
+            op, arg, has_sep = split_op(data[i:])
+            # Only an op that takes arguments has a limit (as in process_op);
+            # an unknown op is refused below, PING/PONG skip to the newline.
+            if len(arg) > mcl and has_sep and getattr(self.OPS.get(op), "needs_arg", False):
                 self.max_control_line_exceeded(len(arg))
                 return
+            # Go's byte-wise parser never holds more than an argument: it
+            # skips to the newline after PING/PONG, skips blanks after an op
+            # and refuses an unknown op at once.  So keep a bounded tail.
+            if op[:4] in (b"PING", b"PONG"):
+                data, i = data[i:i + 4] + data[-1:], 0
+            elif has_sep and op in self.OPS:
+                data, i = op + b" " + arg, 0
+            else:
+                raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
         self.keep_tail(data, i, len(data) - i + 1)
 
     def max_control_line_exceeded(self, length: int):
@@ -3697,7 +3790,7 @@ class Client(Connection):
             self.trace_in("INFO", arg)
         try:
             json.loads(arg)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
             raise ProtocolError("Error parsing INFO: %s" % exc)
         return nl + 1
 
@@ -3788,7 +3881,7 @@ class Client(Connection):
         """Apply the CONNECT fields sent (only those), then check auth."""
         try:
             fields = json.loads(arg)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
             raise ProtocolError("processConnect: %s" % exc)
         if not isinstance(fields, dict):
             raise ProtocolError("processConnect: CONNECT is not a JSON object")
@@ -3836,10 +3929,14 @@ class Client(Connection):
         return self.check_auth()
 
     def check_auth(self) -> bool:
-        """Log in with the kept credentials, or close with an auth violation."""
-        found = authenticate(self.server.options, self.credentials or {})
+        """Log in with the kept credentials (with verify_and_map, as the user
+        the certificate names), or close with an auth violation."""
+        opts = self.server.options
+        user = (self.credentials or {}).get("user")
+        if maps_certificates(opts):
+            user = self.certificate_user(opts) or user  # Go names the mapped user
+        found = authenticate(opts, self.credentials or {}, self.tls_identities)
         if found is None:
-            user = (self.credentials or {}).get("user")
             self.auth_violation(user if isinstance(user, str) else "")
             return False
         self.user, perms, account = found
@@ -3850,12 +3947,37 @@ class Client(Connection):
         self.update_log_prefix()
         return True
 
+    def certificate_user(self, opts: Options) -> str:
+        """verify_and_map: the user this client's certificate names, or "",
+        with Go's log lines (checkClientTLSCertSubject)."""
+        user = map_certificate_user(opts.users, self.tls_identities)
+        names = self.tls_identities
+        if user is None:
+            if not names:
+                self.debug("User required in cert, none found")
+                return ""
+            subject = go_quote((names[-1] if "=" in names[-1] else "").encode())
+            self.debug("DistinguishedNameMatch could not be used for auth [%s]", subject)
+            self.debug("User in cert [%s], not found", subject)
+            return ""
+        if log.isEnabledFor(logging.DEBUG):
+            self.debug("Using %s for auth [%s]",
+                       cert_name_source(self.tls.sslobj.getpeercert(), user.username),
+                       go_quote(user.username.encode()))
+        given = (self.credentials or {}).get("user")
+        if given:
+            log.warning("User %s found in connect proto, but user required from cert",
+                        go_quote(str(given).encode()))
+        return user.username
+
     def reload_config(self, old: Options):
         """The server reloaded its config: log in again with the same
         credentials, under the new permissions (Go's reloadAuthorization).
         A client of the old single user whose password changed is closed
         without an -ERR, as Go does (Go closes every single-user client on
-        each reload; a client whose credentials still pass stays here)."""
+        each reload; a client whose credentials still pass stays here); so
+        is one whose user (named in CONNECT, or by its certificate) is gone
+        from a users list (Go's clientHasMovedToDifferentAccount)."""
         self.trace = self.server.trace
         if self.verbose or self.trace or self.pedantic:
             self.pub_cache = _DisabledCache()
@@ -3864,8 +3986,12 @@ class Client(Connection):
         if not self.connect_received:
             self.awaiting_auth = self.server.options.auth_required
             return
+        opts = self.server.options
         if old.username and self.user == old.username and \
-                authenticate(self.server.options, self.credentials or {}) is None:
+                authenticate(opts, self.credentials or {}) is None:
+            self.close(CLIENT_CLOSED)
+            return
+        if self.user and opts.users and all(u.username != self.user for u in opts.users):
             self.close(CLIENT_CLOSED)
             return
         if self.check_auth() and self.perms is not None:
@@ -4293,11 +4419,19 @@ def _valid_queue(queue: bytes) -> bool:
     return bool(queue) and b" " not in queue and b"\t" not in queue
 
 
-def authenticate(opts: Options, credentials: dict) -> tuple | None:
+def authenticate(opts: Options, credentials: dict, identities=()) -> tuple | None:
     """Who do these CONNECT credentials log in as?  (user name, Permissions
-    or None, account name or ""), or None when they are refused."""
+    or None, account name or ""), or None when they are refused.  With
+    verify_and_map the client's certificate names the user instead: the
+    first of `identities` (cert_identities) that names one, whose password,
+    if it has one, the CONNECT must still give (as Go 2.15 checks)."""
     if not opts.auth_required:
         return ("", None, "")
+    if maps_certificates(opts):
+        user = map_certificate_user(opts.users, identities)
+        if user is None or not _secret_equal(credentials.get("pass", ""), user.password):
+            return None
+        return (user.username, user.permissions, user.account)
     if opts.users:
         name, check = credentials.get("user"), True
         if opts.no_auth_user and not credentials:
@@ -4315,6 +4449,77 @@ def authenticate(opts: Options, credentials: dict) -> tuple | None:
               and _secret_equal(credentials.get("pass"), opts.password))
     user = credentials.get("user")
     return (user if isinstance(user, str) else "", None, "") if ok else None
+
+
+def maps_certificates(opts: Options) -> bool:
+    """Do client certificates name the users (`tls { verify_and_map }` with
+    a users list; Go's tlsMap, which a single user or a token ignores)?"""
+    return bool(opts.users) and opts.tls is not None and opts.tls.verify_and_map
+
+
+def map_certificate_user(users: list, identities) -> User | None:
+    """The user the first of a certificate's names (cert_identities' order)
+    names.  The first name that is a distinguished name is the subject, and
+    matches a user whose name is the same DN in any RDN order, spacing or
+    attribute case (Go's DistinguishedNameMatch); other names match exactly."""
+    by_name = {user.username: user for user in users}
+    subject_tried = False
+    for name in identities:
+        if name in by_name:
+            return by_name[name]
+        rdns = None if subject_tried else _dn_rdns(name)
+        if rdns is not None:
+            subject_tried = True
+            for user in users:
+                if _dn_rdns(user.username) == rdns:
+                    return user
+    return None
+
+
+# One attribute of a DN: a type (a name or an OID), "=", a value (escapes kept).
+_DN_ATTRIBUTE_RE = re.compile(r"\s*([A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)\s*=(.*)", re.S)
+
+
+def _dn_rdns(text: str) -> tuple | None:
+    """A DN as RDN text parses it (Go's ldap.ParseDN), order aside: a sorted
+    tuple of RDNs, each a sorted tuple of (TYPE, value); None if `text` is
+    not a DN."""
+    rdns = []
+    for rdn in _split_unescaped(text, ",;"):
+        attributes = []
+        for part in _split_unescaped(rdn, "+"):
+            m = _DN_ATTRIBUTE_RE.fullmatch(part)
+            if m is None:
+                return None
+            value = re.sub(r"\\(.)", r"\1", m.group(2).strip())
+            attributes.append((m.group(1).upper(), value))
+        rdns.append(tuple(sorted(attributes)))
+    return tuple(sorted(rdns))
+
+
+def _split_unescaped(text: str, separators: str) -> list:
+    """`text` cut at each separator not escaped by a backslash."""
+    parts, start, i = [], 0, 0
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] in separators:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def cert_name_source(cert: dict, name: str) -> str:
+    """Where in the certificate `name` came from, in Go's debug words."""
+    sans = cert.get("subjectAltName", ())
+    for kind, source in (("email", "email found in cert"), ("DNS", "SAN found in cert"),
+                         ("URI", "URI found in cert")):
+        if (kind, name) in sans:
+            return source
+    return "DistinguishedNameMatch"
 
 
 def _secret_equal(given, expected: str) -> bool:
@@ -4393,7 +4598,14 @@ def bcrypt_available() -> bool:
 #
 # This server runs one route per peer and no compression: its INFO carries
 # neither `route_pool_size` nor `compression`, and Go peers fall back to a
-# single uncompressed connection.  Go twin: server/route.go.
+# single uncompressed connection.
+#
+# With `cluster { tls {} }` every route is TLS from its first byte, before
+# CONNECT or INFO: the accepting side is the TLS server, the dialing side
+# the client (checking the peer against ca_file and the host it dialed), and
+# each side verifies the other's certificate, as Go's routes always do.  A
+# route is then a `with_tls(Route)` (chapter 6), and starts its protocol
+# when the handshake completes.  Go twin: server/route.go.
 
 # Route protocol level (2: accounts and RS+/RS-).
 ROUTE_PROTO = 2
@@ -4450,11 +4662,13 @@ class _RouteDialer:
 
     closed = False
 
-    def __init__(self, server: "Server", sock: socket.socket, target: RouteURL, implicit: bool):
+    def __init__(self, server: "Server", sock: socket.socket, target: RouteURL, implicit: bool,
+                 attempt: int):
         self.server = server
         self.sock = sock
         self.target = target
         self.implicit = implicit
+        self.attempt = attempt
 
     def read_ready(self):
         self.write_ready()
@@ -4467,7 +4681,8 @@ class _RouteDialer:
         error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             self.sock.close()
-            self.server.route_dial_failed(self.target, self.implicit, os.strerror(error))
+            self.server.route_dial_failed(self.target, self.implicit, os.strerror(error),
+                                          self.attempt)
         else:
             self.server.create_route(self.sock, self.target, self.implicit)
 
@@ -4476,14 +4691,48 @@ class _RouteDialer:
             self.closed = True
             self.server.unregister(self)
             self.sock.close()
-            self.server.route_dial_failed(self.target, self.implicit, "i/o timeout")
+            self.server.route_dial_failed(self.target, self.implicit, "i/o timeout",
+                                          self.attempt)
+
+
+# JSON fields of a peer's INFO and CONNECT that we read, with the types of
+# Go's Info and connectInfo structs: another type fails the whole line, as
+# Go's json.Unmarshal does (null is Go's zero value and passes).
+_ROUTE_INFO_FIELDS = {
+    "server_id": str, "server_name": str, "cluster": str, "cluster_dynamic": bool,
+    "headers": bool, "ip": str, "connect_urls": list, "route_account": str,
+}
+# The ops Route.process_op knows.
+_ROUTE_OPS = frozenset((b"RMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"PING", b"PONG",
+                        b"INFO", b"CONNECT", b"-ERR", b"+OK", b""))
+_ROUTE_CONNECT_FIELDS = {
+    "user": str, "pass": str, "name": str, "cluster": str, "cluster_dynamic": bool,
+    "echo": bool, "verbose": bool, "pedantic": bool, "tls_required": bool, "headers": bool,
+}
+
+
+def _json_type_error(fields: dict, types: dict) -> str:
+    """Go's unmarshal error for the first field of the wrong type, or ""."""
+    for key, kind in types.items():
+        value = fields.get(key)
+        if value is None:
+            continue
+        if kind is list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            return "json: cannot unmarshal %s into field %s" % (type(value).__name__, key)
+    return ""
 
 
 class Route(Connection):
     """A connection to another server of the cluster.
 
-    dialed:   connect -> CONNECT + INFO -> peer INFO -> registered
-    accepted: INFO -> peer CONNECT (checked) -> peer INFO -> registered
+    dialed:   connect -> [TLS] -> CONNECT + INFO -> peer INFO -> registered
+    accepted: [TLS] -> INFO -> peer CONNECT (checked) -> peer INFO -> registered
+
+    [TLS] is a handshake, when the cluster has a tls block (`with_tls(Route)`).
     """
 
     __slots__ = ("target", "implicit", "remote_id", "remote_name", "remote_info",
@@ -4491,6 +4740,7 @@ class Route(Connection):
                  "echo", "perms", "headers", "protocol", "msg_cache")
 
     kind = "Router"
+    tls_label = "route "
 
     def __init__(self, server: "Server", sock: socket.socket, cid: int,
                  target: RouteURL | None = None, implicit: bool = False):
@@ -4516,7 +4766,8 @@ class Route(Connection):
 
     def send_connect(self):
         fields = {"echo": True, "verbose": False, "pedantic": False,
-                  "tls_required": False, "headers": True, "name": self.server.server_id,
+                  "tls_required": self.tls is not None, "headers": True,
+                  "name": self.server.server_id,
                   "cluster": self.server.cluster_name}
         if self.target is not None and self.target.user:
             fields["user"], fields["pass"] = self.target.user, self.target.password
@@ -4529,10 +4780,13 @@ class Route(Connection):
         """The dialing peer's CONNECT (Go's processRouteConnect)."""
         try:
             fields = json.loads(arg)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
             raise ProtocolError("processRouteConnect: %s" % exc)
         if not isinstance(fields, dict):
             raise ProtocolError("processRouteConnect: CONNECT is not a JSON object")
+        problem = _json_type_error(fields, _ROUTE_CONNECT_FIELDS)
+        if problem:
+            raise ProtocolError("processRouteConnect: " + problem)
         if "lang" in fields:
             self.error("Route connect with client lang, attempted to connect to route port")
             self.send_err_and_close("attempted to connect to route port", PROTOCOL_VIOLATION)
@@ -4546,17 +4800,12 @@ class Route(Connection):
             self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
             return
         cluster = fields.get("cluster") or ""
-        if cluster != server.cluster_name:
-            if server.cluster_dynamic and cluster:
-                server.adopt_cluster_name(cluster)
-            elif not fields.get("cluster_dynamic"):
-                self.error("Rejecting connection, cluster name %s does not match %s",
-                           go_quote(cluster.encode()), go_quote(server.cluster_name.encode()))
-                self.send_err_and_close("Rejecting connection, cluster name %s does not match %s"
-                                        % (go_quote(cluster.encode()),
-                                           go_quote(server.cluster_name.encode())),
-                                        "Cluster Name Conflict")
-                return
+        if not server.reconcile_cluster_name(cluster, bool(fields.get("cluster_dynamic"))):
+            text = "Rejecting connection, cluster name %s does not match %s" % (
+                go_quote(cluster.encode()), go_quote(server.cluster_name.encode()))
+            self.error("%s", text)
+            self.send_err_and_close(text, "Cluster Name Conflict")
+            return
         self.connect_received = True
         self.send_proto(server.route_info(), "INFO")
 
@@ -4570,10 +4819,13 @@ class Route(Connection):
         gossip about other servers, or updates of the peer itself."""
         try:
             info = json.loads(arg)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
             raise ProtocolError("processRouteInfo: %s" % exc)
         if not isinstance(info, dict):
             return
+        problem = _json_type_error(info, _ROUTE_INFO_FIELDS)
+        if problem:
+            raise ProtocolError("processRouteInfo: " + problem)
         server = self.server
         remote_id = info.get("server_id") or ""
         if self.registered and remote_id != self.remote_id:
@@ -4595,14 +4847,11 @@ class Route(Connection):
             self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
             return
         cluster = info.get("cluster") or ""
-        if cluster and cluster != server.cluster_name:
-            if server.cluster_dynamic:
-                server.adopt_cluster_name(cluster)
-            elif not info.get("cluster_dynamic"):
-                self.error("Rejecting connection, cluster name %s does not match %s",
-                           go_quote(cluster.encode()), go_quote(server.cluster_name.encode()))
-                self.close("Cluster Name Conflict")
-                return
+        if not server.reconcile_cluster_name(cluster, bool(info.get("cluster_dynamic"))):
+            self.error("Rejecting connection, cluster name %s does not match %s",
+                       go_quote(cluster.encode()), go_quote(server.cluster_name.encode()))
+            self.close("Cluster Name Conflict")
+            return
         if info.get("route_account"):
             # A Go peer's dedicated per-account route: we run one route per peer.
             self.debug("Closing route for pinned account %s", info.get("route_account"))
@@ -4632,6 +4881,10 @@ class Route(Connection):
             nl = find(b"\n", i)
             if nl < 0:
                 if n - i > self.server.options.max_control_line * 16:
+                    op = data[i:i + 16].partition(b" ")[0].upper()
+                    if op not in _ROUTE_OPS:   # as process_op will say (and Go at once)
+                        raise ProtocolError("route parser: unknown op %s" % go_quote(op[:8]),
+                                            ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
                     raise ProtocolError("route control line too long", ERR_MAX_CONTROL_LINE,
                                         MAX_CONTROL_LINE_EXCEEDED)
                 self.keep_tail(data, i, n - i + 1)
@@ -4657,7 +4910,9 @@ class Route(Connection):
             kind = plan.kind
             if kind == PLAN_PLAIN or kind == PLAN_EMPTY:
                 if entry is last_entry and plan.runnable:
-                    # HOT: a run of one RMSG line, delivered in bulk (deliver_run).
+                    # HOT: a run of one RMSG line, delivered in bulk (deliver_run;
+                    #      with the line cache, cross-route pub->sub 16 B went
+                    #      0.17M -> 2.5M msgs/s on two gnatsd.py nodes).
                     k = deliver_run(data, i, nl, entry, plan)
                 else:
                     k = 1
@@ -5015,6 +5270,7 @@ class Server:
         # TLS: the class of accepted clients, and a buffer for ciphertext
         # (made with the first TLS client; plaintext still uses read_buffer).
         self.tls_client_class = with_tls(Client)
+        self.tls_route_class = with_tls(Route)
         self.tls_read_buffer = self.tls_read_view = None
         self.trace = self.options.trace
         self.next_cid = 0
@@ -5068,6 +5324,9 @@ class Server:
         self.info_template = self.build_info()
         if opts.tls:
             opts.tls.server_context()  # raises ConfigError for an embedder's bad TLSConfig
+        if opts.cluster_tls:
+            opts.cluster_tls.server_context()
+            opts.cluster_tls.client_context()
         if opts.http_port or opts.https_port:
             self.monitor = Monitor(self)
             self.monitor.start()
@@ -5267,10 +5526,14 @@ class Server:
         opts = self.options
         if not self.routes_enabled:
             return {}
-        return {"name": self.cluster_name, "addr": self.cluster_host,
+        varz = {"name": self.cluster_name, "addr": self.cluster_host,
                 "cluster_port": self.route_port, "auth_timeout": 2,
                 "urls": list(opts.routes or ()), "tls_timeout": 2,
                 "pool_size": -1}
+        tls = opts.cluster_tls
+        if tls is not None:
+            varz.update(tls_timeout=go_number(tls.timeout), tls_required=True, tls_verify=True)
+        return varz
 
     def account_snapshots(self) -> list:
         """Per-account counters for /accstatz (what the account's clients did)."""
@@ -5459,9 +5722,6 @@ class Server:
         or with handshake_first the handshake at once and INFO after it, and
         with a fallback delay a plain INFO after all if no ClientHello came."""
         tls = self.options.tls
-        if self.tls_read_buffer is None:
-            self.tls_read_buffer = bytearray(self.read_size)
-            self.tls_read_view = memoryview(self.tls_read_buffer)
         context = tls.server_context()
         if not tls.handshake_first:
             client.send_now(self.client_info(client))
@@ -5484,7 +5744,12 @@ class Server:
 
     def tls_established(self, client: TLSConnection):
         """A handshake completed: the INFO if it waited for it, then the
-        timers a plain client starts at accept (Go arms them only now)."""
+        timers a plain client starts at accept (Go arms them only now).
+        A route starts its protocol now (`start_route`)."""
+        if isinstance(client, Route):
+            self.start_route(client)
+            return
+        client.tls_identities = client.tls_peer_identities()
         if client.tls.first:
             client.queue_outbound(self.client_info(client))
         self.start_client_timers(client)
@@ -5544,6 +5809,8 @@ class Server:
         }
         if opts.cluster_auth is not None:
             info["auth_required"] = True
+        if opts.cluster_tls is not None:
+            info["tls_required"] = info["tls_verify"] = True
         info.update({"max_payload": opts.max_payload, "ip": self.route_url(),
                      "cluster": self.cluster_name})
         if self.cluster_dynamic:
@@ -5562,15 +5829,39 @@ class Server:
         return _host_port(_advertise_host(self.host), self.port)
 
     def dial_route(self, target: RouteURL, implicit: bool, attempt: int = 1):
-        """Start a non-blocking connect to a route; the selector tells us when
-        it is done (_RouteDialer)."""
+        """Dial a route: an IP address at once; a host name is looked up on
+        a helper thread first (a DNS lookup must not stall the loop)."""
         if not self.running and self.listener is None:
             return
         if (target.host, target.port) in self.self_routes or self.lame_duck:
             return
+        if _is_ip_address(target.host):
+            self.connect_route(target, implicit, attempt)
+            return
+        threading.Thread(target=self.resolve_route, args=(target, implicit, attempt),
+                         name="gnatsd-resolve", daemon=True).start()
+
+    def resolve_route(self, target: RouteURL, implicit: bool, attempt: int):
+        """(Helper thread.)  Look the host up, then connect on the loop thread."""
         try:
-            infos = socket.getaddrinfo(target.host, target.port, 0, socket.SOCK_STREAM)
-            family, _type, _proto, _name, address = infos[0]
+            address = socket.getaddrinfo(target.host, target.port, 0, socket.SOCK_STREAM)[0]
+            why = ""
+        except (OSError, UnicodeError) as exc:
+            address, why = None, str(exc)
+        self.loop_calls.append((lambda: self.connect_route(target, implicit, attempt, address, why),
+                                {}, threading.Event()))
+        self.waker.wake()
+
+    def connect_route(self, target: RouteURL, implicit: bool, attempt: int,
+                      address: tuple | None = None, why: str = ""):
+        """Start a non-blocking connect; the selector says when it is done
+        (_RouteDialer).  `address` is a getaddrinfo entry (None: look up now)."""
+        try:
+            if address is None and not why:
+                address = socket.getaddrinfo(target.host, target.port, 0, socket.SOCK_STREAM)[0]
+            if address is None:
+                raise OSError(why)
+            family, _type, _proto, _name, address = address
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
             self.route_dial_failed(target, implicit, str(exc), attempt)
@@ -5581,8 +5872,7 @@ class Server:
             sock.close()
             self.route_dial_failed(target, implicit, os.strerror(error), attempt)
             return
-        dialer = _RouteDialer(self, sock, target, implicit)
-        dialer.attempt = attempt
+        dialer = _RouteDialer(self, sock, target, implicit, attempt)
         self.selector.register(sock, selectors.EVENT_WRITE, dialer)
         self.add_timer(ROUTE_DIAL_TIMEOUT, dialer.timeout)
 
@@ -5626,14 +5916,17 @@ class Server:
     def create_route(self, sock: socket.socket, target: RouteURL | None = None,
                      implicit: bool = False):
         """A route connection, accepted (target None) or dialed: INFO (and
-        CONNECT first when we dialed)."""
+        CONNECT first when we dialed); with cluster TLS, the handshake comes
+        before either (Go's createRoute: TLS at once, no plain INFO)."""
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
         self.next_cid += 1
-        route = Route(self, sock, self.next_cid, target, implicit)
+        tls = self.options.cluster_tls
+        route_class = self.tls_route_class if tls else Route
+        route = route_class(self, sock, self.next_cid, target, implicit)
         try:
             self.selector.register(sock, selectors.EVENT_READ, route)
         except (ValueError, OSError) as exc:
@@ -5645,6 +5938,17 @@ class Server:
             route.host, route.port = target.host, target.port
             route.log_prefix = "%s - rid:%d - " % (_host_port(target.host, target.port),
                                                    route.cid)
+        if tls is None:
+            self.start_route(route)
+        elif target is not None:
+            route.start_tls(tls.client_context(), tls.timeout, hostname=target.host)
+        else:
+            route.start_tls(tls.server_context(), tls.timeout)
+
+    def start_route(self, route: Route):
+        """The route's first words, once it is connected (and past TLS):
+        CONNECT and INFO when we dialed, else wait for the peer's CONNECT."""
+        if route.target is not None:
             route.send_connect()
             route.send_proto(self.route_info(), "INFO")
         else:
@@ -5735,6 +6039,17 @@ class Server:
                 if url not in urls:
                     urls.append(url)
         return urls
+
+    def reconcile_cluster_name(self, name: str, peer_dynamic: bool) -> bool:
+        """May a peer of cluster `name` join?  A generated name gives way to a
+        configured one, and of two generated names the smaller wins, so both
+        sides settle on the same name."""
+        if not name or name == self.cluster_name:
+            return True
+        if self.cluster_dynamic and (not peer_dynamic or name < self.cluster_name):
+            self.adopt_cluster_name(name)
+            return True
+        return peer_dynamic
 
     def adopt_cluster_name(self, name: str):
         log.info("Cluster name updated to %s", name)
@@ -6013,6 +6328,16 @@ def startup_problem(opts: Options) -> str:
     return ""
 
 
+def _is_ip_address(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except (OSError, ValueError):
+            pass
+    return False
+
+
 def _new_server_id() -> str:
     """A 56-character server id shaped like a Go server's nkey ("N...")."""
     return "N" + base64.b32encode(os.urandom(35)).decode()[:55]
@@ -6163,8 +6488,11 @@ def _int_param(query: dict, name: str, default: int) -> int:
     text = query.get(name, "")
     if text == "":
         return default
-    if re.fullmatch(r"[-+]?\d+", text):
-        return int(text)
+    if re.fullmatch(r"[-+]?[0-9]+", text):
+        if -(1 << 63) <= int(text) < (1 << 63):
+            return int(text)
+        raise MonitorError(400, "Error decoding int for '%s': strconv.Atoi: parsing \"%s\": "
+                                "value out of range" % (name, text))
     raise MonitorError(400, "Error decoding int for '%s': strconv.Atoi: parsing \"%s\": "
                             "invalid syntax" % (name, text))
 
@@ -6173,8 +6501,11 @@ def _uint_param(query: dict, name: str) -> int:
     text = query.get(name, "")
     if text == "":
         return 0
-    if text.isdigit():
-        return int(text)
+    if re.fullmatch(r"[0-9]+", text):
+        if int(text) < (1 << 64):
+            return int(text)
+        raise MonitorError(400, "Error decoding uint64 for '%s': strconv.ParseUint: parsing "
+                                "\"%s\": value out of range" % (name, text))
     raise MonitorError(400, "Error decoding uint64 for '%s': strconv.ParseUint: parsing \"%s\": "
                             "invalid syntax" % (name, text))
 

@@ -29,7 +29,8 @@ What Go does, as these tests pin it down:
 * A client of a single `authorization { user, password }` is closed with no
   bytes at all ("Client Closed") on every reload, even of an unchanged file:
   Go's reloadAuthorization closes clients whose user is not in `s.users`
-  (clientHasMovedToDifferentAccount), and a single user never is.
+  (clientHasMovedToDifferentAccount), and a single user never is.  So is a
+  client whose user a reload removed from a users list.
 * New permissions apply to live connections at once: a PUB now denied gets
   `-ERR 'Permissions Violation for Publish to "x"'`; each subscription now
   denied is removed, the client gets `-ERR 'Permissions Violation for
@@ -258,6 +259,19 @@ def test_users_list_password_change_disconnects_only_that_user(start, tmp_path):
     t_ping_pong(a)
     assert refused(srv, user="b", password="pb") == AUTH_VIOLATION
     connect(srv, "b", "NEW")
+
+
+def test_a_user_dropped_from_the_users_list_is_closed_silently(start, tmp_path):
+    """Go's clientHasMovedToDifferentAccount: a client whose user is gone is
+    closed ("Client Closed") without an -ERR; the others stay."""
+    conf = write_conf(tmp_path, USERS % "pb")
+    srv = start("-c", conf)
+    a = connect(srv, "a", "pa")
+    b = connect(srv, "b", "pb")
+    assert_reloaded(reload(srv, conf, USERS.replace("    {user: b, password: %s}\n", "")))
+    assert t_read_until_closed(b) == b""
+    t_ping_pong(a)
+    assert refused(srv, user="b", password="pb") == AUTH_VIOLATION
 
 
 def test_unchanged_reload_keeps_users_list_clients(start, tmp_path):

@@ -6,7 +6,9 @@ must close the slow one (max_pending exceeded, or write_deadline passed
 without progress) and log it as Go does, while a second, fast subscriber gets
 every message in order, the publisher is never closed and its PING is
 answered promptly after every batch, and the server's memory stays bounded.
-The same must hold when the publisher writes 16 MB without pausing at all.
+The same must hold when the publisher writes 16 MB without pausing at all,
+and with four slow consumers at once beside a plain and a wildcard reader:
+each is cut, /varz counts four, and memory stays bounded.
 
 Go 2.15 is the oracle here.  Go 2.9 is left out on purpose: it stalls the
 *publisher* while a consumer's pending bytes are high, so with a consumer
@@ -20,15 +22,17 @@ Log lines of Go 2.15 for the two cases (Noticef, so [INF]):
 """
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
 import time
+import urllib.request
 
 import pytest
 
-from conftest import (GO_SERVERS, RawConn, start_gnatsd, start_go, t_expect_exact,
-                      t_ping_pong)
+from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, RawConn, start_gnatsd, start_go,
+                      t_expect_exact, t_ping_pong)
 
 QUIET = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
 MB = 1024 * 1024
@@ -368,3 +372,51 @@ def test_unpaced_flood_cuts_the_slow_consumer_but_not_a_fast_one(sc_server, size
             assert server.log.count(b"Slow Consumer Detected") == 1, server.log_text()[-1500:]
     finally:
         scene.close()
+
+
+def test_several_slow_consumers_are_cut_counted_and_memory_stays_bounded(sc_server):
+    """Four subscribers stop reading during a flood, beside a plain and a
+    wildcard subscriber that read: each of the four is cut at max_pending,
+    /varz counts four slow consumers, both readers get every message in
+    order, and the server's memory stays bounded (max_pending per slow
+    consumer, not the flood)."""
+    server = sc_server('max_pending: 1MB\nhttp: "127.0.0.1:-1"\n')
+    mon_port = int(server.wait_for_log(MONITOR_LISTEN_RE).group(2))
+    slow = [connect_slow(server) for _ in range(4)]
+    readers = []
+    for sub in (b"SUB flood 1\r\n", b"SUB > 1\r\n"):
+        conn = RawConn(server.host, server.port)
+        conn.read_info()
+        conn.send(QUIET + sub)
+        t_ping_pong(conn)
+        readers.append(FastReader(conn))
+        readers[-1].start()
+    pub = Publisher(server)
+    start_rss = pub.peak
+    try:
+        for _ in range(600):
+            pub.batch([16, 1024])
+            with server.lock:
+                if server.log.count(b"Slow Consumer Detected") >= 4:
+                    break
+        for _ in range(4):
+            pub.batch([16, 1024])
+        for r in readers:
+            r.wait_for(pub.seq)
+        for s in slow:
+            read_until_gone(s)
+        with urllib.request.urlopen("http://127.0.0.1:%d/varz" % mon_port, timeout=5) as resp:
+            varz = json.loads(resp.read())
+        assert varz["slow_consumers"] == 4, varz["slow_consumers"]
+        assert pub.slowest < PROMPT, "a PONG took %.3f s during the flood" % pub.slowest
+        assert pub.peak < RSS_LIMIT, "server RSS reached %d MB" % (pub.peak // MB)
+        assert pub.peak - start_rss < 40 * MB, "server RSS grew %d MB" % (
+            (pub.peak - start_rss) // MB)
+    finally:
+        for r in readers:
+            r.stop_flag = True
+            r.join(2)
+            r.sock.close()
+        for s in slow:
+            s.close()
+        pub.close()

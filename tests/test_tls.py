@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -527,6 +528,170 @@ def test_cert_identities_follow_gos_pkix_text():
     assert cert_identities({}) == []
 
 
+# -- verify_and_map: the certificate names the user --------------------------------------
+#
+# Go 2.9 and 2.15 (both checked) with `tls { verify_and_map: true }` and a
+# users list: the client's verified certificate names its user, tried in
+# order e-mail SANs, DNS SANs, URI SANs, then the subject (a user named by a
+# DN matches it in any RDN order, spacing or attribute case); the first name
+# that is a user wins.  A password that user has must still come in CONNECT;
+# a user name in CONNECT is ignored, with `[WRN] User "bob" found in connect
+# proto, but user required from cert`.  At [DBG]: `Using email found in cert
+# for auth ["alice@example.com"]` (`SAN ...`, `URI ...`, `Using
+# DistinguishedNameMatch for auth [...]`), or, with no user found,
+# `DistinguishedNameMatch could not be used for auth ["CN=alice,..."]` and
+# `User in cert ["CN=alice,..."], not found`, then `[ERR] ... authentication
+# error` (2.15: ` - User "x"` when CONNECT or the certificate named one;
+# 2.9 says ` - User ""` with none).  no_auth_user does not apply.
+
+ALICE_DN = "CN=alice,OU=tests,O=gnatsd.py,C=US"
+
+
+def map_conf(tmp_path, users: str, top: str = "") -> str:
+    """verify_and_map with `users` (the entries of a users list)."""
+    return tls_conf(tmp_path, 'ca_file: "%s"\nverify_and_map: true' % cert("ca.pem"),
+                    top="authorization { users = [ %s ] }\n%s" % (users, top))
+
+
+def mapped_session(srv, connect: bytes = CONNECT) -> RawConn:
+    c = upgrade(srv, client_context("client"))
+    c.send(connect + PING)
+    return c
+
+
+@pytest.mark.parametrize("user, source", [
+    ("alice@example.com", "email found in cert"),
+    ("alice.example.com", "SAN found in cert"),
+    ("nats://alice.example.com", "URI found in cert"),
+    (ALICE_DN, "DistinguishedNameMatch"),
+    ("C=US, O=gnatsd.py, OU=tests, CN=alice", "DistinguishedNameMatch"),
+    ("cn=alice, ou=tests,o=gnatsd.py,c=US", "DistinguishedNameMatch"),
+])
+def test_verify_and_map_logs_in_as_the_user_the_certificate_names(start, kind, tmp_path, user,
+                                                                 source):
+    srv = start("-c", map_conf(tmp_path, '{user: "%s"}' % user), "-DV")
+    c = mapped_session(srv)
+    assert c.info["auth_required"] is True and c.info["tls_verify"] is True
+    c.expect(rb"PONG\r\n")
+    session_works(c)
+    srv.wait_for_log(rb"\[DBG\] [^\n]* - cid:\d+ - Using %s for auth \[\"%s\"\]"
+                     % (source.encode(), re.escape(user.encode())))
+    if kind != "go2.9":
+        srv.wait_for_log(rb'- "\$G/user:%s" - <<- \[SUB foo 1\]' % re.escape(user.encode()))
+
+
+def test_verify_and_map_takes_the_first_name_in_gos_order(start, tmp_path):
+    # Listed last, the DNS SAN still beats the URI SAN and the subject.
+    users = '{user: "%s"}, {user: "nats://alice.example.com"}, {user: "alice.example.com"}' \
+        % ALICE_DN
+    srv = start("-c", map_conf(tmp_path, users), "-DV")
+    mapped_session(srv).expect(rb"PONG\r\n")
+    srv.wait_for_log(rb'Using SAN found in cert for auth \["alice.example.com"\]')
+
+
+def test_verify_and_map_refuses_a_certificate_that_names_no_user(start, kind, tmp_path):
+    # CONNECT's own credentials do not help: the certificate must name the user.
+    srv = start("-c", map_conf(tmp_path, '{user: "bob", password: "x"}',
+                               top="no_auth_user: bob"), "-D")
+    c = mapped_session(srv)
+    c.expect(rb"-ERR 'Authorization Violation'\r\n")
+    refused(lambda: mapped_session(srv, b'CONNECT {"verbose":false,"user":"bob","pass":"x"}\r\n'))
+    srv.wait_for_log(rb'DistinguishedNameMatch could not be used for auth \["%s"\]' % ALICE_DN.encode())
+    srv.wait_for_log(rb'User in cert \["%s"\], not found' % ALICE_DN.encode())
+    if kind != "go2.9":
+        srv.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:\d+ - cid:\d+ - authentication error\n")
+        srv.wait_for_log(rb'\[ERR\] 127\.0\.0\.1:\d+ - cid:\d+ - authentication error - User "bob"')
+
+
+def test_verify_and_map_ignores_the_connect_user_but_checks_a_password(start, kind, tmp_path):
+    srv = start("-c", map_conf(tmp_path, '{user: "alice@example.com", password: "pw"}, '
+                                         '{user: "bob", password: "x"}'))
+    mapped_session(srv, b'CONNECT {"verbose":false,"pass":"pw"}\r\n').expect(rb"PONG\r\n")
+    ok = mapped_session(srv, b'CONNECT {"verbose":false,"user":"bob","pass":"pw"}\r\n')
+    ok.expect(rb"PONG\r\n")
+    srv.wait_for_log(rb'\[WRN\] User "bob" found in connect proto, but user required from cert')
+    # Bob's password is not alice's, and no password is not either.
+    for connect in (b'CONNECT {"verbose":false,"user":"bob","pass":"x"}\r\n', CONNECT):
+        mapped_session(srv, connect).expect(rb"-ERR 'Authorization Violation'\r\n")
+    srv.wait_for_log(rb'authentication error - User "alice@example.com"')
+
+
+def test_verify_and_map_applies_the_users_permissions_and_account(start, kind, tmp_path):
+    accounts = ('accounts { A { users = [ {user: "alice@example.com", permissions: '
+                '{publish: "foo", subscribe: "foo"}} ] }, B { users = [ {user: "b", '
+                'password: "b"} ] } }')
+    path = tls_conf(tmp_path, 'ca_file: "%s"\nverify_and_map: true' % cert("ca.pem"),
+                    top=accounts)
+    srv = start("-c", path, "-DV")
+    c = mapped_session(srv, CONNECT + b"SUB foo 1\r\nPUB foo 2\r\nok\r\nPUB bar 2\r\nno\r\n")
+    c.expect(rb"MSG foo 1 2\r\nok\r\n-ERR 'Permissions Violation for Publish to "
+             rb"\"bar\"'\r\nPONG\r\n")
+    if kind != "go2.9":  # 2.9 does not name the account and user in its log prefix
+        srv.wait_for_log(rb'- "A/user:alice@example.com" - <<- \[SUB foo 1\]')
+
+
+@pytest.mark.parametrize("kind", MODERN, indirect=True)
+def test_verify_and_map_is_checked_again_on_reload(start, tmp_path):
+    """The mapped identity survives a reload: new permissions apply to the
+    live client; a reload that drops its user closes it without a word."""
+    path = map_conf(tmp_path, '{user: "alice@example.com"}')
+    srv = start("-c", path)
+    c = mapped_session(srv, CONNECT + b"SUB foo 1\r\n")
+    c.expect(rb"PONG\r\n")
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace('{user: "alice@example.com"}',
+                             '{user: "alice@example.com", permissions: {publish: "bar"}}'))
+    start_at = len(srv.log)
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log(rb"Reloaded server configuration", start=start_at)
+    c.send(b"PUB foo 2\r\nno\r\nPUB bar 2\r\nok\r\n" + PING)
+    c.expect(rb"-ERR 'Permissions Violation for Publish to \"foo\"'\r\nPONG\r\n")
+    with open(path, "w") as f:
+        f.write(text.replace('{user: "alice@example.com"}', '{user: "bob", password: "x"}'))
+    start_at = len(srv.log)
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log(rb"Reloaded server configuration", start=start_at)
+    assert c.read_until_closed(5) == b""   # "Client Closed", as for a user dropped from a list
+
+
+def test_nats_py_with_a_client_certificate_mapped_to_a_user(start, tmp_path):
+    srv = start("-c", map_conf(tmp_path, '{user: "alice@example.com", permissions: '
+                                         '{publish: "greet", subscribe: "greet"}}'))
+    run_async(nats_roundtrip(srv.url, tls=client_context("client")))
+
+
+def test_nats_py_is_refused_when_the_certificate_names_no_user(start, tmp_path):
+    srv = start("-c", map_conf(tmp_path, '{user: "bob", password: "x"}'))
+    with pytest.raises(Exception, match="(?i)authorization"):
+        run_async(nats_roundtrip(srv.url, tls=client_context("client"), user="bob",
+                                 password="x"))
+
+
+def test_authenticate_maps_the_first_certificate_name_naming_a_user():
+    gnatsd = import_gnatsd()
+    names = ["alice@example.com", "alice.example.com", "nats://alice.example.com", ALICE_DN]
+
+    def auth(users, credentials=None, identities=names):
+        opts = gnatsd.Options(users=[gnatsd.User(u, p, None) for u, p in users],
+                              tls=gnatsd.TLSConfig(verify_and_map=True)).fill_defaults()
+        found = gnatsd.authenticate(opts, credentials or {}, identities)
+        return found and found[0]
+
+    assert auth([("x", ""), (ALICE_DN, ""), ("alice.example.com", "")]) == "alice.example.com"
+    assert auth([("O=gnatsd.py,CN=alice ,c=US, ou=tests", "")]) == \
+        "O=gnatsd.py,CN=alice ,c=US, ou=tests"
+    assert auth([("CN=alice,OU=tests,O=gnatsd.py", "")]) is None   # an RDN short
+    assert auth([("alice@example.com", "pw")]) is None
+    assert auth([("alice@example.com", "pw")], {"user": "bob", "pass": "pw"}) \
+        == "alice@example.com"
+    assert auth([("alice@example.com", "")], identities=()) is None
+    # Without verify_and_map the certificate is no credential.
+    opts = gnatsd.Options(users=[gnatsd.User("alice@example.com", "", None)]).fill_defaults()
+    assert gnatsd.authenticate(opts, {}, names) is None
+
+
 def test_tls_block_forms(tmp_path):
     gnatsd = import_gnatsd()
 
@@ -544,6 +709,31 @@ def test_tls_block_forms(tmp_path):
     opts = gnatsd.options_from_config(tls_conf(tmp_path)).fill_defaults()
     assert opts.auth_timeout == 3.0 and opts.tls == gnatsd.TLSConfig(
         cert_file=cert("server-cert.pem"), key_file=cert("server-key.pem"))
+
+
+def test_cluster_tls_block_verifies_peers_both_ways(tmp_path):
+    """Go forces RequireAndVerifyClientCert on routes, `verify` or not; the
+    dialing side checks the peer and its host unless `insecure`."""
+    gnatsd = import_gnatsd()
+
+    def cluster_tls(extra="", warnings=()):
+        path = write_conf(tmp_path, 'cluster {\n  listen: "127.0.0.1:-1"\n  tls {\n'
+                          '    cert_file: "%s"\n    key_file: "%s"\n    ca_file: "%s"\n%s  }\n}\n'
+                          % (cert("route-cert.pem"), cert("route-key.pem"), cert("ca.pem"), extra))
+        opts = gnatsd.options_from_config(path)
+        assert opts.tls is None and [w.split(": ", 1)[1] for w in opts.warnings] == list(warnings)
+        return opts.cluster_tls
+
+    tc = cluster_tls("    verify: false\n")
+    assert tc.verify is True
+    assert tc.server_context().verify_mode == ssl.CERT_REQUIRED
+    client = tc.client_context()
+    assert client.verify_mode == ssl.CERT_REQUIRED and client.check_hostname is True
+    insecure = cluster_tls("    insecure: true\n").client_context()
+    assert insecure.verify_mode == ssl.CERT_NONE and insecure.check_hostname is False
+    # Go maps a route's certificate to the cluster user; here it is only verified.
+    cluster_tls("    verify_and_map: true\n", ["route tls verify_and_map is not supported by "
+                                               "gnatsd.py yet; ignored"])
 
 
 # -- slow consumers and nats-py ---------------------------------------------------------

@@ -1,0 +1,111 @@
+"""Shared pieces of the fuzzers in tests/fuzz (hypothesis, test-only).
+
+Each fuzzer is a hypothesis property run in batches until its time budget
+is spent: FUZZ_SECONDS per fuzzer (default 3, the short pass `make test`
+and CI run; `make fuzz` sets 60).  FUZZ_KEEP_GOING=1 (make fuzz) prints
+each failure and fuzzes on, failing at the end; FUZZ_RECORD=file appends
+the summary lines to a file.  Fresh random inputs every batch; no
+example database is written (a crash found becomes a regression test in
+tests/fuzz/test_fuzz_regressions.py instead).  Each fuzzer prints one line,
+`fuzz NAME: N inputs in S s`, which `make fuzz` shows and RECORD.md quotes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from hypothesis import HealthCheck, Phase, settings
+
+# Seconds each fuzzer runs for.
+FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", "3"))
+
+# Examples per hypothesis run; a fuzzer runs batches until its time is up.
+BATCH = int(os.environ.get("FUZZ_BATCH", "200"))
+
+FUZZ_SETTINGS = settings(
+    max_examples=BATCH,
+    deadline=None,
+    database=None,
+    derandomize=False,
+    phases=(Phase.generate, Phase.shrink),
+    suppress_health_check=list(HealthCheck),
+    report_multiple_bugs=False,
+)
+
+
+def run_fuzzer(name: str, prop, counter: list, seconds: float | None = None) -> int:
+    """Run the hypothesis property `prop` (decorated with @FUZZ_SETTINGS and
+    @given) in batches for `seconds`; `counter[0]` is bumped by the property
+    per input.  Returns the number of inputs tried."""
+    budget = FUZZ_SECONDS if seconds is None else seconds
+    keep_going = os.environ.get("FUZZ_KEEP_GOING") == "1"
+    failures = []
+    start = time.monotonic()
+    while True:
+        try:
+            prop()
+        except Exception as exc:
+            if not keep_going:
+                raise
+            # Long runs: note the (shrunk) failure and go on fuzzing.
+            failures.append(exc)
+            inner = getattr(exc, "exceptions", None) or [exc]   # FlakyFailure is a group
+            notes = "\n".join(getattr(exc, "__notes__", ()))
+            text = "%s: %s\n%s" % (type(inner[0]).__name__, str(inner[0])[:3000], notes)
+            print("fuzz %s FAILURE %d:\n%s" % (name, len(failures), text[:4000]))
+        if time.monotonic() - start >= budget:
+            break
+    elapsed = time.monotonic() - start
+    line = "fuzz %s: %d inputs in %.1f s, %d failure(s)" % (name, counter[0], elapsed,
+                                                         len(failures))
+    print(line)
+    record = os.environ.get("FUZZ_RECORD")
+    if record:
+        with open(record, "a") as f:
+            f.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), line))
+    if failures:
+        raise failures[0]
+    return counter[0]
+
+
+class ErrorLog(logging.Handler):
+    """Collects the gnatsd logger's records that mean a bug: an exception
+    logged with a traceback ("Unexpected error, closing connection", a
+    failed monitor request) or anything at CRITICAL."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.bugs: list = []
+
+    def emit(self, record):
+        if record.exc_info or record.levelno >= logging.CRITICAL \
+                or "Unexpected error" in record.getMessage():
+            self.bugs.append(self.format(record) if record.exc_info is None
+                             else "%s\n%s" % (record.getMessage(),
+                                              logging.Formatter().formatException(record.exc_info)))
+
+    def check(self):
+        if self.bugs:
+            bugs, self.bugs = self.bugs, []
+            raise AssertionError("server logged %d bug(s); first:\n%s" % (len(bugs), bugs[0]))
+
+
+def capture_errors(gnatsd_module) -> ErrorLog:
+    """Attach an ErrorLog to gnatsd's logger (remove it with release_errors)."""
+    handler = ErrorLog()
+    logger = gnatsd_module.log
+    handler.saved_level = logger.level
+    logger.addHandler(handler)
+    handler.saved_propagate = logger.propagate
+    logger.setLevel(logging.ERROR)  # nothing below ERROR is formatted while fuzzing
+    logger.propagate = False        # nor kept by pytest's log capture
+    return handler
+
+
+def release_errors(gnatsd_module, handler: ErrorLog):
+    gnatsd_module.log.removeHandler(handler)
+    gnatsd_module.log.setLevel(handler.saved_level)
+    gnatsd_module.log.propagate = handler.saved_propagate
+
+
