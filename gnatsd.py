@@ -4833,7 +4833,7 @@ class Route(Connection):
             return
         if self.registered:
             self.remote_info.update(info)
-            server.route_info_changed(self)
+            server.cluster_changed()
             return
         if remote_id == server.server_id:
             self.debug("Detected route to self, ignoring %s",
@@ -5906,7 +5906,7 @@ class Server:
                 return True
             if route.registered and route.remote_info.get("ip"):
                 try:
-                    advertised = RouteURL(route.remote_info["ip"].rstrip("/"))
+                    advertised = RouteURL(route.remote_info["ip"])
                 except ConfigError:
                     continue
                 if (advertised.host, advertised.port) == where:
@@ -5990,7 +5990,7 @@ class Server:
         if not url or remote_id == self.server_id or remote_id in self.routes:
             return
         try:
-            target = RouteURL(url.rstrip("/"))
+            target = RouteURL(url)
         except ConfigError:
             return
         if not self.route_connected(target):
@@ -6013,9 +6013,6 @@ class Server:
                 and not route.implicit:
             self.add_timer(ROUTE_RECONNECT_DELAY,
                            lambda: self.redial(route.target, route.implicit, 1))
-
-    def route_info_changed(self, route: Route):
-        self.cluster_changed()
 
     def cluster_changed(self):
         """Peers came or went: new connect_urls for clients (an async INFO to
