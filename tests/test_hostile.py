@@ -29,6 +29,10 @@ Facts from Go 2.9.10 and 2.15.1 (both agree unless said otherwise):
   passes (1 s here); the authorised canary is untouched.
 * Connections that stall (a partial payload never finished, a subscriber
   that stops reading while its subject is flooded) hold no one else up.
+* TLS clients that stall before their handshake is done (silent after
+  INFO, halfway through the ClientHello record, or after the server's
+  answer to a whole ClientHello) are closed once the tls block's timeout
+  passes (1 s here); a TLS canary is untouched.
 * A closed connection is freed at once (in-process check), not held by
   its ping timer until ping_interval passes.
 * Monitor query parameters that do not parse get 400 with Go's strconv
@@ -40,8 +44,10 @@ Facts from Go 2.9.10 and 2.15.1 (both agree unless said otherwise):
 from __future__ import annotations
 
 import gc
+import os
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -70,10 +76,12 @@ def rss(pid: int) -> int:
 class Canary(threading.Thread):
     """Publishes to itself and waits for each message, until stopped."""
 
-    def __init__(self, server, connect: bytes = QUIET):
+    def __init__(self, server, connect: bytes = QUIET, conn: RawConn | None = None):
         super().__init__(daemon=True)
-        self.conn = RawConn(server.host, server.port)
-        self.conn.read_info()
+        if conn is None:                  # else: opened (and INFO read) by the caller
+            conn = RawConn(server.host, server.port)
+            conn.read_info()
+        self.conn = conn
         self.conn.send(connect + b"SUB canary 1\r\n")
         t_ping_pong(self.conn)
         self.rounds = 0
@@ -109,8 +117,8 @@ class Canary(threading.Thread):
 def canary_on():
     started = []
 
-    def make(server, connect: bytes = QUIET) -> Canary:
-        c = Canary(server, connect)
+    def make(server, connect: bytes = QUIET, conn: RawConn | None = None) -> Canary:
+        c = Canary(server, connect, conn)
         c.start()
         started.append(c)
         return c
@@ -247,6 +255,83 @@ def test_stalled_connections_do_not_hold_up_others(start, raw_factory, canary_on
         t_ping_pong(pub)
     canary.check()
     stuck.close()
+
+
+# Each way a TLS client can stall before its handshake is done.
+CERTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "certs")
+
+
+def tls_client_context() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=os.path.join(CERTS, "ca.pem"))
+
+
+def stall_silent(sock: socket.socket) -> None:
+    """Reads INFO, never starts the handshake."""
+
+
+def stall_in_record_header(sock: socket.socket) -> None:
+    """Sends the first bytes of a ClientHello record, then nothing."""
+    sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00")
+
+
+def stall_after_server_hello(sock: socket.socket) -> None:
+    """Sends a whole ClientHello, reads the server's answer, never finishes."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    sock.sendall(outgoing.read())
+    sock.settimeout(5)
+    first = sock.recv(4096)
+    assert first[:1] == b"\x16", "no ServerHello: %r" % first[:40]
+
+
+STALLS = [stall_silent, stall_in_record_header, stall_after_server_hello]
+
+
+def test_tls_clients_stalled_mid_handshake_are_closed_at_the_tls_timeout(start, tmp_path,
+                                                                          canary_on):
+    """120 TLS clients stall at three points of the handshake: each is
+    closed once the tls timeout (1 s here) passes, and a TLS canary goes on
+    at full rate meanwhile."""
+    conf = write_conf(tmp_path, 'tls {\n  cert_file: "%s"\n  key_file: "%s"\n  timeout: 1\n}\n' % (
+        os.path.join(CERTS, "server-cert.pem"), os.path.join(CERTS, "server-key.pem")))
+    srv = start("-c", conf)
+    conn = RawConn(srv.host, srv.port)
+    conn.read_info()
+    conn.sock = tls_client_context().wrap_socket(conn.sock, server_hostname="localhost")
+    canary = canary_on(srv, conn=conn)
+    stalled = []
+    for i in range(120):
+        raw = RawConn(srv.host, srv.port)
+        raw.read_info()
+        STALLS[i % len(STALLS)](raw.sock)
+        stalled.append((raw, STALLS[i % len(STALLS)].__name__, time.monotonic()))
+    for raw, how, began in stalled:
+        left = began + 4.0 - time.monotonic()
+        assert left > 0 and wait_gone(raw.sock, left), \
+            "%s: still open %.1f s after it stalled" % (how, time.monotonic() - began)
+        raw.sock.close()
+    canary.check()
+
+
+def wait_gone(sock: socket.socket, timeout: float) -> bool:
+    """True once the peer closes `sock` (whatever it sent before that)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return True
+        except socket.timeout:
+            return False
+        except (ConnectionResetError, BrokenPipeError):
+            return True
 
 
 # -- connection floods ---------------------------------------------------------------------
