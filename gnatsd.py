@@ -61,7 +61,6 @@ import sys
 import threading
 import time
 import urllib.parse
-import weakref
 
 try:
     import ssl
@@ -2337,7 +2336,7 @@ class Connection:
         "close_reason", "pending_in", "pending_len", "need", "start", "last_activity",
         "pings_out", "write_waiting", "last_write_progress", "trace",
         "in_msgs", "in_bytes", "out_msgs", "out_bytes", "log_prefix",
-        "stalled", "stall_seq", "stall_waiters", "tls", "__weakref__",
+        "stalled", "stall_seq", "stall_waiters", "tls", "ping_entry",
     )
 
     kind = "Client"
@@ -2377,6 +2376,7 @@ class Connection:
         self.stall_seq = 0
         self.stall_waiters = None    # publishers stalled on this connection
         self.tls = None              # TLSSession of a TLS connection
+        self.ping_entry = None       # the ping timer's heap entry, once armed
 
     # -- logging -------------------------------------------------------------
 
@@ -2587,18 +2587,15 @@ class Connection:
 
     # -- ping timer ----------------------------------------------------------
 
-    def arm_ping_timer(self):
-        # The timer holds the connection weakly: a closed one is freed at
-        # once, not ping_interval (2 min) later; under connect/disconnect
-        # churn that held every client closed in the last two minutes
-        # (tests/soak.py: +1.2 KB RSS per connection churned).
-        ref = weakref.ref(self)
+    def ping_interval(self) -> float:
+        return self.server.options.ping_interval
 
-        def fire():
-            conn = ref()
-            if conn is not None:
-                conn.ping_timer()
-        self.server.add_timer(self.server.options.ping_interval, fire)
+    def arm_ping_timer(self):
+        # close() cancels it: a closed connection is freed at once, not
+        # ping_interval (2 min) later; under connect/disconnect churn that
+        # held every client closed in the last two minutes (tests/soak.py:
+        # +1.2 KB RSS per connection churned).
+        self.ping_entry = self.server.add_timer(self.ping_interval(), self.ping_timer)
 
     def ping_timer(self):
         """Go's processPingTimer: PING, or close as stale after ping_max misses."""
@@ -2631,6 +2628,8 @@ class Connection:
             self.release_stalled()
         server.pending.discard(self)
         server.unregister(self)
+        if self.ping_entry is not None:
+            server.cancel_timer(self.ping_entry)
         try:
             # Drain unread input first so the close is a FIN, not a RST that
             # could destroy an -ERR the peer has not read yet.
@@ -5145,9 +5144,8 @@ class Route(Connection):
 
     # -- ping and close ----------------------------------------------------------------
 
-    def arm_ping_timer(self):
-        interval = min(self.server.options.ping_interval, ROUTE_MAX_PING_INTERVAL)
-        self.server.add_timer(interval, self.ping_timer)
+    def ping_interval(self) -> float:
+        return min(self.server.options.ping_interval, ROUTE_MAX_PING_INTERVAL)
 
     def closed_cleanup(self):
         self.server.remove_route(self)
@@ -5260,8 +5258,9 @@ class Server:
         self.pending: set = set()
         self.write_waiting: set = set()
         self.selector = selectors.DefaultSelector()
-        self.timers: list = []
+        self.timers: list = []       # a heap of [when, seq, callback or None]
         self.timer_seq = 0
+        self.timers_cancelled = 0    # entries in it whose callback is None
         # One read's output must fit well inside max_pending, or a subscriber
         # that keeps up could be cut off by a single batch.
         self.read_size = max(16 * 1024, min(READ_SIZE, self.options.max_pending // 8))
@@ -5595,15 +5594,40 @@ class Server:
             "subs": subs,
         }
 
-    def add_timer(self, delay: float, callback):
+    def add_timer(self, delay: float, callback) -> list:
+        """Call `callback` on the loop thread `delay` s from now.  Returns
+        the timer's heap entry [when, seq, callback], for cancel_timer."""
         self.timer_seq += 1
-        heapq.heappush(self.timers, (time.monotonic() + delay, self.timer_seq, callback))
+        entry = [time.monotonic() + delay, self.timer_seq, callback]
+        heapq.heappush(self.timers, entry)
+        return entry
+
+    def cancel_timer(self, entry: list):
+        """Forget a timer that has not fired: its callback, and the
+        connection it holds, are dropped at once.  The entry stays in the
+        heap until it is due, unless cancelled entries become over half of
+        the heap: then they are shed in one pass (under connect/disconnect
+        churn every closed client leaves a ping timer ping_interval long)."""
+        if entry[2] is None:        # fired or cancelled already
+            return
+        entry[2] = None
+        self.timers_cancelled += 1
+        timers = self.timers
+        if self.timers_cancelled > 1000 and self.timers_cancelled * 2 > len(timers):
+            timers[:] = [e for e in timers if e[2] is not None]  # in place: serve() holds it
+            heapq.heapify(timers)
+            self.timers_cancelled = 0
 
     def run_timers(self):
         now = time.monotonic()
         timers = self.timers
         while timers and timers[0][0] <= now:
-            _when, _seq, callback = heapq.heappop(timers)
+            entry = heapq.heappop(timers)
+            callback = entry[2]
+            if callback is None:
+                self.timers_cancelled -= 1
+                continue
+            entry[2] = None
             try:
                 callback()
             except Exception:  # a bug in one timer must not stop the loop

@@ -362,6 +362,32 @@ def test_closed_connections_are_freed_at_once_not_when_their_ping_timer_fires():
         server.shutdown()
 
 
+def test_the_ping_timers_of_closed_clients_leave_the_timer_heap():
+    """In-process: 1,500 clients come and go.  Each close cancels its ping
+    timer (ping_interval, 2 min, away); once cancelled entries are over
+    half of the heap it sheds them, so the heap stays near 1,000 entries,
+    not one per client churned in the last two minutes."""
+    g = import_gnatsd()
+    server = g.Server(g.Options(host="127.0.0.1", port=-1))
+    server.start()
+    try:
+        for _ in range(1500):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                s.recv(4096)
+                s.sendall(QUIET + b"PING\r\n")
+                s.recv(4096)
+        deadline = time.monotonic() + 5
+        while server.clients and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not server.clients
+        timers = list(server.timers)
+        cancelled = sum(entry[2] is None for entry in timers)
+        assert cancelled == server.timers_cancelled
+        assert len(timers) < 1010, "%d timers for 1,500 closed clients" % len(timers)
+    finally:
+        server.shutdown()
+
+
 # -- the monitor -------------------------------------------------------------------------
 
 
