@@ -2236,6 +2236,15 @@ def split_op(line: bytes) -> tuple:
     return m.group(1).upper(), m.group(3), bool(m.group(2))
 
 
+def drop_before_lf(line: bytes) -> bytes:
+    """A control line (without its LF) holding a CR that does not end it.
+    Go's parser notes any CR inside an argument (after its first byte) and
+    then drops the byte before the LF, taking it for CRLF's CR: so
+    `SUB a\rb 1\n` is `SUB a\rb ` plus a dropped `1`.  Same here."""
+    start = re.match(rb"[^ \t]*[ \t]*", line).end()
+    return line[:-1] if b"\r" in line[start + 1:] else line
+
+
 def parse_size(token: bytes) -> int:
     """Go's parseSize: ASCII digits only, at most 9 of them, else -1."""
     if not token or not token.isdigit() or len(token) > 9:
@@ -2243,9 +2252,25 @@ def parse_size(token: bytes) -> int:
     return int(token)
 
 
+_TABS = bytes.maketrans(b"\t", b" ")
+_TABS_CR_LF = bytes.maketrans(b"\t\r\n", b"   ")
+
+
+def split_pub_arg(arg: bytes) -> list:
+    """Go's processPub and processHeaderPub split on spaces and tabs only:
+    in `PUB foo 0\r\r\n` the size token is `0\r`, a bad size."""
+    return [token for token in arg.translate(_TABS).split(b" ") if token]
+
+
+def split_arg(arg: bytes) -> list:
+    """Go's splitArg (SUB, UNSUB): spaces, tabs, CR and LF separate
+    (not the vertical tab and form feed that bytes.split() also takes)."""
+    return [token for token in arg.translate(_TABS_CR_LF).split(b" ") if token]
+
+
 def parse_pub_args(arg: bytes) -> tuple:
     """PUB arguments -> (subject, reply or None, size, offset of size in arg)."""
-    args = arg.split()
+    args = split_pub_arg(arg)
     if len(args) == 2:
         subject, reply, size_token = args[0], None, args[1]
     elif len(args) == 3:
@@ -2260,7 +2285,7 @@ def parse_pub_args(arg: bytes) -> tuple:
 
 def parse_hpub_args(arg: bytes) -> tuple:
     """HPUB arguments -> (subject, reply or None, header size, total size)."""
-    args = arg.split()
+    args = split_pub_arg(arg)
     if len(args) == 3:
         subject, reply, hdr_token, size_token = args[0], None, args[1], args[2]
     elif len(args) == 4:
@@ -2280,7 +2305,7 @@ def parse_hpub_args(arg: bytes) -> tuple:
 
 def parse_sub_args(arg: bytes) -> tuple:
     """SUB arguments -> (subject, queue or None, sid)."""
-    args = arg.split()
+    args = split_arg(arg)
     if len(args) == 2:
         return args[0], None, args[1]
     if len(args) == 3:
@@ -2290,7 +2315,7 @@ def parse_sub_args(arg: bytes) -> tuple:
 
 def parse_unsub_args(arg: bytes) -> tuple:
     """UNSUB arguments -> (sid, max or 0)."""
-    args = arg.split()
+    args = split_arg(arg)
     if len(args) == 1:
         return args[0], 0
     if len(args) == 2:
@@ -3524,6 +3549,7 @@ class Client(Connection):
     __slots__ = (
         "verbose", "pedantic", "echo", "headers", "no_responders", "protocol",
         "name", "lang", "version", "user", "connect_received", "awaiting_auth",
+        "subject_err_sent",
         "subs", "pub_cache", "perms", "account", "credentials", "tls_identities",
     )
 
@@ -3541,6 +3567,7 @@ class Client(Connection):
         self.name = self.lang = self.version = self.user = ""
         self.connect_received = False
         self.awaiting_auth = server.options.auth_required
+        self.subject_err_sent = False  # pedantic -ERR of the PUB awaiting its payload
         self.subs = {}               # sid -> Subscription
         self.perms = None            # ClientPermissions of the user, if restricted
         self.credentials = None      # user, pass, auth_token of CONNECT (for reloads)
@@ -3548,7 +3575,9 @@ class Client(Connection):
         self.account = server.global_account
         self.account.client_count += 1
         self.account.total_connections += 1
-        self.pub_cache = {}          # raw PUB line -> its parse and delivery plan (process_pub)
+        # raw PUB line -> its parse and delivery plan (process_pub); none
+        # while verbose or pedantic, as a client is until its CONNECT.
+        self.pub_cache = NO_PUB_CACHE
 
     # -- the read loop (HOT) ---------------------------------------------------
 
@@ -3704,7 +3733,10 @@ class Client(Connection):
         sublist.cache_hits += msgs - misses
 
     def partial_line(self, data: bytes, i: int):
-        """The buffer ends inside a control line: check its length and wait."""
+        """The buffer ends inside a control line: refuse it now if no more
+        bytes can make it valid, else check its length and wait."""
+        if self.doomed_op(data[i:i + 9]):
+            return
         mcl = self.server.options.max_control_line
         if len(data) - i > mcl:
             op, arg, has_sep = split_op(data[i:])
@@ -3724,6 +3756,30 @@ class Client(Connection):
                 raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
         self.keep_tail(data, i, len(data) - i + 1)
 
+    # Op names as process_op accepts them, for doomed_op's prefix test.
+    OP_NAMES = (b"PUB", b"HPUB", b"SUB", b"UNSUB", b"CONNECT", b"INFO", b"PING", b"PONG",
+                b"-ERR", b"+OK")
+
+    def doomed_op(self, head: bytes) -> bool:
+        """Go's parser reads byte by byte and fails on the first byte that
+        no op can continue with; answer the same before the newline comes
+        (a client that sends `X` and waits gets its -ERR at once).  `head`
+        is the start of an unfinished line.  True if the connection was
+        refused (and closed)."""
+        if self.awaiting_auth and head[:1] not in (b"C", b"c") \
+                and not self.server.options.no_auth_user:
+            self.auth_violation()   # as process_op: Go checks only the first byte
+            return True
+        op, _arg, has_sep = split_op(head)
+        if op.startswith((b"PING", b"PONG", b"+OK", b"CONNECT", b"INFO")):
+            return False            # what follows is skipped, or is the argument
+        if has_sep:
+            if op in self.OPS:
+                return False
+        elif any(name.startswith(op) for name in self.OP_NAMES):
+            return False            # still spelling a name
+        raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
+
     def max_control_line_exceeded(self, length: int):
         self.error("maximum control line exceeded (max_control_line %d, line %d)",
                    self.server.options.max_control_line, length)
@@ -3735,6 +3791,8 @@ class Client(Connection):
         line = data[i:nl]
         if line[-1:] == b"\r":
             line = line[:-1]
+        elif b"\r" in line:
+            line = drop_before_lf(line)
         op, arg, has_sep = split_op(line)
         if (self.awaiting_auth and line[:1] not in (b"C", b"c")
                 and self.server.options.no_auth_user):
@@ -3744,6 +3802,11 @@ class Client(Connection):
             self.auth_violation()
             return -1
         handler = self.OPS.get(op)
+        if handler is None and op.startswith((b"CONNECT", b"INFO")):
+            # Go takes every byte after these names as the argument:
+            # `CONNECTx {}` is a CONNECT of `x {}` (bad JSON).
+            op = b"CONNECT" if op.startswith(b"CONNECT") else b"INFO"
+            handler, arg, has_sep = self.OPS[op], line[len(op):].lstrip(b" \t"), True
         if handler is None:
             if op.startswith(b"PING"):
                 handler = Client.op_ping
@@ -3756,7 +3819,22 @@ class Client(Connection):
         elif handler.needs_arg:
             if not has_sep and op not in (b"CONNECT", b"INFO"):
                 raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
-            if len(arg) > self.server.options.max_control_line:
+            mcl = self.server.options.max_control_line
+            if not arg and data[nl - 1] != 13:
+                # Go's argument starts at the first byte after the blanks,
+                # even a LF: `PUB \nfoo 0\r\n` is a PUB of `\nfoo 0`.
+                end = data.find(b"\n", nl + 1)
+                if end < 0:
+                    if len(data) - nl > mcl:
+                        self.max_control_line_exceeded(len(data) - nl)
+                    else:
+                        self.keep_tail(data, i, len(data) - i + 1)
+                    return -1
+                arg = data[nl:end]
+                if b"\r" in arg[1:]:
+                    arg = arg[:-1]      # drop_before_lf's rule
+                line, nl = line + arg, end
+            if len(arg) > mcl:
                 self.max_control_line_exceeded(len(arg))
                 return -1
         next_i = handler(self, data, i, nl, line, arg)
@@ -3882,12 +3960,13 @@ class Client(Connection):
             fields = json.loads(arg)
         except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
             raise ProtocolError("processConnect: %s" % exc)
+        if fields is None:
+            fields = {}             # Go's json.Unmarshal of null leaves the defaults
         if not isinstance(fields, dict):
             raise ProtocolError("processConnect: CONNECT is not a JSON object")
-        for key, kind in _CONNECT_FIELDS.items():
-            if key in fields and fields[key] is not None and not isinstance(fields[key], kind):
-                raise ProtocolError("processConnect: json: cannot unmarshal %s into field %s"
-                                    % (type(fields[key]).__name__, key))
+        problem = _json_type_error(fields, _CONNECT_FIELDS)
+        if problem:
+            raise ProtocolError("processConnect: " + problem)
         for key in ("verbose", "pedantic", "echo", "no_responders", "name", "lang",
                     "version", "protocol"):
             if fields.get(key) is not None:
@@ -3904,7 +3983,7 @@ class Client(Connection):
         self.pub_cache.clear()
         if self.verbose or self.trace or self.pedantic:
             # The hot path has no room for +OK, traces or subject checks.
-            self.pub_cache = _DisabledCache()
+            self.pub_cache = NO_PUB_CACHE
         else:
             self.pub_cache = {}
         if not self.authorize(fields):
@@ -3979,7 +4058,7 @@ class Client(Connection):
         from a users list (Go's clientHasMovedToDifferentAccount)."""
         self.trace = self.server.trace
         if self.verbose or self.trace or self.pedantic:
-            self.pub_cache = _DisabledCache()
+            self.pub_cache = NO_PUB_CACHE
         else:
             self.pub_cache = {}
         if not self.connect_received:
@@ -4056,17 +4135,20 @@ class Client(Connection):
     # -- SUB and UNSUB ---------------------------------------------------------
 
     def process_sub(self, subject: bytes, queue: bytes | None, sid: bytes):
-        if not is_valid_subject(subject) or (queue is not None and not _valid_queue(queue)):
-            self.send_err(ERR_INVALID_SUBJECT)
-            return
+        """Go's processSub, in its order: permissions, the subscription
+        limit, then (for a new sid only) the subject's validity; a SUB
+        that reuses a sid changes nothing and is +OK'd."""
         if self.perms is not None and not self.perms.can_subscribe(subject, queue):
             self.sub_permission_violation(subject, queue, sid)
             return
         max_subs = self.server.options.max_subscriptions
+        if max_subs and len(self.subs) >= max_subs:
+            self.error("maximum subscriptions exceeded")
+            self.send_err(ERR_MAX_SUBSCRIPTIONS)
+            return
         if sid not in self.subs:
-            if max_subs and len(self.subs) >= max_subs:
-                self.error("maximum subscriptions exceeded")
-                self.send_err(ERR_MAX_SUBSCRIPTIONS)
+            if not is_valid_subject(subject) or (queue is not None and not _valid_queue(queue)):
+                self.send_err(ERR_INVALID_SUBJECT)
                 return
             self.subscribe(subject, queue, sid)
         if self.verbose:
@@ -4169,17 +4251,23 @@ class Client(Connection):
             self.error("Maximum Payload Violation (%d > %d)", size, max_payload)
             self.send_err_and_close(ERR_MAX_PAYLOAD, MAX_PAYLOAD_EXCEEDED)
             return -1
+        valid = True
+        if self.pedantic and not is_valid_literal_subject(subject):
+            # Go answers when it has read the line, before the payload; this
+            # line is parsed again once its payload is in, so say it once.
+            valid = False
+            if self.subject_err_sent:
+                self.subject_err_sent = False
+            else:
+                self.send_err(ERR_INVALID_PUBLISH_SUBJECT)
         stop = nl + 1 + size
         if stop + 2 > len(data):
+            self.subject_err_sent = not valid
             check_payload_end(data, stop)
             self.keep_tail(data, i, stop + 2 - i)
             return -1
         if data[stop] != 13 or data[stop + 1] != 10:
             raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
-        valid = True
-        if self.pedantic and not is_valid_literal_subject(subject):
-            self.send_err(ERR_INVALID_PUBLISH_SUBJECT)
-            valid = False
         payload = data[nl + 1:stop]
         if self.trace:
             self.trace_payload(payload)
@@ -4193,9 +4281,9 @@ class Client(Connection):
             size_field = size_token
         elif hdr == 0:
             # An empty header block makes a plain message (Go's processHeaderPub).
-            size_field = line.split()[-1]
+            size_field = split_pub_arg(line)[-1]
         else:
-            size_field = b"%s %s" % (size_token, line.split()[-1])
+            size_field = b"%s %s" % (size_token, split_pub_arg(line)[-1])
         if not allowed:
             self.pub_permission_violation(subject)
             return stop + 2
@@ -4399,10 +4487,14 @@ _SECRETS_IN_CONNECT = re.compile(rb'("(?:pass|auth_token)"\s*:\s*")(?:[^"\\]|\\.
 
 
 class _DisabledCache(dict):
-    """The PUB cache of a verbose, pedantic or traced client: never filled."""
+    """The PUB cache of a verbose, pedantic or traced client: never filled
+    (process_pub fills only a plain dict), so one is shared by all."""
 
     def get(self, key, default=None):
         return None
+
+
+NO_PUB_CACHE = _DisabledCache()
 
 
 # CONNECT fields and their JSON types (a wrong type closes, as Go's json does).
@@ -4410,8 +4502,26 @@ _CONNECT_FIELDS = {
     "verbose": bool, "pedantic": bool, "echo": bool, "headers": bool,
     "no_responders": bool, "tls_required": bool, "protocol": int,
     "name": str, "lang": str, "version": str, "user": str, "pass": str,
-    "auth_token": str,
+    "auth_token": str, "nkey": str, "jwt": str, "sig": str, "account": str,
+    "new_account": bool, "remote_account": str, "import": dict, "export": dict,
 }
+
+
+def _json_type_error(fields: dict, types: dict) -> str:
+    """Go's unmarshal error for the first field of the wrong type, or ""."""
+    for key, kind in types.items():
+        value = fields.get(key)
+        if value is None:
+            continue
+        if kind is list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)  # true is no int
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            return "json: cannot unmarshal %s into field %s" % (type(value).__name__, key)
+    return ""
 
 
 def _valid_queue(queue: bytes) -> bool:
@@ -4703,26 +4813,11 @@ _ROUTE_INFO_FIELDS = {
 }
 # The ops Route.process_op knows.
 _ROUTE_OPS = frozenset((b"RMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"PING", b"PONG",
-                        b"INFO", b"CONNECT", b"-ERR", b"+OK", b""))
+                        b"INFO", b"CONNECT", b"-ERR", b"+OK"))
 _ROUTE_CONNECT_FIELDS = {
     "user": str, "pass": str, "name": str, "cluster": str, "cluster_dynamic": bool,
     "echo": bool, "verbose": bool, "pedantic": bool, "tls_required": bool, "headers": bool,
 }
-
-
-def _json_type_error(fields: dict, types: dict) -> str:
-    """Go's unmarshal error for the first field of the wrong type, or ""."""
-    for key, kind in types.items():
-        value = fields.get(key)
-        if value is None:
-            continue
-        if kind is list:
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        else:
-            ok = isinstance(value, kind)
-        if not ok:
-            return "json: cannot unmarshal %s into field %s" % (type(value).__name__, key)
-    return ""
 
 
 class Route(Connection):
@@ -4974,8 +5069,9 @@ class Route(Connection):
             self.process_connect(arg)
         elif op == b"-ERR":
             self.error("Remote Error: %s", arg.decode("utf-8", "replace"))
-        elif op in (b"+OK", b"LS+", b"LS-", b""):
-            pass
+        elif op in (b"+OK", b"LS+", b"LS-"):
+            pass                    # (a blank line, or one starting with a space, is
+                                    # unknown: Go fails on its first byte)
         else:
             raise ProtocolError("route parser: unknown op %s" % go_quote(op),
                                 ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
