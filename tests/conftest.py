@@ -530,6 +530,7 @@ CLUSTER_LAYOUTS = {
     "gnatsd+go": ["gnatsd", "go2.15", "go2.15"],
     "go2.9+go": ["go2.9", "go2.15", "go2.15"],
     "go2.9+gnatsd": ["go2.9", "gnatsd", "gnatsd"],
+    "gnatsd+go+gnatsd": ["gnatsd", "go2.15", "gnatsd"],
 }
 
 
