@@ -2245,6 +2245,17 @@ def drop_before_lf(line: bytes) -> bytes:
     return line[:-1] if b"\r" in line[start + 1:] else line
 
 
+def split_client_op(line: bytes) -> tuple:
+    """split_op for a client's line.  Go takes every byte after CONNECT or
+    INFO as the argument, separator or not: `CONNECTx {}` is a CONNECT of
+    `x {}` (bad JSON), and counts as having its separator."""
+    op, arg, has_sep = split_op(line)
+    if op.startswith((b"CONNECT", b"INFO")) and op not in (b"CONNECT", b"INFO"):
+        op = b"CONNECT" if op.startswith(b"CONNECT") else b"INFO"
+        return op, line[len(op):].lstrip(b" \t"), True
+    return op, arg, has_sep
+
+
 def parse_size(token: bytes) -> int:
     """Go's parseSize: ASCII digits only, at most 9 of them, else -1."""
     if not token or not token.isdigit() or len(token) > 9:
@@ -3739,7 +3750,9 @@ class Client(Connection):
             return
         mcl = self.server.options.max_control_line
         if len(data) - i > mcl:
-            op, arg, has_sep = split_op(data[i:])
+            op, arg, has_sep = split_client_op(data[i:])
+            if b"\r" in arg[1:]:
+                arg = arg[:-1]          # drop_before_lf: Go does not count it
             # Only an op that takes arguments has a limit (as in process_op);
             # an unknown op is refused below, PING/PONG skip to the newline.
             if len(arg) > mcl and has_sep and getattr(self.OPS.get(op), "needs_arg", False):
@@ -3793,7 +3806,7 @@ class Client(Connection):
             line = line[:-1]
         elif b"\r" in line:
             line = drop_before_lf(line)
-        op, arg, has_sep = split_op(line)
+        op, arg, has_sep = split_client_op(line)
         if (self.awaiting_auth and line[:1] not in (b"C", b"c")
                 and self.server.options.no_auth_user):
             self.authorize({})  # no CONNECT at all (telnet): the no_auth_user
@@ -3802,11 +3815,6 @@ class Client(Connection):
             self.auth_violation()
             return -1
         handler = self.OPS.get(op)
-        if handler is None and op.startswith((b"CONNECT", b"INFO")):
-            # Go takes every byte after these names as the argument:
-            # `CONNECTx {}` is a CONNECT of `x {}` (bad JSON).
-            op = b"CONNECT" if op.startswith(b"CONNECT") else b"INFO"
-            handler, arg, has_sep = self.OPS[op], line[len(op):].lstrip(b" \t"), True
         if handler is None:
             if op.startswith(b"PING"):
                 handler = Client.op_ping
@@ -3866,9 +3874,14 @@ class Client(Connection):
         if self.trace:
             self.trace_in("INFO", arg)
         try:
-            json.loads(arg)
+            info = json.loads(arg)
         except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
             raise ProtocolError("Error parsing INFO: %s" % exc)
+        if info is not None:
+            problem = ("json: cannot unmarshal %s into Info" % type(info).__name__
+                       if not isinstance(info, dict) else _json_type_error(info, _INFO_FIELDS))
+            if problem:
+                raise ProtocolError("Error parsing INFO: " + problem)
         return nl + 1
 
     def op_connect(self, data, i, nl, line, arg) -> int:
@@ -4002,7 +4015,15 @@ class Client(Connection):
         """Check credentials when auth is on (Go's isClientAuthorized); every
         CONNECT is checked, not just the first.  The credentials are kept:
         a config reload checks them again."""
-        credentials = {k: fields[k] for k in ("user", "pass", "auth_token") if fields.get(k)}
+        # Go unmarshals each CONNECT into the options the last one left: a
+        # field not sent (or null) keeps its value, so a second CONNECT
+        # without credentials logs in with the first one's.
+        credentials = dict(self.credentials or {})
+        for key in ("user", "pass", "auth_token"):
+            if fields.get(key):
+                credentials[key] = fields[key]
+            elif key in fields and fields[key] is not None:
+                credentials.pop(key, None)      # sent empty: cleared
         self.credentials = credentials or None
         return self.check_auth()
 
@@ -4524,6 +4545,19 @@ def _json_type_error(fields: dict, types: dict) -> str:
     return ""
 
 
+# The simply typed fields of Go's Info struct, which a client's INFO (read
+# and ignored) and a route's INFO must match: another type fails the line.
+_INFO_FIELDS = {
+    "server_id": str, "server_name": str, "version": str, "proto": int, "git_commit": str,
+    "go": str, "host": str, "port": int, "headers": bool, "auth_required": bool,
+    "tls_required": bool, "tls_verify": bool, "tls_available": bool, "max_payload": int,
+    "jetstream": bool, "ip": str, "client_id": int, "client_ip": str, "nonce": str,
+    "cluster": str, "cluster_dynamic": bool, "domain": str, "connect_urls": list,
+    "ws_connect_urls": list, "ldm": bool, "route_account": str, "lnoc": bool,
+    "info_on_connect": bool, "gossip_mode": int,
+}
+
+
 def _valid_queue(queue: bytes) -> bool:
     return bool(queue) and b" " not in queue and b"\t" not in queue
 
@@ -4804,13 +4838,8 @@ class _RouteDialer:
                                           self.attempt)
 
 
-# JSON fields of a peer's INFO and CONNECT that we read, with the types of
-# Go's Info and connectInfo structs: another type fails the whole line, as
-# Go's json.Unmarshal does (null is Go's zero value and passes).
-_ROUTE_INFO_FIELDS = {
-    "server_id": str, "server_name": str, "cluster": str, "cluster_dynamic": bool,
-    "headers": bool, "ip": str, "connect_urls": list, "route_account": str,
-}
+# JSON fields of a peer's CONNECT that we read, with the types of Go's
+# connectInfo struct (INFO's are _INFO_FIELDS, chapter 7).
 # The ops Route.process_op knows.
 _ROUTE_OPS = frozenset((b"RMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"PING", b"PONG",
                         b"INFO", b"CONNECT", b"-ERR", b"+OK"))
@@ -4915,9 +4944,12 @@ class Route(Connection):
             info = json.loads(arg)
         except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
             raise ProtocolError("processRouteInfo: %s" % exc)
+        if info is None:
+            return                  # null: Go's zero Info, nothing to learn
         if not isinstance(info, dict):
-            return
-        problem = _json_type_error(info, _ROUTE_INFO_FIELDS)
+            raise ProtocolError("processRouteInfo: json: cannot unmarshal %s into Info"
+                                % type(info).__name__)
+        problem = _json_type_error(info, _INFO_FIELDS)
         if problem:
             raise ProtocolError("processRouteInfo: " + problem)
         server = self.server

@@ -57,11 +57,32 @@ def even_out(answer: bytes) -> bytes:
 
 
 @st.composite
-def stream(draw) -> bytes:
+def stream(draw, opening: bytes = QUIET) -> bytes:
     ops = draw(st.lists(OPS, min_size=1, max_size=25))
     if draw(st.integers(0, 3)):
-        ops.insert(0, QUIET)
+        ops.insert(0, opening)
     return b"".join(ops)
+
+
+# The servers' settings, each fuzzed on its own: the defaults; tight limits
+# (so payload, control line and subscription errors come often); and users
+# with permissions (the stream usually opens with a good login).
+LIMITS = "max_payload: 40\nmax_control_line: 64\nmax_subscriptions: 3\n"
+PERMISSIONS = """authorization {
+  users = [
+    {user: a, password: b, permissions: {
+        publish: {allow: ["foo", "foo.>", "a.*"], deny: ["foo.bar"]},
+        subscribe: {allow: ["foo.*", "a", "b.>"], deny: ["foo.b"]}}}
+    {user: c, password: d}
+  ]
+}
+"""
+VARIANTS = {
+    "defaults": ("", QUIET),
+    "limits": (LIMITS, QUIET),
+    "permissions": (PERMISSIONS, b'CONNECT {"verbose":false,"pedantic":false,"headers":true,'
+                                 b'"user":"a","pass":"b"}\r\n'),
+}
 
 
 def answer(server, data: bytes) -> bytes:
@@ -98,29 +119,44 @@ def answer(server, data: bytes) -> bytes:
         sock.close()
 
 
-@pytest.fixture(scope="module")
-def servers():
+def start_both(tmp_path, conf: str) -> tuple:
     if "2.15" not in GO_SERVERS:
         pytest.skip("Go nats-server 2.15 is not installed")
-    ours, go = start_gnatsd(), start_go(version="2.15")
+    args = ()
+    if conf:
+        path = tmp_path / "fuzz.conf"
+        path.write_text(conf)
+        args = ("-c", str(path))
+    return start_gnatsd(*args), start_go(*args, version="2.15")
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    ours, go = start_both(tmp_path_factory.mktemp("vs-go"), "")
     yield ours, go
     ours.stop()
     go.stop()
 
 
-def test_fuzz_client_protocol_answers_as_go_does(servers):
-    ours, go = servers
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fuzz_client_protocol_answers_as_go_does(tmp_path, variant):
+    conf, opening = VARIANTS[variant]
+    ours, go = start_both(tmp_path, conf)
     count = [0]
 
     @FUZZ_SETTINGS
-    @given(stream())
+    @given(stream(opening))
     def prop(data):
         count[0] += 1
         want, got = even_out(answer(go, data)), even_out(answer(ours, data))
         assert got == want, "input %r\nGo:        %r\ngnatsd.py: %r" % (
             data[:600], want[:600], got[:600])
 
-    assert run_fuzzer("client-vs-go", prop, count) > 0
+    try:
+        assert run_fuzzer("client-vs-go " + variant, prop, count) > 0
+    finally:
+        ours.stop()
+        go.stop()
 
 
 # What this fuzzer found (2026-11-27), each an input and Go 2.15's answer;
@@ -154,6 +190,26 @@ FOUND = [
     (b'CONNECT {"verbose": true, "pedantic": false, "sig": false}\r\n', b""),
     # The argument starts right after the blanks, even at a LF.
     (b"PUB \nPUB foo 0\r\n\r\n", b"+OK\r\n"),
+    # A client's INFO must unmarshal into Go's Info struct (_INFO_FIELDS).
+    (b"INFO0\nPING\r\n", b""),
+    (b'INFO {"port": "x"}\r\nPING\r\n', b""),
+    # An unfinished CONNECTx line past max_control_line is too long, not
+    # unknown (split_client_op).
+    (b"CONNECTFOO " + b"a" * 5000, b"-ERR 'maximum control line exceeded'\r\n"),
+]
+
+# Found with the other settings (VARIANTS): (variant, input, Go's answer).
+FOUND_WITH = [
+    # An unfinished line's length is counted without the CR that Go drops
+    # (partial_line): 64 bytes of argument plus a CR is not over 64.
+    ("limits", b'PUB foo 0\r\n\r\nCONNECT {"verbose": false, "pedantic": false, '
+               b'"echo": "", "headers": ""}\r', b"+OK\r\n"),
+    # A second CONNECT without credentials keeps the first one's login
+    # (Go unmarshals each CONNECT over the last: Client.authorize).
+    ("permissions", VARIANTS["permissions"][1] + b"PUB foo 0\r\n\r\n"
+                    b'CONNECT {"verbose": false, "pedantic": false}\r\nPING\r\n', b"PONG\r\n"),
+    ("permissions", VARIANTS["permissions"][1] + b'CONNECT {"user": "a", "pass": "x"}\r\n',
+     b"-ERR 'Authorization Violation'\r\n"),
 ]
 
 
@@ -162,3 +218,15 @@ def test_found_inputs_get_go_answer(servers, data, go_answer):
     ours, go = servers
     assert answer(go, data) == go_answer
     assert answer(ours, data) == go_answer
+
+
+@pytest.mark.parametrize("variant, data, go_answer", FOUND_WITH,
+                         ids=["%s-%d" % (v, k) for k, (v, _, _) in enumerate(FOUND_WITH)])
+def test_found_inputs_with_settings_get_go_answer(tmp_path, variant, data, go_answer):
+    ours, go = start_both(tmp_path, VARIANTS[variant][0])
+    try:
+        assert answer(go, data) == go_answer
+        assert answer(ours, data) == go_answer
+    finally:
+        ours.stop()
+        go.stop()
