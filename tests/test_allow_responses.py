@@ -2,7 +2,7 @@
 requests it received, a limited number of times (Go's ResponsePermission)."""
 from __future__ import annotations
 
-from conftest import t_expect, t_expect_exact, t_ping_pong, write_conf
+from conftest import t_expect_exact, t_ping_pong, write_conf
 
 CONF = """authorization { users = [
   {user: req, password: p1}

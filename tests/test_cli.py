@@ -21,8 +21,8 @@ import subprocess
 
 import pytest
 
-from conftest import (GNATSD, GO_SERVERS, ROOT, SERVER_PYTHON, RawConn, go_server_path,
-                      start_gnatsd, start_go, t_expect_exact, write_conf)
+from conftest import (GNATSD, GO_SERVERS, ROOT, SERVER_PYTHON, RawConn, free_port,
+                      go_server_path, start_gnatsd, start_go, t_expect_exact, write_conf)
 
 DEFAULT_CONF = os.path.join(ROOT, "conf", "default.conf")
 
@@ -52,12 +52,6 @@ def run_go(version: str, *args, timeout: float = 15.0) -> subprocess.CompletedPr
 
 def run_kind(kind: str, *args) -> subprocess.CompletedProcess:
     return run(*args) if kind == "gnatsd" else run_go(kind[2:], *args)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import socket
 import time
 
 import pytest
@@ -19,7 +18,7 @@ import pytest
 nats = pytest.importorskip("nats")
 from nats import errors as nats_errors  # noqa: E402
 
-from conftest import GO_SERVERS, ORACLES  # noqa: E402
+from conftest import GO_SERVERS, ORACLES, free_port  # noqa: E402
 
 T = 5.0  # per-await timeout, seconds
 
@@ -96,14 +95,6 @@ async def assert_silent(sub, timeout: float = 0.2):
     with pytest.raises(nats_errors.TimeoutError):
         msg = await sub.next_msg(timeout=timeout)
         pytest.fail("unexpected message %r on %r" % (msg.data, msg.subject))
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 async def raw_open(server):

@@ -46,14 +46,13 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 
 import nats
 import pytest
 
-from conftest import (GNATSD, GO_SERVERS, SERVER_PYTHON, RawConn, t_expect, t_expect_exact,
-                      t_ping_pong, t_read_until_closed, write_conf)
+from conftest import (GNATSD, GO_SERVERS, SERVER_PYTHON, RawConn, free_port, t_expect,
+                      t_expect_exact, t_ping_pong, t_read_until_closed, write_conf)
 
 AUTH_VIOLATION = b"-ERR 'Authorization Violation'\r\n"
 
@@ -127,12 +126,6 @@ def refused(srv, **creds) -> bytes:
         return t_read_until_closed(c, 5)
     finally:
         c.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def signal_command(kind: str, pid: int) -> subprocess.CompletedProcess:

@@ -13,7 +13,6 @@ the log file to `NAME.YYYY.MM.DD.HH.MM.SS.NANOS` once it passes N bytes.
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 import socket
@@ -23,7 +22,7 @@ import time
 import pytest
 
 import gnatsd as g
-from conftest import ORACLES, ServerProcess, gnatsd_argv, go_server_path, write_conf
+from conftest import ServerProcess, gnatsd_argv, go_server_path, write_conf
 
 # A network syslog line, as Go's log/syslog writes it.
 NET_RE = re.compile(rb"^<(\d+)>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d) (\S+) "
