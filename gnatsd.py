@@ -2236,13 +2236,12 @@ def split_op(line: bytes) -> tuple:
     return m.group(1).upper(), m.group(3), bool(m.group(2))
 
 
-def drop_before_lf(line: bytes) -> bytes:
-    """A control line (without its LF) holding a CR that does not end it.
-    Go's parser notes any CR inside an argument (after its first byte) and
-    then drops the byte before the LF, taking it for CRLF's CR: so
-    `SUB a\rb 1\n` is `SUB a\rb ` plus a dropped `1`.  Same here."""
-    start = re.match(rb"[^ \t]*[ \t]*", line).end()
-    return line[:-1] if b"\r" in line[start + 1:] else line
+def drop_cr(arg: bytes) -> bytes:
+    """A control line's argument, as Go's parser hands it over.  Go notes a
+    CR anywhere in an argument after its first byte, then drops the byte
+    before the LF, taking it for CRLF's CR: normally the CR itself, but in
+    `SUB a\rb 1\n` the `1`."""
+    return arg[:-1] if arg.find(b"\r", 1) >= 0 else arg
 
 
 def split_client_op(line: bytes) -> tuple:
@@ -2627,10 +2626,11 @@ class Connection:
         return self.server.options.ping_interval
 
     def arm_ping_timer(self):
-        # close() cancels it: a closed connection is freed at once, not
-        # ping_interval (2 min) later; under connect/disconnect churn that
-        # held every client closed in the last two minutes (tests/soak.py:
-        # +1.2 KB RSS per connection churned).
+        # close() cancels it, so a closed connection is not held for
+        # ping_interval (2 min); under connect/disconnect churn that held
+        # every client closed in the last two minutes (tests/soak.py: +1.2 KB
+        # RSS per connection churned).  The auth and TLS timers, a few
+        # seconds long, are left to fire.
         self.ping_entry = self.server.add_timer(self.ping_interval(), self.ping_timer)
 
     def ping_timer(self):
@@ -3746,22 +3746,21 @@ class Client(Connection):
     def partial_line(self, data: bytes, i: int):
         """The buffer ends inside a control line: refuse it now if no more
         bytes can make it valid, else check its length and wait."""
-        if self.doomed_op(data[i:i + 9]):
+        if self.doomed_op(data[i:i + len(b"CONNECT") + 2]):  # a name and what follows it
             return
         mcl = self.server.options.max_control_line
         if len(data) - i > mcl:
             op, arg, has_sep = split_client_op(data[i:])
-            if b"\r" in arg[1:]:
-                arg = arg[:-1]          # drop_before_lf: Go does not count it
+            held = len(arg) - (arg.find(b"\r", 1) >= 0)  # Go leaves out what drop_cr drops
             # Only an op that takes arguments has a limit (as in process_op);
-            # an unknown op is refused below, PING/PONG skip to the newline.
-            if len(arg) > mcl and has_sep and getattr(self.OPS.get(op), "needs_arg", False):
-                self.max_control_line_exceeded(len(arg))
+            # an unknown op is refused below, PING/PONG/+OK skip to the newline.
+            if held > mcl and has_sep and getattr(self.OPS.get(op), "needs_arg", False):
+                self.max_control_line_exceeded(held)
                 return
             # Go's byte-wise parser never holds more than an argument: it
-            # skips to the newline after PING/PONG, skips blanks after an op
-            # and refuses an unknown op at once.  So keep a bounded tail.
-            if op[:4] in (b"PING", b"PONG"):
+            # skips to the newline after PING/PONG/+OK, skips blanks after an
+            # op and refuses an unknown op at once.  So keep a bounded tail.
+            if op[:4] in (b"PING", b"PONG") or op[:3] == b"+OK":
                 data, i = data[i:i + 4] + data[-1:], 0
             elif has_sep and op in self.OPS:
                 data, i = op + b" " + arg, 0
@@ -3769,20 +3768,19 @@ class Client(Connection):
                 raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
         self.keep_tail(data, i, len(data) - i + 1)
 
-    # Op names as process_op accepts them, for doomed_op's prefix test.
-    OP_NAMES = (b"PUB", b"HPUB", b"SUB", b"UNSUB", b"CONNECT", b"INFO", b"PING", b"PONG",
-                b"-ERR", b"+OK")
-
     def doomed_op(self, head: bytes) -> bool:
         """Go's parser reads byte by byte and fails on the first byte that
         no op can continue with; answer the same before the newline comes
         (a client that sends `X` and waits gets its -ERR at once).  `head`
-        is the start of an unfinished line.  True if the connection was
-        refused (and closed)."""
-        if self.awaiting_auth and head[:1] not in (b"C", b"c") \
-                and not self.server.options.no_auth_user:
-            self.auth_violation()   # as process_op: Go checks only the first byte
-            return True
+        is the start of an unfinished line.  Raises the ProtocolError of an
+        unknown op; True if the client was refused for auth (and closed)."""
+        if self.awaiting_auth and head[:1] not in (b"C", b"c"):
+            # As process_op, at the first byte as Go does.
+            if not self.server.options.no_auth_user:
+                self.auth_violation()
+                return True
+            if not self.authorize({}):  # the no_auth_user logs in (its auth timer ends)
+                return True
         op, _arg, has_sep = split_op(head)
         if op.startswith((b"PING", b"PONG", b"+OK", b"CONNECT", b"INFO")):
             return False            # what follows is skipped, or is the argument
@@ -3802,11 +3800,9 @@ class Client(Connection):
         """The cold path: one control line.  Returns the next index, or -1
         when the op needs more bytes or the connection closed."""
         line = data[i:nl]
-        if line[-1:] == b"\r":
-            line = line[:-1]
-        elif b"\r" in line:
-            line = drop_before_lf(line)
         op, arg, has_sep = split_client_op(line)
+        if arg.find(b"\r", 1) >= 0:     # drop_cr, on the line too
+            arg, line = arg[:-1], line[:-1]
         if (self.awaiting_auth and line[:1] not in (b"C", b"c")
                 and self.server.options.no_auth_user):
             self.authorize({})  # no CONNECT at all (telnet): the no_auth_user
@@ -3828,19 +3824,18 @@ class Client(Connection):
             if not has_sep and op not in (b"CONNECT", b"INFO"):
                 raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
             mcl = self.server.options.max_control_line
-            if not arg and data[nl - 1] != 13:
+            if not arg:
                 # Go's argument starts at the first byte after the blanks,
                 # even a LF: `PUB \nfoo 0\r\n` is a PUB of `\nfoo 0`.
                 end = data.find(b"\n", nl + 1)
                 if end < 0:
-                    if len(data) - nl > mcl:
-                        self.max_control_line_exceeded(len(data) - nl)
+                    held = len(data) - nl - (data.find(b"\r", nl + 1) >= 0)  # drop_cr
+                    if held > mcl:
+                        self.max_control_line_exceeded(held)
                     else:
                         self.keep_tail(data, i, len(data) - i + 1)
                     return -1
-                arg = data[nl:end]
-                if b"\r" in arg[1:]:
-                    arg = arg[:-1]      # drop_before_lf's rule
+                arg = drop_cr(data[nl:end])
                 line, nl = line + arg, end
             if len(arg) > mcl:
                 self.max_control_line_exceeded(len(arg))
@@ -3874,7 +3869,7 @@ class Client(Connection):
         if self.trace:
             self.trace_in("INFO", arg)
         try:
-            info = json.loads(arg)
+            info = load_go_json(arg)
         except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
             raise ProtocolError("Error parsing INFO: %s" % exc)
         if info is not None:
@@ -3925,6 +3920,9 @@ class Client(Connection):
         b"CONNECT": op_connect, b"INFO": op_info, b"PING": op_ping, b"PONG": op_pong,
         b"-ERR": op_err,
     }
+    # Names an unfinished line may still be spelling (doomed_op): Go's
+    # parser also walks through HMSG, to refuse it only at the newline.
+    OP_NAMES = tuple(OPS) + (b"+OK", b"HMSG")
     for _op, _needs in ((op_pub, True), (op_hpub, True), (op_sub, True), (op_unsub, True),
                         (op_connect, True), (op_info, True), (op_ping, False),
                         (op_pong, False), (op_err, True)):
@@ -3970,7 +3968,7 @@ class Client(Connection):
     def process_connect(self, arg: bytes):
         """Apply the CONNECT fields sent (only those), then check auth."""
         try:
-            fields = json.loads(arg)
+            fields = load_go_json(arg)
         except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
             raise ProtocolError("processConnect: %s" % exc)
         if fields is None:
@@ -4272,21 +4270,25 @@ class Client(Connection):
             self.error("Maximum Payload Violation (%d > %d)", size, max_payload)
             self.send_err_and_close(ERR_MAX_PAYLOAD, MAX_PAYLOAD_EXCEEDED)
             return -1
+        # A pedantic client hears of a bad subject as soon as Go has read the
+        # line, before the payload.  When the payload is not all in that
+        # read, Go parses the line a second time (clonePubArg) and says it
+        # again.  We parse the line again on every read until the payload
+        # is in, so subject_err_sent keeps it to those two.
         valid = True
         if self.pedantic and not is_valid_literal_subject(subject):
-            # Go answers when it has read the line, before the payload; this
-            # line is parsed again once its payload is in, so say it once.
             valid = False
-            if self.subject_err_sent:
-                self.subject_err_sent = False
-            else:
+            if not self.subject_err_sent:
                 self.send_err(ERR_INVALID_PUBLISH_SUBJECT)
         stop = nl + 1 + size
         if stop + 2 > len(data):
-            self.subject_err_sent = not valid
             check_payload_end(data, stop)
+            if not valid and not self.subject_err_sent:
+                self.send_err(ERR_INVALID_PUBLISH_SUBJECT)
+                self.subject_err_sent = True
             self.keep_tail(data, i, stop + 2 - i)
             return -1
+        self.subject_err_sent = False
         if data[stop] != 13 or data[stop + 1] != 10:
             raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
         payload = data[nl + 1:stop]
@@ -4317,6 +4319,7 @@ class Client(Connection):
             return stop + 2
         self.deliver_msg(account.sublist.match(subject), msg)
         if (valid and hdr < 0 and data[nl - 1] == 13 and line.endswith(size_token)
+                and b"\n" not in line      # not an argument that began at a LF
                 and not (account.exports_services and subject.startswith(b"_R_."))
                 and type(self.pub_cache) is dict
                 and (self.perms is None or self.perms.responses is None)):
@@ -4518,13 +4521,45 @@ class _DisabledCache(dict):
 NO_PUB_CACHE = _DisabledCache()
 
 
-# CONNECT fields and their JSON types (a wrong type closes, as Go's json does).
+# A peer's CONNECT and INFO are read as Go's encoding/json reads them into
+# its structs: a field Go knows must have its type (another type fails the
+# line, and the connection closes), integers must fit, keys match whatever
+# their case, NaN and Infinity are no numbers, and bad UTF-8 in a string is
+# replaced rather than refused.  A kind is a Python type, an integer range,
+# _STRINGS (Go's []string: a null element is "") or _PERMISSION (Go's
+# SubjectPermission: {"allow": [...], "deny": [...]}).  null always passes.
+_INT = (-(1 << 63), (1 << 63) - 1)
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+_UINT64 = (0, (1 << 64) - 1)
+_BYTE = (0, 255)
+_STRINGS = "[]string"
+_PERMISSION = "SubjectPermission"
+
+# Go's clientOpts.
 _CONNECT_FIELDS = {
     "verbose": bool, "pedantic": bool, "echo": bool, "headers": bool,
-    "no_responders": bool, "tls_required": bool, "protocol": int,
+    "no_responders": bool, "tls_required": bool, "protocol": _INT,
     "name": str, "lang": str, "version": str, "user": str, "pass": str,
     "auth_token": str, "nkey": str, "jwt": str, "sig": str, "account": str,
-    "new_account": bool, "remote_account": str, "import": dict, "export": dict,
+    "new_account": bool, "remote_account": str, "proxy_sig": str,
+    "import": _PERMISSION, "export": _PERMISSION,
+}
+
+# Go's Info, which a client's INFO (read and ignored) and a route's INFO
+# must fit.
+_INFO_FIELDS = {
+    "server_id": str, "server_name": str, "version": str, "proto": _INT, "git_commit": str,
+    "go": str, "host": str, "port": _INT, "headers": bool, "auth_required": bool,
+    "tls_required": bool, "tls_verify": bool, "tls_available": bool, "max_payload": _INT32,
+    "jetstream": bool, "ip": str, "client_id": _UINT64, "client_ip": str, "nonce": str,
+    "cluster": str, "cluster_dynamic": bool, "domain": str, "connect_urls": _STRINGS,
+    "ws_connect_urls": _STRINGS, "ldm": bool, "route_pool_size": _INT,
+    "route_pool_idx": _INT, "route_account": str, "route_acc_add_reqid": bool,
+    "lnoc": bool, "lnocu": bool, "info_on_connect": bool, "connect_info": bool,
+    "remote_account": str, "acc_is_sys": bool, "api_lvl": _INT, "gossip_mode": _BYTE,
+    "compression": str, "gateway": str, "gateway_url": str, "gateway_urls": _STRINGS,
+    "gateway_cmd": _BYTE, "gateway_nrp": bool, "gateway_iom": bool,
+    "leafnode_urls": _STRINGS, "xkey": str, "import": _PERMISSION, "export": _PERMISSION,
 }
 
 
@@ -4534,10 +4569,13 @@ def _json_type_error(fields: dict, types: dict) -> str:
         value = fields.get(key)
         if value is None:
             continue
-        if kind is list:
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        elif kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)  # true is no int
+        if kind is _STRINGS:
+            ok = isinstance(value, list) and all(v is None or isinstance(v, str) for v in value)
+        elif kind is _PERMISSION:
+            ok = isinstance(value, dict) and not _json_type_error(
+                value, {"allow": _STRINGS, "deny": _STRINGS})
+        elif isinstance(kind, tuple):
+            ok = type(value) is int and kind[0] <= value <= kind[1]  # true is no int
         else:
             ok = isinstance(value, kind)
         if not ok:
@@ -4545,17 +4583,18 @@ def _json_type_error(fields: dict, types: dict) -> str:
     return ""
 
 
-# The simply typed fields of Go's Info struct, which a client's INFO (read
-# and ignored) and a route's INFO must match: another type fails the line.
-_INFO_FIELDS = {
-    "server_id": str, "server_name": str, "version": str, "proto": int, "git_commit": str,
-    "go": str, "host": str, "port": int, "headers": bool, "auth_required": bool,
-    "tls_required": bool, "tls_verify": bool, "tls_available": bool, "max_payload": int,
-    "jetstream": bool, "ip": str, "client_id": int, "client_ip": str, "nonce": str,
-    "cluster": str, "cluster_dynamic": bool, "domain": str, "connect_urls": list,
-    "ws_connect_urls": list, "ldm": bool, "route_account": str, "lnoc": bool,
-    "info_on_connect": bool, "gossip_mode": int,
-}
+def _no_constant(name: str):
+    raise ValueError("invalid character %r looking for beginning of value" % name[:1])
+
+
+def load_go_json(arg: bytes):
+    """json.loads as encoding/json reads a CONNECT or INFO (see above): an
+    object comes back with its keys lower-cased (for a key repeated in
+    different cases the last one wins)."""
+    value = json.loads(arg.decode("utf-8", "replace"), parse_constant=_no_constant)
+    if isinstance(value, dict):
+        value = {key.lower(): item for key, item in value.items()}
+    return value
 
 
 def _valid_queue(queue: bytes) -> bool:
@@ -4838,11 +4877,12 @@ class _RouteDialer:
                                           self.attempt)
 
 
-# JSON fields of a peer's CONNECT that we read, with the types of Go's
-# connectInfo struct (INFO's are _INFO_FIELDS, chapter 7).
-# The ops Route.process_op knows.
+# The ops Route.process_op knows (a blank line, or one starting with a
+# space, is unknown: Go fails on its first byte).
 _ROUTE_OPS = frozenset((b"RMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"PING", b"PONG",
                         b"INFO", b"CONNECT", b"-ERR", b"+OK"))
+# A peer's CONNECT as Go's connectInfo reads it (its INFO: _INFO_FIELDS,
+# chapter 7, where load_go_json explains the rules).
 _ROUTE_CONNECT_FIELDS = {
     "user": str, "pass": str, "name": str, "cluster": str, "cluster_dynamic": bool,
     "echo": bool, "verbose": bool, "pedantic": bool, "tls_required": bool, "headers": bool,
@@ -4902,7 +4942,7 @@ class Route(Connection):
     def process_connect(self, arg: bytes):
         """The dialing peer's CONNECT (Go's processRouteConnect)."""
         try:
-            fields = json.loads(arg)
+            fields = load_go_json(arg)
         except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
             raise ProtocolError("processRouteConnect: %s" % exc)
         if not isinstance(fields, dict):
@@ -4941,7 +4981,7 @@ class Route(Connection):
         """The peer's INFO: the first registers the route; later ones are
         gossip about other servers, or updates of the peer itself."""
         try:
-            info = json.loads(arg)
+            info = load_go_json(arg)
         except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
             raise ProtocolError("processRouteInfo: %s" % exc)
         if info is None:
@@ -5102,8 +5142,7 @@ class Route(Connection):
         elif op == b"-ERR":
             self.error("Remote Error: %s", arg.decode("utf-8", "replace"))
         elif op in (b"+OK", b"LS+", b"LS-"):
-            pass                    # (a blank line, or one starting with a space, is
-                                    # unknown: Go fails on its first byte)
+            pass
         else:
             raise ProtocolError("route parser: unknown op %s" % go_quote(op),
                                 ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
@@ -6185,7 +6224,7 @@ class Server:
         urls = [] if self.options.no_advertise else [self.client_url()]
         for route in self.routes.values():
             for url in route.remote_info.get("connect_urls") or ():
-                if url not in urls:
+                if url and url not in urls:     # (Go reads a null element as "")
                     urls.append(url)
         return urls
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 
 from hypothesis import HealthCheck, Phase, settings
@@ -32,6 +33,16 @@ FUZZ_SETTINGS = settings(
     suppress_health_check=list(HealthCheck),
     report_multiple_bugs=False,
 )
+
+
+REPEATED_SUBJECT_ERR = re.compile(rb"(-ERR 'Invalid Publish Subject'\r\n)+")
+
+
+def even_out(answer: bytes) -> bytes:
+    """A pedantic client's 'Invalid Publish Subject' comes once or twice,
+    as Go says it: twice when the PUB's payload is not in the read that
+    holds its line.  Runs of it count as one for the fuzzers' comparisons."""
+    return REPEATED_SUBJECT_ERR.sub(rb"\1", answer)
 
 
 def run_fuzzer(name: str, prop, counter: list, seconds: float | None = None) -> int:

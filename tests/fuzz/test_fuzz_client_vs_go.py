@@ -17,15 +17,14 @@ pedantic client; gnatsd.py says it once.  Runs of that -ERR count as one.
 """
 from __future__ import annotations
 
-import re
 import socket
 import time
 
 import pytest
 from hypothesis import given, strategies as st
 
-from conftest import GO_SERVERS, start_gnatsd, start_go
-from fuzzing import FUZZ_SETTINGS, run_fuzzer
+from conftest import GO_SERVERS, RawConn, start_gnatsd, start_go
+from fuzzing import FUZZ_SETTINGS, even_out, run_fuzzer
 from test_fuzz_client_proto import (JUNK, SIDS, SPACES, SUBJECTS, _line, connect_op, pub_op,
                                     unsub_op)
 
@@ -47,13 +46,6 @@ OPS = st.one_of(
     _line(connect_op()),
     JUNK,
 )
-
-
-REPEATED_SUBJECT_ERR = re.compile(rb"(-ERR 'Invalid Publish Subject'\r\n)+")
-
-
-def even_out(answer: bytes) -> bytes:
-    return REPEATED_SUBJECT_ERR.sub(rb"\1", answer)
 
 
 @st.composite
@@ -193,6 +185,28 @@ FOUND = [
     # A client's INFO must unmarshal into Go's Info struct (_INFO_FIELDS).
     (b"INFO0\nPING\r\n", b""),
     (b'INFO {"port": "x"}\r\nPING\r\n', b""),
+    # Found by review against Go (same day): the CR rule on a CONNECTx
+    # argument (drop_cr after split_client_op); Go's []string takes a null;
+    # more Info/clientOpts fields and integer ranges; keys in any case;
+    # no NaN; bad UTF-8 replaced (load_go_json); +OK skips a long line;
+    # HMSG is spelled before it is refused; a held argument that began at a
+    # LF is counted without the CR Go drops.
+    (b'CONNECT{"verbose":false}\rx\nPING\r\n', b"PONG\r\n"),
+    (b"INFO{}\rx\nPING\r\n", b"PONG\r\n"),
+    (b'INFO {"connect_urls":["a",null]}\r\nPING\r\n', b"PONG\r\n"),
+    (b'INFO {"xkey":5}\r\nPING\r\n', b""),
+    (b'INFO {"gossip_mode":256}\r\nPING\r\n', b""),
+    (b'INFO {"client_id":-1}\r\nPING\r\n', b""),
+    (b'INFO {"max_payload":3000000000}\r\nPING\r\n', b""),
+    (b'CONNECT {"proxy_sig":5}\r\nPING\r\n', b""),
+    (b'CONNECT {"import":{"allow":5}}\r\nPING\r\n', b""),
+    (b'CONNECT {"VERBOSE":false}\r\nPING\r\n', b"PONG\r\n"),
+    (b'CONNECT {"Verbose":5}\r\nPING\r\n', b""),
+    (b'CONNECT {"verbose":false,"x":NaN}\r\nPING\r\n', b""),
+    (b'CONNECT {"verbose":false,"name":"\xff"}\r\nPING\r\n', b"PONG\r\n"),
+    (b"+OK" + b"x" * 5000, b""),
+    (b"HM", b""),
+    (b"PUB \n" + b"a" * 4000 + b"\r" + b"a" * 95, b""),
     # An unfinished CONNECTx line past max_control_line is too long, not
     # unknown (split_client_op).
     (b"CONNECTFOO " + b"a" * 5000, b"-ERR 'maximum control line exceeded'\r\n"),
@@ -218,6 +232,21 @@ def test_found_inputs_get_go_answer(servers, data, go_answer):
     ours, go = servers
     assert answer(go, data) == go_answer
     assert answer(ours, data) == go_answer
+
+
+def test_a_payload_in_a_later_read_gets_the_subject_error_twice(servers):
+    """Go parses a PUB line again when its payload is not all in the same
+    read (clonePubArg), so a pedantic client hears twice that the subject
+    is bad (in the fuzzers, runs of that -ERR count as one)."""
+    line = b'CONNECT {"verbose":false,"pedantic":true}\r\nPUB foo..bar 5\r\nhe'
+    for server in servers:
+        c = RawConn(server.host, server.port)
+        c.read_info()
+        c.send(line)
+        c.expect(rb"(-ERR 'Invalid Publish Subject'\r\n){2}")
+        c.send(b"llo\r\nPING\r\n")
+        c.expect(rb"PONG\r\n")
+        c.close()
 
 
 @pytest.mark.parametrize("variant, data, go_answer", FOUND_WITH,
