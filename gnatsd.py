@@ -2294,7 +2294,8 @@ def parse_pub_args(arg: bytes) -> tuple:
 
 
 def parse_hpub_args(arg: bytes) -> tuple:
-    """HPUB arguments -> (subject, reply or None, header size, total size)."""
+    """HPUB arguments -> (subject, reply or None, header size, total size,
+    size field)."""
     args = split_pub_arg(arg)
     if len(args) == 3:
         subject, reply, hdr_token, size_token = args[0], None, args[1], args[2]
@@ -2310,7 +2311,9 @@ def parse_hpub_args(arg: bytes) -> tuple:
         raise ProtocolError("processHeaderPub Bad or Missing Total Size: %r" % arg)
     if hdr > size:
         raise ProtocolError("processHeaderPub Header Size larger then TotalSize: %r" % arg)
-    return subject, reply, hdr, size, hdr_token
+    # The size field of the MSG/HMSG lines it makes, from the raw tokens (a
+    # header block of 0 bytes makes a plain message: Go's processHeaderPub).
+    return subject, reply, hdr, size, size_token if hdr == 0 else hdr_token + b" " + size_token
 
 
 def parse_sub_args(arg: bytes) -> tuple:
@@ -3912,8 +3915,8 @@ class Client(Connection):
             self.trace_in("HPUB", arg)
         if not self.headers:
             raise ProtocolError("message headers not supported")
-        subject, reply, hdr, size, hdr_token = parse_hpub_args(arg)
-        return self.process_pub(data, i, nl, line, subject, reply, hdr, size, hdr_token)
+        subject, reply, hdr, size, size_field = parse_hpub_args(arg)
+        return self.process_pub(data, i, nl, line, subject, reply, hdr, size, size_field)
 
     OPS = {
         b"PUB": op_pub, b"HPUB": op_hpub, b"SUB": op_sub, b"UNSUB": op_unsub,
@@ -4263,8 +4266,9 @@ class Client(Connection):
     # -- PUB and delivery ------------------------------------------------------
 
     def process_pub(self, data: bytes, i: int, nl: int, line: bytes, subject: bytes,
-                    reply: bytes | None, hdr: int, size: int, size_token: bytes) -> int:
-        """PUB or HPUB whose payload starts after `nl` (Go's processPub)."""
+                    reply: bytes | None, hdr: int, size: int, size_field: bytes) -> int:
+        """PUB or HPUB whose payload starts after `nl` (Go's processPub);
+        `size_field` is the raw size token(s) for the MSG/HMSG lines."""
         max_payload = self.server.options.max_payload
         if size > max_payload:
             self.error("Maximum Payload Violation (%d > %d)", size, max_payload)
@@ -4300,13 +4304,6 @@ class Client(Connection):
         self.in_msgs += 1
         self.in_bytes += size
         self.last_activity = time.time()
-        if hdr < 0:
-            size_field = size_token
-        elif hdr == 0:
-            # An empty header block makes a plain message (Go's processHeaderPub).
-            size_field = split_pub_arg(line)[-1]
-        else:
-            size_field = b"%s %s" % (size_token, split_pub_arg(line)[-1])
         if not allowed:
             self.pub_permission_violation(subject)
             return stop + 2
@@ -4318,7 +4315,7 @@ class Client(Connection):
             self.deliver_msg(account.sublist.match(subject), msg, routed)
             return stop + 2
         self.deliver_msg(account.sublist.match(subject), msg)
-        if (valid and hdr < 0 and data[nl - 1] == 13 and line.endswith(size_token)
+        if (valid and hdr < 0 and data[nl - 1] == 13 and line.endswith(size_field)
                 and b"\n" not in line      # not an argument that began at a LF
                 and not (account.exports_services and subject.startswith(b"_R_."))
                 and type(self.pub_cache) is dict
@@ -4328,7 +4325,7 @@ class Client(Connection):
                 cache.clear()
             # [subject, "reply " or None, size, offset of size in line, plan, genid]
             cache[data[i:nl]] = [subject, reply + b" " if reply is not None else None,
-                                 size, len(line) - len(size_token), None, -1]
+                                 size, len(line) - len(size_field), None, -1]
         return stop + 2
 
     def pub_permission_violation(self, subject: bytes):
