@@ -180,8 +180,10 @@ ERR_NO_RESPONDERS_REQUIRES_HEADERS = "no responders requires headers support"
 # The header a service import adds to a request: who is asking (Go's ClientInfoHdr).
 REQUEST_INFO_HEADER = b"Nats-Request-Info"
 
-# The status message a requester gets when nobody can answer its request.
-NO_RESPONDERS_HEADER = b"NATS/1.0 503\r\n\r\n"
+# The status message a requester gets when nobody can answer its request
+# (nats-server 2.12+ names the request's subject; 2.9 sent the status line
+# alone).
+NO_RESPONDERS_HEADER = b"NATS/1.0 503\r\nNats-Subject: %s\r\n\r\n"
 
 # Why a connection was closed (Go's ClosedState strings, as /connz shows them).
 CLIENT_CLOSED = "Client Closed"
@@ -3698,7 +3700,7 @@ class Client(Connection):
                     last_plan = plan
             elif kind == PLAN_EMPTY:
                 if reply_sp is not None and self.no_responders:
-                    self.send_no_responders(reply_sp[:-1])
+                    self.send_no_responders(reply_sp[:-1], subject)
                 elif entry is last_entry:
                     # HOT: a run of repeats nobody listens to: skip it whole.
                     k = deliver_run(data, i, nl, entry, plan)
@@ -4400,7 +4402,7 @@ class Client(Connection):
                 route.send_msg(account or self.account, msg, queues)
             delivered = True
         if not delivered and msg.reply is not None and self.no_responders:
-            self.send_no_responders(msg.reply)
+            self.send_no_responders(msg.reply, msg.subject)
         return delivered
 
     def deliver_to(self, sub: Subscription, msg: "Message") -> bool:
@@ -4432,14 +4434,14 @@ class Client(Connection):
         self.server.pending.add(c)
         return True
 
-    def send_no_responders(self, reply: bytes):
-        """A request nobody can answer: a 503 status to the requester's own
-        subscription on the reply subject, if it has one."""
+    def send_no_responders(self, reply: bytes, subject: bytes):
+        """A request on `subject` nobody can answer: a 503 status to the
+        requester's own subscription on the reply subject, if it has one."""
         result = self.account.sublist.match(reply)
         for sub in result.psubs + [s for group in result.qsubs for s in group]:
             if sub.client is self:
-                status = Message(reply, None, len(NO_RESPONDERS_HEADER),
-                                 len(NO_RESPONDERS_HEADER), NO_RESPONDERS_HEADER)
+                header = NO_RESPONDERS_HEADER % subject
+                status = Message(reply, None, len(header), len(header), header)
                 self.queue_outbound(status.proto_for(sub.sid, True))
                 return
 

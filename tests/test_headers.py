@@ -12,7 +12,8 @@ Learnt from Go (2.9 and 2.15 agree unless noted):
   to the *publisher's own* subscription on the reply subject, only if its
   CONNECT sent headers:true and no_responders:true.  2.12+ adds a
   `Nats-Subject: <subject>` header (2.15.1: `HMSG r 9 35 35\\r\\nNATS/1.0 503\\r\\n
-  Nats-Subject: foo\\r\\n\\r\\n\\r\\n`); the tests accept both forms.
+  Nats-Subject: foo\\r\\n\\r\\n\\r\\n`), as gnatsd.py does; the tests accept both
+  forms.
   no_responders without headers: `-ERR 'no responders requires headers support'`
   and close.
 """

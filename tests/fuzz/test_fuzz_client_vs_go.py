@@ -207,6 +207,11 @@ FOUND = [
     (b"+OK" + b"x" * 5000, b""),
     (b"HM", b""),
     (b"PUB \n" + b"a" * 4000 + b"\r" + b"a" * 95, b""),
+    # Go 2.12+ names the subject in a no-responders status (the fuzzer's
+    # next find; 2.9 sent the status line alone).
+    (b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true}\r\n'
+     b"SUB r 1\r\nPUB foo r 0\r\n\r\n",
+     b"HMSG r 1 35 35\r\nNATS/1.0 503\r\nNats-Subject: foo\r\n\r\n\r\n"),
     # An unfinished CONNECTx line past max_control_line is too long, not
     # unknown (split_client_op).
     (b"CONNECTFOO " + b"a" * 5000, b"-ERR 'maximum control line exceeded'\r\n"),
