@@ -4367,7 +4367,9 @@ class Client(Connection):
         routed = msg.routed(subject, reply).with_header(
             REQUEST_INFO_HEADER, json.dumps({"acc": self.account.name},
                                             separators=(",", ":")).encode())
-        return self.deliver_msg(exporter.sublist.match(subject), routed, True, exporter)
+        # Nobody in the exporter: the caller's deliver_msg sends the
+        # requester its no-responders status, on its own reply subject.
+        return self.deliver_msg(exporter.sublist.match(subject), routed, False, exporter)
 
     def deliver_msg(self, result: SublistResult, msg: "Message", delivered: bool = False,
                     account: Account | None = None) -> bool:

@@ -63,8 +63,9 @@ def stream(draw, opening: bytes = QUIET) -> bytes:
 
 
 # The servers' settings, each fuzzed on its own: the defaults; tight limits
-# (so payload, control line and subscription errors come often); and users
-# with permissions (the stream usually opens with a good login).
+# (so payload, control line and subscription errors come often); users
+# with permissions; and accounts with stream and service imports (the
+# stream usually opens with a good login).
 LIMITS = "max_payload: 40\nmax_control_line: 64\nmax_subscriptions: 3\n"
 PERMISSIONS = """authorization {
   users = [
@@ -75,11 +76,27 @@ PERMISSIONS = """authorization {
   ]
 }
 """
+ACCOUNTS = """accounts {
+  A {
+    users = [{user: a, password: b}]
+    exports = [{stream: "foo.>"}, {service: "a.*"}]
+    imports = [{stream: {account: B, subject: "bar"}, prefix: "in"},
+               {service: {account: B, subject: "b.a"}, to: "foo.b"}]
+  }
+  B {
+    users = [{user: c, password: d}]
+    exports = [{stream: "bar"}, {service: "b.a"}]
+    imports = [{service: {account: A, subject: "a.*"}}]
+  }
+}
+"""
 VARIANTS = {
     "defaults": ("", QUIET),
     "limits": (LIMITS, QUIET),
     "permissions": (PERMISSIONS, b'CONNECT {"verbose":false,"pedantic":false,"headers":true,'
                                  b'"user":"a","pass":"b"}\r\n'),
+    "accounts": (ACCOUNTS, b'CONNECT {"verbose":false,"pedantic":false,"headers":true,'
+                           b'"no_responders":true,"user":"a","pass":"b"}\r\n'),
 }
 
 
@@ -235,6 +252,10 @@ FOUND_WITH = [
                     b'CONNECT {"verbose": false, "pedantic": false}\r\nPING\r\n', b"PONG\r\n"),
     ("permissions", VARIANTS["permissions"][1] + b'CONNECT {"user": "a", "pass": "x"}\r\n',
      b"-ERR 'Authorization Violation'\r\n"),
+    # A request to an imported service nobody in the exporting account
+    # serves gets the no-responders status (Client.route_service).
+    ("accounts", VARIANTS["accounts"][1] + b"SUB a 1\r\nPUB foo.b a 2\r\nhi\r\nPING\r\n",
+     b"HMSG a 1 37 37\r\nNATS/1.0 503\r\nNats-Subject: foo.b\r\n\r\n\r\nPONG\r\n"),
 ]
 
 
