@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
+import socket
 import time
 
 from hypothesis import HealthCheck, Phase, settings
@@ -120,3 +122,48 @@ def release_errors(gnatsd_module, handler: ErrorLog):
     gnatsd_module.log.propagate = handler.saved_propagate
 
 
+
+
+def feed_on_loop(server, conn, chunks, seed: int | None = None) -> tuple:
+    """Hand `chunks` to `conn` (a Client or Route of the in-process
+    `server`) as separate reads, on the loop thread and as Server.serve
+    does: its catch-all around each read, then the flush of the loop turn.
+    Then close it.  `seed` seeds the module RNG first (queue-group picks).
+    Returns (closed by the input, its close reason or None)."""
+    def run():
+        if seed is not None:
+            random.seed(seed)
+        for chunk in chunks:
+            try:
+                conn.process_input(chunk)
+            except Exception:   # what Server.serve does around read_ready
+                server.connection_failed(conn)
+            if server.pending:
+                server.flush_pending()
+            if conn.closed:
+                return True, conn.close_reason
+        conn.close("fuzz done")
+        return False, None
+    return server.call_in_loop(run)
+
+
+def read_to_close(sock: socket.socket, buf: bytearray, who: str = "server",
+                  timeout: float = 5.0) -> bytes:
+    """`buf` plus everything `sock` receives until the peer closes it (a
+    reset counts as the close); then closes `sock`."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            except socket.timeout:
+                raise AssertionError("%s did not close; got %r" % (who, bytes(buf[:300])))
+            if not chunk:
+                break
+            buf += chunk
+        return bytes(buf)
+    finally:
+        sock.close()

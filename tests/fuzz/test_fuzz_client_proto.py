@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import random
 import socket
-import time
 
 import pytest
 from hypothesis import given, strategies as st
 
 from conftest import import_gnatsd
-from fuzzing import FUZZ_SETTINGS, capture_errors, even_out, release_errors, run_fuzzer
+from fuzzing import (FUZZ_SETTINGS, capture_errors, even_out, feed_on_loop, read_to_close,
+                     release_errors, run_fuzzer)
 
 g = import_gnatsd()
 
@@ -197,42 +197,10 @@ class Peer:
     def feed(self, chunks, seed: int) -> tuple:
         """Hand `chunks` to the client as separate reads; close it. Returns
         (closed by the input, close reason)."""
-        server, client = self.server, self.client
-
-        def run():
-            random.seed(seed)
-            closed_by_input = False
-            for chunk in chunks:
-                try:
-                    client.process_input(chunk)
-                except Exception:   # what Server.serve does around read_ready
-                    server.connection_failed(client)
-                if server.pending:
-                    server.flush_pending()
-                if client.closed:
-                    closed_by_input = True
-                    break
-            reason = client.close_reason if closed_by_input else None
-            if not client.closed:
-                client.close("fuzz done")
-            return closed_by_input, reason
-        return server.call_in_loop(run)
+        return feed_on_loop(self.server, self.client, chunks, seed)
 
     def output(self) -> bytes:
-        deadline = time.monotonic() + 5
-        while True:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = self.sock.recv(1 << 20)
-            except ConnectionResetError:
-                chunk = b""
-            except socket.timeout:
-                raise AssertionError("server did not close; got %r" % bytes(self.buf[:300]))
-            if not chunk:
-                break
-            self.buf += chunk
-        self.sock.close()
-        return bytes(self.buf)
+        return read_to_close(self.sock, self.buf)
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,12 @@ pedantic client; gnatsd.py says it once.  Runs of that -ERR count as one.
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 from hypothesis import given, strategies as st
 
 from conftest import GO_SERVERS, RawConn, start_gnatsd, start_go
-from fuzzing import FUZZ_SETTINGS, even_out, run_fuzzer
+from fuzzing import FUZZ_SETTINGS, even_out, read_to_close, run_fuzzer
 from test_fuzz_client_proto import (JUNK, SIDS, SPACES, _line, connect_op, pub_op, unsub_op)
 
 QUIET = b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
@@ -117,19 +116,7 @@ def answer(server, data: bytes) -> bytes:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass                    # closed by the server halfway: read what it said
-        deadline = time.monotonic() + 5
-        while True:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = sock.recv(1 << 20)
-            except ConnectionResetError:
-                break
-            except socket.timeout:
-                raise AssertionError("%s did not close; got %r" % (server.kind, bytes(buf[:300])))
-            if not chunk:
-                break
-            buf += chunk
-        return bytes(buf)
+        return read_to_close(sock, buf, server.kind)
     finally:
         sock.close()
 

@@ -23,7 +23,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from conftest import import_gnatsd
-from fuzzing import FUZZ_SETTINGS, capture_errors, release_errors, run_fuzzer
+from fuzzing import (FUZZ_SETTINGS, capture_errors, feed_on_loop, read_to_close, release_errors,
+                     run_fuzzer)
 
 g = import_gnatsd()
 
@@ -160,38 +161,12 @@ class Peer:
         del self.buf[:self.buf.index(marker) + len(marker)]
 
     def feed(self, chunks) -> bool:
-        server, route = self.server, self.route
-
-        def run():
-            closed = False
-            for chunk in chunks:
-                try:
-                    route.process_input(chunk)
-                except Exception:   # what Server.serve does around read_ready
-                    server.connection_failed(route)
-                if server.pending:
-                    server.flush_pending()
-                if route.closed:
-                    closed = True
-                    break
-            if not route.closed:
-                route.close("fuzz done")
-            return closed
-        return server.call_in_loop(run)
+        """Hand `chunks` to the route as separate reads; close it. True if
+        the input closed it."""
+        return feed_on_loop(self.server, self.route, chunks)[0]
 
     def output(self) -> bytes:
-        deadline = time.monotonic() + 5
-        while True:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = self.sock.recv(1 << 20)
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                break
-            self.buf += chunk
-        self.sock.close()
-        return bytes(self.buf)
+        return read_to_close(self.sock, self.buf)
 
 
 @pytest.fixture(scope="module")
