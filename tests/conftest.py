@@ -543,6 +543,15 @@ def layout_kinds(layout: str) -> list:
     return kinds
 
 
+def rss(pid: int) -> int:
+    """A process's resident set size in bytes (Linux /proc)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def free_port() -> int:
     """A port free right now (for a node that must know its own route port
     before it starts); the tiny race is accepted."""

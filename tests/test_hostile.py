@@ -55,7 +55,7 @@ import urllib.request
 
 import pytest
 
-from conftest import (MONITOR_LISTEN_RE, RawConn, import_gnatsd, t_expect_exact,
+from conftest import (MONITOR_LISTEN_RE, RawConn, import_gnatsd, rss, t_expect_exact,
                       t_ping_pong, t_read_until_closed, write_conf)
 
 QUIET = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
@@ -63,14 +63,6 @@ MB = 1024 * 1024
 
 # The slowest round trip the canary may see while the server is abused (s).
 CANARY_LIMIT = 1.0
-
-
-def rss(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class Canary(threading.Thread):
@@ -337,6 +329,21 @@ def wait_gone(sock: socket.socket, timeout: float) -> bool:
 # -- connection floods ---------------------------------------------------------------------
 
 
+def churn(server, n: int, ops: bytes) -> None:
+    """`n` clients of the in-process `server`, one after another, each
+    reading INFO, sending `ops` and reading the answer, then leaving; wait
+    until the server has dropped them all."""
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.recv(4096)
+            s.sendall(ops)
+            s.recv(4096)
+    deadline = time.monotonic() + 5
+    while server.clients and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not server.clients
+
+
 def test_closed_connections_are_freed_at_once_not_when_their_ping_timer_fires():
     """In-process: 200 clients come and go; none of them is still alive once
     the server has dropped them (a ping timer holding each closed client
@@ -346,15 +353,7 @@ def test_closed_connections_are_freed_at_once_not_when_their_ping_timer_fires():
     server = g.Server(g.Options(host="127.0.0.1", port=-1))
     server.start()
     try:
-        for _ in range(200):
-            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-                s.recv(4096)
-                s.sendall(QUIET + b"SUB a 1\r\nPING\r\n")
-                s.recv(4096)
-        deadline = time.monotonic() + 5
-        while server.clients and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not server.clients
+        churn(server, 200, QUIET + b"SUB a 1\r\nPING\r\n")
         gc.collect()
         alive = sum(isinstance(o, g.Client) for o in gc.get_objects())
         assert alive < 5, "%d closed clients are still alive" % alive
@@ -371,15 +370,7 @@ def test_the_ping_timers_of_closed_clients_leave_the_timer_heap():
     server = g.Server(g.Options(host="127.0.0.1", port=-1))
     server.start()
     try:
-        for _ in range(1500):
-            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-                s.recv(4096)
-                s.sendall(QUIET + b"PING\r\n")
-                s.recv(4096)
-        deadline = time.monotonic() + 5
-        while server.clients and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not server.clients
+        churn(server, 1500, QUIET + b"PING\r\n")
         timers = list(server.timers)
         cancelled = sum(entry[2] is None for entry in timers)
         assert cancelled == server.timers_cancelled

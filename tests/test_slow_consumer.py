@@ -31,7 +31,7 @@ import urllib.request
 
 import pytest
 
-from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, RawConn, start_gnatsd, start_go,
+from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, RawConn, rss, start_gnatsd, start_go,
                       t_expect_exact, t_ping_pong)
 
 QUIET = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
@@ -63,14 +63,6 @@ def sc_server(request, tmp_path):
     yield make
     for srv in started:
         srv.stop()
-
-
-def rss(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def connect_slow(server) -> socket.socket:
