@@ -35,25 +35,13 @@ for _obj in list(vars(g).values()):
             if hasattr(_fn, "__code__"):
                 atheris.instrument_func(_fn)
 
-from test_fuzz_config import POSITIONLESS  # noqa: E402
+from test_fuzz_config import check_text  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix="atheris-config-")
-PATH = os.path.join(TMP, "fuzz.conf")
 
 
 def one_input(data: bytes):
-    text = data.decode("utf-8", "replace")
-    try:
-        g.parse_config_text(text)
-    except g.ConfigError as exc:
-        assert exc.line > 0, "parse_config_text: no line in %r" % str(exc)
-    with open(PATH, "w", encoding="utf-8") as f:
-        f.write(text)
-    try:
-        g.options_from_config(PATH).fill_defaults().validate()
-    except g.ConfigError as exc:
-        if not any(p in exc.message for p in POSITIONLESS):
-            assert exc.line > 0, "options_from_config: no line in %r" % str(exc)
+    check_text(data.decode("utf-8", "replace"), TMP)
 
 
 def main():
