@@ -182,6 +182,15 @@ def test_gossiped_route_host_name_is_not_resolved_on_the_loop_thread(server, mon
 # -- config parser (atheris_config.py) --------------------------------------------
 
 
+def config_error(tmp_path, text: str):
+    """The ConfigError that options_from_config raises for a file of `text`."""
+    path = tmp_path / "main.conf"
+    path.write_text(text)
+    with pytest.raises(g.ConfigError) as info:
+        g.options_from_config(str(path))
+    return info.value
+
+
 @pytest.mark.parametrize("content, why", [
     ('port: 4222\ninclude "inc/u\x00conf"\n', "invalid argument"),
     ("port: 4222\ninclude latin1.conf\n", "not UTF-8"),
@@ -191,11 +200,8 @@ def test_include_of_an_impossible_file_is_a_config_error(tmp_path, content, why)
     # ("embedded null byte") from open(), and an included file that is not
     # UTF-8 raised UnicodeDecodeError; both must be ConfigErrors with a line.
     (tmp_path / "latin1.conf").write_bytes(b"name: caf\xe9\n")
-    path = tmp_path / "main.conf"
-    path.write_text(content)
-    with pytest.raises(g.ConfigError) as info:
-        g.options_from_config(str(path))
-    assert info.value.line == 2 and why in info.value.message
+    err = config_error(tmp_path, content)
+    assert err.line == 2 and why in err.message
 
 
 @pytest.mark.parametrize("key", ["lame_duck_duration", "lame_duck_Duration", "LAME_DUCK_DURATION"])
@@ -203,20 +209,14 @@ def test_short_lame_duck_duration_error_names_its_line_whatever_the_key_case(tmp
     # Found by atheris: keys are case-insensitive, but the error looked up
     # the position of the lower-case key only, so `lame_duck_Duration "2s"`
     # gave a ConfigError without a line.
-    path = tmp_path / "ldm.conf"
-    path.write_text('# s\n%s "2s"\n' % key)
-    with pytest.raises(g.ConfigError) as info:
-        g.options_from_config(str(path))
-    assert info.value.line == 2 and "minimum is 30 seconds" in info.value.message
+    err = config_error(tmp_path, '# s\n%s "2s"\n' % key)
+    assert err.line == 2 and "minimum is 30 seconds" in err.message
 
 
 @pytest.mark.parametrize("key", ["lame_duck_duration", "ping_interval", "write_deadline"])
 def test_empty_duration_is_a_config_error(tmp_path, key):
     # Found by the config fuzzer: `lame_duck_duration: ""` raised IndexError
     # (`"" in "+-"` is true, then text[0]).  Go: time: invalid duration "".
-    path = tmp_path / "empty.conf"
-    path.write_text('port: 4222\n%s: ""\n' % key)
-    with pytest.raises(g.ConfigError) as info:
-        g.options_from_config(str(path))
-    assert info.value.line == 2
-    assert info.value.message == 'error parsing %s: time: invalid duration ""' % key
+    err = config_error(tmp_path, 'port: 4222\n%s: ""\n' % key)
+    assert err.line == 2
+    assert err.message == 'error parsing %s: time: invalid duration ""' % key
