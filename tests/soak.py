@@ -50,13 +50,14 @@ import os
 import platform
 import random
 import re
-import resource
 import socket
 import struct
 import subprocess
 import sys
 import time
 import urllib.request
+
+from bench import raise_fd_limit  # tests/bench.py, beside this file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -76,22 +77,6 @@ class SoakError(Exception):
 
 
 # -- the server ---------------------------------------------------------------------
-
-
-def raise_fd_limit(wanted: int) -> int:
-    """Raise RLIMIT_NOFILE toward `wanted` (as tests/bench.py does); the
-    server started later inherits it.  Returns the soft limit in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return soft if soft != resource.RLIM_INFINITY else wanted
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
-            return wanted
-        except (ValueError, OSError):
-            wanted = hard
-    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    return wanted
 
 
 class Server:
