@@ -3756,7 +3756,7 @@ class Client(Connection):
         mcl = self.server.options.max_control_line
         if len(data) - i > mcl:
             op, arg, has_sep = split_client_op(data[i:])
-            held = len(arg) - (arg.find(b"\r", 1) >= 0)  # Go leaves out what drop_cr drops
+            held = len(drop_cr(arg))    # Go leaves out what drop_cr drops
             # Only an op that takes arguments has a limit (as in process_op);
             # an unknown op is refused below, PING/PONG/+OK skip to the newline.
             if held > mcl and has_sep and getattr(self.OPS.get(op), "needs_arg", False):
@@ -3806,8 +3806,9 @@ class Client(Connection):
         when the op needs more bytes or the connection closed."""
         line = data[i:nl]
         op, arg, has_sep = split_client_op(line)
-        if arg.find(b"\r", 1) >= 0:     # drop_cr, on the line too
-            arg, line = arg[:-1], line[:-1]
+        kept = drop_cr(arg)
+        if kept is not arg:             # the byte before LF goes from the line too
+            arg, line = kept, line[:-1]
         if (self.awaiting_auth and line[:1] not in (b"C", b"c")
                 and self.server.options.no_auth_user):
             self.authorize({})  # no CONNECT at all (telnet): the no_auth_user
@@ -3834,7 +3835,7 @@ class Client(Connection):
                 # even a LF: `PUB \nfoo 0\r\n` is a PUB of `\nfoo 0`.
                 end = data.find(b"\n", nl + 1)
                 if end < 0:
-                    held = len(data) - nl - (data.find(b"\r", nl + 1) >= 0)  # drop_cr
+                    held = len(drop_cr(data[nl:]))
                     if held > mcl:
                         self.max_control_line_exceeded(held)
                     else:
