@@ -3773,19 +3773,26 @@ class Client(Connection):
                 raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
         self.keep_tail(data, i, len(data) - i + 1)
 
+    def refused_before_connect(self, first: bytes) -> bool:
+        """Go's check on the first byte of each op while auth is awaited:
+        only CONNECT may come (`CONNX` is then a parse error), unless a
+        no_auth_user logs the client in (telnet: no CONNECT at all; its
+        auth timer ends).  True if the client was refused (and closed)."""
+        if not self.awaiting_auth or first in (b"C", b"c"):
+            return False
+        if self.server.options.no_auth_user:
+            return not self.authorize({})
+        self.auth_violation()
+        return True
+
     def doomed_op(self, head: bytes) -> bool:
         """Go's parser reads byte by byte and fails on the first byte that
         no op can continue with; answer the same before the newline comes
         (a client that sends `X` and waits gets its -ERR at once).  `head`
         is the start of an unfinished line.  Raises the ProtocolError of an
         unknown op; True if the client was refused for auth (and closed)."""
-        if self.awaiting_auth and head[:1] not in (b"C", b"c"):
-            # As process_op, at the first byte as Go does.
-            if not self.server.options.no_auth_user:
-                self.auth_violation()
-                return True
-            if not self.authorize({}):  # the no_auth_user logs in (its auth timer ends)
-                return True
+        if self.refused_before_connect(head[:1]):
+            return True
         op, _arg, has_sep = split_op(head)
         if op.startswith((b"PING", b"PONG", b"+OK", b"CONNECT", b"INFO")):
             return False            # what follows is skipped, or is the argument
@@ -3809,12 +3816,7 @@ class Client(Connection):
         kept = drop_cr(arg)
         if kept is not arg:             # the byte before LF goes from the line too
             arg, line = kept, line[:-1]
-        if (self.awaiting_auth and line[:1] not in (b"C", b"c")
-                and self.server.options.no_auth_user):
-            self.authorize({})  # no CONNECT at all (telnet): the no_auth_user
-        if self.awaiting_auth and line[:1] not in (b"C", b"c"):
-            # Go only checks the first byte here; `CONNX` is then a parse error.
-            self.auth_violation()
+        if self.refused_before_connect(line[:1]):
             return -1
         handler = self.OPS.get(op)
         if handler is None:
