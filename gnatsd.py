@@ -4976,6 +4976,18 @@ class Route(Connection):
         self.connect_received = True
         self.send_proto(server.route_info(), "INFO")
 
+    def refused_before_connect(self, first: bytes) -> bool:
+        """Go's rule for an accepted route (the parser's expectConnect): until
+        the peer's CONNECT has passed, every op must start with `C`; any other
+        first byte is an Authorization Violation.  So nothing a stranger on
+        the cluster port sends (RS+, RMSG, INFO) reaches an account.  True
+        if the route was refused (and closed)."""
+        if self.target is not None or self.connect_received or first in (b"C", b"c"):
+            return False
+        self.error("authentication error")
+        self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
+        return True
+
     def connect_timeout(self):
         if not self.closed and not self.connect_received:
             self.error("Authentication Timeout")
@@ -5012,10 +5024,6 @@ class Route(Connection):
                 server.self_routes.add((self.target.host, self.target.port))
             self.close(CLIENT_CLOSED)
             return
-        if self.target is None and not self.connect_received:
-            self.error("Expected CONNECT before INFO")
-            self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
-            return
         cluster = info.get("cluster") or ""
         if not server.reconcile_cluster_name(cluster, bool(info.get("cluster_dynamic"))):
             self.error("Rejecting connection, cluster name %s does not match %s",
@@ -5050,6 +5058,8 @@ class Route(Connection):
         while i < n and not self.closed:
             nl = find(b"\n", i)
             if nl < 0:
+                if self.refused_before_connect(data[i:i + 1]):
+                    break
                 if n - i > self.server.options.max_control_line * 16:
                     op = data[i:i + 16].partition(b" ")[0].upper()
                     if op not in _ROUTE_OPS:   # as process_op will say (and Go at once)
@@ -5116,6 +5126,8 @@ class Route(Connection):
     def process_op(self, data: bytes, i: int, nl: int) -> int:
         """One control line the slow way; returns the next index, or -1 when
         the op's payload is not all here yet (the tail is kept)."""
+        if self.refused_before_connect(data[i:i + 1]):
+            return -1
         line = data[i:nl]
         if line.endswith(b"\r"):
             line = line[:-1]
