@@ -3187,7 +3187,7 @@ def _needs_slow_path(sub: Subscription) -> bool:
 
 def _may_receive(sub: Subscription, subject: bytes) -> bool:
     perms = sub.client.perms
-    return perms is None or perms.can_receive(subject)
+    return perms is None or perms.can_receive(subject, sub.queue)
 
 
 class ClientPermissions:
@@ -3250,9 +3250,16 @@ class ClientPermissions:
                 allowed = not _queue_listed(queue, result.qsubs)
         return allowed
 
-    def can_receive(self, subject: bytes) -> bool:
-        """A wildcard subscription never gets a subject the deny list names."""
-        return self.sub_deny is None or not self.sub_deny.match(subject).psubs
+    def can_receive(self, subject: bytes, queue: bytes | None) -> bool:
+        """Go's checkDenySub: a wildcard subscription never gets a subject the
+        deny list names, nor a queue subscription one that a queue entry
+        denies to its group (`SUB sub.* qdeny` against "sub.q qdeny")."""
+        if self.sub_deny is None:
+            return True
+        result = self.sub_deny.match(subject)
+        if result.psubs:
+            return False
+        return queue is None or not result.qsubs or not _queue_listed(queue, result.qsubs)
 
 
 def _permission_sublist(entries: list | None) -> Sublist | None:
@@ -4418,7 +4425,7 @@ class Client(Connection):
         if sub.im is not None:
             msg = msg.routed(sub.im.apply(msg.subject), msg.reply)
         if c.perms is not None:
-            if not c.perms.can_receive(msg.subject):
+            if not c.perms.can_receive(msg.subject, sub.queue):
                 return False
             if c.perms.responses is not None and msg.reply is not None:
                 c.perms.note_request(msg.reply)

@@ -20,6 +20,10 @@ Facts from Go 2.15.1 (2.9.10 agrees unless said otherwise):
   that server never sees an injected RMSG and the stranger never sees a
   client's publish.  Go 2.9 refuses so only with cluster authorization;
   without it, 2.9 serves a stranger's RS+ (the hole 2.15 closed).
+* Subscribe deny `"sub.q qdeny"` refuses `SUB sub.q qdeny`, and a
+  `SUB sub.* qdeny` (allowed: another subject) gets no `sub.q` message;
+  `sub.*` in another queue, or with no queue, gets them all.  Go 2.9
+  delivers them to the wildcard queue subscription.
 """
 from __future__ import annotations
 
@@ -29,8 +33,8 @@ import time
 
 import pytest
 
-from conftest import (ROUTE_LISTEN_RE, RawConn, t_ping_pong, t_read_until_closed,
-                      write_conf)
+from conftest import (ROUTE_LISTEN_RE, RawConn, t_expect, t_expect_exact, t_ping_pong,
+                      t_read_until_closed, write_conf)
 
 QUIET = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
 
@@ -153,3 +157,42 @@ def test_a_route_whose_connect_passes_may_then_send_interest(start, tmp_path):
         pass
     assert b"INFO {" in peer.buf and b"PONG\r\n" in peer.buf, bytes(peer.buf)
     assert b"-ERR" not in peer.buf
+
+
+# -- 7. a denied queue group, reached through a wildcard -----------------------------
+
+
+QUEUE_DENY = """
+authorization { users = [
+  { user: sub, password: s, permissions: { subscribe: { deny: ["sub.q qdeny"] } } }
+  { user: pub, password: p }
+] }
+"""
+
+
+def test_a_queue_group_denied_on_a_subject_gets_nothing_through_a_wildcard(start, tmp_path,
+                                                                           raw_factory, kind):
+    """Deny "sub.q qdeny": `SUB sub.* qdeny` is allowed (it is not that
+    subject), but no `sub.q` message reaches it; other queues and other
+    subjects still get theirs (Go 2.15's delivery-time checkDenySub)."""
+    if kind == "go2.9":
+        pytest.skip("Go 2.9 delivers denied queue subjects through a wildcard (2.15 does not)")
+    srv = start("-c", write_conf(tmp_path, QUEUE_DENY))
+    sub = raw_factory(srv, connect=b'CONNECT {"verbose":false,"pedantic":false,'
+                                   b'"user":"sub","pass":"s"}\r\n')
+    sub.send(b"SUB sub.* qdeny 1\r\nSUB sub.* other 2\r\nSUB sub.* 3\r\n")
+    t_ping_pong(sub)
+    pub = raw_factory(srv, connect=b'CONNECT {"verbose":false,"pedantic":false,'
+                                   b'"user":"pub","pass":"p"}\r\n')
+    pub.send(b"PUB sub.q 2\r\nhi\r\n" * 10 + b"PUB sub.r 2\r\nok\r\n" + b"PING\r\n")
+    t_expect_exact(pub, b"PONG\r\n")
+    sub.send(b"PING\r\n")
+    got = t_expect(sub, rb"(.*?)PONG\r\n").group(1)
+    assert b"MSG sub.q 1 " not in got, got
+    assert got.count(b"MSG sub.q 2 2\r\nhi\r\n") == 10
+    assert got.count(b"MSG sub.q 3 2\r\nhi\r\n") == 10
+    assert got.count(b"MSG sub.r 1 2\r\nok\r\n") == 1
+    # The literal queue subscription is refused at SUB time, as before.
+    sub.send(b"SUB sub.q qdeny 4\r\n")
+    sub.expect(rb"-ERR 'Permissions Violation for Subscription to \"sub\.q\" using queue"
+               rb" \"qdeny\"'\r\n")
