@@ -1842,8 +1842,12 @@ def options_from_config(path: str) -> Options:
 # SUBLIST_CACHE_MAX entries, oldest dropped first).  The cache stays correct
 # under churn: inserting or removing a literal subscription drops just the one
 # entry with that subject; a wildcard one drops every cached subject it
-# matches.  `genid` counts changes, so callers may keep derived data (such as
-# a client's ready-made delivery plan) and know when it went stale.
+# matches.  To find those without testing every cached subject (a client
+# churning `SUB w.*`/`UNSUB` against a full cache would hold the loop), the
+# cached subjects are also kept in a small token trie of their own, which the
+# wildcard walks: the cost follows the entries it can match, not the cache
+# size.  `genid` counts changes, so callers may keep derived data (such as a
+# client's ready-made delivery plan) and know when it went stale.
 #
 # A published subject with an empty token (`foo..bar`, `.foo`) matches
 # nothing.  Go twin: server/sublist.go.
@@ -1925,6 +1929,7 @@ class Sublist:
         self.name = name      # the account's, for the route protocol lines it makes
         self.root = _Level()
         self.cache = {}
+        self.cache_index = {}   # the cached subjects as a trie: token -> {...}; None -> subject
         self.cache_max = cache_max
         self.count = 0
         self.genid = 0
@@ -2008,7 +2013,9 @@ class Sublist:
         if b"*" not in tokens and b">" not in tokens:
             self._drop(subject)
             return
-        for key in [k for k in cache if _subject_matches(k.split(b"."), tokens)]:
+        keys: list = []
+        _cached_matching(self.cache_index, tokens, 0, keys)
+        for key in keys:
             self._drop(key)
 
     def _drop(self, key: bytes):
@@ -2019,11 +2026,22 @@ class Sublist:
                 result.plan.settle()
             if result.local_plan is not None:
                 result.local_plan.settle()
+            path = []
+            node = self.cache_index
+            for token in key.split(b"."):
+                path.append((node, token))
+                node = node[token]
+            del node[None]
+            for parent, token in reversed(path):    # prune emptied branches
+                if parent[token]:
+                    break
+                del parent[token]
 
     def clear_cache(self):
         """Drop every cached result (and plan); callers' derived data goes stale."""
         self.settle()
         self.cache.clear()
+        self.cache_index = {}
         self.genid += 1
 
     def settle(self):
@@ -2054,6 +2072,13 @@ class Sublist:
                 self._drop(key)
             self.genid += 1
         cache[subject] = result
+        node = self.cache_index
+        for token in tokens:
+            child = node.get(token)
+            if child is None:
+                child = node[token] = {}
+            node = child
+        node[None] = subject
         return result
 
     def has_interest(self, subject: bytes) -> bool:
@@ -2063,6 +2088,35 @@ class Sublist:
         out: list = []
         _collect(self.root, out)
         return out
+
+
+def _cached_matching(node: dict, pattern: list, i: int, out: list):
+    """The cached subjects (in the cache's token trie) that `pattern[i:]`
+    matches, added to `out`: literal tokens are looked up, `*` follows every
+    branch one level, `>` takes every subject below."""
+    if i == len(pattern):
+        key = node.get(None)
+        if key is not None:
+            out.append(key)
+        return
+    token = pattern[i]
+    if token == b">":
+        stack = [child for t, child in node.items() if t is not None]
+        while stack:
+            below = stack.pop()
+            for t, child in below.items():
+                if t is None:
+                    out.append(child)
+                else:
+                    stack.append(child)
+    elif token == b"*":
+        for t, child in node.items():
+            if t is not None:
+                _cached_matching(child, pattern, i + 1, out)
+    else:
+        child = node.get(token)
+        if child is not None:
+            _cached_matching(child, pattern, i + 1, out)
 
 
 def _match_level(level: _Level, tokens: list, psubs: list, qsubs: dict):

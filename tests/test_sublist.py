@@ -366,6 +366,21 @@ def check_match(sl: Sublist, live: list, subject: str, step: int):
     assert len(result) == len(want_plain) + sum(len(v) for v in want_groups.values())
 
 
+def cache_index_keys(node: dict) -> list:
+    """Every subject in a sublist's cache index (its token trie), sorted."""
+    keys = []
+    stack = [node]
+    while stack:
+        level = stack.pop()
+        for token, child in level.items():
+            if token is None:
+                keys.append(child)
+            else:
+                assert child, "an empty branch was left in the cache index"
+                stack.append(child)
+    return sorted(keys)
+
+
 def run_random(seed: int, steps: int, cache_max: int, cache_off: bool):
     rng = random.Random(seed)
     sl = Sublist(cache_max=cache_max)
@@ -390,9 +405,11 @@ def run_random(seed: int, steps: int, cache_max: int, cache_off: bool):
             assert sl.remove(rng.choice(removed)) is False, "step %d: removed twice" % step
         else:
             if cache_off:
-                sl.cache.clear()
+                sl.clear_cache()
             check_match(sl, live, random_subject(rng), step)
         assert sl.count == len(live), "step %d: count" % step
+        assert cache_index_keys(sl.cache_index) == sorted(sl.cache), (
+            "step %d: the cache's token trie and the cache differ" % step)
         assert len(sl.cache) <= cache_max, "step %d: cache has %d > %d entries" % (
             step, len(sl.cache), cache_max)
     # Every subject over the alphabet agrees at the end, then removing all prunes.
