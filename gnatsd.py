@@ -52,11 +52,13 @@ import json
 import logging
 import os
 import platform
+import queue
 import random
 import re
 import selectors
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -150,6 +152,15 @@ MAX_SEND_SIZE = 4 * 1024 * 1024
 # seconds (Go stalls producers at 75% of max_pending too).
 FLOOD_READ_SIZE = 16 * 1024
 MAX_STALL = 0.1
+
+# Fairness: seconds of input processing one connection may take per loop
+# turn.  The rest of its input waits (whole ops, in the connection's
+# backlog) while every other connection with input gets its turn, so a flood
+# of cheap-to-send but costly-to-process ops (new subjects, wildcard SUBs)
+# delays others by one slice, not by one 1 MB read.  The clock is read after
+# every slow op and every INPUT_CHECK_BYTES of fast ones.
+MAX_INPUT_TIME = 0.005
+INPUT_CHECK_BYTES = 16 * 1024
 
 # Entries in the sublist's match cache before the oldest are dropped.
 SUBLIST_CACHE_MAX = 1024
@@ -2427,10 +2438,11 @@ class Connection:
 
     __slots__ = (
         "server", "sock", "fd", "cid", "host", "port", "out", "closed",
-        "close_reason", "pending_in", "pending_len", "need", "start", "last_activity",
+        "close_reason", "pending_in", "need", "backlog", "backlog_at", "start", "last_activity",
         "pings_out", "write_waiting", "last_write_progress", "trace",
         "in_msgs", "in_bytes", "out_msgs", "out_bytes", "log_prefix",
-        "stalled", "stall_seq", "stall_waiters", "tls", "ping_entry",
+        "stalled", "stall_seq", "stall_waiters", "tls", "ping_entry", "waiting",
+        "secrets_checked",
     )
 
     kind = "Client"
@@ -2454,9 +2466,10 @@ class Connection:
         self.out = []                # chunks of bytes, joined once per flush
         self.closed = False
         self.close_reason = ""
-        self.pending_in = None       # chunks of an incomplete op waiting for more bytes
-        self.pending_len = 0         # bytes in pending_in
+        self.pending_in = None       # bytearray: an incomplete op waiting for more bytes
         self.need = 0                # bytes pending_in must reach before parsing again
+        self.backlog = None          # input past this turn's time (MAX_INPUT_TIME) ...
+        self.backlog_at = 0          # ... to be parsed from this index on a later turn
         self.start = time.time()
         self.last_activity = self.start
         self.pings_out = 0
@@ -2471,6 +2484,8 @@ class Connection:
         self.stall_waiters = None    # publishers stalled on this connection
         self.tls = None              # TLSSession of a TLS connection
         self.ping_entry = None       # the ping timer's heap entry, once armed
+        self.waiting = False         # not read while a bcrypt check runs off the loop
+        self.secrets_checked = None  # {(given, bcrypt hash): bool} answered for this peer
 
     # -- logging -------------------------------------------------------------
 
@@ -2600,33 +2615,46 @@ class Connection:
         self.process_input(bytes(server.read_view[:n]))
 
     def process_input(self, data: bytes):
-        """Parse what arrived, resuming an op split across reads; after a
-        flood, stall this publisher if its receivers cannot keep up."""
-        server = self.server
+        """Parse what arrived, resuming an op split across reads."""
         n = len(data)
         pending = self.pending_in
         if pending is not None:
-            # Resume an op split across reads; join once, when it is whole.
-            pending.append(data)
-            self.pending_len += n
-            if self.pending_len < self.need and not (
-                    self.pending_len == self.need - 1 and data[-1:] != b"\r"):
+            # Resume an op split across reads.  The pieces grow one buffer
+            # (a payload trickled a byte per read costs its bytes, not an
+            # object per read) and are parsed once the op is whole.
+            have = len(pending) + n
+            if have < self.need and not (have == self.need - 1 and data[-1:] != b"\r"):
+                pending += data
                 return
             # (One byte short, the byte after a payload is here: if it is not
             # CR, parse now so the error is not held back; Go's MSG_END_R
             # fails at once, split or not.)
-            data = b"".join(pending)
+            data = b"".join((pending, data))    # one copy of the last read
             self.pending_in = None
-        flood = n >= FLOOD_READ_SIZE
+        self.consume(data, 0, n >= FLOOD_READ_SIZE)
+
+    def consume(self, data: bytes, start: int, flood: bool):
+        """Parse `data` from `start`, for at most MAX_INPUT_TIME this turn
+        (`parse` parks the rest with `defer_input`).  After a flood,
+        stall this publisher if its receivers cannot keep up."""
+        server = self.server
         if flood and server.pending:
             server.flush_pending()  # so that `pending` shows whom this read feeds
         try:
-            self.parse(data)
+            self.parse(data, start)
         except ProtocolError as exc:
             self.protocol_error(exc)
             return
         if flood and server.pending and not self.closed:
             self.stall_if_congested()
+
+    def defer_input(self, data: bytes, at: int):
+        """This turn's budget is spent: keep `data[at:]` (whole ops) for the
+        next turn and read no more from the socket until it is parsed."""
+        self.backlog = data
+        self.backlog_at = at
+        if not self.waiting:        # else await_secret queues it when answered
+            self.server.defer_input(self)
 
     # -- backpressure --------------------------------------------------------
 
@@ -2655,7 +2683,14 @@ class Connection:
         """Read this connection again (its receiver drained, or time is up)."""
         if self.stalled and not self.closed and seq in (-1, self.stall_seq):
             self.stalled = False
-            self.server.update_events(self)
+            if self.backlog is not None:
+                self.server.defer_input(self)   # parse what is left first
+            else:
+                self.resume_reading()
+
+    def resume_reading(self):
+        """Neither stalled nor backlogged any more: wait for reads again."""
+        self.server.update_events(self)
 
     def release_stalled(self):
         """This connection drained or closed: resume the publishers it held."""
@@ -2663,10 +2698,51 @@ class Connection:
         for publisher in waiters:
             publisher.end_stall()
 
+    # -- secrets checked off the loop -----------------------------------------
+
+    def secret_equal(self, given, expected: str) -> bool:
+        """`_secret_equal` for this peer, where a bcrypt hash is never
+        verified on the loop: an answer already had is used, else
+        _SecretCheckPending asks the caller to `await_secret`."""
+        if not isinstance(given, str) or not is_bcrypt_hash(expected):
+            return _secret_equal(given, expected)
+        known = (self.secrets_checked or {}).get((given, expected))
+        if known is None:
+            raise _SecretCheckPending(given, expected)
+        return known
+
+    def await_secret(self, pending: "_SecretCheckPending", then):
+        """Read and parse nothing more from this peer until the bcrypt check
+        is answered off the loop (SecretChecker); then remember the answer,
+        call `then()` (which checks again and now gets it), and go on with
+        the input that waited."""
+        self.waiting = True
+        self.server.update_events(self)
+
+        def answered(ok: bool):
+            if self.closed:
+                return
+            if self.secrets_checked is None:
+                self.secrets_checked = {}
+            self.secrets_checked[(pending.given, pending.expected)] = ok
+            self.waiting = False
+            try:
+                then()
+            except ProtocolError as exc:
+                self.protocol_error(exc)
+                return
+            if self.closed or self.waiting:
+                return
+            if self.backlog is not None:
+                self.server.defer_input(self)
+            elif not self.stalled:
+                self.resume_reading()
+
+        self.server.secret_checker.submit(pending.given, pending.expected, answered)
+
     def keep_tail(self, data: bytes, start: int, need: int):
         """Park an incomplete op; parse again once `need` bytes are there."""
-        self.pending_in = [data[start:]]
-        self.pending_len = len(data) - start
+        self.pending_in = bytearray(memoryview(data)[start:])
         self.need = need
 
     def protocol_error(self, exc: ProtocolError):
@@ -2676,7 +2752,7 @@ class Connection:
             self.error("%s", exc)
         self.close(exc.reason)
 
-    def parse(self, data: bytes):
+    def parse(self, data: bytes, start: int = 0):
         raise NotImplementedError
 
     # -- ping timer ----------------------------------------------------------
@@ -2943,7 +3019,7 @@ class TLSConnection(Connection):
         read = tls.sslobj.read
         view = self.server.read_view
         size = self.server.read_size
-        while not self.closed and not self.stalled:
+        while not (self.closed or self.stalled or self.waiting or self.backlog is not None):
             n = 0
             eof = False
             try:
@@ -2969,13 +3045,12 @@ class TLSConnection(Connection):
         if tls.outgoing.pending and not self.closed:
             self.server.pending.add(self)  # a key update, say: sent by the flush
 
-    def end_stall(self, seq: int = -1):
+    def resume_reading(self):
         """Read again; plaintext left inside OpenSSL would never wake
         select(), so the next timer turn processes it."""
-        super().end_stall(seq)
+        super().resume_reading()
         tls = self.tls
-        if (not self.stalled and not self.closed and tls.state == TLS_OPEN
-                and (tls.incoming.pending or tls.sslobj.pending())):
+        if tls.state == TLS_OPEN and (tls.incoming.pending or tls.sslobj.pending()):
             self.server.add_timer(0.0, self.tls_input)
 
     # -- output --------------------------------------------------------------
@@ -3658,14 +3733,20 @@ class Client(Connection):
 
     # -- the read loop (HOT) ---------------------------------------------------
 
-    def parse(self, data: bytes):
-        """Process every whole op in `data`; park an incomplete tail for later.
+    def parse(self, data: bytes, start: int = 0):
+        """Process the whole ops in `data` from `start`, up to this turn's
+        budget (the rest is deferred); park an incomplete tail for later.
 
         Loop thread only.  Raises ProtocolError; the caller closes.
         """
         server = self.server
         n = len(data)
-        i = 0
+        i = start
+        # Fairness: the clock is read every INPUT_CHECK_BYTES, and after
+        # every slow op (check_at = 0); past the turn's time, the rest waits.
+        monotonic = time.monotonic
+        deadline = monotonic() + MAX_INPUT_TIME
+        check_at = start + INPUT_CHECK_BYTES
         find = data.find
         cache_get = self.pub_cache.get
         sublist = self.account.sublist
@@ -3677,6 +3758,11 @@ class Client(Connection):
         last_plan = last_entry = None
         now = time.time()  # last_activity of publisher and receivers (Go's c.last)
         while i < n:
+            if i >= check_at:
+                if self.waiting or monotonic() > deadline:
+                    self.defer_input(data, i)
+                    break
+                check_at = i + INPUT_CHECK_BYTES
             # HOT: find a whole control line with one bytes.find, and look the
             #      raw line up in the PUB cache: a PUB line seen before costs
             #      one dict lookup instead of a split and a parse (680 against
@@ -3690,6 +3776,7 @@ class Client(Connection):
                 i = self.process_op(data, i, nl)
                 if i < 0:
                     break
+                check_at = 0
                 cache_get = self.pub_cache.get
                 genid = sublist.genid
                 echo = self.echo
@@ -3801,6 +3888,7 @@ class Client(Connection):
                 self.deliver_msg(sublist.match(subject),
                                  Message(subject, reply, -1, size, data[nl + 1:stop], size_field))
                 genid = sublist.genid
+                check_at = 0
             i = stop + 2
         if msgs:
             self.in_msgs += msgs
@@ -4066,7 +4154,13 @@ class Client(Connection):
             self.pub_cache = NO_PUB_CACHE
         else:
             self.pub_cache = {}
-        if not self.authorize(fields):
+        try:
+            if not self.authorize(fields):
+                return
+        except _SecretCheckPending as pending:
+            # Do it all again once the bcrypt answer is in (the same fields
+            # give the same state; nothing else was parsed meanwhile).
+            self.await_secret(pending, lambda: self.process_connect(arg))
             return
         if self.protocol < 0 or self.protocol > PROTO:
             self.send_err_and_close(ERR_BAD_CLIENT_PROTOCOL, BAD_CLIENT_PROTOCOL_VERSION)
@@ -4101,7 +4195,8 @@ class Client(Connection):
         user = (self.credentials or {}).get("user")
         if maps_certificates(opts):
             user = self.certificate_user(opts) or user  # Go names the mapped user
-        found = authenticate(opts, self.credentials or {}, self.tls_identities)
+        found = authenticate(opts, self.credentials or {}, self.tls_identities,
+                             self.secret_equal)
         if found is None:
             self.auth_violation(user if isinstance(user, str) else "")
             return False
@@ -4143,7 +4238,14 @@ class Client(Connection):
         without an -ERR, as Go does (Go closes every single-user client on
         each reload; a client whose credentials still pass stays here); so
         is one whose user (named in CONNECT, or by its certificate) is gone
-        from a users list (Go's clientHasMovedToDifferentAccount)."""
+        from a users list (Go's clientHasMovedToDifferentAccount).  A bcrypt
+        check this needs runs off the loop, and the whole check again after."""
+        try:
+            self.check_reloaded_auth(old)
+        except _SecretCheckPending as pending:
+            self.await_secret(pending, lambda: self.reload_config(old))
+
+    def check_reloaded_auth(self, old: Options):
         self.trace = self.server.trace
         if self.verbose or self.trace or self.pedantic:
             self.pub_cache = NO_PUB_CACHE
@@ -4154,7 +4256,7 @@ class Client(Connection):
             return
         opts = self.server.options
         if old.username and self.user == old.username and \
-                authenticate(opts, self.credentials or {}) is None:
+                authenticate(opts, self.credentials or {}, (), self.secret_equal) is None:
             self.close(CLIENT_CLOSED)
             return
         if self.user and opts.users and all(u.username != self.user for u in opts.users):
@@ -4666,17 +4768,21 @@ def _valid_queue(queue: bytes) -> bool:
     return bool(queue) and b" " not in queue and b"\t" not in queue
 
 
-def authenticate(opts: Options, credentials: dict, identities=()) -> tuple | None:
+def authenticate(opts: Options, credentials: dict, identities=(),
+                 secret_equal=None) -> tuple | None:
     """Who do these CONNECT credentials log in as?  (user name, Permissions
     or None, account name or ""), or None when they are refused.  With
     verify_and_map the client's certificate names the user instead: the
     first of `identities` (cert_identities) that names one, whose password,
-    if it has one, the CONNECT must still give (as Go 2.15 checks)."""
+    if it has one, the CONNECT must still give (as Go 2.15 checks).
+    `secret_equal` compares secrets (a connection's, which keeps bcrypt off
+    the loop; `_secret_equal` by default)."""
+    secret_equal = secret_equal or _secret_equal
     if not opts.auth_required:
         return ("", None, "")
     if maps_certificates(opts):
         user = map_certificate_user(opts.users, identities)
-        if user is None or not _secret_equal(credentials.get("pass", ""), user.password):
+        if user is None or not secret_equal(credentials.get("pass", ""), user.password):
             return None
         return (user.username, user.permissions, user.account)
     if opts.users:
@@ -4685,15 +4791,15 @@ def authenticate(opts: Options, credentials: dict, identities=()) -> tuple | Non
             name, check = opts.no_auth_user, False   # no credentials: the no_auth_user
         for user in opts.users:
             if user.username == name:
-                if check and not _secret_equal(credentials.get("pass"), user.password):
+                if check and not secret_equal(credentials.get("pass"), user.password):
                     return None
                 return (user.username, user.permissions, user.account)
         return None
     if opts.authorization:
-        ok = _secret_equal(credentials.get("auth_token"), opts.authorization)
+        ok = secret_equal(credentials.get("auth_token"), opts.authorization)
     else:
-        ok = (_secret_equal(credentials.get("user"), opts.username)
-              and _secret_equal(credentials.get("pass"), opts.password))
+        ok = (secret_equal(credentials.get("user"), opts.username)
+              and secret_equal(credentials.get("pass"), opts.password))
     user = credentials.get("user")
     return (user if isinstance(user, str) else "", None, "") if ok else None
 
@@ -4814,6 +4920,100 @@ def bcrypt_verify(password: str, hashed: str) -> bool:
 def bcrypt_available() -> bool:
     """Can this Python verify bcrypt hashes at all?"""
     return bcrypt_verify("gnatsd", _BCRYPT_PROBE) and not bcrypt_verify("x", _BCRYPT_PROBE)
+
+
+# -- bcrypt off the loop ---------------------------------------------------------
+#
+# A bcrypt check is meant to be slow (a cost-11 hash takes 0.1-0.25 s here),
+# and both verifiers hold the GIL while they hash, so neither the loop nor a
+# thread may run one without freezing every client: four clients sending
+# wrong passwords would take the whole loop.  The checks run instead in
+# helper processes (at most SECRET_CHECKERS, at a lower CPU priority than
+# the loop), each fed by a thread that waits on its pipe.  A connection that
+# needs one waits (Connection.await_secret): none of its input is parsed
+# until the answer comes back through `call_soon`, while every other
+# connection is served.  A helper that cannot start or dies answers "no".
+
+# Helper processes verifying bcrypt hashes at most (and threads feeding them).
+SECRET_CHECKERS = 2
+
+# How a helper starts: this file loaded as a module, then secret_worker().
+_SECRET_WORKER_BOOT = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('gnatsd_secret_worker', sys.argv[1])\n"
+    "module = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(module)\n"
+    "module.secret_worker()\n")
+
+
+class _SecretCheckPending(Exception):
+    """Raised by Connection.secret_equal: this answer must come off the loop."""
+
+    def __init__(self, given: str, expected: str):
+        super().__init__("bcrypt check pending")
+        self.given = given
+        self.expected = expected
+
+
+class SecretChecker:
+    """bcrypt checks in helper processes, answered on the loop thread."""
+
+    def __init__(self, server: "Server"):
+        self.server = server
+        self.requests: queue.Queue = queue.Queue()
+        self.threads: list = []
+
+    def submit(self, given: str, hashed: str, callback):
+        """Check `given` against `hashed`; `callback(ok)` runs on the loop."""
+        if len(self.threads) < SECRET_CHECKERS:
+            thread = threading.Thread(target=self.feed_helper, name="bcrypt", daemon=True)
+            self.threads.append(thread)
+            thread.start()
+        self.requests.put((given, hashed, callback))
+
+    def stop(self):
+        for _ in self.threads:
+            self.requests.put(None)
+
+    def feed_helper(self):
+        """A thread's life: start a helper, pass it one check at a time."""
+        helper = None
+        while True:
+            request = self.requests.get()
+            if request is None:
+                break
+            given, hashed, callback = request
+            ok = False
+            try:
+                if helper is None or helper.poll() is not None:
+                    helper = subprocess.Popen(
+                        [sys.executable, "-c", _SECRET_WORKER_BOOT, os.path.abspath(__file__)],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+                helper.stdin.write(json.dumps([given, hashed]).encode() + b"\n")
+                helper.stdin.flush()
+                ok = helper.stdout.readline() == b"1\n"
+            except (OSError, ValueError) as exc:
+                log.error("bcrypt helper failed: %s", exc)
+                if helper is not None:
+                    helper.kill()
+                    helper = None
+            self.server.call_soon(lambda callback=callback, ok=ok: callback(ok))
+        if helper is not None:
+            helper.stdin.close()
+            helper.wait()
+
+
+def secret_worker():
+    """A bcrypt helper's main: a JSON [password, hash] per line in, `1` or
+    `0` per line out, until its input ends."""
+    try:
+        os.nice(5)              # the loop's clients come first
+    except (AttributeError, OSError):
+        pass
+    for line in sys.stdin.buffer:
+        given, hashed = json.loads(line)
+        sys.stdout.write("1\n" if bcrypt_verify(given, hashed) else "0\n")
+        sys.stdout.flush()
 
 
 # ============================================================================
@@ -5021,8 +5221,13 @@ class Route(Connection):
             return
         server = self.server
         auth = server.options.cluster_auth
-        if auth is not None and not (_secret_equal(fields.get("user"), auth[0])
-                                     and _secret_equal(fields.get("pass"), auth[1])):
+        try:
+            refused = auth is not None and not (self.secret_equal(fields.get("user"), auth[0])
+                                                and self.secret_equal(fields.get("pass"), auth[1]))
+        except _SecretCheckPending as pending:
+            self.await_secret(pending, lambda: self.process_connect(arg))
+            return
+        if refused:
             self.error("authentication error - User %s", go_quote(str(fields.get("user") or "")
                                                                    .encode()))
             self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
@@ -5104,12 +5309,18 @@ class Route(Connection):
 
     # -- input -----------------------------------------------------------------
 
-    def parse(self, data: bytes):
-        """Route ops.  RMSG lines seen before take the hot path, as a client's
-        PUB lines do (chapter 7): the raw line is looked up in `msg_cache`
-        and its records go to the local clients' plan in runs."""
+    def parse(self, data: bytes, start: int = 0):
+        """Route ops, up to this turn's budget as a client's (chapter 7).
+        RMSG lines seen before take the hot path, as a client's PUB lines
+        do: the raw line is looked up in `msg_cache` and its records go to
+        the local clients' plan in runs."""
         n = len(data)
-        i = 0
+        i = start
+        # Fairness: the clock is read every INPUT_CHECK_BYTES, and after
+        # every slow op (check_at = 0); past the turn's time, the rest waits.
+        monotonic = time.monotonic
+        deadline = monotonic() + MAX_INPUT_TIME
+        check_at = start + INPUT_CHECK_BYTES
         find = data.find
         cache_get = self.msg_cache.get
         pending = self.server.pending
@@ -5117,6 +5328,11 @@ class Route(Connection):
         last_entry = last_plan = None
         now = time.time()
         while i < n and not self.closed:
+            if i >= check_at:
+                if self.waiting or monotonic() > deadline:
+                    self.defer_input(data, i)
+                    break
+                check_at = i + INPUT_CHECK_BYTES
             nl = find(b"\n", i)
             if nl < 0:
                 if self.refused_before_connect(data[i:i + 1]):
@@ -5135,6 +5351,7 @@ class Route(Connection):
                 i = self.process_op(data, i, nl)
                 if i < 0:
                     break
+                check_at = 0
                 last_entry = None
                 continue
             subject, reply_sp, size, tail_at, plan, genid, sublist = entry
@@ -5179,6 +5396,7 @@ class Route(Connection):
             i = self.process_op(data, i, nl)   # a plan that needs the general path
             if i < 0:
                 break
+            check_at = 0
         if msgs:
             self.in_msgs += msgs
             self.in_bytes += nbytes
@@ -5501,6 +5719,7 @@ class Server:
         self.clients: dict = {}
         self.pending: set = set()
         self.write_waiting: set = set()
+        self.backlogged: dict = {}   # connections with input left for the next turn (ordered)
         self.selector = selectors.DefaultSelector()
         self.timers: list = []       # a heap of [when, seq, callback or None]
         self.timer_seq = 0
@@ -5536,6 +5755,7 @@ class Server:
         self.lame_duck_requested = False     # set by SIGUSR2, acted on by the loop
         self.reload_requested = False        # set by SIGHUP, acted on by the loop
         self.loop_calls = collections.deque()   # (fn, result box, event) from other threads
+        self.secret_checker = SecretChecker(self)
         self.closed_clients = collections.deque(maxlen=MAX_CLOSED_CLIENTS)
         self.thread = None
         self.loop_thread = None
@@ -5648,12 +5868,17 @@ class Server:
         select = self.selector.select
         pending = self.pending
         timers = self.timers
+        backlogged = self.backlogged
         EVENT_READ = selectors.EVENT_READ
         EVENT_WRITE = selectors.EVENT_WRITE
         try:
             while self.running:
+                if backlogged:
+                    self.run_backlog()
                 timeout = None
-                if timers:
+                if backlogged:
+                    timeout = 0.0       # more input is waiting: just poll
+                elif timers:
                     timeout = max(0.0, timers[0][0] - time.monotonic())
                 for key, mask in select(timeout):
                     conn = key.data
@@ -5683,6 +5908,31 @@ class Server:
                     self.enter_lame_duck_mode()
         finally:
             self.close_all()
+
+    def defer_input(self, conn: Connection):
+        """`conn` has input left past its slice: stop reading it, and give it
+        another slice next turn (round-robin with every other such connection)."""
+        self.backlogged[conn] = None
+        self.update_events(conn)
+
+    def run_backlog(self):
+        """One slice of input for each connection that had some left over
+        (those deferred during this slice wait for the next turn)."""
+        conns = list(self.backlogged)
+        self.backlogged.clear()
+        for conn in conns:
+            if conn.closed or conn.stalled or conn.waiting:
+                continue            # end_stall and await_secret put it back
+            data, at = conn.backlog, conn.backlog_at
+            conn.backlog = None
+            try:
+                conn.consume(data, at, True)
+                if conn.backlog is None and not (conn.closed or conn.stalled or conn.waiting):
+                    conn.resume_reading()
+            except Exception:  # a bug must cost one connection, not the server
+                self.connection_failed(conn)
+        if self.pending:
+            self.flush_pending()
 
     def flush_pending(self):
         """Flush every connection that got output this turn (Go's pcd)."""
@@ -5719,10 +5969,22 @@ class Server:
             raise box["error"]
         return box.get("value")
 
+    def call_soon(self, fn):
+        """Run `fn` on the loop thread at the end of this turn or the next
+        (any thread); nothing waits for it."""
+        self.loop_calls.append((fn, None, None))
+        self.waker.wake()
+
     def run_loop_calls(self):
         calls = self.loop_calls
         while calls:
             fn, box, done = calls.popleft()
+            if box is None:
+                try:
+                    fn()
+                except Exception:  # a bug in one call must not stop the loop
+                    log.exception("loop call failed")
+                continue
             try:
                 box["value"] = fn()
             except Exception as exc:
@@ -5900,7 +6162,8 @@ class Server:
     def update_events(self, conn: Connection):
         """Register what `conn` waits for: reads unless stalled, writes while
         its output is blocked; neither means it is not in the selector."""
-        events = ((0 if conn.stalled else selectors.EVENT_READ)
+        reading = not (conn.stalled or conn.waiting or conn.backlog is not None)
+        events = ((selectors.EVENT_READ if reading else 0)
                   | (selectors.EVENT_WRITE if conn.write_waiting else 0))
         selector = self.selector
         try:
@@ -6363,6 +6626,7 @@ class Server:
             client.close(SERVER_SHUTDOWN)
         for route in list(self.route_conns):
             route.close(SERVER_SHUTDOWN)
+        self.secret_checker.stop()
         self.waker.close()
         self.selector.close()
         if self.options.pid_file:

@@ -552,6 +552,25 @@ def rss(pid: int) -> int:
     return 0
 
 
+def bcrypt_hash(password: str, cost: int) -> str | None:
+    """A bcrypt hash made here (crypt, else the bcrypt package), or None."""
+    try:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=2 ** cost))
+        if hashed and hashed.startswith("$2"):
+            return hashed
+    except (ImportError, AttributeError, OSError):
+        pass
+    try:
+        import bcrypt
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
+    except ImportError:
+        return None
+
+
 def free_port() -> int:
     """A port free right now (for a node that must know its own route port
     before it starts); the tiny race is accepted."""
