@@ -10,6 +10,7 @@
 #   make bench         BENCH (default tests/bench.py) with $(BENCH_ARGS)
 #   make fuzz          each fuzzer in tests/fuzz for FUZZ_SECONDS (default 60; `make test`: 3 s each)
 #   make soak          tests/soak.py: 10k held conns, 50k churn, 60 s mixed traffic (SOAK_ARGS)
+#   make redteam       tests/test_redteam.py one at a time: attacks, canary p99 within 10x of Go 2.15
 #   make lint          byte-compile gnatsd.py on the oldest supported Python (3.8)
 #   make run           run the server with conf/default.conf
 #   make docker        build the image from Dockerfile
@@ -38,7 +39,7 @@ UNIT_TESTS = $(wildcard tests/test_layout.py tests/test_sublist.py \
                         tests/test_parser.py tests/test_conf.py tests/test_options.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test unit test-pythons bench soak fuzz lint run docker certs clean distclean
+.PHONY: help dev test unit test-pythons bench soak fuzz redteam lint run docker certs clean distclean
 
 help:
 	@sed -n 's/^#   make /  make /p' Makefile
@@ -85,6 +86,12 @@ fuzz: dev
 # writes tests/SOAK-RECORD.md, which is committed.
 soak:
 	$(PYTHON) tests/soak.py $(SOAK_ARGS)
+
+# The attacks of tests/test_redteam.py (also in `make test`), serially so
+# gnatsd.py and Go 2.15 see the same machine: each canary's p50/p99 is
+# printed, and gnatsd.py's p99 must stay within 10x of Go's (REDTEAM_COMPARE).
+redteam: dev
+	REDTEAM_COMPARE=1 $(VPY) -m pytest -s -p no:xdist -p no:cacheprovider tests/test_redteam.py
 
 lint:
 	@test -n "$(PYTHON38)" || { echo "make: Python 3.8 not found (pyenv or python3.8 on PATH)" >&2; exit 1; }

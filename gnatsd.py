@@ -62,6 +62,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.parse
 
 try:
@@ -2096,9 +2097,22 @@ class Sublist:
         return len(self.match(subject)) > 0
 
     def all_subscriptions(self) -> list:
-        out: list = []
-        _collect(self.root, out)
-        return out
+        return list(self.iter_subscriptions())
+
+    def iter_subscriptions(self):
+        """Every subscription, a node at a time; the trie may change between
+        steps (what is seen is copied first), so a caller may pause."""
+        stack = [self.root]
+        while stack:
+            level = stack.pop()
+            nodes = list(level.nodes.values())
+            nodes += [n for n in (level.pwc, level.fwc) if n is not None]
+            for node in nodes:
+                yield from list(node.psubs)
+                for group in list(node.qsubs.values()):
+                    yield from list(group)
+                if node.next is not None:
+                    stack.append(node.next)
 
 
 def _cached_matching(node: dict, pattern: list, i: int, out: list):
@@ -2157,17 +2171,6 @@ def _add_node(node: _Node, psubs: list, qsubs: dict):
             qsubs[name] = list(group)
         else:
             members.extend(group)
-
-
-def _collect(level: _Level, out: list):
-    nodes = list(level.nodes.values())
-    nodes += [n for n in (level.pwc, level.fwc) if n is not None]
-    for node in nodes:
-        out.extend(node.psubs)
-        for group in node.qsubs.values():
-            out.extend(group)
-        if node.next is not None:
-            _collect(node.next, out)
 
 
 def _subject_matches(literal: list, pattern: list) -> bool:
@@ -5674,6 +5677,50 @@ class _Waker:
             s.close()
 
 
+class _LoopCall:
+    """A call another thread queued for the loop.  `fn()` runs once; if it
+    returns a generator (a snapshot taken in steps), each `run` advances
+    it for at most `budget` seconds, until it returns its result."""
+
+    __slots__ = ("fn", "waited", "steps", "value", "error", "done", "cancelled")
+
+    def __init__(self, fn, waited: bool):
+        self.fn = fn
+        self.waited = waited          # a thread waits for `done` (call_in_loop)
+        self.steps = None
+        self.value = self.error = None
+        self.done = threading.Event() if waited else None
+        self.cancelled = False        # the waiter gave up: drop the call
+
+    def run(self, budget: float) -> bool:
+        """Advance the call; True once it is finished (or dropped)."""
+        if self.cancelled:
+            return True
+        try:
+            if self.steps is None:
+                value = self.fn()
+                if not isinstance(value, types.GeneratorType):
+                    self.value = value
+                    return self.finish()
+                self.steps = value
+            deadline = time.monotonic() + budget
+            while time.monotonic() < deadline:
+                next(self.steps)
+            return False
+        except StopIteration as stop:
+            self.value = stop.value
+        except Exception as exc:
+            if not self.waited:     # a bug in a fire-and-forget call: log it
+                log.exception("loop call failed")
+            self.error = exc
+        return self.finish()
+
+    def finish(self) -> bool:
+        if self.done is not None:
+            self.done.set()
+        return True
+
+
 class _Listener:
     """A listening socket; readable means connections to accept, each
     handed to `create` (the server's create_client or create_route)."""
@@ -5876,8 +5923,8 @@ class Server:
                 if backlogged:
                     self.run_backlog()
                 timeout = None
-                if backlogged:
-                    timeout = 0.0       # more input is waiting: just poll
+                if backlogged or self.loop_calls:
+                    timeout = 0.0       # input or a snapshot is waiting: just poll
                 elif timers:
                     timeout = max(0.0, timers[0][0] - time.monotonic())
                 for key, mask in select(timeout):
@@ -5956,40 +6003,39 @@ class Server:
 
     def call_in_loop(self, fn, timeout: float = 5.0):
         """Run `fn` on the loop thread between two turns and return its
-        result (for the monitor's threads).  Raises TimeoutError."""
+        result (for the monitor's threads).  A generator function is a
+        snapshot taken in steps: it runs a slice per turn (_LoopCall) and
+        its return value is the result.  Raises TimeoutError, and then the
+        loop drops the call."""
+        call = _LoopCall(fn, waited=True)
         if not self.running or threading.current_thread() is self.loop_thread:
-            return fn()
-        box: dict = {}
-        done = threading.Event()
-        self.loop_calls.append((fn, box, done))
-        self.waker.wake()
-        if not done.wait(timeout):
-            raise TimeoutError("the loop did not answer")
-        if "error" in box:
-            raise box["error"]
-        return box.get("value")
+            while not call.run(float("inf")):
+                pass
+        else:
+            self.loop_calls.append(call)
+            self.waker.wake()
+            if not call.done.wait(timeout):
+                call.cancelled = True
+                raise TimeoutError("the loop did not answer")
+        if call.error is not None:
+            raise call.error
+        return call.value
 
     def call_soon(self, fn):
         """Run `fn` on the loop thread at the end of this turn or the next
         (any thread); nothing waits for it."""
-        self.loop_calls.append((fn, None, None))
+        self.loop_calls.append(_LoopCall(fn, waited=False))
         self.waker.wake()
 
     def run_loop_calls(self):
+        """The calls queued by other threads: each runs now, but a stepped
+        snapshot, which gets MONITOR_SLICE and waits for the next turn if
+        it has steps left."""
         calls = self.loop_calls
-        while calls:
-            fn, box, done = calls.popleft()
-            if box is None:
-                try:
-                    fn()
-                except Exception:  # a bug in one call must not stop the loop
-                    log.exception("loop call failed")
-                continue
-            try:
-                box["value"] = fn()
-            except Exception as exc:
-                box["error"] = exc
-            done.set()
+        for _ in range(len(calls)):
+            call = calls.popleft()
+            if not call.run(MONITOR_SLICE):
+                calls.append(call)
 
     # -- monitoring snapshots (loop thread) ------------------------------------
 
@@ -6012,18 +6058,24 @@ class Server:
             "cluster": self.cluster_varz(),
         }
 
-    def routez_snapshot(self, subs: str) -> list:
+    # Snapshots that grow with the server (a connection or a subscription
+    # at a time) are generators: call_in_loop takes them a MONITOR_SLICE
+    # per turn, so one request for 100,000 subscriptions never holds the loop.
+
+    def routez_snapshot(self, subs: str):
         routes = []
         for route in sorted(self.routes.values(), key=lambda r: r.cid):
             info = route.conn_info()
             if subs:
                 remote = list(route.remote_subs.values())
-                if subs == "detail":
-                    info["subscriptions_list_detail"] = [sub_detail(s) for s in remote]
-                else:
-                    info["subscriptions_list"] = [s.subject.decode("utf-8", "replace")
-                                                  for s in remote]
+                listed = info["subscriptions_list_detail" if subs == "detail"
+                              else "subscriptions_list"] = []
+                for sub in remote:
+                    listed.append(sub_detail(sub) if subs == "detail"
+                                  else sub.subject.decode("utf-8", "replace"))
+                    yield
             routes.append(info)
+            yield
         return routes
 
     def cluster_varz(self) -> dict:
@@ -6054,12 +6106,15 @@ class Server:
                 snap[key] += getattr(client, key)
         return list(snaps.values())
 
-    def connz_snapshot(self, state: str, subs: str, auth: bool) -> list:
+    def connz_snapshot(self, state: str, subs: str, auth: bool):
         self.settle_all()
         now = time.time()
         conns = []
         if state in ("open", "all", "any"):
-            conns = [c.conn_info(now, subs, auth) for c in self.clients.values()]
+            for client in list(self.clients.values()):
+                if not client.closed:
+                    conns.append(client.conn_info(now, subs, auth))
+                yield
         if state in ("closed", "all", "any"):
             for info in self.closed_clients:
                 info = dict(info)
@@ -6073,12 +6128,10 @@ class Server:
                 conns.append(info)
         return conns
 
-    def subsz_snapshot(self, with_subs: bool, test: str) -> dict:
+    def subsz_snapshot(self, with_subs: bool, test: str):
         """Sublist statistics summed over every account (as Go's Subsz)."""
         self.settle_all()
         sublists = [a.sublist for a in self.accounts.values()]
-        fanouts = [len(r) for sl in sublists for r in sl.cache.values()]
-        matches = sum(sl.matches for sl in sublists)
         subs = []
         if with_subs:
             for sublist in sublists:
@@ -6086,8 +6139,12 @@ class Server:
                     wanted = sublist.match(test.encode())
                     chosen = wanted.psubs + [s for g in wanted.qsubs for s in g]
                 else:
-                    chosen = sublist.all_subscriptions()
-                subs += [sub_detail(s) for s in chosen]
+                    chosen = sublist.iter_subscriptions()
+                for sub in chosen:
+                    subs.append(sub_detail(sub))
+                    yield
+        fanouts = [len(r) for sl in sublists for r in sl.cache.values()]
+        matches = sum(sl.matches for sl in sublists)
         return {
             "num_subscriptions": sum(sl.count for sl in sublists),
             "num_cache": sum(len(sl.cache) for sl in sublists),
@@ -6927,8 +6984,14 @@ def _remove_file(path: str):
 # never touch a socket, a connection or the sublist: each asks the loop
 # thread for a snapshot (`Server.call_in_loop`), which copies plain values
 # between two loop turns, and builds its JSON from that copy.  A storm of
-# requests therefore costs the loop only the copying.  Go twin:
-# server/monitor.go.
+# requests therefore costs the loop only the copying, and no more than
+# MONITOR_SLICE of it per turn: snapshots that grow with the server (every
+# connection, every subscription) are taken a slice per turn.  The HTTP side
+# is bounded too: a connection must send its request within
+# MONITOR_READ_TIMEOUT, at most MONITOR_MAX_CONNECTIONS are served at once
+# (more are closed at once), and at most MONITOR_HEAVY_REQUESTS build a
+# large page at a time, since building JSON in Python holds the GIL the loop
+# needs.  Go twin: server/monitor.go.
 
 # Closed connections kept for /connz?state=closed (Go's MaxClosedClients).
 MAX_CLOSED_CLIENTS = 10000
@@ -6936,8 +6999,26 @@ MAX_CLOSED_CLIENTS = 10000
 # Longest HTTP request line the monitor reads (Go's default header limit).
 MONITOR_MAX_REQUEST_LINE = 1024 * 1024
 
-# Default and largest page of /connz and /subsz.
+# Default page of /connz and /subsz (Go's DefaultConnListSize; like Go, no
+# largest: a large page costs time, not fairness).
 DEFAULT_MONITOR_LIMIT = 1024
+
+# Seconds of loop time a stepped snapshot may take per loop turn.
+MONITOR_SLICE = 0.002
+
+# Seconds a monitor connection may take to send a request, or sit idle
+# between requests (Go's ReadHeaderTimeout).
+MONITOR_READ_TIMEOUT = 5.0
+
+# Monitor connections served at once (one thread each); beyond it new ones
+# are closed as they arrive.
+MONITOR_MAX_CONNECTIONS = 256
+
+# Requests building /connz, /subsz or /routez pages at once; the others wait.
+MONITOR_HEAVY_REQUESTS = 2
+
+# Seconds a snapshot may wait for the loop before the request gets 503.
+MONITOR_SNAPSHOT_TIMEOUT = 30.0
 
 # /connz sort keys: name -> (key function, largest first?).  Go's SortOpt.
 CONNZ_SORTS = {
@@ -7074,6 +7155,7 @@ class Monitor:
             self.base_path = ""
         self.req_stats: dict = {}
         self.stats_lock = threading.Lock()
+        self.heavy = threading.BoundedSemaphore(MONITOR_HEAVY_REQUESTS)
         self.cpu_mark = (time.monotonic(), _cpu_seconds())
         self.cpu = 0.0
         self.routes = {
@@ -7098,9 +7180,8 @@ class Monitor:
         port = 0 if configured in (RANDOM_PORT, 0) else configured
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         handler = type("Handler", (_make_monitor_handler(),), {"monitor": self})
-        server_class = type("HTTPServer", (http.server.ThreadingHTTPServer,),
-                            {"address_family": family, "allow_reuse_address": True,
-                             "daemon_threads": True, "request_queue_size": 1024})
+        server_class = type("HTTPServer", (_make_monitor_server_class(),),
+                            {"address_family": family})
         self.httpd = server_class((host, port), handler)
         self.port = self.httpd.server_address[1]
         if secure:
@@ -7138,6 +7219,12 @@ class Monitor:
         with self.stats_lock:
             self.req_stats[path] = self.req_stats.get(path, 0) + 1
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        if path in ("/connz", "/subsz", "/subscriptionsz", "/routez"):
+            with self.heavy:
+                return self.respond(endpoint, query)
+        return self.respond(endpoint, query)
+
+    def respond(self, endpoint, query: dict) -> tuple:
         try:
             result = endpoint(query)
         except MonitorError as exc:
@@ -7148,9 +7235,9 @@ class Monitor:
             return 200, "application/json", json.dumps(result, separators=(",", ":")).encode()
         return 200, "application/json", json.dumps(result, indent=2, ensure_ascii=False).encode()
 
-    def snapshot(self, fn):
+    def snapshot(self, fn, timeout: float = 5.0):
         try:
-            return self.server.call_in_loop(fn)
+            return self.server.call_in_loop(fn, timeout)
         except TimeoutError:
             raise MonitorError(503, "server busy")
 
@@ -7267,7 +7354,8 @@ class Monitor:
         if limit <= 0:
             limit = DEFAULT_MONITOR_LIMIT
         cid = _uint_param(query, "cid")
-        conns = self.snapshot(lambda: self.server.connz_snapshot(state, subs, auth))
+        conns = self.snapshot(lambda: self.server.connz_snapshot(state, subs, auth),
+                              MONITOR_SNAPSHOT_TIMEOUT)
         account = query.get("acc", "")
         if account:
             conns = [c for c in conns if c["_account"] == account]
@@ -7294,7 +7382,7 @@ class Monitor:
 
     def routez(self, query: dict) -> dict:
         subs = _subs_param(query)
-        routes = self.snapshot(lambda: self.server.routez_snapshot(subs))
+        routes = self.snapshot(lambda: self.server.routez_snapshot(subs), MONITOR_SNAPSHOT_TIMEOUT)
         return {"server_id": self.server.server_id, "server_name": self.server.server_name,
                 "now": rfc3339(time.time()), "num_routes": len(routes), "routes": routes}
 
@@ -7307,7 +7395,8 @@ class Monitor:
         limit = _int_param(query, "limit", DEFAULT_MONITOR_LIMIT)
         if limit <= 0:
             limit = DEFAULT_MONITOR_LIMIT
-        snap = self.snapshot(lambda: self.server.subsz_snapshot(bool(subs), test))
+        snap = self.snapshot(lambda: self.server.subsz_snapshot(bool(subs), test),
+                             MONITOR_SNAPSHOT_TIMEOUT)
         out = {
             "server_id": self.server.server_id,
             "now": rfc3339(time.time()),
@@ -7377,6 +7466,39 @@ def _cpu_seconds() -> float:
     return times.user + times.system
 
 
+def _make_monitor_server_class():
+    import http.server
+
+    class MonitorHTTPServer(http.server.ThreadingHTTPServer):
+        """A thread per connection, at most MONITOR_MAX_CONNECTIONS of them."""
+
+        allow_reuse_address = True
+        daemon_threads = True
+        request_queue_size = 1024
+
+        def __init__(self, *args, **kw):
+            self.slots = threading.BoundedSemaphore(MONITOR_MAX_CONNECTIONS)
+            super().__init__(*args, **kw)
+
+        def process_request(self, request, client_address):
+            if not self.slots.acquire(blocking=False):
+                self.shutdown_request(request)      # full: closed, not queued
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+    return MonitorHTTPServer
+
+
 def _make_monitor_handler():
     import http.server
 
@@ -7384,6 +7506,7 @@ def _make_monitor_handler():
         """One monitoring request: GET only, Go's headers, no access log."""
 
         monitor: Monitor
+        timeout = MONITOR_READ_TIMEOUT      # per read: a stalled peer is dropped
         server_version = "gnatsd.py"
         sys_version = ""
         protocol_version = "HTTP/1.1"

@@ -30,18 +30,24 @@ Facts from Go 2.15.1 (2.9.10 agrees unless said otherwise):
 * Under the fairness attacks (two unique-subject PUB floods, wildcard
   SUB/UNSUB churn against a full match cache, four threads of wrong
   passwords against a cost-11 bcrypt user) Go 2.15's canary p99 is 4-70 ms
-  here; gnatsd.py's 3-15 ms.
+  here; gnatsd.py's 3-15 ms.  Four threads requesting every subscription
+  and every connection (1,000 connections, 100,000 subscriptions): Go 2.15
+  p99 ~80-100 ms, gnatsd.py ~60 ms.
+* 3,000 monitor connections that send half a request: Go 2.15 closes them
+  all after 5 s (ReadHeaderTimeout); Go 2.9 never does.
 """
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import threading
 import time
+import urllib.request
 
 import pytest
 
-from conftest import (GO_SERVERS, ROUTE_LISTEN_RE, RawConn, bcrypt_hash, rss, t_expect,
+from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, ROUTE_LISTEN_RE, RawConn, bcrypt_hash, rss, t_expect,
                       t_expect_exact, t_ping_pong, t_read_until_closed, write_conf)
 
 QUIET = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
@@ -416,3 +422,132 @@ def test_payloads_trickled_a_byte_per_segment_cost_their_bytes(start, kind):
     assert grown <= 4 * in_flight + 20 * 1024 * 1024, grown
     for sock in conns:
         sock.close()
+
+
+# -- 5. heavy monitor requests ------------------------------------------------------------
+
+
+def hold_subscribed_connections(conns: int, subs_each: int):
+    """setup: `conns` connections with `subs_each` subscriptions each (kept
+    open on the server object until it stops)."""
+    def setup(srv):
+        srv.mon_port = int(srv.wait_for_log(MONITOR_LISTEN_RE).group(2))
+        srv.held = []
+        for c in range(conns):
+            sock = socket.create_connection((srv.host, srv.port), timeout=20)
+            sock.sendall(QUIET + b"".join(b"SUB m.%d.%d %d\r\n" % (c, k, k)
+                                          for k in range(subs_each)) + b"PING\r\n")
+            srv.held.append(sock)
+        for sock in srv.held:
+            got = b""
+            while not got.endswith(b"PONG\r\n"):
+                chunk = sock.recv(4096)
+                assert chunk, "a held connection was closed"
+                got += chunk
+    return setup
+
+
+def heavy_monitor_requests(srv, threads: int = 4) -> None:
+    """`threads` clients GET whole-server /subsz and /connz pages (no limit
+    to speak of) over and over for ATTACK_SECONDS."""
+    answered = [0] * threads
+    deadline = time.monotonic() + ATTACK_SECONDS
+    paths = ["/subsz?subs=1&limit=100000000", "/connz?subs=detail&limit=100000000"]
+
+    def requester(k):
+        n = 0
+        while time.monotonic() < deadline:
+            url = "http://127.0.0.1:%d%s" % (srv.mon_port, paths[(k + n) % 2])
+            n += 1
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                body = resp.read()
+            assert body.startswith(b"{") and len(body) > 1000000, body[:200]
+            answered[k] += 1
+
+    workers = [threading.Thread(target=requester, args=(k,), daemon=True) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(ATTACK_SECONDS + 120)
+    print("monitor answers per requester:", answered)
+    assert all(answered), answered
+
+
+def test_heavy_monitor_requests_do_not_stall_the_loop(server_factory):
+    """1,000 connections holding 100,000 subscriptions; four threads asking
+    for every subscription and every connection's detail at once.  The loop
+    takes each snapshot a slice per turn, and at most MONITOR_HEAVY such
+    requests are built at once."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 3000:
+        pytest.skip("RLIMIT_NOFILE too low for 1,000 held connections")
+    under_attack(server_factory, "heavy /subsz and /connz", heavy_monitor_requests,
+                 args=("-m", "-1"), setup=hold_subscribed_connections(1000, 100))
+
+
+# -- 8. monitor connections that never finish their request ----------------------------
+
+
+def threads_of(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_partial_monitor_requests_are_closed_and_threads_come_back(start, kind):
+    """3,000 connections each send half a request to the monitor port and
+    wait: every one is closed within 30 s (the read timeout, or at once
+    past MONITOR_MAX_CONNECTIONS), the server's threads stay bounded and
+    return to their number before, and the canary client keeps going."""
+    import selectors
+    if kind == "go2.9":
+        pytest.skip("Go 2.9's monitor has no read timeout: the connections stay open")
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 8000:
+        pytest.skip("RLIMIT_NOFILE too low for 3,000 monitor connections")
+    srv = start("-m", "-1")
+    mon_port = int(srv.wait_for_log(MONITOR_LISTEN_RE).group(2))
+    url = "http://127.0.0.1:%d/varz" % mon_port
+    urllib.request.urlopen(url, timeout=10).read()
+    threads_before = threads_of(srv.pid)
+    c = PingCanary(srv)
+    c.start()
+    sel = selectors.DefaultSelector()
+    socks = []
+    most_threads = 0
+    for k in range(3000):
+        sock = socket.create_connection(("127.0.0.1", mon_port), timeout=10)
+        sock.sendall(b"GET /varz HTTP/1.1\r\nHost: x\r\n")   # and never the blank line
+        sock.setblocking(False)
+        sel.register(sock, selectors.EVENT_READ)
+        socks.append(sock)
+        if k % 500 == 0:
+            most_threads = max(most_threads, threads_of(srv.pid))
+    started = time.monotonic()
+    open_count = len(socks)
+    while open_count and time.monotonic() - started < 30:
+        for key, _ in sel.select(1.0):
+            try:
+                data = key.fileobj.recv(4096)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+                open_count -= 1
+        most_threads = max(most_threads, threads_of(srv.pid))
+    took = time.monotonic() - started
+    for sock in socks:
+        sock.close()
+    print("%s: %d of 3000 still open after %.1f s; threads %d before, %d at most" % (
+        kind, open_count, took, threads_before, most_threads))
+    assert open_count == 0
+    c.stop("%s partial monitor requests" % kind)
+    # The monitor still answers, and (gnatsd.py) its threads came back.
+    urllib.request.urlopen(url, timeout=10).read()
+    if kind == "gnatsd":
+        assert most_threads <= threads_before + 256 + 8, most_threads
+        deadline = time.monotonic() + 10
+        while threads_of(srv.pid) > threads_before + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert threads_of(srv.pid) <= threads_before + 2, (threads_before, threads_of(srv.pid))
