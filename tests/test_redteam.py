@@ -101,30 +101,6 @@ class PingCanary(threading.Thread):
         return p50, p99
 
 
-@pytest.fixture
-def canary():
-    """canary(server) -> a running PingCanary; stopped at teardown if the test
-    did not stop it."""
-    started = []
-
-    def make(server) -> PingCanary:
-        c = PingCanary(server)
-        c.start()
-        started.append(c)
-        return c
-
-    yield make
-    for c in started:
-        c.stop_flag = True
-        c.conn.close()
-
-
-def check_canary(c: PingCanary, kind: str, attack: str) -> None:
-    p50, p99 = c.stop("%s %s" % (kind, attack))
-    if kind == "gnatsd":
-        assert p99 < CANARY_P99, "canary p99 %.0f ms during %s" % (p99 * 1000, attack)
-
-
 # -- 1. routes: nothing before CONNECT -----------------------------------------------
 
 
@@ -340,30 +316,40 @@ def test_wildcard_sub_unsub_churn_against_a_full_match_cache(server_factory, pat
                  setup=fill_match_cache(cached))
 
 
-def wrong_password_logins(srv, user: str, threads: int = 4) -> None:
-    """`threads` clients log in with a wrong password over and over for
-    ATTACK_SECONDS; each is refused."""
-    refused = [0] * threads
+def in_threads(attempt, threads: int, what: str) -> None:
+    """`attempt(k, n)` over and over on `threads` threads for ATTACK_SECONDS
+    (k: the thread, n: its attempts so far); each thread must finish one at
+    least (an attempt that fails an assertion ends its thread)."""
+    done = [0] * threads
     deadline = time.monotonic() + ATTACK_SECONDS
 
     def attacker(k):
         while time.monotonic() < deadline:
-            conn = RawConn(srv.host, srv.port, timeout=20)
-            conn.read_info()
-            conn.send(b'CONNECT {"verbose":false,"user":"%s","pass":"wrong%d"}\r\nPING\r\n'
-                      % (user.encode(), k))
-            got = t_read_until_closed(conn, timeout=20)
-            assert got == b"-ERR 'Authorization Violation'\r\n", got
-            refused[k] += 1
-            conn.close()
+            attempt(k, done[k])
+            done[k] += 1
 
     workers = [threading.Thread(target=attacker, args=(k,), daemon=True) for k in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
-        w.join(ATTACK_SECONDS + 30)
-    print("refused logins per attacker:", refused)
-    assert all(refused), refused
+        w.join(ATTACK_SECONDS + 120)
+    print("%s per thread: %s" % (what, done))
+    assert all(done), done
+
+
+def wrong_password_logins(srv, user: str, threads: int = 4) -> None:
+    """`threads` clients log in with a wrong password over and over for
+    ATTACK_SECONDS; each is refused."""
+    def attempt(k, _n):
+        conn = RawConn(srv.host, srv.port, timeout=20)
+        conn.read_info()
+        conn.send(b'CONNECT {"verbose":false,"user":"%s","pass":"wrong%d"}\r\nPING\r\n'
+                  % (user.encode(), k))
+        got = t_read_until_closed(conn, timeout=20)
+        assert got == b"-ERR 'Authorization Violation'\r\n", got
+        conn.close()
+
+    in_threads(attempt, threads, "refused logins")
 
 
 def test_wrong_password_logins_against_a_bcrypt_user_do_not_block_others(server_factory,
@@ -450,27 +436,15 @@ def hold_subscribed_connections(conns: int, subs_each: int):
 def heavy_monitor_requests(srv, threads: int = 4) -> None:
     """`threads` clients GET whole-server /subsz and /connz pages (no limit
     to speak of) over and over for ATTACK_SECONDS."""
-    answered = [0] * threads
-    deadline = time.monotonic() + ATTACK_SECONDS
     paths = ["/subsz?subs=1&limit=100000000", "/connz?subs=detail&limit=100000000"]
 
-    def requester(k):
-        n = 0
-        while time.monotonic() < deadline:
-            url = "http://127.0.0.1:%d%s" % (srv.mon_port, paths[(k + n) % 2])
-            n += 1
-            with urllib.request.urlopen(url, timeout=60) as resp:
-                body = resp.read()
-            assert body.startswith(b"{") and len(body) > 1000000, body[:200]
-            answered[k] += 1
+    def attempt(k, n):
+        url = "http://127.0.0.1:%d%s" % (srv.mon_port, paths[(k + n) % 2])
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            body = resp.read()
+        assert body.startswith(b"{") and len(body) > 1000000, body[:200]
 
-    workers = [threading.Thread(target=requester, args=(k,), daemon=True) for k in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(ATTACK_SECONDS + 120)
-    print("monitor answers per requester:", answered)
-    assert all(answered), answered
+    in_threads(attempt, threads, "monitor answers")
 
 
 def test_heavy_monitor_requests_do_not_stall_the_loop(server_factory):
