@@ -6436,9 +6436,7 @@ class Server:
             why = ""
         except (OSError, UnicodeError) as exc:
             address, why = None, str(exc)
-        self.loop_calls.append((lambda: self.connect_route(target, implicit, attempt, address, why),
-                                {}, threading.Event()))
-        self.waker.wake()
+        self.call_soon(lambda: self.connect_route(target, implicit, attempt, address, why))
 
     def connect_route(self, target: RouteURL, implicit: bool, attempt: int,
                       address: tuple | None = None, why: str = ""):
