@@ -726,6 +726,15 @@ def test_own_url_in_route_list_is_ignored(cluster, kinds, raw_factory):
     check_fanout(nodes, raw_factory, n=4)
 
 
+def test_a_route_named_by_host_name_is_resolved_and_joined(cluster, raw_factory):
+    """`nats://localhost:PORT`: the name is looked up off the loop (a helper
+    thread), then dialled from the loop; the two nodes mesh and route."""
+    n1 = cluster.start("gnatsd")
+    n2 = cluster.start("gnatsd", routes=["nats://localhost:%d" % n1.route_port])
+    wait_mesh([n1, n2])
+    check_fanout([n1, n2], raw_factory, n=2)
+
+
 # -- mixed clusters seeded by Go 2.9 ------------------------------------------------
 
 
