@@ -166,8 +166,9 @@ INPUT_CHECK_BYTES = 16 * 1024
 # Entries in the sublist's match cache before the oldest are dropped.
 SUBLIST_CACHE_MAX = 1024
 
-# Distinct PUB control lines a client's parse cache remembers.
-PUB_CACHE_MAX = 256
+# Subjects a client with permissions (or in an account with services) is
+# remembered to be free to publish on, at most.
+PUB_VETTED_MAX = 1024
 
 # Wire literals.
 CR_LF = b"\r\n"
@@ -3295,31 +3296,21 @@ def format_duration(seconds: float) -> str:
 # delivery of MSG/HMSG to subscribers, with queue groups, echo, headers,
 # no_responders, auto-unsubscribe and the verbose/pedantic modes.
 #
-# The read loop (`parse`) has two paths.  The cold path splits a control line
-# into op and arguments and dispatches through `OPS`.  The hot path is for a
-# PUB line this client has sent before: `pub_cache` maps the raw line to its
-# parsed subject, reply and size, so a repeated `PUB foo 16\r\n` costs one
-# dict lookup.  Delivery then uses the sublist result's *plan*: for each
-# subscriber the ready-made `MSG <subject> <sid> ` prefix, followed by the
-# publisher's own `<size>\r\n<payload>\r\n` bytes, sliced once from the read
-# buffer.  Anything unusual (headers, reply-less requests needing
-# no_responders, auto-unsubscribe, echo off) takes the general `deliver_msg`.
+# The read loop (`parse`) has two paths.  The reference path splits a control
+# line into op and arguments and dispatches through `OPS` (process_op ->
+# op_pub -> process_pub -> deliver_msg).  The hot path takes a PUB line as
+# clients write it, `PUB <subject> [reply] <size>\r\n`: the size is the
+# line's last token, and the subject is looked up in the sublist's cache,
+# whose result keeps the subject's delivery *plan*: for each subscriber the
+# ready-made `MSG <subject> <sid> ` prefix, followed by the publisher's own
+# `<size>\r\n<payload>\r\n` bytes, sliced once from the read buffer.  So a
+# message costs a few slices and dict lookups whatever its subject and size.
+# Anything unusual (headers, odd spacing, permissions not yet vetted for the
+# subject, auto-unsubscribe, imports) takes the reference path; both write
+# the same bytes (tests/test_hot_path.py, and the Go differential fuzzer).
 #
 # Go twins: server/client.go (processConnect, processPub, processSub,
 # processUnsub, deliverMsg, processMsgResults) and server/auth.go.
-
-
-def _needs_slow_path(sub: Subscription) -> bool:
-    """Auto-unsubscribe, response permissions and imports that rename the
-    subject are handled per delivery."""
-    perms = sub.client.perms
-    return (bool((sub.parent or sub).max) or sub.im is not None
-            or (perms is not None and perms.responses is not None))
-
-
-def _may_receive(sub: Subscription, subject: bytes) -> bool:
-    perms = sub.client.perms
-    return perms is None or perms.can_receive(subject, sub.queue)
 
 
 class ClientPermissions:
@@ -3418,20 +3409,6 @@ def _queue_listed(queue: bytes, groups: list) -> bool:
     return False
 
 
-def _one_per_route(subs: list) -> list:
-    """Subscriptions with each route kept once: a peer gets one RMSG per
-    message however many of its subscriptions match."""
-    seen = set()
-    kept = []
-    for sub in subs:
-        if sub.client.kind == "Router":
-            if sub.client in seen:
-                continue
-            seen.add(sub.client)
-        kept.append(sub)
-    return kept
-
-
 def _pick_start(group: list) -> int:
     """Where to start looking for a queue member: at random, a route's
     member counting as many as its weight."""
@@ -3461,46 +3438,74 @@ class DeliveryPlan:
     calls it whenever it drops the result (so no count is ever lost).
     """
 
-    __slots__ = ("plain", "plain_out", "queues", "members", "clients", "fast", "runnable",
-                 "empty", "kind", "msgs", "bytes")
+    __slots__ = ("subject", "plain", "plain_out", "queues", "members", "clients", "fast",
+                 "runnable", "empty", "kind", "msgs", "bytes")
 
     def __init__(self, result: SublistResult, subject: bytes, account: bytes = b"$G"):
-        if any(s.client.perms is not None for s in result.psubs) or any(
-                s.client.perms is not None for g in result.qsubs for s in g):
-            # Subscribers whose deny list names this subject are left out.
-            result = SublistResult(
-                [s for s in result.psubs if _may_receive(s, subject)],
-                [kept for kept in ([s for s in g if _may_receive(s, subject)]
-                                   for g in result.qsubs) if kept])
-        psubs = result.psubs
-        routed = any(s.client.kind == "Router" for s in psubs)
-        if routed:
-            psubs = _one_per_route(psubs)
+        # One pass over the subscriptions (a plan is built for every
+        # subject not in the sublist cache: with 100,000 subjects, often).
+        self.subject = subject
         head = b"MSG " + subject + b" "
-        route_head = b"RMSG " + account + b" " + subject + b" "
-        self.plain = [(s.parent or s, s.client) for s in psubs]
-        self.plain_out = [(s.client.out.append, route_head if s.client.kind == "Router"
-                           else head + s.sid + b" ") for s in psubs]
-        self.queues = [[(s.client.out.append, head + s.sid + b" ", s.parent or s, s.client)
-                        for s in group]
-                       for group in result.qsubs]
-        self.clients = {s.client for s in psubs}
-        self.members = self.clients | {s.client for g in result.qsubs for s in g}
-        # Queue groups with members behind a route are chosen per message
-        # (weights), in deliver_msg.
-        self.fast = not any(_needs_slow_path(s) for s in psubs) and not any(
-            _needs_slow_path(s) or s.client.kind == "Router" for g in result.qsubs for s in g)
-        self.empty = not psubs and not result.qsubs
+        plain, plain_out, clients = [], [], set()
+        fast = True
+        for s in result.psubs:
+            c = s.client
+            if c.kind == "Router":
+                if c in clients:
+                    continue            # a peer gets one RMSG per message
+                prefix = b"RMSG " + account + b" " + subject + b" "
+            else:
+                perms = c.perms
+                if perms is not None:
+                    if not perms.can_receive(subject, None):
+                        continue        # its deny list names this subject
+                    if perms.responses is not None:
+                        fast = False
+                prefix = head + s.sid + b" "
+            owner = s.parent or s
+            if owner.max or s.im is not None:
+                fast = False            # auto-unsubscribe, or an import renames the subject
+            plain.append((owner, c))
+            plain_out.append((c.out.append, prefix))
+            clients.add(c)
+        queues = []
+        members = set(clients)
+        for group in result.qsubs:
+            kept = []
+            for s in group:
+                c = s.client
+                perms = c.perms
+                if c.kind == "Router":
+                    fast = False        # members behind a route: weights, in deliver_msg
+                elif perms is not None:
+                    if not perms.can_receive(subject, s.queue):
+                        continue
+                    if perms.responses is not None:
+                        fast = False
+                owner = s.parent or s
+                if owner.max or s.im is not None:
+                    fast = False
+                kept.append((c.out.append, head + s.sid + b" ", owner, c))
+                members.add(c)
+            if kept:
+                queues.append(kept)
+        self.plain = plain
+        self.plain_out = plain_out
+        self.queues = queues
+        self.clients = clients
+        self.members = members
+        self.fast = fast
+        self.empty = not plain and not queues
         # Runs may be delivered subscriber by subscriber only when that keeps
         # each connection's message order: one subscription per connection.
-        self.runnable = self.fast and not self.queues and len(self.clients) == len(self.plain)
+        self.runnable = fast and not queues and len(clients) == len(plain)
         # One int the hot path branches on.
         if self.empty:
             self.kind = PLAN_EMPTY
-        elif not self.fast:
+        elif not fast:
             self.kind = PLAN_SLOW
         else:
-            self.kind = PLAN_QUEUES if self.queues else PLAN_PLAIN
+            self.kind = PLAN_QUEUES if queues else PLAN_PLAIN
         self.msgs = 0             # messages delivered to every plain sub, not yet settled
         self.bytes = 0            # their payload bytes
 
@@ -3654,7 +3659,8 @@ def _random_token(n: int) -> bytes:
     return bytes(alphabet[b % 62] for b in os.urandom(n))
 
 
-def deliver_run(data: bytes, i: int, nl: int, entry: list, plan: DeliveryPlan) -> int:
+def deliver_run(data: bytes, i: int, nl: int, size: int, tail_at: int, reply_sp: bytes | None,
+                plan: DeliveryPlan) -> int:
     """Deliver a run of whole records that repeat the PUB (or RMSG) line at `i`.
 
     A publisher in a loop sends the same line (`PUB foo 16\r\n`) with
@@ -3664,8 +3670,9 @@ def deliver_run(data: bytes, i: int, nl: int, entry: list, plan: DeliveryPlan) -
     in a row are well formed.  Each subscriber then gets the run's
     bodies (payload and CRLF) joined with its own MSG line.  Returns the
     number of records taken (at least 1; the record at `i` is whole).
+    `tail_at` is the size's offset in the line; `reply_sp` the reply and a
+    space, or None.
     """
-    _subject, reply_sp, size, tail_at = entry[:4]
     line = data[i:nl + 1]
     head = len(line)
     stride = head + size + 2
@@ -3705,7 +3712,7 @@ class Client(Connection):
         "verbose", "pedantic", "echo", "headers", "no_responders", "protocol",
         "name", "lang", "version", "user", "connect_received", "awaiting_auth",
         "subject_err_sent",
-        "subs", "pub_cache", "perms", "account", "credentials", "tls_identities",
+        "subs", "fast_pub", "vetted", "perms", "account", "credentials", "tls_identities",
     )
 
     kind = "Client"
@@ -3730,9 +3737,13 @@ class Client(Connection):
         self.account = server.global_account
         self.account.client_count += 1
         self.account.total_connections += 1
-        # raw PUB line -> its parse and delivery plan (process_pub); none
-        # while verbose or pedantic, as a client is until its CONNECT.
-        self.pub_cache = NO_PUB_CACHE
+        # May PUB lines take the hot path in `parse`?  Not while verbose,
+        # pedantic or traced (as a client is until its CONNECT).  `vetted`
+        # holds the subjects a client with permissions (or in an account
+        # with services) has been found free to publish on; None when every
+        # subject is (refresh_pub_path).
+        self.fast_pub = False
+        self.vetted = None
 
     # -- the read loop (HOT) ---------------------------------------------------
 
@@ -3751,14 +3762,20 @@ class Client(Connection):
         deadline = monotonic() + MAX_INPUT_TIME
         check_at = start + INPUT_CHECK_BYTES
         find = data.find
-        cache_get = self.pub_cache.get
+        rfind = data.rfind
+        startswith = data.startswith
+        fast = self.fast_pub
+        vetted = self.vetted
+        max_payload = server.options.max_payload
+        line_max = server.options.max_control_line + 5   # "PUB " and CR around the argument
         sublist = self.account.sublist
-        genid = sublist.genid
+        results_get = sublist.cache.get
         pending = server.pending
         rand = random.random
         echo = self.echo
-        msgs = nbytes = misses = 0
-        last_plan = last_entry = None
+        msgs = nbytes = lookups = 0
+        last_plan = run_plan = None
+        last_size = -1
         now = time.time()  # last_activity of publisher and receivers (Go's c.last)
         while i < n:
             if i >= check_at:
@@ -3766,26 +3783,45 @@ class Client(Connection):
                     self.defer_input(data, i)
                     break
                 check_at = i + INPUT_CHECK_BYTES
-            # HOT: find a whole control line with one bytes.find, and look the
-            #      raw line up in the PUB cache: a PUB line seen before costs
-            #      one dict lookup instead of a split and a parse (680 against
-            #      3900 ns per message in-process, alternating subjects).
             nl = find(b"\n", i)
             if nl < 0:
                 self.partial_line(data, i)
                 break
-            entry = cache_get(data[i:nl])
-            if entry is None:
+            # HOT: a plain `PUB <subject> [reply] <size>\r\n` (as clients
+            #      write it) takes the size from the line's last token and
+            #      looks the subject up in the sublist's own cache, whose
+            #      result keeps the subject's delivery plan; a line it does
+            #      not settle at once goes to pub_lookup, and anything else
+            #      to process_op (the reference path: same bytes out).
+            plan = None
+            if fast and nl - i <= line_max and startswith(b"PUB ", i) and data[nl - 1] == 13:
+                sp = rfind(b" ", i + 4, nl)
+                size_token = data[sp + 1:nl - 1] if sp > i + 4 else b""
+                if size_token.isdigit() and len(size_token) < 10:
+                    size = int(size_token)
+                    if size <= max_payload:
+                        key = data[i + 4:sp]
+                        result = results_get(key)
+                        reply_sp = None
+                        if result is None or (vetted is not None and key not in vetted):
+                            lookups += 1
+                            plan, reply_sp = self.pub_lookup(key)
+                        else:
+                            plan = result.plan
+                            if plan is None:
+                                plan = result.plan = DeliveryPlan(result, key, sublist.name)
+            if plan is None:
                 i = self.process_op(data, i, nl)
                 if i < 0:
                     break
                 check_at = 0
-                cache_get = self.pub_cache.get
-                genid = sublist.genid
+                fast = self.fast_pub
+                vetted = self.vetted
+                sublist = self.account.sublist
+                results_get = sublist.cache.get
                 echo = self.echo
-                last_entry = None
+                run_plan = None
                 continue
-            subject, reply_sp, size, tail_at, plan, plan_genid = entry
             stop = nl + 1 + size
             if stop + 2 > n:
                 check_payload_end(data, stop)
@@ -3795,27 +3831,13 @@ class Client(Connection):
                 raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
             msgs += 1
             nbytes += size
-            if plan_genid != genid:
-                # HOT: the line remembers its delivery plan until the sublist
-                #      changes (genid), saving the sublist cache lookup.
-                result = sublist.cache.get(subject)
-                if result is None:
-                    misses += 1
-                    result = sublist.match(subject)
-                    genid = sublist.genid
-                plan = result.plan
-                if plan is None:
-                    plan = result.plan = DeliveryPlan(result, subject, sublist.name)
-                entry[4] = plan
-                entry[5] = genid
             kind = plan.kind
             if kind == PLAN_PLAIN and (echo or self not in plan.clients):
-                if entry is last_entry and plan.runnable:
-                    # HOT: the same PUB line twice in a row: take the whole
+                if plan is run_plan and size == last_size and reply_sp is None and plan.runnable:
+                    # HOT (best case): the same PUB line again: take the whole
                     #      run of repeats at once (deliver_run; make bench
-                    #      pub-only 0.28x -> 2.4x and pub->sub 0.36x -> 1.5x
-                    #      of Go 2.9).
-                    k = deliver_run(data, i, nl, entry, plan)
+                    #      same-line pub-only 0.28x -> 2.4x of Go 2.9).
+                    k = deliver_run(data, i, nl, size, sp + 1 - i, None, plan)
                     msgs += k - 1
                     nbytes += (k - 1) * size
                     i += k * (nl + 3 - i + size)
@@ -3825,12 +3847,13 @@ class Client(Connection):
                             c.last_activity = now
                         last_plan = plan
                     continue
-                last_entry = entry
+                run_plan = plan
+                last_size = size
                 # HOT: one slice holds "<size>\r\n<payload>\r\n" for every
                 #      receiver; prefixes are ready-made per subscriber, and
                 #      counts are kept per plan (settle()), not per delivery
                 #      (make bench fan-out 16: 0.57x -> 0.75x of Go 2.9).
-                tail = data[i + tail_at:stop + 2]
+                tail = data[sp + 1:stop + 2]
                 plan.msgs += 1
                 plan.bytes += size
                 if reply_sp is None:
@@ -3851,18 +3874,19 @@ class Client(Connection):
                     last_plan = plan
             elif kind == PLAN_EMPTY:
                 if reply_sp is not None and self.no_responders:
-                    self.send_no_responders(reply_sp[:-1], subject)
-                elif entry is last_entry:
-                    # HOT: a run of repeats nobody listens to: skip it whole.
-                    k = deliver_run(data, i, nl, entry, plan)
+                    self.send_no_responders(reply_sp[:-1], plan.subject)
+                elif plan is run_plan and size == last_size and reply_sp is None:
+                    # HOT (best case): a run of repeats nobody listens to.
+                    k = deliver_run(data, i, nl, size, sp + 1 - i, None, plan)
                     msgs += k - 1
                     nbytes += (k - 1) * size
                     i += k * (nl + 3 - i + size)
                     continue
-                last_entry = entry
+                run_plan = plan
+                last_size = size
             elif kind == PLAN_QUEUES and (echo or self not in plan.members):
-                last_entry = None
-                tail = data[i + tail_at:stop + 2]
+                run_plan = None
+                tail = data[sp + 1:stop + 2]
                 if plan.plain_out:
                     plan.msgs += 1
                     plan.bytes += size
@@ -3886,19 +3910,72 @@ class Client(Connection):
                     c.last_activity = now
                     pending.add(c)
             else:
+                run_plan = None
                 reply = reply_sp[:-1] if reply_sp is not None else None
-                size_field = data[i + tail_at:nl - 1]
+                subject = plan.subject
                 self.deliver_msg(sublist.match(subject),
-                                 Message(subject, reply, -1, size, data[nl + 1:stop], size_field))
-                genid = sublist.genid
+                                 Message(subject, reply, -1, size, data[nl + 1:stop], size_token))
                 check_at = 0
             i = stop + 2
         if msgs:
             self.in_msgs += msgs
             self.in_bytes += nbytes
             self.last_activity = now
-        sublist.matches += msgs - misses
-        sublist.cache_hits += msgs - misses
+        # pub_lookup's matches counted themselves.
+        sublist.matches += msgs - lookups
+        sublist.cache_hits += msgs - lookups
+
+    def pub_lookup(self, key: bytes) -> tuple:
+        """The hot path's second try at a PUB line's `<subject>[ <reply>]`:
+        (the subject's delivery plan, b"reply " or None), or (None, None)
+        when the line must take the reference path.  The plan is one the
+        reference path would take exactly so: the subject has no tab, CR
+        or LF (no space, by the way `key` was cut), and a client with
+        permissions, or in an account with service imports or exports, has
+        its subjects vetted once (publishes_plainly); `vetted` is emptied
+        whenever the answer could change (CONNECT, reload)."""
+        cut = key.find(b" ")
+        if cut < 0:
+            subject, reply_sp = key, None
+        else:
+            subject, reply = key[:cut], key[cut + 1:]
+            if not reply or b" " in reply or b"\t" in reply or b"\r" in reply:
+                return None, None
+            reply_sp = reply + b" "
+        if not subject or b"\t" in subject or b"\r" in subject:
+            return None, None
+        vetted = self.vetted
+        if vetted is not None and subject not in vetted:
+            if not self.publishes_plainly(subject):
+                return None, None
+            if len(vetted) >= PUB_VETTED_MAX:
+                vetted.clear()
+            vetted[subject] = True
+        sublist = self.account.sublist
+        result = sublist.match(subject)
+        plan = result.plan
+        if plan is None:
+            plan = result.plan = DeliveryPlan(result, subject, sublist.name)
+        return plan, reply_sp
+
+    def refresh_pub_path(self):
+        """Decide again whether PUBs may take the hot path, and forget what
+        was vetted (CONNECT, a new login, a reload)."""
+        self.fast_pub = not (self.verbose or self.pedantic or self.trace)
+        account = self.account
+        plain = self.perms is None and not account.routes_services
+        self.vetted = None if plain else {}
+
+    def publishes_plainly(self, subject: bytes) -> bool:
+        """May a PUB to `subject` skip permissions and service imports?"""
+        perms = self.perms
+        if perms is not None and (perms.responses is not None
+                                  or not perms.can_publish(subject)):
+            return False
+        account = self.account
+        if account.routes_services and account.service_route(subject) is not None:
+            return False
+        return not (account.exports_services and subject.startswith(b"_R_."))
 
     def partial_line(self, data: bytes, i: int):
         """The buffer ends inside a control line: refuse it now if no more
@@ -4151,12 +4228,7 @@ class Client(Connection):
             for sub in list(self.subs.values()):
                 self.unsubscribe(sub)
         self.connect_received = True
-        self.pub_cache.clear()
-        if self.verbose or self.trace or self.pedantic:
-            # The hot path has no room for +OK, traces or subject checks.
-            self.pub_cache = NO_PUB_CACHE
-        else:
-            self.pub_cache = {}
+        self.refresh_pub_path()
         try:
             if not self.authorize(fields):
                 return
@@ -4206,8 +4278,8 @@ class Client(Connection):
         self.user, perms, account = found
         self.awaiting_auth = False
         self.perms = ClientPermissions(perms) if perms is not None else None
-        self.pub_cache.clear()
         self.bind_account(self.server.accounts[account or GLOBAL_ACCOUNT])
+        self.refresh_pub_path()
         self.update_log_prefix()
         return True
 
@@ -4250,13 +4322,10 @@ class Client(Connection):
 
     def check_reloaded_auth(self, old: Options):
         self.trace = self.server.trace
-        if self.verbose or self.trace or self.pedantic:
-            self.pub_cache = NO_PUB_CACHE
-        else:
-            self.pub_cache = {}
         if not self.connect_received:
             self.awaiting_auth = self.server.options.auth_required
             return
+        self.refresh_pub_path()
         opts = self.server.options
         if old.username and self.user == old.username and \
                 authenticate(opts, self.credentials or {}, (), self.secret_equal) is None:
@@ -4486,17 +4555,6 @@ class Client(Connection):
             self.deliver_msg(account.sublist.match(subject), msg, routed)
             return stop + 2
         self.deliver_msg(account.sublist.match(subject), msg)
-        if (valid and hdr < 0 and data[nl - 1] == 13 and line.endswith(size_field)
-                and b"\n" not in line      # not an argument that began at a LF
-                and not (account.exports_services and subject.startswith(b"_R_."))
-                and type(self.pub_cache) is dict
-                and (self.perms is None or self.perms.responses is None)):
-            cache = self.pub_cache
-            if len(cache) >= PUB_CACHE_MAX:
-                cache.clear()
-            # [subject, "reply " or None, size, offset of size in line, plan, genid]
-            cache[data[i:nl]] = [subject, reply + b" " if reply is not None else None,
-                                 size, len(line) - len(size_field), None, -1]
         return stop + 2
 
     def pub_permission_violation(self, subject: bytes):
@@ -4678,17 +4736,6 @@ def check_payload_end(data: bytes, stop: int):
 
 # Secrets in a CONNECT line, replaced before it is traced (Go's removeSecretsFromTrace).
 _SECRETS_IN_CONNECT = re.compile(rb'("(?:pass|auth_token)"\s*:\s*")(?:[^"\\]|\\.)*"')
-
-
-class _DisabledCache(dict):
-    """The PUB cache of a verbose, pedantic or traced client: never filled
-    (process_pub fills only a plain dict), so one is shared by all."""
-
-    def get(self, key, default=None):
-        return None
-
-
-NO_PUB_CACHE = _DisabledCache()
 
 
 # A peer's CONNECT and INFO are read as Go's encoding/json reads them into
@@ -5068,6 +5115,9 @@ ROUTE_DIAL_TIMEOUT = 2.0
 # reconnect_error_reports); the ones between are [DBG].
 ROUTE_ERROR_REPORTS = 3600
 
+# Distinct RMSG lines a route's parse cache remembers.
+ROUTE_MSG_CACHE_MAX = 256
+
 # Seconds between route PINGs at most (Go caps the route ping interval).
 ROUTE_MAX_PING_INTERVAL = 30.0
 
@@ -5374,7 +5424,7 @@ class Route(Connection):
                     # HOT: a run of one RMSG line, delivered in bulk (deliver_run;
                     #      with the line cache, cross-route pub->sub 16 B went
                     #      0.17M -> 2.5M msgs/s on two gnatsd.py nodes).
-                    k = deliver_run(data, i, nl, entry, plan)
+                    k = deliver_run(data, i, nl, size, tail_at, reply_sp, plan)
                 else:
                     k = 1
                     tail = data[i + tail_at:stop + 2]
@@ -5461,7 +5511,7 @@ class Route(Connection):
         cache = self.msg_cache
         if raw in cache or not raw.endswith(size_token + b"\r"):
             return
-        if len(cache) >= PUB_CACHE_MAX:
+        if len(cache) >= ROUTE_MSG_CACHE_MAX:
             cache.clear()
         reply_sp = args[2] + b" " if len(args) == 4 else None
         cache[raw] = [args[1], reply_sp, int(size_token), len(raw) - 1 - len(size_token),

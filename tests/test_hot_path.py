@@ -1,0 +1,256 @@
+"""The PUB hot path, exercised the way clients use it (issue 11).
+
+Clients such as nats-py send `"pedantic":false`, and that is when
+gnatsd.py's hot path takes their PUB lines: the size is read from the
+line's last token and the subject looked up in the sublist cache (and, for
+a client with permissions, in the subjects it was vetted for).  Every test
+here connects with verbose and pedantic off, publishes lines that repeat
+and lines that vary (subjects, sizes, replies), and checks the exact bytes
+against Go 2.9 and 2.15 (the `start`/`kind` fixtures), so a hot path that
+skipped a check the reference path makes, or kept an answer past the
+moment it changed (a reload, a second CONNECT), fails here.
+
+Facts from Go 2.9.10 and 2.15.1 (they agree unless said otherwise):
+
+* A PUB whose subject a reload has denied gets `-ERR 'Permissions Violation
+  for Publish to "SUBJ"'` at once, and the subscriber gets nothing; one a
+  second CONNECT (as another user) denies, the same.
+* A reload lowering max_payload applies to a connection that published
+  larger messages before: `-ERR 'Maximum Payload Violation'`, closed.
+* `UNSUB sid 3` ends delivery after exactly 3 messages however they vary;
+  a queue group of 2 gets each message once; echo off keeps a client's
+  own messages from it, not from others.
+* A PUB line longer than max_control_line is refused as such even when its
+  subject was published to before.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from conftest import (RawConn, t_expect, t_expect_exact, t_ping_pong, t_read_until_closed,
+                      write_conf)
+from test_reload import assert_reloaded, reload
+
+QUIET = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+
+
+def quiet_client(srv, connect: bytes = QUIET) -> RawConn:
+    conn = RawConn(srv.host, srv.port)
+    conn.read_info()
+    conn.send(connect)
+    t_ping_pong(conn)
+    return conn
+
+
+def login(user: str, password: str, echo: bool = True) -> bytes:
+    return (b'CONNECT {"verbose":false,"pedantic":false,"echo":%s,"user":"%s","pass":"%s"}\r\n'
+            % (b"true" if echo else b"false", user.encode(), password.encode()))
+
+
+def until_pong(conn: RawConn) -> bytes:
+    """Everything the connection gets before the PONG to a PING sent now."""
+    conn.send(b"PING\r\n")
+    return t_expect(conn, rb"(.*?)PONG\r\n").group(1)
+
+
+def varied(seed: int, count: int, subjects: list, reply: bool = False) -> list:
+    """(subject, reply or None, payload) with sizes that change per message."""
+    rnd = random.Random(seed)
+    out = []
+    for k in range(count):
+        size = rnd.choice([0, 1, 2, 9, 10, 99, 100, 255, 1000])
+        payload = bytes(rnd.choice(b"abc\r\n .") for _ in range(size))
+        out.append((rnd.choice(subjects), b"_INBOX.r.%d" % k if reply else None, payload))
+    return out
+
+
+def pubs(msgs: list) -> bytes:
+    return b"".join(b"PUB %s %s%d\r\n%s\r\n" % (s, r + b" " if r else b"", len(p), p)
+                    for s, r, p in msgs)
+
+
+def msgs_for(msgs: list, sid: bytes) -> bytes:
+    return b"".join(b"MSG %s %s %s%d\r\n%s\r\n" % (s, sid, r + b" " if r else b"", len(p), p)
+                    for s, r, p in msgs)
+
+
+# -- plain traffic: subjects, sizes and replies that change ----------------------------
+
+
+@pytest.mark.parametrize("reply", [False, True], ids=["no-reply", "distinct-replies"])
+def test_varying_subjects_sizes_and_replies_arrive_byte_exact_in_order(start, reply):
+    srv = start()
+    sub = quiet_client(srv)
+    sub.send(b"SUB hot.> 7\r\n")
+    t_ping_pong(sub)
+    pub = quiet_client(srv)
+    msgs = varied(1, 400, [b"hot.a", b"hot.b.c", b"hot.%d" % 7, b"hot.a"], reply)
+    # Repeats too: the same line several times in a row.
+    msgs += [(b"hot.same", None, b"0123456789")] * 50 + varied(2, 50, [b"hot.z"], reply)
+    pub.send(pubs(msgs))
+    t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for(msgs, b"7")
+
+
+def test_odd_spacing_and_tabs_are_read_as_the_reference_path_reads_them(start):
+    """Lines the hot path must leave to the reference path: tabs, doubled
+    spaces, a lower-case op, a LF without CR, each right after the same
+    subject took the hot path."""
+    srv = start()
+    sub = quiet_client(srv)
+    sub.send(b"SUB odd 1\r\n")
+    t_ping_pong(sub)
+    pub = quiet_client(srv)
+    pub.send(b"PUB odd 2\r\nok\r\n"
+             b"PUB odd\t2\r\nt1\r\n"
+             b"PUB  odd 2\r\nt2\r\n"
+             b"PUB odd  2\r\nt3\r\n"
+             b"pub odd 2\r\nt4\r\n"
+             b"PUB odd 2\nt5\r\n"
+             b"PUB odd 2\r\nok\r\n")
+    t_ping_pong(pub)
+    assert until_pong(sub) == b"".join(b"MSG odd 1 2\r\n%s\r\n" % p
+                                       for p in (b"ok", b"t1", b"t2", b"t3", b"t4", b"t5",
+                                                 b"ok"))
+
+
+def test_an_overlong_line_on_a_known_subject_is_still_refused(start):
+    srv = start()
+    pub = quiet_client(srv)
+    subject = b"s" * 5000
+    pub.send(b"PUB %s 1\r\nx\r\n" % b"hot.long")
+    t_ping_pong(pub)
+    pub.send(b"PUB hot.long 1\r\nx\r\nPUB " + subject + b" 1\r\nx\r\n")
+    assert t_read_until_closed(pub) == b"-ERR 'maximum control line exceeded'\r\n"
+
+
+# -- what the hot path must notice changing --------------------------------------------
+
+
+PERMS = """
+authorization { users = [
+  { user: a, password: pa, permissions: { publish: { allow: ["hot.>"] } } }
+  { user: b, password: pb, permissions: { publish: { allow: ["hot.>"], deny: ["hot.secret"] } } }
+  { user: s, password: ps }
+] }
+"""
+
+
+def test_a_publish_a_reload_denies_is_refused_at_once(start, tmp_path):
+    conf = write_conf(tmp_path, PERMS)
+    srv = start("-c", conf)
+    sub = quiet_client(srv, login("s", "ps"))
+    sub.send(b"SUB hot.> 1\r\n")
+    t_ping_pong(sub)
+    pub = quiet_client(srv, login("a", "pa"))
+    warm = varied(3, 30, [b"hot.secret", b"hot.open"])
+    pub.send(pubs(warm))
+    t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for(warm, b"1")
+    assert_reloaded(reload(srv, conf, PERMS.replace('allow: ["hot.>"] } } }\n  { user: b',
+                                                    'allow: ["hot.>"], deny: ["hot.secret"] }'
+                                                    ' } }\n  { user: b')))
+    pub.send(b"PUB hot.secret 5\r\nhello\r\nPUB hot.open 2\r\nok\r\n")
+    t_expect_exact(pub, b"-ERR 'Permissions Violation for Publish to \"hot.secret\"'\r\n")
+    t_ping_pong(pub)
+    assert until_pong(sub) == b"MSG hot.open 1 2\r\nok\r\n"
+
+
+def test_a_publish_a_second_connect_denies_is_refused(start, tmp_path):
+    srv = start("-c", write_conf(tmp_path, PERMS))
+    sub = quiet_client(srv, login("s", "ps"))
+    sub.send(b"SUB hot.> 1\r\n")
+    t_ping_pong(sub)
+    pub = quiet_client(srv, login("a", "pa"))
+    warm = varied(4, 20, [b"hot.secret"])
+    pub.send(pubs(warm))
+    t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for(warm, b"1")
+    pub.send(login("b", "pb") + b"PUB hot.secret 3\r\nabc\r\nPUB hot.x 1\r\ny\r\n")
+    t_expect_exact(pub, b"-ERR 'Permissions Violation for Publish to \"hot.secret\"'\r\n")
+    t_ping_pong(pub)
+    assert until_pong(sub) == b"MSG hot.x 1 1\r\ny\r\n"
+
+
+def test_max_payload_lowered_by_a_reload_applies_to_a_warm_subject(start, tmp_path):
+    conf = write_conf(tmp_path, "max_payload: 2048\n")
+    srv = start("-c", conf)
+    pub = quiet_client(srv)
+    pub.send(pubs(varied(5, 40, [b"hot.big"])) + b"PUB hot.big 1500\r\n" + b"x" * 1500 + b"\r\n")
+    t_ping_pong(pub)
+    assert_reloaded(reload(srv, conf, "max_payload: 1024\n"), "max_payload = 1024")
+    pub.send(b"PUB hot.big 10\r\n0123456789\r\nPUB hot.big 1500\r\n" + b"x" * 1500 + b"\r\n")
+    assert t_read_until_closed(pub) == b"-ERR 'Maximum Payload Violation'\r\n"
+
+
+def test_unsub_max_stops_after_exactly_that_many_varying_messages(start):
+    srv = start()
+    sub = quiet_client(srv)
+    sub.send(b"SUB hot.> 1\r\nUNSUB 1 3\r\n")
+    t_ping_pong(sub)
+    pub = quiet_client(srv)
+    msgs = varied(6, 10, [b"hot.a", b"hot.b"])
+    pub.send(pubs(msgs))
+    t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for(msgs[:3], b"1")
+
+
+def test_a_queue_group_gets_each_varying_message_once(start):
+    srv = start()
+    members = [quiet_client(srv) for _ in range(2)]
+    for k, m in enumerate(members):
+        m.send(b"SUB hot.> q %d\r\n" % (k + 1))
+        t_ping_pong(m)
+    pub = quiet_client(srv)
+    msgs = varied(7, 200, [b"hot.a", b"hot.b", b"hot.c"])
+    pub.send(pubs(msgs))
+    t_ping_pong(pub)
+    got = [until_pong(m) for m in members]
+    frames = [re.findall(rb"MSG (\S+) (\d) (\d+)\r\n", g) for g in got]
+    assert sum(len(f) for f in frames) == len(msgs)
+    assert all(f for f in frames), "one member got nothing in 200 messages"
+
+
+def test_echo_off_keeps_a_clients_own_varying_messages_from_it(start):
+    srv = start()
+    me = quiet_client(srv, b'CONNECT {"verbose":false,"pedantic":false,"echo":false}\r\n')
+    me.send(b"SUB hot.> 1\r\n")
+    t_ping_pong(me)
+    other = quiet_client(srv)
+    other.send(b"SUB hot.> 2\r\n")
+    t_ping_pong(other)
+    msgs = varied(8, 50, [b"hot.a", b"hot.b"])
+    me.send(pubs(msgs))
+    t_ping_pong(me)
+    assert until_pong(me) == b""
+    assert until_pong(other) == msgs_for(msgs, b"2")
+    third = quiet_client(srv)
+    third.send(pubs(msgs[:5]))
+    t_ping_pong(third)
+    assert until_pong(me) == msgs_for(msgs[:5], b"1")
+
+
+def test_headers_interleaved_with_plain_publishes_keep_their_order(start):
+    srv = start()
+    hdr_conn = b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
+    sub = quiet_client(srv, hdr_conn)
+    sub.send(b"SUB hot.h 1\r\n")
+    t_ping_pong(sub)
+    pub = quiet_client(srv, hdr_conn)
+    head = b"NATS/1.0\r\nA: b\r\n\r\n"
+    out, want = b"", b""
+    for k in range(30):
+        body = b"m%d" % k
+        if k % 3 == 0:
+            out += b"HPUB hot.h %d %d\r\n%s%s\r\n" % (len(head), len(head) + len(body), head, body)
+            want += b"HMSG hot.h 1 %d %d\r\n%s%s\r\n" % (len(head), len(head) + len(body), head,
+                                                          body)
+        else:
+            out += b"PUB hot.h %d\r\n%s\r\n" % (len(body), body)
+            want += b"MSG hot.h 1 %d\r\n%s\r\n" % (len(body), body)
+    pub.send(out)
+    t_ping_pong(pub)
+    assert until_pong(sub) == want
