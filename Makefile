@@ -7,7 +7,7 @@
 #   make test          whole suite, incl. the smoke run on every CPython 3.8-3.13
 #   make unit          in-process tests only (layout, sublist, parser, conf, options)
 #   make test-pythons  protocol smoke with the server under each CPython 3.8-3.13
-#   make bench         BENCH (default tests/bench.py) with $(BENCH_ARGS)
+#   make bench         BENCH (default tests/bench.py) with $(BENCH_ARGS); writes tests/BENCH-RESULTS.md
 #   make fuzz          each fuzzer in tests/fuzz for FUZZ_SECONDS (default 60; `make test`: 3 s each)
 #   make soak          tests/soak.py: 10k held conns, 50k churn, 60 s mixed traffic (SOAK_ARGS)
 #   make redteam       tests/test_redteam.py one at a time: attacks, canary p99 within 10x of Go 2.15
@@ -68,8 +68,12 @@ unit: dev
 test-pythons: dev
 	$(VPY) -m pytest $(PYTEST_ARGS) tests/test_pythons.py
 
+# The table (and its header: date, commit, machine, servers, load) also goes
+# to $(BENCH_RESULTS), which is committed; tests/loadgen.c is compiled into
+# bench-results/ on the way (bench.py skips the realistic rows without cc).
+BENCH_RESULTS ?= tests/BENCH-RESULTS.md
 bench: dev
-	$(VPY) $(BENCH) $(BENCH_ARGS)
+	$(VPY) $(BENCH) --results $(BENCH_RESULTS) $(BENCH_ARGS)
 
 # The hypothesis fuzzers in tests/fuzz (client and route protocol, config,
 # sublist, monitor queries), FUZZ_SECONDS each (whole seconds); a failure is

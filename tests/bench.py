@@ -5,9 +5,35 @@
 each scenario against gnatsd.py and each Go nats-server found, interleaved
 (gnatsd, go2.9, go2.15, gnatsd, ...) so drift on the machine hits all of
 them alike. It prints the machine, then a table of medians and the ratios
-gnatsd/go that the project's targets are written in.
+gnatsd/go that the project's targets are written in (and with --results,
+writes the same to a Markdown file: `make bench` keeps tests/BENCH-RESULTS.md).
 
-Scenarios (16-byte payloads unless named):
+The table leads with realistic traffic, made and checked by tests/loadgen.c
+(compiled on demand into bench-results/; without a C compiler these are
+skipped with a note). Every message picks its subject and payload size
+afresh (64 subjects real.0 .. real.63 and 16..256-byte payloads unless
+named); subscribers hold real.> so each sees every message:
+
+    real_pub     4 publishers, no subscribers
+    real_pubsub  1 publisher, 1 subscriber
+    real_fanout8 1 publisher, 8 subscribers (msgs/s counts deliveries)
+    real_queue4  1 publisher, a queue group of 4 (each message to exactly one)
+    real_10k     as real_pubsub over 10,000 subjects
+    real_100k    as real_pubsub over 100,000 subjects
+    real_big     as real_pubsub with 1 KiB..64 KiB payloads
+    real_reply   as real_pubsub, every message with a reply subject of its
+                 own (_INBOX.<pub>.<seq>, as requests carry)
+    real_reqrep  sequential request/reply as a NATS client makes it: one
+                 _INBOX.<id>.* subscription, a reply subject per request,
+                 requests over the 64 subjects and sizes: p50/p99 round trip
+    same_line    1 publisher, 1 subscriber, one subject and 128-byte payloads:
+                 the same PUB line every message ...
+    varied_line  ... beside the same with 64..192-byte payloads: what it costs
+                 when consecutive messages stop sharing a size
+
+Then the older scenarios (16-byte payloads unless named). Up to pubsub1k
+they send the same PUB line every message: the best case (gnatsd.py delivers
+runs of one PUB line in bulk); the table says so where they start.
 
     pub        one publisher, no subscribers
     pubsub     one publisher, one subscriber
@@ -37,7 +63,19 @@ Scenarios (16-byte payloads unless named):
 
 How the load is made, so that the generator is not what is measured:
 
-* Publishing sends pre-built batches (thousands of `PUB subj n\\r\\n...` in one
+* The realistic scenarios run tests/loadgen.c (its header comment has the
+  details): one C process per publisher, building each batch of PUBs
+  (subject and size from a hash of publisher id and sequence number, payload
+  opening with both in hex) as it goes, a PING after each batch, at most
+  MAX_UNACKED_BYTES un-PONGed; subscriber processes of several connections
+  that parse every MSG and check its subject, size, reply subject and
+  per-publisher order (+1 each, or increasing for queue members). A shared
+  counter file keeps publishers within WINDOW_BYTES of the slowest subscriber
+  group; at the end each group's per-publisher counts and sums of message
+  hashes must equal what each publisher sent (so a queue group neither lost
+  nor doubled a message). `--self-test` also feeds loadgen subscribers
+  streams with faults, each of which must be caught.
+* The older scenarios are made in Python. Publishing sends pre-built batches (thousands of `PUB subj n\\r\\n...` in one
   buffer, a PING at the end) with one sendall each. Each payload starts
   with a 16-hex-digit sequence number; batch k is its template with k
   written into every record by a few extended-slice assignments, so the
@@ -58,14 +96,22 @@ How the load is made, so that the generator is not what is measured:
 * `--sink` runs the same scenarios against tests/bench_sink.py, which only
   discards input and answers PINGs: the publishing rates it shows are the
   generator's ceiling. It also times the subscriber's checker alone. (Not
-  the TLS and route scenarios: the sink speaks neither.)
+  the TLS and route scenarios: the sink speaks neither.) The realistic
+  throughput scenarios use loadgen's own C sink instead (the Python one
+  cannot find PINGs in batches of varying length fast enough), publishers
+  only; their checker ceiling is `loadgen speed`.
+* Server CPU: /proc/PID/stat utime+stime of the server (all threads, all
+  nodes) from just before the first publish to the last delivery, divided
+  by the messages counted: the "srv us/msg" rows.
 
 Usage:
 
     python3 tests/bench.py                          # all scenarios, 3 reps, ~5 min
     python3 tests/bench.py --servers go2.9,go2.15 --scenarios pub,pubsub
+    python3 tests/bench.py --scenarios real_pubsub,real_queue4 --reps 1 --duration 1
     python3 tests/bench.py --sink                   # generator ceilings
     python3 tests/bench.py --python pypy3 --json out.json
+    python3 tests/bench.py --results tests/BENCH-RESULTS.md   # as make bench does
 
 Exit status 1 if any measurement failed (it shows as FAIL in the table).
 Run it on an otherwise idle machine: the header prints the load average.
@@ -79,14 +125,16 @@ Contents:
     5. Subscriber processes
     6. Publishing
     7. Scenarios
-    8. Running, medians and the table
-    9. Command line
+    8. Realistic traffic: tests/loadgen.c
+    9. Running, medians and the table
+    10. Command line
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import mmap
 import multiprocessing
 import os
 import platform
@@ -100,6 +148,7 @@ import signal
 import socket
 import ssl
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -115,6 +164,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The server under test and the sink.
 GNATSD = os.path.join(ROOT, "gnatsd.py")
 SINK = os.path.join(ROOT, "tests", "bench_sink.py")
+# The realistic scenarios' generator: its source, and where it is compiled
+# (bench-results/ is gitignored and removed by `make clean`).
+LOADGEN_SRC = os.path.join(ROOT, "tests", "loadgen.c")
+LOADGEN_DIR = os.path.join(ROOT, "bench-results")
+LOADGEN = os.path.join(LOADGEN_DIR, "loadgen")
+# Requests loadgen's requester makes before its clock starts (WARMUP there).
+LOADGEN_WARMUP = 200
 # Every server listens here, on a port it picks itself (-p -1).
 HOST = "127.0.0.1"
 # TLS scenarios: the test certificates (`make certs`), and the flags that
@@ -201,9 +257,16 @@ SUBJECT_BASE = 100000
 
 # Ratio gnatsd/go2.9 each scenario should reach (the project issue).
 # pubsub2 has none: it is there to show the per-message path, which the
-# alternating subjects force (gnatsd.py's runs of one PUB line cannot form).
-TARGETS = {"pub": 0.20, "pubsub": 0.35, "fanout16": 0.60, "pubsub1k": 0.75,
+# alternating subjects force (gnatsd.py's runs of one PUB line cannot form);
+# nor have real_reply, real_reqrep, same_line and varied_line.
+TARGETS = {"real_pub": 0.20, "real_pubsub": 0.45, "real_fanout8": 0.60,
+           "real_queue4": 0.40, "real_10k": 0.40, "real_100k": 0.40, "real_big": 0.80,
+           "pub": 0.20, "pubsub": 0.35, "fanout16": 0.60, "pubsub1k": 0.75,
            "tlspubsub1k": 0.50, "routepubsub": 0.30}
+# The table marks where the older scenarios start, after the realistic ones.
+BEST_CASE_NOTE = ("-- older scenarios, one payload size each: pub, pubsub, fanout4, fanout16, "
+                  "queue4 and pubsub1k\n   send the same PUB line every message (the best "
+                  "case for gnatsd.py) --")
 # Most server memory per idle connection for gnatsd.py, KiB.
 IDLE_TARGET_KIB = 4.0
 # A load average above this before the run means the machine was busy.
@@ -1205,7 +1268,8 @@ class Throughput:
         self.server_args = TLS_SERVER_ARGS if tls else []
         self.subjects = list(subjects)
         self.sub = sub
-        self.metrics = [("msgs", "msgs/s", True), ("mbs", "MB/s", True)]
+        self.metrics = [("msgs", "msgs/s", True), ("mbs", "MB/s", True),
+                        ("cpu_us", "srv us/msg", False)]
 
     def plan(self) -> PublishPlan:
         """One template over the subjects; every batch reaches every group whole."""
@@ -1397,15 +1461,17 @@ def process_cpu() -> float:
 
 def throughput_metrics(plan, batches, start, end, results, cpu) -> dict:
     """Rates from one measurement. msgs/s counts deliveries (all subscribers
-    together) when there are subscribers, else publishes. CPU shares are
-    cores' worth over the measurement (subscribers: whole process lives;
-    server: all its nodes, and node by node)."""
+    together) when there are subscribers, else publishes; cpu_us is the
+    server's CPU time (all nodes, all threads) per message so counted. CPU
+    shares are cores' worth over the measurement (subscribers: whole process
+    lives; server: all its nodes, and node by node)."""
     published = batches * plan.per_batch
     delivered = sum(r["count"] for r in results)
     last = max([end] + [r["last"] for r in results])
     elapsed = (last if delivered else end) - start
     msgs = (delivered if delivered else published) / elapsed
     metrics = {"msgs": msgs, "mbs": msgs * plan.size / 1e6,
+               "cpu_us": sum(cpu["nodes"]) * 1e6 / max(1, delivered or published),
                "pub_msgs": published / (end - start), "published": published,
                "delivered": delivered, "seconds": elapsed,
                "server_cpu": sum(cpu["nodes"]) / elapsed,
@@ -1596,8 +1662,457 @@ def probe_idle(socks: list) -> None:
         read_until(sock, b"", PONG)
 
 
-# Scenario names in run order.
+# ============================================================================
+# 8. Realistic traffic: tests/loadgen.c
+# ============================================================================
+#
+# The scenarios above mostly send one PUB line over and over, which the
+# stride-slice checker needs (every delivery one length) and which is
+# gnatsd.py's best case. The realistic ones vary subject and payload size
+# from message to message, so they are driven by tests/loadgen.c, a small C
+# generator and checker compiled on demand (see its header comment): one
+# process per publisher, subscriber processes holding several connections
+# each, and a shared file of counters through which publishers keep within
+# a window of the slowest subscriber group and this process sees progress.
+# Each delivery is checked in full (subject, size, reply, per-publisher
+# order); the totals are compared here with what each publisher sent.
+
+
+def find_compiler() -> str:
+    """$CC, else cc, gcc or clang on PATH; '' if none."""
+    for name in (os.environ.get("CC", ""), "cc", "gcc", "clang"):
+        path = shutil.which(name) if name else None
+        if path:
+            return path
+    return ""
+
+
+def build_loadgen() -> tuple:
+    """(path of a loadgen binary no older than its source, '') or (None,
+    why not). Compiles into bench-results/ (gitignored) when needed."""
+    if os.path.exists(LOADGEN) and os.path.getmtime(LOADGEN) >= os.path.getmtime(LOADGEN_SRC):
+        return LOADGEN, ""
+    compiler = find_compiler()
+    if not compiler:
+        return None, "no C compiler found (cc, gcc, clang or $CC)"
+    os.makedirs(LOADGEN_DIR, exist_ok=True)
+    partial = "%s.%d" % (LOADGEN, os.getpid())
+    argv = [compiler, "-O2", "-o", partial, LOADGEN_SRC]
+    out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if out.returncode:
+        return None, "%s failed:\n%s" % (" ".join(argv), out.stdout.decode(errors="replace"))
+    os.replace(partial, LOADGEN)
+    return LOADGEN, ""
+
+
+class SharedCounters:
+    """The --shm file of tests/loadgen.c: publishers, groups, abort flag,
+    then a published count per publisher and a delivered count per group."""
+
+    def __init__(self, pubs: int, groups: int):
+        self.pubs, self.groups = pubs, groups
+        where = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.file = tempfile.NamedTemporaryFile(prefix="bench-loadgen-", dir=where)
+        self.file.write(struct.pack("=%dQ" % (3 + pubs + groups), pubs, groups,
+                                    *[0] * (1 + pubs + groups)))
+        self.file.flush()
+        self.path = self.file.name
+        self.map = mmap.mmap(self.file.fileno(), 0)
+
+    def delivered(self, group: int) -> int:
+        return struct.unpack_from("=Q", self.map, 8 * (3 + self.pubs + group))[0]
+
+    def close(self) -> None:
+        self.map.close()
+        self.file.close()
+
+
+class LoadgenProc:
+    """One loadgen process: argv, its stdout read line by line with a
+    deadline, its stderr kept for the error message."""
+
+    def __init__(self, argv: list):
+        self.argv = argv
+        self.err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, cwd=ROOT)
+        self.buf = b""
+
+    def failure(self) -> str:
+        """Why it failed: its stderr, or its exit status."""
+        self.err.seek(0)
+        text = self.err.read().decode(errors="replace").strip()
+        return text or "%s exited with status %s" % (self.argv[1], self.proc.poll())
+
+    def line(self, timeout: float, others=()) -> str:
+        """The next line it prints; BenchError if it exits first, if any of
+        `others` dies meanwhile, or if `timeout` passes."""
+        deadline = now() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            for other in others:
+                if other.proc.poll() not in (None, 0):
+                    raise BenchError(other.failure())
+            left = deadline - now()
+            if left <= 0:
+                raise BenchError("loadgen %s: no output within %.0f s" % (self.argv[1], timeout))
+            if select.select([fd], [], [], min(left, 0.05))[0]:
+                data = os.read(fd, 65536)
+                if not data:
+                    self.proc.wait(5)
+                    raise BenchError(self.failure())
+                self.buf += data
+        text, self.buf = self.buf.split(b"\n", 1)
+        return text.decode()
+
+    def fields(self, kind: str, timeout: float, others=()) -> dict:
+        """Its next line, which must start with `kind`, as {key: value}."""
+        text = self.line(timeout, others)
+        words = text.split()
+        if not words or words[0] != kind:
+            raise BenchError("loadgen %s printed %r" % (self.argv[1], text))
+        return dict(word.split("=", 1) for word in words[1:])
+
+    def tell(self, text: str) -> None:
+        try:
+            self.proc.stdin.write(text.encode() + b"\n")
+            self.proc.stdin.flush()
+        except OSError:
+            pass  # it has exited; the next read says why
+
+    def close(self) -> None:
+        """Wait briefly for it to exit; kill it if it does not."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc.stdout.close()
+        self.err.close()
+
+
+class Realistic:
+    """Throughput driven by tests/loadgen.c: `pubs` publisher processes (ids
+    1..pubs), each message to one of `subjects` subjects PREFIX.<k> with a
+    payload of size[0]..size[1] bytes, both drawn per message; `subs`
+    subscriber connections on `sub` (by default PREFIX.>, so each sees every
+    message), or with `queue` a queue group of `subs` members. `reply`: every
+    message carries a reply subject of its own."""
+
+    primary = "msgs"
+    loadgen = True
+    # With --sink: tests/loadgen.c's own sink (bench_sink.py scans varied
+    # batches for PINGs at ~1 GB/s, below the Go servers' rates here).
+    c_sink = True
+
+    def __init__(self, pubs: int = 1, subs: int = 1, subjects: int = 64,
+                 size: tuple = (16, 256), queue: bool = False, reply: bool = False,
+                 prefix: str = "real", sub: str = ""):
+        self.pubs, self.subs, self.subjects, self.size = pubs, subs, subjects, size
+        self.queue, self.reply, self.prefix = queue, reply, prefix
+        self.sub = sub or prefix + ".>"
+        self.metrics = [("msgs", "msgs/s", True), ("mbs", "MB/s", True),
+                        ("cpu_us", "srv us/msg", False)]
+
+    def traffic(self) -> list:
+        """The loadgen options that define the messages (pubs and subs alike)."""
+        return (["--prefix", self.prefix, "--subjects", str(self.subjects),
+                 "--size", "%d-%d" % self.size, "--seed", "1"]
+                + (["--reply"] if self.reply else []))
+
+    def sub_procs(self) -> list:
+        """(first group, connections) per subscriber process: a queue group
+        is one process (its count is one counter); plain subscribers are
+        spread over up to MAX_SUB_PROCS."""
+        if not self.subs:
+            return []
+        if self.queue:
+            return [(0, self.subs)]
+        nprocs = min(MAX_SUB_PROCS, self.subs)
+        sizes = [self.subs // nprocs + (p < self.subs % nprocs) for p in range(nprocs)]
+        return [(sum(sizes[:p]), sizes[p]) for p in range(nprocs)]
+
+    def groups(self) -> int:
+        return 1 if self.queue else self.subs
+
+    def window(self) -> int:
+        """Messages all publishers may run ahead of the slowest group."""
+        return max(64, WINDOW_BYTES // (sum(self.size) // 2 + 40))
+
+    def run(self, server: Server, opts) -> dict:
+        sink = server.name == "sink"
+        base = [opts.loadgen, "", "--host", HOST, "--port", str(server.port)] + self.traffic()
+        counters = SharedCounters(self.pubs, self.groups())
+        procs, subs, pubs = [], [], []
+
+        def start(mode: str, extra: list) -> LoadgenProc:
+            argv = list(base)
+            argv[1] = mode
+            proc = LoadgenProc(argv + extra)
+            procs.append(proc)
+            return proc
+
+        try:
+            if not sink:  # the sink delivers nothing: the publishers' ceiling alone
+                for group, conns in self.sub_procs():
+                    subs.append(start("sub", ["--sub", self.sub, "--conns", str(conns),
+                                              "--group", str(group), "--shm", counters.path]
+                                      + (["--queue", "q"] if self.queue else [])))
+                for proc in subs:
+                    proc.fields("ready", IO_TIMEOUT * 3, procs)
+            window = ["--shm", counters.path, "--window", str(self.window())] if subs else []
+            for j in range(1, self.pubs + 1):
+                pubs.append(start("pub", ["--id", str(j), "--duration", str(opts.duration),
+                                          "--sync"] + window))
+            for proc in pubs:
+                proc.fields("ready", IO_TIMEOUT, procs)
+            cpu0 = server.node_cpu_seconds()
+            for proc in pubs:
+                proc.tell("go")
+            sent = {int(r["id"]): r for r in
+                    (proc.fields("pub", opts.duration + IO_TIMEOUT * 3, procs) for proc in pubs)}
+            published = sum(int(r["msgs"]) for r in sent.values())
+            self.wait_delivered(counters, published, subs)
+            cpu = [b - a for a, b in zip(cpu0, server.node_cpu_seconds())]
+            for proc in subs:
+                proc.tell("stop")
+            conns = [proc.fields("sub", IO_TIMEOUT * 3, procs)
+                     for proc, (_, n) in zip(subs, self.sub_procs()) for _ in range(n)]
+        finally:
+            for proc in procs:
+                proc.close()
+            counters.close()
+        self.verify(sent, conns)
+        return self.metrics_of(sent, conns, cpu)
+
+    def wait_delivered(self, counters: SharedCounters, published: int, subs: list) -> None:
+        """Until every group has counted `published` deliveries; BenchError
+        if a subscriber process dies or progress stops for IO_TIMEOUT."""
+        last_total, last_change = -1, now()
+        while True:
+            got = [counters.delivered(g) for g in range(self.groups())] if subs else []
+            if all(n >= published for n in got):
+                return
+            for proc in subs:
+                if proc.proc.poll() is not None:
+                    raise BenchError(proc.failure())
+            if sum(got) != last_total:
+                last_total, last_change = sum(got), now()
+            elif now() - last_change > IO_TIMEOUT:
+                raise BenchError("lost messages: groups got %s of %d" % (got, published))
+            time.sleep(0.002)
+
+    def verify(self, sent: dict, conns: list) -> None:
+        """Every group got every publisher's messages exactly once: counts
+        and sums of the messages' hashes per publisher (a queue group's
+        members summed), against what each publisher reports sending."""
+        by_group = {}
+        for conn in conns:
+            tally = by_group.setdefault(int(conn["group"]), {})
+            for item in filter(None, conn["pubs"].split(",")):
+                pub, count, digest = item.split(":")
+                got = tally.setdefault(int(pub), [0, 0])
+                got[0] += int(count)
+                got[1] = (got[1] + int(digest, 16)) % (1 << 64)
+        for group in range(self.groups() if conns else 0):
+            tally = by_group.get(group, {})
+            for pub, res in sent.items():
+                count, digest = tally.pop(pub, [0, 0])
+                want = int(res["msgs"])
+                if count != want:
+                    raise BenchError("group %d got %d of publisher %d's %d messages (%s)" % (
+                        group, count, pub, want, "duplicates" if count > want else "loss"))
+                if digest != int(res["hash"], 16):
+                    raise BenchError("group %d: publisher %d's messages were not each "
+                                     "delivered once (hash sums differ)" % (group, pub))
+            if tally:
+                raise BenchError("group %d got messages from unknown publishers %s" % (
+                    group, sorted(tally)))
+
+    def metrics_of(self, sent: dict, conns: list, cpu: list) -> dict:
+        """Rates as Throughput's: deliveries (publishes without subscribers)
+        per second from the first publish to the last delivery; server CPU
+        per counted message."""
+        start = min(float(r["start"]) for r in sent.values())
+        end = max(float(r["end"]) for r in sent.values())
+        published = sum(int(r["msgs"]) for r in sent.values())
+        delivered = sum(int(c["msgs"]) for c in conns)
+        last = max([end] + [float(c["last"]) for c in conns])
+        elapsed = (last if delivered else end) - start
+        count = delivered if conns else published
+        nbytes = (sum(int(c["bytes"]) for c in conns) if conns
+                  else sum(int(r["bytes"]) for r in sent.values()))
+        generator = sum(float(r["cpu"]) for r in list(sent.values()) + conns if "cpu" in r)
+        return {"msgs": count / elapsed, "mbs": nbytes / elapsed / 1e6,
+                "cpu_us": sum(cpu) * 1e6 / max(1, count),
+                "pub_msgs": published / (end - start), "published": published,
+                "delivered": delivered, "seconds": elapsed,
+                "server_cpu": sum(cpu) / elapsed, "node_cpu": [c / elapsed for c in cpu],
+                "generator_cpu": generator / elapsed,
+                "msgs_per_read": delivered / max(1, sum(int(c["reads"]) for c in conns))}
+
+    def ceiling(self, opts) -> float:
+        """One subscriber process's checking rate (loadgen speed), msgs/s."""
+        out = subprocess.run([opts.loadgen, "speed"] + self.traffic(), stdout=subprocess.PIPE)
+        fields = dict(w.split("=") for w in out.stdout.decode().split()[1:])
+        return float(fields.get("check", 0)) if self.subs else 0.0
+
+
+class RealReqRep:
+    """Sequential request/reply through tests/loadgen.c as a NATS client
+    does it: one wildcard inbox subscription (_INBOX.<id>.*) and a reply
+    subject of its own per request; requests go to 64 subjects with 16..256
+    byte payloads; a responder (PREFIX.>) echoes each payload to its reply
+    subject. Both ends check every message."""
+
+    primary = "p50"
+    loadgen = True
+    metrics = ReqRep.metrics
+
+    def __init__(self):
+        self.base = Realistic(subs=1, reply=True)
+
+    def run(self, server: Server, opts) -> dict:
+        traffic = ["--host", HOST, "--port", str(server.port)] + self.base.traffic()
+        procs = []
+        try:
+            if server.name != "sink":  # the sink echoes requests itself
+                procs.append(LoadgenProc([opts.loadgen, "sub", "--sub", self.base.sub,
+                                          "--respond", "--coalesce-us", "0"] + traffic))
+                procs[0].fields("ready", IO_TIMEOUT * 3)
+            requester = LoadgenProc([opts.loadgen, "req", "--id", "1", "--duration",
+                                     str(opts.duration), "--sync"] + traffic)
+            procs.append(requester)
+            requester.fields("ready", IO_TIMEOUT, procs)
+            requester.tell("go")
+            res = requester.fields("req", opts.duration + IO_TIMEOUT * 3, procs)
+            if len(procs) == 2:  # the responder answered each request once
+                procs[0].tell("stop")
+                answered = int(procs[0].fields("sub", IO_TIMEOUT, procs)["msgs"])
+                if answered != int(res["count"]) + LOADGEN_WARMUP:
+                    raise BenchError("the responder saw %d requests, the requester made %d" % (
+                        answered, int(res["count"]) + LOADGEN_WARMUP))
+        finally:
+            for proc in procs:
+                proc.close()
+        return {"p50": float(res["p50"]), "p99": float(res["p99"]), "rps": float(res["rps"]),
+                "requests": int(res["count"])}
+
+    def ceiling(self, opts) -> float:
+        return 0.0
+
+
+def fake_server_feed(loadgen: str, traffic: list, stream: bytes, queue: bool) -> tuple:
+    """Serve `stream` to a loadgen subscriber as a server would: INFO, the
+    handshake's PONG, the stream, then the PONG of its final PING. Returns
+    (its sub fields or None, its error text or '')."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((HOST, 0))
+    listener.listen(1)
+    listener.settimeout(IO_TIMEOUT)
+    argv = [loadgen, "sub", "--port", str(listener.getsockname()[1]), "--sub", "real.>"]
+    proc = LoadgenProc(argv + traffic + (["--queue", "q"] if queue else []))
+    try:
+        sock, _ = listener.accept()
+        sock.settimeout(IO_TIMEOUT)
+        sock.sendall(b'INFO {"server_id":"self-test","max_payload":1048576}\r\n')
+        read_until(sock, b"", PING)
+        sock.sendall(PONG)
+        proc.fields("ready", IO_TIMEOUT)
+        try:
+            sock.sendall(stream)
+            proc.tell("stop")
+            read_until(sock, b"", PING)
+            sock.sendall(PONG)
+        except (OSError, BenchError):
+            pass  # it found a fault and hung up
+        try:
+            return proc.fields("sub", IO_TIMEOUT), ""
+        except BenchError as e:
+            return None, str(e)
+    finally:
+        proc.close()
+        listener.close()
+
+
+def loadgen_self_test(loadgen: str) -> int:
+    """Feed loadgen subscribers streams with known faults: each must be
+    caught, by the subscriber itself or by Realistic.verify. Returns failures."""
+    traffic = Realistic(reply=True).traffic()
+    out = subprocess.run([loadgen, "frames", "--count", "5000"] + traffic,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    sent = {1: dict(w.split("=") for w in out.stderr.decode().split()[1:])}
+    frames, pos = [], 0
+    while pos < len(out.stdout):  # split the stream into whole MSG frames
+        eol = out.stdout.index(CRLF, pos)
+        end = eol + 2 + int(out.stdout[pos:eol].split()[-1]) + 2
+        frames.append(out.stdout[pos:end])
+        pos = end
+    head, body = frames[100].split(CRLF, 1)
+    other = frames[101].split(CRLF, 1)[0].split()[1]
+    cases = [  # (name, frames, must it be caught)
+        ("clean", frames, False),
+        ("ping inside", frames[:100] + [PING] + frames[100:], False),
+        ("lost one", frames[:3000] + frames[3001:], True),
+        ("lost the last", frames[:-1], True),
+        ("doubled one", frames[:3000] + frames[2999:], True),
+        ("swapped two", frames[:3000] + [frames[3001], frames[3000]] + frames[3002:], True),
+        ("wrong subject", frames[:100] + [frames[100].replace(head.split()[1], other, 1)]
+         + frames[101:], True),
+        ("wrong size", frames[:100] + [head.rsplit(b" ", 1)[0] + b" %d\r\n" % (len(body) - 3)
+                                       + body[:-3] + CRLF] + frames[101:], True),
+        ("short payload", frames[:100] + [frames[100][:-3] + CRLF] + frames[101:], True),
+        ("no reply", frames[:100] + [b" ".join(head.split()[:3] + head.split()[4:]) + CRLF + body]
+         + frames[101:], True),
+        ("-ERR inside", frames[:100] + [b"-ERR 'Slow Consumer Detected'\r\n"] + frames[100:],
+         True),
+    ]
+    # Each case for a plain subscriber and a queue member (one connection
+    # each), then a queue group of two where a message reaches both members
+    # and another none: every count looks right, the hash sums do not.
+    runs = [(name, [stream], catch, queue) for name, stream, catch in cases
+            for queue in (False, True)]
+    runs.append(("dup+loss", [frames[:2] + frames[2::2], frames[1:2] + frames[5::2]], True, True))
+    failures = 0
+    for name, members, must_catch, queue in runs:
+        conns, error = [], ""
+        for stream in members:
+            conn, error = fake_server_feed(loadgen, traffic, b"".join(stream), queue)
+            if error:
+                break
+            conn["group"] = "0"
+            conns.append(conn)
+        if not error:
+            try:
+                Realistic(reply=True).verify(sent, conns)
+            except BenchError as e:
+                error = "verify: %s" % e
+        ok = bool(error) == must_catch
+        failures += not ok
+        print("%-4s loadgen %-13s queue=%-5s -> %s" % (
+            "ok" if ok else "FAIL", name, queue, (error or "count %d of %d" % (
+                sum(int(c["msgs"]) for c in conns), len(frames))).splitlines()[0]))
+    return failures
+
+
+# Scenario names in run order: the realistic ones first (tests/loadgen.c),
+# then the older ones, which mostly repeat one PUB line.
 SCENARIOS = {
+    "real_pub": Realistic(pubs=4, subs=0),
+    "real_pubsub": Realistic(),
+    "real_fanout8": Realistic(subs=8),
+    "real_queue4": Realistic(subs=4, queue=True),
+    "real_10k": Realistic(subjects=10000),
+    "real_100k": Realistic(subjects=100000),
+    "real_big": Realistic(size=(KIB, 64 * KIB)),
+    "real_reply": Realistic(reply=True),
+    "real_reqrep": RealReqRep(),
+    "same_line": Realistic(subjects=1, size=(128, 128), prefix="line", sub="line.0"),
+    "varied_line": Realistic(subjects=1, size=(64, 192), prefix="line", sub="line.0"),
     "pub": Throughput(SMALL, 0),
     "pubsub": Throughput(SMALL, 1),
     "pubsub2": Throughput(SMALL, 1, subjects=(b"bench.a", b"bench.b"), sub=b"bench.*"),
@@ -1615,7 +2130,7 @@ SCENARIOS = {
 
 
 # ============================================================================
-# 8. Running, medians and the table
+# 9. Running, medians and the table
 # ============================================================================
 #
 # For each scenario, for each repetition, each server in turn: a fresh
@@ -1627,6 +2142,8 @@ def run_one(scenario, name: str, argv: list, opts) -> dict:
     """One measurement on a fresh server; {'error': text} if it failed."""
     server = None
     kind = RoutedPair if getattr(scenario, "routed", False) else Server
+    if name == "sink" and getattr(scenario, "c_sink", False):
+        argv = [opts.loadgen, "sink"]  # as cheap as the C publishers it serves
     try:
         server = kind(name, argv, getattr(scenario, "server_args", ())).start()
         result = scenario.run(server, opts)
@@ -1635,6 +2152,9 @@ def run_one(scenario, name: str, argv: list, opts) -> dict:
         return result
     except BenchError as e:
         tail = server.tail() if server and not server.alive() else ""
+        if server and not tail and "closed the connection" in str(e):
+            # Why did a live server hang up (a slow consumer, an error)?
+            tail = "server log ends:\n" + "\n".join(server.tail().splitlines()[-4:])
         return {"error": str(e) + ("\n" + tail if tail else "")}
     finally:
         if server:
@@ -1691,7 +2211,7 @@ def fmt_value(value, label: str) -> str:
         if value >= 1e6:
             return "%.2fM" % (value / 1e6)
         return "%.0fk" % (value / 1e3) if value >= 1e4 else "%.0f" % value
-    if label == "KiB/conn":
+    if label in ("KiB/conn", "srv us/msg"):
         return "%.2f" % value
     return "%.1f" % value
 
@@ -1722,8 +2242,13 @@ def table_rows(results: dict, names: list) -> list:
     ratios against each Go server, target."""
     gos = [n for n in names if n.startswith("go")] if "gnatsd" in names else []
     rows = [["scenario", "metric"] + names + ["gnatsd/%s" % g for g in gos] + ["target"]]
+    previous = None
     for scen, by_server in results.items():
         scenario = SCENARIOS[scen]
+        if not getattr(scenario, "loadgen", False) and getattr(
+                SCENARIOS.get(previous), "loadgen", False):
+            rows.append(BEST_CASE_NOTE)
+        previous = scen
         for key, label, _ in scenario.metrics:
             medians = {n: median_of(by_server[n], key) for n in names}
             row = [scen if key == scenario.metrics[0][0] else "", label]
@@ -1736,10 +2261,15 @@ def table_rows(results: dict, names: list) -> list:
 
 def format_table(rows: list, text_columns: int = 2, text_last: bool = True) -> str:
     """Text columns (the first `text_columns`, and the last if `text_last`)
-    left-aligned, numbers right-aligned, a rule under the heading."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    left-aligned, numbers right-aligned, a rule under the heading. A row
+    that is a string is a note, printed as it is."""
+    widths = [max(len(row[i]) for row in rows if not isinstance(row, str))
+              for i in range(len(rows[0]))]
     lines = []
     for row in rows:
+        if isinstance(row, str):
+            lines.append(row)
+            continue
         cells = [c.ljust(w) if i < text_columns or (text_last and i == len(row) - 1)
                  else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
         lines.append("  ".join(cells).rstrip())
@@ -1755,10 +2285,12 @@ def header(opts, commands: dict) -> str:
                  cpu_model(), os.cpu_count() or 0, mem_total_gib(), platform.system(),
                  platform.release()),
              "bench   : Python %s (%s)" % (platform.python_version(), sys.executable)]
+    lines.append("commit  : %s" % git_commit())
     for name, argv in commands.items():
         lines.append("%-8s: %s" % (name, describe_server(name, argv)))
+    lines.append("loadgen : %s" % opts.loadgen_note)
     lines.append("run     : %d reps x %.1f s per measurement, servers interleaved, medians; "
-                 "16-byte payloads unless named" % (opts.reps, opts.duration))
+                 "payload sizes: see the notes under the table" % (opts.reps, opts.duration))
     lines.append("load    : %.2f (1-min load average before the run%s)" % (
         opts.load_before, "; other work was running, numbers are noisy"
         if opts.load_before > BUSY_LOAD else ""))
@@ -1766,13 +2298,34 @@ def header(opts, commands: dict) -> str:
 
 
 LEGEND = """\
-msgs/s counts deliveries summed over subscribers (publishes for pub; one
-delivery per publish for queue4 and subs100k). MB/s is payload bytes.
-Latency rows: lower is better, so a ratio above 1 means gnatsd.py is slower.
-Targets are gnatsd/go2.9 ratios; idle10k's is gnatsd.py's own KiB/conn."""
+Realistic rows (tests/loadgen.c; subject and payload size drawn per message:
+64 subjects real.<k>, 16..256-byte payloads, subscribers on real.>, unless
+named): real_pub 4 publishers, no subscribers; real_pubsub 1 pub, 1 sub;
+real_fanout8 8 subs; real_queue4 a queue group of 4; real_10k/real_100k
+10,000/100,000 subjects; real_big 1..64 KiB payloads; real_reply a distinct
+reply subject per message; real_reqrep sequential requests, a reply inbox
+each; same_line 1 subject, 128 bytes every message vs varied_line 1 subject,
+64..192 bytes. The older rows: 16-byte payloads unless named.
+msgs/s counts deliveries summed over subscribers (publishes for pub and
+real_pub; one delivery per publish for queue groups and subs100k). MB/s is
+payload bytes. srv us/msg is the server's CPU time (user+system, all
+threads) per message so counted, over the timed window.
+Latency and CPU rows: lower is better, so a ratio above 1 means gnatsd.py
+is slower or costlier. Targets are gnatsd/go2.9 ratios; idle10k's is
+gnatsd.py's own KiB/conn."""
 
 
-def ceilings_text(results: dict, scenarios: list) -> str:
+def git_commit() -> str:
+    """The checked-out commit (short hash), noting uncommitted changes to
+    gnatsd.py; '?' outside a git checkout."""
+    head = command_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+    if not re.fullmatch(r"[0-9a-f]{4,40}", head):
+        return "?"
+    dirty = command_output(["git", "-C", ROOT, "status", "--porcelain", "--", "gnatsd.py"])
+    return head + (" (gnatsd.py has uncommitted changes)" if dirty else "")
+
+
+def ceilings_text(results: dict, scenarios: list, opts) -> str:
     """Generator ceilings per throughput scenario beside what the real servers
     in this run needed: the publisher against the sink vs the fastest publish
     rate seen; one subscriber process's checker vs the most deliveries one
@@ -1780,18 +2333,36 @@ def ceilings_text(results: dict, scenarios: list) -> str:
     rows = [["scenario", "publisher: sink", "needed", "sub process: checker", "needed"]]
     for scen in scenarios:
         scenario = SCENARIOS[scen]
-        if not isinstance(scenario, Throughput):
+        if not isinstance(scenario, (Throughput, Realistic)):
             continue
         runs = results[scen]
         sink = median_of(runs.get("sink", []), "pub_msgs") if "sink" in runs else None
         real = [r for n, rs in runs.items() if n != "sink" for r in rs if "error" not in r]
-        procs = max(1, min(MAX_SUB_PROCS, scenario.subs))
+        if isinstance(scenario, Realistic):
+            procs = max(1, len(scenario.sub_procs()))
+            check = scenario.ceiling(opts)
+        else:
+            procs = max(1, min(MAX_SUB_PROCS, scenario.subs))
+            check = scenario.ceiling()
         needed_pub = max((r["pub_msgs"] for r in real), default=None)
         needed_sub = max((r["msgs"] / procs for r in real if r["delivered"]), default=None)
-        check = scenario.ceiling()
         rows.append([scen] + [fmt_value(v, "msgs/s") if v else "-"
                               for v in (sink, needed_pub, check, needed_sub)])
     return "Generator ceilings (msgs/s):\n" + format_table(rows, 1, False)
+
+
+def write_results(path: str, text: str, failed: list) -> None:
+    """The run's header, table and legend as a Markdown file (overwritten)."""
+    doc = ["# gnatsd.py benchmark results", "",
+           "Written by `make bench` (tests/bench.py --results); each run overwrites it.",
+           "This run: `%s`." % " ".join(["tests/bench.py"] + sys.argv[1:]), "",
+           "```", text, "```", ""]
+    if failed:
+        doc += ["Failed measurements:", ""] + ["* %s on %s: %s" % (
+            scen, name, error.splitlines()[0]) for scen, name, error in failed] + [""]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(doc))
 
 
 def write_json(path: str, opts, commands: dict, results: dict, head: str) -> None:
@@ -1808,7 +2379,7 @@ def write_json(path: str, opts, commands: dict, results: dict, head: str) -> Non
 
 
 # ============================================================================
-# 9. Command line
+# 10. Command line
 # ============================================================================
 
 
@@ -1831,6 +2402,9 @@ def parse_args(argv=None):
     parser.add_argument("--idle-conns", type=int, default=IDLE_CONNS,
                         help="connections for idle10k (default %d)" % IDLE_CONNS)
     parser.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    parser.add_argument("--results", metavar="PATH",
+                        help="also write the header and table as Markdown (make bench: "
+                             "tests/BENCH-RESULTS.md)")
     parser.add_argument("--self-test", action="store_true",
                         help="check that the delivery checker catches loss, "
                              "duplicates and reordering, then exit")
@@ -1864,6 +2438,24 @@ def choose_servers(opts) -> dict:
     return {n: known[n] for n in wanted}
 
 
+def use_loadgen(opts) -> None:
+    """Build tests/loadgen.c if the chosen scenarios need it; without it,
+    drop those scenarios with a note."""
+    wanted = [s for s in opts.scenarios if getattr(SCENARIOS[s], "loadgen", False)]
+    opts.loadgen, why = build_loadgen() if wanted else (None, "")
+    if opts.loadgen:
+        opts.loadgen_note = "%s (%s)" % (os.path.relpath(opts.loadgen, ROOT), " ".join(
+            command_output([find_compiler() or "cc", "--version"]).splitlines()[:1]) or "cc")
+    elif wanted:
+        opts.scenarios = [s for s in opts.scenarios if s not in wanted]
+        opts.loadgen_note = "not built: %s; skipped %s" % (why.splitlines()[0], ", ".join(wanted))
+        print("note: the realistic scenarios need tests/loadgen.c compiled, and %s.\n"
+              "note: skipping %s; the others still run." % (why, ", ".join(wanted)),
+              file=sys.stderr)
+    else:
+        opts.loadgen_note = "not needed by these scenarios"
+
+
 def fit_idle_conns(opts) -> None:
     """Raise the fd limit for idle10k; use fewer connections if it cannot."""
     limit = raise_fd_limit(opts.idle_conns + 1000)
@@ -1874,19 +2466,19 @@ def fit_idle_conns(opts) -> None:
 
 
 def report(opts, commands: dict, results: dict, head: str) -> int:
-    """Print the table (and ceilings), write JSON; 1 if anything failed."""
-    print(head)
-    print()
-    print(format_table(table_rows(results, list(commands))))
-    print()
-    print(LEGEND)
+    """Print the table (and ceilings), write JSON and Markdown; 1 if
+    anything failed."""
+    parts = [head, format_table(table_rows(results, list(commands))), LEGEND]
     if "sink" in commands:
-        print()
-        print(ceilings_text(results, opts.scenarios))
-    if opts.json:
-        write_json(opts.json, opts, commands, results, head)
+        parts.append(ceilings_text(results, opts.scenarios, opts))
+    text = "\n\n".join(parts)
+    print(text)
     failed = [(scen, name, r["error"]) for scen, by in results.items()
               for name, runs in by.items() for r in runs if "error" in r]
+    if opts.json:
+        write_json(opts.json, opts, commands, results, head)
+    if opts.results:
+        write_results(opts.results, text, failed)
     for scen, name, error in failed:
         print("FAILED: %s on %s: %s" % (scen, name, error.splitlines()[0]), file=sys.stderr)
     return 1 if failed else 0
@@ -1895,8 +2487,15 @@ def report(opts, commands: dict, results: dict, head: str) -> int:
 def main(argv=None) -> int:
     opts = parse_args(argv)
     if opts.self_test:
-        return 1 if self_test() else 0
+        failures = self_test()
+        loadgen, why = build_loadgen()
+        if loadgen:
+            failures += loadgen_self_test(loadgen)
+        else:
+            print("note: tests/loadgen.c not checked: %s" % why.splitlines()[0])
+        return 1 if failures else 0
     commands = choose_servers(opts)
+    use_loadgen(opts)
     fit_idle_conns(opts)
     opts.load_before = load_average()
     if opts.load_before > BUSY_LOAD:
