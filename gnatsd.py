@@ -3793,10 +3793,12 @@ class Client(Connection):
         find = data.find
         rfind = data.rfind
         startswith = data.startswith
-        fast = self.fast_pub
         vetted = self.vetted
         sizes_get = server.pub_sizes.get
-        line_max = server.options.max_control_line + 5   # "PUB " and CR around the argument
+        # The longest line the hot path takes: "PUB ", the argument (at most
+        # max_control_line) and CR; -1 when the client may not take it at all.
+        hot_line_max = server.options.max_control_line + 5
+        line_max = hot_line_max if self.fast_pub else -1
         sublist = self.account.sublist
         results_get = sublist.cache.get
         pending = server.pending
@@ -3828,12 +3830,12 @@ class Client(Connection):
                 #      not settle at once goes to pub_lookup, and anything else
                 #      to process_op (the reference path: same bytes out).
                 plan = None
-                if fast and nl - i <= line_max and data[nl - 1] == 13:
+                if nl - i <= line_max and data[nl - 1] == 13:
                     if startswith(b"PUB ", i):
                         sp = rfind(b" ", i + 4, nl)
                         size_token = data[sp + 1:nl - 1] if sp > i + 4 else b""
-                        size = sizes_get(size_token)
-                        if size is None:
+                        size = sizes_get(size_token, -2)
+                        if size == -2:
                             size = server.pub_size(size_token)
                         if size >= 0:
                             tail_at = sp + 1    # where "<size>\r\n<payload>\r\n" starts
@@ -3856,7 +3858,7 @@ class Client(Connection):
                     if i < 0:
                         break
                     check_at = 0
-                    fast = self.fast_pub
+                    line_max = hot_line_max if self.fast_pub else -1
                     vetted = self.vetted
                     sublist = self.account.sublist
                     results_get = sublist.cache.get
