@@ -260,14 +260,6 @@ class ProtocolError(NatsError):
         self.reason = reason
 
 
-class AuthorizationError(NatsError):
-    """A client failed authentication or authorization."""
-
-
-class MaxPayloadError(ProtocolError):
-    """A PUB declared a payload larger than max_payload."""
-
-
 # ============================================================================
 # 2. Config-file lexer and parser
 # ============================================================================
@@ -3501,12 +3493,12 @@ class DeliveryPlan:
             kept = []
             for s in group:
                 c = s.client
-                perms = c.perms
                 if headers and not c.headers:
                     fast = False
                 if c.kind == "Router":
                     fast = False        # members behind a route: weights, in deliver_msg
-                elif perms is not None:
+                elif c.perms is not None:
+                    perms = c.perms
                     if not perms.can_receive(subject, s.queue):
                         continue
                     if perms.responses is not None:
@@ -4490,8 +4482,8 @@ class Client(Connection):
         """Insert `sub` in the account, shadowed where imports cover it."""
         self.subs[sub.sid] = sub
         self.account.sublist.insert(sub)
-        if self.server.routes_enabled:
-            self.server.update_interest(self.account, sub, 1)
+        if self.server.cluster.enabled:
+            self.server.cluster.update_interest(self.account, sub, 1)
         if self.account.stream_imports:
             self.add_shadows(sub)
 
@@ -4512,21 +4504,21 @@ class Client(Connection):
             shadow = Subscription(self, subject, sub.queue, sub.sid)
             shadow.parent, shadow.im = sub, imp.to_local
             imp.exporter.sublist.insert(shadow)
-            if self.server.routes_enabled:
-                self.server.update_interest(imp.exporter, shadow, 1)
+            if self.server.cluster.enabled:
+                self.server.cluster.update_interest(imp.exporter, shadow, 1)
             shadows.append((imp.exporter, shadow))
         sub.shadows = shadows or None
 
     def remove_subscription(self, sub: Subscription):
         """Take `sub` and its shadows out of the sublists (and the routes' view)."""
-        routes = self.server.routes_enabled
+        routes = self.server.cluster.enabled
         self.account.sublist.remove(sub)
         if routes:
-            self.server.update_interest(self.account, sub, -1)
+            self.server.cluster.update_interest(self.account, sub, -1)
         for account, shadow in sub.shadows or ():
             account.sublist.remove(shadow)
             if routes:
-                self.server.update_interest(account, shadow, -1)
+                self.server.cluster.update_interest(account, shadow, -1)
 
     def sublists_of(self, sub: Subscription) -> list:
         return [self.account.sublist] + [account.sublist for account, _ in sub.shadows or ()]
@@ -4675,7 +4667,7 @@ class Client(Connection):
                 if routes is None:
                     routes = {}
                 routes.setdefault(sub.client, [])
-            elif self.deliver_to(sub, msg):
+            elif deliver_to(sub, msg, self):
                 delivered = True
         for group in result.qsubs:
             start = _pick_start(group)
@@ -4687,7 +4679,7 @@ class Client(Connection):
                     routes.setdefault(sub.client, []).append(sub.queue)
                     delivered = True
                     break
-                if self.deliver_to(sub, msg):
+                if deliver_to(sub, msg, self):
                     delivered = True
                     break
         if routes:
@@ -4697,35 +4689,6 @@ class Client(Connection):
         if not delivered and msg.reply is not None and self.no_responders:
             self.send_no_responders(msg.reply, msg.subject)
         return delivered
-
-    def deliver_to(self, sub: Subscription, msg: "Message") -> bool:
-        """Queue one MSG/HMSG for `sub` (Go's deliverMsg)."""
-        c = sub.client
-        if c.closed or (c is self and not self.echo):
-            return False
-        if sub.im is not None:
-            msg = msg.routed(sub.im.apply(msg.subject), msg.reply)
-        if c.perms is not None:
-            if not c.perms.can_receive(msg.subject, sub.queue):
-                return False
-            if c.perms.responses is not None and msg.reply is not None:
-                c.perms.note_request(msg.reply)
-        sub = sub.parent or sub
-        sub.delivered += 1
-        if sub.max:
-            if sub.delivered > sub.max:
-                return False
-            if sub.delivered == sub.max:
-                c.unsubscribe(sub)
-        proto = msg.proto_for(sub.sid, c.headers)
-        if c.trace:
-            c.trace_out(proto[:proto.index(b"\r\n")].decode("utf-8", "replace"))
-        c.out.append(proto)
-        c.out_msgs += 1
-        c.out_bytes += msg.size
-        c.last_activity = time.time()
-        self.server.pending.add(c)
-        return True
 
     def send_no_responders(self, reply: bytes, subject: bytes):
         """A request on `subject` nobody can answer: a 503 status to the
@@ -4737,6 +4700,38 @@ class Client(Connection):
                 status = Message(reply, None, len(header), len(header), header)
                 self.queue_outbound(status.proto_for(sub.sid, True))
                 return
+
+
+def deliver_to(sub: Subscription, msg: "Message", publisher: "Client | None") -> bool:
+    """Queue one MSG/HMSG for `sub` (Go's deliverMsg): the reference path's
+    delivery, for a client's publish and for a message from a route
+    (`publisher` None).  Returns False if the subscriber may not have it."""
+    c = sub.client
+    if c.closed or (c is publisher and not publisher.echo):
+        return False
+    if sub.im is not None:
+        msg = msg.routed(sub.im.apply(msg.subject), msg.reply)
+    if c.perms is not None:
+        if not c.perms.can_receive(msg.subject, sub.queue):
+            return False
+        if c.perms.responses is not None and msg.reply is not None:
+            c.perms.note_request(msg.reply)
+    sub = sub.parent or sub
+    sub.delivered += 1
+    if sub.max:
+        if sub.delivered > sub.max:
+            return False
+        if sub.delivered == sub.max:
+            c.unsubscribe(sub)
+    proto = msg.proto_for(sub.sid, c.headers)
+    if c.trace:
+        c.trace_out(proto[:proto.index(b"\r\n")].decode("utf-8", "replace"))
+    c.out.append(proto)
+    c.out_msgs += 1
+    c.out_bytes += msg.size
+    c.last_activity = time.time()
+    c.server.pending.add(c)
+    return True
 
 
 class Message:
@@ -5222,13 +5217,14 @@ def local_plan(sublist: Sublist, subject: bytes) -> DeliveryPlan:
 
 class _RouteDialer:
     """A route connection being dialed: waits in the selector for the
-    non-blocking connect to finish, then hands the socket to the server."""
+    non-blocking connect to finish, then hands the socket to the cluster."""
 
     closed = False
 
-    def __init__(self, server: "Server", sock: socket.socket, target: RouteURL, implicit: bool,
-                 attempt: int):
-        self.server = server
+    def __init__(self, cluster: "Cluster", sock: socket.socket, target: RouteURL,
+                 implicit: bool, attempt: int):
+        self.cluster = cluster
+        self.server = cluster.server
         self.sock = sock
         self.target = target
         self.implicit = implicit
@@ -5245,17 +5241,17 @@ class _RouteDialer:
         error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             self.sock.close()
-            self.server.route_dial_failed(self.target, self.implicit, os.strerror(error),
+            self.cluster.dial_failed(self.target, self.implicit, os.strerror(error),
                                           self.attempt)
         else:
-            self.server.create_route(self.sock, self.target, self.implicit)
+            self.cluster.create_route(self.sock, self.target, self.implicit)
 
     def timeout(self):
         if not self.closed:
             self.closed = True
             self.server.unregister(self)
             self.sock.close()
-            self.server.route_dial_failed(self.target, self.implicit, "i/o timeout",
+            self.cluster.dial_failed(self.target, self.implicit, "i/o timeout",
                                           self.attempt)
 
 
@@ -5282,7 +5278,7 @@ class Route(Connection):
 
     __slots__ = ("target", "implicit", "remote_id", "remote_name", "remote_info",
                  "remote_subs", "weights", "connect_received", "registered",
-                 "echo", "perms", "headers", "protocol", "msg_cache")
+                 "headers", "protocol", "msg_cache")
 
     kind = "Router"
     tls_label = "route "
@@ -5299,8 +5295,6 @@ class Route(Connection):
         self.weights: dict = {}         # the same keys -> queue weight
         self.connect_received = False
         self.registered = False
-        self.echo = True                # as seen by Client.deliver_to
-        self.perms = None
         self.headers = True
         self.protocol = ROUTE_PROTO
         self.msg_cache = {}             # raw RMSG line -> its parse and plan (parse)
@@ -5313,10 +5307,10 @@ class Route(Connection):
         fields = {"echo": True, "verbose": False, "pedantic": False,
                   "tls_required": self.tls is not None, "headers": True,
                   "name": self.server.server_id,
-                  "cluster": self.server.cluster_name}
+                  "cluster": self.server.cluster.name}
         if self.target is not None and self.target.user:
             fields["user"], fields["pass"] = self.target.user, self.target.password
-        if self.server.cluster_dynamic:
+        if self.server.cluster.dynamic:
             fields["cluster_dynamic"] = True
         self.send_proto(b"CONNECT " + json.dumps(fields, separators=(",", ":")).encode()
                         + CR_LF, "CONNECT")
@@ -5350,14 +5344,14 @@ class Route(Connection):
             self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
             return
         cluster = fields.get("cluster") or ""
-        if not server.reconcile_cluster_name(cluster, bool(fields.get("cluster_dynamic"))):
+        if not server.cluster.reconcile_name(cluster, bool(fields.get("cluster_dynamic"))):
             text = "Rejecting connection, cluster name %s does not match %s" % (
-                go_quote(cluster.encode()), go_quote(server.cluster_name.encode()))
+                go_quote(cluster.encode()), go_quote(server.cluster.name.encode()))
             self.error("%s", text)
             self.send_err_and_close(text, "Cluster Name Conflict")
             return
         self.connect_received = True
-        self.send_proto(server.route_info(), "INFO")
+        self.send_proto(server.cluster.info(), "INFO")
 
     def refused_before_connect(self, first: bytes) -> bool:
         """Go's rule for an accepted route (the parser's expectConnect): until
@@ -5394,23 +5388,23 @@ class Route(Connection):
         server = self.server
         remote_id = info.get("server_id") or ""
         if self.registered and remote_id != self.remote_id:
-            server.learn_route(info)   # gossip: a server our peer knows
+            server.cluster.learn(info)   # gossip: a server our peer knows
             return
         if self.registered:
             self.remote_info.update(info)
-            server.cluster_changed()
+            server.cluster.changed()
             return
         if remote_id == server.server_id:
             self.debug("Detected route to self, ignoring %s",
                        self.target.redacted() if self.target else "")
             if self.target is not None:
-                server.self_routes.add((self.target.host, self.target.port))
+                server.cluster.self_routes.add((self.target.host, self.target.port))
             self.close(CLIENT_CLOSED)
             return
         cluster = info.get("cluster") or ""
-        if not server.reconcile_cluster_name(cluster, bool(info.get("cluster_dynamic"))):
+        if not server.cluster.reconcile_name(cluster, bool(info.get("cluster_dynamic"))):
             self.error("Rejecting connection, cluster name %s does not match %s",
-                       go_quote(cluster.encode()), go_quote(server.cluster_name.encode()))
+                       go_quote(cluster.encode()), go_quote(server.cluster.name.encode()))
             self.close("Cluster Name Conflict")
             return
         if info.get("route_account"):
@@ -5422,7 +5416,7 @@ class Route(Connection):
         self.remote_name = info.get("server_name") or ""
         self.remote_info = info
         self.headers = bool(info.get("headers"))
-        server.register_route(self)
+        server.cluster.register(self)
 
     # -- input -----------------------------------------------------------------
 
@@ -5633,7 +5627,7 @@ class Route(Connection):
         result = account.sublist.match(msg.subject)
         for sub in result.psubs:
             if sub.client.kind == "Client":
-                Client.deliver_to(self, sub, msg)
+                deliver_to(sub, msg, None)
         if queues:
             for group in result.qsubs:
                 if group[0].queue not in queues:
@@ -5641,7 +5635,7 @@ class Route(Connection):
                 members = [s for s in group if s.client.kind == "Client"]
                 start = int(random.random() * len(members)) if members else 0
                 for k in range(len(members)):
-                    if Client.deliver_to(self, members[(start + k) % len(members)], msg):
+                    if deliver_to(members[(start + k) % len(members)], msg, None):
                         break
 
     # -- interest ----------------------------------------------------------------
@@ -5727,7 +5721,7 @@ class Route(Connection):
         return min(self.server.options.ping_interval, ROUTE_MAX_PING_INTERVAL)
 
     def closed_cleanup(self):
-        self.server.remove_route(self)
+        self.server.cluster.remove(self)
 
     def log_closed(self, reason: str):
         log.info("%sRouter connection closed: %s", self.log_prefix, reason)
@@ -5746,6 +5740,352 @@ class Route(Connection):
             "out_msgs": self.out_msgs, "in_bytes": self.in_bytes, "out_bytes": self.out_bytes,
             "subscriptions": len(self.remote_subs),
         }
+
+
+class Cluster:
+    """This server's side of its cluster (the route half of Go's server.go):
+    the route listener, the routes by peer, dialing and redialing, gossip,
+    the cluster's name, and the interest every peer hears of.  The server
+    owns one (`server.cluster`), enabled when a cluster port is set.  Loop
+    thread only.
+
+    listen() -> create_route() per connection -> start_route()
+             -> register() once the peer's INFO is in -> remove() at close
+    """
+
+    def __init__(self, server: "Server"):
+        self.server = server
+        opts = server.options
+        self.enabled = bool(opts.cluster_port)
+        self.routes: dict = {}          # remote server id -> registered Route
+        self.conns: set = set()         # every route connection, registered or not
+        self.listener = None
+        self.host = ""
+        self.port = 0
+        self.self_routes: set = set()   # (host, port) of route URLs that led to us
+        self.name = opts.cluster_name or _new_server_id()[1:23]
+        self.dynamic = not opts.cluster_name    # a generated name, which gives way
+
+    # -- listening and dialing -------------------------------------------------
+
+    def listen(self):
+        """Bind the route listener and dial the configured routes."""
+        server = self.server
+        opts = server.options
+        self.host = opts.cluster_host or DEFAULT_HOST
+        sock = _bind(self.host, opts.cluster_port)
+        self.port = sock.getsockname()[1]
+        self.listener = _Listener(server, sock, self.create_route)
+        server.selector.register(sock, selectors.EVENT_READ, self.listener)
+        log.info("Cluster name is %s", self.name)
+        if self.dynamic:
+            log.warning("Cluster name was dynamically generated, consider setting one")
+        log.info("Listening for route connections on %s", _host_port(self.host, self.port))
+        for url in opts.routes or ():
+            self.dial(RouteURL(url), implicit=False)
+
+    def close_listener(self):
+        listener = self.listener
+        if listener is not None and not listener.closed:
+            self.server.unregister(listener)
+            listener.sock.close()
+            listener.closed = True
+
+    def url(self) -> str:
+        """How peers reach our route port (INFO's `ip`)."""
+        opts = self.server.options
+        if opts.cluster_advertise:
+            host_port = opts.cluster_advertise
+            if ":" not in host_port.rsplit("]", 1)[-1]:
+                host_port = _host_port(host_port, self.port)
+        else:
+            host_port = _host_port(_advertise_host(self.host), self.port)
+        return "nats-route://%s/" % host_port
+
+    def info(self) -> bytes:
+        """The INFO we send a route (Go's route INFO, without pooling or
+        compression, so Go peers use one plain connection)."""
+        server = self.server
+        opts = server.options
+        info = {
+            "server_id": server.server_id, "server_name": server.server_name,
+            "version": VERSION, "proto": ROUTE_PROTO, "go": GO_FIELD,
+            "host": self.host, "port": self.port, "headers": True,
+        }
+        if opts.cluster_auth is not None:
+            info["auth_required"] = True
+        if opts.cluster_tls is not None:
+            info["tls_required"] = info["tls_verify"] = True
+        info.update({"max_payload": opts.max_payload, "ip": self.url(), "cluster": self.name})
+        if self.dynamic:
+            info["cluster_dynamic"] = True
+        if not opts.no_advertise:
+            info["connect_urls"] = [server.client_url()]
+        return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + CR_LF
+
+    def dial(self, target: RouteURL, implicit: bool, attempt: int = 1):
+        """Dial a route: an IP address at once; a host name is looked up on
+        a helper thread first (a DNS lookup must not stall the loop)."""
+        server = self.server
+        if not server.running and server.listener is None:
+            return
+        if (target.host, target.port) in self.self_routes or server.lame_duck:
+            return
+        if _is_ip_address(target.host):
+            self.connect(target, implicit, attempt)
+            return
+        threading.Thread(target=self.resolve, args=(target, implicit, attempt),
+                         name="gnatsd-resolve", daemon=True).start()
+
+    def resolve(self, target: RouteURL, implicit: bool, attempt: int):
+        """(Helper thread.)  Look the host up, then connect on the loop thread."""
+        try:
+            address = socket.getaddrinfo(target.host, target.port, 0, socket.SOCK_STREAM)[0]
+            why = ""
+        except (OSError, UnicodeError) as exc:
+            address, why = None, str(exc)
+        self.server.call_soon(lambda: self.connect(target, implicit, attempt, address, why))
+
+    def connect(self, target: RouteURL, implicit: bool, attempt: int,
+                address: tuple | None = None, why: str = ""):
+        """Start a non-blocking connect; the selector says when it is done
+        (_RouteDialer).  `address` is a getaddrinfo entry (None: look up now)."""
+        server = self.server
+        try:
+            if address is None and not why:
+                address = socket.getaddrinfo(target.host, target.port, 0, socket.SOCK_STREAM)[0]
+            if address is None:
+                raise OSError(why)
+            family, _type, _proto, _name, address = address
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self.dial_failed(target, implicit, str(exc), attempt)
+            return
+        sock.setblocking(False)
+        error = sock.connect_ex(address)
+        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            sock.close()
+            self.dial_failed(target, implicit, os.strerror(error), attempt)
+            return
+        dialer = _RouteDialer(self, sock, target, implicit, attempt)
+        server.selector.register(sock, selectors.EVENT_WRITE, dialer)
+        server.add_timer(ROUTE_DIAL_TIMEOUT, dialer.timeout)
+
+    def dial_failed(self, target: RouteURL, implicit: bool, why: str, attempt: int = 0):
+        """Log (Go's cadence) and try again: configured routes forever (or
+        connect_retries times), learned ones connect_retries times."""
+        attempt = attempt or 1
+        text = "Error trying to connect to route (attempt %d): dial tcp %s: connect: %s" % (
+            attempt, _host_port(target.host, target.port), why.lower())
+        if attempt == 1 or attempt % ROUTE_ERROR_REPORTS == 0:
+            log.error("%s", text)
+        else:
+            log.debug("%s", text)
+        retries = self.server.options.connect_retries
+        if implicit and attempt > retries:
+            return
+        if not implicit and retries and attempt > retries:
+            return
+        self.server.add_timer(ROUTE_RECONNECT_DELAY,
+                              lambda: self.redial(target, implicit, attempt + 1))
+
+    def redial(self, target: RouteURL, implicit: bool, attempt: int):
+        """Dial `target` again, unless it came back by itself meanwhile."""
+        if self.server.running and not self.connected(target):
+            self.dial(target, implicit, attempt)
+
+    def connected(self, target: RouteURL) -> bool:
+        """Is there a route to `target` already, dialed by us or by it?"""
+        where = (target.host, target.port)
+        for route in self.conns:
+            if route.target is not None and (route.target.host, route.target.port) == where:
+                return True
+            if route.registered and route.remote_info.get("ip"):
+                try:
+                    advertised = RouteURL(route.remote_info["ip"])
+                except ConfigError:
+                    continue
+                if (advertised.host, advertised.port) == where:
+                    return True
+        return False
+
+    # -- route connections ----------------------------------------------------
+
+    def create_route(self, sock: socket.socket, target: RouteURL | None = None,
+                     implicit: bool = False):
+        """A route connection, accepted (target None) or dialed: INFO (and
+        CONNECT first when we dialed); with cluster TLS, the handshake comes
+        before either (Go's createRoute: TLS at once, no plain INFO)."""
+        server = self.server
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        server.next_cid += 1
+        tls = server.options.cluster_tls
+        route_class = server.tls_route_class if tls else Route
+        route = route_class(server, sock, server.next_cid, target, implicit)
+        try:
+            server.selector.register(sock, selectors.EVENT_READ, route)
+        except (ValueError, OSError) as exc:
+            log.error("Error registering route connection: %s", exc)
+            sock.close()
+            return
+        self.conns.add(route)
+        if target is not None:
+            route.host, route.port = target.host, target.port
+            route.log_prefix = "%s - rid:%d - " % (_host_port(target.host, target.port),
+                                                   route.cid)
+        if tls is None:
+            self.start_route(route)
+        elif target is not None:
+            route.start_tls(tls.client_context(), tls.timeout, hostname=target.host)
+        else:
+            route.start_tls(tls.server_context(), tls.timeout)
+
+    def start_route(self, route: Route):
+        """The route's first words, once it is connected (and past TLS):
+        CONNECT and INFO when we dialed, else wait for the peer's CONNECT."""
+        if route.target is not None:
+            route.send_connect()
+            route.send_proto(self.info(), "INFO")
+        else:
+            # Our INFO waits for a CONNECT that passes (so a peer with bad
+            # credentials never sees a route), within the auth timeout.
+            self.server.add_timer(AUTH_TIMEOUT, route.connect_timeout)
+        route.arm_ping_timer()
+        route.flush()
+        log.info("%sRoute connection created", route.log_prefix)
+
+    def register(self, route: Route):
+        """The peer's INFO arrived: one route per peer, full interest, gossip."""
+        existing = self.routes.get(route.remote_id)
+        if existing is not None and not existing.closed:
+            route.debug("Detected duplicate remote route %s", go_quote(route.remote_id.encode()))
+            route.close("Duplicate Route")
+            return
+        route.registered = True
+        self.routes[route.remote_id] = route
+        route.debug("Registering remote route %s", go_quote(route.remote_id.encode()))
+        for account in self.server.accounts.values():
+            for (subject, queue), count in account.interest.items():
+                route.send_interest(account, subject, queue, count)
+            if account.exports_services:
+                route.send_interest(account, account.reply_prefix + b">", None, 1)
+        route.send_proto(PING)
+        # Gossip: tell the others about the new peer; they dial it (as Go does).
+        announce = b"INFO " + json.dumps(route.remote_info, separators=(",", ":")).encode() \
+            + CR_LF
+        for other in self.routes.values():
+            if other is not route:
+                other.queue_outbound(announce)
+        self.changed()
+
+    def learn(self, info: dict):
+        """Gossip named a server: dial it unless we know it already."""
+        remote_id = info.get("server_id") or ""
+        url = info.get("ip") or ""
+        if not url or remote_id == self.server.server_id or remote_id in self.routes:
+            return
+        try:
+            target = RouteURL(url)
+        except ConfigError:
+            return
+        if not self.connected(target):
+            self.dial(target, implicit=True)
+
+    def remove(self, route: Route):
+        """A route closed: forget its interest; dial it again if configured."""
+        server = self.server
+        self.conns.discard(route)
+        for key, sub in route.remote_subs.items():
+            account = server.accounts.get(key.split(b" ", 1)[0].decode("utf-8", "replace"))
+            if account is not None:
+                account.sublist.remove(sub)
+        route.remote_subs.clear()
+        if route.registered and self.routes.get(route.remote_id) is route:
+            del self.routes[route.remote_id]
+            self.changed()
+        if route.target is not None and server.running and not server.lame_duck \
+                and route.close_reason not in ("Duplicate Route",) \
+                and (route.target.host, route.target.port) not in self.self_routes \
+                and not route.implicit:
+            server.add_timer(ROUTE_RECONNECT_DELAY,
+                             lambda: self.redial(route.target, route.implicit, 1))
+
+    # -- what the cluster means to clients -------------------------------------
+
+    def changed(self):
+        """Peers came or went: new connect_urls for clients (an async INFO to
+        clients that speak protocol 1, as Go sends)."""
+        server = self.server
+        urls = self.connect_urls() if self.routes else []
+        if urls == server.info_template.get("connect_urls", []):
+            return
+        if urls:
+            server.info_template["connect_urls"] = urls
+        else:
+            server.info_template.pop("connect_urls", None)
+        for client in list(server.clients.values()):
+            if client.protocol >= 1 and client.connect_received and not client.closed:
+                client.send_proto(server.client_info(client), "INFO")
+
+    def connect_urls(self) -> list:
+        """Our client address and every peer's, for clients to fail over to."""
+        server = self.server
+        urls = [] if server.options.no_advertise else [server.client_url()]
+        for route in self.routes.values():
+            for url in route.remote_info.get("connect_urls") or ():
+                if url and url not in urls:     # (Go reads a null element as "")
+                    urls.append(url)
+        return urls
+
+    def reconcile_name(self, name: str, peer_dynamic: bool) -> bool:
+        """May a peer of cluster `name` join?  A generated name gives way to a
+        configured one, and of two generated names the smaller wins, so both
+        sides settle on the same name."""
+        if not name or name == self.name:
+            return True
+        if self.dynamic and (not peer_dynamic or name < self.name):
+            self.adopt_name(name)
+            return True
+        return peer_dynamic
+
+    def adopt_name(self, name: str):
+        """Take a peer's cluster name as ours (ours was generated)."""
+        log.info("Cluster name updated to %s", name)
+        self.name = name
+        self.dynamic = False
+        self.server.info_template["cluster"] = name
+
+    def update_interest(self, account: Account, sub: Subscription, delta: int):
+        """A local subscription came or went: RS+/RS- to every route when the
+        (account, subject) interest starts or ends, or a queue's weight moves."""
+        key = (sub.subject, sub.queue)
+        interest = account.interest
+        count = interest.get(key, 0) + delta
+        if count > 0:
+            interest[key] = count
+        else:
+            interest.pop(key, None)
+        if sub.queue is None and not (count == 1 and delta > 0 or count == 0):
+            return
+        for route in self.routes.values():
+            route.send_interest(account, sub.subject, sub.queue, max(count, 0))
+
+    def varz(self) -> dict:
+        """/varz's `cluster` object (empty without a cluster, as in Go)."""
+        opts = self.server.options
+        if not self.enabled:
+            return {}
+        varz = {"name": self.name, "addr": self.host, "cluster_port": self.port,
+                "auth_timeout": 2, "urls": list(opts.routes or ()), "tls_timeout": 2,
+                "pool_size": -1}
+        tls = opts.cluster_tls
+        if tls is not None:
+            varz.update(tls_timeout=go_number(tls.timeout), tls_required=True, tls_verify=True)
+        return varz
 
 
 # ============================================================================
@@ -5837,7 +6177,7 @@ class _LoopCall:
 
 class _Listener:
     """A listening socket; readable means connections to accept, each
-    handed to `create` (the server's create_client or create_route)."""
+    handed to `create` (the server's create_client, or the cluster's create_route)."""
 
     closed = False
 
@@ -5866,15 +6206,7 @@ class Server:
         self.server_id = _new_server_id()
         self.server_name = self.options.server_name or self.server_id
         self.accounts = build_accounts(self.options)
-        self.routes: dict = {}               # remote server id -> registered Route
-        self.route_conns: set = set()        # every route connection, registered or not
-        self.routes_enabled = bool(self.options.cluster_port)
-        self.route_listener = None
-        self.cluster_host = ""
-        self.route_port = 0
-        self.self_routes: set = set()        # (host, port) of route URLs that led to us
-        self.cluster_name = self.options.cluster_name or _new_server_id()[1:23]
-        self.cluster_dynamic = not self.options.cluster_name
+        self.cluster = Cluster(self)         # the routes (chapter 8)
         self.global_account = self.accounts[GLOBAL_ACCOUNT]
         self.system_account = self.accounts[self.options.system_account or SYSTEM_ACCOUNT]
         self.clients: dict = {}
@@ -5934,7 +6266,7 @@ class Server:
         log.info("  gnatsd.py: %s on %s %s", __version__, platform.python_implementation(),
                  platform.python_version())
         if opts.cluster_port:
-            log.info("  Cluster:  %s", self.cluster_name)
+            log.info("  Cluster:  %s", self.cluster.name)
         log.info("  Name:     %s", self.server_name)
         log.info("  ID:       %s", self.server_id)
         if opts.config_file:
@@ -5969,7 +6301,7 @@ class Server:
         self.running = True
         log.info("Server is ready")
         if opts.cluster_port:
-            self.listen_for_routes()
+            self.cluster.listen()
         return self
 
     def build_info(self) -> dict:
@@ -5992,10 +6324,10 @@ class Server:
             if opts.tls.verify:
                 info["tls_verify"] = True
         info["max_payload"] = opts.max_payload
-        if self.routes_enabled:
-            info["cluster"] = self.cluster_name
-            if self.routes:
-                info["connect_urls"] = self.connect_urls()
+        if self.cluster.enabled:
+            info["cluster"] = self.cluster.name
+            if self.cluster.routes:
+                info["connect_urls"] = self.cluster.connect_urls()
         return info
 
     def write_ports_file(self):
@@ -6165,126 +6497,6 @@ class Server:
             call = calls.popleft()
             if not call.run(MONITOR_SLICE):
                 calls.append(call)
-
-    # -- monitoring snapshots (loop thread) ------------------------------------
-
-    def settle_all(self):
-        """Make every subscription's and client's counters exact."""
-        for account in self.accounts.values():
-            account.sublist.settle()
-
-    def varz_snapshot(self) -> dict:
-        self.settle_all()
-        clients = self.clients.values()
-        return {
-            "connections": len(self.clients),
-            "subscriptions": sum(a.sublist.count for a in self.accounts.values()),
-            "in_msgs": self.closed_in_msgs + sum(c.in_msgs for c in clients),
-            "in_bytes": self.closed_in_bytes + sum(c.in_bytes for c in clients),
-            "out_msgs": self.closed_out_msgs + sum(c.out_msgs for c in clients),
-            "out_bytes": self.closed_out_bytes + sum(c.out_bytes for c in clients),
-            "routes": len(self.routes),
-            "cluster": self.cluster_varz(),
-        }
-
-    # Snapshots that grow with the server (a connection or a subscription
-    # at a time) are generators: call_in_loop takes them a MONITOR_SLICE
-    # per turn, so one request for 100,000 subscriptions never holds the loop.
-
-    def routez_snapshot(self, subs: str):
-        routes = []
-        for route in sorted(self.routes.values(), key=lambda r: r.cid):
-            info = route.conn_info()
-            if subs:
-                remote = list(route.remote_subs.values())
-                listed = info["subscriptions_list_detail" if subs == "detail"
-                              else "subscriptions_list"] = []
-                for sub in remote:
-                    listed.append(sub_detail(sub) if subs == "detail"
-                                  else sub.subject.decode("utf-8", "replace"))
-                    yield
-            routes.append(info)
-            yield
-        return routes
-
-    def cluster_varz(self) -> dict:
-        """/varz's `cluster` object (empty without a cluster, as in Go)."""
-        opts = self.options
-        if not self.routes_enabled:
-            return {}
-        varz = {"name": self.cluster_name, "addr": self.cluster_host,
-                "cluster_port": self.route_port, "auth_timeout": 2,
-                "urls": list(opts.routes or ()), "tls_timeout": 2,
-                "pool_size": -1}
-        tls = opts.cluster_tls
-        if tls is not None:
-            varz.update(tls_timeout=go_number(tls.timeout), tls_required=True, tls_verify=True)
-        return varz
-
-    def account_snapshots(self) -> list:
-        """Per-account counters for /accstatz (what the account's clients did)."""
-        self.settle_all()
-        snaps = {name: {"name": name, "conns": 0, "subscriptions": account.sublist.count,
-                        "in_msgs": 0, "in_bytes": 0, "out_msgs": 0, "out_bytes": 0,
-                        "slow_consumers": 0}
-                 for name, account in self.accounts.items()}
-        for client in self.clients.values():
-            snap = snaps[client.account.name]
-            snap["conns"] += 1
-            for key in ("in_msgs", "in_bytes", "out_msgs", "out_bytes"):
-                snap[key] += getattr(client, key)
-        return list(snaps.values())
-
-    def connz_snapshot(self, state: str, subs: str, auth: bool):
-        self.settle_all()
-        now = time.time()
-        conns = []
-        if state in ("open", "all", "any"):
-            for client in list(self.clients.values()):
-                if not client.closed:
-                    conns.append(client.conn_info(now, subs, auth))
-                yield
-        if state in ("closed", "all", "any"):
-            for info in self.closed_clients:
-                info = dict(info)
-                if subs != "list":
-                    info.pop("subscriptions_list", None)
-                if subs != "detail":
-                    info.pop("subscriptions_list_detail", None)
-                if not auth:
-                    for key in ("authorized_user", "account", "name_tag"):
-                        info.pop(key, None)
-                conns.append(info)
-        return conns
-
-    def subsz_snapshot(self, with_subs: bool, test: str):
-        """Sublist statistics summed over every account (as Go's Subsz)."""
-        self.settle_all()
-        sublists = [a.sublist for a in self.accounts.values()]
-        subs = []
-        if with_subs:
-            for sublist in sublists:
-                if test:
-                    wanted = sublist.match(test.encode())
-                    chosen = wanted.psubs + [s for g in wanted.qsubs for s in g]
-                else:
-                    chosen = sublist.iter_subscriptions()
-                for sub in chosen:
-                    subs.append(sub_detail(sub))
-                    yield
-        fanouts = [len(r) for sl in sublists for r in sl.cache.values()]
-        matches = sum(sl.matches for sl in sublists)
-        return {
-            "num_subscriptions": sum(sl.count for sl in sublists),
-            "num_cache": sum(len(sl.cache) for sl in sublists),
-            "num_inserts": sum(sl.inserts for sl in sublists),
-            "num_removes": sum(sl.removes for sl in sublists),
-            "num_matches": matches,
-            "cache_hit_rate": (sum(sl.cache_hits for sl in sublists) / matches) if matches else 0,
-            "max_fanout": max(fanouts, default=0),
-            "avg_fanout": (sum(fanouts) / len(fanouts)) if fanouts else 0,
-            "subs": subs,
-        }
 
     def add_timer(self, delay: float, callback) -> list:
         """Call `callback` on the loop thread `delay` s from now.  Returns
@@ -6464,7 +6676,7 @@ class Server:
         timers a plain client starts at accept (Go arms them only now).
         A route starts its protocol now (`start_route`)."""
         if isinstance(client, Route):
-            self.start_route(client)
+            self.cluster.start_route(client)
             return
         client.tls_identities = client.tls_peer_identities()
         if client.tls.first:
@@ -6487,55 +6699,6 @@ class Server:
 
     # -- routes (chapter 8 has the connection's side) ------------------------------
 
-    def listen_for_routes(self):
-        """Bind the route listener and dial the configured routes."""
-        opts = self.options
-        self.cluster_host = opts.cluster_host or DEFAULT_HOST
-        sock = _bind(self.cluster_host, opts.cluster_port)
-        self.route_port = sock.getsockname()[1]
-        listener = _Listener(self, sock, self.create_route)
-        self.route_listener = listener
-        self.selector.register(sock, selectors.EVENT_READ, listener)
-        log.info("Cluster name is %s", self.cluster_name)
-        if self.cluster_dynamic:
-            log.warning("Cluster name was dynamically generated, consider setting one")
-        log.info("Listening for route connections on %s",
-                 _host_port(self.cluster_host, self.route_port))
-        for url in opts.routes or ():
-            self.dial_route(RouteURL(url), implicit=False)
-
-    def route_url(self) -> str:
-        """How peers reach our route port (INFO's `ip`)."""
-        opts = self.options
-        if opts.cluster_advertise:
-            host_port = opts.cluster_advertise
-            if ":" not in host_port.rsplit("]", 1)[-1]:
-                host_port = _host_port(host_port, self.route_port)
-        else:
-            host_port = _host_port(_advertise_host(self.cluster_host), self.route_port)
-        return "nats-route://%s/" % host_port
-
-    def route_info(self) -> bytes:
-        """The INFO we send a route (Go's route INFO, without pooling or
-        compression, so Go peers use one plain connection)."""
-        opts = self.options
-        info = {
-            "server_id": self.server_id, "server_name": self.server_name,
-            "version": VERSION, "proto": ROUTE_PROTO, "go": GO_FIELD,
-            "host": self.cluster_host, "port": self.route_port, "headers": True,
-        }
-        if opts.cluster_auth is not None:
-            info["auth_required"] = True
-        if opts.cluster_tls is not None:
-            info["tls_required"] = info["tls_verify"] = True
-        info.update({"max_payload": opts.max_payload, "ip": self.route_url(),
-                     "cluster": self.cluster_name})
-        if self.cluster_dynamic:
-            info["cluster_dynamic"] = True
-        if not opts.no_advertise:
-            info["connect_urls"] = [self.client_url()]
-        return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + CR_LF
-
     def client_url(self) -> str:
         """Our client address as other servers tell their clients."""
         if self.options.client_advertise:
@@ -6544,245 +6707,6 @@ class Server:
                 advertise = _host_port(advertise, self.port)
             return advertise
         return _host_port(_advertise_host(self.host), self.port)
-
-    def dial_route(self, target: RouteURL, implicit: bool, attempt: int = 1):
-        """Dial a route: an IP address at once; a host name is looked up on
-        a helper thread first (a DNS lookup must not stall the loop)."""
-        if not self.running and self.listener is None:
-            return
-        if (target.host, target.port) in self.self_routes or self.lame_duck:
-            return
-        if _is_ip_address(target.host):
-            self.connect_route(target, implicit, attempt)
-            return
-        threading.Thread(target=self.resolve_route, args=(target, implicit, attempt),
-                         name="gnatsd-resolve", daemon=True).start()
-
-    def resolve_route(self, target: RouteURL, implicit: bool, attempt: int):
-        """(Helper thread.)  Look the host up, then connect on the loop thread."""
-        try:
-            address = socket.getaddrinfo(target.host, target.port, 0, socket.SOCK_STREAM)[0]
-            why = ""
-        except (OSError, UnicodeError) as exc:
-            address, why = None, str(exc)
-        self.call_soon(lambda: self.connect_route(target, implicit, attempt, address, why))
-
-    def connect_route(self, target: RouteURL, implicit: bool, attempt: int,
-                      address: tuple | None = None, why: str = ""):
-        """Start a non-blocking connect; the selector says when it is done
-        (_RouteDialer).  `address` is a getaddrinfo entry (None: look up now)."""
-        try:
-            if address is None and not why:
-                address = socket.getaddrinfo(target.host, target.port, 0, socket.SOCK_STREAM)[0]
-            if address is None:
-                raise OSError(why)
-            family, _type, _proto, _name, address = address
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
-            self.route_dial_failed(target, implicit, str(exc), attempt)
-            return
-        sock.setblocking(False)
-        error = sock.connect_ex(address)
-        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-            sock.close()
-            self.route_dial_failed(target, implicit, os.strerror(error), attempt)
-            return
-        dialer = _RouteDialer(self, sock, target, implicit, attempt)
-        self.selector.register(sock, selectors.EVENT_WRITE, dialer)
-        self.add_timer(ROUTE_DIAL_TIMEOUT, dialer.timeout)
-
-    def route_dial_failed(self, target: RouteURL, implicit: bool, why: str, attempt: int = 0):
-        """Log (Go's cadence) and try again: configured routes forever (or
-        connect_retries times), learned ones connect_retries times."""
-        attempt = attempt or 1
-        text = "Error trying to connect to route (attempt %d): dial tcp %s: connect: %s" % (
-            attempt, _host_port(target.host, target.port), why.lower())
-        if attempt == 1 or attempt % ROUTE_ERROR_REPORTS == 0:
-            log.error("%s", text)
-        else:
-            log.debug("%s", text)
-        retries = self.options.connect_retries
-        if implicit and attempt > retries:
-            return
-        if not implicit and retries and attempt > retries:
-            return
-        self.add_timer(ROUTE_RECONNECT_DELAY,
-                       lambda: self.redial(target, implicit, attempt + 1))
-
-    def redial(self, target: RouteURL, implicit: bool, attempt: int):
-        if self.running and not self.route_connected(target):
-            self.dial_route(target, implicit, attempt)
-
-    def route_connected(self, target: RouteURL) -> bool:
-        """Is there a route to `target` already, dialed by us or by it?"""
-        where = (target.host, target.port)
-        for route in self.route_conns:
-            if route.target is not None and (route.target.host, route.target.port) == where:
-                return True
-            if route.registered and route.remote_info.get("ip"):
-                try:
-                    advertised = RouteURL(route.remote_info["ip"])
-                except ConfigError:
-                    continue
-                if (advertised.host, advertised.port) == where:
-                    return True
-        return False
-
-    def create_route(self, sock: socket.socket, target: RouteURL | None = None,
-                     implicit: bool = False):
-        """A route connection, accepted (target None) or dialed: INFO (and
-        CONNECT first when we dialed); with cluster TLS, the handshake comes
-        before either (Go's createRoute: TLS at once, no plain INFO)."""
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        self.next_cid += 1
-        tls = self.options.cluster_tls
-        route_class = self.tls_route_class if tls else Route
-        route = route_class(self, sock, self.next_cid, target, implicit)
-        try:
-            self.selector.register(sock, selectors.EVENT_READ, route)
-        except (ValueError, OSError) as exc:
-            log.error("Error registering route connection: %s", exc)
-            sock.close()
-            return
-        self.route_conns.add(route)
-        if target is not None:
-            route.host, route.port = target.host, target.port
-            route.log_prefix = "%s - rid:%d - " % (_host_port(target.host, target.port),
-                                                   route.cid)
-        if tls is None:
-            self.start_route(route)
-        elif target is not None:
-            route.start_tls(tls.client_context(), tls.timeout, hostname=target.host)
-        else:
-            route.start_tls(tls.server_context(), tls.timeout)
-
-    def start_route(self, route: Route):
-        """The route's first words, once it is connected (and past TLS):
-        CONNECT and INFO when we dialed, else wait for the peer's CONNECT."""
-        if route.target is not None:
-            route.send_connect()
-            route.send_proto(self.route_info(), "INFO")
-        else:
-            # Our INFO waits for a CONNECT that passes (so a peer with bad
-            # credentials never sees a route), within the auth timeout.
-            self.add_timer(AUTH_TIMEOUT, route.connect_timeout)
-        route.arm_ping_timer()
-        route.flush()
-        log.info("%sRoute connection created", route.log_prefix)
-
-    def register_route(self, route: Route):
-        """The peer's INFO arrived: one route per peer, full interest, gossip."""
-        existing = self.routes.get(route.remote_id)
-        if existing is not None and not existing.closed:
-            route.debug("Detected duplicate remote route %s", go_quote(route.remote_id.encode()))
-            route.close("Duplicate Route")
-            return
-        route.registered = True
-        self.routes[route.remote_id] = route
-        route.debug("Registering remote route %s", go_quote(route.remote_id.encode()))
-        for account in self.accounts.values():
-            for (subject, queue), count in account.interest.items():
-                route.send_interest(account, subject, queue, count)
-            if account.exports_services:
-                route.send_interest(account, account.reply_prefix + b">", None, 1)
-        route.send_proto(PING)
-        # Gossip: tell the others about the new peer; they dial it (as Go does).
-        announce = b"INFO " + json.dumps(route.remote_info, separators=(",", ":")).encode() \
-            + CR_LF
-        for other in self.routes.values():
-            if other is not route:
-                other.queue_outbound(announce)
-        self.cluster_changed()
-
-    def learn_route(self, info: dict):
-        """Gossip named a server: dial it unless we know it already."""
-        remote_id = info.get("server_id") or ""
-        url = info.get("ip") or ""
-        if not url or remote_id == self.server_id or remote_id in self.routes:
-            return
-        try:
-            target = RouteURL(url)
-        except ConfigError:
-            return
-        if not self.route_connected(target):
-            self.dial_route(target, implicit=True)
-
-    def remove_route(self, route: Route):
-        """A route closed: forget its interest; dial it again if configured."""
-        self.route_conns.discard(route)
-        for key, sub in route.remote_subs.items():
-            account = self.accounts.get(key.split(b" ", 1)[0].decode("utf-8", "replace"))
-            if account is not None:
-                account.sublist.remove(sub)
-        route.remote_subs.clear()
-        if route.registered and self.routes.get(route.remote_id) is route:
-            del self.routes[route.remote_id]
-            self.cluster_changed()
-        if route.target is not None and self.running and not self.lame_duck \
-                and route.close_reason not in ("Duplicate Route",) \
-                and (route.target.host, route.target.port) not in self.self_routes \
-                and not route.implicit:
-            self.add_timer(ROUTE_RECONNECT_DELAY,
-                           lambda: self.redial(route.target, route.implicit, 1))
-
-    def cluster_changed(self):
-        """Peers came or went: new connect_urls for clients (an async INFO to
-        clients that speak protocol 1, as Go sends)."""
-        urls = self.connect_urls() if self.routes else []
-        if urls == self.info_template.get("connect_urls", []):
-            return
-        if urls:
-            self.info_template["connect_urls"] = urls
-        else:
-            self.info_template.pop("connect_urls", None)
-        for client in list(self.clients.values()):
-            if client.protocol >= 1 and client.connect_received and not client.closed:
-                client.send_proto(self.client_info(client), "INFO")
-
-    def connect_urls(self) -> list:
-        """Our client address and every peer's, for clients to fail over to."""
-        urls = [] if self.options.no_advertise else [self.client_url()]
-        for route in self.routes.values():
-            for url in route.remote_info.get("connect_urls") or ():
-                if url and url not in urls:     # (Go reads a null element as "")
-                    urls.append(url)
-        return urls
-
-    def reconcile_cluster_name(self, name: str, peer_dynamic: bool) -> bool:
-        """May a peer of cluster `name` join?  A generated name gives way to a
-        configured one, and of two generated names the smaller wins, so both
-        sides settle on the same name."""
-        if not name or name == self.cluster_name:
-            return True
-        if self.cluster_dynamic and (not peer_dynamic or name < self.cluster_name):
-            self.adopt_cluster_name(name)
-            return True
-        return peer_dynamic
-
-    def adopt_cluster_name(self, name: str):
-        log.info("Cluster name updated to %s", name)
-        self.cluster_name = name
-        self.cluster_dynamic = False
-        self.info_template["cluster"] = name
-
-    def update_interest(self, account: Account, sub: Subscription, delta: int):
-        """A local subscription came or went: RS+/RS- to every route when the
-        (account, subject) interest starts or ends, or a queue's weight moves."""
-        key = (sub.subject, sub.queue)
-        interest = account.interest
-        count = interest.get(key, 0) + delta
-        if count > 0:
-            interest[key] = count
-        else:
-            interest.pop(key, None)
-        if sub.queue is None and not (count == 1 and delta > 0 or count == 0):
-            return
-        for route in self.routes.values():
-            route.send_interest(account, sub.subject, sub.queue, max(count, 0))
 
     # -- shutdown --------------------------------------------------------------
 
@@ -6802,13 +6726,10 @@ class Server:
             self.unregister(self.listener)
             self.listener.sock.close()
             self.listener.closed = True
-        if self.route_listener is not None and not self.route_listener.closed:
-            self.unregister(self.route_listener)
-            self.route_listener.sock.close()
-            self.route_listener.closed = True
+        self.cluster.close_listener()
         for client in list(self.clients.values()):
             client.close(SERVER_SHUTDOWN)
-        for route in list(self.route_conns):
+        for route in list(self.cluster.conns):
             route.close(SERVER_SHUTDOWN)
         self.secret_checker.stop()
         self.waker.close()
@@ -6877,7 +6798,7 @@ class Server:
             self.system_account = self.accounts[new.system_account or SYSTEM_ACCOUNT]
         for client in list(self.clients.values()):
             client.reload_config(old)
-        for route in self.route_conns:
+        for route in self.cluster.conns:
             route.trace = self.trace
             route.msg_cache.clear()   # its entries hold the old accounts' sublists
         for account in self.accounts.values():
@@ -6940,35 +6861,6 @@ class Server:
 
 # Go's names for the signals it traps.
 _SIGNAL_NAMES = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated"}
-
-
-def _closed_order(info: dict) -> dict:
-    """A closed connection's /connz entry, with stop and reason where Go puts them."""
-    ordered = {}
-    for key, value in info.items():
-        ordered[key] = value
-        if key == "last_activity":
-            ordered["stop"] = info["stop"]
-            ordered["reason"] = info["reason"]
-    return ordered
-
-
-def sub_detail(sub: Subscription) -> dict:
-    """One subscription as /connz?subs=detail and /subsz?subs=1 show it."""
-    if sub.client.kind == "Router":
-        account = sub.sid.split(b" ", 1)[0].decode("utf-8", "replace")  # "acc subject [queue]"
-    else:
-        account = sub.client.account.name
-    detail = {"account": account, "account_tag": account,
-              "subject": sub.subject.decode("utf-8", "replace")}
-    if sub.queue is not None:
-        detail["qgroup"] = sub.queue.decode("utf-8", "replace")
-    detail["sid"] = sub.sid.decode("utf-8", "replace")
-    detail["msgs"] = sub.delivered
-    if sub.max:
-        detail["max"] = sub.max
-    detail["cid"] = sub.client.cid
-    return detail
 
 
 # Options a reload may not change, with the Go field names its error uses.
@@ -7380,7 +7272,7 @@ class Monitor:
                 "</a>\n<br/>\n%s</body>\n</html>\n" % (VERSION, VERSION, links)).encode()
 
     def varz(self, query: dict) -> dict:
-        snap = self.snapshot(self.server.varz_snapshot)
+        snap = self.snapshot(lambda: varz_snapshot(self.server))
         now = time.time()
         opts = self.server.options
         server = self.server
@@ -7482,7 +7374,7 @@ class Monitor:
         if limit <= 0:
             limit = DEFAULT_MONITOR_LIMIT
         cid = _uint_param(query, "cid")
-        conns = self.snapshot(lambda: self.server.connz_snapshot(state, subs, auth),
+        conns = self.snapshot(lambda: connz_snapshot(self.server, state, subs, auth),
                               MONITOR_SNAPSHOT_TIMEOUT)
         account = query.get("acc", "")
         if account:
@@ -7510,7 +7402,8 @@ class Monitor:
 
     def routez(self, query: dict) -> dict:
         subs = _subs_param(query)
-        routes = self.snapshot(lambda: self.server.routez_snapshot(subs), MONITOR_SNAPSHOT_TIMEOUT)
+        routes = self.snapshot(lambda: routez_snapshot(self.server, subs),
+                               MONITOR_SNAPSHOT_TIMEOUT)
         return {"server_id": self.server.server_id, "server_name": self.server.server_name,
                 "now": rfc3339(time.time()), "num_routes": len(routes), "routes": routes}
 
@@ -7523,7 +7416,7 @@ class Monitor:
         limit = _int_param(query, "limit", DEFAULT_MONITOR_LIMIT)
         if limit <= 0:
             limit = DEFAULT_MONITOR_LIMIT
-        snap = self.snapshot(lambda: self.server.subsz_snapshot(bool(subs), test),
+        snap = self.snapshot(lambda: subsz_snapshot(self.server, bool(subs), test),
                              MONITOR_SNAPSHOT_TIMEOUT)
         out = {
             "server_id": self.server.server_id,
@@ -7554,7 +7447,7 @@ class Monitor:
                 "system_account": self.server.system_account.name, "accounts": names}
 
     def accstatz(self, query: dict) -> dict:
-        snaps = self.snapshot(self.server.account_snapshots)
+        snaps = self.snapshot(lambda: account_snapshots(self.server))
         unused = query.get("unused", "").lower() in ("1", "true")
         zero = {"msgs": 0, "bytes": 0}
         stats = []
@@ -7587,6 +7480,148 @@ class Monitor:
                 "accounts": 0, "ha_assets": 0, "api": {"level": 0, "total": 0, "errors": 0},
                 "server_id": self.server.server_id, "now": rfc3339(time.time()),
                 "disabled": True}
+
+
+# -- snapshots (loop thread) ----------------------------------------------------
+#
+# Each runs on the loop thread (Monitor.snapshot -> Server.call_in_loop) and
+# returns plain data.  Those that grow with the server (a connection or a
+# subscription at a time) are generators: call_in_loop takes them a
+# MONITOR_SLICE per turn, so one request for 100,000 subscriptions never
+# holds the loop.
+
+def sub_detail(sub: Subscription) -> dict:
+    """One subscription as /connz?subs=detail and /subsz?subs=1 show it."""
+    if sub.client.kind == "Router":
+        account = sub.sid.split(b" ", 1)[0].decode("utf-8", "replace")  # "acc subject [queue]"
+    else:
+        account = sub.client.account.name
+    detail = {"account": account, "account_tag": account,
+              "subject": sub.subject.decode("utf-8", "replace")}
+    if sub.queue is not None:
+        detail["qgroup"] = sub.queue.decode("utf-8", "replace")
+    detail["sid"] = sub.sid.decode("utf-8", "replace")
+    detail["msgs"] = sub.delivered
+    if sub.max:
+        detail["max"] = sub.max
+    detail["cid"] = sub.client.cid
+    return detail
+
+
+def _closed_order(info: dict) -> dict:
+    """A closed connection's /connz entry, with stop and reason where Go puts them."""
+    ordered = {}
+    for key, value in info.items():
+        ordered[key] = value
+        if key == "last_activity":
+            ordered["stop"] = info["stop"]
+            ordered["reason"] = info["reason"]
+    return ordered
+
+
+def settle_all(server: "Server"):
+    """Make every subscription's and client's counters exact."""
+    for account in server.accounts.values():
+        account.sublist.settle()
+
+def varz_snapshot(server: "Server") -> dict:
+    """What /varz counts, from the loop's state."""
+    settle_all(server)
+    clients = server.clients.values()
+    return {
+        "connections": len(server.clients),
+        "subscriptions": sum(a.sublist.count for a in server.accounts.values()),
+        "in_msgs": server.closed_in_msgs + sum(c.in_msgs for c in clients),
+        "in_bytes": server.closed_in_bytes + sum(c.in_bytes for c in clients),
+        "out_msgs": server.closed_out_msgs + sum(c.out_msgs for c in clients),
+        "out_bytes": server.closed_out_bytes + sum(c.out_bytes for c in clients),
+        "routes": len(server.cluster.routes),
+        "cluster": server.cluster.varz(),
+    }
+
+def routez_snapshot(server: "Server", subs: str):
+    """/routez's routes (stepped: a route or a subscription at a time)."""
+    routes = []
+    for route in sorted(server.cluster.routes.values(), key=lambda r: r.cid):
+        info = route.conn_info()
+        if subs:
+            remote = list(route.remote_subs.values())
+            listed = info["subscriptions_list_detail" if subs == "detail"
+                          else "subscriptions_list"] = []
+            for sub in remote:
+                listed.append(sub_detail(sub) if subs == "detail"
+                              else sub.subject.decode("utf-8", "replace"))
+                yield
+        routes.append(info)
+        yield
+    return routes
+
+def account_snapshots(server: "Server") -> list:
+    """Per-account counters for /accstatz (what the account's clients did)."""
+    settle_all(server)
+    snaps = {name: {"name": name, "conns": 0, "subscriptions": account.sublist.count,
+                    "in_msgs": 0, "in_bytes": 0, "out_msgs": 0, "out_bytes": 0,
+                    "slow_consumers": 0}
+             for name, account in server.accounts.items()}
+    for client in server.clients.values():
+        snap = snaps[client.account.name]
+        snap["conns"] += 1
+        for key in ("in_msgs", "in_bytes", "out_msgs", "out_bytes"):
+            snap[key] += getattr(client, key)
+    return list(snaps.values())
+
+def connz_snapshot(server: "Server", state: str, subs: str, auth: bool):
+    """/connz's connections, open and closed (stepped: a client at a time)."""
+    settle_all(server)
+    now = time.time()
+    conns = []
+    if state in ("open", "all", "any"):
+        for client in list(server.clients.values()):
+            if not client.closed:
+                conns.append(client.conn_info(now, subs, auth))
+            yield
+    if state in ("closed", "all", "any"):
+        for info in server.closed_clients:
+            info = dict(info)
+            if subs != "list":
+                info.pop("subscriptions_list", None)
+            if subs != "detail":
+                info.pop("subscriptions_list_detail", None)
+            if not auth:
+                for key in ("authorized_user", "account", "name_tag"):
+                    info.pop(key, None)
+            conns.append(info)
+    return conns
+
+def subsz_snapshot(server: "Server", with_subs: bool, test: str):
+    """Sublist statistics summed over every account (as Go's Subsz); with
+    `with_subs`, every subscription (stepped: one at a time)."""
+    settle_all(server)
+    sublists = [a.sublist for a in server.accounts.values()]
+    subs = []
+    if with_subs:
+        for sublist in sublists:
+            if test:
+                wanted = sublist.match(test.encode())
+                chosen = wanted.psubs + [s for g in wanted.qsubs for s in g]
+            else:
+                chosen = sublist.iter_subscriptions()
+            for sub in chosen:
+                subs.append(sub_detail(sub))
+                yield
+    fanouts = [len(r) for sl in sublists for r in sl.cache.values()]
+    matches = sum(sl.matches for sl in sublists)
+    return {
+        "num_subscriptions": sum(sl.count for sl in sublists),
+        "num_cache": sum(len(sl.cache) for sl in sublists),
+        "num_inserts": sum(sl.inserts for sl in sublists),
+        "num_removes": sum(sl.removes for sl in sublists),
+        "num_matches": matches,
+        "cache_hit_rate": (sum(sl.cache_hits for sl in sublists) / matches) if matches else 0,
+        "max_fanout": max(fanouts, default=0),
+        "avg_fanout": (sum(fanouts) / len(fanouts)) if fanouts else 0,
+        "subs": subs,
+    }
 
 
 def _cpu_seconds() -> float:

@@ -137,7 +137,7 @@ class Peer:
     def __init__(self, server):
         self.server = server
         self.id = "FUZZPEER%d" % next(_peer_ids)
-        self.sock = socket.create_connection(("127.0.0.1", server.route_port), timeout=5)
+        self.sock = socket.create_connection(("127.0.0.1", server.cluster.port), timeout=5)
         self.buf = bytearray()
         connect = {"echo": True, "verbose": False, "pedantic": False, "tls_required": False,
                    "headers": True, "name": self.id, "cluster": CLUSTER}
@@ -148,7 +148,7 @@ class Peer:
         self.sock.sendall(b"INFO " + json.dumps(info).encode() + b"\r\n")
         self.read_until(b"PING\r\n")
         self.buf.clear()
-        self.route = server.call_in_loop(lambda: server.routes.get(self.id))
+        self.route = server.call_in_loop(lambda: server.cluster.routes.get(self.id))
         assert self.route is not None, "route not registered"
 
     def read_until(self, marker: bytes):
@@ -174,7 +174,7 @@ def server():
     srv = g.Server(g.Options(host="127.0.0.1", port=-1, cluster_host="127.0.0.1",
                              cluster_port=-1, cluster_name=CLUSTER)).start()
     deadline = time.monotonic() + 5
-    while not srv.route_port and time.monotonic() < deadline:
+    while not srv.cluster.port and time.monotonic() < deadline:
         time.sleep(0.01)
     errors = capture_errors(g)
     sub = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
