@@ -2426,6 +2426,66 @@ def err_proto(text: str) -> bytes:
     return b"-ERR '" + text.encode() + b"'\r\n"
 
 
+# -- the parse error's log line (GO-COMPAT: client.go parse, protoSnippet) -----
+#
+# Go answers a byte no op can continue with `-ERR 'Unknown Protocol
+# Operation'` and logs where its byte-wise parser stood:
+#
+#     Client parser ERROR, state=31, i=3: proto='"X foo 1\r"...'
+#
+# `state` is the parser state (its enum in parser.go) and `i` the failing
+# byte's index in the read, followed by up to 32 bytes from there, quoted.
+# We find lines, not bytes, so the state is worked out from the op's name
+# (the longest prefix of a name it spells) or the payload's end.
+
+# Go's parser states for the prefixes of the client ops' names.
+_GO_OP_STATES = {
+    b"": 0, b"+": 1, b"+O": 2, b"+OK": 3, b"-": 4, b"-E": 5, b"-ER": 6, b"-ERR": 7,
+    b"C": 10, b"CO": 11, b"CON": 12, b"CONN": 13, b"CONNE": 14, b"CONNEC": 15, b"CONNECT": 16,
+    b"H": 18, b"HP": 19, b"HPU": 20, b"HPUB": 21, b"HM": 24, b"HMS": 25, b"HMSG": 26,
+    b"P": 29, b"PU": 30, b"PUB": 31, b"PI": 34, b"PIN": 35, b"PING": 36,
+    b"PO": 37, b"PON": 38, b"PONG": 39,
+    b"S": 43, b"SU": 44, b"SUB": 45,
+    b"U": 59, b"UN": 60, b"UNS": 61, b"UNSU": 62, b"UNSUB": 63,
+    b"M": 66, b"MS": 67, b"MSG": 68, b"I": 71, b"IN": 72, b"INF": 73, b"INFO": 74,
+}
+# ... and after a payload: CR expected, then LF.
+GO_MSG_END_R, GO_MSG_END_N = 41, 42
+
+# Bytes of the offending input a parse error's log line quotes.
+PROTO_SNIPPET_SIZE = 32
+
+
+def parser_error(data: bytes, at: int, state: int) -> ProtocolError:
+    """The unknown-op error for the byte at `at`, with Go's log line."""
+    stop = at + PROTO_SNIPPET_SIZE
+    if at >= len(data):
+        snippet = '""'
+    else:
+        if stop > len(data):
+            stop = len(data) - 1        # (Go's protoSnippet leaves the last byte out)
+        snippet = go_quote(data[at:stop])
+    return ProtocolError("Client parser ERROR, state=%d, i=%d: proto='%s...'"
+                         % (state, at, snippet), ERR_UNKNOWN_PROTOCOL)
+
+
+def op_name_error(data: bytes, i: int) -> ProtocolError:
+    """The unknown op starting at `i`: Go fails on the first byte that no
+    op name continues with."""
+    name = data[i:i + 8].upper()
+    j = 0
+    while j < len(name) and name[:j + 1] in _GO_OP_STATES:
+        j += 1
+    return parser_error(data, i + j, _GO_OP_STATES[name[:j]])
+
+
+def payload_end_error(data: bytes, stop: int) -> ProtocolError:
+    """A payload not followed by CRLF (`stop` is where the CR belongs)."""
+    if data[stop] != 13:
+        return parser_error(data, stop, GO_MSG_END_R)
+    return parser_error(data, stop + 1, GO_MSG_END_N)
+
+
 # ============================================================================
 # 6. Connection base
 # ============================================================================
@@ -3863,7 +3923,7 @@ class Client(Connection):
                     self.keep_tail(data, i, stop + 2 - i)
                     break
                 if data[stop] != 13 or data[stop + 1] != 10:
-                    raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
+                    raise payload_end_error(data, stop)
                 msgs += 1
                 nbytes += size
                 kind = plan.kind
@@ -4036,7 +4096,7 @@ class Client(Connection):
     def partial_line(self, data: bytes, i: int):
         """The buffer ends inside a control line: refuse it now if no more
         bytes can make it valid, else check its length and wait."""
-        if self.doomed_op(data[i:i + len(b"CONNECT") + 2]):  # a name and what follows it
+        if self.doomed_op(data, i):
             return
         mcl = self.server.options.max_control_line
         if len(data) - i > mcl:
@@ -4055,7 +4115,7 @@ class Client(Connection):
             elif has_sep and op in self.OPS:
                 data, i = op + b" " + arg, 0
             else:
-                raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
+                raise op_name_error(data, i)
         self.keep_tail(data, i, len(data) - i + 1)
 
     def refused_before_connect(self, first: bytes) -> bool:
@@ -4070,12 +4130,13 @@ class Client(Connection):
         self.auth_violation()
         return True
 
-    def doomed_op(self, head: bytes) -> bool:
+    def doomed_op(self, data: bytes, i: int) -> bool:
         """Go's parser reads byte by byte and fails on the first byte that
         no op can continue with; answer the same before the newline comes
-        (a client that sends `X` and waits gets its -ERR at once).  `head`
-        is the start of an unfinished line.  Raises the ProtocolError of an
+        (a client that sends `X` and waits gets its -ERR at once).  The
+        unfinished line starts at `i`.  Raises the ProtocolError of an
         unknown op; True if the client was refused for auth (and closed)."""
+        head = data[i:i + len(b"CONNECT") + 2]      # a name and what follows it
         if self.refused_before_connect(head[:1]):
             return True
         op, _arg, has_sep = split_op(head)
@@ -4086,7 +4147,7 @@ class Client(Connection):
                 return False
         elif any(name.startswith(op) for name in self.OP_NAMES):
             return False            # still spelling a name
-        raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
+        raise op_name_error(data, i)
 
     def max_control_line_exceeded(self, length: int):
         self.error("maximum control line exceeded (max_control_line %d, line %d)",
@@ -4112,10 +4173,10 @@ class Client(Connection):
             elif op.startswith(b"+OK"):
                 return nl + 1
             else:
-                raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
+                raise op_name_error(data, i)
         elif handler.needs_arg:
             if not has_sep and op not in (b"CONNECT", b"INFO"):
-                raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
+                raise op_name_error(data, i)
             mcl = self.server.options.max_control_line
             if not arg:
                 # Go's argument starts at the first byte after the blanks,
@@ -4590,7 +4651,7 @@ class Client(Connection):
             return -1
         self.subject_err_sent = False
         if data[stop] != 13 or data[stop + 1] != 10:
-            raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
+            raise payload_end_error(data, stop)
         payload = data[nl + 1:stop]
         if self.trace:
             self.trace_payload(payload)
@@ -4790,7 +4851,7 @@ class Message:
 def check_payload_end(data: bytes, stop: int):
     """A payload must be followed by CRLF: fail as soon as a wrong byte shows."""
     if stop < len(data) and data[stop] != 13:
-        raise ProtocolError("", ERR_UNKNOWN_PROTOCOL)
+        raise payload_end_error(data, stop)
 
 
 # Secrets in a CONNECT line, replaced before it is traced (Go's removeSecretsFromTrace).

@@ -175,6 +175,33 @@ def test_debug_logs_the_close_reason_of_a_protocol_error(start, request, kind):
                      rb"Protocol Violation\n" % port, timeout=2)
 
 
+PARSE_ERRORS = [
+    (b"XYZ\r\n", r"state=0, i=0: proto='\"XYZ\\r\"...'"),
+    (b'CONNECT {"verbose":false}\r\nPING\r\nSUB foo 1\r\nPUB foo 2\r\nokX\r\n',
+     r"state=41, i=57: proto='\"X\\r\"...'"),
+    (b"PUBX foo 1\r\n", r"state=31, i=3: proto='\"X foo 1\\r\"...'"),
+    (b"PUB foo 2\r\nok\rX", r"state=42, i=14: proto='\"\"...'"),
+    (b"CONNX {}\r\n", r"state=13, i=4: proto='\"X {}\\r\"...'"),
+    (b"PIX\r\n", r"state=34, i=2: proto='\"X\\r\"...'"),
+]
+
+
+@pytest.mark.parametrize("sent,where", PARSE_ERRORS,
+                         ids=["unknown-op", "payload-end-cr", "op-without-space", "payload-end-lf",
+                              "connect-misspelt", "ping-misspelt"])
+def test_a_parse_error_is_logged_with_the_parser_state_and_a_snippet(start, sent, where):
+    """Go's parse error line: the state its byte-wise parser stood in, the
+    failing byte's index in the read, and up to 32 bytes from there."""
+    srv = start()
+    c = RawConn(srv.host, srv.port)
+    c.read_info()
+    port = c.sock.getsockname()[1]
+    c.send(sent)
+    c.read_until_closed()
+    srv.wait_for_log((r"\[ERR\] 127\.0\.0\.1:%d - cid:\d+ - Client parser ERROR, %s\n"
+                      % (port, where)).encode(), timeout=3)
+
+
 # -- -V: protocol trace -------------------------------------------------------------------
 
 
