@@ -5,7 +5,7 @@
 # Nothing is installed globally.
 #
 #   make test          whole suite, incl. the smoke run on every CPython 3.8-3.13
-#   make unit          in-process tests only (layout, sublist, parser, conf, options)
+#   make unit          in-process tests only (layout, sublist, framing, conf, options), ~12 s
 #   make test-pythons  protocol smoke with the server under each CPython 3.8-3.13
 #   make bench         BENCH (default tests/bench.py) with $(BENCH_ARGS); writes tests/BENCH-RESULTS.md
 #   make fuzz          each fuzzer in tests/fuzz for FUZZ_SECONDS (default 60; `make test`: 3 s each)
@@ -34,9 +34,10 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 PYTHON38 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.8.*/bin/python3) \
                         $(shell command -v python3.8 2>/dev/null))
 
-# In-process tests (gnatsd's server/*_test.go); whichever of them exist.
+# In-process tests (gnatsd's server/*_test.go): no server process, a few
+# seconds in all (test_parser.py runs its transcripts against live servers).
 UNIT_TESTS = $(wildcard tests/test_layout.py tests/test_sublist.py \
-                        tests/test_parser.py tests/test_conf.py tests/test_options.py)
+                        tests/test_framing.py tests/test_conf.py tests/test_options.py)
 
 .DEFAULT_GOAL := help
 .PHONY: help dev test unit test-pythons bench soak fuzz redteam lint run docker certs clean distclean

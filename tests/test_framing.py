@@ -1,0 +1,144 @@
+"""The client parser, in-process: bytes in, bytes out, cut at every byte.
+
+Go's parser_test.go feeds its parser byte slices directly; this module does
+the same with gnatsd.py's: a Client object of a Server that never starts its
+loop, wired to one end of a socketpair, gets its input through
+`process_input` (what a socket read calls) and its answers are read from the
+other end.  No process, no listener, no timing: each case runs in
+microseconds, so every transcript is cut at every byte, and fed one byte per
+read, and must give exactly the answer it gives whole.  (tests/test_parser.py
+runs the same transcripts against live servers, Go's included.)
+"""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from conftest import import_gnatsd
+from test_parser import TRICKY, transcript
+
+g = import_gnatsd()
+
+
+class Wire:
+    """One in-process client of a server that is never started."""
+
+    def __init__(self, server=None, connect: bytes = b""):
+        self.server = server or g.Server(g.Options(host="127.0.0.1", port=-1))
+        ours, self.peer = socket.socketpair()
+        ours.setblocking(False)
+        self.peer.setblocking(False)
+        self.server.next_cid += 1
+        self.client = g.Client(self.server, ours, self.server.next_cid)
+        self.server.clients[self.client.cid] = self.client
+        if connect:
+            self.feed(connect)
+
+    def feed(self, data: bytes):
+        """One read's worth of input, processed as the loop would, with any
+        input the turn's time budget deferred processed too."""
+        server = self.server
+        self.client.process_input(data)
+        while server.backlogged:
+            server.run_backlog()
+        server.flush_pending()
+
+    def answer(self) -> bytes:
+        out = bytearray()
+        while True:
+            try:
+                chunk = self.peer.recv(65536)
+            except BlockingIOError:
+                return bytes(out)
+            if not chunk:
+                return bytes(out)
+            out += chunk
+
+    @property
+    def closed(self) -> bool:
+        return self.client.closed
+
+    def close(self):
+        self.peer.close()
+        if not self.client.closed:
+            self.client.sock.close()
+
+
+def answer_to(pieces) -> tuple:
+    """Feed `pieces` one read each to a fresh client: (answer, closed)."""
+    wire = Wire()
+    try:
+        for piece in pieces:
+            if not wire.closed:
+                wire.feed(piece)
+        return wire.answer(), wire.closed
+    finally:
+        wire.close()
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_transcript_whole_gives_the_expected_answer(verbose):
+    data, want = transcript(verbose)
+    assert answer_to([data]) == (want, False)
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_transcript_cut_in_two_at_every_byte_gives_the_same_answer(verbose):
+    data, want = transcript(verbose)
+    for cut in range(1, len(data)):
+        got = answer_to([data[:cut], data[cut:]])
+        assert got == (want, False), "cut at %d (%r | %r)" % (
+            cut, data[max(0, cut - 12):cut], data[cut:cut + 12])
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_transcript_one_byte_per_read_gives_the_same_answer(verbose):
+    data, want = transcript(verbose)
+    assert answer_to([data[k:k + 1] for k in range(len(data))]) == (want, False)
+
+
+# Inputs that end the connection, as Go's parser_test.go has them: each must
+# get the same answer (and be closed) whole and cut anywhere.
+BAD = [
+    (b"XYZ\r\n", b"-ERR 'Unknown Protocol Operation'\r\n"),
+    (b"PUBX foo 1\r\n", b"-ERR 'Unknown Protocol Operation'\r\n"),
+    (b"PUB foo 2\r\nokX\r\n", b"-ERR 'Unknown Protocol Operation'\r\n"),
+    (b"PUB foo 2\r\nok\rX\r\n", b"-ERR 'Unknown Protocol Operation'\r\n"),
+    (b"SUB foo 1\r\nPUB foo 1234567890\r\n", b""),    # a size past 9 digits: silent
+    (b"PUB foo 2000000\r\n", b"-ERR 'Maximum Payload Violation'\r\n"),
+    (b"-ERR 'oops'\r\n", b""),
+]
+
+
+@pytest.mark.parametrize("data,want", BAD, ids=["unknown-op", "op-without-space",
+                                                "payload-end-cr", "payload-end-lf",
+                                                "ten-digit-size", "over-max-payload",
+                                                "client-err"])
+def test_bad_input_gets_the_same_answer_cut_anywhere(data, want):
+    quiet = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+    for cut in [None] + list(range(1, len(data))):
+        pieces = [quiet + data] if cut is None else [quiet + data[:cut], data[cut:]]
+        assert answer_to(pieces) == (want, True), "cut at %s" % cut
+
+
+def test_a_payload_that_looks_like_ops_is_a_payload():
+    quiet = b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB x 1\r\n'
+    data = quiet + b"PUB x %d\r\n%s\r\nPING\r\n" % (len(TRICKY), TRICKY)
+    want = b"MSG x 1 %d\r\n%s\r\nPONG\r\n" % (len(TRICKY), TRICKY)
+    for cut in range(1, len(data)):
+        assert answer_to([data[:cut], data[cut:]]) == (want, False), "cut at %d" % cut
+
+
+def test_varying_lines_on_the_hot_path_cut_anywhere():
+    """Subjects, sizes and replies that change per message (the hot path:
+    pedantic off), cut at every byte of a stretch of them."""
+    quiet = b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB v.> 1\r\n'
+    msgs = [(b"v.a", None, b"1"), (b"v.b", b"r.1", b"22"), (b"v.a", None, b"333"),
+            (b"v.a", None, b"444"), (b"v.a", None, b"444"), (b"v.c", b"r.2", b"")]
+    data = quiet + b"".join(b"PUB %s %s%d\r\n%s\r\n" % (s, r + b" " if r else b"", len(p), p)
+                            for s, r, p in msgs)
+    want = b"".join(b"MSG %s 1 %s%d\r\n%s\r\n" % (s, r + b" " if r else b"", len(p), p)
+                    for s, r, p in msgs)
+    for cut in range(len(quiet), len(data)):
+        assert answer_to([data[:cut], data[cut:]]) == (want, False), "cut at %d" % cut
