@@ -37,7 +37,8 @@ PYTHON38 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.8.*/bin/python3) \
 # In-process tests (gnatsd's server/*_test.go): no server process, a few
 # seconds in all (test_parser.py runs its transcripts against live servers).
 UNIT_TESTS = $(wildcard tests/test_layout.py tests/test_sublist.py \
-                        tests/test_framing.py tests/test_conf.py tests/test_options.py)
+                        tests/test_framing.py tests/test_conf.py tests/test_options.py \
+                        tests/test_readme.py)
 
 .DEFAULT_GOAL := help
 .PHONY: help dev test unit test-pythons bench soak fuzz redteam lint run docker certs clean distclean
