@@ -329,6 +329,7 @@ class ConfigMap(dict):
         self.used_variables: set = set()
 
     def position(self, key: str) -> tuple:
+        """(line, column) where `key` was written; (0, 0) if the file did not set it."""
         return self.positions.get(key, (0, 0))
 
     def is_variable(self, key: str) -> bool:
@@ -336,6 +337,8 @@ class ConfigMap(dict):
         return (key, self.position(key)) in self.used_variables
 
     def error(self, key: str, message: str) -> ConfigError:
+        """A ConfigError for `key`, naming its file (an include's, if it came
+        from one), line and column; the caller raises it."""
         line, col = self.position(key)
         return ConfigError(message, self.files.get(key, self.path), line, col)
 
@@ -800,6 +803,7 @@ class Options:
 
     @property
     def auth_required(self) -> bool:
+        """True if clients must log in: a single user, a token or a users list is set."""
         return bool(self.username or self.authorization or self.users)
 
 
@@ -1914,6 +1918,8 @@ class SublistResult:
         return len(self.psubs) + sum(len(g) for g in self.qsubs)
 
     def settle(self):
+        """Settle each delivery plan kept here; the sublist calls it before
+        dropping the result."""
         for plan in (self.plan, self.header_plan, self.local_plan):
             if plan is not None:
                 plan.settle()
@@ -1960,6 +1966,9 @@ class Sublist:
         self.cache_hits = 0
 
     def insert(self, sub: Subscription):
+        """Add `sub` under its subject and drop the cached results it changes
+        (Go's Insert).  The subject is not checked here, and `sub` must not be
+        in the sublist already (it would be counted twice)."""
         level, node = self.root, None
         tokens = sub.subject.split(b".")
         for token in tokens:
@@ -2109,9 +2118,12 @@ class Sublist:
         return result
 
     def has_interest(self, subject: bytes) -> bool:
+        """True if a message on the literal `subject` would reach anyone (a
+        full `match`, so it is cached and counted)."""
         return len(self.match(subject)) > 0
 
     def all_subscriptions(self) -> list:
+        """Every subscription, as a list (see `iter_subscriptions`)."""
         return list(self.iter_subscriptions())
 
     def iter_subscriptions(self):
@@ -2256,6 +2268,7 @@ class SubjectTransform:
         self.dest = dest.split(b".")
 
     def apply(self, subject: bytes) -> bytes:
+        """Map `subject`, which the caller knows matches `source`, onto `dest`."""
         tokens = subject.split(b".")
         captured = []
         for i, token in enumerate(self.source):
@@ -2267,6 +2280,7 @@ class SubjectTransform:
         return b".".join(captured.pop() if t in (b"*", b">") else t for t in self.dest)
 
     def reverse(self) -> "SubjectTransform":
+        """The transform from `dest` back to `source`."""
         return SubjectTransform(b".".join(self.dest), b".".join(self.source))
 
 
@@ -2568,20 +2582,25 @@ class Connection:
     # -- logging -------------------------------------------------------------
 
     def debug(self, fmt: str, *args):
+        """Log at [DBG] with this connection's prefix (built only when debug is on)."""
         if log.isEnabledFor(logging.DEBUG):
             log.debug(self.log_prefix + fmt, *args)
 
     def error(self, fmt: str, *args):
+        """Log at [ERR] with this connection's prefix."""
         log.error(self.log_prefix + fmt, *args)
 
     def trace_in(self, op: str, arg: bytes = b""):
+        """Trace an op received, `<<- [OP arg]`; callers check `self.trace` first."""
         log.log(TRACE, "%s<<- [%s%s]", self.log_prefix, op,
                 (" " + arg.decode("utf-8", "replace")) if arg else "")
 
     def trace_out(self, text: str):
+        """Trace an op sent, `->> [text]`; callers check `self.trace` first."""
         log.log(TRACE, "%s->> [%s]", self.log_prefix, text)
 
     def trace_payload(self, payload: bytes):
+        """Trace a payload received, Go-quoted and cut at max_traced_msg_len."""
         limit = self.server.options.max_traced_msg_len
         if limit and len(payload) > limit:
             shown = go_quote(payload[:limit])[1:-1] + "..."
@@ -2597,11 +2616,13 @@ class Connection:
         self.server.pending.add(self)
 
     def send_proto(self, data: bytes, text: str = ""):
+        """Queue a protocol line; the trace shows `text`, or the line itself."""
         if self.trace:
             self.trace_out(text or data.decode("utf-8", "replace").rstrip("\r\n"))
         self.queue_outbound(data)
 
     def send_err(self, text: str):
+        """Queue `-ERR 'text'` (traced); the connection stays open (Go's sendErr)."""
         if self.trace:
             self.trace_out("-ERR %s" % text)
         self.queue_outbound(err_proto(text))
@@ -2650,12 +2671,17 @@ class Connection:
             self.server.want_write(self, False)
 
     def pending_bytes(self) -> int:
+        """Bytes queued for this peer and not yet taken by the kernel."""
         return sum(len(chunk) for chunk in self.out)
 
     def write_ready(self):
+        """The selector says the socket is writable: flush what waits."""
         self.flush()
 
     def slow_consumer(self, reason: str, pending: int):
+        """Count and log a slow consumer (`reason`: max pending or write
+        deadline; `pending`: the bytes queued), then drop its output and
+        close unflushed."""
         server = self.server
         server.slow_consumers += 1
         if reason == SLOW_CONSUMER_PENDING_BYTES:
@@ -2824,6 +2850,8 @@ class Connection:
         self.need = need
 
     def protocol_error(self, exc: ProtocolError):
+        """A ProtocolError from parsing: send its -ERR if it has one, log its
+        message if any, and close with its reason."""
         if exc.err is not None:
             self.send_err(exc.err)
         if str(exc):
@@ -2831,14 +2859,19 @@ class Connection:
         self.close(exc.reason)
 
     def parse(self, data: bytes, start: int = 0):
+        """Process the ops in `data` from `start`; each kind of connection
+        supplies its own.  Raises ProtocolError."""
         raise NotImplementedError
 
     # -- ping timer ----------------------------------------------------------
 
     def ping_interval(self) -> float:
+        """Seconds between this connection's PINGs."""
         return self.server.options.ping_interval
 
     def arm_ping_timer(self):
+        """Start the ping timer for one interval (Go's setPingTimer);
+        `close` cancels it."""
         # close() cancels it, so a closed connection is not held for
         # ping_interval (2 min); under connect/disconnect churn that held
         # every client closed in the last two minutes (tests/soak.py: +1.2 KB
@@ -2896,9 +2929,13 @@ class Connection:
         self.log_closed(reason)
 
     def log_closed(self, reason: str):
+        """Log the close at [DBG] (a route logs it at [INF])."""
         self.debug("%s connection closed: %s", self.kind, reason)
 
     def closed_cleanup(self):
+        """Called once by `close` after the socket is closed, for what a
+        subclass releases (subscriptions, a route's place in the
+        cluster); nothing here."""
         pass
 
     def tls_peer_identities(self) -> list:
@@ -3187,6 +3224,7 @@ class TLSConnection(Connection):
             self.server.want_write(self, False)
 
     def pending_bytes(self) -> int:
+        """Plaintext not yet encrypted, plus ciphertext the kernel has not taken."""
         tls = self.tls
         unsent = len(tls.unsent) if tls.unsent is not None else 0
         return sum(len(chunk) for chunk in self.out) + tls.outgoing.pending + unsent
@@ -3409,6 +3447,8 @@ class ClientPermissions:
         self.sub_deny = _permission_sublist(perms.subscribe_deny)
 
     def can_publish(self, subject: bytes) -> bool:
+        """May the client publish to `subject`?  A response allowed on it says
+        yes (and is used up) before the allow and deny lists are asked."""
         if self.replies and self.use_response(subject):
             return True
         if self.pub_allow is not None and not self.pub_allow.match(subject).psubs:
@@ -3421,6 +3461,8 @@ class ClientPermissions:
         self.replies[reply] = [maximum, time.monotonic() + expires if expires > 0 else 0.0]
 
     def use_response(self, subject: bytes) -> bool:
+        """Use up one response allowed on `subject` (see `note_request`); False
+        if there is none or it has expired (then it is forgotten)."""
         grant = self.replies.get(subject)
         if grant is None:
             return False
@@ -3591,6 +3633,8 @@ class DeliveryPlan:
         self.bytes = 0            # their payload bytes
 
     def settle(self):
+        """Move the hot path's message and byte counts onto the plain
+        subscriptions and their clients, and start counting again from zero."""
         msgs, nbytes = self.msgs, self.bytes
         if msgs:
             self.msgs = self.bytes = 0
@@ -3703,6 +3747,8 @@ class Account:
         return subject
 
     def expire_responses(self, now: float):
+        """Forget the response imports whose time is up at `now` (monotonic);
+        called by the server's once-a-second sweep."""
         for subject in [s for s, r in self.responses.items() if r.expires <= now]:
             del self.responses[subject]
 
@@ -4150,6 +4196,7 @@ class Client(Connection):
         raise op_name_error(data, i)
 
     def max_control_line_exceeded(self, length: int):
+        """Log the line's `length`, send -ERR and close (MAX_CONTROL_LINE_EXCEEDED)."""
         self.error("maximum control line exceeded (max_control_line %d, line %d)",
                    self.server.options.max_control_line, length)
         self.send_err_and_close(ERR_MAX_CONTROL_LINE, MAX_CONTROL_LINE_EXCEEDED)
@@ -4200,18 +4247,21 @@ class Client(Connection):
     # -- client ops (each returns the index after its bytes, or -1) ----------
 
     def op_ping(self, data, i, nl, line, arg) -> int:
+        """PING: answer PONG (Go's processPing)."""
         if self.trace:
             self.trace_in("PING")
         self.send_proto(PONG)
         return nl + 1
 
     def op_pong(self, data, i, nl, line, arg) -> int:
+        """PONG: no PING is left unanswered (Go's processPong)."""
         if self.trace:
             self.trace_in("PONG")
         self.pings_out = 0
         return nl + 1
 
     def op_err(self, data, i, nl, line, arg) -> int:
+        """-ERR from a client: log it and close with a parse error (Go's processErr)."""
         if self.trace:
             self.trace_in("-ERR", arg)
         self.error("Client Error %s", arg.decode("utf-8", "replace"))
@@ -4219,6 +4269,8 @@ class Client(Connection):
         return -1
 
     def op_info(self, data, i, nl, line, arg) -> int:
+        """INFO from a client: ignored, but a ProtocolError unless it is JSON
+        with INFO's field types."""
         # Clients may send INFO; it is read and ignored (Go's processInfo).
         if self.trace:
             self.trace_in("INFO", arg)
@@ -4234,12 +4286,14 @@ class Client(Connection):
         return nl + 1
 
     def op_connect(self, data, i, nl, line, arg) -> int:
+        """CONNECT: traced with its secrets redacted, then `process_connect`."""
         if self.trace:
             self.trace_in("CONNECT", _SECRETS_IN_CONNECT.sub(rb'\1[REDACTED]"', arg))
         self.process_connect(arg)
         return nl + 1
 
     def op_sub(self, data, i, nl, line, arg) -> int:
+        """SUB <subject> [queue] <sid>: `process_sub`."""
         if self.trace:
             self.trace_in("SUB", arg)
         subject, queue, sid = parse_sub_args(arg)
@@ -4248,6 +4302,7 @@ class Client(Connection):
         return nl + 1
 
     def op_unsub(self, data, i, nl, line, arg) -> int:
+        """UNSUB <sid> [max]: `process_unsub`."""
         if self.trace:
             self.trace_in("UNSUB", arg)
         sid, maximum = parse_unsub_args(arg)
@@ -4256,12 +4311,15 @@ class Client(Connection):
         return nl + 1
 
     def op_pub(self, data, i, nl, line, arg) -> int:
+        """PUB <subject> [reply] <size>: `process_pub`, whose payload follows the line."""
         if self.trace:
             self.trace_in("PUB", arg)
         subject, reply, size, size_token = parse_pub_args(arg)
         return self.process_pub(data, i, nl, line, subject, reply, -1, size, size_token)
 
     def op_hpub(self, data, i, nl, line, arg) -> int:
+        """HPUB <subject> [reply] <header size> <total size>: as PUB, for a
+        client whose CONNECT asked for headers; a ProtocolError otherwise."""
         if self.trace:
             self.trace_in("HPUB", arg)
         if not self.headers:
@@ -4438,6 +4496,10 @@ class Client(Connection):
             self.await_secret(pending, lambda: self.reload_config(old))
 
     def check_reloaded_auth(self, old: Options):
+        """The work of `reload_config`: refresh tracing and the PUB fast
+        path, close a client whose login no longer passes, and drop the
+        subscriptions the new permissions refuse.  Raises
+        _SecretCheckPending when a bcrypt answer is needed."""
         self.trace = self.server.trace
         if not self.connect_received:
             self.awaiting_auth = self.server.options.auth_required
@@ -4494,6 +4556,8 @@ class Client(Connection):
         self.log_prefix = prefix
 
     def auth_violation(self, user: str = ""):
+        """Log an authentication error (naming `user`, if given), send -ERR and
+        close (Go's authViolation)."""
         if user:
             self.error('authentication error - User "%s"', user)
         else:
@@ -4501,12 +4565,15 @@ class Client(Connection):
         self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
 
     def auth_timeout(self):
+        """Timer callback: a client still not logged in is sent -ERR and
+        closed (Go's authTimeout)."""
         if self.closed or not self.awaiting_auth:
             return
         self.debug("Authentication Timeout")
         self.send_err_and_close(ERR_AUTH_TIMEOUT, AUTHENTICATION_TIMEOUT)
 
     def send_ok(self):
+        """Queue +OK, for a verbose client (Go's sendOK)."""
         if self.trace:
             self.trace_out("OK")
         self.queue_outbound(OK)
@@ -4582,9 +4649,14 @@ class Client(Connection):
                 self.server.cluster.update_interest(account, shadow, -1)
 
     def sublists_of(self, sub: Subscription) -> list:
+        """The sublists `sub` sits in: its account's, and each exporter's that
+        holds a shadow of it."""
         return [self.account.sublist] + [account.sublist for account, _ in sub.shadows or ()]
 
     def process_unsub(self, sid: bytes, maximum: int):
+        """Go's processUnsub: with a `maximum` not yet reached, unsubscribe
+        after that many messages; else at once.  An unknown sid changes
+        nothing; +OK if verbose."""
         sub = self.subs.get(sid)
         if sub is not None:
             sublists = self.sublists_of(sub)
@@ -4601,6 +4673,8 @@ class Client(Connection):
             self.send_ok()
 
     def unsubscribe(self, sub: Subscription):
+        """Remove `sub` from `subs` and the sublists, if it is still the
+        subscription of its sid (Go's unsubscribe); traced as DELSUB."""
         if self.subs.get(sub.sid) is sub:
             del self.subs[sub.sid]
             self.remove_subscription(sub)
@@ -4608,9 +4682,13 @@ class Client(Connection):
                 self.trace_delsub(sub)
 
     def trace_delsub(self, sub: Subscription):
+        """Trace a subscription's removal, `<-> [DELSUB sid]`, as Go does."""
         log.log(TRACE, "%s<-> [DELSUB %s]", self.log_prefix, sub.sid.decode("utf-8", "replace"))
 
     def closed_cleanup(self):
+        """After close: leave the account, take every subscription out
+        of the sublists, and pass the client to `remove_client` (for
+        /connz's closed connections)."""
         self.account.client_count -= 1
         for sub in self.subs.values():
             # Removing a sub settles every cached plan that counted for it.
@@ -4675,10 +4753,15 @@ class Client(Connection):
         return stop + 2
 
     def pub_permission_violation(self, subject: bytes):
+        """Tell the client (-ERR) and the log that it may not publish to
+        `subject`; the connection stays open (Go's pubPermissionViolation)."""
         self.send_err("Permissions Violation for Publish to %s" % go_quote(subject))
         self.error("Publish Violation - Subject %s", go_quote(subject))
 
     def sub_permission_violation(self, subject: bytes, queue: bytes | None, sid: bytes):
+        """Tell the client (-ERR) and the log that it may not subscribe to
+        `subject` (with `queue`); the connection stays open (Go's
+        subPermissionViolation)."""
         if queue is None:
             self.send_err("Permissions Violation for Subscription to %s" % go_quote(subject))
             self.error("Subscription Violation - Subject %s, SID %s", go_quote(subject),
@@ -5063,6 +5146,7 @@ _BCRYPT_PROBE = "$2b$04$sgWqz21xdeDfy.ookgjCyuiNRy.tAMkUwpuNHDkOJcTS4BU7ckiZe"
 
 
 def is_bcrypt_hash(secret: str) -> bool:
+    """True if `secret` is a bcrypt hash, to be verified rather than compared."""
     return secret.startswith(BCRYPT_PREFIXES)
 
 
@@ -5142,6 +5226,8 @@ class SecretChecker:
         self.requests.put((given, hashed, callback))
 
     def stop(self):
+        """Ask each helper thread to end once the checks queued before this are
+        answered; it then closes its helper process.  Does not wait."""
         for _ in self.threads:
             self.requests.put(None)
 
@@ -5365,6 +5451,8 @@ class Route(Connection):
     # -- handshake -------------------------------------------------------------
 
     def send_connect(self):
+        """Our CONNECT to a peer we dialed: our server id, the cluster's name,
+        and the route URL's credentials, if any (Go's sendRouteConnect)."""
         fields = {"echo": True, "verbose": False, "pedantic": False,
                   "tls_required": self.tls is not None, "headers": True,
                   "name": self.server.server_id,
@@ -5427,6 +5515,8 @@ class Route(Connection):
         return True
 
     def connect_timeout(self):
+        """Timer callback: an accepted route whose CONNECT has not passed by
+        now is sent -ERR and closed."""
         if not self.closed and not self.connect_received:
             self.error("Authentication Timeout")
             self.send_err_and_close(ERR_AUTH_TIMEOUT, AUTHENTICATION_TIMEOUT)
@@ -5733,6 +5823,8 @@ class Route(Connection):
             account.sublist.remove(sub)
 
     def weight(self, sub: Subscription) -> int:
+        """The weight the peer's RS+ gave `sub`'s queue group here (1 by
+        default); `_pick_start` draws queue members by it."""
         return self.weights.get(sub.sid, 1)
 
     def send_interest(self, account: Account, subject: bytes, queue: bytes | None, count: int):
@@ -5779,12 +5871,16 @@ class Route(Connection):
     # -- ping and close ----------------------------------------------------------------
 
     def ping_interval(self) -> float:
+        """As a client's, but at most ROUTE_MAX_PING_INTERVAL."""
         return min(self.server.options.ping_interval, ROUTE_MAX_PING_INTERVAL)
 
     def closed_cleanup(self):
+        """Leave the cluster (`Cluster.remove`): forget the peer's interest,
+        redial if configured."""
         self.server.cluster.remove(self)
 
     def log_closed(self, reason: str):
+        """Log the close at [INF], as Go does for routes."""
         log.info("%sRouter connection closed: %s", self.log_prefix, reason)
 
     def conn_info(self) -> dict:
@@ -5846,6 +5942,8 @@ class Cluster:
             self.dial(RouteURL(url), implicit=False)
 
     def close_listener(self):
+        """Stop accepting routes: unregister and close the route listener,
+        once; routes already up stay."""
         listener = self.listener
         if listener is not None and not listener.closed:
             self.server.unregister(listener)
@@ -6392,6 +6490,9 @@ class Server:
         return info
 
     def write_ports_file(self):
+        """Write `<program>_<pid>.ports`, our client URL as JSON, into
+        ports_file_dir; on failure log it and leave `ports_file` empty (nothing
+        to remove at shutdown)."""
         name = "%s_%d.ports" % (os.path.splitext(os.path.basename(sys.argv[0] or "gnatsd"))[0],
                                 os.getpid())
         ports = {"nats": ["nats://%s" % _host_port(_advertise_host(self.host), self.port)]}
@@ -6584,6 +6685,8 @@ class Server:
             self.timers_cancelled = 0
 
     def run_timers(self):
+        """Loop thread only.  Call every timer that is due (cancelled ones are
+        skipped; one that raises is logged), then flush what they queued."""
         now = time.monotonic()
         timers = self.timers
         while timers and timers[0][0] <= now:
@@ -6637,6 +6740,9 @@ class Server:
             pass
 
     def unregister(self, conn: Connection):
+        """Loop thread only.  Take `conn` (a connection, listener or
+        dialer) out of the selector and `write_waiting`; harmless if it
+        is in neither."""
         self.write_waiting.discard(conn)
         try:
             self.selector.unregister(conn.sock)
@@ -6646,6 +6752,9 @@ class Server:
     # -- connections -----------------------------------------------------------
 
     def accept_connections(self, listener: socket.socket, create):
+        """Loop thread only.  Accept up to 256 waiting connections on
+        `listener` and hand each socket to `create` (Go's acceptConnections);
+        out of descriptors or memory, log and pause 10 ms."""
         for _ in range(256):
             try:
                 sock, _addr = listener.accept()
@@ -6661,6 +6770,10 @@ class Server:
             create(sock)
 
     def create_client(self, sock: socket.socket):
+        """Loop thread only.  A client's socket (Go's createClient):
+        non-blocking, registered for reads; a plain client gets INFO and its
+        timers, a TLS one starts its handshake, and one over max_connections
+        gets -ERR and is closed."""
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -6745,6 +6858,10 @@ class Server:
         self.start_client_timers(client)
 
     def remove_client(self, client: Client):
+        """Loop thread only.  A client closed: drop it from `clients`,
+        keep its /connz entry (subscriptions, stop time, reason) among
+        the closed ones, and add its counters to the closed totals (Go's
+        removeClient and saveClosedClient)."""
         if self.clients.pop(client.cid, None) is not None:
             info = client.conn_info(time.time(), "list", True)
             if client.subs:
@@ -6902,6 +7019,9 @@ class Server:
         self.add_timer(opts.lame_duck_grace_period, self.lame_duck_close_clients)
 
     def lame_duck_close_clients(self):
+        """Timer callback, after lame duck's grace period: close the clients
+        one at a time, spread over the rest of lame_duck_duration (at most 1 s
+        apart), then stop the loop."""
         log.info("Closing existing clients")
         clients = list(self.clients.values())
         spread = max(self.options.lame_duck_duration - self.options.lame_duck_grace_period, 1.0)
@@ -7279,6 +7399,7 @@ class Monitor:
         self.thread.start()
 
     def stop(self):
+        """Stop serving HTTP and close the socket (at shutdown)."""
         if self.httpd is not None:
             self.httpd.shutdown()
             self.httpd.server_close()
@@ -7306,6 +7427,9 @@ class Monitor:
         return self.respond(endpoint, query)
 
     def respond(self, endpoint, query: dict) -> tuple:
+        """(status, content type, body) of one endpoint's answer: a
+        MonitorError gives its status and text, bytes are HTML, anything
+        else is JSON."""
         try:
             result = endpoint(query)
         except MonitorError as exc:
@@ -7317,6 +7441,8 @@ class Monitor:
         return 200, "application/json", json.dumps(result, indent=2, ensure_ascii=False).encode()
 
     def snapshot(self, fn, timeout: float = 5.0):
+        """`fn()` run on the loop thread (Server.call_in_loop); a loop that
+        does not answer within `timeout` s is a 503 "server busy"."""
         try:
             return self.server.call_in_loop(fn, timeout)
         except TimeoutError:
@@ -7325,6 +7451,7 @@ class Monitor:
     # -- endpoints (HTTP threads) -------------------------------------------
 
     def index(self, query: dict) -> bytes:
+        """/: an HTML page linking each endpoint."""
         links = "".join('<a href=%s/%s>%s<span class="endpoint"> /%s</span></a>\n'
                         % (self.base_path or ".", name, title, name)
                         for name, title in _MONITOR_INDEX)
@@ -7333,6 +7460,7 @@ class Monitor:
                 "</a>\n<br/>\n%s</body>\n</html>\n" % (VERSION, VERSION, links)).encode()
 
     def varz(self, query: dict) -> dict:
+        """/varz (Go's Varz): options, and counters from a loop snapshot."""
         snap = self.snapshot(lambda: varz_snapshot(self.server))
         now = time.time()
         opts = self.server.options
@@ -7420,6 +7548,9 @@ class Monitor:
             return self.cpu
 
     def connz(self, query: dict) -> dict:
+        """/connz (Go's Connz): connections open, closed or both (`state`),
+        filtered by `acc` or `cid`, sorted by `sort`, paged by `offset` and
+        `limit`; `subs` and `auth` add detail.  Bad parameters are a 400."""
         sort = query.get("sort", "") or "cid"
         if sort not in CONNZ_SORTS:
             raise MonitorError(400, "invalid sorting option: %s" % sort)
@@ -7462,6 +7593,7 @@ class Monitor:
         }
 
     def routez(self, query: dict) -> dict:
+        """/routez (Go's Routez): the routes, with their subscriptions if `subs`."""
         subs = _subs_param(query)
         routes = self.snapshot(lambda: routez_snapshot(self.server, subs),
                                MONITOR_SNAPSHOT_TIMEOUT)
@@ -7469,6 +7601,9 @@ class Monitor:
                 "now": rfc3339(time.time()), "num_routes": len(routes), "routes": routes}
 
     def subsz(self, query: dict) -> dict:
+        """/subsz (Go's Subsz): sublist statistics over every account; with
+        `subs`, a page of the subscriptions, only those matching the publish
+        subject `test` if given."""
         subs = _subs_param(query)
         test = query.get("test", "")
         if test and not is_valid_literal_subject(test.encode()):
@@ -7499,15 +7634,19 @@ class Monitor:
         return out
 
     def healthz(self, query: dict) -> dict:
+        """/healthz: ok once the loop answers (a 503 if it does not)."""
         self.snapshot(lambda: None)  # the loop answers: it is alive
         return {"status": "ok"}
 
     def accountz(self, query: dict) -> dict:
+        """/accountz: the account names and the system account's."""
         names = self.snapshot(lambda: list(self.server.accounts))
         return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
                 "system_account": self.server.system_account.name, "accounts": names}
 
     def accstatz(self, query: dict) -> dict:
+        """/accstatz: per-account connections, subscriptions and message
+        counts; accounts with no client only with `unused`."""
         snaps = self.snapshot(lambda: account_snapshots(self.server))
         unused = query.get("unused", "").lower() in ("1", "true")
         zero = {"msgs": 0, "bytes": 0}
@@ -7529,14 +7668,17 @@ class Monitor:
                 "account_statz": stats}
 
     def leafz(self, query: dict) -> dict:
+        """/leafz: always empty (there are no leaf nodes)."""
         return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
                 "leafnodes": 0, "leafs": []}
 
     def gatewayz(self, query: dict) -> dict:
+        """/gatewayz: always empty (there are no gateways)."""
         return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
                 "outbound_gateways": {}, "inbound_gateways": {}}
 
     def jsz(self, query: dict) -> dict:
+        """/jsz: JetStream, always disabled."""
         return {"memory": 0, "storage": 0, "reserved_memory": 0, "reserved_storage": 0,
                 "accounts": 0, "ha_assets": 0, "api": {"level": 0, "total": 0, "errors": 0},
                 "server_id": self.server.server_id, "now": rfc3339(time.time()),
@@ -7824,6 +7966,8 @@ class GoFormatter(logging.Formatter):
         self.pid = os.getpid()
 
     def format(self, record: logging.LogRecord) -> str:
+        """One Go log line for `record`, with its traceback if any; a level
+        without a Go label prints as [INF]."""
         label = _LABELS.get(record.levelno, "INF")
         text = record.getMessage()
         if record.exc_info:
@@ -7999,6 +8143,8 @@ class SysLogHandler(logging.Handler):
         return (head + text + ("" if text.endswith("\n") else "\n")).encode("utf-8", "replace")
 
     def emit(self, record: logging.LogRecord):
+        """Send one line, reconnecting and retrying once on error (Go's
+        writeAndRetry); a line that fails twice is dropped."""
         data = self.line(record)
         for _attempt in range(2):  # Go's writeAndRetry: reconnect once
             try:
@@ -8010,6 +8156,7 @@ class SysLogHandler(logging.Handler):
                 self.close_socket()
 
     def close_socket(self):
+        """Close the socket, if open; the next `emit` connects again."""
         if self.sock is not None:
             try:
                 self.sock.close()
@@ -8018,6 +8165,7 @@ class SysLogHandler(logging.Handler):
             self.sock = None
 
     def close(self):
+        """Close the socket and the handler."""
         self.close_socket()
         super().close()
 
@@ -8232,6 +8380,9 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
+    """The command line's parser, laid out by FLAG_GROUPS.  Every flag defaults
+    to None, so only flags given override the config file; it reads argv as
+    `_normalize_argv` rewrote it."""
     parser = _ArgumentParser(
         prog="gnatsd.py", usage="%(prog)s [options]", add_help=False, allow_abbrev=False,
         description="gnatsd.py %s: a NATS server (nats-server %s compatible) in one Python file."
@@ -8352,6 +8503,7 @@ def tls_help_text() -> str:
 
 
 def version_text() -> str:
+    """What -v prints: the nats-server version we match, and our own."""
     return "nats-server: v%s (gnatsd.py %s)" % (VERSION, __version__)
 
 
