@@ -2279,9 +2279,6 @@ class SubjectTransform:
         captured.reverse()
         return b".".join(captured.pop() if t in (b"*", b">") else t for t in self.dest)
 
-    def reverse(self) -> "SubjectTransform":
-        """The transform from `dest` back to `source`."""
-        return SubjectTransform(b".".join(self.dest), b".".join(self.source))
 
 
 def is_valid_subject(subject: bytes) -> bool:
@@ -2335,6 +2332,7 @@ def split_op(line: bytes) -> tuple:
     return m.group(1).upper(), m.group(3), bool(m.group(2))
 
 
+# GO-COMPAT: parse (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
 def drop_cr(arg: bytes) -> bytes:
     """A control line's argument, as Go's parser hands it over.  Go notes a
     CR anywhere in an argument after its first byte, then drops the byte
@@ -2343,6 +2341,7 @@ def drop_cr(arg: bytes) -> bytes:
     return arg[:-1] if arg.find(b"\r", 1) >= 0 else arg
 
 
+# GO-COMPAT: parse (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
 def split_client_op(line: bytes) -> tuple:
     """split_op for a client's line.  Go takes every byte after CONNECT or
     INFO as the argument, separator or not: `CONNECTx {}` is a CONNECT of
@@ -2354,6 +2353,7 @@ def split_client_op(line: bytes) -> tuple:
     return op, arg, has_sep
 
 
+# GO-COMPAT: parseSize (test_proto.py::test_pub_bad_size_closes_silently)
 def parse_size(token: bytes) -> int:
     """Go's parseSize: ASCII digits only, at most 9 of them, else -1."""
     if not token or not token.isdigit() or len(token) > 9:
@@ -2365,12 +2365,14 @@ _TABS = bytes.maketrans(b"\t", b" ")
 _TABS_CR_LF = bytes.maketrans(b"\t\r\n", b"   ")
 
 
+# GO-COMPAT: processPub (test_proto.py::test_tabs_and_repeated_spaces_separate_args)
 def split_pub_arg(arg: bytes) -> list:
     """Go's processPub and processHeaderPub split on spaces and tabs only:
     in `PUB foo 0\r\r\n` the size token is `0\r`, a bad size."""
     return [token for token in arg.translate(_TABS).split(b" ") if token]
 
 
+# GO-COMPAT: splitArg (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
 def split_arg(arg: bytes) -> list:
     """Go's splitArg (SUB, UNSUB): spaces, tabs, CR and LF separate
     (not the vertical tab and form feed that bytes.split() also takes)."""
@@ -2440,7 +2442,8 @@ def err_proto(text: str) -> bytes:
     return b"-ERR '" + text.encode() + b"'\r\n"
 
 
-# -- the parse error's log line (GO-COMPAT: client.go parse, protoSnippet) -----
+# -- the parse error's log line ------------------------------------------------
+# GO-COMPAT: protoSnippet (test_logging.py::test_parse_error_log_names_state_and_snippet)
 #
 # Go answers a byte no op can continue with `-ERR 'Unknown Protocol
 # Operation'` and logs where its byte-wise parser stood:
@@ -2733,6 +2736,7 @@ class Connection:
             # (One byte short, the byte after a payload is here: if it is not
             # CR, parse now so the error is not held back; Go's MSG_END_R
             # fails at once, split or not.)
+            # GO-COMPAT: parse (test_framing.py::test_bad_input_gets_the_same_answer_cut_anywhere)
             data = b"".join((pending, data))    # one copy of the last read
             self.pending_in = None
         self.consume(data, 0, n >= FLOOD_READ_SIZE)
@@ -4139,6 +4143,7 @@ class Client(Connection):
             return False
         return not (account.exports_services and subject.startswith(b"_R_."))
 
+    # GO-COMPAT: parse (test_hostile.py::test_endless_unknown_op_is_refused)
     def partial_line(self, data: bytes, i: int):
         """The buffer ends inside a control line: refuse it now if no more
         bytes can make it valid, else check its length and wait."""
@@ -4164,6 +4169,7 @@ class Client(Connection):
                 raise op_name_error(data, i)
         self.keep_tail(data, i, len(data) - i + 1)
 
+    # GO-COMPAT: parse (test_proto.py::test_unknown_op_before_connect_sends_err_and_closes)
     def refused_before_connect(self, first: bytes) -> bool:
         """Go's check on the first byte of each op while auth is awaited:
         only CONNECT may come (`CONNX` is then a parse error), unless a
@@ -4176,6 +4182,7 @@ class Client(Connection):
         self.auth_violation()
         return True
 
+    # GO-COMPAT: parse (fuzz/test_fuzz_regressions.py::test_long_unknown_op_is_unknown_even_split)
     def doomed_op(self, data: bytes, i: int) -> bool:
         """Go's parser reads byte by byte and fails on the first byte that
         no op can continue with; answer the same before the newline comes
@@ -4228,6 +4235,7 @@ class Client(Connection):
             if not arg:
                 # Go's argument starts at the first byte after the blanks,
                 # even a LF: `PUB \nfoo 0\r\n` is a PUB of `\nfoo 0`.
+                # GO-COMPAT: parse (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
                 end = data.find(b"\n", nl + 1)
                 if end < 0:
                     held = len(drop_cr(data[nl:]))
@@ -4714,6 +4722,7 @@ class Client(Connection):
         # read, Go parses the line a second time (clonePubArg) and says it
         # again.  We parse the line again on every read until the payload
         # is in, so subject_err_sent keeps it to those two.
+        # GO-COMPAT: clonePubArg (fuzz/test_fuzz_client_vs_go.py::test_later_payload_gets_subject_error_twice)
         valid = True
         if self.pedantic and not is_valid_literal_subject(subject):
             valid = False
@@ -4983,6 +4992,7 @@ _INFO_FIELDS = {
 }
 
 
+# GO-COMPAT: json.Unmarshal (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
 def _json_type_error(fields: dict, types: dict) -> str:
     """Go's unmarshal error for the first field of the wrong type, or ""."""
     for key, kind in types.items():
@@ -5007,6 +5017,7 @@ def _no_constant(name: str):
     raise ValueError("invalid character %r looking for beginning of value" % name[:1])
 
 
+# GO-COMPAT: json.Unmarshal (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
 def load_go_json(arg: bytes):
     """json.loads as encoding/json reads a CONNECT or INFO (see above): an
     object comes back with its keys lower-cased (for a key repeated in
@@ -5502,6 +5513,7 @@ class Route(Connection):
         self.connect_received = True
         self.send_proto(server.cluster.info(), "INFO")
 
+    # GO-COMPAT: parse (test_redteam.py::test_a_route_that_skips_connect_is_refused_and_sees_nothing)
     def refused_before_connect(self, first: bytes) -> bool:
         """Go's rule for an accepted route (the parser's expectConnect): until
         the peer's CONNECT has passed, every op must start with `C`; any other

@@ -191,6 +191,31 @@ def test_only_stdlib_modules_imported_outside_try(tree):
     assert not bad, "non-stdlib imports (wrap optional ones in try): %s" % bad
 
 
+# -- Go fidelity, fenced -----------------------------------------------------------
+#
+# Code whose only job is to reproduce the Go server's exact answer to odd or
+# malformed input carries a marker naming the Go function it copies and the
+# test that pins it (STYLE.md section 6):
+#
+#     # GO-COMPAT: parseSize (test_hostile.py::test_declared_payloads_...)
+
+GO_COMPAT_RE = re.compile(r"# GO-COMPAT: (\S+) \((?:tests/)?([\w/]+\.py)::(\w+)\)")
+
+
+def test_every_go_compat_marker_names_a_go_function_and_a_test_that_exists(source):
+    markers = [line for line in source.splitlines() if "GO-COMPAT:" in line]
+    assert len(markers) >= 10, "fewer GO-COMPAT markers than the quirks there are"
+    for line in markers:
+        m = GO_COMPAT_RE.search(line)
+        assert m, "a GO-COMPAT marker without '(file.py::test)': %s" % line.strip()
+        path = os.path.join(ROOT, "tests", m.group(2))
+        assert os.path.exists(path), "%s names %s, which does not exist" % (
+            line.strip(), m.group(2))
+        with open(path, encoding="utf-8") as f:
+            assert re.search(r"^def %s\(" % m.group(3), f.read(), re.M), (
+                "%s names a test that %s does not have" % (line.strip(), m.group(2)))
+
+
 # -- command line ---------------------------------------------------------------
 
 

@@ -189,7 +189,7 @@ PARSE_ERRORS = [
 @pytest.mark.parametrize("sent,where", PARSE_ERRORS,
                          ids=["unknown-op", "payload-end-cr", "op-without-space", "payload-end-lf",
                               "connect-misspelt", "ping-misspelt"])
-def test_a_parse_error_is_logged_with_the_parser_state_and_a_snippet(start, sent, where):
+def test_parse_error_log_names_state_and_snippet(start, sent, where):
     """Go's parse error line: the state its byte-wise parser stood in, the
     failing byte's index in the read, and up to 32 bytes from there."""
     srv = start()

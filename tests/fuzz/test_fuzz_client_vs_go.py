@@ -253,7 +253,7 @@ def test_found_inputs_get_go_answer(servers, data, go_answer):
     assert answer(ours, data) == go_answer
 
 
-def test_a_payload_in_a_later_read_gets_the_subject_error_twice(servers):
+def test_later_payload_gets_subject_error_twice(servers):
     """Go parses a PUB line again when its payload is not all in the same
     read (clonePubArg), so a pedantic client hears twice that the subject
     is bad (in the fuzzers, runs of that -ERR count as one)."""
