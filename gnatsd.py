@@ -5511,7 +5511,6 @@ class Route(Connection):
             self.send_err_and_close(text, "Cluster Name Conflict")
             return
         self.connect_received = True
-        self.send_proto(server.cluster.info(), "INFO")
 
     # GO-COMPAT: parse (test_redteam.py::test_a_route_that_skips_connect_is_refused_and_sees_nothing)
     def refused_before_connect(self, first: bytes) -> bool:
@@ -5575,6 +5574,17 @@ class Route(Connection):
             self.debug("Closing route for pinned account %s", info.get("route_account"))
             self.close(CLIENT_CLOSED)
             return
+        if not info.get("ip"):
+            # A peer sends its route URL only with cluster advertise; Go then
+            # makes it from the connection's address and the INFO's port, for
+            # the gossip that tells the others where to dial (processRouteInfo).
+            try:
+                address = self.sock.getpeername()[0]
+            except OSError:
+                address = self.host
+            if address.startswith("::ffff:") and "." in address:
+                address = address[7:]
+            info["ip"] = "nats-route://%s/" % _host_port(address, info.get("port") or 0)
         self.remote_id = remote_id
         self.remote_name = info.get("server_name") or ""
         self.remote_info = info
@@ -6117,13 +6127,13 @@ class Cluster:
 
     def start_route(self, route: Route):
         """The route's first words, once it is connected (and past TLS):
-        CONNECT and INFO when we dialed, else wait for the peer's CONNECT."""
+        CONNECT and INFO when we dialed; INFO when we accepted, as Go greets
+        a route (the peer's CONNECT is checked when it comes, within the
+        auth timeout)."""
         if route.target is not None:
             route.send_connect()
-            route.send_proto(self.info(), "INFO")
-        else:
-            # Our INFO waits for a CONNECT that passes (so a peer with bad
-            # credentials never sees a route), within the auth timeout.
+        route.send_proto(self.info(), "INFO")
+        if route.target is None:
             self.server.add_timer(AUTH_TIMEOUT, route.connect_timeout)
         route.arm_ping_timer()
         route.flush()

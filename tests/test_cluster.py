@@ -377,6 +377,38 @@ def test_third_node_seeded_with_second_meshes_with_first_by_gossip(three):
         assert monitor_json(n, "/varz")["cluster"]["name"] == "c1"
 
 
+@pytest.mark.parametrize("go", ["go2.15", "go2.9"])
+@pytest.mark.parametrize("position", [0, 1, 2], ids=["go-first", "go-middle", "go-last"])
+def test_a_go_node_that_knows_one_gnatsd_node_meets_the_others(cluster, raw_factory, go,
+                                                               position):
+    """Node k knows only node k-1.  A Go dialer's INFO has no `ip` (it sends
+    one only with cluster advertise), so the node it dials must make the
+    gossip URL from the connection's address and the INFO's port, as Go's
+    accepting side does; else the node before never dials it."""
+    kinds = ["gnatsd", "gnatsd", "gnatsd"]
+    kinds[position] = go
+    nodes = start_cluster(cluster, layout_kinds_of(kinds))
+    check_fanout(nodes, raw_factory, n=3)
+
+
+def layout_kinds_of(kinds: list) -> list:
+    for k in kinds:
+        if k != "gnatsd" and k[2:] not in GO_SERVERS:
+            pytest.skip("Go nats-server %s is not installed" % k[2:])
+    return kinds
+
+
+def test_an_accepted_route_connection_gets_info_at_once(start, tmp_path):
+    """Go's INFO greets a connection to the cluster port before it says
+    anything (CONNECT and its credentials are checked after)."""
+    srv = start("--cluster", "nats://127.0.0.1:-1")
+    port = int(srv.wait_for_log(rb"Listening for route connections on \S+:(\d+)").group(1))
+    conn = RawConn("127.0.0.1", port, timeout=1)
+    info = conn.read_info()
+    assert info["server_id"] and info.get("cluster")
+    conn.close()
+
+
 # -- 2. pub/sub -------------------------------------------------------------------
 
 
