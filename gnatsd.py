@@ -100,6 +100,9 @@ PROTO = 1
 # What INFO reports in its `go` field: the runtime that runs us.
 GO_FIELD = "python%s" % platform.python_version()
 
+# What INFO and /varz report as `git_commit` (Go: its build's commit): ours.
+GIT_COMMIT = "gnatsd.py-" + __version__
+
 # Default route port (a route URL without a port).
 DEFAULT_ROUTE_PORT = 6222
 
@@ -699,6 +702,7 @@ class Options:
     DEFAULTS = (
         ("config_file", ""),
         ("server_name", ""),
+        ("server_tags", None),
         ("host", DEFAULT_HOST),
         ("port", DEFAULT_PORT),
         ("client_advertise", ""),
@@ -1120,7 +1124,7 @@ def _users(cm: ConfigMap, key: str, value) -> list:
                 username = _to_str(entry, sub_key, sub_value)
             elif name in ("pass", "password"):
                 password = _to_str(entry, sub_key, sub_value)
-            elif name == "permissions":
+            elif name in ("permissions", "permission", "authorization"):  # Go's spellings
                 perms = _permissions(entry, sub_key, sub_value)
             elif name == "nkey":
                 raise entry.error(sub_key, "nkey users are not supported by gnatsd.py")
@@ -1798,8 +1802,24 @@ CONFIG_KEYS = {
     "https_port": ("https_port", _to_int),
 }
 
+def _server_tags(cm: ConfigMap, key: str, value, opts: Options):
+    """`server_tags: "a"` or `["a", "b"]`: kept lower-cased and trimmed, as
+    Go's TagList keeps them (shown in /varz `tags`)."""
+    values = value if isinstance(value, list) else [value]
+    tags = list(opts.server_tags or [])
+    for tag in values:
+        if not isinstance(tag, str):
+            raise cm.error(key, "error parsing tags: unsupported type %s where string is "
+                                "expected" % _go_type(tag))
+        tag = tag.strip().lower()
+        if tag and tag not in tags:
+            tags.append(tag)
+    opts.server_tags = tags
+
+
 # Keys read by a function, because they set several options or may warn.
 CONFIG_BLOCKS = {
+    "server_tags": _server_tags,
     "listen": _listen,
     "http": _http,
     "https": _https,
@@ -6493,6 +6513,7 @@ class Server:
             "server_name": self.server_name,
             "version": VERSION,
             "proto": PROTO,
+            "git_commit": GIT_COMMIT,
             "go": GO_FIELD,
             "host": opts.host,
             "port": self.port,
@@ -7494,6 +7515,7 @@ class Monitor:
             "server_name": server.server_name,
             "version": VERSION,
             "proto": PROTO,
+            "git_commit": GIT_COMMIT,
             "go": GO_FIELD,
             "host": opts.host,
             "port": server.port,
@@ -7551,7 +7573,11 @@ class Monitor:
             "http_req_stats": req_stats,
             "config_load_time": rfc3339(server.start_time),
             "config_digest": "",
-            "system_account": "$SYS",
+        })
+        if opts.server_tags:
+            varz["tags"] = list(opts.server_tags)
+        varz.update({
+            "system_account": server.system_account.name,
             "slow_consumer_stats": {"clients": server.slow_consumers, "routes": 0,
                                     "gateways": 0, "leafs": 0},
             "stale_connection_stats": {"clients": server.stale_connections, "routes": 0,

@@ -1034,3 +1034,24 @@ def test_garbage_and_stalled_http_clients_do_not_block_the_monitor(mon_factory, 
     still_serving(srv)
     stalled.close()
     garbage.close()
+
+
+# -- server_tags, git_commit, system_account -----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_varz_shows_server_tags_lowercased_and_a_git_commit(mon_factory, kind, tmp_path):
+    """Go 2.15: `server_tags` as TagList keeps them (trimmed, lower-cased) in
+    /varz `tags`; INFO and /varz carry `git_commit` (Go's build commit;
+    gnatsd.py names its own version there).  The configured system account
+    is the one /varz names."""
+    conf = write_conf(tmp_path, 'server_tags: ["Foo:Bar", " b "]\nsystem_account: SYSX\n'
+                                'accounts { SYSX { users = [ {user: s, password: s} ] } }\n')
+    srv = mon_factory(kind, "-c", conf)
+    varz = get_json(srv, "/varz")
+    assert varz["tags"] == ["foo:bar", "b"]
+    assert varz["system_account"] == "SYSX"
+    assert isinstance(varz["git_commit"], str) and varz["git_commit"]
+    conn = RawConn(srv.host, srv.port)
+    assert conn.read_info()["git_commit"] == varz["git_commit"]
+    conn.close()

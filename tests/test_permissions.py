@@ -386,3 +386,17 @@ def test_violation_log_line_exact_shape(any_server_with, raw_factory, tmp_path):
                       b'Queue: "other", SID 7')]
     for port, text in lines:
         srv.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:%d - cid:\d+ - %s\r?\n" % (port, re.escape(text)), 3)
+
+
+@pytest.mark.parametrize("spelling", ["permission", "authorization"])
+def test_a_user_may_spell_permissions_as_go_also_reads_them(any_server_with, raw_factory,
+                                                            tmp_path, spelling):
+    """Go's users parser takes `permission` and `authorization` for
+    `permissions` (nats.js's test configs write `permission`)."""
+    conf = write_conf(tmp_path, 'authorization { users = [\n'
+                                '  { user: u, password: p, %s: { publish: "ok.>" } }\n] }\n'
+                      % spelling)
+    srv = any_server_with("-c", conf)
+    c = raw_factory(srv, connect=b'CONNECT {"verbose":false,"user":"u","pass":"p"}\r\n')
+    c.send(b"PUB ok.1 1\r\nx\r\nPUB no 1\r\nx\r\n")
+    t_expect_exact(c, b"-ERR 'Permissions Violation for Publish to \"no\"'\r\n")
