@@ -5531,6 +5531,8 @@ class Route(Connection):
             self.send_err_and_close(text, "Cluster Name Conflict")
             return
         self.connect_received = True
+        if auth is not None:
+            self.send_proto(server.cluster.info(), "INFO")     # held back (start_route)
 
     # GO-COMPAT: parse (test_redteam.py::test_a_route_that_skips_connect_is_refused_and_sees_nothing)
     def refused_before_connect(self, first: bytes) -> bool:
@@ -6148,11 +6150,15 @@ class Cluster:
     def start_route(self, route: Route):
         """The route's first words, once it is connected (and past TLS):
         CONNECT and INFO when we dialed; INFO when we accepted, as Go greets
-        a route (the peer's CONNECT is checked when it comes, within the
-        auth timeout)."""
+        a route, and the peer's CONNECT is checked when it comes, within the
+        auth timeout.  With route authorization, our INFO waits for a CONNECT
+        that passes instead: a Go 2.15 dialer with wrong credentials that
+        gets an INFO first registers the route, and when it is closed dials
+        again at once, thousands of times a second."""
         if route.target is not None:
             route.send_connect()
-        route.send_proto(self.info(), "INFO")
+        if route.target is not None or self.server.options.cluster_auth is None:
+            route.send_proto(self.info(), "INFO")
         if route.target is None:
             self.server.add_timer(AUTH_TIMEOUT, route.connect_timeout)
         route.arm_ping_timer()

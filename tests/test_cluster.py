@@ -400,7 +400,9 @@ def layout_kinds_of(kinds: list) -> list:
 
 def test_an_accepted_route_connection_gets_info_at_once(start, tmp_path):
     """Go's INFO greets a connection to the cluster port before it says
-    anything (CONNECT and its credentials are checked after)."""
+    anything (CONNECT and its credentials are checked after).  (With route
+    authorization gnatsd.py holds its INFO until a CONNECT passes: see
+    Cluster.start_route.)"""
     srv = start("--cluster", "nats://127.0.0.1:-1")
     port = int(srv.wait_for_log(rb"Listening for route connections on \S+:(\d+)").group(1))
     conn = RawConn("127.0.0.1", port, timeout=1)
