@@ -5352,8 +5352,8 @@ ROUTE_DIAL_TIMEOUT = 2.0
 # reconnect_error_reports); the ones between are [DBG].
 ROUTE_ERROR_REPORTS = 3600
 
-# Distinct RMSG lines a route's parse cache remembers.
-ROUTE_MSG_CACHE_MAX = 256
+# Distinct `<account> <subject>` keys of RMSG lines a route remembers.
+ROUTE_MSG_KEYS_MAX = 4096
 
 # Seconds between route PINGs at most (Go caps the route ping interval).
 ROUTE_MAX_PING_INTERVAL = 30.0
@@ -5456,7 +5456,7 @@ class Route(Connection):
 
     __slots__ = ("target", "implicit", "remote_id", "remote_name", "remote_info",
                  "remote_subs", "weights", "connect_received", "registered",
-                 "headers", "protocol", "msg_cache")
+                 "headers", "protocol", "msg_keys")
 
     kind = "Router"
     tls_label = "route "
@@ -5475,7 +5475,7 @@ class Route(Connection):
         self.registered = False
         self.headers = True
         self.protocol = ROUTE_PROTO
-        self.msg_cache = {}             # raw RMSG line -> its parse and plan (parse)
+        self.msg_keys = {}              # RMSG "account subject" -> (sublist, subject) (parse)
         host = "[%s]" % self.host if ":" in self.host else self.host
         self.log_prefix = "%s:%d - rid:%d - " % (host, self.port, cid)
 
@@ -5616,71 +5616,95 @@ class Route(Connection):
     # -- input -----------------------------------------------------------------
 
     def parse(self, data: bytes, start: int = 0):
-        """Route ops, up to this turn's budget as a client's (chapter 7).
-        RMSG lines seen before take the hot path, as a client's PUB lines
-        do: the raw line is looked up in `msg_cache` and its records go to
-        the local clients' plan in runs."""
+        """Route ops, up to this turn's time as a client's (chapter 7).  A
+        plain `RMSG <account> <subject> [reply] <size>` takes the hot path as
+        a client's PUB does: the size from the line's last token, the
+        account and subject from `msg_keys`, and the local clients' plan
+        from the sublist cache; anything else goes to process_op."""
+        server = self.server
         n = len(data)
         i = start
-        # Fairness: the clock is read every INPUT_CHECK_BYTES, and after
-        # every slow op (check_at = 0); past the turn's time, the rest waits.
+        # Fairness, as in Client.parse (its twin): the clock is read every
+        # INPUT_CHECK_BYTES and after every slow op (check_at = 0).
         monotonic = time.monotonic
         deadline = monotonic() + MAX_INPUT_TIME
         check_at = start + INPUT_CHECK_BYTES
         find = data.find
-        cache_get = self.msg_cache.get
-        pending = self.server.pending
+        rfind = data.rfind
+        startswith = data.startswith
+        sizes_get = server.pub_sizes.get
+        keys_get = self.msg_keys.get
+        hot = not self.trace
         msgs = nbytes = 0
-        last_entry = last_plan = None
+        run_plan = None
+        last_size = -1
+        touched = set()               # plans delivered to: receivers marked once, after
+        touch = touched.add
         now = time.time()
-        while i < n and not self.closed:
-            if i >= check_at:
-                if self.waiting or monotonic() > deadline:
-                    self.defer_input(data, i)
+        try:
+            while i < n and not self.closed:
+                if i >= check_at:
+                    if self.waiting or monotonic() > deadline:
+                        self.defer_input(data, i)
+                        break
+                    check_at = i + INPUT_CHECK_BYTES
+                nl = find(b"\n", i)
+                if nl < 0:
+                    if self.refused_before_connect(data[i:i + 1]):
+                        break
+                    if n - i > server.options.max_control_line * 16:
+                        op = data[i:i + 16].partition(b" ")[0].upper()
+                        if op not in _ROUTE_OPS:   # as process_op will say (and Go at once)
+                            raise ProtocolError("route parser: unknown op %s"
+                                                % go_quote(op[:8]), ERR_UNKNOWN_PROTOCOL,
+                                                PARSE_ERROR)
+                        raise ProtocolError("route control line too long",
+                                            ERR_MAX_CONTROL_LINE, MAX_CONTROL_LINE_EXCEEDED)
+                    self.keep_tail(data, i, n - i + 1)
                     break
-                check_at = i + INPUT_CHECK_BYTES
-            nl = find(b"\n", i)
-            if nl < 0:
-                if self.refused_before_connect(data[i:i + 1]):
+                # HOT: RMSG lines as peers write them (see the docstring).
+                plan = None
+                if hot and startswith(b"RMSG ", i) and data[nl - 1] == 13:
+                    sp = rfind(b" ", i + 5, nl)
+                    size_token = data[sp + 1:nl - 1] if sp > i + 5 else b""
+                    size = sizes_get(size_token, -2)
+                    if size == -2:
+                        size = server.pub_size(size_token)
+                    if size >= 0:
+                        key = data[i + 5:sp]
+                        entry = keys_get(key)
+                        reply_sp = None
+                        if entry is None:
+                            entry, reply_sp = self.msg_key(key)
+                        if entry is not None:
+                            sublist, subject = entry
+                            result = sublist.cache.get(subject)
+                            plan = result.local_plan if result is not None else None
+                            if plan is None:
+                                plan = local_plan(sublist, subject)
+                if plan is None or (plan.kind != PLAN_PLAIN and plan.kind != PLAN_EMPTY):
+                    run_plan = None
+                    i = self.process_op(data, i, nl)
+                    if i < 0:
+                        break
+                    check_at = 0
+                    continue
+                stop = nl + 1 + size
+                if stop + 2 > n:
+                    self.keep_tail(data, i, stop + 2 - i)
                     break
-                if n - i > self.server.options.max_control_line * 16:
-                    op = data[i:i + 16].partition(b" ")[0].upper()
-                    if op not in _ROUTE_OPS:   # as process_op will say (and Go at once)
-                        raise ProtocolError("route parser: unknown op %s" % go_quote(op[:8]),
-                                            ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
-                    raise ProtocolError("route control line too long", ERR_MAX_CONTROL_LINE,
-                                        MAX_CONTROL_LINE_EXCEEDED)
-                self.keep_tail(data, i, n - i + 1)
-                break
-            entry = cache_get(data[i:nl])
-            if entry is None:
-                i = self.process_op(data, i, nl)
-                if i < 0:
-                    break
-                check_at = 0
-                last_entry = None
-                continue
-            subject, reply_sp, size, tail_at, plan, genid, sublist = entry
-            stop = nl + 1 + size
-            if stop + 2 > n:
-                self.keep_tail(data, i, stop + 2 - i)
-                break
-            if data[stop] != 13 or data[stop + 1] != 10:
-                raise ProtocolError("route parser: payload not followed by CRLF",
-                                    ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
-            if genid != sublist.genid:
-                plan = entry[4] = local_plan(sublist, subject)
-                entry[5] = sublist.genid
-            kind = plan.kind
-            if kind == PLAN_PLAIN or kind == PLAN_EMPTY:
-                if entry is last_entry and plan.runnable:
-                    # HOT: a run of one RMSG line, delivered in bulk (deliver_run;
-                    #      with the line cache, cross-route pub->sub 16 B went
+                if data[stop] != 13 or data[stop + 1] != 10:
+                    raise ProtocolError("route parser: payload not followed by CRLF",
+                                        ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+                if (plan is run_plan and size == last_size and reply_sp is None
+                        and plan.runnable and startswith(data[i:nl + 1], stop + 2)):
+                    # HOT (best case): a run of one RMSG line, delivered in
+                    #      bulk (deliver_run; cross-route pub->sub 16 B went
                     #      0.17M -> 2.5M msgs/s on two gnatsd.py nodes).
-                    k = deliver_run(data, i, nl, size, tail_at, reply_sp, plan)
+                    k = deliver_run(data, i, nl, size, sp + 1 - i, None, plan)
                 else:
                     k = 1
-                    tail = data[i + tail_at:stop + 2]
+                    tail = data[sp + 1:stop + 2]
                     plan.msgs += 1
                     plan.bytes += size
                     for append, prefix in plan.plain_out:
@@ -5688,25 +5712,46 @@ class Route(Connection):
                         if reply_sp is not None:
                             append(reply_sp)
                         append(tail)
-                last_entry = entry
+                run_plan = plan
+                last_size = size
                 msgs += k
                 nbytes += k * size
                 i += k * (nl + 3 - i + size)
-                if plan is not last_plan and plan.clients:
-                    pending.update(plan.clients)
-                    for c in plan.clients:
-                        c.last_activity = now
-                    last_plan = plan
-                continue
-            last_entry = None
-            i = self.process_op(data, i, nl)   # a plan that needs the general path
-            if i < 0:
-                break
-            check_at = 0
+                touch(plan)
+        finally:
+            pending = server.pending
+            for plan in touched:
+                clients = plan.clients
+                pending.update(clients)
+                for c in clients:
+                    c.last_activity = now
         if msgs:
             self.in_msgs += msgs
             self.in_bytes += nbytes
             self.last_activity = now
+
+    def msg_key(self, key: bytes) -> tuple:
+        """The hot path's second try at an RMSG line's `<account> <subject>
+        [reply]`: ((account's sublist, subject), b"reply " or None), or
+        (None, None) when process_op must take the line: queue names, a
+        blank other than single spaces, an unknown account, or a response
+        subject of an account that exports services (deliver_local routes
+        those).  Keys without a reply are remembered."""
+        parts = key.split(b" ")
+        if len(parts) not in (2, 3) or b"" in parts or key.split() != parts \
+                or parts[-1] in (b"+", b"|"):
+            return None, None
+        account = self.server.accounts.get(parts[0].decode("utf-8", "replace"))
+        if account is None or (account.exports_services and parts[1].startswith(b"_R_.")):
+            return None, None
+        entry = (account.sublist, parts[1])
+        if len(parts) == 3:
+            return entry, parts[2] + b" "
+        keys = self.msg_keys
+        if len(keys) >= ROUTE_MSG_KEYS_MAX:
+            keys.clear()
+        keys[key] = entry
+        return entry, None
 
     def process_op(self, data: bytes, i: int, nl: int) -> int:
         """One control line the slow way; returns the next index, or -1 when
@@ -5723,8 +5768,6 @@ class Route(Connection):
             if stop < 0:
                 self.keep_tail(data, i, -stop - i)
                 return -1
-            if op == b"RMSG" and data[nl - 1] == 13:
-                self.remember_line(data[i:nl], arg)
             return stop
         if self.trace:
             self.trace_in(op.decode("ascii", "replace"), arg)
@@ -5748,27 +5791,6 @@ class Route(Connection):
             raise ProtocolError("route parser: unknown op %s" % go_quote(op),
                                 ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
         return nl + 1
-
-    def remember_line(self, raw: bytes, arg: bytes):
-        """Cache a plain RMSG line (no queue names) for the hot path:
-        [subject, "reply " or None, size, offset of the size, plan, genid, sublist]."""
-        if self.trace:
-            return
-        args = arg.split(b" ")
-        if len(args) not in (3, 4) or b"" in args or args[2] in (b"+", b"|"):
-            return
-        account = self.server.accounts.get(args[0].decode("utf-8", "replace"))
-        if account is None or account.responses:
-            return
-        size_token = args[-1]
-        cache = self.msg_cache
-        if raw in cache or not raw.endswith(size_token + b"\r"):
-            return
-        if len(cache) >= ROUTE_MSG_CACHE_MAX:
-            cache.clear()
-        reply_sp = args[2] + b" " if len(args) == 4 else None
-        cache[raw] = [args[1], reply_sp, int(size_token), len(raw) - 1 - len(size_token),
-                      None, -1, account.sublist]
 
     def process_msg(self, data: bytes, nl: int, headers: bool, arg: bytes) -> int:
         """RMSG/HMSG whose payload follows `nl`; returns the index after it,
@@ -7027,7 +7049,7 @@ class Server:
             client.reload_config(old)
         for route in self.cluster.conns:
             route.trace = self.trace
-            route.msg_cache.clear()   # its entries hold the old accounts' sublists
+            route.msg_keys.clear()    # its entries hold the old accounts' sublists
         for account in self.accounts.values():
             account.sublist.clear_cache()   # plans filtered by the old permissions
         if new.pid_file and new.pid_file != old.pid_file:

@@ -23,6 +23,8 @@ named); subscribers hold real.> so each sees every message:
     real_big     as real_pubsub with 1 KiB..64 KiB payloads
     real_reply   as real_pubsub, every message with a reply subject of its
                  own (_INBOX.<pub>.<seq>, as requests carry)
+    real_route   as real_pubsub across a route: two nodes of one kind, the
+                 publisher on node 1, the subscriber on node 2
     real_reqrep  sequential request/reply as a NATS client makes it: one
                  _INBOX.<id>.* subscription, a reply subject per request,
                  requests over the 64 subjects and sizes: p50/p99 round trip
@@ -1801,7 +1803,9 @@ class Realistic:
     payload of size[0]..size[1] bytes, both drawn per message; `subs`
     subscriber connections on `sub` (by default PREFIX.>, so each sees every
     message), or with `queue` a queue group of `subs` members. `reply`: every
-    message carries a reply subject of its own."""
+    message carries a reply subject of its own. `routed`: on a RoutedPair,
+    publishers on node 1 and subscribers on node 2 (an InterestProbe proves
+    their interest crossed the route before anything is published)."""
 
     primary = "msgs"
     loadgen = True
@@ -1811,9 +1815,9 @@ class Realistic:
 
     def __init__(self, pubs: int = 1, subs: int = 1, subjects: int = 64,
                  size: tuple = (16, 256), queue: bool = False, reply: bool = False,
-                 prefix: str = "real", sub: str = ""):
+                 prefix: str = "real", sub: str = "", routed: bool = False):
         self.pubs, self.subs, self.subjects, self.size = pubs, subs, subjects, size
-        self.queue, self.reply, self.prefix = queue, reply, prefix
+        self.queue, self.reply, self.prefix, self.routed = queue, reply, prefix, routed
         self.sub = sub or prefix + ".>"
         self.metrics = [("msgs", "msgs/s", True), ("mbs", "MB/s", True),
                         ("cpu_us", "srv us/msg", False)]
@@ -1858,12 +1862,15 @@ class Realistic:
 
         try:
             if not sink:  # the sink delivers nothing: the publishers' ceiling alone
+                sub_port = ["--port", str(server.sub_port)] if self.routed else []
                 for group, conns in self.sub_procs():
                     subs.append(start("sub", ["--sub", self.sub, "--conns", str(conns),
                                               "--group", str(group), "--shm", counters.path]
-                                      + (["--queue", "q"] if self.queue else [])))
+                                      + (["--queue", "q"] if self.queue else []) + sub_port))
                 for proc in subs:
                     proc.fields("ready", IO_TIMEOUT * 3, procs)
+                if self.routed:     # their RS+ went ahead of the probe's on the route
+                    InterestProbe(server, b"probe.>", b"probe.x").close()
             window = ["--shm", counters.path, "--window", str(self.window())] if subs else []
             for j in range(1, self.pubs + 1):
                 pubs.append(start("pub", ["--id", str(j), "--duration", str(opts.duration),
@@ -2111,6 +2118,7 @@ SCENARIOS = {
     "real_big": Realistic(size=(KIB, 64 * KIB)),
     "real_reply": Realistic(reply=True),
     "real_reqrep": RealReqRep(),
+    "real_route": Realistic(routed=True),
     "same_line": Realistic(subjects=1, size=(128, 128), prefix="line", sub="line.0"),
     "varied_line": Realistic(subjects=1, size=(64, 192), prefix="line", sub="line.0"),
     "pub": Throughput(SMALL, 0),
