@@ -6524,13 +6524,13 @@ class Server:
                             'fail to connect')
         if opts.pid_file:
             _write_file(opts.pid_file, str(os.getpid()))
-        if opts.ports_file_dir:
-            self.write_ports_file()
         self.add_timer(1.0, self.sweep_timeouts)
         self.running = True
         log.info("Server is ready")
         if opts.cluster_port:
             self.cluster.listen()
+        if opts.ports_file_dir:
+            self.write_ports_file()
         return self
 
     def build_info(self) -> dict:
@@ -6561,12 +6561,26 @@ class Server:
         return info
 
     def write_ports_file(self):
-        """Write `<program>_<pid>.ports`, our client URL as JSON, into
-        ports_file_dir; on failure log it and leave `ports_file` empty (nothing
+        """Write `<program>_<pid>.ports` into ports_file_dir: the URLs of our
+        listeners as JSON, as Go's PortsInfo gives them (`nats`, or `tls` when
+        TLS is required; `monitoring`; `cluster`).  The program is this
+        file's name as started, so run as `nats-server` (a symlink) it is
+        Go's name.  On failure log it and leave `ports_file` empty (nothing
         to remove at shutdown)."""
         name = "%s_%d.ports" % (os.path.splitext(os.path.basename(sys.argv[0] or "gnatsd"))[0],
                                 os.getpid())
-        ports = {"nats": ["nats://%s" % _host_port(_advertise_host(self.host), self.port)]}
+        opts = self.options
+        ports = {"nats": ["%s://%s" % ("tls" if opts.tls else "nats",
+                                       _host_port(_advertise_host(self.host), self.port))]}
+        if self.monitor is not None:
+            host = opts.http_host or opts.host
+            ports["monitoring"] = ["%s://%s" % ("http" if opts.http_port else "https",
+                                                _host_port(_advertise_host(host),
+                                                           self.monitor.port))]
+        if self.cluster.listener is not None:
+            ports["cluster"] = ["%s://%s" % ("tls" if opts.cluster_tls else "nats",
+                                             _host_port(_advertise_host(self.cluster.host),
+                                                        self.cluster.port))]
         self.ports_file = os.path.join(self.options.ports_file_dir, name)
         try:
             _write_file(self.ports_file, json.dumps(ports))

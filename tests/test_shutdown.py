@@ -151,6 +151,24 @@ def test_ports_file_uses_gos_nats_key(start, request, kind, tmp_path):
     assert ports == {"nats": ["nats://127.0.0.1:%d" % srv.port]}
 
 
+def test_ports_file_lists_monitoring_and_cluster_urls_too(start, kind, tmp_path):
+    """Go's PortsInfo also names the monitor and the route listener (client
+    test launchers read them)."""
+    srv = start("--ports_file_dir", str(tmp_path), "-m", "-1",
+                "--cluster", "nats://127.0.0.1:-1")
+    mon = int(srv.wait_for_log(rb"Starting http monitor on \S+:(\d+)").group(1))
+    route = int(srv.wait_for_log(rb"Listening for route connections on \S+:(\d+)").group(1))
+    deadline = time.monotonic() + 5
+    while True:
+        ports = json.loads(ports_file(tmp_path, srv.pid).read_text())
+        if "cluster" in ports or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert ports == {"nats": ["nats://127.0.0.1:%d" % srv.port],
+                     "monitoring": ["http://127.0.0.1:%d" % mon],
+                     "cluster": ["nats://127.0.0.1:%d" % route]}
+
+
 def test_ports_file_is_removed_at_exit(start, request, kind, tmp_path):
     srv = start("--ports_file_dir", str(tmp_path))
     ports_file(tmp_path, srv.pid)
