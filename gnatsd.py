@@ -177,6 +177,10 @@ PUB_SIZES_MAX = 4096
 # remembered to be free to publish on, at most.
 PUB_VETTED_MAX = 1024
 
+# Closed connections kept for /connz?state=closed (Go's DEFAULT_MAX_CLOSED_CLIENTS;
+# the max_closed_clients option).
+MAX_CLOSED_CLIENTS = 10000
+
 # Allocations between the garbage collector's young collections (tune_gc).
 GC_YOUNG_THRESHOLD = 20000
 
@@ -686,8 +690,50 @@ UNSUPPORTED_KEYS = {
     "websocket": "WebSocket is not supported by gnatsd.py",
     "ws": "WebSocket is not supported by gnatsd.py",
     "prof_port": "profiling is not supported by gnatsd.py",
+    "prof_block_rate": "profiling is not supported by gnatsd.py",
     "operator": "operator (JWT) mode is not supported by gnatsd.py",
+    "operators": "operator (JWT) mode is not supported by gnatsd.py",
+    "root": "operator (JWT) mode is not supported by gnatsd.py",
+    "roots": "operator (JWT) mode is not supported by gnatsd.py",
+    "root_operator": "operator (JWT) mode is not supported by gnatsd.py",
+    "root_operators": "operator (JWT) mode is not supported by gnatsd.py",
+    "trusted": "operator (JWT) mode is not supported by gnatsd.py",
+    "trusted_keys": "operator (JWT) mode is not supported by gnatsd.py",
+    "default_sentinel": "operator (JWT) mode is not supported by gnatsd.py",
     "resolver": "account resolvers are not supported by gnatsd.py",
+    "account_resolver": "account resolvers are not supported by gnatsd.py",
+    "accounts_resolver": "account resolvers are not supported by gnatsd.py",
+    "resolver_tls": "account resolvers are not supported by gnatsd.py",
+    "resolver_preload": "account resolvers are not supported by gnatsd.py",
+    "resolver_pinned_accounts": "account resolvers are not supported by gnatsd.py",
+    "store_dir": "JetStream is not supported by gnatsd.py",
+    "storedir": "JetStream is not supported by gnatsd.py",
+    "default_js_domain": "JetStream is not supported by gnatsd.py",
+    "mappings": "subject mappings are not supported by gnatsd.py",
+    "maps": "subject mappings are not supported by gnatsd.py",
+    "ocsp": "OCSP stapling is not supported by gnatsd.py",
+    "ocsp_cache": "OCSP stapling is not supported by gnatsd.py",
+    "proxy_protocol": "the PROXY protocol is not supported by gnatsd.py",
+    "proxies": "trusted proxies are not supported by gnatsd.py",
+    "allow_non_tls": "allow_non_tls is not supported by gnatsd.py: TLS stays required",
+    "trace_verbose": "trace_verbose is not supported by gnatsd.py (trace is)",
+    "trace_headers": "trace_headers is not supported by gnatsd.py (trace is)",
+    "disable_sublist_cache": "disabling the sublist cache is not supported by gnatsd.py",
+    "no_sublist_cache": "disabling the sublist cache is not supported by gnatsd.py",
+    "logfile_max_num": "log_max_num is not supported by gnatsd.py: backups are kept",
+    "log_max_num": "log_max_num is not supported by gnatsd.py: backups are kept",
+    "max_sub_tokens": "max_sub_tokens is not supported by gnatsd.py",
+    "max_subscription_tokens": "max_sub_tokens is not supported by gnatsd.py",
+    "write_timeout": "write_timeout is not supported by gnatsd.py (write_deadline is)",
+    "no_system_account": "no_system_account is not supported by gnatsd.py",
+    "no_system": "no_system_account is not supported by gnatsd.py",
+    "no_sys_acc": "no_system_account is not supported by gnatsd.py",
+    "no_header_support": "no_header_support is not supported by gnatsd.py",
+    "connect_error_reports": "connect_error_reports is not supported by gnatsd.py",
+    "reconnect_error_reports": "reconnect_error_reports is not supported by gnatsd.py",
+    "server_metadata": "server_metadata is not supported by gnatsd.py",
+    "feature_flags": "feature flags are not supported by gnatsd.py",
+    "no_fast_producer_stall": "no_fast_producer_stall is not supported by gnatsd.py",
 }
 
 
@@ -715,6 +761,7 @@ class Options:
         ("syslog", False),
         ("remote_syslog", ""),
         ("max_traced_msg_len", 0),
+        ("max_closed_clients", MAX_CLOSED_CLIENTS),
         ("pid_file", ""),
         ("ports_file_dir", ""),
         ("max_connections", DEFAULT_MAX_CONNECTIONS),
@@ -1796,6 +1843,8 @@ CONFIG_KEYS = {
     "ping_max": ("ping_max", _to_int),
     "no_auth_user": ("no_auth_user", _to_str),
     "system_account": ("system_account", _to_str),
+    "system": ("system_account", _to_str),
+    "max_closed_clients": ("max_closed_clients", _to_int),
     "http_port": ("http_port", _to_int),
     "monitor_port": ("http_port", _to_int),
     "http_base_path": ("http_base_path", _to_str),
@@ -6479,7 +6528,7 @@ class Server:
         self.reload_requested = False        # set by SIGHUP, acted on by the loop
         self.loop_calls = collections.deque()   # (fn, result box, event) from other threads
         self.secret_checker = SecretChecker(self)
-        self.closed_clients = collections.deque(maxlen=MAX_CLOSED_CLIENTS)
+        self.closed_clients = collections.deque(maxlen=max(0, self.options.max_closed_clients))
         self.thread = None
         self.loop_thread = None
         self.exit_code = 0
@@ -7278,9 +7327,6 @@ def _remove_file(path: str):
 # (more are closed at once), and at most MONITOR_HEAVY_REQUESTS build a
 # large page at a time, since building JSON in Python holds the GIL the loop
 # needs.  Go twin: server/monitor.go.
-
-# Closed connections kept for /connz?state=closed (Go's MaxClosedClients).
-MAX_CLOSED_CLIENTS = 10000
 
 # Longest HTTP request line the monitor reads (Go's default header limit).
 MONITOR_MAX_REQUEST_LINE = 1024 * 1024

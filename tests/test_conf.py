@@ -486,3 +486,69 @@ def test_max_payload_over_8mb_is_a_warning():
     assert opts.warnings == ["Maximum payloads over 8.00 MB are generally discouraged "
                              "and could lead to poor performance"]
     assert Options(max_payload=8 * 1024 * 1024).fill_defaults().validate().warnings == []
+
+
+# -- every top-level key nats-server 2.15 reads ---------------------------------------
+#
+# The `case` labels of Go 2.15.1's processConfigFileLine (server/opts.go),
+# each with a value Go takes.  gnatsd.py reads each (no warning) or, for a
+# feature this build does not have, accepts it and names it in one startup
+# warning: a config file written for Go always loads (issue 13).
+
+GO_215_KEYS = {
+    "listen": '"127.0.0.1:4333"', "client_advertise": '"h:1"', "port": "4333",
+    "server_name": "n1", "host": "127.0.0.1", "net": "127.0.0.1", "debug": "true",
+    "trace": "true", "trace_verbose": "true", "trace_headers": "true", "logtime": "false",
+    "logtime_utc": "true", "mappings": '{ a: b }', "maps": '{ a: b }',
+    "disable_sublist_cache": "true", "no_sublist_cache": "true",
+    "accounts": "{ A { users = [ {user: a, password: a} ] } }", "default_sentinel": '"x"',
+    "authorization": "{ user: u, password: p }", "http": '"127.0.0.1:8333"',
+    "https": '"127.0.0.1:8334"', "http_port": "8333", "monitor_port": "8333",
+    "https_port": "8334", "http_base_path": '"/m"', "cluster": "{ listen: 127.0.0.1:6333 }",
+    "gateway": "{ name: g }", "leaf": "{ port: 7422 }", "leafnodes": "{ port: 7422 }",
+    "store_dir": '"/tmp/js"', "storedir": '"/tmp/js"', "jetstream": "enabled",
+    "logfile": '"/tmp/x.log"', "log_file": '"/tmp/x.log"', "logfile_size_limit": "1000",
+    "log_size_limit": "1000", "logfile_max_num": "3", "log_max_num": "3", "syslog": "false",
+    "remote_syslog": '"udp://127.0.0.1:514"', "pidfile": '"/tmp/x.pid"',
+    "pid_file": '"/tmp/x.pid"', "ports_file_dir": '"/tmp"', "prof_port": "6060",
+    "prof_block_rate": "1", "max_control_line": "4096", "max_payload": "65536",
+    "max_pending": "67108864", "proxy_protocol": "true", "max_connections": "100",
+    "max_conn": "100", "max_traced_msg_len": "10", "max_subscriptions": "10",
+    "max_subs": "10", "max_sub_tokens": "10", "max_subscription_tokens": "10",
+    "ping_interval": '"2m"', "ping_max": "2", "ocsp": "false",
+    "tls": '{ cert_file: "%s", key_file: "%s" }' % (
+        os.path.join(ROOT, "tests", "certs", "server-cert.pem"),
+        os.path.join(ROOT, "tests", "certs", "server-key.pem")),
+    "allow_non_tls": "true", "write_deadline": '"10s"', "write_timeout": "retry",
+    "lame_duck_duration": '"30s"', "lame_duck_grace_period": '"10s"', "operator": '"op.jwt"',
+    "operators": '"op.jwt"', "roots": '"op.jwt"', "root": '"op.jwt"',
+    "root_operators": '"op.jwt"', "root_operator": '"op.jwt"', "resolver": "MEMORY",
+    "account_resolver": "MEMORY", "accounts_resolver": "MEMORY", "resolver_tls": "{}",
+    "resolver_preload": "{}", "resolver_pinned_accounts": "[]", "no_auth_user": "u",
+    "system_account": "A", "system": "A", "no_system_account": "true", "no_system": "true",
+    "no_sys_acc": "true", "no_header_support": "true", "trusted": '"K"',
+    "trusted_keys": '["K"]', "connect_error_reports": "10", "reconnect_error_reports": "10",
+    "websocket": "{ port: 8080 }", "ws": "{ port: 8080 }", "mqtt": "{ port: 1883 }",
+    "server_tags": '["a"]', "server_metadata": "{ a: b }", "feature_flags": "{ a: true }",
+    "default_js_domain": "{ A: d }", "ocsp_cache": "false", "no_fast_producer_stall": "true",
+    "max_closed_clients": "100", "proxies": "{}",
+}
+
+# Keys whose sample value needs a neighbour to be valid.
+_KEY_NEEDS = {
+    "no_auth_user": "authorization { users = [ {user: u, password: p} ] }\n",
+    "system_account": "accounts { A { users = [ {user: a, password: a} ] } }\n",
+    "system": "accounts { A { users = [ {user: a, password: a} ] } }\n",
+}
+
+
+@pytest.mark.parametrize("key", sorted(GO_215_KEYS))
+def test_every_key_go_215_reads_loads_or_warns(key, tmp_path):
+    conf = tmp_path / "go.conf"
+    conf.write_text(_KEY_NEEDS.get(key, "") + "%s: %s\n" % (key, GO_215_KEYS[key]))
+    opts = gnatsd.options_from_config(str(conf))
+    if key in gnatsd.UNSUPPORTED_KEYS:
+        assert len(opts.warnings) == 1 and gnatsd.UNSUPPORTED_KEYS[key] in opts.warnings[0]
+    else:
+        assert key in gnatsd.CONFIG_KEYS or key in gnatsd.CONFIG_BLOCKS
+        assert opts.warnings == []
