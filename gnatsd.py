@@ -715,7 +715,6 @@ UNSUPPORTED_KEYS = {
     "ocsp_cache": "OCSP stapling is not supported by gnatsd.py",
     "proxy_protocol": "the PROXY protocol is not supported by gnatsd.py",
     "proxies": "trusted proxies are not supported by gnatsd.py",
-    "allow_non_tls": "allow_non_tls is not supported by gnatsd.py: TLS stays required",
     "trace_verbose": "trace_verbose is not supported by gnatsd.py (trace is)",
     "trace_headers": "trace_headers is not supported by gnatsd.py (trace is)",
     "disable_sublist_cache": "disabling the sublist cache is not supported by gnatsd.py",
@@ -762,6 +761,7 @@ class Options:
         ("remote_syslog", ""),
         ("max_traced_msg_len", 0),
         ("max_closed_clients", MAX_CLOSED_CLIENTS),
+        ("allow_non_tls", False),
         ("pid_file", ""),
         ("ports_file_dir", ""),
         ("max_connections", DEFAULT_MAX_CONNECTIONS),
@@ -1845,6 +1845,7 @@ CONFIG_KEYS = {
     "system_account": ("system_account", _to_str),
     "system": ("system_account", _to_str),
     "max_closed_clients": ("max_closed_clients", _to_int),
+    "allow_non_tls": ("allow_non_tls", _to_bool),
     "http_port": ("http_port", _to_int),
     "monitor_port": ("http_port", _to_int),
     "http_base_path": ("http_base_path", _to_str),
@@ -3125,6 +3126,9 @@ class TLSConnection(Connection):
         """Take ciphertext from the kernel; handshake, or decrypt and parse."""
         server = self.server
         tls = self.tls
+        if tls is None:             # allow_non_tls: a client that stayed plain
+            super().read_ready()
+            return
         try:
             n = self.sock.recv_into(server.tls_read_buffer, server.read_size)
         except (BlockingIOError, InterruptedError):
@@ -3143,6 +3147,14 @@ class TLSConnection(Connection):
         if tls.state != TLS_OPEN:
             if tls.state < TLS_HANDSHAKE:
                 if server.tls_read_buffer[0] not in TLS_RECORD_STARTS:
+                    if tls.state == TLS_HELLO and not tls.first and not self.tls_label \
+                            and server.tls_optional():
+                        # allow_non_tls: a plain client; TLS ends here.
+                        data = bytes(server.tls_read_view[:n])
+                        self.tls = None
+                        server.start_client_timers(self)
+                        self.process_input(data)
+                        return
                     # A plain-text peer: Go closes without a word or an alert
                     # (and logs it at [ERR] for a route).
                     (self.error if self.tls_label else self.debug)(
@@ -3189,7 +3201,7 @@ class TLSConnection(Connection):
 
     def tls_timeout(self):
         """Go's tlsTimeout: a handshake still unfinished is closed."""
-        if self.closed or self.tls.state == TLS_OPEN:
+        if self.closed or self.tls is None or self.tls.state == TLS_OPEN:
             return
         if self.tls_label:
             # A route: Go's handshake read fails first, then the timer fires.
@@ -3238,7 +3250,8 @@ class TLSConnection(Connection):
         select(), so the next timer turn processes it."""
         super().resume_reading()
         tls = self.tls
-        if tls.state == TLS_OPEN and (tls.incoming.pending or tls.sslobj.pending()):
+        if tls is not None and tls.state == TLS_OPEN and (
+                tls.incoming.pending or tls.sslobj.pending()):
             self.server.add_timer(0.0, self.tls_input)
 
     # -- output --------------------------------------------------------------
@@ -3250,6 +3263,9 @@ class TLSConnection(Connection):
         if self.closed:
             return
         tls = self.tls
+        if tls is None:             # allow_non_tls: a client that stayed plain
+            super().flush()
+            return
         out = self.out
         if out and tls.state == TLS_OPEN:
             try:
@@ -3299,6 +3315,8 @@ class TLSConnection(Connection):
     def pending_bytes(self) -> int:
         """Plaintext not yet encrypted, plus ciphertext the kernel has not taken."""
         tls = self.tls
+        if tls is None:
+            return super().pending_bytes()
         unsent = len(tls.unsent) if tls.unsent is not None else 0
         return sum(len(chunk) for chunk in self.out) + tls.outgoing.pending + unsent
 
@@ -6567,7 +6585,8 @@ class Server:
             self.monitor.start()
         log.info("Listening for client connections on %s", _host_port(self.host, self.port))
         if opts.tls:
-            log.info("TLS required for client connections")
+            log.info("TLS %s for client connections",
+                     "available" if self.tls_optional() else "required")
             if opts.tls.handshake_first and not opts.tls.fallback:
                 log.warning('Clients that are not using "TLS Handshake First" option will '
                             'fail to connect')
@@ -6581,6 +6600,14 @@ class Server:
         if opts.ports_file_dir:
             self.write_ports_file()
         return self
+
+    def tls_optional(self) -> bool:
+        """allow_non_tls: clients may upgrade or stay plain, which their first
+        byte tells (Go sniffs it); a handshake_first without a fallback
+        still requires TLS."""
+        tls = self.options.tls
+        return bool(self.options.allow_non_tls and tls
+                    and not (tls.handshake_first and not tls.fallback))
 
     def build_info(self) -> dict:
         """INFO fields shared by every client, in the Go server's order."""
@@ -6599,10 +6626,13 @@ class Server:
         if opts.auth_required:
             info["auth_required"] = True
         if opts.tls:
-            info["tls_required"] = True
+            if not self.tls_optional():
+                info["tls_required"] = True
             if opts.tls.verify:
                 info["tls_verify"] = True
         info["max_payload"] = opts.max_payload
+        if opts.tls and self.tls_optional():
+            info["tls_available"] = True
         if self.cluster.enabled:
             info["cluster"] = self.cluster.name
             if self.cluster.routes:

@@ -859,3 +859,25 @@ def test_nats_py_sees_the_hostname_mismatch(start):
     run_async(attempt())
     text = " ".join("%r %s" % (e, getattr(e, "__cause__", "")) for e in errors)
     assert re.search(r"(?i)certificate verify failed|hostname|IP address mismatch", text), text
+
+
+# -- allow_non_tls -------------------------------------------------------------------
+
+
+def test_allow_non_tls_lets_each_client_choose_plain_or_tls(start, tmp_path):
+    """`allow_non_tls: true`: INFO says `tls_available` (not tls_required);
+    a client that starts TLS after it gets TLS, one that sends CONNECT in
+    plain text stays plain (Go sniffs the first byte), and both talk."""
+    srv = start("-c", tls_conf(tmp_path, top="allow_non_tls: true\n"))
+    plain = RawConn(srv.host, srv.port)
+    info = plain.read_info()
+    assert info.get("tls_available") is True and "tls_required" not in info
+    plain.send(CONNECT + b"SUB mixed 1\r\n" + PING)
+    plain.expect(rb"PONG\r\n")
+    secure = upgrade(srv)
+    session_works(secure)
+    secure.send(b"PUB mixed 2\r\nhi\r\n" + PING)
+    secure.expect(rb"PONG\r\n")
+    plain.expect(rb"MSG mixed 1 2\r\nhi\r\n")
+    secure.close()
+    plain.close()
