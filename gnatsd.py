@@ -6558,7 +6558,7 @@ class Server:
         opts = self.options
         log.info("Starting nats-server")
         log.info("  Version:  %s", VERSION)
-        log.info("  Git:      [not set]")
+        log.info("  Git:      [%s]", GIT_COMMIT)
         log.info("  gnatsd.py: %s on %s %s", __version__, platform.python_implementation(),
                  platform.python_version())
         if opts.cluster_port:
@@ -8383,8 +8383,14 @@ _BOOL, _INT, _STR = "bool", "int", "str"
 # Flags whose feature is not in this build, and why.
 _NOT_YET = {
     "jetstream": "JetStream is not supported by gnatsd.py",
-    "store_dir": "JetStream is not supported by gnatsd.py",
-    "profile": "profiling is not supported by gnatsd.py",
+}
+
+# Flags of a feature this build does not have that Go takes without it
+# (Go keeps --store_dir until -js asks for JetStream): accepted, and named
+# in a startup warning.
+_IGNORED_FLAGS = {
+    "store_dir": "accepted and not used: JetStream is not supported by gnatsd.py",
+    "profile": "accepted and not used: profiling is not supported by gnatsd.py",
 }
 
 # (group, [(flag spellings, dest, kind, metavar, help)]) as in Go's usage text.
@@ -8711,6 +8717,9 @@ def main(argv: list | None = None) -> int:
         print("nats-server: %s" % exc, file=sys.stderr)
         return 1
     opts.merge(flags).fill_defaults()
+    for dest, reason in _IGNORED_FLAGS.items():
+        if getattr(args, dest, None) not in (None, False):
+            opts.warnings.append("%s: %s" % (_flag_spellings(dest), reason))
     secrets = [opts.password, opts.authorization] + [u.password for u in opts.users or ()]
     if any(is_bcrypt_hash(s) for s in secrets) and not bcrypt_available():
         print("gnatsd.py: a bcrypt password hash is configured, but this Python cannot verify"

@@ -506,3 +506,17 @@ def test_config_error_in_included_file_names_it(tmp_path):
     assert r.returncode == 1
     assert one_line(r.stderr) == 'nats-server: %s:2:1: unknown field "bogus"' % (
         tmp_path / "inner.conf")
+
+
+@pytest.mark.parametrize("flag", [["--store_dir", "/tmp/js"], ["-sd", "/tmp/js"],
+                                  ["--profile", "6060"]])
+def test_flags_of_features_not_built_are_accepted_with_a_warning(flag):
+    """Go takes --store_dir without -js (nats.py's cluster helper passes it),
+    and --profile; gnatsd.py starts, naming each in a warning."""
+    from conftest import start_gnatsd
+    srv = start_gnatsd(*flag)
+    try:
+        srv.wait_for_log(rb"\[WRN\] [^\n]*%s[^\n]*accepted and not used" % re.escape(
+            flag[0].lstrip("-").encode()))
+    finally:
+        srv.stop()
