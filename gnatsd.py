@@ -5701,7 +5701,9 @@ class Route(Connection):
         startswith = data.startswith
         sizes_get = server.pub_sizes.get
         keys_get = self.msg_keys.get
-        hot = not self.trace
+        # Only a registered route (past CONNECT and INFO) takes the hot path:
+        # before that, every op goes to process_op, which refuses it.
+        hot = self.registered and not self.trace
         msgs = nbytes = 0
         run_plan = None
         last_size = -1
