@@ -24,18 +24,22 @@ With TLS, OpenSSL sits at both ends (`ssl.SSLObject` on memory BIOs, driven
 by the same loop, so a slow handshake blocks no one); the middle is the same.
 
 Contents
+ Part I. The core: PUB in, MSG out
   1. Constants and errors
-  2. Config-file lexer and parser
-  3. Options
-  4. Sublist
-  5. Protocol parser
-  6. Connection base
-  7. Client
-  8. Route
-  9. Server and event loop
-  10. Monitor
-  11. Logging
-  12. Command line
+  2. Protocol parser
+  3. Sublist
+  4. Connection base
+  5. Client
+  6. Server and event loop
+ Part II. Fidelity and the 2.x features
+  7. Config-file lexer and parser
+  8. Options
+  9. Authentication, permissions and accounts
+  10. TLS
+  11. Route
+  12. Monitor
+  13. Logging
+  14. Command line
 
 `grep -n '^# [0-9]*\\. ' gnatsd.py` prints the chapters with line numbers.
 """
@@ -74,6 +78,17 @@ except ImportError:  # a Python built without OpenSSL: TLS is refused when asked
 __version__ = "0.1.0"
 
 __all__ = ["Server", "Options", "Sublist", "NatsError", "ConfigError", "parse_config", "main"]
+
+
+# ############################################################################
+# Part I. The core
+# ############################################################################
+#
+# How a message broker works, in the order data flows: the limits and wire
+# texts (1), how bytes become ops (2), how a published subject finds its
+# subscribers (3), how a connection reads and writes without blocking (4),
+# what a client does, PUB in to MSG out (5), and the one loop that runs it
+# all (6).  Each chapter names its twin in gnatsd 0.7.2 or nats-server.
 
 
 # ============================================================================
@@ -235,7 +250,7 @@ TLS_HANDSHAKE_ERROR = "TLS Handshake Failure"
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
-# The one module logger; chapter 11 gives it handlers.
+# The one module logger; chapter 13 gives it handlers.
 log = logging.getLogger("gnatsd")
 
 
@@ -268,1651 +283,209 @@ class ProtocolError(NatsError):
 
 
 # ============================================================================
-# 2. Config-file lexer and parser
+# 2. Protocol parser
 # ============================================================================
 #
-# The config format is the Go server's: a relaxed JSON/TOML cousin.
+# The client protocol is text control lines, each ending in CRLF (a bare LF
+# is accepted too), some followed by a payload of a declared size and CRLF:
 #
-#     # comment            // comment too
-#     port: 4222           # `:`, `=` or plain whitespace separate key and value
-#     max_payload = 1MB    # size suffixes: K M G are 1000-based, KB MB GB 1024
-#     ping_interval "2m"   # durations are strings the options chapter reads
-#     name: "a\tb"         # "double" decodes \t \n \r \" \\ \xHH; 'single' is verbatim
-#     authorization {      # maps; arrays are [a, b] or one item per line
-#       user: derek, password: "s3cr3t"
-#     }
-#     include ./more.conf  # path relative to the including file
-#     port: $PORT          # a variable: an earlier key in scope, else the env
+#     PUB <subject> [reply] <size>\r\n<payload>\r\n
+#     HPUB <subject> [reply] <header size> <total size>\r\n<headers+payload>\r\n
+#     SUB <subject> [queue] <sid>\r\n        UNSUB <sid> [max]\r\n
+#     CONNECT {json}\r\n   PING\r\n   PONG\r\n   +OK\r\n   -ERR <text>\r\n
 #
-# `parse_config(path)` returns a `ConfigMap` (a dict that also remembers where
-# each key was written) so that later chapters can name file, line and column
-# in their errors.  The scanner keeps one position and reads a token at a time;
-# a recursive-descent parser builds maps and arrays (Go's lex.go and parse.go
-# are a state-function lexer and a stack; the grammar is the same).
+# The Go server walks bytes through a state machine.  We find whole lines
+# with `bytes.find` and keep the machine's two outer states, "control line"
+# and "payload": when a read ends inside either, the unparsed tail waits on
+# the connection with the number of bytes still needed, and the next read
+# resumes there (parser.go's split-buffer handling).  Ops are
+# case-insensitive, arguments are split on runs of spaces and tabs.
+#
+# This chapter has the pieces that do not depend on the connection: the
+# control-line splitter and the argument parsers.  The read loop and its op
+# table are the client's (chapter 5), because its PUB fast path delivers in
+# place.
 
-# What peek() returns at the end of the text.
-EOF = "\0"
 
-# Characters that end a bare (unquoted) word.  `#` and `//` do not: Go reads
-# `nats://host:4222` and `foo#1` as one word; a comment needs a blank before it.
-_BARE_END = frozenset(" \t\r\n,;}]")
+def split_op(line: bytes) -> tuple:
+    """(OP upper-cased, argument bytes, had a separator) of a control line."""
+    m = re.match(rb"([^ \t]*)([ \t]*)(.*)", line, re.S)
+    return m.group(1).upper(), m.group(3), bool(m.group(2))
 
-# Backslash escapes in double-quoted strings and bare words (Go's lexer).
-_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", '"': '"', "\\": "\\"}
-_ESCAPE_RE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.|$)", re.S)
 
-# Values that read as booleans (case-insensitive).
-_TRUE_WORDS = frozenset(("true", "yes", "on"))
-_FALSE_WORDS = frozenset(("false", "no", "off"))
+# GO-COMPAT: parse (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
+def drop_cr(arg: bytes) -> bytes:
+    """A control line's argument, as Go's parser hands it over.  Go notes a
+    CR anywhere in an argument after its first byte, then drops the byte
+    before the LF, taking it for CRLF's CR: normally the CR itself, but in
+    `SUB a\rb 1\n` the `1`."""
+    return arg[:-1] if arg.find(b"\r", 1) >= 0 else arg
 
-# Size suffixes and their multipliers (Go's parse.go: k is 1000, kb is 1024).
-_SIZE_SUFFIXES = {
-    "k": 1000, "kb": 1024, "ki": 1024, "kib": 1024,
-    "m": 1000 ** 2, "mb": 1024 ** 2, "mi": 1024 ** 2, "mib": 1024 ** 2,
-    "g": 1000 ** 3, "gb": 1024 ** 3, "gi": 1024 ** 3, "gib": 1024 ** 3,
-    "t": 1000 ** 4, "tb": 1024 ** 4, "ti": 1024 ** 4, "tib": 1024 ** 4,
-    "p": 1000 ** 5, "pb": 1024 ** 5, "pi": 1024 ** 5, "pib": 1024 ** 5,
-    "e": 1000 ** 6, "eb": 1024 ** 6, "ei": 1024 ** 6, "eib": 1024 ** 6,
+
+# GO-COMPAT: parse (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
+def split_client_op(line: bytes) -> tuple:
+    """split_op for a client's line.  Go takes every byte after CONNECT or
+    INFO as the argument, separator or not: `CONNECTx {}` is a CONNECT of
+    `x {}` (bad JSON), and counts as having its separator."""
+    op, arg, has_sep = split_op(line)
+    if op.startswith((b"CONNECT", b"INFO")) and op not in (b"CONNECT", b"INFO"):
+        op = b"CONNECT" if op.startswith(b"CONNECT") else b"INFO"
+        return op, line[len(op):].lstrip(b" \t"), True
+    return op, arg, has_sep
+
+
+# GO-COMPAT: parseSize (test_proto.py::test_pub_bad_size_closes_silently)
+def parse_size(token: bytes) -> int:
+    """Go's parseSize: ASCII digits only, at most 9 of them, else -1."""
+    if not token or not token.isdigit() or len(token) > 9:
+        return -1
+    return int(token)
+
+
+_TABS = bytes.maketrans(b"\t", b" ")
+_TABS_CR_LF = bytes.maketrans(b"\t\r\n", b"   ")
+
+
+# GO-COMPAT: processPub (test_proto.py::test_tabs_and_repeated_spaces_separate_args)
+def split_pub_arg(arg: bytes) -> list:
+    """Go's processPub and processHeaderPub split on spaces and tabs only:
+    in `PUB foo 0\r\r\n` the size token is `0\r`, a bad size."""
+    return [token for token in arg.translate(_TABS).split(b" ") if token]
+
+
+# GO-COMPAT: splitArg (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
+def split_arg(arg: bytes) -> list:
+    """Go's splitArg (SUB, UNSUB): spaces, tabs, CR and LF separate
+    (not the vertical tab and form feed that bytes.split() also takes)."""
+    return [token for token in arg.translate(_TABS_CR_LF).split(b" ") if token]
+
+
+def parse_pub_args(arg: bytes) -> tuple:
+    """PUB arguments -> (subject, reply or None, size, offset of size in arg)."""
+    args = split_pub_arg(arg)
+    if len(args) == 2:
+        subject, reply, size_token = args[0], None, args[1]
+    elif len(args) == 3:
+        subject, reply, size_token = args
+    else:
+        raise ProtocolError("processPub Parse Error: %r" % arg)
+    size = parse_size(size_token)
+    if size < 0:
+        raise ProtocolError("processPub Bad or Missing Size: %r" % arg)
+    return subject, reply, size, size_token
+
+
+def parse_hpub_args(arg: bytes) -> tuple:
+    """HPUB arguments -> (subject, reply or None, header size, total size,
+    size field)."""
+    args = split_pub_arg(arg)
+    if len(args) == 3:
+        subject, reply, hdr_token, size_token = args[0], None, args[1], args[2]
+    elif len(args) == 4:
+        subject, reply, hdr_token, size_token = args
+    else:
+        raise ProtocolError("processHeaderPub Parse Error: %r" % arg)
+    hdr = parse_size(hdr_token)
+    if hdr < 0:
+        raise ProtocolError("processHeaderPub Bad or Missing Header Size: %r" % arg)
+    size = parse_size(size_token)
+    if size < 0:
+        raise ProtocolError("processHeaderPub Bad or Missing Total Size: %r" % arg)
+    if hdr > size:
+        raise ProtocolError("processHeaderPub Header Size larger then TotalSize: %r" % arg)
+    # The size field of the MSG/HMSG lines it makes, from the raw tokens (a
+    # header block of 0 bytes makes a plain message: Go's processHeaderPub).
+    return subject, reply, hdr, size, size_token if hdr == 0 else hdr_token + b" " + size_token
+
+
+def parse_sub_args(arg: bytes) -> tuple:
+    """SUB arguments -> (subject, queue or None, sid)."""
+    args = split_arg(arg)
+    if len(args) == 2:
+        return args[0], None, args[1]
+    if len(args) == 3:
+        return args[0], args[1], args[2]
+    raise ProtocolError("processSub Parse Error: %r" % arg)
+
+
+def parse_unsub_args(arg: bytes) -> tuple:
+    """UNSUB arguments -> (sid, max or 0)."""
+    args = split_arg(arg)
+    if len(args) == 1:
+        return args[0], 0
+    if len(args) == 2:
+        return args[0], max(parse_size(args[1]), 0)  # Go ignores a bad max: unsubscribe now
+    raise ProtocolError("processUnsub Parse Error: %r" % arg)
+
+
+def err_proto(text: str) -> bytes:
+    """The wire form of a server error: -ERR 'text'."""
+    return b"-ERR '" + text.encode() + b"'\r\n"
+
+
+# -- the parse error's log line ------------------------------------------------
+# GO-COMPAT: protoSnippet (test_logging.py::test_parse_error_log_names_state_and_snippet)
+#
+# Go answers a byte no op can continue with `-ERR 'Unknown Protocol
+# Operation'` and logs where its byte-wise parser stood:
+#
+#     Client parser ERROR, state=31, i=3: proto='"X foo 1\r"...'
+#
+# `state` is the parser state (its enum in parser.go) and `i` the failing
+# byte's index in the read, followed by up to 32 bytes from there, quoted.
+# We find lines, not bytes, so the state is worked out from the op's name
+# (the longest prefix of a name it spells) or the payload's end.
+
+# Go's parser states for the prefixes of the client ops' names.
+_GO_OP_STATES = {
+    b"": 0, b"+": 1, b"+O": 2, b"+OK": 3, b"-": 4, b"-E": 5, b"-ER": 6, b"-ERR": 7,
+    b"C": 10, b"CO": 11, b"CON": 12, b"CONN": 13, b"CONNE": 14, b"CONNEC": 15, b"CONNECT": 16,
+    b"H": 18, b"HP": 19, b"HPU": 20, b"HPUB": 21, b"HM": 24, b"HMS": 25, b"HMSG": 26,
+    b"P": 29, b"PU": 30, b"PUB": 31, b"PI": 34, b"PIN": 35, b"PING": 36,
+    b"PO": 37, b"PON": 38, b"PONG": 39,
+    b"S": 43, b"SU": 44, b"SUB": 45,
+    b"U": 59, b"UN": 60, b"UNS": 61, b"UNSU": 62, b"UNSUB": 63,
+    b"M": 66, b"MS": 67, b"MSG": 68, b"I": 71, b"IN": 72, b"INF": 73, b"INFO": 74,
 }
+# ... and after a payload: CR expected, then LF.
+GO_MSG_END_R, GO_MSG_END_N = 41, 42
 
-_NUMBER_RE = re.compile(r"^(-?\d+)([A-Za-z]*)$")
-_FLOAT_RE = re.compile(r"^-?\d+\.\d+([eE][-+]?\d+)?$")
-
-
-class ConfigMap(dict):
-    """A parsed config map: a dict plus where each key was written.
-
-    `positions` maps a key to (line, column); `files` names the included
-    file a key came from when it is not `path`.  `used_variables` holds
-    (name, position) of each definition a `$name` read, so a key that only
-    defines a variable is not an unknown field (a later redefinition is).
-    """
-
-    def __init__(self, path: str = ""):
-        super().__init__()
-        self.path = path
-        self.positions: dict = {}
-        self.files: dict = {}
-        self.used_variables: set = set()
-
-    def position(self, key: str) -> tuple:
-        """(line, column) where `key` was written; (0, 0) if the file did not set it."""
-        return self.positions.get(key, (0, 0))
-
-    def is_variable(self, key: str) -> bool:
-        """True if `key` is a definition some `$key` reference used."""
-        return (key, self.position(key)) in self.used_variables
-
-    def error(self, key: str, message: str) -> ConfigError:
-        """A ConfigError for `key`, naming its file (an include's, if it came
-        from one), line and column; the caller raises it."""
-        line, col = self.position(key)
-        return ConfigError(message, self.files.get(key, self.path), line, col)
+# Bytes of the offending input a parse error's log line quotes.
+PROTO_SNIPPET_SIZE = 32
 
 
-class _ConfigParser:
-    """Recursive-descent parser over one file's text."""
-
-    def __init__(self, text: str, path: str, depth: int = 0):
-        self.text = text
-        self.path = path
-        self.pos = 0
-        self.line = 1
-        self.line_start = 0
-        self.depth = depth
-        self.scopes: list = []  # stack of ConfigMaps, for variable look-up
-
-    # -- scanning ------------------------------------------------------------
-
-    def error(self, message: str) -> ConfigError:
-        return ConfigError(message, self.path, self.line, self.pos - self.line_start + 1)
-
-    def peek(self) -> str:
-        """The next character, or EOF ("\\0", so `in` tests stay false)."""
-        return self.text[self.pos] if self.pos < len(self.text) else EOF
-
-    def advance(self, n: int = 1):
-        for _ in range(n):
-            if self.pos < len(self.text) and self.text[self.pos] == "\n":
-                self.line += 1
-                self.line_start = self.pos + 1
-            self.pos += 1
-
-    def skip_space(self, newlines: bool = True):
-        """Skip blanks and comments (and newlines unless told not to)."""
-        text = self.text
-        while self.pos < len(text):
-            ch = text[self.pos]
-            if ch in " \t\r" or (newlines and ch == "\n"):
-                self.advance()
-            elif ch == "#" or text.startswith("//", self.pos):
-                while self.pos < len(text) and text[self.pos] != "\n":
-                    self.pos += 1
-            else:
-                return
-
-    def here(self) -> tuple:
-        return (self.line, self.pos - self.line_start + 1)
-
-    # -- grammar -------------------------------------------------------------
-
-    def parse_document(self, into: ConfigMap) -> ConfigMap:
-        """A file: pairs, optionally wrapped in one `{ }` (JSON style)."""
-        self.scopes.append(into)
-        self.skip_space()
-        if self.peek() == "{":
-            self.advance()
-            self.parse_pairs(into, closing="}")
-            self.skip_space()
-            if self.peek() != EOF:
-                raise self.error("expected the end of the file after the closing '}'")
-        else:
-            self.parse_pairs(into, closing="")
-        self.scopes.pop()
-        return into
-
-    def parse_pairs(self, into: ConfigMap, closing: str):
-        """key sep value pairs until `closing` (or end of text at top level)."""
-        while True:
-            self.skip_space()
-            ch = self.peek()
-            if ch in ",;":
-                self.advance()
-                continue
-            if ch == EOF:
-                if closing:
-                    raise self.error("unexpected end of file, expected %r" % closing)
-                return
-            if closing and ch == closing:
-                self.advance()
-                return
-            if not closing and ch == "}" and not self.text[self.pos + 1:].strip():
-                return  # Go lets a file end with a stray "}" (JSON-like configs)
-            where = self.here()
-            key = self.parse_key()
-            if key.lower() == "include" and ch not in "\"'":
-                self.include(into, where)
-                continue
-            self.skip_space(newlines=False)
-            if self.peek() in ":=":
-                self.advance()
-                self.skip_space(newlines=False)
-            if self.peek() in (EOF, "\n"):
-                raise self.error("key %r has no value" % key)
-            into[key] = self.parse_value()
-            into.positions[key] = where
-            if self.path != into.path:
-                into.files[key] = self.path
-            else:
-                into.files.pop(key, None)
-
-    def parse_key(self) -> str:
-        ch = self.peek()
-        if ch in "\"'":
-            return self.parse_quoted()
-        start = self.pos
-        text = self.text
-        while self.pos < len(text) and text[self.pos] not in " \t\r\n:=#{[;,}]":
-            self.pos += 1
-        if self.pos == start:
-            raise self.error("expected a key, found %r" % ch)
-        return text[start:self.pos]
-
-    def parse_quoted(self) -> str:
-        """'single' is verbatim; "double" decodes backslash escapes."""
-        quote = self.peek()
-        line, column = self.here()
-        self.advance()
-        end = self.pos
-        while end < len(self.text) and self.text[end] not in (quote, "\n"):
-            end += 2 if quote == '"' and self.text[end] == "\\" else 1
-        if end >= len(self.text) or self.text[end] != quote:
-            raise ConfigError("unterminated string", self.path, line, column)
-        value = self.text[self.pos:end]
-        self.pos = end + 1
-        return self.unescape(value) if quote == '"' else value
-
-    def unescape(self, raw: str) -> str:
-        """Decode \\t \\n \\r \\" \\\\ and \\xHH (bytes, then UTF-8) as Go does."""
-        if "\\" not in raw:
-            return raw
-        out = bytearray()
-        pos = 0
-        for m in _ESCAPE_RE.finditer(raw):
-            out += raw[pos:m.start()].encode()
-            code = m.group(1)
-            if code[:1] == "x" and len(code) == 3:
-                out.append(int(code[1:], 16))
-            elif code in _ESCAPES:
-                out += _ESCAPES[code].encode()
-            else:
-                raise self.error("Invalid escape character %r. Only the following escape "
-                                 "characters are allowed: \\xXX, \\t, \\n, \\r, \\\", \\\\."
-                                 % code[:1])
-            pos = m.end()
-        out += raw[pos:].encode()
-        return out.decode("utf-8", "replace")
-
-    def parse_value(self):
-        ch = self.peek()
-        if ch == "{":
-            self.advance()
-            child = ConfigMap(self.path)
-            self.scopes.append(child)
-            self.parse_pairs(child, closing="}")
-            self.scopes.pop()
-            return child
-        if ch == "[":
-            return self.parse_array()
-        if ch in "\"'":
-            return self.parse_quoted()
-        if ch == "(":
-            return self.parse_block_string()
-        if ch == "$":
-            return self.parse_variable()
-        return self.parse_bare()
-
-    def parse_array(self) -> list:
-        self.advance()  # [
-        items = []
-        while True:
-            self.skip_space()
-            ch = self.peek()
-            if ch == EOF:
-                raise self.error("unexpected end of file in array")
-            if ch == "]":
-                self.advance()
-                return items
-            if ch == ",":
-                self.advance()
-                continue
-            items.append(self.parse_value())
-
-    def parse_block_string(self) -> str:
-        """`( ... )` where the closing `)` stands alone on its line."""
-        self.advance()
-        m = re.compile(r"\n[ \t]*\)[ \t]*(?=\n|$)").search(self.text, self.pos)
-        if not m:
-            raise self.error("unterminated block string")
-        value = self.text[self.pos:m.start()].strip("\n")
-        while self.pos < m.end():
-            self.advance()
-        return value
-
-    def parse_variable(self):
-        where_line, where_col = self.here()
-        self.advance()  # $
-        start = self.pos
-        while self.pos < len(self.text) and (self.text[self.pos].isalnum() or self.text[self.pos] in "_-"):
-            self.pos += 1
-        name = self.text[start:self.pos]
-        for scope in reversed(self.scopes):
-            if name in scope:
-                scope.used_variables.add((name, scope.position(name)))
-                return scope[name]
-        if name in os.environ:
-            env_value = os.environ[name]
-            return _read_scalar(env_value) if env_value else env_value
-        raise ConfigError("variable reference for '%s' on line %d can not be found"
-                          % (name, where_line), self.path, where_line, where_col)
-
-    def parse_bare(self):
-        start = self.pos
-        text = self.text
-        while self.pos < len(text) and text[self.pos] not in _BARE_END:
-            self.pos += 1
-        word = text[start:self.pos]
-        if not word:
-            raise self.error("expected a value, found %r" % self.peek())
-        if "\\" in word:
-            return self.unescape(word)
-        try:
-            return _read_scalar(word)
-        except ValueError as exc:
-            self.pos = start
-            raise self.error(str(exc))
-
-    def include(self, into: ConfigMap, where: tuple):
-        self.skip_space(newlines=False)
-        ch = self.peek()
-        target = self.parse_quoted() if ch in "\"'" else self.parse_bare()
-        if not isinstance(target, str):
-            raise self.error("include needs a file name")
-        if self.depth > 10:
-            raise self.error("include nested too deeply")
-        path = os.path.join(os.path.dirname(self.path) or ".", target)
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise ConfigError("error parsing include file '%s', %s" % (target, exc.strerror),
-                              self.path, *where)
-        except ValueError as exc:
-            # A NUL in the name (Go's open says "invalid argument"), or not UTF-8.
-            why = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "invalid argument"
-            raise ConfigError("error parsing include file '%s', %s" % (target, why),
-                              self.path, *where)
-        # An included file is parsed on its own (it does not see the
-        # includer's variables, as in Go), then merged in.
-        included = _ConfigParser(text, path, self.depth + 1).parse_document(ConfigMap(path))
-        for key, value in included.items():
-            into[key] = value
-            into.positions[key] = included.position(key)
-            into.files[key] = included.files.get(key, path)
-        into.used_variables |= included.used_variables
+def parser_error(data: bytes, at: int, state: int) -> ProtocolError:
+    """The unknown-op error for the byte at `at`, with Go's log line."""
+    stop = at + PROTO_SNIPPET_SIZE
+    if at >= len(data):
+        snippet = '""'
+    else:
+        if stop > len(data):
+            stop = len(data) - 1        # (Go's protoSnippet leaves the last byte out)
+        snippet = go_quote(data[at:stop])
+    return ProtocolError("Client parser ERROR, state=%d, i=%d: proto='%s...'"
+                         % (state, at, snippet), ERR_UNKNOWN_PROTOCOL)
 
 
-def _read_scalar(word: str):
-    """A bare word as a bool, int (with size suffix), float or string."""
-    lower = word.lower()
-    if lower in _TRUE_WORDS:
-        return True
-    if lower in _FALSE_WORDS:
-        return False
-    m = _NUMBER_RE.match(word)
-    if m:
-        number, suffix = int(m.group(1)), m.group(2).lower()
-        if not -2 ** 63 <= number < 2 ** 63:
-            raise ValueError("integer '%s' is out of the range" % m.group(1))
-        if not suffix:
-            return number
-        if suffix in _SIZE_SUFFIXES:
-            return number * _SIZE_SUFFIXES[suffix]
-        if _parse_duration_or_none(word) is not None:
-            return word  # a bare duration such as 2s: the option reads it
-        raise ValueError("unknown numeric suffix %r" % m.group(2))
-    if _FLOAT_RE.match(word):
-        return float(word)
-    return word
+def op_name_error(data: bytes, i: int) -> ProtocolError:
+    """The unknown op starting at `i`: Go fails on the first byte that no
+    op name continues with."""
+    name = data[i:i + 8].upper()
+    j = 0
+    while j < len(name) and name[:j + 1] in _GO_OP_STATES:
+        j += 1
+    return parser_error(data, i + j, _GO_OP_STATES[name[:j]])
 
 
-def parse_config_text(text: str, path: str = "<config>") -> ConfigMap:
-    """Parse config text; raise ConfigError naming file, line and column."""
-    return _ConfigParser(text, path).parse_document(ConfigMap(path))
-
-
-def parse_config(path: str) -> ConfigMap:
-    """Parse the config file at `path` (Go's conf.ParseFile)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError(_open_error(exc))
-    except UnicodeDecodeError as exc:
-        raise ConfigError("config file is not UTF-8: %s" % exc, path)
-    return parse_config_text(text, path)
-
-
-# Go duration units in seconds ("ns", "us", "ms", "s", "m", "h").
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)")
-
-
-def _parse_duration_or_none(text: str):
-    """Seconds in a Go duration string such as "1h2m3.5s", or None."""
-    text = text.strip()
-    sign = 1.0
-    if text[:1] in ("+", "-"):  # not `in "+-"`: "" is in every string
-        sign = -1.0 if text[0] == "-" else 1.0
-        text = text[1:]
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    while pos < len(text):
-        m = _DURATION_RE.match(text, pos)
-        if not m:
-            return None
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    return sign * total if pos else None
+def payload_end_error(data: bytes, stop: int) -> ProtocolError:
+    """A payload not followed by CRLF (`stop` is where the CR belongs)."""
+    if data[stop] != 13:
+        return parser_error(data, stop, GO_MSG_END_R)
+    return parser_error(data, stop + 1, GO_MSG_END_N)
 
 
 # ============================================================================
-# 3. Options
-# ============================================================================
-#
-# `Options` holds every setting of a server.  It is filled in three steps,
-# as the Go server's opts.go does: the config file (if any) through the
-# table of keys below, then the command-line flags on top ("flags override
-# the file"), then `Options.fill_defaults()` puts every unset value in one
-# place.  Settings whose feature this build does not have yet are never
-# dropped silently: the file's keys produce a warning at startup, and a flag
-# asking for them is an error (see `UNSUPPORTED_KEYS`).
-
-# Config blocks of the Go server this build does not implement.  A key here is
-# accepted (so a Go config file still loads) and named in a startup warning.
-UNSUPPORTED_KEYS = {
-    "jetstream": "JetStream is not supported by gnatsd.py",
-    "leafnodes": "leafnodes are not supported by gnatsd.py",
-    "leaf": "leafnodes are not supported by gnatsd.py",
-    "gateway": "gateways are not supported by gnatsd.py",
-    "mqtt": "MQTT is not supported by gnatsd.py",
-    "websocket": "WebSocket is not supported by gnatsd.py",
-    "ws": "WebSocket is not supported by gnatsd.py",
-    "prof_port": "profiling is not supported by gnatsd.py",
-    "prof_block_rate": "profiling is not supported by gnatsd.py",
-    "operator": "operator (JWT) mode is not supported by gnatsd.py",
-    "operators": "operator (JWT) mode is not supported by gnatsd.py",
-    "root": "operator (JWT) mode is not supported by gnatsd.py",
-    "roots": "operator (JWT) mode is not supported by gnatsd.py",
-    "root_operator": "operator (JWT) mode is not supported by gnatsd.py",
-    "root_operators": "operator (JWT) mode is not supported by gnatsd.py",
-    "trusted": "operator (JWT) mode is not supported by gnatsd.py",
-    "trusted_keys": "operator (JWT) mode is not supported by gnatsd.py",
-    "default_sentinel": "operator (JWT) mode is not supported by gnatsd.py",
-    "resolver": "account resolvers are not supported by gnatsd.py",
-    "account_resolver": "account resolvers are not supported by gnatsd.py",
-    "accounts_resolver": "account resolvers are not supported by gnatsd.py",
-    "resolver_tls": "account resolvers are not supported by gnatsd.py",
-    "resolver_preload": "account resolvers are not supported by gnatsd.py",
-    "resolver_pinned_accounts": "account resolvers are not supported by gnatsd.py",
-    "store_dir": "JetStream is not supported by gnatsd.py",
-    "storedir": "JetStream is not supported by gnatsd.py",
-    "default_js_domain": "JetStream is not supported by gnatsd.py",
-    "mappings": "subject mappings are not supported by gnatsd.py",
-    "maps": "subject mappings are not supported by gnatsd.py",
-    "ocsp": "OCSP stapling is not supported by gnatsd.py",
-    "ocsp_cache": "OCSP stapling is not supported by gnatsd.py",
-    "proxy_protocol": "the PROXY protocol is not supported by gnatsd.py",
-    "proxies": "trusted proxies are not supported by gnatsd.py",
-    "trace_verbose": "trace_verbose is not supported by gnatsd.py (trace is)",
-    "trace_headers": "trace_headers is not supported by gnatsd.py (trace is)",
-    "disable_sublist_cache": "disabling the sublist cache is not supported by gnatsd.py",
-    "no_sublist_cache": "disabling the sublist cache is not supported by gnatsd.py",
-    "logfile_max_num": "log_max_num is not supported by gnatsd.py: backups are kept",
-    "log_max_num": "log_max_num is not supported by gnatsd.py: backups are kept",
-    "max_sub_tokens": "max_sub_tokens is not supported by gnatsd.py",
-    "max_subscription_tokens": "max_sub_tokens is not supported by gnatsd.py",
-    "write_timeout": "write_timeout is not supported by gnatsd.py (write_deadline is)",
-    "no_system_account": "no_system_account is not supported by gnatsd.py",
-    "no_system": "no_system_account is not supported by gnatsd.py",
-    "no_sys_acc": "no_system_account is not supported by gnatsd.py",
-    "no_header_support": "no_header_support is not supported by gnatsd.py",
-    "connect_error_reports": "connect_error_reports is not supported by gnatsd.py",
-    "reconnect_error_reports": "reconnect_error_reports is not supported by gnatsd.py",
-    "server_metadata": "server_metadata is not supported by gnatsd.py",
-    "feature_flags": "feature flags are not supported by gnatsd.py",
-    "no_fast_producer_stall": "no_fast_producer_stall is not supported by gnatsd.py",
-}
-
-
-class Options:
-    """Every server setting, with the Go server's names and defaults.
-
-    Unset values are None until `fill_defaults()`; that lets flags override
-    the file only where a flag was actually given.
-    """
-
-    # (attribute, default) in the order of the Go server's Options struct.
-    DEFAULTS = (
-        ("config_file", ""),
-        ("server_name", ""),
-        ("server_tags", None),
-        ("host", DEFAULT_HOST),
-        ("port", DEFAULT_PORT),
-        ("client_advertise", ""),
-        ("trace", False),
-        ("debug", False),
-        ("logtime", True),
-        ("logtime_utc", False),
-        ("log_file", ""),
-        ("log_size_limit", 0),
-        ("syslog", False),
-        ("remote_syslog", ""),
-        ("max_traced_msg_len", 0),
-        ("max_closed_clients", MAX_CLOSED_CLIENTS),
-        ("allow_non_tls", False),
-        ("pid_file", ""),
-        ("ports_file_dir", ""),
-        ("max_connections", DEFAULT_MAX_CONNECTIONS),
-        ("max_control_line", MAX_CONTROL_LINE_SIZE),
-        ("max_payload", MAX_PAYLOAD_SIZE),
-        ("max_pending", MAX_PENDING_SIZE),
-        ("max_subscriptions", 0),
-        ("ping_interval", DEFAULT_PING_INTERVAL),
-        ("ping_max", DEFAULT_PING_MAX_OUT),
-        ("write_deadline", DEFAULT_WRITE_DEADLINE),
-        ("lame_duck_duration", DEFAULT_LAME_DUCK_DURATION),
-        ("lame_duck_grace_period", DEFAULT_LAME_DUCK_GRACE_PERIOD),
-        ("username", ""),
-        ("password", ""),
-        ("authorization", ""),
-        ("auth_timeout", 0.0),
-        ("users", None),
-        ("default_permissions", None),
-        ("no_auth_user", ""),
-        ("cluster_name", ""),
-        ("cluster_host", ""),
-        ("cluster_port", 0),
-        ("cluster_advertise", ""),
-        ("cluster_auth", None),
-        ("cluster_tls", None),
-        ("no_advertise", False),
-        ("connect_retries", 0),
-        ("routes", None),
-        ("accounts", None),
-        ("system_account", ""),
-        ("http_host", ""),
-        ("http_port", 0),
-        ("http_base_path", ""),
-        ("https_port", 0),
-        ("tls", None),
-        ("warnings", None),
-    )
-
-    def __init__(self, **kw):
-        for name, _default in self.DEFAULTS:
-            setattr(self, name, None)
-        for name, value in kw.items():
-            if not any(name == n for n, _ in self.DEFAULTS):
-                raise TypeError("unknown option %r" % name)
-            setattr(self, name, value)
-
-    def __repr__(self) -> str:
-        shown = ", ".join("%s=%r" % (n, getattr(self, n)) for n, _ in self.DEFAULTS
-                          if getattr(self, n) is not None)
-        return "Options(%s)" % shown
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Options) and all(
-            getattr(self, n) == getattr(other, n) for n, _ in self.DEFAULTS)
-
-    def merge(self, flags: "Options") -> "Options":
-        """Flags given on the command line override the file (Go's MergeOptions)."""
-        for name, _default in self.DEFAULTS:
-            value = getattr(flags, name)
-            if value is not None and name != "warnings":
-                setattr(self, name, value)
-        return self
-
-    def fill_defaults(self) -> "Options":
-        """Give every unset option its default (Go's setBaselineOptions)."""
-        for name, default in self.DEFAULTS:
-            if getattr(self, name) is None:
-                setattr(self, name, list(default or ()) if name == "warnings" else default)
-        if self.tls is False:
-            self.tls = None          # --tls=false turned the file's tls block off
-        if self.auth_timeout == 0.0:
-            # Go's getDefaultAuthTimeout: with TLS, a second more than a handshake may take.
-            self.auth_timeout = self.tls.timeout + 1.0 if self.tls else AUTH_TIMEOUT
-        if self.port == 0:
-            self.port = RANDOM_PORT
-        return self
-
-    def validate(self) -> "Options":
-        """Check the merged options as Go's validateOptions does; raise
-        ConfigError, or add a warning for what is allowed but unwise."""
-        if " " in self.server_name:
-            raise ConfigError("server name cannot contain spaces")
-        if self.max_payload > self.max_pending:
-            raise ConfigError("max_payload (%d) cannot be higher than max_pending (%d)"
-                              % (self.max_payload, self.max_pending))
-        if self.max_payload > 8 * 1024 * 1024:
-            self.warnings.append("Maximum payloads over 8.00 MB are generally discouraged "
-                                 "and could lead to poor performance")
-        return self
-
-    @property
-    def auth_required(self) -> bool:
-        """True if clients must log in: a single user, a token or a users list is set."""
-        return bool(self.username or self.authorization or self.users)
-
-
-def _to_int(cm: ConfigMap, key: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise cm.error(key, "interface conversion: expected an integer for %r, got %r"
-                       % (key, value))
-    return value
-
-
-def _to_str(cm: ConfigMap, key: str, value) -> str:
-    if isinstance(value, (dict, list)):
-        raise cm.error(key, "expected a string for %r" % key)
-    return str(value)
-
-
-def _to_bool(cm: ConfigMap, key: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise cm.error(key, "expected a boolean for %r, got %r" % (key, value))
-    return value
-
-
-def _to_seconds(cm: ConfigMap, key: str, value) -> float:
-    """A timeout: a Go duration string, or a number (int or float) of seconds."""
-    if isinstance(value, bool):
-        raise cm.error(key, "expected a duration for %r" % key)
-    if isinstance(value, (int, float)):
-        return float(value)
-    seconds = _parse_duration_or_none(str(value))
-    if seconds is None:
-        reason = ("missing unit in duration" if re.match(r"^[-+]?[\d.]+$", str(value))
-                  else "invalid duration")
-        raise cm.error(key, 'error parsing %s: time: %s "%s"' % (key, reason, value))
-    return seconds
-
-
-def _duration(attr: str):
-    """The reader of a duration option (Go's parseDuration): a duration
-    string such as "2m"; a bare integer is seconds, with Go's warning."""
-
-    def read(cm: ConfigMap, key: str, value, opts: Options):
-        if isinstance(value, int) and not isinstance(value, bool):
-            opts.warnings.append('%s:%d: invalid use of field "%s": %s should be converted '
-                                 'to a duration' % (cm.files.get(key, cm.path),
-                                                    cm.position(key)[0], key, key))
-        elif not isinstance(value, str):
-            raise cm.error(key, "interface conversion: expected a duration for %r, got %r"
-                           % (key, value))
-        setattr(opts, attr, _to_seconds(cm, key, value))
-    return read
-
-
-# Largest max_payload and max_control_line (Go keeps them in an int32).
-_MAX_INT32 = 2 ** 31 - 1
-
-
-def _to_size(cm: ConfigMap, key: str, value) -> int:
-    """An integer number of bytes (size suffixes are read by the lexer)."""
-    size = _to_int(cm, key, value)
-    if size > _MAX_INT32 and key.lower() in ("max_payload", "max_control_line"):
-        raise cm.error(key, "%s value is too big" % key)
-    return size
-
-
-def _to_server_name(cm: ConfigMap, key: str, value) -> str:
-    name = _to_str(cm, key, value)
-    if " " in name:
-        raise cm.error(key, "server name cannot contain spaces")
-    return name
-
-
-def _listen(cm: ConfigMap, key: str, value, opts: Options):
-    """`listen: host:port` sets both host and port."""
-    text = _to_str(cm, key, value)
-    host, _, port = text.rpartition(":")
-    if not port.lstrip("-").isdigit():
-        raise cm.error(key, "could not parse address string %r" % text)
-    if host:
-        opts.host = host.strip("[]")
-    opts.port = int(port)
-
-
-_CLUSTER_URL_RE = re.compile(r"^(?:[a-z+-]+://)?(?:(?P<user>[^:@/]*)(?::(?P<pass>[^@/]*))?@)?"
-                             r"(?P<host>\[[^\]]*\]|[^:/]*)(?::(?P<port>-?\d+))?/?$")
-
-
-def parse_cluster_url(url: str) -> tuple:
-    """`nats://[user:pass@]host:port` (the --cluster and --cluster_listen
-    flags) -> (host, port, (user, password) or None); port -1 is random."""
-    m = _CLUSTER_URL_RE.match(url.strip())
-    if not m or m.group("port") is None:
-        raise ConfigError('error parsing cluster url ["%s"]' % url)
-    auth = (urllib.parse.unquote(m.group("user") or ""),
-            urllib.parse.unquote(m.group("pass") or "")) if m.group("user") else None
-    return m.group("host").strip("[]"), int(m.group("port")), auth
-
-
-def _cluster(cm: ConfigMap, key: str, value, opts: Options):
-    """`cluster { name listen host port advertise no_advertise authorization
-    routes tls connect_retries pool_size compression }` (Go's parseCluster)."""
-    if not isinstance(value, ConfigMap):
-        raise cm.error(key, "Expected map to define cluster")
-    for sub_key, sub_value in value.items():
-        name = sub_key.lower()
-        if name == "name":
-            opts.cluster_name = _to_str(value, sub_key, sub_value)
-            if " " in opts.cluster_name:
-                raise value.error(sub_key, "cluster name cannot contain spaces or new lines")
-        elif name == "listen":
-            text = _to_str(value, sub_key, sub_value)
-            host, _, port = text.rpartition(":")
-            if not port.lstrip("-").isdigit():
-                raise value.error(sub_key, "could not parse address string %r" % text)
-            opts.cluster_host, opts.cluster_port = host.strip("[]"), int(port)
-        elif name in ("host", "net"):
-            opts.cluster_host = _to_str(value, sub_key, sub_value)
-        elif name == "port":
-            opts.cluster_port = _to_int(value, sub_key, sub_value)
-        elif name in ("advertise", "cluster_advertise"):
-            opts.cluster_advertise = _to_str(value, sub_key, sub_value)
-        elif name == "no_advertise":
-            opts.no_advertise = _to_bool(value, sub_key, sub_value)
-        elif name == "connect_retries":
-            opts.connect_retries = _to_int(value, sub_key, sub_value)
-        elif name == "routes":
-            routes = sub_value if isinstance(sub_value, list) else [sub_value]
-            for url in routes:
-                if not isinstance(url, str):
-                    raise value.error(sub_key, "expected a route URL")
-            opts.routes = list(routes)
-        elif name == "authorization":
-            opts.cluster_auth = _route_authorization(value, sub_key, sub_value)
-        elif name in ("pool_size", "compression", "ping_interval", "ping_max", "accounts"):
-            continue  # one uncompressed route per peer here; Go peers adapt
-        elif name == "tls":
-            opts.cluster_tls = parse_tls_block(value, sub_key, sub_value, route=True)
-            if opts.cluster_tls.verify_and_map:  # peers' certificates are verified, not mapped
-                opts.warnings.append(_route_not_yet(value, sub_key, "tls verify_and_map"))
-        elif name == "permissions":
-            opts.warnings.append(_route_not_yet(value, sub_key, name))
-        elif value.is_variable(sub_key):
-            continue
-        else:
-            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
-
-
-def _route_not_yet(cm: ConfigMap, key: str, what: str) -> str:
-    """The startup warning for a cluster setting this build ignores."""
-    return "%s:%d: route %s is not supported by gnatsd.py yet; ignored" % (
-        cm.files.get(key, cm.path), cm.position(key)[0], what)
-
-
-def _route_authorization(cm: ConfigMap, key: str, value) -> tuple:
-    """cluster { authorization { user password timeout } } -> (user, password)."""
-    if not isinstance(value, ConfigMap):
-        raise cm.error(key, "expected a map for authorization")
-    user = password = ""
-    for sub_key, sub_value in value.items():
-        name = sub_key.lower()
-        if name in ("user", "username"):
-            user = _to_str(value, sub_key, sub_value)
-        elif name in ("pass", "password"):
-            password = _to_str(value, sub_key, sub_value)
-        elif name == "timeout":
-            _to_seconds(value, sub_key, sub_value)
-        elif not value.is_variable(sub_key):
-            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
-    return (user, password)
-
-
-def _http(cm: ConfigMap, key: str, value, opts: Options):
-    """`http: 8222` or `http: "host:8222"`: the monitoring listener."""
-    host, opts.http_port = _monitor_address(cm, key, value)
-    if host:
-        opts.http_host = host
-
-
-def _https(cm: ConfigMap, key: str, value, opts: Options):
-    """`https: 8443` or `https: "host:8443"`: the monitoring listener over TLS."""
-    host, opts.https_port = _monitor_address(cm, key, value)
-    if host:
-        opts.http_host = host
-
-
-def _monitor_address(cm: ConfigMap, key: str, value) -> tuple:
-    """A port, or "host:port" -> (host or "", port)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return "", value
-    text = _to_str(cm, key, value)
-    host, _, port = text.rpartition(":")
-    if not port.lstrip("-").isdigit():
-        raise cm.error(key, "could not parse address string %r" % text)
-    return host.strip("[]"), int(port)
-
-
-class Permissions:
-    """What one user may publish and subscribe to (Go's Permissions).
-
-    Each list holds subjects as written in the config; a subscribe entry
-    may carry a queue group after a space (`"work.* workers"`).  None means
-    "no such list" (everything allowed / nothing denied).
-    """
-
-    def __init__(self, publish_allow=None, publish_deny=None, subscribe_allow=None,
-                 subscribe_deny=None, responses=None):
-        self.responses = responses   # (max responses, seconds) or None
-        self.publish_allow = publish_allow
-        self.publish_deny = publish_deny
-        self.subscribe_allow = subscribe_allow
-        self.subscribe_deny = subscribe_deny
-
-    def __repr__(self) -> str:
-        return "Permissions(%r, %r, %r, %r)" % (self.publish_allow, self.publish_deny,
-                                               self.subscribe_allow, self.subscribe_deny)
-
-
-class User:
-    """One entry of `authorization { users [...] }` or of an account's users;
-    `account` names the account it logs in to ("" is the global account)."""
-
-    def __init__(self, username: str, password: str, permissions: Permissions | None,
-                 account: str = ""):
-        self.username = username
-        self.password = password
-        self.permissions = permissions
-        self.account = account
-
-    def __repr__(self) -> str:
-        return "User(%r)" % self.username
-
-
-def _subject_list(cm: ConfigMap, key: str, value) -> list:
-    """A permission value: one subject or a list of them."""
-    items = value if isinstance(value, list) else [value]
-    out = []
-    for item in items:
-        if not isinstance(item, str):
-            raise cm.error(key, "error parsing %s permissions, expected a subject string" % key)
-        if not is_valid_subject(item.strip().partition(" ")[0].encode()):
-            raise cm.error(key, 'subject "%s" is not a valid subject' % item)
-        out.append(item)
-    return out
-
-
-def _permission_lists(cm: ConfigMap, key: str, value) -> tuple:
-    """publish/subscribe: a subject, a list, or {allow, deny} -> (allow, deny)."""
-    if isinstance(value, ConfigMap):
-        allow = deny = None
-        for sub_key, sub_value in value.items():
-            name = sub_key.lower()
-            if name == "allow":
-                allow = _subject_list(value, sub_key, sub_value)
-            elif name == "deny":
-                deny = _subject_list(value, sub_key, sub_value)
-            else:
-                raise value.error(sub_key, 'unknown field "%s"' % sub_key)
-        return allow, deny
-    return _subject_list(cm, key, value), None
-
-
-def _response_permission(cm: ConfigMap, key: str, value) -> tuple:
-    """`allow_responses: true` or `{max: N, expires: "1m"}` -> (max, seconds)
-    (Go's defaults: one response, within two minutes)."""
-    if value is True:
-        return (1, 120.0)
-    if value is False:
-        return None
-    if not isinstance(value, ConfigMap):
-        raise cm.error(key, "error parsing allow_responses, expected a bool or a map")
-    maximum, expires = 1, 120.0
-    for sub_key, sub_value in value.items():
-        name = sub_key.lower()
-        if name == "max":
-            maximum = _to_int(value, sub_key, sub_value)
-        elif name in ("expires", "ttl"):
-            expires = _to_seconds(value, sub_key, sub_value)
-        else:
-            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
-    return (maximum, expires)
-
-
-def _permissions(cm: ConfigMap, key: str, value) -> Permissions:
-    """`permissions { publish subscribe }` (Go's parseUserPermissions)."""
-    if not isinstance(value, ConfigMap):
-        raise cm.error(key, "expected a map for permissions")
-    perms = Permissions()
-    for sub_key, sub_value in value.items():
-        name = sub_key.lower()
-        if name in ("publish", "pub"):
-            perms.publish_allow, perms.publish_deny = _permission_lists(value, sub_key, sub_value)
-        elif name in ("subscribe", "sub"):
-            perms.subscribe_allow, perms.subscribe_deny = _permission_lists(
-                value, sub_key, sub_value)
-        elif name in ("allow_responses", "allow_response"):
-            perms.responses = _response_permission(value, sub_key, sub_value)
-        else:
-            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
-    return perms
-
-
-def _users(cm: ConfigMap, key: str, value) -> list:
-    """`users = [ {user password permissions} ... ]`."""
-    if not isinstance(value, list):
-        raise cm.error(key, "expected an array for users")
-    users = []
-    for entry in value:
-        if not isinstance(entry, ConfigMap):
-            raise cm.error(key, "expected a map for each user")
-        username = password = ""
-        perms = None
-        for sub_key, sub_value in entry.items():
-            name = sub_key.lower()
-            if name in ("user", "username"):
-                username = _to_str(entry, sub_key, sub_value)
-            elif name in ("pass", "password"):
-                password = _to_str(entry, sub_key, sub_value)
-            elif name in ("permissions", "permission", "authorization"):  # Go's spellings
-                perms = _permissions(entry, sub_key, sub_value)
-            elif name == "nkey":
-                raise entry.error(sub_key, "nkey users are not supported by gnatsd.py")
-            else:
-                raise entry.error(sub_key, 'unknown field "%s"' % sub_key)
-        users.append(User(username, password, perms))
-    return users
-
-
-def _authorization(cm: ConfigMap, key: str, value, opts: Options):
-    """`authorization { user password token timeout }` (single user or token)."""
-    if not isinstance(value, ConfigMap):
-        raise cm.error(key, "expected a map for authorization")
-    auth_users: list = []
-    for sub_key, sub_value in value.items():
-        name = sub_key.lower()
-        if name in ("user", "username"):
-            opts.username = _to_str(value, sub_key, sub_value)
-        elif name in ("pass", "password"):
-            opts.password = _to_str(value, sub_key, sub_value)
-        elif name == "token":
-            opts.authorization = _to_str(value, sub_key, sub_value)
-        elif name == "timeout":
-            opts.auth_timeout = _to_seconds(value, sub_key, sub_value)
-        elif name == "users":
-            auth_users = _users(value, sub_key, sub_value)
-        elif name == "default_permissions":
-            opts.default_permissions = _permissions(value, sub_key, sub_value)
-        elif name == "permissions":
-            opts.warnings.append("%s:%d: authorization permissions need a user; ignored"
-                                 % (cm.path, cm.position(key)[0]))
-        elif value.is_variable(sub_key):
-            continue  # a variable definition, used by another key
-        else:
-            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
-    if (auth_users or opts.users) and (opts.username or opts.authorization):
-        raise cm.error(key, "Can not have a single user/pass and a users array")
-    if opts.username and opts.authorization:
-        raise cm.error(key, "Cannot have a user/pass and token")
-    _check_duplicate_users(cm, key, auth_users, opts.users)
-    if opts.default_permissions is not None:
-        for user in auth_users:
-            if user.permissions is None:
-                user.permissions = opts.default_permissions
-    opts.users = auth_users + (opts.users or [])
-
-
-def _check_duplicate_users(cm: ConfigMap, key: str, users: list, known: list | None):
-    names = {u.username for u in known or ()}
-    for user in users:
-        if user.username in names:
-            raise cm.error(key, 'Duplicate user "%s" detected' % user.username)
-        names.add(user.username)
-
-
-class Export:
-    """A stream or service an account offers to others (Go's streamExport and
-    serviceExport).  `accounts` lists who may import it; None is public."""
-
-    def __init__(self, kind: str, subject: str, accounts: list | None = None,
-                 response_type: str = "singleton", response_threshold: float = 120.0):
-        self.kind = kind
-        self.subject = subject
-        self.accounts = accounts
-        self.response_type = response_type
-        self.response_threshold = response_threshold
-
-    def __repr__(self) -> str:
-        return "Export(%r, %r)" % (self.kind, self.subject)
-
-
-class Import:
-    """A stream or service an account takes from `account` (Go's streamImport
-    and serviceImport).  `subject` is the exporter's subject; `to` is the
-    subject in the importing account (for streams, `prefix.subject` when a
-    prefix is given)."""
-
-    def __init__(self, kind: str, account: str, subject: str, to: str):
-        self.kind = kind
-        self.account = account
-        self.subject = subject
-        self.to = to
-
-    def __repr__(self) -> str:
-        return "Import(%r, %r, %r, %r)" % (self.kind, self.account, self.subject, self.to)
-
-
-class AccountConfig:
-    """One account of the `accounts` block, as written."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.exports: list = []
-        self.imports: list = []
-
-
-_RESPONSE_TYPES = ("singleton", "stream", "chunked")
-
-
-def _check_config_subject(cm: ConfigMap, key: str, subject, what: str) -> str:
-    if not isinstance(subject, str) or not is_valid_subject(subject.encode()):
-        raise cm.error(key, "invalid %s subject %r" % (what, subject))
-    return subject
-
-
-def _export(cm: ConfigMap, key: str, entry) -> Export:
-    """`{stream: "x.>"}` or `{service: "svc", accounts: [B], response_type: stream}`."""
-    if not isinstance(entry, ConfigMap):
-        raise cm.error(key, "Export Items should be a map, got %s" % type(entry).__name__)
-    export = None
-    accounts = None
-    response_type, threshold = "singleton", 120.0
-    for sub_key, value in entry.items():
-        name = sub_key.lower()
-        if name in ("stream", "service"):
-            if export is not None:
-                raise entry.error(sub_key, "Detected stream and service exports in the same "
-                                           "entry, only one is allowed")
-            export = Export(name, _check_config_subject(entry, sub_key, value, name))
-        elif name == "accounts":
-            if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
-                raise entry.error(sub_key, "expected a list of account names")
-            accounts = list(value)
-        elif name in ("response", "response_type"):
-            if not isinstance(value, str) or value.lower() not in _RESPONSE_TYPES:
-                raise entry.error(sub_key, 'Unknown response type: "%s"' % (value,))
-            response_type = value.lower()
-        elif name in ("threshold", "response_threshold", "response_max_time",
-                      "response_time"):
-            threshold = _to_seconds(entry, sub_key, value)
-        elif name in ("latency", "account_token_position", "advertise", "allow_trace"):
-            continue  # service latency tracking and the like: accepted, not used
-        elif entry.is_variable(sub_key):
-            continue
-        else:
-            raise entry.error(sub_key, 'unknown field "%s"' % sub_key)
-    if export is None:
-        raise cm.error(key, "Expected a stream or service export")
-    export.accounts = accounts
-    if export.kind == "service":
-        export.response_type, export.response_threshold = response_type, threshold
-    elif response_type != "singleton":
-        raise cm.error(key, "Detected response directive on non-service")
-    return export
-
-
-def _import(cm: ConfigMap, key: str, entry) -> Import:
-    """`{stream: {account: B, subject: "x.>"}, prefix: p}` or
-    `{service: {account: B, subject: "svc"}, to: "local"}`."""
-    if not isinstance(entry, ConfigMap):
-        raise cm.error(key, "Import Items should be a map, got %s" % type(entry).__name__)
-    kind = account = subject = None
-    to = prefix = ""
-    for sub_key, value in entry.items():
-        name = sub_key.lower()
-        if name in ("stream", "service"):
-            if kind is not None:
-                raise entry.error(sub_key, "Detected stream and service imports in the same "
-                                           "entry, only one is allowed")
-            if not isinstance(value, ConfigMap):
-                raise entry.error(sub_key, "Import %s should be a map with account and subject"
-                                  % name)
-            kind = name
-            for field, field_value in value.items():
-                if field.lower() == "account":
-                    account = _to_str(value, field, field_value)
-                elif field.lower() == "subject":
-                    subject = _check_config_subject(value, field, field_value, name + " import")
-                elif not value.is_variable(field):
-                    raise value.error(field, 'unknown field "%s"' % field)
-            if not account or subject is None:
-                raise entry.error(sub_key, "Expect an account name and a subject")
-        elif name == "prefix":
-            prefix = _to_str(entry, sub_key, value)
-        elif name in ("to", "local_subject"):
-            to = _check_config_subject(entry, sub_key, value, "import")
-        elif name in ("share", "allow_trace"):
-            continue  # request-info sharing and tracing: accepted, not used
-        elif entry.is_variable(sub_key):
-            continue
-        else:
-            raise entry.error(sub_key, 'unknown field "%s"' % sub_key)
-    if kind is None:
-        raise cm.error(key, "Expected a stream or service import")
-    if kind == "service" and prefix:
-        raise cm.error(key, "Detected prefix on service import, not allowed")
-    if prefix:
-        to = prefix.rstrip(".") + "." + subject
-    return Import(kind, account, subject, to or subject)
-
-
-def _account(cm: ConfigMap, name: str, value, opts: Options) -> AccountConfig:
-    """One account: `A { users exports imports default_permissions }`."""
-    account = AccountConfig(name)
-    if value is None or value == "":
-        return account
-    if not isinstance(value, ConfigMap):
-        raise cm.error(name, "Expected map entries for accounts")
-    default_perms = None
-    users: list = []
-    users_key = ""
-    for sub_key, sub_value in value.items():
-        key = sub_key.lower()
-        if key == "users":
-            users, users_key = _users(value, sub_key, sub_value), sub_key
-        elif key == "exports":
-            items = sub_value if isinstance(sub_value, list) else [sub_value]
-            account.exports = [_export(value, sub_key, item) for item in items]
-        elif key == "imports":
-            items = sub_value if isinstance(sub_value, list) else [sub_value]
-            account.imports = [_import(value, sub_key, item) for item in items]
-        elif key == "default_permissions":
-            default_perms = _permissions(value, sub_key, sub_value)
-        elif key in ("jetstream", "mappings", "limits", "nkey", "msg_trace", "trace_dest"):
-            opts.warnings.append("%s:%d: account %s: %s is not supported by gnatsd.py; ignored"
-                                 % (value.files.get(sub_key, value.path),
-                                    value.position(sub_key)[0], name, sub_key))
-        elif value.is_variable(sub_key):
-            continue
-        else:
-            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
-    if users and (opts.username or opts.authorization):
-        raise value.error(users_key, "Can not have a single user/pass and accounts")
-    _check_duplicate_users(value, users_key, users, opts.users)
-    for user in users:
-        user.account = name
-        if user.permissions is None:
-            user.permissions = default_perms
-    opts.users = (opts.users or []) + users
-    return account
-
-
-def _accounts(cm: ConfigMap, key: str, value, opts: Options):
-    """`accounts { A {...} B {...} }`, or a list of names (Go's parseAccounts)."""
-    accounts = opts.accounts = opts.accounts or {}
-    if isinstance(value, list):
-        for name in value:
-            if not isinstance(name, str):
-                raise cm.error(key, "Expected an account name")
-            accounts[name] = AccountConfig(name)
-        return
-    if not isinstance(value, ConfigMap):
-        raise cm.error(key, "Expected map or array of accounts")
-    for name, body in value.items():
-        if value.is_variable(name):
-            continue
-        if name == GLOBAL_ACCOUNT:
-            raise value.error(name, '"%s" is a Reserved Account' % name)
-        accounts[name] = _account(value, name, body, opts)
-    try:
-        check_accounts(accounts)
-    except ConfigError as exc:
-        raise cm.error(key, exc.message)
-
-
-def check_accounts(accounts: dict):
-    """Cross-account checks once the block is read (Go's parseAccounts):
-    exports name existing accounts; imports name existing accounts and
-    exported subjects they are allowed, each at most once."""
-    for account in accounts.values():
-        for export in account.exports:
-            for name in export.accounts or ():
-                if name not in accounts:
-                    raise ConfigError('"%s" account not defined for %s export'
-                                      % (name, export.kind))
-    for account in accounts.values():
-        seen = set()
-        for imp in account.imports:
-            exporter = accounts.get(imp.account)
-            if exporter is None:
-                raise ConfigError('"%s" account not defined for %s import'
-                                  % (imp.account, imp.kind))
-            export = find_export(exporter, imp.kind, imp.subject)
-            if export is None or (export.accounts is not None
-                                  and account.name not in export.accounts):
-                raise ConfigError('Error adding %s import "%s": %s import not authorized'
-                                  % (imp.kind, imp.subject, imp.kind))
-            if imp.kind == "stream":
-                if (imp.account, imp.subject) in seen:
-                    raise ConfigError('Error adding stream import "%s": stream import already'
-                                      ' exists' % imp.subject)
-                seen.add((imp.account, imp.subject))
-            if not same_wildcards(imp.subject, imp.to):
-                raise ConfigError('Error adding %s import "%s": %r must keep the wildcards of'
-                                  ' the subject' % (imp.kind, imp.subject, imp.to))
-
-
-def find_export(account: AccountConfig, kind: str, subject: str) -> Export | None:
-    """The export of `kind` covering `subject` (which may be narrower)."""
-    tokens = subject.encode().split(b".")
-    for export in account.exports:
-        if export.kind == kind and subject_is_subset(tokens, export.subject.encode().split(b".")):
-            return export
-    return None
-
-
-# -- the tls {} block ---------------------------------------------------------
-#
-#     tls { cert_file key_file ca_file verify verify_and_map timeout
-#           handshake_first cipher_suites curve_preferences min_version }
-#
-# becomes a TLSConfig (Go's TLSConfigOpts), and its SSLContext is built while
-# the file is read, so a missing file or an unknown cipher is a config error
-# with a line number, as Go's parseTLS and GenTLSConfig make it.  The same
-# reader serves `cluster { tls {} }`, where Go forces verification both
-# ways (a route is a client of its peer too: `client_context()`, which
-# `insecure` stops checking the server it dials).
-# Go names ciphers and curves as IANA and crypto/tls do; OpenSSL has its own
-# names, mapped below.  Chapter 6 uses the context; nothing here touches a
-# socket.
-
-# Go's cipher suite names -> OpenSSL's.  The TLS 1.3 suites map to "": Go
-# accepts and ignores them, and Python's ssl cannot choose them either.
-GO_CIPHER_SUITES = {
-    "TLS_RSA_WITH_RC4_128_SHA": "RC4-SHA",
-    "TLS_RSA_WITH_3DES_EDE_CBC_SHA": "DES-CBC3-SHA",
-    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
-    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
-    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
-    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
-    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
-    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA": "ECDHE-ECDSA-RC4-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
-    "TLS_ECDHE_RSA_WITH_RC4_128_SHA": "ECDHE-RSA-RC4-SHA",
-    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA": "ECDHE-RSA-DES-CBC3-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
-    # The names nats-server 2.9 (Go < 1.14) used for the two above.
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "TLS_AES_128_GCM_SHA256": "",
-    "TLS_AES_256_GCM_SHA384": "",
-    "TLS_CHACHA20_POLY1305_SHA256": "",
-}
-
-# Go's curve names -> OpenSSL's group names.  Python's ssl sets one group
-# (set_ecdh_curve), so a server uses the first listed name this build knows.
-GO_CURVES = {
-    "CurveP256": "prime256v1",
-    "CurveP384": "secp384r1",
-    "CurveP521": "secp521r1",
-    "X25519": "X25519",
-    "X25519MLKEM768": "X25519MLKEM768",
-    "SecP256r1MLKEM768": "SecP256r1MLKEM768",
-    "SecP384r1MLKEM1024": "SecP384r1MLKEM1024",
-}
-
-# Keys of Go's tls block this build does not implement: refused, because
-# ignoring them (pinning, OCSP) would accept peers Go rejects.
-_TLS_KEYS_NOT_SUPPORTED = ("pinned_certs", "ocsp_peer", "cert_store", "cert_match_by",
-                           "cert_match", "cert_match_skip_invalid", "ca_certs_match", "certs",
-                           "certificates", "connection_rate_limit",
-                           "verify_cert_and_check_known_urls")
-
-
-class TLSConfig:
-    """One `tls {}` block, or the --tls flags (Go's TLSConfigOpts).
-
-    `server_context()` builds the SSLContext for accepted connections once
-    and raises ConfigError; `server_context(verify=False)` is the HTTPS
-    monitor's, which never asks for a client certificate (Go clones the
-    client config with NoClientCert for it).  `client_context()` is for
-    the routes we dial.
-    """
-
-    FIELDS = ("cert_file", "key_file", "ca_file", "verify", "verify_and_map", "timeout",
-              "handshake_first", "fallback", "ciphers", "curves", "min_version", "insecure")
-
-    def __init__(self, cert_file: str = "", key_file: str = "", ca_file: str = "",
-                 verify: bool = False, verify_and_map: bool = False,
-                 timeout: float = TLS_TIMEOUT, handshake_first: bool = False,
-                 fallback: float = 0.0, ciphers: list | None = None,
-                 curves: list | None = None, min_version: str = "", insecure: bool = False):
-        self.cert_file = cert_file
-        self.key_file = key_file
-        self.ca_file = ca_file
-        self.verify = verify or verify_and_map
-        self.verify_and_map = verify_and_map
-        self.timeout = timeout                  # seconds a handshake may take
-        self.handshake_first = handshake_first  # TLS before INFO
-        self.fallback = fallback                # seconds to wait for that, then plain INFO
-        self.ciphers = ciphers                  # Go names, or None for OpenSSL's defaults
-        self.curves = curves                    # Go names, or None
-        self.min_version = min_version          # "1.2", "1.3" or "" (1.2)
-        self.insecure = insecure                # routes: do not verify the server we dial
-        self.contexts: dict = {}
-
-    def __repr__(self) -> str:
-        return "TLSConfig(%s)" % ", ".join("%s=%r" % (name, getattr(self, name))
-                                           for name in self.FIELDS if getattr(self, name))
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, TLSConfig) and all(
-            getattr(self, name) == getattr(other, name) for name in self.FIELDS)
-
-    def server_context(self, verify: bool | None = None):
-        """The ssl.SSLContext for connections we accept (built once)."""
-        verify = self.verify if verify is None else verify
-        if verify not in self.contexts:
-            self.contexts[verify] = self.build_context(verify)
-        return self.contexts[verify]
-
-    def client_context(self):
-        """The ssl.SSLContext for routes we dial (built once): our certificate,
-        the peer's checked against ca_file and the host we dialed, unless
-        `insecure` (Go's route TLS config as a tls.Client)."""
-        if "client" not in self.contexts:
-            if ssl is None:
-                raise ConfigError("TLS needs Python's ssl module, and this Python has none")
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.check_hostname = not self.insecure
-            self.configure(context, not self.insecure, ssl.Purpose.SERVER_AUTH)
-            self.contexts["client"] = context
-        return self.contexts["client"]
-
-    def build_context(self, verify: bool):
-        """A new server-side SSLContext from these settings (GenTLSConfig)."""
-        if ssl is None:
-            raise ConfigError("TLS needs Python's ssl module, and this Python has none")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.configure(context, verify, ssl.Purpose.CLIENT_AUTH)
-        return context
-
-    def configure(self, context, verify: bool, purpose):
-        """Give a new context our certificate, the CAs that vouch for peers
-        (`purpose` picks the system's when ca_file is not set), versions,
-        ciphers and curves."""
-        if not self.cert_file:
-            raise ConfigError("missing 'cert_file' in TLS configuration")
-        if not self.key_file:
-            raise ConfigError("missing 'key_file' in TLS configuration")
-        context.minimum_version = (ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3"
-                                   else ssl.TLSVersion.TLSv1_2)
-        context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)  # Go never renegotiates
-        try:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        except (OSError, ValueError) as exc:
-            missing = self.key_file if os.path.exists(self.cert_file) else self.cert_file
-            raise ConfigError("error parsing X509 certificate/key pair: %s"
-                              % _tls_file_error(exc, missing))
-        if self.ca_file:
-            try:
-                context.load_verify_locations(self.ca_file)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(_tls_file_error(exc, self.ca_file))
-        elif verify:
-            context.load_default_certs(purpose)
-        context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
-        if self.ciphers:
-            self.set_ciphers(context)
-        if self.curves:
-            self.set_curve(context)
-
-    def set_ciphers(self, context):
-        """Restrict TLS 1.2 to the listed suites, named as Go names them."""
-        names = []
-        for name in self.ciphers:
-            openssl_name = GO_CIPHER_SUITES[name]
-            if openssl_name and not _openssl_cipher_available(openssl_name):
-                raise ConfigError("cipher suite %s is not available in this build (%s)"
-                                  % (name, ssl.OPENSSL_VERSION))
-            if openssl_name:
-                names.append(openssl_name)
-        if names:
-            context.set_ciphers(":".join(names))
-
-    def set_curve(self, context):
-        """The first listed curve this OpenSSL has (Python sets just one)."""
-        for name in self.curves:
-            try:
-                context.set_ecdh_curve(GO_CURVES[name])
-                return
-            except ValueError:
-                continue  # a curve this OpenSSL lacks: try the next preference
-        raise ConfigError("none of the curve preferences %s is available in this build (%s)"
-                          % (", ".join(self.curves), ssl.OPENSSL_VERSION))
-
-
-def _openssl_cipher_available(openssl_name: str) -> bool:
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(openssl_name)
-        return True
-    except ssl.SSLError:
-        return False
-
-
-def _tls_file_error(exc: Exception, path: str) -> str:
-    """A certificate or key file failure in Go's words where they are known."""
-    if isinstance(exc, FileNotFoundError):
-        return "open %s: no such file or directory" % path
-    reason = getattr(exc, "reason", None)
-    if reason == "KEY_VALUES_MISMATCH":
-        return "tls: private key does not match public key"
-    if reason in ("NO_START_LINE", "PEM_LIB") or "PEM" in str(exc):
-        return "tls: failed to find any PEM data in input"
-    return str(exc)
-
-
-def _go_type(value) -> str:
-    """The Go type a config value would have, for Go's conversion errors."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int64"
-    if isinstance(value, float):
-        return "float64"
-    if isinstance(value, list):
-        return "[]interface {}"
-    if isinstance(value, dict):
-        return "map[string]interface {}"
-    return "string"
-
-
-def parse_tls_block(cm: ConfigMap, key: str, value, route: bool = False) -> TLSConfig:
-    """Read a `tls {}` block (the clients', or with `route` a cluster's) into
-    a TLSConfig and build its contexts, so bad files and names fail here (Go's
-    parseTLS).  Routes always verify their peers, both ways (Go's
-    parseCluster forces RequireAndVerifyClientCert)."""
-    if not isinstance(value, ConfigMap):
-        raise cm.error(key, "interface conversion: interface {} is %s, not "
-                            "map[string]interface {}" % _go_type(value))
-    tc = TLSConfig()
-    for sub_key, sub_value in value.items():
-        name = sub_key.lower()
-        if name in ("cert_file", "key_file", "ca_file"):
-            if not isinstance(sub_value, str):
-                raise value.error(sub_key, "error parsing tls config, expected '%s' to be "
-                                           "filename" % name)
-            setattr(tc, name, sub_value)
-        elif name in ("verify", "verify_and_map", "insecure", "allow_insecure_cipher_suites"):
-            if not isinstance(sub_value, bool):
-                raise value.error(sub_key, "error parsing tls config, expected '%s' to be a "
-                                           "boolean" % name)
-            if name != "allow_insecure_cipher_suites":  # OpenSSL's own list decides
-                setattr(tc, name, sub_value)
-        elif name == "timeout":
-            tc.timeout = _tls_timeout(value, sub_key, sub_value)
-        elif name in ("handshake_first", "first", "immediate"):
-            tc.handshake_first, tc.fallback = _handshake_first(value, sub_key, sub_value)
-        elif name in ("cipher_suites", "curve_preferences"):
-            names = _tls_names(value, sub_key, sub_value)
-            if name == "cipher_suites":
-                tc.ciphers = names
-            else:
-                tc.curves = names
-        elif name == "min_version":
-            tc.min_version = _tls_min_version(value, sub_key, sub_value)
-        elif name in _TLS_KEYS_NOT_SUPPORTED:
-            raise value.error(sub_key, "error parsing tls config, %r is not supported by "
-                                       "gnatsd.py" % name)
-        elif value.is_variable(sub_key):
-            continue  # a variable definition, used by another key
-        else:
-            raise value.error(sub_key, 'error parsing tls config, unknown field "%s"' % sub_key)
-    tc.verify = tc.verify or tc.verify_and_map or route
-    try:
-        tc.server_context()
-        if route:
-            tc.client_context()
-    except ConfigError as exc:
-        raise cm.error(key, exc.message)
-    return tc
-
-
-def _tls_timeout(cm: ConfigMap, key: str, value) -> float:
-    """`timeout`: seconds (int or float) or a duration string."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        seconds = _parse_duration_or_none(value)
-        if seconds is not None:
-            return seconds
-        raise cm.error(key, "error parsing tls config, 'timeout' time: invalid duration "
-                            '"%s"' % value)
-    raise cm.error(key, "error parsing tls config, 'timeout' wrong type")
-
-
-def _handshake_first(cm: ConfigMap, key: str, value) -> tuple:
-    """`handshake_first`: true/false, "auto" (wait 50ms for a ClientHello,
-    then send a plain INFO after all), or such a wait as a duration.
-    Returns (handshake first?, fallback seconds)."""
-    if isinstance(value, bool):
-        return value, 0.0
-    if not isinstance(value, str):
-        raise cm.error(key, 'field "%s" should be a boolean or string, got %s'
-                       % (key, _go_type(value)))
-    word = value.lower()
-    if word in ("true", "on"):
-        return True, 0.0
-    if word in ("false", "off"):
-        return False, 0.0
-    if word in ("auto", "auto_fallback"):
-        return True, DEFAULT_TLS_HANDSHAKE_FIRST_FALLBACK_DELAY
-    seconds = _parse_duration_or_none(value)
-    if seconds is None:
-        raise cm.error(key, 'field "%s"\'s value "%s" is invalid' % (key, value))
-    return True, max(seconds, 0.0)
-
-
-def _tls_names(cm: ConfigMap, key: str, value) -> list:
-    """`cipher_suites` or `curve_preferences`: a non-empty array of Go names."""
-    name = key.lower()
-    if not isinstance(value, list):
-        raise cm.error(key, "error parsing tls config, expected '%s' to be an array" % name)
-    if not value:
-        raise cm.error(key, "error parsing tls config, '%s' cannot be empty" % name)
-    known = GO_CIPHER_SUITES if name == "cipher_suites" else GO_CURVES
-    for item in value:
-        if item not in known:
-            raise cm.error(key, "unrecognized %s %s" % (
-                "cipher" if name == "cipher_suites" else "curve preference", item))
-    return list(value)
-
-
-def _tls_min_version(cm: ConfigMap, key: str, value) -> str:
-    if not isinstance(value, str):
-        raise cm.error(key, "error parsing tls config: 'min_version' wrong type: %s" % value)
-    if value in ("1.0", "1.1"):
-        raise cm.error(key, "error parsing tls config: unsupported TLS version: TLS %s" % value)
-    if value not in ("1.2", "1.3"):
-        raise cm.error(key, "error parsing tls config: unknown version: %s" % value)
-    return value
-
-
-def _tls(cm: ConfigMap, key: str, value, opts: Options):
-    """The clients' `tls {}` block."""
-    opts.tls = parse_tls_block(cm, key, value)
-
-
-# Config keys: name -> (Options attribute, converter), aliases included, as
-# in the Go server's processConfigFileLine.  Keys are case-insensitive.
-CONFIG_KEYS = {
-    "server_name": ("server_name", _to_server_name),
-    "host": ("host", _to_str),
-    "net": ("host", _to_str),
-    "port": ("port", _to_int),
-    "client_advertise": ("client_advertise", _to_str),
-    "debug": ("debug", _to_bool),
-    "trace": ("trace", _to_bool),
-    "logtime": ("logtime", _to_bool),
-    "logtime_utc": ("logtime_utc", _to_bool),
-    "logfile": ("log_file", _to_str),
-    "log_file": ("log_file", _to_str),
-    "logfile_size_limit": ("log_size_limit", _to_int),
-    "log_size_limit": ("log_size_limit", _to_int),
-    "syslog": ("syslog", _to_bool),
-    "remote_syslog": ("remote_syslog", _to_str),
-    "max_traced_msg_len": ("max_traced_msg_len", _to_int),
-    "pidfile": ("pid_file", _to_str),
-    "pid_file": ("pid_file", _to_str),
-    "ports_file_dir": ("ports_file_dir", _to_str),
-    "max_connections": ("max_connections", _to_int),
-    "max_conn": ("max_connections", _to_int),
-    "max_control_line": ("max_control_line", _to_size),
-    "max_payload": ("max_payload", _to_size),
-    "max_pending": ("max_pending", _to_size),
-    "max_pending_size": ("max_pending", _to_size),
-    "max_subscriptions": ("max_subscriptions", _to_int),
-    "max_subs": ("max_subscriptions", _to_int),
-    "ping_max": ("ping_max", _to_int),
-    "no_auth_user": ("no_auth_user", _to_str),
-    "system_account": ("system_account", _to_str),
-    "system": ("system_account", _to_str),
-    "max_closed_clients": ("max_closed_clients", _to_int),
-    "allow_non_tls": ("allow_non_tls", _to_bool),
-    "http_port": ("http_port", _to_int),
-    "monitor_port": ("http_port", _to_int),
-    "http_base_path": ("http_base_path", _to_str),
-    "https_port": ("https_port", _to_int),
-}
-
-def _server_tags(cm: ConfigMap, key: str, value, opts: Options):
-    """`server_tags: "a"` or `["a", "b"]`: kept lower-cased and trimmed, as
-    Go's TagList keeps them (shown in /varz `tags`)."""
-    values = value if isinstance(value, list) else [value]
-    tags = list(opts.server_tags or [])
-    for tag in values:
-        if not isinstance(tag, str):
-            raise cm.error(key, "error parsing tags: unsupported type %s where string is "
-                                "expected" % _go_type(tag))
-        tag = tag.strip().lower()
-        if tag and tag not in tags:
-            tags.append(tag)
-    opts.server_tags = tags
-
-
-# Keys read by a function, because they set several options or may warn.
-CONFIG_BLOCKS = {
-    "server_tags": _server_tags,
-    "listen": _listen,
-    "http": _http,
-    "https": _https,
-    "tls": _tls,
-    "authorization": _authorization,
-    "accounts": _accounts,
-    "cluster": _cluster,
-    "ping_interval": _duration("ping_interval"),
-    "write_deadline": _duration("write_deadline"),
-    "lame_duck_duration": _duration("lame_duck_duration"),
-    "lame_duck_grace_period": _duration("lame_duck_grace_period"),
-}
-
-
-def options_from_config(path: str) -> Options:
-    """Read a config file into Options (Go's ProcessConfigFile)."""
-    cm = parse_config(path)
-    if not cm:
-        raise ConfigError("config has no values or is empty", path)
-    opts = Options(config_file=path, warnings=[])
-    for key, value in cm.items():
-        name = key.lower()
-        if name in CONFIG_KEYS:
-            attr, convert = CONFIG_KEYS[name]
-            setattr(opts, attr, convert(cm, key, value))
-        elif name in CONFIG_BLOCKS:
-            CONFIG_BLOCKS[name](cm, key, value, opts)
-        elif name in UNSUPPORTED_KEYS:
-            opts.warnings.append("%s:%d: %s" % (cm.files.get(key, path), cm.position(key)[0],
-                                                UNSUPPORTED_KEYS[name]))
-        elif cm.is_variable(key):
-            continue  # a variable definition, used by another key
-        else:
-            raise cm.error(key, 'unknown field "%s"' % key)
-    if opts.lame_duck_duration is not None and opts.lame_duck_duration < 30:
-        key = next(k for k in cm if k.lower() == "lame_duck_duration")  # keys ignore case
-        raise cm.error(key, "invalid lame_duck_duration of %s, minimum is 30 seconds"
-                       % format_duration(opts.lame_duck_duration))
-    return opts
-
-
-# ============================================================================
-# 4. Sublist
+# 3. Sublist
 # ============================================================================
 #
 # A sublist maps a published subject to the subscriptions interested in it.
@@ -1944,7 +517,7 @@ def options_from_config(path: str) -> Options:
 class Subscription:
     """One SUB of a client: subject, optional queue group, sid, optional max.
 
-    A shadow subscription (an account's stream import, chapter 7) sits in
+    A shadow subscription (an account's stream import, chapter 9) sits in
     the exporter's sublist for its `parent`; `im` maps delivered subjects
     back into the subscriber's account.
     """
@@ -2372,209 +945,7 @@ def is_valid_literal_subject(subject: bytes) -> bool:
 
 
 # ============================================================================
-# 5. Protocol parser
-# ============================================================================
-#
-# The client protocol is text control lines, each ending in CRLF (a bare LF
-# is accepted too), some followed by a payload of a declared size and CRLF:
-#
-#     PUB <subject> [reply] <size>\r\n<payload>\r\n
-#     HPUB <subject> [reply] <header size> <total size>\r\n<headers+payload>\r\n
-#     SUB <subject> [queue] <sid>\r\n        UNSUB <sid> [max]\r\n
-#     CONNECT {json}\r\n   PING\r\n   PONG\r\n   +OK\r\n   -ERR <text>\r\n
-#
-# The Go server walks bytes through a state machine.  We find whole lines
-# with `bytes.find` and keep the machine's two outer states, "control line"
-# and "payload": when a read ends inside either, the unparsed tail waits on
-# the connection with the number of bytes still needed, and the next read
-# resumes there (parser.go's split-buffer handling).  Ops are
-# case-insensitive, arguments are split on runs of spaces and tabs.
-#
-# This chapter has the pieces that do not depend on the connection: the
-# control-line splitter and the argument parsers.  The read loop and its op
-# table are the client's (chapter 7), because its PUB fast path delivers in
-# place.
-
-
-def split_op(line: bytes) -> tuple:
-    """(OP upper-cased, argument bytes, had a separator) of a control line."""
-    m = re.match(rb"([^ \t]*)([ \t]*)(.*)", line, re.S)
-    return m.group(1).upper(), m.group(3), bool(m.group(2))
-
-
-# GO-COMPAT: parse (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
-def drop_cr(arg: bytes) -> bytes:
-    """A control line's argument, as Go's parser hands it over.  Go notes a
-    CR anywhere in an argument after its first byte, then drops the byte
-    before the LF, taking it for CRLF's CR: normally the CR itself, but in
-    `SUB a\rb 1\n` the `1`."""
-    return arg[:-1] if arg.find(b"\r", 1) >= 0 else arg
-
-
-# GO-COMPAT: parse (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
-def split_client_op(line: bytes) -> tuple:
-    """split_op for a client's line.  Go takes every byte after CONNECT or
-    INFO as the argument, separator or not: `CONNECTx {}` is a CONNECT of
-    `x {}` (bad JSON), and counts as having its separator."""
-    op, arg, has_sep = split_op(line)
-    if op.startswith((b"CONNECT", b"INFO")) and op not in (b"CONNECT", b"INFO"):
-        op = b"CONNECT" if op.startswith(b"CONNECT") else b"INFO"
-        return op, line[len(op):].lstrip(b" \t"), True
-    return op, arg, has_sep
-
-
-# GO-COMPAT: parseSize (test_proto.py::test_pub_bad_size_closes_silently)
-def parse_size(token: bytes) -> int:
-    """Go's parseSize: ASCII digits only, at most 9 of them, else -1."""
-    if not token or not token.isdigit() or len(token) > 9:
-        return -1
-    return int(token)
-
-
-_TABS = bytes.maketrans(b"\t", b" ")
-_TABS_CR_LF = bytes.maketrans(b"\t\r\n", b"   ")
-
-
-# GO-COMPAT: processPub (test_proto.py::test_tabs_and_repeated_spaces_separate_args)
-def split_pub_arg(arg: bytes) -> list:
-    """Go's processPub and processHeaderPub split on spaces and tabs only:
-    in `PUB foo 0\r\r\n` the size token is `0\r`, a bad size."""
-    return [token for token in arg.translate(_TABS).split(b" ") if token]
-
-
-# GO-COMPAT: splitArg (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
-def split_arg(arg: bytes) -> list:
-    """Go's splitArg (SUB, UNSUB): spaces, tabs, CR and LF separate
-    (not the vertical tab and form feed that bytes.split() also takes)."""
-    return [token for token in arg.translate(_TABS_CR_LF).split(b" ") if token]
-
-
-def parse_pub_args(arg: bytes) -> tuple:
-    """PUB arguments -> (subject, reply or None, size, offset of size in arg)."""
-    args = split_pub_arg(arg)
-    if len(args) == 2:
-        subject, reply, size_token = args[0], None, args[1]
-    elif len(args) == 3:
-        subject, reply, size_token = args
-    else:
-        raise ProtocolError("processPub Parse Error: %r" % arg)
-    size = parse_size(size_token)
-    if size < 0:
-        raise ProtocolError("processPub Bad or Missing Size: %r" % arg)
-    return subject, reply, size, size_token
-
-
-def parse_hpub_args(arg: bytes) -> tuple:
-    """HPUB arguments -> (subject, reply or None, header size, total size,
-    size field)."""
-    args = split_pub_arg(arg)
-    if len(args) == 3:
-        subject, reply, hdr_token, size_token = args[0], None, args[1], args[2]
-    elif len(args) == 4:
-        subject, reply, hdr_token, size_token = args
-    else:
-        raise ProtocolError("processHeaderPub Parse Error: %r" % arg)
-    hdr = parse_size(hdr_token)
-    if hdr < 0:
-        raise ProtocolError("processHeaderPub Bad or Missing Header Size: %r" % arg)
-    size = parse_size(size_token)
-    if size < 0:
-        raise ProtocolError("processHeaderPub Bad or Missing Total Size: %r" % arg)
-    if hdr > size:
-        raise ProtocolError("processHeaderPub Header Size larger then TotalSize: %r" % arg)
-    # The size field of the MSG/HMSG lines it makes, from the raw tokens (a
-    # header block of 0 bytes makes a plain message: Go's processHeaderPub).
-    return subject, reply, hdr, size, size_token if hdr == 0 else hdr_token + b" " + size_token
-
-
-def parse_sub_args(arg: bytes) -> tuple:
-    """SUB arguments -> (subject, queue or None, sid)."""
-    args = split_arg(arg)
-    if len(args) == 2:
-        return args[0], None, args[1]
-    if len(args) == 3:
-        return args[0], args[1], args[2]
-    raise ProtocolError("processSub Parse Error: %r" % arg)
-
-
-def parse_unsub_args(arg: bytes) -> tuple:
-    """UNSUB arguments -> (sid, max or 0)."""
-    args = split_arg(arg)
-    if len(args) == 1:
-        return args[0], 0
-    if len(args) == 2:
-        return args[0], max(parse_size(args[1]), 0)  # Go ignores a bad max: unsubscribe now
-    raise ProtocolError("processUnsub Parse Error: %r" % arg)
-
-
-def err_proto(text: str) -> bytes:
-    """The wire form of a server error: -ERR 'text'."""
-    return b"-ERR '" + text.encode() + b"'\r\n"
-
-
-# -- the parse error's log line ------------------------------------------------
-# GO-COMPAT: protoSnippet (test_logging.py::test_parse_error_log_names_state_and_snippet)
-#
-# Go answers a byte no op can continue with `-ERR 'Unknown Protocol
-# Operation'` and logs where its byte-wise parser stood:
-#
-#     Client parser ERROR, state=31, i=3: proto='"X foo 1\r"...'
-#
-# `state` is the parser state (its enum in parser.go) and `i` the failing
-# byte's index in the read, followed by up to 32 bytes from there, quoted.
-# We find lines, not bytes, so the state is worked out from the op's name
-# (the longest prefix of a name it spells) or the payload's end.
-
-# Go's parser states for the prefixes of the client ops' names.
-_GO_OP_STATES = {
-    b"": 0, b"+": 1, b"+O": 2, b"+OK": 3, b"-": 4, b"-E": 5, b"-ER": 6, b"-ERR": 7,
-    b"C": 10, b"CO": 11, b"CON": 12, b"CONN": 13, b"CONNE": 14, b"CONNEC": 15, b"CONNECT": 16,
-    b"H": 18, b"HP": 19, b"HPU": 20, b"HPUB": 21, b"HM": 24, b"HMS": 25, b"HMSG": 26,
-    b"P": 29, b"PU": 30, b"PUB": 31, b"PI": 34, b"PIN": 35, b"PING": 36,
-    b"PO": 37, b"PON": 38, b"PONG": 39,
-    b"S": 43, b"SU": 44, b"SUB": 45,
-    b"U": 59, b"UN": 60, b"UNS": 61, b"UNSU": 62, b"UNSUB": 63,
-    b"M": 66, b"MS": 67, b"MSG": 68, b"I": 71, b"IN": 72, b"INF": 73, b"INFO": 74,
-}
-# ... and after a payload: CR expected, then LF.
-GO_MSG_END_R, GO_MSG_END_N = 41, 42
-
-# Bytes of the offending input a parse error's log line quotes.
-PROTO_SNIPPET_SIZE = 32
-
-
-def parser_error(data: bytes, at: int, state: int) -> ProtocolError:
-    """The unknown-op error for the byte at `at`, with Go's log line."""
-    stop = at + PROTO_SNIPPET_SIZE
-    if at >= len(data):
-        snippet = '""'
-    else:
-        if stop > len(data):
-            stop = len(data) - 1        # (Go's protoSnippet leaves the last byte out)
-        snippet = go_quote(data[at:stop])
-    return ProtocolError("Client parser ERROR, state=%d, i=%d: proto='%s...'"
-                         % (state, at, snippet), ERR_UNKNOWN_PROTOCOL)
-
-
-def op_name_error(data: bytes, i: int) -> ProtocolError:
-    """The unknown op starting at `i`: Go fails on the first byte that no
-    op name continues with."""
-    name = data[i:i + 8].upper()
-    j = 0
-    while j < len(name) and name[:j + 1] in _GO_OP_STATES:
-        j += 1
-    return parser_error(data, i + j, _GO_OP_STATES[name[:j]])
-
-
-def payload_end_error(data: bytes, stop: int) -> ProtocolError:
-    """A payload not followed by CRLF (`stop` is where the CR belongs)."""
-    if data[stop] != 13:
-        return parser_error(data, stop, GO_MSG_END_R)
-    return parser_error(data, stop + 1, GO_MSG_END_N)
-
-
-# ============================================================================
-# 6. Connection base
+# 4. Connection base
 # ============================================================================
 #
 # What every connection (client now, route later) shares: the socket, the
@@ -2589,8 +960,8 @@ def payload_end_error(data: bytes, stop: int) -> ProtocolError:
 # write_deadline, is a slow consumer and is closed (the publisher and every
 # other subscriber are untouched).
 #
-# TLS changes only the two ends of that pipe (the TLS section at the end of
-# this chapter): a TLS connection is an instance of a subclass whose reads
+# TLS changes only the two ends of that pipe (chapter 10): a TLS
+# connection is an instance of a subclass whose reads
 # decrypt before `process_input` and whose flush encrypts `out`, so plain
 # connections run exactly the code they ran before TLS existed.
 
@@ -3022,433 +1393,6 @@ class Connection:
         return cert_identities(tls.sslobj.getpeercert() or {})
 
 
-# -- TLS -----------------------------------------------------------------------
-#
-# A TLS connection reads and writes through OpenSSL without ever blocking the
-# loop.  `ssl.SSLObject` works on two memory BIOs instead of a socket:
-#
-#     socket --recv--> incoming BIO --SSLObject.read--> plaintext --> process_input
-#     out --SSLObject.write--> outgoing BIO --send--> socket
-#
-# so a handshake is a few rounds of "feed in what arrived, send what OpenSSL
-# wrote, wait for the selector", and a peer that stalls mid-handshake costs
-# nothing but its timer.  It also avoids the trap of non-blocking SSLSockets,
-# where plaintext already decrypted inside OpenSSL never wakes select(): each
-# read drains OpenSSL until it asks for more, and a publisher stalled by
-# backpressure with plaintext still inside is resumed by a timer.
-#
-# A session moves through
-#
-#     WAIT (handshake_first with a fallback, nothing received yet: the
-#           fallback timer sends a plain INFO and moves on to HELLO)
-#       -> HELLO (the first byte must open a TLS record, as Go checks)
-#       -> HANDSHAKE -> OPEN
-#
-# and a failed handshake, or one not done within the tls timeout, closes the
-# connection with "TLS Handshake Failure".  `with_tls(Client)` is the class
-# a TLS server accepts; `with_tls(Route)` carries routes when the cluster has
-# a tls block, and on the routes we dial we are the TLS client, speaking
-# first (a session with a server hostname starts in HANDSHAKE).  Go twins:
-# server.go createClientEx, route.go createRoute, client.go
-# doTLSServerHandshake, tlsTimeout; auth.go checkClientTLSCertSubject.
-
-# TLSSession states, in order.
-TLS_WAIT, TLS_HELLO, TLS_HANDSHAKE, TLS_OPEN = 0, 1, 2, 3
-
-# First bytes of a TLS record: a handshake message, or an alert.
-TLS_RECORD_STARTS = (0x16, 0x15)
-
-
-class TLSSession:
-    """One connection's TLS state: OpenSSL's object, its two memory BIOs,
-    ciphertext the kernel has not taken yet, and the handshake's progress."""
-
-    __slots__ = ("sslobj", "incoming", "outgoing", "unsent", "state", "first")
-
-    def __init__(self, context, state: int, first: bool, hostname: str | None = None):
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.sslobj = context.wrap_bio(self.incoming, self.outgoing,
-                                       server_side=hostname is None, server_hostname=hostname)
-        self.unsent = None        # memoryview: what the last send left of a record batch
-        self.state = state
-        self.first = first        # handshake_first: INFO comes after the handshake
-
-    def conn_info(self) -> dict:
-        """The /connz fields of an open session (Go's ConnInfo)."""
-        info = {"tls_version": tls_version_name(self.sslobj.version()),
-                "tls_cipher_suite": go_cipher_name(self.sslobj.cipher()[0])}
-        if self.first:
-            info["tls_first"] = True
-        return info
-
-
-class TLSConnection(Connection):
-    """The TLS ends of a connection, placed before its class by `with_tls`.
-
-    Loop thread only.  Reads go socket -> incoming BIO -> `process_input`;
-    `flush` encrypts `out` and sends the records; `close` ends with a
-    close_notify.  The parser, buffers and timers are the plain class's.
-    """
-
-    __slots__ = ()
-
-    def start_tls(self, context, timeout: float, state: int = TLS_HELLO, first: bool = False,
-                  hostname: str | None = None):
-        """Begin a handshake, due within `timeout` s: the server side, or
-        with the `hostname` we dialed the client side, which speaks first."""
-        server = self.server
-        if server.tls_read_buffer is None:  # ciphertext lands here; plaintext in read_buffer
-            server.tls_read_buffer = bytearray(server.read_size)
-            server.tls_read_view = memoryview(server.tls_read_buffer)
-        self.tls = TLSSession(context, TLS_HANDSHAKE if hostname else state, first, hostname)
-        if self.tls_label:
-            self.debug("Starting TLS %s%s handshake", self.tls_label,
-                       "client" if hostname else "server")
-        else:
-            self.debug("Starting TLS %s connection handshake", self.kind.lower())
-        server.add_timer(timeout, self.tls_timeout)
-        if hostname:
-            self.tls_handshake()  # the ClientHello
-
-    def send_now(self, data: bytes):
-        """Bytes straight to the socket, outside TLS: the plain INFO before
-        the upgrade.  A fresh socket's buffer takes a few hundred bytes."""
-        try:
-            self.sock.send(data)
-        except OSError as exc:
-            self.debug("Error flushing: %s", exc)
-            self.close(WRITE_ERROR, flush=False)
-
-    # -- input ---------------------------------------------------------------
-
-    def read_ready(self):
-        """Take ciphertext from the kernel; handshake, or decrypt and parse."""
-        server = self.server
-        tls = self.tls
-        if tls is None:             # allow_non_tls: a client that stayed plain
-            super().read_ready()
-            return
-        try:
-            n = self.sock.recv_into(server.tls_read_buffer, server.read_size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.debug("Error reading from client: %s", exc)
-            self.close(READ_ERROR, flush=False)
-            return
-        if n == 0:
-            if tls.state == TLS_OPEN:
-                self.close(CLIENT_CLOSED, flush=False)
-            else:
-                self.tls_failed("EOF")
-            return
-        tls.incoming.write(server.tls_read_view[:n])
-        if tls.state != TLS_OPEN:
-            if tls.state < TLS_HANDSHAKE:
-                if server.tls_read_buffer[0] not in TLS_RECORD_STARTS:
-                    if tls.state == TLS_HELLO and not tls.first and not self.tls_label \
-                            and server.tls_optional():
-                        # allow_non_tls: a plain client; TLS ends here.
-                        data = bytes(server.tls_read_view[:n])
-                        self.tls = None
-                        server.start_client_timers(self)
-                        self.process_input(data)
-                        return
-                    # A plain-text peer: Go closes without a word or an alert
-                    # (and logs it at [ERR] for a route).
-                    (self.error if self.tls_label else self.debug)(
-                        "TLS %shandshake error: tls: first record does not look like a "
-                        "TLS handshake", self.tls_label)
-                    self.close(TLS_HANDSHAKE_ERROR, flush=False)
-                    return
-                tls.state = TLS_HANDSHAKE
-            if not self.tls_handshake():
-                return
-        self.tls_input()
-
-    def tls_handshake(self) -> bool:
-        """Feed the handshake what arrived; True once it is complete."""
-        tls = self.tls
-        try:
-            tls.sslobj.do_handshake()
-        except ssl.SSLWantReadError:
-            self.flush()  # the records OpenSSL wrote (ServerHello, certificate, ...)
-            return False
-        except ssl.SSLError as exc:
-            self.tls_failed(go_tls_error(exc))
-            return False
-        tls.state = TLS_OPEN
-        if log.isEnabledFor(logging.DEBUG):
-            self.debug("TLS handshake complete")
-            self.debug("TLS version %s, cipher suite %s", tls_version_name(tls.sslobj.version()),
-                       go_cipher_name(tls.sslobj.cipher()[0]))
-        self.server.tls_established(self)
-        self.flush()
-        return True
-
-    def tls_failed(self, reason: str):
-        """Log why (Go's "TLS handshake error"), give the peer the alert
-        OpenSSL wrote, and close."""
-        self.error("TLS %shandshake error: %s", self.tls_label, reason)
-        alert = self.tls.outgoing.read()
-        if alert:
-            try:
-                self.sock.send(alert)
-            except OSError:
-                pass
-        self.close(TLS_HANDSHAKE_ERROR, flush=False)
-
-    def tls_timeout(self):
-        """Go's tlsTimeout: a handshake still unfinished is closed."""
-        if self.closed or self.tls is None or self.tls.state == TLS_OPEN:
-            return
-        if self.tls_label:
-            # A route: Go's handshake read fails first, then the timer fires.
-            self.error("TLS %shandshake error: i/o timeout", self.tls_label)
-            self.close(TLS_HANDSHAKE_ERROR, flush=False)
-            self.error("TLS handshake timeout")
-            return
-        self.debug("TLS handshake timeout")
-        self.close(TLS_HANDSHAKE_ERROR, flush=False)
-
-    def tls_input(self):
-        """Decrypt what OpenSSL holds and process it, a read buffer at a time,
-        until it needs more ciphertext or this publisher is stalled."""
-        tls = self.tls
-        read = tls.sslobj.read
-        view = self.server.read_view
-        size = self.server.read_size
-        while not (self.closed or self.stalled or self.waiting or self.backlog is not None):
-            n = 0
-            eof = False
-            try:
-                while n < size:
-                    got = read(size - n, view[n:])
-                    if not got:
-                        eof = True  # the peer's close_notify
-                        break
-                    n += got
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLError as exc:
-                self.debug("Error reading from client: %s", exc)
-                self.close(READ_ERROR, flush=False)
-                return
-            if n:
-                self.process_input(bytes(view[:n]))
-            if eof:
-                self.close(CLIENT_CLOSED, flush=False)
-                return
-            if n < size:
-                break
-        if tls.outgoing.pending and not self.closed:
-            self.server.pending.add(self)  # a key update, say: sent by the flush
-
-    def resume_reading(self):
-        """Read again; plaintext left inside OpenSSL would never wake
-        select(), so the next timer turn processes it."""
-        super().resume_reading()
-        tls = self.tls
-        if tls is not None and tls.state == TLS_OPEN and (
-                tls.incoming.pending or tls.sslobj.pending()):
-            self.server.add_timer(0.0, self.tls_input)
-
-    # -- output --------------------------------------------------------------
-
-    def flush(self):
-        """Encrypt `out` and send the records while the kernel takes them
-        (the plain flush's twin: same slow-consumer, stall and write-wait
-        rules, counted in ciphertext bytes)."""
-        if self.closed:
-            return
-        tls = self.tls
-        if tls is None:             # allow_non_tls: a client that stayed plain
-            super().flush()
-            return
-        out = self.out
-        if out and tls.state == TLS_OPEN:
-            try:
-                tls.sslobj.write(out[0] if len(out) == 1 else b"".join(out))
-            except ssl.SSLError as exc:
-                self.debug("Error flushing: %s", exc)
-                self.close(WRITE_ERROR, flush=False)
-                return
-            out.clear()
-        outgoing = tls.outgoing
-        send = self.sock.send
-        while True:
-            data = tls.unsent
-            if data is None:
-                if not outgoing.pending:
-                    break
-                data = outgoing.read(MAX_SEND_SIZE)
-            try:
-                sent = send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self.debug("Error flushing: %s", exc)
-                self.close(WRITE_ERROR, flush=False)
-                return
-            if sent:
-                self.last_write_progress = time.monotonic()
-            if sent < len(data):
-                tls.unsent = memoryview(data)[sent:]
-                break
-            tls.unsent = None
-        pending = outgoing.pending + (len(tls.unsent) if tls.unsent is not None else 0)
-        max_pending = self.server.options.max_pending
-        if self.stall_waiters and pending <= max_pending * 3 // 4:
-            self.release_stalled()
-        if pending > max_pending:
-            self.slow_consumer(SLOW_CONSUMER_PENDING_BYTES, pending)
-        elif pending and not self.write_waiting:
-            # The write-deadline clock starts when the kernel first pushes back.
-            self.last_write_progress = time.monotonic()
-            self.write_waiting = True
-            self.server.want_write(self, True)
-        elif not pending and self.write_waiting:
-            self.write_waiting = False
-            self.server.want_write(self, False)
-
-    def pending_bytes(self) -> int:
-        """Plaintext not yet encrypted, plus ciphertext the kernel has not taken."""
-        tls = self.tls
-        if tls is None:
-            return super().pending_bytes()
-        unsent = len(tls.unsent) if tls.unsent is not None else 0
-        return sum(len(chunk) for chunk in self.out) + tls.outgoing.pending + unsent
-
-    # -- close ---------------------------------------------------------------
-
-    def close(self, reason: str, flush: bool = True):
-        """Close; an open session that got all its output out first says
-        close_notify (as Go's tls.Conn.Close does)."""
-        tls = self.tls
-        if flush and not self.closed and tls is not None and tls.state == TLS_OPEN:
-            self.flush()
-            if self.closed:
-                return
-            if tls.unsent is None and not tls.outgoing.pending:
-                try:
-                    tls.sslobj.unwrap()
-                except (ssl.SSLError, OSError, ValueError):
-                    pass  # the peer's close_notify is not awaited
-                try:
-                    self.sock.send(tls.outgoing.read())
-                except OSError:
-                    pass
-        super().close(reason, flush)
-
-
-def with_tls(cls: type) -> type:
-    """`cls` speaking TLS: a subclass whose read_ready, flush and close come
-    from TLSConnection.  The server makes `with_tls(Client)` and
-    `with_tls(Route)` once each."""
-    return type("TLS" + cls.__name__, (TLSConnection, cls),
-                {"__slots__": (), "__doc__": "%s over TLS." % cls.__name__})
-
-
-def tls_version_name(version: str | None) -> str:
-    """OpenSSL's "TLSv1.3" as Go shows it: "1.3"."""
-    return (version or "").replace("TLSv", "") or "Unknown"
-
-
-def go_cipher_name(openssl_name: str) -> str:
-    """OpenSSL's name of a cipher suite as Go names it (TLS 1.3 names agree)."""
-    for go_name, name in GO_CIPHER_SUITES.items():
-        if name == openssl_name:
-            return go_name
-    return openssl_name
-
-
-# OpenSSL's reasons for a failed handshake, in Go's words.
-_GO_TLS_ERRORS = {
-    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "tls: client didn't provide a certificate",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "remote error: tls: bad certificate",
-    "TLSV1_ALERT_UNKNOWN_CA": "remote error: tls: unknown certificate authority",
-    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "remote error: tls: unknown certificate",
-    "TLSV1_ALERT_DECRYPT_ERROR": "remote error: tls: error decrypting message",
-    "NO_SHARED_CIPHER": "tls: no cipher suite supported by both client and server",
-    "UNSUPPORTED_PROTOCOL": "tls: client offered only unsupported versions",
-    "WRONG_VERSION_NUMBER": "tls: first record does not look like a TLS handshake",
-}
-
-
-def go_tls_error(exc: Exception) -> str:
-    """A handshake error as Go's crypto/tls would phrase it, where known."""
-    reason = getattr(exc, "reason", None) or ""
-    if reason == "CERTIFICATE_VERIFY_FAILED":
-        detail = getattr(exc, "verify_message", "") or "certificate verify failed"
-        if "issuer" in detail or "self-signed" in detail or "self signed" in detail:
-            detail = "certificate signed by unknown authority"
-        return "tls: failed to verify certificate: x509: %s" % detail
-    if reason in _GO_TLS_ERRORS:
-        return _GO_TLS_ERRORS[reason]
-    return "tls: " + reason.lower().replace("_", " ") if reason else str(exc)
-
-
-# Subject attributes Go's pkix.Name keeps as fields, OpenSSL's long name ->
-# the RFC 2253 short name, in the order its ToRDNSequence writes them.
-_DN_ATTRIBUTES = (("countryName", "C"), ("stateOrProvinceName", "ST"),
-                  ("localityName", "L"), ("streetAddress", "STREET"),
-                  ("postalCode", "POSTALCODE"), ("organizationName", "O"),
-                  ("organizationalUnitName", "OU"), ("commonName", "CN"),
-                  ("serialNumber", "SERIALNUMBER"))
-
-
-def cert_identities(cert: dict) -> list:
-    """The user names verify_and_map tries for a peer certificate (a dict
-    from SSLObject.getpeercert()), in Go's order (checkClientTLSCertSubject):
-    e-mail SANs, DNS SANs, URI SANs, then the subject as RFC 2253 text:
-    in the certificate's own order with every attribute Go names (Go compares
-    that one as a parsed DN), with the domain components appended when there
-    are any, and as Go's pkix.Name prints it (`CN=alice,OU=tests,O=Acme,C=US`).
-    Go finds nothing when the certificate has no e-mail, URI or subject."""
-    sans = cert.get("subjectAltName", ())
-    emails = [value for kind, value in sans if kind == "email"]
-    uris = [value for kind, value in sans if kind == "URI"]
-    names = emails + [value for kind, value in sans if kind == "DNS"] + uris
-    subject = cert.get("subject", ())
-    if not emails and not uris and not subject:
-        return []
-    short = dict(_DN_ATTRIBUTES, domainComponent="DC")
-    if all(attr in short for rdn in subject for attr, _value in rdn):
-        names.append(",".join("+".join("%s=%s" % (short[attr], _dn_escape(value))
-                                       for attr, value in rdn)
-                              for rdn in reversed(subject)))
-    values: dict = {}
-    for rdn in subject:
-        for attr, value in rdn:
-            values.setdefault(attr, []).append(value)
-    parts = []
-    for attr, name in reversed(_DN_ATTRIBUTES):
-        found = values.get(attr, [])
-        if name in ("CN", "SERIALNUMBER"):
-            found = found[-1:]  # pkix.Name keeps one of each, the last
-        if found:
-            parts.append("+".join("%s=%s" % (name, _dn_escape(value)) for value in found))
-    dn = ",".join(parts)
-    dcs = ",".join("DC=" + value for value in values.get("domainComponent", ()))
-    if dcs:
-        names.append(dn + "," + dcs)
-    names.append(dn)
-    return list(dict.fromkeys(name for name in names if name))
-
-
-def _dn_escape(value: str) -> str:
-    """Go's RDNSequence.String escaping of an attribute value."""
-    out = []
-    for i, ch in enumerate(value):
-        if (ch in ',+"\\<>;' or (ch == " " and i in (0, len(value) - 1))
-                or (ch == "#" and i == 0)):
-            out.append("\\")
-        out.append(ch)
-    return "".join(out)
-
-
-# Escapes Go's %q uses for the common control characters.
 _GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
                "\t": "\\t", "\v": "\\v", "\\": "\\\\", '"': '\\"'}
 
@@ -3492,7 +1436,7 @@ def format_duration(seconds: float) -> str:
 
 
 # ============================================================================
-# 7. Client
+# 5. Client
 # ============================================================================
 #
 # A client connection: the INFO/CONNECT handshake, PUB/HPUB/SUB/UNSUB, and
@@ -3514,106 +1458,6 @@ def format_duration(seconds: float) -> str:
 #
 # Go twins: server/client.go (processConnect, processPub, processSub,
 # processUnsub, deliverMsg, processMsgResults) and server/auth.go.
-
-
-class ClientPermissions:
-    """A user's Permissions compiled into sublists (Go's client.perms).
-
-    Allow and deny lists are tries of their own, so `foo.*` in a list
-    covers `foo.bar`, and a queue entry ("work.* workers") is a queue
-    subscription in the trie.  Deny always beats allow.
-    """
-
-    __slots__ = ("pub_allow", "pub_deny", "sub_allow", "sub_deny", "responses", "replies")
-
-    def __init__(self, perms: Permissions):
-        self.responses = perms.responses
-        self.replies = {}            # reply subject -> [responses left, expiry]
-        publish_allow = perms.publish_allow
-        if self.responses and publish_allow is None:
-            publish_allow = []       # Go: allow_responses alone permits only responses
-        self.pub_allow = _permission_sublist(publish_allow)
-        self.pub_deny = _permission_sublist(perms.publish_deny)
-        self.sub_allow = _permission_sublist(perms.subscribe_allow)
-        self.sub_deny = _permission_sublist(perms.subscribe_deny)
-
-    def can_publish(self, subject: bytes) -> bool:
-        """May the client publish to `subject`?  A response allowed on it says
-        yes (and is used up) before the allow and deny lists are asked."""
-        if self.replies and self.use_response(subject):
-            return True
-        if self.pub_allow is not None and not self.pub_allow.match(subject).psubs:
-            return False
-        return self.pub_deny is None or not self.pub_deny.match(subject).psubs
-
-    def note_request(self, reply: bytes):
-        """A delivered message carried `reply`: allow responses to it."""
-        maximum, expires = self.responses
-        self.replies[reply] = [maximum, time.monotonic() + expires if expires > 0 else 0.0]
-
-    def use_response(self, subject: bytes) -> bool:
-        """Use up one response allowed on `subject` (see `note_request`); False
-        if there is none or it has expired (then it is forgotten)."""
-        grant = self.replies.get(subject)
-        if grant is None:
-            return False
-        if grant[1] and time.monotonic() > grant[1]:
-            del self.replies[subject]
-            return False
-        grant[0] -= 1
-        if grant[0] <= 0:
-            del self.replies[subject]
-        return True
-
-    def can_subscribe(self, subject: bytes, queue: bytes | None) -> bool:
-        """Go's canSubscribe: a queue entry decides for a queue subscription."""
-        allowed = True
-        if self.sub_allow is not None:
-            result = self.sub_allow.match(subject)
-            allowed = bool(result.psubs)
-            if queue is not None and result.qsubs:
-                allowed = _queue_listed(queue, result.qsubs)
-        if allowed and self.sub_deny is not None:
-            result = self.sub_deny.match(subject)
-            allowed = not result.psubs
-            if queue is not None and result.qsubs:
-                allowed = not _queue_listed(queue, result.qsubs)
-        return allowed
-
-    def can_receive(self, subject: bytes, queue: bytes | None) -> bool:
-        """Go's checkDenySub: a wildcard subscription never gets a subject the
-        deny list names, nor a queue subscription one that a queue entry
-        denies to its group (`SUB sub.* qdeny` against "sub.q qdeny")."""
-        if self.sub_deny is None:
-            return True
-        result = self.sub_deny.match(subject)
-        if result.psubs:
-            return False
-        return queue is None or not result.qsubs or not _queue_listed(queue, result.qsubs)
-
-
-def _permission_sublist(entries: list | None) -> Sublist | None:
-    if entries is None:
-        return None
-    sublist = Sublist()
-    for entry in entries:
-        subject, _, queue = entry.strip().partition(" ")
-        queue = queue.strip()
-        sublist.insert(Subscription(None, subject.encode(), queue.encode() if queue else None,
-                                    b""))
-    return sublist
-
-
-def _queue_listed(queue: bytes, groups: list) -> bool:
-    """Go's queueMatches: a listed queue name, or a wildcard one covering it."""
-    for group in groups:
-        name = group[0].queue
-        if queue == name:
-            return True
-        tokens = name.split(b".")
-        if (b"*" in tokens or b">" in tokens) and _subject_matches(queue.split(b"."), tokens):
-            return True
-    return False
 
 
 def _pick_start(group: list) -> int:
@@ -3733,148 +1577,6 @@ class DeliveryPlan:
                 sub.delivered += msgs
                 client.out_msgs += msgs
                 client.out_bytes += nbytes
-
-
-# -- accounts: subject spaces, exports and imports ----------------------------
-#
-# An account is a subject space of its own: it owns a sublist, and a message
-# published in it reaches only its subscribers.  Users of the `accounts`
-# block log in to their account; everyone else is in the global account $G.
-# Accounts share on purpose, through exports and imports (Go's accounts.go):
-#
-# * A stream import lets account A see what account B publishes on an
-#   exported subject.  Each subscription in A that the import covers gets a
-#   shadow subscription in B's sublist (same client and sid, subject mapped
-#   into B's space), so B's publishes reach A's subscriber with no extra
-#   step; when the import adds a prefix, the shadow maps the subject back
-#   on delivery (`im`).
-# * A service import lets A's requests reach B's responders: a PUB in A on
-#   the import's subject is published again in B on the exported subject,
-#   with a fresh reply subject `_R_.<prefix>.<id>` of B's.  That reply is a
-#   response import in B: what B's responder publishes to it is delivered in
-#   A on the requester's own reply subject (once, for the default singleton
-#   response type; until it expires for `stream` and `chunked`).
-
-
-class StreamImport:
-    """A's view of B's stream: `source` in B appears as `local` in A."""
-
-    __slots__ = ("exporter", "source", "local", "local_tokens", "to_local", "to_source")
-
-    def __init__(self, exporter: "Account", source: bytes, local: bytes):
-        self.exporter = exporter
-        self.source = source
-        self.local = local
-        self.local_tokens = local.split(b".")
-        mapped = source != local
-        self.to_local = SubjectTransform(source, local) if mapped else None
-        self.to_source = SubjectTransform(local, source) if mapped else None
-
-
-class ServiceImport:
-    """A's requests on `local` go to B's exported service subject."""
-
-    __slots__ = ("exporter", "export", "local", "to_export")
-
-    def __init__(self, exporter: "Account", export: Export, subject: bytes, local: bytes):
-        self.exporter = exporter
-        self.export = export
-        self.local = local
-        self.to_export = SubjectTransform(local, subject)
-
-
-class ResponseImport:
-    """A reply subject in the exporter's account that leads back to a requester."""
-
-    __slots__ = ("importer", "reply", "singleton", "expires")
-
-    def __init__(self, importer: "Account", reply: bytes, singleton: bool, expires: float):
-        self.importer = importer
-        self.reply = reply
-        self.singleton = singleton
-        self.expires = expires
-
-
-class Account:
-    """A subject space with its sublist, its imports and its pending responses."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.sublist = Sublist(name=name.encode())
-        self.stream_imports: list = []
-        self.service_imports: dict = {}      # literal local subject -> ServiceImport
-        self.wildcard_imports: list = []     # (local tokens, ServiceImport)
-        self.responses: dict = {}            # reply subject here -> ResponseImport
-        self.exports_services = False
-        self.reply_prefix = b"_R_." + _random_token(6) + b"."
-        self.interest: dict = {}             # (subject, queue) -> local subs (routes' RS+)
-        self.client_count = 0                # clients logged in now
-        self.total_connections = 0
-
-    def __repr__(self) -> str:
-        return "<Account %s>" % self.name
-
-    @property
-    def routes_services(self) -> bool:
-        """May a PUB in this account be a service request or a response?"""
-        return bool(self.service_imports or self.wildcard_imports or self.exports_services)
-
-    def service_route(self, subject: bytes):
-        """The ServiceImport or ResponseImport a PUB on `subject` follows, or None."""
-        route = self.service_imports.get(subject) or self.responses.get(subject)
-        if route is None and self.wildcard_imports:
-            tokens = subject.split(b".")
-            for pattern, imp in self.wildcard_imports:
-                if _subject_matches(tokens, pattern):
-                    return imp
-        return route
-
-    def new_response(self, importer: "Account", reply: bytes, export: Export) -> bytes:
-        """A fresh reply subject here that routes back to `reply` in `importer`."""
-        subject = self.reply_prefix + _random_token(6)
-        self.responses[subject] = ResponseImport(
-            importer, reply, export.response_type == "singleton",
-            time.monotonic() + export.response_threshold)
-        return subject
-
-    def expire_responses(self, now: float):
-        """Forget the response imports whose time is up at `now` (monotonic);
-        called by the server's once-a-second sweep."""
-        for subject in [s for s, r in self.responses.items() if r.expires <= now]:
-            del self.responses[subject]
-
-
-def build_accounts(opts: Options) -> dict:
-    """Account objects from the options: $G, the system account, and every
-    configured one, with imports resolved (checked by `check_accounts`)."""
-    accounts = {GLOBAL_ACCOUNT: Account(GLOBAL_ACCOUNT)}
-    configs = opts.accounts or {}
-    for name in configs:
-        accounts[name] = Account(name)
-    system = opts.system_account or SYSTEM_ACCOUNT
-    accounts.setdefault(system, Account(system))
-    for name, config in configs.items():
-        account = accounts[name]
-        account.exports_services = any(e.kind == "service" for e in config.exports)
-        for imp in config.imports:
-            exporter = accounts[imp.account]
-            if imp.kind == "stream":
-                account.stream_imports.append(
-                    StreamImport(exporter, imp.subject.encode(), imp.to.encode()))
-                continue
-            export = find_export(configs[imp.account], "service", imp.subject)
-            si = ServiceImport(exporter, export, imp.subject.encode(), imp.to.encode())
-            tokens = si.local.split(b".")
-            if b"*" in tokens or b">" in tokens:
-                account.wildcard_imports.append((tokens, si))
-            else:
-                account.service_imports[si.local] = si
-    return accounts
-
-
-def _random_token(n: int) -> bytes:
-    alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    return bytes(alphabet[b % 62] for b in os.urandom(n))
 
 
 def deliver_run(data: bytes, i: int, nl: int, size: int, tail_at: int, reply_sp: bytes | None,
@@ -5119,6 +2821,2626 @@ def _valid_queue(queue: bytes) -> bool:
     return bool(queue) and b" " not in queue and b"\t" not in queue
 
 
+# ============================================================================
+# 6. Server and event loop
+# ============================================================================
+#
+# The server owns everything the loop thread touches: the listener, the
+# connections, the sublist, the timer heap and the counters.  One loop turn:
+#
+#     select (until the nearest timer) -> accept / read every ready socket
+#       -> flush each connection that got output this turn -> run due timers
+#
+# Timers (auth timeout, pings, the write-deadline sweep) are entries on a
+# heap, never threads.  Signal handlers only set a flag and wake the loop
+# through a socket pair.  Go twin: server/server.go.
+
+
+class _Waker:
+    """A socket pair that lets other threads and signal handlers wake select()."""
+
+    closed = False
+
+    def __init__(self):
+        self.reader, self.writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self.writer.setblocking(False)
+
+    def wake(self):
+        try:
+            self.writer.send(b"\0")
+        except OSError:
+            pass
+
+    def read_ready(self):
+        try:
+            while self.reader.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self):
+        for s in (self.reader, self.writer):
+            s.close()
+
+
+class _LoopCall:
+    """A call another thread queued for the loop.  `fn()` runs once; if it
+    returns a generator (a snapshot taken in steps), each `run` advances
+    it for at most `budget` seconds, until it returns its result."""
+
+    __slots__ = ("fn", "waited", "steps", "value", "error", "done", "cancelled")
+
+    def __init__(self, fn, waited: bool):
+        self.fn = fn
+        self.waited = waited          # a thread waits for `done` (call_in_loop)
+        self.steps = None
+        self.value = self.error = None
+        self.done = threading.Event() if waited else None
+        self.cancelled = False        # the waiter gave up: drop the call
+
+    def run(self, budget: float) -> bool:
+        """Advance the call; True once it is finished (or dropped)."""
+        if self.cancelled:
+            return True
+        try:
+            if self.steps is None:
+                value = self.fn()
+                if not isinstance(value, types.GeneratorType):
+                    self.value = value
+                    return self.finish()
+                self.steps = value
+            deadline = time.monotonic() + budget
+            while time.monotonic() < deadline:
+                next(self.steps)
+            return False
+        except StopIteration as stop:
+            self.value = stop.value
+        except Exception as exc:
+            if not self.waited:     # a bug in a fire-and-forget call: log it
+                log.exception("loop call failed")
+            self.error = exc
+        return self.finish()
+
+    def finish(self) -> bool:
+        if self.done is not None:
+            self.done.set()
+        return True
+
+
+class _Listener:
+    """A listening socket; readable means connections to accept, each
+    handed to `create` (the server's create_client, or the cluster's create_route)."""
+
+    closed = False
+
+    def __init__(self, server: "Server", sock: socket.socket, create=None):
+        self.server = server
+        self.sock = sock
+        self.create = create or server.create_client
+
+    def read_ready(self):
+        self.server.accept_connections(self.sock, self.create)
+
+
+class Server:
+    """A NATS server.  Embedding:
+
+        server = Server(Options(port=-1)).start()   # loop in a thread
+        ... server.port ...
+        server.shutdown()
+
+    `main()` instead calls `run()`, which serves in the calling thread.
+    """
+
+    def __init__(self, options: Options | None = None, flags: Options | None = None):
+        self.options = (options or Options()).fill_defaults()
+        self.flags = flags or Options()      # the command line's, re-applied on reload
+        self.server_id = _new_server_id()
+        self.server_name = self.options.server_name or self.server_id
+        self.accounts = build_accounts(self.options)
+        self.cluster = Cluster(self)         # the routes (chapter 11)
+        self.global_account = self.accounts[GLOBAL_ACCOUNT]
+        self.system_account = self.accounts[self.options.system_account or SYSTEM_ACCOUNT]
+        self.clients: dict = {}
+        self.pending: set = set()
+        self.write_waiting: set = set()
+        self.backlogged: dict = {}   # connections with input left for the next turn (ordered)
+        self.pub_sizes: dict = {}    # PUB size token -> size, for the hot path (pub_size)
+        self.selector = selectors.DefaultSelector()
+        self.timers: list = []       # a heap of [when, seq, callback or None]
+        self.timer_seq = 0
+        self.timers_cancelled = 0    # entries in it whose callback is None
+        # One read's output must fit well inside max_pending, or a subscriber
+        # that keeps up could be cut off by a single batch.
+        self.read_size = max(16 * 1024, min(READ_SIZE, self.options.max_pending // 8))
+        self.read_buffer = bytearray(self.read_size)
+        self.read_view = memoryview(self.read_buffer)
+        # TLS: the class of accepted clients, and a buffer for ciphertext
+        # (made with the first TLS client; plaintext still uses read_buffer).
+        self.tls_client_class = with_tls(Client)
+        self.tls_route_class = with_tls(Route)
+        self.tls_read_buffer = self.tls_read_view = None
+        self.trace = self.options.trace
+        self.next_cid = 0
+        self.running = False
+        self.listener = None
+        self.host = self.options.host
+        self.port = self.options.port
+        self.waker = _Waker()
+        self.start_time = time.time()
+        self.total_connections = 0
+        self.slow_consumers = 0
+        self.stale_connections = 0
+        self.closed_in_msgs = self.closed_in_bytes = 0
+        self.closed_out_msgs = self.closed_out_bytes = 0
+        self.info_template: dict = {}
+        self.ports_file = ""
+        self.reopen_log = False      # set by SIGUSR1, acted on by the loop
+        self.monitor = None
+        self.lame_duck = False
+        self.lame_duck_requested = False     # set by SIGUSR2, acted on by the loop
+        self.reload_requested = False        # set by SIGHUP, acted on by the loop
+        self.loop_calls = collections.deque()   # (fn, result box, event) from other threads
+        self.secret_checker = SecretChecker(self)
+        self.closed_clients = collections.deque(maxlen=max(0, self.options.max_closed_clients))
+        self.thread = None
+        self.loop_thread = None
+        self.exit_code = 0
+
+    # -- startup ---------------------------------------------------------------
+
+    def listen(self):
+        """Bind the client listener and log the Go server's startup lines."""
+        opts = self.options
+        log.info("Starting nats-server")
+        log.info("  Version:  %s", VERSION)
+        log.info("  Git:      [%s]", GIT_COMMIT)
+        log.info("  gnatsd.py: %s on %s %s", __version__, platform.python_implementation(),
+                 platform.python_version())
+        if opts.cluster_port:
+            log.info("  Cluster:  %s", self.cluster.name)
+        log.info("  Name:     %s", self.server_name)
+        log.info("  ID:       %s", self.server_id)
+        if opts.config_file:
+            log.info("Using configuration file: %s", opts.config_file)
+        for warning in opts.warnings:
+            log.warning("%s", warning)
+        sock = _bind(opts.host, opts.port)
+        self.listener = _Listener(self, sock)
+        self.host, self.port = opts.host, sock.getsockname()[1]
+        self.selector.register(sock, selectors.EVENT_READ, self.listener)
+        self.selector.register(self.waker.reader, selectors.EVENT_READ, self.waker)
+        self.info_template = self.build_info()
+        if opts.tls:
+            opts.tls.server_context()  # raises ConfigError for an embedder's bad TLSConfig
+        if opts.cluster_tls:
+            opts.cluster_tls.server_context()
+            opts.cluster_tls.client_context()
+        if opts.http_port or opts.https_port:
+            self.monitor = Monitor(self)
+            self.monitor.start()
+        log.info("Listening for client connections on %s", _host_port(self.host, self.port))
+        if opts.tls:
+            log.info("TLS %s for client connections",
+                     "available" if self.tls_optional() else "required")
+            if opts.tls.handshake_first and not opts.tls.fallback:
+                log.warning('Clients that are not using "TLS Handshake First" option will '
+                            'fail to connect')
+        if opts.pid_file:
+            _write_file(opts.pid_file, str(os.getpid()))
+        self.add_timer(1.0, self.sweep_timeouts)
+        self.running = True
+        log.info("Server is ready")
+        if opts.cluster_port:
+            self.cluster.listen()
+        if opts.ports_file_dir:
+            self.write_ports_file()
+        return self
+
+    def tls_optional(self) -> bool:
+        """allow_non_tls: clients may upgrade or stay plain, which their first
+        byte tells (Go sniffs it); a handshake_first without a fallback
+        still requires TLS."""
+        tls = self.options.tls
+        return bool(self.options.allow_non_tls and tls
+                    and not (tls.handshake_first and not tls.fallback))
+
+    def build_info(self) -> dict:
+        """INFO fields shared by every client, in the Go server's order."""
+        opts = self.options
+        info = {
+            "server_id": self.server_id,
+            "server_name": self.server_name,
+            "version": VERSION,
+            "proto": PROTO,
+            "git_commit": GIT_COMMIT,
+            "go": GO_FIELD,
+            "host": opts.host,
+            "port": self.port,
+            "headers": True,
+        }
+        if opts.auth_required:
+            info["auth_required"] = True
+        if opts.tls:
+            if not self.tls_optional():
+                info["tls_required"] = True
+            if opts.tls.verify:
+                info["tls_verify"] = True
+        info["max_payload"] = opts.max_payload
+        if opts.tls and self.tls_optional():
+            info["tls_available"] = True
+        if self.cluster.enabled:
+            info["cluster"] = self.cluster.name
+            if self.cluster.routes:
+                info["connect_urls"] = self.cluster.connect_urls()
+        return info
+
+    def write_ports_file(self):
+        """Write `<program>_<pid>.ports` into ports_file_dir: the URLs of our
+        listeners as JSON, as Go's PortsInfo gives them (`nats`, or `tls` when
+        TLS is required; `monitoring`; `cluster`).  The program is this
+        file's name as started, so run as `nats-server` (a symlink) it is
+        Go's name.  On failure log it and leave `ports_file` empty (nothing
+        to remove at shutdown)."""
+        name = "%s_%d.ports" % (os.path.splitext(os.path.basename(sys.argv[0] or "gnatsd"))[0],
+                                os.getpid())
+        opts = self.options
+        ports = {"nats": ["%s://%s" % ("tls" if opts.tls else "nats",
+                                       _host_port(_advertise_host(self.host), self.port))]}
+        if self.monitor is not None:
+            host = opts.http_host or opts.host
+            ports["monitoring"] = ["%s://%s" % ("http" if opts.http_port else "https",
+                                                _host_port(_advertise_host(host),
+                                                           self.monitor.port))]
+        if self.cluster.listener is not None:
+            ports["cluster"] = ["%s://%s" % ("tls" if opts.cluster_tls else "nats",
+                                             _host_port(_advertise_host(self.cluster.host),
+                                                        self.cluster.port))]
+        self.ports_file = os.path.join(self.options.ports_file_dir, name)
+        try:
+            _write_file(self.ports_file, json.dumps(ports))
+        except OSError as exc:
+            log.error("Error writing ports file (%s): %s", self.ports_file, exc)
+            self.ports_file = ""
+
+    def start(self) -> "Server":
+        """Listen, then serve on a background thread (for embedding and tests)."""
+        self.listen()
+        self.thread = threading.Thread(target=self.serve, name="gnatsd-loop", daemon=True)
+        self.thread.start()
+        return self
+
+    def run(self) -> int:
+        """Listen and serve in this thread until shutdown; returns the exit code."""
+        self.listen()
+        self.serve()
+        return self.exit_code
+
+    # -- the loop --------------------------------------------------------------
+
+    def serve(self):
+        """The event loop.  Returns after shutdown() has closed everything."""
+        self.loop_thread = threading.current_thread()
+        select = self.selector.select
+        pending = self.pending
+        timers = self.timers
+        backlogged = self.backlogged
+        EVENT_READ = selectors.EVENT_READ
+        EVENT_WRITE = selectors.EVENT_WRITE
+        try:
+            while self.running:
+                if backlogged:
+                    self.run_backlog()
+                timeout = None
+                if backlogged or self.loop_calls:
+                    timeout = 0.0       # input or a snapshot is waiting: just poll
+                elif timers:
+                    timeout = max(0.0, timers[0][0] - time.monotonic())
+                for key, mask in select(timeout):
+                    conn = key.data
+                    if conn.closed:
+                        continue
+                    try:
+                        if mask & EVENT_READ:
+                            conn.read_ready()
+                        if mask & EVENT_WRITE and not conn.closed:
+                            conn.write_ready()
+                    except Exception:  # a bug must cost one connection, not the server
+                        self.connection_failed(conn)
+                if pending:
+                    self.flush_pending()
+                if timers and timers[0][0] <= time.monotonic():
+                    self.run_timers()
+                if self.reopen_log:
+                    self.reopen_log = False
+                    reopen_log_file(self.options)
+                if self.loop_calls:
+                    self.run_loop_calls()
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload()
+                if self.lame_duck_requested:
+                    self.lame_duck_requested = False
+                    self.enter_lame_duck_mode()
+        finally:
+            self.close_all()
+
+    def defer_input(self, conn: Connection):
+        """`conn` has input left past its slice: stop reading it, and give it
+        another slice next turn (round-robin with every other such connection)."""
+        self.backlogged[conn] = None
+        self.update_events(conn)
+
+    def run_backlog(self):
+        """One slice of input for each connection that had some left over
+        (those deferred during this slice wait for the next turn)."""
+        conns = list(self.backlogged)
+        self.backlogged.clear()
+        for conn in conns:
+            if conn.closed or conn.stalled or conn.waiting:
+                continue            # end_stall and await_secret put it back
+            data, at = conn.backlog, conn.backlog_at
+            conn.backlog = None
+            try:
+                conn.consume(data, at, True)
+                if conn.backlog is None and not (conn.closed or conn.stalled or conn.waiting):
+                    conn.resume_reading()
+            except Exception:  # a bug must cost one connection, not the server
+                self.connection_failed(conn)
+        if self.pending:
+            self.flush_pending()
+
+    def flush_pending(self):
+        """Flush every connection that got output this turn (Go's pcd)."""
+        pending = self.pending
+        while pending:
+            conn = pending.pop()
+            try:
+                conn.flush()
+            except Exception:
+                self.connection_failed(conn)
+
+    def connection_failed(self, conn):
+        """An unexpected exception while serving `conn`: log it, close it."""
+        log.exception("%sUnexpected error, closing connection",
+                      getattr(conn, "log_prefix", ""))
+        if isinstance(conn, Connection):
+            try:
+                conn.close(PROTOCOL_VIOLATION, flush=False)
+            except Exception:
+                log.exception("Error closing connection")
+
+    def pub_size(self, token: bytes) -> int:
+        """A PUB line's size token as the hot path takes it: its value if it
+        is Go's size (ASCII digits, 9 at most) within max_payload, else -1
+        (the reference path answers).  Remembered in `pub_sizes`, which a
+        reload empties."""
+        size = int(token) if token.isdigit() and len(token) < 10 else -1
+        if size > self.options.max_payload:
+            size = -1
+        sizes = self.pub_sizes
+        if len(sizes) >= PUB_SIZES_MAX:
+            sizes.clear()
+        sizes[token] = size
+        return size
+
+    def call_in_loop(self, fn, timeout: float = 5.0):
+        """Run `fn` on the loop thread between two turns and return its
+        result (for the monitor's threads).  A generator function is a
+        snapshot taken in steps: it runs a slice per turn (_LoopCall) and
+        its return value is the result.  Raises TimeoutError, and then the
+        loop drops the call."""
+        call = _LoopCall(fn, waited=True)
+        if not self.running or threading.current_thread() is self.loop_thread:
+            while not call.run(float("inf")):
+                pass
+        else:
+            self.loop_calls.append(call)
+            self.waker.wake()
+            if not call.done.wait(timeout):
+                call.cancelled = True
+                raise TimeoutError("the loop did not answer")
+        if call.error is not None:
+            raise call.error
+        return call.value
+
+    def call_soon(self, fn):
+        """Run `fn` on the loop thread at the end of this turn or the next
+        (any thread); nothing waits for it."""
+        self.loop_calls.append(_LoopCall(fn, waited=False))
+        self.waker.wake()
+
+    def run_loop_calls(self):
+        """The calls queued by other threads: each runs now, but a stepped
+        snapshot, which gets MONITOR_SLICE and waits for the next turn if
+        it has steps left."""
+        calls = self.loop_calls
+        for _ in range(len(calls)):
+            call = calls.popleft()
+            if not call.run(MONITOR_SLICE):
+                calls.append(call)
+
+    def add_timer(self, delay: float, callback) -> list:
+        """Call `callback` on the loop thread `delay` s from now.  Returns
+        the timer's heap entry [when, seq, callback], for cancel_timer."""
+        self.timer_seq += 1
+        entry = [time.monotonic() + delay, self.timer_seq, callback]
+        heapq.heappush(self.timers, entry)
+        return entry
+
+    def cancel_timer(self, entry: list):
+        """Forget a timer that has not fired: its callback, and the
+        connection it holds, are dropped at once.  The entry stays in the
+        heap until it is due, unless cancelled entries become over half of
+        the heap: then they are shed in one pass (under connect/disconnect
+        churn every closed client leaves a ping timer ping_interval long)."""
+        if entry[2] is None:        # fired or cancelled already
+            return
+        entry[2] = None
+        self.timers_cancelled += 1
+        timers = self.timers
+        if self.timers_cancelled > 1000 and self.timers_cancelled * 2 > len(timers):
+            timers[:] = [e for e in timers if e[2] is not None]  # in place: serve() holds it
+            heapq.heapify(timers)
+            self.timers_cancelled = 0
+
+    def run_timers(self):
+        """Loop thread only.  Call every timer that is due (cancelled ones are
+        skipped; one that raises is logged), then flush what they queued."""
+        now = time.monotonic()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            entry = heapq.heappop(timers)
+            callback = entry[2]
+            if callback is None:
+                self.timers_cancelled -= 1
+                continue
+            entry[2] = None
+            try:
+                callback()
+            except Exception:  # a bug in one timer must not stop the loop
+                log.exception("timer callback failed")
+        if self.pending:
+            self.flush_pending()
+
+    def sweep_timeouts(self):
+        """Once a second: slow writers past the deadline, expired responses."""
+        now = time.monotonic()
+        for conn in list(self.write_waiting):
+            conn.check_write_deadline(now)
+        for account in self.accounts.values():
+            if account.responses:
+                account.expire_responses(now)
+        self.add_timer(1.0, self.sweep_timeouts)
+
+    def want_write(self, conn: Connection, on: bool):
+        """Wait for writability only while the kernel pushes back."""
+        if on:
+            self.write_waiting.add(conn)
+        else:
+            self.write_waiting.discard(conn)
+        self.update_events(conn)
+
+    def update_events(self, conn: Connection):
+        """Register what `conn` waits for: reads unless stalled, writes while
+        its output is blocked; neither means it is not in the selector."""
+        reading = not (conn.stalled or conn.waiting or conn.backlog is not None)
+        events = ((selectors.EVENT_READ if reading else 0)
+                  | (selectors.EVENT_WRITE if conn.write_waiting else 0))
+        selector = self.selector
+        try:
+            if events:
+                try:
+                    selector.modify(conn.sock, events, conn)
+                except KeyError:
+                    selector.register(conn.sock, events, conn)
+            else:
+                selector.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def unregister(self, conn: Connection):
+        """Loop thread only.  Take `conn` (a connection, listener or
+        dialer) out of the selector and `write_waiting`; harmless if it
+        is in neither."""
+        self.write_waiting.discard(conn)
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    # -- connections -----------------------------------------------------------
+
+    def accept_connections(self, listener: socket.socket, create):
+        """Loop thread only.  Accept up to 256 waiting connections on
+        `listener` and hand each socket to `create` (Go's acceptConnections);
+        out of descriptors or memory, log and pause 10 ms."""
+        for _ in range(256):
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("Temporary Client Accept Error(%s), sleeping 10ms", exc)
+                    time.sleep(0.01)
+                    return
+                log.error("Client Accept Error: %s", exc)
+                return
+            create(sock)
+
+    def create_client(self, sock: socket.socket):
+        """Loop thread only.  A client's socket (Go's createClient):
+        non-blocking, registered for reads; a plain client gets INFO and its
+        timers, a TLS one starts its handshake, and one over max_connections
+        gets -ERR and is closed."""
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        self.next_cid += 1
+        opts = self.options
+        # Over the limit, a client gets Go's plain INFO and -ERR, TLS or not.
+        over_limit = len(self.clients) >= opts.max_connections
+        client_class = self.tls_client_class if opts.tls and not over_limit else Client
+        client = client_class(self, sock, self.next_cid)
+        self.total_connections += 1
+        try:
+            self.selector.register(sock, selectors.EVENT_READ, client)
+        except (ValueError, OSError) as exc:
+            log.error("Error registering client connection: %s", exc)
+            sock.close()
+            return
+        self.clients[client.cid] = client
+        client.debug("Client connection created")
+        if client_class is Client:
+            client.queue_outbound(self.client_info(client))
+            if over_limit:
+                log.error("Maximum connections exceeded (%d)", opts.max_connections)
+                client.send_err_and_close(ERR_MAX_CONNECTIONS, MAX_CONNECTIONS_EXCEEDED)
+                return
+            self.start_client_timers(client)
+            client.flush()
+        else:
+            self.start_client_tls(client)
+
+    def client_info(self, client: Client) -> bytes:
+        """The INFO a new client gets (Go does not trace it)."""
+        info = dict(self.info_template)
+        info["client_id"] = client.cid
+        info["client_ip"] = client.host
+        return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
+
+    def start_client_timers(self, client: Client):
+        """The auth timeout and the ping timer (after the handshake for TLS)."""
+        if client.awaiting_auth:
+            self.add_timer(self.options.auth_timeout, client.auth_timeout)
+        client.arm_ping_timer()
+
+    # -- TLS clients (chapter 10 has the connection's side) ------------------------
+
+    def start_client_tls(self, client: TLSConnection):
+        """Go's createClientEx on a TLS server: a plain INFO, then the upgrade;
+        or with handshake_first the handshake at once and INFO after it, and
+        with a fallback delay a plain INFO after all if no ClientHello came."""
+        tls = self.options.tls
+        context = tls.server_context()
+        if not tls.handshake_first:
+            client.send_now(self.client_info(client))
+            if not client.closed:
+                client.start_tls(context, tls.timeout)
+        elif not tls.fallback:
+            client.start_tls(context, tls.timeout, TLS_HELLO, first=True)
+        else:
+            client.start_tls(context, tls.fallback + tls.timeout, TLS_WAIT, first=True)
+            self.add_timer(tls.fallback, lambda: self.tls_fallback(client))
+
+    def tls_fallback(self, client: TLSConnection):
+        """handshake_first with a fallback, and nothing arrived in time: send
+        the INFO in plain text after all; the client upgrades as usual."""
+        if client.closed or client.tls.state != TLS_WAIT:
+            return
+        client.tls.state = TLS_HELLO
+        client.tls.first = False
+        client.send_now(self.client_info(client))
+
+    def tls_established(self, client: TLSConnection):
+        """A handshake completed: the INFO if it waited for it, then the
+        timers a plain client starts at accept (Go arms them only now).
+        A route starts its protocol now (`start_route`)."""
+        if isinstance(client, Route):
+            self.cluster.start_route(client)
+            return
+        client.tls_identities = client.tls_peer_identities()
+        if client.tls.first:
+            client.queue_outbound(self.client_info(client))
+        self.start_client_timers(client)
+
+    def remove_client(self, client: Client):
+        """Loop thread only.  A client closed: drop it from `clients`,
+        keep its /connz entry (subscriptions, stop time, reason) among
+        the closed ones, and add its counters to the closed totals (Go's
+        removeClient and saveClosedClient)."""
+        if self.clients.pop(client.cid, None) is not None:
+            info = client.conn_info(time.time(), "list", True)
+            if client.subs:
+                info["subscriptions_list_detail"] = [sub_detail(s) for s in client.subs.values()]
+            info["stop"] = rfc3339(time.time())
+            info["_stop"] = time.time()
+            info["reason"] = client.close_reason
+            self.closed_clients.append(_closed_order(info))
+            self.closed_in_msgs += client.in_msgs
+            self.closed_in_bytes += client.in_bytes
+            self.closed_out_msgs += client.out_msgs
+            self.closed_out_bytes += client.out_bytes
+
+    # -- routes (chapter 11 has the connection's side) -----------------------------
+
+    def client_url(self) -> str:
+        """Our client address as other servers tell their clients."""
+        if self.options.client_advertise:
+            advertise = self.options.client_advertise
+            if ":" not in advertise.rsplit("]", 1)[-1]:
+                advertise = _host_port(advertise, self.port)
+            return advertise
+        return _host_port(_advertise_host(self.host), self.port)
+
+    # -- shutdown --------------------------------------------------------------
+
+    def shutdown(self):
+        """Stop the loop; safe from any thread and from signal handlers."""
+        self.running = False
+        self.waker.wake()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(5)
+
+    def close_all(self):
+        """Close listener and connections (loop thread, after the last turn)."""
+        log.info("Initiating Shutdown...")
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.listener is not None and not self.listener.closed:
+            self.unregister(self.listener)
+            self.listener.sock.close()
+            self.listener.closed = True
+        self.cluster.close_listener()
+        for client in list(self.clients.values()):
+            client.close(SERVER_SHUTDOWN)
+        for route in list(self.cluster.conns):
+            route.close(SERVER_SHUTDOWN)
+        self.secret_checker.stop()
+        self.waker.close()
+        self.selector.close()
+        if self.options.pid_file:
+            _remove_file(self.options.pid_file)
+        if self.ports_file:
+            _remove_file(self.ports_file)
+        log.info("Server Exiting..")
+
+    # -- signals ---------------------------------------------------------------
+
+    def install_signal_handlers(self):
+        """SIGINT/SIGTERM stop; SIGUSR1 reopens the log file; SIGHUP reloads the
+        config; SIGUSR2 enters lame duck mode (main thread only)."""
+
+        def stop(signum, _frame):
+            log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
+            self.running = False
+            self.waker.wake()
+
+        def reopen(_signum, _frame):
+            self.reopen_log = True   # the loop reopens; a handler must not close a file mid-write
+            self.waker.wake()
+
+        def reload(signum, _frame):
+            log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
+            self.reload_requested = True
+            self.waker.wake()
+
+        def lame_duck(_signum, _frame):
+            self.lame_duck_requested = True
+            self.waker.wake()
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, reopen)
+            signal.signal(signal.SIGHUP, reload)
+            signal.signal(signal.SIGUSR2, lame_duck)
+
+    # -- config reload (SIGHUP) -------------------------------------------------
+
+    def reload(self):
+        """Read the config file again and apply what changed (Go's Reload):
+        logging, limits, authorization and accounts, permissions.  Clients
+        whose credentials no longer pass are closed; subscriptions the new
+        permissions deny are removed.  Any error keeps the old config."""
+        try:
+            new = self.reloaded_options()
+            changes = reload_changes(self.options, new, self.port)
+        except ConfigError as exc:
+            log.error("Failed to reload server configuration: %s", exc)
+            return
+        old, self.options = self.options, new
+        self.pub_sizes.clear()          # sizes checked against the old max_payload
+        for change in changes:
+            log.info("Reloaded: %s", change)
+        if any(getattr(old, a) != getattr(new, a) for a in _LOGGING_OPTIONS):
+            configure_logging(new)
+        self.trace = new.trace
+        self.info_template = self.build_info()
+        if old.accounts or new.accounts:
+            self.accounts = build_accounts(new)
+            self.global_account = self.accounts[GLOBAL_ACCOUNT]
+            self.system_account = self.accounts[new.system_account or SYSTEM_ACCOUNT]
+        for client in list(self.clients.values()):
+            client.reload_config(old)
+        for route in self.cluster.conns:
+            route.trace = self.trace
+            route.msg_keys.clear()    # its entries hold the old accounts' sublists
+        for account in self.accounts.values():
+            account.sublist.clear_cache()   # plans filtered by the old permissions
+        if new.pid_file and new.pid_file != old.pid_file:
+            _write_file(new.pid_file, str(os.getpid()))
+        log.info("Reloaded server configuration")
+
+    def reloaded_options(self) -> Options:
+        """The config file read again, flags on top, checked as at startup."""
+        path = self.options.config_file
+        if not path:
+            raise ConfigError("can only reload config when a file is provided using -c "
+                              "or --config")
+        new = options_from_config(path).merge(self.flags).fill_defaults().validate()
+        problem = startup_problem(new)
+        if problem:
+            raise ConfigError(problem)
+        return new
+
+    # -- lame duck mode ----------------------------------------------------------
+
+    def enter_lame_duck_mode(self):
+        """SIGUSR2 (Go's lameDuckMode): stop accepting, tell protocol-1
+        clients with an INFO carrying `ldm`, wait the grace period, then close
+        the clients spread over the rest of lame_duck_duration, and exit."""
+        if self.lame_duck or self.listener is None:
+            return
+        self.lame_duck = True
+        log.info("Entering lame duck mode, stop accepting new clients")
+        self.unregister(self.listener)
+        self.listener.sock.close()
+        self.listener.closed = True
+        info = dict(self.info_template, ldm=True)
+        proto = b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
+        for client in list(self.clients.values()):
+            if client.protocol >= PROTO:
+                client.queue_outbound(proto)
+        opts = self.options
+        self.add_timer(opts.lame_duck_grace_period, self.lame_duck_close_clients)
+
+    def lame_duck_close_clients(self):
+        """Timer callback, after lame duck's grace period: close the clients
+        one at a time, spread over the rest of lame_duck_duration (at most 1 s
+        apart), then stop the loop."""
+        log.info("Closing existing clients")
+        clients = list(self.clients.values())
+        spread = max(self.options.lame_duck_duration - self.options.lame_duck_grace_period, 1.0)
+        interval = min(spread / len(clients), 1.0) if clients else 0.0
+
+        def close_next():
+            while clients:
+                client = clients.pop(0)
+                if not client.closed:
+                    client.close(SERVER_SHUTDOWN)
+                    break
+            if clients:
+                self.add_timer(random.uniform(interval / 2, interval), close_next)
+            else:
+                self.running = False  # then the loop closes everything and exits
+        close_next()
+
+
+# Go's names for the signals it traps.
+_SIGNAL_NAMES = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated"}
+
+
+# Options a reload may not change, with the Go field names its error uses.
+_NOT_RELOADABLE = (("server_name", "ServerName"), ("host", "Host"), ("port", "Port"),
+                   ("http_host", "HTTPHost"), ("http_port", "HTTPPort"),
+                   ("http_base_path", "HTTPBasePath"), ("https_port", "HTTPSPort"),
+                   ("system_account", "SystemAccount"),
+                   ("cluster_host", "cluster host"), ("cluster_port", "cluster port"),
+                   ("cluster_name", "cluster name"))
+
+# What a reload logs for each changed option ("Reloaded: max_payload = 2048"),
+# in the order of Go's Options struct.  A name ending in "=" shows the value.
+_RELOADED = (
+    ("trace", "trace ="), ("debug", "debug ="), ("logtime", "logtime ="),
+    ("logtime_utc", "logtime_utc ="), ("max_connections", "max_connections ="),
+    ("max_subscriptions", "max_subscriptions ="), ("no_auth_user", "no_auth_user ="),
+    ("username", "authorization username"), ("password", "authorization password"),
+    ("authorization", "authorization token"), ("auth_timeout", "authorization timeout ="),
+    ("ping_interval", "ping_interval ="), ("ping_max", "ping_max ="),
+    ("max_control_line", "max_control_line ="), ("max_payload", "max_payload ="),
+    ("max_pending", "max_pending ="), ("write_deadline", "write_deadline ="),
+    ("log_file", "log_file ="), ("log_size_limit", "log_size_limit ="),
+    ("syslog", "syslog ="), ("remote_syslog", "remote_syslog ="),
+    ("max_traced_msg_len", "max_traced_msg_len ="), ("pid_file", "pid_file ="),
+    ("ports_file_dir", "ports_file_dir ="), ("lame_duck_duration", "lame_duck_duration ="),
+    ("lame_duck_grace_period", "lame_duck_grace_period ="),
+    ("client_advertise", "client_advertise ="), ("tls", "tls = enabled"),
+)
+_DURATION_OPTIONS = ("ping_interval", "write_deadline", "lame_duck_duration",
+                     "lame_duck_grace_period")
+_LOGGING_OPTIONS = ("trace", "debug", "logtime", "logtime_utc", "log_file", "log_size_limit",
+                    "syslog", "remote_syslog")
+
+
+def reload_changes(old: Options, new: Options, actual_port: int) -> list:
+    """What a reload from `old` to `new` changes, as Go logs it; raises
+    ConfigError for an option that cannot change while running.  A random
+    port (-1) in the new options means the port already bound."""
+    for attr, go_name in _NOT_RELOADABLE:
+        before, after = getattr(old, attr), getattr(new, attr)
+        if attr == "port":
+            before, after = actual_port, actual_port if after == RANDOM_PORT else after
+        if before != after:
+            raise ConfigError("config reload not supported for %s: old=%s, new=%s"
+                              % (go_name, before, after))
+    # Go compares these by pointer, so every reload reports them.
+    changes = ["authorization users", "accounts"]
+    for attr, text in _RELOADED:
+        value = getattr(new, attr)
+        if getattr(old, attr) == value:
+            continue
+        if not text.endswith("="):
+            changes.append(text)
+        elif isinstance(value, bool):
+            changes.append("%s %s" % (text, "true" if value else "false"))
+        elif attr in _DURATION_OPTIONS:
+            changes.append("%s %s" % (text, format_duration(value)))
+        else:
+            changes.append("%s %s" % (text, ("%g" % value) if isinstance(value, float) else value))
+    return changes
+
+
+def startup_problem(opts: Options) -> str:
+    """What stops a server with these (valid) options from starting, or ""."""
+    if opts.no_auth_user and not any(u.username == opts.no_auth_user for u in opts.users or ()):
+        return ('no_auth_user: "%s" not present as user or nkey in authorization block or'
+                ' account configuration' % opts.no_auth_user)
+    if opts.system_account and opts.system_account not in (opts.accounts or {}) \
+            and opts.system_account != SYSTEM_ACCOUNT:
+        return "error resolving system account: account missing"
+    return ""
+
+
+def _is_ip_address(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except (OSError, ValueError):
+            pass
+    return False
+
+
+def _new_server_id() -> str:
+    """A 56-character server id shaped like a Go server's nkey ("N...")."""
+    return "N" + base64.b32encode(os.urandom(35)).decode()[:55]
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A non-blocking listening socket on host:port (port <= 0 picks one)."""
+    if port in (RANDOM_PORT, 0):
+        port = 0
+    infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                               socket.AI_PASSIVE)
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _host_port(host: str, port: int) -> str:
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def _advertise_host(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def _write_file(path: str, text: str):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _remove_file(path: str):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+# ############################################################################
+# Part II. Fidelity and the 2.x features
+# ############################################################################
+#
+# What a drop-in for nats-server needs beyond the core: its config file and
+# options (7, 8), users, permissions and accounts (9), TLS (10), clusters
+# (11), the monitoring endpoints (12), its log lines (13) and command line
+# (14).  Code whose only job is to give Go's exact answer to odd input
+# carries a GO-COMPAT marker naming the Go function and the test that pins
+# it, wherever it sits.
+
+
+# ============================================================================
+# 7. Config-file lexer and parser
+# ============================================================================
+#
+# The config format is the Go server's: a relaxed JSON/TOML cousin.
+#
+#     # comment            // comment too
+#     port: 4222           # `:`, `=` or plain whitespace separate key and value
+#     max_payload = 1MB    # size suffixes: K M G are 1000-based, KB MB GB 1024
+#     ping_interval "2m"   # durations are strings the options chapter reads
+#     name: "a\tb"         # "double" decodes \t \n \r \" \\ \xHH; 'single' is verbatim
+#     authorization {      # maps; arrays are [a, b] or one item per line
+#       user: derek, password: "s3cr3t"
+#     }
+#     include ./more.conf  # path relative to the including file
+#     port: $PORT          # a variable: an earlier key in scope, else the env
+#
+# `parse_config(path)` returns a `ConfigMap` (a dict that also remembers where
+# each key was written) so that later chapters can name file, line and column
+# in their errors.  The scanner keeps one position and reads a token at a time;
+# a recursive-descent parser builds maps and arrays (Go's lex.go and parse.go
+# are a state-function lexer and a stack; the grammar is the same).
+
+# What peek() returns at the end of the text.
+EOF = "\0"
+
+# Characters that end a bare (unquoted) word.  `#` and `//` do not: Go reads
+# `nats://host:4222` and `foo#1` as one word; a comment needs a blank before it.
+_BARE_END = frozenset(" \t\r\n,;}]")
+
+# Backslash escapes in double-quoted strings and bare words (Go's lexer).
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", '"': '"', "\\": "\\"}
+_ESCAPE_RE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.|$)", re.S)
+
+# Values that read as booleans (case-insensitive).
+_TRUE_WORDS = frozenset(("true", "yes", "on"))
+_FALSE_WORDS = frozenset(("false", "no", "off"))
+
+# Size suffixes and their multipliers (Go's parse.go: k is 1000, kb is 1024).
+_SIZE_SUFFIXES = {
+    "k": 1000, "kb": 1024, "ki": 1024, "kib": 1024,
+    "m": 1000 ** 2, "mb": 1024 ** 2, "mi": 1024 ** 2, "mib": 1024 ** 2,
+    "g": 1000 ** 3, "gb": 1024 ** 3, "gi": 1024 ** 3, "gib": 1024 ** 3,
+    "t": 1000 ** 4, "tb": 1024 ** 4, "ti": 1024 ** 4, "tib": 1024 ** 4,
+    "p": 1000 ** 5, "pb": 1024 ** 5, "pi": 1024 ** 5, "pib": 1024 ** 5,
+    "e": 1000 ** 6, "eb": 1024 ** 6, "ei": 1024 ** 6, "eib": 1024 ** 6,
+}
+
+_NUMBER_RE = re.compile(r"^(-?\d+)([A-Za-z]*)$")
+_FLOAT_RE = re.compile(r"^-?\d+\.\d+([eE][-+]?\d+)?$")
+
+
+class ConfigMap(dict):
+    """A parsed config map: a dict plus where each key was written.
+
+    `positions` maps a key to (line, column); `files` names the included
+    file a key came from when it is not `path`.  `used_variables` holds
+    (name, position) of each definition a `$name` read, so a key that only
+    defines a variable is not an unknown field (a later redefinition is).
+    """
+
+    def __init__(self, path: str = ""):
+        super().__init__()
+        self.path = path
+        self.positions: dict = {}
+        self.files: dict = {}
+        self.used_variables: set = set()
+
+    def position(self, key: str) -> tuple:
+        """(line, column) where `key` was written; (0, 0) if the file did not set it."""
+        return self.positions.get(key, (0, 0))
+
+    def is_variable(self, key: str) -> bool:
+        """True if `key` is a definition some `$key` reference used."""
+        return (key, self.position(key)) in self.used_variables
+
+    def error(self, key: str, message: str) -> ConfigError:
+        """A ConfigError for `key`, naming its file (an include's, if it came
+        from one), line and column; the caller raises it."""
+        line, col = self.position(key)
+        return ConfigError(message, self.files.get(key, self.path), line, col)
+
+
+class _ConfigParser:
+    """Recursive-descent parser over one file's text."""
+
+    def __init__(self, text: str, path: str, depth: int = 0):
+        self.text = text
+        self.path = path
+        self.pos = 0
+        self.line = 1
+        self.line_start = 0
+        self.depth = depth
+        self.scopes: list = []  # stack of ConfigMaps, for variable look-up
+
+    # -- scanning ------------------------------------------------------------
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(message, self.path, self.line, self.pos - self.line_start + 1)
+
+    def peek(self) -> str:
+        """The next character, or EOF ("\\0", so `in` tests stay false)."""
+        return self.text[self.pos] if self.pos < len(self.text) else EOF
+
+    def advance(self, n: int = 1):
+        for _ in range(n):
+            if self.pos < len(self.text) and self.text[self.pos] == "\n":
+                self.line += 1
+                self.line_start = self.pos + 1
+            self.pos += 1
+
+    def skip_space(self, newlines: bool = True):
+        """Skip blanks and comments (and newlines unless told not to)."""
+        text = self.text
+        while self.pos < len(text):
+            ch = text[self.pos]
+            if ch in " \t\r" or (newlines and ch == "\n"):
+                self.advance()
+            elif ch == "#" or text.startswith("//", self.pos):
+                while self.pos < len(text) and text[self.pos] != "\n":
+                    self.pos += 1
+            else:
+                return
+
+    def here(self) -> tuple:
+        return (self.line, self.pos - self.line_start + 1)
+
+    # -- grammar -------------------------------------------------------------
+
+    def parse_document(self, into: ConfigMap) -> ConfigMap:
+        """A file: pairs, optionally wrapped in one `{ }` (JSON style)."""
+        self.scopes.append(into)
+        self.skip_space()
+        if self.peek() == "{":
+            self.advance()
+            self.parse_pairs(into, closing="}")
+            self.skip_space()
+            if self.peek() != EOF:
+                raise self.error("expected the end of the file after the closing '}'")
+        else:
+            self.parse_pairs(into, closing="")
+        self.scopes.pop()
+        return into
+
+    def parse_pairs(self, into: ConfigMap, closing: str):
+        """key sep value pairs until `closing` (or end of text at top level)."""
+        while True:
+            self.skip_space()
+            ch = self.peek()
+            if ch in ",;":
+                self.advance()
+                continue
+            if ch == EOF:
+                if closing:
+                    raise self.error("unexpected end of file, expected %r" % closing)
+                return
+            if closing and ch == closing:
+                self.advance()
+                return
+            if not closing and ch == "}" and not self.text[self.pos + 1:].strip():
+                return  # Go lets a file end with a stray "}" (JSON-like configs)
+            where = self.here()
+            key = self.parse_key()
+            if key.lower() == "include" and ch not in "\"'":
+                self.include(into, where)
+                continue
+            self.skip_space(newlines=False)
+            if self.peek() in ":=":
+                self.advance()
+                self.skip_space(newlines=False)
+            if self.peek() in (EOF, "\n"):
+                raise self.error("key %r has no value" % key)
+            into[key] = self.parse_value()
+            into.positions[key] = where
+            if self.path != into.path:
+                into.files[key] = self.path
+            else:
+                into.files.pop(key, None)
+
+    def parse_key(self) -> str:
+        ch = self.peek()
+        if ch in "\"'":
+            return self.parse_quoted()
+        start = self.pos
+        text = self.text
+        while self.pos < len(text) and text[self.pos] not in " \t\r\n:=#{[;,}]":
+            self.pos += 1
+        if self.pos == start:
+            raise self.error("expected a key, found %r" % ch)
+        return text[start:self.pos]
+
+    def parse_quoted(self) -> str:
+        """'single' is verbatim; "double" decodes backslash escapes."""
+        quote = self.peek()
+        line, column = self.here()
+        self.advance()
+        end = self.pos
+        while end < len(self.text) and self.text[end] not in (quote, "\n"):
+            end += 2 if quote == '"' and self.text[end] == "\\" else 1
+        if end >= len(self.text) or self.text[end] != quote:
+            raise ConfigError("unterminated string", self.path, line, column)
+        value = self.text[self.pos:end]
+        self.pos = end + 1
+        return self.unescape(value) if quote == '"' else value
+
+    def unescape(self, raw: str) -> str:
+        """Decode \\t \\n \\r \\" \\\\ and \\xHH (bytes, then UTF-8) as Go does."""
+        if "\\" not in raw:
+            return raw
+        out = bytearray()
+        pos = 0
+        for m in _ESCAPE_RE.finditer(raw):
+            out += raw[pos:m.start()].encode()
+            code = m.group(1)
+            if code[:1] == "x" and len(code) == 3:
+                out.append(int(code[1:], 16))
+            elif code in _ESCAPES:
+                out += _ESCAPES[code].encode()
+            else:
+                raise self.error("Invalid escape character %r. Only the following escape "
+                                 "characters are allowed: \\xXX, \\t, \\n, \\r, \\\", \\\\."
+                                 % code[:1])
+            pos = m.end()
+        out += raw[pos:].encode()
+        return out.decode("utf-8", "replace")
+
+    def parse_value(self):
+        ch = self.peek()
+        if ch == "{":
+            self.advance()
+            child = ConfigMap(self.path)
+            self.scopes.append(child)
+            self.parse_pairs(child, closing="}")
+            self.scopes.pop()
+            return child
+        if ch == "[":
+            return self.parse_array()
+        if ch in "\"'":
+            return self.parse_quoted()
+        if ch == "(":
+            return self.parse_block_string()
+        if ch == "$":
+            return self.parse_variable()
+        return self.parse_bare()
+
+    def parse_array(self) -> list:
+        self.advance()  # [
+        items = []
+        while True:
+            self.skip_space()
+            ch = self.peek()
+            if ch == EOF:
+                raise self.error("unexpected end of file in array")
+            if ch == "]":
+                self.advance()
+                return items
+            if ch == ",":
+                self.advance()
+                continue
+            items.append(self.parse_value())
+
+    def parse_block_string(self) -> str:
+        """`( ... )` where the closing `)` stands alone on its line."""
+        self.advance()
+        m = re.compile(r"\n[ \t]*\)[ \t]*(?=\n|$)").search(self.text, self.pos)
+        if not m:
+            raise self.error("unterminated block string")
+        value = self.text[self.pos:m.start()].strip("\n")
+        while self.pos < m.end():
+            self.advance()
+        return value
+
+    def parse_variable(self):
+        where_line, where_col = self.here()
+        self.advance()  # $
+        start = self.pos
+        while self.pos < len(self.text) and (self.text[self.pos].isalnum() or self.text[self.pos] in "_-"):
+            self.pos += 1
+        name = self.text[start:self.pos]
+        for scope in reversed(self.scopes):
+            if name in scope:
+                scope.used_variables.add((name, scope.position(name)))
+                return scope[name]
+        if name in os.environ:
+            env_value = os.environ[name]
+            return _read_scalar(env_value) if env_value else env_value
+        raise ConfigError("variable reference for '%s' on line %d can not be found"
+                          % (name, where_line), self.path, where_line, where_col)
+
+    def parse_bare(self):
+        start = self.pos
+        text = self.text
+        while self.pos < len(text) and text[self.pos] not in _BARE_END:
+            self.pos += 1
+        word = text[start:self.pos]
+        if not word:
+            raise self.error("expected a value, found %r" % self.peek())
+        if "\\" in word:
+            return self.unescape(word)
+        try:
+            return _read_scalar(word)
+        except ValueError as exc:
+            self.pos = start
+            raise self.error(str(exc))
+
+    def include(self, into: ConfigMap, where: tuple):
+        self.skip_space(newlines=False)
+        ch = self.peek()
+        target = self.parse_quoted() if ch in "\"'" else self.parse_bare()
+        if not isinstance(target, str):
+            raise self.error("include needs a file name")
+        if self.depth > 10:
+            raise self.error("include nested too deeply")
+        path = os.path.join(os.path.dirname(self.path) or ".", target)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ConfigError("error parsing include file '%s', %s" % (target, exc.strerror),
+                              self.path, *where)
+        except ValueError as exc:
+            # A NUL in the name (Go's open says "invalid argument"), or not UTF-8.
+            why = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "invalid argument"
+            raise ConfigError("error parsing include file '%s', %s" % (target, why),
+                              self.path, *where)
+        # An included file is parsed on its own (it does not see the
+        # includer's variables, as in Go), then merged in.
+        included = _ConfigParser(text, path, self.depth + 1).parse_document(ConfigMap(path))
+        for key, value in included.items():
+            into[key] = value
+            into.positions[key] = included.position(key)
+            into.files[key] = included.files.get(key, path)
+        into.used_variables |= included.used_variables
+
+
+def _read_scalar(word: str):
+    """A bare word as a bool, int (with size suffix), float or string."""
+    lower = word.lower()
+    if lower in _TRUE_WORDS:
+        return True
+    if lower in _FALSE_WORDS:
+        return False
+    m = _NUMBER_RE.match(word)
+    if m:
+        number, suffix = int(m.group(1)), m.group(2).lower()
+        if not -2 ** 63 <= number < 2 ** 63:
+            raise ValueError("integer '%s' is out of the range" % m.group(1))
+        if not suffix:
+            return number
+        if suffix in _SIZE_SUFFIXES:
+            return number * _SIZE_SUFFIXES[suffix]
+        if _parse_duration_or_none(word) is not None:
+            return word  # a bare duration such as 2s: the option reads it
+        raise ValueError("unknown numeric suffix %r" % m.group(2))
+    if _FLOAT_RE.match(word):
+        return float(word)
+    return word
+
+
+def parse_config_text(text: str, path: str = "<config>") -> ConfigMap:
+    """Parse config text; raise ConfigError naming file, line and column."""
+    return _ConfigParser(text, path).parse_document(ConfigMap(path))
+
+
+def parse_config(path: str) -> ConfigMap:
+    """Parse the config file at `path` (Go's conf.ParseFile)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(_open_error(exc))
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config file is not UTF-8: %s" % exc, path)
+    return parse_config_text(text, path)
+
+
+# Go duration units in seconds ("ns", "us", "ms", "s", "m", "h").
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)")
+
+
+def _parse_duration_or_none(text: str):
+    """Seconds in a Go duration string such as "1h2m3.5s", or None."""
+    text = text.strip()
+    sign = 1.0
+    if text[:1] in ("+", "-"):  # not `in "+-"`: "" is in every string
+        sign = -1.0 if text[0] == "-" else 1.0
+        text = text[1:]
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(text):
+        m = _DURATION_RE.match(text, pos)
+        if not m:
+            return None
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    return sign * total if pos else None
+
+
+# ============================================================================
+# 8. Options
+# ============================================================================
+#
+# `Options` holds every setting of a server.  It is filled in three steps,
+# as the Go server's opts.go does: the config file (if any) through the
+# table of keys below, then the command-line flags on top ("flags override
+# the file"), then `Options.fill_defaults()` puts every unset value in one
+# place.  Settings whose feature this build does not have yet are never
+# dropped silently: the file's keys produce a warning at startup, and a flag
+# asking for them is an error (see `UNSUPPORTED_KEYS`).
+
+# Config blocks of the Go server this build does not implement.  A key here is
+# accepted (so a Go config file still loads) and named in a startup warning.
+UNSUPPORTED_KEYS = {
+    "jetstream": "JetStream is not supported by gnatsd.py",
+    "leafnodes": "leafnodes are not supported by gnatsd.py",
+    "leaf": "leafnodes are not supported by gnatsd.py",
+    "gateway": "gateways are not supported by gnatsd.py",
+    "mqtt": "MQTT is not supported by gnatsd.py",
+    "websocket": "WebSocket is not supported by gnatsd.py",
+    "ws": "WebSocket is not supported by gnatsd.py",
+    "prof_port": "profiling is not supported by gnatsd.py",
+    "prof_block_rate": "profiling is not supported by gnatsd.py",
+    "operator": "operator (JWT) mode is not supported by gnatsd.py",
+    "operators": "operator (JWT) mode is not supported by gnatsd.py",
+    "root": "operator (JWT) mode is not supported by gnatsd.py",
+    "roots": "operator (JWT) mode is not supported by gnatsd.py",
+    "root_operator": "operator (JWT) mode is not supported by gnatsd.py",
+    "root_operators": "operator (JWT) mode is not supported by gnatsd.py",
+    "trusted": "operator (JWT) mode is not supported by gnatsd.py",
+    "trusted_keys": "operator (JWT) mode is not supported by gnatsd.py",
+    "default_sentinel": "operator (JWT) mode is not supported by gnatsd.py",
+    "resolver": "account resolvers are not supported by gnatsd.py",
+    "account_resolver": "account resolvers are not supported by gnatsd.py",
+    "accounts_resolver": "account resolvers are not supported by gnatsd.py",
+    "resolver_tls": "account resolvers are not supported by gnatsd.py",
+    "resolver_preload": "account resolvers are not supported by gnatsd.py",
+    "resolver_pinned_accounts": "account resolvers are not supported by gnatsd.py",
+    "store_dir": "JetStream is not supported by gnatsd.py",
+    "storedir": "JetStream is not supported by gnatsd.py",
+    "default_js_domain": "JetStream is not supported by gnatsd.py",
+    "mappings": "subject mappings are not supported by gnatsd.py",
+    "maps": "subject mappings are not supported by gnatsd.py",
+    "ocsp": "OCSP stapling is not supported by gnatsd.py",
+    "ocsp_cache": "OCSP stapling is not supported by gnatsd.py",
+    "proxy_protocol": "the PROXY protocol is not supported by gnatsd.py",
+    "proxies": "trusted proxies are not supported by gnatsd.py",
+    "trace_verbose": "trace_verbose is not supported by gnatsd.py (trace is)",
+    "trace_headers": "trace_headers is not supported by gnatsd.py (trace is)",
+    "disable_sublist_cache": "disabling the sublist cache is not supported by gnatsd.py",
+    "no_sublist_cache": "disabling the sublist cache is not supported by gnatsd.py",
+    "logfile_max_num": "log_max_num is not supported by gnatsd.py: backups are kept",
+    "log_max_num": "log_max_num is not supported by gnatsd.py: backups are kept",
+    "max_sub_tokens": "max_sub_tokens is not supported by gnatsd.py",
+    "max_subscription_tokens": "max_sub_tokens is not supported by gnatsd.py",
+    "write_timeout": "write_timeout is not supported by gnatsd.py (write_deadline is)",
+    "no_system_account": "no_system_account is not supported by gnatsd.py",
+    "no_system": "no_system_account is not supported by gnatsd.py",
+    "no_sys_acc": "no_system_account is not supported by gnatsd.py",
+    "no_header_support": "no_header_support is not supported by gnatsd.py",
+    "connect_error_reports": "connect_error_reports is not supported by gnatsd.py",
+    "reconnect_error_reports": "reconnect_error_reports is not supported by gnatsd.py",
+    "server_metadata": "server_metadata is not supported by gnatsd.py",
+    "feature_flags": "feature flags are not supported by gnatsd.py",
+    "no_fast_producer_stall": "no_fast_producer_stall is not supported by gnatsd.py",
+}
+
+
+class Options:
+    """Every server setting, with the Go server's names and defaults.
+
+    Unset values are None until `fill_defaults()`; that lets flags override
+    the file only where a flag was actually given.
+    """
+
+    # (attribute, default) in the order of the Go server's Options struct.
+    DEFAULTS = (
+        ("config_file", ""),
+        ("server_name", ""),
+        ("server_tags", None),
+        ("host", DEFAULT_HOST),
+        ("port", DEFAULT_PORT),
+        ("client_advertise", ""),
+        ("trace", False),
+        ("debug", False),
+        ("logtime", True),
+        ("logtime_utc", False),
+        ("log_file", ""),
+        ("log_size_limit", 0),
+        ("syslog", False),
+        ("remote_syslog", ""),
+        ("max_traced_msg_len", 0),
+        ("max_closed_clients", MAX_CLOSED_CLIENTS),
+        ("allow_non_tls", False),
+        ("pid_file", ""),
+        ("ports_file_dir", ""),
+        ("max_connections", DEFAULT_MAX_CONNECTIONS),
+        ("max_control_line", MAX_CONTROL_LINE_SIZE),
+        ("max_payload", MAX_PAYLOAD_SIZE),
+        ("max_pending", MAX_PENDING_SIZE),
+        ("max_subscriptions", 0),
+        ("ping_interval", DEFAULT_PING_INTERVAL),
+        ("ping_max", DEFAULT_PING_MAX_OUT),
+        ("write_deadline", DEFAULT_WRITE_DEADLINE),
+        ("lame_duck_duration", DEFAULT_LAME_DUCK_DURATION),
+        ("lame_duck_grace_period", DEFAULT_LAME_DUCK_GRACE_PERIOD),
+        ("username", ""),
+        ("password", ""),
+        ("authorization", ""),
+        ("auth_timeout", 0.0),
+        ("users", None),
+        ("default_permissions", None),
+        ("no_auth_user", ""),
+        ("cluster_name", ""),
+        ("cluster_host", ""),
+        ("cluster_port", 0),
+        ("cluster_advertise", ""),
+        ("cluster_auth", None),
+        ("cluster_tls", None),
+        ("no_advertise", False),
+        ("connect_retries", 0),
+        ("routes", None),
+        ("accounts", None),
+        ("system_account", ""),
+        ("http_host", ""),
+        ("http_port", 0),
+        ("http_base_path", ""),
+        ("https_port", 0),
+        ("tls", None),
+        ("warnings", None),
+    )
+
+    def __init__(self, **kw):
+        for name, _default in self.DEFAULTS:
+            setattr(self, name, None)
+        for name, value in kw.items():
+            if not any(name == n for n, _ in self.DEFAULTS):
+                raise TypeError("unknown option %r" % name)
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        shown = ", ".join("%s=%r" % (n, getattr(self, n)) for n, _ in self.DEFAULTS
+                          if getattr(self, n) is not None)
+        return "Options(%s)" % shown
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Options) and all(
+            getattr(self, n) == getattr(other, n) for n, _ in self.DEFAULTS)
+
+    def merge(self, flags: "Options") -> "Options":
+        """Flags given on the command line override the file (Go's MergeOptions)."""
+        for name, _default in self.DEFAULTS:
+            value = getattr(flags, name)
+            if value is not None and name != "warnings":
+                setattr(self, name, value)
+        return self
+
+    def fill_defaults(self) -> "Options":
+        """Give every unset option its default (Go's setBaselineOptions)."""
+        for name, default in self.DEFAULTS:
+            if getattr(self, name) is None:
+                setattr(self, name, list(default or ()) if name == "warnings" else default)
+        if self.tls is False:
+            self.tls = None          # --tls=false turned the file's tls block off
+        if self.auth_timeout == 0.0:
+            # Go's getDefaultAuthTimeout: with TLS, a second more than a handshake may take.
+            self.auth_timeout = self.tls.timeout + 1.0 if self.tls else AUTH_TIMEOUT
+        if self.port == 0:
+            self.port = RANDOM_PORT
+        return self
+
+    def validate(self) -> "Options":
+        """Check the merged options as Go's validateOptions does; raise
+        ConfigError, or add a warning for what is allowed but unwise."""
+        if " " in self.server_name:
+            raise ConfigError("server name cannot contain spaces")
+        if self.max_payload > self.max_pending:
+            raise ConfigError("max_payload (%d) cannot be higher than max_pending (%d)"
+                              % (self.max_payload, self.max_pending))
+        if self.max_payload > 8 * 1024 * 1024:
+            self.warnings.append("Maximum payloads over 8.00 MB are generally discouraged "
+                                 "and could lead to poor performance")
+        return self
+
+    @property
+    def auth_required(self) -> bool:
+        """True if clients must log in: a single user, a token or a users list is set."""
+        return bool(self.username or self.authorization or self.users)
+
+
+def _to_int(cm: ConfigMap, key: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise cm.error(key, "interface conversion: expected an integer for %r, got %r"
+                       % (key, value))
+    return value
+
+
+def _to_str(cm: ConfigMap, key: str, value) -> str:
+    if isinstance(value, (dict, list)):
+        raise cm.error(key, "expected a string for %r" % key)
+    return str(value)
+
+
+def _to_bool(cm: ConfigMap, key: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise cm.error(key, "expected a boolean for %r, got %r" % (key, value))
+    return value
+
+
+def _to_seconds(cm: ConfigMap, key: str, value) -> float:
+    """A timeout: a Go duration string, or a number (int or float) of seconds."""
+    if isinstance(value, bool):
+        raise cm.error(key, "expected a duration for %r" % key)
+    if isinstance(value, (int, float)):
+        return float(value)
+    seconds = _parse_duration_or_none(str(value))
+    if seconds is None:
+        reason = ("missing unit in duration" if re.match(r"^[-+]?[\d.]+$", str(value))
+                  else "invalid duration")
+        raise cm.error(key, 'error parsing %s: time: %s "%s"' % (key, reason, value))
+    return seconds
+
+
+def _duration(attr: str):
+    """The reader of a duration option (Go's parseDuration): a duration
+    string such as "2m"; a bare integer is seconds, with Go's warning."""
+
+    def read(cm: ConfigMap, key: str, value, opts: Options):
+        if isinstance(value, int) and not isinstance(value, bool):
+            opts.warnings.append('%s:%d: invalid use of field "%s": %s should be converted '
+                                 'to a duration' % (cm.files.get(key, cm.path),
+                                                    cm.position(key)[0], key, key))
+        elif not isinstance(value, str):
+            raise cm.error(key, "interface conversion: expected a duration for %r, got %r"
+                           % (key, value))
+        setattr(opts, attr, _to_seconds(cm, key, value))
+    return read
+
+
+# Largest max_payload and max_control_line (Go keeps them in an int32).
+_MAX_INT32 = 2 ** 31 - 1
+
+
+def _to_size(cm: ConfigMap, key: str, value) -> int:
+    """An integer number of bytes (size suffixes are read by the lexer)."""
+    size = _to_int(cm, key, value)
+    if size > _MAX_INT32 and key.lower() in ("max_payload", "max_control_line"):
+        raise cm.error(key, "%s value is too big" % key)
+    return size
+
+
+def _to_server_name(cm: ConfigMap, key: str, value) -> str:
+    name = _to_str(cm, key, value)
+    if " " in name:
+        raise cm.error(key, "server name cannot contain spaces")
+    return name
+
+
+def _listen(cm: ConfigMap, key: str, value, opts: Options):
+    """`listen: host:port` sets both host and port."""
+    text = _to_str(cm, key, value)
+    host, _, port = text.rpartition(":")
+    if not port.lstrip("-").isdigit():
+        raise cm.error(key, "could not parse address string %r" % text)
+    if host:
+        opts.host = host.strip("[]")
+    opts.port = int(port)
+
+
+_CLUSTER_URL_RE = re.compile(r"^(?:[a-z+-]+://)?(?:(?P<user>[^:@/]*)(?::(?P<pass>[^@/]*))?@)?"
+                             r"(?P<host>\[[^\]]*\]|[^:/]*)(?::(?P<port>-?\d+))?/?$")
+
+
+def parse_cluster_url(url: str) -> tuple:
+    """`nats://[user:pass@]host:port` (the --cluster and --cluster_listen
+    flags) -> (host, port, (user, password) or None); port -1 is random."""
+    m = _CLUSTER_URL_RE.match(url.strip())
+    if not m or m.group("port") is None:
+        raise ConfigError('error parsing cluster url ["%s"]' % url)
+    auth = (urllib.parse.unquote(m.group("user") or ""),
+            urllib.parse.unquote(m.group("pass") or "")) if m.group("user") else None
+    return m.group("host").strip("[]"), int(m.group("port")), auth
+
+
+def _cluster(cm: ConfigMap, key: str, value, opts: Options):
+    """`cluster { name listen host port advertise no_advertise authorization
+    routes tls connect_retries pool_size compression }` (Go's parseCluster)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "Expected map to define cluster")
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name == "name":
+            opts.cluster_name = _to_str(value, sub_key, sub_value)
+            if " " in opts.cluster_name:
+                raise value.error(sub_key, "cluster name cannot contain spaces or new lines")
+        elif name == "listen":
+            text = _to_str(value, sub_key, sub_value)
+            host, _, port = text.rpartition(":")
+            if not port.lstrip("-").isdigit():
+                raise value.error(sub_key, "could not parse address string %r" % text)
+            opts.cluster_host, opts.cluster_port = host.strip("[]"), int(port)
+        elif name in ("host", "net"):
+            opts.cluster_host = _to_str(value, sub_key, sub_value)
+        elif name == "port":
+            opts.cluster_port = _to_int(value, sub_key, sub_value)
+        elif name in ("advertise", "cluster_advertise"):
+            opts.cluster_advertise = _to_str(value, sub_key, sub_value)
+        elif name == "no_advertise":
+            opts.no_advertise = _to_bool(value, sub_key, sub_value)
+        elif name == "connect_retries":
+            opts.connect_retries = _to_int(value, sub_key, sub_value)
+        elif name == "routes":
+            routes = sub_value if isinstance(sub_value, list) else [sub_value]
+            for url in routes:
+                if not isinstance(url, str):
+                    raise value.error(sub_key, "expected a route URL")
+            opts.routes = list(routes)
+        elif name == "authorization":
+            opts.cluster_auth = _route_authorization(value, sub_key, sub_value)
+        elif name in ("pool_size", "compression", "ping_interval", "ping_max", "accounts"):
+            continue  # one uncompressed route per peer here; Go peers adapt
+        elif name == "tls":
+            opts.cluster_tls = parse_tls_block(value, sub_key, sub_value, route=True)
+            if opts.cluster_tls.verify_and_map:  # peers' certificates are verified, not mapped
+                opts.warnings.append(_route_not_yet(value, sub_key, "tls verify_and_map"))
+        elif name == "permissions":
+            opts.warnings.append(_route_not_yet(value, sub_key, name))
+        elif value.is_variable(sub_key):
+            continue
+        else:
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+
+
+def _route_not_yet(cm: ConfigMap, key: str, what: str) -> str:
+    """The startup warning for a cluster setting this build ignores."""
+    return "%s:%d: route %s is not supported by gnatsd.py yet; ignored" % (
+        cm.files.get(key, cm.path), cm.position(key)[0], what)
+
+
+def _route_authorization(cm: ConfigMap, key: str, value) -> tuple:
+    """cluster { authorization { user password timeout } } -> (user, password)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "expected a map for authorization")
+    user = password = ""
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name in ("user", "username"):
+            user = _to_str(value, sub_key, sub_value)
+        elif name in ("pass", "password"):
+            password = _to_str(value, sub_key, sub_value)
+        elif name == "timeout":
+            _to_seconds(value, sub_key, sub_value)
+        elif not value.is_variable(sub_key):
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    return (user, password)
+
+
+def _http(cm: ConfigMap, key: str, value, opts: Options):
+    """`http: 8222` or `http: "host:8222"`: the monitoring listener."""
+    host, opts.http_port = _monitor_address(cm, key, value)
+    if host:
+        opts.http_host = host
+
+
+def _https(cm: ConfigMap, key: str, value, opts: Options):
+    """`https: 8443` or `https: "host:8443"`: the monitoring listener over TLS."""
+    host, opts.https_port = _monitor_address(cm, key, value)
+    if host:
+        opts.http_host = host
+
+
+def _monitor_address(cm: ConfigMap, key: str, value) -> tuple:
+    """A port, or "host:port" -> (host or "", port)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "", value
+    text = _to_str(cm, key, value)
+    host, _, port = text.rpartition(":")
+    if not port.lstrip("-").isdigit():
+        raise cm.error(key, "could not parse address string %r" % text)
+    return host.strip("[]"), int(port)
+
+
+class Permissions:
+    """What one user may publish and subscribe to (Go's Permissions).
+
+    Each list holds subjects as written in the config; a subscribe entry
+    may carry a queue group after a space (`"work.* workers"`).  None means
+    "no such list" (everything allowed / nothing denied).
+    """
+
+    def __init__(self, publish_allow=None, publish_deny=None, subscribe_allow=None,
+                 subscribe_deny=None, responses=None):
+        self.responses = responses   # (max responses, seconds) or None
+        self.publish_allow = publish_allow
+        self.publish_deny = publish_deny
+        self.subscribe_allow = subscribe_allow
+        self.subscribe_deny = subscribe_deny
+
+    def __repr__(self) -> str:
+        return "Permissions(%r, %r, %r, %r)" % (self.publish_allow, self.publish_deny,
+                                               self.subscribe_allow, self.subscribe_deny)
+
+
+class User:
+    """One entry of `authorization { users [...] }` or of an account's users;
+    `account` names the account it logs in to ("" is the global account)."""
+
+    def __init__(self, username: str, password: str, permissions: Permissions | None,
+                 account: str = ""):
+        self.username = username
+        self.password = password
+        self.permissions = permissions
+        self.account = account
+
+    def __repr__(self) -> str:
+        return "User(%r)" % self.username
+
+
+def _subject_list(cm: ConfigMap, key: str, value) -> list:
+    """A permission value: one subject or a list of them."""
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise cm.error(key, "error parsing %s permissions, expected a subject string" % key)
+        if not is_valid_subject(item.strip().partition(" ")[0].encode()):
+            raise cm.error(key, 'subject "%s" is not a valid subject' % item)
+        out.append(item)
+    return out
+
+
+def _permission_lists(cm: ConfigMap, key: str, value) -> tuple:
+    """publish/subscribe: a subject, a list, or {allow, deny} -> (allow, deny)."""
+    if isinstance(value, ConfigMap):
+        allow = deny = None
+        for sub_key, sub_value in value.items():
+            name = sub_key.lower()
+            if name == "allow":
+                allow = _subject_list(value, sub_key, sub_value)
+            elif name == "deny":
+                deny = _subject_list(value, sub_key, sub_value)
+            else:
+                raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+        return allow, deny
+    return _subject_list(cm, key, value), None
+
+
+def _response_permission(cm: ConfigMap, key: str, value) -> tuple:
+    """`allow_responses: true` or `{max: N, expires: "1m"}` -> (max, seconds)
+    (Go's defaults: one response, within two minutes)."""
+    if value is True:
+        return (1, 120.0)
+    if value is False:
+        return None
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "error parsing allow_responses, expected a bool or a map")
+    maximum, expires = 1, 120.0
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name == "max":
+            maximum = _to_int(value, sub_key, sub_value)
+        elif name in ("expires", "ttl"):
+            expires = _to_seconds(value, sub_key, sub_value)
+        else:
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    return (maximum, expires)
+
+
+def _permissions(cm: ConfigMap, key: str, value) -> Permissions:
+    """`permissions { publish subscribe }` (Go's parseUserPermissions)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "expected a map for permissions")
+    perms = Permissions()
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name in ("publish", "pub"):
+            perms.publish_allow, perms.publish_deny = _permission_lists(value, sub_key, sub_value)
+        elif name in ("subscribe", "sub"):
+            perms.subscribe_allow, perms.subscribe_deny = _permission_lists(
+                value, sub_key, sub_value)
+        elif name in ("allow_responses", "allow_response"):
+            perms.responses = _response_permission(value, sub_key, sub_value)
+        else:
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    return perms
+
+
+def _users(cm: ConfigMap, key: str, value) -> list:
+    """`users = [ {user password permissions} ... ]`."""
+    if not isinstance(value, list):
+        raise cm.error(key, "expected an array for users")
+    users = []
+    for entry in value:
+        if not isinstance(entry, ConfigMap):
+            raise cm.error(key, "expected a map for each user")
+        username = password = ""
+        perms = None
+        for sub_key, sub_value in entry.items():
+            name = sub_key.lower()
+            if name in ("user", "username"):
+                username = _to_str(entry, sub_key, sub_value)
+            elif name in ("pass", "password"):
+                password = _to_str(entry, sub_key, sub_value)
+            elif name in ("permissions", "permission", "authorization"):  # Go's spellings
+                perms = _permissions(entry, sub_key, sub_value)
+            elif name == "nkey":
+                raise entry.error(sub_key, "nkey users are not supported by gnatsd.py")
+            else:
+                raise entry.error(sub_key, 'unknown field "%s"' % sub_key)
+        users.append(User(username, password, perms))
+    return users
+
+
+def _authorization(cm: ConfigMap, key: str, value, opts: Options):
+    """`authorization { user password token timeout }` (single user or token)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "expected a map for authorization")
+    auth_users: list = []
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name in ("user", "username"):
+            opts.username = _to_str(value, sub_key, sub_value)
+        elif name in ("pass", "password"):
+            opts.password = _to_str(value, sub_key, sub_value)
+        elif name == "token":
+            opts.authorization = _to_str(value, sub_key, sub_value)
+        elif name == "timeout":
+            opts.auth_timeout = _to_seconds(value, sub_key, sub_value)
+        elif name == "users":
+            auth_users = _users(value, sub_key, sub_value)
+        elif name == "default_permissions":
+            opts.default_permissions = _permissions(value, sub_key, sub_value)
+        elif name == "permissions":
+            opts.warnings.append("%s:%d: authorization permissions need a user; ignored"
+                                 % (cm.path, cm.position(key)[0]))
+        elif value.is_variable(sub_key):
+            continue  # a variable definition, used by another key
+        else:
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    if (auth_users or opts.users) and (opts.username or opts.authorization):
+        raise cm.error(key, "Can not have a single user/pass and a users array")
+    if opts.username and opts.authorization:
+        raise cm.error(key, "Cannot have a user/pass and token")
+    _check_duplicate_users(cm, key, auth_users, opts.users)
+    if opts.default_permissions is not None:
+        for user in auth_users:
+            if user.permissions is None:
+                user.permissions = opts.default_permissions
+    opts.users = auth_users + (opts.users or [])
+
+
+def _check_duplicate_users(cm: ConfigMap, key: str, users: list, known: list | None):
+    names = {u.username for u in known or ()}
+    for user in users:
+        if user.username in names:
+            raise cm.error(key, 'Duplicate user "%s" detected' % user.username)
+        names.add(user.username)
+
+
+class Export:
+    """A stream or service an account offers to others (Go's streamExport and
+    serviceExport).  `accounts` lists who may import it; None is public."""
+
+    def __init__(self, kind: str, subject: str, accounts: list | None = None,
+                 response_type: str = "singleton", response_threshold: float = 120.0):
+        self.kind = kind
+        self.subject = subject
+        self.accounts = accounts
+        self.response_type = response_type
+        self.response_threshold = response_threshold
+
+    def __repr__(self) -> str:
+        return "Export(%r, %r)" % (self.kind, self.subject)
+
+
+class Import:
+    """A stream or service an account takes from `account` (Go's streamImport
+    and serviceImport).  `subject` is the exporter's subject; `to` is the
+    subject in the importing account (for streams, `prefix.subject` when a
+    prefix is given)."""
+
+    def __init__(self, kind: str, account: str, subject: str, to: str):
+        self.kind = kind
+        self.account = account
+        self.subject = subject
+        self.to = to
+
+    def __repr__(self) -> str:
+        return "Import(%r, %r, %r, %r)" % (self.kind, self.account, self.subject, self.to)
+
+
+class AccountConfig:
+    """One account of the `accounts` block, as written."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.exports: list = []
+        self.imports: list = []
+
+
+_RESPONSE_TYPES = ("singleton", "stream", "chunked")
+
+
+def _check_config_subject(cm: ConfigMap, key: str, subject, what: str) -> str:
+    if not isinstance(subject, str) or not is_valid_subject(subject.encode()):
+        raise cm.error(key, "invalid %s subject %r" % (what, subject))
+    return subject
+
+
+def _export(cm: ConfigMap, key: str, entry) -> Export:
+    """`{stream: "x.>"}` or `{service: "svc", accounts: [B], response_type: stream}`."""
+    if not isinstance(entry, ConfigMap):
+        raise cm.error(key, "Export Items should be a map, got %s" % type(entry).__name__)
+    export = None
+    accounts = None
+    response_type, threshold = "singleton", 120.0
+    for sub_key, value in entry.items():
+        name = sub_key.lower()
+        if name in ("stream", "service"):
+            if export is not None:
+                raise entry.error(sub_key, "Detected stream and service exports in the same "
+                                           "entry, only one is allowed")
+            export = Export(name, _check_config_subject(entry, sub_key, value, name))
+        elif name == "accounts":
+            if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+                raise entry.error(sub_key, "expected a list of account names")
+            accounts = list(value)
+        elif name in ("response", "response_type"):
+            if not isinstance(value, str) or value.lower() not in _RESPONSE_TYPES:
+                raise entry.error(sub_key, 'Unknown response type: "%s"' % (value,))
+            response_type = value.lower()
+        elif name in ("threshold", "response_threshold", "response_max_time",
+                      "response_time"):
+            threshold = _to_seconds(entry, sub_key, value)
+        elif name in ("latency", "account_token_position", "advertise", "allow_trace"):
+            continue  # service latency tracking and the like: accepted, not used
+        elif entry.is_variable(sub_key):
+            continue
+        else:
+            raise entry.error(sub_key, 'unknown field "%s"' % sub_key)
+    if export is None:
+        raise cm.error(key, "Expected a stream or service export")
+    export.accounts = accounts
+    if export.kind == "service":
+        export.response_type, export.response_threshold = response_type, threshold
+    elif response_type != "singleton":
+        raise cm.error(key, "Detected response directive on non-service")
+    return export
+
+
+def _import(cm: ConfigMap, key: str, entry) -> Import:
+    """`{stream: {account: B, subject: "x.>"}, prefix: p}` or
+    `{service: {account: B, subject: "svc"}, to: "local"}`."""
+    if not isinstance(entry, ConfigMap):
+        raise cm.error(key, "Import Items should be a map, got %s" % type(entry).__name__)
+    kind = account = subject = None
+    to = prefix = ""
+    for sub_key, value in entry.items():
+        name = sub_key.lower()
+        if name in ("stream", "service"):
+            if kind is not None:
+                raise entry.error(sub_key, "Detected stream and service imports in the same "
+                                           "entry, only one is allowed")
+            if not isinstance(value, ConfigMap):
+                raise entry.error(sub_key, "Import %s should be a map with account and subject"
+                                  % name)
+            kind = name
+            for field, field_value in value.items():
+                if field.lower() == "account":
+                    account = _to_str(value, field, field_value)
+                elif field.lower() == "subject":
+                    subject = _check_config_subject(value, field, field_value, name + " import")
+                elif not value.is_variable(field):
+                    raise value.error(field, 'unknown field "%s"' % field)
+            if not account or subject is None:
+                raise entry.error(sub_key, "Expect an account name and a subject")
+        elif name == "prefix":
+            prefix = _to_str(entry, sub_key, value)
+        elif name in ("to", "local_subject"):
+            to = _check_config_subject(entry, sub_key, value, "import")
+        elif name in ("share", "allow_trace"):
+            continue  # request-info sharing and tracing: accepted, not used
+        elif entry.is_variable(sub_key):
+            continue
+        else:
+            raise entry.error(sub_key, 'unknown field "%s"' % sub_key)
+    if kind is None:
+        raise cm.error(key, "Expected a stream or service import")
+    if kind == "service" and prefix:
+        raise cm.error(key, "Detected prefix on service import, not allowed")
+    if prefix:
+        to = prefix.rstrip(".") + "." + subject
+    return Import(kind, account, subject, to or subject)
+
+
+def _account(cm: ConfigMap, name: str, value, opts: Options) -> AccountConfig:
+    """One account: `A { users exports imports default_permissions }`."""
+    account = AccountConfig(name)
+    if value is None or value == "":
+        return account
+    if not isinstance(value, ConfigMap):
+        raise cm.error(name, "Expected map entries for accounts")
+    default_perms = None
+    users: list = []
+    users_key = ""
+    for sub_key, sub_value in value.items():
+        key = sub_key.lower()
+        if key == "users":
+            users, users_key = _users(value, sub_key, sub_value), sub_key
+        elif key == "exports":
+            items = sub_value if isinstance(sub_value, list) else [sub_value]
+            account.exports = [_export(value, sub_key, item) for item in items]
+        elif key == "imports":
+            items = sub_value if isinstance(sub_value, list) else [sub_value]
+            account.imports = [_import(value, sub_key, item) for item in items]
+        elif key == "default_permissions":
+            default_perms = _permissions(value, sub_key, sub_value)
+        elif key in ("jetstream", "mappings", "limits", "nkey", "msg_trace", "trace_dest"):
+            opts.warnings.append("%s:%d: account %s: %s is not supported by gnatsd.py; ignored"
+                                 % (value.files.get(sub_key, value.path),
+                                    value.position(sub_key)[0], name, sub_key))
+        elif value.is_variable(sub_key):
+            continue
+        else:
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    if users and (opts.username or opts.authorization):
+        raise value.error(users_key, "Can not have a single user/pass and accounts")
+    _check_duplicate_users(value, users_key, users, opts.users)
+    for user in users:
+        user.account = name
+        if user.permissions is None:
+            user.permissions = default_perms
+    opts.users = (opts.users or []) + users
+    return account
+
+
+def _accounts(cm: ConfigMap, key: str, value, opts: Options):
+    """`accounts { A {...} B {...} }`, or a list of names (Go's parseAccounts)."""
+    accounts = opts.accounts = opts.accounts or {}
+    if isinstance(value, list):
+        for name in value:
+            if not isinstance(name, str):
+                raise cm.error(key, "Expected an account name")
+            accounts[name] = AccountConfig(name)
+        return
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "Expected map or array of accounts")
+    for name, body in value.items():
+        if value.is_variable(name):
+            continue
+        if name == GLOBAL_ACCOUNT:
+            raise value.error(name, '"%s" is a Reserved Account' % name)
+        accounts[name] = _account(value, name, body, opts)
+    try:
+        check_accounts(accounts)
+    except ConfigError as exc:
+        raise cm.error(key, exc.message)
+
+
+def check_accounts(accounts: dict):
+    """Cross-account checks once the block is read (Go's parseAccounts):
+    exports name existing accounts; imports name existing accounts and
+    exported subjects they are allowed, each at most once."""
+    for account in accounts.values():
+        for export in account.exports:
+            for name in export.accounts or ():
+                if name not in accounts:
+                    raise ConfigError('"%s" account not defined for %s export'
+                                      % (name, export.kind))
+    for account in accounts.values():
+        seen = set()
+        for imp in account.imports:
+            exporter = accounts.get(imp.account)
+            if exporter is None:
+                raise ConfigError('"%s" account not defined for %s import'
+                                  % (imp.account, imp.kind))
+            export = find_export(exporter, imp.kind, imp.subject)
+            if export is None or (export.accounts is not None
+                                  and account.name not in export.accounts):
+                raise ConfigError('Error adding %s import "%s": %s import not authorized'
+                                  % (imp.kind, imp.subject, imp.kind))
+            if imp.kind == "stream":
+                if (imp.account, imp.subject) in seen:
+                    raise ConfigError('Error adding stream import "%s": stream import already'
+                                      ' exists' % imp.subject)
+                seen.add((imp.account, imp.subject))
+            if not same_wildcards(imp.subject, imp.to):
+                raise ConfigError('Error adding %s import "%s": %r must keep the wildcards of'
+                                  ' the subject' % (imp.kind, imp.subject, imp.to))
+
+
+def find_export(account: AccountConfig, kind: str, subject: str) -> Export | None:
+    """The export of `kind` covering `subject` (which may be narrower)."""
+    tokens = subject.encode().split(b".")
+    for export in account.exports:
+        if export.kind == kind and subject_is_subset(tokens, export.subject.encode().split(b".")):
+            return export
+    return None
+
+
+# -- the tls {} block ---------------------------------------------------------
+#
+#     tls { cert_file key_file ca_file verify verify_and_map timeout
+#           handshake_first cipher_suites curve_preferences min_version }
+#
+# becomes a TLSConfig (Go's TLSConfigOpts), and its SSLContext is built while
+# the file is read, so a missing file or an unknown cipher is a config error
+# with a line number, as Go's parseTLS and GenTLSConfig make it.  The same
+# reader serves `cluster { tls {} }`, where Go forces verification both
+# ways (a route is a client of its peer too: `client_context()`, which
+# `insecure` stops checking the server it dials).
+# Go names ciphers and curves as IANA and crypto/tls do; OpenSSL has its own
+# names, mapped below.  Chapter 10 uses the context; nothing here touches a
+# socket.
+
+# Go's cipher suite names -> OpenSSL's.  The TLS 1.3 suites map to "": Go
+# accepts and ignores them, and Python's ssl cannot choose them either.
+GO_CIPHER_SUITES = {
+    "TLS_RSA_WITH_RC4_128_SHA": "RC4-SHA",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA": "DES-CBC3-SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA": "ECDHE-ECDSA-RC4-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA": "ECDHE-RSA-RC4-SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA": "ECDHE-RSA-DES-CBC3-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    # The names nats-server 2.9 (Go < 1.14) used for the two above.
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_AES_128_GCM_SHA256": "",
+    "TLS_AES_256_GCM_SHA384": "",
+    "TLS_CHACHA20_POLY1305_SHA256": "",
+}
+
+# Go's curve names -> OpenSSL's group names.  Python's ssl sets one group
+# (set_ecdh_curve), so a server uses the first listed name this build knows.
+GO_CURVES = {
+    "CurveP256": "prime256v1",
+    "CurveP384": "secp384r1",
+    "CurveP521": "secp521r1",
+    "X25519": "X25519",
+    "X25519MLKEM768": "X25519MLKEM768",
+    "SecP256r1MLKEM768": "SecP256r1MLKEM768",
+    "SecP384r1MLKEM1024": "SecP384r1MLKEM1024",
+}
+
+# Keys of Go's tls block this build does not implement: refused, because
+# ignoring them (pinning, OCSP) would accept peers Go rejects.
+_TLS_KEYS_NOT_SUPPORTED = ("pinned_certs", "ocsp_peer", "cert_store", "cert_match_by",
+                           "cert_match", "cert_match_skip_invalid", "ca_certs_match", "certs",
+                           "certificates", "connection_rate_limit",
+                           "verify_cert_and_check_known_urls")
+
+
+class TLSConfig:
+    """One `tls {}` block, or the --tls flags (Go's TLSConfigOpts).
+
+    `server_context()` builds the SSLContext for accepted connections once
+    and raises ConfigError; `server_context(verify=False)` is the HTTPS
+    monitor's, which never asks for a client certificate (Go clones the
+    client config with NoClientCert for it).  `client_context()` is for
+    the routes we dial.
+    """
+
+    FIELDS = ("cert_file", "key_file", "ca_file", "verify", "verify_and_map", "timeout",
+              "handshake_first", "fallback", "ciphers", "curves", "min_version", "insecure")
+
+    def __init__(self, cert_file: str = "", key_file: str = "", ca_file: str = "",
+                 verify: bool = False, verify_and_map: bool = False,
+                 timeout: float = TLS_TIMEOUT, handshake_first: bool = False,
+                 fallback: float = 0.0, ciphers: list | None = None,
+                 curves: list | None = None, min_version: str = "", insecure: bool = False):
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.ca_file = ca_file
+        self.verify = verify or verify_and_map
+        self.verify_and_map = verify_and_map
+        self.timeout = timeout                  # seconds a handshake may take
+        self.handshake_first = handshake_first  # TLS before INFO
+        self.fallback = fallback                # seconds to wait for that, then plain INFO
+        self.ciphers = ciphers                  # Go names, or None for OpenSSL's defaults
+        self.curves = curves                    # Go names, or None
+        self.min_version = min_version          # "1.2", "1.3" or "" (1.2)
+        self.insecure = insecure                # routes: do not verify the server we dial
+        self.contexts: dict = {}
+
+    def __repr__(self) -> str:
+        return "TLSConfig(%s)" % ", ".join("%s=%r" % (name, getattr(self, name))
+                                           for name in self.FIELDS if getattr(self, name))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TLSConfig) and all(
+            getattr(self, name) == getattr(other, name) for name in self.FIELDS)
+
+    def server_context(self, verify: bool | None = None):
+        """The ssl.SSLContext for connections we accept (built once)."""
+        verify = self.verify if verify is None else verify
+        if verify not in self.contexts:
+            self.contexts[verify] = self.build_context(verify)
+        return self.contexts[verify]
+
+    def client_context(self):
+        """The ssl.SSLContext for routes we dial (built once): our certificate,
+        the peer's checked against ca_file and the host we dialed, unless
+        `insecure` (Go's route TLS config as a tls.Client)."""
+        if "client" not in self.contexts:
+            if ssl is None:
+                raise ConfigError("TLS needs Python's ssl module, and this Python has none")
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = not self.insecure
+            self.configure(context, not self.insecure, ssl.Purpose.SERVER_AUTH)
+            self.contexts["client"] = context
+        return self.contexts["client"]
+
+    def build_context(self, verify: bool):
+        """A new server-side SSLContext from these settings (GenTLSConfig)."""
+        if ssl is None:
+            raise ConfigError("TLS needs Python's ssl module, and this Python has none")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.configure(context, verify, ssl.Purpose.CLIENT_AUTH)
+        return context
+
+    def configure(self, context, verify: bool, purpose):
+        """Give a new context our certificate, the CAs that vouch for peers
+        (`purpose` picks the system's when ca_file is not set), versions,
+        ciphers and curves."""
+        if not self.cert_file:
+            raise ConfigError("missing 'cert_file' in TLS configuration")
+        if not self.key_file:
+            raise ConfigError("missing 'key_file' in TLS configuration")
+        context.minimum_version = (ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3"
+                                   else ssl.TLSVersion.TLSv1_2)
+        context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)  # Go never renegotiates
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ValueError) as exc:
+            missing = self.key_file if os.path.exists(self.cert_file) else self.cert_file
+            raise ConfigError("error parsing X509 certificate/key pair: %s"
+                              % _tls_file_error(exc, missing))
+        if self.ca_file:
+            try:
+                context.load_verify_locations(self.ca_file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(_tls_file_error(exc, self.ca_file))
+        elif verify:
+            context.load_default_certs(purpose)
+        context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+        if self.ciphers:
+            self.set_ciphers(context)
+        if self.curves:
+            self.set_curve(context)
+
+    def set_ciphers(self, context):
+        """Restrict TLS 1.2 to the listed suites, named as Go names them."""
+        names = []
+        for name in self.ciphers:
+            openssl_name = GO_CIPHER_SUITES[name]
+            if openssl_name and not _openssl_cipher_available(openssl_name):
+                raise ConfigError("cipher suite %s is not available in this build (%s)"
+                                  % (name, ssl.OPENSSL_VERSION))
+            if openssl_name:
+                names.append(openssl_name)
+        if names:
+            context.set_ciphers(":".join(names))
+
+    def set_curve(self, context):
+        """The first listed curve this OpenSSL has (Python sets just one)."""
+        for name in self.curves:
+            try:
+                context.set_ecdh_curve(GO_CURVES[name])
+                return
+            except ValueError:
+                continue  # a curve this OpenSSL lacks: try the next preference
+        raise ConfigError("none of the curve preferences %s is available in this build (%s)"
+                          % (", ".join(self.curves), ssl.OPENSSL_VERSION))
+
+
+def _openssl_cipher_available(openssl_name: str) -> bool:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(openssl_name)
+        return True
+    except ssl.SSLError:
+        return False
+
+
+def _tls_file_error(exc: Exception, path: str) -> str:
+    """A certificate or key file failure in Go's words where they are known."""
+    if isinstance(exc, FileNotFoundError):
+        return "open %s: no such file or directory" % path
+    reason = getattr(exc, "reason", None)
+    if reason == "KEY_VALUES_MISMATCH":
+        return "tls: private key does not match public key"
+    if reason in ("NO_START_LINE", "PEM_LIB") or "PEM" in str(exc):
+        return "tls: failed to find any PEM data in input"
+    return str(exc)
+
+
+def _go_type(value) -> str:
+    """The Go type a config value would have, for Go's conversion errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int64"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, list):
+        return "[]interface {}"
+    if isinstance(value, dict):
+        return "map[string]interface {}"
+    return "string"
+
+
+def parse_tls_block(cm: ConfigMap, key: str, value, route: bool = False) -> TLSConfig:
+    """Read a `tls {}` block (the clients', or with `route` a cluster's) into
+    a TLSConfig and build its contexts, so bad files and names fail here (Go's
+    parseTLS).  Routes always verify their peers, both ways (Go's
+    parseCluster forces RequireAndVerifyClientCert)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "interface conversion: interface {} is %s, not "
+                            "map[string]interface {}" % _go_type(value))
+    tc = TLSConfig()
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name in ("cert_file", "key_file", "ca_file"):
+            if not isinstance(sub_value, str):
+                raise value.error(sub_key, "error parsing tls config, expected '%s' to be "
+                                           "filename" % name)
+            setattr(tc, name, sub_value)
+        elif name in ("verify", "verify_and_map", "insecure", "allow_insecure_cipher_suites"):
+            if not isinstance(sub_value, bool):
+                raise value.error(sub_key, "error parsing tls config, expected '%s' to be a "
+                                           "boolean" % name)
+            if name != "allow_insecure_cipher_suites":  # OpenSSL's own list decides
+                setattr(tc, name, sub_value)
+        elif name == "timeout":
+            tc.timeout = _tls_timeout(value, sub_key, sub_value)
+        elif name in ("handshake_first", "first", "immediate"):
+            tc.handshake_first, tc.fallback = _handshake_first(value, sub_key, sub_value)
+        elif name in ("cipher_suites", "curve_preferences"):
+            names = _tls_names(value, sub_key, sub_value)
+            if name == "cipher_suites":
+                tc.ciphers = names
+            else:
+                tc.curves = names
+        elif name == "min_version":
+            tc.min_version = _tls_min_version(value, sub_key, sub_value)
+        elif name in _TLS_KEYS_NOT_SUPPORTED:
+            raise value.error(sub_key, "error parsing tls config, %r is not supported by "
+                                       "gnatsd.py" % name)
+        elif value.is_variable(sub_key):
+            continue  # a variable definition, used by another key
+        else:
+            raise value.error(sub_key, 'error parsing tls config, unknown field "%s"' % sub_key)
+    tc.verify = tc.verify or tc.verify_and_map or route
+    try:
+        tc.server_context()
+        if route:
+            tc.client_context()
+    except ConfigError as exc:
+        raise cm.error(key, exc.message)
+    return tc
+
+
+def _tls_timeout(cm: ConfigMap, key: str, value) -> float:
+    """`timeout`: seconds (int or float) or a duration string."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        seconds = _parse_duration_or_none(value)
+        if seconds is not None:
+            return seconds
+        raise cm.error(key, "error parsing tls config, 'timeout' time: invalid duration "
+                            '"%s"' % value)
+    raise cm.error(key, "error parsing tls config, 'timeout' wrong type")
+
+
+def _handshake_first(cm: ConfigMap, key: str, value) -> tuple:
+    """`handshake_first`: true/false, "auto" (wait 50ms for a ClientHello,
+    then send a plain INFO after all), or such a wait as a duration.
+    Returns (handshake first?, fallback seconds)."""
+    if isinstance(value, bool):
+        return value, 0.0
+    if not isinstance(value, str):
+        raise cm.error(key, 'field "%s" should be a boolean or string, got %s'
+                       % (key, _go_type(value)))
+    word = value.lower()
+    if word in ("true", "on"):
+        return True, 0.0
+    if word in ("false", "off"):
+        return False, 0.0
+    if word in ("auto", "auto_fallback"):
+        return True, DEFAULT_TLS_HANDSHAKE_FIRST_FALLBACK_DELAY
+    seconds = _parse_duration_or_none(value)
+    if seconds is None:
+        raise cm.error(key, 'field "%s"\'s value "%s" is invalid' % (key, value))
+    return True, max(seconds, 0.0)
+
+
+def _tls_names(cm: ConfigMap, key: str, value) -> list:
+    """`cipher_suites` or `curve_preferences`: a non-empty array of Go names."""
+    name = key.lower()
+    if not isinstance(value, list):
+        raise cm.error(key, "error parsing tls config, expected '%s' to be an array" % name)
+    if not value:
+        raise cm.error(key, "error parsing tls config, '%s' cannot be empty" % name)
+    known = GO_CIPHER_SUITES if name == "cipher_suites" else GO_CURVES
+    for item in value:
+        if item not in known:
+            raise cm.error(key, "unrecognized %s %s" % (
+                "cipher" if name == "cipher_suites" else "curve preference", item))
+    return list(value)
+
+
+def _tls_min_version(cm: ConfigMap, key: str, value) -> str:
+    if not isinstance(value, str):
+        raise cm.error(key, "error parsing tls config: 'min_version' wrong type: %s" % value)
+    if value in ("1.0", "1.1"):
+        raise cm.error(key, "error parsing tls config: unsupported TLS version: TLS %s" % value)
+    if value not in ("1.2", "1.3"):
+        raise cm.error(key, "error parsing tls config: unknown version: %s" % value)
+    return value
+
+
+def _tls(cm: ConfigMap, key: str, value, opts: Options):
+    """The clients' `tls {}` block."""
+    opts.tls = parse_tls_block(cm, key, value)
+
+
+# Config keys: name -> (Options attribute, converter), aliases included, as
+# in the Go server's processConfigFileLine.  Keys are case-insensitive.
+CONFIG_KEYS = {
+    "server_name": ("server_name", _to_server_name),
+    "host": ("host", _to_str),
+    "net": ("host", _to_str),
+    "port": ("port", _to_int),
+    "client_advertise": ("client_advertise", _to_str),
+    "debug": ("debug", _to_bool),
+    "trace": ("trace", _to_bool),
+    "logtime": ("logtime", _to_bool),
+    "logtime_utc": ("logtime_utc", _to_bool),
+    "logfile": ("log_file", _to_str),
+    "log_file": ("log_file", _to_str),
+    "logfile_size_limit": ("log_size_limit", _to_int),
+    "log_size_limit": ("log_size_limit", _to_int),
+    "syslog": ("syslog", _to_bool),
+    "remote_syslog": ("remote_syslog", _to_str),
+    "max_traced_msg_len": ("max_traced_msg_len", _to_int),
+    "pidfile": ("pid_file", _to_str),
+    "pid_file": ("pid_file", _to_str),
+    "ports_file_dir": ("ports_file_dir", _to_str),
+    "max_connections": ("max_connections", _to_int),
+    "max_conn": ("max_connections", _to_int),
+    "max_control_line": ("max_control_line", _to_size),
+    "max_payload": ("max_payload", _to_size),
+    "max_pending": ("max_pending", _to_size),
+    "max_pending_size": ("max_pending", _to_size),
+    "max_subscriptions": ("max_subscriptions", _to_int),
+    "max_subs": ("max_subscriptions", _to_int),
+    "ping_max": ("ping_max", _to_int),
+    "no_auth_user": ("no_auth_user", _to_str),
+    "system_account": ("system_account", _to_str),
+    "system": ("system_account", _to_str),
+    "max_closed_clients": ("max_closed_clients", _to_int),
+    "allow_non_tls": ("allow_non_tls", _to_bool),
+    "http_port": ("http_port", _to_int),
+    "monitor_port": ("http_port", _to_int),
+    "http_base_path": ("http_base_path", _to_str),
+    "https_port": ("https_port", _to_int),
+}
+
+def _server_tags(cm: ConfigMap, key: str, value, opts: Options):
+    """`server_tags: "a"` or `["a", "b"]`: kept lower-cased and trimmed, as
+    Go's TagList keeps them (shown in /varz `tags`)."""
+    values = value if isinstance(value, list) else [value]
+    tags = list(opts.server_tags or [])
+    for tag in values:
+        if not isinstance(tag, str):
+            raise cm.error(key, "error parsing tags: unsupported type %s where string is "
+                                "expected" % _go_type(tag))
+        tag = tag.strip().lower()
+        if tag and tag not in tags:
+            tags.append(tag)
+    opts.server_tags = tags
+
+
+# Keys read by a function, because they set several options or may warn.
+CONFIG_BLOCKS = {
+    "server_tags": _server_tags,
+    "listen": _listen,
+    "http": _http,
+    "https": _https,
+    "tls": _tls,
+    "authorization": _authorization,
+    "accounts": _accounts,
+    "cluster": _cluster,
+    "ping_interval": _duration("ping_interval"),
+    "write_deadline": _duration("write_deadline"),
+    "lame_duck_duration": _duration("lame_duck_duration"),
+    "lame_duck_grace_period": _duration("lame_duck_grace_period"),
+}
+
+
+def options_from_config(path: str) -> Options:
+    """Read a config file into Options (Go's ProcessConfigFile)."""
+    cm = parse_config(path)
+    if not cm:
+        raise ConfigError("config has no values or is empty", path)
+    opts = Options(config_file=path, warnings=[])
+    for key, value in cm.items():
+        name = key.lower()
+        if name in CONFIG_KEYS:
+            attr, convert = CONFIG_KEYS[name]
+            setattr(opts, attr, convert(cm, key, value))
+        elif name in CONFIG_BLOCKS:
+            CONFIG_BLOCKS[name](cm, key, value, opts)
+        elif name in UNSUPPORTED_KEYS:
+            opts.warnings.append("%s:%d: %s" % (cm.files.get(key, path), cm.position(key)[0],
+                                                UNSUPPORTED_KEYS[name]))
+        elif cm.is_variable(key):
+            continue  # a variable definition, used by another key
+        else:
+            raise cm.error(key, 'unknown field "%s"' % key)
+    if opts.lame_duck_duration is not None and opts.lame_duck_duration < 30:
+        key = next(k for k in cm if k.lower() == "lame_duck_duration")  # keys ignore case
+        raise cm.error(key, "invalid lame_duck_duration of %s, minimum is 30 seconds"
+                       % format_duration(opts.lame_duck_duration))
+    return opts
+
+
+# ============================================================================
+# 9. Authentication, permissions and accounts
+# ============================================================================
+#
+# Who may connect, and what they may do once in.  `authenticate` turns a
+# CONNECT's credentials (or, with verify_and_map, a TLS certificate) into a
+# user, its permissions and its account; bcrypt hashes are checked off the
+# loop (SecretChecker).  Permissions compile a user's allow and deny lists
+# into sublists of their own (ClientPermissions).  Accounts are subject
+# spaces, each with a sublist, joined by stream and service imports.  The
+# client (chapter 5) calls into this chapter; nothing here reads a socket.
+# Go twins: server/auth.go, server/accounts.go.
+
+
 def authenticate(opts: Options, credentials: dict, identities=(),
                  secret_equal=None) -> tuple | None:
     """Who do these CONNECT credentials log in as?  (user name, Permissions
@@ -5370,8 +5692,684 @@ def secret_worker():
         sys.stdout.flush()
 
 
+# -- permissions: who may publish and subscribe to what -------------------------
+
+
+class ClientPermissions:
+    """A user's Permissions compiled into sublists (Go's client.perms).
+
+    Allow and deny lists are tries of their own, so `foo.*` in a list
+    covers `foo.bar`, and a queue entry ("work.* workers") is a queue
+    subscription in the trie.  Deny always beats allow.
+    """
+
+    __slots__ = ("pub_allow", "pub_deny", "sub_allow", "sub_deny", "responses", "replies")
+
+    def __init__(self, perms: Permissions):
+        self.responses = perms.responses
+        self.replies = {}            # reply subject -> [responses left, expiry]
+        publish_allow = perms.publish_allow
+        if self.responses and publish_allow is None:
+            publish_allow = []       # Go: allow_responses alone permits only responses
+        self.pub_allow = _permission_sublist(publish_allow)
+        self.pub_deny = _permission_sublist(perms.publish_deny)
+        self.sub_allow = _permission_sublist(perms.subscribe_allow)
+        self.sub_deny = _permission_sublist(perms.subscribe_deny)
+
+    def can_publish(self, subject: bytes) -> bool:
+        """May the client publish to `subject`?  A response allowed on it says
+        yes (and is used up) before the allow and deny lists are asked."""
+        if self.replies and self.use_response(subject):
+            return True
+        if self.pub_allow is not None and not self.pub_allow.match(subject).psubs:
+            return False
+        return self.pub_deny is None or not self.pub_deny.match(subject).psubs
+
+    def note_request(self, reply: bytes):
+        """A delivered message carried `reply`: allow responses to it."""
+        maximum, expires = self.responses
+        self.replies[reply] = [maximum, time.monotonic() + expires if expires > 0 else 0.0]
+
+    def use_response(self, subject: bytes) -> bool:
+        """Use up one response allowed on `subject` (see `note_request`); False
+        if there is none or it has expired (then it is forgotten)."""
+        grant = self.replies.get(subject)
+        if grant is None:
+            return False
+        if grant[1] and time.monotonic() > grant[1]:
+            del self.replies[subject]
+            return False
+        grant[0] -= 1
+        if grant[0] <= 0:
+            del self.replies[subject]
+        return True
+
+    def can_subscribe(self, subject: bytes, queue: bytes | None) -> bool:
+        """Go's canSubscribe: a queue entry decides for a queue subscription."""
+        allowed = True
+        if self.sub_allow is not None:
+            result = self.sub_allow.match(subject)
+            allowed = bool(result.psubs)
+            if queue is not None and result.qsubs:
+                allowed = _queue_listed(queue, result.qsubs)
+        if allowed and self.sub_deny is not None:
+            result = self.sub_deny.match(subject)
+            allowed = not result.psubs
+            if queue is not None and result.qsubs:
+                allowed = not _queue_listed(queue, result.qsubs)
+        return allowed
+
+    def can_receive(self, subject: bytes, queue: bytes | None) -> bool:
+        """Go's checkDenySub: a wildcard subscription never gets a subject the
+        deny list names, nor a queue subscription one that a queue entry
+        denies to its group (`SUB sub.* qdeny` against "sub.q qdeny")."""
+        if self.sub_deny is None:
+            return True
+        result = self.sub_deny.match(subject)
+        if result.psubs:
+            return False
+        return queue is None or not result.qsubs or not _queue_listed(queue, result.qsubs)
+
+
+def _permission_sublist(entries: list | None) -> Sublist | None:
+    if entries is None:
+        return None
+    sublist = Sublist()
+    for entry in entries:
+        subject, _, queue = entry.strip().partition(" ")
+        queue = queue.strip()
+        sublist.insert(Subscription(None, subject.encode(), queue.encode() if queue else None,
+                                    b""))
+    return sublist
+
+
+def _queue_listed(queue: bytes, groups: list) -> bool:
+    """Go's queueMatches: a listed queue name, or a wildcard one covering it."""
+    for group in groups:
+        name = group[0].queue
+        if queue == name:
+            return True
+        tokens = name.split(b".")
+        if (b"*" in tokens or b">" in tokens) and _subject_matches(queue.split(b"."), tokens):
+            return True
+    return False
+
+
+# -- accounts: subject spaces, exports and imports ----------------------------
+#
+# An account is a subject space of its own: it owns a sublist, and a message
+# published in it reaches only its subscribers.  Users of the `accounts`
+# block log in to their account; everyone else is in the global account $G.
+# Accounts share on purpose, through exports and imports (Go's accounts.go):
+#
+# * A stream import lets account A see what account B publishes on an
+#   exported subject.  Each subscription in A that the import covers gets a
+#   shadow subscription in B's sublist (same client and sid, subject mapped
+#   into B's space), so B's publishes reach A's subscriber with no extra
+#   step; when the import adds a prefix, the shadow maps the subject back
+#   on delivery (`im`).
+# * A service import lets A's requests reach B's responders: a PUB in A on
+#   the import's subject is published again in B on the exported subject,
+#   with a fresh reply subject `_R_.<prefix>.<id>` of B's.  That reply is a
+#   response import in B: what B's responder publishes to it is delivered in
+#   A on the requester's own reply subject (once, for the default singleton
+#   response type; until it expires for `stream` and `chunked`).
+
+
+class StreamImport:
+    """A's view of B's stream: `source` in B appears as `local` in A."""
+
+    __slots__ = ("exporter", "source", "local", "local_tokens", "to_local", "to_source")
+
+    def __init__(self, exporter: "Account", source: bytes, local: bytes):
+        self.exporter = exporter
+        self.source = source
+        self.local = local
+        self.local_tokens = local.split(b".")
+        mapped = source != local
+        self.to_local = SubjectTransform(source, local) if mapped else None
+        self.to_source = SubjectTransform(local, source) if mapped else None
+
+
+class ServiceImport:
+    """A's requests on `local` go to B's exported service subject."""
+
+    __slots__ = ("exporter", "export", "local", "to_export")
+
+    def __init__(self, exporter: "Account", export: Export, subject: bytes, local: bytes):
+        self.exporter = exporter
+        self.export = export
+        self.local = local
+        self.to_export = SubjectTransform(local, subject)
+
+
+class ResponseImport:
+    """A reply subject in the exporter's account that leads back to a requester."""
+
+    __slots__ = ("importer", "reply", "singleton", "expires")
+
+    def __init__(self, importer: "Account", reply: bytes, singleton: bool, expires: float):
+        self.importer = importer
+        self.reply = reply
+        self.singleton = singleton
+        self.expires = expires
+
+
+class Account:
+    """A subject space with its sublist, its imports and its pending responses."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.sublist = Sublist(name=name.encode())
+        self.stream_imports: list = []
+        self.service_imports: dict = {}      # literal local subject -> ServiceImport
+        self.wildcard_imports: list = []     # (local tokens, ServiceImport)
+        self.responses: dict = {}            # reply subject here -> ResponseImport
+        self.exports_services = False
+        self.reply_prefix = b"_R_." + _random_token(6) + b"."
+        self.interest: dict = {}             # (subject, queue) -> local subs (routes' RS+)
+        self.client_count = 0                # clients logged in now
+        self.total_connections = 0
+
+    def __repr__(self) -> str:
+        return "<Account %s>" % self.name
+
+    @property
+    def routes_services(self) -> bool:
+        """May a PUB in this account be a service request or a response?"""
+        return bool(self.service_imports or self.wildcard_imports or self.exports_services)
+
+    def service_route(self, subject: bytes):
+        """The ServiceImport or ResponseImport a PUB on `subject` follows, or None."""
+        route = self.service_imports.get(subject) or self.responses.get(subject)
+        if route is None and self.wildcard_imports:
+            tokens = subject.split(b".")
+            for pattern, imp in self.wildcard_imports:
+                if _subject_matches(tokens, pattern):
+                    return imp
+        return route
+
+    def new_response(self, importer: "Account", reply: bytes, export: Export) -> bytes:
+        """A fresh reply subject here that routes back to `reply` in `importer`."""
+        subject = self.reply_prefix + _random_token(6)
+        self.responses[subject] = ResponseImport(
+            importer, reply, export.response_type == "singleton",
+            time.monotonic() + export.response_threshold)
+        return subject
+
+    def expire_responses(self, now: float):
+        """Forget the response imports whose time is up at `now` (monotonic);
+        called by the server's once-a-second sweep."""
+        for subject in [s for s, r in self.responses.items() if r.expires <= now]:
+            del self.responses[subject]
+
+
+def build_accounts(opts: Options) -> dict:
+    """Account objects from the options: $G, the system account, and every
+    configured one, with imports resolved (checked by `check_accounts`)."""
+    accounts = {GLOBAL_ACCOUNT: Account(GLOBAL_ACCOUNT)}
+    configs = opts.accounts or {}
+    for name in configs:
+        accounts[name] = Account(name)
+    system = opts.system_account or SYSTEM_ACCOUNT
+    accounts.setdefault(system, Account(system))
+    for name, config in configs.items():
+        account = accounts[name]
+        account.exports_services = any(e.kind == "service" for e in config.exports)
+        for imp in config.imports:
+            exporter = accounts[imp.account]
+            if imp.kind == "stream":
+                account.stream_imports.append(
+                    StreamImport(exporter, imp.subject.encode(), imp.to.encode()))
+                continue
+            export = find_export(configs[imp.account], "service", imp.subject)
+            si = ServiceImport(exporter, export, imp.subject.encode(), imp.to.encode())
+            tokens = si.local.split(b".")
+            if b"*" in tokens or b">" in tokens:
+                account.wildcard_imports.append((tokens, si))
+            else:
+                account.service_imports[si.local] = si
+    return accounts
+
+
+def _random_token(n: int) -> bytes:
+    alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    return bytes(alphabet[b % 62] for b in os.urandom(n))
+
+
 # ============================================================================
-# 8. Route
+# 10. TLS
+# ============================================================================
+#
+# A TLS connection reads and writes through OpenSSL without ever blocking the
+# loop.  `ssl.SSLObject` works on two memory BIOs instead of a socket:
+#
+#     socket --recv--> incoming BIO --SSLObject.read--> plaintext --> process_input
+#     out --SSLObject.write--> outgoing BIO --send--> socket
+#
+# so a handshake is a few rounds of "feed in what arrived, send what OpenSSL
+# wrote, wait for the selector", and a peer that stalls mid-handshake costs
+# nothing but its timer.  It also avoids the trap of non-blocking SSLSockets,
+# where plaintext already decrypted inside OpenSSL never wakes select(): each
+# read drains OpenSSL until it asks for more, and a publisher stalled by
+# backpressure with plaintext still inside is resumed by a timer.
+#
+# A session moves through
+#
+#     WAIT (handshake_first with a fallback, nothing received yet: the
+#           fallback timer sends a plain INFO and moves on to HELLO)
+#       -> HELLO (the first byte must open a TLS record, as Go checks)
+#       -> HANDSHAKE -> OPEN
+#
+# and a failed handshake, or one not done within the tls timeout, closes the
+# connection with "TLS Handshake Failure".  `with_tls(Client)` is the class
+# a TLS server accepts; `with_tls(Route)` carries routes when the cluster has
+# a tls block, and on the routes we dial we are the TLS client, speaking
+# first (a session with a server hostname starts in HANDSHAKE).  Go twins:
+# server.go createClientEx, route.go createRoute, client.go
+# doTLSServerHandshake, tlsTimeout; auth.go checkClientTLSCertSubject.
+
+# TLSSession states, in order.
+TLS_WAIT, TLS_HELLO, TLS_HANDSHAKE, TLS_OPEN = 0, 1, 2, 3
+
+# First bytes of a TLS record: a handshake message, or an alert.
+TLS_RECORD_STARTS = (0x16, 0x15)
+
+
+class TLSSession:
+    """One connection's TLS state: OpenSSL's object, its two memory BIOs,
+    ciphertext the kernel has not taken yet, and the handshake's progress."""
+
+    __slots__ = ("sslobj", "incoming", "outgoing", "unsent", "state", "first")
+
+    def __init__(self, context, state: int, first: bool, hostname: str | None = None):
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.sslobj = context.wrap_bio(self.incoming, self.outgoing,
+                                       server_side=hostname is None, server_hostname=hostname)
+        self.unsent = None        # memoryview: what the last send left of a record batch
+        self.state = state
+        self.first = first        # handshake_first: INFO comes after the handshake
+
+    def conn_info(self) -> dict:
+        """The /connz fields of an open session (Go's ConnInfo)."""
+        info = {"tls_version": tls_version_name(self.sslobj.version()),
+                "tls_cipher_suite": go_cipher_name(self.sslobj.cipher()[0])}
+        if self.first:
+            info["tls_first"] = True
+        return info
+
+
+class TLSConnection(Connection):
+    """The TLS ends of a connection, placed before its class by `with_tls`.
+
+    Loop thread only.  Reads go socket -> incoming BIO -> `process_input`;
+    `flush` encrypts `out` and sends the records; `close` ends with a
+    close_notify.  The parser, buffers and timers are the plain class's.
+    """
+
+    __slots__ = ()
+
+    def start_tls(self, context, timeout: float, state: int = TLS_HELLO, first: bool = False,
+                  hostname: str | None = None):
+        """Begin a handshake, due within `timeout` s: the server side, or
+        with the `hostname` we dialed the client side, which speaks first."""
+        server = self.server
+        if server.tls_read_buffer is None:  # ciphertext lands here; plaintext in read_buffer
+            server.tls_read_buffer = bytearray(server.read_size)
+            server.tls_read_view = memoryview(server.tls_read_buffer)
+        self.tls = TLSSession(context, TLS_HANDSHAKE if hostname else state, first, hostname)
+        if self.tls_label:
+            self.debug("Starting TLS %s%s handshake", self.tls_label,
+                       "client" if hostname else "server")
+        else:
+            self.debug("Starting TLS %s connection handshake", self.kind.lower())
+        server.add_timer(timeout, self.tls_timeout)
+        if hostname:
+            self.tls_handshake()  # the ClientHello
+
+    def send_now(self, data: bytes):
+        """Bytes straight to the socket, outside TLS: the plain INFO before
+        the upgrade.  A fresh socket's buffer takes a few hundred bytes."""
+        try:
+            self.sock.send(data)
+        except OSError as exc:
+            self.debug("Error flushing: %s", exc)
+            self.close(WRITE_ERROR, flush=False)
+
+    # -- input ---------------------------------------------------------------
+
+    def read_ready(self):
+        """Take ciphertext from the kernel; handshake, or decrypt and parse."""
+        server = self.server
+        tls = self.tls
+        if tls is None:             # allow_non_tls: a client that stayed plain
+            super().read_ready()
+            return
+        try:
+            n = self.sock.recv_into(server.tls_read_buffer, server.read_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.debug("Error reading from client: %s", exc)
+            self.close(READ_ERROR, flush=False)
+            return
+        if n == 0:
+            if tls.state == TLS_OPEN:
+                self.close(CLIENT_CLOSED, flush=False)
+            else:
+                self.tls_failed("EOF")
+            return
+        tls.incoming.write(server.tls_read_view[:n])
+        if tls.state != TLS_OPEN:
+            if tls.state < TLS_HANDSHAKE:
+                if server.tls_read_buffer[0] not in TLS_RECORD_STARTS:
+                    if tls.state == TLS_HELLO and not tls.first and not self.tls_label \
+                            and server.tls_optional():
+                        # allow_non_tls: a plain client; TLS ends here.
+                        data = bytes(server.tls_read_view[:n])
+                        self.tls = None
+                        server.start_client_timers(self)
+                        self.process_input(data)
+                        return
+                    # A plain-text peer: Go closes without a word or an alert
+                    # (and logs it at [ERR] for a route).
+                    (self.error if self.tls_label else self.debug)(
+                        "TLS %shandshake error: tls: first record does not look like a "
+                        "TLS handshake", self.tls_label)
+                    self.close(TLS_HANDSHAKE_ERROR, flush=False)
+                    return
+                tls.state = TLS_HANDSHAKE
+            if not self.tls_handshake():
+                return
+        self.tls_input()
+
+    def tls_handshake(self) -> bool:
+        """Feed the handshake what arrived; True once it is complete."""
+        tls = self.tls
+        try:
+            tls.sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self.flush()  # the records OpenSSL wrote (ServerHello, certificate, ...)
+            return False
+        except ssl.SSLError as exc:
+            self.tls_failed(go_tls_error(exc))
+            return False
+        tls.state = TLS_OPEN
+        if log.isEnabledFor(logging.DEBUG):
+            self.debug("TLS handshake complete")
+            self.debug("TLS version %s, cipher suite %s", tls_version_name(tls.sslobj.version()),
+                       go_cipher_name(tls.sslobj.cipher()[0]))
+        self.server.tls_established(self)
+        self.flush()
+        return True
+
+    def tls_failed(self, reason: str):
+        """Log why (Go's "TLS handshake error"), give the peer the alert
+        OpenSSL wrote, and close."""
+        self.error("TLS %shandshake error: %s", self.tls_label, reason)
+        alert = self.tls.outgoing.read()
+        if alert:
+            try:
+                self.sock.send(alert)
+            except OSError:
+                pass
+        self.close(TLS_HANDSHAKE_ERROR, flush=False)
+
+    def tls_timeout(self):
+        """Go's tlsTimeout: a handshake still unfinished is closed."""
+        if self.closed or self.tls is None or self.tls.state == TLS_OPEN:
+            return
+        if self.tls_label:
+            # A route: Go's handshake read fails first, then the timer fires.
+            self.error("TLS %shandshake error: i/o timeout", self.tls_label)
+            self.close(TLS_HANDSHAKE_ERROR, flush=False)
+            self.error("TLS handshake timeout")
+            return
+        self.debug("TLS handshake timeout")
+        self.close(TLS_HANDSHAKE_ERROR, flush=False)
+
+    def tls_input(self):
+        """Decrypt what OpenSSL holds and process it, a read buffer at a time,
+        until it needs more ciphertext or this publisher is stalled."""
+        tls = self.tls
+        read = tls.sslobj.read
+        view = self.server.read_view
+        size = self.server.read_size
+        while not (self.closed or self.stalled or self.waiting or self.backlog is not None):
+            n = 0
+            eof = False
+            try:
+                while n < size:
+                    got = read(size - n, view[n:])
+                    if not got:
+                        eof = True  # the peer's close_notify
+                        break
+                    n += got
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as exc:
+                self.debug("Error reading from client: %s", exc)
+                self.close(READ_ERROR, flush=False)
+                return
+            if n:
+                self.process_input(bytes(view[:n]))
+            if eof:
+                self.close(CLIENT_CLOSED, flush=False)
+                return
+            if n < size:
+                break
+        if tls.outgoing.pending and not self.closed:
+            self.server.pending.add(self)  # a key update, say: sent by the flush
+
+    def resume_reading(self):
+        """Read again; plaintext left inside OpenSSL would never wake
+        select(), so the next timer turn processes it."""
+        super().resume_reading()
+        tls = self.tls
+        if tls is not None and tls.state == TLS_OPEN and (
+                tls.incoming.pending or tls.sslobj.pending()):
+            self.server.add_timer(0.0, self.tls_input)
+
+    # -- output --------------------------------------------------------------
+
+    def flush(self):
+        """Encrypt `out` and send the records while the kernel takes them
+        (the plain flush's twin: same slow-consumer, stall and write-wait
+        rules, counted in ciphertext bytes)."""
+        if self.closed:
+            return
+        tls = self.tls
+        if tls is None:             # allow_non_tls: a client that stayed plain
+            super().flush()
+            return
+        out = self.out
+        if out and tls.state == TLS_OPEN:
+            try:
+                tls.sslobj.write(out[0] if len(out) == 1 else b"".join(out))
+            except ssl.SSLError as exc:
+                self.debug("Error flushing: %s", exc)
+                self.close(WRITE_ERROR, flush=False)
+                return
+            out.clear()
+        outgoing = tls.outgoing
+        send = self.sock.send
+        while True:
+            data = tls.unsent
+            if data is None:
+                if not outgoing.pending:
+                    break
+                data = outgoing.read(MAX_SEND_SIZE)
+            try:
+                sent = send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self.debug("Error flushing: %s", exc)
+                self.close(WRITE_ERROR, flush=False)
+                return
+            if sent:
+                self.last_write_progress = time.monotonic()
+            if sent < len(data):
+                tls.unsent = memoryview(data)[sent:]
+                break
+            tls.unsent = None
+        pending = outgoing.pending + (len(tls.unsent) if tls.unsent is not None else 0)
+        max_pending = self.server.options.max_pending
+        if self.stall_waiters and pending <= max_pending * 3 // 4:
+            self.release_stalled()
+        if pending > max_pending:
+            self.slow_consumer(SLOW_CONSUMER_PENDING_BYTES, pending)
+        elif pending and not self.write_waiting:
+            # The write-deadline clock starts when the kernel first pushes back.
+            self.last_write_progress = time.monotonic()
+            self.write_waiting = True
+            self.server.want_write(self, True)
+        elif not pending and self.write_waiting:
+            self.write_waiting = False
+            self.server.want_write(self, False)
+
+    def pending_bytes(self) -> int:
+        """Plaintext not yet encrypted, plus ciphertext the kernel has not taken."""
+        tls = self.tls
+        if tls is None:
+            return super().pending_bytes()
+        unsent = len(tls.unsent) if tls.unsent is not None else 0
+        return sum(len(chunk) for chunk in self.out) + tls.outgoing.pending + unsent
+
+    # -- close ---------------------------------------------------------------
+
+    def close(self, reason: str, flush: bool = True):
+        """Close; an open session that got all its output out first says
+        close_notify (as Go's tls.Conn.Close does)."""
+        tls = self.tls
+        if flush and not self.closed and tls is not None and tls.state == TLS_OPEN:
+            self.flush()
+            if self.closed:
+                return
+            if tls.unsent is None and not tls.outgoing.pending:
+                try:
+                    tls.sslobj.unwrap()
+                except (ssl.SSLError, OSError, ValueError):
+                    pass  # the peer's close_notify is not awaited
+                try:
+                    self.sock.send(tls.outgoing.read())
+                except OSError:
+                    pass
+        super().close(reason, flush)
+
+
+def with_tls(cls: type) -> type:
+    """`cls` speaking TLS: a subclass whose read_ready, flush and close come
+    from TLSConnection.  The server makes `with_tls(Client)` and
+    `with_tls(Route)` once each."""
+    return type("TLS" + cls.__name__, (TLSConnection, cls),
+                {"__slots__": (), "__doc__": "%s over TLS." % cls.__name__})
+
+
+def tls_version_name(version: str | None) -> str:
+    """OpenSSL's "TLSv1.3" as Go shows it: "1.3"."""
+    return (version or "").replace("TLSv", "") or "Unknown"
+
+
+def go_cipher_name(openssl_name: str) -> str:
+    """OpenSSL's name of a cipher suite as Go names it (TLS 1.3 names agree)."""
+    for go_name, name in GO_CIPHER_SUITES.items():
+        if name == openssl_name:
+            return go_name
+    return openssl_name
+
+
+# OpenSSL's reasons for a failed handshake, in Go's words.
+_GO_TLS_ERRORS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "tls: client didn't provide a certificate",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "remote error: tls: bad certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "remote error: tls: unknown certificate authority",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "remote error: tls: unknown certificate",
+    "TLSV1_ALERT_DECRYPT_ERROR": "remote error: tls: error decrypting message",
+    "NO_SHARED_CIPHER": "tls: no cipher suite supported by both client and server",
+    "UNSUPPORTED_PROTOCOL": "tls: client offered only unsupported versions",
+    "WRONG_VERSION_NUMBER": "tls: first record does not look like a TLS handshake",
+}
+
+
+def go_tls_error(exc: Exception) -> str:
+    """A handshake error as Go's crypto/tls would phrase it, where known."""
+    reason = getattr(exc, "reason", None) or ""
+    if reason == "CERTIFICATE_VERIFY_FAILED":
+        detail = getattr(exc, "verify_message", "") or "certificate verify failed"
+        if "issuer" in detail or "self-signed" in detail or "self signed" in detail:
+            detail = "certificate signed by unknown authority"
+        return "tls: failed to verify certificate: x509: %s" % detail
+    if reason in _GO_TLS_ERRORS:
+        return _GO_TLS_ERRORS[reason]
+    return "tls: " + reason.lower().replace("_", " ") if reason else str(exc)
+
+
+# Subject attributes Go's pkix.Name keeps as fields, OpenSSL's long name ->
+# the RFC 2253 short name, in the order its ToRDNSequence writes them.
+_DN_ATTRIBUTES = (("countryName", "C"), ("stateOrProvinceName", "ST"),
+                  ("localityName", "L"), ("streetAddress", "STREET"),
+                  ("postalCode", "POSTALCODE"), ("organizationName", "O"),
+                  ("organizationalUnitName", "OU"), ("commonName", "CN"),
+                  ("serialNumber", "SERIALNUMBER"))
+
+
+def cert_identities(cert: dict) -> list:
+    """The user names verify_and_map tries for a peer certificate (a dict
+    from SSLObject.getpeercert()), in Go's order (checkClientTLSCertSubject):
+    e-mail SANs, DNS SANs, URI SANs, then the subject as RFC 2253 text:
+    in the certificate's own order with every attribute Go names (Go compares
+    that one as a parsed DN), with the domain components appended when there
+    are any, and as Go's pkix.Name prints it (`CN=alice,OU=tests,O=Acme,C=US`).
+    Go finds nothing when the certificate has no e-mail, URI or subject."""
+    sans = cert.get("subjectAltName", ())
+    emails = [value for kind, value in sans if kind == "email"]
+    uris = [value for kind, value in sans if kind == "URI"]
+    names = emails + [value for kind, value in sans if kind == "DNS"] + uris
+    subject = cert.get("subject", ())
+    if not emails and not uris and not subject:
+        return []
+    short = dict(_DN_ATTRIBUTES, domainComponent="DC")
+    if all(attr in short for rdn in subject for attr, _value in rdn):
+        names.append(",".join("+".join("%s=%s" % (short[attr], _dn_escape(value))
+                                       for attr, value in rdn)
+                              for rdn in reversed(subject)))
+    values: dict = {}
+    for rdn in subject:
+        for attr, value in rdn:
+            values.setdefault(attr, []).append(value)
+    parts = []
+    for attr, name in reversed(_DN_ATTRIBUTES):
+        found = values.get(attr, [])
+        if name in ("CN", "SERIALNUMBER"):
+            found = found[-1:]  # pkix.Name keeps one of each, the last
+        if found:
+            parts.append("+".join("%s=%s" % (name, _dn_escape(value)) for value in found))
+    dn = ",".join(parts)
+    dcs = ",".join("DC=" + value for value in values.get("domainComponent", ()))
+    if dcs:
+        names.append(dn + "," + dcs)
+    names.append(dn)
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def _dn_escape(value: str) -> str:
+    """Go's RDNSequence.String escaping of an attribute value."""
+    out = []
+    for i, ch in enumerate(value):
+        if (ch in ',+"\\<>;' or (ch == " " and i in (0, len(value) - 1))
+                or (ch == "#" and i == 0)):
+            out.append("\\")
+        out.append(ch)
+    return "".join(out)
+
+
+# Escapes Go's %q uses for the common control characters.
+
+
+# ============================================================================
+# 11. Route
 # ============================================================================
 #
 # Servers of a cluster connect to each other over routes and speak the
@@ -5405,7 +6403,7 @@ def secret_worker():
 # CONNECT or INFO: the accepting side is the TLS server, the dialing side
 # the client (checking the peer against ca_file and the host it dialed), and
 # each side verifies the other's certificate, as Go's routes always do.  A
-# route is then a `with_tls(Route)` (chapter 6), and starts its protocol
+# route is then a `with_tls(Route)` (chapter 10), and starts its protocol
 # when the handshake completes.  Go twin: server/route.go.
 
 # Route protocol level (2: accounts and RS+/RS-).
@@ -5505,7 +6503,7 @@ class _RouteDialer:
 _ROUTE_OPS = frozenset((b"RMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"PING", b"PONG",
                         b"INFO", b"CONNECT", b"-ERR", b"+OK"))
 # A peer's CONNECT as Go's connectInfo reads it (its INFO: _INFO_FIELDS,
-# chapter 7, where load_go_json explains the rules).
+# chapter 5, where load_go_json explains the rules).
 _ROUTE_CONNECT_FIELDS = {
     "user": str, "pass": str, "name": str, "cluster": str, "cluster_dynamic": bool,
     "echo": bool, "verbose": bool, "pedantic": bool, "tls_required": bool, "headers": bool,
@@ -5683,7 +6681,7 @@ class Route(Connection):
     # -- input -----------------------------------------------------------------
 
     def parse(self, data: bytes, start: int = 0):
-        """Route ops, up to this turn's time as a client's (chapter 7).  A
+        """Route ops, up to this turn's time as a client's (chapter 5).  A
         plain `RMSG <account> <subject> [reply] <size>` takes the hot path as
         a client's PUB does: the size from the line's last token, the
         account and subject from `msg_keys`, and the local clients' plan
@@ -6387,957 +7385,7 @@ class Cluster:
 
 
 # ============================================================================
-# 9. Server and event loop
-# ============================================================================
-#
-# The server owns everything the loop thread touches: the listener, the
-# connections, the sublist, the timer heap and the counters.  One loop turn:
-#
-#     select (until the nearest timer) -> accept / read every ready socket
-#       -> flush each connection that got output this turn -> run due timers
-#
-# Timers (auth timeout, pings, the write-deadline sweep) are entries on a
-# heap, never threads.  Signal handlers only set a flag and wake the loop
-# through a socket pair.  Go twin: server/server.go.
-
-
-class _Waker:
-    """A socket pair that lets other threads and signal handlers wake select()."""
-
-    closed = False
-
-    def __init__(self):
-        self.reader, self.writer = socket.socketpair()
-        self.reader.setblocking(False)
-        self.writer.setblocking(False)
-
-    def wake(self):
-        try:
-            self.writer.send(b"\0")
-        except OSError:
-            pass
-
-    def read_ready(self):
-        try:
-            while self.reader.recv(4096):
-                pass
-        except OSError:
-            pass
-
-    def close(self):
-        for s in (self.reader, self.writer):
-            s.close()
-
-
-class _LoopCall:
-    """A call another thread queued for the loop.  `fn()` runs once; if it
-    returns a generator (a snapshot taken in steps), each `run` advances
-    it for at most `budget` seconds, until it returns its result."""
-
-    __slots__ = ("fn", "waited", "steps", "value", "error", "done", "cancelled")
-
-    def __init__(self, fn, waited: bool):
-        self.fn = fn
-        self.waited = waited          # a thread waits for `done` (call_in_loop)
-        self.steps = None
-        self.value = self.error = None
-        self.done = threading.Event() if waited else None
-        self.cancelled = False        # the waiter gave up: drop the call
-
-    def run(self, budget: float) -> bool:
-        """Advance the call; True once it is finished (or dropped)."""
-        if self.cancelled:
-            return True
-        try:
-            if self.steps is None:
-                value = self.fn()
-                if not isinstance(value, types.GeneratorType):
-                    self.value = value
-                    return self.finish()
-                self.steps = value
-            deadline = time.monotonic() + budget
-            while time.monotonic() < deadline:
-                next(self.steps)
-            return False
-        except StopIteration as stop:
-            self.value = stop.value
-        except Exception as exc:
-            if not self.waited:     # a bug in a fire-and-forget call: log it
-                log.exception("loop call failed")
-            self.error = exc
-        return self.finish()
-
-    def finish(self) -> bool:
-        if self.done is not None:
-            self.done.set()
-        return True
-
-
-class _Listener:
-    """A listening socket; readable means connections to accept, each
-    handed to `create` (the server's create_client, or the cluster's create_route)."""
-
-    closed = False
-
-    def __init__(self, server: "Server", sock: socket.socket, create=None):
-        self.server = server
-        self.sock = sock
-        self.create = create or server.create_client
-
-    def read_ready(self):
-        self.server.accept_connections(self.sock, self.create)
-
-
-class Server:
-    """A NATS server.  Embedding:
-
-        server = Server(Options(port=-1)).start()   # loop in a thread
-        ... server.port ...
-        server.shutdown()
-
-    `main()` instead calls `run()`, which serves in the calling thread.
-    """
-
-    def __init__(self, options: Options | None = None, flags: Options | None = None):
-        self.options = (options or Options()).fill_defaults()
-        self.flags = flags or Options()      # the command line's, re-applied on reload
-        self.server_id = _new_server_id()
-        self.server_name = self.options.server_name or self.server_id
-        self.accounts = build_accounts(self.options)
-        self.cluster = Cluster(self)         # the routes (chapter 8)
-        self.global_account = self.accounts[GLOBAL_ACCOUNT]
-        self.system_account = self.accounts[self.options.system_account or SYSTEM_ACCOUNT]
-        self.clients: dict = {}
-        self.pending: set = set()
-        self.write_waiting: set = set()
-        self.backlogged: dict = {}   # connections with input left for the next turn (ordered)
-        self.pub_sizes: dict = {}    # PUB size token -> size, for the hot path (pub_size)
-        self.selector = selectors.DefaultSelector()
-        self.timers: list = []       # a heap of [when, seq, callback or None]
-        self.timer_seq = 0
-        self.timers_cancelled = 0    # entries in it whose callback is None
-        # One read's output must fit well inside max_pending, or a subscriber
-        # that keeps up could be cut off by a single batch.
-        self.read_size = max(16 * 1024, min(READ_SIZE, self.options.max_pending // 8))
-        self.read_buffer = bytearray(self.read_size)
-        self.read_view = memoryview(self.read_buffer)
-        # TLS: the class of accepted clients, and a buffer for ciphertext
-        # (made with the first TLS client; plaintext still uses read_buffer).
-        self.tls_client_class = with_tls(Client)
-        self.tls_route_class = with_tls(Route)
-        self.tls_read_buffer = self.tls_read_view = None
-        self.trace = self.options.trace
-        self.next_cid = 0
-        self.running = False
-        self.listener = None
-        self.host = self.options.host
-        self.port = self.options.port
-        self.waker = _Waker()
-        self.start_time = time.time()
-        self.total_connections = 0
-        self.slow_consumers = 0
-        self.stale_connections = 0
-        self.closed_in_msgs = self.closed_in_bytes = 0
-        self.closed_out_msgs = self.closed_out_bytes = 0
-        self.info_template: dict = {}
-        self.ports_file = ""
-        self.reopen_log = False      # set by SIGUSR1, acted on by the loop
-        self.monitor = None
-        self.lame_duck = False
-        self.lame_duck_requested = False     # set by SIGUSR2, acted on by the loop
-        self.reload_requested = False        # set by SIGHUP, acted on by the loop
-        self.loop_calls = collections.deque()   # (fn, result box, event) from other threads
-        self.secret_checker = SecretChecker(self)
-        self.closed_clients = collections.deque(maxlen=max(0, self.options.max_closed_clients))
-        self.thread = None
-        self.loop_thread = None
-        self.exit_code = 0
-
-    # -- startup ---------------------------------------------------------------
-
-    def listen(self):
-        """Bind the client listener and log the Go server's startup lines."""
-        opts = self.options
-        log.info("Starting nats-server")
-        log.info("  Version:  %s", VERSION)
-        log.info("  Git:      [%s]", GIT_COMMIT)
-        log.info("  gnatsd.py: %s on %s %s", __version__, platform.python_implementation(),
-                 platform.python_version())
-        if opts.cluster_port:
-            log.info("  Cluster:  %s", self.cluster.name)
-        log.info("  Name:     %s", self.server_name)
-        log.info("  ID:       %s", self.server_id)
-        if opts.config_file:
-            log.info("Using configuration file: %s", opts.config_file)
-        for warning in opts.warnings:
-            log.warning("%s", warning)
-        sock = _bind(opts.host, opts.port)
-        self.listener = _Listener(self, sock)
-        self.host, self.port = opts.host, sock.getsockname()[1]
-        self.selector.register(sock, selectors.EVENT_READ, self.listener)
-        self.selector.register(self.waker.reader, selectors.EVENT_READ, self.waker)
-        self.info_template = self.build_info()
-        if opts.tls:
-            opts.tls.server_context()  # raises ConfigError for an embedder's bad TLSConfig
-        if opts.cluster_tls:
-            opts.cluster_tls.server_context()
-            opts.cluster_tls.client_context()
-        if opts.http_port or opts.https_port:
-            self.monitor = Monitor(self)
-            self.monitor.start()
-        log.info("Listening for client connections on %s", _host_port(self.host, self.port))
-        if opts.tls:
-            log.info("TLS %s for client connections",
-                     "available" if self.tls_optional() else "required")
-            if opts.tls.handshake_first and not opts.tls.fallback:
-                log.warning('Clients that are not using "TLS Handshake First" option will '
-                            'fail to connect')
-        if opts.pid_file:
-            _write_file(opts.pid_file, str(os.getpid()))
-        self.add_timer(1.0, self.sweep_timeouts)
-        self.running = True
-        log.info("Server is ready")
-        if opts.cluster_port:
-            self.cluster.listen()
-        if opts.ports_file_dir:
-            self.write_ports_file()
-        return self
-
-    def tls_optional(self) -> bool:
-        """allow_non_tls: clients may upgrade or stay plain, which their first
-        byte tells (Go sniffs it); a handshake_first without a fallback
-        still requires TLS."""
-        tls = self.options.tls
-        return bool(self.options.allow_non_tls and tls
-                    and not (tls.handshake_first and not tls.fallback))
-
-    def build_info(self) -> dict:
-        """INFO fields shared by every client, in the Go server's order."""
-        opts = self.options
-        info = {
-            "server_id": self.server_id,
-            "server_name": self.server_name,
-            "version": VERSION,
-            "proto": PROTO,
-            "git_commit": GIT_COMMIT,
-            "go": GO_FIELD,
-            "host": opts.host,
-            "port": self.port,
-            "headers": True,
-        }
-        if opts.auth_required:
-            info["auth_required"] = True
-        if opts.tls:
-            if not self.tls_optional():
-                info["tls_required"] = True
-            if opts.tls.verify:
-                info["tls_verify"] = True
-        info["max_payload"] = opts.max_payload
-        if opts.tls and self.tls_optional():
-            info["tls_available"] = True
-        if self.cluster.enabled:
-            info["cluster"] = self.cluster.name
-            if self.cluster.routes:
-                info["connect_urls"] = self.cluster.connect_urls()
-        return info
-
-    def write_ports_file(self):
-        """Write `<program>_<pid>.ports` into ports_file_dir: the URLs of our
-        listeners as JSON, as Go's PortsInfo gives them (`nats`, or `tls` when
-        TLS is required; `monitoring`; `cluster`).  The program is this
-        file's name as started, so run as `nats-server` (a symlink) it is
-        Go's name.  On failure log it and leave `ports_file` empty (nothing
-        to remove at shutdown)."""
-        name = "%s_%d.ports" % (os.path.splitext(os.path.basename(sys.argv[0] or "gnatsd"))[0],
-                                os.getpid())
-        opts = self.options
-        ports = {"nats": ["%s://%s" % ("tls" if opts.tls else "nats",
-                                       _host_port(_advertise_host(self.host), self.port))]}
-        if self.monitor is not None:
-            host = opts.http_host or opts.host
-            ports["monitoring"] = ["%s://%s" % ("http" if opts.http_port else "https",
-                                                _host_port(_advertise_host(host),
-                                                           self.monitor.port))]
-        if self.cluster.listener is not None:
-            ports["cluster"] = ["%s://%s" % ("tls" if opts.cluster_tls else "nats",
-                                             _host_port(_advertise_host(self.cluster.host),
-                                                        self.cluster.port))]
-        self.ports_file = os.path.join(self.options.ports_file_dir, name)
-        try:
-            _write_file(self.ports_file, json.dumps(ports))
-        except OSError as exc:
-            log.error("Error writing ports file (%s): %s", self.ports_file, exc)
-            self.ports_file = ""
-
-    def start(self) -> "Server":
-        """Listen, then serve on a background thread (for embedding and tests)."""
-        self.listen()
-        self.thread = threading.Thread(target=self.serve, name="gnatsd-loop", daemon=True)
-        self.thread.start()
-        return self
-
-    def run(self) -> int:
-        """Listen and serve in this thread until shutdown; returns the exit code."""
-        self.listen()
-        self.serve()
-        return self.exit_code
-
-    # -- the loop --------------------------------------------------------------
-
-    def serve(self):
-        """The event loop.  Returns after shutdown() has closed everything."""
-        self.loop_thread = threading.current_thread()
-        select = self.selector.select
-        pending = self.pending
-        timers = self.timers
-        backlogged = self.backlogged
-        EVENT_READ = selectors.EVENT_READ
-        EVENT_WRITE = selectors.EVENT_WRITE
-        try:
-            while self.running:
-                if backlogged:
-                    self.run_backlog()
-                timeout = None
-                if backlogged or self.loop_calls:
-                    timeout = 0.0       # input or a snapshot is waiting: just poll
-                elif timers:
-                    timeout = max(0.0, timers[0][0] - time.monotonic())
-                for key, mask in select(timeout):
-                    conn = key.data
-                    if conn.closed:
-                        continue
-                    try:
-                        if mask & EVENT_READ:
-                            conn.read_ready()
-                        if mask & EVENT_WRITE and not conn.closed:
-                            conn.write_ready()
-                    except Exception:  # a bug must cost one connection, not the server
-                        self.connection_failed(conn)
-                if pending:
-                    self.flush_pending()
-                if timers and timers[0][0] <= time.monotonic():
-                    self.run_timers()
-                if self.reopen_log:
-                    self.reopen_log = False
-                    reopen_log_file(self.options)
-                if self.loop_calls:
-                    self.run_loop_calls()
-                if self.reload_requested:
-                    self.reload_requested = False
-                    self.reload()
-                if self.lame_duck_requested:
-                    self.lame_duck_requested = False
-                    self.enter_lame_duck_mode()
-        finally:
-            self.close_all()
-
-    def defer_input(self, conn: Connection):
-        """`conn` has input left past its slice: stop reading it, and give it
-        another slice next turn (round-robin with every other such connection)."""
-        self.backlogged[conn] = None
-        self.update_events(conn)
-
-    def run_backlog(self):
-        """One slice of input for each connection that had some left over
-        (those deferred during this slice wait for the next turn)."""
-        conns = list(self.backlogged)
-        self.backlogged.clear()
-        for conn in conns:
-            if conn.closed or conn.stalled or conn.waiting:
-                continue            # end_stall and await_secret put it back
-            data, at = conn.backlog, conn.backlog_at
-            conn.backlog = None
-            try:
-                conn.consume(data, at, True)
-                if conn.backlog is None and not (conn.closed or conn.stalled or conn.waiting):
-                    conn.resume_reading()
-            except Exception:  # a bug must cost one connection, not the server
-                self.connection_failed(conn)
-        if self.pending:
-            self.flush_pending()
-
-    def flush_pending(self):
-        """Flush every connection that got output this turn (Go's pcd)."""
-        pending = self.pending
-        while pending:
-            conn = pending.pop()
-            try:
-                conn.flush()
-            except Exception:
-                self.connection_failed(conn)
-
-    def connection_failed(self, conn):
-        """An unexpected exception while serving `conn`: log it, close it."""
-        log.exception("%sUnexpected error, closing connection",
-                      getattr(conn, "log_prefix", ""))
-        if isinstance(conn, Connection):
-            try:
-                conn.close(PROTOCOL_VIOLATION, flush=False)
-            except Exception:
-                log.exception("Error closing connection")
-
-    def pub_size(self, token: bytes) -> int:
-        """A PUB line's size token as the hot path takes it: its value if it
-        is Go's size (ASCII digits, 9 at most) within max_payload, else -1
-        (the reference path answers).  Remembered in `pub_sizes`, which a
-        reload empties."""
-        size = int(token) if token.isdigit() and len(token) < 10 else -1
-        if size > self.options.max_payload:
-            size = -1
-        sizes = self.pub_sizes
-        if len(sizes) >= PUB_SIZES_MAX:
-            sizes.clear()
-        sizes[token] = size
-        return size
-
-    def call_in_loop(self, fn, timeout: float = 5.0):
-        """Run `fn` on the loop thread between two turns and return its
-        result (for the monitor's threads).  A generator function is a
-        snapshot taken in steps: it runs a slice per turn (_LoopCall) and
-        its return value is the result.  Raises TimeoutError, and then the
-        loop drops the call."""
-        call = _LoopCall(fn, waited=True)
-        if not self.running or threading.current_thread() is self.loop_thread:
-            while not call.run(float("inf")):
-                pass
-        else:
-            self.loop_calls.append(call)
-            self.waker.wake()
-            if not call.done.wait(timeout):
-                call.cancelled = True
-                raise TimeoutError("the loop did not answer")
-        if call.error is not None:
-            raise call.error
-        return call.value
-
-    def call_soon(self, fn):
-        """Run `fn` on the loop thread at the end of this turn or the next
-        (any thread); nothing waits for it."""
-        self.loop_calls.append(_LoopCall(fn, waited=False))
-        self.waker.wake()
-
-    def run_loop_calls(self):
-        """The calls queued by other threads: each runs now, but a stepped
-        snapshot, which gets MONITOR_SLICE and waits for the next turn if
-        it has steps left."""
-        calls = self.loop_calls
-        for _ in range(len(calls)):
-            call = calls.popleft()
-            if not call.run(MONITOR_SLICE):
-                calls.append(call)
-
-    def add_timer(self, delay: float, callback) -> list:
-        """Call `callback` on the loop thread `delay` s from now.  Returns
-        the timer's heap entry [when, seq, callback], for cancel_timer."""
-        self.timer_seq += 1
-        entry = [time.monotonic() + delay, self.timer_seq, callback]
-        heapq.heappush(self.timers, entry)
-        return entry
-
-    def cancel_timer(self, entry: list):
-        """Forget a timer that has not fired: its callback, and the
-        connection it holds, are dropped at once.  The entry stays in the
-        heap until it is due, unless cancelled entries become over half of
-        the heap: then they are shed in one pass (under connect/disconnect
-        churn every closed client leaves a ping timer ping_interval long)."""
-        if entry[2] is None:        # fired or cancelled already
-            return
-        entry[2] = None
-        self.timers_cancelled += 1
-        timers = self.timers
-        if self.timers_cancelled > 1000 and self.timers_cancelled * 2 > len(timers):
-            timers[:] = [e for e in timers if e[2] is not None]  # in place: serve() holds it
-            heapq.heapify(timers)
-            self.timers_cancelled = 0
-
-    def run_timers(self):
-        """Loop thread only.  Call every timer that is due (cancelled ones are
-        skipped; one that raises is logged), then flush what they queued."""
-        now = time.monotonic()
-        timers = self.timers
-        while timers and timers[0][0] <= now:
-            entry = heapq.heappop(timers)
-            callback = entry[2]
-            if callback is None:
-                self.timers_cancelled -= 1
-                continue
-            entry[2] = None
-            try:
-                callback()
-            except Exception:  # a bug in one timer must not stop the loop
-                log.exception("timer callback failed")
-        if self.pending:
-            self.flush_pending()
-
-    def sweep_timeouts(self):
-        """Once a second: slow writers past the deadline, expired responses."""
-        now = time.monotonic()
-        for conn in list(self.write_waiting):
-            conn.check_write_deadline(now)
-        for account in self.accounts.values():
-            if account.responses:
-                account.expire_responses(now)
-        self.add_timer(1.0, self.sweep_timeouts)
-
-    def want_write(self, conn: Connection, on: bool):
-        """Wait for writability only while the kernel pushes back."""
-        if on:
-            self.write_waiting.add(conn)
-        else:
-            self.write_waiting.discard(conn)
-        self.update_events(conn)
-
-    def update_events(self, conn: Connection):
-        """Register what `conn` waits for: reads unless stalled, writes while
-        its output is blocked; neither means it is not in the selector."""
-        reading = not (conn.stalled or conn.waiting or conn.backlog is not None)
-        events = ((selectors.EVENT_READ if reading else 0)
-                  | (selectors.EVENT_WRITE if conn.write_waiting else 0))
-        selector = self.selector
-        try:
-            if events:
-                try:
-                    selector.modify(conn.sock, events, conn)
-                except KeyError:
-                    selector.register(conn.sock, events, conn)
-            else:
-                selector.unregister(conn.sock)
-        except (KeyError, ValueError, OSError):
-            pass
-
-    def unregister(self, conn: Connection):
-        """Loop thread only.  Take `conn` (a connection, listener or
-        dialer) out of the selector and `write_waiting`; harmless if it
-        is in neither."""
-        self.write_waiting.discard(conn)
-        try:
-            self.selector.unregister(conn.sock)
-        except (KeyError, ValueError, OSError):
-            pass
-
-    # -- connections -----------------------------------------------------------
-
-    def accept_connections(self, listener: socket.socket, create):
-        """Loop thread only.  Accept up to 256 waiting connections on
-        `listener` and hand each socket to `create` (Go's acceptConnections);
-        out of descriptors or memory, log and pause 10 ms."""
-        for _ in range(256):
-            try:
-                sock, _addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("Temporary Client Accept Error(%s), sleeping 10ms", exc)
-                    time.sleep(0.01)
-                    return
-                log.error("Client Accept Error: %s", exc)
-                return
-            create(sock)
-
-    def create_client(self, sock: socket.socket):
-        """Loop thread only.  A client's socket (Go's createClient):
-        non-blocking, registered for reads; a plain client gets INFO and its
-        timers, a TLS one starts its handshake, and one over max_connections
-        gets -ERR and is closed."""
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        self.next_cid += 1
-        opts = self.options
-        # Over the limit, a client gets Go's plain INFO and -ERR, TLS or not.
-        over_limit = len(self.clients) >= opts.max_connections
-        client_class = self.tls_client_class if opts.tls and not over_limit else Client
-        client = client_class(self, sock, self.next_cid)
-        self.total_connections += 1
-        try:
-            self.selector.register(sock, selectors.EVENT_READ, client)
-        except (ValueError, OSError) as exc:
-            log.error("Error registering client connection: %s", exc)
-            sock.close()
-            return
-        self.clients[client.cid] = client
-        client.debug("Client connection created")
-        if client_class is Client:
-            client.queue_outbound(self.client_info(client))
-            if over_limit:
-                log.error("Maximum connections exceeded (%d)", opts.max_connections)
-                client.send_err_and_close(ERR_MAX_CONNECTIONS, MAX_CONNECTIONS_EXCEEDED)
-                return
-            self.start_client_timers(client)
-            client.flush()
-        else:
-            self.start_client_tls(client)
-
-    def client_info(self, client: Client) -> bytes:
-        """The INFO a new client gets (Go does not trace it)."""
-        info = dict(self.info_template)
-        info["client_id"] = client.cid
-        info["client_ip"] = client.host
-        return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
-
-    def start_client_timers(self, client: Client):
-        """The auth timeout and the ping timer (after the handshake for TLS)."""
-        if client.awaiting_auth:
-            self.add_timer(self.options.auth_timeout, client.auth_timeout)
-        client.arm_ping_timer()
-
-    # -- TLS clients (chapter 6 has the connection's side) -------------------------
-
-    def start_client_tls(self, client: TLSConnection):
-        """Go's createClientEx on a TLS server: a plain INFO, then the upgrade;
-        or with handshake_first the handshake at once and INFO after it, and
-        with a fallback delay a plain INFO after all if no ClientHello came."""
-        tls = self.options.tls
-        context = tls.server_context()
-        if not tls.handshake_first:
-            client.send_now(self.client_info(client))
-            if not client.closed:
-                client.start_tls(context, tls.timeout)
-        elif not tls.fallback:
-            client.start_tls(context, tls.timeout, TLS_HELLO, first=True)
-        else:
-            client.start_tls(context, tls.fallback + tls.timeout, TLS_WAIT, first=True)
-            self.add_timer(tls.fallback, lambda: self.tls_fallback(client))
-
-    def tls_fallback(self, client: TLSConnection):
-        """handshake_first with a fallback, and nothing arrived in time: send
-        the INFO in plain text after all; the client upgrades as usual."""
-        if client.closed or client.tls.state != TLS_WAIT:
-            return
-        client.tls.state = TLS_HELLO
-        client.tls.first = False
-        client.send_now(self.client_info(client))
-
-    def tls_established(self, client: TLSConnection):
-        """A handshake completed: the INFO if it waited for it, then the
-        timers a plain client starts at accept (Go arms them only now).
-        A route starts its protocol now (`start_route`)."""
-        if isinstance(client, Route):
-            self.cluster.start_route(client)
-            return
-        client.tls_identities = client.tls_peer_identities()
-        if client.tls.first:
-            client.queue_outbound(self.client_info(client))
-        self.start_client_timers(client)
-
-    def remove_client(self, client: Client):
-        """Loop thread only.  A client closed: drop it from `clients`,
-        keep its /connz entry (subscriptions, stop time, reason) among
-        the closed ones, and add its counters to the closed totals (Go's
-        removeClient and saveClosedClient)."""
-        if self.clients.pop(client.cid, None) is not None:
-            info = client.conn_info(time.time(), "list", True)
-            if client.subs:
-                info["subscriptions_list_detail"] = [sub_detail(s) for s in client.subs.values()]
-            info["stop"] = rfc3339(time.time())
-            info["_stop"] = time.time()
-            info["reason"] = client.close_reason
-            self.closed_clients.append(_closed_order(info))
-            self.closed_in_msgs += client.in_msgs
-            self.closed_in_bytes += client.in_bytes
-            self.closed_out_msgs += client.out_msgs
-            self.closed_out_bytes += client.out_bytes
-
-    # -- routes (chapter 8 has the connection's side) ------------------------------
-
-    def client_url(self) -> str:
-        """Our client address as other servers tell their clients."""
-        if self.options.client_advertise:
-            advertise = self.options.client_advertise
-            if ":" not in advertise.rsplit("]", 1)[-1]:
-                advertise = _host_port(advertise, self.port)
-            return advertise
-        return _host_port(_advertise_host(self.host), self.port)
-
-    # -- shutdown --------------------------------------------------------------
-
-    def shutdown(self):
-        """Stop the loop; safe from any thread and from signal handlers."""
-        self.running = False
-        self.waker.wake()
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join(5)
-
-    def close_all(self):
-        """Close listener and connections (loop thread, after the last turn)."""
-        log.info("Initiating Shutdown...")
-        if self.monitor is not None:
-            self.monitor.stop()
-        if self.listener is not None and not self.listener.closed:
-            self.unregister(self.listener)
-            self.listener.sock.close()
-            self.listener.closed = True
-        self.cluster.close_listener()
-        for client in list(self.clients.values()):
-            client.close(SERVER_SHUTDOWN)
-        for route in list(self.cluster.conns):
-            route.close(SERVER_SHUTDOWN)
-        self.secret_checker.stop()
-        self.waker.close()
-        self.selector.close()
-        if self.options.pid_file:
-            _remove_file(self.options.pid_file)
-        if self.ports_file:
-            _remove_file(self.ports_file)
-        log.info("Server Exiting..")
-
-    # -- signals ---------------------------------------------------------------
-
-    def install_signal_handlers(self):
-        """SIGINT/SIGTERM stop; SIGUSR1 reopens the log file; SIGHUP reloads the
-        config; SIGUSR2 enters lame duck mode (main thread only)."""
-
-        def stop(signum, _frame):
-            log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
-            self.running = False
-            self.waker.wake()
-
-        def reopen(_signum, _frame):
-            self.reopen_log = True   # the loop reopens; a handler must not close a file mid-write
-            self.waker.wake()
-
-        def reload(signum, _frame):
-            log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
-            self.reload_requested = True
-            self.waker.wake()
-
-        def lame_duck(_signum, _frame):
-            self.lame_duck_requested = True
-            self.waker.wake()
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
-        if hasattr(signal, "SIGUSR1"):
-            signal.signal(signal.SIGUSR1, reopen)
-            signal.signal(signal.SIGHUP, reload)
-            signal.signal(signal.SIGUSR2, lame_duck)
-
-    # -- config reload (SIGHUP) -------------------------------------------------
-
-    def reload(self):
-        """Read the config file again and apply what changed (Go's Reload):
-        logging, limits, authorization and accounts, permissions.  Clients
-        whose credentials no longer pass are closed; subscriptions the new
-        permissions deny are removed.  Any error keeps the old config."""
-        try:
-            new = self.reloaded_options()
-            changes = reload_changes(self.options, new, self.port)
-        except ConfigError as exc:
-            log.error("Failed to reload server configuration: %s", exc)
-            return
-        old, self.options = self.options, new
-        self.pub_sizes.clear()          # sizes checked against the old max_payload
-        for change in changes:
-            log.info("Reloaded: %s", change)
-        if any(getattr(old, a) != getattr(new, a) for a in _LOGGING_OPTIONS):
-            configure_logging(new)
-        self.trace = new.trace
-        self.info_template = self.build_info()
-        if old.accounts or new.accounts:
-            self.accounts = build_accounts(new)
-            self.global_account = self.accounts[GLOBAL_ACCOUNT]
-            self.system_account = self.accounts[new.system_account or SYSTEM_ACCOUNT]
-        for client in list(self.clients.values()):
-            client.reload_config(old)
-        for route in self.cluster.conns:
-            route.trace = self.trace
-            route.msg_keys.clear()    # its entries hold the old accounts' sublists
-        for account in self.accounts.values():
-            account.sublist.clear_cache()   # plans filtered by the old permissions
-        if new.pid_file and new.pid_file != old.pid_file:
-            _write_file(new.pid_file, str(os.getpid()))
-        log.info("Reloaded server configuration")
-
-    def reloaded_options(self) -> Options:
-        """The config file read again, flags on top, checked as at startup."""
-        path = self.options.config_file
-        if not path:
-            raise ConfigError("can only reload config when a file is provided using -c "
-                              "or --config")
-        new = options_from_config(path).merge(self.flags).fill_defaults().validate()
-        problem = startup_problem(new)
-        if problem:
-            raise ConfigError(problem)
-        return new
-
-    # -- lame duck mode ----------------------------------------------------------
-
-    def enter_lame_duck_mode(self):
-        """SIGUSR2 (Go's lameDuckMode): stop accepting, tell protocol-1
-        clients with an INFO carrying `ldm`, wait the grace period, then close
-        the clients spread over the rest of lame_duck_duration, and exit."""
-        if self.lame_duck or self.listener is None:
-            return
-        self.lame_duck = True
-        log.info("Entering lame duck mode, stop accepting new clients")
-        self.unregister(self.listener)
-        self.listener.sock.close()
-        self.listener.closed = True
-        info = dict(self.info_template, ldm=True)
-        proto = b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
-        for client in list(self.clients.values()):
-            if client.protocol >= PROTO:
-                client.queue_outbound(proto)
-        opts = self.options
-        self.add_timer(opts.lame_duck_grace_period, self.lame_duck_close_clients)
-
-    def lame_duck_close_clients(self):
-        """Timer callback, after lame duck's grace period: close the clients
-        one at a time, spread over the rest of lame_duck_duration (at most 1 s
-        apart), then stop the loop."""
-        log.info("Closing existing clients")
-        clients = list(self.clients.values())
-        spread = max(self.options.lame_duck_duration - self.options.lame_duck_grace_period, 1.0)
-        interval = min(spread / len(clients), 1.0) if clients else 0.0
-
-        def close_next():
-            while clients:
-                client = clients.pop(0)
-                if not client.closed:
-                    client.close(SERVER_SHUTDOWN)
-                    break
-            if clients:
-                self.add_timer(random.uniform(interval / 2, interval), close_next)
-            else:
-                self.running = False  # then the loop closes everything and exits
-        close_next()
-
-
-# Go's names for the signals it traps.
-_SIGNAL_NAMES = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated"}
-
-
-# Options a reload may not change, with the Go field names its error uses.
-_NOT_RELOADABLE = (("server_name", "ServerName"), ("host", "Host"), ("port", "Port"),
-                   ("http_host", "HTTPHost"), ("http_port", "HTTPPort"),
-                   ("http_base_path", "HTTPBasePath"), ("https_port", "HTTPSPort"),
-                   ("system_account", "SystemAccount"),
-                   ("cluster_host", "cluster host"), ("cluster_port", "cluster port"),
-                   ("cluster_name", "cluster name"))
-
-# What a reload logs for each changed option ("Reloaded: max_payload = 2048"),
-# in the order of Go's Options struct.  A name ending in "=" shows the value.
-_RELOADED = (
-    ("trace", "trace ="), ("debug", "debug ="), ("logtime", "logtime ="),
-    ("logtime_utc", "logtime_utc ="), ("max_connections", "max_connections ="),
-    ("max_subscriptions", "max_subscriptions ="), ("no_auth_user", "no_auth_user ="),
-    ("username", "authorization username"), ("password", "authorization password"),
-    ("authorization", "authorization token"), ("auth_timeout", "authorization timeout ="),
-    ("ping_interval", "ping_interval ="), ("ping_max", "ping_max ="),
-    ("max_control_line", "max_control_line ="), ("max_payload", "max_payload ="),
-    ("max_pending", "max_pending ="), ("write_deadline", "write_deadline ="),
-    ("log_file", "log_file ="), ("log_size_limit", "log_size_limit ="),
-    ("syslog", "syslog ="), ("remote_syslog", "remote_syslog ="),
-    ("max_traced_msg_len", "max_traced_msg_len ="), ("pid_file", "pid_file ="),
-    ("ports_file_dir", "ports_file_dir ="), ("lame_duck_duration", "lame_duck_duration ="),
-    ("lame_duck_grace_period", "lame_duck_grace_period ="),
-    ("client_advertise", "client_advertise ="), ("tls", "tls = enabled"),
-)
-_DURATION_OPTIONS = ("ping_interval", "write_deadline", "lame_duck_duration",
-                     "lame_duck_grace_period")
-_LOGGING_OPTIONS = ("trace", "debug", "logtime", "logtime_utc", "log_file", "log_size_limit",
-                    "syslog", "remote_syslog")
-
-
-def reload_changes(old: Options, new: Options, actual_port: int) -> list:
-    """What a reload from `old` to `new` changes, as Go logs it; raises
-    ConfigError for an option that cannot change while running.  A random
-    port (-1) in the new options means the port already bound."""
-    for attr, go_name in _NOT_RELOADABLE:
-        before, after = getattr(old, attr), getattr(new, attr)
-        if attr == "port":
-            before, after = actual_port, actual_port if after == RANDOM_PORT else after
-        if before != after:
-            raise ConfigError("config reload not supported for %s: old=%s, new=%s"
-                              % (go_name, before, after))
-    # Go compares these by pointer, so every reload reports them.
-    changes = ["authorization users", "accounts"]
-    for attr, text in _RELOADED:
-        value = getattr(new, attr)
-        if getattr(old, attr) == value:
-            continue
-        if not text.endswith("="):
-            changes.append(text)
-        elif isinstance(value, bool):
-            changes.append("%s %s" % (text, "true" if value else "false"))
-        elif attr in _DURATION_OPTIONS:
-            changes.append("%s %s" % (text, format_duration(value)))
-        else:
-            changes.append("%s %s" % (text, ("%g" % value) if isinstance(value, float) else value))
-    return changes
-
-
-def startup_problem(opts: Options) -> str:
-    """What stops a server with these (valid) options from starting, or ""."""
-    if opts.no_auth_user and not any(u.username == opts.no_auth_user for u in opts.users or ()):
-        return ('no_auth_user: "%s" not present as user or nkey in authorization block or'
-                ' account configuration' % opts.no_auth_user)
-    if opts.system_account and opts.system_account not in (opts.accounts or {}) \
-            and opts.system_account != SYSTEM_ACCOUNT:
-        return "error resolving system account: account missing"
-    return ""
-
-
-def _is_ip_address(host: str) -> bool:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return True
-        except (OSError, ValueError):
-            pass
-    return False
-
-
-def _new_server_id() -> str:
-    """A 56-character server id shaped like a Go server's nkey ("N...")."""
-    return "N" + base64.b32encode(os.urandom(35)).decode()[:55]
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A non-blocking listening socket on host:port (port <= 0 picks one)."""
-    if port in (RANDOM_PORT, 0):
-        port = 0
-    infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
-                               socket.AI_PASSIVE)
-    family, kind, proto, _name, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-        sock.listen(1024)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
-def _host_port(host: str, port: int) -> str:
-    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
-
-
-def _advertise_host(host: str) -> str:
-    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-
-
-def _write_file(path: str, text: str):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
-def _remove_file(path: str):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-# ============================================================================
-# 10. Monitor
+# 12. Monitor
 # ============================================================================
 #
 # The HTTP monitoring endpoints, with the JSON of nats-server 2.x (key
@@ -8106,7 +8154,7 @@ def _make_monitor_handler():
 
 
 # ============================================================================
-# 11. Logging
+# 13. Logging
 # ============================================================================
 #
 # Log lines look like the Go server's, because people and tools read them:
@@ -8369,7 +8417,7 @@ def _rfc3339(created: float) -> str:
 
 
 # ============================================================================
-# 12. Command line
+# 14. Command line
 # ============================================================================
 #
 # The flags of gnatsd 0.7.2 and of the modern nats-server, in the groups of

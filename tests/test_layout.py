@@ -58,20 +58,44 @@ def module(source):
         sys.modules.pop(name, None)
 
 
-def contents_of(docstring: str) -> list:
-    """[(number, title)] from the "Contents" block of the module docstring."""
+# A part of the Contents: " Part I. Title", above its chapters.
+PART_ENTRY_RE = re.compile(r"\s+(Part [IVX]+)\. (\S.*?)\s*")
+# A part's banner: a rule of '#', "# Part I. Title", the same rule.
+PART_RULE_RE = re.compile(r"# #{20,}")
+PART_TITLE_RE = re.compile(r"# (Part [IVX]+)\. (\S.*?)\s*")
+
+
+def contents_of(docstring: str, parts: bool = False) -> list:
+    """[(number, title)] from the "Contents" block of the module docstring
+    (with `parts`, the [(Part N, title)] lines between them instead)."""
     lines = docstring.splitlines()
     try:
         start = [line.strip() for line in lines].index("Contents")
     except ValueError:
         return []
-    entries = []
+    entries, part_entries = [], []
     for line in lines[start + 1:]:
         m = ENTRY_RE.fullmatch(line)
+        if m:
+            entries.append((int(m.group(1)), m.group(2)))
+            continue
+        m = PART_ENTRY_RE.fullmatch(line)
         if not m:
             break
-        entries.append((int(m.group(1)), m.group(2)))
-    return entries
+        part_entries.append((m.group(1), m.group(2)))
+    return part_entries if parts else entries
+
+
+def part_banners_of(source: str) -> list:
+    """[(Part N, title, line_no)] of every part banner, in file order."""
+    lines = source.splitlines()
+    found = []
+    for i in range(len(lines) - 2):
+        if PART_RULE_RE.fullmatch(lines[i]) and PART_RULE_RE.fullmatch(lines[i + 2]):
+            m = PART_TITLE_RE.fullmatch(lines[i + 1])
+            if m:
+                found.append((m.group(1), m.group(2), i + 2))
+    return found
 
 
 def banners_of(source: str) -> list:
@@ -110,6 +134,22 @@ def test_chapter_banners_match_contents_in_order(source, tree):
         "banners (line: N. title):\n%s\nContents:\n%s" % (
             "\n".join("  %d: %d. %s" % (ln, n, t) for n, t, ln in banners),
             "\n".join("  %d. %s" % e for e in contents)))
+
+
+def test_the_book_has_two_parts_and_part_one_is_short(source, tree):
+    """Part I (the core) and Part II (fidelity and the 2.x features), in the
+    Contents and as banners; Part I stays readable in an evening (issue 12:
+    ~3,500 lines)."""
+    doc = ast.get_docstring(tree, clean=False) or ""
+    parts = contents_of(doc, parts=True)
+    banners = part_banners_of(source)
+    assert [p for p, _ in parts] == ["Part I", "Part II"]
+    assert [p for p, _, _ in banners] == ["Part I", "Part II"]
+    # The Contents may add a subtitle after a colon.
+    for (p, title), (q, banner, _) in zip(parts, banners):
+        assert title.split(":")[0] == banner, (title, banner)
+    part_one = banners[1][2] - banners[0][2]
+    assert part_one <= 3800, "Part I is %d lines" % part_one
 
 
 def test_grep_for_numbered_headings_finds_only_banners(source):
