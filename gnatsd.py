@@ -2361,18 +2361,7 @@ class Client(Connection):
                     #      receiver; prefixes are ready-made per subscriber, and
                     #      counts are kept per plan (settle()), not per delivery
                     #      (make bench fan-out 16: 0.57x -> 0.75x of Go 2.9).
-                    tail = data[tail_at:stop + 2]
-                    plan.msgs += 1
-                    plan.bytes += size
-                    if reply_sp is None:
-                        for append, prefix in plan.plain_out:
-                            append(prefix)
-                            append(tail)
-                    else:
-                        for append, prefix in plan.plain_out:
-                            append(prefix)
-                            append(reply_sp)
-                            append(tail)
+                    plan.deliver(data[tail_at:stop + 2], size, reply_sp)
                     touch(plan)
                 elif kind == PLAN_EMPTY:
                     if reply_sp is not None and self.no_responders:
@@ -2391,13 +2380,7 @@ class Client(Connection):
                     run_plan = None
                     tail = data[tail_at:stop + 2]
                     if plan.plain_out:
-                        plan.msgs += 1
-                        plan.bytes += size
-                        for append, prefix in plan.plain_out:
-                            append(prefix)
-                            if reply_sp is not None:
-                                append(reply_sp)
-                            append(tail)
+                        plan.deliver(tail, size, reply_sp)
                         touch(plan)
                     for group in plan.queues:
                         append, prefix, sub, c = group[int(rand() * len(group))]
@@ -2696,6 +2679,23 @@ class DeliveryPlan:
             self.kind = PLAN_QUEUES if queues else PLAN_PLAIN
         self.msgs = 0             # messages delivered to every plain sub, not yet settled
         self.bytes = 0            # their payload bytes
+
+    def deliver(self, tail: bytes, size: int, reply_sp: bytes | None):
+        """One message to every plain subscriber: its ready-made prefix,
+        the reply and a space (if any), then `tail`, the publisher's own
+        `<size>\r\n<payload>\r\n` bytes (the same for every receiver, so
+        sliced once).  Counted per plan (settle)."""
+        self.msgs += 1
+        self.bytes += size
+        if reply_sp is None:
+            for append, prefix in self.plain_out:
+                append(prefix)
+                append(tail)
+        else:
+            for append, prefix in self.plain_out:
+                append(prefix)
+                append(reply_sp)
+                append(tail)
 
     def settle(self):
         """Move the hot path's message and byte counts onto the plain
@@ -6793,14 +6793,7 @@ class Route(Connection):
                     k = deliver_run(data, i, nl, size, sp + 1 - i, None, plan)
                 else:
                     k = 1
-                    tail = data[sp + 1:stop + 2]
-                    plan.msgs += 1
-                    plan.bytes += size
-                    for append, prefix in plan.plain_out:
-                        append(prefix)
-                        if reply_sp is not None:
-                            append(reply_sp)
-                        append(tail)
+                    plan.deliver(data[sp + 1:stop + 2], size, reply_sp)
                 run_plan = plan
                 last_size = size
                 msgs += k
