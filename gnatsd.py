@@ -3238,7 +3238,7 @@ class Server:
         is Go's size (ASCII digits, 9 at most) within max_payload, else -1
         (the reference path answers).  Remembered in `pub_sizes`, which a
         reload empties."""
-        size = int(token) if token.isdigit() and len(token) < 10 else -1
+        size = parse_size(token)
         if size > self.options.max_payload:
             size = -1
         sizes = self.pub_sizes
@@ -7261,9 +7261,10 @@ class Cluster:
         again at once, thousands of times a second."""
         if route.target is not None:
             route.send_connect()
-        if route.target is not None or self.server.options.cluster_auth is None:
             route.send_proto(self.info(), "INFO")
-        if route.target is None:
+        else:
+            if self.server.options.cluster_auth is None:
+                route.send_proto(self.info(), "INFO")
             self.server.add_timer(AUTH_TIMEOUT, route.connect_timeout)
         route.arm_ping_timer()
         route.flush()
