@@ -138,6 +138,12 @@ def feed_on_loop(server, conn, chunks, seed: int | None = None) -> tuple:
                 conn.process_input(chunk)
             except Exception:   # what Server.serve does around read_ready
                 server.connection_failed(conn)
+            # Input past the turn's time budget waits in the connection's
+            # backlog, and the loop reads nothing more from it until that is
+            # parsed: do the same before the next chunk (under load a slow
+            # turn would otherwise parse the next read first).
+            while conn.backlog is not None and not (conn.closed or conn.stalled):
+                server.run_backlog()
             if server.pending:
                 server.flush_pending()
             if conn.closed:
