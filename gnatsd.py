@@ -1232,10 +1232,17 @@ class Connection:
         """Read this connection again (its receiver drained, or time is up)."""
         if self.stalled and not self.closed and seq in (-1, self.stall_seq):
             self.stalled = False
-            if self.backlog is not None:
-                self.server.defer_input(self)   # parse what is left first
-            else:
-                self.resume_reading()
+            self.continue_input()
+
+    def continue_input(self):
+        """A pause ended (a stall, a bcrypt check): unless another still
+        holds, parse the input that waited, or else read again."""
+        if self.closed or self.stalled or self.waiting:
+            return                  # whatever still holds calls this again
+        if self.backlog is not None:
+            self.server.defer_input(self)
+        else:
+            self.resume_reading()
 
     def resume_reading(self):
         """Neither stalled nor backlogged any more: wait for reads again."""
@@ -1280,12 +1287,7 @@ class Connection:
             except ProtocolError as exc:
                 self.protocol_error(exc)
                 return
-            if self.closed or self.waiting:
-                return
-            if self.backlog is not None:
-                self.server.defer_input(self)
-            elif not self.stalled:
-                self.resume_reading()
+            self.continue_input()
 
         self.server.secret_checker.submit(pending.given, pending.expected, answered)
 
