@@ -1027,21 +1027,21 @@ class Connection:
 
     def debug(self, fmt: str, *args):
         """Log at [DBG] with this connection's prefix (built only when debug is on)."""
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(self.log_prefix + fmt, *args)
+        if self.server.log.isEnabledFor(logging.DEBUG):
+            self.server.log.debug(self.log_prefix + fmt, *args)
 
     def error(self, fmt: str, *args):
         """Log at [ERR] with this connection's prefix."""
-        log.error(self.log_prefix + fmt, *args)
+        self.server.log.error(self.log_prefix + fmt, *args)
 
     def trace_in(self, op: str, arg: bytes = b""):
         """Trace an op received, `<<- [OP arg]`; callers check `self.trace` first."""
-        log.log(TRACE, "%s<<- [%s%s]", self.log_prefix, op,
-                (" " + arg.decode("utf-8", "replace")) if arg else "")
+        self.server.log.log(TRACE, "%s<<- [%s%s]", self.log_prefix, op,
+                            (" " + arg.decode("utf-8", "replace")) if arg else "")
 
     def trace_out(self, text: str):
         """Trace an op sent, `->> [text]`; callers check `self.trace` first."""
-        log.log(TRACE, "%s->> [%s]", self.log_prefix, text)
+        self.server.log.log(TRACE, "%s->> [%s]", self.log_prefix, text)
 
     def trace_payload(self, payload: bytes):
         """Trace a payload received, Go-quoted and cut at max_traced_msg_len."""
@@ -1050,7 +1050,7 @@ class Connection:
             shown = go_quote(payload[:limit])[1:-1] + "..."
         else:
             shown = go_quote(payload)[1:-1]
-        log.log(TRACE, '%s<<- MSG_PAYLOAD: ["%s"]', self.log_prefix, shown)
+        self.server.log.log(TRACE, '%s<<- MSG_PAYLOAD: ["%s"]', self.log_prefix, shown)
 
     # -- output --------------------------------------------------------------
 
@@ -1129,12 +1129,12 @@ class Connection:
         server = self.server
         server.slow_consumers += 1
         if reason == SLOW_CONSUMER_PENDING_BYTES:
-            log.info("%sSlow Consumer Detected: MaxPending of %d Exceeded",
-                     self.log_prefix, server.options.max_pending)
+            server.log.info("%sSlow Consumer Detected: MaxPending of %d Exceeded",
+                            self.log_prefix, server.options.max_pending)
         else:
-            log.info("%sSlow Consumer Detected: WriteDeadline of %s exceeded with %d chunks of %d"
-                     " total bytes.", self.log_prefix, format_duration(server.options.write_deadline),
-                     len(self.out), pending)
+            server.log.info("%sSlow Consumer Detected: WriteDeadline of %s exceeded with %d chunks"
+                            " of %d total bytes.", self.log_prefix,
+                            format_duration(server.options.write_deadline), len(self.out), pending)
         self.out.clear()
         self.close(reason, flush=False)
 
@@ -1863,14 +1863,14 @@ class Client(Connection):
             self.debug("DistinguishedNameMatch could not be used for auth [%s]", subject)
             self.debug("User in cert [%s], not found", subject)
             return ""
-        if log.isEnabledFor(logging.DEBUG):
+        if self.server.log.isEnabledFor(logging.DEBUG):
             self.debug("Using %s for auth [%s]",
                        cert_name_source(self.tls.sslobj.getpeercert(), user.username),
                        go_quote(user.username.encode()))
         given = (self.credentials or {}).get("user")
         if given:
-            log.warning("User %s found in connect proto, but user required from cert",
-                        go_quote(str(given).encode()))
+            self.server.log.warning("User %s found in connect proto, but user required from cert",
+                                    go_quote(str(given).encode()))
         return user.username
 
     def reload_config(self, old: Options):
@@ -1920,8 +1920,8 @@ class Client(Connection):
                 what += " using queue %s" % go_quote(sub.queue)
             sid = sub.sid.decode("utf-8", "replace")
             self.send_err('Permissions Violation for Subscription to %s (sid "%s")' % (what, sid))
-            log.info('Removed sub %s (sid "%s") for User %s - not authorized',
-                     what, sid, go_quote(self.user.encode()))
+            self.server.log.info('Removed sub %s (sid "%s") for User %s - not authorized',
+                                 what, sid, go_quote(self.user.encode()))
 
     def bind_account(self, account: Account):
         """Log in to `account`: subscriptions made before move with the client."""
@@ -2075,7 +2075,8 @@ class Client(Connection):
 
     def trace_delsub(self, sub: Subscription):
         """Trace a subscription's removal, `<-> [DELSUB sid]`, as Go does."""
-        log.log(TRACE, "%s<-> [DELSUB %s]", self.log_prefix, sub.sid.decode("utf-8", "replace"))
+        self.server.log.log(TRACE, "%s<-> [DELSUB %s]", self.log_prefix,
+                            sub.sid.decode("utf-8", "replace"))
 
     def closed_cleanup(self):
         """After close: leave the account, take every subscription out
@@ -2957,9 +2958,11 @@ class Server:
     `main()` instead calls `run()`, which serves in the calling thread.
     """
 
-    def __init__(self, options: Options | None = None, flags: Options | None = None):
+    def __init__(self, options: Options | None = None, flags: Options | None = None,
+                 logger: logging.Logger | None = None):
         self.options = (options or Options()).fill_defaults()
         self.flags = flags or Options()      # the command line's, re-applied on reload
+        self.log = log if logger is None else logger    # an embedded server's own (chapter 15)
         self.server_id = _new_server_id()
         self.server_name = self.options.server_name or self.server_id
         self.accounts = build_accounts(self.options)
@@ -3017,19 +3020,19 @@ class Server:
     def listen(self):
         """Bind the client listener and log the Go server's startup lines."""
         opts = self.options
-        log.info("Starting nats-server")
-        log.info("  Version:  %s", VERSION)
-        log.info("  Git:      [%s]", GIT_COMMIT)
-        log.info("  gnatsd.py: %s on %s %s", __version__, platform.python_implementation(),
-                 platform.python_version())
+        self.log.info("Starting nats-server")
+        self.log.info("  Version:  %s", VERSION)
+        self.log.info("  Git:      [%s]", GIT_COMMIT)
+        self.log.info("  gnatsd.py: %s on %s %s", __version__, platform.python_implementation(),
+                      platform.python_version())
         if opts.cluster_port:
-            log.info("  Cluster:  %s", self.cluster.name)
-        log.info("  Name:     %s", self.server_name)
-        log.info("  ID:       %s", self.server_id)
+            self.log.info("  Cluster:  %s", self.cluster.name)
+        self.log.info("  Name:     %s", self.server_name)
+        self.log.info("  ID:       %s", self.server_id)
         if opts.config_file:
-            log.info("Using configuration file: %s", opts.config_file)
+            self.log.info("Using configuration file: %s", opts.config_file)
         for warning in opts.warnings:
-            log.warning("%s", warning)
+            self.log.warning("%s", warning)
         sock = _bind(opts.host, opts.port)
         self.listener = _Listener(self, sock)
         self.host, self.port = opts.host, sock.getsockname()[1]
@@ -3044,18 +3047,18 @@ class Server:
         if opts.http_port or opts.https_port:
             self.monitor = Monitor(self)
             self.monitor.start()
-        log.info("Listening for client connections on %s", _host_port(self.host, self.port))
+        self.log.info("Listening for client connections on %s", _host_port(self.host, self.port))
         if opts.tls:
-            log.info("TLS %s for client connections",
-                     "available" if self.tls_optional() else "required")
+            self.log.info("TLS %s for client connections",
+                          "available" if self.tls_optional() else "required")
             if opts.tls.handshake_first and not opts.tls.fallback:
-                log.warning('Clients that are not using "TLS Handshake First" option will '
-                            'fail to connect')
+                self.log.warning('Clients that are not using "TLS Handshake First" option will '
+                                 'fail to connect')
         if opts.pid_file:
             _write_file(opts.pid_file, str(os.getpid()))
         self.add_timer(1.0, self.sweep_timeouts)
         self.running = True
-        log.info("Server is ready")
+        self.log.info("Server is ready")
         if opts.cluster_port:
             self.cluster.listen()
         if opts.ports_file_dir:
@@ -3125,7 +3128,7 @@ class Server:
         try:
             _write_file(self.ports_file, json.dumps(ports))
         except OSError as exc:
-            log.error("Error writing ports file (%s): %s", self.ports_file, exc)
+            self.log.error("Error writing ports file (%s): %s", self.ports_file, exc)
             self.ports_file = ""
 
     def start(self) -> "Server":
@@ -3178,7 +3181,7 @@ class Server:
                     self.run_timers()
                 if self.reopen_log:
                     self.reopen_log = False
-                    reopen_log_file(self.options)
+                    reopen_log_file(self.options, self.log)
                 if self.loop_calls:
                     self.run_loop_calls()
                 if self.reload_requested:
@@ -3227,13 +3230,13 @@ class Server:
 
     def connection_failed(self, conn):
         """An unexpected exception while serving `conn`: log it, close it."""
-        log.exception("%sUnexpected error, closing connection",
-                      getattr(conn, "log_prefix", ""))
+        self.log.exception("%sUnexpected error, closing connection",
+                           getattr(conn, "log_prefix", ""))
         if isinstance(conn, Connection):
             try:
                 conn.close(PROTOCOL_VIOLATION, flush=False)
             except Exception:
-                log.exception("Error closing connection")
+                self.log.exception("Error closing connection")
 
     def pub_size(self, token: bytes) -> int:
         """A PUB line's size token as the hot path takes it: its value if it
@@ -3324,7 +3327,7 @@ class Server:
             try:
                 callback()
             except Exception:  # a bug in one timer must not stop the loop
-                log.exception("timer callback failed")
+                self.log.exception("timer callback failed")
         if self.pending:
             self.flush_pending()
 
@@ -3387,10 +3390,10 @@ class Server:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("Temporary Client Accept Error(%s), sleeping 10ms", exc)
+                    self.log.error("Temporary Client Accept Error(%s), sleeping 10ms", exc)
                     time.sleep(0.01)
                     return
-                log.error("Client Accept Error: %s", exc)
+                self.log.error("Client Accept Error: %s", exc)
                 return
             create(sock)
 
@@ -3414,7 +3417,7 @@ class Server:
         try:
             self.selector.register(sock, selectors.EVENT_READ, client)
         except (ValueError, OSError) as exc:
-            log.error("Error registering client connection: %s", exc)
+            self.log.error("Error registering client connection: %s", exc)
             sock.close()
             return
         self.clients[client.cid] = client
@@ -3422,7 +3425,7 @@ class Server:
         if client_class is Client:
             client.queue_outbound(self.client_info(client))
             if over_limit:
-                log.error("Maximum connections exceeded (%d)", opts.max_connections)
+                self.log.error("Maximum connections exceeded (%d)", opts.max_connections)
                 client.send_err_and_close(ERR_MAX_CONNECTIONS, MAX_CONNECTIONS_EXCEEDED)
                 return
             self.start_client_timers(client)
@@ -3522,7 +3525,7 @@ class Server:
 
     def close_all(self):
         """Close listener and connections (loop thread, after the last turn)."""
-        log.info("Initiating Shutdown...")
+        self.log.info("Initiating Shutdown...")
         if self.monitor is not None:
             self.monitor.stop()
         if self.listener is not None and not self.listener.closed:
@@ -3541,7 +3544,7 @@ class Server:
             _remove_file(self.options.pid_file)
         if self.ports_file:
             _remove_file(self.ports_file)
-        log.info("Server Exiting..")
+        self.log.info("Server Exiting..")
 
     # -- signals ---------------------------------------------------------------
 
@@ -3550,7 +3553,7 @@ class Server:
         config; SIGUSR2 enters lame duck mode (main thread only)."""
 
         def stop(signum, _frame):
-            log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
+            self.log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
             self.running = False
             self.waker.wake()
 
@@ -3559,7 +3562,7 @@ class Server:
             self.waker.wake()
 
         def reload(signum, _frame):
-            log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
+            self.log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
             self.reload_requested = True
             self.waker.wake()
 
@@ -3585,14 +3588,15 @@ class Server:
             new = self.reloaded_options()
             changes = reload_changes(self.options, new, self.port)
         except ConfigError as exc:
-            log.error("Failed to reload server configuration: %s", exc)
+            self.log.error("Failed to reload server configuration: %s", exc)
             return
         old, self.options = self.options, new
         self.pub_sizes.clear()          # sizes checked against the old max_payload
         for change in changes:
-            log.info("Reloaded: %s", change)
-        if any(getattr(old, a) != getattr(new, a) for a in _LOGGING_OPTIONS):
-            configure_logging(new)
+            self.log.info("Reloaded: %s", change)
+        if self.log.handlers and any(getattr(old, a) != getattr(new, a)
+                                     for a in _LOGGING_OPTIONS):
+            configure_logging(new, self.log)
         self.trace = new.trace
         self.info_template = self.build_info()
         if old.accounts or new.accounts:
@@ -3608,7 +3612,7 @@ class Server:
             account.sublist.clear_cache()   # plans filtered by the old permissions
         if new.pid_file and new.pid_file != old.pid_file:
             _write_file(new.pid_file, str(os.getpid()))
-        log.info("Reloaded server configuration")
+        self.log.info("Reloaded server configuration")
 
     def reloaded_options(self) -> Options:
         """The config file read again, flags on top, checked as at startup."""
@@ -3631,7 +3635,7 @@ class Server:
         if self.lame_duck or self.listener is None:
             return
         self.lame_duck = True
-        log.info("Entering lame duck mode, stop accepting new clients")
+        self.log.info("Entering lame duck mode, stop accepting new clients")
         self.unregister(self.listener)
         self.listener.sock.close()
         self.listener.closed = True
@@ -3647,7 +3651,7 @@ class Server:
         """Timer callback, after lame duck's grace period: close the clients
         one at a time, spread over the rest of lame_duck_duration (at most 1 s
         apart), then stop the loop."""
-        log.info("Closing existing clients")
+        self.log.info("Closing existing clients")
         clients = list(self.clients.values())
         spread = max(self.options.lame_duck_duration - self.options.lame_duck_grace_period, 1.0)
         interval = min(spread / len(clients), 1.0) if clients else 0.0
@@ -5693,7 +5697,7 @@ class SecretChecker:
                 helper.stdin.flush()
                 ok = helper.stdout.readline() == b"1\n"
             except (OSError, ValueError) as exc:
-                log.error("bcrypt helper failed: %s", exc)
+                self.server.log.error("bcrypt helper failed: %s", exc)
                 if helper is not None:
                     helper.kill()
                     helper = None
@@ -6120,7 +6124,7 @@ class TLSConnection(Connection):
             self.tls_failed(go_tls_error(exc))
             return False
         tls.state = TLS_OPEN
-        if log.isEnabledFor(logging.DEBUG):
+        if self.server.log.isEnabledFor(logging.DEBUG):
             self.debug("TLS handshake complete")
             self.debug("TLS version %s, cipher suite %s", tls_version_name(tls.sslobj.version()),
                        go_cipher_name(tls.sslobj.cipher()[0]))
@@ -7031,7 +7035,7 @@ class Route(Connection):
 
     def log_closed(self, reason: str):
         """Log the close at [INF], as Go does for routes."""
-        log.info("%sRouter connection closed: %s", self.log_prefix, reason)
+        self.server.log.info("%sRouter connection closed: %s", self.log_prefix, reason)
 
     def conn_info(self) -> dict:
         """This route as a /routez entry (Go's RouteInfo)."""
@@ -7084,10 +7088,10 @@ class Cluster:
         self.port = sock.getsockname()[1]
         self.listener = _Listener(server, sock, self.create_route)
         server.selector.register(sock, selectors.EVENT_READ, self.listener)
-        log.info("Cluster name is %s", self.name)
+        server.log.info("Cluster name is %s", self.name)
         if self.dynamic:
-            log.warning("Cluster name was dynamically generated, consider setting one")
-        log.info("Listening for route connections on %s", _host_port(self.host, self.port))
+            server.log.warning("Cluster name was dynamically generated, consider setting one")
+        server.log.info("Listening for route connections on %s", _host_port(self.host, self.port))
         for url in opts.routes or ():
             self.dial(RouteURL(url), implicit=False)
 
@@ -7187,9 +7191,9 @@ class Cluster:
         text = "Error trying to connect to route (attempt %d): dial tcp %s: connect: %s" % (
             attempt, _host_port(target.host, target.port), why.lower())
         if attempt == 1 or attempt % ROUTE_ERROR_REPORTS == 0:
-            log.error("%s", text)
+            self.server.log.error("%s", text)
         else:
-            log.debug("%s", text)
+            self.server.log.debug("%s", text)
         retries = self.server.options.connect_retries
         if implicit and attempt > retries:
             return
@@ -7238,7 +7242,7 @@ class Cluster:
         try:
             server.selector.register(sock, selectors.EVENT_READ, route)
         except (ValueError, OSError) as exc:
-            log.error("Error registering route connection: %s", exc)
+            self.server.log.error("Error registering route connection: %s", exc)
             sock.close()
             return
         self.conns.add(route)
@@ -7270,7 +7274,7 @@ class Cluster:
             self.server.add_timer(AUTH_TIMEOUT, route.connect_timeout)
         route.arm_ping_timer()
         route.flush()
-        log.info("%sRoute connection created", route.log_prefix)
+        self.server.log.info("%sRoute connection created", route.log_prefix)
 
     def register(self, route: Route):
         """The peer's INFO arrived: one route per peer, full interest, gossip."""
@@ -7368,7 +7372,7 @@ class Cluster:
 
     def adopt_name(self, name: str):
         """Take a peer's cluster name as ours (ours was generated)."""
-        log.info("Cluster name updated to %s", name)
+        self.server.log.info("Cluster name updated to %s", name)
         self.name = name
         self.dynamic = False
         self.server.info_template["cluster"] = name
@@ -7621,8 +7625,8 @@ class Monitor:
             context = opts.tls.server_context(verify=False)
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True,
                                                     do_handshake_on_connect=False)
-        log.info("Starting %s monitor on %s", "https" if secure else "http",
-                 _host_port(host, self.port))
+        self.server.log.info("Starting %s monitor on %s", "https" if secure else "http",
+                             _host_port(host, self.port))
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="gnatsd-monitor",
                                        daemon=True)
         self.thread.start()
@@ -8115,7 +8119,7 @@ def _make_monitor_handler():
             try:
                 status, content_type, body = self.monitor.handle(self.path)
             except Exception:  # never let one request take the monitor down
-                log.exception("monitor request %r failed", self.path[:200])
+                self.monitor.server.log.exception("monitor request %r failed", self.path[:200])
                 status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error"
             self.send_response(status)
             if status == 200:
@@ -8128,7 +8132,7 @@ def _make_monitor_handler():
             self.wfile.write(body)
 
         def log_message(self, fmt, *args):
-            log.debug("monitor: %s - %s", self.address_string(), fmt % args)
+            self.monitor.server.log.debug("monitor: %s - %s", self.address_string(), fmt % args)
 
         def send_error(self, code, message=None, explain=None):
             """Errors as Go's net/http writes them: a status line, plain text."""
@@ -8165,7 +8169,7 @@ def _make_monitor_handler():
             except (socket.timeout, TimeoutError, ConnectionError):
                 self.close_connection = True
             except OSError as exc:  # an HTTPS handshake that failed (ssl.SSLError)
-                log.debug("monitor: %s - %s", self.address_string(), exc)
+                self.monitor.server.log.debug("monitor: %s - %s", self.address_string(), exc)
                 self.close_connection = True
 
     return Handler
@@ -8220,9 +8224,11 @@ class _TraceWithoutDebug(logging.Filter):
         return record.levelno != logging.DEBUG
 
 
-def configure_logging(opts: Options):
-    """Give the module logger one handler as the options ask: remote
-    syslog, local syslog, a file, or stderr (Go's ConfigureLogger order)."""
+def configure_logging(opts: Options, logger: logging.Logger = log):
+    """Give the logger (the module's, or an embedded server's) one handler
+    as the options ask: remote syslog, local syslog, a file, or stderr (Go's
+    ConfigureLogger order)."""
+    log = logger
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
@@ -8243,11 +8249,11 @@ def configure_logging(opts: Options):
     log.setLevel(TRACE if opts.trace else logging.DEBUG if opts.debug else logging.INFO)
 
 
-def reopen_log_file(opts: Options):
+def reopen_log_file(opts: Options, logger: logging.Logger = log):
     """SIGUSR1: reopen the log file (after logrotate moved it)."""
     if opts.log_file and not (opts.syslog or opts.remote_syslog):
-        configure_logging(opts)
-        log.info("File log re-opened")
+        configure_logging(opts, logger)
+        logger.info("File log re-opened")
 
 
 # -- log file size limit --
