@@ -3778,6 +3778,15 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """Why a listener could not be bound, in Go's net words (the text of
+    Go's "Error listening on port" line, which test helpers show)."""
+    if isinstance(exc, socket.gaierror):
+        return "listen tcp: lookup %s: no such host" % host
+    return "listen tcp %s: bind: %s" % (_host_port(host, port),
+                                         (exc.strerror or str(exc)).lower())
+
+
 def _host_port(host: str, port: int) -> str:
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
@@ -8459,12 +8468,13 @@ _NOT_YET = {
     "jetstream": "JetStream is not supported by gnatsd.py",
 }
 
-# Flags of a feature this build does not have that Go takes without it
-# (Go keeps --store_dir until -js asks for JetStream): accepted, and named
-# in a startup warning.
+# Flags of a feature this build does not have that Go takes without it:
+# accepted, and named in a startup line.  Go keeps --store_dir quietly until
+# -js asks for JetStream (nats.py's test helper passes it to every node), so
+# that is a debug line; --profile would serve pprof in Go, so a warning.
 _IGNORED_FLAGS = {
-    "store_dir": "accepted and not used: JetStream is not supported by gnatsd.py",
-    "profile": "accepted and not used: profiling is not supported by gnatsd.py",
+    "store_dir": (logging.DEBUG, "accepted and not used: JetStream is not supported by gnatsd.py"),
+    "profile": (logging.WARNING, "accepted and not used: profiling is not supported by gnatsd.py"),
 }
 
 # (group, [(flag spellings, dest, kind, metavar, help)]) as in Go's usage text.
@@ -8791,9 +8801,10 @@ def main(argv: list | None = None) -> int:
         print("nats-server: %s" % exc, file=sys.stderr)
         return 1
     opts.merge(flags).fill_defaults()
-    for dest, reason in _IGNORED_FLAGS.items():
-        if getattr(args, dest, None) not in (None, False):
-            opts.warnings.append("%s: %s" % (_flag_spellings(dest), reason))
+    ignored = [(level, "%s: %s" % (_flag_spellings(dest), reason))
+               for dest, (level, reason) in _IGNORED_FLAGS.items()
+               if getattr(args, dest, None) not in (None, False)]
+    opts.warnings.extend(text for level, text in ignored if level == logging.WARNING)
     secrets = [opts.password, opts.authorization] + [u.password for u in opts.users or ()]
     if any(is_bcrypt_hash(s) for s in secrets) and not bcrypt_available():
         print("gnatsd.py: a bcrypt password hash is configured, but this Python cannot verify"
@@ -8822,9 +8833,13 @@ def main(argv: list | None = None) -> int:
         else:
             print("nats-server: error opening file: %s" % _open_error(exc), file=sys.stderr)
         return 1
+    for level, text in ignored:
+        if level == logging.DEBUG:
+            log.debug("%s", text)
     if not (opts.port == RANDOM_PORT or 0 <= opts.port <= 65535):
         # The socket layer would quietly wrap it around (99999 -> 34463).
-        log.critical('Error listening on port: %s, "invalid port"', _host_port(opts.host, opts.port))
+        log.critical('Error listening on port: %s, "listen tcp: address %d: invalid port"',
+                     _host_port(opts.host, opts.port), opts.port)
         return 1
     _raise_open_file_limit()
     tune_gc()
@@ -8839,8 +8854,8 @@ def main(argv: list | None = None) -> int:
         if opts.pid_file and exc.filename == opts.pid_file:
             log.critical("Could not write pidfile: %s", _open_error(exc))
         else:
-            log.critical("Error listening on port: %s, %r", _host_port(opts.host, opts.port),
-                         str(exc))
+            log.critical('Error listening on port: %s, "%s"', _host_port(opts.host, opts.port),
+                         listen_error(opts.host, opts.port, exc))
         return 1
 
 
