@@ -11,6 +11,7 @@
 #   make fuzz          each fuzzer in tests/fuzz for FUZZ_SECONDS (default 60; `make test`: 3 s each)
 #   make soak          tests/soak.py: 10k held conns, 50k churn, 60 s mixed traffic (SOAK_ARGS)
 #   make redteam       tests/test_redteam.py one at a time: attacks, canary p99 within 10x of Go 2.15
+#   make dist          wheel and sdist of gnatsd.py into dist/, checked with twine
 #   make lint          byte-compile gnatsd.py on the oldest supported Python (3.8)
 #   make run           run the server with conf/default.conf
 #   make docker        build the image from Dockerfile
@@ -41,7 +42,7 @@ UNIT_TESTS = $(wildcard tests/test_layout.py tests/test_sublist.py \
                         tests/test_readme.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test unit test-pythons bench soak fuzz redteam lint run docker certs clean distclean
+.PHONY: help dev test unit test-pythons bench soak fuzz redteam dist lint run docker certs clean distclean
 
 help:
 	@sed -n 's/^#   make /  make /p' Makefile
@@ -99,6 +100,14 @@ soak:
 redteam: dev
 	REDTEAM_COMPARE=1 $(VPY) -m pytest -s -p no:xdist -p no:cacheprovider tests/test_redteam.py
 
+# The package is the one file (pyproject.toml: a py-module, no dependencies);
+# setuptools from the venv, so no network is needed.
+dist: dev
+	rm -rf dist
+	$(VPY) -m build --no-isolation --outdir dist .
+	$(VPY) -m twine check --strict dist/*
+	rm -rf build gnatsd_py.egg-info
+
 lint:
 	@test -n "$(PYTHON38)" || { echo "make: Python 3.8 not found (pyenv or python3.8 on PATH)" >&2; exit 1; }
 	$(PYTHON38) -W error -m py_compile gnatsd.py
@@ -144,7 +153,7 @@ certs:
 
 clean:
 	rm -rf .pytest_cache __pycache__ tests/__pycache__ tests/fuzz/__pycache__ bench-results \
-	  .hypothesis
+	  .hypothesis dist build gnatsd_py.egg-info
 
 distclean: clean
 	rm -rf $(VENV)

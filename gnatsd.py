@@ -40,6 +40,8 @@ Contents
   12. Monitor
   13. Logging
   14. Command line
+ Part III. From Python
+  15. Embedding and the pytest plugin
 
 `grep -n '^# [0-9]*\\. ' gnatsd.py` prints the chapters with line numbers.
 """
@@ -49,6 +51,7 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import copy
 import errno
 import gc
 import heapq
@@ -77,7 +80,8 @@ except ImportError:  # a Python built without OpenSSL: TLS is refused when asked
 
 __version__ = "0.1.0"
 
-__all__ = ["Server", "Options", "Sublist", "NatsError", "ConfigError", "parse_config", "main"]
+__all__ = ["Server", "Options", "Sublist", "NatsError", "ConfigError", "parse_config", "main",
+           "run", "run_cluster", "EmbeddedServer", "ServerCluster", "ServerError"]
 
 
 # ############################################################################
@@ -2949,14 +2953,9 @@ class _Listener:
 
 
 class Server:
-    """A NATS server.  Embedding:
-
-        server = Server(Options(port=-1)).start()   # loop in a thread
-        ... server.port ...
-        server.shutdown()
-
-    `main()` instead calls `run()`, which serves in the calling thread.
-    """
+    """A NATS server: `start()` serves on a loop thread of its own (chapter
+    15's run() wraps it for embedding), `main()` calls `run()`, which serves
+    in the calling thread; `shutdown()` ends either from any thread."""
 
     def __init__(self, options: Options | None = None, flags: Options | None = None,
                  logger: logging.Logger | None = None):
@@ -3516,12 +3515,13 @@ class Server:
 
     # -- shutdown --------------------------------------------------------------
 
-    def shutdown(self):
-        """Stop the loop; safe from any thread and from signal handlers."""
+    def shutdown(self, timeout: float = 5.0):
+        """Stop the loop; safe from any thread and from signal handlers
+        (waits up to `timeout` s for a start()ed loop thread to end)."""
         self.running = False
         self.waker.wake()
         if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join(5)
+            self.thread.join(timeout)
 
     def close_all(self):
         """Close listener and connections (loop thread, after the last turn)."""
@@ -8553,6 +8553,10 @@ FLAG_GROUPS = (
         (("-v", "--version"), "version", _BOOL, None, "Show version"),
         (("--help_tls",), "help_tls", _BOOL, None, "TLS help"),
     )),
+    ("gnatsd.py Options", (
+        (("--install-alias",), "install_alias", _STR, "<dir>",
+         "Write <dir>/nats-server, which runs gnatsd.py, and exit"),
+    )),
 )
 
 
@@ -8790,6 +8794,8 @@ def main(argv: list | None = None) -> int:
     if args.help_tls:
         sys.stdout.write(tls_help_text())
         return 0
+    if args.install_alias:
+        return install_alias(args.install_alias)
     try:
         opts = options_from_config(args.config_file) if args.config_file else Options(warnings=[])
     except ConfigError as exc:
@@ -8859,6 +8865,45 @@ def main(argv: list | None = None) -> int:
         return 1
 
 
+# The first lines of the script --install-alias writes (the second marks it ours).
+_ALIAS_SCRIPT = """#!%s
+# nats-server: runs gnatsd.py (written by gnatsd.py --install-alias)
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("gnatsd", %r)
+gnatsd = sys.modules["gnatsd"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gnatsd)
+sys.exit(gnatsd.main())
+"""
+
+
+def install_alias(directory: str) -> int:
+    """`--install-alias DIR`: write DIR/nats-server, a script that runs this
+    file with this Python, so tools that look for `nats-server` on PATH or
+    in NATS_SERVER_BIN start gnatsd.py (and, named so, its ports file is
+    Go's name).  An existing file is replaced only if an alias wrote it."""
+    path = os.path.join(directory, "nats-server")
+    marker = _ALIAS_SCRIPT.splitlines()[1]
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            if marker not in f.read(4096):
+                print("gnatsd.py: %s exists and is not a gnatsd.py alias; not replaced" % path,
+                      file=sys.stderr)
+                return 1
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        print("gnatsd.py: %s" % _open_error(exc), file=sys.stderr)
+        return 1
+    try:
+        _write_file(path, _ALIAS_SCRIPT % (sys.executable, os.path.abspath(__file__)))
+        os.chmod(path, 0o755)
+    except OSError as exc:
+        print("gnatsd.py: %s" % _open_error(exc), file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 # `--signal` commands and the signal each sends (Go's CommandToSignal).
 SIGNAL_COMMANDS = {"stop": signal.SIGKILL, "quit": signal.SIGINT, "term": signal.SIGTERM,
                    "reopen": signal.SIGUSR1, "reload": signal.SIGHUP, "ldm": signal.SIGUSR2}
@@ -8924,6 +8969,359 @@ def _raise_open_file_limit():
                                                         else max(soft, 1 << 20), hard))
     except (ImportError, ValueError, OSError):
         pass
+
+
+# ############################################################################
+# Part III. From Python
+# ############################################################################
+#
+# The same file is a module: a Python program, notebook or test suite starts
+# servers in its own process, with no binary to install (15).
+
+
+# ============================================================================
+# 15. Embedding and the pytest plugin
+# ============================================================================
+#
+# nats.py's helper package (`nats.server`: run, run_cluster, ServerError)
+# starts the Go binary from PATH and waits for "Server is ready" on its
+# stderr.  Here the same names start chapter 6's Server in the calling
+# process: `run()` turns keyword arguments (chapter 8's Options names) into
+# Options, binds, serves on a thread of its own and returns the running
+# server.  Nothing is shared between two servers in one process: each has its
+# own loop, sockets and logger, and only `main()` installs signal handlers.
+#
+# What test authors lack with a binary is here as methods: kick one client,
+# pause the loop as a hung server would, restart on the same ports, drop the
+# routes.  A pytest plugin (the `pytest11` entry point of the package, or
+# `pytest_plugins = ["gnatsd"]` beside a copied file) gives the fixtures
+# nats_server, nats_server_factory and nats_cluster.
+#
+# Entry points: run(), run_cluster(), EmbeddedServer, ServerCluster.
+
+# Go's ClosedState for a client an operator disconnected (DisconnectClientByID).
+KICKED = "Kicked"
+
+# Options that ask for the server's own log output, as the command line has it.
+_LOG_OUTPUT_OPTIONS = ("debug", "trace", "log_file", "syslog", "remote_syslog")
+
+
+class ServerError(NatsError):
+    """An embedded server could not start; the message is what the command
+    line would have printed (nats.py's helper raises the same class name)."""
+
+
+def run(port: int | None = 0, host: str | None = "127.0.0.1", config_path: str | None = None,
+        **options) -> "EmbeddedServer":
+    """Start a server in this process and return it once it is listening.
+
+    `port` 0 (or -1) picks a free port; `host` defaults to loopback; None
+    leaves either to the config file at `config_path` (or Go's defaults).
+    Other keywords are Options names (`max_payload=1024`, `username=...`,
+    `cluster_port=-1`, `routes=[url, ...]`, `debug=True`); `jetstream=True`
+    is refused and `store_dir` ignored, as Go ignores it without JetStream.
+    Logging: with debug, trace or a log file the server writes its own log
+    as the command line would; otherwise its records go to the `gnatsd`
+    logger, for the program's logging to show or not.  Raises ServerError."""
+    return EmbeddedServer(embedded_options(port, host, config_path, options)).start()
+
+
+def embedded_options(port, host, config_path, options: dict) -> Options:
+    """Options from run()'s arguments, checked as main() checks the
+    command line's.  Raises ServerError."""
+    options = dict(options)
+    if options.pop("jetstream", False):
+        raise ServerError("JetStream is not supported by gnatsd.py")
+    options.pop("store_dir", None)
+    try:
+        opts = options_from_config(config_path) if config_path else Options(warnings=[])
+        given = Options(**options)
+    except (ConfigError, TypeError) as exc:
+        raise ServerError(str(exc)) from None
+    if host is not None:
+        given.host = host
+    if port is not None:
+        given.port = port
+    try:
+        opts.merge(given).fill_defaults().validate()
+    except ConfigError as exc:
+        raise ServerError(str(exc)) from None
+    problem = startup_problem(opts)
+    if problem:
+        raise ServerError(problem)
+    secrets = [opts.password, opts.authorization] + [u.password for u in opts.users or ()]
+    if any(is_bcrypt_hash(s) for s in secrets) and not bcrypt_available():
+        raise ServerError("a bcrypt password hash is configured, but this Python cannot "
+                          "verify bcrypt")
+    return opts
+
+
+class EmbeddedServer:
+    """A server running in this process (what run() returns).
+
+    Use: `.client_url` (also `.url`), `.host`, `.port`, `.is_running`,
+    `.shutdown()`, `with` and `async with`; `.server` is chapter 6's Server
+    of the current run.  Fault injection: `kick(cid)`, `pause()`/`resume()`,
+    `restart()`, `drop_routes()`, `lame_duck_mode()`.  Every method may be
+    called from any thread but the server's own."""
+
+    def __init__(self, options: Options):
+        self.options = options
+        self.server: Server | None = None
+        self.resume_event: threading.Event | None = None
+        # A logger of its own, a child of the module's (records propagate
+        # to it unless this server writes its own log); not registered with
+        # `logging`, so a thousand servers leave nothing behind.
+        self.log = logging.Logger("gnatsd.%s" % (options.server_name or "embedded"))
+        self.log.parent = log
+        if any(getattr(options, name) for name in _LOG_OUTPUT_OPTIONS):
+            configure_logging(options, self.log)
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return "<EmbeddedServer %s %s>" % (self.client_url if self.server else "-", state)
+
+    # -- starting and stopping ---------------------------------------------------
+
+    def start(self) -> "EmbeddedServer":
+        """Bind and serve on a new loop thread.  Raises ServerError, having
+        released whatever the attempt took."""
+        server = Server(copy.copy(self.options), logger=self.log)
+        try:
+            server.start()
+        except BaseException as exc:
+            server.running = False
+            server.close_all()
+            if isinstance(exc, ConfigError):
+                raise ServerError(str(exc)) from None
+            if isinstance(exc, OSError):
+                raise ServerError('Error listening on port: %s, "%s"' % (
+                    _host_port(server.options.host, server.options.port),
+                    listen_error(server.options.host, server.options.port, exc))) from None
+            raise
+        self.server = server
+        return self
+
+    def shutdown(self, timeout: float = 5.0):
+        """Close every connection and the listeners, and end the loop thread
+        (waiting up to `timeout` s for it).  Safe to call twice."""
+        self.resume()
+        if self.server is not None:
+            self.server.shutdown(timeout)
+
+    def restart(self) -> "EmbeddedServer":
+        """Shut down, then start again on the same client, route and
+        monitoring ports (a new server id, as a restarted process has)."""
+        old = self.server
+        self.shutdown()
+        if old is not None:
+            self.options.port = old.port
+            if old.cluster.listener is not None:
+                self.options.cluster_port = old.cluster.port
+            if old.monitor is not None:
+                setattr(self.options, "http_port" if self.options.http_port else "https_port",
+                        old.monitor.port)
+        return self.start()
+
+    @property
+    def is_running(self) -> bool:
+        """True from start until shutdown (or lame duck mode) ends the loop."""
+        thread = self.server.thread if self.server is not None else None
+        return bool(thread is not None and thread.is_alive() and self.server.running)
+
+    # -- where to connect ----------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def client_url(self) -> str:
+        """nats://host:port to connect to (loopback for a wildcard address)."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return "nats://%s" % _host_port(host, self.port)
+
+    url = client_url
+
+    @property
+    def cluster_port(self) -> int:
+        """The route port, or 0 without clustering."""
+        cluster = self.server.cluster
+        return cluster.port if cluster.listener is not None else 0
+
+    # -- fault injection -----------------------------------------------------------
+
+    def kick(self, cid: int) -> bool:
+        """Disconnect client `cid` (nats.py's `nc.client_id`) as Go's
+        DisconnectClientByID does; False if there is no such client."""
+        def close():
+            client = self.server.clients.get(cid)
+            if client is None:
+                return False
+            client.close(KICKED)
+            return True
+        return self.server.call_in_loop(close)
+
+    def pause(self, timeout: float = 5.0):
+        """Hang the server: its loop stops reading, writing and timing out
+        anything until resume() (the kernel still accepts connections, as it
+        does for a hung process).  Returns once the loop has stopped."""
+        if self.resume_event is not None:
+            return
+        hung = threading.Event()
+        resume = self.resume_event = threading.Event()
+
+        def hang():
+            hung.set()
+            resume.wait()
+        self.server.call_soon(hang)
+        if not hung.wait(timeout):
+            raise TimeoutError("the server's loop did not stop")
+
+    def resume(self):
+        """End a pause(): the loop carries on where it stopped."""
+        if self.resume_event is not None:
+            self.resume_event.set()
+            self.resume_event = None
+
+    def drop_routes(self):
+        """Close every route connection at once, as a network fault would;
+        routes this server dialed are dialed again."""
+        def close():
+            for route in list(self.server.cluster.conns):
+                route.close(KICKED, flush=False)
+        self.server.call_in_loop(close)
+
+    def lame_duck_mode(self):
+        """Enter lame duck mode as SIGUSR2 does: stop accepting, close the
+        clients over lame_duck_duration, then stop."""
+        self.server.lame_duck_requested = True
+        self.server.waker.wake()
+
+    def route_count(self) -> int:
+        """How many routes are registered now."""
+        return len(self.server.cluster.routes)
+
+    # -- context managers -----------------------------------------------------------
+
+    def __enter__(self) -> "EmbeddedServer":
+        return self
+
+    def __exit__(self, *exc_info):
+        self.shutdown()
+
+    async def __aenter__(self) -> "EmbeddedServer":
+        return self
+
+    async def __aexit__(self, *exc_info):
+        self.shutdown()
+
+
+class ServerCluster:
+    """Servers routed to each other in a full mesh (what run_cluster()
+    returns): `.servers`, `.client_url()`, `.shutdown()`, `with`."""
+
+    def __init__(self, servers: list):
+        self.servers = servers
+
+    def client_url(self) -> str:
+        """The first server's client URL (nats.py's ServerCluster)."""
+        return self.servers[0].client_url
+
+    def client_urls(self) -> list:
+        """Every server's client URL, for a client's server list."""
+        return [s.client_url for s in self.servers]
+
+    def wait_for_mesh(self, timeout: float = 10.0):
+        """Wait until every server has a route to every other one."""
+        deadline = time.monotonic() + timeout
+        want = len(self.servers) - 1
+        while any(s.route_count() < want for s in self.servers if s.is_running):
+            if time.monotonic() > deadline:
+                raise ServerError("cluster routes did not form within %.1f s" % timeout)
+            time.sleep(0.01)
+
+    def shutdown(self, timeout: float = 5.0):
+        for server in self.servers:
+            server.shutdown(timeout)
+
+    def __enter__(self) -> "ServerCluster":
+        return self
+
+    def __exit__(self, *exc_info):
+        self.shutdown()
+
+    async def __aenter__(self) -> "ServerCluster":
+        return self
+
+    async def __aexit__(self, *exc_info):
+        self.shutdown()
+
+
+def run_cluster(size: int = 3, host: str = "127.0.0.1", timeout: float = 10.0,
+                **options) -> ServerCluster:
+    """Start `size` servers (node1, node2, ...) in cluster "cluster", each
+    on free client and route ports and routed to the ones before it, and
+    return once every route is up.  Keywords as run()'s, for every node.
+    Raises ValueError for a size below 1, ServerError if a node fails."""
+    if size < 1:
+        raise ValueError("Cluster size must be at least 1")
+    options.setdefault("cluster_name", "cluster")
+    servers: list = []
+    try:
+        for i in range(size):
+            servers.append(run(host=host, server_name="node%d" % (i + 1), cluster_host=host,
+                               cluster_port=RANDOM_PORT,
+                               routes=["nats://%s" % _host_port(host, s.cluster_port)
+                                       for s in servers], **options))
+        cluster = ServerCluster(servers)
+        cluster.wait_for_mesh(timeout)
+    except BaseException:
+        for server in servers:
+            server.shutdown()
+        raise
+    return cluster
+
+
+# -- the pytest plugin --
+#
+# Defined only when pytest is already loaded (it is, whenever pytest loads
+# this module as a plugin), so a plain `python3 gnatsd.py` never imports it
+# and the file imports nothing outside the standard library.
+
+if "pytest" in sys.modules:
+    pytest = sys.modules["pytest"]
+
+    @pytest.fixture
+    def nats_server_factory():
+        """`nats_server_factory(**options)` starts a server as run() does;
+        every one it started is shut down after the test, pass or fail."""
+        started: list = []
+
+        def factory(**options) -> EmbeddedServer:
+            server = run(**options)
+            started.append(server)
+            return server
+        yield factory
+        for server in started:
+            server.shutdown()
+
+    @pytest.fixture
+    def nats_server(nats_server_factory) -> EmbeddedServer:
+        """A server on a free loopback port for one test (`.url`)."""
+        return nats_server_factory()
+
+    @pytest.fixture
+    def nats_cluster(request):
+        """A routed cluster for one test; 3 servers, or the size given by
+        `@pytest.mark.parametrize("nats_cluster", [N], indirect=True)`."""
+        cluster = run_cluster(getattr(request, "param", 3))
+        yield cluster
+        cluster.shutdown()
 
 
 if __name__ == "__main__":
