@@ -254,8 +254,11 @@ TLS_HANDSHAKE_ERROR = "TLS Handshake Failure"
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
-# The one module logger; chapter 13 gives it handlers.
+# The one module logger; chapter 13 gives it handlers.  Until then (in a
+# program that embeds a server, chapter 15) its records go only where the
+# program's logging sends them, as a library's should.
 log = logging.getLogger("gnatsd")
+log.addHandler(logging.NullHandler())
 
 
 class NatsError(Exception):
@@ -263,7 +266,11 @@ class NatsError(Exception):
 
 
 class ConfigError(NatsError):
-    """A configuration problem, naming the file, line and column when known."""
+    """A configuration problem, naming the file, line and column when known.
+    `listed` marks one found while processing a parsed file, which Go
+    prints as a list (a blank line after it)."""
+
+    listed = False
 
     def __init__(self, message: str, path: str = "", line: int = 0, column: int = 0):
         self.message = message
@@ -5443,6 +5450,16 @@ def options_from_config(path: str) -> Options:
     if not cm:
         raise ConfigError("config has no values or is empty", path)
     opts = Options(config_file=path, warnings=[])
+    try:
+        _process_config(cm, path, opts)
+    except ConfigError as exc:
+        exc.listed = True
+        raise
+    return opts
+
+
+def _process_config(cm: ConfigMap, path: str, opts: Options):
+    """Each top-level key into `opts` (Go's processConfigFileLine)."""
     for key, value in cm.items():
         name = key.lower()
         if name in CONFIG_KEYS:
@@ -5461,7 +5478,6 @@ def options_from_config(path: str) -> Options:
         key = next(k for k in cm if k.lower() == "lame_duck_duration")  # keys ignore case
         raise cm.error(key, "invalid lame_duck_duration of %s, minimum is 30 seconds"
                        % format_duration(opts.lame_duck_duration))
-    return opts
 
 
 # ============================================================================
@@ -7641,10 +7657,23 @@ class Monitor:
         self.thread.start()
 
     def stop(self):
-        """Stop serving HTTP and close the socket (at shutdown)."""
-        if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
+        """Stop serving HTTP and close the socket (at shutdown).  shutdown()
+        raises serve_forever's flag, which its select would notice only
+        within poll_interval (0.5 s, a long stop for a test's server):
+        connecting to our own port wakes it at once."""
+        if self.httpd is None:
+            return
+        stopper = threading.Thread(target=self.httpd.shutdown, name="gnatsd-monitor-stop")
+        stopper.start()
+        host = _advertise_host(self.httpd.server_address[0])
+        host = "::1" if host == "::" else host
+        while stopper.is_alive():
+            try:
+                socket.create_connection((host, self.port), timeout=0.5).close()
+            except OSError:
+                pass
+            stopper.join(0.01)
+        self.httpd.server_close()
 
     # -- dispatch (HTTP threads) --------------------------------------------
 
@@ -8799,7 +8828,8 @@ def main(argv: list | None = None) -> int:
     try:
         opts = options_from_config(args.config_file) if args.config_file else Options(warnings=[])
     except ConfigError as exc:
-        print("nats-server: %s" % exc, file=sys.stderr)
+        # GO-COMPAT: processConfigErr.Error (test_cli.py::test_config_field_error_bytes_match_go)
+        print("nats-server: %s%s" % (exc, "\n" if exc.listed else ""), file=sys.stderr)
         return 1
     try:
         flags = options_from_flags(args)

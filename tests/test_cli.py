@@ -500,6 +500,23 @@ def test_bare_integer_duration_starts_with_a_warning(tmp_path):
         srv.stop()
 
 
+@pytest.mark.parametrize("text", ["port: 1\nbogus: 2\n", "port: 1\nfoo {\n"])
+def test_config_field_error_bytes_match_go(tmp_path, text):
+    """An error in a parsed file's values is a list to Go (a blank line
+    after it); a syntax error is one line.  Test helpers show these bytes."""
+    conf = write_conf(tmp_path, text)
+    r = run("-c", conf)
+    assert r.returncode == 1
+    if text.startswith("port: 1\nbogus"):
+        assert r.stderr == 'nats-server: %s:2:1: unknown field "bogus"\n\n' % conf
+        go = run_go("2.15", "-c", conf)
+        assert (go.returncode, go.stderr) == (1, r.stderr)
+    else:
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("nats-server: ")
+        go = run_go("2.15", "-c", conf)
+        assert go.stderr.count("\n") == 1 and go.stderr.startswith("nats-server: ")
+
+
 def test_config_error_in_included_file_names_it(tmp_path):
     (tmp_path / "inner.conf").write_text("port: 1\nbogus: 2\n")
     conf = write_conf(tmp_path, "include inner.conf\n")
