@@ -9104,8 +9104,6 @@ class EmbeddedServer:
         # `logging`, so a thousand servers leave nothing behind.
         self.log = logging.Logger("gnatsd.%s" % (options.server_name or "embedded"))
         self.log.parent = log
-        if any(getattr(options, name) for name in _LOG_OUTPUT_OPTIONS):
-            configure_logging(options, self.log)
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
@@ -9116,12 +9114,20 @@ class EmbeddedServer:
     def start(self) -> "EmbeddedServer":
         """Bind and serve on a new loop thread.  Raises ServerError, having
         released whatever the attempt took."""
+        if self.is_running:
+            raise ServerError("already running on %s" % self.client_url)
+        if any(getattr(self.options, name) for name in _LOG_OUTPUT_OPTIONS):
+            try:
+                configure_logging(self.options, self.log)   # its own output, as main() gives
+            except (OSError, ValueError) as exc:
+                raise ServerError("error opening file: %s" % _open_error(exc)) from None
         server = Server(copy.copy(self.options), logger=self.log)
         try:
             server.start()
         except BaseException as exc:
             server.running = False
             server.close_all()
+            self.close_log()
             if isinstance(exc, ConfigError):
                 raise ServerError(str(exc)) from None
             if isinstance(exc, OSError):
@@ -9138,6 +9144,13 @@ class EmbeddedServer:
         self.resume()
         if self.server is not None:
             self.server.shutdown(timeout)
+        self.close_log()
+
+    def close_log(self):
+        """Close this server's own log output (a log file), if it has one."""
+        for handler in list(self.log.handlers):
+            self.log.removeHandler(handler)
+            handler.close()
 
     def restart(self) -> "EmbeddedServer":
         """Shut down, then start again on the same client, route and

@@ -192,6 +192,23 @@ def test_two_servers_in_one_process_keep_their_logs_apart(tmp_path):
         assert "Listening for client connections on 127.0.0.1:%d" % other.port not in logs[name]
         assert "[DBG]" in logs[name] and "Server Exiting.." in logs[name]
     assert gnatsd.log.handlers == module_handlers
+    open_files = {os.readlink("/proc/self/fd/" + fd) for fd in os.listdir("/proc/self/fd")
+                  if os.path.exists("/proc/self/fd/" + fd)}
+    assert not {str(tmp_path / "one.log"), str(tmp_path / "two.log")} & open_files
+
+
+def test_a_log_file_that_cannot_open_raises_server_error(tmp_path):
+    with pytest.raises(gnatsd.ServerError) as err:
+        gnatsd.run(log_file=str(tmp_path / "no" / "such.log"))
+    assert str(err.value) == "error opening file: open %s: no such file or directory" % (
+        tmp_path / "no" / "such.log")
+
+
+def test_start_on_a_running_server_is_refused():
+    with gnatsd.run() as server:
+        with pytest.raises(gnatsd.ServerError, match="already running"):
+            server.start()
+        t_ping_pong(connect(server))
 
 
 def test_records_of_a_quiet_server_reach_the_programs_logging(caplog):
