@@ -2869,7 +2869,9 @@ def _valid_queue(queue: bytes) -> bool:
 #
 # Timers (auth timeout, pings, the write-deadline sweep) are entries on a
 # heap, never threads.  Signal handlers only set a flag and wake the loop
-# through a socket pair.  Go twin: server/server.go.
+# through a socket pair.  Go twin: server/server.go.  The class here is
+# CoreServer; the Server everyone uses is composed in chapter 14 from it
+# and Part II's mix-ins (TLS clients' start; reload, lame duck, signals).
 
 
 class _Waker:
@@ -2959,10 +2961,16 @@ class _Listener:
         self.server.accept_connections(self.sock, self.create)
 
 
-class Server:
-    """A NATS server: `start()` serves on a loop thread of its own (chapter
-    15's run() wraps it for embedding), `main()` calls `run()`, which serves
-    in the calling thread; `shutdown()` ends either from any thread."""
+class CoreServer:
+    """The core of the NATS server (Go's Server): the listener, the loop,
+    the clients, shutdown.  `start()` serves on a loop thread of its own,
+    `run()` in the calling thread; `shutdown()` ends either from any thread.
+
+    Chapter 14 composes the class used, Server, from this and the mix-ins
+    of Part II: TLSServing (chapter 10: start_client_tls, tls_established)
+    and ServerControl (chapter 14: reload, enter_lame_duck_mode,
+    write_ports_file, install_signal_handlers), which the loop and listen()
+    call by name."""
 
     def __init__(self, options: Options | None = None, flags: Options | None = None,
                  logger: logging.Logger | None = None):
@@ -3108,34 +3116,6 @@ class Server:
             if self.cluster.routes:
                 info["connect_urls"] = self.cluster.connect_urls()
         return info
-
-    def write_ports_file(self):
-        """Write `<program>_<pid>.ports` into ports_file_dir: the URLs of our
-        listeners as JSON, as Go's PortsInfo gives them (`nats`, or `tls` when
-        TLS is required; `monitoring`; `cluster`).  The program is this
-        file's name as started, so run as `nats-server` (a symlink) it is
-        Go's name.  On failure log it and leave `ports_file` empty (nothing
-        to remove at shutdown)."""
-        name = "%s_%d.ports" % (os.path.splitext(os.path.basename(sys.argv[0] or "gnatsd"))[0],
-                                os.getpid())
-        opts = self.options
-        ports = {"nats": ["%s://%s" % ("tls" if opts.tls else "nats",
-                                       _host_port(_advertise_host(self.host), self.port))]}
-        if self.monitor is not None:
-            host = opts.http_host or opts.host
-            ports["monitoring"] = ["%s://%s" % ("http" if opts.http_port else "https",
-                                                _host_port(_advertise_host(host),
-                                                           self.monitor.port))]
-        if self.cluster.listener is not None:
-            ports["cluster"] = ["%s://%s" % ("tls" if opts.cluster_tls else "nats",
-                                             _host_port(_advertise_host(self.cluster.host),
-                                                        self.cluster.port))]
-        self.ports_file = os.path.join(self.options.ports_file_dir, name)
-        try:
-            _write_file(self.ports_file, json.dumps(ports))
-        except OSError as exc:
-            self.log.error("Error writing ports file (%s): %s", self.ports_file, exc)
-            self.ports_file = ""
 
     def start(self) -> "Server":
         """Listen, then serve on a background thread (for embedding and tests)."""
@@ -3452,45 +3432,6 @@ class Server:
             self.add_timer(self.options.auth_timeout, client.auth_timeout)
         client.arm_ping_timer()
 
-    # -- TLS clients (chapter 10 has the connection's side) ------------------------
-
-    def start_client_tls(self, client: TLSConnection):
-        """Go's createClientEx on a TLS server: a plain INFO, then the upgrade;
-        or with handshake_first the handshake at once and INFO after it, and
-        with a fallback delay a plain INFO after all if no ClientHello came."""
-        tls = self.options.tls
-        context = tls.server_context()
-        if not tls.handshake_first:
-            client.send_now(self.client_info(client))
-            if not client.closed:
-                client.start_tls(context, tls.timeout)
-        elif not tls.fallback:
-            client.start_tls(context, tls.timeout, TLS_HELLO, first=True)
-        else:
-            client.start_tls(context, tls.fallback + tls.timeout, TLS_WAIT, first=True)
-            self.add_timer(tls.fallback, lambda: self.tls_fallback(client))
-
-    def tls_fallback(self, client: TLSConnection):
-        """handshake_first with a fallback, and nothing arrived in time: send
-        the INFO in plain text after all; the client upgrades as usual."""
-        if client.closed or client.tls.state != TLS_WAIT:
-            return
-        client.tls.state = TLS_HELLO
-        client.tls.first = False
-        client.send_now(self.client_info(client))
-
-    def tls_established(self, client: TLSConnection):
-        """A handshake completed: the INFO if it waited for it, then the
-        timers a plain client starts at accept (Go arms them only now).
-        A route starts its protocol now (`start_route`)."""
-        if isinstance(client, Route):
-            self.cluster.start_route(client)
-            return
-        client.tls_identities = client.tls_peer_identities()
-        if client.tls.first:
-            client.queue_outbound(self.client_info(client))
-        self.start_client_timers(client)
-
     def remove_client(self, client: Client):
         """Loop thread only.  A client closed: drop it from `clients`,
         keep its /connz entry (subscriptions, stop time, reason) among
@@ -3552,193 +3493,6 @@ class Server:
         if self.ports_file:
             _remove_file(self.ports_file)
         self.log.info("Server Exiting..")
-
-    # -- signals ---------------------------------------------------------------
-
-    def install_signal_handlers(self):
-        """SIGINT/SIGTERM stop; SIGUSR1 reopens the log file; SIGHUP reloads the
-        config; SIGUSR2 enters lame duck mode (main thread only)."""
-
-        def stop(signum, _frame):
-            self.log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
-            self.running = False
-            self.waker.wake()
-
-        def reopen(_signum, _frame):
-            self.reopen_log = True   # the loop reopens; a handler must not close a file mid-write
-            self.waker.wake()
-
-        def reload(signum, _frame):
-            self.log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
-            self.reload_requested = True
-            self.waker.wake()
-
-        def lame_duck(_signum, _frame):
-            self.lame_duck_requested = True
-            self.waker.wake()
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
-        if hasattr(signal, "SIGUSR1"):
-            signal.signal(signal.SIGUSR1, reopen)
-            signal.signal(signal.SIGHUP, reload)
-            signal.signal(signal.SIGUSR2, lame_duck)
-
-    # -- config reload (SIGHUP) -------------------------------------------------
-
-    def reload(self):
-        """Read the config file again and apply what changed (Go's Reload):
-        logging, limits, authorization and accounts, permissions.  Clients
-        whose credentials no longer pass are closed; subscriptions the new
-        permissions deny are removed.  Any error keeps the old config."""
-        try:
-            new = self.reloaded_options()
-            changes = reload_changes(self.options, new, self.port)
-        except ConfigError as exc:
-            self.log.error("Failed to reload server configuration: %s", exc)
-            return
-        old, self.options = self.options, new
-        self.pub_sizes.clear()          # sizes checked against the old max_payload
-        for change in changes:
-            self.log.info("Reloaded: %s", change)
-        if self.log.handlers and any(getattr(old, a) != getattr(new, a)
-                                     for a in _LOGGING_OPTIONS):
-            configure_logging(new, self.log)
-        self.trace = new.trace
-        self.info_template = self.build_info()
-        if old.accounts or new.accounts:
-            self.accounts = build_accounts(new)
-            self.global_account = self.accounts[GLOBAL_ACCOUNT]
-            self.system_account = self.accounts[new.system_account or SYSTEM_ACCOUNT]
-        for client in list(self.clients.values()):
-            client.reload_config(old)
-        for route in self.cluster.conns:
-            route.trace = self.trace
-            route.msg_keys.clear()    # its entries hold the old accounts' sublists
-        for account in self.accounts.values():
-            account.sublist.clear_cache()   # plans filtered by the old permissions
-        if new.pid_file and new.pid_file != old.pid_file:
-            _write_file(new.pid_file, str(os.getpid()))
-        self.log.info("Reloaded server configuration")
-
-    def reloaded_options(self) -> Options:
-        """The config file read again, flags on top, checked as at startup."""
-        path = self.options.config_file
-        if not path:
-            raise ConfigError("can only reload config when a file is provided using -c "
-                              "or --config")
-        new = options_from_config(path).merge(self.flags).fill_defaults().validate()
-        problem = startup_problem(new)
-        if problem:
-            raise ConfigError(problem)
-        return new
-
-    # -- lame duck mode ----------------------------------------------------------
-
-    def enter_lame_duck_mode(self):
-        """SIGUSR2 (Go's lameDuckMode): stop accepting, tell protocol-1
-        clients with an INFO carrying `ldm`, wait the grace period, then close
-        the clients spread over the rest of lame_duck_duration, and exit."""
-        if self.lame_duck or self.listener is None:
-            return
-        self.lame_duck = True
-        self.log.info("Entering lame duck mode, stop accepting new clients")
-        self.unregister(self.listener)
-        self.listener.sock.close()
-        self.listener.closed = True
-        info = dict(self.info_template, ldm=True)
-        proto = b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
-        for client in list(self.clients.values()):
-            if client.protocol >= PROTO:
-                client.queue_outbound(proto)
-        opts = self.options
-        self.add_timer(opts.lame_duck_grace_period, self.lame_duck_close_clients)
-
-    def lame_duck_close_clients(self):
-        """Timer callback, after lame duck's grace period: close the clients
-        one at a time, spread over the rest of lame_duck_duration (at most 1 s
-        apart), then stop the loop."""
-        self.log.info("Closing existing clients")
-        clients = list(self.clients.values())
-        spread = max(self.options.lame_duck_duration - self.options.lame_duck_grace_period, 1.0)
-        interval = min(spread / len(clients), 1.0) if clients else 0.0
-
-        def close_next():
-            while clients:
-                client = clients.pop(0)
-                if not client.closed:
-                    client.close(SERVER_SHUTDOWN)
-                    break
-            if clients:
-                self.add_timer(random.uniform(interval / 2, interval), close_next)
-            else:
-                self.running = False  # then the loop closes everything and exits
-        close_next()
-
-
-# Go's names for the signals it traps.
-_SIGNAL_NAMES = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated"}
-
-
-# Options a reload may not change, with the Go field names its error uses.
-_NOT_RELOADABLE = (("server_name", "ServerName"), ("host", "Host"), ("port", "Port"),
-                   ("http_host", "HTTPHost"), ("http_port", "HTTPPort"),
-                   ("http_base_path", "HTTPBasePath"), ("https_port", "HTTPSPort"),
-                   ("system_account", "SystemAccount"),
-                   ("cluster_host", "cluster host"), ("cluster_port", "cluster port"),
-                   ("cluster_name", "cluster name"))
-
-# What a reload logs for each changed option ("Reloaded: max_payload = 2048"),
-# in the order of Go's Options struct.  A name ending in "=" shows the value.
-_RELOADED = (
-    ("trace", "trace ="), ("debug", "debug ="), ("logtime", "logtime ="),
-    ("logtime_utc", "logtime_utc ="), ("max_connections", "max_connections ="),
-    ("max_subscriptions", "max_subscriptions ="), ("no_auth_user", "no_auth_user ="),
-    ("username", "authorization username"), ("password", "authorization password"),
-    ("authorization", "authorization token"), ("auth_timeout", "authorization timeout ="),
-    ("ping_interval", "ping_interval ="), ("ping_max", "ping_max ="),
-    ("max_control_line", "max_control_line ="), ("max_payload", "max_payload ="),
-    ("max_pending", "max_pending ="), ("write_deadline", "write_deadline ="),
-    ("log_file", "log_file ="), ("log_size_limit", "log_size_limit ="),
-    ("syslog", "syslog ="), ("remote_syslog", "remote_syslog ="),
-    ("max_traced_msg_len", "max_traced_msg_len ="), ("pid_file", "pid_file ="),
-    ("ports_file_dir", "ports_file_dir ="), ("lame_duck_duration", "lame_duck_duration ="),
-    ("lame_duck_grace_period", "lame_duck_grace_period ="),
-    ("client_advertise", "client_advertise ="), ("tls", "tls = enabled"),
-)
-_DURATION_OPTIONS = ("ping_interval", "write_deadline", "lame_duck_duration",
-                     "lame_duck_grace_period")
-_LOGGING_OPTIONS = ("trace", "debug", "logtime", "logtime_utc", "log_file", "log_size_limit",
-                    "syslog", "remote_syslog")
-
-
-def reload_changes(old: Options, new: Options, actual_port: int) -> list:
-    """What a reload from `old` to `new` changes, as Go logs it; raises
-    ConfigError for an option that cannot change while running.  A random
-    port (-1) in the new options means the port already bound."""
-    for attr, go_name in _NOT_RELOADABLE:
-        before, after = getattr(old, attr), getattr(new, attr)
-        if attr == "port":
-            before, after = actual_port, actual_port if after == RANDOM_PORT else after
-        if before != after:
-            raise ConfigError("config reload not supported for %s: old=%s, new=%s"
-                              % (go_name, before, after))
-    # Go compares these by pointer, so every reload reports them.
-    changes = ["authorization users", "accounts"]
-    for attr, text in _RELOADED:
-        value = getattr(new, attr)
-        if getattr(old, attr) == value:
-            continue
-        if not text.endswith("="):
-            changes.append(text)
-        elif isinstance(value, bool):
-            changes.append("%s %s" % (text, "true" if value else "false"))
-        elif attr in _DURATION_OPTIONS:
-            changes.append("%s %s" % (text, format_duration(value)))
-        else:
-            changes.append("%s %s" % (text, ("%g" % value) if isinstance(value, float) else value))
-    return changes
-
 
 def startup_problem(opts: Options) -> str:
     """What stops a server with these (valid) options from starting, or ""."""
@@ -6421,6 +6175,52 @@ def _dn_escape(value: str) -> str:
 # Escapes Go's %q uses for the common control characters.
 
 
+# -- the server's side of a TLS client --
+
+class TLSServing:
+    """The Server's part in a TLS client's start (mixed into Server in
+    chapter 14): which comes first, INFO or the handshake (Go's
+    createClientEx, handshake_first and its fallback), and what a finished
+    handshake starts.  The connection's side is TLSConnection above."""
+
+    def start_client_tls(self, client: TLSConnection):
+        """Go's createClientEx on a TLS server: a plain INFO, then the upgrade;
+        or with handshake_first the handshake at once and INFO after it, and
+        with a fallback delay a plain INFO after all if no ClientHello came."""
+        tls = self.options.tls
+        context = tls.server_context()
+        if not tls.handshake_first:
+            client.send_now(self.client_info(client))
+            if not client.closed:
+                client.start_tls(context, tls.timeout)
+        elif not tls.fallback:
+            client.start_tls(context, tls.timeout, TLS_HELLO, first=True)
+        else:
+            client.start_tls(context, tls.fallback + tls.timeout, TLS_WAIT, first=True)
+            self.add_timer(tls.fallback, lambda: self.tls_fallback(client))
+
+    def tls_fallback(self, client: TLSConnection):
+        """handshake_first with a fallback, and nothing arrived in time: send
+        the INFO in plain text after all; the client upgrades as usual."""
+        if client.closed or client.tls.state != TLS_WAIT:
+            return
+        client.tls.state = TLS_HELLO
+        client.tls.first = False
+        client.send_now(self.client_info(client))
+
+    def tls_established(self, client: TLSConnection):
+        """A handshake completed: the INFO if it waited for it, then the
+        timers a plain client starts at accept (Go arms them only now).
+        A route starts its protocol now (`start_route`)."""
+        if isinstance(client, Route):
+            self.cluster.start_route(client)
+            return
+        client.tls_identities = client.tls_peer_identities()
+        if client.tls.first:
+            client.queue_outbound(self.client_info(client))
+        self.start_client_timers(client)
+
+
 # ============================================================================
 # 11. Route
 # ============================================================================
@@ -8488,6 +8288,11 @@ def _rfc3339(created: float) -> str:
 # the same flag, and booleans take `-T=false`.  `_normalize_argv` rewrites
 # every known spelling to `--name=value` before argparse sees it.  Flags go
 # into an `Options` that overrides the config file's; later flags win.
+#
+# Then what an operator does to a running server (signals, reload, lame
+# duck mode, the ports file: ServerControl), the composition of Server, and
+# main().  Go twins: main.go, server/opts.go (ConfigureOptions),
+# server/reload.go, server/signal.go.
 
 # Value kinds of flags.
 _BOOL, _INT, _STR = "bool", "int", "str"
@@ -8794,6 +8599,241 @@ def tls_help_text() -> str:
 def version_text() -> str:
     """What -v prints: the nats-server version we match, and our own."""
     return "nats-server: v%s (gnatsd.py %s)" % (VERSION, __version__)
+
+
+# -- the server's controls: signals, reload, lame duck mode, ports file --
+#
+# What an operator (or a launcher) does to a running server, mixed into
+# Server below: SIGINT/SIGTERM stop it, SIGHUP reloads the config file
+# (Go's Reload), SIGUSR2 puts it in lame duck mode, SIGUSR1 reopens the log
+# file; a ports file tells launchers where it listens.
+
+class ServerControl:
+    """Server methods for signals, config reload, lame duck mode and the
+    ports file.  Signal handlers only set a flag and wake the loop; the loop
+    (CoreServer.serve) acts on it between two turns."""
+
+    # -- signals ---------------------------------------------------------------
+
+    def install_signal_handlers(self):
+        """SIGINT/SIGTERM stop; SIGUSR1 reopens the log file; SIGHUP reloads the
+        config; SIGUSR2 enters lame duck mode (main thread only)."""
+
+        def stop(signum, _frame):
+            self.log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
+            self.running = False
+            self.waker.wake()
+
+        def reopen(_signum, _frame):
+            self.reopen_log = True   # the loop reopens; a handler must not close a file mid-write
+            self.waker.wake()
+
+        def reload(signum, _frame):
+            self.log.info('Trapped "%s" signal', _SIGNAL_NAMES.get(signum, signum))
+            self.reload_requested = True
+            self.waker.wake()
+
+        def lame_duck(_signum, _frame):
+            self.lame_duck_requested = True
+            self.waker.wake()
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, reopen)
+            signal.signal(signal.SIGHUP, reload)
+            signal.signal(signal.SIGUSR2, lame_duck)
+
+    # -- config reload (SIGHUP) -------------------------------------------------
+
+    def reload(self):
+        """Read the config file again and apply what changed (Go's Reload):
+        logging, limits, authorization and accounts, permissions.  Clients
+        whose credentials no longer pass are closed; subscriptions the new
+        permissions deny are removed.  Any error keeps the old config."""
+        try:
+            new = self.reloaded_options()
+            changes = reload_changes(self.options, new, self.port)
+        except ConfigError as exc:
+            self.log.error("Failed to reload server configuration: %s", exc)
+            return
+        old, self.options = self.options, new
+        self.pub_sizes.clear()          # sizes checked against the old max_payload
+        for change in changes:
+            self.log.info("Reloaded: %s", change)
+        if self.log.handlers and any(getattr(old, a) != getattr(new, a)
+                                     for a in _LOGGING_OPTIONS):
+            configure_logging(new, self.log)
+        self.trace = new.trace
+        self.info_template = self.build_info()
+        if old.accounts or new.accounts:
+            self.accounts = build_accounts(new)
+            self.global_account = self.accounts[GLOBAL_ACCOUNT]
+            self.system_account = self.accounts[new.system_account or SYSTEM_ACCOUNT]
+        for client in list(self.clients.values()):
+            client.reload_config(old)
+        for route in self.cluster.conns:
+            route.trace = self.trace
+            route.msg_keys.clear()    # its entries hold the old accounts' sublists
+        for account in self.accounts.values():
+            account.sublist.clear_cache()   # plans filtered by the old permissions
+        if new.pid_file and new.pid_file != old.pid_file:
+            _write_file(new.pid_file, str(os.getpid()))
+        self.log.info("Reloaded server configuration")
+
+    def reloaded_options(self) -> Options:
+        """The config file read again, flags on top, checked as at startup."""
+        path = self.options.config_file
+        if not path:
+            raise ConfigError("can only reload config when a file is provided using -c "
+                              "or --config")
+        new = options_from_config(path).merge(self.flags).fill_defaults().validate()
+        problem = startup_problem(new)
+        if problem:
+            raise ConfigError(problem)
+        return new
+
+    # -- lame duck mode ----------------------------------------------------------
+
+    def enter_lame_duck_mode(self):
+        """SIGUSR2 (Go's lameDuckMode): stop accepting, tell protocol-1
+        clients with an INFO carrying `ldm`, wait the grace period, then close
+        the clients spread over the rest of lame_duck_duration, and exit."""
+        if self.lame_duck or self.listener is None:
+            return
+        self.lame_duck = True
+        self.log.info("Entering lame duck mode, stop accepting new clients")
+        self.unregister(self.listener)
+        self.listener.sock.close()
+        self.listener.closed = True
+        info = dict(self.info_template, ldm=True)
+        proto = b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
+        for client in list(self.clients.values()):
+            if client.protocol >= PROTO:
+                client.queue_outbound(proto)
+        opts = self.options
+        self.add_timer(opts.lame_duck_grace_period, self.lame_duck_close_clients)
+
+    def lame_duck_close_clients(self):
+        """Timer callback, after lame duck's grace period: close the clients
+        one at a time, spread over the rest of lame_duck_duration (at most 1 s
+        apart), then stop the loop."""
+        self.log.info("Closing existing clients")
+        clients = list(self.clients.values())
+        spread = max(self.options.lame_duck_duration - self.options.lame_duck_grace_period, 1.0)
+        interval = min(spread / len(clients), 1.0) if clients else 0.0
+
+        def close_next():
+            while clients:
+                client = clients.pop(0)
+                if not client.closed:
+                    client.close(SERVER_SHUTDOWN)
+                    break
+            if clients:
+                self.add_timer(random.uniform(interval / 2, interval), close_next)
+            else:
+                self.running = False  # then the loop closes everything and exits
+        close_next()
+
+    def write_ports_file(self):
+        """Write `<program>_<pid>.ports` into ports_file_dir: the URLs of our
+        listeners as JSON, as Go's PortsInfo gives them (`nats`, or `tls` when
+        TLS is required; `monitoring`; `cluster`).  The program is this
+        file's name as started, so run as `nats-server` (a symlink) it is
+        Go's name.  On failure log it and leave `ports_file` empty (nothing
+        to remove at shutdown)."""
+        name = "%s_%d.ports" % (os.path.splitext(os.path.basename(sys.argv[0] or "gnatsd"))[0],
+                                os.getpid())
+        opts = self.options
+        ports = {"nats": ["%s://%s" % ("tls" if opts.tls else "nats",
+                                       _host_port(_advertise_host(self.host), self.port))]}
+        if self.monitor is not None:
+            host = opts.http_host or opts.host
+            ports["monitoring"] = ["%s://%s" % ("http" if opts.http_port else "https",
+                                                _host_port(_advertise_host(host),
+                                                           self.monitor.port))]
+        if self.cluster.listener is not None:
+            ports["cluster"] = ["%s://%s" % ("tls" if opts.cluster_tls else "nats",
+                                             _host_port(_advertise_host(self.cluster.host),
+                                                        self.cluster.port))]
+        self.ports_file = os.path.join(self.options.ports_file_dir, name)
+        try:
+            _write_file(self.ports_file, json.dumps(ports))
+        except OSError as exc:
+            self.log.error("Error writing ports file (%s): %s", self.ports_file, exc)
+            self.ports_file = ""
+
+
+# Go's names for the signals it traps.
+_SIGNAL_NAMES = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated"}
+
+
+# Options a reload may not change, with the Go field names its error uses.
+_NOT_RELOADABLE = (("server_name", "ServerName"), ("host", "Host"), ("port", "Port"),
+                   ("http_host", "HTTPHost"), ("http_port", "HTTPPort"),
+                   ("http_base_path", "HTTPBasePath"), ("https_port", "HTTPSPort"),
+                   ("system_account", "SystemAccount"),
+                   ("cluster_host", "cluster host"), ("cluster_port", "cluster port"),
+                   ("cluster_name", "cluster name"))
+
+# What a reload logs for each changed option ("Reloaded: max_payload = 2048"),
+# in the order of Go's Options struct.  A name ending in "=" shows the value.
+_RELOADED = (
+    ("trace", "trace ="), ("debug", "debug ="), ("logtime", "logtime ="),
+    ("logtime_utc", "logtime_utc ="), ("max_connections", "max_connections ="),
+    ("max_subscriptions", "max_subscriptions ="), ("no_auth_user", "no_auth_user ="),
+    ("username", "authorization username"), ("password", "authorization password"),
+    ("authorization", "authorization token"), ("auth_timeout", "authorization timeout ="),
+    ("ping_interval", "ping_interval ="), ("ping_max", "ping_max ="),
+    ("max_control_line", "max_control_line ="), ("max_payload", "max_payload ="),
+    ("max_pending", "max_pending ="), ("write_deadline", "write_deadline ="),
+    ("log_file", "log_file ="), ("log_size_limit", "log_size_limit ="),
+    ("syslog", "syslog ="), ("remote_syslog", "remote_syslog ="),
+    ("max_traced_msg_len", "max_traced_msg_len ="), ("pid_file", "pid_file ="),
+    ("ports_file_dir", "ports_file_dir ="), ("lame_duck_duration", "lame_duck_duration ="),
+    ("lame_duck_grace_period", "lame_duck_grace_period ="),
+    ("client_advertise", "client_advertise ="), ("tls", "tls = enabled"),
+)
+_DURATION_OPTIONS = ("ping_interval", "write_deadline", "lame_duck_duration",
+                     "lame_duck_grace_period")
+_LOGGING_OPTIONS = ("trace", "debug", "logtime", "logtime_utc", "log_file", "log_size_limit",
+                    "syslog", "remote_syslog")
+
+
+def reload_changes(old: Options, new: Options, actual_port: int) -> list:
+    """What a reload from `old` to `new` changes, as Go logs it; raises
+    ConfigError for an option that cannot change while running.  A random
+    port (-1) in the new options means the port already bound."""
+    for attr, go_name in _NOT_RELOADABLE:
+        before, after = getattr(old, attr), getattr(new, attr)
+        if attr == "port":
+            before, after = actual_port, actual_port if after == RANDOM_PORT else after
+        if before != after:
+            raise ConfigError("config reload not supported for %s: old=%s, new=%s"
+                              % (go_name, before, after))
+    # Go compares these by pointer, so every reload reports them.
+    changes = ["authorization users", "accounts"]
+    for attr, text in _RELOADED:
+        value = getattr(new, attr)
+        if getattr(old, attr) == value:
+            continue
+        if not text.endswith("="):
+            changes.append(text)
+        elif isinstance(value, bool):
+            changes.append("%s %s" % (text, "true" if value else "false"))
+        elif attr in _DURATION_OPTIONS:
+            changes.append("%s %s" % (text, format_duration(value)))
+        else:
+            changes.append("%s %s" % (text, ("%g" % value) if isinstance(value, float) else value))
+    return changes
+
+
+class Server(ServerControl, TLSServing, CoreServer):
+    """The NATS server: the core of chapter 6 (CoreServer: the loop,
+    clients, shutdown), TLS clients' start (TLSServing, chapter 10) and the
+    controls above (ServerControl), composed as socketserver composes its
+    servers from mix-ins.  `Server(options).start()` serves on a thread of
+    its own (chapter 15 wraps it for embedding); main() calls `run()`."""
 
 
 def main(argv: list | None = None) -> int:
