@@ -315,7 +315,8 @@ class ProtocolError(NatsError):
 # This chapter has the pieces that do not depend on the connection: the
 # control-line splitter and the argument parsers.  The read loop and its op
 # table are the client's (chapter 5), because its PUB fast path delivers in
-# place.
+# place.  Go twin: server/parser.go.  Entry points: split_client_op and the
+# parse_*_args functions (Client.parse drives them).
 
 
 def split_op(line: bytes) -> tuple:
@@ -974,7 +975,9 @@ def is_valid_literal_subject(subject: bytes) -> bool:
 # TLS changes only the two ends of that pipe (chapter 10): a TLS
 # connection is an instance of a subclass whose reads
 # decrypt before `process_input` and whose flush encrypts `out`, so plain
-# connections run exactly the code they ran before TLS existed.
+# connections run exactly the code they ran before TLS existed.  Go twin:
+# the write half of server/client.go (queueOutbound, flushOutbound, the
+# pcd).  Entry points: Connection.queue_outbound, flush, close.
 
 
 class Connection:
@@ -3602,7 +3605,8 @@ def _remove_file(path: str):
 # each key was written) so that later chapters can name file, line and column
 # in their errors.  The scanner keeps one position and reads a token at a time;
 # a recursive-descent parser builds maps and arrays (Go's lex.go and parse.go
-# are a state-function lexer and a stack; the grammar is the same).
+# are a state-function lexer and a stack; the grammar is the same).  Go
+# twins: conf/lex.go, conf/parse.go.  Entry point: parse_config(path).
 
 # What peek() returns at the end of the text.
 EOF = "\0"
@@ -3991,7 +3995,9 @@ def _parse_duration_or_none(text: str):
 # the file"), then `Options.fill_defaults()` puts every unset value in one
 # place.  Settings whose feature this build does not have yet are never
 # dropped silently: the file's keys produce a warning at startup, and a flag
-# asking for them is an error (see `UNSUPPORTED_KEYS`).
+# asking for them is an error (see `UNSUPPORTED_KEYS`).  Go twin:
+# server/opts.go.  Entry points: options_from_config(path), Options.merge,
+# fill_defaults, validate.
 
 # Config blocks of the Go server this build does not implement.  A key here is
 # accepted (so a Go config file still loads) and named in a startup warning.
@@ -8025,7 +8031,8 @@ def _make_monitor_handler():
 # closing), `-V` adds [TRC] lines (every protocol op in and out), `-l FILE`
 # appends to a file instead of stderr.  SIGUSR1 reopens that file, for
 # logrotate; `--log_size_limit` rotates it by itself.  `-s` sends the log to
-# the local syslog and `-r URL` to a remote one instead.
+# the local syslog and `-r URL` to a remote one instead.  Go twins:
+# logger/log.go, logger/syslog.go.  Entry point: configure_logging(opts).
 
 # Level labels as the Go server prints them.
 _LABELS = {TRACE: "TRC", logging.DEBUG: "DBG", logging.INFO: "INF",
@@ -9055,10 +9062,10 @@ def _raise_open_file_limit():
 #
 # nats.py's helper package (`nats.server`: run, run_cluster, ServerError)
 # starts the Go binary from PATH and waits for "Server is ready" on its
-# stderr.  Here the same names start chapter 6's Server in the calling
-# process: `run()` turns keyword arguments (chapter 8's Options names) into
-# Options, binds, serves on a thread of its own and returns the running
-# server.  Nothing is shared between two servers in one process: each has its
+# stderr.  Here the same names start a Server (chapters 6 and 14) in the
+# calling process: `run()` turns keyword arguments (chapter 8's Options
+# names) into Options, binds, serves on a thread of its own and returns the
+# running server.  Nothing is shared between two servers in one process: each has its
 # own loop, sockets and logger, and only `main()` installs signal handlers.
 #
 # What test authors lack with a binary is here as methods: kick one client,
@@ -9067,7 +9074,9 @@ def _raise_open_file_limit():
 # `pytest_plugins = ["gnatsd"]` beside a copied file) gives the fixtures
 # nats_server, nats_server_factory and nats_cluster.
 #
-# Entry points: run(), run_cluster(), EmbeddedServer, ServerCluster.
+# Twins: nats.py's nats.server, and Go's in-process test servers
+# (test/test.go's RunServer).  Entry points: run(), run_cluster(),
+# EmbeddedServer, ServerCluster.
 
 # Go's ClosedState for a client an operator disconnected (DisconnectClientByID).
 KICKED = "Kicked"
