@@ -262,6 +262,77 @@ def test_help_lists_every_072_flag():
         assert re.search(r"(?m)^ +(\S+, )*%s\b" % re.escape(flag), out), flag
 
 
+# Every flag nats-server 2.15 defines (ConfigureOptions in server/opts.go:
+# each fs.*Var), with a value, and what gnatsd.py makes of it: the Options
+# attribute it sets, an action of main() ("action"), accepted and not used
+# ("ignored", named in a startup line), or refused with one clear line
+# ("refused": JetStream).  Go's flags must never be unknown here (issue 13).
+GO_215_FLAGS = [
+    (["-p", "4222"], "port"), (["-port", "4222"], "port"),
+    (["-a", "h"], "host"), (["-addr", "h"], "host"), (["-net", "h"], "host"),
+    (["-n", "x"], "server_name"), (["-name", "x"], "server_name"),
+    (["-server_name", "x"], "server_name"),
+    (["-D"], "debug"), (["-debug"], "debug"), (["-V"], "trace"), (["-trace"], "trace"),
+    (["-VV"], "trace"), (["-DV"], "trace"), (["-DVV"], "trace"),
+    (["-T=false"], "logtime"), (["-logtime=false"], "logtime"),
+    (["--logtime_utc"], "logtime_utc"),
+    (["-l", "f.log"], "log_file"), (["-log", "f.log"], "log_file"),
+    (["--log_size_limit", "1000"], "log_size_limit"),
+    (["-s"], "syslog"), (["-syslog"], "syslog"),
+    (["-r", "udp://h:514"], "remote_syslog"), (["-remote_syslog", "udp://h:514"], "remote_syslog"),
+    (["-P", "p.pid"], "pid_file"), (["-pid", "p.pid"], "pid_file"),
+    (["--ports_file_dir", "/tmp"], "ports_file_dir"),
+    (["-m", "8222"], "http_port"), (["-http_port", "8222"], "http_port"),
+    (["-ms", "8222"], "https_port"), (["-https_port", "8222"], "https_port"),
+    (["--client_advertise", "h:1"], "client_advertise"),
+    (["--max_traced_msg_len", "10"], "max_traced_msg_len"),
+    (["--user", "u"], "username"), (["--pass", "p"], "password"), (["--auth", "t"], "authorization"),
+    (["--tls", "--tlscert", "CERT", "--tlskey", "KEY"], "tls"),
+    (["--tlsverify", "--tlscert", "CERT", "--tlskey", "KEY", "--tlscacert", "CA"], "tls"),
+    (["--routes", "nats://h:1"], "routes"), (["--cluster", "nats://h:6222"], "cluster_port"),
+    (["--cluster_listen", "nats://h:6222"], "cluster_port"),
+    (["--cluster_name", "c"], "cluster_name"), (["--cluster_advertise", "h:1"], "cluster_advertise"),
+    (["--no_advertise"], "no_advertise"), (["--connect_retries", "3"], "connect_retries"),
+    (["-c", "x.conf"], "action"), (["-config", "x.conf"], "action"), (["-t"], "action"),
+    (["-h"], "action"), (["-help"], "action"), (["-v"], "action"), (["-version"], "action"),
+    (["--help_tls"], "action"), (["-sl", "stop=1"], "action"), (["-signal", "stop=1"], "action"),
+    (["-sd", "/tmp/js"], "ignored"), (["-store_dir", "/tmp/js"], "ignored"),
+    (["--profile", "6060"], "ignored"),
+    (["-js"], "refused"), (["-jetstream"], "refused"),
+]
+
+
+@pytest.mark.parametrize("argv, outcome", GO_215_FLAGS, ids=[" ".join(a) for a, _ in GO_215_FLAGS])
+def test_every_flag_of_go_215_is_known(argv, outcome):
+    from conftest import import_gnatsd
+    g = import_gnatsd()
+    certs = os.path.join(os.path.dirname(__file__), "certs")
+    files = {"CERT": "server-cert.pem", "KEY": "server-key.pem", "CA": "ca.pem"}
+    argv = [os.path.join(certs, files[a]) if a in files else a for a in argv]
+    args = g.build_arg_parser().parse_args(g._normalize_argv(argv))   # exits on an unknown flag
+    dest_given = [d for d, v in vars(args).items() if v is not None]
+    assert dest_given, "%s set nothing" % argv
+    if outcome == "action":
+        return
+    if outcome in ("ignored", "refused"):
+        table = g._IGNORED_FLAGS if outcome == "ignored" else g._NOT_YET
+        assert set(dest_given) & set(table), (dest_given, outcome)
+        return
+    assert getattr(g.options_from_flags(args), outcome) is not None
+
+
+def test_the_flag_table_covers_go_215s_flags():
+    """The table above against the source: every flag name opts.go's
+    ConfigureOptions defines is in it (skipped without the Go source)."""
+    opts_go = "/tmp/go/server/opts.go"
+    if not os.path.exists(opts_go):
+        pytest.skip("the Go source is not unpacked at /tmp/go; fetch nats-io/nats-server and unpack server/ there")
+    names = set(re.findall(r'fs\.\w+Var\([^,]+, "([^"]+)"', open(opts_go).read()))
+    covered = {a.lstrip("-").split("=")[0] for argv, _ in GO_215_FLAGS for a in argv
+               if a.startswith("-")}
+    assert names - covered == set()
+
+
 # Flags whose feature has not landed: argv, and a word the message must hold.
 NOT_LANDED = [
     (["-js"], "-js", "JetStream is not supported"),
