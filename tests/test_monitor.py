@@ -38,8 +38,8 @@ import urllib.request
 
 import pytest
 
-from conftest import (GO_SERVERS, RawConn, start_gnatsd, start_go, t_expect_exact, t_ping_pong,
-                      write_conf)
+from conftest import (GO_SERVERS, RawConn, monitor_json, start_gnatsd, start_go, t_expect_exact,
+                      t_ping_pong, write_conf)
 
 MON_RE = re.compile(rb"Starting http monitor on (\S+):(\d+)")
 
@@ -399,6 +399,31 @@ def test_connz_per_connection_counters_and_identity(mon_factory, kind):
     assert s["cid"] < p["cid"]
     sub.close()
     pub.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_connz_counters_are_what_the_client_counted(mon_factory, kind):
+    """nats.js's "basics - stats": after each step (a publish nobody hears,
+    one to itself, one with headers) /connz?cid= shows the client's own
+    out counts as in_* and its in counts as out_*; header bytes count."""
+    srv = mon_factory(kind)
+    c = RawConn(srv.host, srv.port)
+    cid = c.read_info()["client_id"]
+    c.send(b'CONNECT {"verbose":false,"headers":true,"protocol":1}\r\n')
+    t_ping_pong(c)
+    hdr = b"NATS/1.0\r\nhello: very long value that we want to add here\r\n\r\n"
+    hpub = b" %d %d\r\n%shello\r\n" % (len(hdr), len(hdr) + 5, hdr)
+    steps = [
+        (b"PUB hello 5\r\nworld\r\n", b"", (1, 5, 0, 0)),
+        (b"SUB hello 1\r\nPUB hello 2\r\nhi\r\n", b"MSG hello 1 2\r\nhi\r\n", (2, 7, 1, 2)),
+        (b"HPUB hello" + hpub, b"HMSG hello 1" + hpub, (3, 12 + len(hdr), 2, 7 + len(hdr))),
+    ]
+    for data, delivered, want in steps:
+        c.send(data + b"PING\r\n")
+        t_expect_exact(c, delivered + b"PONG\r\n")
+        got = monitor_json(srv, "/connz?cid=%d" % cid)["connections"][0]
+        assert (got["in_msgs"], got["in_bytes"], got["out_msgs"], got["out_bytes"]) == want
+    c.close()
 
 
 def flood_until_slow(srv, pub: RawConn, max_batches: int = 300):

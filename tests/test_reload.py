@@ -373,6 +373,25 @@ def test_new_permissions_apply_to_a_live_connection(kind, start, tmp_path):
 # -- failed reloads change nothing ----------------------------------------------------------
 
 
+def test_permissions_added_to_a_user_without_any_remove_its_inbox(kind, start, tmp_path):
+    """nats.js's "mreq - lost sub permission": a user with no permissions
+    has a request's inbox subscribed when a reload denies `_INBOX.>`: the
+    inbox is removed and the client told, so replies stop."""
+    users = 'authorization { users: [{user: a, password: pa%s}] }\n'
+    conf = write_conf(tmp_path, users % "")
+    srv = start("-c", conf)
+    a = connect(srv, "a", "pa", extra=b"SUB q 1\r\nSUB _INBOX.abc 2\r\n")
+    a.send(b"PUB q _INBOX.abc 0\r\n\r\n")
+    t_expect_exact(a, b"MSG q 1 _INBOX.abc 0\r\n\r\n")
+    log = reload(srv, conf, users % ', permissions: {subscribe: {deny: "_INBOX.>"}}')
+    assert_reloaded(log)
+    t_expect_exact(a, b"-ERR 'Permissions Violation for Subscription to \"_INBOX.abc\" (sid \"2\")'"
+                      b"\r\n")
+    a.send(b"PUB _INBOX.abc 1\r\nx\r\n")
+    t_ping_pong(a)
+    assert b"MSG" not in bytes(a.buf)
+
+
 def test_bad_syntax_fails_and_keeps_the_old_credentials(start, tmp_path):
     conf = write_conf(tmp_path, SINGLE_USER % "pa")
     srv = start("-c", conf)
