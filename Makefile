@@ -9,6 +9,7 @@
 #   make test-pythons  protocol smoke with the server under each CPython 3.8-3.13
 #   make bench         BENCH (default tests/bench.py) with $(BENCH_ARGS); writes tests/BENCH-RESULTS.md
 #   make fuzz          each fuzzer in tests/fuzz for FUZZ_SECONDS (default 60; `make test`: 3 s each)
+#   make footprint     time to ready, idle RSS, memory per idle conn: every CPython, Go beside
 #   make soak          tests/soak.py: 10k held conns, 50k churn, 60 s mixed traffic (SOAK_ARGS)
 #   make redteam       tests/test_redteam.py one at a time: attacks, canary p99 within 10x of Go 2.15
 #   make dist          wheel and sdist of gnatsd.py into dist/, checked with twine
@@ -42,7 +43,7 @@ UNIT_TESTS = $(wildcard tests/test_layout.py tests/test_sublist.py \
                         tests/test_readme.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test unit test-pythons bench soak fuzz redteam dist lint run docker certs clean distclean
+.PHONY: help dev test unit test-pythons bench footprint soak fuzz redteam dist lint run docker certs clean distclean
 
 help:
 	@sed -n 's/^#   make /  make /p' Makefile
@@ -88,6 +89,10 @@ fuzz: dev
 	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_KEEP_GOING=1 FUZZ_RECORD=$(FUZZ_RECORD) \
 	  $(VPY) -m pytest -s -p no:cacheprovider --timeout=$$(( $(FUZZ_SECONDS) * 2 + 120 )) \
 	  $(PYTEST_ARGS) tests/fuzz
+
+# tests/footprint.py: a Markdown table on stdout (the README quotes it).
+footprint: dev
+	$(VPY) tests/footprint.py $(FOOTPRINT_ARGS)
 
 # Loopback only, bounded (each phase has a deadline; --timeout 900 s in all);
 # writes tests/SOAK-RECORD.md, which is committed.

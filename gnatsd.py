@@ -55,9 +55,9 @@ import copy
 import errno
 import gc
 import heapq
-import hmac
 import json
 import logging
+import mmap
 import os
 import platform
 import queue
@@ -66,17 +66,17 @@ import re
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 import types
 import urllib.parse
 
-try:
-    import ssl
-except ImportError:  # a Python built without OpenSSL: TLS is refused when asked for
-    ssl = None
+# `ssl` (5 MB of OpenSSL in the process), `hmac` (its hashlib, 4 MB more),
+# `subprocess`, `http.server` and `ctypes` are imported where a configuration
+# first needs them, so a small device running a plain server never loads
+# them (chapter 10's load_ssl; tests/test_footprint.py holds the budget).
+ssl = None
 
 __version__ = "0.1.0"
 
@@ -2998,7 +2998,7 @@ class CoreServer:
         # One read's output must fit well inside max_pending, or a subscriber
         # that keeps up could be cut off by a single batch.
         self.read_size = max(16 * 1024, min(READ_SIZE, self.options.max_pending // 8))
-        self.read_buffer = bytearray(self.read_size)
+        self.read_buffer = read_buffer(self.read_size)
         self.read_view = memoryview(self.read_buffer)
         # TLS: the class of accepted clients, and a buffer for ciphertext
         # (made with the first TLS client; plaintext still uses read_buffer).
@@ -3521,6 +3521,14 @@ def _is_ip_address(host: str) -> bool:
 def _new_server_id() -> str:
     """A 56-character server id shaped like a Go server's nkey ("N...")."""
     return "N" + base64.b32encode(os.urandom(35)).decode()[:55]
+
+
+def read_buffer(size: int):
+    """A buffer for recv_into whose pages cost memory only once a read has
+    reached them: an anonymous mmap.  (bytearray(size) zero-fills, so
+    touches, all of it: the 1 MiB read buffer was 1 MiB of every idle
+    server's memory; now it is what the largest read needed.)"""
+    return mmap.mmap(-1, size)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -4856,6 +4864,21 @@ _TLS_KEYS_NOT_SUPPORTED = ("pinned_certs", "ocsp_peer", "cert_store", "cert_matc
                            "verify_cert_and_check_known_urls")
 
 
+def load_ssl():
+    """The `ssl` module, imported the first time TLS is configured (it
+    brings OpenSSL into the process: 5 MB a plain server does without), or
+    None on a Python built without it.  Every use of `ssl` follows a call
+    of this, through TLSConfig's contexts."""
+    global ssl
+    if ssl is None:
+        try:
+            import ssl as module
+        except ImportError:
+            return None
+        ssl = module
+    return ssl
+
+
 class TLSConfig:
     """One `tls {}` block, or the --tls flags (Go's TLSConfigOpts).
 
@@ -4908,7 +4931,7 @@ class TLSConfig:
         the peer's checked against ca_file and the host we dialed, unless
         `insecure` (Go's route TLS config as a tls.Client)."""
         if "client" not in self.contexts:
-            if ssl is None:
+            if load_ssl() is None:
                 raise ConfigError("TLS needs Python's ssl module, and this Python has none")
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.check_hostname = not self.insecure
@@ -4918,7 +4941,7 @@ class TLSConfig:
 
     def build_context(self, verify: bool):
         """A new server-side SSLContext from these settings (GenTLSConfig)."""
-        if ssl is None:
+        if load_ssl() is None:
             raise ConfigError("TLS needs Python's ssl module, and this Python has none")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.configure(context, verify, ssl.Purpose.CLIENT_AUTH)
@@ -5368,6 +5391,7 @@ def _secret_equal(given, expected: str) -> bool:
         return False
     if is_bcrypt_hash(expected):
         return bcrypt_verify(given, expected)
+    import hmac      # here: hashlib loads OpenSSL's libcrypto (4 MB), for auth only
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
@@ -5394,6 +5418,7 @@ def bcrypt_verify(password: str, hashed: str) -> bool:
             import crypt
         result = crypt.crypt(password, hashed)
         if result:
+            import hmac
             return hmac.compare_digest(result.encode(), hashed.encode())
     except (ImportError, OSError, ValueError):
         pass
@@ -5475,6 +5500,7 @@ class SecretChecker:
             ok = False
             try:
                 if helper is None or helper.poll() is not None:
+                    import subprocess
                     helper = subprocess.Popen(
                         [sys.executable, "-c", _SECRET_WORKER_BOOT, os.path.abspath(__file__)],
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
@@ -5829,7 +5855,7 @@ class TLSConnection(Connection):
         with the `hostname` we dialed the client side, which speaks first."""
         server = self.server
         if server.tls_read_buffer is None:  # ciphertext lands here; plaintext in read_buffer
-            server.tls_read_buffer = bytearray(server.read_size)
+            server.tls_read_buffer = read_buffer(server.read_size)
             server.tls_read_view = memoryview(server.tls_read_buffer)
         self.tls = TLSSession(context, TLS_HANDSHAKE if hostname else state, first, hostname)
         if self.tls_label:
@@ -8587,7 +8613,7 @@ Available cipher suites include:
 def tls_help_text() -> str:
     """Go's --help_tls, listing only the ciphers and curves this Python's
     OpenSSL can use (TLS 1.3 suites are always there)."""
-    if ssl is None:
+    if load_ssl() is None:
         return "gnatsd.py: this Python has no ssl module, so TLS is not available\n"
     ciphers = [name for name, openssl_name in GO_CIPHER_SUITES.items()
                if not openssl_name or _openssl_cipher_available(openssl_name)]
@@ -8845,6 +8871,8 @@ class Server(ServerControl, TLSServing, CoreServer):
 
 def main(argv: list | None = None) -> int:
     """Run the server from the command line; returns the exit status."""
+    if argv is None and __spec__ is None:
+        restart_as_module()           # `python3 gnatsd.py`: see there
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_arg_parser()
     try:
@@ -8928,6 +8956,7 @@ def main(argv: list | None = None) -> int:
     tune_gc()
     server = Server(opts, flags)
     server.install_signal_handlers()
+    release_startup_memory()
     try:
         return server.run()
     except ConfigError as exc:  # e.g. "Can't start monitoring: ..."
@@ -9034,6 +9063,51 @@ def tune_gc():
     us with 20000).  Unreferenced cycles are still collected."""
     # HOT: see above; the CLI's process only, never an embedding program's.
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
+# What restart_as_module runs: this file imported as the module `gnatsd`
+# (from its cached bytecode when there is one), then its main().
+_MODULE_BOOT = ("import importlib.util, sys\n"
+                "path = sys.argv[0] = sys.argv.pop(1)\n"
+                "spec = importlib.util.spec_from_file_location('gnatsd', path)\n"
+                "module = sys.modules['gnatsd'] = importlib.util.module_from_spec(spec)\n"
+                "spec.loader.exec_module(module)\n"
+                "sys.exit(module.main())\n")
+
+
+def restart_as_module():
+    """`python3 gnatsd.py`: replace this process (same pid, same open
+    files) with one that imports the file as a module.  CPython keeps a
+    script's syntax tree alive until the script's top level returns, which
+    for a server is never: 19 MB of it here.  An import frees it as soon as
+    it is compiled, and uses the cached bytecode from then on (the first
+    start writes it, where Python may).  Only where exec keeps the pid
+    (POSIX); with GNATSD_AS_SCRIPT=1, or if exec fails, it runs on as is."""
+    if os.name != "posix" or not sys.executable or os.environ.get("GNATSD_AS_SCRIPT"):
+        return
+    original = getattr(sys, "orig_argv", None)          # Python 3.10+: keep -X, -u, ...
+    flags = original[1:original.index(sys.argv[0])] if original and sys.argv[0] in original \
+        else []
+    try:
+        os.execv(sys.executable, [sys.executable, *flags, "-c", _MODULE_BOOT,
+                                  os.path.abspath(__file__), *sys.argv[1:]])
+    except OSError:
+        pass
+
+
+def release_startup_memory():
+    """Give the C heap's freed pages back to the system (glibc's
+    malloc_trim), once, before serving.  `python3 gnatsd.py` compiles the
+    whole file at every start (a script never gets cached bytecode), and the
+    compiler's freed memory would otherwise stay resident for the process's
+    life: 39 -> 25 MB idle here.  Nothing happens without glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None).malloc_trim(0)
+    except (ImportError, OSError, AttributeError):
+        pass        # musl (Alpine) has no malloc_trim; it returns memory itself
 
 
 def _raise_open_file_limit():

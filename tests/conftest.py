@@ -26,6 +26,19 @@ GNATSD = os.path.join(ROOT, "gnatsd.py")
 # Python used to run gnatsd.py; `make test-pythons` sets it per interpreter.
 SERVER_PYTHON = os.environ.get("GNATSD_PYTHON", sys.executable)
 
+
+def _cache_bytecode(python: str) -> None:
+    """Write gnatsd.py's cached bytecode for `python` once per run, as a
+    first start or an install would: `python3 gnatsd.py` restarts itself as
+    an import of the module (restart_as_module), which loads it.  Machines
+    that set PYTHONDONTWRITEBYTECODE (this one does) would otherwise
+    compile the file twice at every server start."""
+    subprocess.run([python, "-c", "import py_compile, sys; py_compile.compile(sys.argv[1])",
+                    GNATSD], capture_output=True, timeout=60)
+
+
+_cache_bytecode(SERVER_PYTHON)
+
 LISTEN_RE = re.compile(rb"Listening for client connections on (\S+):(\d+)")
 READY_RE = re.compile(rb"Server is ready")
 
