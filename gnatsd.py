@@ -2213,12 +2213,13 @@ class Client(Connection):
         (Go's processMsgResults).  `account` is the one `result` came from
         (the publisher's unless an import moved the message).  Returns True
         if anyone got it (or if `delivered` says someone already did)."""
-        routes = None
+        routes = None       # route -> [a plain subscription of its peer, [queue subs picked]]
         for sub in result.psubs:
             if sub.client.kind == "Router":
                 if routes is None:
                     routes = {}
-                routes.setdefault(sub.client, [])
+                if sub.client not in routes:
+                    routes[sub.client] = [sub, []]
             elif deliver_to(sub, msg, self):
                 delivered = True
         for group in result.qsubs:
@@ -2228,15 +2229,15 @@ class Client(Connection):
                 if sub.client.kind == "Router":
                     if routes is None:
                         routes = {}
-                    routes.setdefault(sub.client, []).append(sub.queue)
+                    routes.setdefault(sub.client, [None, []])[1].append(sub)
                     delivered = True
                     break
                 if deliver_to(sub, msg, self):
                     delivered = True
                     break
         if routes:
-            for route, queues in routes.items():
-                route.send_msg(account or self.account, msg, queues)
+            for route, (plain, queue_subs) in routes.items():
+                route.send_msg(account or self.account, msg, queue_subs, plain)
             delivered = True
         if not delivered and msg.reply is not None and self.no_responders:
             self.send_no_responders(msg.reply, msg.subject)
@@ -2637,6 +2638,8 @@ class DeliveryPlan:
             if headers and not c.headers:
                 fast = False
             if c.kind == "Router":
+                if c.legacy:
+                    fast = False        # a 0.7-dialect peer: MSG with its sid (send_msg)
                 if c in clients:
                     continue            # a peer gets one RMSG per message
                 prefix = (b"HMSG " if headers else b"RMSG ") + account + b" " + subject + b" "
@@ -5707,6 +5710,9 @@ class Account:
         self.exports_services = False
         self.reply_prefix = b"_R_." + _random_token(6) + b"."
         self.interest: dict = {}             # (subject, queue) -> local subs (routes' RS+)
+        # (subject, queue) -> subscriptions learned from routes of one dialect,
+        # told to the routes of the other (legacy: True for 0.7-dialect peers).
+        self.bridged: dict = {True: {}, False: {}}
         self.client_count = 0                # clients logged in now
         self.total_connections = 0
 
@@ -6284,6 +6290,12 @@ class TLSServing:
 # neither `route_pool_size` nor `compression`, and Go peers fall back to a
 # single uncompressed connection.
 #
+# A peer of gnatsd 0.7's dialect (its INFO has no `proto`) gets that
+# protocol instead: SUB/UNSUB/MSG with route sids, the global account only
+# (see "the 0.7 dialect" in Route).  It cannot route to a 2.x server, so a
+# node with routes of both dialects tells each side the other's interest
+# as its own and forwards messages across (bridge_interest, deliver_local).
+#
 # With `cluster { tls {} }` every route is TLS from its first byte, before
 # CONNECT or INFO: the accepting side is the TLS server, the dialing side
 # the client (checking the peer against ca_file and the host it dialed), and
@@ -6340,6 +6352,8 @@ def local_plan(sublist: Sublist, subject: bytes) -> DeliveryPlan:
     if plan is None:
         local = SublistResult([s for s in result.psubs if s.client.kind == "Client"], [])
         plan = result.local_plan = DeliveryPlan(local, subject, sublist.name)
+        if any(s.client.kind == "Router" and s.client.legacy for s in result.psubs):
+            plan.kind = PLAN_SLOW       # a 0.7-dialect peer wants it too: deliver_local
     return plan
 
 
@@ -6386,7 +6400,7 @@ class _RouteDialer:
 # The ops Route.process_op knows (a blank line, or one starting with a
 # space, is unknown: Go fails on its first byte).
 _ROUTE_OPS = frozenset((b"RMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"PING", b"PONG",
-                        b"INFO", b"CONNECT", b"-ERR", b"+OK"))
+                        b"INFO", b"CONNECT", b"-ERR", b"+OK", b"SUB", b"UNSUB", b"MSG"))
 # A peer's CONNECT as Go's connectInfo reads it (its INFO: _INFO_FIELDS,
 # chapter 5, where load_go_json explains the rules).
 _ROUTE_CONNECT_FIELDS = {
@@ -6406,7 +6420,7 @@ class Route(Connection):
 
     __slots__ = ("target", "implicit", "remote_id", "remote_name", "remote_info",
                  "remote_subs", "weights", "connect_received", "registered",
-                 "headers", "protocol", "msg_keys")
+                 "headers", "protocol", "msg_keys", "legacy", "advertised")
 
     kind = "Router"
     tls_label = "route "
@@ -6426,6 +6440,8 @@ class Route(Connection):
         self.headers = True
         self.protocol = ROUTE_PROTO
         self.msg_keys = {}              # RMSG "account subject" -> (sublist, subject) (parse)
+        self.legacy = False             # the peer speaks the 0.7 dialect (its INFO has no proto)
+        self.advertised: set = set()    # route sids of our interest a 0.7 peer has (SUB sent)
         host = "[%s]" % self.host if ":" in self.host else self.host
         self.log_prefix = "%s:%d - rid:%d - " % (host, self.port, cid)
 
@@ -6561,6 +6577,11 @@ class Route(Connection):
         self.remote_name = info.get("server_name") or ""
         self.remote_info = info
         self.headers = bool(info.get("headers"))
+        if "proto" not in info:
+            # gnatsd 0.7 (and the 0.9-1.x servers of its dialect) send no
+            # proto: SUB/UNSUB/MSG with route sids, the global account only.
+            self.legacy = True
+            self.debug("Route speaks the 0.7 dialect (%s)", info.get("version") or "?")
         server.cluster.register(self)
 
     # -- input -----------------------------------------------------------------
@@ -6708,8 +6729,11 @@ class Route(Connection):
             line = line[:-1]
         op, _, arg = line.partition(b" ")
         op = op.upper()
-        if op == b"RMSG" or op == b"HMSG":
-            stop = self.process_msg(data, nl, op == b"HMSG", arg.strip())
+        if op == b"RMSG" or op == b"HMSG" or op == b"MSG" and self.legacy:
+            if op == b"MSG":
+                stop = self.process_legacy_msg(data, nl, arg)
+            else:
+                stop = self.process_msg(data, nl, op == b"HMSG", arg.strip())
             if stop < 0:
                 self.keep_tail(data, i, -stop - i)
                 return -1
@@ -6720,6 +6744,10 @@ class Route(Connection):
             self.process_remote_sub(arg.split())
         elif op == b"RS-":
             self.process_remote_unsub(arg.split())
+        elif op == b"SUB" and self.legacy:
+            self.process_legacy_sub(split_arg(arg))
+        elif op == b"UNSUB" and self.legacy:
+            self.process_legacy_unsub(split_arg(arg))
         elif op == b"PING":
             self.send_proto(PONG)
         elif op == b"PONG":
@@ -6775,9 +6803,14 @@ class Route(Connection):
             self.deliver_local(account, msg, queues)
         return stop + 2
 
-    def deliver_local(self, account: Account, msg: Message, queues):
-        """A message from the peer: to our clients' plain subscriptions, and
-        to one local member of each queue group the peer chose us for."""
+    def deliver_local(self, account: Account, msg: Message, queues, plain: bool = True):
+        """A message from the peer: to our clients' plain subscriptions
+        (unless `plain` is False: a 0.7 peer's message for one queue
+        subscriber), and to one member of each queue group the peer chose us
+        for.  Routes of the other dialect (a 0.7 peer's message to 2.x peers,
+        a 2.x peer's to 0.7 peers), which the sender cannot reach, count as
+        ours: the message goes on to them; routes of the peer's own dialect
+        have it from the peer (one hop)."""
         route = account.responses.get(msg.subject) if account.responses else None
         if route is not None:
             # A response to a service request made here: back to the requester.
@@ -6787,18 +6820,30 @@ class Route(Connection):
             self.deliver_local(route.importer, routed, None)
             return
         result = account.sublist.match(msg.subject)
-        for sub in result.psubs:
-            if sub.client.kind == "Client":
-                deliver_to(sub, msg, None)
+        onward = {}         # route of the other dialect -> [plain sub, [queue subs]]
+        if plain:
+            for sub in result.psubs:
+                c = sub.client
+                if c.kind == "Client":
+                    deliver_to(sub, msg, None)
+                elif c.legacy != self.legacy and c not in onward:
+                    onward[c] = [sub, []]
         if queues:
             for group in result.qsubs:
                 if group[0].queue not in queues:
                     continue
-                members = [s for s in group if s.client.kind == "Client"]
+                members = [s for s in group
+                           if s.client.kind == "Client" or s.client.legacy != self.legacy]
                 start = int(random.random() * len(members)) if members else 0
                 for k in range(len(members)):
-                    if deliver_to(members[(start + k) % len(members)], msg, None):
+                    sub = members[(start + k) % len(members)]
+                    if sub.client.kind != "Client":
+                        onward.setdefault(sub.client, [None, []])[1].append(sub)
                         break
+                    if deliver_to(sub, msg, None):
+                        break
+        for peer, (plain_sub, queue_subs) in onward.items():
+            peer.send_msg(account, msg, queue_subs, plain_sub)
 
     # -- interest ----------------------------------------------------------------
 
@@ -6821,6 +6866,7 @@ class Route(Connection):
             sub = Subscription(self, args[1], queue, key)
             self.remote_subs[key] = sub
             account.sublist.insert(sub)
+            self.server.cluster.bridge_interest(self, account, sub, 1)
 
     def process_remote_unsub(self, args: list):
         """RS- <account> <subject> [<queue>]."""
@@ -6832,6 +6878,94 @@ class Route(Connection):
         account = self.server.accounts.get(args[0].decode("utf-8", "replace"))
         if sub is not None and account is not None:
             account.sublist.remove(sub)
+            self.server.cluster.bridge_interest(self, account, sub, -1)
+
+    # -- the 0.7 dialect ------------------------------------------------------------
+    #
+    # gnatsd 0.7.2's routes (and those of the 0.9-1.x servers): interest is
+    # `SUB <subject> [queue] RSID:<cid>:<sid>` (QRSID for a queue member),
+    # one per client subscription, and `UNSUB <rsid> [max]`; a message is
+    # `MSG <subject> <rsid> [reply] <size>`, where a QRSID names the one
+    # queue subscriber the sender picked and any other sid means "your plain
+    # subscribers".  No accounts (the global one), no headers.  Our interest
+    # goes to such a peer under sids of our own (Cluster.legacy_rsid).
+
+    def process_legacy_sub(self, args: list):
+        """SUB <subject> [queue] <rsid> from a 0.7 peer."""
+        if len(args) == 2:
+            subject, queue, rsid = args[0], None, args[1]
+        elif len(args) == 3:
+            subject, queue, rsid = args
+        else:
+            raise ProtocolError("processSub Parse Error", ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+        key = b"$G " + rsid
+        if key in self.remote_subs:
+            return              # a duplicate, which 0.7 may send (its processSub)
+        account = self.server.global_account
+        sub = Subscription(self, subject, queue, rsid)
+        self.remote_subs[key] = sub
+        account.sublist.insert(sub)
+        self.server.cluster.bridge_interest(self, account, sub, 1)
+
+    def process_legacy_unsub(self, args: list):
+        """UNSUB <rsid> [max] from a 0.7 peer; with a max the peer sends a
+        plain UNSUB again once its subscriber has had them."""
+        if not args or len(args) > 2:
+            raise ProtocolError("processUnsub Parse Error", ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+        if len(args) == 2 and parse_size(args[1]) > 0:
+            return
+        sub = self.remote_subs.pop(b"$G " + args[0], None)
+        if sub is not None:
+            account = self.server.global_account
+            account.sublist.remove(sub)
+            self.server.cluster.bridge_interest(self, account, sub, -1)
+
+    def process_legacy_msg(self, data: bytes, nl: int, arg: bytes) -> int:
+        """MSG <subject> <rsid> [reply] <size> from a 0.7 peer, payload
+        after `nl`; returns the index after it, or -(bytes needed from the
+        line start) when it is not all here."""
+        args = split_arg(arg)
+        if len(args) not in (3, 4):
+            raise ProtocolError("processMsgArgs Parse Error: %s" % go_quote(arg),
+                                ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+        size = parse_size(args[-1])
+        if size < 0:
+            raise ProtocolError("processMsgArgs Bad or Missing Size: %s" % go_quote(arg),
+                                ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+        stop = nl + 1 + size
+        if stop + 2 > len(data):
+            return -(stop + 2)
+        if self.trace:
+            self.trace_in("MSG", arg)
+        subject, rsid = args[0], args[1]
+        reply = args[2] if len(args) == 4 else None
+        self.in_msgs += 1
+        self.in_bytes += size
+        self.last_activity = time.time()
+        msg = Message(subject, reply, -1, size, data[nl + 1:stop])
+        account = self.server.global_account
+        if rsid.startswith(b"QRSID"):
+            # For one of our queue groups (a sid we gave): one member of it.
+            key = self.server.cluster.legacy_keys.get(rsid)
+            if key is not None:
+                self.deliver_local(account, msg, [key[1]], plain=False)
+        else:
+            self.deliver_local(account, msg, None)
+        return stop + 2
+
+    def send_legacy_msg(self, msg: Message, subs: list):
+        """`msg` to a 0.7 peer: one MSG per route sid in `subs` (headers
+        dropped: the dialect has none)."""
+        body = msg.payload if msg.hdr < 0 else msg.payload[msg.hdr:]
+        reply = b" " + msg.reply if msg.reply is not None else b""
+        for sub in subs:
+            line = b"MSG %s %s%s %d" % (msg.subject, sub.sid, reply, len(body))
+            if self.trace:
+                self.trace_out(line.decode("utf-8", "replace"))
+            self.out.append(line + CR_LF + body + CR_LF)
+            self.out_msgs += 1
+            self.out_bytes += len(body)
+        self.server.pending.add(self)
 
     def weight(self, sub: Subscription) -> int:
         """The weight the peer's RS+ gave `sub`'s queue group here (1 by
@@ -6839,7 +6973,27 @@ class Route(Connection):
         return self.weights.get(sub.sid, 1)
 
     def send_interest(self, account: Account, subject: bytes, queue: bytes | None, count: int):
-        """Tell the peer about local interest: RS+ (count > 0) or RS-."""
+        """Tell the peer about local interest: RS+ (count > 0) or RS-; to a
+        0.7 peer, SUB or UNSUB with the interest's route sid (global
+        account only; a queue weight means nothing to it)."""
+        if self.legacy:
+            if account is not self.server.global_account:
+                return
+            rsid = self.server.cluster.legacy_rsid(subject, queue)
+            if count > 0:
+                if rsid in self.advertised:
+                    return
+                self.advertised.add(rsid)
+                line = b"SUB %s %s %s" % (subject, queue or b"", rsid)
+            else:
+                if rsid not in self.advertised:
+                    return
+                self.advertised.discard(rsid)
+                line = b"UNSUB " + rsid
+            if self.trace:
+                self.trace_out(line.decode("utf-8", "replace"))
+            self.queue_outbound(line + CR_LF)
+            return
         name = account.name.encode()
         if count > 0:
             line = b"RS+ %s %s" % (name, subject)
@@ -6855,8 +7009,16 @@ class Route(Connection):
 
     # -- output --------------------------------------------------------------------
 
-    def send_msg(self, account: Account, msg: Message, queues: list):
-        """One RMSG/HMSG for `msg`, naming the queue groups we chose the peer for."""
+    def send_msg(self, account: Account, msg: Message, queue_subs: list,
+                 plain: Subscription | None = None):
+        """One RMSG/HMSG for `msg`, naming the queue groups we chose the peer
+        for (`queue_subs`, its subscriptions that won).  To a 0.7 peer: a
+        MSG with the route sid of `plain` (one of its plain subscriptions)
+        for its plain subscribers, and one per queue subscription that won."""
+        if self.legacy:
+            self.send_legacy_msg(msg, ([plain] if plain is not None else []) + queue_subs)
+            return
+        queues = [sub.queue for sub in queue_subs]
         if msg.hdr >= 0 and not self.headers:
             body = msg.payload[msg.hdr:]
             msg = Message(msg.subject, msg.reply, -1, len(body), body)
@@ -6933,6 +7095,8 @@ class Cluster:
         self.self_routes: set = set()   # (host, port) of route URLs that led to us
         self.name = opts.cluster_name or _new_server_id()[1:23]
         self.dynamic = not opts.cluster_name    # a generated name, which gives way
+        self.legacy_ids: dict = {}      # (subject, queue) -> our route sid for 0.7 peers
+        self.legacy_keys: dict = {}     # and back
 
     # -- listening and dialing -------------------------------------------------
 
@@ -7144,17 +7308,22 @@ class Cluster:
         self.routes[route.remote_id] = route
         route.debug("Registering remote route %s", go_quote(route.remote_id.encode()))
         for account in self.server.accounts.values():
-            for (subject, queue), count in account.interest.items():
-                route.send_interest(account, subject, queue, count)
+            bridged = account.bridged[not route.legacy]
+            for key in list(account.interest) + [k for k in bridged if k not in account.interest]:
+                count = account.interest.get(key, 0) + bridged.get(key, 0)
+                route.send_interest(account, key[0], key[1], count)
             if account.exports_services:
                 route.send_interest(account, account.reply_prefix + b">", None, 1)
         route.send_proto(PING)
-        # Gossip: tell the others about the new peer; they dial it (as Go does).
-        announce = b"INFO " + json.dumps(route.remote_info, separators=(",", ":")).encode() \
-            + CR_LF
-        for other in self.routes.values():
-            if other is not route:
-                other.queue_outbound(announce)
+        # Gossip: tell the others about the new peer; they dial it (as Go
+        # does).  Not between dialects: a 0.7 peer neither gossips nor
+        # follows gossip, and a 2.x peer must not dial it.
+        if not route.legacy:
+            announce = b"INFO " + json.dumps(route.remote_info,
+                                             separators=(",", ":")).encode() + CR_LF
+            for other in self.routes.values():
+                if other is not route and not other.legacy:
+                    other.queue_outbound(announce)
         self.changed()
 
     def learn(self, info: dict):
@@ -7178,6 +7347,7 @@ class Cluster:
             account = server.accounts.get(key.split(b" ", 1)[0].decode("utf-8", "replace"))
             if account is not None:
                 account.sublist.remove(sub)
+                self.bridge_interest(route, account, sub, -1)
         route.remote_subs.clear()
         if route.registered and self.routes.get(route.remote_id) is route:
             del self.routes[route.remote_id]
@@ -7218,11 +7388,11 @@ class Cluster:
 
     def reconcile_name(self, name: str, peer_dynamic: bool) -> bool:
         """May a peer of cluster `name` join?  A generated name gives way to a
-        configured one, and of two generated names the smaller wins, so both
-        sides settle on the same name."""
+        configured one, and of two generated names the larger wins (as in
+        Go's processRouteInfo), so both sides settle on the same name."""
         if not name or name == self.name:
             return True
-        if self.dynamic and (not peer_dynamic or name < self.name):
+        if self.dynamic and (not peer_dynamic or self.name < name):
             self.adopt_name(name)
             return True
         return peer_dynamic
@@ -7244,10 +7414,51 @@ class Cluster:
             interest[key] = count
         else:
             interest.pop(key, None)
-        if sub.queue is None and not (count == 1 and delta > 0 or count == 0):
+        self.tell_routes(account, key, delta, None)
+
+    def bridge_interest(self, route: Route, account: Account, sub: Subscription, delta: int):
+        """A peer's subscription came or went.  Routes of the other dialect
+        cannot hear of it from the peer (a 0.7 server and a 2.x server do
+        not route to each other), so they hear of it from us, as ours, and
+        we forward their messages (Route.deliver_local).  Global account
+        only: the 0.7 dialect has no other."""
+        if account is not self.server.global_account:
             return
+        key = (sub.subject, sub.queue)
+        bridged = account.bridged[route.legacy]
+        count = bridged.get(key, 0) + delta
+        if count > 0:
+            bridged[key] = count
+        else:
+            bridged.pop(key, None)
+        self.tell_routes(account, key, delta, route.legacy)
+
+    def tell_routes(self, account: Account, key: tuple, delta: int, source):
+        """Interest in `key` changed by `delta`, locally (`source` None) or
+        on routes of one dialect (`source`: legacy or not): tell every
+        route that should know, when the interest it sees starts or ends,
+        or a queue's weight moves."""
+        subject, queue = key
+        local = account.interest.get(key, 0)
         for route in self.routes.values():
-            route.send_interest(account, sub.subject, sub.queue, max(count, 0))
+            if route.legacy is source:
+                continue
+            count = local + account.bridged[not route.legacy].get(key, 0)
+            if queue is None and not (count == 1 and delta > 0 or count == 0):
+                continue
+            route.send_interest(account, subject, queue, max(count, 0))
+
+    def legacy_rsid(self, subject: bytes, queue: bytes | None) -> bytes:
+        """Our route sid for interest in (subject, queue) on 0.7 peers:
+        `RSID:0:<n>`, or `QRSID:0:<n>` for a queue group, whose messages
+        then name it (Route.process_legacy_msg)."""
+        key = (subject, queue)
+        rsid = self.legacy_ids.get(key)
+        if rsid is None:
+            rsid = b"%sRSID:0:%d" % (b"Q" if queue is not None else b"", len(self.legacy_ids) + 1)
+            self.legacy_ids[key] = rsid
+            self.legacy_keys[rsid] = key
+        return rsid
 
     def varz(self) -> dict:
         """/varz's `cluster` object (empty without a cluster, as in Go)."""

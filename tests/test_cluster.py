@@ -895,3 +895,39 @@ def test_a_silent_route_peer_is_closed_at_the_tls_timeout(cluster, kind):
         # Go 2.15 logs this second line only when its handshake timer beats
         # the read deadline (under load it often does not); gnatsd.py always.
         n1.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:\d+ - rid:\d+ - TLS handshake timeout")
+
+
+@pytest.mark.parametrize("go", ["2.15", "2.9"])
+@pytest.mark.parametrize("dialer", ["gnatsd", "go"])
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_generated_cluster_names_settle_in_a_mixed_pair(go, dialer, attempt):
+    """Neither node names its cluster: of two generated names the larger
+    wins, as in Go's processRouteInfo, so a gnatsd.py node and a Go node
+    agree on one (both orders of the random names over the attempts) and
+    messages cross; a first route may be refused while they settle, as
+    between Go nodes.  (gnatsd.py once took the smaller: the pair closed
+    every route with "Cluster Name Conflict", forever.)"""
+    from conftest import start_gnatsd, start_go
+    if go not in GO_SERVERS:
+        pytest.skip("Go nats-server %s is not installed" % go)
+    port = free_port()
+    listen = ["--cluster", "nats://127.0.0.1:%d" % port]
+    dial = ["--cluster", "nats://127.0.0.1:-1", "--routes", "nats://127.0.0.1:%d" % port]
+    first = (start_go(*listen, version=go) if dialer == "gnatsd" else start_gnatsd(*listen))
+    second = (start_gnatsd(*dial) if dialer == "gnatsd" else start_go(*dial, version=go))
+    try:
+        sub, pub = RawConn(first.host, first.port), RawConn(second.host, second.port)
+        for c in (sub, pub):
+            c.read_info()
+            c.send(CONNECT)
+        sub.send(b"SUB named 1\r\nPING\r\n")
+        t_expect(sub, rb"PONG\r\n")
+        deadline = time.monotonic() + 15
+        while b"MSG named" not in bytes(sub.buf):
+            assert time.monotonic() < deadline, "no route: %s" % second.log_text()[-1500:]
+            pub.send(b"PUB named 2\r\nhi\r\nPING\r\n")
+            t_expect(pub, rb"PONG\r\n")
+            sub._fill(time.monotonic() + 0.1)
+    finally:
+        first.stop()
+        second.stop()
