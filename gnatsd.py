@@ -8549,10 +8549,12 @@ _NOT_YET = {
 # Flags of a feature this build does not have that Go takes without it:
 # accepted, and named in a startup line.  Go keeps --store_dir quietly until
 # -js asks for JetStream (nats.py's test helper passes it to every node), so
-# that is a debug line; --profile would serve pprof in Go, so a warning.
+# that is a debug line; --profile would serve pprof in Go, so a warning, and
+# so is gnatsd 0.7.2's -bs (its bufio size).
 _IGNORED_FLAGS = {
     "store_dir": (logging.DEBUG, "accepted and not used: JetStream is not supported by gnatsd.py"),
     "profile": (logging.WARNING, "accepted and not used: profiling is not supported by gnatsd.py"),
+    "buf_size": (logging.WARNING, "accepted and not used: gnatsd.py sizes its buffers itself"),
 }
 
 # (group, [(flag spellings, dest, kind, metavar, help)]) as in Go's usage text.
@@ -8573,6 +8575,7 @@ FLAG_GROUPS = (
          "Client URL to advertise to other servers"),
         (("--ports_file_dir",), "ports_file_dir", _STR, "<dir>",
          "Creates a ports file in the specified directory (<executable_name>_<pid>.ports)"),
+        (("-bs", "--bs"), "buf_size", _INT, "<size>", "Buffer size for I/O (gnatsd 0.7.2; not used)"),
     )),
     ("Logging Options", (
         (("-l", "--log"), "log_file", _STR, "<file>", "File to redirect log output"),

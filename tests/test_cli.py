@@ -253,7 +253,7 @@ def test_help_exits_0_with_the_go_usage_groups(flag):
 # Every flag of gnatsd 0.7.2 (server/usage.go, gnatsd.go), as a usage line names it.
 FLAGS_072 = ["-a", "-p", "-P", "-m", "-ms", "-c", "-l", "-T", "-s", "-r", "-D", "-V", "-DV",
              "--user", "--pass", "--auth", "--tls", "--tlscert", "--tlskey", "--tlsverify",
-             "--tlscacert", "--routes", "--cluster_listen", "-h", "-v", "--help_tls"]
+             "--tlscacert", "--routes", "--cluster_listen", "-h", "-v", "--help_tls", "-bs"]
 
 
 def test_help_lists_every_072_flag():
