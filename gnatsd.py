@@ -4126,6 +4126,8 @@ class Options:
         ("http_host", ""),
         ("http_port", 0),
         ("http_base_path", ""),
+        ("http_metrics", True),
+        ("http_metrics_prefix", "gnatsd"),
         ("https_port", 0),
         ("tls", None),
         ("warnings", None),
@@ -5195,6 +5197,8 @@ CONFIG_KEYS = {
     "http_port": ("http_port", _to_int),
     "monitor_port": ("http_port", _to_int),
     "http_base_path": ("http_base_path", _to_str),
+    "http_metrics": ("http_metrics", _to_bool),
+    "http_metrics_prefix": ("http_metrics_prefix", _to_str),
     "https_port": ("https_port", _to_int),
 }
 
@@ -7540,6 +7544,262 @@ CONNZ_SORTS = {
     "reason": (lambda c: c.get("reason", ""), False),
 }
 
+# /varz fields that only grow (Prometheus counters); the rest are gauges.
+_VARZ_COUNTERS = frozenset(("in_msgs", "out_msgs", "in_bytes", "out_bytes",
+                            "total_connections", "slow_consumers"))
+
+
+class MetricsText:
+    """Prometheus' text exposition format 0.0.4: per metric a HELP line, a
+    TYPE line and its samples, label values escaped as the format says."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.lines: list = []
+
+    def add(self, name: str, kind: str, help_text: str, samples: list):
+        """One metric family: `samples` are (labels dict, number); none, none."""
+        if not samples:
+            return
+        name = "%s_%s" % (self.prefix, name)
+        self.lines.append("# HELP %s %s" % (name, help_text.replace("\\", "\\\\")
+                                             .replace("\n", "\\n")))
+        self.lines.append("# TYPE %s %s" % (name, kind))
+        for labels, value in samples:
+            text = ",".join('%s="%s"' % (k, str(v).replace("\\", "\\\\")
+                                         .replace('"', '\\"').replace("\n", "\\n"))
+                            for k, v in labels.items())
+            self.lines.append("%s{%s} %s" % (name, text, repr(value)))
+
+    def text(self) -> bytes:
+        return ("\n".join(self.lines) + "\n").encode()
+
+
+# The dashboard `/` serves a browser: one self-contained page (no CDN, no
+# build step) that polls the JSON endpoints every second and draws what it
+# sees.  Ids and data-value attributes name each number shown, so a test
+# (tests/test_dashboard.py, in headless Chromium) can read them back.
+DASHBOARD_HTML = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>gnatsd.py</title>
+<style>
+:root { --bg: #f7f7f9; --card: #fff; --fg: #1d1d24; --dim: #6b6b78; --line: #e2e2ea;
+        --in: #2f7de1; --out: #d9822b; --ok: #2e9d5b; --bad: #d64545; }
+@media (prefers-color-scheme: dark) {
+  :root { --bg: #15161b; --card: #1e2027; --fg: #e8e8ee; --dim: #9a9aa8; --line: #30323c;
+          --in: #5aa2ff; --out: #ffa552; --ok: #4fcf83; --bad: #ff6b6b; }
+}
+* { box-sizing: border-box; }
+body { margin: 0; padding: 16px; background: var(--bg); color: var(--fg);
+       font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; }
+header { display: flex; flex-wrap: wrap; align-items: baseline; gap: 4px 16px;
+         margin-bottom: 12px; }
+h1 { font-size: 20px; margin: 0; }
+h2 { font-size: 13px; font-weight: 600; color: var(--dim); text-transform: uppercase;
+     letter-spacing: .04em; margin: 0 0 8px; }
+.dim { color: var(--dim); }
+#status.ok { color: var(--ok); } #status.bad { color: var(--bad); }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 10px; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
+        padding: 10px 12px; }
+.num { font-size: 22px; font-variant-numeric: tabular-nums; }
+.wide { grid-column: 1 / -1; }
+.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr)); gap: 10px;
+          margin: 10px 0; }
+svg { width: 100%; height: 70px; display: block; }
+polyline { fill: none; stroke-width: 1.6; vector-effect: non-scaling-stroke; }
+.in { stroke: var(--in); color: var(--in); } .out { stroke: var(--out); color: var(--out); }
+table { width: 100%; border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { text-align: right; padding: 3px 6px; border-bottom: 1px solid var(--line);
+         white-space: nowrap; }
+th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
+.scroll { overflow-x: auto; }
+section { margin-top: 10px; }
+#cluster_name { text-transform: none; letter-spacing: 0; }
+footer { margin-top: 16px; font-size: 13px; }
+footer a { color: var(--in); margin-right: 10px; }
+</style>
+</head>
+<body>
+<header>
+  <h1 id="server_name">gnatsd.py</h1>
+  <span class="dim">v<span id="version"></span> &middot; <span id="address"></span>
+    &middot; up <span id="uptime"></span> &middot; <span id="server_id"></span></span>
+  <span id="status" class="dim">connecting...</span>
+</header>
+<div class="grid">
+  <div class="card"><h2>Connections</h2><div class="num" id="connections">-</div>
+    <div class="dim"><span id="total_connections">-</span> since start</div></div>
+  <div class="card"><h2>Subscriptions</h2><div class="num" id="subscriptions">-</div></div>
+  <div class="card"><h2>Messages in</h2><div class="num in" id="in_msgs_rate">-</div>
+    <div class="dim"><span id="in_msgs">-</span> total</div></div>
+  <div class="card"><h2>Messages out</h2><div class="num out" id="out_msgs_rate">-</div>
+    <div class="dim"><span id="out_msgs">-</span> total</div></div>
+  <div class="card"><h2>Bytes in</h2><div class="num in" id="in_bytes_rate">-</div>
+    <div class="dim"><span id="in_bytes">-</span> total</div></div>
+  <div class="card"><h2>Bytes out</h2><div class="num out" id="out_bytes_rate">-</div>
+    <div class="dim"><span id="out_bytes">-</span> total</div></div>
+  <div class="card"><h2>Slow consumers</h2><div class="num" id="slow_consumers">-</div></div>
+  <div class="card"><h2>Routes</h2><div class="num" id="routes">-</div>
+    <div class="dim">leaf nodes <span id="leafnodes">-</span></div></div>
+  <div class="card"><h2>Memory</h2><div class="num" id="mem">-</div>
+    <div class="dim">CPU <span id="cpu">-</span></div></div>
+</div>
+<div class="charts" id="charts" data-samples="0">
+  <div class="card"><h2>Messages / s <span class="in">in</span> <span class="out">out</span></h2>
+    <svg id="chart_msgs" viewBox="0 0 300 70" preserveAspectRatio="none"></svg></div>
+  <div class="card"><h2>Bytes / s <span class="in">in</span> <span class="out">out</span></h2>
+    <svg id="chart_bytes" viewBox="0 0 300 70" preserveAspectRatio="none"></svg></div>
+  <div class="card"><h2>Connections</h2>
+    <svg id="chart_conns" viewBox="0 0 300 70" preserveAspectRatio="none"></svg></div>
+</div>
+<section class="card scroll"><h2>Top connections by messages</h2>
+  <table id="top_msgs"><thead><tr><th>cid</th><th>name</th><th>address</th><th>msgs in</th>
+  <th>msgs out</th><th>bytes in</th><th>bytes out</th><th>pending</th><th>subs</th></tr></thead>
+  <tbody></tbody></table></section>
+<section class="card scroll"><h2>Top connections by pending bytes</h2>
+  <table id="top_pending"><thead><tr><th>cid</th><th>name</th><th>address</th><th>msgs in</th>
+  <th>msgs out</th><th>bytes in</th><th>bytes out</th><th>pending</th><th>subs</th></tr></thead>
+  <tbody></tbody></table></section>
+<section class="card scroll"><h2>Cluster <span id="cluster_name" class="dim"></span></h2>
+  <table id="route_table"><thead><tr><th>node</th><th>address</th><th>msgs in</th><th>msgs out</th>
+  <th>bytes in</th><th>bytes out</th><th>pending</th><th>subs</th></tr></thead><tbody></tbody>
+  </table></section>
+<section class="card scroll"><h2>Leaf nodes</h2>
+  <table id="leaf_table"><thead><tr><th>name</th><th>address</th><th>msgs in</th><th>msgs out</th>
+  </tr></thead><tbody></tbody></table></section>
+<footer class="dim">JSON: __LINKS__</footer>
+<script>
+"use strict";
+const BASE = __BASE__;
+const KEEP = 60;
+const $ = (id) => document.getElementById(id);
+const hist = { inm: [], outm: [], inb: [], outb: [], conns: [] };
+let last = null;
+
+function unit(n, step, names) {
+  let i = 0;
+  while (Math.abs(n) >= step && i < names.length - 1) { n /= step; i++; }
+  return (i ? n.toFixed(n < 10 ? 2 : n < 100 ? 1 : 0) : String(Math.round(n))) + names[i];
+}
+const count = (n) => unit(n, 1000, ["", "K", "M", "G", "T"]);
+const bytes = (n) => unit(n, 1024, [" B", " KiB", " MiB", " GiB", " TiB"]);
+
+function show(id, text, value) {
+  const el = $(id);
+  el.textContent = text;
+  if (value !== undefined) el.dataset.value = value;
+}
+
+async function get(path) {
+  const r = await fetch(BASE + "/" + path, { cache: "no-store" });
+  if (!r.ok) throw new Error(path + ": " + r.status);
+  return r.json();
+}
+
+function chart(id, series, classes) {
+  const svg = $(id);
+  const top = Math.max(1, ...series.flat());
+  svg.replaceChildren(...series.map((values, k) => {
+    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    line.setAttribute("class", classes[k]);
+    const step = 300 / Math.max(values.length - 1, 1);      // the last KEEP s, full width
+    line.setAttribute("points", values.map((v, i) =>
+      (i * step).toFixed(1) + "," + (68 - 66 * v / top).toFixed(1)).join(" "));
+    return line;
+  }));
+  svg.dataset.max = top;
+}
+
+function rows(id, items, cells) {
+  const body = $(id).tBodies[0];
+  body.replaceChildren(...items.map((item) => {
+    const tr = document.createElement("tr");
+    for (const text of cells(item)) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    return tr;
+  }));
+}
+
+const connCells = (c) => [c.cid, c.name || "", c.ip + ":" + c.port, count(c.in_msgs),
+  count(c.out_msgs), bytes(c.in_bytes), bytes(c.out_bytes), bytes(c.pending_bytes),
+  c.subscriptions];
+
+function push(series, value) {
+  series.push(value);
+  if (series.length > KEEP) series.shift();
+}
+
+async function tick() {
+  try {
+    const v = await get("varz");
+    show("server_name", v.server_name);
+    show("server_id", v.server_id);
+    show("version", v.version);
+    show("address", v.host + ":" + v.port);
+    show("uptime", v.uptime);
+    for (const key of ["connections", "total_connections", "subscriptions", "in_msgs",
+                       "out_msgs", "slow_consumers", "routes", "leafnodes"]) {
+      show(key, count(v[key]), v[key]);
+    }
+    show("in_bytes", bytes(v.in_bytes), v.in_bytes);
+    show("out_bytes", bytes(v.out_bytes), v.out_bytes);
+    show("mem", bytes(v.mem), v.mem);
+    show("cpu", v.cpu.toFixed(1) + " %", v.cpu);
+    const now = performance.now() / 1000;
+    if (last) {
+      const dt = Math.max(now - last.t, 0.001);
+      const rate = (key) => Math.max(0, (v[key] - last[key]) / dt);
+      push(hist.inm, rate("in_msgs")); push(hist.outm, rate("out_msgs"));
+      push(hist.inb, rate("in_bytes")); push(hist.outb, rate("out_bytes"));
+      push(hist.conns, v.connections);
+      show("in_msgs_rate", count(hist.inm.at(-1)) + "/s", hist.inm.at(-1));
+      show("out_msgs_rate", count(hist.outm.at(-1)) + "/s", hist.outm.at(-1));
+      show("in_bytes_rate", bytes(hist.inb.at(-1)) + "/s", hist.inb.at(-1));
+      show("out_bytes_rate", bytes(hist.outb.at(-1)) + "/s", hist.outb.at(-1));
+      chart("chart_msgs", [hist.inm, hist.outm], ["in", "out"]);
+      chart("chart_bytes", [hist.inb, hist.outb], ["in", "out"]);
+      chart("chart_conns", [hist.conns], ["in"]);
+      $("charts").dataset.samples = hist.inm.length;
+    }
+    last = { t: now, in_msgs: v.in_msgs, out_msgs: v.out_msgs, in_bytes: v.in_bytes,
+             out_bytes: v.out_bytes };
+    const [byMsgs, byPending, rz, lz] = await Promise.all([
+      get("connz?sort=msgs_to&limit=10"), get("connz?sort=pending&limit=5"),
+      get("routez"), get("leafz")]);
+    rows("top_msgs", byMsgs.connections, connCells);
+    rows("top_pending", byPending.connections, connCells);
+    show("cluster_name", (v.cluster && v.cluster.name) || "(no cluster)");
+    rows("route_table", [{ remote_name: v.server_name + " (this node)", ip: v.host, port: v.port,
+                           in_msgs: "", out_msgs: "", in_bytes: "", out_bytes: "",
+                           pending_size: "", subscriptions: "" }].concat(rz.routes), (r) =>
+      [r.remote_name || r.remote_id, r.ip + ":" + r.port,
+       r.in_msgs === "" ? "" : count(r.in_msgs), r.out_msgs === "" ? "" : count(r.out_msgs),
+       r.in_bytes === "" ? "" : bytes(r.in_bytes), r.out_bytes === "" ? "" : bytes(r.out_bytes),
+       r.pending_size === "" ? "" : bytes(r.pending_size), r.subscriptions]);
+    rows("leaf_table", lz.leafs || [], (l) =>
+      [l.name || l.account || "", l.ip + ":" + l.port, count(l.in_msgs), count(l.out_msgs)]);
+    show("status", "live");
+    $("status").className = "ok";
+  } catch (err) {
+    show("status", "offline (" + err.message + ")");
+    $("status").className = "bad";
+  }
+}
+tick();
+setInterval(tick, 1000);
+</script>
+</body>
+</html>
+"""
+
+
 # The index page: one link per endpoint, as Go's root handler lists them.
 _MONITOR_INDEX = (("varz", "General"), ("jsz", "JetStream"), ("connz", "Connections"),
                   ("accountz", "Accounts"), ("accstatz", "Account Stats"),
@@ -7664,7 +7924,7 @@ class Monitor:
             "/": self.index, "/varz": self.varz, "/connz": self.connz, "/routez": self.routez,
             "/subsz": self.subsz, "/subscriptionsz": self.subsz, "/healthz": self.healthz,
             "/accountz": self.accountz, "/accstatz": self.accstatz, "/leafz": self.leafz,
-            "/gatewayz": self.gatewayz, "/jsz": self.jsz,
+            "/gatewayz": self.gatewayz, "/jsz": self.jsz, "/metrics": self.metrics,
         }
 
     def start(self):
@@ -7720,8 +7980,10 @@ class Monitor:
 
     # -- dispatch (HTTP threads) --------------------------------------------
 
-    def handle(self, raw_path: str) -> tuple:
-        """(status, content type, body bytes) for one GET."""
+    def handle(self, raw_path: str, accept: str = "") -> tuple:
+        """(status, content type, body bytes) for one GET; `accept` is the
+        request's Accept header (a browser asking for HTML at `/` gets the
+        dashboard)."""
         from urllib.parse import parse_qs, urlsplit
         parts = urlsplit(raw_path)
         path = parts.path
@@ -7735,7 +7997,9 @@ class Monitor:
         with self.stats_lock:
             self.req_stats[path] = self.req_stats.get(path, 0) + 1
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        if path in ("/connz", "/subsz", "/subscriptionsz", "/routez"):
+        if path == "/" and "text/html" in accept:
+            return self.respond(self.dashboard, query)
+        if path in ("/connz", "/subsz", "/subscriptionsz", "/routez", "/metrics"):
             with self.heavy:
                 return self.respond(endpoint, query)
         return self.respond(endpoint, query)
@@ -7750,6 +8014,8 @@ class Monitor:
             return exc.status, "text/plain; charset=utf-8", str(exc).encode()
         if isinstance(result, bytes):
             return 200, "text/html; charset=utf-8", result
+        if isinstance(result, tuple):
+            return (200,) + result          # (content type, body)
         if endpoint == self.healthz:
             return 200, "application/json", json.dumps(result, separators=(",", ":")).encode()
         return 200, "application/json", json.dumps(result, indent=2, ensure_ascii=False).encode()
@@ -7772,6 +8038,15 @@ class Monitor:
         return ("<html lang=\"en\">\n<head><title>gnatsd.py monitor</title></head>\n<body>\n"
                 "<a href=https://github.com/nats-io/nats-server/tree/v%s class='version'>v%s"
                 "</a>\n<br/>\n%s</body>\n</html>\n" % (VERSION, VERSION, links)).encode()
+
+    def dashboard(self, query: dict) -> bytes:
+        """/ for a browser (its Accept names HTML): DASHBOARD_HTML, which
+        polls the JSON pages under this monitor's base path."""
+        base = self.base_path
+        links = " ".join('<a href="%s/%s">/%s</a>' % (base, name, name)
+                         for name, _title in _MONITOR_INDEX + (("metrics", "Metrics"),))
+        return (DASHBOARD_HTML.replace("__BASE__", json.dumps(base))
+                .replace("__LINKS__", links).encode())
 
     def varz(self, query: dict) -> dict:
         """/varz (Go's Varz): options, and counters from a loop snapshot."""
@@ -7986,6 +8261,54 @@ class Monitor:
         return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
                 "account_statz": stats}
 
+    def metrics(self, query: dict) -> tuple:
+        """/metrics: the Prometheus text format (0.0.4), with the names
+        prometheus-nats-exporter gives (`<prefix>_varz_in_msgs{server_id=
+        "..."}`), from the same snapshots as the JSON pages: /varz's numbers,
+        /connz's counts (one gauge per connection and field only with
+        `?conns=N`, at most DEFAULT_MONITOR_LIMIT), /routez's per route,
+        /subsz's and /healthz's.  Off with `http_metrics: false`."""
+        opts = self.server.options
+        if not opts.http_metrics:
+            raise MonitorError(404, "404 page not found\n")
+        conns = min(max(0, _int_param(query, "conns", 0)), DEFAULT_MONITOR_LIMIT)
+        server = {"server_id": self.server.server_id}
+        out = MetricsText(opts.http_metrics_prefix)
+        for key, value in self.varz({}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.add("varz_" + key, "counter" if key in _VARZ_COUNTERS else "gauge",
+                        "/varz " + key, [(server, value)])
+        connz = self.connz({"limit": str(max(conns, 1)), "sort": "msgs_to"})
+        out.add("connz_num_connections", "gauge", "/connz open connections",
+                [(server, connz["total"])])
+        if conns:
+            page = connz["connections"][:conns]
+            for key in ("in_msgs", "out_msgs", "in_bytes", "out_bytes", "pending_bytes",
+                        "subscriptions"):
+                out.add("connz_conn_" + key, "gauge", "/connz connection " + key,
+                        [(dict(server, cid=str(c["cid"]), name=c.get("name", ""),
+                               ip="%s:%d" % (c["ip"], c["port"])), c[key]) for c in page])
+        routez = self.routez({})
+        out.add("routez_num_routes", "gauge", "/routez routes", [(server, routez["num_routes"])])
+        for key in ("in_msgs", "out_msgs", "in_bytes", "out_bytes", "pending_size",
+                    "subscriptions"):
+            samples = [(dict(server, rid=str(r["rid"]), remote_id=r["remote_id"],
+                             remote_name=r.get("remote_name", "")), r[key])
+                       for r in routez["routes"]]
+            if samples:
+                out.add("routez_" + key, "counter" if key.endswith(("msgs", "bytes"))
+                        else "gauge", "/routez route " + key, samples)
+        for key, value in self.subsz({}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and key not in ("total", "offset", "limit"):
+                out.add("subsz_" + key, "gauge", "/subsz " + key, [(server, value)])
+        try:
+            healthy = self.healthz({})["status"] == "ok"
+        except MonitorError:
+            healthy = False
+        out.add("healthz_status", "gauge", "/healthz: 1 if ok", [(server, int(healthy))])
+        return "text/plain; version=0.0.4; charset=utf-8", out.text()
+
     def leafz(self, query: dict) -> dict:
         """/leafz: always empty (there are no leaf nodes)."""
         return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
@@ -8198,7 +8521,8 @@ def _make_monitor_handler():
 
         def do_GET(self):
             try:
-                status, content_type, body = self.monitor.handle(self.path)
+                status, content_type, body = self.monitor.handle(
+                    self.path, self.headers.get("Accept", ""))
             except Exception:  # never let one request take the monitor down
                 self.monitor.server.log.exception("monitor request %r failed", self.path[:200])
                 status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error"
