@@ -36,7 +36,7 @@ KINDS = ["gnatsd", "go2.15"]
 def natsgo(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("natsgo")
     env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, GOCACHE=str(out / "cache"),
-               GOFLAGS="")
+               CGO_ENABLED="0", GOFLAGS="")
     binary = str(out / "natsgo")
     r = subprocess.run(["go", "build", "-o", binary,
                         os.path.join(ROOT, "tests", "natsgo", "main.go")],
