@@ -6424,7 +6424,7 @@ class Route(Connection):
 
     __slots__ = ("target", "implicit", "remote_id", "remote_name", "remote_info",
                  "remote_subs", "weights", "connect_received", "registered",
-                 "headers", "protocol", "msg_keys", "legacy", "advertised")
+                 "headers", "protocol", "msg_keys", "legacy", "advertised", "retry")
 
     kind = "Router"
     tls_label = "route "
@@ -6446,6 +6446,7 @@ class Route(Connection):
         self.msg_keys = {}              # RMSG "account subject" -> (sublist, subject) (parse)
         self.legacy = False             # the peer speaks the 0.7 dialect (its INFO has no proto)
         self.advertised: set = set()    # route sids of our interest a 0.7 peer has (SUB sent)
+        self.retry = False              # dial again if it closes (it won a duplicate)
         host = "[%s]" % self.host if ":" in self.host else self.host
         self.log_prefix = "%s:%d - rid:%d - " % (host, self.port, cid)
 
@@ -7305,7 +7306,14 @@ class Cluster:
         """The peer's INFO arrived: one route per peer, full interest, gossip."""
         existing = self.routes.get(route.remote_id)
         if existing is not None and not existing.closed:
+            # Two connections to one peer (both dialed).  The peer may keep
+            # the other one and close this one's twin, and then no route is
+            # left: so the kept one takes over what this one was dialed for,
+            # and is dialed again if it closes (Go's handleDuplicateRoute).
             route.debug("Detected duplicate remote route %s", go_quote(route.remote_id.encode()))
+            if route.target is not None and existing.target is None:
+                existing.target, existing.implicit = route.target, route.implicit
+            existing.retry = True
             route.close("Duplicate Route")
             return
         route.registered = True
@@ -7359,9 +7367,12 @@ class Cluster:
         if route.target is not None and server.running and not server.lame_duck \
                 and route.close_reason not in ("Duplicate Route",) \
                 and (route.target.host, route.target.port) not in self.self_routes \
-                and not route.implicit:
-            server.add_timer(ROUTE_RECONNECT_DELAY,
-                             lambda: self.redial(route.target, route.implicit, 1))
+                and (route.retry or not route.implicit):
+            # A duplicate's survivor redials after a random part of the
+            # delay, so two servers that raced once do not race again.
+            delay = random.uniform(0.05, ROUTE_RECONNECT_DELAY) if route.retry \
+                else ROUTE_RECONNECT_DELAY
+            server.add_timer(delay, lambda: self.redial(route.target, route.implicit, 1))
 
     # -- what the cluster means to clients -------------------------------------
 
