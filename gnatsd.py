@@ -2152,6 +2152,14 @@ class Client(Connection):
             return stop + 2
         msg = Message(subject, reply, hdr if hdr > 0 else -1, size, payload, size_field)
         account = self.account
+        if hdr > 0 and payload.find(b"Nats-Trace-", 0, hdr) >= 0:
+            trace = MsgTrace.start(self, msg)
+            if trace is not None:
+                self.deliver_msg(account.sublist.match(subject), msg, trace=trace)
+                trace.send(self)
+                return stop + 2
+            if trace_only(msg):
+                return stop + 2         # a trace-only message whose trace failed
         route = account.service_route(subject) if account.routes_services else None
         if route is not None:
             routed = self.route_service(route, msg)
@@ -2207,20 +2215,26 @@ class Client(Connection):
         return self.deliver_msg(exporter.sublist.match(subject), routed, False, exporter)
 
     def deliver_msg(self, result: SublistResult, msg: "Message", delivered: bool = False,
-                    account: Account | None = None) -> bool:
+                    account: Account | None = None, trace: "MsgTrace | None" = None,
+                    internal: bool = False) -> bool:
         """Deliver to every plain sub and one member per queue group, and once
         to each route with interest, naming the groups it was picked for
         (Go's processMsgResults).  `account` is the one `result` came from
         (the publisher's unless an import moved the message).  Returns True
-        if anyone got it (or if `delivered` says someone already did)."""
+        if anyone got it (or if `delivered` says someone already did).  A
+        traced message (`trace`) has each delivery noted, and none made if
+        it is trace-only; an `internal` one (the server's own) skips the
+        publisher's echo and no_responders."""
         routes = None       # route -> [a plain subscription of its peer, [queue subs picked]]
+        publisher = None if internal else self
+        deliver = deliver_to if trace is None else trace.deliver_to
         for sub in result.psubs:
             if sub.client.kind == "Router":
                 if routes is None:
                     routes = {}
                 if sub.client not in routes:
                     routes[sub.client] = [sub, []]
-            elif deliver_to(sub, msg, self):
+            elif deliver(sub, msg, publisher):
                 delivered = True
         for group in result.qsubs:
             start = _pick_start(group)
@@ -2232,13 +2246,16 @@ class Client(Connection):
                     routes.setdefault(sub.client, [None, []])[1].append(sub)
                     delivered = True
                     break
-                if deliver_to(sub, msg, self):
+                if deliver(sub, msg, publisher):
                     delivered = True
                     break
         if routes:
             for route, (plain, queue_subs) in routes.items():
-                route.send_msg(account or self.account, msg, queue_subs, plain)
+                if trace is None or trace.forward(route, plain, queue_subs):
+                    route.send_msg(account or self.account, msg, queue_subs, plain)
             delivered = True
+        if internal or trace is not None and trace.only:
+            return delivered
         if not delivered and msg.reply is not None and self.no_responders:
             self.send_no_responders(msg.reply, msg.subject)
         return delivered
@@ -2450,6 +2467,8 @@ class Client(Connection):
         size = server.pub_size(data[sp + 1:nl - 1])
         if hdr < 1 or size < hdr:
             return None, None, -1, -1, 0
+        if data.find(b"Nats-Trace-", nl + 1, nl + 1 + hdr) >= 0:
+            return None, None, -1, -1, 0    # message tracing: the reference path
         plan, reply_sp = self.pub_lookup(data[i + 5:sp2], True)
         return plan, reply_sp, hdr, size, sp2 + 1
 
@@ -3034,6 +3053,7 @@ class CoreServer:
         self.thread = None
         self.loop_thread = None
         self.exit_code = 0
+        self.event_seq = 0           # the server's events (message traces) so far
 
     # -- startup ---------------------------------------------------------------
 
@@ -8590,6 +8610,127 @@ def _make_monitor_handler():
 
     return Handler
 
+
+
+# -- message tracing (Nats-Trace-Dest) --
+#
+# nats-server 2.11's message tracing: a client publishes with the header
+# `Nats-Trace-Dest: <subject>` and the server publishes, to that subject in
+# the client's account, one event saying what it did with the message: its
+# ingress ("in": the publisher) and each egress ("eg": a subscription it
+# went to, a route it was forwarded on).  `Nats-Trace-Only: true` asks for
+# the event without the delivery.  This server traces what its own clients
+# publish; its routes do not speak the tracing protocol, so a route's egress
+# says the remote sends no event (as Go words it for such a peer), and a
+# trace-only message is not forwarded.  Go twin: server/msgtrace.go.
+
+# Go's texts for an egress that did not happen, or happened untraced.
+TRACE_NO_ECHO = "Not delivered because of no echo"
+TRACE_SUB_DENY = "Not delivered because subscription denies this subject"
+TRACE_ONLY_NO_SUPPORT = "Not delivered because remote does not support message tracing"
+TRACE_NO_SUPPORT = ("Message delivered but remote does not support message tracing so no "
+                    "trace event generated from there")
+
+
+def trace_only(msg: Message) -> bool:
+    """Does the message ask for the trace only (`Nats-Trace-Only`: 1, true, on)?"""
+    value = header_values(msg).get("Nats-Trace-Only", [""])[0].lower()
+    return value in ("1", "true", "on")
+
+
+def header_values(msg: Message) -> dict:
+    """A message's header block as {name: [values]} (names as written)."""
+    headers: dict = {}
+    if msg.hdr <= 0:
+        return headers
+    for line in msg.payload[:msg.hdr].decode("utf-8", "replace").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name:
+            headers.setdefault(name, []).append(value.strip())
+    return headers
+
+
+class MsgTrace:
+    """One traced message (Go's msgTrace): its destination, whether it is
+    trace-only, and the event built while it is delivered."""
+
+    def __init__(self, dest: bytes, only: bool, event: dict):
+        self.dest = dest
+        self.only = only
+        self.event = event
+
+    @classmethod
+    def start(cls, client: Client, msg: Message) -> "MsgTrace | None":
+        """The trace a client's message asks for, or None (no destination,
+        an invalid one, or one the client may not publish to: then told,
+        as Go does)."""
+        headers = header_values(msg)
+        dest = (headers.get("Nats-Trace-Dest") or [""])[0].encode()
+        if not dest:
+            return None
+        if not is_valid_literal_subject(dest):
+            client.error("Destination %s is not valid, won't be able to trace events",
+                         go_quote(dest))
+            return None
+        if client.perms is not None and not client.perms.can_publish(dest):
+            client.pub_permission_violation(dest)
+            return None
+        ingress = {"type": "in", "ts": rfc3339(time.time()), "kind": 0, "cid": client.cid}
+        if client.name:
+            ingress["name"] = client.name
+        ingress.update({"acc": client.account.name,
+                        "subj": msg.subject.decode("utf-8", "replace")})
+        event = {"server": None, "request": {"header": headers, "msgsize": msg.size},
+                 "events": [ingress]}
+        return cls(dest, trace_only(msg), event)
+
+    def egress(self, conn, sub: Subscription | None, error: str = ""):
+        """Note one delivery (or why there was none) to `conn`."""
+        entry = {"type": "eg", "ts": rfc3339(time.time()),
+                 "kind": 1 if conn.kind == "Router" else 0, "cid": conn.cid}
+        name = conn.remote_name if conn.kind == "Router" else conn.name
+        if name:
+            entry["name"] = name
+        if sub is not None and conn.kind != "Router":
+            entry["sub"] = sub.subject.decode("utf-8", "replace")
+            if sub.queue is not None:
+                entry["queue"] = sub.queue.decode("utf-8", "replace")
+        if error:
+            entry["error"] = error
+        self.event["events"].append(entry)
+
+    def deliver_to(self, sub: Subscription, msg: Message, publisher) -> bool:
+        """deliver_to for a traced message: noted, and made unless trace-only."""
+        c = sub.client
+        if c is publisher and not publisher.echo:
+            self.egress(c, sub, TRACE_NO_ECHO)
+            return False
+        if c.perms is not None and not c.perms.can_receive(msg.subject, sub.queue):
+            self.egress(c, sub, TRACE_SUB_DENY)
+            return False
+        self.egress(c, sub)
+        return True if self.only else deliver_to(sub, msg, publisher)
+
+    def forward(self, route, plain, queue_subs) -> bool:
+        """A route with interest: noted; forwarded unless trace-only."""
+        self.egress(route, None, TRACE_ONLY_NO_SUPPORT if self.only else TRACE_NO_SUPPORT)
+        return not self.only
+
+    def send(self, client: Client):
+        """Publish the event to the destination in the publisher's account,
+        as the server (no echo rule, no no_responders)."""
+        server, account = client.server, client.account
+        server.event_seq += 1
+        info = {"name": server.server_name, "host": server.options.host,
+                "id": server.server_id}
+        if server.cluster.enabled:
+            info["cluster"] = server.cluster.name
+        info.update({"ver": VERSION, "jetstream": False, "flags": 0,
+                     "seq": server.event_seq, "time": rfc3339(time.time())})
+        self.event["server"] = info
+        body = json.dumps(self.event, separators=(",", ":")).encode()
+        msg = Message(self.dest, None, -1, len(body), body)
+        client.deliver_msg(account.sublist.match(self.dest), msg, account=account, internal=True)
 
 # ============================================================================
 # 13. Logging

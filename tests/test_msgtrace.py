@@ -1,0 +1,139 @@
+"""Message tracing, as nats-server 2.11+ does it (issue 13): a message
+with `Nats-Trace-Dest` gets one event published to that subject (ingress,
+and an egress per subscription it went to); `Nats-Trace-Only: true` gets the
+event without the delivery.  Every transcript runs against gnatsd.py and Go
+2.15, and the events must have the same shape (keys, JSON types, event
+kinds, subscriptions and queues), apart from fields Go adds about features
+this server does not have (`feature_flags`).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import GO_SERVERS, RawConn, free_port, start_gnatsd, start_go, t_expect
+
+KINDS = ["gnatsd", "go2.15"]
+
+
+def server(kind: str, *args):
+    if kind == "gnatsd":
+        return start_gnatsd(*args)
+    if "2.15" not in GO_SERVERS:
+        pytest.skip("Go nats-server 2.15 is not installed (make dev)")
+    return start_go(*args, version="2.15")
+
+
+def client(srv, echo: bool = True) -> RawConn:
+    c = RawConn(srv.host, srv.port)
+    c.read_info()
+    c.send(b'CONNECT {"verbose":false,"headers":true,"protocol":1,"name":"tracer",'
+           b'"echo":%s}\r\nPING\r\n' % (b"true" if echo else b"false"))
+    t_expect(c, rb"PONG\r\n")
+    return c
+
+
+def hpub(subject: bytes, headers: dict, body: bytes = b"hi") -> bytes:
+    block = b"NATS/1.0\r\n" + b"".join(b"%s: %s\r\n" % kv for kv in headers.items()) + b"\r\n"
+    return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, len(block), len(block) + len(body),
+                                          block, body)
+
+
+def read_until_trace(c: RawConn) -> tuple:
+    """(messages other than the trace, the trace event) after a PING."""
+    got = b""
+    c.send(b"PING\r\n")
+    t_expect_any = re.compile(rb"MSG traces 1 +(\d+)\r\n")
+    while True:
+        m = t_expect_any.search(bytes(c.buf))
+        if m and len(c.buf) >= m.end() + int(m.group(1)) + 2 and b"PONG\r\n" in bytes(c.buf):
+            data = bytes(c.buf)
+            event = json.loads(data[m.end():m.end() + int(m.group(1))])
+            got = data[:m.start()] + data[m.end() + int(m.group(1)) + 2:]
+            c.buf.clear()
+            return got.replace(b"PONG\r\n", b""), event
+        assert c._fill(__import__("time").monotonic() + 5), bytes(c.buf)
+
+
+def shape(value):
+    """The keys and JSON types of an event, recursively; lists by element."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items() if k != "feature_flags"}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return type(value).__name__
+
+
+def traced(kind: str, only: bool, echo: bool = True) -> tuple:
+    srv = server(kind)
+    try:
+        c = client(srv, echo)
+        c.send(b"SUB traces 1\r\nSUB foo 2\r\nSUB foo q 3\r\nPING\r\n")
+        t_expect(c, rb"PONG\r\n")
+        headers = {b"Nats-Trace-Dest": b"traces"}
+        if only:
+            headers[b"Nats-Trace-Only"] = b"true"
+        c.send(hpub(b"foo", headers))
+        return read_until_trace(c)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("only", [False, True], ids=["delivered", "trace-only"])
+def test_a_traced_publish_gets_goes_event(only):
+    results = {kind: traced(kind, only) for kind in KINDS}
+    (ours, event), (gos, go_event) = results["gnatsd"], results["go2.15"]
+    assert shape(event) == shape(go_event)
+    assert [e["type"] for e in event["events"]] == ["in", "eg", "eg"]
+    assert [(e.get("sub"), e.get("queue")) for e in event["events"][1:]] == \
+        [(e.get("sub"), e.get("queue")) for e in go_event["events"][1:]]
+    assert event["request"] == go_event["request"]
+    assert event["events"][0]["subj"] == "foo" and event["events"][0]["acc"] == "$G"
+    delivered = sorted(re.findall(rb"HMSG foo (\d) ", ours))
+    assert delivered == sorted(re.findall(rb"HMSG foo (\d) ", gos))
+    assert delivered == ([] if only else [b"2", b"3"])
+
+
+def test_no_echo_is_noted_as_go_notes_it():
+    events = {kind: traced(kind, False, echo=False)[1] for kind in KINDS}
+    for kind, event in events.items():
+        errors = [e.get("error") for e in event["events"][1:]]
+        assert errors == ["Not delivered because of no echo"] * 2, (kind, errors)
+
+
+def test_a_route_egress_says_the_remote_sends_no_event():
+    """Our routes do not speak the tracing protocol: the egress on a route
+    says so (Go's words for such a peer); a trace-only message stays here."""
+    port = free_port()
+    a = start_gnatsd("--cluster", "nats://127.0.0.1:%d" % port, "--cluster_name", "t")
+    b = start_gnatsd("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "t",
+                     "--routes", "nats://127.0.0.1:%d" % port)
+    try:
+        remote = client(b)
+        remote.send(b"SUB foo 9\r\nPING\r\n")
+        t_expect(remote, rb"PONG\r\n")
+        c = client(a)
+        c.send(b"SUB traces 1\r\nPING\r\n")
+        t_expect(c, rb"PONG\r\n")
+        for attempt in range(100):      # until b's interest has crossed
+            c.send(hpub(b"foo", {b"Nats-Trace-Dest": b"traces"}))
+            _, event = read_until_trace(c)
+            if len(event["events"]) > 1:
+                break
+        egress = event["events"][1]
+        assert (egress["kind"], egress["error"]) == (1, "Message delivered but remote does "
+                                                        "not support message tracing so no "
+                                                        "trace event generated from there")
+        t_expect(remote, rb"HMSG foo 9 ")
+        remote.buf.clear()
+        c.send(hpub(b"foo", {b"Nats-Trace-Dest": b"traces", b"Nats-Trace-Only": b"1"}))
+        _, event = read_until_trace(c)
+        assert event["events"][1]["error"] == ("Not delivered because remote does not "
+                                               "support message tracing")
+        remote.send(b"PING\r\n")
+        t_expect(remote, rb"PONG\r\n")          # and no HMSG before it
+    finally:
+        a.stop()
+        b.stop()
