@@ -1409,48 +1409,6 @@ class Connection:
         return cert_identities(tls.sslobj.getpeercert() or {})
 
 
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-               "\t": "\\t", "\v": "\\v", "\\": "\\\\", '"': '\\"'}
-
-
-def go_quote(data: bytes) -> str:
-    """`data` as Go's %q prints it: printable text kept, the rest escaped."""
-    text = data.decode("utf-8", "surrogateescape")
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif 0xDC80 <= code <= 0xDCFF:          # a byte that is not UTF-8
-            out.append("\\x%02x" % (code - 0xDC00))
-        elif ch.isprintable():
-            out.append(ch)
-        elif code < 0x80:
-            out.append("\\x%02x" % code)
-        elif code <= 0xFFFF:
-            out.append("\\u%04x" % code)
-        else:
-            out.append("\\U%08x" % code)
-    return '"' + "".join(out) + '"'
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds in Go's time.Duration String() form: 1h2m3s, 1.5s, 250ms."""
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        ms = seconds * 1000
-        return ("%g" % ms) + "ms" if ms >= 1 else ("%g" % (seconds * 1e6)) + "\u00b5s"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    text = ""
-    if hours:
-        text += "%dh" % hours
-    if hours or minutes:
-        text += "%dm" % minutes
-    return text + ("%g" % round(secs, 9)) + "s"
-
-
 # ============================================================================
 # 5. Client
 # ============================================================================
@@ -2215,46 +2173,15 @@ class Client(Connection):
         return self.deliver_msg(exporter.sublist.match(subject), routed, False, exporter)
 
     def deliver_msg(self, result: SublistResult, msg: "Message", delivered: bool = False,
-                    account: Account | None = None, trace: "MsgTrace | None" = None,
-                    internal: bool = False) -> bool:
-        """Deliver to every plain sub and one member per queue group, and once
-        to each route with interest, naming the groups it was picked for
-        (Go's processMsgResults).  `account` is the one `result` came from
-        (the publisher's unless an import moved the message).  Returns True
-        if anyone got it (or if `delivered` says someone already did).  A
-        traced message (`trace`) has each delivery noted, and none made if
-        it is trace-only; an `internal` one (the server's own) skips the
-        publisher's echo and no_responders."""
-        routes = None       # route -> [a plain subscription of its peer, [queue subs picked]]
-        publisher = None if internal else self
-        deliver = deliver_to if trace is None else trace.deliver_to
-        for sub in result.psubs:
-            if sub.client.kind == "Router":
-                if routes is None:
-                    routes = {}
-                if sub.client not in routes:
-                    routes[sub.client] = [sub, []]
-            elif deliver(sub, msg, publisher):
-                delivered = True
-        for group in result.qsubs:
-            start = _pick_start(group)
-            for k in range(len(group)):
-                sub = group[(start + k) % len(group)]
-                if sub.client.kind == "Router":
-                    if routes is None:
-                        routes = {}
-                    routes.setdefault(sub.client, [None, []])[1].append(sub)
-                    delivered = True
-                    break
-                if deliver(sub, msg, publisher):
-                    delivered = True
-                    break
-        if routes:
-            for route, (plain, queue_subs) in routes.items():
-                if trace is None or trace.forward(route, plain, queue_subs):
-                    route.send_msg(account or self.account, msg, queue_subs, plain)
+                    account: Account | None = None, trace: "MsgTrace | None" = None) -> bool:
+        """Deliver what this client published (deliver_result), then, if no
+        one could get a request, the no_responders status.  `account` is the
+        one `result` came from (the publisher's unless an import moved the
+        message).  Returns True if anyone got it (or if `delivered` says
+        someone already did)."""
+        if deliver_result(result, msg, self, account or self.account, trace):
             delivered = True
-        if internal or trace is not None and trace.only:
+        if trace is not None and trace.only:
             return delivered
         if not delivered and msg.reply is not None and self.no_responders:
             self.send_no_responders(msg.reply, msg.subject)
@@ -2532,6 +2459,46 @@ class Client(Connection):
     # GO-COMPAT: parse (test_hostile.py::test_endless_unknown_op_is_refused)
 
 
+def deliver_result(result: SublistResult, msg: "Message", publisher: "Client | None",
+                   account: Account, trace: "MsgTrace | None" = None) -> bool:
+    """Deliver to every plain sub and one member per queue group, and once
+    to each route with interest, naming the groups it was picked for (Go's
+    processMsgResults); `publisher` None is the server itself.  A traced
+    message (`trace`) has each delivery noted, and none made if it is
+    trace-only.  Returns True if anyone got it."""
+    delivered = False
+    routes = None       # route -> [a plain subscription of its peer, [queue subs picked]]
+    deliver = deliver_to if trace is None else trace.deliver_to
+    for sub in result.psubs:
+        if sub.client.kind == "Router":
+            if routes is None:
+                routes = {}
+            if sub.client not in routes:
+                routes[sub.client] = [sub, []]
+        elif deliver(sub, msg, publisher):
+            delivered = True
+    for group in result.qsubs:
+        start = _pick_start(group)
+        for k in range(len(group)):
+            sub = group[(start + k) % len(group)]
+            if sub.client.kind == "Router":
+                if routes is None:
+                    routes = {}
+                routes.setdefault(sub.client, [None, []])[1].append(sub)
+                delivered = True
+                break
+            if deliver(sub, msg, publisher):
+                delivered = True
+                break
+    if routes:
+        for route, (plain, queue_subs) in routes.items():
+            sent = msg if trace is None else trace.forward(route, msg)
+            if sent is not None:
+                route.send_msg(account, sent, queue_subs, plain)
+        delivered = True
+    return delivered
+
+
 def deliver_to(sub: Subscription, msg: "Message", publisher: "Client | None") -> bool:
     """Queue one MSG/HMSG for `sub` (Go's deliverMsg): the reference path's
     delivery, for a client's publish and for a message from a route
@@ -2595,9 +2562,9 @@ class Message:
         if self.hdr < 0:
             block, body = b"NATS/1.0\r\n" + line + b"\r\n", self.payload
         else:
-            lines = self.payload[:self.hdr - 2].split(b"\r\n")
-            kept = [lines[0]] + [h for h in lines[1:]
-                                 if h.split(b":", 1)[0].strip().lower() != name.lower()]
+            lines = self.payload[:self.hdr].split(b"\r\n")
+            kept = [lines[0]] + [h for h in lines[1:] if h and
+                                 h.split(b":", 1)[0].strip().lower() != name.lower()]
             block, body = b"\r\n".join(kept) + b"\r\n" + line + b"\r\n", \
                 self.payload[self.hdr:]
         return Message(self.subject, self.reply, len(block), len(block) + len(body),
@@ -6327,8 +6294,11 @@ class TLSServing:
 # route is then a `with_tls(Route)` (chapter 10), and starts its protocol
 # when the handshake completes.  Go twin: server/route.go.
 
-# Route protocol level (2: accounts and RS+/RS-).
-ROUTE_PROTO = 2
+# Route protocol level (2: accounts and RS+/RS-; 3: message tracing, Go's
+# MsgTraceProto, so a peer forwards traced messages to be traced here too).
+ROUTE_PROTO = 3
+# The level from which a peer traces what we forward it.
+ROUTE_TRACE_PROTO = 3
 
 # Seconds between attempts to dial a configured route, and a dial's timeout.
 ROUTE_RECONNECT_DELAY = 1.0
@@ -6825,17 +6795,24 @@ class Route(Connection):
         account = self.server.accounts.get(account_name.decode("utf-8", "replace"))
         if account is not None:
             msg = Message(subject, reply, hdr, size, payload)
-            self.deliver_local(account, msg, queues)
+            trace = None
+            if hdr > 0 and payload.find(b"Nats-Trace-", 0, hdr) >= 0:
+                trace = MsgTrace.start(self, msg, account)
+            self.deliver_local(account, msg, queues, trace=trace)
+            if trace is not None:
+                trace.send(self, account)
         return stop + 2
 
-    def deliver_local(self, account: Account, msg: Message, queues, plain: bool = True):
+    def deliver_local(self, account: Account, msg: Message, queues, plain: bool = True,
+                      trace: "MsgTrace | None" = None):
         """A message from the peer: to our clients' plain subscriptions
         (unless `plain` is False: a 0.7 peer's message for one queue
         subscriber), and to one member of each queue group the peer chose us
         for.  Routes of the other dialect (a 0.7 peer's message to 2.x peers,
         a 2.x peer's to 0.7 peers), which the sender cannot reach, count as
         ours: the message goes on to them; routes of the peer's own dialect
-        have it from the peer (one hop)."""
+        have it from the peer (one hop).  A traced message (`trace`) has
+        each delivery noted, and none made if it is trace-only."""
         route = account.responses.get(msg.subject) if account.responses else None
         if route is not None:
             # A response to a service request made here: back to the requester.
@@ -6846,11 +6823,12 @@ class Route(Connection):
             return
         result = account.sublist.match(msg.subject)
         onward = {}         # route of the other dialect -> [plain sub, [queue subs]]
+        deliver = deliver_to if trace is None else trace.deliver_to
         if plain:
             for sub in result.psubs:
                 c = sub.client
                 if c.kind == "Client":
-                    deliver_to(sub, msg, None)
+                    deliver(sub, msg, None)
                 elif c.legacy != self.legacy and c not in onward:
                     onward[c] = [sub, []]
         if queues:
@@ -6865,10 +6843,12 @@ class Route(Connection):
                     if sub.client.kind != "Client":
                         onward.setdefault(sub.client, [None, []])[1].append(sub)
                         break
-                    if deliver_to(sub, msg, None):
+                    if deliver(sub, msg, None):
                         break
         for peer, (plain_sub, queue_subs) in onward.items():
-            peer.send_msg(account, msg, queue_subs, plain_sub)
+            sent = msg if trace is None else trace.forward(peer, msg)
+            if sent is not None:
+                peer.send_msg(account, sent, queue_subs, plain_sub)
 
     # -- interest ----------------------------------------------------------------
 
@@ -8619,10 +8599,11 @@ def _make_monitor_handler():
 # the client's account, one event saying what it did with the message: its
 # ingress ("in": the publisher) and each egress ("eg": a subscription it
 # went to, a route it was forwarded on).  `Nats-Trace-Only: true` asks for
-# the event without the delivery.  This server traces what its own clients
-# publish; its routes do not speak the tracing protocol, so a route's egress
-# says the remote sends no event (as Go words it for such a peer), and a
-# trace-only message is not forwarded.  Go twin: server/msgtrace.go.
+# the event without the delivery.  A message forwarded on a route to a
+# peer that traces (route protocol 3) carries its hop id in `Nats-Trace-Hop`
+# and the peer sends its own event (its ingress is the route); a peer that
+# does not gets it untraced (a trace-only message not at all), and the
+# egress says so in Go's words.  Go twin: server/msgtrace.go.
 
 # Go's texts for an egress that did not happen, or happened untraced.
 TRACE_NO_ECHO = "Not delivered because of no echo"
@@ -8658,39 +8639,48 @@ class MsgTrace:
         self.dest = dest
         self.only = only
         self.event = event
+        self.hop = ""               # our hop id, when the message came over a route
+        self.hops = 0               # routes we forwarded it on that trace it too
 
     @classmethod
-    def start(cls, client: Client, msg: Message) -> "MsgTrace | None":
-        """The trace a client's message asks for, or None (no destination,
-        an invalid one, or one the client may not publish to: then told,
-        as Go does)."""
+    def start(cls, conn, msg: Message, account: Account | None = None) -> "MsgTrace | None":
+        """The trace a message asks for, from a client or (with its
+        `account`) a route; None without a destination, with an invalid
+        one, or one a client may not publish to (then told, as Go does)."""
         headers = header_values(msg)
         dest = (headers.get("Nats-Trace-Dest") or [""])[0].encode()
         if not dest:
             return None
         if not is_valid_literal_subject(dest):
-            client.error("Destination %s is not valid, won't be able to trace events",
-                         go_quote(dest))
+            conn.error("Destination %s is not valid, won't be able to trace events",
+                       go_quote(dest))
             return None
-        if client.perms is not None and not client.perms.can_publish(dest):
-            client.pub_permission_violation(dest)
+        route = conn.kind == "Router"
+        if not route and conn.perms is not None and not conn.perms.can_publish(dest):
+            conn.pub_permission_violation(dest)
             return None
-        ingress = {"type": "in", "ts": rfc3339(time.time()), "kind": 0, "cid": client.cid}
-        if client.name:
-            ingress["name"] = client.name
-        ingress.update({"acc": client.account.name,
-                        "subj": msg.subject.decode("utf-8", "replace")})
+        account = account or conn.account
+        ingress = {"type": "in", "ts": rfc3339(time.time()), "kind": 1 if route else 0,
+                   "cid": conn.cid}
+        name = conn.remote_name if route else conn.name
+        if name:
+            ingress["name"] = name
+        ingress.update({"acc": account.name, "subj": msg.subject.decode("utf-8", "replace")})
         event = {"server": None, "request": {"header": headers, "msgsize": msg.size},
                  "events": [ingress]}
-        return cls(dest, trace_only(msg), event)
+        trace = cls(dest, trace_only(msg), event)
+        trace.hop = (headers.get("Nats-Trace-Hop") or [""])[0] if route else ""
+        return trace
 
-    def egress(self, conn, sub: Subscription | None, error: str = ""):
+    def egress(self, conn, sub: Subscription | None, error: str = "", hop: str = ""):
         """Note one delivery (or why there was none) to `conn`."""
         entry = {"type": "eg", "ts": rfc3339(time.time()),
                  "kind": 1 if conn.kind == "Router" else 0, "cid": conn.cid}
         name = conn.remote_name if conn.kind == "Router" else conn.name
         if name:
             entry["name"] = name
+        if hop:
+            entry["hop"] = hop
         if sub is not None and conn.kind != "Router":
             entry["sub"] = sub.subject.decode("utf-8", "replace")
             if sub.queue is not None:
@@ -8711,15 +8701,26 @@ class MsgTrace:
         self.egress(c, sub)
         return True if self.only else deliver_to(sub, msg, publisher)
 
-    def forward(self, route, plain, queue_subs) -> bool:
-        """A route with interest: noted; forwarded unless trace-only."""
-        self.egress(route, None, TRACE_ONLY_NO_SUPPORT if self.only else TRACE_NO_SUPPORT)
-        return not self.only
+    def forward(self, route, msg: Message) -> "Message | None":
+        """A route with interest: noted, and the message to send it (None:
+        not sent).  A peer that traces (route proto 3, Go's MsgTraceProto)
+        gets it, trace-only too, with its hop id in `Nats-Trace-Hop` ("1",
+        "2", ... from the origin, "<our hop>.1" further on) and sends its
+        own event; another gets it untraced, or not at all if trace-only."""
+        supported = not route.legacy and \
+            (route.remote_info.get("proto") or 0) >= ROUTE_TRACE_PROTO
+        if not supported:
+            self.egress(route, None, TRACE_ONLY_NO_SUPPORT if self.only else TRACE_NO_SUPPORT)
+            return None if self.only else msg
+        self.hops += 1
+        hop = "%s.%d" % (self.hop, self.hops) if self.hop else "%d" % self.hops
+        self.egress(route, None, hop=hop)
+        return msg.with_header(b"Nats-Trace-Hop", hop.encode())
 
-    def send(self, client: Client):
-        """Publish the event to the destination in the publisher's account,
+    def send(self, conn, account: Account | None = None):
+        """Publish the event to the destination in the message's account,
         as the server (no echo rule, no no_responders)."""
-        server, account = client.server, client.account
+        server, account = conn.server, account or conn.account
         server.event_seq += 1
         info = {"name": server.server_name, "host": server.options.host,
                 "id": server.server_id}
@@ -8728,9 +8729,11 @@ class MsgTrace:
         info.update({"ver": VERSION, "jetstream": False, "flags": 0,
                      "seq": server.event_seq, "time": rfc3339(time.time())})
         self.event["server"] = info
+        if self.hops:
+            self.event["hops"] = self.hops
         body = json.dumps(self.event, separators=(",", ":")).encode()
         msg = Message(self.dest, None, -1, len(body), body)
-        client.deliver_msg(account.sublist.match(self.dest), msg, account=account, internal=True)
+        deliver_result(account.sublist.match(self.dest), msg, None, account)
 
 # ============================================================================
 # 13. Logging
@@ -8746,6 +8749,50 @@ class MsgTrace:
 # logrotate; `--log_size_limit` rotates it by itself.  `-s` sends the log to
 # the local syslog and `-r URL` to a remote one instead.  Go twins:
 # logger/log.go, logger/syslog.go.  Entry point: configure_logging(opts).
+
+# -- Go's ways of writing values in log lines (and JSON) --
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v", "\\": "\\\\", '"': '\\"'}
+
+
+def go_quote(data: bytes) -> str:
+    """`data` as Go's %q prints it: printable text kept, the rest escaped."""
+    text = data.decode("utf-8", "surrogateescape")
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:          # a byte that is not UTF-8
+            out.append("\\x%02x" % (code - 0xDC00))
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x80:
+            out.append("\\x%02x" % code)
+        elif code <= 0xFFFF:
+            out.append("\\u%04x" % code)
+        else:
+            out.append("\\U%08x" % code)
+    return '"' + "".join(out) + '"'
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds in Go's time.Duration String() form: 1h2m3s, 1.5s, 250ms."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        ms = seconds * 1000
+        return ("%g" % ms) + "ms" if ms >= 1 else ("%g" % (seconds * 1e6)) + "\u00b5s"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = ""
+    if hours:
+        text += "%dh" % hours
+    if hours or minutes:
+        text += "%dm" % minutes
+    return text + ("%g" % round(secs, 9)) + "s"
+
 
 # Level labels as the Go server prints them.
 _LABELS = {TRACE: "TRC", logging.DEBUG: "DBG", logging.INFO: "INF",

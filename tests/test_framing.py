@@ -142,3 +142,16 @@ def test_varying_lines_on_the_hot_path_cut_anywhere():
                     for s, r, p in msgs)
     for cut in range(len(quiet), len(data)):
         assert answer_to([data[:cut], data[cut:]]) == (want, False), "cut at %d" % cut
+
+
+def test_a_header_set_on_a_message_with_headers_stays_in_one_block():
+    """Message.with_header (Nats-Request-Info on a service import, Nats-
+    Trace-Hop on a traced message) replaces or appends inside the block:
+    it once left the block's blank line in the middle of it."""
+    block = b"NATS/1.0\r\nA: 1\r\nHop: old\r\n\r\n"
+    msg = g.Message(b"s", None, len(block), len(block) + 2, block + b"hi")
+    got = msg.with_header(b"Hop", b"1").with_header(b"B", b"2")
+    assert got.payload == b"NATS/1.0\r\nA: 1\r\nHop: 1\r\nB: 2\r\n\r\nhi"
+    assert (got.hdr, got.size) == (len(got.payload) - 2, len(got.payload))
+    plain = g.Message(b"s", None, -1, 2, b"hi").with_header(b"X", b"y")
+    assert plain.payload == b"NATS/1.0\r\nX: y\r\n\r\nhi"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -54,7 +55,7 @@ def read_until_trace(c: RawConn) -> tuple:
             got = data[:m.start()] + data[m.end() + int(m.group(1)) + 2:]
             c.buf.clear()
             return got.replace(b"PONG\r\n", b""), event
-        assert c._fill(__import__("time").monotonic() + 5), bytes(c.buf)
+        assert c._fill(time.monotonic() + 5), bytes(c.buf)
 
 
 def shape(value):
@@ -103,37 +104,81 @@ def test_no_echo_is_noted_as_go_notes_it():
         assert errors == ["Not delivered because of no echo"] * 2, (kind, errors)
 
 
-def test_a_route_egress_says_the_remote_sends_no_event():
-    """Our routes do not speak the tracing protocol: the egress on a route
-    says so (Go's words for such a peer); a trace-only message stays here."""
+def read_traces(c: RawConn, count: int) -> list:
+    """`count` trace events (and nothing else) on c's `SUB traces 1`."""
+    deadline = time.monotonic() + 10
+    events = []
+    while len(events) < count:
+        m = re.match(rb"MSG traces 1 +(\d+)\r\n", bytes(c.buf))
+        if m and len(c.buf) >= m.end() + int(m.group(1)) + 2:
+            events.append(json.loads(bytes(c.buf[m.end():m.end() + int(m.group(1))])))
+            del c.buf[:m.end() + int(m.group(1)) + 2]
+            continue
+        assert time.monotonic() < deadline and c._fill(deadline), (events, bytes(c.buf))
+    return events
+
+
+def pair(first: str, second: str):
     port = free_port()
-    a = start_gnatsd("--cluster", "nats://127.0.0.1:%d" % port, "--cluster_name", "t")
-    b = start_gnatsd("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "t",
-                     "--routes", "nats://127.0.0.1:%d" % port)
+    a = server(first, "--cluster", "nats://127.0.0.1:%d" % port, "--cluster_name", "t")
+    b = server(second, "--cluster", "nats://127.0.0.1:-1", "--cluster_name", "t",
+               "--routes", "nats://127.0.0.1:%d" % port)
+    return a, b
+
+
+def traced_across(first: str, second: str, only: bool) -> tuple:
+    """A client on `first` traces a publish that a subscriber on `second`
+    wants: (origin event, remote event, what the remote subscriber got)."""
+    a, b = pair(first, second)
     try:
         remote = client(b)
         remote.send(b"SUB foo 9\r\nPING\r\n")
         t_expect(remote, rb"PONG\r\n")
         c = client(a)
-        c.send(b"SUB traces 1\r\nPING\r\n")
+        c.send(b"SUB traces 1\r\nSUB probe 2\r\nPING\r\n")
         t_expect(c, rb"PONG\r\n")
-        for attempt in range(100):      # until b's interest has crossed
-            c.send(hpub(b"foo", {b"Nats-Trace-Dest": b"traces"}))
-            _, event = read_until_trace(c)
-            if len(event["events"]) > 1:
+        for attempt in range(200):      # until interest has crossed both ways
+            remote.send(b"PUB probe 0\r\n\r\nPING\r\n")
+            t_expect(remote, rb"PONG\r\n")
+            c.send(b"PUB foo 1\r\nx\r\nPING\r\n")
+            t_expect(c, rb"(MSG probe 2 0\r\n\r\n)*PONG\r\n")
+            if remote._fill(time.monotonic() + 0.05) and b"MSG foo 9" in bytes(remote.buf):
                 break
-        egress = event["events"][1]
-        assert (egress["kind"], egress["error"]) == (1, "Message delivered but remote does "
-                                                        "not support message tracing so no "
-                                                        "trace event generated from there")
-        t_expect(remote, rb"HMSG foo 9 ")
-        remote.buf.clear()
-        c.send(hpub(b"foo", {b"Nats-Trace-Dest": b"traces", b"Nats-Trace-Only": b"1"}))
-        _, event = read_until_trace(c)
-        assert event["events"][1]["error"] == ("Not delivered because remote does not "
-                                               "support message tracing")
+        c.send(b"UNSUB 2\r\nPING\r\n")
+        t_expect(c, rb"(MSG probe 2 0\r\n\r\n)*PONG\r\n")
         remote.send(b"PING\r\n")
-        t_expect(remote, rb"PONG\r\n")          # and no HMSG before it
+        t_expect(remote, rb"(MSG foo 9 1\r\nx\r\n)*PONG\r\n")
+        headers = {b"Nats-Trace-Dest": b"traces"}
+        if only:
+            headers[b"Nats-Trace-Only"] = b"true"
+        c.send(hpub(b"foo", headers))
+        events = read_traces(c, 2)
+        origin = [e for e in events if e["events"][0]["kind"] == 0][0]
+        far = [e for e in events if e["events"][0]["kind"] == 1][0]
+        remote.send(b"PING\r\n")
+        got = t_expect(remote, rb"(HMSG foo 9 [^\r]*\r\n[^P]*)?PONG\r\n").group(1)
+        return origin, far, got
     finally:
         a.stop()
         b.stop()
+
+
+LAYOUTS = [("gnatsd", "gnatsd"), ("gnatsd", "go2.15"), ("go2.15", "gnatsd")]
+
+
+@pytest.mark.parametrize("only", [False, True], ids=["delivered", "trace-only"])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "+".join(l))
+def test_a_trace_crosses_a_route_with_a_hop_id(layout, only):
+    """The origin forwards with `Nats-Trace-Hop: 1` and counts the hop;
+    the next server, gnatsd.py or Go, traces it too (kind 1: a route) and
+    delivers unless trace-only; the events have the shapes two Go 2.15
+    servers give."""
+    origin, far, got = traced_across(*layout, only)
+    go_origin, go_far, go_got = traced_across("go2.15", "go2.15", only)
+    assert shape(origin) == shape(go_origin)
+    assert shape(far) == shape(go_far)
+    assert origin["hops"] == 1 and origin["events"][1]["hop"] == "1"
+    assert origin["events"][1]["kind"] == 1
+    assert far["request"]["header"]["Nats-Trace-Hop"] == ["1"]
+    assert [(e["type"], e.get("sub")) for e in far["events"]] == [("in", None), ("eg", "foo")]
+    assert (got is None) == only == (go_got is None)
