@@ -939,23 +939,27 @@ def _busy(stop):
 
 
 @pytest.mark.timeout(300)
-def test_a_chain_started_back_to_back_under_load_always_meshes():
+@pytest.mark.parametrize("layout", ["gnatsd+gnatsd+gnatsd", "go+gnatsd+gnatsd",
+                                    "gnatsd+go+gnatsd", "gnatsd+gnatsd+go"])
+def test_a_chain_started_back_to_back_under_load_always_meshes(layout):
     """Issue 13's layout: B routes to A, C routes to B, all started at once
-    while the machine is busy; twenty times, each a full mesh within 10 s.
-    Under load it once stayed incomplete: B and C can each dial the other
-    (C's configured route, B's learned by gossip from A), and if each side
-    registers the connection the other dialed first, each closes its own as
-    the duplicate, and a closed duplicate was never dialed again.  Now the
-    kept connection takes over the closed one's target and is dialed again
-    if it closes (Go's handleDuplicateRoute).  (The timing is the machine's:
-    this holds convergence; it does not force the race.)"""
+    while the machine is busy; twenty times, each a full mesh within 10 s,
+    all gnatsd.py and with a Go 2.15 node in each place.  Under load it once
+    stayed incomplete: B and C can each dial the other (C's configured
+    route, B's learned by gossip from A), and if each side registers the
+    connection the other dialed first, each closes its own as the
+    duplicate, and a closed duplicate was never dialed again.  Now the kept
+    connection takes over the closed one's target and is dialed again if it
+    closes (Go's handleDuplicateRoute).  (The timing is the machine's: this
+    holds convergence; it does not force the race.)"""
     import multiprocessing
-    from conftest import ServerProcess, gnatsd_argv, monitor_json
+    from conftest import ServerProcess, gnatsd_argv
+    kinds = layout.split("+")
+    if "go" in kinds and "2.15" not in GO_SERVERS:
+        pytest.skip("Go nats-server 2.15 is not installed")
     stop = multiprocessing.Event()
-    burners = [multiprocessing.Process(target=_busy, args=(stop,), daemon=True)
-               for _ in range(2)]
-    for p in burners:
-        p.start()
+    burner = multiprocessing.Process(target=_busy, args=(stop,), daemon=True)
+    burner.start()
     try:
         for attempt in range(20):
             pa, pb, pc = free_port(), free_port(), free_port()
@@ -964,10 +968,13 @@ def test_a_chain_started_back_to_back_under_load_always_meshes():
                       "--routes", "nats://127.0.0.1:%d" % pa],
                      ["--cluster", "nats://127.0.0.1:%d" % pc,
                       "--routes", "nats://127.0.0.1:%d" % pb]]
-            nodes = [ServerProcess(gnatsd_argv("-a", "127.0.0.1", "-p", "-1", "-m", "-1",
-                                               "--cluster_name", "race", *argv),
-                                   "gnatsd.py %s" % "ABC"[k]).start(wait_ready=False)
-                     for k, argv in enumerate(argvs)]
+            nodes = []
+            for k, (kind, argv) in enumerate(zip(kinds, argvs)):
+                args = ["-a", "127.0.0.1", "-p", "-1", "-m", "-1", "--cluster_name", "race",
+                        *argv]
+                full = gnatsd_argv(*args) if kind == "gnatsd" else [GO_SERVERS["2.15"], *args]
+                nodes.append(ServerProcess(full, "%s %s" % (kind, "ABC"[k]))
+                             .start(wait_ready=False))
             try:
                 for n in nodes:
                     n.mon_port = int(n.wait_for_log(
@@ -978,5 +985,4 @@ def test_a_chain_started_back_to_back_under_load_always_meshes():
                     n.stop()
     finally:
         stop.set()
-        for p in burners:
-            p.join(5)
+        burner.join(5)
