@@ -1466,6 +1466,7 @@ class Client(Connection):
         "name", "lang", "version", "user", "connect_received", "awaiting_auth",
         "subject_err_sent",
         "subs", "fast_pub", "vetted", "perms", "account", "credentials", "tls_identities",
+        "nonce",
     )
 
     kind = "Client"
@@ -1487,6 +1488,7 @@ class Client(Connection):
         self.perms = None            # ClientPermissions of the user, if restricted
         self.credentials = None      # user, pass, auth_token of CONNECT (for reloads)
         self.tls_identities = ()     # verify_and_map's names from the certificate (handshake)
+        self.nonce = b""             # what an nkey user signs (in our INFO when one exists)
         self.account = server.global_account
         self.account.client_count += 1
         self.account.total_connections += 1
@@ -1794,7 +1796,7 @@ class Client(Connection):
         # field not sent (or null) keeps its value, so a second CONNECT
         # without credentials logs in with the first one's.
         credentials = dict(self.credentials or {})
-        for key in ("user", "pass", "auth_token"):
+        for key in ("user", "pass", "auth_token", "nkey", "sig"):
             if fields.get(key):
                 credentials[key] = fields[key]
             elif key in fields and fields[key] is not None:
@@ -1810,7 +1812,7 @@ class Client(Connection):
         if maps_certificates(opts):
             user = self.certificate_user(opts) or user  # Go names the mapped user
         found = authenticate(opts, self.credentials or {}, self.tls_identities,
-                             self.secret_equal)
+                             self.secret_equal, self.nonce)
         if found is None:
             self.auth_violation(user if isinstance(user, str) else "")
             return False
@@ -3413,10 +3415,15 @@ class CoreServer:
             self.start_client_tls(client)
 
     def client_info(self, client: Client) -> bytes:
-        """The INFO a new client gets (Go does not trace it)."""
+        """The INFO a new client gets (Go does not trace it); with nkey
+        users, a nonce of its own to sign."""
         info = dict(self.info_template)
         info["client_id"] = client.cid
         info["client_ip"] = client.host
+        if any(user.nkey for user in self.options.users or ()):
+            if not client.nonce:
+                client.nonce = new_nonce().encode()
+            info["nonce"] = client.nonce.decode()
         return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
 
     def start_client_timers(self, client: Client):
@@ -4396,11 +4403,12 @@ class User:
     `account` names the account it logs in to ("" is the global account)."""
 
     def __init__(self, username: str, password: str, permissions: Permissions | None,
-                 account: str = ""):
+                 account: str = "", nkey: str = ""):
         self.username = username
         self.password = password
         self.permissions = permissions
         self.account = account
+        self.nkey = nkey          # an nkey user's public key ("U..."), who signs a nonce
 
     def __repr__(self) -> str:
         return "User(%r)" % self.username
@@ -4483,7 +4491,7 @@ def _users(cm: ConfigMap, key: str, value) -> list:
     for entry in value:
         if not isinstance(entry, ConfigMap):
             raise cm.error(key, "expected a map for each user")
-        username = password = ""
+        username = password = nkey = ""
         perms = None
         for sub_key, sub_value in entry.items():
             name = sub_key.lower()
@@ -4494,10 +4502,12 @@ def _users(cm: ConfigMap, key: str, value) -> list:
             elif name in ("permissions", "permission", "authorization"):  # Go's spellings
                 perms = _permissions(entry, sub_key, sub_value)
             elif name == "nkey":
-                raise entry.error(sub_key, "nkey users are not supported by gnatsd.py")
+                nkey = _to_str(entry, sub_key, sub_value)
+                if decode_nkey(nkey, NKEY_USER) is None:
+                    raise entry.error(sub_key, "Not a valid public nkey for a user")
             else:
                 raise entry.error(sub_key, 'unknown field "%s"' % sub_key)
-        users.append(User(username, password, perms))
+        users.append(User(username, password, perms, nkey=nkey))
     return users
 
 
@@ -4540,8 +4550,14 @@ def _authorization(cm: ConfigMap, key: str, value, opts: Options):
 
 
 def _check_duplicate_users(cm: ConfigMap, key: str, users: list, known: list | None):
-    names = {u.username for u in known or ()}
+    names = {u.username for u in known or () if not u.nkey}
+    nkeys = {u.nkey for u in known or () if u.nkey}
     for user in users:
+        if user.nkey:
+            if user.nkey in nkeys:
+                raise cm.error(key, 'Duplicate nkey "%s" detected' % user.nkey)
+            nkeys.add(user.nkey)
+            continue
         if user.username in names:
             raise cm.error(key, 'Duplicate user "%s" detected' % user.username)
         names.add(user.username)
@@ -5272,17 +5288,26 @@ def _process_config(cm: ConfigMap, path: str, opts: Options):
 
 
 def authenticate(opts: Options, credentials: dict, identities=(),
-                 secret_equal=None) -> tuple | None:
+                 secret_equal=None, nonce: bytes = b"") -> tuple | None:
     """Who do these CONNECT credentials log in as?  (user name, Permissions
     or None, account name or ""), or None when they are refused.  With
     verify_and_map the client's certificate names the user instead: the
     first of `identities` (cert_identities) that names one, whose password,
     if it has one, the CONNECT must still give (as Go 2.15 checks).
     `secret_equal` compares secrets (a connection's, which keeps bcrypt off
-    the loop; `_secret_equal` by default)."""
+    the loop; `_secret_equal` by default).  An nkey user logs in with its
+    public key and its signature of `nonce` (the INFO's)."""
     secret_equal = secret_equal or _secret_equal
     if not opts.auth_required:
         return ("", None, "")
+    nkey = credentials.get("nkey")
+    if nkey and opts.users:
+        for user in opts.users:
+            if user.nkey and user.nkey == nkey:
+                if nkey_signed(nkey, credentials.get("sig"), nonce):
+                    return (user.nkey, user.permissions, user.account)
+                return None
+        return None
     if maps_certificates(opts):
         user = map_certificate_user(opts.users, identities)
         if user is None or not secret_equal(credentials.get("pass", ""), user.password):
@@ -5376,6 +5401,187 @@ def cert_name_source(cert: dict, name: str) -> str:
         if (kind, name) in sans:
             return source
     return "DistinguishedNameMatch"
+
+
+# -- nkeys: Ed25519 public keys as NATS writes them --
+#
+# An nkey is base32 (no padding) of a prefix byte naming its kind, the 32
+# bytes of an Ed25519 public key, and a CRC16 (XMODEM, little endian) of
+# both: "U..." a user, "N..." a server.  A user proves it holds the key by
+# signing the nonce of our INFO (Go's nkey.go and auth.go; the nkeys
+# libraries).  The standard library has no Ed25519: ed25519_verify is RFC
+# 8032's verification in plain Python (the `cryptography` package's, when
+# it is installed, is used instead: the same answer, faster).
+
+NKEY_USER = 20 << 3         # the prefix byte of "U" keys
+NONCE_RAW_LEN = 11          # random bytes of a nonce (15 base64url characters)
+
+
+def crc16_xmodem(data: bytes) -> int:
+    """CRC-16/XMODEM (polynomial 0x1021, initial 0), as nkeys check it."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        crc &= 0xFFFF
+    return crc
+
+
+def decode_nkey(text: str, prefix: int) -> bytes | None:
+    """The 32 key bytes of public nkey `text` of kind `prefix`, or None if
+    it is not one (bad base32, length, kind or checksum)."""
+    if not isinstance(text, str) or len(text) != 56 or not text.isalnum():
+        return None
+    try:
+        raw = base64.b32decode(text + "=" * (-len(text) % 8))
+    except (ValueError, TypeError):
+        return None
+    body, crc = raw[:-2], int.from_bytes(raw[-2:], "little")
+    if len(body) != 33 or body[0] != prefix or crc16_xmodem(body) != crc:
+        return None
+    return body[1:]
+
+
+def new_nonce() -> str:
+    """A connection's nonce for nkey users to sign (Go's generateNonce)."""
+    return base64.urlsafe_b64encode(os.urandom(NONCE_RAW_LEN)).rstrip(b"=").decode()
+
+
+def nkey_signed(nkey: str, sig, nonce: bytes) -> bool:
+    """Did the holder of user nkey `nkey` sign `nonce`?  `sig` is base64url
+    (unpadded) or standard base64, as Go accepts it."""
+    public = decode_nkey(nkey, NKEY_USER)
+    if public is None or not isinstance(sig, str) or not sig or not nonce:
+        return False
+    signature = None
+    for decode in (base64.urlsafe_b64decode, base64.b64decode):
+        try:
+            signature = decode(sig + "=" * (-len(sig) % 4))
+            break
+        except (ValueError, TypeError):
+            continue
+    return signature is not None and ed25519_verify(public, nonce, signature)
+
+
+# Edwards25519 (RFC 8032 section 5.1): the field prime, the group order,
+# the curve constant d, sqrt(-1), and the base point in extended coordinates.
+_ED_P = 2 ** 255 - 19
+_ED_L = 2 ** 252 + 27742317777372353535851937790883648493
+_ED_D = -121665 * pow(121666, _ED_P - 2, _ED_P) % _ED_P
+_ED_I = pow(2, (_ED_P - 1) // 4, _ED_P)
+
+
+def _ed_add(a: tuple, b: tuple) -> tuple:
+    """Point addition in extended coordinates (X, Y, Z, T)."""
+    p = _ED_P
+    x1, y1, z1, t1 = a
+    x2, y2, z2, t2 = b
+    aa = (y1 - x1) * (y2 - x2) % p
+    bb = (y1 + x1) * (y2 + x2) % p
+    cc = t1 * 2 * _ED_D * t2 % p
+    dd = z1 * 2 * z2 % p
+    e, f, g, h = bb - aa, dd - cc, dd + cc, bb + aa
+    return (e * f % p, g * h % p, f * g % p, e * h % p)
+
+
+def _ed_double(a: tuple) -> tuple:
+    """2 * point (dbl-2008-hwcd): cheaper than adding a point to itself."""
+    p = _ED_P
+    x1, y1, z1, _ = a
+    aa, bb, cc = x1 * x1 % p, y1 * y1 % p, 2 * z1 * z1 % p
+    h = aa + bb
+    e = h - (x1 + y1) * (x1 + y1) % p
+    g = aa - bb
+    f = cc + g
+    return (e * f % p, g * h % p, f * g % p, e * h % p)
+
+
+def _ed_mul(scalar: int, point: tuple) -> tuple:
+    """scalar * point (scalar < 2**256), four bits at a time."""
+    table = [(0, 1, 1, 0), point]
+    for _ in range(14):
+        table.append(_ed_add(table[-1], point))
+    result = (0, 1, 1, 0)
+    for shift in range(252, -1, -4):
+        result = _ed_double(_ed_double(_ed_double(_ed_double(result))))
+        nibble = (scalar >> shift) & 15
+        if nibble:
+            result = _ed_add(result, table[nibble])
+    return result
+
+
+_ED_BASE_POWERS: list = []       # 2**i * B, made at the first verification
+
+
+def _ed_mul_base(scalar: int) -> tuple:
+    """scalar * B, from a table of B's powers of two (no doublings)."""
+    if not _ED_BASE_POWERS:
+        point = _ED_B
+        for _ in range(256):
+            _ED_BASE_POWERS.append(point)
+            point = _ed_double(point)
+    result = (0, 1, 1, 0)
+    for bit, power in enumerate(_ED_BASE_POWERS):
+        if scalar >> bit & 1:
+            result = _ed_add(result, power)
+    return result
+
+
+def _ed_decode(data: bytes) -> tuple | None:
+    """A point from its 32-byte encoding, or None if it is not on the curve."""
+    p = _ED_P
+    y = int.from_bytes(data, "little")
+    sign, y = y >> 255, y & ((1 << 255) - 1)
+    if y >= p:
+        return None
+    x2 = (y * y - 1) * pow(_ED_D * y * y + 1, p - 2, p) % p
+    if x2 == 0:
+        if sign:
+            return None
+        return (0, y, 1, 0)
+    x = pow(x2, (p + 3) // 8, p)
+    if (x * x - x2) % p:
+        x = x * _ED_I % p
+        if (x * x - x2) % p:
+            return None
+    if x & 1 != sign:
+        x = p - x
+    return (x, y, 1, x * y % p)
+
+
+_ED_B = _ed_decode((4 * pow(5, _ED_P - 2, _ED_P) % _ED_P).to_bytes(32, "little"))
+
+
+def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
+    """RFC 8032's Ed25519 verification: is `signature` the holder of
+    `public`'s signature of `message`?"""
+    if len(public) != 32 or len(signature) != 64:
+        return False
+    try:   # the optional `cryptography` package: the same answer, faster
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.exceptions import InvalidSignature
+    except ImportError:
+        pass
+    else:
+        try:
+            Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+            return True
+        except (InvalidSignature, ValueError):
+            return False
+    import hashlib     # here: hashlib loads OpenSSL's libcrypto, for nkey users only
+    a = _ed_decode(public)
+    r = _ed_decode(signature[:32])
+    s = int.from_bytes(signature[32:], "little")
+    if a is None or r is None or s >= _ED_L:
+        return False
+    h = int.from_bytes(hashlib.sha512(signature[:32] + public + message).digest(),
+                       "little") % _ED_L
+    left = _ed_mul_base(s)
+    right = _ed_add(r, _ed_mul(h, a))
+    p = _ED_P
+    return ((left[0] * right[2] - right[0] * left[2]) % p == 0
+            and (left[1] * right[2] - right[1] * left[2]) % p == 0)
 
 
 def _secret_equal(given, expected: str) -> bool:
