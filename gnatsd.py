@@ -3516,8 +3516,11 @@ def _is_ip_address(host: str) -> bool:
 
 
 def _new_server_id() -> str:
-    """A 56-character server id shaped like a Go server's nkey ("N...")."""
-    return "N" + base64.b32encode(os.urandom(35)).decode()[:55]
+    """A server id as Go makes one: the public nkey ("N...", chapter 9's
+    encoding) of a fresh Ed25519 key; random key bytes here, since the
+    server signs nothing with it."""
+    raw = bytes([13 << 3]) + os.urandom(32)
+    return base64.b32encode(raw + crc16_xmodem(raw).to_bytes(2, "little")).decode().rstrip("=")
 
 
 def read_buffer(size: int):

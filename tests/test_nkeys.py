@@ -186,3 +186,15 @@ def test_an_invalid_nkey_in_the_config_names_the_line(kind, tmp_path):
     r = subprocess.run(argv, capture_output=True, text=True, timeout=15)
     assert r.returncode == 1
     assert "%s:3:7: Not a valid public nkey for a user" % conf in r.stderr, r.stderr
+
+
+def test_the_server_id_is_a_server_nkey():
+    """As Go's: tools that decode it as a public nkey can."""
+    import nkeys
+    for _ in range(20):
+        server_id = g._new_server_id()
+        assert len(server_id) == 56 and server_id.startswith("N")
+        assert g.decode_nkey(server_id, 13 << 3) is not None
+        raw = base64.b32decode(server_id)       # (35 bytes: no padding) the nkeys checksum too
+        assert nkeys.crc16_checksum(raw[:-2]) == raw[-2:]
+        assert nkeys.valid_public_prefix_byte(raw[0])
