@@ -1876,8 +1876,9 @@ class Client(Connection):
                 authenticate(opts, self.credentials or {}, (), self.secret_equal) is None:
             self.close(CLIENT_CLOSED)
             return
-        if self.user and opts.users and all(u.username != self.user for u in opts.users):
-            self.close(CLIENT_CLOSED)
+        if self.user and opts.users and all(u.username != self.user and u.nkey != self.user
+                                            for u in opts.users):
+            self.close(CLIENT_CLOSED)       # its user (or nkey) is gone
             return
         if self.check_auth() and self.perms is not None:
             self.remove_unauthorized_subs()

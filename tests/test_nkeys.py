@@ -198,3 +198,59 @@ def test_the_server_id_is_a_server_nkey():
         raw = base64.b32decode(server_id)       # (35 bytes: no padding) the nkeys checksum too
         assert nkeys.crc16_checksum(raw[:-2]) == raw[-2:]
         assert nkeys.valid_public_prefix_byte(raw[0])
+
+
+def login(srv, public: str, key) -> RawConn:
+    c = RawConn(srv.host, srv.port)
+    nonce = c.read_info()["nonce"]
+    sig = base64.urlsafe_b64encode(key.sign(nonce.encode()).signature).rstrip(b"=")
+    c.send(b'CONNECT {"verbose":false,"nkey":"%s","sig":"%s"}\r\nPING\r\n'
+           % (public.encode(), sig))
+    return c
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_connz_shows_the_nkey_as_the_authorized_user(kind, tmp_path):
+    import json
+    import re
+    import urllib.request
+    public, _seed, key = new_user()
+    conf = write_conf(tmp_path, "authorization { users = [ { nkey: %s } ] }\n" % public)
+    srv = (start_gnatsd("-c", conf, "-m", "-1") if kind == "gnatsd" else
+           start_go("-c", conf, "-m", "-1", version="2.15") if "2.15" in GO_SERVERS else
+           pytest.skip("no Go 2.15"))
+    try:
+        mon = int(srv.wait_for_log(rb"Starting http monitor on \S+:(\d+)").group(1))
+        c = login(srv, public, key)
+        t_expect(c, rb"PONG\r\n")
+        with urllib.request.urlopen("http://127.0.0.1:%d/connz?auth=1" % mon, timeout=5) as r:
+            conn = json.loads(r.read())["connections"][0]
+        assert conn["authorized_user"] == public
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_reload_drops_a_removed_nkey_and_admits_an_added_one(kind, tmp_path):
+    import signal
+    kept, _, kept_key = new_user()
+    gone, _, gone_key = new_user()
+    added, _, added_key = new_user()
+    text = "authorization { users = [ { nkey: %s }, { nkey: %s } ] }\n"
+    conf = write_conf(tmp_path, text % (kept, gone))
+    srv = server(kind, conf)
+    try:
+        stay, leave = login(srv, kept, kept_key), login(srv, gone, gone_key)
+        for c in (stay, leave):
+            t_expect(c, rb"PONG\r\n")
+        write_conf(tmp_path, text % (kept, added))
+        mark = len(srv.log)
+        srv.signal(signal.SIGHUP)
+        srv.wait_for_log(rb"Reloaded server configuration", 10, start=mark)
+        from conftest import t_read_until_closed, t_ping_pong
+        t_read_until_closed(leave)
+        t_ping_pong(stay)
+        t_expect(login(srv, added, added_key), rb"PONG\r\n")
+        t_expect(login(srv, gone, gone_key), rb"-ERR 'Authorization Violation'\r\n")
+    finally:
+        srv.stop()
