@@ -637,8 +637,16 @@ def wait_routes(srv, n: int, timeout: float = 10.0) -> set:
 
 def wait_mesh(nodes, timeout: float = 10.0) -> None:
     """Wait until every node is routed to every other node and to nothing else."""
-    ids = {id(n): server_id(n) for n in nodes}
     deadline = time.monotonic() + timeout
+    ids = {}
+    for n in nodes:
+        while id(n) not in ids:     # a monitor may drop a request on a loaded machine
+            try:
+                ids[id(n)] = server_id(n)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
     for n in nodes:
         want = {ids[id(m)] for m in nodes if m is not n}
         while True:
