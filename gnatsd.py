@@ -3497,7 +3497,8 @@ class CoreServer:
 
 def startup_problem(opts: Options) -> str:
     """What stops a server with these (valid) options from starting, or ""."""
-    if opts.no_auth_user and not any(u.username == opts.no_auth_user for u in opts.users or ()):
+    if opts.no_auth_user and not any(opts.no_auth_user in (u.username, u.nkey)
+                                     for u in opts.users or ()):
         return ('no_auth_user: "%s" not present as user or nkey in authorization block or'
                 ' account configuration' % opts.no_auth_user)
     if opts.system_account and opts.system_account not in (opts.accounts or {}) \
@@ -5322,10 +5323,12 @@ def authenticate(opts: Options, credentials: dict, identities=(),
         if opts.no_auth_user and not credentials:
             name, check = opts.no_auth_user, False   # no credentials: the no_auth_user
         for user in opts.users:
-            if user.username == name:
+            if user.username == name and not user.nkey:
                 if check and not secret_equal(credentials.get("pass"), user.password):
                     return None
                 return (user.username, user.permissions, user.account)
+            if not check and user.nkey and user.nkey == name:
+                return (user.nkey, user.permissions, user.account)   # no_auth_user is an nkey
         return None
     if opts.authorization:
         ok = secret_equal(credentials.get("auth_token"), opts.authorization)

@@ -254,3 +254,26 @@ def test_a_reload_drops_a_removed_nkey_and_admits_an_added_one(kind, tmp_path):
         t_expect(login(srv, gone, gone_key), rb"-ERR 'Authorization Violation'\r\n")
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_auth_user_may_name_an_nkey_user(kind, tmp_path):
+    """A client without credentials is that nkey user, with its permissions."""
+    public, _seed, _key = new_user()
+    conf = write_conf(tmp_path, """
+no_auth_user: %s
+authorization {
+  users = [
+    { nkey: %s, permissions: { publish: "ok.>", subscribe: "ok.>" } }
+  ]
+}
+""" % (public, public))
+    srv = server(kind, conf)
+    try:
+        c = RawConn(srv.host, srv.port)
+        c.read_info()
+        c.send(b'CONNECT {"verbose":false}\r\nSUB ok.1 1\r\nPUB ok.1 1\r\nx\r\nPUB no 1\r\nx\r\nPING\r\n')
+        t_expect(c, rb"MSG ok.1 1 1\r\nx\r\n-ERR 'Permissions Violation for Publish to \"no\"'\r\n"
+                    rb"PONG\r\n")
+    finally:
+        srv.stop()
