@@ -272,7 +272,8 @@ authorization {
     try:
         c = RawConn(srv.host, srv.port)
         c.read_info()
-        c.send(b'CONNECT {"verbose":false}\r\nSUB ok.1 1\r\nPUB ok.1 1\r\nx\r\nPUB no 1\r\nx\r\nPING\r\n')
+        c.send(b'CONNECT {"verbose":false}\r\nSUB ok.1 1\r\nPUB ok.1 1\r\nx\r\n'
+               b'PUB no 1\r\nx\r\nPING\r\n')
         t_expect(c, rb"MSG ok.1 1 1\r\nx\r\n-ERR 'Permissions Violation for Publish to \"no\"'\r\n"
                     rb"PONG\r\n")
     finally:
