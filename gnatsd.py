@@ -3553,12 +3553,14 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def listen_error(host: str, port: int, exc: OSError) -> str:
-    """Why a listener could not be bound, in Go's net words (the text of
-    Go's "Error listening on port" line, which test helpers show)."""
+    """Go's "Error listening on port" line for a listener that could not be
+    bound, the cause in Go's net words (test helpers show it)."""
     if isinstance(exc, socket.gaierror):
-        return "listen tcp: lookup %s: no such host" % host
-    return "listen tcp %s: bind: %s" % (_host_port(host, port),
-                                         (exc.strerror or str(exc)).lower())
+        why = "listen tcp: lookup %s: no such host" % host
+    else:
+        why = "listen tcp %s: bind: %s" % (_host_port(host, port),
+                                           (exc.strerror or str(exc)).lower())
+    return 'Error listening on port: %s, "%s"' % (_host_port(host, port), why)
 
 
 def _host_port(host: str, port: int) -> str:
@@ -5607,6 +5609,12 @@ BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 
 # A known bcrypt hash of "gnatsd" (cost 4), to prove a verifier works.
 _BCRYPT_PROBE = "$2b$04$sgWqz21xdeDfy.ookgjCyuiNRy.tAMkUwpuNHDkOJcTS4BU7ckiZe"
+
+
+def bcrypt_missing(opts: Options) -> bool:
+    """Is a bcrypt hash configured that this Python cannot verify?"""
+    secrets = [opts.password, opts.authorization] + [u.password for u in opts.users or ()]
+    return any(is_bcrypt_hash(s) for s in secrets) and not bcrypt_available()
 
 
 def is_bcrypt_hash(secret: str) -> bool:
@@ -9866,8 +9874,7 @@ def main(argv: list | None = None) -> int:
                for dest, (level, reason) in _IGNORED_FLAGS.items()
                if getattr(args, dest, None) not in (None, False)]
     opts.warnings.extend(text for level, text in ignored if level == logging.WARNING)
-    secrets = [opts.password, opts.authorization] + [u.password for u in opts.users or ()]
-    if any(is_bcrypt_hash(s) for s in secrets) and not bcrypt_available():
+    if bcrypt_missing(opts):
         print("gnatsd.py: a bcrypt password hash is configured, but this Python cannot verify"
               " bcrypt (no crypt module with bcrypt support); install the optional 'bcrypt'"
               " package", file=sys.stderr)
@@ -9916,8 +9923,7 @@ def main(argv: list | None = None) -> int:
         if opts.pid_file and exc.filename == opts.pid_file:
             log.critical("Could not write pidfile: %s", _open_error(exc))
         else:
-            log.critical('Error listening on port: %s, "%s"', _host_port(opts.host, opts.port),
-                         listen_error(opts.host, opts.port, exc))
+            log.critical("%s", listen_error(opts.host, opts.port, exc))
         return 1
 
 
@@ -10152,8 +10158,7 @@ def embedded_options(port, host, config_path, options: dict) -> Options:
     problem = startup_problem(opts)
     if problem:
         raise ServerError(problem)
-    secrets = [opts.password, opts.authorization] + [u.password for u in opts.users or ()]
-    if any(is_bcrypt_hash(s) for s in secrets) and not bcrypt_available():
+    if bcrypt_missing(opts):
         raise ServerError("a bcrypt password hash is configured, but this Python cannot "
                           "verify bcrypt")
     return opts
@@ -10204,9 +10209,8 @@ class EmbeddedServer:
             if isinstance(exc, ConfigError):
                 raise ServerError(str(exc)) from None
             if isinstance(exc, OSError):
-                raise ServerError('Error listening on port: %s, "%s"' % (
-                    _host_port(server.options.host, server.options.port),
-                    listen_error(server.options.host, server.options.port, exc))) from None
+                raise ServerError(listen_error(server.options.host, server.options.port,
+                                               exc)) from None
             raise
         self.server = server
         return self
