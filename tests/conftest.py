@@ -425,6 +425,15 @@ def drop_unasked(conn: RawConn) -> None:
     conn.buf[:] = UNASKED_RE.sub(repl, bytes(conn.buf))
 
 
+def connected(srv, connect: bytes = b'{"verbose":false}') -> RawConn:
+    """A raw client of `srv` past INFO, CONNECT and a PING/PONG round trip."""
+    c = RawConn(srv.host, srv.port)
+    c.read_info()
+    c.send(b"CONNECT %s\r\n" % connect)
+    t_ping_pong(c)
+    return c
+
+
 def t_expect_exact(conn: RawConn, data: bytes, timeout: float | None = None) -> None:
     """Like expect_exact, ignoring unasked INFO/PING; fails fast on a mismatch."""
     deadline = time.monotonic() + (timeout or conn.timeout)

@@ -20,7 +20,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, RawConn, start_gnatsd, t_ping_pong, write_conf
+from conftest import ROOT, RawConn, connected, start_gnatsd, t_ping_pong, write_conf
 
 MON_RE = re.compile(rb"Starting http monitor on (\S+):(\d+)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -44,12 +44,7 @@ def varz(srv) -> dict:
     return json.loads(get(srv, "/varz")[2])
 
 
-def client(srv) -> RawConn:
-    c = RawConn(srv.host, srv.port)
-    c.read_info()
-    c.send(b'CONNECT {"verbose":false}\r\n')
-    t_ping_pong(c)
-    return c
+client = connected
 
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from conftest import (GO_SERVERS, ROOT, RawConn, ServerProcess, free_port, start_gnatsd,
-                      start_go, t_expect, t_ping_pong, write_conf)
+from conftest import (GO_SERVERS, ROOT, RawConn, ServerProcess, connected, free_port,
+                      start_gnatsd, start_go, t_expect, t_ping_pong, write_conf)
 
 GNATSD_072 = os.path.join(os.path.dirname(ROOT), "shared", "oracles", "gnatsd-0.7.2")
 
@@ -48,12 +48,7 @@ def old_conf(port: int, route_port: int, routes=(), auth: str = "") -> str:
     return text + "}\n"
 
 
-def client(srv) -> RawConn:
-    c = RawConn(srv.host, srv.port)
-    c.read_info()
-    c.send(b'CONNECT {"verbose":false}\r\n')
-    t_ping_pong(c)
-    return c
+client = connected
 
 
 def until_delivered(pub: RawConn, sub: RawConn, subject: bytes, timeout: float = 15.0):
