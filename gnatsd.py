@@ -2119,7 +2119,7 @@ class Client(Connection):
                 self.deliver_msg(account.sublist.match(subject), msg, trace=trace)
                 trace.send(self)
                 return stop + 2
-            if trace_only(msg):
+            if trace_only(header_values(msg)):
                 return stop + 2         # a trace-only message whose trace failed
         route = account.service_route(subject) if account.routes_services else None
         if route is not None:
@@ -8834,9 +8834,10 @@ TRACE_NO_SUPPORT = ("Message delivered but remote does not support message traci
                     "trace event generated from there")
 
 
-def trace_only(msg: Message) -> bool:
-    """Does the message ask for the trace only (`Nats-Trace-Only`: 1, true, on)?"""
-    value = header_values(msg).get("Nats-Trace-Only", [""])[0].lower()
+def trace_only(headers: dict) -> bool:
+    """Do a message's headers (header_values) ask for the trace only
+    (`Nats-Trace-Only`: 1, true, on)?"""
+    value = headers.get("Nats-Trace-Only", [""])[0].lower()
     return value in ("1", "true", "on")
 
 
@@ -8889,7 +8890,7 @@ class MsgTrace:
         ingress.update({"acc": account.name, "subj": msg.subject.decode("utf-8", "replace")})
         event = {"server": None, "request": {"header": headers, "msgsize": msg.size},
                  "events": [ingress]}
-        trace = cls(dest, trace_only(msg), event)
+        trace = cls(dest, trace_only(headers), event)
         trace.hop = (headers.get("Nats-Trace-Hop") or [""])[0] if route else ""
         return trace
 
