@@ -192,9 +192,10 @@ SUBLIST_CACHE_MAX = 1024
 # PUB size tokens the hot path remembers the value of (Server.pub_size).
 PUB_SIZES_MAX = 4096
 
-# Subjects a client with permissions (or in an account with services) is
-# remembered to be free to publish on, at most.
-PUB_VETTED_MAX = 1024
+# `PUB <subject>` lines a client's hot path remembers the delivery plan of
+# (Client.pub_lines), at most; the plans themselves live in the sublist's
+# cache, so a line past SUBLIST_CACHE_MAX subjects is mostly a stale one.
+PUB_LINES_MAX = 1024
 
 # Closed connections kept for /connz?state=closed (Go's DEFAULT_MAX_CLOSED_CLIENTS;
 # the max_closed_clients option).
@@ -557,7 +558,9 @@ class SublistResult:
 
     The plan slots are free for the caller (the client chapter keeps its
     delivery plans there); they live exactly as long as the cached result.
-    Whatever sits in them has a `settle()`, called when the result is dropped.
+    Whatever sits in them has a `settle()`, called to bring counts up to
+    date, and a `retire()`, called when the result is dropped (a caller may
+    hold a plan elsewhere, and must then look the subject up again).
     """
 
     __slots__ = ("psubs", "qsubs", "plan", "header_plan", "local_plan")
@@ -578,6 +581,13 @@ class SublistResult:
         for plan in (self.plan, self.header_plan, self.local_plan):
             if plan is not None:
                 plan.settle()
+
+    def drop(self):
+        """Settle and retire each plan kept here: the sublist drops the result."""
+        for plan in (self.plan, self.header_plan, self.local_plan):
+            if plan is not None:
+                plan.settle()
+                plan.retire()
 
 
 class _Node:
@@ -721,7 +731,7 @@ class Sublist:
         """Forget one cached result, settling its plan's counts first."""
         result = self.cache.pop(key, None)
         if result is not None:
-            result.settle()
+            result.drop()
             if self.cache_index is not None:
                 path = []
                 node = self.cache_index
@@ -736,7 +746,8 @@ class Sublist:
 
     def clear_cache(self):
         """Drop every cached result (and plan); callers' derived data goes stale."""
-        self.settle()
+        for result in self.cache.values():
+            result.drop()
         self.cache.clear()
         self.cache_index = None
         self.genid += 1
@@ -1421,14 +1432,18 @@ class Connection:
 # line into op and arguments and dispatches through `OPS` (process_op ->
 # op_pub -> process_pub -> deliver_msg).  The hot path takes a PUB line as
 # clients write it, `PUB <subject> [reply] <size>\r\n`: the size is the
-# line's last token, and the subject is looked up in the sublist's cache,
-# whose result keeps the subject's delivery *plan*: for each subscriber the
-# ready-made `MSG <subject> <sid> ` prefix, followed by the publisher's own
-# `<size>\r\n<payload>\r\n` bytes, sliced once from the read buffer.  So a
-# message costs a few slices and dict lookups whatever its subject and size.
-# Anything unusual (headers, odd spacing, permissions not yet vetted for the
-# subject, auto-unsubscribe, imports) takes the reference path; both write
-# the same bytes (tests/test_hot_path.py, and the Go differential fuzzer).
+# line's last token, and `PUB <subject>` is looked up among the lines the
+# client sent before (pub_lines), each vetted once, which map to the
+# subject's delivery *plan*, kept with the sublist's cached result: for each
+# subscriber the ready-made `MSG <subject> <sid> ` prefix, followed by the
+# publisher's own `<size>\r\n<payload>\r\n` bytes, sliced once from the
+# read buffer.  So a message costs a few slices and dict lookups whatever
+# its subject and size.  When the sublist drops a result (a subscription
+# changed, or its cache made room) it retires the plan, and the line is
+# looked up again.  Anything unusual (odd spacing, permissions, echo off
+# on a subject the client listens to, auto-unsubscribe, imports) takes
+# the reference path; both write the same bytes (tests/test_hot_path.py,
+# and the Go differential fuzzer).
 #
 # In this chapter, the reference path comes first: the Client class with
 # process_op and the ops, CONNECT, SUB/UNSUB, process_pub -> deliver_msg ->
@@ -1465,7 +1480,7 @@ class Client(Connection):
         "verbose", "pedantic", "echo", "headers", "no_responders", "protocol",
         "name", "lang", "version", "user", "connect_received", "awaiting_auth",
         "subject_err_sent",
-        "subs", "fast_pub", "vetted", "perms", "account", "credentials", "tls_identities",
+        "subs", "fast_pub", "fast_pub_plain", "pub_lines", "perms", "account", "credentials", "tls_identities",
         "nonce",
     )
 
@@ -1493,12 +1508,13 @@ class Client(Connection):
         self.account.client_count += 1
         self.account.total_connections += 1
         # May PUB lines take the hot path in `parse`?  Not while verbose,
-        # pedantic or traced (as a client is until its CONNECT).  `vetted`
-        # holds the subjects a client with permissions (or in an account
-        # with services) has been found free to publish on; None when every
-        # subject is (refresh_pub_path).
+        # pedantic or traced (as a client is until its CONNECT).  `pub_lines`
+        # maps the `PUB <subject>` lines it has sent to the subjects' plans,
+        # each found free to publish on plainly (pub_lookup); emptied
+        # whenever that may change (refresh_pub_path).
         self.fast_pub = False
-        self.vetted = None
+        self.fast_pub_plain = False  # no permissions or services to check (publishes_plainly)
+        self.pub_lines = {}
 
     # -- the reference path: one control line at a time ---------------------
 
@@ -2226,18 +2242,14 @@ class Client(Connection):
         find = data.find
         rfind = data.rfind
         startswith = data.startswith
-        vetted = self.vetted
-        sizes_get = server.pub_sizes.get
-        # The longest line the hot path takes: "PUB ", the argument (at most
-        # max_control_line) and CR; -1 when the client may not take it at all.
-        hot_line_max = server.options.max_control_line + 5
-        line_max = hot_line_max if self.fast_pub else -1
-        sublist = self.account.sublist
-        results_get = sublist.cache.get
+        lines = self.pub_lines
+        lines_get = lines.get
+        sizes_get = server.pub_line_sizes.get
         pending = server.pending
         rand = random.random
-        echo = self.echo
-        msgs = nbytes = lookups = 0
+        EMPTY, PLAIN, QUEUES, STALE = PLAN_EMPTY, PLAN_PLAIN, PLAN_QUEUES, PLAN_STALE
+        msgs = nbytes = misses = 0
+        miss_at = -1
         run_plan = None
         last_size = -1
         # HOT: the plans delivered to, whose receivers are marked pending
@@ -2256,67 +2268,55 @@ class Client(Connection):
                 if nl < 0:
                     self.partial_line(data, i)
                     break
-                # HOT: a plain `PUB <subject> [reply] <size>\r\n` (as clients
-                #      write it) takes the size from the line's last token and
-                #      looks the subject up in the sublist's own cache, whose
-                #      result keeps the subject's delivery plan; a line it does
-                #      not settle at once goes to pub_lookup, and anything else
-                #      to process_op (the reference path: same bytes out).
-                plan = None
-                if nl - i <= line_max and data[nl - 1] == 13:
-                    if startswith(b"PUB ", i):
-                        sp = rfind(b" ", i + 4, nl)
-                        size_token = data[sp + 1:nl - 1] if sp > i + 4 else b""
-                        size = sizes_get(size_token, -2)
-                        if size == -2:
-                            size = server.pub_size(size_token)
-                        if size >= 0:
-                            tail_at = sp + 1    # where "<size>\r\n<payload>\r\n" starts
-                            hdr = -1
-                            key = data[i + 4:sp]
-                            result = results_get(key)
-                            reply_sp = None
-                            if result is None or (vetted is not None and key not in vetted):
-                                lookups += 1
-                                plan, reply_sp = self.pub_lookup(key)
-                            else:
-                                plan = result.plan
-                                if plan is None:
-                                    plan = result.plan = DeliveryPlan(result, key, sublist.name)
-                    elif startswith(b"HPUB ", i) and self.headers:
-                        lookups += 1
-                        plan, reply_sp, hdr, size, tail_at = self.hpub_lookup(data, i, nl)
-                if plan is None:
-                    i = self.process_op(data, i, nl)
-                    if i < 0:
-                        break
-                    check_at = 0
-                    line_max = hot_line_max if self.fast_pub else -1
-                    vetted = self.vetted
-                    sublist = self.account.sublist
-                    results_get = sublist.cache.get
-                    echo = self.echo
-                    run_plan = None
-                    continue
+                # HOT: a line this client has sent before but for its size,
+                #      `PUB <subject> <size>\r\n`: `PUB <subject>` finds the
+                #      subject's delivery plan in pub_lines, `<size>\r` its
+                #      value in pub_line_sizes; two dict lookups, no split
+                #      (64 subjects, 16..256-byte payloads, in process:
+                #      publish-only 0.90 -> 0.66 us/msg, to one wildcard sub
+                #      1.33 -> 1.03; make bench real_pub 0.07x -> 0.11x of Go
+                #      2.9).  Anything else, a reply, headers, a first sight,
+                #      goes to pub_lookup, and what it does not take to
+                #      process_op (the reference path).
+                sp = rfind(b" ", i, nl)
+                if sp > i:
+                    plan = lines_get(data[i:sp])
+                    size = sizes_get(data[sp + 1:nl], -1)
+                else:
+                    plan = None
+                if plan is None or size < 0:
+                    plan, reply_sp, size, tail_at = self.pub_lookup(data, i, nl, sp)
+                    if plan is None:
+                        run_plan = None
+                        i = self.process_op(data, i, nl)
+                        if i < 0:
+                            break
+                        check_at = 0
+                        continue
+                    misses += 1
+                    miss_at = i
+                else:
+                    reply_sp = None
+                    tail_at = sp + 1
                 stop = nl + 1 + size
                 if stop + 2 > n:
                     check_payload_end(data, stop)
+                    if miss_at == i:
+                        misses -= 1         # looked up again when the payload is in
                     self.keep_tail(data, i, stop + 2 - i)
                     break
                 if data[stop] != 13 or data[stop + 1] != 10:
                     raise payload_end_error(data, stop)
-                msgs += 1
-                nbytes += size
                 kind = plan.kind
-                if kind == PLAN_PLAIN and (echo or self not in plan.clients):
-                    if (plan is run_plan and size == last_size and reply_sp is None and plan.runnable
-                            and startswith(data[i:nl + 1], stop + 2)):
+                if kind == PLAIN:
+                    if (size == last_size and plan is run_plan and reply_sp is None
+                            and plan.runnable and startswith(data[i:nl + 1], stop + 2)):
                         # HOT (best case): the same PUB line again: take the whole
                         #      run of repeats at once (deliver_run; make bench
                         #      same-line pub-only 0.28x -> 2.4x of Go 2.9).
                         k = deliver_run(data, i, nl, size, tail_at - i, None, plan)
-                        msgs += k - 1
-                        nbytes += (k - 1) * size
+                        msgs += k
+                        nbytes += k * size
                         i += k * (nl + 3 - i + size)
                         touch(plan)
                         continue
@@ -2328,20 +2328,21 @@ class Client(Connection):
                     #      (make bench fan-out 16: 0.57x -> 0.75x of Go 2.9).
                     plan.deliver(data[tail_at:stop + 2], size, reply_sp)
                     touch(plan)
-                elif kind == PLAN_EMPTY:
-                    if reply_sp is not None and self.no_responders:
-                        self.send_no_responders(reply_sp[:-1], plan.subject)
-                    elif (plan is run_plan and size == last_size and reply_sp is None
+                elif kind == EMPTY:
+                    if reply_sp is not None:
+                        if self.no_responders:
+                            self.send_no_responders(reply_sp[:-1], plan.subject)
+                    elif (size == last_size and plan is run_plan
                           and startswith(data[i:nl + 1], stop + 2)):
                         # HOT (best case): a run of repeats nobody listens to.
                         k = deliver_run(data, i, nl, size, tail_at - i, None, plan)
-                        msgs += k - 1
-                        nbytes += (k - 1) * size
+                        msgs += k
+                        nbytes += k * size
                         i += k * (nl + 3 - i + size)
                         continue
                     run_plan = plan
                     last_size = size
-                elif kind == PLAN_QUEUES and (echo or self not in plan.members):
+                elif kind == QUEUES:
                     run_plan = None
                     tail = data[tail_at:stop + 2]
                     if plan.plain_out:
@@ -2358,14 +2359,23 @@ class Client(Connection):
                         c.out_bytes += size
                         c.last_activity = now
                         pending.add(c)
+                elif kind == STALE:
+                    # The sublist dropped the plan (a subscription changed, or
+                    # its cache made room): look the line up again.
+                    del lines[data[i:sp]]
+                    continue
                 else:
                     run_plan = None
                     reply = reply_sp[:-1] if reply_sp is not None else None
                     subject = plan.subject
-                    self.deliver_msg(sublist.match(subject),
+                    # (An HPUB's size field is "<hdr> <total>".)
+                    hdr = int(data[tail_at:sp]) if tail_at <= sp else -1
+                    self.deliver_msg(self.account.sublist.match(subject),
                                      Message(subject, reply, hdr, size, data[nl + 1:stop],
                                              data[tail_at:nl - 1]))
                     check_at = 0
+                msgs += 1
+                nbytes += size
                 i = stop + 2
         finally:
             for plan in touched:
@@ -2377,76 +2387,105 @@ class Client(Connection):
             self.in_msgs += msgs
             self.in_bytes += nbytes
             self.last_activity = now
-        # pub_lookup's matches counted themselves.
-        sublist.matches += msgs - lookups
-        sublist.cache_hits += msgs - lookups
+            # Each message is a match of the sublist's (Go counts them so);
+            # pub_lookup's went through Sublist.match and counted themselves.
+            sublist = self.account.sublist
+            sublist.matches += msgs - misses
+            sublist.cache_hits += msgs - misses
 
-    def hpub_lookup(self, data: bytes, i: int, nl: int) -> tuple:
-        """The hot path's take on an HPUB line, `HPUB <subject> [reply]
-        <header size> <total size>\r\n` (at `i`, ending at `nl`): (header
-        plan, b"reply " or None, header size, total size, where the size
-        field starts), or a None plan when the reference path must take it
-        (as for PUB, and a header block of 0 bytes, a plain message)."""
-        rfind = data.rfind
-        sp = rfind(b" ", i + 5, nl)
-        sp2 = rfind(b" ", i + 5, sp) if sp > i + 5 else -1
-        if sp2 <= i + 5:
-            return None, None, -1, -1, 0
+    def pub_lookup(self, data: bytes, i: int, nl: int, sp: int) -> tuple:
+        """The hot path's take on a line pub_lines does not settle at once
+        (the line from `i` to the LF at `nl`, `sp` its last space): (the
+        subject's delivery plan, b"reply " or None, the payload size, where
+        the MSG line's size field starts), or a None plan when the reference
+        path must take the line.
+
+        The hot path takes `PUB <subject> [reply] <size>\\r\\n` and `HPUB
+        <subject> [reply] <hdr size> <total size>\\r\\n` exactly as a client
+        writes them, the subject and reply free of tabs and CR, from a
+        client that is neither verbose, pedantic nor traced, within
+        max_control_line and max_payload, and on a subject it may publish
+        to plainly (publishes_plainly: permissions, service imports); with
+        echo off, not on a subject it listens to itself.  Then the plan is
+        one the reference path would follow exactly.  A plain `PUB
+        <subject>` line is remembered in pub_lines, which refresh_pub_path
+        empties whenever any of this may change (CONNECT, reload)."""
+        none = (None, None, -1, 0)
         server = self.server
-        hdr = server.pub_size(data[sp2 + 1:sp])
-        size = server.pub_size(data[sp + 1:nl - 1])
-        if hdr < 1 or size < hdr:
-            return None, None, -1, -1, 0
-        if data.find(b"Nats-Trace-", nl + 1, nl + 1 + hdr) >= 0:
-            return None, None, -1, -1, 0    # message tracing: the reference path
-        plan, reply_sp = self.pub_lookup(data[i + 5:sp2], True)
-        return plan, reply_sp, hdr, size, sp2 + 1
-
-    def pub_lookup(self, key: bytes, headers: bool = False) -> tuple:
-        """The hot path's second try at a PUB line's `<subject>[ <reply>]`:
-        (the subject's delivery plan, b"reply " or None), or (None, None)
-        when the line must take the reference path.  The plan is one the
-        reference path would take exactly so: the subject has no tab, CR
-        or LF (no space, by the way `key` was cut), and a client with
-        permissions, or in an account with service imports or exports, has
-        its subjects vetted once (publishes_plainly); `vetted` is emptied
-        whenever the answer could change (CONNECT, reload)."""
+        if (not self.fast_pub or sp <= i or data[nl - 1] != 13
+                or nl - i > server.options.max_control_line + 5):
+            return none
+        token = data[sp + 1:nl]
+        size = server.pub_line_sizes.get(token)
+        if size is None:
+            size = server.pub_line_size(token)
+        if size < 0:
+            return none
+        if data.startswith(b"PUB ", i):
+            headers = False
+            tail_at = sp + 1
+            key = data[i + 4:sp]
+        elif data.startswith(b"HPUB ", i) and self.headers:
+            headers = True
+            sp2 = data.rfind(b" ", i + 5, sp)
+            if sp2 <= i + 5:
+                return none
+            hdr = server.pub_size(data[sp2 + 1:sp])
+            if hdr < 1 or size < hdr:
+                return none     # a header block of 0 bytes: a plain message (reference path)
+            if data.find(b"Nats-Trace-", nl + 1, nl + 1 + hdr) >= 0:
+                return none     # message tracing: the reference path
+            tail_at = sp2 + 1
+            key = data[i + 5:sp2]
+        else:
+            return none
         cut = key.find(b" ")
         if cut < 0:
             subject, reply_sp = key, None
         else:
             subject, reply = key[:cut], key[cut + 1:]
             if not reply or b" " in reply or b"\t" in reply or b"\r" in reply:
-                return None, None
+                return none
             reply_sp = reply + b" "
         if not subject or b"\t" in subject or b"\r" in subject:
-            return None, None
-        vetted = self.vetted
-        if vetted is not None and subject not in vetted:
-            if not self.publishes_plainly(subject):
-                return None, None
-            if len(vetted) >= PUB_VETTED_MAX:
-                vetted.clear()
-            vetted[subject] = True
-        sublist = self.account.sublist
-        result = sublist.match(subject)
-        if headers:
-            plan = result.header_plan
-            if plan is None:
-                plan = result.header_plan = DeliveryPlan(result, subject, sublist.name, True)
+            return none
+        lines = self.pub_lines
+        line_key = b"PUB " + subject
+        plan = None if headers else lines.get(line_key)
+        if plan is None or plan.kind == PLAN_STALE:
+            if not self.fast_pub_plain and not self.publishes_plainly(subject):
+                return none
+            sublist = self.account.sublist
+            result = sublist.match(subject)
+            if headers:
+                plan = result.header_plan
+                if plan is None:
+                    plan = result.header_plan = DeliveryPlan(result, subject, sublist.name, True)
+            else:
+                plan = result.plan
+                if plan is None:
+                    plan = result.plan = DeliveryPlan(result, subject, sublist.name)
+            if not self.echo and self in plan.members:
+                return none     # its own subscriptions are skipped: deliver_msg
+            # A remembered line is taken whatever its size token, so only a
+            # subject short enough for any size (9 digits) within
+            # max_control_line is remembered.
+            if not headers and len(subject) + 10 <= server.options.max_control_line:
+                if len(lines) >= PUB_LINES_MAX:
+                    lines.clear()
+                lines[line_key] = plan
         else:
-            plan = result.plan
-            if plan is None:
-                plan = result.plan = DeliveryPlan(result, subject, sublist.name)
-        return plan, reply_sp
+            sublist = self.account.sublist
+            sublist.matches += 1            # (counted as the hot path counts a hit)
+            sublist.cache_hits += 1
+        return plan, reply_sp, size, tail_at
 
     def refresh_pub_path(self):
-        """Decide again whether PUBs may take the hot path, and forget what
-        was vetted (CONNECT, a new login, a reload)."""
+        """Decide again whether PUBs may take the hot path, and forget the
+        lines remembered (CONNECT, a new login, a reload)."""
         self.fast_pub = not (self.verbose or self.pedantic or self.trace)
-        account = self.account
-        plain = self.perms is None and not account.routes_services
-        self.vetted = None if plain else {}
+        self.fast_pub_plain = self.perms is None and not self.account.routes_services
+        self.pub_lines.clear()
 
     def publishes_plainly(self, subject: bytes) -> bool:
         """May a PUB to `subject` skip permissions and service imports?"""
@@ -2595,8 +2634,9 @@ class Message:
 # ones deliver_to would give it (tests/test_hot_path.py, test_framing.py).
 
 # DeliveryPlan kinds: nobody to deliver to; plain subs only; with queue
-# groups; anything the general deliver_msg must handle (auto-unsubscribe).
-PLAN_EMPTY, PLAN_PLAIN, PLAN_QUEUES, PLAN_SLOW = 0, 1, 2, 3
+# groups; anything the general deliver_msg must handle (auto-unsubscribe);
+# retired (the sublist dropped its result: look the subject up again).
+PLAN_EMPTY, PLAN_PLAIN, PLAN_QUEUES, PLAN_SLOW, PLAN_STALE = 0, 1, 2, 3, 4
 
 
 class DeliveryPlan:
@@ -2705,6 +2745,11 @@ class DeliveryPlan:
                 append(prefix)
                 append(reply_sp)
                 append(tail)
+
+    def retire(self):
+        """The sublist dropped this plan's result (a subscription changed, or
+        the cache made room): whoever still holds the plan must not use it."""
+        self.kind = PLAN_STALE
 
     def settle(self):
         """Move the hot path's message and byte counts onto the plain
@@ -2983,6 +3028,7 @@ class CoreServer:
         self.write_waiting: set = set()
         self.backlogged: dict = {}   # connections with input left for the next turn (ordered)
         self.pub_sizes: dict = {}    # PUB size token -> size, for the hot path (pub_size)
+        self.pub_line_sizes: dict = {}   # the same with the line's CR (pub_line_size)
         self.selector = selectors.DefaultSelector()
         self.timers: list = []       # a heap of [when, seq, callback or None]
         self.timer_seq = 0
@@ -3229,6 +3275,17 @@ class CoreServer:
         if size > self.options.max_payload:
             size = -1
         sizes = self.pub_sizes
+        if len(sizes) >= PUB_SIZES_MAX:
+            sizes.clear()
+        sizes[token] = size
+        return size
+
+    def pub_line_size(self, token: bytes) -> int:
+        """pub_size for a PUB line's last token with the CR that ends the
+        line (`16\r`): a client's hot path looks up token and CR at once.
+        Remembered in `pub_line_sizes` (-1 for a token without its CR)."""
+        size = self.pub_size(token[:-1]) if token.endswith(b"\r") else -1
+        sizes = self.pub_line_sizes
         if len(sizes) >= PUB_SIZES_MAX:
             sizes.clear()
         sizes[token] = size
@@ -9651,6 +9708,7 @@ class ServerControl:
             return
         old, self.options = self.options, new
         self.pub_sizes.clear()          # sizes checked against the old max_payload
+        self.pub_line_sizes.clear()
         for change in changes:
             self.log.info("Reloaded: %s", change)
         if self.log.handlers and any(getattr(old, a) != getattr(new, a)

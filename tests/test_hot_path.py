@@ -1,9 +1,10 @@
 """The PUB hot path, exercised the way clients use it (issue 11).
 
 Clients such as nats-py send `"pedantic":false`, and that is when
-gnatsd.py's hot path takes their PUB lines: the size is read from the
-line's last token and the subject looked up in the sublist cache (and, for
-a client with permissions, in the subjects it was vetted for).  Every test
+gnatsd.py's hot path takes their PUB lines: `PUB <subject>` finds the
+subject's delivery plan among the lines the client sent before (each vetted
+once: permissions, echo, max_control_line), the last token its size, and a
+plan is retired when the sublist drops its cached result.  Every test
 here connects with verbose and pedantic off, publishes lines that repeat
 and lines that vary (subjects, sizes, replies), and checks the exact bytes
 against Go 2.9 and 2.15 (the `start`/`kind` fixtures), so a hot path that
@@ -127,7 +128,42 @@ def test_an_overlong_line_on_a_known_subject_is_still_refused(start):
     assert t_read_until_closed(pub) == b"-ERR 'maximum control line exceeded'\r\n"
 
 
+def test_a_known_subject_with_a_longer_size_token_is_still_refused(start, tmp_path):
+    # `PUB <44 bytes> 1` fits max_control_line 48; the same subject with a
+    # 9-digit size token does not, though the line was seen before.
+    srv = start("-c", write_conf(tmp_path, "max_control_line: 48\n"))
+    pub = quiet_client(srv)
+    subject = b"hot." + b"s" * 40
+    pub.send(b"PUB %s 1\r\nx\r\nPUB hot.x 000000001\r\nx\r\n" % subject)
+    t_ping_pong(pub)      # (both the subject and the size token were seen)
+    pub.send(b"PUB %s 1\r\nx\r\nPUB %s 000000001\r\nx\r\n" % (subject, subject))
+    assert t_read_until_closed(pub) == b"-ERR 'maximum control line exceeded'\r\n"
+
+
 # -- what the hot path must notice changing --------------------------------------------
+
+
+def test_an_unsubscribe_after_the_subject_left_the_cache_is_seen(start):
+    # The publisher's known line outlives the sublist's cached result for
+    # its subject (1,500 other subjects make room); an UNSUB after that
+    # must still stop delivery.
+    srv = start()
+    sub = quiet_client(srv)
+    sub.send(b"SUB hot.0 1\r\nSUB other.> 2\r\n")
+    t_ping_pong(sub)
+    pub = quiet_client(srv)
+    pub.send(b"PUB hot.0 2\r\nok\r\n")
+    t_ping_pong(pub)
+    assert until_pong(sub) == b"MSG hot.0 1 2\r\nok\r\n"
+    pub.send(b"".join(b"PUB other.%d 1\r\nx\r\n" % k for k in range(1500)))
+    t_ping_pong(pub)
+    assert until_pong(sub).count(b"MSG other.") == 1500
+    sub.send(b"UNSUB 1\r\n")
+    t_ping_pong(sub)
+    pub.send(b"PUB hot.0 3\r\nbad\r\nPUB other.x 4\r\ngood\r\n")
+    t_ping_pong(pub)
+    assert until_pong(sub) == b"MSG other.x 2 4\r\ngood\r\n"
+
 
 
 PERMS = """
