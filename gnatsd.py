@@ -314,10 +314,12 @@ class ProtocolError(NatsError):
 # case-insensitive, arguments are split on runs of spaces and tabs.
 #
 # This chapter has the pieces that do not depend on the connection: the
-# control-line splitter and the argument parsers.  The read loop and its op
-# table are the client's (chapter 5), because its PUB fast path delivers in
-# place.  Go twin: server/parser.go.  Entry points: split_client_op and the
-# parse_*_args functions (Client.parse drives them).
+# control-line splitter, the argument parsers, and the framing functions
+# built on them (bytes in, ops out).  The read loop and its op table are the
+# client's (chapter 5), because its PUB fast path delivers in place.  Go
+# twin: server/parser.go.  Entry points: frame_line, frame_partial,
+# payload_end (Client.process_op drives them), split_ops (all three, for
+# tests) and the parse_*_args functions.
 
 
 def split_op(line: bytes) -> tuple:
@@ -436,65 +438,145 @@ def err_proto(text: str) -> bytes:
     return b"-ERR '" + text.encode() + b"'\r\n"
 
 
-# -- the parse error's log line ------------------------------------------------
-# GO-COMPAT: protoSnippet (test_logging.py::test_parse_error_log_names_state_and_snippet)
+# -- framing: bytes in, ops out ---------------------------------------------------
 #
-# Go answers a byte no op can continue with `-ERR 'Unknown Protocol
-# Operation'` and logs where its byte-wise parser stood:
-#
-#     Client parser ERROR, state=31, i=3: proto='"X foo 1\r"...'
-#
-# `state` is the parser state (its enum in parser.go) and `i` the failing
-# byte's index in the read, followed by up to 32 bytes from there, quoted.
-# We find lines, not bytes, so the state is worked out from the op's name
-# (the longest prefix of a name it spells) or the payload's end.
+# The pure part of reading a client: where an op's line ends, what its name
+# and argument are, and where its payload ends, with Go's answers for input
+# that is wrong; no connection, no state.  The client's reference path
+# (Client.process_op, partial_line, process_pub) frames with these, and
+# split_ops strings them together for tests, as Go's parser_test.go drives
+# its parser with byte slices (tests/test_framing.py).
 
-# Go's parser states for the prefixes of the client ops' names.
-_GO_OP_STATES = {
-    b"": 0, b"+": 1, b"+O": 2, b"+OK": 3, b"-": 4, b"-E": 5, b"-ER": 6, b"-ERR": 7,
-    b"C": 10, b"CO": 11, b"CON": 12, b"CONN": 13, b"CONNE": 14, b"CONNEC": 15, b"CONNECT": 16,
-    b"H": 18, b"HP": 19, b"HPU": 20, b"HPUB": 21, b"HM": 24, b"HMS": 25, b"HMSG": 26,
-    b"P": 29, b"PU": 30, b"PUB": 31, b"PI": 34, b"PIN": 35, b"PING": 36,
-    b"PO": 37, b"PON": 38, b"PONG": 39,
-    b"S": 43, b"SU": 44, b"SUB": 45,
-    b"U": 59, b"UN": 60, b"UNS": 61, b"UNSU": 62, b"UNSUB": 63,
-    b"M": 66, b"MS": 67, b"MSG": 68, b"I": 71, b"IN": 72, b"INF": 73, b"INFO": 74,
+# The client ops, and whether each takes an argument.
+CLIENT_OPS = {
+    b"PUB": True, b"HPUB": True, b"SUB": True, b"UNSUB": True, b"CONNECT": True,
+    b"INFO": True, b"-ERR": True, b"PING": False, b"PONG": False,
 }
-# ... and after a payload: CR expected, then LF.
-GO_MSG_END_R, GO_MSG_END_N = 41, 42
-
-# Bytes of the offending input a parse error's log line quotes.
-PROTO_SNIPPET_SIZE = 32
+# Names an unfinished line may still be spelling: Go's parser also walks
+# through +OK (skipped) and HMSG (refused only at the newline).
+CLIENT_OP_NAMES = tuple(CLIENT_OPS) + (b"+OK", b"HMSG")
 
 
-def parser_error(data: bytes, at: int, state: int) -> ProtocolError:
-    """The unknown-op error for the byte at `at`, with Go's log line."""
-    stop = at + PROTO_SNIPPET_SIZE
-    if at >= len(data):
-        snippet = '""'
-    else:
-        if stop > len(data):
-            stop = len(data) - 1        # (Go's protoSnippet leaves the last byte out)
-        snippet = go_quote(data[at:stop])
-    return ProtocolError("Client parser ERROR, state=%d, i=%d: proto='%s...'"
-                         % (state, at, snippet), ERR_UNKNOWN_PROTOCOL)
+def control_line_exceeded(length: int, max_control_line: int) -> ProtocolError:
+    """An argument of `length` bytes past max_control_line."""
+    return ProtocolError("maximum control line exceeded (max_control_line %d, line %d)"
+                         % (max_control_line, length), ERR_MAX_CONTROL_LINE,
+                         MAX_CONTROL_LINE_EXCEEDED)
 
 
-def op_name_error(data: bytes, i: int) -> ProtocolError:
-    """The unknown op starting at `i`: Go fails on the first byte that no
-    op name continues with."""
-    name = data[i:i + 8].upper()
-    j = 0
-    while j < len(name) and name[:j + 1] in _GO_OP_STATES:
-        j += 1
-    return parser_error(data, i + j, _GO_OP_STATES[name[:j]])
+def frame_line(data: bytes, i: int, nl: int, max_control_line: int):
+    """The client op whose control line starts at `i` and ends at the LF at
+    `nl`: (OP, argument, line, index of its last LF), or None when the
+    argument is not all here yet.  OP is one of CLIENT_OPS or b"+OK" (PING,
+    PONG and +OK take no argument: what follows them is skipped).  Raises
+    the ProtocolError of an unknown op or an overlong argument."""
+    line = data[i:nl]
+    op, arg, has_sep = split_client_op(line)
+    kept = drop_cr(arg)
+    if kept is not arg:             # the byte before LF goes from the line too
+        arg, line = kept, line[:-1]
+    needs_arg = CLIENT_OPS.get(op)
+    if needs_arg is None:
+        for name in (b"PING", b"PONG", b"+OK"):
+            if op.startswith(name):
+                return name, b"", line, nl
+        raise op_name_error(data, i)
+    if not needs_arg:
+        return op, arg, line, nl
+    if not has_sep and op not in (b"CONNECT", b"INFO"):
+        raise op_name_error(data, i)
+    if not arg:
+        # Go's argument starts at the first byte after the blanks, even a
+        # LF: `PUB \nfoo 0\r\n` is a PUB of `\nfoo 0`.
+        # GO-COMPAT: parse (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
+        end = data.find(b"\n", nl + 1)
+        if end < 0:
+            held = len(drop_cr(data[nl:]))
+            if held > max_control_line:
+                raise control_line_exceeded(held, max_control_line)
+            return None
+        arg = drop_cr(data[nl:end])
+        line, nl = line + arg, end
+    if len(arg) > max_control_line:
+        raise control_line_exceeded(len(arg), max_control_line)
+    return op, arg, line, nl
 
 
-def payload_end_error(data: bytes, stop: int) -> ProtocolError:
-    """A payload not followed by CRLF (`stop` is where the CR belongs)."""
-    if data[stop] != 13:
-        return parser_error(data, stop, GO_MSG_END_R)
-    return parser_error(data, stop + 1, GO_MSG_END_N)
+# GO-COMPAT: parse (fuzz/test_fuzz_regressions.py::test_long_unknown_op_is_unknown_even_split)
+def frame_partial(data: bytes, i: int, max_control_line: int) -> bytes:
+    """The bytes to keep of a control line that starts at `i` and has no
+    LF yet.  Go's parser reads byte by byte, so it fails on the first byte
+    no op can continue with, before the newline comes (a client that sends
+    `X` and waits gets its -ERR at once), and never holds more than an
+    argument: it skips what follows PING, PONG and +OK, and the blanks
+    after an op.  Raises the ProtocolError of an unknown op or an overlong
+    argument."""
+    op, _arg, has_sep = split_op(data[i:i + len(b"CONNECT") + 2])
+    if not op.startswith((b"PING", b"PONG", b"+OK", b"CONNECT", b"INFO")):
+        if has_sep:
+            if op not in CLIENT_OPS:
+                raise op_name_error(data, i)
+        elif not any(name.startswith(op) for name in CLIENT_OP_NAMES):
+            raise op_name_error(data, i)
+    if len(data) - i <= max_control_line:
+        return data[i:]
+    op, arg, has_sep = split_client_op(data[i:])
+    held = len(drop_cr(arg))    # Go leaves out what drop_cr drops
+    # Only an op that takes arguments has a limit (as in frame_line).
+    if held > max_control_line and has_sep and CLIENT_OPS.get(op):
+        raise control_line_exceeded(held, max_control_line)
+    if op[:4] in (b"PING", b"PONG") or op[:3] == b"+OK":
+        return data[i:i + 4] + data[-1:]
+    if has_sep and op in CLIENT_OPS:
+        return op + b" " + arg
+    raise op_name_error(data, i)
+
+
+def payload_end(data: bytes, nl: int, size: int) -> int:
+    """Where the CRLF after a payload of `size` bytes (starting after the
+    LF at `nl`) starts, or -1 when it is not all here yet.  Raises Go's
+    parse error as soon as a byte there is not the CR or LF."""
+    stop = nl + 1 + size
+    if stop + 2 > len(data):
+        check_payload_end(data, stop)
+        return -1
+    if data[stop] != 13 or data[stop + 1] != 10:
+        raise payload_end_error(data, stop)
+    return stop
+
+
+def check_payload_end(data: bytes, stop: int):
+    """A payload must be followed by CRLF: fail as soon as a wrong byte shows."""
+    if stop < len(data) and data[stop] != 13:
+        raise payload_end_error(data, stop)
+
+
+def split_ops(data: bytes, max_control_line: int = MAX_CONTROL_LINE_SIZE) -> tuple:
+    """Frame `data` as a client's input: ([(OP, argument, payload or None)],
+    the unfinished tail to prepend to the next bytes).  Raises the
+    ProtocolError the reference path would (also for a PUB or HPUB whose
+    arguments do not parse).  The pieces the server reads with, strung
+    together for tests."""
+    ops = []
+    i, n = 0, len(data)
+    while i < n:
+        nl = data.find(b"\n", i)
+        if nl < 0:
+            return ops, frame_partial(data, i, max_control_line)
+        framed = frame_line(data, i, nl, max_control_line)
+        if framed is None:
+            return ops, data[i:]
+        op, arg, _line, nl = framed
+        payload = None
+        if op in (b"PUB", b"HPUB"):
+            size = parse_pub_args(arg)[2] if op == b"PUB" else parse_hpub_args(arg)[3]
+            stop = payload_end(data, nl, size)
+            if stop < 0:
+                return ops, data[i:]
+            payload, nl = data[nl + 1:stop], stop + 1
+        ops.append((op, arg, payload))
+        i = nl + 1
+    return ops, b""
 
 
 # ============================================================================
@@ -1449,7 +1531,8 @@ class Connection:
 # process_op and the ops, CONNECT, SUB/UNSUB, process_pub -> deliver_msg ->
 # deliver_to; then, fenced, the hot path: Client.parse (the entry point a
 # read calls), pub_lookup, and the DeliveryPlan and deliver_run it uses.
-# Go's exact answers to odd CONNECT and INFO JSON close the chapter.
+# Go's exact reading of odd CONNECT and INFO JSON (load_go_json) is in
+# chapter 9, and the parse error's log line (op_name_error) in chapter 13.
 #
 # Go twins: server/client.go (processConnect, processPub, processSub,
 # processUnsub, deliverMsg, processMsgResults) and server/auth.go.
@@ -1520,28 +1603,11 @@ class Client(Connection):
 
     def partial_line(self, data: bytes, i: int):
         """The buffer ends inside a control line: refuse it now if no more
-        bytes can make it valid, else check its length and wait."""
-        if self.doomed_op(data, i):
+        bytes can make it valid (frame_partial), else keep it and wait."""
+        if self.refused_before_connect(data[i:i + 1]):
             return
-        mcl = self.server.options.max_control_line
-        if len(data) - i > mcl:
-            op, arg, has_sep = split_client_op(data[i:])
-            held = len(drop_cr(arg))    # Go leaves out what drop_cr drops
-            # Only an op that takes arguments has a limit (as in process_op);
-            # an unknown op is refused below, PING/PONG/+OK skip to the newline.
-            if held > mcl and has_sep and getattr(self.OPS.get(op), "needs_arg", False):
-                self.max_control_line_exceeded(held)
-                return
-            # Go's byte-wise parser never holds more than an argument: it
-            # skips to the newline after PING/PONG/+OK, skips blanks after an
-            # op and refuses an unknown op at once.  So keep a bounded tail.
-            if op[:4] in (b"PING", b"PONG") or op[:3] == b"+OK":
-                data, i = data[i:i + 4] + data[-1:], 0
-            elif has_sep and op in self.OPS:
-                data, i = op + b" " + arg, 0
-            else:
-                raise op_name_error(data, i)
-        self.keep_tail(data, i, len(data) - i + 1)
+        kept = frame_partial(data, i, self.server.options.max_control_line)
+        self.keep_tail(kept, 0, len(kept) + 1)
 
     # GO-COMPAT: parse (test_proto.py::test_unknown_op_before_connect_sends_err_and_closes)
     def refused_before_connect(self, first: bytes) -> bool:
@@ -1556,74 +1622,20 @@ class Client(Connection):
         self.auth_violation()
         return True
 
-    # GO-COMPAT: parse (fuzz/test_fuzz_regressions.py::test_long_unknown_op_is_unknown_even_split)
-    def doomed_op(self, data: bytes, i: int) -> bool:
-        """Go's parser reads byte by byte and fails on the first byte that
-        no op can continue with; answer the same before the newline comes
-        (a client that sends `X` and waits gets its -ERR at once).  The
-        unfinished line starts at `i`.  Raises the ProtocolError of an
-        unknown op; True if the client was refused for auth (and closed)."""
-        head = data[i:i + len(b"CONNECT") + 2]      # a name and what follows it
-        if self.refused_before_connect(head[:1]):
-            return True
-        op, _arg, has_sep = split_op(head)
-        if op.startswith((b"PING", b"PONG", b"+OK", b"CONNECT", b"INFO")):
-            return False            # what follows is skipped, or is the argument
-        if has_sep:
-            if op in self.OPS:
-                return False
-        elif any(name.startswith(op) for name in self.OP_NAMES):
-            return False            # still spelling a name
-        raise op_name_error(data, i)
-
-    def max_control_line_exceeded(self, length: int):
-        """Log the line's `length`, send -ERR and close (MAX_CONTROL_LINE_EXCEEDED)."""
-        self.error("maximum control line exceeded (max_control_line %d, line %d)",
-                   self.server.options.max_control_line, length)
-        self.send_err_and_close(ERR_MAX_CONTROL_LINE, MAX_CONTROL_LINE_EXCEEDED)
-
     def process_op(self, data: bytes, i: int, nl: int) -> int:
-        """The cold path: one control line.  Returns the next index, or -1
-        when the op needs more bytes or the connection closed."""
-        line = data[i:nl]
-        op, arg, has_sep = split_client_op(line)
-        kept = drop_cr(arg)
-        if kept is not arg:             # the byte before LF goes from the line too
-            arg, line = kept, line[:-1]
-        if self.refused_before_connect(line[:1]):
+        """The cold path: one control line, framed by frame_line, to its
+        op's handler.  Returns the next index, or -1 when the op needs more
+        bytes or the connection closed."""
+        if self.refused_before_connect(data[i:i + 1]):
             return -1
-        handler = self.OPS.get(op)
-        if handler is None:
-            if op.startswith(b"PING"):
-                handler = Client.op_ping
-            elif op.startswith(b"PONG"):
-                handler = Client.op_pong
-            elif op.startswith(b"+OK"):
-                return nl + 1
-            else:
-                raise op_name_error(data, i)
-        elif handler.needs_arg:
-            if not has_sep and op not in (b"CONNECT", b"INFO"):
-                raise op_name_error(data, i)
-            mcl = self.server.options.max_control_line
-            if not arg:
-                # Go's argument starts at the first byte after the blanks,
-                # even a LF: `PUB \nfoo 0\r\n` is a PUB of `\nfoo 0`.
-                # GO-COMPAT: parse (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
-                end = data.find(b"\n", nl + 1)
-                if end < 0:
-                    held = len(drop_cr(data[nl:]))
-                    if held > mcl:
-                        self.max_control_line_exceeded(held)
-                    else:
-                        self.keep_tail(data, i, len(data) - i + 1)
-                    return -1
-                arg = drop_cr(data[nl:end])
-                line, nl = line + arg, end
-            if len(arg) > mcl:
-                self.max_control_line_exceeded(len(arg))
-                return -1
-        next_i = handler(self, data, i, nl, line, arg)
+        framed = frame_line(data, i, nl, self.server.options.max_control_line)
+        if framed is None:
+            self.keep_tail(data, i, len(data) - i + 1)
+            return -1
+        op, arg, line, nl = framed
+        if op == b"+OK":
+            return nl + 1
+        next_i = self.OPS[op](self, data, i, nl, line, arg)
         return -1 if self.closed else next_i
 
     # -- client ops (each returns the index after its bytes, or -1) ----------
@@ -1709,19 +1721,12 @@ class Client(Connection):
         subject, reply, hdr, size, size_field = parse_hpub_args(arg)
         return self.process_pub(data, i, nl, line, subject, reply, hdr, size, size_field)
 
+    # The handler of each of CLIENT_OPS.
     OPS = {
         b"PUB": op_pub, b"HPUB": op_hpub, b"SUB": op_sub, b"UNSUB": op_unsub,
         b"CONNECT": op_connect, b"INFO": op_info, b"PING": op_ping, b"PONG": op_pong,
         b"-ERR": op_err,
     }
-    # Names an unfinished line may still be spelling (doomed_op): Go's
-    # parser also walks through HMSG, to refuse it only at the newline.
-    OP_NAMES = tuple(OPS) + (b"+OK", b"HMSG")
-    for _op, _needs in ((op_pub, True), (op_hpub, True), (op_sub, True), (op_unsub, True),
-                        (op_connect, True), (op_info, True), (op_ping, False),
-                        (op_pong, False), (op_err, True)):
-        _op.needs_arg = _needs
-    del _op, _needs
 
     # -- monitoring ------------------------------------------------------------
 
@@ -2104,17 +2109,14 @@ class Client(Connection):
             valid = False
             if not self.subject_err_sent:
                 self.send_err(ERR_INVALID_PUBLISH_SUBJECT)
-        stop = nl + 1 + size
-        if stop + 2 > len(data):
-            check_payload_end(data, stop)
+        stop = payload_end(data, nl, size)
+        if stop < 0:
             if not valid and not self.subject_err_sent:
                 self.send_err(ERR_INVALID_PUBLISH_SUBJECT)
                 self.subject_err_sent = True
-            self.keep_tail(data, i, stop + 2 - i)
+            self.keep_tail(data, i, nl + 3 + size - i)
             return -1
         self.subject_err_sent = False
-        if data[stop] != 13 or data[stop + 1] != 10:
-            raise payload_end_error(data, stop)
         payload = data[nl + 1:stop]
         if self.trace:
             self.trace_payload(payload)
@@ -2805,92 +2807,8 @@ def deliver_run(data: bytes, i: int, nl: int, size: int, tail_at: int, reply_sp:
     return k
 
 
-def check_payload_end(data: bytes, stop: int):
-    """A payload must be followed by CRLF: fail as soon as a wrong byte shows."""
-    if stop < len(data) and data[stop] != 13:
-        raise payload_end_error(data, stop)
-
-
 # Secrets in a CONNECT line, replaced before it is traced (Go's removeSecretsFromTrace).
 _SECRETS_IN_CONNECT = re.compile(rb'("(?:pass|auth_token)"\s*:\s*")(?:[^"\\]|\\.)*"')
-
-
-# A peer's CONNECT and INFO are read as Go's encoding/json reads them into
-# its structs: a field Go knows must have its type (another type fails the
-# line, and the connection closes), integers must fit, keys match whatever
-# their case, NaN and Infinity are no numbers, and bad UTF-8 in a string is
-# replaced rather than refused.  A kind is a Python type, an integer range,
-# _STRINGS (Go's []string: a null element is "") or _PERMISSION (Go's
-# SubjectPermission: {"allow": [...], "deny": [...]}).  null always passes.
-_INT = (-(1 << 63), (1 << 63) - 1)
-_INT32 = (-(1 << 31), (1 << 31) - 1)
-_UINT64 = (0, (1 << 64) - 1)
-_BYTE = (0, 255)
-_STRINGS = "[]string"
-_PERMISSION = "SubjectPermission"
-
-# Go's clientOpts.
-_CONNECT_FIELDS = {
-    "verbose": bool, "pedantic": bool, "echo": bool, "headers": bool,
-    "no_responders": bool, "tls_required": bool, "protocol": _INT,
-    "name": str, "lang": str, "version": str, "user": str, "pass": str,
-    "auth_token": str, "nkey": str, "jwt": str, "sig": str, "account": str,
-    "new_account": bool, "remote_account": str, "proxy_sig": str,
-    "import": _PERMISSION, "export": _PERMISSION,
-}
-
-# Go's Info, which a client's INFO (read and ignored) and a route's INFO
-# must fit.
-_INFO_FIELDS = {
-    "server_id": str, "server_name": str, "version": str, "proto": _INT, "git_commit": str,
-    "go": str, "host": str, "port": _INT, "headers": bool, "auth_required": bool,
-    "tls_required": bool, "tls_verify": bool, "tls_available": bool, "max_payload": _INT32,
-    "jetstream": bool, "ip": str, "client_id": _UINT64, "client_ip": str, "nonce": str,
-    "cluster": str, "cluster_dynamic": bool, "domain": str, "connect_urls": _STRINGS,
-    "ws_connect_urls": _STRINGS, "ldm": bool, "route_pool_size": _INT,
-    "route_pool_idx": _INT, "route_account": str, "route_acc_add_reqid": bool,
-    "lnoc": bool, "lnocu": bool, "info_on_connect": bool, "connect_info": bool,
-    "remote_account": str, "acc_is_sys": bool, "api_lvl": _INT, "gossip_mode": _BYTE,
-    "compression": str, "gateway": str, "gateway_url": str, "gateway_urls": _STRINGS,
-    "gateway_cmd": _BYTE, "gateway_nrp": bool, "gateway_iom": bool,
-    "leafnode_urls": _STRINGS, "xkey": str, "import": _PERMISSION, "export": _PERMISSION,
-}
-
-
-# GO-COMPAT: json.Unmarshal (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
-def _json_type_error(fields: dict, types: dict) -> str:
-    """Go's unmarshal error for the first field of the wrong type, or ""."""
-    for key, kind in types.items():
-        value = fields.get(key)
-        if value is None:
-            continue
-        if kind is _STRINGS:
-            ok = isinstance(value, list) and all(v is None or isinstance(v, str) for v in value)
-        elif kind is _PERMISSION:
-            ok = isinstance(value, dict) and not _json_type_error(
-                value, {"allow": _STRINGS, "deny": _STRINGS})
-        elif isinstance(kind, tuple):
-            ok = type(value) is int and kind[0] <= value <= kind[1]  # true is no int
-        else:
-            ok = isinstance(value, kind)
-        if not ok:
-            return "json: cannot unmarshal %s into field %s" % (type(value).__name__, key)
-    return ""
-
-
-def _no_constant(name: str):
-    raise ValueError("invalid character %r looking for beginning of value" % name[:1])
-
-
-# GO-COMPAT: json.Unmarshal (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
-def load_go_json(arg: bytes):
-    """json.loads as encoding/json reads a CONNECT or INFO (see above): an
-    object comes back with its keys lower-cased (for a key repeated in
-    different cases the last one wins)."""
-    value = json.loads(arg.decode("utf-8", "replace"), parse_constant=_no_constant)
-    if isinstance(value, dict):
-        value = {key.lower(): item for key, item in value.items()}
-    return value
 
 
 def _valid_queue(queue: bytes) -> bool:
@@ -5348,7 +5266,9 @@ def _process_config(cm: ConfigMap, path: str, opts: Options):
 # into sublists of their own (ClientPermissions).  Accounts are subject
 # spaces, each with a sublist, joined by stream and service imports.  The
 # client (chapter 5) calls into this chapter; nothing here reads a socket.
-# Go twins: server/auth.go, server/accounts.go.
+# The chapter ends with how a peer's CONNECT and INFO JSON is read, as Go's
+# encoding/json reads it (load_go_json).  Go twins: server/auth.go,
+# server/accounts.go.
 
 
 def authenticate(opts: Options, credentials: dict, identities=(),
@@ -6049,6 +5969,86 @@ def build_accounts(opts: Options) -> dict:
 def _random_token(n: int) -> bytes:
     alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
     return bytes(alphabet[b % 62] for b in os.urandom(n))
+
+
+# -- reading a peer's CONNECT and INFO -----------------------------------------
+#
+# A peer's CONNECT and INFO are read as Go's encoding/json reads them into
+# its structs: a field Go knows must have its type (another type fails the
+# line, and the connection closes), integers must fit, keys match whatever
+# their case, NaN and Infinity are no numbers, and bad UTF-8 in a string is
+# replaced rather than refused.  A kind is a Python type, an integer range,
+# _STRINGS (Go's []string: a null element is "") or _PERMISSION (Go's
+# SubjectPermission: {"allow": [...], "deny": [...]}).  null always passes.
+_INT = (-(1 << 63), (1 << 63) - 1)
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+_UINT64 = (0, (1 << 64) - 1)
+_BYTE = (0, 255)
+_STRINGS = "[]string"
+_PERMISSION = "SubjectPermission"
+
+# Go's clientOpts.
+_CONNECT_FIELDS = {
+    "verbose": bool, "pedantic": bool, "echo": bool, "headers": bool,
+    "no_responders": bool, "tls_required": bool, "protocol": _INT,
+    "name": str, "lang": str, "version": str, "user": str, "pass": str,
+    "auth_token": str, "nkey": str, "jwt": str, "sig": str, "account": str,
+    "new_account": bool, "remote_account": str, "proxy_sig": str,
+    "import": _PERMISSION, "export": _PERMISSION,
+}
+
+# Go's Info, which a client's INFO (read and ignored) and a route's INFO
+# must fit.
+_INFO_FIELDS = {
+    "server_id": str, "server_name": str, "version": str, "proto": _INT, "git_commit": str,
+    "go": str, "host": str, "port": _INT, "headers": bool, "auth_required": bool,
+    "tls_required": bool, "tls_verify": bool, "tls_available": bool, "max_payload": _INT32,
+    "jetstream": bool, "ip": str, "client_id": _UINT64, "client_ip": str, "nonce": str,
+    "cluster": str, "cluster_dynamic": bool, "domain": str, "connect_urls": _STRINGS,
+    "ws_connect_urls": _STRINGS, "ldm": bool, "route_pool_size": _INT,
+    "route_pool_idx": _INT, "route_account": str, "route_acc_add_reqid": bool,
+    "lnoc": bool, "lnocu": bool, "info_on_connect": bool, "connect_info": bool,
+    "remote_account": str, "acc_is_sys": bool, "api_lvl": _INT, "gossip_mode": _BYTE,
+    "compression": str, "gateway": str, "gateway_url": str, "gateway_urls": _STRINGS,
+    "gateway_cmd": _BYTE, "gateway_nrp": bool, "gateway_iom": bool,
+    "leafnode_urls": _STRINGS, "xkey": str, "import": _PERMISSION, "export": _PERMISSION,
+}
+
+
+# GO-COMPAT: json.Unmarshal (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
+def _json_type_error(fields: dict, types: dict) -> str:
+    """Go's unmarshal error for the first field of the wrong type, or ""."""
+    for key, kind in types.items():
+        value = fields.get(key)
+        if value is None:
+            continue
+        if kind is _STRINGS:
+            ok = isinstance(value, list) and all(v is None or isinstance(v, str) for v in value)
+        elif kind is _PERMISSION:
+            ok = isinstance(value, dict) and not _json_type_error(
+                value, {"allow": _STRINGS, "deny": _STRINGS})
+        elif isinstance(kind, tuple):
+            ok = type(value) is int and kind[0] <= value <= kind[1]  # true is no int
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            return "json: cannot unmarshal %s into field %s" % (type(value).__name__, key)
+    return ""
+
+
+def _no_constant(name: str):
+    raise ValueError("invalid character %r looking for beginning of value" % name[:1])
+
+
+# GO-COMPAT: json.Unmarshal (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
+def load_go_json(arg: bytes):
+    """json.loads as encoding/json reads a CONNECT or INFO (see above): an
+    object comes back with its keys lower-cased (for a key repeated in
+    different cases the last one wins)."""
+    value = json.loads(arg.decode("utf-8", "replace"), parse_constant=_no_constant)
+    if isinstance(value, dict):
+        value = {key.lower(): item for key, item in value.items()}
+    return value
 
 
 # ============================================================================
@@ -7861,6 +7861,7 @@ class MetricsText:
             self.lines.append("%s{%s} %s" % (name, text, repr(value)))
 
     def text(self) -> bytes:
+        """The exposition: one line per sample, newline-terminated, UTF-8."""
         return ("\n".join(self.lines) + "\n").encode()
 
 
@@ -9026,8 +9027,11 @@ class MsgTrace:
 # closing), `-V` adds [TRC] lines (every protocol op in and out), `-l FILE`
 # appends to a file instead of stderr.  SIGUSR1 reopens that file, for
 # logrotate; `--log_size_limit` rotates it by itself.  `-s` sends the log to
-# the local syslog and `-r URL` to a remote one instead.  Go twins:
-# logger/log.go, logger/syslog.go.  Entry point: configure_logging(opts).
+# the local syslog and `-r URL` to a remote one instead.  The chapter ends
+# with the line a client's parse error logs, Go's quoted snippet of the
+# offending bytes (op_name_error, which the framing of chapter 2 raises).
+# Go twins: logger/log.go, logger/syslog.go.  Entry point:
+# configure_logging(opts).
 
 # -- Go's ways of writing values in log lines (and JSON) --
 
@@ -9322,6 +9326,67 @@ def _rfc3339(created: float) -> str:
         sign = "+" if offset > 0 else "-"
         zone = "%s%02d:%02d" % (sign, abs(offset) // 3600, abs(offset) % 3600 // 60)
     return time.strftime("%Y-%m-%dT%H:%M:%S", t) + zone
+
+
+# -- the parse error's log line ------------------------------------------------
+# GO-COMPAT: protoSnippet (test_logging.py::test_parse_error_log_names_state_and_snippet)
+#
+# Go answers a byte no op can continue with `-ERR 'Unknown Protocol
+# Operation'` and logs where its byte-wise parser stood:
+#
+#     Client parser ERROR, state=31, i=3: proto='"X foo 1\r"...'
+#
+# `state` is the parser state (its enum in parser.go) and `i` the failing
+# byte's index in the read, followed by up to 32 bytes from there, quoted.
+# We find lines, not bytes, so the state is worked out from the op's name
+# (the longest prefix of a name it spells) or the payload's end.
+
+# Go's parser states for the prefixes of the client ops' names.
+_GO_OP_STATES = {
+    b"": 0, b"+": 1, b"+O": 2, b"+OK": 3, b"-": 4, b"-E": 5, b"-ER": 6, b"-ERR": 7,
+    b"C": 10, b"CO": 11, b"CON": 12, b"CONN": 13, b"CONNE": 14, b"CONNEC": 15, b"CONNECT": 16,
+    b"H": 18, b"HP": 19, b"HPU": 20, b"HPUB": 21, b"HM": 24, b"HMS": 25, b"HMSG": 26,
+    b"P": 29, b"PU": 30, b"PUB": 31, b"PI": 34, b"PIN": 35, b"PING": 36,
+    b"PO": 37, b"PON": 38, b"PONG": 39,
+    b"S": 43, b"SU": 44, b"SUB": 45,
+    b"U": 59, b"UN": 60, b"UNS": 61, b"UNSU": 62, b"UNSUB": 63,
+    b"M": 66, b"MS": 67, b"MSG": 68, b"I": 71, b"IN": 72, b"INF": 73, b"INFO": 74,
+}
+# ... and after a payload: CR expected, then LF.
+GO_MSG_END_R, GO_MSG_END_N = 41, 42
+
+# Bytes of the offending input a parse error's log line quotes.
+PROTO_SNIPPET_SIZE = 32
+
+
+def parser_error(data: bytes, at: int, state: int) -> ProtocolError:
+    """The unknown-op error for the byte at `at`, with Go's log line."""
+    stop = at + PROTO_SNIPPET_SIZE
+    if at >= len(data):
+        snippet = '""'
+    else:
+        if stop > len(data):
+            stop = len(data) - 1        # (Go's protoSnippet leaves the last byte out)
+        snippet = go_quote(data[at:stop])
+    return ProtocolError("Client parser ERROR, state=%d, i=%d: proto='%s...'"
+                         % (state, at, snippet), ERR_UNKNOWN_PROTOCOL)
+
+
+def op_name_error(data: bytes, i: int) -> ProtocolError:
+    """The unknown op starting at `i`: Go fails on the first byte that no
+    op name continues with."""
+    name = data[i:i + 8].upper()
+    j = 0
+    while j < len(name) and name[:j + 1] in _GO_OP_STATES:
+        j += 1
+    return parser_error(data, i + j, _GO_OP_STATES[name[:j]])
+
+
+def payload_end_error(data: bytes, stop: int) -> ProtocolError:
+    """A payload not followed by CRLF (`stop` is where the CR belongs)."""
+    if data[stop] != 13:
+        return parser_error(data, stop, GO_MSG_END_R)
+    return parser_error(data, stop + 1, GO_MSG_END_N)
 
 
 # ============================================================================
@@ -10312,10 +10377,12 @@ class EmbeddedServer:
 
     @property
     def host(self) -> str:
+        """The address the client port listens on."""
         return self.server.host
 
     @property
     def port(self) -> int:
+        """The client port (the real one when started with port -1)."""
         return self.server.port
 
     @property
@@ -10425,6 +10492,7 @@ class ServerCluster:
             time.sleep(0.01)
 
     def shutdown(self, timeout: float = 5.0):
+        """Shut every node down, each within `timeout` seconds."""
         for server in self.servers:
             server.shutdown(timeout)
 

@@ -155,3 +155,110 @@ def test_a_header_set_on_a_message_with_headers_stays_in_one_block():
     assert (got.hdr, got.size) == (len(got.payload) - 2, len(got.payload))
     plain = g.Message(b"s", None, -1, 2, b"hi").with_header(b"X", b"y")
     assert plain.payload == b"NATS/1.0\r\nX: y\r\n\r\nhi"
+
+
+# -- the framing function alone: bytes in, ops out ---------------------------------------
+#
+# split_ops strings together the pieces the reference path frames a
+# client's input with (frame_line, frame_partial, payload_end), with no
+# client and no socket: the way Go's parser_test.go drives its parser.
+
+
+def ops_of(pieces, max_control_line: int = 4096) -> list:
+    """The ops framed from `pieces`, each piece one read: what a read left
+    unfinished is put in front of the next, as a connection keeps it."""
+    ops, tail = [], b""
+    for piece in pieces:
+        got, tail = g.split_ops(tail + piece, max_control_line)
+        ops += got
+    assert tail == b"" or not pieces, "left unfinished: %r" % tail
+    return ops
+
+
+FRAMED = [
+    (b"PING\r\n", [(b"PING", b"", None)]),
+    (b"ping\r\npong\n", [(b"PING", b"", None), (b"PONG", b"", None)]),
+    (b"PINGx\r\n+OK\r\n", [(b"PING", b"", None), (b"+OK", b"", None)]),
+    (b"PUB foo 5\r\nhello\r\n", [(b"PUB", b"foo 5", b"hello")]),
+    (b"pub foo.bar  reply\t11\r\nhello world\r\n",
+     [(b"PUB", b"foo.bar  reply\t11", b"hello world")]),
+    (b"PUB foo 0\r\n\r\n", [(b"PUB", b"foo 0", b"")]),
+    (b"PUB foo 4\r\n\r\n\r\n\r\n", [(b"PUB", b"foo 4", b"\r\n\r\n")]),
+    (b"HPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n",
+     [(b"HPUB", b"foo 12 14", b"NATS/1.0\r\n\r\nhi")]),
+    (b"SUB foo 1\r\nSUB foo q 2\nUNSUB 1 5\r\n",
+     [(b"SUB", b"foo 1", None), (b"SUB", b"foo q 2", None), (b"UNSUB", b"1 5", None)]),
+    (b'CONNECT {"verbose":false}\r\n', [(b"CONNECT", b'{"verbose":false}', None)]),
+    (b"CONNECTx {}\r\n", [(b"CONNECT", b"x {}", None)]),
+    (b"INFO {}\r\n", [(b"INFO", b"{}", None)]),
+    (b"-ERR 'oops'\r\n", [(b"-ERR", b"'oops'", None)]),
+    # Go's argument may start after a bare LF.
+    (b"PUB \nfoo 2\r\nhi\r\n", [(b"PUB", b"\nfoo 2", b"hi")]),
+    # Go drops the byte before the LF when a CR came earlier in the argument.
+    (b"SUB a\rb 1\n", [(b"SUB", b"a\rb ", None)]),
+]
+
+
+@pytest.mark.parametrize("data,want", FRAMED, ids=[repr(d[:12])[2:-1] for d, _ in FRAMED])
+def test_split_ops_frames_each_op(data, want):
+    assert ops_of([data]) == want
+
+
+@pytest.mark.parametrize("data,want", FRAMED, ids=[repr(d[:12])[2:-1] for d, _ in FRAMED])
+def test_split_ops_frames_the_same_cut_anywhere_and_byte_by_byte(data, want):
+    for cut in range(1, len(data)):
+        assert ops_of([data[:cut], data[cut:]]) == want, "cut at %d" % cut
+    assert ops_of([data[k:k + 1] for k in range(len(data))]) == want
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_split_ops_frames_the_transcript_cut_anywhere(verbose):
+    data, _want = transcript(verbose)
+    whole = ops_of([data])
+    assert [op for op, _, _ in whole].count(b"PUB") >= 3
+    assert (b"PUB", b"foo.x %d" % len(TRICKY), TRICKY) in whole    # a payload is no op
+    for cut in range(1, len(data)):
+        assert ops_of([data[:cut], data[cut:]]) == whole, "cut at %d" % cut
+
+
+def test_split_ops_keeps_an_unfinished_op_for_the_next_read():
+    assert g.split_ops(b"PUB foo 5\r\nhel") == ([], b"PUB foo 5\r\nhel")
+    assert g.split_ops(b"PING\r\nSUB fo") == ([(b"PING", b"", None)], b"SUB fo")
+    assert g.split_ops(b"PUB \n") == ([], b"PUB \n")       # the argument still to come
+    # Past max_control_line Go holds no more than the op and its argument.
+    assert g.split_ops(b"PING" + b"x" * 100, 64) == ([], b"PINGx")
+
+
+REFUSED = [
+    (b"XYZ\r\n", "Unknown Protocol Operation", "state=0, i=0"),
+    (b"PUBX foo 1\r\n", "Unknown Protocol Operation", "state=31, i=3"),
+    (b"PUB foo 2\r\nokX\r\n", "Unknown Protocol Operation", "state=41, i=13"),
+    (b"PUB foo 2\r\nok\rX\r\n", "Unknown Protocol Operation", "state=42, i=14"),
+    (b"SUB " + b"x" * 70 + b" 1\r\n", "maximum control line exceeded", "line 72"),
+]
+
+
+@pytest.mark.parametrize("data,err,log", REFUSED,
+                         ids=["unknown", "op-without-space", "payload-end-cr",
+                              "payload-end-lf", "control-line"])
+def test_split_ops_refuses_what_go_refuses_as_soon_as_it_shows(data, err, log):
+    with pytest.raises(g.ProtocolError) as whole:
+        g.split_ops(data, 64)
+    assert whole.value.err == err and log in str(whole.value)
+    # Cut anywhere, the error comes with the read that holds the bad byte
+    # (or, for an overlong line, the one that makes it too long).
+    for cut in range(1, len(data)):
+        try:
+            _ops, tail = g.split_ops(data[:cut], 64)
+        except g.ProtocolError as early:
+            assert early.err == err
+            continue
+        with pytest.raises(g.ProtocolError) as late:
+            g.split_ops(tail + data[cut:], 64)
+        assert late.value.err == err, "cut at %d" % cut
+
+
+def test_split_ops_refuses_an_unknown_op_before_its_newline():
+    with pytest.raises(g.ProtocolError):
+        g.split_ops(b"PING\r\nX")
+    assert g.split_ops(b"PING\r\nUNSU") == ([(b"PING", b"", None)], b"UNSU")

@@ -271,3 +271,22 @@ def test_file_ends_with_main_guard_calling_sys_exit_main(tree):
     expected = ast.dump(ast.parse('if __name__ == "__main__":\n    sys.exit(main())\n').body[0])
     assert last is not None and ast.dump(last) == expected, (
         'the file must end with:\nif __name__ == "__main__":\n    sys.exit(main())')
+
+
+def test_every_public_definition_has_a_docstring(tree):
+    """Public functions, classes and the methods of public classes say what
+    they are for (issue 12); names starting with '_' are private."""
+    missing = []
+
+    def walk(body, prefix=""):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if node.name.startswith("_"):
+                    continue
+                if ast.get_docstring(node) is None:
+                    missing.append("%d: %s%s" % (node.lineno, prefix, node.name))
+                if isinstance(node, ast.ClassDef):
+                    walk(node.body, node.name + ".")
+
+    walk(tree.body)
+    assert not missing, "public definitions without a docstring:\n" + "\n".join(missing)
