@@ -2210,9 +2210,9 @@ class Client(Connection):
 
     def send_no_responders(self, reply: bytes, subject: bytes):
         """A request on `subject` nobody can answer: a 503 status to the
-        requester's own subscription on the reply subject, if it has one."""
-        result = self.account.sublist.match(reply)
-        for sub in result.psubs + [s for group in result.qsubs for s in group]:
+        requester's own plain subscription on the reply subject, if it has
+        one (not a queue one: Go's subForReply)."""
+        for sub in self.account.sublist.match(reply).psubs:
             if sub.client is self:
                 header = NO_RESPONDERS_HEADER % subject
                 status = Message(reply, None, len(header), len(header), header)

@@ -174,6 +174,16 @@ def test_no_responders_goes_only_to_the_publisher(any_server, raw_factory):
     assert t_read_all(c, 0.1) == b""
 
 
+def test_no_responders_goes_to_a_plain_reply_sub_not_a_queue_one(any_server, raw_factory):
+    # Go's subForReply looks at plain subscriptions only (the Go
+    # differential fuzzer's find: echo off, the reply subscribed as a queue).
+    c = raw_factory(any_server, NR + b"SUB r q 9\r\nPUB foo r 2\r\nhi\r\nPING\r\n")
+    t_expect_exact(c, b"PONG\r\n")
+    c.send(b"SUB r 7\r\nPUB foo r 2\r\nhi\r\n")
+    expect_no_responders(c, b"r", b"7", b"foo")
+    t_ping_pong(c)
+
+
 def test_no_responders_without_headers_sends_err_and_closes(any_server, raw_factory):
     c = raw_factory(any_server, b'CONNECT {"verbose":false,"no_responders":true}\r\n')
     assert t_read_until_closed(c) == b"-ERR 'no responders requires headers support'\r\n"

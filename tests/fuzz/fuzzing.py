@@ -47,6 +47,52 @@ def even_out(answer: bytes) -> bytes:
     return REPEATED_SUBJECT_ERR.sub(rb"\1", answer)
 
 
+def server_frames(answer: bytes) -> list:
+    """A server's output cut into frames: each control line, with the
+    payload of a MSG or HMSG (an unfinished or odd tail is one last frame)."""
+    frames, i = [], 0
+    while i < len(answer):
+        nl = answer.find(b"\n", i)
+        if nl < 0:
+            frames.append(answer[i:])
+            break
+        line = answer[i:nl + 1]
+        stop = nl + 1
+        parts = line.split()
+        if parts[:1] in ([b"MSG"], [b"HMSG"]) and parts[-1].isdigit():
+            stop = nl + 1 + int(parts[-1]) + 2
+        frames.append(answer[i:stop])
+        i = stop
+    return frames
+
+
+def deliveries_in_any_order(answer: bytes) -> bytes:
+    """`answer` with each message's deliveries to one connection's several
+    subscriptions put in sid order.  Go keeps a sublist node's
+    subscriptions in a map, so a message for two of them on one node goes
+    out in either order, as the map iterates; gnatsd.py keeps the order of
+    the SUBs.  A run of MSG/HMSG frames that differ only in their sid is
+    one message's deliveries (or copies of one, which may mix alike)."""
+    def key(frame: bytes):
+        head, _, rest = frame.partition(b"\n")
+        parts = head.split(b" ")
+        if parts[0] not in (b"MSG", b"HMSG") or len(parts) < 4:
+            return None
+        return (parts[0], parts[1], tuple(parts[3:]), rest)
+
+    out, run, run_key = [], [], None
+    for frame in server_frames(answer) + [b""]:
+        k = key(frame) if frame else None
+        if k is None or k != run_key:
+            out += sorted(run)
+            run, run_key = [], k
+        if k is None:
+            out.append(frame)
+        else:
+            run.append(frame)
+    return b"".join(out)
+
+
 def run_fuzzer(name: str, prop, counter: list, seconds: float | None = None) -> int:
     """Run the hypothesis property `prop` (decorated with @FUZZ_SETTINGS and
     @given) in batches for `seconds`; `counter[0]` is bumped by the property
