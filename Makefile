@@ -158,7 +158,7 @@ certs:
 
 clean:
 	rm -rf .pytest_cache __pycache__ tests/__pycache__ tests/fuzz/__pycache__ bench-results \
-	  .hypothesis dist build gnatsd_py.egg-info
+	  .hypothesis dist build gnatsd_py.egg-info .cache
 
 distclean: clean
 	rm -rf $(VENV)

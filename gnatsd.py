@@ -36,12 +36,13 @@ Contents
   8. Options
   9. Authentication, permissions and accounts
   10. TLS
-  11. Route
-  12. Monitor
-  13. Logging
-  14. Command line
+  11. WebSocket
+  12. Route
+  13. Monitor
+  14. Logging
+  15. Command line
  Part III. From Python
-  15. Embedding and the pytest plugin
+  16. Embedding and the pytest plugin
 
 `grep -n '^# [0-9]*\\. ' gnatsd.py` prints the chapters with line numbers.
 """
@@ -255,8 +256,8 @@ TLS_HANDSHAKE_ERROR = "TLS Handshake Failure"
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
-# The one module logger; chapter 13 gives it handlers.  Until then (in a
-# program that embeds a server, chapter 15) its records go only where the
+# The one module logger; chapter 14 gives it handlers.  Until then (in a
+# program that embeds a server, chapter 16) its records go only where the
 # program's logging sends them, as a library's should.
 log = logging.getLogger("gnatsd")
 log.addHandler(logging.NullHandler())
@@ -1084,7 +1085,7 @@ class Connection:
         "close_reason", "pending_in", "need", "backlog", "backlog_at", "start", "last_activity",
         "pings_out", "write_waiting", "last_write_progress", "trace",
         "in_msgs", "in_bytes", "out_msgs", "out_bytes", "log_prefix",
-        "stalled", "stall_seq", "stall_waiters", "tls", "ping_entry", "waiting",
+        "stalled", "stall_seq", "stall_waiters", "tls", "ws", "ping_entry", "waiting",
         "secrets_checked",
     )
 
@@ -1126,6 +1127,7 @@ class Connection:
         self.stall_seq = 0
         self.stall_waiters = None    # publishers stalled on this connection
         self.tls = None              # TLSSession of a TLS connection
+        self.ws = None               # WSSession of a WebSocket connection (chapter 11)
         self.ping_entry = None       # the ping timer's heap entry, once armed
         self.waiting = False         # not read while a bcrypt check runs off the loop
         self.secrets_checked = None  # {(given, bcrypt hash): bool} answered for this peer
@@ -1532,7 +1534,7 @@ class Connection:
 # deliver_to; then, fenced, the hot path: Client.parse (the entry point a
 # read calls), pub_lookup, and the DeliveryPlan and deliver_run it uses.
 # Go's exact reading of odd CONNECT and INFO JSON (load_go_json) is in
-# chapter 9, and the parse error's log line (op_name_error) in chapter 13.
+# chapter 9, and the parse error's log line (op_name_error) in chapter 14.
 #
 # Go twins: server/client.go (processConnect, processPub, processSub,
 # processUnsub, deliverMsg, processMsgResults) and server/auth.go.
@@ -1617,7 +1619,7 @@ class Client(Connection):
         auth timer ends).  True if the client was refused (and closed)."""
         if not self.awaiting_auth or first in (b"C", b"c"):
             return False
-        if self.server.options.no_auth_user:
+        if self.auth_options().no_auth_user:
             return not self.authorize({})
         self.auth_violation()
         return True
@@ -1828,7 +1830,7 @@ class Client(Connection):
     def check_auth(self) -> bool:
         """Log in with the kept credentials (with verify_and_map, as the user
         the certificate names), or close with an auth violation."""
-        opts = self.server.options
+        opts = self.auth_options()
         user = (self.credentials or {}).get("user")
         if maps_certificates(opts):
             user = self.certificate_user(opts) or user  # Go names the mapped user
@@ -1844,6 +1846,11 @@ class Client(Connection):
         self.refresh_pub_path()
         self.update_log_prefix()
         return True
+
+    def auth_options(self) -> Options:
+        """The options this client logs in with: the server's (a websocket
+        client's may have the websocket block's own, chapter 11)."""
+        return self.server.options
 
     def certificate_user(self, opts: Options) -> str:
         """verify_and_map: the user this client's certificate names, or "",
@@ -2828,7 +2835,7 @@ def _valid_queue(queue: bytes) -> bool:
 # Timers (auth timeout, pings, the write-deadline sweep) are entries on a
 # heap, never threads.  Signal handlers only set a flag and wake the loop
 # through a socket pair.  Go twin: server/server.go.  The class here is
-# CoreServer; the Server everyone uses is composed in chapter 14 from it
+# CoreServer; the Server everyone uses is composed in chapter 15 from it
 # and Part II's mix-ins (TLS clients' start; reload, lame duck, signals).
 
 
@@ -2924,21 +2931,21 @@ class CoreServer:
     the clients, shutdown.  `start()` serves on a loop thread of its own,
     `run()` in the calling thread; `shutdown()` ends either from any thread.
 
-    Chapter 14 composes the class used, Server, from this and the mix-ins
-    of Part II: TLSServing (chapter 10: start_client_tls, tls_established)
-    and ServerControl (chapter 14: reload, enter_lame_duck_mode,
-    write_ports_file, install_signal_handlers), which the loop and listen()
-    call by name."""
+    Chapter 15 composes the class used, Server, from this and the mix-ins
+    of Part II: TLSServing (chapter 10: start_client_tls, tls_established),
+    WebSocketServing (chapter 11: listen_websocket) and ServerControl
+    (chapter 15: reload, enter_lame_duck_mode, write_ports_file,
+    install_signal_handlers), which the loop and listen() call by name."""
 
     def __init__(self, options: Options | None = None, flags: Options | None = None,
                  logger: logging.Logger | None = None):
         self.options = (options or Options()).fill_defaults()
         self.flags = flags or Options()      # the command line's, re-applied on reload
-        self.log = log if logger is None else logger    # an embedded server's own (chapter 15)
+        self.log = log if logger is None else logger    # an embedded server's own (chapter 16)
         self.server_id = _new_server_id()
         self.server_name = self.options.server_name or self.server_id
         self.accounts = build_accounts(self.options)
-        self.cluster = Cluster(self)         # the routes (chapter 11)
+        self.cluster = Cluster(self)         # the routes (chapter 12)
         self.global_account = self.accounts[GLOBAL_ACCOUNT]
         self.system_account = self.accounts[self.options.system_account or SYSTEM_ACCOUNT]
         self.clients: dict = {}
@@ -2959,6 +2966,9 @@ class CoreServer:
         # TLS: the class of accepted clients, and a buffer for ciphertext
         # (made with the first TLS client; plaintext still uses read_buffer).
         self.tls_client_class = with_tls(Client)
+        self.ws_listener = None              # the websocket port's (chapter 11)
+        self.ws_port = 0
+        self.ws_client_classes: dict = {}    # secure (wss) -> with_websocket(...) class
         self.tls_route_class = with_tls(Route)
         self.tls_read_buffer = self.tls_read_view = None
         self.trace = self.options.trace
@@ -3021,6 +3031,8 @@ class CoreServer:
         if opts.http_port or opts.https_port:
             self.monitor = Monitor(self)
             self.monitor.start()
+        if opts.websocket is not None and opts.websocket.port:
+            self.listen_websocket()
         self.log.info("Listening for client connections on %s", _host_port(self.host, self.port))
         if opts.tls:
             self.log.info("TLS %s for client connections",
@@ -3426,7 +3438,7 @@ class CoreServer:
             self.closed_out_msgs += client.out_msgs
             self.closed_out_bytes += client.out_bytes
 
-    # -- routes (chapter 11 has the connection's side) -----------------------------
+    # -- routes (chapter 12 has the connection's side) -----------------------------
 
     def client_url(self) -> str:
         """Our client address as other servers tell their clients."""
@@ -3452,10 +3464,11 @@ class CoreServer:
         self.log.info("Initiating Shutdown...")
         if self.monitor is not None:
             self.monitor.stop()
-        if self.listener is not None and not self.listener.closed:
-            self.unregister(self.listener)
-            self.listener.sock.close()
-            self.listener.closed = True
+        for listener in (self.listener, self.ws_listener):
+            if listener is not None and not listener.closed:
+                self.unregister(listener)
+                listener.sock.close()
+                listener.closed = True
         self.cluster.close_listener()
         for client in list(self.clients.values()):
             client.close(SERVER_SHUTDOWN)
@@ -3994,8 +4007,6 @@ UNSUPPORTED_KEYS = {
     "leaf": "leafnodes are not supported by gnatsd.py",
     "gateway": "gateways are not supported by gnatsd.py",
     "mqtt": "MQTT is not supported by gnatsd.py",
-    "websocket": "WebSocket is not supported by gnatsd.py",
-    "ws": "WebSocket is not supported by gnatsd.py",
     "prof_port": "profiling is not supported by gnatsd.py",
     "prof_block_rate": "profiling is not supported by gnatsd.py",
     "operator": "operator (JWT) mode is not supported by gnatsd.py",
@@ -4106,6 +4117,7 @@ class Options:
         ("http_metrics_prefix", "gnatsd"),
         ("https_port", 0),
         ("tls", None),
+        ("websocket", None),
         ("warnings", None),
     )
 
@@ -4159,6 +4171,8 @@ class Options:
         if self.max_payload > 8 * 1024 * 1024:
             self.warnings.append("Maximum payloads over 8.00 MB are generally discouraged "
                                  "and could lead to poor performance")
+        if self.websocket is not None:
+            validate_websocket(self.websocket)
         return self
 
     @property
@@ -4357,6 +4371,143 @@ def _monitor_address(cm: ConfigMap, key: str, value) -> tuple:
     if not port.lstrip("-").isdigit():
         raise cm.error(key, "could not parse address string %r" % text)
     return host.strip("[]"), int(port)
+
+
+class WebsocketOptions:
+    """The `websocket {}` block (Go's WebsocketOpts): where the websocket
+    listener is, its TLS (or no_tls), origin checks, compression, and the
+    headers its upgrade answer adds."""
+
+    def __init__(self):
+        self.host = DEFAULT_HOST
+        self.port = 0
+        self.advertise = ""
+        self.no_tls = False
+        self.tls = None                  # TLSConfig
+        self.same_origin = False
+        self.allowed_origins = []
+        self.handshake_timeout = 0.0     # seconds; 0: none
+        self.compression = False
+        self.username = self.password = self.token = ""
+        self.auth_timeout = 0.0
+        self.no_auth_user = ""
+        self.cookies = {}                # jwt_cookie, user_cookie, ... -> cookie name
+        self.headers = {}
+        self.ping_interval = None
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, WebsocketOptions) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return "WebsocketOptions(%s:%d)" % (self.host, self.port)
+
+
+def _websocket(cm: ConfigMap, key: str, value, opts: Options):
+    """`websocket { listen host port advertise no_tls tls same_origin
+    allowed_origins handshake_timeout compression authorization
+    no_auth_user jwt_cookie user_cookie pass_cookie token_cookie headers
+    ping_interval }` (Go's parseWebsocket)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "Expected websocket to be a map, got %s" % _go_type(value))
+    ws = opts.websocket = WebsocketOptions()
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name == "listen":
+            text = _to_str(value, sub_key, sub_value)
+            host, _, port = text.rpartition(":")
+            if not port.lstrip("-").isdigit():
+                raise value.error(sub_key, "could not parse address string %r" % text)
+            ws.host, ws.port = host.strip("[]"), int(port)
+        elif name == "port":
+            ws.port = _to_int(value, sub_key, sub_value)
+        elif name in ("host", "net"):
+            ws.host = _to_str(value, sub_key, sub_value)
+        elif name == "advertise":
+            ws.advertise = _to_str(value, sub_key, sub_value)
+        elif name == "no_tls":
+            ws.no_tls = _to_bool(value, sub_key, sub_value)
+        elif name == "tls":
+            ws.tls = parse_tls_block(value, sub_key, sub_value)
+        elif name == "same_origin":
+            ws.same_origin = _to_bool(value, sub_key, sub_value)
+        elif name in ("allowed_origins", "allowed_origin", "allow_origins", "allow_origin",
+                      "origins", "origin"):
+            origins = sub_value if isinstance(sub_value, list) else [sub_value]
+            ws.allowed_origins = [_to_str(value, sub_key, origin) for origin in origins]
+        elif name == "handshake_timeout":
+            ws.handshake_timeout = _to_seconds(value, sub_key, sub_value)
+        elif name in ("compress", "compression"):
+            ws.compression = _to_bool(value, sub_key, sub_value)
+        elif name in ("authorization", "authentication"):
+            _websocket_authorization(value, sub_key, sub_value, ws)
+        elif name in ("jwt_cookie", "user_cookie", "pass_cookie", "token_cookie"):
+            ws.cookies[name] = _to_str(value, sub_key, sub_value)
+        elif name == "no_auth_user":
+            ws.no_auth_user = _to_str(value, sub_key, sub_value)
+        elif name == "headers":
+            if not isinstance(sub_value, ConfigMap):
+                raise value.error(sub_key, "error parsing headers: unsupported type %s"
+                                  % _go_type(sub_value))
+            for header, header_value in sub_value.items():
+                if not isinstance(header_value, str):
+                    raise sub_value.error(header, "error parsing header key %s: unsupported "
+                                                  "type %s" % (header, _go_type(header_value)))
+                ws.headers[header] = header_value
+        elif name == "ping_interval":
+            ws.ping_interval = _to_seconds(value, sub_key, sub_value)
+        elif value.is_variable(sub_key):
+            continue
+        else:
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    if ws.cookies:
+        opts.warnings.append("%s:%d: websocket cookies are not supported by gnatsd.py yet; "
+                             "websocket clients log in with their CONNECT"
+                             % (cm.files.get(key, cm.path), cm.position(key)[0]))
+
+
+def _websocket_authorization(cm: ConfigMap, key: str, value, ws: WebsocketOptions):
+    """websocket { authorization { user password token timeout } }."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "expected a map for authorization")
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name in ("user", "username"):
+            ws.username = _to_str(value, sub_key, sub_value)
+        elif name in ("pass", "password"):
+            ws.password = _to_str(value, sub_key, sub_value)
+        elif name == "token":
+            ws.token = _to_str(value, sub_key, sub_value)
+        elif name == "timeout":
+            ws.auth_timeout = _to_seconds(value, sub_key, sub_value)
+        elif not value.is_variable(sub_key):
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+
+
+def validate_websocket(ws: WebsocketOptions):
+    """Go's validateWebsocketOptions: TLS unless no_tls, absolute http(s)
+    allowed origins, no header the upgrade answer owns, no JWT cookie
+    without operators.  Raises ConfigError."""
+    if not ws.port:
+        return
+    if ws.port and ws.tls is None and not ws.no_tls:
+        raise ConfigError("websocket requires TLS configuration")
+    for origin in ws.allowed_origins:
+        parsed = urllib.parse.urlsplit(origin)
+        if parsed.scheme not in ("http", "https"):
+            raise ConfigError('unable to parse allowed origin "%s": allowed origins must be '
+                              'absolute URLs with http or https scheme' % origin)
+        if not parsed.netloc:
+            raise ConfigError('unable to parse allowed origin "%s": host is required' % origin)
+    for header in ws.headers:
+        lowered = header.lower()
+        if lowered in ("host", "content-length", "connection", "upgrade", "nats-no-masking"):
+            raise ConfigError('websocket: invalid header "%s" not allowed' % header)
+        if lowered.startswith("sec-websocket-"):
+            raise ConfigError('websocket: invalid header "%s", "Sec-WebSocket-" prefix not '
+                              'allowed' % header)
+    if ws.cookies.get("jwt_cookie"):
+        raise ConfigError('trusted operators or trusted keys configuration is required for '
+                          'JWT authentication via cookie "%s"' % ws.cookies["jwt_cookie"])
 
 
 class Permissions:
@@ -5212,6 +5363,8 @@ CONFIG_BLOCKS = {
     "authorization": _authorization,
     "accounts": _accounts,
     "cluster": _cluster,
+    "websocket": _websocket,
+    "ws": _websocket,
     "ping_interval": _duration("ping_interval"),
     "write_deadline": _duration("write_deadline"),
     "lame_duck_duration": _duration("lame_duck_duration"),
@@ -6486,7 +6639,7 @@ def _dn_escape(value: str) -> str:
 
 class TLSServing:
     """The Server's part in a TLS client's start (mixed into Server in
-    chapter 14): which comes first, INFO or the handshake (Go's
+    chapter 15): which comes first, INFO or the handshake (Go's
     createClientEx, handshake_first and its fallback), and what a finished
     handshake starts.  The connection's side is TLSConnection above."""
 
@@ -6523,13 +6676,764 @@ class TLSServing:
             self.cluster.start_route(client)
             return
         client.tls_identities = client.tls_peer_identities()
+        if client.ws is not None:
+            return                      # wss://: the HTTP upgrade comes next (ws_upgrade)
         if client.tls.first:
             client.queue_outbound(self.client_info(client))
         self.start_client_timers(client)
 
 
 # ============================================================================
-# 11. Route
+# 11. WebSocket
+# ============================================================================
+#
+# Browsers reach NATS over WebSocket (RFC 6455): an HTTP/1.1 GET asks to
+# upgrade the connection, and from then on the client protocol travels in
+# binary frames, masked by the client, each message optionally compressed
+# (RFC 7692's permessage-deflate, with no context kept between messages).
+# A frame is only a transport: its payloads, joined, are the byte stream a
+# TCP client sends, so the client's parser reads them unchanged, an op may
+# span frames and a frame may hold many ops.
+#
+# The layer sits between the socket (or TLS, for wss://) and the client, as
+# TLS does: WSConnection is mixed in before the client's class
+# (with_websocket).  Its process_input reads the HTTP request, answers it
+# (101, or Go's HTTP error), and from then on unframes; its flush frames
+# what the client queued.  Control frames (ping, pong, close) are answered
+# in place; a broken frame gets a close frame with Go's status and text.
+# Everything runs in the one loop, non-blocking.  Go twin:
+# server/websocket.go.  Entry points: WebSocketServing.listen_websocket
+# (the server's side), WSConnection.
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+# Frame opcodes and header bits (RFC 6455 5.2).
+WS_CONTINUATION, WS_TEXT, WS_BINARY = 0, 1, 2
+WS_CLOSE, WS_PING, WS_PONG = 8, 9, 10
+WS_FINAL, WS_RSV1, WS_RSV2_RSV3, WS_MASKED = 0x80, 0x40, 0x30, 0x80
+WS_MAX_CONTROL_PAYLOAD = 125
+
+# Close status codes (RFC 6455 7.4.1) Go sends.
+WS_CLOSE_NORMAL = 1000
+WS_CLOSE_GOING_AWAY = 1001
+WS_CLOSE_PROTOCOL_ERROR = 1002
+WS_CLOSE_NO_STATUS = 1005
+WS_CLOSE_INVALID_PAYLOAD = 1007
+WS_CLOSE_POLICY_VIOLATION = 1008
+WS_CLOSE_MESSAGE_TOO_BIG = 1009
+WS_CLOSE_INTERNAL_ERROR = 1011
+WS_CLOSE_TLS_HANDSHAKE = 1015
+
+# The close status for why the server closes (Go's wsEnqueueCloseMessage).
+WS_CLOSE_STATUS_FOR = {
+    CLIENT_CLOSED: WS_CLOSE_NORMAL,
+    AUTHENTICATION_TIMEOUT: WS_CLOSE_POLICY_VIOLATION,
+    AUTHENTICATION_VIOLATION: WS_CLOSE_POLICY_VIOLATION,
+    SLOW_CONSUMER_PENDING_BYTES: WS_CLOSE_POLICY_VIOLATION,
+    SLOW_CONSUMER_WRITE_DEADLINE: WS_CLOSE_POLICY_VIOLATION,
+    MAX_CONNECTIONS_EXCEEDED: WS_CLOSE_POLICY_VIOLATION,
+    MAX_CONTROL_LINE_EXCEEDED: WS_CLOSE_POLICY_VIOLATION,
+    TLS_HANDSHAKE_ERROR: WS_CLOSE_TLS_HANDSHAKE,
+    PARSE_ERROR: WS_CLOSE_PROTOCOL_ERROR,
+    PROTOCOL_VIOLATION: WS_CLOSE_PROTOCOL_ERROR,
+    BAD_CLIENT_PROTOCOL_VERSION: WS_CLOSE_PROTOCOL_ERROR,
+    MAX_PAYLOAD_EXCEEDED: WS_CLOSE_MESSAGE_TOO_BIG,
+    WRITE_ERROR: WS_CLOSE_GOING_AWAY,
+    READ_ERROR: WS_CLOSE_GOING_AWAY,
+    STALE_CONNECTION: WS_CLOSE_GOING_AWAY,
+    SERVER_SHUTDOWN: WS_CLOSE_GOING_AWAY,
+}
+
+# Go writes frames of at most this many bytes to a browser (one whose
+# User-Agent starts "Mozilla/"), which copes better with them.
+WS_FRAME_SIZE_FOR_BROWSERS = 4096
+# Output of this size or less is not worth compressing.
+WS_COMPRESS_THRESHOLD = 64
+# The compressed bytes of one message may be this many times max_payload
+# (and at most WS_MAX_MESSAGE_LIMIT) before its inflation is refused.
+WS_MAX_MESSAGE_MULTIPLE = 8
+WS_MAX_MESSAGE_LIMIT = 64 * 1024 * 1024
+# The longest HTTP request head read before the upgrade (Go's http.Server
+# default, DefaultMaxHeaderBytes, and its 4 KiB of slack).
+WS_MAX_REQUEST = (1 << 20) + 4096
+# What a deflate stream's sync flush ends with: left off each compressed
+# message, and put back before inflating one (RFC 7692 7.2.1).
+WS_DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+WS_PMC_EXTENSION = "permessage-deflate"
+WS_PMC_RESPONSE = (b"Sec-WebSocket-Extensions: permessage-deflate; "
+                   b"server_no_context_takeover; client_no_context_takeover\r\n")
+WS_NO_MASKING_HEADER = "nats-no-masking"
+
+# Where a WebSocket connection is: reading the HTTP request, or framed.
+WS_HTTP, WS_OPEN = 0, 1
+
+
+class WSSession:
+    """One connection's WebSocket state: the request until the upgrade,
+    then the frame being read, the message being inflated, and the frames
+    the server queued outside the client's output (pong, close)."""
+
+    __slots__ = ("state", "request", "compress", "masked", "browser", "tail", "remaining",
+                 "mask_key", "mask_pos", "final", "inflating", "deflated", "control",
+                 "close_sent", "close_frame", "unsent")
+
+    def __init__(self):
+        self.state = WS_HTTP
+        self.request = bytearray()  # the HTTP request head as it arrives
+        self.compress = False       # permessage-deflate negotiated
+        self.masked = True          # client frames are masked (no Nats-No-Masking)
+        self.browser = False        # frames of WS_FRAME_SIZE_FOR_BROWSERS at most
+        self.tail = b""             # an unfinished frame header, kept for the next read
+        self.remaining = 0          # payload bytes still to come in the current frame
+        self.mask_key = b""
+        self.mask_pos = 0
+        self.final = True           # the current message's last frame is being read
+        self.inflating = False      # the current message is compressed
+        self.deflated = []          # its compressed payloads so far
+        self.control = []           # framed pongs to send before the next output
+        self.close_sent = False
+        self.close_frame = b""      # the close frame, sent after the output
+        self.unsent = None          # framed bytes the kernel has not taken yet
+
+
+def ws_accept_key(key: str) -> str:
+    """Sec-WebSocket-Accept for a client's Sec-WebSocket-Key."""
+    import hashlib      # (4 MB of OpenSSL: loaded by the first websocket client only)
+    digest = hashlib.sha1(key.encode("latin-1") + WS_GUID).digest()
+    return base64.b64encode(digest).decode()
+
+
+def ws_frame_header(opcode: int, length: int, first: bool = True, final: bool = True,
+                    compressed: bool = False) -> bytes:
+    """A server frame's header (servers do not mask)."""
+    b0 = (opcode if first else 0) | (WS_FINAL if final else 0) | (WS_RSV1 if compressed else 0)
+    if length <= 125:
+        return bytes((b0, length))
+    if length < 65536:
+        return bytes((b0, 126)) + length.to_bytes(2, "big")
+    return bytes((b0, 127)) + length.to_bytes(8, "big")
+
+
+def ws_close_payload(status: int, text: str) -> bytes:
+    """A close frame's payload: the status, then the text, cut to fit a
+    control frame with a trailing "..." (Go's wsCreateCloseMessage)."""
+    body = text.encode()
+    if len(body) > WS_MAX_CONTROL_PAYLOAD - 2:
+        body = body[:WS_MAX_CONTROL_PAYLOAD - 5] + b"..."
+    return status.to_bytes(2, "big") + body
+
+
+def ws_valid_close_status(code: int) -> bool:
+    """May a peer send this status in a close frame?  (Go's wsIsValidCloseStatus)"""
+    if code in (WS_CLOSE_NO_STATUS, 1004, 1006, WS_CLOSE_TLS_HANDSHAKE):
+        return False
+    return 1000 <= code < 5000 and not 1016 <= code <= 2999
+
+
+def ws_unmask(data: bytes, key: bytes, pos: int) -> bytes:
+    """`data` XOR the 4-byte mask `key`, starting at byte `pos` of the key."""
+    n = len(data)
+    if not n:
+        return data
+    key = key[pos:] + key[:pos]
+    mask = (key * (n // 4 + 1))[:n]
+    # HOT: one big-integer XOR instead of a Python loop per byte.
+    return (int.from_bytes(data, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
+
+
+def ws_header_has(headers: dict, name: str, value: str) -> bool:
+    """Does a header (any of its lines) list `value` among its comma-separated
+    tokens, in any case?  (Go's wsHeaderContains)"""
+    return any(token.strip(" \t").lower() == value.lower()
+               for line in headers.get(name, ()) for token in line.split(","))
+
+
+def ws_offers_deflate(headers: dict) -> bool:
+    """Does the client offer permessage-deflate?  (Go checks the name only.)"""
+    return any(param.strip(" \t").lower() == WS_PMC_EXTENSION
+               for line in headers.get("sec-websocket-extensions", ())
+               for extension in line.split(",") for param in extension.split(";"))
+
+
+def ws_host_port(secure: bool, hostport: str) -> tuple:
+    """(host lower-cased, port) of an origin or Host header, the scheme's
+    default port when none is given (Go's wsGetHostAndPort)."""
+    parsed = urllib.parse.urlsplit("//" + hostport)
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError("invalid port in %r" % hostport)
+    host = (parsed.hostname or "").lower()
+    return host, str(port if port is not None else (443 if secure else 80))
+
+
+class WSConnection(Connection):
+    """The WebSocket ends of a connection, placed before its class (and
+    before TLSConnection for wss://) by `with_websocket`.  Loop thread only.
+
+    process_input: HTTP request -> upgrade -> frames -> the client's parser.
+    flush: the client's output -> frames (compressed when negotiated) ->
+    the socket (or TLS).  close: a close frame first, with Go's status.
+    """
+
+    __slots__ = ()
+
+    # -- input -----------------------------------------------------------------
+
+    def process_input(self, data: bytes):
+        """Bytes from the peer: the HTTP request until the upgrade, frames after."""
+        ws = self.ws
+        if ws.state == WS_OPEN:
+            self.ws_read_frames(data)
+            return
+        ws.request += data
+        while ws.state == WS_HTTP and not self.closed:
+            end = ws.request.find(b"\r\n\r\n")
+            if end < 0:
+                if len(ws.request) > WS_MAX_REQUEST:
+                    self.ws_bad_request()
+                return
+            head, rest = bytes(ws.request[:end]), bytes(ws.request[end + 4:])
+            ws.request = bytearray(rest)
+            self.server.ws_upgrade(self, head, rest)
+
+    def ws_read_frames(self, data: bytes):
+        """Unframe `data` (after what an earlier read left of a header),
+        handing payloads to the client's parser in order and answering
+        control frames; a frame breaking the rules closes the connection
+        with Go's close frame."""
+        ws = self.ws
+        if ws.tail:
+            data, ws.tail = ws.tail + data, b""
+        parse = super().process_input
+        pieces = []
+        i, n = 0, len(data)
+        while i < n and not self.closed:
+            if ws.remaining == 0:
+                if pieces:                  # what came before a frame is parsed first
+                    parse(b"".join(pieces))
+                    pieces = []
+                    if self.closed:
+                        return
+                header = self.ws_frame_start(data, i)
+                if header is None:
+                    ws.tail = data[i:]
+                    break
+                if header < 0:
+                    return                  # refused and closed
+                i = header
+                if ws.remaining == 0 and ws.inflating and ws.final:
+                    self.ws_inflate(parse)  # an empty last frame of a compressed message
+                continue
+            take = min(ws.remaining, n - i)
+            chunk = data[i:i + take]
+            if ws.masked:
+                chunk = ws_unmask(chunk, ws.mask_key, ws.mask_pos)
+                ws.mask_pos = (ws.mask_pos + take) & 3
+            ws.remaining -= take
+            i += take
+            if ws.inflating:
+                ws.deflated.append(chunk)
+                if not self.ws_deflated_within_limit():
+                    return
+                if ws.remaining == 0 and ws.final:
+                    self.ws_inflate(parse)
+            else:
+                pieces.append(chunk)
+        if pieces and not self.closed:
+            parse(b"".join(pieces))
+
+    def ws_frame_start(self, data: bytes, i: int):
+        """Read the frame header at `i`: the index after it (a control frame's
+        payload included, the frame handled), None when the header is not all
+        here, or -1 when the frame was refused (and the connection closed)."""
+        ws = self.ws
+        n = len(data)
+        if n - i < 2:
+            return None
+        b0, b1 = data[i], data[i + 1]
+        opcode = b0 & 0x0F
+        final = bool(b0 & WS_FINAL)
+        compressed = bool(b0 & WS_RSV1)
+        if b0 & WS_RSV2_RSV3:
+            return self.ws_protocol_error("RSV2 and RSV3 must be clear")
+        if compressed and not ws.compress:
+            return self.ws_protocol_error(
+                "compressed frame received without negotiated permessage-deflate")
+        if ws.masked and not b1 & WS_MASKED:
+            return self.ws_protocol_error("mask bit missing")
+        length = b1 & 0x7F
+        if opcode in (WS_PING, WS_PONG, WS_CLOSE):
+            if length > WS_MAX_CONTROL_PAYLOAD:
+                return self.ws_protocol_error(
+                    "control frame length bigger than maximum allowed of %d bytes"
+                    % WS_MAX_CONTROL_PAYLOAD)
+            if not final:
+                return self.ws_protocol_error("control frame does not have final bit set")
+            if compressed:
+                return self.ws_protocol_error("control frame must not be compressed")
+        elif opcode in (WS_TEXT, WS_BINARY):
+            if not ws.final:
+                return self.ws_protocol_error(
+                    "new message started before final frame for previous message was received")
+        elif opcode == WS_CONTINUATION:
+            if ws.final or compressed:
+                return self.ws_protocol_error("invalid continuation frame")
+        else:
+            return self.ws_protocol_error("unknown opcode %d" % opcode)
+        at = i + 2
+        if length == 126:
+            if n - at < 2:
+                return None
+            length, at = int.from_bytes(data[at:at + 2], "big"), at + 2
+        elif length == 127:
+            if n - at < 8:
+                return None
+            length, at = int.from_bytes(data[at:at + 8], "big"), at + 8
+            if length >> 63:
+                return self.ws_protocol_error("invalid 64-bit payload length")
+        key = b""
+        if ws.masked:
+            if n - at < 4:
+                return None
+            key, at = data[at:at + 4], at + 4
+        if opcode >= WS_CLOSE:
+            if n - at < length:
+                return None
+            payload = data[at:at + length]
+            if ws.masked:
+                payload = ws_unmask(payload, key, 0)
+            self.ws_control_frame(opcode, payload)
+            return -1 if self.closed else at + length
+        if opcode != WS_CONTINUATION:
+            ws.inflating = compressed
+        ws.final = final
+        ws.remaining, ws.mask_key, ws.mask_pos = length, key, 0
+        return at
+
+    def ws_control_frame(self, opcode: int, payload: bytes):
+        """A ping gets its pong; a close is answered (Go echoes the status,
+        or sends an empty close when none came) and ends the connection."""
+        ws = self.ws
+        if opcode == WS_PING:
+            ws.control.append(ws_frame_header(WS_PONG, len(payload)) + payload)
+            self.server.pending.add(self)
+        elif opcode == WS_CLOSE:
+            if len(payload) == 1:
+                self.ws_protocol_error("close frame payload cannot be 1 byte")
+                return
+            status, body = WS_CLOSE_NO_STATUS, b""
+            if len(payload) >= 2:
+                status = int.from_bytes(payload[:2], "big")
+                if not ws_valid_close_status(status):
+                    self.ws_protocol_error("invalid close status code %d" % status)
+                    return
+                body = payload[2:]
+                try:
+                    body.decode("utf-8")
+                except UnicodeDecodeError:
+                    status, body = WS_CLOSE_INVALID_PAYLOAD, b"invalid utf8 body in close frame"
+            reply = b"" if status == WS_CLOSE_NO_STATUS else status.to_bytes(2, "big") + body
+            ws.close_frame = ws_frame_header(WS_CLOSE, len(reply)) + reply
+            ws.close_sent = True
+            self.close(CLIENT_CLOSED)
+
+    def ws_deflated_within_limit(self) -> bool:
+        """A compressed message may not grow past what max_payload allows
+        once inflated (Go's wsMaxMessageSize); False if it did (and closed)."""
+        limit = min(self.server.options.max_payload * WS_MAX_MESSAGE_MULTIPLE,
+                    WS_MAX_MESSAGE_LIMIT)
+        if sum(len(chunk) for chunk in self.ws.deflated) + len(WS_DEFLATE_TAIL) > limit:
+            self.ws_max_payload()
+            return False
+        return True
+
+    def ws_inflate(self, parse):
+        """The compressed message is whole: inflate it (at most max_payload
+        bytes, as Go reads it) and parse it."""
+        import zlib
+        ws = self.ws
+        deflated, ws.deflated, ws.inflating = ws.deflated, [], False
+        max_payload = self.server.options.max_payload
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(b"".join(deflated) + WS_DEFLATE_TAIL, max_payload + 1)
+        except zlib.error as exc:
+            self.debug("Error inflating a websocket message: %s", exc)
+            self.close(READ_ERROR, flush=True)
+            return
+        parse(data[:max_payload])
+        if len(data) > max_payload and not self.closed:
+            self.ws_max_payload()
+
+    def ws_max_payload(self):
+        """A compressed message too large: Go's max payload error and close."""
+        self.error("%s", ERR_MAX_PAYLOAD)
+        self.send_err_and_close(ERR_MAX_PAYLOAD, MAX_PAYLOAD_EXCEEDED)
+
+    def ws_protocol_error(self, text: str) -> int:
+        """A frame broke RFC 6455: a close frame with 1002 and `text`, and
+        close (Go's wsHandleProtocolError).  Returns -1 for ws_frame_start."""
+        ws = self.ws
+        payload = ws_close_payload(WS_CLOSE_PROTOCOL_ERROR, text)
+        ws.close_frame = ws_frame_header(WS_CLOSE, len(payload)) + payload
+        ws.close_sent = True
+        self.error("read error: %s", text)
+        self.close(READ_ERROR)
+        return -1
+
+    def ws_http_error(self, status: int, reason: str):
+        """Refuse the upgrade with Go's HTTP error response (http.Error) and
+        log why; the connection stays open for another request, as Go's
+        HTTP/1.1 server keeps it."""
+        self.ws_handshake_error(reason)
+        text = _HTTP_REASONS.get(status, "Error")
+        body = (text + "\n").encode()
+        self.out.append(b"HTTP/1.1 %d %s\r\n" % (status, text.encode())
+                        + b"Content-Type: text/plain; charset=utf-8\r\n"
+                        + b"Sec-Websocket-Version: 13\r\n"
+                        + b"X-Content-Type-Options: nosniff\r\n"
+                        + b"Date: " + _http_date().encode() + b"\r\n"
+                        + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        self.server.pending.add(self)
+
+    def ws_bad_request(self, detail: str = ""):
+        """A request Go's HTTP server itself refuses (not HTTP, or HTTP/1.1
+        without a Host): its bare 400, and close."""
+        status = "400 Bad Request" + (": " + detail if detail else "")
+        self.out.append(b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                        b"Connection: close\r\n\r\n%s" % (status.encode(), status.encode()))
+        self.close(READ_ERROR)
+
+    def ws_handshake_error(self, reason: str):
+        """Log a refused upgrade as Go does."""
+        self.server.log.error("%s - websocket handshake error: %s",
+                              _host_port(self.host, self.port), reason)
+
+    def protocol_error(self, exc: ProtocolError):
+        """A parse error inside a frame: Go's websocket read loop sends the
+        -ERR, logs a read error and closes at once, without a close frame."""
+        if exc.err is not None:
+            self.send_err(exc.err)
+        self.error("read error: %s", exc)
+        self.ws.close_sent = True
+        self.close(READ_ERROR)
+
+    def auth_options(self) -> Options:
+        """The websocket block's authorization or no_auth_user, if it has one."""
+        return self.server.ws_auth_options()
+
+    # -- output ------------------------------------------------------------------
+
+    def flush(self):
+        """Frame what the client queued, after any pong and before a close
+        frame, and send it (the plain or TLS flush below does)."""
+        ws = self.ws
+        if ws is None or ws.state != WS_OPEN or self.closed:
+            super().flush()
+            return
+        out = self.out
+        frames = ws.control
+        if ws.unsent is not None:
+            frames.insert(0, ws.unsent)
+            ws.unsent = None
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            frames += self.ws_frames(data)
+        if ws.close_frame:
+            frames.append(ws.close_frame)
+            ws.close_frame = b""
+        ws.control = []
+        if not frames:
+            super().flush()
+            return
+        out.extend(frames)
+        super().flush()
+        if out:                         # the plain flush left framed bytes unsent
+            rest = out[0] if len(out) == 1 else b"".join(bytes(chunk) for chunk in out)
+            out.clear()
+            ws.unsent = bytes(rest)
+
+    def ws_frames(self, data: bytes) -> list:
+        """`data` as binary frames: one compressed frame when negotiated and
+        worth it, else one frame, or frames of WS_FRAME_SIZE_FOR_BROWSERS
+        bytes for a browser (Go's wsCollapsePtoNB)."""
+        ws = self.ws
+        if ws.compress and len(data) > WS_COMPRESS_THRESHOLD:
+            import zlib
+            deflater = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+            packed = deflater.compress(data) + deflater.flush(zlib.Z_SYNC_FLUSH)
+            packed = packed[:-len(WS_DEFLATE_TAIL)]
+            return [ws_frame_header(WS_BINARY, len(packed), compressed=True), packed]
+        size = WS_FRAME_SIZE_FOR_BROWSERS if ws.browser else len(data)
+        frames = []
+        for at in range(0, len(data), size):
+            chunk = data[at:at + size]
+            frames += [ws_frame_header(WS_BINARY, len(chunk)), chunk]
+        return frames
+
+    def pending_bytes(self) -> int:
+        """Queued output, framed or not, the kernel has not taken."""
+        ws = self.ws
+        unsent = len(ws.unsent) if ws is not None and ws.unsent is not None else 0
+        return super().pending_bytes() + unsent
+
+    def close(self, reason: str, flush: bool = True):
+        """Close; an upgraded connection says why first, in a close frame
+        with Go's status for `reason` (wsEnqueueCloseMessage)."""
+        ws = self.ws
+        if not self.closed and ws is not None and ws.state == WS_OPEN:
+            if not ws.close_sent:
+                payload = ws_close_payload(
+                    WS_CLOSE_STATUS_FOR.get(reason, WS_CLOSE_INTERNAL_ERROR), reason)
+                ws.close_frame = ws_frame_header(WS_CLOSE, len(payload)) + payload
+                ws.close_sent = True
+            if flush or ws.close_frame:
+                self.flush()
+                if self.closed:
+                    return
+        super().close(reason, flush)
+
+
+def with_websocket(cls: type) -> type:
+    """`cls` (a client class, TLS or not) speaking WebSocket: a subclass whose
+    process_input, flush and close come from WSConnection."""
+    return type("WS" + cls.__name__, (WSConnection, cls),
+                {"__slots__": (), "__doc__": "%s over WebSocket." % cls.__name__})
+
+
+# HTTP status texts the upgrade's errors use (Go's http.StatusText).
+_HTTP_REASONS = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed",
+                 431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+
+
+def _http_date() -> str:
+    """An HTTP Date header's value, now."""
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+
+
+class WebSocketServing:
+    """The Server's part in WebSocket (mixed into Server in chapter 15):
+    the listener, the upgrade's checks and answer, and what a finished
+    upgrade starts.  The connection's side is WSConnection above."""
+
+    def listen_websocket(self):
+        """Bind the websocket port and log it as Go does."""
+        ws = self.options.websocket
+        sock = _bind(ws.host, ws.port)
+        self.ws_listener = _Listener(self, sock, self.create_ws_client)
+        self.ws_port = sock.getsockname()[1]
+        self.selector.register(sock, selectors.EVENT_READ, self.ws_listener)
+        scheme = "wss" if ws.tls is not None else "ws"
+        self.log.info("Listening for websocket clients on %s://%s", scheme,
+                      _host_port(ws.host, self.ws_port))
+        if ws.tls is None:
+            self.log.warning("Websocket not configured with TLS. DO NOT USE IN PRODUCTION!")
+
+    def create_ws_client(self, sock: socket.socket):
+        """A websocket connection: a client that reads the HTTP request
+        first (and, for wss://, completes its TLS handshake before that)."""
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        self.next_cid += 1
+        ws_opts = self.options.websocket
+        secure = ws_opts.tls is not None
+        client_class = self.ws_client_classes.get(secure)
+        if client_class is None:
+            client_class = self.ws_client_classes[secure] = with_websocket(
+                self.tls_client_class if secure else Client)
+        client = client_class(self, sock, self.next_cid)
+        client.ws = WSSession()
+        client.awaiting_auth = self.ws_auth_options().auth_required
+        self.total_connections += 1
+        try:
+            self.selector.register(sock, selectors.EVENT_READ, client)
+        except (ValueError, OSError) as exc:
+            self.log.error("Error registering client connection: %s", exc)
+            sock.close()
+            return
+        self.clients[client.cid] = client
+        client.debug("Websocket connection created")
+        timeout = ws_opts.handshake_timeout
+        if ws_opts.tls is not None:
+            client.start_tls(ws_opts.tls.server_context(), ws_opts.tls.timeout, TLS_HELLO,
+                             first=True)
+        if timeout:
+            self.add_timer(timeout, lambda: self.ws_handshake_timeout(client))
+
+    def ws_handshake_timeout(self, client: WSConnection):
+        """The upgrade did not come in time: close (Go's ReadTimeout)."""
+        if not client.closed and client.ws.state != WS_OPEN:
+            client.debug("Websocket handshake timeout")
+            client.close(READ_ERROR, flush=False)
+
+    def ws_upgrade(self, client: WSConnection, head: bytes, rest: bytes):
+        """Check the HTTP request as Go's wsUpgrade does, then answer 101 and
+        start the client (INFO, timers), or answer Go's HTTP error."""
+        ws_opts = self.options.websocket
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
+            return client.ws_bad_request()      # Go's HTTP server: not HTTP at all
+        method = parts[0]
+        headers: dict = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip():
+                return client.ws_bad_request()
+            headers.setdefault(name.lower(), []).append(value.strip(" \t"))
+        first = {name: values[0] for name, values in headers.items()}
+        if parts[2] == "HTTP/1.1" and "host" not in headers:
+            return client.ws_bad_request("missing required Host header")
+        if method != "GET":
+            return client.ws_http_error(405, "request method must be GET")
+        if not first.get("host"):
+            return client.ws_http_error(400, "'Host' missing in request")
+        if not ws_header_has(headers, "upgrade", "websocket"):
+            return client.ws_http_error(400, "invalid value for header 'Upgrade'")
+        if not ws_header_has(headers, "connection", "Upgrade"):
+            return client.ws_http_error(400, "invalid value for header 'Connection'")
+        key = first.get("sec-websocket-key", "")
+        if not key:
+            return client.ws_http_error(400, "key missing")
+        try:
+            valid_key = len(base64.b64decode(key, validate=True)) == 16
+        except ValueError:
+            valid_key = False
+        if not valid_key:
+            return client.ws_http_error(400, "invalid websocket key")
+        if not ws_header_has(headers, "sec-websocket-version", "13"):
+            return client.ws_http_error(400, "invalid version")
+        problem = self.ws_origin_problem(first, ws_opts)
+        if problem:
+            return client.ws_http_error(403, "origin not allowed: " + problem)
+        if rest:
+            # Go's hijacked connection has bytes buffered: closed without a word.
+            client.ws_handshake_error("client sent data before handshake is complete")
+            client.close(READ_ERROR, flush=False)
+            return
+        ws = client.ws
+        ws.compress = ws_opts.compression and ws_offers_deflate(headers)
+        ws.masked = first.get(WS_NO_MASKING_HEADER) != "true"
+        ws.browser = first.get("user-agent", "").startswith("Mozilla/")
+        answer = [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Accept: ",
+                  ws_accept_key(key).encode(), b"\r\n"]
+        if ws.compress:
+            answer.append(WS_PMC_RESPONSE)
+        if not ws.masked:
+            answer.append(b"Nats-No-Masking: true\r\n")
+        for name, value in ws_opts.headers.items():
+            answer.append(("%s: %s\r\n" % (name, value)).encode())
+        answer.append(b"\r\n")
+        client.out.append(b"".join(answer))
+        client.flush()                  # before the state changes: the 101 is not framed
+        if client.closed:
+            return
+        ws.state = WS_OPEN
+        client.queue_outbound(self.ws_client_info(client))
+        over_limit = len(self.clients) > self.options.max_connections
+        if over_limit:
+            self.log.error("Maximum connections exceeded (%d)", self.options.max_connections)
+            client.send_err_and_close(ERR_MAX_CONNECTIONS, MAX_CONNECTIONS_EXCEEDED)
+            return
+        self.start_client_timers(client)
+
+    def ws_origin_problem(self, first: dict, ws_opts) -> str:
+        """Why the request's Origin is refused, or "" (Go's checkOrigin): with
+        same_origin it must match the Host, with allowed_origins be listed;
+        a request without an Origin passes."""
+        if not ws_opts.same_origin and not ws_opts.allowed_origins:
+            return ""
+        origin = first.get("origin") or first.get("sec-websocket-origin", "")
+        if not origin:
+            return ""
+        try:
+            parsed = urllib.parse.urlsplit(origin)
+        except ValueError:
+            return 'parse "%s": missing \']\' in host' % origin
+        if not parsed.scheme or not parsed.netloc:
+            return 'parse "%s": invalid URI for request' % origin
+        secure = parsed.scheme == "https"
+        try:
+            host, port = ws_host_port(secure, parsed.netloc)
+        except ValueError as exc:
+            return str(exc)
+        if ws_opts.same_origin:
+            tls = ws_opts.tls is not None
+            try:
+                rhost, rport = ws_host_port(tls, first.get("host", ""))
+            except ValueError as exc:
+                return str(exc)
+            if (host, port) != (rhost, rport) or parsed.scheme.lower() != (
+                    "https" if tls else "http"):
+                return "not same origin"
+        if ws_opts.allowed_origins:
+            for allowed in ws_opts.allowed_origins:
+                a = urllib.parse.urlsplit(allowed)
+                if (ws_host_port(a.scheme == "https", a.netloc) == (host, port)
+                        and a.scheme == parsed.scheme):
+                    return ""
+            return "not in the allowed list"
+        return ""
+
+    def ws_auth_options(self) -> Options:
+        """The options websocket clients log in with: the server's, with the
+        websocket block's user and password or token, and its no_auth_user,
+        in place of the server's (Go's authOverride)."""
+        opts = self.options
+        ws = opts.websocket
+        if not (ws.username or ws.token or ws.no_auth_user):
+            return opts
+        view = copy.copy(opts)
+        if ws.username or ws.token:
+            view.username, view.password, view.authorization = ws.username, ws.password, ws.token
+        if ws.no_auth_user:
+            view.no_auth_user = ws.no_auth_user
+        return view
+
+    def websocket_varz(self) -> dict:
+        """/varz's `websocket` section (Go's WebsocketOptsVarz): {} when off."""
+        ws = self.options.websocket
+        if ws is None or not ws.port:
+            return {}
+        varz = {"host": ws.host, "port": self.ws_port or ws.port}
+        for name, value in (("advertise", ws.advertise), ("no_auth_user", ws.no_auth_user),
+                            ("jwt_cookie", ws.cookies.get("jwt_cookie", "")),
+                            ("handshake_timeout", int(ws.handshake_timeout * 1e9)),
+                            ("auth_timeout", ws.auth_timeout), ("no_tls", ws.no_tls),
+                            ("same_origin", ws.same_origin),
+                            ("allowed_origins", list(ws.allowed_origins)),
+                            ("compression", ws.compression)):
+            if value:
+                varz[name] = value
+        return varz
+
+    def ws_client_info(self, client: WSConnection) -> bytes:
+        """A websocket client's INFO: the websocket listener's host and port,
+        TLS as the websocket port has it (Go's generateClientInfoJSON)."""
+        info = json.loads(self.client_info(client)[len(b"INFO "):])
+        secure = self.options.websocket.tls is not None
+        info["host"], info["port"] = self.options.websocket.host, self.ws_port
+        info.pop("connect_urls", None)          # (Go gives the cluster's ws URLs)
+        info.pop("tls_required", None)
+        info.pop("tls_available", None)
+        if secure:
+            info["tls_required"] = info["tls_available"] = True
+        if self.ws_auth_options().auth_required:
+            info["auth_required"] = True
+        ordered = {name: info.pop(name) for name in _INFO_FIELDS if name in info}
+        ordered.update(info)                    # (Go's Info field order)
+        return b"INFO " + json.dumps(ordered, separators=(",", ":")).encode() + b" \r\n"
+
+
+# ============================================================================
+# 12. Route
 # ============================================================================
 #
 # Servers of a cluster connect to each other over routes and speak the
@@ -7768,7 +8672,7 @@ class Cluster:
 
 
 # ============================================================================
-# 12. Monitor
+# 13. Monitor
 # ============================================================================
 #
 # The HTTP monitoring endpoints, with the JSON of nats-server 2.x (key
@@ -8378,7 +9282,7 @@ class Monitor:
             "gateway": {},
             "leaf": {},
             "mqtt": {},
-            "websocket": {},
+            "websocket": server.websocket_varz(),
             "jetstream": {},
             "tls_timeout": go_number(opts.tls.timeout if opts.tls else TLS_TIMEOUT),
             "write_deadline": int(opts.write_deadline * 1e9),
@@ -9016,7 +9920,7 @@ class MsgTrace:
         deliver_result(account.sublist.match(self.dest), msg, None, account)
 
 # ============================================================================
-# 13. Logging
+# 14. Logging
 # ============================================================================
 #
 # Log lines look like the Go server's, because people and tools read them:
@@ -9390,7 +10294,7 @@ def payload_end_error(data: bytes, stop: int) -> ProtocolError:
 
 
 # ============================================================================
-# 14. Command line
+# 15. Command line
 # ============================================================================
 #
 # The flags of gnatsd 0.7.2 and of the modern nats-server, in the groups of
@@ -9818,9 +10722,11 @@ class ServerControl:
             return
         self.lame_duck = True
         self.log.info("Entering lame duck mode, stop accepting new clients")
-        self.unregister(self.listener)
-        self.listener.sock.close()
-        self.listener.closed = True
+        for listener in (self.listener, self.ws_listener):
+            if listener is not None and not listener.closed:
+                self.unregister(listener)
+                listener.sock.close()
+                listener.closed = True
         info = dict(self.info_template, ldm=True)
         proto = b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
         for client in list(self.clients.values()):
@@ -9943,12 +10849,13 @@ def reload_changes(old: Options, new: Options, actual_port: int) -> list:
     return changes
 
 
-class Server(ServerControl, TLSServing, CoreServer):
+class Server(ServerControl, WebSocketServing, TLSServing, CoreServer):
     """The NATS server: the core of chapter 6 (CoreServer: the loop,
-    clients, shutdown), TLS clients' start (TLSServing, chapter 10) and the
+    clients, shutdown), TLS clients' start (TLSServing, chapter 10),
+    the websocket port (WebSocketServing, chapter 11) and the
     controls above (ServerControl), composed as socketserver composes its
     servers from mix-ins.  `Server(options).start()` serves on a thread of
-    its own (chapter 15 wraps it for embedding); main() calls `run()`."""
+    its own (chapter 16 wraps it for embedding); main() calls `run()`."""
 
 
 def main(argv: list | None = None) -> int:
@@ -10211,7 +11118,7 @@ def _raise_open_file_limit():
 
 
 # ============================================================================
-# 15. Embedding and the pytest plugin
+# 16. Embedding and the pytest plugin
 # ============================================================================
 #
 # nats.py's helper package (`nats.server`: run, run_cluster, ServerError)

@@ -687,7 +687,8 @@ class Cluster:
     returns its ServerProcess with `route_port`, `mon_port` and `node_kind` set.
     Cluster flags are used (`--cluster nats://127.0.0.1:P --cluster_name N
     --routes ...`) unless `conf` is given: then the node gets a config file
-    with a `cluster { name listen routes <conf> }` block instead.
+    with a `cluster { name listen routes <conf> }` block instead, and `top`
+    (config text) goes before that block.
     """
 
     def __init__(self, tmp_path, name: str = "c1"):
@@ -699,16 +700,19 @@ class Cluster:
     route_url = staticmethod(_route_url)
 
     def start(self, kind: str, routes=(), *, route_port: int = -1, conf: str | None = None,
-              args=(), timeout: float = 10.0):
+              args=(), timeout: float = 10.0, top: str = ""):
         urls = [_route_url(r) for r in routes]
-        spec = dict(kind=kind, routes=list(routes), conf=conf, args=tuple(args))
+        spec = dict(kind=kind, routes=list(routes), conf=conf, args=tuple(args), top=top)
+        if conf is None and top:
+            conf = ""                 # a config file, for the top-level text
         if conf is None:
             cargs = ["--cluster", "nats://127.0.0.1:%d" % route_port, "--cluster_name", self.name]
             if urls:
                 cargs += ["--routes", ",".join(urls)]
         else:
             self._confs += 1
-            text = "cluster {\n  name: %s\n  listen: \"127.0.0.1:%d\"\n" % (self.name, route_port)
+            text = top + "cluster {\n  name: %s\n  listen: \"127.0.0.1:%d\"\n" % (
+                self.name, route_port)
             if urls:
                 text += "  routes: [\n%s  ]\n" % "".join("    %s\n" % u for u in urls)
             text += "  %s\n}\n" % conf
