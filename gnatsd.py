@@ -4249,15 +4249,20 @@ def _to_server_name(cm: ConfigMap, key: str, value) -> str:
     return name
 
 
-def _listen(cm: ConfigMap, key: str, value, opts: Options):
-    """`listen: host:port` sets both host and port."""
+def _host_port_value(cm: ConfigMap, key: str, value) -> tuple:
+    """A `listen` value, `host:port` (or `[v6]:port`): (host or "", port)."""
     text = _to_str(cm, key, value)
     host, _, port = text.rpartition(":")
     if not port.lstrip("-").isdigit():
         raise cm.error(key, "could not parse address string %r" % text)
+    return host.strip("[]"), int(port)
+
+
+def _listen(cm: ConfigMap, key: str, value, opts: Options):
+    """`listen: host:port` sets both host and port."""
+    host, opts.port = _host_port_value(cm, key, value)
     if host:
-        opts.host = host.strip("[]")
-    opts.port = int(port)
+        opts.host = host
 
 
 _CLUSTER_URL_RE = re.compile(r"^(?:[a-z+-]+://)?(?:(?P<user>[^:@/]*)(?::(?P<pass>[^@/]*))?@)?"
@@ -4287,11 +4292,7 @@ def _cluster(cm: ConfigMap, key: str, value, opts: Options):
             if " " in opts.cluster_name:
                 raise value.error(sub_key, "cluster name cannot contain spaces or new lines")
         elif name == "listen":
-            text = _to_str(value, sub_key, sub_value)
-            host, _, port = text.rpartition(":")
-            if not port.lstrip("-").isdigit():
-                raise value.error(sub_key, "could not parse address string %r" % text)
-            opts.cluster_host, opts.cluster_port = host.strip("[]"), int(port)
+            opts.cluster_host, opts.cluster_port = _host_port_value(value, sub_key, sub_value)
         elif name in ("host", "net"):
             opts.cluster_host = _to_str(value, sub_key, sub_value)
         elif name == "port":
@@ -4413,11 +4414,7 @@ def _websocket(cm: ConfigMap, key: str, value, opts: Options):
     for sub_key, sub_value in value.items():
         name = sub_key.lower()
         if name == "listen":
-            text = _to_str(value, sub_key, sub_value)
-            host, _, port = text.rpartition(":")
-            if not port.lstrip("-").isdigit():
-                raise value.error(sub_key, "could not parse address string %r" % text)
-            ws.host, ws.port = host.strip("[]"), int(port)
+            ws.host, ws.port = _host_port_value(value, sub_key, sub_value)
         elif name == "port":
             ws.port = _to_int(value, sub_key, sub_value)
         elif name in ("host", "net"):

@@ -170,11 +170,12 @@ def release_errors(gnatsd_module, handler: ErrorLog):
 
 
 
-def feed_on_loop(server, conn, chunks, seed: int | None = None) -> tuple:
+def feed_on_loop(server, conn, chunks, seed: int | None = None, between=None) -> tuple:
     """Hand `chunks` to `conn` (a Client or Route of the in-process
     `server`) as separate reads, on the loop thread and as Server.serve
     does: its catch-all around each read, then the flush of the loop turn.
-    Then close it.  `seed` seeds the module RNG first (queue-group picks).
+    Then close it.  `seed` seeds the module RNG first (queue-group picks);
+    `between(conn)` is called after each read the connection survives.
     Returns (closed by the input, its close reason or None)."""
     def run():
         if seed is not None:
@@ -194,6 +195,8 @@ def feed_on_loop(server, conn, chunks, seed: int | None = None) -> tuple:
                 server.flush_pending()
             if conn.closed:
                 return True, conn.close_reason
+            if between is not None:
+                between(conn)
         conn.close("fuzz done")
         return False, None
     return server.call_in_loop(run)

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from conftest import import_gnatsd
-from fuzzing import (FUZZ_SETTINGS, capture_errors, even_out, read_to_close, release_errors,
-                     run_fuzzer)
+from fuzzing import (FUZZ_SETTINGS, capture_errors, even_out, feed_on_loop, read_to_close,
+                     release_errors, run_fuzzer)
 
 g = import_gnatsd()
 
@@ -137,28 +137,13 @@ class Peer:
             lambda: next(c for c in server.clients.values() if c.port == local))
 
     def feed(self, chunks) -> tuple:
-        """The chunks as separate reads (as feed_on_loop, plus the bound on
-        what is held between reads); then close.  Returns (closed by the
-        input, reason)."""
-        server, conn = self.server, self.client
-
-        def run():
-            for chunk in chunks:
-                try:
-                    conn.process_input(chunk)
-                except Exception:
-                    server.connection_failed(conn)
-                while conn.backlog is not None and not (conn.closed or conn.stalled):
-                    server.run_backlog()
-                if server.pending:
-                    server.flush_pending()
-                if conn.closed:
-                    return True, conn.close_reason
-                assert len(conn.ws.tail) <= 14 + g.WS_MAX_CONTROL_PAYLOAD, \
-                    "held %d bytes of frame" % len(conn.ws.tail)
-            conn.close("fuzz done")
-            return False, None
-        return server.call_in_loop(run)
+        """The chunks as separate reads, then close; between reads the
+        connection may hold no more than a frame header or a control
+        frame.  Returns (closed by the input, reason)."""
+        def bounded(conn):
+            assert len(conn.ws.tail) <= 14 + g.WS_MAX_CONTROL_PAYLOAD, \
+                "held %d bytes of frame" % len(conn.ws.tail)
+        return feed_on_loop(self.server, self.client, chunks, between=bounded)
 
     def output(self) -> tuple:
         return unframe(read_to_close(self.sock, bytearray()))
