@@ -98,6 +98,18 @@ def pytest_sessionfinish(session, exitstatus):
         srv.kill()
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Lists the files tests kept as artifacts (`record_property("artifact",
+    path)`, e.g. tests/test_websocket_browser.py's screenshots); the
+    property travels in the reports, so xdist workers' show up too."""
+    paths = sorted({value for reports in terminalreporter.stats.values() for r in reports
+                    for name, value in getattr(r, "user_properties", ()) if name == "artifact"})
+    if paths:
+        terminalreporter.write_sep("-", "artifacts")
+        for path in paths:
+            terminalreporter.write_line(path)
+
+
 class ServerProcess:
     """A server process; its stderr is collected by a thread into `self.log`."""
 

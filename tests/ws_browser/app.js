@@ -5,6 +5,7 @@ import { connect, StringCodec } from "./nats.js";
 
 const params = new URLSearchParams(location.search);
 const out = document.getElementById("result");
+document.getElementById("target").textContent = "nats.ws \u2192 " + params.get("ws");
 const sc = StringCodec();
 
 // Printable pseudo-random text: it does not deflate to almost nothing, so a
@@ -65,7 +66,7 @@ async function run() {
   } catch (e) {
     res = { error: String((e && e.message) || e) };
   }
-  out.textContent = JSON.stringify(res);
+  out.textContent = JSON.stringify(res, null, 2);   // one key a line, for the screenshot
   out.dataset.state = "done";
   await fetch("/result", { method: "POST", body: out.outerHTML });
 })();
