@@ -3043,6 +3043,8 @@ class CoreServer:
         if opts.pid_file:
             _write_file(opts.pid_file, str(os.getpid()))
         self.add_timer(1.0, self.sweep_timeouts)
+        self.system_client = SystemClient(self)     # $SYS requests (chapter 13)
+        self.system_client.start()
         self.running = True
         self.log.info("Server is ready")
         if opts.cluster_port:
@@ -8690,7 +8692,9 @@ class Cluster:
 # MONITOR_READ_TIMEOUT, at most MONITOR_MAX_CONNECTIONS are served at once
 # (more are closed at once), and at most MONITOR_HEAVY_REQUESTS build a
 # large page at a time, since building JSON in Python holds the GIL the loop
-# needs.  Go twin: server/monitor.go.
+# needs.  The same endpoints answer over NATS, in the system account
+# (`$SYS.REQ.SERVER.PING.VARZ` ...: SystemClient, at the chapter's end).
+# Go twins: server/monitor.go, server/events.go.
 
 # Longest HTTP request line the monitor reads (Go's default header limit).
 MONITOR_MAX_REQUEST_LINE = 1024 * 1024
@@ -9916,6 +9920,252 @@ class MsgTrace:
         msg = Message(self.dest, None, -1, len(body), body)
         deliver_result(account.sublist.match(self.dest), msg, None, account)
 
+
+# -- the monitor over the system account ($SYS) ---------------------------------
+#
+# natscli and other tools ask the servers over NATS itself, in the system
+# account: a request on `$SYS.REQ.SERVER.PING` is answered by every server
+# with its STATSZ, `$SYS.REQ.SERVER.PING.<X>` (and `$SYS.REQ.SERVER.<id>.<X>`
+# for one server) with the monitor's <X> (VARZ, CONNZ, ...), wrapped as Go
+# wraps it: {"server": who answers, "data": ...}, or "error" instead.  The
+# server's own client in the system account, SystemClient, holds those
+# subscriptions; a delivery to it is queued like any other and handled when
+# the loop flushes it, so requests and answers travel through the sublist
+# and over routes as client messages do (a mixed cluster answers from every
+# node).  The answers come from the Monitor's endpoint functions: one
+# implementation for HTTP and $SYS.  Go twin: server/events.go.
+
+SYS_PING = b"$SYS.REQ.SERVER.PING"
+SYS_SERVER_REQUEST = b"$SYS.REQ.SERVER.%s.*"
+
+# ConnzOptions' "state" (Go's ConnState) as /connz's state parameter.
+_SYS_CONN_STATES = {0: "open", 1: "closed", 2: "all"}
+
+
+def sys_query(options: dict) -> dict:
+    """A $SYS request's JSON options (Go's ConnzOptions and friends) as the
+    HTTP endpoints' query parameters."""
+    query = {}
+    for key, value in options.items():
+        if key == "subscriptions" and value:
+            query.setdefault("subs", "1")
+        elif key == "subscriptions_detail" and value:
+            query["subs"] = "detail"
+        elif key == "state" and isinstance(value, int):
+            query["state"] = _SYS_CONN_STATES.get(value, str(value))
+        elif isinstance(value, bool):
+            query[key] = "true" if value else "false"
+        elif isinstance(value, (int, str)):
+            query[key] = str(value)
+    return query
+
+
+class SystemClient:
+    """The server's own client in the system account: its subscriptions
+    answer the $SYS requests.  It quacks like a Client where delivery looks
+    (out, counters, no permissions, headers), and its `flush`, called when
+    the loop flushes what was delivered this turn, handles each message."""
+
+    kind = "Client"
+    cid = 0
+    perms = None
+    headers = True
+    echo = True
+    trace = False
+    closed = False
+    stall_waiters = None
+
+    def __init__(self, server: "Server"):
+        self.server = server
+        self.account = server.system_account
+        self.out = []
+        self.out_msgs = self.out_bytes = 0
+        self.last_activity = 0.0
+        self.handlers: dict = {}     # sid -> handler(subject, reply, payload)
+        self.subs = []
+        self.seq = 0                 # of the answers sent (Go's server info "seq")
+
+    def start(self):
+        """Subscribe to the requests this server answers."""
+        self.subscribe(SYS_PING, self.ping)
+        self.subscribe(SYS_PING + b".*", self.request)
+        self.subscribe(SYS_SERVER_REQUEST % self.server.server_id.encode(), self.request)
+
+    def subscribe(self, subject: bytes, handler):
+        """Answer messages on `subject` with handler(subject, reply, payload)."""
+        sub = Subscription(self, subject, None, b"%d" % (len(self.handlers) + 1))
+        self.handlers[sub.sid] = handler
+        self.subs.append(sub)
+        self.account.sublist.insert(sub)
+        if self.server.cluster.enabled:
+            self.server.cluster.update_interest(self.account, sub, 1)
+
+    def rebind(self):
+        """A reload made new accounts: subscribe again in the new system account."""
+        for sub in self.subs:
+            self.account.sublist.remove(sub)
+            if self.server.cluster.enabled:
+                self.server.cluster.update_interest(self.account, sub, -1)
+        self.account = self.server.system_account
+        subs, self.subs = self.subs, []
+        for sub in subs:
+            self.subs.append(sub)
+            self.account.sublist.insert(sub)
+            if self.server.cluster.enabled:
+                self.server.cluster.update_interest(self.account, sub, 1)
+
+    def pending_bytes(self) -> int:
+        """Nothing waits on a socket here."""
+        return 0
+
+    def flush(self):
+        """Handle what was delivered this turn, a message at a time."""
+        data = b"".join(self.out)
+        self.out.clear()
+        for sid, subject, reply, payload in _delivered_msgs(data):
+            handler = self.handlers.get(sid)
+            if handler is None or reply is None:
+                continue
+            try:
+                handler(subject, reply, payload)
+            except Exception:
+                self.server.log.exception("Error answering a $SYS request on %s",
+                                          subject.decode("utf-8", "replace"))
+
+    # -- answers -------------------------------------------------------------------
+
+    def server_info(self) -> dict:
+        """Who answers (Go's ServerInfo)."""
+        server = self.server
+        self.seq += 1
+        info = {"name": server.server_name, "host": server.options.host, "id": server.server_id}
+        if server.cluster.enabled:
+            info["cluster"] = server.cluster.name
+        info["ver"] = VERSION
+        if server.options.server_tags:
+            info["tags"] = list(server.options.server_tags)
+        info.update({"jetstream": False, "flags": 0, "seq": self.seq,
+                     "time": rfc3339(time.time())})
+        return info
+
+    def statsz(self) -> dict:
+        """Go's ServerStats."""
+        server = self.server
+        snap = varz_snapshot(server)
+        routes = [{"rid": route.cid, "name": route.remote_name or route.remote_id,
+                   "sent": {"msgs": route.out_msgs, "bytes": route.out_bytes},
+                   "received": {"msgs": route.in_msgs, "bytes": route.in_bytes},
+                   "pending": route.pending_bytes()}
+                  for route in server.cluster.routes.values()]
+        stats = {
+            "start": rfc3339(server.start_time),
+            "mem": _proc_rss(),
+            "cores": os.cpu_count() or 1,
+            "cpu": 0,
+            "connections": snap["connections"],
+            "total_connections": server.total_connections,
+            "active_accounts": len({c.account.name for c in server.clients.values()}),
+            "subscriptions": snap["subscriptions"],
+            "sent": {"msgs": snap["out_msgs"], "bytes": snap["out_bytes"]},
+            "received": {"msgs": snap["in_msgs"], "bytes": snap["in_bytes"]},
+            "slow_consumers": server.slow_consumers,
+        }
+        if routes:
+            stats["routes"] = routes
+        stats["active_servers"] = 1 + len(server.cluster.routes)
+        return stats
+
+    def reply(self, reply: bytes, body: dict):
+        """Publish `body` as JSON to `reply`, in the system account."""
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        msg = Message(reply, None, -1, len(payload), payload)
+        deliver_result(self.account.sublist.match(reply), msg, None, self.account)
+
+    def ping(self, subject: bytes, reply: bytes, payload: bytes):
+        """`$SYS.REQ.SERVER.PING`: every server's STATSZ."""
+        self.reply(reply, {"server": self.server_info(), "statsz": self.statsz()})
+
+    def request(self, subject: bytes, reply: bytes, payload: bytes):
+        """`$SYS.REQ.SERVER.PING.<X>` or `$SYS.REQ.SERVER.<id>.<X>`: the
+        monitor's <X>, unless the options' filters leave this server out."""
+        kind = subject.rsplit(b".", 1)[1].decode("ascii", "replace").lower()
+        try:
+            options = json.loads(payload) if payload.strip() else {}
+        except ValueError as exc:
+            self.reply(reply, {"server": self.server_info(),
+                               "error": {"code": 400, "description": str(exc)}})
+            return
+        if not isinstance(options, dict):
+            options = {}
+        if subject.startswith(SYS_PING) and not self.selected_by(options):
+            return
+        if kind == "idz":
+            server = self.server
+            self.reply(reply, {"name": server.server_name, "host": server.options.host,
+                               "id": server.server_id})
+            return
+        if kind == "statsz":
+            self.reply(reply, {"server": self.server_info(), "statsz": self.statsz()})
+            return
+        monitor = self.server.monitor or Monitor(self.server)
+        endpoint = getattr(monitor, kind, None) if kind in SYS_MONITOR_REQUESTS else None
+        if endpoint is None:
+            return                      # Go does not subscribe to what it does not serve
+        try:
+            data = endpoint(sys_query(options))
+        except MonitorError as exc:
+            self.reply(reply, {"server": self.server_info(),
+                               "error": {"code": exc.status, "description": str(exc)}})
+            return
+        self.reply(reply, {"server": self.server_info(), "data": data})
+
+    def selected_by(self, options: dict) -> bool:
+        """Go's EventFilterOptions: server_name, cluster, host (substrings,
+        or exact with exact_match) and tags (all of them)."""
+        server = self.server
+        exact = bool(options.get("exact_match"))
+        mine = {"server_name": server.server_name, "host": server.options.host,
+                "cluster": server.cluster.name if server.cluster.enabled else ""}
+        for key, value in mine.items():
+            wanted = options.get(key)
+            if isinstance(wanted, str) and wanted:
+                if (wanted != value) if exact else (wanted not in value):
+                    return False
+        tags = options.get("tags")
+        if isinstance(tags, list) and tags:
+            have = set(server.options.server_tags or ())
+            if not all(isinstance(t, str) and t.lower() in have for t in tags):
+                return False
+        return True
+
+
+# The monitor endpoints `$SYS.REQ.SERVER.PING.<X>` serves (STATSZ and IDZ
+# are answered by SystemClient itself).
+SYS_MONITOR_REQUESTS = ("varz", "connz", "subsz", "routez", "healthz", "accountz", "leafz",
+                        "gatewayz", "jsz")
+
+
+def _delivered_msgs(data: bytes):
+    """(sid, subject, reply or None, payload) of the MSG/HMSG frames
+    delivered to the SystemClient (headers are dropped)."""
+    i, n = 0, len(data)
+    while i < n:
+        nl = data.find(b"\n", i)
+        if nl < 0:
+            return
+        parts = data[i:nl].rstrip(b"\r").split(b" ")
+        headers = parts[0] == b"HMSG"
+        if headers:
+            hdr, size = int(parts[-2]), int(parts[-1])
+            subject, sid, reply = parts[1], parts[2], parts[3] if len(parts) == 6 else None
+        else:
+            hdr, size = 0, int(parts[-1])
+            subject, sid, reply = parts[1], parts[2], parts[3] if len(parts) == 5 else None
+        payload = data[nl + 1:nl + 1 + size]
+        yield sid, subject, reply, payload[hdr:]
+        i = nl + 1 + size + 2
+
+
 # ============================================================================
 # 14. Logging
 # ============================================================================
@@ -10686,6 +10936,7 @@ class ServerControl:
             self.accounts = build_accounts(new)
             self.global_account = self.accounts[GLOBAL_ACCOUNT]
             self.system_account = self.accounts[new.system_account or SYSTEM_ACCOUNT]
+            self.system_client.rebind()
         for client in list(self.clients.values()):
             client.reload_config(old)
         for route in self.cluster.conns:

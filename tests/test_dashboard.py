@@ -20,6 +20,7 @@ import urllib.request
 
 import pytest
 
+from test_system_account import SYS_SUBS
 from conftest import ROOT, RawConn, connected, start_gnatsd, t_ping_pong, write_conf
 
 MON_RE = re.compile(rb"Starting http monitor on (\S+):(\d+)")
@@ -118,7 +119,8 @@ def test_metrics_parse_and_match_varz():
         assert first["gnatsd_varz_connections"][0] == "gauge"
         assert first["gnatsd_connz_num_connections"][2][0][1] == 2.0
         assert first["gnatsd_healthz_status"][2] == [(server_id, 1.0)]
-        assert first["gnatsd_subsz_num_subscriptions"][2][0][1] == 1.0
+        # (one client SUB, and the $SYS requests the server answers)
+        assert first["gnatsd_subsz_num_subscriptions"][2][0][1] == 1.0 + SYS_SUBS
         # Counters only grow across scrapes.
         pub.send(b"PUB m.b 3\r\nabc\r\n" * 7)
         t_ping_pong(pub)

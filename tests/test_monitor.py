@@ -38,6 +38,7 @@ import urllib.request
 
 import pytest
 
+from test_system_account import SYS_SUBS
 from conftest import (GO_SERVERS, RawConn, monitor_json, start_gnatsd, start_go, t_expect_exact,
                       t_ping_pong, write_conf)
 
@@ -328,8 +329,10 @@ def test_varz_counters_match_traffic(mon_factory, kind):
     base = get_json(srv, "/varz")
     if kind == "gnatsd":
         for k in ("in_msgs", "in_bytes", "out_msgs", "out_bytes", "connections",
-                  "total_connections", "subscriptions", "slow_consumers"):
+                  "total_connections", "slow_consumers"):
             assert base[k] == 0, "fresh server: varz.%s == %r" % (k, base[k])
+        # Only the system account's own subscriptions, as in Go (its $SYS requests).
+        assert base["subscriptions"] == SYS_SUBS
     subs = []
     for i in range(M):
         s = client(srv, "sub%d" % i)
@@ -357,7 +360,7 @@ def test_varz_counters_match_traffic(mon_factory, kind):
             "subscriptions": M}
     assert got == want
     if kind == "gnatsd":
-        assert (v["in_msgs"], v["out_bytes"], v["subscriptions"]) == (N, N * M * S, M)
+        assert (v["in_msgs"], v["out_bytes"], v["subscriptions"]) == (N, N * M * S, M + SYS_SUBS)
     subs[0].close()
     v2 = wait_json(srv, "/varz", lambda j: j["connections"] - base["connections"] == M,
                    "connections going down after a close")
@@ -748,11 +751,11 @@ def test_subsz_test_subject_offset_and_limit(mon_factory, kind):
     for d in j["subscriptions_list"]:
         assert (d["account"], d["cid"], d["msgs"]) == ("$G", j["subscriptions_list"][0]["cid"], 0)
     if kind == "gnatsd":
-        assert j["num_subscriptions"] == 6
+        assert j["num_subscriptions"] == 6 + SYS_SUBS     # (and the $SYS requests')
         full = get_json(srv, "/subsz?subs=1")
-        assert sorted(d["sid"] for d in full["subscriptions_list"]) == ["1", "2", "3", "4", "5",
-                                                                       "6"]
-        assert full["total"] == 6
+        assert sorted(d["sid"] for d in full["subscriptions_list"]
+                      if d["account"] == "$G") == ["1", "2", "3", "4", "5", "6"]
+        assert full["total"] == 6 + SYS_SUBS
     # offset / limit page through the matches.
     all4 = [d["sid"] for d in j["subscriptions_list"]]
     p1 = get_json(srv, "/subsz?subs=1&test=foo.bar&limit=2")

@@ -1,0 +1,176 @@
+"""The system account's requests (`$SYS.REQ.SERVER...`), as natscli sends them.
+
+A user of the system account publishes a request with a reply inbox; every
+server (PING) or the one named by id answers with Go's envelope:
+`{"server": {...}, "statsz": {...}}` for STATSZ, `{"server": ..., "data":
+...}` for the monitor's endpoints, the bare `{"name","host","id"}` for IDZ.
+The same requests go to Go 2.15 with the same config, and the key paths
+and JSON types of the answers are compared, as tests/test_monitor.py does
+for HTTP (values differ: ids, times, counts).  In a cluster the requests
+and answers travel over routes, so a PING counts every node, gnatsd.py and
+Go alike.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import nats
+import pytest
+
+from conftest import go_server_path, start_gnatsd, start_go, wait_mesh, write_conf
+
+# The subscriptions a gnatsd.py server holds for the $SYS requests it
+# answers: PING, PING.<X> and <its id>.<X> (Go holds many more).
+SYS_SUBS = 3
+
+ACCOUNTS = """
+accounts {
+  SYS { users: [{user: sys, password: sys}] }
+  APP { users: [{user: app, password: app}] }
+}
+system_account: SYS
+"""
+
+
+def request_all(port: int, subject: str, body: bytes = b"", user: str = "sys",
+                wait: float = 0.5, count: int | None = None) -> list:
+    """Publish `subject` with a reply inbox as `user`; the JSON answers that
+    came within `wait` s of the last one (or as soon as `count` came)."""
+    async def run():
+        nc = await nats.connect("nats://%s:%s@127.0.0.1:%d" % (user, user, port))
+        try:
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox)
+            await nc.flush()
+            await nc.publish(subject, body, reply=inbox)
+            got = []
+            while count is None or len(got) < count:
+                try:
+                    msg = await sub.next_msg(timeout=wait)
+                except nats.errors.TimeoutError:
+                    break
+                if msg.headers and msg.headers.get("Status") == "503":
+                    continue        # no responders: nobody in the account answered
+                got.append(json.loads(msg.data))
+            return got
+        finally:
+            await nc.close()
+    return asyncio.run(run())
+
+
+def shape(value):
+    """The key paths and JSON types of a value (lists by their first item)."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+def missing_paths(ours, go, path="") -> list:
+    """Key paths Go has that ours lacks, or has with another type."""
+    if isinstance(go, dict):
+        if not isinstance(ours, dict):
+            return [path or "."]
+        out = []
+        for key, item in go.items():
+            if key not in ours:
+                out.append(path + "/" + key)
+            else:
+                out += missing_paths(ours[key], item, path + "/" + key)
+        return out
+    if isinstance(go, list) and go and isinstance(ours, list) and ours:
+        return missing_paths(ours[0], go[0], path + "[]")
+    return [] if ours == go or isinstance(go, list) else [path + " (%s vs %s)" % (ours, go)]
+
+
+# Server-info fields Go 2.15 has that gnatsd.py does not claim (2.15-only).
+GO_ONLY = {"/server/feature_flags", "/statsz/sent_to_clients", "/statsz/received_from_clients",
+           "/statsz/gomaxprocs"}
+
+
+@pytest.mark.parametrize("subject,body", [
+    ("$SYS.REQ.SERVER.PING", b""),
+    ("$SYS.REQ.SERVER.PING.STATSZ", b""),
+    ("$SYS.REQ.SERVER.PING.VARZ", b""),
+    ("$SYS.REQ.SERVER.PING.CONNZ", b'{"subscriptions": true}'),
+    ("$SYS.REQ.SERVER.PING.SUBSZ", b""),
+    ("$SYS.REQ.SERVER.PING.ROUTEZ", b""),
+    ("$SYS.REQ.SERVER.PING.HEALTHZ", b""),
+    ("$SYS.REQ.SERVER.PING.ACCOUNTZ", b""),
+    ("$SYS.REQ.SERVER.PING.IDZ", b""),
+], ids=lambda v: v.rsplit(".", 1)[-1] if isinstance(v, str) else None)
+def test_each_request_gets_an_answer_shaped_as_go_s(tmp_path, subject, body):
+    if go_server_path("2.15") is None:
+        pytest.skip("Go nats-server 2.15 is not installed")
+    conf = write_conf(tmp_path, ACCOUNTS, "sys.conf")
+    ours, go = start_gnatsd("-c", conf), start_go("-c", conf, version="2.15")
+    try:
+        (mine,) = request_all(ours.port, subject, body, count=1)
+        (theirs,) = request_all(go.port, subject, body, count=1)
+    finally:
+        ours.stop()
+        go.stop()
+    # (The monitor's answers inside "data" are compared field by field over
+    # HTTP in test_monitor.py; here, the envelope and STATSZ.)
+    problems = [p for p in missing_paths(shape(mine), shape(theirs)) if p not in GO_ONLY
+                and not p.startswith(("/data/", "/server/feature_flags"))]
+    assert problems == [], problems
+    assert ("data" in mine) == ("data" in theirs)
+
+
+def test_ping_answers_and_a_server_by_id(tmp_path):
+    conf = write_conf(tmp_path, ACCOUNTS, "sys.conf")
+    srv = start_gnatsd("-c", conf)
+    try:
+        (ping,) = request_all(srv.port, "$SYS.REQ.SERVER.PING", count=1)
+        server_id = ping["server"]["id"]
+        assert ping["statsz"]["connections"] == 1
+        (varz,) = request_all(srv.port, "$SYS.REQ.SERVER.%s.VARZ" % server_id, count=1)
+        assert varz["data"]["server_id"] == server_id and varz["server"]["id"] == server_id
+        # Another server's id: nobody answers.
+        assert request_all(srv.port, "$SYS.REQ.SERVER.NOSUCHID.VARZ", wait=0.3) == []
+        # A user of another account does not reach the system account.
+        assert request_all(srv.port, "$SYS.REQ.SERVER.PING", user="app", wait=0.3) == []
+        # Filters: a server_name that is not ours leaves this server out.
+        assert request_all(srv.port, "$SYS.REQ.SERVER.PING.VARZ", b'{"server_name":"zzz"}',
+                           wait=0.3) == []
+        (bad,) = request_all(srv.port, "$SYS.REQ.SERVER.PING.CONNZ", b'{"sort":"nope"}',
+                             count=1)
+        assert bad["error"]["code"] == 400 and "sort" in bad["error"]["description"]
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("kinds", [("gnatsd", "gnatsd", "go2.15"), ("go2.15", "gnatsd", "gnatsd")],
+                         ids=["gnatsd-first", "go-first"])
+def test_ping_counts_every_node_of_a_mixed_cluster(cluster_factory, kinds):
+    """Two gnatsd.py nodes and a Go 2.15 node: a system user on any node
+    gets three PING answers, and each node's VARZ by id."""
+    if go_server_path("2.15") is None:
+        pytest.skip("Go nats-server 2.15 is not installed")
+    cluster = cluster_factory("sys")
+    nodes = []
+    for kind in kinds:
+        nodes.append(cluster.start(kind, routes=nodes[-1:], top=ACCOUNTS))
+    wait_mesh(nodes)
+    ids = set()
+    for node in nodes:
+        deadline = time.monotonic() + 10
+        while True:
+            answers = request_all(node.port, "$SYS.REQ.SERVER.PING", count=3, wait=1.0)
+            if len(answers) == 3 or time.monotonic() > deadline:
+                break
+        assert len(answers) == 3, [a["server"]["name"] for a in answers]
+        ids = {a["server"]["id"] for a in answers}
+    for node in nodes:
+        for server_id in ids:
+            (varz,) = request_all(node.port, "$SYS.REQ.SERVER.%s.VARZ" % server_id, count=1,
+                                  wait=2.0)
+            assert varz["data"]["server_id"] == server_id
