@@ -10107,6 +10107,13 @@ class SystemClient:
         if kind == "statsz":
             self.reply(reply, {"server": self.server_info(), "statsz": self.statsz()})
             return
+        if kind in ("kick", "ldm", "reload") and not subject.startswith(SYS_PING):
+            problem = getattr(self, "control_" + kind)(options)
+            answer = {"server": self.server_info()}
+            if problem:
+                answer["error"] = {"code": 500, "description": problem}
+            self.reply(reply, answer)
+            return
         monitor = self.server.monitor or Monitor(self.server)
         endpoint = getattr(monitor, kind, None) if kind in SYS_MONITOR_REQUESTS else None
         if endpoint is None:
@@ -10118,6 +10125,36 @@ class SystemClient:
                                "error": {"code": exc.status, "description": str(exc)}})
             return
         self.reply(reply, {"server": self.server_info(), "data": data})
+
+    def control_kick(self, options: dict) -> str:
+        """KICK {"cid": N}: close that client (Go's DisconnectClientByID)."""
+        cid = options.get("cid")
+        client = self.server.clients.get(cid) if isinstance(cid, int) else None
+        if client is None:
+            return "no such client or leafnode id"
+        client.close(KICKED)
+        return ""
+
+    def control_ldm(self, options: dict) -> str:
+        """LDM {"cid": N}: tell that client to move, with an INFO carrying
+        `ldm` (Go's LDMClientByID)."""
+        cid = options.get("cid")
+        client = self.server.clients.get(cid) if isinstance(cid, int) else None
+        if client is None:
+            return "no such client id"
+        if client.protocol < PROTO or not client.connect_received:
+            return ("client does not support Lame Duck Mode or is not ready to receive the "
+                    "notification")
+        info = dict(self.server.info_template, ldm=True)
+        client.queue_outbound(b"INFO " + json.dumps(info, separators=(",", ":")).encode()
+                              + b" \r\n")
+        return ""
+
+    def control_reload(self, options: dict) -> str:
+        """RELOAD: read the config file again, as SIGHUP does."""
+        if not self.server.options.config_file:
+            return "can only reload config when a file is provided using -c or --config"
+        return self.server.reload()
 
     def selected_by(self, options: dict) -> bool:
         """Go's EventFilterOptions: server_name, cluster, host (substrings,
@@ -10915,13 +10952,14 @@ class ServerControl:
         """Read the config file again and apply what changed (Go's Reload):
         logging, limits, authorization and accounts, permissions.  Clients
         whose credentials no longer pass are closed; subscriptions the new
-        permissions deny are removed.  Any error keeps the old config."""
+        permissions deny are removed.  Any error keeps the old config, and
+        is returned ("" when the reload went through)."""
         try:
             new = self.reloaded_options()
             changes = reload_changes(self.options, new, self.port)
         except ConfigError as exc:
             self.log.error("Failed to reload server configuration: %s", exc)
-            return
+            return str(exc)
         old, self.options = self.options, new
         self.pub_sizes.clear()          # sizes checked against the old max_payload
         self.pub_line_sizes.clear()
@@ -10947,6 +10985,7 @@ class ServerControl:
         if new.pid_file and new.pid_file != old.pid_file:
             _write_file(new.pid_file, str(os.getpid()))
         self.log.info("Reloaded server configuration")
+        return ""
 
     def reloaded_options(self) -> Options:
         """The config file read again, flags on top, checked as at startup."""

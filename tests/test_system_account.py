@@ -174,3 +174,49 @@ def test_ping_counts_every_node_of_a_mixed_cluster(cluster_factory, kinds):
             (varz,) = request_all(node.port, "$SYS.REQ.SERVER.%s.VARZ" % server_id, count=1,
                                   wait=2.0)
             assert varz["data"]["server_id"] == server_id
+
+
+def test_kick_ldm_and_reload_by_id(tmp_path):
+    """KICK closes the client named by cid (reason "Kicked"), LDM sends it
+    an INFO with `ldm`, RELOAD applies a changed file; each answers with
+    the server envelope, or Go's error when the cid is unknown."""
+    from conftest import RawConn, t_ping_pong, t_read_until_closed
+    conf = write_conf(tmp_path, ACCOUNTS, "sys.conf")
+    srv = start_gnatsd("-c", conf, "-m", "-1")
+    try:
+        (ping,) = request_all(srv.port, "$SYS.REQ.SERVER.PING", count=1)
+        base = "$SYS.REQ.SERVER.%s." % ping["server"]["id"]
+        victim = RawConn(srv.host, srv.port)
+        victim.read_info()
+        victim.send(b'CONNECT {"verbose":false,"user":"app","pass":"app","protocol":1}\r\n')
+        t_ping_pong(victim)
+        (connz,) = request_all(srv.port, "$SYS.REQ.SERVER.PING.CONNZ", b'{"acc":"APP"}', count=1)
+        cid = connz["data"]["connections"][0]["cid"]
+        (ldm,) = request_all(srv.port, base + "LDM", b'{"cid": %d}' % cid, count=1)
+        assert "error" not in ldm and ldm["server"]["id"] == ping["server"]["id"]
+        data = bytes(victim.buf)            # (t_expect would drop an INFO as unasked)
+        victim.sock.settimeout(5)
+        while b" \r\n" not in data[data.find(b"INFO "):]:
+            chunk = victim.sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        start = data.index(b"INFO ") + 5
+        info = json.loads(data[start:data.index(b" \r\n", start)])
+        assert info["ldm"] is True
+        (kick,) = request_all(srv.port, base + "KICK", b'{"cid": %d}' % cid, count=1)
+        assert "error" not in kick
+        assert t_read_until_closed(victim) == b""
+        (gone,) = request_all(srv.port, base + "KICK", b'{"cid": %d}' % cid, count=1)
+        assert gone["error"] == {"code": 500, "description": "no such client or leafnode id"}
+        # RELOAD: a new user in APP can log in afterwards.
+        write_conf(tmp_path, ACCOUNTS.replace("{user: app, password: app}",
+                                              "{user: app, password: app}, {user: b, password: b}"),
+                   "sys.conf")
+        (reload,) = request_all(srv.port, base + "RELOAD", count=1)
+        assert "error" not in reload, reload
+        assert request_all(srv.port, "$SYS.REQ.SERVER.PING", user="b", wait=0.3) == []
+        (closed,) = request_all(srv.port, "$SYS.REQ.SERVER.PING.CONNZ",
+                                b'{"state": 1, "acc": "APP"}', count=1)
+        assert closed["data"]["connections"][0]["reason"] == "Kicked"
+    finally:
+        srv.stop()
