@@ -1845,6 +1845,7 @@ class Client(Connection):
         self.bind_account(self.server.accounts[account or GLOBAL_ACCOUNT])
         self.refresh_pub_path()
         self.update_log_prefix()
+        self.server.system_client.client_event(self, "CONNECT")
         return True
 
     def auth_options(self) -> Options:
@@ -2948,6 +2949,7 @@ class CoreServer:
         self.cluster = Cluster(self)         # the routes (chapter 12)
         self.global_account = self.accounts[GLOBAL_ACCOUNT]
         self.system_account = self.accounts[self.options.system_account or SYSTEM_ACCOUNT]
+        self.system_client = SystemClient(self)     # the server in $SYS (chapter 13)
         self.clients: dict = {}
         self.pending: set = set()
         self.write_waiting: set = set()
@@ -3043,8 +3045,7 @@ class CoreServer:
         if opts.pid_file:
             _write_file(opts.pid_file, str(os.getpid()))
         self.add_timer(1.0, self.sweep_timeouts)
-        self.system_client = SystemClient(self)     # $SYS requests (chapter 13)
-        self.system_client.start()
+        self.system_client.start()       # $SYS requests and events (chapter 13)
         self.running = True
         self.log.info("Server is ready")
         if opts.cluster_port:
@@ -3428,6 +3429,7 @@ class CoreServer:
         the closed ones, and add its counters to the closed totals (Go's
         removeClient and saveClosedClient)."""
         if self.clients.pop(client.cid, None) is not None:
+            self.system_client.client_event(client, "DISCONNECT")
             info = client.conn_info(time.time(), "list", True)
             if client.subs:
                 info["subscriptions_list_detail"] = [sub_detail(s) for s in client.subs.values()]
@@ -6905,7 +6907,7 @@ class WSConnection(Connection):
         ws = self.ws
         if ws.tail:
             data, ws.tail = ws.tail + data, b""
-        parse = super().process_input
+        parse = self.ws_parse
         pieces = []
         i, n = 0, len(data)
         while i < n and not self.closed:
@@ -6942,6 +6944,16 @@ class WSConnection(Connection):
                 pieces.append(chunk)
         if pieces and not self.closed:
             parse(b"".join(pieces))
+
+    def ws_parse(self, data: bytes):
+        """Hand unframed bytes to the client's parser, behind what it put off
+        to a later turn (its backlog: the turn's time was up, or a bcrypt
+        check is pending), so that a read's frames keep their order."""
+        if self.backlog is not None:
+            self.backlog = self.backlog[self.backlog_at:] + data
+            self.backlog_at = 0
+            return
+        super().process_input(data)
 
     def ws_frame_start(self, data: bytes, i: int):
         """Read the frame header at `i`: the index after it (a control frame's
@@ -7387,7 +7399,7 @@ class WebSocketServing:
         in place of the server's (Go's authOverride)."""
         opts = self.options
         ws = opts.websocket
-        if not (ws.username or ws.token or ws.no_auth_user):
+        if ws is None or not (ws.username or ws.token or ws.no_auth_user):
             return opts
         view = copy.copy(opts)
         if ws.username or ws.token:
@@ -9936,6 +9948,9 @@ class MsgTrace:
 # implementation for HTTP and $SYS.  Go twin: server/events.go.
 
 SYS_PING = b"$SYS.REQ.SERVER.PING"
+# Seconds between two `$SYS.SERVER.<id>.STATSZ` (Go's statsz interval, its
+# steady value).
+SYS_STATSZ_INTERVAL = 10.0
 SYS_SERVER_REQUEST = b"$SYS.REQ.SERVER.%s.*"
 
 # ConnzOptions' "state" (Go's ConnState) as /connz's state parameter.
@@ -9986,10 +10001,42 @@ class SystemClient:
         self.seq = 0                 # of the answers sent (Go's server info "seq")
 
     def start(self):
-        """Subscribe to the requests this server answers."""
+        """Subscribe to the requests this server answers, and send STATSZ
+        now and every SYS_STATSZ_INTERVAL."""
         self.subscribe(SYS_PING, self.ping)
         self.subscribe(SYS_PING + b".*", self.request)
         self.subscribe(SYS_SERVER_REQUEST % self.server.server_id.encode(), self.request)
+        self.send_statsz()
+
+    def send_statsz(self):
+        """`$SYS.SERVER.<id>.STATSZ` (Go's heartbeat of server stats)."""
+        server = self.server
+        self.reply(b"$SYS.SERVER.%s.STATSZ" % server.server_id.encode(),
+                   {"server": self.server_info(), "statsz": self.statsz()})
+        server.add_timer(SYS_STATSZ_INTERVAL, self.send_statsz)
+
+    def client_event(self, client, what: str):
+        """`$SYS.ACCOUNT.<acc>.CONNECT` when a client logs in, `.DISCONNECT`
+        when it is gone (Go's accountConnectEvent, accountDisconnectEvent)."""
+        now = time.time()
+        info = {"start": rfc3339(client.start), "host": client.host, "id": client.cid,
+                "acc": client.account.name}
+        for key, value in (("user", client.user), ("name", client.name),
+                           ("lang", client.lang), ("ver", client.version)):
+            if value:
+                info[key] = value
+        event = {"type": "io.nats.server.advisory.v1.client_%s" % what.lower(),
+                 "id": _random_token(22).decode(), "timestamp": rfc3339(now),
+                 "server": self.server_info(), "client": info}
+        if what == "DISCONNECT":
+            info["stop"] = rfc3339(now)
+        info.update({"name_tag": client.account.name, "kind": "Client",
+                     "client_type": "websocket" if client.ws is not None else "nats"})
+        if what == "DISCONNECT":
+            event["sent"] = {"msgs": client.in_msgs, "bytes": client.in_bytes}
+            event["received"] = {"msgs": client.out_msgs, "bytes": client.out_bytes}
+            event["reason"] = client.close_reason
+        self.reply(b"$SYS.ACCOUNT.%s.%s" % (client.account.name.encode(), what.encode()), event)
 
     def subscribe(self, subject: bytes, handler):
         """Answer messages on `subject` with handler(subject, reply, payload)."""

@@ -793,7 +793,9 @@ def test_subsz_statistics_follow_inserts_removes_and_matches(mon_factory, kind):
     if kind == "gnatsd":
         assert isinstance(j["cache_hit_rate"], float), j["cache_hit_rate"]
         assert isinstance(j["avg_fanout"], float), j["avg_fanout"]
-        assert j["num_cache"] >= 1 and j["avg_fanout"] == 2.0, j
+        # (The system account's STATSZ heartbeat, published to nobody, is in
+        # the averages too, as Go's internal messages are in Go's.)
+        assert j["num_cache"] >= 1 and 0 < j["avg_fanout"] <= 2.0 and j["max_fanout"] == 2, j
     c.close()
 
 

@@ -220,3 +220,58 @@ def test_kick_ldm_and_reload_by_id(tmp_path):
         assert closed["data"]["connections"][0]["reason"] == "Kicked"
     finally:
         srv.stop()
+
+
+def events_seen(port: int, account: str = "APP") -> list:
+    """(subject, event) of a system user's view while an `account` client
+    connects, publishes once and closes."""
+    async def run():
+        nc = await nats.connect("nats://sys:sys@127.0.0.1:%d" % port)
+        got = []
+
+        async def note(msg):
+            got.append((msg.subject, json.loads(msg.data)))
+        await nc.subscribe("$SYS.ACCOUNT.%s.CONNECT" % account, cb=note)
+        await nc.subscribe("$SYS.ACCOUNT.%s.DISCONNECT" % account, cb=note)
+        await nc.flush()
+        user = account.lower()
+        other = await nats.connect("nats://%s:%s@127.0.0.1:%d" % (user, user, port), name="evt")
+        await other.publish("x", b"hello")
+        await other.flush()
+        await other.close()
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await nc.close()
+        return got
+    return asyncio.run(run())
+
+
+def test_connect_and_disconnect_events_as_go_sends_them(tmp_path):
+    """A client of APP logging in and out gives `$SYS.ACCOUNT.APP.CONNECT`
+    and `.DISCONNECT` with Go's fields: who (client info), and on the way
+    out what it sent and received and why it left."""
+    conf = write_conf(tmp_path, ACCOUNTS, "sys.conf")
+    srv = start_gnatsd("-c", conf)
+    try:
+        ours = events_seen(srv.port)
+    finally:
+        srv.stop()
+    assert [s for s, _ in ours] == ["$SYS.ACCOUNT.APP.CONNECT", "$SYS.ACCOUNT.APP.DISCONNECT"]
+    connect, disconnect = ours[0][1], ours[1][1]
+    assert connect["type"] == "io.nats.server.advisory.v1.client_connect"
+    assert (connect["client"]["acc"], connect["client"]["user"], connect["client"]["name"]) == \
+        ("APP", "app", "evt")
+    assert disconnect["type"] == "io.nats.server.advisory.v1.client_disconnect"
+    assert disconnect["sent"] == {"msgs": 1, "bytes": 5}
+    assert disconnect["reason"] == "Client Closed"
+    if go_server_path("2.15") is not None:
+        go = start_go("-c", conf, version="2.15")
+        try:
+            theirs = events_seen(go.port)
+        finally:
+            go.stop()
+        for (_, mine), (_, their) in zip(ours, theirs):
+            problems = [p for p in missing_paths(shape(mine), shape(their))
+                        if not p.startswith(("/server/feature_flags", "/client/rtt"))]
+            assert problems == [], problems

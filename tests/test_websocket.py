@@ -1129,3 +1129,57 @@ def test_wss_upgrades_inside_tls_and_says_so_in_info(start, tmp_path, kind):
     if kind != "go2.9":
         assert info["tls_required"] is True and info["tls_available"] is True, info
         assert info["port"] == port
+
+
+# -- in-process: the frames of one read keep their order ------------------------------
+
+
+def test_frames_of_one_read_stay_in_order_when_the_parser_puts_input_off(monkeypatch):
+    """The client's parser parses for MAX_INPUT_TIME per turn and leaves the
+    rest of a read for later (its backlog).  A read of many frames must not
+    have a later frame parsed ahead of that backlog (found by make bench's
+    real_ws under load: messages reordered and lost).  In process, with the
+    parser's budget at zero so it puts input off at every check."""
+    from conftest import import_gnatsd
+    g = import_gnatsd()
+    monkeypatch.setattr(g, "MAX_INPUT_TIME", -1.0)     # (past at every check)
+    monkeypatch.setattr(g, "INPUT_CHECK_BYTES", 64)
+    server = g.Server(g.Options(host="127.0.0.1", port=-1))
+    pairs = []
+
+    def connect(cls, data: bytes, ws: bool):
+        ours, peer = socket.socketpair()
+        ours.setblocking(False)
+        pairs.append((ours, peer))
+        server.next_cid += 1
+        conn = cls(server, ours, server.next_cid)
+        server.clients[conn.cid] = conn
+        if ws:
+            conn.ws = g.WSSession()
+            conn.ws.state, conn.ws.masked = g.WS_OPEN, False
+        conn.process_input(data)
+        while server.backlogged:
+            server.run_backlog()
+        server.flush_pending()
+        return conn, peer
+
+    _, sub_peer = connect(g.Client, CONNECT + b"SUB seq 1\r\n", ws=False)
+    # (Sizes that change, so no run of one repeated line is taken at once.)
+    payloads = [b"%d:%s" % (k, b"x" * (k % 5)) for k in range(300)]
+    pubs = [b"PUB seq %d\r\n%s\r\n" % (len(p), p) for p in payloads]
+    frames = b"".join(encode_frame(b"".join(pubs[k:k + 10]), mask=False)
+                      for k in range(0, len(pubs), 10))
+    connect(g.with_websocket(g.Client), encode_frame(CONNECT, mask=False) + frames, ws=True)
+    got = bytearray()
+    sub_peer.setblocking(False)
+    while True:
+        try:
+            chunk = sub_peer.recv(1 << 20)
+        except BlockingIOError:
+            break
+        got += chunk
+    seqs = [int(m) for m in re.findall(rb"MSG seq 1 \d+\r\n(\d+):x*\r\n", bytes(got))]
+    assert seqs == list(range(300)), seqs[:20]
+    for ours, peer in pairs:
+        ours.close()
+        peer.close()
