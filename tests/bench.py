@@ -28,6 +28,8 @@ named); subscribers hold real.> so each sees every message:
     real_reqrep  sequential request/reply as a NATS client makes it: one
                  _INBOX.<id>.* subscription, a reply subject per request,
                  requests over the 64 subjects and sizes: p50/p99 round trip
+    real_ws      as real_pubsub with both clients over WebSocket (ws://, each
+                 server started with WS_CONFIG: no TLS, no compression)
     same_line    1 publisher, 1 subscriber, one subject and 128-byte payloads:
                  the same PUB line every message ...
     varied_line  ... beside the same with 64..192-byte payloads: what it costs
@@ -76,7 +78,9 @@ How the load is made, so that the generator is not what is measured:
   group; at the end each group's per-publisher counts and sums of message
   hashes must equal what each publisher sent (so a queue group neither lost
   nor doubled a message). `--self-test` also feeds loadgen subscribers
-  streams with faults, each of which must be caught.
+  streams with faults, each of which must be caught (and, for real_ws,
+  websocket frames of every shape, split across reads, and frames or
+  upgrade answers a server must not send).
 * The older scenarios are made in Python. Publishing sends pre-built batches (thousands of `PUB subj n\\r\\n...` in one
   buffer, a PING at the end) with one sendall each. Each payload starts
   with a 16-hex-digit sequence number; batch k is its template with k
@@ -98,10 +102,10 @@ How the load is made, so that the generator is not what is measured:
 * `--sink` runs the same scenarios against tests/bench_sink.py, which only
   discards input and answers PINGs: the publishing rates it shows are the
   generator's ceiling. It also times the subscriber's checker alone. (Not
-  the TLS and route scenarios: the sink speaks neither.) The realistic
-  throughput scenarios use loadgen's own C sink instead (the Python one
-  cannot find PINGs in batches of varying length fast enough), publishers
-  only; their checker ceiling is `loadgen speed`.
+  the TLS, route and websocket scenarios: the sink speaks none of them.)
+  The realistic throughput scenarios use loadgen's own C sink instead (the
+  Python one cannot find PINGs in batches of varying length fast enough),
+  publishers only; their checker ceiling is `loadgen speed`.
 * Server CPU: /proc/PID/stat utime+stime of the server (all threads, all
   nodes) from just before the first publish to the last delivery, divided
   by the messages counted: the "srv us/msg" rows.
@@ -134,7 +138,10 @@ Contents:
 from __future__ import annotations
 
 import argparse
+import atexit
+import base64
 import datetime
+import hashlib
 import json
 import mmap
 import multiprocessing
@@ -186,6 +193,11 @@ LISTEN_RE = re.compile(rb"Listening for client connections on (\S+):(\d+)")
 READY_RE = re.compile(rb"(Server|gnatsd) is ready")
 # ... and once it takes routes (Go and gnatsd.py print it after the above).
 ROUTE_LISTEN_RE = re.compile(rb"Listening for route connections on (\S+):(\d+)")
+# ... and, before it is ready, where websocket clients connect (if it does).
+WS_LISTEN_RE = re.compile(rb"Listening for websocket clients on wss?://(\S+):(\d+)")
+# Websocket scenarios: the configuration file every server is started with
+# (-c, written once per run; -a and -p still come from the command line).
+WS_CONFIG = "websocket { host: %s, port: -1, no_tls: true }\n" % HOST
 # Route scenarios: the cluster's name, and how long one probe waits for its
 # delivery across the route before the next is published, seconds.
 CLUSTER_NAME = "bench"
@@ -263,6 +275,7 @@ SUBJECT_BASE = 100000
 # nor have real_reply, real_reqrep, same_line and varied_line.
 TARGETS = {"real_pub": 0.20, "real_pubsub": 0.45, "real_fanout8": 0.60,
            "real_queue4": 0.40, "real_10k": 0.40, "real_100k": 0.40, "real_big": 0.80,
+           "real_ws": 0.50,
            "pub": 0.20, "pubsub": 0.35, "fanout16": 0.60, "pubsub1k": 0.75,
            "tlspubsub1k": 0.50, "routepubsub": 0.30}
 # The table marks where the older scenarios start, after the realistic ones.
@@ -403,6 +416,7 @@ class Server:
         self.argv = argv + ["-a", HOST, "-p", "-1"] + list(extra)
         self.proc = None
         self.port = 0
+        self.ws_port = 0    # with a websocket block: its port, else 0
         self.log = tempfile.TemporaryFile()
 
     def start(self) -> "Server":
@@ -412,6 +426,8 @@ class Server:
         try:
             self.port = int(self.wait_log(LISTEN_RE).group(2))
             self.wait_log(READY_RE)
+            ws = WS_LISTEN_RE.search(self.log_text())
+            self.ws_port = int(ws.group(2)) if ws else 0
         except BenchError:
             self.stop()
             raise
@@ -1773,10 +1789,22 @@ class LoadgenProc:
                 data = os.read(fd, 65536)
                 if not data:
                     self.proc.wait(5)
-                    raise BenchError(self.failure())
+                    raise BenchError(self.failure() + self.others_failed(others))
                 self.buf += data
         text, self.buf = self.buf.split(b"\n", 1)
         return text.decode()
+
+    @staticmethod
+    def others_failed(others, wait: float = 1.0) -> str:
+        """The errors of those of `others` that failed, waiting up to `wait`
+        for one to finish failing (a publisher stops on a subscriber's abort
+        flag, which the subscriber raises just before it exits)."""
+        deadline = now() + wait
+        while True:
+            failed = [o for o in others if o.proc.poll() not in (None, 0)]
+            if failed or now() >= deadline:
+                return "".join("\n" + o.failure() for o in failed)
+            time.sleep(0.01)
 
     def fields(self, kind: str, timeout: float, others=()) -> dict:
         """Its next line, which must start with `kind`, as {key: value}."""
@@ -1808,6 +1836,21 @@ class LoadgenProc:
         self.err.close()
 
 
+_ws_config = []
+
+
+def ws_config_file() -> str:
+    """The path of a file holding WS_CONFIG, written on first use and
+    removed when the bench exits."""
+    if not _ws_config:
+        fd, path = tempfile.mkstemp(prefix="bench-websocket-", suffix=".conf")
+        with os.fdopen(fd, "w") as f:
+            f.write(WS_CONFIG)
+        atexit.register(os.unlink, path)
+        _ws_config.append(path)
+    return _ws_config[0]
+
+
 class Realistic:
     """Throughput driven by tests/loadgen.c: `pubs` publisher processes (ids
     1..pubs), each message to one of `subjects` subjects PREFIX.<k> with a
@@ -1816,7 +1859,9 @@ class Realistic:
     message), or with `queue` a queue group of `subs` members. `reply`: every
     message carries a reply subject of its own. `routed`: on a RoutedPair,
     publishers on node 1 and subscribers on node 2 (an InterestProbe proves
-    their interest crossed the route before anything is published)."""
+    their interest crossed the route before anything is published). `ws`:
+    the servers get WS_CONFIG and every client connects to the websocket
+    port (loadgen --ws: an HTTP upgrade, then frames both ways)."""
 
     primary = "msgs"
     loadgen = True
@@ -1826,12 +1871,19 @@ class Realistic:
 
     def __init__(self, pubs: int = 1, subs: int = 1, subjects: int = 64,
                  size: tuple = (16, 256), queue: bool = False, reply: bool = False,
-                 prefix: str = "real", sub: str = "", routed: bool = False):
+                 prefix: str = "real", sub: str = "", routed: bool = False,
+                 ws: bool = False):
         self.pubs, self.subs, self.subjects, self.size = pubs, subs, subjects, size
         self.queue, self.reply, self.prefix, self.routed = queue, reply, prefix, routed
+        self.ws = ws
         self.sub = sub or prefix + ".>"
         self.metrics = [("msgs", "msgs/s", True), ("mbs", "MB/s", True),
                         ("cpu_us", "srv us/msg", False)]
+
+    @property
+    def server_args(self) -> list:
+        """What every server is started with: the websocket block for `ws`."""
+        return ["-c", ws_config_file()] if self.ws else []
 
     def traffic(self) -> list:
         """The loadgen options that define the messages (pubs and subs alike)."""
@@ -1860,7 +1912,11 @@ class Realistic:
 
     def run(self, server: Server, opts) -> dict:
         sink = server.name == "sink"
-        base = [opts.loadgen, "", "--host", HOST, "--port", str(server.port)] + self.traffic()
+        if self.ws and not server.ws_port:
+            raise BenchError("%s logged no 'Listening for websocket clients' line" % server.name)
+        port = server.ws_port if self.ws else server.port
+        base = ([opts.loadgen, "", "--host", HOST, "--port", str(port)] + self.traffic()
+                + (["--ws"] if self.ws else []))
         counters = SharedCounters(self.pubs, self.groups())
         procs, subs, pubs = [], [], []
 
@@ -2024,28 +2080,159 @@ class RealReqRep:
         return 0.0
 
 
-def fake_server_feed(loadgen: str, traffic: list, stream: bytes, queue: bool) -> tuple:
+# The self-test's fake websocket server (loadgen --ws): the upgrade, and
+# frames as a server may send them, split across reads.
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WS_CLOSE, WS_PING, WS_PONG = 8, 9, 10
+
+
+def ws_frame(opcode: int, data: bytes, fin: bool = True, first_byte: int = 0,
+             masked: bool = False) -> bytes:
+    """A server frame (unmasked unless `masked`, with the zero key);
+    `first_byte` ORs in more bits (RSV)."""
+    n = len(data)
+    b1 = 0x80 if masked else 0
+    head = bytes([(0x80 if fin else 0) | opcode | first_byte])
+    if n < 126:
+        head += bytes([b1 | n])
+    elif n < 65536:
+        head += bytes([b1 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([b1 | 127]) + n.to_bytes(8, "big")
+    return head + (b"\0\0\0\0" if masked else b"") + data
+
+
+def ws_frames(stream: bytes, rng: random.Random) -> list:
+    """`stream` in frames of every length class (empty, 7-, 16- and 64-bit
+    lengths), some messages fragmented into continuation frames, pings and
+    pongs between frames (also inside a fragmented message)."""
+    frames, pos, fragmented = [], 0, False
+    while pos < len(stream):
+        kind = rng.random()
+        size = (rng.randint(0, 125) if kind < 0.5 else rng.randint(126, 65535) if kind < 0.85
+                else rng.randint(65536, 200000))
+        chunk = stream[pos:pos + size]
+        pos += len(chunk)
+        fin = pos >= len(stream) or rng.random() < 0.6
+        frames.append(ws_frame(0 if fragmented else 2, chunk, fin))
+        fragmented = not fin
+        if rng.random() < 0.15:
+            frames.append(ws_frame(rng.choice((WS_PING, WS_PONG)), b"self-test"))
+    return frames
+
+
+class FakePeer:
+    """The fake server's side of a loadgen connection: plain, or with
+    `ws` a websocket one, which reads the upgrade request and answers it
+    (with `answer`, else a 101 for its key), frames what it sends and
+    unframes what it reads, each client frame checked: final, binary,
+    masked."""
+
+    def __init__(self, sock: socket.socket, ws: bool, rng: random.Random):
+        self.sock, self.ws, self.rng = sock, ws, rng
+        self.raw = self.stream = self.pending = b""
+
+    def upgrade(self, answer: bytes = b"") -> None:
+        head, self.raw = read_until(self.sock, b"", b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = {k.strip().lower(): v.strip() for k, _, v in
+                  (line.partition(":") for line in lines[1:] if line)}
+        key = fields.get("sec-websocket-key", "")
+        if (lines[0] != "GET / HTTP/1.1" or "host" not in fields
+                or fields.get("upgrade", "").lower() != "websocket"
+                or fields.get("connection", "").lower() != "upgrade"
+                or fields.get("sec-websocket-version") != "13"
+                or len(base64.b64decode(key, validate=True)) != 16):
+            raise BenchError("bad upgrade request: %r" % head)
+        accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest())
+        # Sent with the first frame, as Go and gnatsd.py send INFO with it.
+        self.pending = answer or (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket"
+                                  b"\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
+                                  b"\r\n" % accept)
+
+    def send(self, data: bytes) -> None:
+        """`data` as they are or, for ws, as one frame."""
+        self.sock.sendall(self.pending + (ws_frame(2, data) if self.ws else data))
+        self.pending = b""
+
+    def send_frames(self, frames: list) -> None:
+        """Ready frames, each cut inside its header (a short pause between
+        the pieces), so that headers straddle the client's reads."""
+        for frame in frames:
+            cut = self.rng.randint(1, {126: 3, 127: 9}.get(frame[1] & 127, 1))
+            self.sock.sendall(frame[:cut])
+            time.sleep(0.0002)
+            self.sock.sendall(frame[cut:])
+
+    def read_until(self, marker: bytes) -> None:
+        """Read (unframing, for ws) until `marker` came; what follows is dropped."""
+        if not self.ws:
+            read_until(self.sock, b"", marker)
+            return
+        while marker not in self.stream:
+            while len(self.raw) >= 2:
+                b0, b1 = self.raw[0], self.raw[1]
+                if b0 != 0x82 or not b1 & 0x80:
+                    raise BenchError("client frame not final, binary and masked: %r"
+                                     % self.raw[:2])
+                n, at = b1 & 127, 2
+                if n >= 126:
+                    at = 4 if n == 126 else 10
+                    n = int.from_bytes(self.raw[2:at], "big")
+                if len(self.raw) < at + 4 + n:
+                    break
+                key = self.raw[at:at + 4] * (n // 4 + 1)
+                data = self.raw[at + 4:at + 4 + n]
+                self.stream += bytes(a ^ b for a, b in zip(data, key))
+                self.raw = self.raw[at + 4 + n:]
+            if marker not in self.stream:
+                self.raw += recv_some(self.sock)
+        self.stream = b""
+
+
+def fake_server_feed(loadgen: str, traffic: list, stream: bytes, queue: bool,
+                     ws=None, answer: bytes = b"") -> tuple:
     """Serve `stream` to a loadgen subscriber as a server would: INFO, the
-    handshake's PONG, the stream, then the PONG of its final PING. Returns
-    (its sub fields or None, its error text or '')."""
+    handshake's PONG, the stream, then the PONG of its final PING. With
+    `ws` (a function of the stream and an rng returning frames), over
+    websocket: the upgrade answered (by `answer` if given), the stream sent
+    as ws(...)'s frames. Returns (its sub fields or None, its error text or '')."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind((HOST, 0))
     listener.listen(1)
     listener.settimeout(IO_TIMEOUT)
     argv = [loadgen, "sub", "--port", str(listener.getsockname()[1]), "--sub", "real.>"]
-    proc = LoadgenProc(argv + traffic + (["--queue", "q"] if queue else []))
+    proc = LoadgenProc(argv + traffic + (["--queue", "q"] if queue else [])
+                       + (["--ws"] if ws else []))
+    rng = random.Random(len(stream))
     try:
         sock, _ = listener.accept()
         sock.settimeout(IO_TIMEOUT)
-        sock.sendall(b'INFO {"server_id":"self-test","max_payload":1048576}\r\n')
-        read_until(sock, b"", PING)
-        sock.sendall(PONG)
-        proc.fields("ready", IO_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = FakePeer(sock, bool(ws), rng)
         try:
-            sock.sendall(stream)
+            if ws:
+                peer.upgrade(answer)
+            peer.send(b'INFO {"server_id":"self-test","max_payload":1048576}\r\n')
+            peer.read_until(PING)
+            peer.send(PONG)
+            proc.fields("ready", IO_TIMEOUT)
+        except BenchError as e:
+            if not ws:
+                raise
+            try:  # loadgen refused the upgrade: its reason
+                proc.proc.wait(IO_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                return None, "fake server: %s" % e
+            return None, proc.failure()
+        try:
+            if ws:
+                peer.send_frames(ws(stream, rng))
+            else:
+                sock.sendall(stream)
             proc.tell("stop")
-            read_until(sock, b"", PING)
-            sock.sendall(PONG)
+            peer.read_until(PING)
+            peer.send(PONG)
         except (OSError, BenchError):
             pass  # it found a fault and hung up
         try:
@@ -2092,14 +2279,44 @@ def loadgen_self_test(loadgen: str) -> int:
     # Each case for a plain subscriber and a queue member (one connection
     # each), then a queue group of two where a message reaches both members
     # and another none: every count looks right, the hash sums do not.
-    runs = [(name, [stream], catch, queue) for name, stream, catch in cases
+    runs = [(name, [stream], catch, queue, None, b"") for name, stream, catch in cases
             for queue in (False, True)]
-    runs.append(("dup+loss", [frames[:2] + frames[2::2], frames[1:2] + frames[5::2]], True, True))
+    runs.append(("dup+loss", [frames[:2] + frames[2::2], frames[1:2] + frames[5::2]], True, True,
+                 None, b""))
+
+    # Over websocket (--ws): the stream in frames of every length class,
+    # fragmented, with pings and pongs, every header split across reads;
+    # then frames a server must not send, and refused upgrades.
+    def with_frame(extra: bytes, at_start: bool = True):
+        def framer(stream: bytes, rng: random.Random) -> list:
+            out = ws_frames(stream, rng)
+            out.insert(0 if at_start else len(out) // 2, extra)
+            return out
+        return framer
+
+    ws_cases = [  # (name, frames, must it be caught, framer, upgrade answer)
+        ("ws clean", frames, False, ws_frames, b""),
+        ("ws lost one", frames[:3000] + frames[3001:], True, ws_frames, b""),
+        ("ws close", frames, True, with_frame(ws_frame(WS_CLOSE, b"\x03\xf0Slow Consumer"),
+                                              False), b""),
+        ("ws masked", frames, True, with_frame(ws_frame(2, PING, masked=True)), b""),
+        ("ws rsv1", frames, True, with_frame(ws_frame(2, PING, first_byte=0x40)), b""),
+        ("ws stray cont", frames, True, with_frame(ws_frame(0, PING)), b""),
+        ("ws long ping", frames, True, with_frame(ws_frame(WS_PING, b"x" * 126)), b""),
+        ("ws refused", frames, True, ws_frames,
+         b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"),
+        ("ws bad accept", frames, True, ws_frames,
+         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade"
+         b"\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"),
+    ]
+    runs += [(name, [stream], catch, False, framer, answer)
+             for name, stream, catch, framer, answer in ws_cases]
     failures = 0
-    for name, members, must_catch, queue in runs:
+    for name, members, must_catch, queue, framer, answer in runs:
         conns, error = [], ""
         for stream in members:
-            conn, error = fake_server_feed(loadgen, traffic, b"".join(stream), queue)
+            conn, error = fake_server_feed(loadgen, traffic, b"".join(stream), queue,
+                                           framer, answer)
             if error:
                 break
             conn["group"] = "0"
@@ -2130,6 +2347,7 @@ SCENARIOS = {
     "real_reply": Realistic(reply=True),
     "real_reqrep": RealReqRep(),
     "real_route": Realistic(routed=True),
+    "real_ws": Realistic(ws=True),
     "same_line": Realistic(subjects=1, size=(128, 128), prefix="line", sub="line.0"),
     "varied_line": Realistic(subjects=1, size=(64, 192), prefix="line", sub="line.0"),
     "pub": Throughput(SMALL, 0),
@@ -2204,8 +2422,9 @@ def run_all(opts, commands: dict) -> dict:
         for rep in range(1, opts.reps + 1):
             for name, argv in commands.items():
                 if name == "sink" and (getattr(scenario, "tls", False)
-                                       or getattr(scenario, "routed", False)):
-                    continue  # the sink speaks no TLS and takes no routes
+                                       or getattr(scenario, "routed", False)
+                                       or getattr(scenario, "ws", False)):
+                    continue  # the sink speaks no TLS or websocket and takes no routes
                 result = run_one(scenario, name, argv, opts)
                 results[scen][name].append(result)
                 done += 1
@@ -2324,7 +2543,9 @@ real_fanout8 8 subs; real_queue4 a queue group of 4; real_10k/real_100k
 10,000/100,000 subjects; real_big 1..64 KiB payloads; real_reply a distinct
 reply subject per message; real_reqrep sequential requests, a reply inbox
 each; same_line 1 subject, 128 bytes every message vs varied_line 1 subject,
-64..192 bytes. The older rows: 16-byte payloads unless named.
+64..192 bytes. real_ws is real_pubsub with both clients on the websocket
+port (ws://, no TLS or compression; each write one binary frame, masked
+with the zero key). The older rows: 16-byte payloads unless named.
 msgs/s counts deliveries summed over subscribers (publishes for pub and
 real_pub; one delivery per publish for queue groups and subs100k). MB/s is
 payload bytes. srv us/msg is the server's CPU time (user+system, all

@@ -18,7 +18,8 @@
  * every message's subject, size, reply and framing, not just a count.
  *
  * Modes (common options: --host H --port P, and the traffic options
- * --prefix S --subjects N --size MIN[-MAX] --seed X [--reply]):
+ * --prefix S --subjects N --size MIN[-MAX] --seed X [--reply]; pub, sub and
+ * req also take --ws, below):
  *
  *   pub --id ID (--duration S | --count N) [--batch B] [--unacked B]
  *       [--shm FILE] [--window MSGS] [--sync]
@@ -67,6 +68,17 @@
  *     Times building PUBs and checking MSGs in memory (no sockets):
  *       speed gen=MSGS_PER_S check=MSGS_PER_S
  *
+ * WebSocket (--ws: P is the server's websocket port, e.g. of a
+ * `websocket { no_tls: true }` block). After the TCP connect each
+ * connection sends an HTTP/1.1 upgrade (GET / with a fixed key) and needs
+ * "HTTP/1.1 101" with the key's Sec-WebSocket-Accept. From then on every
+ * write is one masked binary frame (FIN, opcode 2) with the all-zero
+ * masking key, and every read is unframed before the NATS parser sees it:
+ * server frames (unmasked, no extension) may split anywhere across reads;
+ * data-frame payloads (binary, text, continuations) are joined into the
+ * stream, control frames are dropped, a close frame fails the run with
+ * its status and reason. The checking is the same as over TCP.
+ *
  * Any protocol error, lost, doubled or reordered message, wrong subject,
  * size or reply, or timeout (20 s without progress) prints "loadgen: ..."
  * on stderr and exits 1 (a subscriber also raises the abort flag in the
@@ -94,6 +106,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -112,14 +125,14 @@
 
 typedef struct {
     const char *mode, *host, *prefix, *sub, *queue, *shm;
-    int port, id, subjects, min, max, reply, conns, group, respond, sync;
+    int port, id, subjects, min, max, reply, conns, group, respond, sync, ws;
     double duration;
     uint64_t count, seed, window;
     long batch, unacked, coalesce_us;
 } Opts;
 
 static Opts o = {NULL, "127.0.0.1", "real", NULL, NULL, NULL, 4222, 1, 64, 16, 256, 0, 1, 0,
-                 0, 0, 2.0, 0, 1, 0, 32 * 1024, 2 * 1024 * 1024, 1000};
+                 0, 0, 0, 2.0, 0, 1, 0, 32 * 1024, 2 * 1024 * 1024, 1000};
 static volatile uint64_t *shm;   /* see the header comment */
 
 static void die(const char *fmt, ...)
@@ -264,6 +277,14 @@ static char *put_frame(char *p, int msg, unsigned id, uint64_t seq, uint64_t *by
 
 /* ---- sockets ----------------------------------------------------------- */
 
+/* --ws: RFC 6455's sample key (base64 of 16 bytes) and the accept value a
+ * server must answer it with (base64 of SHA-1 of the key and the GUID). */
+#define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
+#define WS_ACCEPT "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+#define WS_MAX_HEAD 8192      /* longest upgrade response head */
+
+static void ws_upgrade(int fd);
+
 static int dial(void)
 {
     struct sockaddr_in a;
@@ -279,10 +300,12 @@ static int dial(void)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (o.ws) ws_upgrade(fd);
     return fd;
 }
 
-static void send_all(int fd, const char *p, size_t n)
+/* Send the bytes as they are. */
+static void send_raw(int fd, const char *p, size_t n)
 {
     while (n) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
@@ -293,23 +316,195 @@ static void send_all(int fd, const char *p, size_t n)
     }
 }
 
-/* One connection's input: what arrived and is not yet parsed. */
+/* Send protocol bytes to the server: as they are, or with --ws as one
+ * masked binary frame (header and payload in one sendmsg). Clients must
+ * mask (RFC 6455 5.3), but the key may be any 32 bits and the server
+ * cannot tell how it was chosen: the all-zero key makes a valid frame whose
+ * masked payload equals the plain one, so the generator spends nothing on
+ * XOR (the servers still unmask every byte with the key they read). The
+ * RFC wants unpredictable keys so that a browser script cannot choose the
+ * bytes a proxy sees; nothing of that applies to a loopback benchmark. */
+static void send_all(int fd, const char *p, size_t n)
+{
+    unsigned char h[14];
+    size_t hn = 2;
+    struct iovec iov[2];
+    struct msghdr mh;
+    if (!o.ws) {
+        send_raw(fd, p, n);
+        return;
+    }
+    h[0] = 0x80 | 2;                       /* FIN, binary */
+    if (n < 126) {
+        h[1] = (unsigned char)(0x80 | n);  /* mask bit, 7-bit length */
+    } else if (n < 65536) {
+        h[1] = 0x80 | 126;                 /* 16-bit length */
+        h[2] = (unsigned char)(n >> 8);
+        h[3] = (unsigned char)n;
+        hn = 4;
+    } else {
+        h[1] = 0x80 | 127;                 /* 64-bit length */
+        for (int i = 0; i < 8; i++) h[2 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
+        hn = 10;
+    }
+    memset(h + hn, 0, 4);                  /* the masking key: 0, see above */
+    hn += 4;
+    iov[0].iov_base = h;
+    iov[0].iov_len = hn;
+    iov[1].iov_base = (void *)p;
+    iov[1].iov_len = n;
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = iov;
+    mh.msg_iovlen = 2;
+    while (mh.msg_iovlen) {
+        ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) die("send: %s", w < 0 ? strerror(errno) : "closed");
+        while (mh.msg_iovlen && (size_t)w >= mh.msg_iov[0].iov_len) {  /* drop what went */
+            w -= (ssize_t)mh.msg_iov[0].iov_len;
+            mh.msg_iov++;
+            mh.msg_iovlen--;
+        }
+        if (mh.msg_iovlen) {
+            mh.msg_iov[0].iov_base = (char *)mh.msg_iov[0].iov_base + w;
+            mh.msg_iov[0].iov_len -= (size_t)w;
+        }
+    }
+}
+
+/* --ws: ask for the upgrade and read the answer's head up to its blank
+ * line, a byte at a time so that the first frame after it (INFO) stays
+ * in the socket for the unframing reader; it must be a 101 with our key's
+ * accept value. */
+static void ws_upgrade(int fd)
+{
+    char req[600], head[WS_MAX_HEAD + 1];
+    size_t n = 0;
+    int len = snprintf(req, sizeof req,
+                       "GET / HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                       "Connection: Upgrade\r\nSec-WebSocket-Key: " WS_KEY "\r\n"
+                       "Sec-WebSocket-Version: 13\r\n\r\n", o.host, o.port);
+    send_raw(fd, req, (size_t)len);
+    while (n < 4 || memcmp(head + n - 4, "\r\n\r\n", 4)) {
+        ssize_t r;
+        if (n == WS_MAX_HEAD) die("websocket upgrade: no end of the response head in %d bytes",
+                                  WS_MAX_HEAD);
+        r = recv(fd, head + n, 1, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) die("websocket upgrade: recv: %s", errno == EAGAIN
+                       ? "no answer within the timeout" : strerror(errno));
+        if (r == 0) die("websocket upgrade: closed after %.*s", (int)n, head);
+        n++;
+    }
+    head[n] = 0;
+    if (strncmp(head, "HTTP/1.1 101", 12))
+        die("websocket upgrade refused: %.*s", (int)strcspn(head, "\r"), head);
+    if (!strstr(head, "\r\nSec-WebSocket-Accept: " WS_ACCEPT "\r\n")
+        && !strstr(head, "\r\nsec-websocket-accept: " WS_ACCEPT "\r\n"))
+        die("websocket upgrade: no Sec-WebSocket-Accept " WS_ACCEPT " in %s", head);
+}
+
+/* One connection's input: what arrived and is not yet parsed; with --ws,
+ * where the server's current frame is. */
 typedef struct {
     int fd;
     char *buf;
     size_t pos, len;
+    uint64_t ws_left;             /* payload bytes of the current frame to come */
+    int ws_opcode;                /* the current frame's */
+    int ws_fragmented;            /* a data message's last frame is still to come */
+    unsigned char ws_head[10];    /* a frame header so far (it may straddle reads) */
+    int ws_head_len;
+    unsigned char ws_control[125];  /* a control frame's payload so far */
+    int ws_control_len;
 } Input;
 
 static void input_init(Input *in, int fd)
 {
+    memset(in, 0, sizeof *in);
     in->fd = fd;
     in->buf = malloc(BUF_CAP);
-    in->pos = in->len = 0;
     if (!in->buf) die("out of memory");
 }
 
+/* A whole control frame from the server: a close ends the run; ping and
+ * pong are dropped (the NATS servers keep clients alive with the
+ * protocol's PING, never with websocket pings). */
+static void ws_control_frame(Input *in)
+{
+    const unsigned char *p = in->ws_control;
+    if (in->ws_opcode == 8)
+        die("server sent a websocket close: status %d %.*s",
+            in->ws_control_len >= 2 ? p[0] << 8 | p[1] : 0,
+            in->ws_control_len > 2 ? in->ws_control_len - 2 : 0, (const char *)p + 2);
+    in->ws_control_len = 0;
+}
+
+/* A whole frame header from the server: check it, start the frame. */
+static void ws_frame_header(Input *in)
+{
+    const unsigned char *h = in->ws_head;
+    int opcode = h[0] & 15, control = opcode >= 8;
+    uint64_t len = h[1] & 127;
+    if (h[0] & 0x70) die("websocket frame with RSV bits %#x (no extension agreed)", h[0] & 0x70);
+    if (h[1] & 0x80) die("masked websocket frame from the server");
+    if (len == 126) {
+        len = (uint64_t)h[2] << 8 | h[3];
+    } else if (len == 127) {
+        len = 0;
+        for (int i = 0; i < 8; i++) len = len << 8 | h[2 + i];
+        if (len >> 63) die("websocket frame length over 2^63");
+    }
+    if (control) {
+        if (opcode > 10) die("websocket frame with unknown opcode %d", opcode);
+        if (!(h[0] & 0x80) || len > 125) die("websocket control frame not final or over 125 bytes");
+    } else {
+        if (opcode > 2) die("websocket frame with unknown opcode %d", opcode);
+        if ((opcode == 0) != in->ws_fragmented)
+            die(opcode ? "websocket message started inside a fragmented one"
+                       : "websocket continuation frame outside a fragmented message");
+        in->ws_fragmented = !(h[0] & 0x80);
+    }
+    in->ws_opcode = opcode;
+    in->ws_left = len;
+    in->ws_head_len = 0;
+    if (control && !len) ws_control_frame(in);
+}
+
+/* --ws: unframe the n bytes just read at p, in place: the data frames'
+ * payloads move down over the headers and control frames. Returns how many
+ * stream bytes are left at p. */
+static size_t ws_unframe(Input *in, char *p, size_t n)
+{
+    char *src = p, *end = p + n, *dst = p;
+    while (src < end) {
+        if (in->ws_left) {  /* the current frame's payload */
+            size_t k = (size_t)(end - src) < in->ws_left ? (size_t)(end - src)
+                                                         : (size_t)in->ws_left;
+            if (in->ws_opcode >= 8) {
+                memcpy(in->ws_control + in->ws_control_len, src, k);
+                in->ws_control_len += (int)k;
+            } else {
+                if (dst != src) memmove(dst, src, k);
+                dst += k;
+            }
+            src += k;
+            in->ws_left -= k;
+            if (!in->ws_left && in->ws_opcode >= 8) ws_control_frame(in);
+        } else {            /* the next header, a byte at a time */
+            int need;
+            in->ws_head[in->ws_head_len++] = (unsigned char)*src++;
+            need = in->ws_head_len < 2 ? 2 : 2 + ((in->ws_head[1] & 127) == 126 ? 2
+                                                : (in->ws_head[1] & 127) == 127 ? 8 : 0);
+            if (in->ws_head_len == need) ws_frame_header(in);
+        }
+    }
+    return (size_t)(dst - p);
+}
+
 /* One recv (blocking up to TIMEOUT; flags e.g. MSG_DONTWAIT); returns bytes
- * read, 0 if it would block. The unparsed tail moves to the front first. */
+ * read (with --ws, before unframing: maybe none of them is stream), 0 if it
+ * would block. The unparsed tail moves to the front first. */
 static size_t input_read(Input *in, int flags)
 {
     ssize_t r;
@@ -324,7 +519,7 @@ static size_t input_read(Input *in, int flags)
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && (flags & MSG_DONTWAIT)) return 0;
     if (r < 0) die("recv: %s", errno == EAGAIN ? "no data within the timeout" : strerror(errno));
     if (r == 0) die("server closed the connection");
-    in->len += (size_t)r;
+    in->len += o.ws ? ws_unframe(in, in->buf + in->len, (size_t)r) : (size_t)r;
     return (size_t)r;
 }
 
@@ -903,6 +1098,7 @@ int main(int argc, char **argv)
         if (!strcmp(k, "--reply")) o.reply = 1;
         else if (!strcmp(k, "--respond")) o.respond = 1;
         else if (!strcmp(k, "--sync")) o.sync = 1;
+        else if (!strcmp(k, "--ws")) o.ws = 1;
         else flag = 0;
         if (flag) continue;
         if (!v) usage();
@@ -931,6 +1127,8 @@ int main(int argc, char **argv)
         else usage();
     }
     if (o.batch < 1 || o.unacked < o.batch) die("need 1 <= --batch <= --unacked");
+    if (o.ws && strcmp(o.mode, "pub") && strcmp(o.mode, "sub") && strcmp(o.mode, "req"))
+        die("--ws is for pub, sub and req");
     setup_traffic();
     map_shm();
     if (!strcmp(o.mode, "pub")) run_pub();
