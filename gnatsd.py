@@ -1582,7 +1582,7 @@ class Client(Connection):
         self.protocol = 0
         self.name = self.lang = self.version = self.user = ""
         self.connect_received = False
-        self.awaiting_auth = server.options.auth_required
+        self.awaiting_auth = self.auth_options().auth_required
         self.subject_err_sent = False  # pedantic -ERR of the PUB awaiting its payload
         self.subs = {}               # sid -> Subscription
         self.perms = None            # ClientPermissions of the user, if restricted
@@ -1897,7 +1897,7 @@ class Client(Connection):
         _SecretCheckPending when a bcrypt answer is needed."""
         self.trace = self.server.trace
         if not self.connect_received:
-            self.awaiting_auth = self.server.options.auth_required
+            self.awaiting_auth = self.auth_options().auth_required
             return
         self.refresh_pub_path()
         opts = self.server.options
@@ -2241,6 +2241,9 @@ class Client(Connection):
 
         Loop thread only.  Raises ProtocolError; the caller closes.
         """
+        if self.waiting:                # a bcrypt check of its CONNECT is out
+            self.defer_input(data, start)
+            return
         server = self.server
         n = len(data)
         i = start
@@ -2393,15 +2396,15 @@ class Client(Connection):
                 pending.update(clients)
                 for c in clients:
                     c.last_activity = now
-        if msgs:
-            self.in_msgs += msgs
-            self.in_bytes += nbytes
-            self.last_activity = now
-            # Each message is a match of the sublist's (Go counts them so);
-            # pub_lookup's went through Sublist.match and counted themselves.
-            sublist = self.account.sublist
-            sublist.matches += msgs - misses
-            sublist.cache_hits += msgs - misses
+            if msgs:                    # (also when a bad op ends the read)
+                self.in_msgs += msgs
+                self.in_bytes += nbytes
+                self.last_activity = now
+                # Each message is a match of the sublist's (Go counts them so);
+                # pub_lookup's went through Sublist.match and counted themselves.
+                sublist = self.account.sublist
+                sublist.matches += msgs - misses
+                sublist.cache_hits += msgs - misses
 
     def pub_lookup(self, data: bytes, i: int, nl: int, sp: int) -> tuple:
         """The hot path's take on a line pub_lines does not settle at once
@@ -2758,8 +2761,12 @@ class DeliveryPlan:
 
     def retire(self):
         """The sublist dropped this plan's result (a subscription changed, or
-        the cache made room): whoever still holds the plan must not use it."""
+        the cache made room): whoever still holds the plan must not use it.
+        Its receivers are let go (a client's pub_lines may keep the plan a
+        while); `clients` stays, for a read that touched the plan before."""
         self.kind = PLAN_STALE
+        self.plain = self.plain_out = self.queues = ()
+        self.members = frozenset()
 
     def settle(self):
         """Move the hot path's message and byte counts onto the plain
@@ -4177,6 +4184,11 @@ class Options:
                                  "and could lead to poor performance")
         if self.websocket is not None:
             validate_websocket(self.websocket)
+            if self.websocket.port and self.users:
+                for what in ("username", "token"):
+                    if getattr(self.websocket, what):
+                        raise ConfigError("websocket authentication %s not compatible with "
+                                          "presence of users/nkeys" % what)
         return self
 
     @property
@@ -6775,9 +6787,9 @@ class WSSession:
     then the frame being read, the message being inflated, and the frames
     the server queued outside the client's output (pong, close)."""
 
-    __slots__ = ("state", "request", "compress", "masked", "browser", "tail", "remaining",
-                 "mask_key", "mask_pos", "final", "inflating", "deflated", "control",
-                 "close_sent", "close_frame", "unsent")
+    __slots__ = ("state", "request", "compress", "masked", "browser", "tail", "held",
+                 "pieces", "remaining", "mask_key", "mask_pos", "final", "inflating",
+                 "deflated", "deflated_size", "control", "close_sent", "close_frame", "unsent")
 
     def __init__(self):
         self.state = WS_HTTP
@@ -6786,12 +6798,15 @@ class WSSession:
         self.masked = True          # client frames are masked (no Nats-No-Masking)
         self.browser = False        # frames of WS_FRAME_SIZE_FOR_BROWSERS at most
         self.tail = b""             # an unfinished frame header, kept for the next read
+        self.held = b""             # frames not read while the parser held input back
+        self.pieces = []            # payload bytes unframed and not yet parsed
         self.remaining = 0          # payload bytes still to come in the current frame
         self.mask_key = b""
         self.mask_pos = 0
         self.final = True           # the current message's last frame is being read
         self.inflating = False      # the current message is compressed
         self.deflated = []          # its compressed payloads so far
+        self.deflated_size = 0
         self.control = []           # framed pongs to send before the next output
         self.close_sent = False
         self.close_frame = b""      # the close frame, sent after the output
@@ -6888,9 +6903,11 @@ class WSConnection(Connection):
         if ws.state == WS_OPEN:
             self.ws_read_frames(data)
             return
+        searched = max(0, len(ws.request) - 3)     # (the blank line may straddle reads)
         ws.request += data
         while ws.state == WS_HTTP and not self.closed:
-            end = ws.request.find(b"\r\n\r\n")
+            end = ws.request.find(b"\r\n\r\n", searched)
+            searched = 0
             if end < 0:
                 if len(ws.request) > WS_MAX_REQUEST:
                     self.ws_bad_request()
@@ -6900,23 +6917,25 @@ class WSConnection(Connection):
             self.server.ws_upgrade(self, head, rest)
 
     def ws_read_frames(self, data: bytes):
-        """Unframe `data` (after what an earlier read left of a header),
-        handing payloads to the client's parser in order and answering
-        control frames; a frame breaking the rules closes the connection
-        with Go's close frame."""
+        """Unframe `data` (after what an earlier read left of a header, or
+        left unread while input was held), handing payloads to the client's
+        parser in order, once per read where it can (so that a flood is
+        seen as one, as over TCP), and answering control frames; a frame
+        breaking the rules closes the connection with Go's close frame.
+        While the parser holds input back (its backlog, a bcrypt check, a
+        stall), the frames not yet read wait raw in `held`, at most this
+        read: reading them must not grow the backlog without bound."""
         ws = self.ws
+        if ws.held:
+            data, ws.held = ws.held + data, b""
         if ws.tail:
             data, ws.tail = ws.tail + data, b""
-        parse = self.ws_parse
-        pieces = []
         i, n = 0, len(data)
         while i < n and not self.closed:
             if ws.remaining == 0:
-                if pieces:                  # what came before a frame is parsed first
-                    parse(b"".join(pieces))
-                    pieces = []
-                    if self.closed:
-                        return
+                if self.backlog is not None or self.waiting or self.stalled:
+                    ws.held = data[i:]      # read on in resume_reading
+                    break
                 header = self.ws_frame_start(data, i)
                 if header is None:
                     ws.tail = data[i:]
@@ -6925,7 +6944,7 @@ class WSConnection(Connection):
                     return                  # refused and closed
                 i = header
                 if ws.remaining == 0 and ws.inflating and ws.final:
-                    self.ws_inflate(parse)  # an empty last frame of a compressed message
+                    self.ws_inflate()       # an empty last frame of a compressed message
                 continue
             take = min(ws.remaining, n - i)
             chunk = data[i:i + take]
@@ -6936,24 +6955,43 @@ class WSConnection(Connection):
             i += take
             if ws.inflating:
                 ws.deflated.append(chunk)
+                ws.deflated_size += take
                 if not self.ws_deflated_within_limit():
                     return
                 if ws.remaining == 0 and ws.final:
-                    self.ws_inflate(parse)
+                    self.ws_inflate()
             else:
-                pieces.append(chunk)
+                ws.pieces.append(chunk)
+        self.ws_parse_pieces()
+
+    def ws_parse_pieces(self):
+        """Parse the payload bytes unframed so far (before a control frame,
+        an inflated message, or at the end of a read)."""
+        pieces = self.ws.pieces
         if pieces and not self.closed:
-            parse(b"".join(pieces))
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            pieces.clear()
+            self.ws_parse(data)
 
     def ws_parse(self, data: bytes):
         """Hand unframed bytes to the client's parser, behind what it put off
-        to a later turn (its backlog: the turn's time was up, or a bcrypt
-        check is pending), so that a read's frames keep their order."""
+        (its backlog: the turn's time was up; or a bcrypt check or a stall
+        holds it), so that the frames of a read keep their order."""
         if self.backlog is not None:
             self.backlog = self.backlog[self.backlog_at:] + data
             self.backlog_at = 0
-            return
-        super().process_input(data)
+        elif self.waiting or self.stalled:
+            self.backlog, self.backlog_at = data, 0     # taken up when the hold ends
+        else:
+            super().process_input(data)
+
+    def resume_reading(self):
+        """Input flows again: first read the frames that waited raw (they
+        may hold the parser back again, and then wait for the next turn)."""
+        super().resume_reading()
+        ws = self.ws
+        if ws is not None and ws.held and not self.closed:
+            self.ws_read_frames(b"")
 
     def ws_frame_start(self, data: bytes, i: int):
         """Read the frame header at `i`: the index after it (a control frame's
@@ -7025,7 +7063,9 @@ class WSConnection(Connection):
 
     def ws_control_frame(self, opcode: int, payload: bytes):
         """A ping gets its pong; a close is answered (Go echoes the status,
-        or sends an empty close when none came) and ends the connection."""
+        or sends an empty close when none came) and ends the connection,
+        after what came before it is parsed."""
+        self.ws_parse_pieces()
         ws = self.ws
         if opcode == WS_PING:
             ws.control.append(ws_frame_header(WS_PONG, len(payload)) + payload)
@@ -7055,17 +7095,19 @@ class WSConnection(Connection):
         once inflated (Go's wsMaxMessageSize); False if it did (and closed)."""
         limit = min(self.server.options.max_payload * WS_MAX_MESSAGE_MULTIPLE,
                     WS_MAX_MESSAGE_LIMIT)
-        if sum(len(chunk) for chunk in self.ws.deflated) + len(WS_DEFLATE_TAIL) > limit:
+        if self.ws.deflated_size + len(WS_DEFLATE_TAIL) > limit:
             self.ws_max_payload()
             return False
         return True
 
-    def ws_inflate(self, parse):
+    def ws_inflate(self):
         """The compressed message is whole: inflate it (at most max_payload
-        bytes, as Go reads it) and parse it."""
+        bytes, as Go reads it) and parse it, after what came before it."""
         import zlib
+        self.ws_parse_pieces()
         ws = self.ws
         deflated, ws.deflated, ws.inflating = ws.deflated, [], False
+        ws.deflated_size = 0
         max_payload = self.server.options.max_payload
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
@@ -7074,7 +7116,7 @@ class WSConnection(Connection):
             self.debug("Error inflating a websocket message: %s", exc)
             self.close(READ_ERROR, flush=True)
             return
-        parse(data[:max_payload])
+        self.ws_parse(data[:max_payload])
         if len(data) > max_payload and not self.closed:
             self.ws_max_payload()
 
@@ -7086,7 +7128,10 @@ class WSConnection(Connection):
     def ws_protocol_error(self, text: str) -> int:
         """A frame broke RFC 6455: a close frame with 1002 and `text`, and
         close (Go's wsHandleProtocolError).  Returns -1 for ws_frame_start."""
+        self.ws_parse_pieces()          # what came before the bad frame counts
         ws = self.ws
+        if self.closed:
+            return -1
         payload = ws_close_payload(WS_CLOSE_PROTOCOL_ERROR, text)
         ws.close_frame = ws_frame_header(WS_CLOSE, len(payload)) + payload
         ws.close_sent = True
@@ -7260,7 +7305,6 @@ class WebSocketServing:
                 self.tls_client_class if secure else Client)
         client = client_class(self, sock, self.next_cid)
         client.ws = WSSession()
-        client.awaiting_auth = self.ws_auth_options().auth_required
         self.total_connections += 1
         try:
             self.selector.register(sock, selectors.EVENT_READ, client)
@@ -9983,6 +10027,7 @@ class SystemClient:
 
     kind = "Client"
     cid = 0
+    name = ""
     perms = None
     headers = True
     echo = True
@@ -10017,7 +10062,10 @@ class SystemClient:
 
     def client_event(self, client, what: str):
         """`$SYS.ACCOUNT.<acc>.CONNECT` when a client logs in, `.DISCONNECT`
-        when it is gone (Go's accountConnectEvent, accountDisconnectEvent)."""
+        when it is gone (Go's accountConnectEvent, accountDisconnectEvent).
+        A websocket connection is a client only once upgraded."""
+        if client.ws is not None and client.ws.state != WS_OPEN:
+            return
         now = time.time()
         info = {"start": rfc3339(client.start), "host": client.host, "id": client.cid,
                 "acc": client.account.name}
@@ -10069,7 +10117,12 @@ class SystemClient:
         """Handle what was delivered this turn, a message at a time."""
         data = b"".join(self.out)
         self.out.clear()
-        for sid, subject, reply, payload in _delivered_msgs(data):
+        try:
+            messages = list(_delivered_msgs(data))
+        except (ValueError, IndexError):
+            self.server.log.exception("Error reading what was delivered to $SYS")
+            return
+        for sid, subject, reply, payload in messages:
             handler = self.handlers.get(sid)
             if handler is None or reply is None:
                 continue

@@ -1183,3 +1183,105 @@ def test_frames_of_one_read_stay_in_order_when_the_parser_puts_input_off(monkeyp
     for ours, peer in pairs:
         ours.close()
         peer.close()
+
+
+def _in_process_server(g, conf_text: str, tmp_path):
+    """A Server (never started) from config text, and a connect(cls, data,
+    ws) that wires a connection to a socketpair and feeds it `data`."""
+    opts = g.options_from_config(write_conf(tmp_path, conf_text, "inproc.conf")).fill_defaults()
+    opts.host, opts.port = "127.0.0.1", -1
+    server = g.Server(opts)
+    pairs = []
+
+    def connect(cls, data: bytes, ws: bool):
+        ours, peer = socket.socketpair()
+        ours.setblocking(False)
+        peer.setblocking(False)
+        pairs.append((ours, peer))
+        server.next_cid += 1
+        conn = cls(server, ours, server.next_cid)
+        server.clients[conn.cid] = conn
+        if ws:
+            conn.ws = g.WSSession()
+            conn.ws.state, conn.ws.masked = g.WS_OPEN, False
+        conn.process_input(data)
+        server.flush_pending()
+        return conn, peer
+    return server, connect, pairs
+
+
+def _recv_now(sock) -> bytes:
+    try:
+        return sock.recv(1 << 20)
+    except BlockingIOError:
+        return b""
+
+
+BCRYPT_USERS = """
+authorization { users = [
+  {user: sub, password: plain}
+  {user: a, password: "$2a$11$abcdefghijklmnopqrstuuabcdefghijklmnopqrstuvwxyzABCDE"}
+] }
+"""
+
+
+def test_nothing_is_published_while_a_websocket_login_is_being_checked(tmp_path):
+    """A bcrypt check runs off the loop; until it answers, the frames after
+    the CONNECT in the same read wait (a review found them published)."""
+    from conftest import import_gnatsd
+    g = import_gnatsd()
+    server, connect, pairs = _in_process_server(g, BCRYPT_USERS, tmp_path)
+    server.secret_checker.submit = lambda *args: None     # the answer never comes
+    _, sub_peer = connect(g.Client, b'CONNECT {"verbose":false,"user":"sub","pass":"plain"}'
+                                    b'\r\nSUB foo 1\r\n', ws=False)
+    login = b'CONNECT {"verbose":false,"pedantic":false,"user":"a","pass":"wrong"}\r\n'
+    # (A ping between the two frames makes them two parses.)
+    ws, _ = connect(g.with_websocket(g.Client),
+                    encode_frame(login, mask=False) + encode_frame(b"", OP_PING, mask=False)
+                    + encode_frame(b"PUB foo 5\r\nhello\r\n", mask=False), ws=True)
+    assert ws.waiting and ws.awaiting_auth
+    assert _recv_now(sub_peer) == b""
+    for ours, peer in pairs:
+        ours.close()
+        peer.close()
+
+
+def test_a_reload_keeps_the_websocket_block_s_own_authorization(tmp_path):
+    """A websocket client that has not logged in yet still must after a
+    reload: the websocket block's authorization, not the server's (none)."""
+    from conftest import import_gnatsd
+    g = import_gnatsd()
+    conf = ("websocket { port: -1, no_tls: true, authorization { user: w, password: p } }\n")
+    server, connect, pairs = _in_process_server(g, conf, tmp_path)
+    ws, _ = connect(g.with_websocket(g.Client), b"", ws=True)
+    assert ws.awaiting_auth
+    ws.reload_config(server.options)
+    assert ws.awaiting_auth
+    for ours, peer in pairs:
+        ours.close()
+        peer.close()
+
+
+def test_many_tiny_frames_of_a_compressed_message_cost_linear_time(tmp_path):
+    """20,000 one-byte frames of one compressed message: the size check is
+    a running total (a review measured 6.6 s with a re-sum)."""
+    from conftest import import_gnatsd
+    g = import_gnatsd()
+    server, connect, pairs = _in_process_server(g, "max_payload: 1MB\n", tmp_path)
+    ws, _ = connect(g.with_websocket(g.Client), b"", ws=True)
+    ws.ws.compress = True
+    noise = os.urandom(20000)           # (incompressible: 20 KB stay 20 KB)
+    packed = deflate(CONNECT + b"PUB x %d\r\n%s\r\nPING\r\n" % (len(noise), noise))
+    assert len(packed) > 20000
+    frames = encode_frame(packed[:1], opcode=OP_BINARY, fin=False, mask=False, rsv=RSV1)
+    frames += b"".join(encode_frame(packed[k:k + 1], opcode=OP_CONTINUATION, fin=False,
+                                    mask=False) for k in range(1, len(packed)))
+    frames += encode_frame(b"", opcode=OP_CONTINUATION, fin=True, mask=False)
+    started = time.process_time()
+    ws.process_input(frames)
+    assert time.process_time() - started < 2.0
+    server.flush_pending()
+    assert b"PONG" in _recv_now(pairs[0][1])
+    for ours, peer in pairs:
+        ours.close()
+        peer.close()
