@@ -10051,6 +10051,8 @@ class SystemClient:
         self.subscribe(SYS_PING, self.ping)
         self.subscribe(SYS_PING + b".*", self.request)
         self.subscribe(SYS_SERVER_REQUEST % self.server.server_id.encode(), self.request)
+        for kind in (b"CONNZ", b"STATZ"):
+            self.subscribe(b"$SYS.REQ.ACCOUNT.*." + kind, self.account_request)
         self.send_statsz()
 
     def send_statsz(self):
@@ -10224,6 +10226,38 @@ class SystemClient:
             self.reply(reply, {"server": self.server_info(),
                                "error": {"code": exc.status, "description": str(exc)}})
             return
+        self.reply(reply, {"server": self.server_info(), "data": data})
+
+    def account_request(self, subject: bytes, reply: bytes, payload: bytes):
+        """`$SYS.REQ.ACCOUNT.<acc>.CONNZ` (/connz of that account) and
+        `.STATZ` (its /accstatz entry; no answer for an account without
+        connections unless `include_unused`), as Go's monAccSrvc."""
+        _, _, _, account, kind = subject.decode("utf-8", "replace").split(".")
+        try:
+            options = json.loads(payload) if payload.strip() else {}
+        except ValueError as exc:
+            self.reply(reply, {"server": self.server_info(),
+                               "error": {"code": 400, "description": str(exc)}})
+            return
+        if not isinstance(options, dict) or not self.selected_by(options):
+            return
+        monitor = self.server.monitor or Monitor(self.server)
+        if kind == "CONNZ":
+            try:
+                data = monitor.connz(dict(sys_query(options), acc=account))
+            except MonitorError as exc:
+                self.reply(reply, {"server": self.server_info(),
+                                   "error": {"code": exc.status, "description": str(exc)}})
+                return
+        else:
+            if account == "PING":
+                return
+            statz = monitor.accstatz({"unused": "true"})
+            statz["account_statz"] = [a for a in statz["account_statz"] if a["acc"] == account]
+            if not statz["account_statz"] or (not statz["account_statz"][0]["conns"]
+                                              and not options.get("include_unused")):
+                return
+            data = statz
         self.reply(reply, {"server": self.server_info(), "data": data})
 
     def control_kick(self, options: dict) -> str:

@@ -22,8 +22,9 @@ import pytest
 from conftest import go_server_path, start_gnatsd, start_go, wait_mesh, write_conf
 
 # The subscriptions a gnatsd.py server holds for the $SYS requests it
-# answers: PING, PING.<X> and <its id>.<X> (Go holds many more).
-SYS_SUBS = 3
+# answers: PING, PING.<X>, <its id>.<X>, ACCOUNT.*.CONNZ and ACCOUNT.*.STATZ
+# (Go holds many more).
+SYS_SUBS = 5
 
 ACCOUNTS = """
 accounts {
@@ -105,7 +106,9 @@ GO_ONLY = {"/server/feature_flags", "/statsz/sent_to_clients", "/statsz/received
     ("$SYS.REQ.SERVER.PING.HEALTHZ", b""),
     ("$SYS.REQ.SERVER.PING.ACCOUNTZ", b""),
     ("$SYS.REQ.SERVER.PING.IDZ", b""),
-], ids=lambda v: v.rsplit(".", 1)[-1] if isinstance(v, str) else None)
+    ("$SYS.REQ.ACCOUNT.SYS.CONNZ", b""),
+    ("$SYS.REQ.ACCOUNT.SYS.STATZ", b""),
+], ids=lambda v: v.replace("$SYS.REQ.", "").replace(".", "-") if isinstance(v, str) else None)
 def test_each_request_gets_an_answer_shaped_as_go_s(tmp_path, subject, body):
     if go_server_path("2.15") is None:
         pytest.skip("Go nats-server 2.15 is not installed")
@@ -141,6 +144,15 @@ def test_ping_answers_and_a_server_by_id(tmp_path):
         # Filters: a server_name that is not ours leaves this server out.
         assert request_all(srv.port, "$SYS.REQ.SERVER.PING.VARZ", b'{"server_name":"zzz"}',
                            wait=0.3) == []
+        # Account requests: CONNZ of one account; STATZ only of one in use.
+        (mine,) = request_all(srv.port, "$SYS.REQ.ACCOUNT.SYS.CONNZ", count=1)
+        assert mine["data"]["num_connections"] == 1     # the requester
+        assert request_all(srv.port, "$SYS.REQ.ACCOUNT.APP.CONNZ", count=1)[0][
+            "data"]["num_connections"] == 0
+        assert request_all(srv.port, "$SYS.REQ.ACCOUNT.APP.STATZ", wait=0.3) == []
+        (unused,) = request_all(srv.port, "$SYS.REQ.ACCOUNT.APP.STATZ",
+                                b'{"include_unused": true}', count=1)
+        assert [a["acc"] for a in unused["data"]["account_statz"]] == ["APP"]
         (bad,) = request_all(srv.port, "$SYS.REQ.SERVER.PING.CONNZ", b'{"sort":"nope"}',
                              count=1)
         assert bad["error"]["code"] == 400 and "sort" in bad["error"]["description"]
