@@ -2241,6 +2241,8 @@ class Client(Connection):
 
         Loop thread only.  Raises ProtocolError; the caller closes.
         """
+        if self.closed:                 # (closed by what the read's early flush ran: a KICK)
+            return
         if self.waiting:                # a bcrypt check of its CONNECT is out
             self.defer_input(data, start)
             return
@@ -6910,7 +6912,7 @@ class WSConnection(Connection):
             searched = 0
             if end < 0:
                 if len(ws.request) > WS_MAX_REQUEST:
-                    self.ws_bad_request()
+                    self.ws_bad_request("431 Request Header Fields Too Large")
                 return
             head, rest = bytes(ws.request[:end]), bytes(ws.request[end + 4:])
             ws.request = bytearray(rest)
@@ -7154,10 +7156,9 @@ class WSConnection(Connection):
                         + b"Content-Length: %d\r\n\r\n" % len(body) + body)
         self.server.pending.add(self)
 
-    def ws_bad_request(self, detail: str = ""):
-        """A request Go's HTTP server itself refuses (not HTTP, or HTTP/1.1
-        without a Host): its bare 400, and close."""
-        status = "400 Bad Request" + (": " + detail if detail else "")
+    def ws_bad_request(self, status: str = "400 Bad Request"):
+        """A request Go's HTTP server itself refuses (not HTTP, HTTP/1.1
+        without a Host, a head too large): its bare status, and close."""
         self.out.append(b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
                         b"Connection: close\r\n\r\n%s" % (status.encode(), status.encode()))
         self.close(READ_ERROR)
@@ -7344,7 +7345,7 @@ class WebSocketServing:
             headers.setdefault(name.lower(), []).append(value.strip(" \t"))
         first = {name: values[0] for name, values in headers.items()}
         if parts[2] == "HTTP/1.1" and "host" not in headers:
-            return client.ws_bad_request("missing required Host header")
+            return client.ws_bad_request("400 Bad Request: missing required Host header")
         if method != "GET":
             return client.ws_http_error(405, "request method must be GET")
         if not first.get("host"):

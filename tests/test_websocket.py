@@ -1285,3 +1285,26 @@ def test_many_tiny_frames_of_a_compressed_message_cost_linear_time(tmp_path):
     for ours, peer in pairs:
         ours.close()
         peer.close()
+
+
+def test_a_request_head_past_one_mebibyte_gets_431_and_close(ws_server):
+    """Go's HTTP server reads at most DefaultMaxHeaderBytes (1 MiB, plus
+    4 KiB of slack) of a request head: then its bare 431, and close."""
+    srv, port = ws_server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (1 << 20)
+                         + b"a" * 8192)
+        except OSError:
+            pass                    # (the server may close while we still send)
+        answer = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer[:200]
