@@ -1308,3 +1308,16 @@ def test_a_request_head_past_one_mebibyte_gets_431_and_close(ws_server):
                 break
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer[:200]
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 63, 64, 65, 127, 4096, 32768 + 3])
+def test_unmasking_undoes_the_client_mask_from_any_key_position(size):
+    """ws_unmask, in process: every size (short ones byte by byte, longer
+    ones by strided translation) and every starting position in the key."""
+    from conftest import import_gnatsd
+    g = import_gnatsd()
+    data = os.urandom(size)
+    key = os.urandom(4)
+    for pos in range(4):
+        masked = bytes(b ^ key[(pos + i) % 4] for i, b in enumerate(data))
+        assert g.ws_unmask(masked, key, pos) == data
