@@ -1565,7 +1565,7 @@ class Client(Connection):
         "verbose", "pedantic", "echo", "headers", "no_responders", "protocol",
         "name", "lang", "version", "user", "connect_received", "awaiting_auth",
         "subject_err_sent",
-        "subs", "fast_pub", "fast_pub_plain", "pub_lines", "perms", "account", "credentials", "tls_identities",
+        "first_pong_sent", "subs", "fast_pub", "fast_pub_plain", "pub_lines", "perms", "account", "credentials", "tls_identities",
         "nonce",
     )
 
@@ -1584,6 +1584,7 @@ class Client(Connection):
         self.connect_received = False
         self.awaiting_auth = self.auth_options().auth_required
         self.subject_err_sent = False  # pedantic -ERR of the PUB awaiting its payload
+        self.first_pong_sent = False   # async INFOs go to clients past their first PONG
         self.subs = {}               # sid -> Subscription
         self.perms = None            # ClientPermissions of the user, if restricted
         self.credentials = None      # user, pass, auth_token of CONNECT (for reloads)
@@ -1643,10 +1644,17 @@ class Client(Connection):
     # -- client ops (each returns the index after its bytes, or -1) ----------
 
     def op_ping(self, data, i, nl, line, arg) -> int:
-        """PING: answer PONG (Go's processPing)."""
+        """PING: answer PONG (Go's processPing).  After the first PONG, a
+        client of protocol 1 whose INFO predates a change of the cluster's
+        connect_urls gets the INFO again (it missed the async one)."""
         if self.trace:
             self.trace_in("PING")
         self.send_proto(PONG)
+        if not self.first_pong_sent and self.connect_received:
+            self.first_pong_sent = True
+            server = self.server
+            if self.protocol >= 1 and server.cluster.urls_changed_at >= self.start:
+                self.send_proto(server.client_info(self), "INFO")
         return nl + 1
 
     def op_pong(self, data, i, nl, line, arg) -> int:
@@ -8349,6 +8357,7 @@ class Cluster:
         self.host = ""
         self.port = 0
         self.self_routes: set = set()   # (host, port) of route URLs that led to us
+        self.urls_changed_at = 0.0      # when connect_urls last changed (Go's lastCURLsUpdate)
         self.name = opts.cluster_name or _new_server_id()[1:23]
         self.dynamic = not opts.cluster_name    # a generated name, which gives way
         self.legacy_ids: dict = {}      # (subject, queue) -> our route sid for 0.7 peers
@@ -8638,8 +8647,10 @@ class Cluster:
             server.info_template["connect_urls"] = urls
         else:
             server.info_template.pop("connect_urls", None)
+        self.urls_changed_at = time.time()
+        # (A client yet to send its first PING gets it then: Client.op_ping.)
         for client in list(server.clients.values()):
-            if client.protocol >= 1 and client.connect_received and not client.closed:
+            if client.protocol >= 1 and client.first_pong_sent and not client.closed:
                 client.send_proto(server.client_info(client), "INFO")
 
     def connect_urls(self) -> list:

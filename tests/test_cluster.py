@@ -986,3 +986,19 @@ def test_a_chain_started_back_to_back_under_load_always_meshes(layout):
     finally:
         stop.set()
         burner.join(5)
+
+
+def test_a_client_whose_info_predates_the_cluster_gets_it_at_its_first_pong(cluster,
+                                                                              raw_factory):
+    """A client that read its INFO before the route formed, and sent its
+    CONNECT after the async INFO went out, gets the new INFO right after
+    its first PONG (Go's processPing; nats.go's cluster test caught the
+    race in CI)."""
+    n1 = cluster.start("gnatsd")
+    early = raw_factory(n1, connect=None)            # INFO read, no CONNECT yet
+    assert "connect_urls" not in early.info
+    n2 = cluster.start("gnatsd", routes=[n1])
+    wait_mesh([n1, n2])
+    wait_connect_urls(n1, urls_of([n1, n2]))
+    early.send(b'CONNECT {"verbose":false,"protocol":1}\r\nPING\r\n')
+    expect_async_info(early, urls_of([n1, n2]))     # (after the PONG, which it skips)
