@@ -1738,40 +1738,6 @@ class Client(Connection):
         b"-ERR": op_err,
     }
 
-    # -- monitoring ------------------------------------------------------------
-
-    def conn_info(self, now: float, subs: str, auth: bool) -> dict:
-        """This connection as a /connz entry (Go's ConnInfo).  Keys starting
-        with `_` carry raw values for sorting and are removed before output."""
-        info = {
-            "cid": self.cid, "kind": "Client", "type": "nats", "ip": self.host, "port": self.port,
-            "start": rfc3339(self.start), "last_activity": rfc3339(self.last_activity),
-            "rtt": format_duration(0), "uptime": go_uptime(now - self.start),
-            "idle": go_uptime(now - self.last_activity),
-            "pending_bytes": self.pending_bytes(), "in_msgs": self.in_msgs,
-            "out_msgs": self.out_msgs, "in_bytes": self.in_bytes, "out_bytes": self.out_bytes,
-            "subscriptions": len(self.subs),
-        }
-        for key in ("name", "lang", "version"):
-            if getattr(self, key):
-                info[key] = getattr(self, key)
-        if self.tls is not None and self.tls.state == TLS_OPEN:
-            info.update(self.tls.conn_info())
-        if auth:
-            if self.user:
-                info["authorized_user"] = self.user
-            if self.account is not self.server.global_account:
-                info["account"] = self.account.name
-            info["name_tag"] = self.account.name
-        if subs == "list" and self.subs:
-            info["subscriptions_list"] = [s.subject.decode("utf-8", "replace")
-                                          for s in self.subs.values()]
-        if subs == "detail" and self.subs:
-            info["subscriptions_list_detail"] = [sub_detail(s) for s in self.subs.values()]
-        info.update(_start=self.start, _last=self.last_activity, _idle=now - self.last_activity,
-                    _uptime=now - self.start, _rtt=0, _account=self.account.name)
-        return info
-
     # -- CONNECT and auth ------------------------------------------------------
 
     def process_connect(self, arg: bytes):
@@ -3447,7 +3413,7 @@ class CoreServer:
         removeClient and saveClosedClient)."""
         if self.clients.pop(client.cid, None) is not None:
             self.system_client.client_event(client, "DISCONNECT")
-            info = client.conn_info(time.time(), "list", True)
+            info = client_conn_info(client, time.time(), "list", True)
             if client.subs:
                 info["subscriptions_list_detail"] = [sub_detail(s) for s in client.subs.values()]
             info["stop"] = rfc3339(time.time())
@@ -9176,6 +9142,41 @@ def _subs_param(query: dict) -> str:
     return "list" if _bool_param(query, "subs") else ""
 
 
+def client_conn_info(client: Client, now: float, subs: str, auth: bool) -> dict:
+    """A client as a /connz entry (Go's ConnInfo).  Keys starting with `_`
+    carry raw values for sorting and are removed before output."""
+    info = {
+        "cid": client.cid, "kind": "Client",
+        "type": "websocket" if client.ws is not None else "nats",
+        "ip": client.host, "port": client.port,
+        "start": rfc3339(client.start), "last_activity": rfc3339(client.last_activity),
+        "rtt": format_duration(0), "uptime": go_uptime(now - client.start),
+        "idle": go_uptime(now - client.last_activity),
+        "pending_bytes": client.pending_bytes(), "in_msgs": client.in_msgs,
+        "out_msgs": client.out_msgs, "in_bytes": client.in_bytes, "out_bytes": client.out_bytes,
+        "subscriptions": len(client.subs),
+    }
+    for key in ("name", "lang", "version"):
+        if getattr(client, key):
+            info[key] = getattr(client, key)
+    if client.tls is not None and client.tls.state == TLS_OPEN:
+        info.update(client.tls.conn_info())
+    if auth:
+        if client.user:
+            info["authorized_user"] = client.user
+        if client.account is not client.server.global_account:
+            info["account"] = client.account.name
+        info["name_tag"] = client.account.name
+    if subs == "list" and client.subs:
+        info["subscriptions_list"] = [s.subject.decode("utf-8", "replace")
+                                      for s in client.subs.values()]
+    if subs == "detail" and client.subs:
+        info["subscriptions_list_detail"] = [sub_detail(s) for s in client.subs.values()]
+    info.update(_start=client.start, _last=client.last_activity, _idle=now - client.last_activity,
+                _uptime=now - client.start, _rtt=0, _account=client.account.name)
+    return info
+
+
 class Monitor:
     """The HTTP monitoring listener and the JSON of each endpoint.
 
@@ -9699,7 +9700,7 @@ def connz_snapshot(server: "Server", state: str, subs: str, auth: bool):
     if state in ("open", "all", "any"):
         for client in list(server.clients.values()):
             if not client.closed:
-                conns.append(client.conn_info(now, subs, auth))
+                conns.append(client_conn_info(client, now, subs, auth))
             yield
     if state in ("closed", "all", "any"):
         for info in server.closed_clients:

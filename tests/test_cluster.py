@@ -979,7 +979,15 @@ def test_a_chain_started_back_to_back_under_load_always_meshes(layout):
                 for n in nodes:
                     n.mon_port = int(n.wait_for_log(
                         rb"Starting http monitor on \S+:(\d+)", 20).group(1))
-                wait_mesh(nodes, timeout=10)
+                try:
+                    wait_mesh(nodes, timeout=10)
+                except (OSError, AssertionError):
+                    if any(b"Error listening on port" in bytes(n.log) for n in nodes):
+                        continue    # a pre-picked free port was taken meanwhile: not our race
+                    raise AssertionError("attempt %d: no mesh; the nodes' logs:\n%s" % (
+                        attempt, "\n".join("%s (exit %s):\n%s" % (
+                            n.kind, n.proc.poll(), bytes(n.log)[-3000:].decode("utf-8", "replace"))
+                            for n in nodes)))
             finally:
                 for n in nodes:
                     n.stop()
