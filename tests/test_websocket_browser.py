@@ -261,7 +261,10 @@ class DevToolsPipe:
         while True:
             while b"\0" not in self.buf:
                 left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self.from_child], [], [], left)[0]:
+                # (poll, not select: a worker of the full suite has fds past 1024)
+                poller = select.poll()
+                poller.register(self.from_child, select.POLLIN)
+                if left <= 0 or not poller.poll(left * 1000):
                     raise TimeoutError("no answer to %s in %ss" % (method, timeout))
                 chunk = os.read(self.from_child, 1 << 20)
                 if not chunk:
