@@ -305,6 +305,15 @@ def any_server(request):
     srv.stop()
 
 
+def start_kind(kind: str, *args) -> "ServerProcess":
+    """start_gnatsd or, for "go2.15", the Go 2.15 server (skipped if absent)."""
+    if kind == "gnatsd":
+        return start_gnatsd(*args)
+    if "2.15" not in GO_SERVERS:
+        pytest.skip("Go nats-server 2.15 is not installed (make dev)")
+    return start_go(*args, version="2.15")
+
+
 # -- raw connections ----------------------------------------------------------
 
 
@@ -321,6 +330,11 @@ class RawConn:
         self.sock.sendall(data)
 
     def _fill(self, deadline: float) -> bool:
+        return self._recv_into(self.buf, deadline)
+
+    def _recv_into(self, target: bytearray, deadline: float) -> bool:
+        """One recv before `deadline`, appended to `target`; False on
+        timeout or close (then `closed`)."""
         left = deadline - time.monotonic()
         if left <= 0:
             return False
@@ -334,7 +348,7 @@ class RawConn:
         if not chunk:
             self.closed = True
             return False
-        self.buf += chunk
+        target += chunk
         return True
 
     def expect(self, pattern, timeout: float | None = None) -> re.Match:

@@ -14,17 +14,9 @@ import time
 
 import pytest
 
-from conftest import GO_SERVERS, RawConn, free_port, start_gnatsd, start_go, t_expect
+from conftest import RawConn, free_port, start_kind, t_expect
 
 KINDS = ["gnatsd", "go2.15"]
-
-
-def server(kind: str, *args):
-    if kind == "gnatsd":
-        return start_gnatsd(*args)
-    if "2.15" not in GO_SERVERS:
-        pytest.skip("Go nats-server 2.15 is not installed (make dev)")
-    return start_go(*args, version="2.15")
 
 
 def client(srv, echo: bool = True) -> RawConn:
@@ -68,7 +60,7 @@ def shape(value):
 
 
 def traced(kind: str, only: bool, echo: bool = True) -> tuple:
-    srv = server(kind)
+    srv = start_kind(kind)
     try:
         c = client(srv, echo)
         c.send(b"SUB traces 1\r\nSUB foo 2\r\nSUB foo q 3\r\nPING\r\n")
@@ -120,8 +112,8 @@ def read_traces(c: RawConn, count: int) -> list:
 
 def pair(first: str, second: str):
     port = free_port()
-    a = server(first, "--cluster", "nats://127.0.0.1:%d" % port, "--cluster_name", "t")
-    b = server(second, "--cluster", "nats://127.0.0.1:-1", "--cluster_name", "t",
+    a = start_kind(first, "--cluster", "nats://127.0.0.1:%d" % port, "--cluster_name", "t")
+    b = start_kind(second, "--cluster", "nats://127.0.0.1:-1", "--cluster_name", "t",
                "--routes", "nats://127.0.0.1:%d" % port)
     return a, b
 

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from conftest import GO_SERVERS, ROOT, free_port, start_gnatsd, start_go, write_conf
+from conftest import ROOT, free_port, start_gnatsd, start_kind, write_conf
 
 GOPATH = "/usr/share/gocode"
 NATS_GO = os.path.join(GOPATH, "src", "github.com", "nats-io", "nats.go")
@@ -45,14 +45,6 @@ def natsgo(tmp_path_factory) -> str:
     return binary
 
 
-def server(kind: str, *args):
-    if kind == "gnatsd":
-        return start_gnatsd(*args)
-    if "2.15" not in GO_SERVERS:
-        pytest.skip("Go nats-server 2.15 is not installed (make dev)")
-    return start_go(*args, version="2.15")
-
-
 def run(natsgo: str, *args, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([natsgo, *args], capture_output=True, text=True, timeout=timeout)
 
@@ -64,7 +56,7 @@ def assert_ok(r):
 @pytest.mark.parametrize("scenario", ["pubsub", "queue", "request", "headers", "drain"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_scenario(natsgo, kind, scenario):
-    srv = server(kind)
+    srv = start_kind(kind)
     try:
         assert_ok(run(natsgo, "-scenario", scenario, "-url", srv.url))
     finally:
@@ -75,7 +67,7 @@ def test_scenario(natsgo, kind, scenario):
                          ids=["user", "token"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_auth(natsgo, kind, creds):
-    srv = server(kind, *creds)
+    srv = start_kind(kind, *creds)
     try:
         args = ["-user", "u", "-pass", "p"] if creds[0] == "--user" else ["-token", "s3cr3t"]
         assert_ok(run(natsgo, "-scenario", "auth", "-url", srv.url, *args))
@@ -85,7 +77,7 @@ def test_auth(natsgo, kind, creds):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_tls(natsgo, kind):
-    srv = server(kind, "--tls", "--tlscert", os.path.join(CERTS, "server-cert.pem"),
+    srv = start_kind(kind, "--tls", "--tlscert", os.path.join(CERTS, "server-cert.pem"),
                  "--tlskey", os.path.join(CERTS, "server-key.pem"))
     try:
         url = "tls://localhost:%d" % srv.port
@@ -98,14 +90,14 @@ def test_tls(natsgo, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_reconnect_after_a_restart_on_the_same_port(natsgo, kind):
     port = free_port()
-    srv = server(kind, "-p", str(port)) if kind == "go2.15" else \
+    srv = start_kind(kind, "-p", str(port)) if kind == "go2.15" else \
         start_gnatsd("-p", str(port), port=False)
     proc = subprocess.Popen([natsgo, "-scenario", "reconnect", "-url", srv.url],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
         srv.stop()
-        again = server(kind, "-p", str(port)) if kind == "go2.15" else \
+        again = start_kind(kind, "-p", str(port)) if kind == "go2.15" else \
             start_gnatsd("-p", str(port), port=False)
         try:
             out, _ = proc.communicate(timeout=30)
@@ -122,9 +114,9 @@ def test_reconnect_after_a_restart_on_the_same_port(natsgo, kind):
                                    ("go2.15", "gnatsd")], ids=lambda k: "+".join(k))
 def test_two_node_cluster(natsgo, tmp_path, kinds):
     route = free_port()
-    first = server(kinds[0], "--cluster", "nats://127.0.0.1:%d" % route,
+    first = start_kind(kinds[0], "--cluster", "nats://127.0.0.1:%d" % route,
                    "--cluster_name", "natsgo")
-    second = server(kinds[1], "--cluster", "nats://127.0.0.1:-1", "--cluster_name", "natsgo",
+    second = start_kind(kinds[1], "--cluster", "nats://127.0.0.1:-1", "--cluster_name", "natsgo",
                     "--routes", "nats://127.0.0.1:%d" % route)
     try:
         assert_ok(run(natsgo, "-scenario", "cluster", "-url", first.url, "-url2", second.url))
