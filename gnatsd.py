@@ -1272,7 +1272,13 @@ class Connection:
         self.process_input(bytes(server.read_view[:n]))
 
     def process_input(self, data: bytes):
-        """Parse what arrived, resuming an op split across reads."""
+        """Parse what arrived, resuming an op split across reads; behind any
+        input put off for a later turn (a socket is not read meanwhile, but
+        a websocket read may hold several frames' worth)."""
+        if self.backlog is not None:
+            self.backlog = self.backlog[self.backlog_at:] + data
+            self.backlog_at = 0
+            return
         n = len(data)
         pending = self.pending_in
         if pending is not None:
@@ -3389,9 +3395,10 @@ class CoreServer:
             self.start_client_tls(client)
 
     def client_info(self, client: Client) -> bytes:
-        """The INFO a new client gets (Go does not trace it); with nkey
-        users, a nonce of its own to sign."""
-        info = dict(self.info_template)
+        """The INFO a client gets (Go does not trace it): a websocket
+        client's names the websocket port (chapter 11); with nkey users, a
+        nonce of its own to sign."""
+        info = dict(self.info_template if client.ws is None else self.ws_info_template())
         info["client_id"] = client.cid
         info["client_ip"] = client.host
         if any(user.nkey for user in self.options.users or ()):
@@ -6955,23 +6962,12 @@ class WSConnection(Connection):
 
     def ws_parse_pieces(self):
         """Parse the payload bytes unframed so far (before a control frame,
-        an inflated message, or at the end of a read)."""
+        an inflated message, or at the end of a read), behind whatever input
+        the parser put off (Connection.process_input)."""
         pieces = self.ws.pieces
         if pieces and not self.closed:
             data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             pieces.clear()
-            self.ws_parse(data)
-
-    def ws_parse(self, data: bytes):
-        """Hand unframed bytes to the client's parser, behind what it put off
-        (its backlog: the turn's time was up; or a bcrypt check or a stall
-        holds it), so that the frames of a read keep their order."""
-        if self.backlog is not None:
-            self.backlog = self.backlog[self.backlog_at:] + data
-            self.backlog_at = 0
-        elif self.waiting or self.stalled:
-            self.backlog, self.backlog_at = data, 0     # taken up when the hold ends
-        else:
             super().process_input(data)
 
     def resume_reading(self):
@@ -7105,7 +7101,7 @@ class WSConnection(Connection):
             self.debug("Error inflating a websocket message: %s", exc)
             self.close(READ_ERROR, flush=True)
             return
-        self.ws_parse(data[:max_payload])
+        super().process_input(data[:max_payload])
         if len(data) > max_payload and not self.closed:
             self.ws_max_payload()
 
@@ -7379,7 +7375,7 @@ class WebSocketServing:
         if client.closed:
             return
         ws.state = WS_OPEN
-        client.queue_outbound(self.ws_client_info(client))
+        client.queue_outbound(self.client_info(client))
         over_limit = len(self.clients) > self.options.max_connections
         if over_limit:
             self.log.error("Maximum connections exceeded (%d)", self.options.max_connections)
@@ -7457,10 +7453,11 @@ class WebSocketServing:
                 varz[name] = value
         return varz
 
-    def ws_client_info(self, client: WSConnection) -> bytes:
-        """A websocket client's INFO: the websocket listener's host and port,
-        TLS as the websocket port has it (Go's generateClientInfoJSON)."""
-        info = json.loads(self.client_info(client)[len(b"INFO "):])
+    def ws_info_template(self) -> dict:
+        """The INFO fields websocket clients share: the websocket listener's
+        host and port, TLS as the websocket port has it, its own
+        authorization (Go's generateClientInfoJSON), in Go's field order."""
+        info = dict(self.info_template)
         secure = self.options.websocket.tls is not None
         info["host"], info["port"] = self.options.websocket.host, self.ws_port
         info.pop("connect_urls", None)          # (Go gives the cluster's ws URLs)
@@ -7471,8 +7468,8 @@ class WebSocketServing:
         if self.ws_auth_options().auth_required:
             info["auth_required"] = True
         ordered = {name: info.pop(name) for name in _INFO_FIELDS if name in info}
-        ordered.update(info)                    # (Go's Info field order)
-        return b"INFO " + json.dumps(ordered, separators=(",", ":")).encode() + b" \r\n"
+        ordered.update(info)
+        return ordered
 
 
 # ============================================================================
