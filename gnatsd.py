@@ -224,6 +224,9 @@ ERR_AUTH_VIOLATION = "Authorization Violation"
 ERR_AUTH_TIMEOUT = "Authentication Timeout"
 ERR_BAD_CLIENT_PROTOCOL = "invalid client protocol"
 ERR_NO_RESPONDERS_REQUIRES_HEADERS = "no responders requires headers support"
+ERR_USER_EXPIRED = "User Authentication Expired"
+ERR_ACCOUNT_EXPIRED = "Account Authentication Expired"
+ERR_MAX_ACCOUNT_CONNECTIONS = "maximum account active connections exceeded"
 
 # The header a service import adds to a request: who is asking (Go's ClientInfoHdr).
 REQUEST_INFO_HEADER = b"Nats-Request-Info"
@@ -237,6 +240,9 @@ NO_RESPONDERS_HEADER = b"NATS/1.0 503\r\nNats-Subject: %s\r\n\r\n"
 CLIENT_CLOSED = "Client Closed"
 AUTHENTICATION_TIMEOUT = "Authentication Timeout"
 AUTHENTICATION_VIOLATION = "Authentication Failure"
+AUTHENTICATION_EXPIRED = "Authentication Expired"
+MAX_ACCOUNT_CONNECTIONS_EXCEEDED = "Maximum Account Connections Exceeded"
+MAX_SUBSCRIPTIONS_EXCEEDED = "Maximum Subscriptions Exceeded"
 SLOW_CONSUMER_PENDING_BYTES = "Slow Consumer (Pending Bytes)"
 SLOW_CONSUMER_WRITE_DEADLINE = "Slow Consumer (Write Deadline)"
 WRITE_ERROR = "Write Error"
@@ -1000,15 +1006,29 @@ def _wildcards(tokens: list) -> list:
 
 
 def same_wildcards(source: str, dest: str) -> bool:
-    """Can a SubjectTransform map `source` onto `dest`?"""
-    return _wildcards(source.encode().split(b".")) == _wildcards(dest.encode().split(b"."))
+    """Can a SubjectTransform map `source` onto `dest`?  Either the same
+    wildcards in the same order, or `$N` references to each `*` of the
+    source (a JWT import's local_subject, `mapped.$1`)."""
+    source_tokens, dest_tokens = source.encode().split(b"."), dest.encode().split(b".")
+    references = [t for t in dest_tokens if _reference(t)]
+    if references:
+        stars = source_tokens.count(b"*")
+        return sorted(_reference(t) for t in references) == list(range(1, stars + 1)) and \
+            _wildcards(dest_tokens) == [b">"] * source_tokens.count(b">")
+    return _wildcards(source_tokens) == _wildcards(dest_tokens)
+
+
+def _reference(token: bytes) -> int:
+    """N for a `$N` token (a reference to the Nth wildcard), else 0."""
+    return int(token[1:]) if token[:1] == b"$" and token[1:].isdigit() else 0
 
 
 class SubjectTransform:
     """Maps subjects under `source` onto `dest`, carrying what the wildcards
     of `source` matched into the wildcards of `dest`, in order
-    (`events.>` -> `from_b.events.>` for an import with a prefix).  The
-    subject mapped may itself hold wildcards if it is a subset of `source`."""
+    (`events.>` -> `from_b.events.>` for an import with a prefix), or into
+    `$N` tokens, the Nth wildcard's (`m.*` -> `mapped.$1`).  The subject
+    mapped may itself hold wildcards if it is a subset of `source`."""
 
     __slots__ = ("source", "dest")
 
@@ -1019,14 +1039,38 @@ class SubjectTransform:
     def apply(self, subject: bytes) -> bytes:
         """Map `subject`, which the caller knows matches `source`, onto `dest`."""
         tokens = subject.split(b".")
-        captured = []
+        stars, rest = [], b""
         for i, token in enumerate(self.source):
             if token == b"*":
-                captured.append(tokens[i])
+                stars.append(tokens[i])
             elif token == b">":
-                captured.append(b".".join(tokens[i:]))
-        captured.reverse()
-        return b".".join(captured.pop() if t in (b"*", b">") else t for t in self.dest)
+                rest = b".".join(tokens[i:])
+        out, in_order = [], iter(stars)
+        for token in self.dest:
+            if token == b"*":
+                out.append(next(in_order))
+            elif token == b">":
+                out.append(rest)
+            else:
+                n = _reference(token)
+                out.append(stars[n - 1] if n else token)
+        return b".".join(out)
+
+    def inverse(self) -> "SubjectTransform":
+        """The transform back from `dest` to `source` (`$N` tokens become
+        wildcards, and the source's wildcards refer to them)."""
+        dest = [b"*" if _reference(t) else t for t in self.dest]
+        if not any(_reference(t) for t in self.dest):
+            return SubjectTransform(b".".join(self.dest), b".".join(self.source))
+        positions = [_reference(t) for t in self.dest if _reference(t)]
+        source, star = [], 0
+        for token in self.source:
+            if token == b"*":
+                star += 1
+                source.append(b"$%d" % (positions.index(star) + 1))
+            else:
+                source.append(token)
+        return SubjectTransform(b".".join(dest), b".".join(source))
 
 
 
@@ -1571,8 +1615,9 @@ class Client(Connection):
         "verbose", "pedantic", "echo", "headers", "no_responders", "protocol",
         "name", "lang", "version", "user", "connect_received", "awaiting_auth",
         "subject_err_sent",
-        "first_pong_sent", "subs", "fast_pub", "fast_pub_plain", "pub_lines", "perms", "account", "credentials", "tls_identities",
-        "nonce",
+        "first_pong_sent", "subs", "fast_pub", "fast_pub_plain", "pub_lines", "perms",
+        "account", "credentials", "tls_identities", "nonce", "max_payload", "max_subs",
+        "expiry_entry",
     )
 
     kind = "Client"
@@ -1596,6 +1641,9 @@ class Client(Connection):
         self.credentials = None      # user, pass, auth_token of CONNECT (for reloads)
         self.tls_identities = ()     # verify_and_map's names from the certificate (handshake)
         self.nonce = b""             # what an nkey user signs (in our INFO when one exists)
+        self.max_payload = -1        # a user JWT's limits below the server's, -1 if none
+        self.max_subs = -1
+        self.expiry_entry = None     # the timer of a JWT login's end
         self.account = server.global_account
         self.account.client_count += 1
         self.account.total_connections += 1
@@ -1799,7 +1847,7 @@ class Client(Connection):
         # field not sent (or null) keeps its value, so a second CONNECT
         # without credentials logs in with the first one's.
         credentials = dict(self.credentials or {})
-        for key in ("user", "pass", "auth_token", "nkey", "sig"):
+        for key in ("user", "pass", "auth_token", "nkey", "sig", "jwt"):
             if fields.get(key):
                 credentials[key] = fields[key]
             elif key in fields and fields[key] is not None:
@@ -1811,9 +1859,11 @@ class Client(Connection):
         """Log in with the kept credentials (with verify_and_map, as the user
         the certificate names), or close with an auth violation."""
         opts = self.auth_options()
+        if opts.trusted_keys:
+            return jwt_client_login(self)
         user = (self.credentials or {}).get("user")
         if maps_certificates(opts):
-            user = self.certificate_user(opts) or user  # Go names the mapped user
+            user = certificate_user(self, opts) or user  # Go names the mapped user
         found = authenticate(opts, self.credentials or {}, self.tls_identities,
                              self.secret_equal, self.nonce)
         if found is None:
@@ -1828,33 +1878,14 @@ class Client(Connection):
         self.server.system_client.client_event(self, "CONNECT")
         return True
 
+    def connection_type(self) -> str:
+        """What a user JWT's allowed_connection_types calls this client."""
+        return "WEBSOCKET" if self.ws is not None else "STANDARD"
+
     def auth_options(self) -> Options:
         """The options this client logs in with: the server's (a websocket
         client's may have the websocket block's own, chapter 11)."""
         return self.server.options
-
-    def certificate_user(self, opts: Options) -> str:
-        """verify_and_map: the user this client's certificate names, or "",
-        with Go's log lines (checkClientTLSCertSubject)."""
-        user = map_certificate_user(opts.users, self.tls_identities)
-        names = self.tls_identities
-        if user is None:
-            if not names:
-                self.debug("User required in cert, none found")
-                return ""
-            subject = go_quote((names[-1] if "=" in names[-1] else "").encode())
-            self.debug("DistinguishedNameMatch could not be used for auth [%s]", subject)
-            self.debug("User in cert [%s], not found", subject)
-            return ""
-        if self.server.log.isEnabledFor(logging.DEBUG):
-            self.debug("Using %s for auth [%s]",
-                       cert_name_source(self.tls.sslobj.getpeercert(), user.username),
-                       go_quote(user.username.encode()))
-        given = (self.credentials or {}).get("user")
-        if given:
-            self.server.log.warning("User %s found in connect proto, but user required from cert",
-                                    go_quote(str(given).encode()))
-        return user.username
 
     def reload_config(self, old: Options):
         """The server reloaded its config: log in again with the same
@@ -1866,46 +1897,9 @@ class Client(Connection):
         from a users list (Go's clientHasMovedToDifferentAccount).  A bcrypt
         check this needs runs off the loop, and the whole check again after."""
         try:
-            self.check_reloaded_auth(old)
+            check_reloaded_auth(self, old)      # chapter 9
         except _SecretCheckPending as pending:
             self.await_secret(pending, lambda: self.reload_config(old))
-
-    def check_reloaded_auth(self, old: Options):
-        """The work of `reload_config`: refresh tracing and the PUB fast
-        path, close a client whose login no longer passes, and drop the
-        subscriptions the new permissions refuse.  Raises
-        _SecretCheckPending when a bcrypt answer is needed."""
-        self.trace = self.server.trace
-        if not self.connect_received:
-            self.awaiting_auth = self.auth_options().auth_required
-            return
-        self.refresh_pub_path()
-        opts = self.server.options
-        if old.username and self.user == old.username and \
-                authenticate(opts, self.credentials or {}, (), self.secret_equal) is None:
-            self.close(CLIENT_CLOSED)
-            return
-        if self.user and opts.users and all(u.username != self.user and u.nkey != self.user
-                                            for u in opts.users):
-            self.close(CLIENT_CLOSED)       # its user (or nkey) is gone
-            return
-        if self.check_auth() and self.perms is not None:
-            self.remove_unauthorized_subs()
-
-    def remove_unauthorized_subs(self):
-        """Drop the subscriptions the permissions no longer allow, telling
-        the client and the log about each."""
-        for sub in list(self.subs.values()):
-            if self.perms.can_subscribe(sub.subject, sub.queue):
-                continue
-            self.unsubscribe(sub)
-            what = go_quote(sub.subject)
-            if sub.queue is not None:
-                what += " using queue %s" % go_quote(sub.queue)
-            sid = sub.sid.decode("utf-8", "replace")
-            self.send_err('Permissions Violation for Subscription to %s (sid "%s")' % (what, sid))
-            self.server.log.info('Removed sub %s (sid "%s") for User %s - not authorized',
-                                 what, sid, go_quote(self.user.encode()))
 
     def bind_account(self, account: Account):
         """Log in to `account`: subscriptions made before move with the client."""
@@ -1928,7 +1922,11 @@ class Client(Connection):
         if self.name:
             prefix += go_quote(self.name.encode()) + " - "
         if self.user and not self.awaiting_auth:
-            prefix += go_quote(("%s/user:%s" % (self.account.name, self.user)).encode()) + " - "
+            given = self.credentials or {}      # Go's getAuthUserLabel
+            label = "nkey" if given.get("nkey") else "user" if given.get("user") or \
+                not given.get("jwt") else "jwt"
+            prefix += go_quote(("%s/%s:%s" % (self.account.label, label, self.user)).encode()) \
+                + " - "
         self.log_prefix = prefix
 
     def auth_violation(self, user: str = ""):
@@ -1964,7 +1962,8 @@ class Client(Connection):
             self.sub_permission_violation(subject, queue, sid)
             return
         max_subs = self.server.options.max_subscriptions
-        if max_subs and len(self.subs) >= max_subs:
+        if (max_subs and len(self.subs) >= max_subs) or \
+                (self.max_subs != -1 and len(self.subs) >= self.max_subs):
             self.error("maximum subscriptions exceeded")
             self.send_err(ERR_MAX_SUBSCRIPTIONS)
             return
@@ -2065,8 +2064,10 @@ class Client(Connection):
     def closed_cleanup(self):
         """After close: leave the account, take every subscription out
         of the sublists, and pass the client to `remove_client` (for
-        /connz's closed connections)."""
+        /connz's closed connections); a JWT login's end is no longer due."""
         self.account.client_count -= 1
+        if self.expiry_entry is not None:
+            self.server.cancel_timer(self.expiry_entry)
         for sub in self.subs.values():
             # Removing a sub settles every cached plan that counted for it.
             self.remove_subscription(sub)
@@ -2082,8 +2083,10 @@ class Client(Connection):
         """PUB or HPUB whose payload starts after `nl` (Go's processPub);
         `size_field` is the raw size token(s) for the MSG/HMSG lines."""
         max_payload = self.server.options.max_payload
+        if self.max_payload != -1 and self.max_payload < max_payload:
+            max_payload = self.max_payload       # a JWT's limit (the hot path is off)
         if size > max_payload:
-            self.error("Maximum Payload Violation (%d > %d)", size, max_payload)
+            self.error("maximum payload exceeded: %d vs %d", size, max_payload)
             self.send_err_and_close(ERR_MAX_PAYLOAD, MAX_PAYLOAD_EXCEEDED)
             return -1
         # A pedantic client hears of a bad subject as soon as Go has read the
@@ -2478,7 +2481,8 @@ class Client(Connection):
     def refresh_pub_path(self):
         """Decide again whether PUBs may take the hot path, and forget the
         lines remembered (CONNECT, a new login, a reload)."""
-        self.fast_pub = not (self.verbose or self.pedantic or self.trace)
+        self.fast_pub = not (self.verbose or self.pedantic or self.trace
+                             or self.max_payload != -1)
         self.fast_pub_plain = self.perms is None and not self.account.routes_services
         self.pub_lines.clear()
 
@@ -3006,6 +3010,8 @@ class CoreServer:
         self.log.info("  ID:       %s", self.server_id)
         if opts.config_file:
             self.log.info("Using configuration file: %s", opts.config_file)
+        if opts.trusted_operators:
+            start_operator_mode(self)       # chapter 9
         for warning in opts.warnings:
             self.log.warning("%s", warning)
         sock = _bind(opts.host, opts.port)
@@ -3401,7 +3407,7 @@ class CoreServer:
         info = dict(self.info_template if client.ws is None else self.ws_info_template())
         info["client_id"] = client.cid
         info["client_ip"] = client.host
-        if any(user.nkey for user in self.options.users or ()):
+        if self.options.trusted_keys or any(user.nkey for user in self.options.users or ()):
             if not client.nonce:
                 client.nonce = new_nonce().encode()
             info["nonce"] = client.nonce.decode()
@@ -3483,7 +3489,8 @@ def startup_problem(opts: Options) -> str:
                                      for u in opts.users or ()):
         return ('no_auth_user: "%s" not present as user or nkey in authorization block or'
                 ' account configuration' % opts.no_auth_user)
-    if opts.system_account and opts.system_account not in (opts.accounts or {}) \
+    known = opts.resolver_preload if opts.trusted_keys else opts.accounts
+    if opts.system_account and opts.system_account not in (known or {}) \
             and opts.system_account != SYSTEM_ACCOUNT:
         return "error resolving system account: account missing"
     return ""
@@ -3500,11 +3507,10 @@ def _is_ip_address(host: str) -> bool:
 
 
 def _new_server_id() -> str:
-    """A server id as Go makes one: the public nkey ("N...", chapter 9's
-    encoding) of a fresh Ed25519 key; random key bytes here, since the
-    server signs nothing with it."""
-    raw = bytes([13 << 3]) + os.urandom(32)
-    return base64.b32encode(raw + crc16_xmodem(raw).to_bytes(2, "little")).decode().rstrip("=")
+    """A server id as Go makes one (nkeys.CreateServer): the public nkey
+    ("N...", chapter 9) of a fresh Ed25519 seed, which is then dropped:
+    the server signs nothing with it."""
+    return encode_nkey(NKEY_SERVER, ed25519_public_key_once(os.urandom(32)))
 
 
 def read_buffer(size: int):
@@ -3704,7 +3710,10 @@ class _ConfigParser:
                 return
 
     def here(self) -> tuple:
-        return (self.line, self.pos - self.line_start + 1)
+        """(line, column) of the next character, as Go's lexer counts: from
+        the newline before it, so columns start at 1 except on the first
+        line, where they start at 0."""
+        return (self.line, self.pos - self.line_start + (1 if self.line > 1 else 0))
 
     # -- grammar -------------------------------------------------------------
 
@@ -4003,21 +4012,9 @@ UNSUPPORTED_KEYS = {
     "mqtt": "MQTT is not supported by gnatsd.py",
     "prof_port": "profiling is not supported by gnatsd.py",
     "prof_block_rate": "profiling is not supported by gnatsd.py",
-    "operator": "operator (JWT) mode is not supported by gnatsd.py",
-    "operators": "operator (JWT) mode is not supported by gnatsd.py",
-    "root": "operator (JWT) mode is not supported by gnatsd.py",
-    "roots": "operator (JWT) mode is not supported by gnatsd.py",
-    "root_operator": "operator (JWT) mode is not supported by gnatsd.py",
-    "root_operators": "operator (JWT) mode is not supported by gnatsd.py",
-    "trusted": "operator (JWT) mode is not supported by gnatsd.py",
-    "trusted_keys": "operator (JWT) mode is not supported by gnatsd.py",
-    "default_sentinel": "operator (JWT) mode is not supported by gnatsd.py",
-    "resolver": "account resolvers are not supported by gnatsd.py",
-    "account_resolver": "account resolvers are not supported by gnatsd.py",
-    "accounts_resolver": "account resolvers are not supported by gnatsd.py",
-    "resolver_tls": "account resolvers are not supported by gnatsd.py",
-    "resolver_preload": "account resolvers are not supported by gnatsd.py",
-    "resolver_pinned_accounts": "account resolvers are not supported by gnatsd.py",
+    "default_sentinel": "default_sentinel is not supported by gnatsd.py",
+    "resolver_tls": "URL account resolvers are not supported by gnatsd.py",
+    "resolver_pinned_accounts": "resolver_pinned_accounts is not supported by gnatsd.py",
     "store_dir": "JetStream is not supported by gnatsd.py",
     "storedir": "JetStream is not supported by gnatsd.py",
     "default_js_domain": "JetStream is not supported by gnatsd.py",
@@ -4104,6 +4101,11 @@ class Options:
         ("routes", None),
         ("accounts", None),
         ("system_account", ""),
+        ("trusted_keys", None),
+        ("trusted_operators", None),
+        ("operator_jwts", None),
+        ("account_resolver", ""),
+        ("resolver_preload", None),
         ("http_host", ""),
         ("http_port", 0),
         ("http_base_path", ""),
@@ -4165,6 +4167,7 @@ class Options:
         if self.max_payload > 8 * 1024 * 1024:
             self.warnings.append("Maximum payloads over 8.00 MB are generally discouraged "
                                  "and could lead to poor performance")
+        validate_operators(self)
         if self.websocket is not None:
             validate_websocket(self.websocket)
             if self.websocket.port and self.users:
@@ -4176,8 +4179,9 @@ class Options:
 
     @property
     def auth_required(self) -> bool:
-        """True if clients must log in: a single user, a token or a users list is set."""
-        return bool(self.username or self.authorization or self.users)
+        """True if clients must log in: a single user, a token or a users
+        list is set, or operator mode is on."""
+        return bool(self.username or self.authorization or self.users or self.trusted_keys)
 
 
 def _to_int(cm: ConfigMap, key: str, value) -> int:
@@ -4731,6 +4735,7 @@ class AccountConfig:
         self.name = name
         self.exports: list = []
         self.imports: list = []
+        self.claims = None        # operator mode: the account JWT's claims
 
 
 _RESPONSE_TYPES = ("singleton", "stream", "chunked")
@@ -5349,8 +5354,136 @@ def _server_tags(cm: ConfigMap, key: str, value, opts: Options):
     opts.server_tags = tags
 
 
+# -- operator mode: operator, resolver, resolver_preload, trusted --------------
+#
+#     operator: ./op.jwt            # or the JWT itself, or a list of either
+#     resolver: MEMORY
+#     resolver_preload { ACCOUNTPUBKEY...: eyJ0eXAiOi... }
+#     system_account: ACCOUNTPUBKEY...
+#
+# Trust comes from JWTs instead of users (chapter 9's operator mode): the
+# operator's JWT names the keys that sign accounts, and the preloaded
+# account JWTs are every account there is (Go's MEMORY resolver; the URL and
+# directory resolvers fetch them from elsewhere, which gnatsd.py does not).
+
+
+def _operator(cm: ConfigMap, key: str, value, opts: Options):
+    """`operator: <file or JWT>` or a list of them (Go's readOperatorJWT):
+    each must be an operator JWT that signs itself or is signed by a key it
+    lists.  The first operator's system account is the default one."""
+    values = value if isinstance(value, list) else [value]
+    opts.trusted_operators, opts.operator_jwts = [], []
+    for item in values:
+        if not isinstance(item, str):
+            raise cm.error(key, "error parsing operators: unsupported type %s"
+                           % _go_type(item))
+        text = item
+        if not item.startswith("eyJ"):          # not a JWT: a file holding one
+            try:
+                with open(item) as f:
+                    text = f.read()
+            except OSError as exc:
+                raise cm.error(key, "error parsing operator JWT: open %s: %s"
+                               % (item, (exc.strerror or str(exc)).lower()))
+        try:
+            claims = decode_jwt(decorated_jwt(text), "operator")
+        except JWTError as exc:
+            raise cm.error(key, "error parsing operator JWT: %s" % exc)
+        opts.trusted_operators.append(claims)
+        opts.operator_jwts.append(decorated_jwt(text))
+    if len(opts.trusted_operators) == 1 and not opts.system_account:
+        opts.system_account = opts.trusted_operators[0]["nats"].get("system_account", "")
+
+
+def _resolver(cm: ConfigMap, key: str, value, opts: Options):
+    """`resolver: MEMORY` (or MEM, or `{type: mem}`): the account JWTs are
+    resolver_preload's.  Go's URL(...) and directory resolvers are refused."""
+    kind = value.get("type", "") if isinstance(value, ConfigMap) else value
+    if not isinstance(kind, str):
+        raise cm.error(key, "error parsing operator resolver, wrong type %s" % _go_type(value))
+    if kind.strip().upper() in ("MEM", "MEMORY"):
+        opts.account_resolver = "MEMORY"
+        return
+    if kind.strip().upper().startswith("URL") or kind.strip().upper() in ("FULL", "CACHE"):
+        raise cm.error(key, "the %s account resolver is not supported by gnatsd.py: use "
+                            "MEMORY with resolver_preload" % kind.strip())
+    raise cm.error(key, 'error parsing account resolver, should be MEM or  URL("url") or a '
+                        'map containing dir and type state=[FULL|CACHE])')
+
+
+def _resolver_preload(cm: ConfigMap, key: str, value, opts: Options):
+    """`resolver_preload { <account public key>: <account JWT> }`; each JWT
+    must decode as an account's (its signer is checked at login, as Go
+    checks it then)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "preload should be a map of account_public_key:account_jwt")
+    preload = opts.resolver_preload = {}
+    for name, token in value.items():
+        if not isinstance(token, str):
+            raise value.error(name, "preload map value should be a string JWT")
+        try:
+            decode_jwt(token, "account")
+        except JWTError:
+            raise value.error(name, "invalid account JWT")
+        preload[name] = token
+
+
+def _trusted(cm: ConfigMap, key: str, value, opts: Options):
+    """`trusted: [O...]`: operator keys trusted without an operator JWT."""
+    values = value if isinstance(value, list) else [value]
+    for item in values:
+        if not isinstance(item, str):
+            raise cm.error(key, "error parsing trusted: unsupported type in array %s"
+                           % _go_type(item))
+        if decode_nkey(item, NKEY_OPERATOR) is None:
+            raise cm.error(key, 'trust key "%s" required to be a valid public operator nkey'
+                           % item)
+    opts.trusted_keys = list(values)
+
+
+def validate_operators(opts: Options):
+    """Go's validateTrustedOperators, for the merged options: with an
+    operator there must be a resolver and no users or accounts of the
+    config; the trusted keys become the operators' own and signing keys."""
+    if not opts.trusted_operators:
+        return
+    if not opts.account_resolver:
+        raise ConfigError("operators require an account resolver to be configured")
+    if opts.accounts:
+        raise ConfigError("operators do not allow Accounts to be configured directly")
+    if opts.users or opts.username or opts.authorization:
+        raise ConfigError("operators do not allow users to be configured directly")
+    named = [op["nats"].get("system_account") for op in opts.trusted_operators]
+    if opts.system_account and any(named) and opts.system_account not in named:
+        raise ConfigError("system_account in config and operator JWT must be identical")
+    keys = []
+    for claims in opts.trusted_operators:
+        if not claims["nats"].get("strict_signing_key_usage"):
+            keys.append(claims["sub"])
+        keys.extend(k for k in claims["nats"].get("signing_keys") or () if isinstance(k, str))
+    for key in keys:
+        if decode_nkey(key, NKEY_OPERATOR) is None:
+            raise ConfigError('trusted Keys "%s" are required to be a valid public operator '
+                              'nkey' % key)
+    if opts.trusted_keys and opts.trusted_keys != keys:   # (validate may run twice)
+        raise ConfigError("conflicting options for 'TrustedKeys' and 'TrustedOperators'")
+    opts.trusted_keys = keys
+
+
 # Keys read by a function, because they set several options or may warn.
 CONFIG_BLOCKS = {
+    "operator": _operator,
+    "operators": _operator,
+    "root": _operator,
+    "roots": _operator,
+    "root_operator": _operator,
+    "root_operators": _operator,
+    "resolver": _resolver,
+    "account_resolver": _resolver,
+    "accounts_resolver": _resolver,
+    "resolver_preload": _resolver_preload,
+    "trusted": _trusted,
+    "trusted_keys": _trusted,
     "server_tags": _server_tags,
     "listen": _listen,
     "http": _http,
@@ -5496,6 +5629,69 @@ def map_certificate_user(users: list, identities) -> User | None:
 _DN_ATTRIBUTE_RE = re.compile(r"\s*([A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)\s*=(.*)", re.S)
 
 
+def check_reloaded_auth(client: "Client", old: Options):
+    """The work of Client.reload_config: refresh tracing and the PUB fast
+    path, close a client whose login no longer passes, and drop the
+    subscriptions the new permissions refuse.  Raises
+    _SecretCheckPending when a bcrypt answer is needed."""
+    client.trace = client.server.trace
+    if not client.connect_received:
+        client.awaiting_auth = client.auth_options().auth_required
+        return
+    client.refresh_pub_path()
+    opts = client.server.options
+    if old.username and client.user == old.username and \
+            authenticate(opts, client.credentials or {}, (), client.secret_equal) is None:
+        client.close(CLIENT_CLOSED)
+        return
+    if client.user and opts.users and all(u.username != client.user and
+                                          u.nkey != client.user for u in opts.users):
+        client.close(CLIENT_CLOSED)       # its user (or nkey) is gone
+        return
+    if client.check_auth() and client.perms is not None:
+        remove_unauthorized_subs(client)
+
+
+def remove_unauthorized_subs(client: "Client"):
+    """Drop the subscriptions the permissions no longer allow, telling
+    the client and the log about each."""
+    for sub in list(client.subs.values()):
+        if client.perms.can_subscribe(sub.subject, sub.queue):
+            continue
+        client.unsubscribe(sub)
+        what = go_quote(sub.subject)
+        if sub.queue is not None:
+            what += " using queue %s" % go_quote(sub.queue)
+        sid = sub.sid.decode("utf-8", "replace")
+        client.send_err('Permissions Violation for Subscription to %s (sid "%s")' % (what, sid))
+        client.server.log.info('Removed sub %s (sid "%s") for User %s - not authorized',
+                               what, sid, go_quote(client.user.encode()))
+
+
+def certificate_user(client: "Client", opts: Options) -> str:
+    """verify_and_map: the user `client`'s certificate names, or "",
+    with Go's log lines (checkClientTLSCertSubject)."""
+    user = map_certificate_user(opts.users, client.tls_identities)
+    names = client.tls_identities
+    if user is None:
+        if not names:
+            client.debug("User required in cert, none found")
+            return ""
+        subject = go_quote((names[-1] if "=" in names[-1] else "").encode())
+        client.debug("DistinguishedNameMatch could not be used for auth [%s]", subject)
+        client.debug("User in cert [%s], not found", subject)
+        return ""
+    if client.server.log.isEnabledFor(logging.DEBUG):
+        client.debug("Using %s for auth [%s]",
+                   cert_name_source(client.tls.sslobj.getpeercert(), user.username),
+                   go_quote(user.username.encode()))
+    given = (client.credentials or {}).get("user")
+    if given:
+        client.server.log.warning("User %s found in connect proto, but user required from "
+                                  "cert", go_quote(str(given).encode()))
+    return user.username
+
+
 def _dn_rdns(text: str) -> tuple | None:
     """A DN as RDN text parses it (Go's ldap.ParseDN), order aside: a sorted
     tuple of RDNs, each a sorted tuple of (TYPE, value); None if `text` is
@@ -5548,7 +5744,13 @@ def cert_name_source(cert: dict, name: str) -> str:
 # 8032's verification in plain Python (the `cryptography` package's, when
 # it is installed, is used instead: the same answer, faster).
 
-NKEY_USER = 20 << 3         # the prefix byte of "U" keys
+# The prefix byte of each kind of key: its first base32 letter.
+NKEY_SEED = 18 << 3         # "S..." a seed (private), followed by its kind's letter
+NKEY_OPERATOR = 14 << 3     # "O..."
+NKEY_ACCOUNT = 0            # "A..."
+NKEY_USER = 20 << 3         # "U..."
+NKEY_SERVER = 13 << 3       # "N..."
+NKEY_CLUSTER = 2 << 3       # "C..."
 NONCE_RAW_LEN = 11          # random bytes of a nonce (15 base64url characters)
 
 
@@ -5563,19 +5765,53 @@ def crc16_xmodem(data: bytes) -> int:
     return crc
 
 
-def decode_nkey(text: str, prefix: int) -> bytes | None:
-    """The 32 key bytes of public nkey `text` of kind `prefix`, or None if
-    it is not one (bad base32, length, kind or checksum)."""
-    if not isinstance(text, str) or len(text) != 56 or not text.isalnum():
+def _nkey_body(text, length: int) -> bytes | None:
+    """The bytes an nkey or seed of `length` characters encodes, its CRC16
+    checked and dropped, or None (bad base32, length or checksum)."""
+    if not isinstance(text, str) or len(text) != length or not text.isalnum():
         return None
     try:
         raw = base64.b32decode(text + "=" * (-len(text) % 8))
     except (ValueError, TypeError):
         return None
     body, crc = raw[:-2], int.from_bytes(raw[-2:], "little")
-    if len(body) != 33 or body[0] != prefix or crc16_xmodem(body) != crc:
+    return body if crc16_xmodem(body) == crc else None
+
+
+def decode_nkey(text: str, prefix: int) -> bytes | None:
+    """The 32 key bytes of public nkey `text` of kind `prefix`, or None if
+    it is not one (bad base32, length, kind or checksum)."""
+    body = _nkey_body(text, 56)
+    if body is None or body[0] != prefix:
         return None
     return body[1:]
+
+
+def encode_nkey(prefix: int, key: bytes) -> str:
+    """The public nkey of kind `prefix` for 32 key bytes."""
+    raw = bytes([prefix]) + key
+    return base64.b32encode(raw + crc16_xmodem(raw).to_bytes(2, "little")).decode().rstrip("=")
+
+
+def decode_seed(text) -> tuple | None:
+    """(kind prefix, 32 seed bytes) of an nkey seed ("SU...", "SA..."), or
+    None.  A seed's first two bytes pack the seed prefix and its kind's:
+    0b10010kkk 0bkkkkk000 (nkeys' EncodeSeed)."""
+    body = _nkey_body(text, 58)
+    if body is None or body[0] & 0xF8 != NKEY_SEED:
+        return None
+    return ((body[0] & 7) << 5) | (body[1] >> 3), body[2:]
+
+
+def nkey_sign(seed: str, data: bytes) -> tuple:
+    """(public nkey, base64url signature of `data`) for an nkey seed, as a
+    client answers a nonce (leaf remotes with a credentials file)."""
+    decoded = decode_seed(seed)
+    if decoded is None:
+        raise ValueError("not a valid nkey seed")
+    kind, raw = decoded
+    public = encode_nkey(kind, ed25519_public_key(raw))
+    return public, base64.urlsafe_b64encode(ed25519_sign(raw, data)).rstrip(b"=").decode()
 
 
 def new_nonce() -> str:
@@ -5587,136 +5823,892 @@ def nkey_signed(nkey: str, sig, nonce: bytes) -> bool:
     """Did the holder of user nkey `nkey` sign `nonce`?  `sig` is base64url
     (unpadded) or standard base64, as Go accepts it."""
     public = decode_nkey(nkey, NKEY_USER)
-    if public is None or not isinstance(sig, str) or not sig or not nonce:
+    if public is None or not sig or not nonce:
         return False
-    signature = None
-    for decode in (base64.urlsafe_b64decode, base64.b64decode):
-        try:
-            signature = decode(sig + "=" * (-len(sig) % 4))
-            break
-        except (ValueError, TypeError):
-            continue
+    signature = signature_bytes(sig)
     return signature is not None and ed25519_verify(public, nonce, signature)
 
 
+def signature_bytes(sig) -> bytes | None:
+    """A CONNECT's `sig` as bytes: base64url without padding, else
+    standard base64 (Go's RawURLEncoding, then StdEncoding); None if it is
+    neither."""
+    if not isinstance(sig, str) or not sig.isascii():
+        return None
+    if "=" not in sig and len(sig) % 4 != 1:
+        try:
+            return base64.b64decode(sig + "=" * (-len(sig) % 4), altchars=b"-_", validate=True)
+        except ValueError:
+            pass
+    if len(sig) % 4 == 0:
+        try:
+            return base64.b64decode(sig, validate=True)
+        except ValueError:
+            pass
+    return None
+
+
 # Edwards25519 (RFC 8032 section 5.1): the field prime, the group order,
-# the curve constant d, sqrt(-1), and the base point in extended coordinates.
+# the curve constant d (and 2d, as the additions use it), sqrt(-1) and the
+# base point B's affine coordinates.
+#
+# Speed, for the pure path: a 256-bit multiplication with its reduction
+# costs CPython ~0.35 us, a point doubling or addition (7 or 8 of them, in
+# Python bytecode) ~3-4 us, so what counts is how many of those there are:
+#  - points are extended twisted Edwards coordinates (X:Y:Z:T), a = -1
+#    (add-2008-hwcd-3, dbl-2008-hwcd), inlined in one loop (_ed_sum) with
+#    the coordinates in local variables: no calls, no tuples per step;
+#    T = E*H is only multiplied out when an addition needs it, so a run
+#    of doublings skips it;
+#  - B's multiples come from a table made at first use (_ed_base_table):
+#    the odd multiples 1B..127B of 2**(32j)*B, j < 8, affine, in the
+#    (y+x, y-x, 2dxy) form an addition wants: [k]B is 32 doublings and ~32
+#    additions (signing, key derivation);
+#  - verification checks [v]([S]B - [h]A - R) == 0 with h*v = u (mod 8L)
+#    and u, v of ~128 bits (a lattice reduction, _ed_halve): [vS]B - [u]A
+#    - [v]R is 128 doublings shared by four ~128-bit scalars in wNAF form
+#    (Straus), half the doublings of [S]B - [h]A; v odd keeps the answer
+#    the cofactorless one of Go's crypto/ed25519 (see ed25519_verify);
+#  - what is left is a square root for each point decoded (pow(), ~0.12 ms):
+#    R's every time, A's once (_ED_KEYS keeps decoded public keys: the same
+#    user or account keys sign again and again); an inverse is pow(z, -1, p)
+#    (Euclid's, ~0.02 ms), not z**(p-2).
 _ED_P = 2 ** 255 - 19
 _ED_L = 2 ** 252 + 27742317777372353535851937790883648493
 _ED_D = -121665 * pow(121666, _ED_P - 2, _ED_P) % _ED_P
+_ED_D2 = 2 * _ED_D % _ED_P
 _ED_I = pow(2, (_ED_P - 1) // 4, _ED_P)
+_ED_BY = 4 * pow(5, _ED_P - 2, _ED_P) % _ED_P
+_ED_BX = 15112221349535400772501151409588531511454012693041857206046113283949847762202
+
+_ED_BASE_W = 8           # wNAF width of B's table: odd multiples up to 127B
+_ED_BASE_STEP = 32       # the table's bases are B * 2**(32j), j < 8
+_ED_VAR_W = 5            # wNAF width for A and R: odd multiples up to 15P
+
+_ED_BASE: list = []      # B's table, one list per base (_ed_base_table)
+_ED_KEYS: dict = {}      # decoded public keys (32 bytes -> (x, y)), ~250 B each
+_ED_KEYS_MAX = 256       # cleared when full
+_ED_SHA512 = None        # sha512 constructor, looked up at first use
+_ED_NATIVE = None        # the `cryptography` package's Ed25519, False if absent
 
 
-def _ed_add(a: tuple, b: tuple) -> tuple:
-    """Point addition in extended coordinates (X, Y, Z, T)."""
+def _ed_double(x: int, y: int, z: int) -> tuple:
+    """2(X:Y:Z) as (X, Y, Z, T) (dbl-2008-hwcd, a = -1, as in _ed_sum)."""
     p = _ED_P
-    x1, y1, z1, t1 = a
-    x2, y2, z2, t2 = b
-    aa = (y1 - x1) * (y2 - x2) % p
-    bb = (y1 + x1) * (y2 + x2) % p
-    cc = t1 * 2 * _ED_D * t2 % p
-    dd = z1 * 2 * z2 % p
-    e, f, g, h = bb - aa, dd - cc, dd + cc, bb + aa
-    return (e * f % p, g * h % p, f * g % p, e * h % p)
+    a, b = x * x % p, y * y % p
+    e = x * y * 2 % p
+    g, h = b - a, a + b
+    f = z * z * 2 % p - g
+    return e * f % p, g * h % p, f * g % p, e * h % p
 
 
-def _ed_double(a: tuple) -> tuple:
-    """2 * point (dbl-2008-hwcd): cheaper than adding a point to itself."""
+def _ed_add(point: tuple, cached: tuple) -> tuple:
+    """(X, Y, Z, T) + a point in _ed_cached's form (add-2008-hwcd-3)."""
     p = _ED_P
-    x1, y1, z1, _ = a
-    aa, bb, cc = x1 * x1 % p, y1 * y1 % p, 2 * z1 * z1 % p
-    h = aa + bb
-    e = h - (x1 + y1) * (x1 + y1) % p
-    g = aa - bb
-    f = cc + g
-    return (e * f % p, g * h % p, f * g % p, e * h % p)
+    x, y, z, t = point
+    yp, ym, z2, t2d = cached
+    a = (y - x) * ym % p
+    b = (y + x) * yp % p
+    c = t * t2d % p
+    d = z * z2 % p
+    e, f, g, h = b - a, d - c, d + c, b + a
+    return e * f % p, g * h % p, f * g % p, e * h % p
 
 
-def _ed_mul(scalar: int, point: tuple) -> tuple:
-    """scalar * point (scalar < 2**256), four bits at a time."""
-    table = [(0, 1, 1, 0), point]
-    for _ in range(14):
-        table.append(_ed_add(table[-1], point))
-    result = (0, 1, 1, 0)
-    for shift in range(252, -1, -4):
-        result = _ed_double(_ed_double(_ed_double(_ed_double(result))))
-        nibble = (scalar >> shift) & 15
-        if nibble:
-            result = _ed_add(result, table[nibble])
-    return result
+def _ed_cached(point: tuple) -> tuple:
+    """(Y+X, Y-X, 2Z, 2dT): what an addition reads of its second point."""
+    p = _ED_P
+    x, y, z, t = point
+    return (y + x) % p, (y - x) % p, 2 * z % p, t * _ED_D2 % p
 
 
-_ED_BASE_POWERS: list = []       # 2**i * B, made at the first verification
+def _ed_odd_multiples(point: tuple, count: int) -> list:
+    """P, 3P, 5P, ... (count of them) of (X, Y, Z, T) point P."""
+    twice = _ed_cached(_ed_double(*point[:3]))
+    multiples = [point]
+    for _ in range(count - 1):
+        multiples.append(_ed_add(multiples[-1], twice))
+    return multiples
 
 
-def _ed_mul_base(scalar: int) -> tuple:
-    """scalar * B, from a table of B's powers of two (no doublings)."""
-    if not _ED_BASE_POWERS:
-        point = _ED_B
-        for _ in range(256):
-            _ED_BASE_POWERS.append(point)
-            point = _ed_double(point)
-    result = (0, 1, 1, 0)
-    for bit, power in enumerate(_ED_BASE_POWERS):
-        if scalar >> bit & 1:
-            result = _ed_add(result, power)
-    return result
+def _ed_signed_table(cached: list) -> list:
+    """The table a wNAF digit d indexes: table[d] is dP for d = 1, 3, 5 ...,
+    and table[-d] (Python's from-the-end index) is -dP, whose form is dP's
+    with Y+X and Y-X swapped and 2dT negated."""
+    table = [None] * (4 * len(cached))
+    for i, entry in enumerate(cached):
+        table[2 * i + 1] = entry
+        table[-2 * i - 1] = (entry[1], entry[0]) + entry[2:-1] + (_ED_P - entry[-1],)
+    return table
+
+
+def _ed_base_table() -> list:
+    """B's table: for each base B * 2**(32j), its odd multiples up to 127,
+    affine (Z = 1: one multiplication less per addition) as (y+x, y-x, 2dxy),
+    signed (_ed_signed_table).  512 points, ~240 KB, made in ~6 ms."""
+    if _ED_BASE:
+        return _ED_BASE
+    p = _ED_P
+    count = 1 << (_ED_BASE_W - 2)
+    points = []
+    base = (_ED_BX, _ED_BY, 1, _ED_BX * _ED_BY % p)
+    for j in range(256 // _ED_BASE_STEP):
+        if j:
+            for _ in range(_ED_BASE_STEP):
+                base = _ed_double(*base[:3])
+        points.extend(_ed_odd_multiples(base, count))
+    # Affine: one inversion for all the Zs (Montgomery's trick).
+    prefix = [1]
+    for point in points:
+        prefix.append(prefix[-1] * point[2] % p)
+    inverse = pow(prefix[-1], -1, p)
+    affine = [None] * len(points)
+    for i in range(len(points) - 1, -1, -1):
+        x, y, z, _ = points[i]
+        zi = inverse * prefix[i] % p        # 1/z
+        inverse = inverse * z % p
+        x, y = x * zi % p, y * zi % p
+        affine[i] = ((y + x) % p, (y - x) % p, x * y % p * _ED_D2 % p)
+    tables = [_ed_signed_table(affine[i:i + count]) for i in range(0, len(affine), count)]
+    _ED_BASE[:] = tables
+    return _ED_BASE
+
+
+def _ed_sum(fixed: list, var: list) -> tuple:
+    """(X, Y, Z) of the sum of k_i P_i (Straus: one run of doublings for
+    all).  `fixed` holds (k, table) with B's affine tables (_ED_BASE_W wide),
+    `var` (k, table) with _ed_signed_table(_ed_cached(...)) tables of odd
+    multiples up to (2**(_ED_VAR_W-1) - 1)P."""
+    # The additions to make after each doubling, by bit position: the
+    # table entries of the scalars' width-w NAF digits (odd, below 2**(w-1)
+    # in absolute value, at least w-1 zeros between two of them).
+    size = max(k.bit_length() for k, _ in fixed + var) + 1
+    fplan, vplan = [None] * size, [None] * size
+    for terms, plan, w in ((fixed, fplan, _ED_BASE_W), (var, vplan, _ED_VAR_W)):
+        full = 1 << w
+        half, mask = full >> 1, full - 1
+        for k, table in terms:
+            pos = 0
+            while k:
+                if k & 1:
+                    d = k & mask
+                    if d >= half:
+                        d -= full
+                    adds = plan[pos]
+                    if adds is None:
+                        plan[pos] = [table[d]]
+                    else:
+                        adds.append(table[d])
+                    k = (k - d) >> w          # k - d has w low zero bits
+                    pos += w
+                else:
+                    zeros = (k & -k).bit_length() - 1
+                    k >>= zeros
+                    pos += zeros
+    top = size - 1
+    while top > 0 and fplan[top] is None and vplan[top] is None:
+        top -= 1
+    p = _ED_P
+    # (X:Y:Z) with T = E*H; start at the neutral element (0:1:1), T = 0.
+    x, y, z, e, h = 0, 1, 1, 0, 1
+    for i in range(top, -1, -1):
+        # dbl-2008-hwcd, all four coordinates negated (the same point):
+        # E = 2XY, F = 2Z^2 - G, G = Y^2 - X^2, H = X^2 + Y^2.
+        a, b = x * x % p, y * y % p
+        e = x * y * 2 % p
+        g, h = b - a, a + b
+        f = z * z * 2 % p - g
+        x, y, z = e * f % p, g * h % p, f * g % p
+        adds = fplan[i]
+        if adds:
+            for yp, ym, t2d in adds:      # + affine point: Z2 = 1
+                a = (y - x) * ym % p
+                b = (y + x) * yp % p
+                c = e * h % p * t2d % p
+                d = z + z
+                e, f, g, h = b - a, d - c, d + c, b + a
+                x, y, z = e * f % p, g * h % p, f * g % p
+        adds = vplan[i]
+        if adds:
+            for yp, ym, z2, t2d in adds:
+                a = (y - x) * ym % p
+                b = (y + x) * yp % p
+                c = e * h % p * t2d % p
+                d = z * z2 % p
+                e, f, g, h = b - a, d - c, d + c, b + a
+                x, y, z = e * f % p, g * h % p, f * g % p
+    return x, y, z
+
+
+def _ed_mul_base(k: int) -> tuple:
+    """(X, Y, Z) of [k]B, 0 <= k < 2**256: k's 32-bit pieces times B's
+    bases in the table, in one run of 32 doublings."""
+    tables = _ed_base_table()
+    mask = (1 << _ED_BASE_STEP) - 1
+    return _ed_sum([(k >> (_ED_BASE_STEP * j) & mask, table)
+                    for j, table in enumerate(tables)], [])
+
+
+def _ed_encode(x: int, y: int, z: int) -> bytes:
+    """The 32-byte encoding of (X:Y:Z): y, with x's parity in the top bit."""
+    p = _ED_P
+    zi = pow(z, -1, p)     # Euclid's: ~7 times faster than z**(p-2)
+    x, y = x * zi % p, y * zi % p
+    return (y | (x & 1) << 255).to_bytes(32, "little")
 
 
 def _ed_decode(data: bytes) -> tuple | None:
-    """A point from its 32-byte encoding, or None if it is not on the curve."""
+    """Affine (x, y) of a 32-byte encoding, or None if it is not a point's
+    canonical encoding (RFC 8032 5.1.3: y >= p, no x, or x = 0 with the
+    sign bit set)."""
     p = _ED_P
     y = int.from_bytes(data, "little")
     sign, y = y >> 255, y & ((1 << 255) - 1)
     if y >= p:
         return None
-    x2 = (y * y - 1) * pow(_ED_D * y * y + 1, p - 2, p) % p
-    if x2 == 0:
-        if sign:
+    # x = sqrt(u/v) = u v^3 (u v^7)^((p-5)/8), one exponentiation for both
+    # the inverse and the root; then v x^2 is u (a root), -u (times
+    # sqrt(-1) it is) or neither (no point).
+    yy = y * y % p
+    u = (yy - 1) % p
+    v = (_ED_D * yy + 1) % p
+    v3 = v * v % p * v % p
+    uv3 = u * v3 % p
+    x = uv3 * pow(uv3 * v3 % p * v % p, (p - 5) // 8, p) % p
+    vxx = v * x % p * x % p
+    if vxx != u:
+        if vxx != p - u:
             return None
-        return (0, y, 1, 0)
-    x = pow(x2, (p + 3) // 8, p)
-    if (x * x - x2) % p:
         x = x * _ED_I % p
-        if (x * x - x2) % p:
-            return None
     if x & 1 != sign:
+        if not x:
+            return None
         x = p - x
-    return (x, y, 1, x * y % p)
+    return x, y
 
 
-_ED_B = _ed_decode((4 * pow(5, _ED_P - 2, _ED_P) % _ED_P).to_bytes(32, "little"))
+def _ed_halve(h: int) -> tuple:
+    """(u, v), v odd, u and |v| of ~128 bits, with u = h*v (mod 8L): the
+    extended Euclidean algorithm on (8L, h), stopped halfway.  Each row
+    keeps r = h*t (mod 8L); two neighbouring t are coprime, so one is odd."""
+    r0, r1, t0, t1 = 8 * _ED_L, h, 0, 1
+    half = 1 << 128
+    while r1 >= half:
+        q = r0 // r1
+        r0, r1, t0, t1 = r1, r0 - q * r1, t1, t0 - q * t1
+    # |t1| <= 8L / r0, about 2**127, and r1 < 2**128; r0 is larger, rarely
+    # by much (then the loop of _ed_sum is longer: still the right answer).
+    return (r1, t1) if t1 & 1 else (r0, t0)
+
+
+def _ed_sha512(*parts: bytes) -> bytes:
+    """SHA-512 of the concatenated parts.  CPython's own sha512 module
+    (_sha2 from 3.12, _sha512 before) when it is built: hashlib loads
+    OpenSSL's libcrypto (~4 MB), which only TLS users need."""
+    global _ED_SHA512
+    if _ED_SHA512 is None:
+        try:
+            from _sha2 import sha512
+        except ImportError:
+            try:
+                from _sha512 import sha512
+            except ImportError:
+                from hashlib import sha512
+        _ED_SHA512 = sha512
+    digest = _ED_SHA512()
+    for part in parts:
+        digest.update(part)
+    return digest.digest()
+
+
+def _ed_native():
+    """The `cryptography` package's Ed25519 (the same answers, 5 to 10
+    times faster) as (private key class, public key class, InvalidSignature,
+    raw encoding, raw format), or False: looked up once."""
+    global _ED_NATIVE
+    if _ED_NATIVE is None:
+        try:
+            from cryptography.exceptions import InvalidSignature
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+                Ed25519PrivateKey, Ed25519PublicKey)
+            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        except Exception:           # absent, or installed but broken
+            _ED_NATIVE = False
+        else:
+            _ED_NATIVE = (Ed25519PrivateKey, Ed25519PublicKey, InvalidSignature,
+                          Encoding.Raw, PublicFormat.Raw)
+    return _ED_NATIVE
+
+
+def _ed_secret(seed: bytes) -> tuple:
+    """(secret scalar, nonce prefix) of a 32-byte seed (RFC 8032 5.1.5)."""
+    if len(seed) != 32:
+        raise ValueError("an Ed25519 seed is 32 bytes")
+    digest = _ed_sha512(seed)
+    scalar = int.from_bytes(digest[:32], "little")
+    scalar &= (1 << 254) - 8
+    scalar |= 1 << 254
+    return scalar, digest[32:]
+
+
+def ed25519_public_key(seed: bytes) -> bytes:
+    """The 32-byte public key of a 32-byte Ed25519 seed (RFC 8032 5.1.5)."""
+    native = _ed_native()
+    if native:
+        if len(seed) != 32:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+        return native[0].from_private_bytes(bytes(seed)).public_key().public_bytes(
+            native[3], native[4])
+    # B has order L: [a]B = [a mod L]B, and a mod L fits the table.
+    return _ed_encode(*_ed_mul_base(_ed_secret(seed)[0] % _ED_L))
+
+
+def ed25519_public_key_once(seed: bytes) -> bytes:
+    """ed25519_public_key in plain Python without B's table (~2 ms): for a
+    key made once, such as the server's own at startup, neither the table's
+    240 KB nor the `cryptography` package's import are worth it."""
+    p = _ED_P
+    odd = _ed_odd_multiples((_ED_BX, _ED_BY, 1, _ED_BX * _ED_BY % p), 1 << (_ED_VAR_W - 2))
+    table = _ed_signed_table([_ed_cached(m) for m in odd])
+    return _ed_encode(*_ed_sum([], [(_ed_secret(seed)[0] % _ED_L, table)]))
+
+
+def ed25519_sign(seed: bytes, message: bytes) -> bytes:
+    """RFC 8032's deterministic 64-byte signature of `message` by the key
+    of a 32-byte seed (5.1.6)."""
+    native = _ed_native()
+    if native:
+        if len(seed) != 32:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+        return native[0].from_private_bytes(bytes(seed)).sign(bytes(message))
+    scalar, prefix = _ed_secret(seed)
+    public = _ed_encode(*_ed_mul_base(scalar % _ED_L))
+    r = int.from_bytes(_ed_sha512(prefix, message), "little") % _ED_L
+    big_r = _ed_encode(*_ed_mul_base(r))
+    h = int.from_bytes(_ed_sha512(big_r, public, message), "little") % _ED_L
+    return big_r + ((r + h * scalar) % _ED_L).to_bytes(32, "little")
 
 
 def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
     """RFC 8032's Ed25519 verification: is `signature` the holder of
-    `public`'s signature of `message`?"""
+    `public`'s signature of `message`?  Cofactorless, as Go's
+    crypto/ed25519: [S]B - [h]A must be R itself, S < L."""
     if len(public) != 32 or len(signature) != 64:
         return False
-    try:   # the optional `cryptography` package: the same answer, faster
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-        from cryptography.exceptions import InvalidSignature
-    except ImportError:
-        pass
-    else:
+    native = _ed_native()
+    if native:
         try:
-            Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+            native[1].from_public_bytes(bytes(public)).verify(bytes(signature), bytes(message))
             return True
-        except (InvalidSignature, ValueError):
+        except (native[2], ValueError):
             return False
-    import hashlib     # here: hashlib loads OpenSSL's libcrypto, for nkey users only
-    a = _ed_decode(public)
-    r = _ed_decode(signature[:32])
+    p, order = _ED_P, _ED_L
     s = int.from_bytes(signature[32:], "little")
-    if a is None or r is None or s >= _ED_L:
+    if s >= order:
         return False
-    h = int.from_bytes(hashlib.sha512(signature[:32] + public + message).digest(),
-                       "little") % _ED_L
-    left = _ed_mul_base(s)
-    right = _ed_add(r, _ed_mul(h, a))
-    p = _ED_P
-    return ((left[0] * right[2] - right[0] * left[2]) % p == 0
-            and (left[1] * right[2] - right[1] * left[2]) % p == 0)
+    public = bytes(public)
+    a = _ED_KEYS.get(public)
+    if a is None:
+        a = _ed_decode(public)
+        if a is None:
+            return False
+        if len(_ED_KEYS) >= _ED_KEYS_MAX:
+            _ED_KEYS.clear()
+        _ED_KEYS[public] = a
+    r = _ed_decode(signature[:32])       # Go compares R's bytes: canonical only
+    if r is None:
+        return False
+    h = int.from_bytes(_ed_sha512(signature[:32], public, message), "little") % order
+    # Q = [S]B - [h]A - R must be 0.  With u = h*v (mod 8L), every point's
+    # order dividing 8L: [v]Q = [vS mod L]B - [u]A - [v]R.  [v]Q = 0 means
+    # Q's order divides v, and v odd, 0 < |v| < L, leaves only Q = 0: the
+    # same answer as Q itself, for any A and R, small-order parts included.
+    u, v = _ed_halve(h)
+    w = v * s % order
+    (ax, ay), (rx, ry) = a, r
+    if v > 0:
+        rx = p - rx                       # [v](-R)
+    else:
+        v = -v                            # [-v](R)
+    var = []
+    for k, x, y in ((u, p - ax, ay), (v, rx, ry)):   # [u](-A)
+        if k:
+            odd = _ed_odd_multiples((x, y, 1, x * y % p), 1 << (_ED_VAR_W - 2))
+            var.append((k, _ed_signed_table([_ed_cached(m) for m in odd])))
+    tables = _ed_base_table()
+    fixed = [(w & ((1 << 128) - 1), tables[0]), (w >> 128, tables[128 // _ED_BASE_STEP])]
+    x, y, z = _ed_sum(fixed, var)
+    return x == 0 and y == z
+
+
+# -- operator mode: JWTs signed by a trusted operator --------------------------
+#
+# In operator mode (Go's "decentralized auth") no user is configured.  The
+# config trusts an operator's key (its JWT names the keys that may sign for
+# it); every account is a JWT one of those keys signed (the MEMORY resolver:
+# resolver_preload lists them); a user logs in with a JWT that its account,
+# or one of the account's signing keys, signed, and with its signature of
+# our INFO's nonce, as an nkey user does.  A JWT is three base64url
+# segments: a header {"typ":"JWT","alg":"ed25519-nkey"}, the claims, and
+# the issuer's Ed25519 signature of the first two.  The claims name the
+# issuer (iss), the subject's public key (sub), times (iat, exp, nbf) and,
+# under "nats", the JWT's type and what it grants: an account's exports,
+# imports, limits, signing keys, revocations and default permissions; a
+# user's permissions, limits, allowed connection types and source networks
+# (the nats-io/jwt v2 library's claims).  Chapter 5's Client logs in with
+# `jwt_login` and is closed when its JWT (or its account's) expires.
+
+class JWTError(ValueError):
+    """A JWT that does not decode, or whose signature does not verify."""
+
+
+# The key kinds that may issue (and be the subject of) each kind of JWT.
+JWT_ISSUERS = {"operator": NKEY_OPERATOR, "account": NKEY_OPERATOR, "user": NKEY_ACCOUNT}
+JWT_SUBJECTS = {"operator": NKEY_OPERATOR, "account": NKEY_ACCOUNT, "user": NKEY_USER}
+
+# The connection types a user JWT may allow (jwt's ConnectionType*).
+CONNECTION_TYPES = ("STANDARD", "WEBSOCKET", "LEAFNODE", "LEAFNODE_WS", "MQTT", "MQTT_WS",
+                    "IN_PROCESS")
+
+# Verified JWTs by their text: a JWT's signature covers all of it, so one
+# that verified once needs no second Ed25519 check (a client reconnecting
+# with the same credentials, its account's JWT at every login).
+_VERIFIED_JWTS: dict = {}
+_VERIFIED_JWTS_MAX = 1024
+
+
+def _b64url(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def decode_jwt(token: str, kind: str) -> dict:
+    """The claims of a JWT of `kind` ("operator", "account", "user") whose
+    issuer's signature verifies; raises JWTError with the jwt library's
+    words.  Times are not checked here (jwt_time_error)."""
+    claims = _VERIFIED_JWTS.get(token)
+    if claims is not None and claims["nats"].get("type") == kind:
+        return claims
+    parts = token.split(".") if isinstance(token, str) else ()
+    if len(parts) != 3:
+        raise JWTError("expected 3 chunks")
+    try:
+        header = json.loads(_b64url(parts[0]))
+        claims = json.loads(_b64url(parts[1]))
+        signature = _b64url(parts[2])
+    except (ValueError, TypeError):
+        raise JWTError("illegal base64 data")
+    if not isinstance(header, dict) or str(header.get("typ", "")).upper() != "JWT":
+        raise JWTError("not supported type")
+    if header.get("alg") != "ed25519-nkey":
+        raise JWTError('unexpected "%s" algorithm' % header.get("alg"))
+    if not isinstance(claims, dict) or not isinstance(claims.get("nats"), dict):
+        raise JWTError("not %s claim" % kind)
+    if claims["nats"].get("type") != kind:
+        raise JWTError("not %s claim" % kind)
+    issuer = decode_nkey(claims.get("iss"), JWT_ISSUERS[kind])
+    if issuer is None:
+        raise JWTError("unable to validate issuer")
+    if decode_nkey(claims.get("sub"), JWT_SUBJECTS[kind]) is None:
+        raise JWTError("subject is not a valid %s public key" % kind)
+    if not ed25519_verify(issuer, (parts[0] + "." + parts[1]).encode(), signature):
+        raise JWTError("claim failed V2 signature verification")
+    if len(_VERIFIED_JWTS) >= _VERIFIED_JWTS_MAX:
+        _VERIFIED_JWTS.clear()
+    _VERIFIED_JWTS[token] = claims
+    return claims
+
+
+def jwt_time_error(claims: dict, now: float | None = None) -> str:
+    """"claim is expired" or "claim is not yet valid" (jwt's ClaimsData
+    Validate, to the second), or ""."""
+    now = int(time.time() if now is None else now)
+    expires, not_before = claims.get("exp") or 0, claims.get("nbf") or 0
+    if expires > 0 and now > expires:
+        return "claim is expired"
+    if not_before > 0 and not_before > now:
+        return "claim is not yet valid"
+    return ""
+
+
+def decorated_jwt(text: str) -> str:
+    """The JWT in `text`: the text itself, or the one between a file's
+    -----BEGIN ... JWT----- and ------END ... JWT------ lines (nsc's files)."""
+    lines = [line.strip() for line in text.splitlines()]
+    for i, line in enumerate(lines):
+        if line.startswith("-----BEGIN") and line.endswith("JWT-----") and i + 1 < len(lines):
+            return lines[i + 1]
+    return text.strip()
+
+
+def read_credentials(path: str) -> tuple:
+    """(user JWT, nkey seed) from a .creds file (the nats tools' format:
+    the JWT and the seed each between a BEGIN and an END line)."""
+    with open(path) as f:
+        text = f.read()
+    blocks = re.findall(r"-{3,}BEGIN[^\n]*-{3,}\s*\n\s*(\S+)\s*\n\s*-{3,}END", text)
+    if len(blocks) < 2:
+        raise ValueError("%s: expected a user JWT and a seed" % path)
+    return blocks[0], blocks[1]
+
+
+def jwt_permissions(claims: dict) -> Permissions | None:
+    """Permissions from the pub/sub/resp of a user JWT's (or an account's
+    default) permissions; None when they list nothing (Go's
+    buildPermissionsFromJwt)."""
+    pub = claims.get("pub") or {}
+    sub = claims.get("sub") or {}
+    resp = claims.get("resp")
+    if not (pub.get("allow") or pub.get("deny") or sub.get("allow") or sub.get("deny")
+            or resp is not None):
+        return None
+    perms = Permissions()
+    if pub.get("allow") or pub.get("deny"):
+        perms.publish_allow, perms.publish_deny = pub.get("allow") or None, pub.get("deny")
+    if sub.get("allow") or sub.get("deny"):
+        perms.subscribe_allow, perms.subscribe_deny = sub.get("allow") or None, sub.get("deny")
+    if resp is not None:       # Go's validateResponsePermissions: 0 means the default
+        max_msgs, ttl = resp.get("max") or 0, (resp.get("ttl") or 0) / 1e9
+        perms.responses = (max_msgs if max_msgs > 0 else 1, ttl if ttl > 0 else 120.0)
+    return perms
+
+
+def _limit(value) -> int:
+    """A JWT limit: -1 (jwt.NoLimit) for none, else the number (0 is 0)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _lowest_limit(first: int, second: int) -> int:
+    """The lower of two JWT limits, -1 being none (Go's minLimit)."""
+    if first == -1:
+        return second
+    return first if second == -1 else min(first, second)
+
+
+class JWTLogin:
+    """What a user JWT grants a connection: its user key, permissions,
+    account, limits and when its login ends."""
+
+    __slots__ = ("user", "permissions", "account", "max_payload", "max_subs", "expires_in")
+
+    def __init__(self, user, permissions, account, max_payload, max_subs, expires_in):
+        self.user = user
+        self.permissions = permissions
+        self.account = account
+        self.max_payload = max_payload      # -1: no limit of its own
+        self.max_subs = max_subs
+        self.expires_in = expires_in        # seconds until the login ends, or None
+
+
+def jwt_login(accounts: dict, client) -> JWTLogin | None:
+    """Log `client` in with the user JWT of its CONNECT (Go's
+    processClientOrLeafAuthentication in operator mode), or None, having
+    logged Go's reason.  `client` gives the credentials, the nonce, the
+    address and the connection type, and logs."""
+    credentials = client.credentials or {}
+    try:
+        user = decode_jwt(credentials.get("jwt"), "user")
+    except JWTError:
+        user = None
+    if user is None:
+        client.debug("Authentication requires a user JWT")
+        return None
+    problem = jwt_time_error(user)
+    if problem:
+        client.debug("User JWT no longer valid: &{Issues:[%s]}", problem)
+        return None
+    nats = user["nats"]
+    issuer = nats.get("issuer_account") or user["iss"]
+    account = accounts.get(issuer)
+    if account is None or account.claims is None:
+        client.server.log.warning("Account fetch failed: account missing")
+        client.debug("Account JWT lookup error: account missing")
+        return None
+    if not account.trusted or (account.expired and not account.registered):
+        client.debug("Account JWT lookup error: account validation failed")
+        return None
+    account.registered = True
+    if user["iss"] not in account.signing_keys:
+        client.debug("User JWT issuer is not known")
+        return None
+    template = account.signing_keys[user["iss"]]
+    if template is not None:        # a scoped signing key: its template, not the user's
+        if any(nats.get(k) for k in _USER_LIMIT_CLAIMS):
+            client.debug("User JWT is not valid: scoped users require no permissions or "
+                         "limits set")
+            return None
+        try:
+            nats = dict(nats, **scoped_limits(template, user, account))
+        except ValueError:
+            client.debug("User JWT generated invalid permissions")
+            return None
+    if account.expired:
+        client.debug("Account JWT has expired")
+        return None
+    if nats.get("bearer_token") and account.disallow_bearer:
+        client.debug("Account does not allow bearer tokens")
+        return None
+    allowed = [str(t).upper() for t in nats.get("allowed_connection_types") or ()]
+    known = [t for t in allowed if t in CONNECTION_TYPES]
+    if len(known) < len(allowed):
+        client.debug("invalid connection types %s",
+                     "[%s]" % " ".join(go_quote(t.encode()) for t in allowed if t not in known))
+        if not known:
+            return None
+    if known and client.connection_type() not in known:
+        client.debug("Connection type not allowed")
+        return None
+    if not nats.get("bearer_token"):
+        sig = credentials.get("sig")
+        if not sig:
+            client.debug("Signature missing")
+            return None
+        signature = signature_bytes(sig)
+        if signature is None:
+            client.debug("Signature not valid base64")
+            return None
+        if not ed25519_verify(decode_nkey(user["sub"], NKEY_USER), client.nonce, signature):
+            client.debug("Signature not verified")
+            return None
+    revoked = account.revocations.get(user["sub"])
+    revoked_all = account.revocations.get("*")
+    issued = user.get("iat") or 0
+    if (revoked is not None and revoked >= issued) or \
+            (revoked_all is not None and revoked_all >= issued):
+        client.debug("User authentication revoked")
+        return None
+    if not _source_allowed(nats.get("src"), client.host):
+        client.error("Bad src Ip %s", client.host)
+        return None
+    allowed_now, valid_for = _times_allowed(nats.get("times"), nats.get("times_location"))
+    if not allowed_now:
+        client.error("Outside connect times")
+        return None
+    perms = jwt_permissions(nats)
+    if perms is None:
+        perms = account.default_permissions
+    expires_in = None
+    if user.get("exp"):
+        expires_in = max(0, user["exp"] - int(time.time()))   # Go counts whole seconds
+    if valid_for is not None and (expires_in is None or valid_for < expires_in):
+        expires_in = valid_for
+    return JWTLogin(user["sub"], perms, account.name, _limit(nats.get("payload")),
+                    _limit(nats.get("subs")), expires_in)
+
+
+def jwt_client_login(client: "Client") -> bool:
+    """Operator mode: log `client` in with the user JWT of its CONNECT
+    (jwt_login), under its account's and its own limits, until the JWT
+    expires (Client.check_auth calls this)."""
+    login = jwt_login(client.server.accounts, client)
+    if login is None:
+        client.auth_violation()
+        return False
+    account = client.server.accounts[login.account]
+    if account is not client.account and account.max_connections != -1 and \
+            account.client_count >= account.max_connections:
+        client.error(ERR_MAX_ACCOUNT_CONNECTIONS)
+        client.send_err_and_close(ERR_MAX_ACCOUNT_CONNECTIONS, MAX_ACCOUNT_CONNECTIONS_EXCEEDED)
+        return False
+    client.user, client.awaiting_auth = login.user, False
+    client.perms = ClientPermissions(login.permissions) if login.permissions else None
+    client.bind_account(account)
+    # Go's applyAccountLimits: the lowest of the user's, the account's
+    # and the server's limits; -1 is none, 0 is zero.
+    client.max_payload = _lowest_limit(login.max_payload, account.max_payload)
+    client.max_subs = _lowest_limit(login.max_subs, account.max_subs)
+    if client.expiry_entry is not None:
+        client.server.cancel_timer(client.expiry_entry)
+        client.expiry_entry = None
+    if login.expires_in is not None:
+        client.expiry_entry = client.server.add_timer(
+            login.expires_in, lambda: end_jwt_login(client))
+    client.refresh_pub_path()
+    client.update_log_prefix()
+    if client.max_subs != -1 and len(client.subs) >= client.max_subs:
+        client.error(ERR_MAX_SUBSCRIPTIONS)
+        client.send_err_and_close(ERR_MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS_EXCEEDED)
+        return False
+    client.server.system_client.client_event(client, "CONNECT")
+    return True
+
+
+def end_jwt_login(client: "Client", message: str = ERR_USER_EXPIRED):
+    """Timer callback: the user's JWT (or, with ERR_ACCOUNT_EXPIRED, its
+    account's) has expired; tell the client and close (Go's authExpired,
+    whose log line names the account and the user)."""
+    client.expiry_entry = None
+    if not client.closed:
+        client.debug("%s - Account:%s - jwt:%s", message, client.account.label, client.user)
+        client.send_err_and_close(message, AUTHENTICATION_EXPIRED)
+
+
+def start_operator_mode(server: "Server"):
+    """Operator mode's startup lines: each trusted operator, and the
+    preloaded accounts whose JWTs have expired (Go's Start and
+    checkResolvePreloads); then the accounts' expiry timers."""
+    def when(seconds):
+        return time.strftime("%Y-%m-%d %H:%M:%S %z %Z", time.localtime(seconds))
+    opts, log = server.options, server.log
+    log.info("Trusted Operators")
+    for claims in opts.trusted_operators:
+        log.info("  System  : %s", go_quote(str(claims.get("aud", "")).encode()))
+        log.info("  Operator: %s", go_quote(str(claims.get("name", "")).encode()))
+        log.info("  Issued  : %s", when(claims.get("iat") or 0))
+        log.info("  Expires : %s", when(claims["exp"]) if claims.get("exp") else "Never")
+    if not opts.system_account:
+        log.warning("Trusted Operators should utilize a System Account")
+    for name, token in (opts.resolver_preload or {}).items():
+        problem = jwt_time_error(decode_jwt(token, "account"))
+        if problem:
+            log.warning("Account [%s] has validation issues:", name)
+            log.warning("  - %s", problem)
+    arm_account_expiry(server)
+
+
+def arm_account_expiry(server: "Server"):
+    """When an account's JWT expires, its clients are told and closed
+    (Go's Account.expiredTimeout); Go's timer counts whole seconds."""
+    for account in server.accounts.values():
+        expires = (account.claims or {}).get("exp") or 0
+        if expires and not account.expired:
+            server.add_timer(max(0, expires - int(time.time())),
+                             lambda account=account: expire_account(server, account))
+
+
+def expire_account(server: "Server", account: Account):
+    """Timer callback: `account`'s JWT has expired (if a reload has not
+    replaced it): no more logins, and every client in it is closed."""
+    if server.accounts.get(account.name) is not account:
+        return
+    account.expired = True
+    for client in list(server.clients.values()):
+        if client.account is account:
+            end_jwt_login(client, ERR_ACCOUNT_EXPIRED)
+
+
+# What a user signed by a scoped signing key may not set: the key's
+# template sets them (jwt's UserPermissionLimits, compared with its zero).
+_USER_LIMIT_CLAIMS = ("pub", "sub", "resp", "src", "times", "times_location", "subs", "data",
+                      "payload", "bearer_token", "proxy_required", "allowed_connection_types")
+
+_TEMPLATE_RE = re.compile(r"\{\{([^}]+)\}\}")
+
+
+def scoped_limits(template: dict, user: dict, account: Account) -> dict:
+    """A scoped signing key's template for this user, with {{name()}},
+    {{subject()}}, {{account-name()}}, {{account-subject()}}, {{tag(x)}}
+    and {{account-tag(x)}} filled in (Go's processUserPermissionsTemplate);
+    ValueError when one cannot be.  An allow list the templates empty
+    becomes a deny of everything."""
+    import itertools
+    nats = user["nats"]
+    fields = {k: v for k, v in template.items()}
+
+    def values(op: str) -> list:
+        name = op.strip().lower()
+        if name == "name()":
+            return [user.get("name", "")]
+        if name == "subject()":
+            return [user["sub"]]
+        if name == "account-name()":
+            return [(account.claims or {}).get("name", "")]
+        if name == "account-subject()":
+            return [nats.get("issuer_account", "")]
+        for prefix, tags in (("tag(", nats.get("tags")),
+                             ("account-tag(", (account.claims or {}).get("nats", {}).get("tags"))):
+            if name.startswith(prefix) and name.endswith(")"):
+                key = name[len(prefix):-1] + ":"
+                return [t[len(key):] for t in tags or () if t.startswith(key)]
+        raise ValueError("template operation %r is not defined" % op)
+
+    def expand(entries, strict: bool) -> list:
+        out = []
+        for entry in entries or ():
+            ops = _TEMPLATE_RE.findall(entry)
+            if not ops:
+                out.append(entry)
+                continue
+            choices = [values(op) for op in ops]
+            if strict and any(not c for c in choices):
+                raise ValueError("generated invalid subject")
+            for combo in itertools.product(*choices):
+                subject = entry
+                for op, value in zip(ops, combo):
+                    subject = subject.replace("{{%s}}" % op, value)
+                if is_valid_subject(subject.encode()):
+                    out.append(subject)
+                elif strict:
+                    raise ValueError("generated invalid subject")
+        return out
+
+    for what in ("pub", "sub"):
+        lists = dict(fields.get(what) or {})
+        had_allow = bool(lists.get("allow"))
+        lists["allow"] = expand(lists.get("allow"), False)
+        lists["deny"] = expand(lists.get("deny"), True)
+        if had_allow and not lists["allow"]:
+            lists["deny"] = lists["deny"] + [">"]
+        fields[what] = lists
+    return fields
+
+
+def _source_allowed(cidrs, host: str) -> bool:
+    """Is `host` in one of a user JWT's `src` networks (or are there none)?"""
+    if not cidrs:
+        return True
+    if isinstance(cidrs, str):
+        cidrs = [c.strip() for c in cidrs.split(",")]
+    import ipaddress
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    for cidr in cidrs:
+        try:
+            if address in ipaddress.ip_network(cidr, strict=False):
+                return True
+        except ValueError:
+            return False
+    return False
+
+
+def _times_allowed(times, location) -> tuple:
+    """(may log in now, seconds until the current range ends or None) for a
+    user JWT's `times` ([{start: "HH:MM:SS", end: ...}], in `location`'s
+    time or local time; a range may cross midnight), as Go's validateTimes."""
+    if not times:
+        return True, None
+    import datetime
+    zone = None
+    if location:
+        try:
+            import zoneinfo
+            zone = zoneinfo.ZoneInfo(location)
+        except Exception:
+            return False, None
+    now = datetime.datetime.now(zone) if zone else datetime.datetime.now()
+    best = None
+    for entry in times:
+        try:
+            start = datetime.datetime.strptime(entry["start"], "%H:%M:%S").time()
+            end = datetime.datetime.strptime(entry["end"], "%H:%M:%S").time()
+        except (KeyError, TypeError, ValueError):
+            return False, None
+        start_at = now.replace(hour=start.hour, minute=start.minute, second=start.second,
+                               microsecond=0)
+        end_at = now.replace(hour=end.hour, minute=end.minute, second=end.second,
+                             microsecond=0)
+        left = None
+        if start_at < now < end_at:
+            left = (end_at - now).total_seconds()
+        elif start_at > end_at:                       # crosses midnight
+            if end_at > now:
+                left = (end_at - now).total_seconds()
+            elif start_at < now:
+                left = (end_at + datetime.timedelta(days=1) - now).total_seconds()
+        if left is not None and (best is None or left > best):
+            best = left
+    return best is not None, best
 
 
 def _secret_equal(given, expected: str) -> bool:
@@ -6005,10 +6997,10 @@ class StreamImport:
         self.exporter = exporter
         self.source = source
         self.local = local
-        self.local_tokens = local.split(b".")
         mapped = source != local
         self.to_local = SubjectTransform(source, local) if mapped else None
-        self.to_source = SubjectTransform(local, source) if mapped else None
+        self.to_source = self.to_local.inverse() if mapped else None
+        self.local_tokens = self.to_source.source if mapped else local.split(b".")
 
 
 class ServiceImport:
@@ -6053,6 +7045,25 @@ class Account:
         self.bridged: dict = {True: {}, False: {}}
         self.client_count = 0                # clients logged in now
         self.total_connections = 0
+        # Operator mode (an account JWT's claims; apply_account_claims):
+        self.claims = None                   # the JWT's claims, None for a config account
+        self.trusted = True                  # signed by a trusted operator key
+        self.signing_keys: dict = {}         # key that may sign users -> scope template or None
+        self.revocations: dict = {}          # user key ("*" all) -> revoked if issued by then
+        self.max_connections = -1            # -1: no limit (jwt.NoLimit)
+        self.max_subs = -1
+        self.max_payload = -1
+        self.disallow_bearer = False
+        self.default_permissions = None      # for users whose JWT lists none
+        self.expired = False
+        self.registered = False              # looked up by a login (Go registers it then)
+
+    @property
+    def label(self) -> str:
+        """How logs name the account: an account JWT's adds its name
+        (Go's traceLabel, "A.../APP")."""
+        name = (self.claims or {}).get("name")
+        return "%s/%s" % (self.name, name) if name else self.name
 
     def __repr__(self) -> str:
         return "<Account %s>" % self.name
@@ -6089,13 +7100,16 @@ class Account:
 
 def build_accounts(opts: Options) -> dict:
     """Account objects from the options: $G, the system account, and every
-    configured one, with imports resolved (checked by `check_accounts`)."""
+    configured one (in operator mode, every preloaded account JWT), with
+    imports resolved (checked by `check_accounts`, or jwt_account_configs)."""
     accounts = {GLOBAL_ACCOUNT: Account(GLOBAL_ACCOUNT)}
-    configs = opts.accounts or {}
-    for name in configs:
+    configs = jwt_account_configs(opts) if opts.trusted_keys else (opts.accounts or {})
+    for name, config in configs.items():
         accounts[name] = Account(name)
+        if config.claims is not None:
+            apply_account_claims(accounts[name], config.claims, opts.trusted_keys)
     system = opts.system_account or SYSTEM_ACCOUNT
-    accounts.setdefault(system, Account(system))
+    accounts.setdefault(system, Account(system)).registered = True   # Go looks it up at start
     for name, config in configs.items():
         account = accounts[name]
         account.exports_services = any(e.kind == "service" for e in config.exports)
@@ -6113,6 +7127,85 @@ def build_accounts(opts: Options) -> dict:
             else:
                 account.service_imports[si.local] = si
     return accounts
+
+
+def jwt_account_configs(opts: Options) -> dict:
+    """Operator mode: an AccountConfig for each preloaded account JWT (its
+    exports, and the imports whose export exists and lets it in; the others
+    are left out with Go's log line, as Go leaves them incomplete)."""
+    configs = {}
+    for name, token in (opts.resolver_preload or {}).items():
+        try:
+            claims = decode_jwt(token, "account")
+        except JWTError as exc:
+            log.error("Account JWT for %s not valid: %s", name, exc)
+            continue
+        if claims["sub"] != name:
+            log.error("Account JWT for %s names account %s", name, claims["sub"])
+            continue
+        config = configs[name] = AccountConfig(name)
+        config.claims = claims
+        for export in claims["nats"].get("exports") or ():
+            kind, subject = export.get("type"), export.get("subject")
+            if kind not in ("stream", "service") or not isinstance(subject, str) or \
+                    not is_valid_subject(subject.encode()):
+                continue
+            threshold = (export.get("response_threshold") or 0) / 1e9 or 120.0
+            config.exports.append(Export(
+                kind, subject, [] if export.get("token_req") else None,
+                str(export.get("response_type") or "singleton").lower(), threshold))
+    for config in configs.values():
+        for imp in config.claims["nats"].get("imports") or ():
+            kind, account = imp.get("type"), imp.get("account")
+            subject, to = imp.get("subject") or "", imp.get("to") or ""
+            local = imp.get("local_subject") or ""
+            if kind == "stream":       # `to` is a prefix (deprecated); local_subject renames
+                made = Import(kind, account, subject, local or (to.rstrip(".") + "." + subject
+                                                                if to else subject))
+            elif kind == "service":    # `subject` is the importer's, `to` the exporter's
+                made = Import(kind, account, to or subject, local or subject) if local \
+                    else Import(kind, account, to or subject, subject)
+            else:
+                continue
+            exporter = configs.get(account)
+            export = exporter and find_export(exporter, kind, made.subject)
+            if exporter is None:
+                log.error("Can't locate account [%s] for import of [%s] %s", account, subject,
+                          kind)
+            elif export is None or export.accounts is not None or \
+                    not all(is_valid_subject(s.encode()) for s in (made.subject, made.to)) or \
+                    not same_wildcards(made.subject, made.to):
+                log.debug("Error adding %s import to account [%s]: %s import not authorized",
+                          kind, config.name, kind)
+            else:
+                config.imports.append(made)
+    return configs
+
+
+def apply_account_claims(account: Account, claims: dict, trusted_keys) -> None:
+    """An account JWT's claims on its Account (Go's updateAccountClaims):
+    who may sign its users, revocations, limits, default permissions and
+    whether it has expired."""
+    nats = claims["nats"]
+    account.claims = claims
+    account.trusted = claims["iss"] in (trusted_keys or ())
+    keys = {account.name: None}
+    for entry in nats.get("signing_keys") or ():
+        if isinstance(entry, str):
+            keys[entry] = None
+        elif isinstance(entry, dict) and entry.get("kind") == "user_scope":
+            # jwt's NewUserScope: the template's limits are -1 unless given
+            keys[entry.get("key")] = dict({"subs": -1, "data": -1, "payload": -1},
+                                          **(entry.get("template") or {}))
+    account.signing_keys = keys
+    account.revocations = dict(nats.get("revocations") or {})
+    limits = nats.get("limits") or {}
+    account.max_connections = _limit(limits.get("conn"))
+    account.max_subs = _limit(limits.get("subs"))
+    account.max_payload = _limit(limits.get("payload"))
+    account.disallow_bearer = bool(limits.get("disallow_bearer"))
+    account.default_permissions = jwt_permissions(nats.get("default_permissions") or {})
+    account.expired = jwt_time_error(claims) == "claim is expired"
 
 
 def _random_token(n: int) -> bytes:
@@ -9396,6 +10489,9 @@ class Monitor:
         })
         if opts.server_tags:
             varz["tags"] = list(opts.server_tags)
+        if opts.trusted_operators:
+            varz["trusted_operators_jwt"] = list(opts.operator_jwts)
+            varz["trusted_operators_claim"] = list(opts.trusted_operators)
         varz.update({
             "system_account": server.system_account.name,
             "slow_consumer_stats": {"clients": server.slow_consumers, "routes": 0,
@@ -11127,11 +12223,12 @@ class ServerControl:
             configure_logging(new, self.log)
         self.trace = new.trace
         self.info_template = self.build_info()
-        if old.accounts or new.accounts:
+        if old.accounts or new.accounts or old.trusted_keys or new.trusted_keys:
             self.accounts = build_accounts(new)
             self.global_account = self.accounts[GLOBAL_ACCOUNT]
             self.system_account = self.accounts[new.system_account or SYSTEM_ACCOUNT]
             self.system_client.rebind()
+            arm_account_expiry(self)
         for client in list(self.clients.values()):
             client.reload_config(old)
         for route in self.cluster.conns:

@@ -495,6 +495,12 @@ def test_max_payload_over_8mb_is_a_warning():
 # feature this build does not have, accepts it and names it in one startup
 # warning: a config file written for Go always loads (issue 13).
 
+# A self-signed operator JWT (its key's seed is the bytes 0..31), the
+# sample value of the operator keys.
+SAMPLE_OPERATOR_KEY = "OAB2CB576PHBBPQ5ODORRZ2LYCMWPZGWGCN2KDK7DXOIMZASKUY3QZVT"
+SAMPLE_OPERATOR = '"' + (
+    "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJpYXQiOjE3NjUwMDAwMDAsImlzcyI6Ik9BQjJDQjU3NlBIQkJQUTVPRE9SUloyTFlDTVdQWkdXR0NOMktESzdEWE9JTVpBU0tVWTNRWlZUIiwianRpIjoiU0FNUExFIiwibmFtZSI6InNhbXBsZSIsInN1YiI6Ik9BQjJDQjU3NlBIQkJQUTVPRE9SUloyTFlDTVdQWkdXR0NOMktESzdEWE9JTVpBU0tVWTNRWlZUIiwibmF0cyI6eyJ0eXBlIjoib3BlcmF0b3IiLCJ2ZXJzaW9uIjoyfX0.-J9YOgwmVD7DToqH-xpd7fT9Pqd7fF3omHjy17dIaqi5_3fgAlFOVEEX54YKDKPAxm-KJ3UNQje_wUNoCOXqBQ") + '"'
+
 GO_215_KEYS = {
     "listen": '"127.0.0.1:4333"', "client_advertise": '"h:1"', "port": "4333",
     "server_name": "n1", "host": "127.0.0.1", "net": "127.0.0.1", "debug": "true",
@@ -520,14 +526,14 @@ GO_215_KEYS = {
         os.path.join(ROOT, "tests", "certs", "server-cert.pem"),
         os.path.join(ROOT, "tests", "certs", "server-key.pem")),
     "allow_non_tls": "true", "write_deadline": '"10s"', "write_timeout": "retry",
-    "lame_duck_duration": '"30s"', "lame_duck_grace_period": '"10s"', "operator": '"op.jwt"',
-    "operators": '"op.jwt"', "roots": '"op.jwt"', "root": '"op.jwt"',
-    "root_operators": '"op.jwt"', "root_operator": '"op.jwt"', "resolver": "MEMORY",
+    "lame_duck_duration": '"30s"', "lame_duck_grace_period": '"10s"', "operator": SAMPLE_OPERATOR,
+    "operators": SAMPLE_OPERATOR, "roots": SAMPLE_OPERATOR, "root": SAMPLE_OPERATOR,
+    "root_operators": SAMPLE_OPERATOR, "root_operator": SAMPLE_OPERATOR, "resolver": "MEMORY",
     "account_resolver": "MEMORY", "accounts_resolver": "MEMORY", "resolver_tls": "{}",
     "resolver_preload": "{}", "resolver_pinned_accounts": "[]", "no_auth_user": "u",
     "system_account": "A", "system": "A", "no_system_account": "true", "no_system": "true",
-    "no_sys_acc": "true", "no_header_support": "true", "trusted": '"K"',
-    "trusted_keys": '["K"]', "connect_error_reports": "10", "reconnect_error_reports": "10",
+    "no_sys_acc": "true", "no_header_support": "true", "trusted": '"%s"' % SAMPLE_OPERATOR_KEY,
+    "trusted_keys": '["%s"]' % SAMPLE_OPERATOR_KEY, "connect_error_reports": "10", "reconnect_error_reports": "10",
     "websocket": "{ port: 8080 }", "ws": "{ port: 8080 }", "mqtt": "{ port: 1883 }",
     "server_tags": '["a"]', "server_metadata": "{ a: b }", "feature_flags": "{ a: true }",
     "default_js_domain": "{ A: d }", "ocsp_cache": "false", "no_fast_producer_stall": "true",

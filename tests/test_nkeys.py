@@ -1,6 +1,7 @@
-"""NKey users (issue 17, first part): Ed25519 in plain Python, nkeys'
-encoding, and `authorization { users = [ { nkey: U... } ] }` with a nonce in
-INFO that the client signs.  Keys are made here with PyNaCl (a test-only
+"""NKey users (issue 17): nkeys' encoding of keys and seeds, credentials
+files, the server's id, and `authorization { users = [ { nkey: U... } ] }`
+with a nonce in INFO that the client signs (test_ed25519.py tests the
+curve, test_operator.py the JWTs).  Keys are made here with PyNaCl (a test-only
 package, which the `nkeys` package nats-py uses needs anyway); every login
 runs against gnatsd.py and Go 2.15 with the same config.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import sys
 
 import pytest
@@ -22,43 +24,13 @@ KINDS = ["gnatsd", "go2.15"]
 
 # -- Ed25519 and the encoding, in-process ---------------------------------------
 
-# RFC 8032 section 7.1, TESTs 1-3: (public key, message, signature).
-RFC8032 = [
-    ("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", "",
-     "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701"
-     "cf9b46bd25bf5f0595bbe24655141438e7a100b"),
-    ("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c", "72",
-     "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613"
-     "d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"),
-    ("fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025", "af82",
-     "6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac18ff9b538d16f290ae67f7609"
-     "84dc6594a7c15e9716ed28dc027beceea1ec40a"),
-]
-
-
 @pytest.fixture(params=["pure", "default"])
 def verify(request, monkeypatch):
-    """ed25519_verify in plain Python (the `cryptography` package hidden)
-    and as it runs here."""
+    """ed25519_verify in plain Python (the `cryptography` package left
+    out) and as it runs here (test_ed25519.py tests the curve itself)."""
     if request.param == "pure":
-        monkeypatch.setitem(sys.modules, "cryptography", None)
+        monkeypatch.setattr(g, "_ED_NATIVE", False)
     return g.ed25519_verify
-
-
-@pytest.mark.parametrize("public, message, signature", RFC8032)
-def test_rfc8032_vectors_verify_and_tampering_does_not(verify, public, message, signature):
-    public, message, signature = (bytes.fromhex(x) for x in (public, message, signature))
-    assert verify(public, message, signature)
-    assert not verify(public, message + b"x", signature)
-    bad = bytearray(signature)
-    bad[5] ^= 1
-    assert not verify(public, message, bytes(bad))
-    bad = bytearray(public)
-    bad[0] ^= 1
-    assert not verify(bytes(bad), message, signature)
-    high_s = signature[:32] + (int.from_bytes(signature[32:], "little") + g._ED_L).to_bytes(
-        32, "little")
-    assert not verify(public, message, high_s)          # s must be below the group order
 
 
 def encode(raw: bytes) -> str:
@@ -87,6 +59,94 @@ def test_public_nkeys_decode_and_bad_ones_do_not():
     bad = public[:10] + ("A" if public[10] != "A" else "B") + public[11:]
     for text in (bad, public[:-1], public.lower(), "N" + public[1:], seed, ""):
         assert g.decode_nkey(text, g.NKEY_USER) is None, text
+
+
+def test_seeds_decode_sign_and_bad_ones_do_not(verify):
+    """decode_seed and nkey_sign against the nkeys library: the same public
+    key, signatures it verifies and ed25519_verify accepts."""
+    import nkeys
+    for kind_letter, prefix in (("U", g.NKEY_USER), ("A", g.NKEY_ACCOUNT),
+                                ("O", g.NKEY_OPERATOR), ("N", g.NKEY_SERVER)):
+        raw = bytes(range(prefix & 31, (prefix & 31) + 32))
+        seed = nkeys.encode_seed(raw, prefix).decode()
+        assert seed.startswith("S" + kind_letter)
+        assert g.decode_seed(seed) == (prefix, raw)
+        pair = nkeys.from_seed(seed.encode())
+        public, sig = g.nkey_sign(seed, b"nonce-123")
+        assert public == pair.public_key.decode()
+        assert public.startswith(kind_letter) and g.decode_nkey(public, prefix) is not None
+        signature = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+        assert pair.verify(b"nonce-123", signature)
+        assert verify(g.decode_nkey(public, prefix), b"nonce-123", signature)
+    seed = nkeys.encode_seed(bytes(32), g.NKEY_USER).decode()
+    for bad in (seed[:-1], seed[:5] + ("A" if seed[5] != "A" else "B") + seed[6:],
+                seed.lower(), "U" + seed[1:], None, ""):
+        assert g.decode_seed(bad) is None, bad
+    with pytest.raises(ValueError):
+        g.nkey_sign("SUNOTASEED", b"x")
+
+
+CREDS = """-----BEGIN NATS USER JWT-----
+%s
+------END NATS USER JWT------
+
+************************* IMPORTANT *************************
+NKEY Seed printed below can be used to sign and prove identity.
+NKEYs are sensitive and should be treated as secrets.
+
+-----BEGIN USER NKEY SEED-----
+%s
+------END USER NKEY SEED------
+
+*************************************************************
+"""
+
+
+# Fixed strings of the nkeys repository (README.md's example user, and
+# creds_utils_test.go's credentials, whose JWT's signature is not genuine).
+NKEYS_README_SEED = "SUAKYRHVIOREXV7EUZTBHUHL7NUMHPMAS7QMDU3GTIUWEI5LDNOXD43IZY"
+NKEYS_README_PUBLIC = "UD466L6EBCM3YY5HEGHJANNTN4LSKTSUXTH7RILHCKEQMQHTBNLHJJXT"
+NKEYS_CREDS_SEED = "SUAOTBNEUHZDFJT3EUMELT7MQTP24JF3XVCXQNDSCU74G5IU6VAJBKH5LI"
+NKEYS_CREDS_JWT = (
+    "eyJ0eXAiOiJqd3QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJqdGkiOiJHVDROVU5NRUY3Wk1XQ1JCWFZWVURLUVQ2"
+    "WllQWjc3VzRKUlFYRDNMMjRIS1VKRUNRSDdRIiwiaWF0IjoxNTkwNzgxNTkzLCJpc3MiOiJBQURXTFRISUNWNFNVQU"
+    "dGNkVLTlZFVzVCQlA3WVJESUJHV0dHSFo1SkJET1FZQTdHVUZNNkFRVSIsIm5hbWUiOiJPUEVSQVRPUiIsInN1YiI6"
+    "IlVERTZXVEdMVFRQQ1JKUkpDS0JKUkdWTlpUTElWUjdMRUVFTFI0Q1lXV1dCS0pTN1hZSUtYRFVVIiwibmF0cyI6ey"
+    "JwdWIiOnt9LCJzdWIiOnt9LCJ0eXBlIjoidXNlciIsInZlcnNpb24iOjJ9fQ.c_XQT04wEoVVNDRjPHeKwe17BOrSp"
+    "QTcftwIbB7KoNEIz6peZCJDc4-J3emVepHofUOWy7IAo9TlLwYhuGHWAQ")
+
+
+def test_the_nkeys_repositorys_vectors(tmp_path, verify):
+    """Its README's seed has its public key; its test credentials parse
+    (with \\n and with \\r\\n), the seed's key is the JWT's subject, and the
+    JWT, whose signature is not its issuer's, is refused."""
+    assert g.nkey_sign(NKEYS_README_SEED, b"x")[0] == NKEYS_README_PUBLIC
+    for newline in ("\n", "\r\n"):
+        path = tmp_path / "nkeys.creds"
+        path.write_bytes((CREDS % (NKEYS_CREDS_JWT, NKEYS_CREDS_SEED)).replace(
+            "\n", newline).encode())
+        assert g.read_credentials(str(path)) == (NKEYS_CREDS_JWT, NKEYS_CREDS_SEED)
+    claims = json.loads(base64.urlsafe_b64decode(NKEYS_CREDS_JWT.split(".")[1] + "=="))
+    assert g.nkey_sign(NKEYS_CREDS_SEED, b"x")[0] == claims["sub"]
+    with pytest.raises(g.JWTError, match="signature verification"):
+        g.decode_jwt(NKEYS_CREDS_JWT, "user")
+
+
+def test_a_creds_file_gives_its_jwt_and_seed(tmp_path):
+    """read_credentials reads nsc's .creds layout; a file without both
+    parts is refused."""
+    import nkeys
+    seed = nkeys.encode_seed(bytes(range(32)), g.NKEY_USER).decode()
+    token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJ4IjoxfQ.c2ln"
+    path = tmp_path / "u.creds"
+    path.write_text(CREDS % (token, seed))
+    assert g.read_credentials(str(path)) == (token, seed)
+    assert g.decorated_jwt(CREDS % (token, seed)) == token
+    assert g.decorated_jwt("  %s\n" % token) == token
+    path.write_text("-----BEGIN NATS USER JWT-----\n%s\n------END NATS USER JWT------\n"
+                    % token)
+    with pytest.raises(ValueError):
+        g.read_credentials(str(path))
 
 
 # -- logging in ------------------------------------------------------------------------
@@ -181,15 +241,21 @@ def test_an_invalid_nkey_in_the_config_names_the_line(kind, tmp_path):
 
 
 def test_the_server_id_is_a_server_nkey():
-    """As Go's: tools that decode it as a public nkey can."""
+    """As Go's: the public key of a fresh seed, so tools that decode it as a
+    public nkey can, and its key bytes are a point of the curve (random
+    bytes are one about half the time)."""
     import nkeys
+    from nacl.signing import SigningKey
     for _ in range(20):
         server_id = g._new_server_id()
         assert len(server_id) == 56 and server_id.startswith("N")
-        assert g.decode_nkey(server_id, 13 << 3) is not None
+        key = g.decode_nkey(server_id, g.NKEY_SERVER)
+        assert key is not None and g._ed_decode(key) is not None
         raw = base64.b32decode(server_id)       # (35 bytes: no padding) the nkeys checksum too
         assert nkeys.crc16_checksum(raw[:-2]) == raw[-2:]
         assert nkeys.valid_public_prefix_byte(raw[0])
+        seed = bytes(SigningKey.generate())
+        assert g.ed25519_public_key_once(seed) == bytes(SigningKey(seed).verify_key)
 
 
 def login(srv, public: str, key) -> RawConn:
@@ -203,8 +269,6 @@ def login(srv, public: str, key) -> RawConn:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_connz_shows_the_nkey_as_the_authorized_user(kind, tmp_path):
-    import json
-    import re
     import urllib.request
     public, _seed, key = new_user()
     conf = write_conf(tmp_path, "authorization { users = [ { nkey: %s } ] }\n" % public)
