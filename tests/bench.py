@@ -65,6 +65,32 @@ runs of one PUB line in bulk); the table says so where they start.
                then publishes to random ones of them (half from a hot set of
                256 subjects, sublist cache hits; half uniform, mostly misses)
 
+Logins: not in the default run (they add about a minute and need PyNaCl,
+which `make dev` installs into .venv); ask for them by name:
+
+    login_nkey  connections per second with nkey auth (issue 17): LOGIN_CLIENTS
+               client processes, a user each, log in over and over: connect,
+               read INFO, sign its nonce (PyNaCl), CONNECT {"nkey","sig"} and
+               PING, wait for the PONG, close. The servers get an
+               `authorization { users = [ { nkey: U... } ] }` config.
+    login_jwt  the same in operator mode: a user JWT each in the CONNECT
+               (its account's signature), resolver MEMORY with the accounts
+               preloaded (gnatsd.py verifies a JWT once and remembers it; Go
+               verifies it at every login, two Ed25519 checks to our one)
+
+Both also run against "gnatsd-pure": gnatsd.py under the same interpreter
+with -S (no site-packages, so no `cryptography` package: its plain-Python
+Ed25519); the target is gnatsd-pure's logins/s (LOGIN_PURE_TARGET). A
+login is at least one Ed25519 verification, so logins/s bounds
+verifications/s from below. (With pyenv, the base interpreter may have
+`cryptography` in its own site-packages: -S is what keeps it out, and the
+bench refuses to run gnatsd-pure if `python -S` can still import it.)
+
+    .venv/bin/python tests/bench.py --scenarios login_nkey,login_jwt
+
+(Not `make bench BENCH_ARGS=...`: that would overwrite tests/BENCH-RESULTS.md
+with these two rows alone.)
+
 How the load is made, so that the generator is not what is measured:
 
 * The realistic scenarios run tests/loadgen.c (its header comment has the
@@ -118,6 +144,7 @@ Usage:
     python3 tests/bench.py --sink                   # generator ceilings
     python3 tests/bench.py --python pypy3 --json out.json
     python3 tests/bench.py --results tests/BENCH-RESULTS.md   # as make bench does
+    .venv/bin/python tests/bench.py --scenarios login_nkey,login_jwt   # logins/s, ~1 min
 
 Exit status 1 if any measurement failed (it shows as FAIL in the table).
 Run it on an otherwise idle machine: the header prints the load average.
@@ -287,6 +314,21 @@ IDLE_TARGET_KIB = 4.0
 # A load average above this before the run means the machine was busy.
 BUSY_LOAD = 0.5
 
+# The login scenarios: client processes, each logging in over and over as
+# a user of its own (enough that a server, not the clients, is the limit).
+LOGIN_CLIENTS = 8
+# Logins/s gnatsd.py must reach with plain-Python Ed25519 (issue 17).
+LOGIN_PURE_TARGET = 300
+# The server name and interpreter flag for gnatsd.py without site-packages.
+PURE = "gnatsd-pure"
+PURE_FLAG = "-S"
+# The nonce a server's INFO asks the client to sign.
+NONCE_RE = re.compile(rb'"nonce":"([^"]+)"')
+# What follows the signature in a login's CONNECT.
+LOGIN_TAIL = b'"}\r\n' + PING
+# An nkey's prefix byte (its first base32 letter) by role.
+NKEY_PREFIXES = {"O": 14 << 3, "A": 0, "U": 20 << 3}
+
 
 class BenchError(Exception):
     """A run that must not count: loss, duplication, reordering, a server
@@ -375,8 +417,10 @@ def find_go_servers() -> dict:
 
 
 def server_commands(python: str) -> dict:
-    """Every server the bench knows, as {name: argv prefix}."""
-    commands = {"gnatsd": [python, GNATSD]}
+    """Every server the bench knows, as {name: argv prefix}. PURE is
+    gnatsd.py on the same interpreter without site-packages (only the
+    scenarios marked `pure` run on it)."""
+    commands = {"gnatsd": [python, GNATSD], PURE: [python, PURE_FLAG, GNATSD]}
     commands.update({name: [path] for name, path in find_go_servers().items()})
     commands["sink"] = [sys.executable, SINK]
     return commands
@@ -384,12 +428,22 @@ def server_commands(python: str) -> dict:
 
 def describe_server(name: str, argv: list) -> str:
     """One header line naming what a server really is."""
-    if name == "gnatsd":
-        ver = command_output([argv[0], "-c", "import sys; print(sys.version.split()[0])"])
-        return "gnatsd.py on Python %s (%s)" % (ver or "?", argv[0])
+    if name in ("gnatsd", PURE):
+        ver = command_output(argv[:-1] + ["-c", "import sys; print(sys.version.split()[0])"])
+        return "gnatsd.py on Python %s (%s), %s" % (ver or "?", " ".join(argv[:-1]),
+                                                  ed25519_note(argv[:-1]))
     if name == "sink":
         return "tests/bench_sink.py (discards input: the generator's ceiling)"
     return "%s (%s)" % (command_output([argv[0], "--version"]), argv[0])
+
+
+def ed25519_note(python: list) -> str:
+    """Which Ed25519 gnatsd.py gets from the interpreter `python` (a list:
+    the path and any flags): the `cryptography` package's, or its own."""
+    version = command_output(python + ["-c", "import cryptography as c; print(c.__version__)"])
+    if re.fullmatch(r"[0-9][0-9A-Za-z.+-]*", version):
+        return "Ed25519 from cryptography %s" % version
+    return "plain-Python Ed25519 (no cryptography package)"
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -1528,13 +1582,15 @@ class ReqRep:
         return 0.0
 
 
-def expect_message(pipe, kind: str) -> None:
-    """Wait for a child's (kind, body) message; its failure is ours."""
-    if not pipe.poll(IO_TIMEOUT):
+def expect_message(pipe, kind: str, timeout: float = IO_TIMEOUT):
+    """Wait for a child's (kind, body) message and return the body; its
+    failure is ours."""
+    if not pipe.poll(timeout):
         raise BenchError("child process did not answer (%s)" % kind)
     got, body = pipe.recv()
     if got != kind:
         raise BenchError("child process failed:\n%s" % body)
+    return body
 
 
 def responder_process(port: int, pipe) -> None:
@@ -1691,6 +1747,185 @@ def probe_idle(socks: list) -> None:
         read_until(sock, b"", PONG)
 
 
+# Logins (login_nkey, login_jwt): the cost of verifying who connects. Keys
+# and JWTs are made here with PyNaCl (imported on first use; the scenarios
+# are dropped with a note without it, see use_nacl), the same keys for
+# every server of a run; each client process signs with its own user's key.
+
+
+def nkey_text(role: str, public: bytes) -> str:
+    """An nkey as NATS writes it: base32 of the role's prefix byte, the
+    32-byte public key and their CRC-16/XMODEM (little endian)."""
+    raw = bytes([NKEY_PREFIXES[role]]) + public
+    crc = 0
+    for byte in raw:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return base64.b32encode(raw + struct.pack("<H", crc)).decode()
+
+
+class NKey:
+    """A fresh Ed25519 key of one role ("O" operator, "A" account, "U" user)."""
+
+    def __init__(self, role: str):
+        from nacl.signing import SigningKey
+        self.signing = SigningKey.generate()
+        self.public = nkey_text(role, bytes(self.signing.verify_key))
+
+    def sign(self, data: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of `data`."""
+        return self.signing.sign(data).signature
+
+
+def b64url(data: bytes) -> bytes:
+    """Unpadded base64url, as NATS signatures and JWTs are written."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def encode_jwt(subject: NKey, signer: NKey, name: str, nats: dict) -> str:
+    """A JWT (nats-io/jwt v2's shape, simplified from tests/test_operator.py:
+    the jti is a hash of the claims, which neither server checks) of
+    `subject`, signed by `signer`."""
+    claims = {"iat": int(time.time()), "iss": signer.public, "name": name,
+              "sub": subject.public, "nats": nats}
+    claims["jti"] = base64.b32encode(hashlib.sha256(json.dumps(
+        claims, sort_keys=True).encode()).digest()).decode().rstrip("=")
+    header = b64url(b'{"typ":"JWT","alg":"ed25519-nkey"}')
+    signed = header + b"." + b64url(json.dumps(claims, separators=(",", ":")).encode())
+    return (signed + b"." + b64url(signer.sign(signed))).decode()
+
+
+def temp_config(prefix: str, text: str) -> str:
+    """The path of a new temporary file holding `text`, removed when the
+    bench exits."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=".conf")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    atexit.register(os.unlink, path)
+    return path
+
+
+class Login:
+    """Logins per second: LOGIN_CLIENTS client processes, a user each, each
+    logging in over and over (login_once) for the measurement's duration
+    after one warm-up login. Without `jwt`, nkey users in an authorization
+    block; with it, operator mode: an operator, a system account and an
+    account APP preloaded in a MEMORY resolver, every user with a JWT that
+    APP signed. `pure`: runs on PURE too. logins/s counts completed logins
+    of all clients from the start signal to the last one's end; srv
+    us/login is the server's CPU over that time per login."""
+
+    primary = "logins"
+    pure = True
+    metrics = [("logins", "logins/s", True), ("cpu_us", "srv us/login", False)]
+
+    def __init__(self, jwt: bool = False):
+        self.jwt = jwt
+        self._made = None           # (config path, [(user key, CONNECT head)])
+
+    @property
+    def server_args(self) -> list:
+        return ["-c", self.made()[0]]
+
+    def made(self) -> tuple:
+        """The config file and each client's key and CONNECT up to its
+        signature: made on first use, the same for every server."""
+        if self._made is None:
+            users = [NKey("U") for _ in range(LOGIN_CLIENTS)]
+            head = b'CONNECT {"verbose":false,"pedantic":false,"%s":"%s","sig":"'
+            if self.jwt:
+                operator, system, app = NKey("O"), NKey("A"), NKey("A")
+                account = {"limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1,
+                                      "exports": -1, "wildcards": True, "conn": -1,
+                                      "leaf": -1},
+                           "default_permissions": {"pub": {}, "sub": {}},
+                           "type": "account", "version": 2}
+                user = {"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                        "type": "user", "version": 2}
+                conf = ["operator: \"%s\"" % encode_jwt(operator, operator, "OP", {
+                            "type": "operator", "version": 2}),
+                        "resolver: MEMORY", "resolver_preload {"]
+                conf += ["  %s: \"%s\"" % (acc.public, encode_jwt(acc, operator, name, account))
+                         for acc, name in ((system, "SYS"), (app, "APP"))]
+                conf += ["}", "system_account: %s" % system.public]
+                heads = [head % (b"jwt", encode_jwt(u, app, "user%d" % i, user).encode())
+                         for i, u in enumerate(users)]
+            else:
+                conf = ["authorization { users = ["]
+                conf += ["  { nkey: %s }" % u.public for u in users]
+                conf += ["] }"]
+                heads = [head % (b"nkey", u.public.encode()) for u in users]
+            path = temp_config("bench-login-", "\n".join(conf) + "\n")
+            self._made = (path, list(zip(users, heads)))
+        return self._made
+
+    def run(self, server: Server, opts) -> dict:
+        ctx = multiprocessing.get_context("fork")
+        clients = []
+        try:
+            for user, head in self.made()[1]:
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=login_client, daemon=True,
+                                   args=(server.port, user, head, child))
+                proc.start()
+                clients.append((proc, parent))
+            for _, pipe in clients:
+                expect_message(pipe, "ready")
+            cpu0 = server.cpu_seconds()
+            start = now()
+            for _, pipe in clients:
+                pipe.send(start + opts.duration)
+            done = [expect_message(pipe, "done", opts.duration + IO_TIMEOUT)
+                    for _, pipe in clients]
+            cpu = server.cpu_seconds() - cpu0
+        finally:
+            for proc, _ in clients:
+                proc.join(2)
+                if proc.is_alive():
+                    proc.terminate()
+        count = sum(d["count"] for d in done)
+        elapsed = max(d["end"] for d in done) - start
+        return {"logins": count / elapsed, "cpu_us": cpu * 1e6 / count, "count": count,
+                "seconds": elapsed, "srv_cpu_share": cpu / elapsed,
+                "clients_cpu": sum(d["cpu"] for d in done) / elapsed}
+
+
+def login_client(port: int, user: NKey, head: bytes, pipe) -> None:
+    """Child: one login (warm-up: the server's first verification may build
+    tables, and it proves the credentials), 'ready', then logins until the
+    deadline the parent sends; 'done' with the count, the time the last one
+    ended and this process's CPU seconds."""
+    try:
+        login_once(port, user, head)
+        pipe.send(("ready", None))
+        if not pipe.poll(IO_TIMEOUT * 3):
+            return
+        deadline = pipe.recv()
+        cpu0, count = process_cpu(), 0
+        while now() < deadline:
+            login_once(port, user, head)
+            count += 1
+        pipe.send(("done", {"count": count, "end": now(), "cpu": process_cpu() - cpu0}))
+    except Exception:
+        pipe.send(("crash", traceback.format_exc()))
+
+
+def login_once(port: int, user: NKey, head: bytes) -> None:
+    """Connect, sign the INFO's nonce, CONNECT and PING, wait for the PONG
+    (an -ERR, such as 'Authorization Violation', fails the run), close."""
+    sock = connect(port)
+    try:
+        info, rest = read_until(sock, b"", CRLF)
+        nonce = NONCE_RE.search(info)
+        if not nonce:
+            raise BenchError("no nonce in the server's INFO: %r" % info[:300])
+        sock.sendall(head + b64url(user.sign(nonce.group(1))) + LOGIN_TAIL)
+        read_until(sock, rest, PONG)
+    finally:
+        sock.close()
+
+
 # ============================================================================
 # 8. Realistic traffic: tests/loadgen.c
 # ============================================================================
@@ -1843,11 +2078,7 @@ def ws_config_file() -> str:
     """The path of a file holding WS_CONFIG, written on first use and
     removed when the bench exits."""
     if not _ws_config:
-        fd, path = tempfile.mkstemp(prefix="bench-websocket-", suffix=".conf")
-        with os.fdopen(fd, "w") as f:
-            f.write(WS_CONFIG)
-        atexit.register(os.unlink, path)
-        _ws_config.append(path)
+        _ws_config.append(temp_config("bench-websocket-", WS_CONFIG))
     return _ws_config[0]
 
 
@@ -2363,7 +2594,11 @@ SCENARIOS = {
     "reqrep": ReqRep(),
     "idle10k": Idle(IDLE_CONNS),
     "subs100k": ManySubs(),
+    "login_nkey": Login(),
+    "login_jwt": Login(jwt=True),
 }
+# Left out of the default run (--scenarios names them): see the docstring.
+OPTIONAL_SCENARIOS = ("login_nkey", "login_jwt")
 
 
 # ============================================================================
@@ -2401,7 +2636,7 @@ def run_one(scenario, name: str, argv: list, opts) -> dict:
 def progress_line(count: str, scen: str, name: str, rep: int, result: dict, scenario) -> str:
     """One stderr line per measurement."""
     if "error" in result:
-        return "%s %-9s %-7s rep %d  FAIL: %s" % (count, scen, name, rep, result["error"])
+        return "%s %-9s %-11s rep %d  FAIL: %s" % (count, scen, name, rep, result["error"])
     shown = "  ".join("%s %s" % (fmt_value(result[key], label), label)
                       for key, label, _ in scenario.metrics)
     if "server_cpu" in result:
@@ -2409,22 +2644,32 @@ def progress_line(count: str, scen: str, name: str, rep: int, result: dict, scen
             fmt_value(result["pub_msgs"], "msgs/s"),
             "+".join("%.0f" % (100 * c) for c in result["node_cpu"]),
             100 * result["generator_cpu"])
-    return "%s %-9s %-7s rep %d  %s" % (count, scen, name, rep, shown)
+    if "clients_cpu" in result:
+        shown += "  (%d logins; cpu: server %.0f%%, clients %.0f%%)" % (
+            result["count"], 100 * result["srv_cpu_share"], 100 * result["clients_cpu"])
+    return "%s %-9s %-11s rep %d  %s" % (count, scen, name, rep, shown)
+
+
+def runs_on(scenario, name: str) -> bool:
+    """Whether `scenario` is measured on server `name`: the sink speaks no
+    TLS or websocket, takes no routes and asks for no logins; PURE is only
+    for the scenarios marked `pure` (the others would show nothing new)."""
+    if name == "sink":
+        return not any(getattr(scenario, attr, False) for attr in ("tls", "routed", "ws", "pure"))
+    return name != PURE or getattr(scenario, "pure", False)
 
 
 def run_all(opts, commands: dict) -> dict:
     """Every scenario x repetition x server, interleaved; {scen: {server: [results]}}."""
     results = {s: {n: [] for n in commands} for s in opts.scenarios}
-    total = len(opts.scenarios) * opts.reps * len(commands)
+    total = opts.reps * sum(runs_on(SCENARIOS[s], n) for s in opts.scenarios for n in commands)
     done = 0
     for scen in opts.scenarios:
         scenario = SCENARIOS[scen]
         for rep in range(1, opts.reps + 1):
             for name, argv in commands.items():
-                if name == "sink" and (getattr(scenario, "tls", False)
-                                       or getattr(scenario, "routed", False)
-                                       or getattr(scenario, "ws", False)):
-                    continue  # the sink speaks no TLS or websocket and takes no routes
+                if not runs_on(scenario, name):
+                    continue
                 result = run_one(scenario, name, argv, opts)
                 results[scen][name].append(result)
                 done += 1
@@ -2445,7 +2690,7 @@ def fmt_value(value, label: str) -> str:
     """A metric for the table: msgs/s as 1.23M, others with sensible decimals."""
     if value is None:
         return "FAIL"
-    if label in ("msgs/s", "req/s", "subs/s"):
+    if label in ("msgs/s", "req/s", "subs/s", "logins/s"):
         if value >= 1e6:
             return "%.2fM" % (value / 1e6)
         return "%.0fk" % (value / 1e3) if value >= 1e4 else "%.0f" % value
@@ -2464,6 +2709,10 @@ def ratio_text(mine, theirs) -> str:
 def target_text(scen: str, medians: dict) -> str:
     """The scenario's target and whether gnatsd.py meets it."""
     mine = medians.get("gnatsd")
+    if getattr(SCENARIOS[scen], "pure", False):
+        pure = medians.get(PURE)
+        verdict = "" if pure is None else (" ok" if pure >= LOGIN_PURE_TARGET else " MISS")
+        return "%s>=%d/s%s" % (PURE, LOGIN_PURE_TARGET, verdict)
     if scen in TARGETS:
         go = medians.get("go2.9")
         verdict = "" if mine is None or not go else (
@@ -2527,6 +2776,10 @@ def header(opts, commands: dict) -> str:
     for name, argv in commands.items():
         lines.append("%-8s: %s" % (name, describe_server(name, argv)))
     lines.append("loadgen : %s" % opts.loadgen_note)
+    if any(getattr(SCENARIOS[s], "pure", False) for s in opts.scenarios):
+        import nacl
+        lines.append("logins  : %d client processes (this Python), signing with PyNaCl %s" % (
+            LOGIN_CLIENTS, nacl.__version__))
     lines.append("run     : %d reps x %.1f s per measurement, servers interleaved, medians; "
                  "payload sizes: see the notes under the table" % (opts.reps, opts.duration))
     lines.append("load    : %.2f (1-min load average before the run%s)" % (
@@ -2553,6 +2806,17 @@ threads) per message so counted, over the timed window.
 Latency and CPU rows: lower is better, so a ratio above 1 means gnatsd.py
 is slower or costlier. Targets are gnatsd/go2.9 ratios; idle10k's is
 gnatsd.py's own KiB/conn."""
+
+LOGIN_LEGEND = """\
+Logins (login_nkey, login_jwt): %d client processes, a user each, log in
+over and over: connect, sign INFO's nonce (PyNaCl), CONNECT + PING, PONG,
+close. login_nkey: nkey users in an authorization block; login_jwt:
+operator mode, a user JWT each (gnatsd.py verifies a JWT once and
+remembers it; Go verifies it at every login). srv us/login is the server's
+CPU time per login. %s is gnatsd.py under `python %s` (no
+site-packages, so no `cryptography` package: plain-Python Ed25519); the
+target is its logins/s (issue 17: pure Python >= %d verifications/s).""" % (
+    LOGIN_CLIENTS, PURE, PURE_FLAG, LOGIN_PURE_TARGET)
 
 
 def git_commit() -> str:
@@ -2627,11 +2891,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Benchmark gnatsd.py against the Go nats-server.",
         epilog="Scenarios: " + ", ".join(SCENARIOS))
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma-separated scenarios (default: all)")
+    parser.add_argument("--scenarios",
+                        default=",".join(s for s in SCENARIOS if s not in OPTIONAL_SCENARIOS),
+                        help="comma-separated scenarios (default: all but %s)" % ", ".join(
+                            OPTIONAL_SCENARIOS))
     parser.add_argument("--servers", default="",
-                        help="comma-separated: gnatsd, go2.9, go2.15, sink "
-                             "(default: gnatsd and every Go server found)")
+                        help="comma-separated: gnatsd, go2.9, go2.15, sink, %s "
+                             "(default: gnatsd and every Go server found, and %s "
+                             "for the login scenarios)" % (PURE, PURE))
     parser.add_argument("--sink", action="store_true",
                         help="same as --servers sink: measure the generator alone")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
@@ -2664,18 +2931,37 @@ def choose_servers(opts) -> dict:
     elif opts.servers:
         wanted = [s for s in opts.servers.split(",") if s]
     else:
-        wanted = [n for n in known if n != "sink"]
+        wanted = [n for n in known if n != "sink" and (n != PURE or any(
+            getattr(SCENARIOS[s], "pure", False) for s in opts.scenarios))]
         if not os.path.exists(GNATSD):
             print("note: %s not found; measuring the Go servers only" % GNATSD, file=sys.stderr)
-            wanted.remove("gnatsd")
-    missing = [n for n in wanted
-               if n not in known or (n == "gnatsd" and not os.path.exists(GNATSD))]
-    if "gnatsd" in wanted and not shutil.which(opts.python):
+            wanted = [n for n in wanted if n not in ("gnatsd", PURE)]
+    missing = [n for n in wanted if n not in known
+               or (n in ("gnatsd", PURE) and not os.path.exists(GNATSD))]
+    if ("gnatsd" in wanted or PURE in wanted) and not shutil.which(opts.python):
         raise SystemExit("--python %s: no such interpreter" % opts.python)
     if missing:
         raise SystemExit("not available here: %s (known: %s)" % (
             ", ".join(missing), ", ".join(known)))
+    if PURE in wanted and subprocess.run(
+            known[PURE][:-1] + ["-c", "import cryptography"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL).returncode == 0:
+        raise SystemExit("%s: `%s %s` can import cryptography, so it would not measure "
+                         "plain-Python Ed25519" % (PURE, opts.python, PURE_FLAG))
     return {n: known[n] for n in wanted}
+
+
+def use_nacl(opts) -> None:
+    """The login scenarios sign with PyNaCl: without it, drop them with a note."""
+    wanted = [s for s in opts.scenarios if isinstance(SCENARIOS[s], Login)]
+    if not wanted:
+        return
+    try:
+        import nacl.signing  # noqa: F401
+    except ImportError as e:
+        opts.scenarios = [s for s in opts.scenarios if s not in wanted]
+        print("note: %s need PyNaCl (%s; `make dev` installs it into .venv): skipped" % (
+            ", ".join(wanted), e), file=sys.stderr)
 
 
 def use_loadgen(opts) -> None:
@@ -2709,6 +2995,8 @@ def report(opts, commands: dict, results: dict, head: str) -> int:
     """Print the table (and ceilings), write JSON and Markdown; 1 if
     anything failed."""
     parts = [head, format_table(table_rows(results, list(commands))), LEGEND]
+    if any(getattr(SCENARIOS[s], "pure", False) for s in results):
+        parts.append(LOGIN_LEGEND)
     if "sink" in commands:
         parts.append(ceilings_text(results, opts.scenarios, opts))
     text = "\n\n".join(parts)
@@ -2734,6 +3022,7 @@ def main(argv=None) -> int:
         else:
             print("note: tests/loadgen.c not checked: %s" % why.splitlines()[0])
         return 1 if failures else 0
+    use_nacl(opts)
     commands = choose_servers(opts)
     use_loadgen(opts)
     fit_idle_conns(opts)
