@@ -38,11 +38,12 @@ Contents
   10. TLS
   11. WebSocket
   12. Route
-  13. Monitor
-  14. Logging
-  15. Command line
+  13. Leaf nodes
+  14. Monitor
+  15. Logging
+  16. Command line
  Part III. From Python
-  16. Embedding and the pytest plugin
+  17. Embedding and the pytest plugin
 
 `grep -n '^# [0-9]*\\. ' gnatsd.py` prints the chapters with line numbers.
 """
@@ -125,6 +126,7 @@ GIT_COMMIT = "gnatsd.py-" + __version__
 
 # Default route port (a route URL without a port).
 DEFAULT_ROUTE_PORT = 6222
+DEFAULT_LEAF_PORT = 7422
 
 # Default client port, and the value meaning "let the OS choose".
 DEFAULT_PORT = 4222
@@ -262,8 +264,8 @@ TLS_HANDSHAKE_ERROR = "TLS Handshake Failure"
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
-# The one module logger; chapter 14 gives it handlers.  Until then (in a
-# program that embeds a server, chapter 16) its records go only where the
+# The one module logger; chapter 15 gives it handlers.  Until then (in a
+# program that embeds a server, chapter 17) its records go only where the
 # program's logging sends them, as a library's should.
 log = logging.getLogger("gnatsd")
 log.addHandler(logging.NullHandler())
@@ -1584,7 +1586,7 @@ class Connection:
 # deliver_to; then, fenced, the hot path: Client.parse (the entry point a
 # read calls), pub_lookup, and the DeliveryPlan and deliver_run it uses.
 # Go's exact reading of odd CONNECT and INFO JSON (load_go_json) is in
-# chapter 9, and the parse error's log line (op_name_error) in chapter 14.
+# chapter 9, and the parse error's log line (op_name_error) in chapter 15.
 #
 # Go twins: server/client.go (processConnect, processPub, processSub,
 # processUnsub, deliverMsg, processMsgResults) and server/auth.go.
@@ -1593,7 +1595,7 @@ class Connection:
 def _pick_start(group: list) -> int:
     """Where to start looking for a queue member: at random, a route's
     member counting as many as its weight."""
-    if not any(s.client.kind == "Router" for s in group):
+    if all(s.client.kind == "Client" for s in group):
         return int(random.random() * len(group))
     weights = [s.client.weight(s) if s.client.kind == "Router" else 1 for s in group]
     r = random.random() * sum(weights)
@@ -1985,8 +1987,7 @@ class Client(Connection):
         """Insert `sub` in the account, shadowed where imports cover it."""
         self.subs[sub.sid] = sub
         self.account.sublist.insert(sub)
-        if self.server.cluster.enabled:
-            self.server.cluster.update_interest(self.account, sub, 1)
+        self.server.interest_changed(self.account, sub, 1)
         if self.account.stream_imports:
             self.add_shadows(sub)
 
@@ -2007,21 +2008,17 @@ class Client(Connection):
             shadow = Subscription(self, subject, sub.queue, sub.sid)
             shadow.parent, shadow.im = sub, imp.to_local
             imp.exporter.sublist.insert(shadow)
-            if self.server.cluster.enabled:
-                self.server.cluster.update_interest(imp.exporter, shadow, 1)
+            self.server.interest_changed(imp.exporter, shadow, 1)
             shadows.append((imp.exporter, shadow))
         sub.shadows = shadows or None
 
     def remove_subscription(self, sub: Subscription):
         """Take `sub` and its shadows out of the sublists (and the routes' view)."""
-        routes = self.server.cluster.enabled
         self.account.sublist.remove(sub)
-        if routes:
-            self.server.cluster.update_interest(self.account, sub, -1)
+        self.server.interest_changed(self.account, sub, -1)
         for account, shadow in sub.shadows or ():
             account.sublist.remove(shadow)
-            if routes:
-                self.server.cluster.update_interest(account, shadow, -1)
+            self.server.interest_changed(account, shadow, -1)
 
     def sublists_of(self, sub: Subscription) -> list:
         """The sublists `sub` sits in: its account's, and each exporter's that
@@ -2508,10 +2505,10 @@ def deliver_result(result: SublistResult, msg: "Message", publisher: "Client | N
     message (`trace`) has each delivery noted, and none made if it is
     trace-only.  Returns True if anyone got it."""
     delivered = False
-    routes = None       # route -> [a plain subscription of its peer, [queue subs picked]]
+    routes = None       # route or leaf -> [a plain subscription of its peer, [queue subs]]
     deliver = deliver_to if trace is None else trace.deliver_to
     for sub in result.psubs:
-        if sub.client.kind == "Router":
+        if sub.client.kind != "Client":       # a route's or a leaf node's interest
             if routes is None:
                 routes = {}
             if sub.client not in routes:
@@ -2520,9 +2517,14 @@ def deliver_result(result: SublistResult, msg: "Message", publisher: "Client | N
             delivered = True
     for group in result.qsubs:
         start = _pick_start(group)
+        leaf = None     # a member across a leaf node: only if no other takes it (Go's)
         for k in range(len(group)):
             sub = group[(start + k) % len(group)]
-            if sub.client.kind == "Router":
+            kind = sub.client.kind
+            if kind == "Leaf":
+                leaf = leaf or sub
+                continue
+            if kind == "Router":
                 if routes is None:
                     routes = {}
                 routes.setdefault(sub.client, [None, []])[1].append(sub)
@@ -2531,6 +2533,12 @@ def deliver_result(result: SublistResult, msg: "Message", publisher: "Client | N
             if deliver(sub, msg, publisher):
                 delivered = True
                 break
+        else:
+            if leaf is not None:
+                if routes is None:
+                    routes = {}
+                routes.setdefault(leaf.client, [None, []])[1].append(leaf)
+                delivered = True
     if routes:
         for route, (plain, queue_subs) in routes.items():
             sent = msg if trace is None else trace.forward(route, msg)
@@ -2671,6 +2679,12 @@ class DeliveryPlan:
                 if c in clients:
                     continue            # a peer gets one RMSG per message
                 prefix = (b"HMSG " if headers else b"RMSG ") + account + b" " + subject + b" "
+            elif c.kind == "Leaf":      # (chapter 13) one LMSG per message, no account
+                if c in clients:
+                    continue
+                if c.deny_exports is not None or not c.headers:
+                    fast = False        # send_msg filters or strips
+                prefix = (b"HMSG " if headers else b"LMSG ") + subject + b" "
             else:
                 perms = c.perms
                 if perms is not None:
@@ -2693,8 +2707,8 @@ class DeliveryPlan:
                 c = s.client
                 if headers and not c.headers:
                     fast = False
-                if c.kind == "Router":
-                    fast = False        # members behind a route: weights, in deliver_msg
+                if c.kind != "Client":
+                    fast = False        # members behind a route or leaf: in deliver_msg
                 elif c.perms is not None:
                     perms = c.perms
                     if not perms.can_receive(subject, s.queue):
@@ -2829,7 +2843,7 @@ def _valid_queue(queue: bytes) -> bool:
 # Timers (auth timeout, pings, the write-deadline sweep) are entries on a
 # heap, never threads.  Signal handlers only set a flag and wake the loop
 # through a socket pair.  Go twin: server/server.go.  The class here is
-# CoreServer; the Server everyone uses is composed in chapter 15 from it
+# CoreServer; the Server everyone uses is composed in chapter 16 from it
 # and Part II's mix-ins (TLS clients' start; reload, lame duck, signals).
 
 
@@ -2925,24 +2939,25 @@ class CoreServer:
     the clients, shutdown.  `start()` serves on a loop thread of its own,
     `run()` in the calling thread; `shutdown()` ends either from any thread.
 
-    Chapter 15 composes the class used, Server, from this and the mix-ins
+    Chapter 16 composes the class used, Server, from this and the mix-ins
     of Part II: TLSServing (chapter 10: start_client_tls, tls_established),
     WebSocketServing (chapter 11: listen_websocket) and ServerControl
-    (chapter 15: reload, enter_lame_duck_mode, write_ports_file,
+    (chapter 16: reload, enter_lame_duck_mode, write_ports_file,
     install_signal_handlers), which the loop and listen() call by name."""
 
     def __init__(self, options: Options | None = None, flags: Options | None = None,
                  logger: logging.Logger | None = None):
         self.options = (options or Options()).fill_defaults()
         self.flags = flags or Options()      # the command line's, re-applied on reload
-        self.log = log if logger is None else logger    # an embedded server's own (chapter 16)
+        self.log = log if logger is None else logger    # an embedded server's own (chapter 17)
         self.server_id = _new_server_id()
         self.server_name = self.options.server_name or self.server_id
         self.accounts = build_accounts(self.options)
         self.cluster = Cluster(self)         # the routes (chapter 12)
+        self.leafs = LeafNodes(self)         # the leaf node connections (chapter 13)
         self.global_account = self.accounts[GLOBAL_ACCOUNT]
         self.system_account = self.accounts[self.options.system_account or SYSTEM_ACCOUNT]
-        self.system_client = SystemClient(self)     # the server in $SYS (chapter 13)
+        self.system_client = SystemClient(self)     # the server in $SYS (chapter 14)
         self.clients: dict = {}
         self.pending: set = set()
         self.write_waiting: set = set()
@@ -3040,14 +3055,24 @@ class CoreServer:
         if opts.pid_file:
             _write_file(opts.pid_file, str(os.getpid()))
         self.add_timer(1.0, self.sweep_timeouts)
-        self.system_client.start()       # $SYS requests and events (chapter 13)
+        self.system_client.start()       # $SYS requests and events (chapter 14)
         self.running = True
         self.log.info("Server is ready")
         if opts.cluster_port:
             self.cluster.listen()
+        if opts.leafnodes is not None:
+            self.leafs.listen()
         if opts.ports_file_dir:
             self.write_ports_file()
         return self
+
+    def interest_changed(self, account: Account, sub: Subscription, delta: int):
+        """A subscription of ours came or went: the routes and the leaf
+        nodes that should hear of it do (chapters 12 and 13)."""
+        if self.cluster.enabled:
+            self.cluster.update_interest(account, sub, delta)
+        if self.leafs.conns:
+            self.leafs.interest_changed(account, sub, delta)
 
     def tls_optional(self) -> bool:
         """allow_non_tls: clients may upgrade or stay plain, which their first
@@ -3470,10 +3495,13 @@ class CoreServer:
                 listener.sock.close()
                 listener.closed = True
         self.cluster.close_listener()
+        self.leafs.close_listener()
         for client in list(self.clients.values()):
             client.close(SERVER_SHUTDOWN)
         for route in list(self.cluster.conns):
             route.close(SERVER_SHUTDOWN)
+        for leaf in list(self.leafs.conns):
+            leaf.close(SERVER_SHUTDOWN)
         self.secret_checker.stop()
         self.waker.close()
         self.selector.close()
@@ -3483,19 +3511,6 @@ class CoreServer:
             _remove_file(self.ports_file)
         self.log.info("Server Exiting..")
 
-def startup_problem(opts: Options) -> str:
-    """What stops a server with these (valid) options from starting, or ""."""
-    if opts.no_auth_user and not any(opts.no_auth_user in (u.username, u.nkey)
-                                     for u in opts.users or ()):
-        return ('no_auth_user: "%s" not present as user or nkey in authorization block or'
-                ' account configuration' % opts.no_auth_user)
-    known = opts.resolver_preload if opts.trusted_keys else opts.accounts
-    if opts.system_account and opts.system_account not in (known or {}) \
-            and opts.system_account != SYSTEM_ACCOUNT:
-        return "error resolving system account: account missing"
-    return ""
-
-
 def _is_ip_address(host: str) -> bool:
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
@@ -3504,13 +3519,6 @@ def _is_ip_address(host: str) -> bool:
         except (OSError, ValueError):
             pass
     return False
-
-
-def _new_server_id() -> str:
-    """A server id as Go makes one (nkeys.CreateServer): the public nkey
-    ("N...", chapter 9) of a fresh Ed25519 seed, which is then dropped:
-    the server signs nothing with it."""
-    return encode_nkey(NKEY_SERVER, ed25519_public_key_once(os.urandom(32)))
 
 
 def read_buffer(size: int):
@@ -3577,9 +3585,9 @@ def _remove_file(path: str):
 # ############################################################################
 #
 # What a drop-in for nats-server needs beyond the core: its config file and
-# options (7, 8), users, permissions and accounts (9), TLS (10), clusters
-# (11), the monitoring endpoints (12), its log lines (13) and command line
-# (14).  Code whose only job is to give Go's exact answer to odd input
+# options (7, 8), users, permissions and accounts (9), TLS (10), WebSocket
+# (11), clusters (12), leaf nodes (13), the monitoring endpoints (14), its
+# log lines (15) and command line (16).  Code whose only job is to give Go's exact answer to odd input
 # carries a GO-COMPAT marker naming the Go function and the test that pins
 # it, wherever it sits.
 
@@ -4006,8 +4014,6 @@ def _parse_duration_or_none(text: str):
 # accepted (so a Go config file still loads) and named in a startup warning.
 UNSUPPORTED_KEYS = {
     "jetstream": "JetStream is not supported by gnatsd.py",
-    "leafnodes": "leafnodes are not supported by gnatsd.py",
-    "leaf": "leafnodes are not supported by gnatsd.py",
     "gateway": "gateways are not supported by gnatsd.py",
     "mqtt": "MQTT is not supported by gnatsd.py",
     "prof_port": "profiling is not supported by gnatsd.py",
@@ -4101,6 +4107,7 @@ class Options:
         ("routes", None),
         ("accounts", None),
         ("system_account", ""),
+        ("leafnodes", None),
         ("trusted_keys", None),
         ("trusted_operators", None),
         ("operator_jwts", None),
@@ -4938,6 +4945,223 @@ def find_export(account: AccountConfig, kind: str, subject: str) -> Export | Non
     return None
 
 
+# -- the leafnodes {} block ---------------------------------------------------
+#
+#     leafnodes {
+#       port: 7422                 # a hub: accept leaf nodes (listen, host, advertise)
+#       authorization { user: leaf, password: pw, account: A }   # or users [...]
+#       remotes = [                # a leaf: dial hubs
+#         { url: "nats-leaf://user:pw@hub:7422", account: A, credentials: "./u.creds",
+#           deny_imports: ["secret.>"], deny_exports: ["local.>"] }
+#       ]
+#       reconnect: "1s"
+#     }
+#
+# becomes LeafNodeOptions with RemoteLeafOptions (Go's LeafNodeOpts and
+# RemoteLeafOpts); chapter 13 serves it.
+
+
+class LeafURL:
+    """A leaf remote's URL: `nats-leaf://[user:pass@]host:port` (or
+    `nats://`, `tls://`); port 7422 by default."""
+
+    def __init__(self, url: str):
+        parsed = urllib.parse.urlsplit(url if "://" in url else "nats-leaf://" + url)
+        if parsed.scheme not in ("nats-leaf", "nats", "tls", "nats+tls") or not parsed.hostname:
+            raise ConfigError('error parsing leafnode remote url ["%s"]' % url)
+        self.url = url
+        self.tls = parsed.scheme in ("tls", "nats+tls")
+        self.host = parsed.hostname
+        try:
+            self.port = parsed.port or DEFAULT_LEAF_PORT
+        except ValueError:
+            raise ConfigError('error parsing leafnode remote url ["%s"]: invalid port' % url)
+        self.user = urllib.parse.unquote(parsed.username or "")
+        self.password = urllib.parse.unquote(parsed.password or "")
+
+    def redacted(self) -> str:
+        """The URL as logs show it (the password hidden, as Go does)."""
+        auth = "%s:%s@" % (self.user, "xxxxx") if self.user and self.password else \
+            ("%s@" % self.user if self.user else "")
+        return "nats-leaf://%s%s" % (auth, _host_port(self.host, self.port))
+
+
+class RemoteLeafOptions:
+    """One entry of `leafnodes { remotes [...] }`: the hub's URLs, the
+    local account to bind, credentials, TLS, deny lists; and the state of
+    dialing it (which URL next, attempts, a loop's wait)."""
+
+    def __init__(self):
+        self.urls: list = []             # LeafURL
+        self.account = ""                # local account bound ("" is $G)
+        self.credentials = ""            # a .creds file: user JWT + seed
+        self.seed = ""                   # an nkey seed
+        self.tls = None                  # TLSConfig
+        self.deny_imports: list = []     # subjects not taken from the hub
+        self.deny_exports: list = []     # subjects not sent to the hub
+        self.next_url = 0
+        self.attempts = 0
+        self.delay_until = 0.0
+
+    def __eq__(self, other) -> bool:
+        keys = ("account", "credentials", "seed", "tls", "deny_imports", "deny_exports")
+        return isinstance(other, RemoteLeafOptions) and \
+            [u.url for u in self.urls] == [u.url for u in other.urls] and \
+            all(getattr(self, k) == getattr(other, k) for k in keys)
+
+
+class LeafNodeOptions:
+    """The `leafnodes {}` block (Go's LeafNodeOpts)."""
+
+    def __init__(self):
+        self.host = DEFAULT_HOST
+        self.port = 0
+        self.advertise = ""
+        self.no_advertise = False
+        self.username = self.password = ""
+        self.account = ""                # the account an authorized leaf binds to
+        self.users: list = []            # User, with account
+        self.auth_timeout = 0.0
+        self.tls = None
+        self.remotes: list = []          # RemoteLeafOptions
+        self.reconnect = LEAF_RECONNECT_DELAY
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, LeafNodeOptions) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return "LeafNodeOptions(%s:%d, %d remotes)" % (self.host, self.port, len(self.remotes))
+
+
+def _leafnodes(cm: ConfigMap, key: str, value, opts: Options):
+    """`leafnodes { listen host port advertise no_advertise authorization
+    remotes reconnect tls ... }` (Go's parseLeafNodes)."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "Expected map to define leafnodes, got %s" % _go_type(value))
+    leaf = opts.leafnodes = LeafNodeOptions()
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name == "listen":
+            host, leaf.port = _host_port_value(value, sub_key, sub_value)
+            if host:
+                leaf.host = host
+        elif name == "port":
+            leaf.port = _to_int(value, sub_key, sub_value)
+        elif name in ("host", "net"):
+            leaf.host = _to_str(value, sub_key, sub_value)
+        elif name in ("advertise", "leafnode_advertise"):
+            leaf.advertise = _to_str(value, sub_key, sub_value)
+        elif name == "no_advertise":
+            leaf.no_advertise = _to_bool(value, sub_key, sub_value)
+        elif name == "authorization":
+            _leaf_authorization(value, sub_key, sub_value, leaf)
+        elif name == "remotes":
+            if not isinstance(sub_value, list):
+                raise value.error(sub_key, "Expected remotes field to be an array, got %s"
+                                  % _go_type(sub_value))
+            leaf.remotes = [_remote_leaf(value, sub_key, entry) for entry in sub_value]
+        elif name in ("reconnect", "reconnect_delay", "reconnect_interval"):
+            leaf.reconnect = _to_seconds(value, sub_key, sub_value)
+        elif name == "tls":
+            leaf.tls = parse_tls_block(value, sub_key, sub_value)
+        elif name in ("compression", "min_version", "minimum_version", "dial_timeout",
+                      "isolate_leafnode_interest", "isolate", "write_deadline",
+                      "write_timeout"):
+            continue  # uncompressed, no version floor, Go's defaults: accepted, not used
+        elif value.is_variable(sub_key):
+            continue
+        else:
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+
+
+def _leaf_authorization(cm: ConfigMap, key: str, value, leaf: LeafNodeOptions):
+    """leafnodes { authorization { user password account timeout users } }."""
+    if not isinstance(value, ConfigMap):
+        raise cm.error(key, "expected a map for authorization")
+    for sub_key, sub_value in value.items():
+        name = sub_key.lower()
+        if name in ("user", "username"):
+            leaf.username = _to_str(value, sub_key, sub_value)
+        elif name in ("pass", "password"):
+            leaf.password = _to_str(value, sub_key, sub_value)
+        elif name == "account":
+            leaf.account = _to_str(value, sub_key, sub_value)
+        elif name == "timeout":
+            leaf.auth_timeout = _to_seconds(value, sub_key, sub_value)
+        elif name == "users":
+            if not isinstance(sub_value, list):
+                raise value.error(sub_key, "Expected users field to be an array, got %s"
+                                  % _go_type(sub_value))
+            for entry in sub_value:
+                if not isinstance(entry, ConfigMap):
+                    raise value.error(sub_key, "Expected user entry to be a map/struct, got %s"
+                                      % _go_type(entry))
+                user = User("", "", None)
+                for field, field_value in entry.items():
+                    lowered = field.lower()
+                    if lowered in ("user", "username"):
+                        user.username = _to_str(entry, field, field_value)
+                    elif lowered in ("pass", "password"):
+                        user.password = _to_str(entry, field, field_value)
+                    elif lowered == "account":
+                        user.account = _to_str(entry, field, field_value)
+                    elif not entry.is_variable(field):
+                        raise entry.error(field, 'unknown field "%s"' % field)
+                leaf.users.append(user)
+        elif name in ("nkey", "proxy_required"):
+            continue
+        elif not value.is_variable(sub_key):
+            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+
+
+def _remote_leaf(cm: ConfigMap, key: str, entry) -> RemoteLeafOptions:
+    """One remote: `{ url | urls, account, credentials, nkey, tls,
+    deny_imports, deny_exports }` (Go's parseRemoteLeafNodes)."""
+    if not isinstance(entry, ConfigMap):
+        raise cm.error(key, "Expected remote leafnode entry to be a map/struct, got %s"
+                       % _go_type(entry))
+    remote = RemoteLeafOptions()
+    for sub_key, sub_value in entry.items():
+        name = sub_key.lower()
+        if name in ("url", "urls"):
+            urls = sub_value if isinstance(sub_value, list) else [sub_value]
+            try:
+                remote.urls += [LeafURL(_to_str(entry, sub_key, u)) for u in urls]
+            except ConfigError as exc:
+                raise entry.error(sub_key, str(exc))
+        elif name in ("account", "local"):
+            remote.account = _to_str(entry, sub_key, sub_value)
+        elif name in ("creds", "credentials"):
+            remote.credentials = os.path.expanduser(_to_str(entry, sub_key, sub_value))
+        elif name in ("nkey", "seed"):
+            remote.seed = _to_str(entry, sub_key, sub_value)
+            if decode_seed(remote.seed) is None:
+                raise entry.error(sub_key, "Remote leafnode nkey is not a valid seed")
+        elif name == "tls":
+            remote.tls = parse_tls_block(entry, sub_key, sub_value)
+        elif name in ("deny_imports", "deny_import", "deny_exports", "deny_export"):
+            subjects = sub_value if isinstance(sub_value, list) else [sub_value]
+            subjects = [_check_config_subject(entry, sub_key, s, "deny") for s in subjects]
+            if name.startswith("deny_import"):
+                remote.deny_imports = subjects
+            else:
+                remote.deny_exports = subjects
+        elif name in ("no_randomize", "dont_randomize", "hub", "ws_compress", "ws_compression",
+                      "websocket_compress", "websocket_compression", "ws_no_masking",
+                      "websocket_no_masking", "jetstream_cluster_migrate",
+                      "js_cluster_migrate", "isolate_leafnode_interest", "isolate",
+                      "request_isolation", "compression", "first_info_timeout",
+                      "dial_timeout", "disabled", "proxy"):
+            continue  # Go's finer controls: accepted, not used
+        elif entry.is_variable(sub_key):
+            continue
+        else:
+            raise entry.error(sub_key, 'unknown field "%s"' % sub_key)
+    if not remote.urls:
+        raise cm.error(key, "Leafnode remote requires at least one URL")
+    return remote
+
+
 # -- the tls {} block ---------------------------------------------------------
 #
 #     tls { cert_file key_file ca_file verify verify_and_map timeout
@@ -5470,6 +5694,19 @@ def validate_operators(opts: Options):
     opts.trusted_keys = keys
 
 
+def startup_problem(opts: Options) -> str:
+    """What stops a server with these (valid) options from starting, or ""."""
+    if opts.no_auth_user and not any(opts.no_auth_user in (u.username, u.nkey)
+                                     for u in opts.users or ()):
+        return ('no_auth_user: "%s" not present as user or nkey in authorization block or'
+                ' account configuration' % opts.no_auth_user)
+    known = opts.resolver_preload if opts.trusted_keys else opts.accounts
+    if opts.system_account and opts.system_account not in (known or {}) \
+            and opts.system_account != SYSTEM_ACCOUNT:
+        return "error resolving system account: account missing"
+    return ""
+
+
 # Keys read by a function, because they set several options or may warn.
 CONFIG_BLOCKS = {
     "operator": _operator,
@@ -5494,6 +5731,8 @@ CONFIG_BLOCKS = {
     "cluster": _cluster,
     "websocket": _websocket,
     "ws": _websocket,
+    "leafnodes": _leafnodes,
+    "leaf": _leafnodes,
     "ping_interval": _duration("ping_interval"),
     "write_deadline": _duration("write_deadline"),
     "lame_duck_duration": _duration("lame_duck_duration"),
@@ -5812,6 +6051,13 @@ def nkey_sign(seed: str, data: bytes) -> tuple:
     kind, raw = decoded
     public = encode_nkey(kind, ed25519_public_key(raw))
     return public, base64.urlsafe_b64encode(ed25519_sign(raw, data)).rstrip(b"=").decode()
+
+
+def _new_server_id() -> str:
+    """A server id as Go makes one (nkeys.CreateServer): the public nkey
+    ("N...", chapter 9) of a fresh Ed25519 seed, which is then dropped:
+    the server signs nothing with it."""
+    return encode_nkey(NKEY_SERVER, ed25519_public_key_once(os.urandom(32)))
 
 
 def new_nonce() -> str:
@@ -7728,7 +7974,7 @@ def _dn_escape(value: str) -> str:
 
 class TLSServing:
     """The Server's part in a TLS client's start (mixed into Server in
-    chapter 15): which comes first, INFO or the handshake (Go's
+    chapter 16): which comes first, INFO or the handshake (Go's
     createClientEx, handshake_first and its fallback), and what a finished
     handshake starts.  The connection's side is TLSConnection above."""
 
@@ -8348,7 +8594,7 @@ def _http_date() -> str:
 
 
 class WebSocketServing:
-    """The Server's part in WebSocket (mixed into Server in chapter 15):
+    """The Server's part in WebSocket (mixed into Server in chapter 16):
     the listener, the upgrade's checks and answer, and what a finished
     upgrade starts.  The connection's side is WSConnection above."""
 
@@ -8654,12 +8900,14 @@ class RouteURL:
 
 def local_plan(sublist: Sublist, subject: bytes) -> DeliveryPlan:
     """The delivery plan for a message that came over a route: the local
-    clients' plain subscriptions only (one hop; queue groups only when the
-    peer names them, which the general path handles)."""
+    clients' plain subscriptions, and the leaf nodes that dialed us (one
+    hop; queue groups only when the peer names them, which the general
+    path handles)."""
     result = sublist.match(subject)
     plan = result.local_plan
     if plan is None:
-        local = SublistResult([s for s in result.psubs if s.client.kind == "Client"], [])
+        local = SublistResult([s for s in result.psubs if s.client.kind == "Client" or
+                               s.client.kind == "Leaf" and not s.client.is_spoke], [])
         plan = result.local_plan = DeliveryPlan(local, subject, sublist.name)
         if any(s.client.kind == "Router" and s.client.legacy for s in result.psubs):
             plan.kind = PLAN_SLOW       # a 0.7-dialect peer wants it too: deliver_local
@@ -9144,14 +9392,18 @@ class Route(Connection):
                 c = sub.client
                 if c.kind == "Client":
                     deliver(sub, msg, None)
+                elif c.kind == "Leaf":      # a leaf that dialed us (Go: not our hub's)
+                    if not c.is_spoke and c not in onward:
+                        onward[c] = [sub, []]
                 elif c.legacy != self.legacy and c not in onward:
                     onward[c] = [sub, []]
         if queues:
             for group in result.qsubs:
                 if group[0].queue not in queues:
                     continue
-                members = [s for s in group
-                           if s.client.kind == "Client" or s.client.legacy != self.legacy]
+                members = [s for s in group if s.client.kind == "Client" or
+                           (not s.client.is_spoke if s.client.kind == "Leaf" else
+                            s.client.legacy != self.legacy)]
                 start = int(random.random() * len(members)) if members else 0
                 for k in range(len(members)):
                     sub = members[(start + k) % len(members)]
@@ -9754,7 +10006,10 @@ class Cluster:
         cannot hear of it from the peer (a 0.7 server and a 2.x server do
         not route to each other), so they hear of it from us, as ours, and
         we forward their messages (Route.deliver_local).  Global account
-        only: the 0.7 dialect has no other."""
+        only: the 0.7 dialect has no other.  (A hub's leaf nodes hear of
+        it too, chapter 13.)"""
+        if self.server.leafs.conns:
+            self.server.leafs.interest_changed(account, sub, delta)
         if account is not self.server.global_account:
             return
         key = (sub.subject, sub.queue)
@@ -9808,7 +10063,874 @@ class Cluster:
 
 
 # ============================================================================
-# 13. Monitor
+# 13. Leaf nodes
+# ============================================================================
+#
+# A leaf node joins one account of this server to one account of another
+# over a single connection, whichever side dialed: the edge device dials
+# out (through NAT, to a hub it names in `leafnodes { remotes [...] }`),
+# and the hub accepts on its leafnode port.  Unlike a route, a leaf
+# connection is bound to one account at each end, and each side tells the
+# other only the interest it has in that account: `LS+ <subject> [<queue>
+# <weight>]` and `LS- ...`; messages cross as `LMSG <subject> [reply |
+# + reply queues | | queues] <size>` (HMSG with headers).  A message goes
+# over a leaf connection only when the other side said it wants it, and
+# never back where it came from.
+#
+# The two ends are not symmetric (Go's leafnode.go):
+#
+# * The hub (the accepting side) tells a leaf about all interest in the
+#   account: its clients', its routes' and its other leaf nodes'.  A leaf's
+#   interest travels on to the hub's routes, so a leaf on one node of a
+#   cluster reaches subscribers on every node.
+# * The spoke (the dialing side) tells the hub only about its own clients
+#   (and the leaf nodes that dial it in turn), and what comes from the hub
+#   is for its clients: its cluster peers dial the hub themselves.
+# * A queue group prefers its members on this side; a member across a leaf
+#   connection gets a message only when no local one can.
+# * Each side subscribes the other to a loop detection subject ($LDS.<id>)
+#   of its own: seeing one's own come back means the connection closes a
+#   loop, which is refused.
+#
+# The dialing side reconnects (leafnodes { reconnect }) for as long as it
+# runs, keeps serving its clients while the hub is away, and sends its
+# interest again on each connect.  The hub authenticates a leaf by the
+# leafnodes block's authorization (binding it to that block's account), or
+# else as a client (users, accounts, operator mode's JWTs: a remote's
+# `credentials` file signs the hub's nonce).
+
+LEAF_RECONNECT_DELAY = 1.0        # Go's DEFAULT_LEAF_NODE_RECONNECT
+LEAF_CONNECT_TIMEOUT = 2.0        # Go's connectProcessTimeout: a hub's answer to CONNECT
+LEAF_LDS_PREFIX = b"$LDS."        # loop detection subjects (Go's leafNodeLoopDetectionSubjectPrefix)
+LEAF_LOOP_DELAY = 30.0            # a dialing side's wait after a loop (Go's, 30 s)
+
+# The ops LeafNode.process_op knows.
+_LEAF_OPS = frozenset((b"LMSG", b"HMSG", b"LS+", b"LS-", b"PING", b"PONG", b"INFO",
+                       b"CONNECT", b"-ERR", b"+OK"))
+
+
+class LeafNode(Connection):
+    """A leaf node connection, bound to `account`.
+
+    dialed (spoke):  connect -> [TLS] -> hub INFO -> CONNECT -> interest
+                     (with the hub's info_on_connect: after its second INFO)
+    accepted (hub):  [TLS] -> INFO -> leaf CONNECT (authenticated) -> interest
+    """
+
+    __slots__ = ("remote", "url", "account", "remote_id", "remote_name", "remote_cluster",
+                 "remote_info", "info_received", "connect_received", "registered", "headers",
+                 "remote_subs", "weights", "smap", "nonce", "credentials", "deny_exports",
+                 "deny_imports", "remote_account")
+
+    kind = "Leaf"
+    tls_label = "leafnode "
+    legacy = False              # (as a Route's: what message tracing asks of a peer)
+
+    @property
+    def name(self) -> str:
+        """The remote server's name (what a client's `name` is in traces)."""
+        return self.remote_name
+
+    def __init__(self, server: "Server", sock: socket.socket, cid: int,
+                 remote: "RemoteLeafOptions | None" = None, url: "RouteURL | None" = None):
+        super().__init__(server, sock, cid)
+        self.remote = remote            # the remotes entry we dialed for, None for accepted
+        self.url = url                  # the URL dialed
+        self.account = server.global_account
+        self.remote_id = self.remote_name = self.remote_cluster = self.remote_account = ""
+        self.remote_info: dict = {}
+        self.info_received = False
+        self.connect_received = False
+        self.registered = False
+        self.headers = True
+        self.remote_subs: dict = {}     # b"subject[ queue]" -> Subscription (the peer's LS+)
+        self.weights: dict = {}         # the same keys -> queue weight
+        self.smap: dict = {}            # b"subject[ queue]" -> count we told the peer
+        self.nonce = b""
+        self.credentials = None
+        self.deny_exports = _permission_sublist(remote.deny_exports if remote else None)
+        self.deny_imports = _permission_sublist(remote.deny_imports if remote else None)
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        self.log_prefix = "%s:%d - lid:%d - " % (host, self.port, cid)
+
+    @property
+    def is_spoke(self) -> bool:
+        """Did we dial (the hub is the other side)?"""
+        return self.remote is not None
+
+    # -- handshake -------------------------------------------------------------
+
+    def send_connect(self):
+        """Our CONNECT to the hub (Go's sendLeafConnect): who we are, the
+        account we bind, and the credentials of the remote: a .creds file
+        or an nkey seed signs the hub's nonce; user and password come from
+        the URL."""
+        server, remote = self.server, self.remote
+        fields = {"version": VERSION, "server_id": server.server_id, "name": server.server_name,
+                  "headers": True, "remote_account": self.account.name, "protocol": 1}
+        if server.cluster.enabled:
+            fields["cluster"] = server.cluster.name
+        if remote.deny_imports:
+            fields["deny_pub"] = list(remote.deny_imports)
+        try:
+            if remote.credentials:
+                self.debug("Authenticating with credentials file %s",
+                           go_quote(remote.credentials.encode()))
+                token, seed = read_credentials(remote.credentials)
+                fields["jwt"] = token
+                fields["sig"] = nkey_sign(seed, self.nonce)[1]
+            elif remote.seed:
+                fields["nkey"], fields["sig"] = nkey_sign(remote.seed, self.nonce)
+        except (OSError, ValueError) as exc:
+            self.error("Error signing the nonce: %s", exc)
+            self.close("Write Error")
+            return
+        if self.url is not None and self.url.user:
+            fields["user"] = self.url.user
+            if self.url.password:
+                fields["pass"] = self.url.password
+            else:
+                fields["auth_token"] = self.url.user
+        self.send_proto(b"CONNECT " + json.dumps(fields, separators=(",", ":")).encode()
+                        + CR_LF, "CONNECT")
+
+    def process_info(self, arg: bytes):
+        """The hub's INFO (we dialed): the first one has the nonce to sign;
+        then CONNECT, and our interest at once, or after the hub's answer
+        when it says it will send one (info_on_connect).  Later INFOs update
+        what we know (the hub's answer: connect_info)."""
+        try:
+            info = load_go_json(arg)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError("processLeafnodeInfo: %s" % exc)
+        if not isinstance(info, dict):
+            raise ProtocolError("processLeafnodeInfo: INFO is not a JSON object")
+        if not self.is_spoke:
+            return                      # an accepting side reads no INFO (Go's)
+        if not self.info_received:
+            if not info.get("client_id") or info.get("leafnode_urls") is None:
+                self.error("attempted to connect to wrong port")
+                self.close("Wrong Port")
+                return
+            self.info_received = True
+            self.nonce = str(info.get("nonce") or "").encode()
+            self.remote_id = info.get("server_id") or ""
+            self.remote_name = info.get("name") or info.get("server_name") or self.remote_id
+            self.remote_cluster = info.get("cluster") or ""
+            self.remote_info = info
+            self.headers = bool(info.get("headers"))
+            self.send_connect()
+            if self.closed:
+                return
+            self.debug("Remote leafnode connect msg sent")
+            if info.get("info_on_connect"):
+                self.server.add_timer(LEAF_CONNECT_TIMEOUT, self.connect_timeout)
+                return
+            self.server.leafs.register(self)
+            return
+        if info.get("remote_account"):
+            self.remote_account = info["remote_account"]
+        if info.get("connect_info") and not self.registered:
+            self.server.leafs.register(self)
+
+    def connect_timeout(self):
+        """Timer callback: a hub that promised an INFO after our CONNECT
+        (or a leaf whose CONNECT never came) did not send it in time."""
+        if self.closed or self.registered:
+            return
+        if self.is_spoke:
+            self.debug("Stale Leaf Node Connection - Closing")
+            self.send_err_and_close("Stale Leaf Node Connection - Closing", STALE_CONNECTION)
+        else:
+            self.error("Authentication Timeout")
+            self.send_err_and_close(ERR_AUTH_TIMEOUT, AUTHENTICATION_TIMEOUT)
+
+    def process_connect(self, arg: bytes):
+        """A leaf's CONNECT (we accepted; Go's processLeafNodeConnect):
+        authenticate, bind the account, register, send our interest."""
+        if self.is_spoke:
+            return
+        try:
+            fields = load_go_json(arg)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError("processLeafNodeConnect: %s" % exc)
+        if not isinstance(fields, dict):
+            raise ProtocolError("processLeafNodeConnect: CONNECT is not a JSON object")
+        if fields.get("lang"):
+            self.error("attempted to connect to leafnode port")
+            self.send_err_and_close("attempted to connect to leafnode port", "Wrong Port")
+            return
+        cluster = fields.get("cluster") or ""
+        if " " in str(cluster):
+            self.error("cluster name cannot contain spaces or new lines")
+            self.send_err_and_close("cluster name cannot contain spaces or new lines",
+                                    PROTOCOL_VIOLATION)
+            return
+        server = self.server
+        if cluster and server.cluster.enabled and cluster == server.cluster.name:
+            text = "remote leafnode has same cluster name"
+            self.error("%s", text)
+            self.send_err_and_close(text, "Cluster Names Identical")
+            return
+        self.credentials = {k: fields[k] for k in ("user", "pass", "auth_token", "nkey",
+                                                   "sig", "jwt") if fields.get(k)}
+        try:
+            account = self.authorize()
+        except _SecretCheckPending as pending:
+            self.await_secret(pending, lambda: self.process_connect(arg))
+            return
+        if account is None:
+            user = (self.credentials or {}).get("user")
+            if user:
+                self.error("authentication error - User %s", go_quote(str(user).encode()))
+            else:
+                self.error("authentication error")
+            self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
+            return
+        self.connect_received = True
+        self.account = account
+        self.remote_id = str(fields.get("server_id") or "")
+        self.remote_name = str(fields.get("name") or self.remote_id)
+        self.remote_cluster = str(cluster)
+        self.remote_account = str(fields.get("remote_account") or "")
+        self.headers = bool(fields.get("headers"))
+        deny = fields.get("deny_pub")
+        if isinstance(deny, list) and deny:     # what the leaf will not import: not sent
+            self.deny_exports = _permission_sublist([str(s) for s in deny])
+        server.leafs.register(self)
+
+    def authorize(self) -> "Account | None":
+        """The account this accepted leaf logs in to, or None: the leafnodes
+        block's authorization (one user, or users, each with an account),
+        else the credentials a client's would be (users, accounts, operator
+        mode).  Raises _SecretCheckPending for a bcrypt answer."""
+        server = self.server
+        leaf = server.options.leafnodes
+        given = self.credentials or {}
+        if leaf.username or leaf.users:
+            users = leaf.users or [User(leaf.username, leaf.password, None, leaf.account)]
+            for user in users:
+                if user.username == given.get("user"):
+                    if not self.secret_equal(given.get("pass", ""), user.password):
+                        return None
+                    return server.accounts.get(user.account or GLOBAL_ACCOUNT)
+            return None
+        opts = server.options
+        if opts.trusted_keys:
+            login = jwt_login(server.accounts, self)
+            return server.accounts[login.account] if login is not None else None
+        found = authenticate(opts, given, (), self.secret_equal, self.nonce)
+        if found is None:
+            return None
+        return server.accounts.get(found[2] or GLOBAL_ACCOUNT)
+
+    def connection_type(self) -> str:
+        """What a user JWT's allowed_connection_types calls this connection."""
+        return "LEAFNODE"
+
+    # -- input -----------------------------------------------------------------
+
+    def parse(self, data: bytes, start: int = 0):
+        """Leaf ops, one control line at a time (no hot path yet)."""
+        n = len(data)
+        i = start
+        while i < n and not self.closed:
+            nl = data.find(b"\n", i)
+            if nl < 0:
+                if n - i > self.server.options.max_control_line:
+                    raise ProtocolError("leafnode control line too long",
+                                        ERR_MAX_CONTROL_LINE, MAX_CONTROL_LINE_EXCEEDED)
+                self.keep_tail(data, i, n - i + 1)
+                return
+            i = self.process_op(data, i, nl)
+            if i < 0:
+                return
+
+    def process_op(self, data: bytes, i: int, nl: int) -> int:
+        """One control line; returns the next index, or -1 when the op's
+        payload is not all here yet (the tail is kept)."""
+        line = data[i:nl]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        op, _, arg = line.partition(b" ")
+        op = op.upper()
+        if not self.is_spoke and not self.connect_received and op not in (b"CONNECT", b"PING",
+                                                                          b"PONG", b"INFO"):
+            self.error("authentication error")
+            self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
+            return -1
+        if op == b"LMSG" or op == b"HMSG":
+            stop = self.process_msg(data, nl, op == b"HMSG", arg.strip())
+            if stop < 0:
+                self.keep_tail(data, i, -stop - i)
+                return -1
+            return stop
+        if self.trace:
+            self.trace_in(op.decode("ascii", "replace"), arg)
+        if op == b"LS+":
+            self.process_leaf_sub(arg.split())
+        elif op == b"LS-":
+            self.process_leaf_unsub(arg.strip())
+        elif op == b"PING":
+            self.send_proto(PONG)
+        elif op == b"PONG":
+            self.pings_out = 0
+        elif op == b"INFO":
+            self.process_info(arg)
+        elif op == b"CONNECT":
+            self.process_connect(arg)
+        elif op == b"-ERR":
+            text = arg.decode("utf-8", "replace")
+            self.error("Leafnode Error %s", text)
+            if "Loop detected" in text:
+                self.close(PROTOCOL_VIOLATION)
+        elif op != b"+OK":
+            raise ProtocolError("leafnode parser: unknown op %s" % go_quote(op[:8]),
+                                ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+        return nl + 1
+
+    def process_msg(self, data: bytes, nl: int, headers: bool, arg: bytes) -> int:
+        """LMSG/HMSG whose payload follows `nl` (Go's processLeafMsgArgs):
+        `<subject> [reply] <size>`, or `<subject> + <reply> <queues> <size>`
+        or `<subject> | <queues> <size>` (HMSG: `<hdr> <size>` at the end);
+        returns the index after the payload, or -(bytes needed)."""
+        args = arg.split()
+        sizes = 2 if headers else 1
+        if len(args) < 1 + sizes:
+            raise ProtocolError("processLeafMsgArgs Parse Error: '%s'"
+                                % arg.decode("utf-8", "replace"), ERR_UNKNOWN_PROTOCOL,
+                                PARSE_ERROR)
+        size = parse_size(args[-1])
+        hdr = parse_size(args[-2]) if headers else -1
+        if size < 0 or (headers and (hdr < 0 or hdr > size)):
+            raise ProtocolError("processLeafMsgArgs Bad or Missing Size: '%s'"
+                                % arg.decode("utf-8", "replace"), ERR_UNKNOWN_PROTOCOL,
+                                PARSE_ERROR)
+        if size > self.server.options.max_payload:
+            self.error("maximum payload exceeded: %d vs %d", size,
+                       self.server.options.max_payload)
+            self.send_err_and_close(ERR_MAX_PAYLOAD, MAX_PAYLOAD_EXCEEDED)
+            return len(data)
+        subject, middle = args[0], args[1:-sizes]
+        reply, queues = None, None
+        if len(middle) == 1:
+            reply = middle[0]
+        elif middle:
+            if middle[0] == b"+" and len(middle) > 1:
+                reply, queues = middle[1], middle[2:]
+            elif middle[0] == b"|":
+                queues = middle[1:]
+            else:
+                raise ProtocolError("processLeafMsgArgs Bad or Missing Reply Indicator: '%s'"
+                                    % middle[0].decode("utf-8", "replace"),
+                                    ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+        stop = nl + 1 + size
+        if stop + 2 > len(data):
+            return -(stop + 2)
+        if self.trace:
+            self.trace_in("LMSG" if hdr < 0 else "HMSG", arg)
+        self.in_msgs += 1
+        self.in_bytes += size
+        self.last_activity = time.time()
+        if self.deny_imports is not None and self.deny_imports.has_interest(subject):
+            return stop + 2             # deny_imports: not taken from the hub
+        msg = Message(subject, reply, hdr, size, data[nl + 1:stop],
+                      b"%d %d" % (hdr, size) if hdr >= 0 else args[-1])
+        self.server.leafs.deliver(self, msg, queues)
+        return stop + 2
+
+    # -- interest ----------------------------------------------------------------
+
+    def process_leaf_sub(self, args: list):
+        """LS+ <subject> [<queue> <weight>] (Go's processLeafSub): the peer's
+        interest, in our account's sublist; our own loop detection subject
+        coming back means a loop."""
+        if len(args) not in (1, 3):
+            raise ProtocolError("processLeafSub Parse Error: '%s'"
+                                % b" ".join(args).decode("utf-8", "replace"),
+                                ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+        subject = args[0]
+        leafs = self.server.leafs
+        if subject == leafs.lds(self.account):
+            self.loop_detected()
+            return
+        queue = args[1] if len(args) == 3 else None
+        key = subject if queue is None else subject + b" " + queue
+        delta = 1
+        if queue is not None:
+            old = self.weights.get(key, 0)
+            self.weights[key] = weight = max(1, parse_size(args[2]))
+            delta = weight - old
+        sub = self.remote_subs.get(key)
+        if sub is None:
+            sub = Subscription(self, subject, queue, key)
+            self.remote_subs[key] = sub
+            self.account.sublist.insert(sub)
+        elif not delta:
+            return
+        leafs.interest_changed(self.account, sub, delta)
+        if not self.is_spoke and self.server.cluster.enabled:
+            self.server.cluster.update_interest(self.account, sub, delta)   # a hub's routes
+
+    def process_leaf_unsub(self, key: bytes):
+        """LS- <subject> [<queue>]."""
+        sub = self.remote_subs.pop(key, None)
+        if sub is None:
+            return
+        delta = -self.weights.pop(key, 1)
+        self.account.sublist.remove(sub)
+        self.server.leafs.interest_changed(self.account, sub, delta)
+        if not self.is_spoke and self.server.cluster.enabled:
+            self.server.cluster.update_interest(self.account, sub, delta)
+
+    def loop_detected(self):
+        """Our loop detection subject came back: this connection closes a
+        loop.  Tell the peer, log, close (a dialing side waits before it
+        tries again)."""
+        text = "Loop detected for leafnode account=%s. Delaying attempt to reconnect for %s" % (
+            go_quote(self.account.name.encode()), format_duration(LEAF_LOOP_DELAY))
+        self.send_err(text)
+        self.error("%s", text)
+        if self.remote is not None:
+            self.remote.delay_until = time.monotonic() + LEAF_LOOP_DELAY
+        self.close(PROTOCOL_VIOLATION)
+
+    def weight(self, sub: Subscription) -> int:
+        """The weight the peer gave `sub`'s queue group (for _pick_start)."""
+        return self.weights.get(sub.sid, 1)
+
+    def update_smap(self, subject: bytes, queue: bytes | None, delta: int):
+        """Interest in (subject, queue) here changed by `delta`: LS+ when
+        the peer should start hearing of it, LS- when it ends, and for a
+        queue group its new weight (Go's updateSmap)."""
+        key = subject if queue is None else subject + b" " + queue
+        count = self.smap.get(key, 0)
+        if delta < 0 and key not in self.smap:
+            return
+        new = count + delta
+        if new > 0:
+            self.smap[key] = new
+        else:
+            self.smap.pop(key, None)
+        if queue is not None or (count <= 0 < new) or (count > 0 >= new):
+            self.send_interest(key, new)
+
+    def send_interest(self, key: bytes, count: int):
+        """LS+ key [weight] or LS- key."""
+        if count > 0:
+            line = b"LS+ " + key + (b" %d" % count if b" " in key else b"")
+        else:
+            line = b"LS- " + key
+        if self.trace:
+            self.trace_out(line.decode("utf-8", "replace"))
+        self.queue_outbound(line + CR_LF)
+
+    # -- output ------------------------------------------------------------------
+
+    def send_msg(self, account: Account, msg: Message, queue_subs: list,
+                 plain: Subscription | None = None):
+        """One LMSG/HMSG for `msg`, naming the queue groups the peer was
+        picked for; nothing if deny_exports keeps the subject here."""
+        if self.deny_exports is not None and self.deny_exports.has_interest(msg.subject):
+            return
+        queues = [sub.queue for sub in queue_subs]
+        if msg.hdr >= 0 and not self.headers:
+            body = msg.payload[msg.hdr:]
+            msg = Message(msg.subject, msg.reply, -1, len(body), body)
+        parts = [b"LMSG" if msg.hdr < 0 else b"HMSG", msg.subject]
+        if queues:
+            if msg.reply is not None:
+                parts += [b"+", msg.reply]
+            else:
+                parts.append(b"|")
+            parts += queues
+        elif msg.reply is not None:
+            parts.append(msg.reply)
+        parts.append(msg.size_field if msg.hdr < 0 else b"%d %d" % (msg.hdr, msg.size))
+        line = b" ".join(parts)
+        if self.trace:
+            self.trace_out(line.decode("utf-8", "replace"))
+        self.out.append(line + CR_LF + msg.payload + CR_LF)
+        self.out_msgs += 1
+        self.out_bytes += msg.size
+        self.server.pending.add(self)
+
+    # -- ping and close ----------------------------------------------------------
+
+    def closed_cleanup(self):
+        """Leave the account: the peer's interest goes; a dialing side
+        dials again (LeafNodes.remove)."""
+        self.server.leafs.remove(self)
+
+    def log_closed(self, reason: str):
+        """Log the close at [INF], as Go does for leaf nodes."""
+        self.server.log.info("%sLeafnode connection closed: %s - Account: %s", self.log_prefix,
+                             reason, self.account.label)
+
+    def conn_info(self) -> dict:
+        """This leaf as a /leafz entry (Go's LeafInfo)."""
+        info = {
+            "id": self.cid, "name": self.remote_name, "is_spoke": self.is_spoke,
+            "account": self.account.name, "ip": self.host, "port": self.port,
+            "rtt": format_duration(0), "in_msgs": self.in_msgs, "out_msgs": self.out_msgs,
+            "in_bytes": self.in_bytes, "out_bytes": self.out_bytes,
+            "subscriptions": len(self.remote_subs),
+        }
+        if self.remote_cluster:
+            info["cluster"] = self.remote_cluster
+        return info
+
+
+class _LeafDialer:
+    """A leaf connection being dialed: waits in the selector for the
+    non-blocking connect to finish, then hands the socket over."""
+
+    closed = False
+
+    def __init__(self, leafs: "LeafNodes", sock: socket.socket, remote: "RemoteLeafOptions",
+                 url: RouteURL):
+        self.leafs = leafs
+        self.server = leafs.server
+        self.sock = sock
+        self.remote = remote
+        self.url = url
+
+    def read_ready(self):
+        self.write_ready()
+
+    def write_ready(self):
+        if self.closed:
+            return
+        self.closed = True
+        self.server.unregister(self)
+        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self.sock.close()
+            self.leafs.dial_failed(self.remote, self.url, os.strerror(error))
+        else:
+            self.leafs.create_leaf(self.sock, self.remote, self.url)
+
+    def timeout(self):
+        if not self.closed:
+            self.closed = True
+            self.server.unregister(self)
+            self.sock.close()
+            self.leafs.dial_failed(self.remote, self.url, "i/o timeout")
+
+
+class LeafNodes:
+    """This server's leaf node connections (the leaf half of Go's
+    server.go): the hub's listener, the remotes it dials and dials again,
+    the connections by account, and what each is told of the account's
+    interest.  The server owns one (`server.leafs`).  Loop thread only."""
+
+    def __init__(self, server: "Server"):
+        self.server = server
+        self.conns: set = set()         # every leaf connection, registered or not
+        self.by_account: dict = {}      # account name -> [registered LeafNode]
+        self.listener = None
+        self.host = ""
+        self.port = 0
+        self.lds_subjects: dict = {}    # account name -> our loop detection subject
+
+    # -- listening and dialing -------------------------------------------------
+
+    def listen(self):
+        """Bind the leafnode listener (a hub), and dial the remotes (a leaf)."""
+        server = self.server
+        leaf = server.options.leafnodes
+        if leaf is None:
+            return
+        if leaf.port:
+            self.host = leaf.host or DEFAULT_HOST
+            sock = _bind(self.host, leaf.port)
+            self.port = sock.getsockname()[1]
+            self.listener = _Listener(server, sock, self.create_leaf)
+            server.selector.register(sock, selectors.EVENT_READ, self.listener)
+            server.log.info("Listening for leafnode connections on %s",
+                            _host_port(self.host, self.port))
+        for remote in leaf.remotes:
+            self.dial(remote)
+
+    def close_listener(self):
+        """Stop accepting leaf nodes (shutdown, lame duck)."""
+        listener = self.listener
+        if listener is not None and not listener.closed:
+            self.server.unregister(listener)
+            listener.sock.close()
+            listener.closed = True
+
+    def url(self) -> str:
+        """How leaf nodes reach our leafnode port (INFO's leafnode_urls)."""
+        leaf = self.server.options.leafnodes
+        if leaf.advertise:
+            host_port = leaf.advertise
+            if ":" not in host_port.rsplit("]", 1)[-1]:
+                host_port = _host_port(host_port, self.port)
+            return host_port
+        return _host_port(_advertise_host(self.host), self.port)
+
+    def info(self, leaf: LeafNode) -> bytes:
+        """The INFO an accepted leaf gets (Go's leafnode INFO): with a nonce
+        to sign, its cid, and where to reach us (leafnode_urls, which a Go
+        leaf requires to tell a leafnode port from others)."""
+        server = self.server
+        opts = server.options
+        info = {
+            "server_id": server.server_id, "name": server.server_name, "version": VERSION,
+            "go": GO_FIELD, "host": self.host, "port": self.port, "headers": True,
+        }
+        if opts.leafnodes.username or opts.leafnodes.users or opts.auth_required:
+            info["auth_required"] = True
+        info.update({"max_payload": opts.max_payload, "client_id": leaf.cid,
+                     "nonce": leaf.nonce.decode(), "proto": 1})
+        info["leafnode_urls"] = [] if opts.leafnodes.no_advertise else [self.url()]
+        if server.cluster.enabled:
+            info["cluster"] = server.cluster.name
+        return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + CR_LF
+
+    def dial(self, remote: "RemoteLeafOptions"):
+        """Dial the remote's next URL (they take turns)."""
+        server = self.server
+        if not server.running and server.listener is None:
+            return
+        if server.lame_duck or not remote.urls:
+            return
+        url = remote.urls[remote.next_url % len(remote.urls)]
+        remote.next_url += 1
+        try:
+            address = socket.getaddrinfo(url.host, url.port, 0, socket.SOCK_STREAM)[0]
+            family, _type, _proto, _name, address = address
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            self.dial_failed(remote, url, str(exc))
+            return
+        sock.setblocking(False)
+        error = sock.connect_ex(address)
+        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            sock.close()
+            self.dial_failed(remote, url, os.strerror(error))
+            return
+        dialer = _LeafDialer(self, sock, remote, url)
+        server.selector.register(sock, selectors.EVENT_WRITE, dialer)
+        server.add_timer(ROUTE_DIAL_TIMEOUT, dialer.timeout)
+
+    def dial_failed(self, remote: "RemoteLeafOptions", url: RouteURL, why: str):
+        """Log (the first failure, then every ROUTE_ERROR_REPORTS-th) and
+        try again after the reconnect delay."""
+        remote.attempts += 1
+        text = "Error trying to connect as leafnode to remote server %s (attempt %d): " \
+               "dial tcp %s: connect: %s" % (go_quote(url.redacted().encode()), remote.attempts,
+                                             _host_port(url.host, url.port), why.lower())
+        if remote.attempts == 1 or remote.attempts % ROUTE_ERROR_REPORTS == 0:
+            self.server.log.error("%s", text)
+        else:
+            self.server.log.debug("%s", text)
+        self.redial_later(remote)
+
+    def redial_later(self, remote: "RemoteLeafOptions"):
+        """Dial the remote again after the reconnect delay (or the longer
+        wait a loop imposes)."""
+        server = self.server
+        delay = max(server.options.leafnodes.reconnect,
+                    remote.delay_until - time.monotonic())
+        server.add_timer(delay, lambda: self.redial(remote))
+
+    def redial(self, remote: "RemoteLeafOptions"):
+        """Timer callback: dial the remote, unless it is connected again."""
+        if self.server.running and not any(c.remote is remote for c in self.conns):
+            self.dial(remote)
+
+    # -- connections ------------------------------------------------------------
+
+    def create_leaf(self, sock: socket.socket, remote: "RemoteLeafOptions | None" = None,
+                    url: RouteURL | None = None):
+        """A leaf connection, accepted (remote None: INFO at once) or dialed
+        (wait for the hub's INFO); TLS first when configured."""
+        server = self.server
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        server.next_cid += 1
+        leaf = LeafNode(server, sock, server.next_cid, remote, url)
+        try:
+            server.selector.register(sock, selectors.EVENT_READ, leaf)
+        except (ValueError, OSError) as exc:
+            server.log.error("Error registering leafnode connection: %s", exc)
+            sock.close()
+            return
+        self.conns.add(leaf)
+        if remote is not None:
+            remote.attempts = 0
+            leaf.account = server.accounts.get(remote.account or GLOBAL_ACCOUNT,
+                                               server.global_account)
+            leaf.log_prefix = "%s - lid:%d - " % (_host_port(url.host, url.port), leaf.cid)
+            server.log.info("%sLeafnode connection created for account: %s", leaf.log_prefix,
+                            leaf.account.label)
+            server.add_timer(LEAF_CONNECT_TIMEOUT * 2, leaf.connect_timeout)
+        else:
+            leaf.nonce = new_nonce().encode()
+            leaf.send_proto(self.info(leaf), "INFO")
+            server.add_timer(server.options.leafnodes.auth_timeout or AUTH_TIMEOUT,
+                             leaf.connect_timeout)
+            server.log.info("%sLeafnode connection created", leaf.log_prefix)
+        leaf.arm_ping_timer()
+        leaf.flush()
+
+    def register(self, leaf: LeafNode):
+        """The handshake is done: the leaf joins its account, hears of the
+        account's interest (and our loop detection subject), and its
+        subscriptions, when they come, count as ours."""
+        leaf.registered = True
+        self.by_account.setdefault(leaf.account.name, []).append(leaf)
+        leaf.account.client_count += 1
+        self.server.log.info("%sLeafnode connection %s for account: %s", leaf.log_prefix,
+                             "established" if leaf.is_spoke else "accepted", leaf.account.label)
+        for sub in leaf.account.sublist.all_subscriptions():
+            if self.tells(leaf, sub):
+                leaf.update_smap(sub.subject, sub.queue, self.weight_of(sub))
+        leaf.update_smap(self.lds(leaf.account), None, 1)
+        leaf.send_proto(PING)
+
+    def remove(self, leaf: LeafNode):
+        """A leaf connection closed: forget its interest, tell the others,
+        and dial again if we dialed it."""
+        self.conns.discard(leaf)
+        if leaf.registered:
+            leaf.registered = False
+            leaf.account.client_count -= 1
+            peers = self.by_account.get(leaf.account.name, [])
+            if leaf in peers:
+                peers.remove(leaf)
+            for key in list(leaf.remote_subs):
+                leaf.process_leaf_unsub(key)
+        if leaf.remote is not None and self.server.running:
+            self.redial_later(leaf.remote)
+
+    def lds(self, account: Account) -> bytes:
+        """Our loop detection subject in `account` ($LDS.<random>)."""
+        subject = self.lds_subjects.get(account.name)
+        if subject is None:
+            subject = self.lds_subjects[account.name] = LEAF_LDS_PREFIX + _random_token(22)
+        return subject
+
+    # -- interest ----------------------------------------------------------------
+
+    @staticmethod
+    def weight_of(sub: Subscription) -> int:
+        """What `sub` adds to its group's weight: a leaf's queue member
+        counts as the weight its LS+ gave, any other as one."""
+        client = sub.client
+        if sub.queue is not None and client.kind == "Leaf":
+            return client.weights.get(sub.sid, 1)
+        return 1
+
+    @staticmethod
+    def tells(leaf: LeafNode, sub: Subscription) -> bool:
+        """Does `leaf` hear of `sub`?  Not its own; a hub's leaf hears of
+        everything else; a spoke's hub only of our clients and of leaves
+        that dial us (Go's initLeafNodeSmapAndSendSubs and updateSmap);
+        never of what deny_imports keeps out, nor of a loop detection
+        subject but its own."""
+        client = sub.client
+        if client is leaf:
+            return False
+        if sub.subject.startswith(LEAF_LDS_PREFIX):
+            return client.kind == "Leaf" and client.remote_cluster != leaf.remote_cluster
+        if leaf.is_spoke and not (client.kind == "Client" or
+                                  (client.kind == "Leaf" and not client.is_spoke)):
+            return False
+        if client.kind == "Leaf" and client.remote_cluster and \
+                client.remote_cluster == leaf.remote_cluster:
+            return False
+        return leaf.deny_imports is None or not leaf.deny_imports.has_interest(sub.subject)
+
+    def interest_changed(self, account: Account, sub: Subscription, delta: int):
+        """Interest in `account` came or went (a client's, a route's, a
+        leaf's; `delta` 0: a queue weight changed): the leaf connections
+        that should hear of it do."""
+        peers = self.by_account.get(account.name)
+        if not peers:
+            return
+        for leaf in peers:
+            if self.tells(leaf, sub):
+                leaf.update_smap(sub.subject, sub.queue, delta)
+
+    # -- messages from leaf nodes -------------------------------------------------
+
+    def deliver(self, source: LeafNode, msg: Message, queues: list | None):
+        """A message from a leaf connection (Go's processInboundLeafMsg and
+        processMsgResults): to our clients' subscriptions; to routes only
+        from a hub's leaf (a spoke's cluster peers have their own link);
+        to other leaf connections with interest, never back to `source`.
+        Queue groups only when the LMSG names them, local members first."""
+        account = source.account
+        route = account.responses.get(msg.subject) if account.responses else None
+        if route is not None:       # a response to a service request made here
+            if route.singleton:
+                account.responses.pop(msg.subject, None)
+            deliver_result(route.importer.sublist.match(route.reply),
+                           msg.routed(route.reply, msg.reply), None, route.importer)
+            return
+        result = account.sublist.match(msg.subject)
+        targets = {}            # route or leaf -> [a plain subscription, [queue subs]]
+        for sub in result.psubs:
+            c = sub.client
+            if c.kind == "Client":
+                deliver_to(sub, msg, None)
+            elif c is not source and (c.kind == "Leaf" or not source.is_spoke):
+                targets.setdefault(c, [sub, []])
+        for group in result.qsubs if queues else ():
+            if group[0].queue not in queues:
+                continue
+            start = int(random.random() * len(group))
+            fallback = None
+            for k in range(len(group)):
+                sub = group[(start + k) % len(group)]
+                c = sub.client
+                if c.kind == "Client":
+                    if deliver_to(sub, msg, None):
+                        break
+                elif c.kind == "Router" and not source.is_spoke:
+                    targets.setdefault(c, [None, []])[1].append(sub)
+                    break
+                elif c.kind == "Leaf" and c is not source and fallback is None:
+                    fallback = sub
+            else:
+                if fallback is not None:
+                    targets.setdefault(fallback.client, [None, []])[1].append(fallback)
+        for peer, (plain, queue_subs) in targets.items():
+            peer.send_msg(account, msg, queue_subs, plain)
+
+    # -- monitoring ---------------------------------------------------------------
+
+    def leafz(self) -> list:
+        """/leafz's `leafs`: every registered leaf connection."""
+        return [leaf.conn_info() for peers in self.by_account.values() for leaf in peers]
+
+    def count(self) -> int:
+        """/varz's `leafnodes`."""
+        return sum(len(peers) for peers in self.by_account.values())
+
+    def varz(self) -> dict:
+        """/varz's `leaf` object (empty without a leafnodes block, as Go's)."""
+        leaf = self.server.options.leafnodes
+        if leaf is None:
+            return {}
+        out = {"host": self.host or leaf.host, "port": self.port,
+               "auth_timeout": go_number(leaf.auth_timeout or AUTH_TIMEOUT)}
+        if leaf.tls is not None:
+            out["tls_required"] = True
+        if leaf.remotes:
+            out["remotes"] = [{"url": [u.redacted() for u in r.urls],
+                               "account": r.account or GLOBAL_ACCOUNT} for r in leaf.remotes]
+        return out
+
+
+# ============================================================================
+# 14. Monitor
 # ============================================================================
 #
 # The HTTP monitoring endpoints, with the JSON of nats-server 2.x (key
@@ -10453,7 +11575,7 @@ class Monitor:
             "max_pending": opts.max_pending,
             "cluster": snap["cluster"],
             "gateway": {},
-            "leaf": {},
+            "leaf": snap["leaf"],
             "mqtt": {},
             "websocket": server.websocket_varz(),
             "jetstream": {},
@@ -10470,7 +11592,7 @@ class Monitor:
             "total_connections": server.total_connections,
             "routes": snap["routes"],
             "remotes": snap["routes"],
-            "leafnodes": 0,
+            "leafnodes": snap["leafnodes"],
             "in_msgs": snap["in_msgs"],
             "in_bytes": snap["in_bytes"],
             "in_client_msgs": snap["in_msgs"],
@@ -10680,9 +11802,10 @@ class Monitor:
         return "text/plain; version=0.0.4; charset=utf-8", out.text()
 
     def leafz(self, query: dict) -> dict:
-        """/leafz: always empty (there are no leaf nodes)."""
+        """/leafz (Go's Leafz): the leaf node connections (chapter 13)."""
+        leafs = self.snapshot(self.server.leafs.leafz, MONITOR_SNAPSHOT_TIMEOUT)
         return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
-                "leafnodes": 0, "leafs": []}
+                "leafnodes": len(leafs), "leafs": leafs}
 
     def gatewayz(self, query: dict) -> dict:
         """/gatewayz: always empty (there are no gateways)."""
@@ -10752,6 +11875,8 @@ def varz_snapshot(server: "Server") -> dict:
         "out_bytes": server.closed_out_bytes + sum(c.out_bytes for c in clients),
         "routes": len(server.cluster.routes),
         "cluster": server.cluster.varz(),
+        "leafnodes": server.leafs.count(),
+        "leaf": server.leafs.varz(),
     }
 
 def routez_snapshot(server: "Server", subs: str):
@@ -11213,22 +12338,19 @@ class SystemClient:
         self.handlers[sub.sid] = handler
         self.subs.append(sub)
         self.account.sublist.insert(sub)
-        if self.server.cluster.enabled:
-            self.server.cluster.update_interest(self.account, sub, 1)
+        self.server.interest_changed(self.account, sub, 1)
 
     def rebind(self):
         """A reload made new accounts: subscribe again in the new system account."""
         for sub in self.subs:
             self.account.sublist.remove(sub)
-            if self.server.cluster.enabled:
-                self.server.cluster.update_interest(self.account, sub, -1)
+            self.server.interest_changed(self.account, sub, -1)
         self.account = self.server.system_account
         subs, self.subs = self.subs, []
         for sub in subs:
             self.subs.append(sub)
             self.account.sublist.insert(sub)
-            if self.server.cluster.enabled:
-                self.server.cluster.update_interest(self.account, sub, 1)
+            self.server.interest_changed(self.account, sub, 1)
 
     def pending_bytes(self) -> int:
         """Nothing waits on a socket here."""
@@ -11457,7 +12579,7 @@ def _delivered_msgs(data: bytes):
 
 
 # ============================================================================
-# 14. Logging
+# 15. Logging
 # ============================================================================
 #
 # Log lines look like the Go server's, because people and tools read them:
@@ -11831,7 +12953,7 @@ def payload_end_error(data: bytes, stop: int) -> ProtocolError:
 
 
 # ============================================================================
-# 15. Command line
+# 16. Command line
 # ============================================================================
 #
 # The flags of gnatsd 0.7.2 and of the modern nats-server, in the groups of
@@ -12396,7 +13518,7 @@ class Server(ServerControl, WebSocketServing, TLSServing, CoreServer):
     the websocket port (WebSocketServing, chapter 11) and the
     controls above (ServerControl), composed as socketserver composes its
     servers from mix-ins.  `Server(options).start()` serves on a thread of
-    its own (chapter 16 wraps it for embedding); main() calls `run()`."""
+    its own (chapter 17 wraps it for embedding); main() calls `run()`."""
 
 
 def main(argv: list | None = None) -> int:
@@ -12655,11 +13777,11 @@ def _raise_open_file_limit():
 # ############################################################################
 #
 # The same file is a module: a Python program, notebook or test suite starts
-# servers in its own process, with no binary to install (15).
+# servers in its own process, with no binary to install (17).
 
 
 # ============================================================================
-# 16. Embedding and the pytest plugin
+# 17. Embedding and the pytest plugin
 # ============================================================================
 #
 # nats.py's helper package (`nats.server`: run, run_cluster, ServerError)
