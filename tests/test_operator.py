@@ -1066,6 +1066,64 @@ def test_no_system_account_is_a_warning(kind, serve, world, tmp_path):
     logged_in(srv, *world.user()).close()
 
 
+# -- 11. a leaf node logs in with a .creds file --------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_gnatsd_leaf_logs_in_to_an_operator_hub_with_a_creds_file(kind, serve, world,
+                                                                     tmp_path):
+    """A gnatsd.py leaf whose remote names a .creds file signs the hub's
+    nonce with its seed and binds to the user's account on the hub (Go
+    2.15 or gnatsd.py, operator mode): messages cross both ways between a
+    hub client of that account and a leaf client; a hub client of another
+    account sees nothing."""
+    from conftest import start_gnatsd
+    other = Key("A")
+    world.account(other, name="OTHER")
+    hub = serve(world.conf(tmp_path, extra="leafnodes { listen: 127.0.0.1:-1 }"))
+    leaf_port = int(hub.wait_for_log(rb"Listening for leafnode connections on \S+:(\d+)")
+                    .group(1))
+    creds = write_creds(tmp_path, *world.user(), "leaf.creds")
+    conf = write_conf(tmp_path, 'leafnodes { remotes = [ { url: "nats-leaf://127.0.0.1:%d", '
+                                'credentials: "%s" } ], reconnect: 1 }\n' % (leaf_port, creds),
+                      "leaf.conf")
+    leaf = start_gnatsd("-c", conf)
+    try:
+        leaf.wait_for_log(rb"Leafnode connection established for account: \$G", 10)
+
+        async def crossing(sub_nc, pub_nc, subject: str) -> bytes:
+            sub = await sub_nc.subscribe(subject)
+            await sub_nc.flush()
+            deadline = time.monotonic() + 5          # until the interest has crossed
+            while time.monotonic() < deadline:
+                await pub_nc.publish(subject, b"x")
+                try:
+                    return (await sub.next_msg(timeout=0.1)).data
+                except nats.errors.TimeoutError:
+                    continue
+            return b""
+
+        async def main():
+            app = await nats.connect(hub.url, user_credentials=write_creds(
+                tmp_path, *world.user(), "app.creds"), allow_reconnect=False)
+            stranger = await nats.connect(hub.url, user_credentials=write_creds(
+                tmp_path, *world.user(account=other), "other.creds"), allow_reconnect=False)
+            local = await nats.connect(leaf.url, allow_reconnect=False)
+            try:
+                watch = await stranger.subscribe(">")
+                await stranger.flush()
+                assert await crossing(app, local, "to.hub") == b"x"
+                assert await crossing(local, app, "to.leaf") == b"x"
+                with pytest.raises(nats.errors.TimeoutError):
+                    await watch.next_msg(timeout=0.3)
+            finally:
+                for nc in (app, stranger, local):
+                    await nc.close()
+        run(main())
+    finally:
+        leaf.stop()
+
+
 # -- configs Go refuses ------------------------------------------------------------------------
 
 
