@@ -5138,7 +5138,7 @@ def _remote_leaf(cm: ConfigMap, key: str, entry) -> RemoteLeafOptions:
             if decode_seed(remote.seed) is None:
                 raise entry.error(sub_key, "Remote leafnode nkey is not a valid seed")
         elif name == "tls":
-            remote.tls = parse_tls_block(entry, sub_key, sub_value)
+            remote.tls = parse_tls_block(entry, sub_key, sub_value, client=True)
         elif name in ("deny_imports", "deny_import", "deny_exports", "deny_export"):
             subjects = sub_value if isinstance(sub_value, list) else [sub_value]
             subjects = [_check_config_subject(entry, sub_key, s, "deny") for s in subjects]
@@ -5275,6 +5275,7 @@ class TLSConfig:
         self.curves = curves                    # Go names, or None
         self.min_version = min_version          # "1.2", "1.3" or "" (1.2)
         self.insecure = insecure                # routes: do not verify the server we dial
+        self.client_only = False                # a leaf remote's: our certificate optional
         self.contexts: dict = {}
 
     def __repr__(self) -> str:
@@ -5317,15 +5318,16 @@ class TLSConfig:
         """Give a new context our certificate, the CAs that vouch for peers
         (`purpose` picks the system's when ca_file is not set), versions,
         ciphers and curves."""
-        if not self.cert_file:
+        if not self.cert_file and not self.client_only:
             raise ConfigError("missing 'cert_file' in TLS configuration")
-        if not self.key_file:
+        if not self.key_file and (self.cert_file or not self.client_only):
             raise ConfigError("missing 'key_file' in TLS configuration")
         context.minimum_version = (ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3"
                                    else ssl.TLSVersion.TLSv1_2)
         context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)  # Go never renegotiates
         try:
-            context.load_cert_chain(self.cert_file, self.key_file)
+            if self.cert_file:
+                context.load_cert_chain(self.cert_file, self.key_file)
         except (OSError, ValueError) as exc:
             missing = self.key_file if os.path.exists(self.cert_file) else self.cert_file
             raise ConfigError("error parsing X509 certificate/key pair: %s"
@@ -5403,11 +5405,13 @@ def _go_type(value) -> str:
     return "string"
 
 
-def parse_tls_block(cm: ConfigMap, key: str, value, route: bool = False) -> TLSConfig:
-    """Read a `tls {}` block (the clients', or with `route` a cluster's) into
-    a TLSConfig and build its contexts, so bad files and names fail here (Go's
-    parseTLS).  Routes always verify their peers, both ways (Go's
-    parseCluster forces RequireAndVerifyClientCert)."""
+def parse_tls_block(cm: ConfigMap, key: str, value, route: bool = False,
+                    client: bool = False) -> TLSConfig:
+    """Read a `tls {}` block (the clients', with `route` a cluster's, with
+    `client` a leaf remote's, which dials only) into a TLSConfig and build
+    its contexts, so bad files and names fail here (Go's parseTLS).  Routes
+    always verify their peers, both ways (Go's parseCluster forces
+    RequireAndVerifyClientCert)."""
     if not isinstance(value, ConfigMap):
         raise cm.error(key, "interface conversion: interface {} is %s, not "
                             "map[string]interface {}" % _go_type(value))
@@ -5445,8 +5449,12 @@ def parse_tls_block(cm: ConfigMap, key: str, value, route: bool = False) -> TLSC
         else:
             raise value.error(sub_key, 'error parsing tls config, unknown field "%s"' % sub_key)
     tc.verify = tc.verify or tc.verify_and_map or route
+    tc.client_only = client
     try:
-        tc.server_context()
+        if client:
+            tc.client_context()
+        else:
+            tc.server_context()
         if route:
             tc.client_context()
     except ConfigError as exc:
@@ -8010,6 +8018,10 @@ class TLSServing:
         if isinstance(client, Route):
             self.cluster.start_route(client)
             return
+        if isinstance(client, LeafNode):
+            if client.is_spoke:
+                client.hello()          # our CONNECT to the hub (chapter 13)
+            return
         client.tls_identities = client.tls_peer_identities()
         if client.ws is not None:
             return                      # wss://: the HTTP upgrade comes next (ws_upgrade)
@@ -10219,19 +10231,35 @@ class LeafNode(Connection):
             self.remote_cluster = info.get("cluster") or ""
             self.remote_info = info
             self.headers = bool(info.get("headers"))
-            self.send_connect()
-            if self.closed:
+            remote = self.remote
+            if (info.get("tls_required") or remote.tls is not None or self.url.tls) \
+                    and self.tls is None:
+                # The upgrade comes after the hub's plain INFO (Go's
+                # leafClientHandshakeIfNeeded); CONNECT after the handshake.
+                context = remote.tls.client_context() if remote.tls is not None else \
+                    load_ssl().create_default_context()
+                self.start_tls(context, remote.tls.timeout if remote.tls else TLS_TIMEOUT,
+                               hostname=self.url.host)
                 return
-            self.debug("Remote leafnode connect msg sent")
-            if info.get("info_on_connect"):
-                self.server.add_timer(LEAF_CONNECT_TIMEOUT, self.connect_timeout)
-                return
-            self.server.leafs.register(self)
+            self.hello()
             return
         if info.get("remote_account"):
             self.remote_account = info["remote_account"]
         if info.get("connect_info") and not self.registered:
             self.server.leafs.register(self)
+
+    def hello(self):
+        """Our CONNECT to the hub (after its INFO, and the TLS handshake if
+        any); then we are in, or wait for the hub's second INFO when it said
+        it would send one (info_on_connect)."""
+        self.send_connect()
+        if self.closed:
+            return
+        self.debug("Remote leafnode connect msg sent")
+        if self.remote_info.get("info_on_connect"):
+            self.server.add_timer(LEAF_CONNECT_TIMEOUT, self.connect_timeout)
+            return
+        self.server.leafs.register(self)
 
     def connect_timeout(self):
         """Timer callback: a hub that promised an INFO after our CONNECT
@@ -10632,6 +10660,7 @@ class LeafNodes:
         self.host = ""
         self.port = 0
         self.lds_subjects: dict = {}    # account name -> our loop detection subject
+        self.tls_class = None           # with_tls(LeafNode), made at first use
 
     # -- listening and dialing -------------------------------------------------
 
@@ -10682,6 +10711,10 @@ class LeafNodes:
         }
         if opts.leafnodes.username or opts.leafnodes.users or opts.auth_required:
             info["auth_required"] = True
+        if opts.leafnodes.tls is not None:
+            info["tls_required"] = True
+            if opts.leafnodes.tls.verify:
+                info["tls_verify"] = True
         info.update({"max_payload": opts.max_payload, "client_id": leaf.cid,
                      "nonce": leaf.nonce.decode(), "proto": 1})
         info["leafnode_urls"] = [] if opts.leafnodes.no_advertise else [self.url()]
@@ -10754,7 +10787,13 @@ class LeafNodes:
         except OSError:
             pass
         server.next_cid += 1
-        leaf = LeafNode(server, sock, server.next_cid, remote, url)
+        tls = server.options.leafnodes.tls if remote is None else None
+        if remote is not None or tls is not None:     # a dialed leaf may upgrade after INFO
+            if self.tls_class is None:
+                self.tls_class = with_tls(LeafNode)
+            leaf = self.tls_class(server, sock, server.next_cid, remote, url)
+        else:
+            leaf = LeafNode(server, sock, server.next_cid, remote, url)
         try:
             server.selector.register(sock, selectors.EVENT_READ, leaf)
         except (ValueError, OSError) as exc:
@@ -10772,7 +10811,13 @@ class LeafNodes:
             server.add_timer(LEAF_CONNECT_TIMEOUT * 2, leaf.connect_timeout)
         else:
             leaf.nonce = new_nonce().encode()
-            leaf.send_proto(self.info(leaf), "INFO")
+            if tls is not None:         # the plain INFO says tls_required, then the handshake
+                if leaf.trace:
+                    leaf.trace_out("INFO")
+                leaf.send_now(self.info(leaf))
+                leaf.start_tls(tls.server_context(), tls.timeout)
+            else:
+                leaf.send_proto(self.info(leaf), "INFO")
             server.add_timer(server.options.leafnodes.auth_timeout or AUTH_TIMEOUT,
                              leaf.connect_timeout)
             server.log.info("%sLeafnode connection created", leaf.log_prefix)
