@@ -5001,6 +5001,7 @@ class RemoteLeafOptions:
         self.deny_exports: list = []     # subjects not sent to the hub
         self.next_url = 0
         self.attempts = 0
+        self.was_connected = False
         self.delay_until = 0.0
 
     def __eq__(self, other) -> bool:
@@ -5712,6 +5713,10 @@ def startup_problem(opts: Options) -> str:
     if opts.system_account and opts.system_account not in (known or {}) \
             and opts.system_account != SYSTEM_ACCOUNT:
         return "error resolving system account: account missing"
+    names = set(known or ()) | {GLOBAL_ACCOUNT, opts.system_account or SYSTEM_ACCOUNT}
+    for remote in (opts.leafnodes.remotes if opts.leafnodes else ()):
+        if remote.account and remote.account not in names:
+            return 'cannot find local account "%s" specified in leafnode remote' % remote.account
     return ""
 
 
@@ -10285,14 +10290,19 @@ class LeafNode(Connection):
         if not isinstance(fields, dict):
             raise ProtocolError("processLeafNodeConnect: CONNECT is not a JSON object")
         if fields.get("lang"):
-            self.error("attempted to connect to leafnode port")
-            self.send_err_and_close("attempted to connect to leafnode port", "Wrong Port")
+            self.error("attempted to connect to leaf node port")
+            self.send_err_and_close("attempted to connect to leaf node port", "Incorrect Port")
+            return
+        if fields.get("gateway"):
+            text = "Rejecting connection from gateway %s on the leafnode port" % go_quote(
+                str(fields["gateway"]).encode())
+            self.error("%s", text)
+            self.send_err_and_close(text, "Wrong Gateway")
             return
         cluster = fields.get("cluster") or ""
         if " " in str(cluster):
-            self.error("cluster name cannot contain spaces or new lines")
-            self.send_err_and_close("cluster name cannot contain spaces or new lines",
-                                    PROTOCOL_VIOLATION)
+            self.error("cluster name cannot contain spaces")
+            self.send_err_and_close("cluster name cannot contain spaces", PROTOCOL_VIOLATION)
             return
         server = self.server
         if cluster and server.cluster.enabled and cluster == server.cluster.name:
@@ -10325,6 +10335,7 @@ class LeafNode(Connection):
         deny = fields.get("deny_pub")
         if isinstance(deny, list) and deny:     # what the leaf will not import: not sent
             self.deny_exports = _permission_sublist([str(s) for s in deny])
+        self.send_proto(server.leafs.info(self, connected=True), "INFO")
         server.leafs.register(self)
 
     def authorize(self) -> "Account | None":
@@ -10382,8 +10393,7 @@ class LeafNode(Connection):
             line = line[:-1]
         op, _, arg = line.partition(b" ")
         op = op.upper()
-        if not self.is_spoke and not self.connect_received and op not in (b"CONNECT", b"PING",
-                                                                          b"PONG", b"INFO"):
+        if not self.is_spoke and not self.connect_received and op != b"CONNECT":
             self.error("authentication error")
             self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
             return -1
@@ -10410,8 +10420,9 @@ class LeafNode(Connection):
         elif op == b"-ERR":
             text = arg.decode("utf-8", "replace")
             self.error("Leafnode Error %s", text)
-            if "Loop detected" in text:
-                self.close(PROTOCOL_VIOLATION)
+            if self.remote is not None and ("Loop detected" in text or
+                                            "same cluster name" in text):
+                self.remote.delay_until = time.monotonic() + LEAF_LOOP_DELAY
         elif op != b"+OK":
             raise ProtocolError("leafnode parser: unknown op %s" % go_quote(op[:8]),
                                 ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
@@ -10426,14 +10437,12 @@ class LeafNode(Connection):
         sizes = 2 if headers else 1
         if len(args) < 1 + sizes:
             raise ProtocolError("processLeafMsgArgs Parse Error: '%s'"
-                                % arg.decode("utf-8", "replace"), ERR_UNKNOWN_PROTOCOL,
-                                PARSE_ERROR)
+                                % arg.decode("utf-8", "replace"), None, PARSE_ERROR)
         size = parse_size(args[-1])
         hdr = parse_size(args[-2]) if headers else -1
         if size < 0 or (headers and (hdr < 0 or hdr > size)):
             raise ProtocolError("processLeafMsgArgs Bad or Missing Size: '%s'"
-                                % arg.decode("utf-8", "replace"), ERR_UNKNOWN_PROTOCOL,
-                                PARSE_ERROR)
+                                % arg.decode("utf-8", "replace"), None, PARSE_ERROR)
         if size > self.server.options.max_payload:
             self.error("maximum payload exceeded: %d vs %d", size,
                        self.server.options.max_payload)
@@ -10450,8 +10459,7 @@ class LeafNode(Connection):
                 queues = middle[1:]
             else:
                 raise ProtocolError("processLeafMsgArgs Bad or Missing Reply Indicator: '%s'"
-                                    % middle[0].decode("utf-8", "replace"),
-                                    ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+                                    % middle[0].decode("utf-8", "replace"), None, PARSE_ERROR)
         stop = nl + 1 + size
         if stop + 2 > len(data):
             return -(stop + 2)
@@ -10475,8 +10483,7 @@ class LeafNode(Connection):
         coming back means a loop."""
         if len(args) not in (1, 3):
             raise ProtocolError("processLeafSub Parse Error: '%s'"
-                                % b" ".join(args).decode("utf-8", "replace"),
-                                ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+                                % b" ".join(args).decode("utf-8", "replace"), None, PARSE_ERROR)
         subject = args[0]
         leafs = self.server.leafs
         if subject == leafs.lds(self.account):
@@ -10591,22 +10598,19 @@ class LeafNode(Connection):
         self.server.leafs.remove(self)
 
     def log_closed(self, reason: str):
-        """Log the close at [INF], as Go does for leaf nodes."""
-        self.server.log.info("%sLeafnode connection closed: %s - Account: %s", self.log_prefix,
-                             reason, self.account.label)
+        """Log the close at [INF], naming the peer once known, as Go 2.15 does."""
+        self.server.log.info("%sLeafnode connection closed: %s%s", self.log_prefix, reason,
+                             " - Remote: " + self.remote_name if self.remote_name else "")
 
     def conn_info(self) -> dict:
         """This leaf as a /leafz entry (Go's LeafInfo)."""
-        info = {
+        return {
             "id": self.cid, "name": self.remote_name, "is_spoke": self.is_spoke,
             "account": self.account.name, "ip": self.host, "port": self.port,
             "rtt": format_duration(0), "in_msgs": self.in_msgs, "out_msgs": self.out_msgs,
             "in_bytes": self.in_bytes, "out_bytes": self.out_bytes,
-            "subscriptions": len(self.remote_subs),
+            "subscriptions": len(self.remote_subs), "compression": "not supported",
         }
-        if self.remote_cluster:
-            info["cluster"] = self.remote_cluster
-        return info
 
 
 class _LeafDialer:
@@ -10699,28 +10703,40 @@ class LeafNodes:
             return host_port
         return _host_port(_advertise_host(self.host), self.port)
 
-    def info(self, leaf: LeafNode) -> bytes:
-        """The INFO an accepted leaf gets (Go's leafnode INFO): with a nonce
-        to sign, its cid, and where to reach us (leafnode_urls, which a Go
-        leaf requires to tell a leafnode port from others)."""
+    def info(self, leaf: LeafNode, connected: bool = False) -> bytes:
+        """The INFO an accepted leaf gets (Go's leafnode INFO): a nonce to
+        sign, its cid (client_id) and where to reach us (leafnode_urls: a Go
+        leaf needs both to tell a leafnode port from others), and that a
+        second INFO follows its CONNECT (info_on_connect).  That second one
+        (`connected`, Go's sendPermsAndAccountInfo) names the bound account
+        and tells a Go leaf it is in."""
         server = self.server
         opts = server.options
+        host, port = self.host, self.port
+        if opts.leafnodes.advertise:
+            host, _, advertised_port = self.url().rpartition(":")
+            port = int(advertised_port)
         info = {
-            "server_id": server.server_id, "name": server.server_name, "version": VERSION,
-            "go": GO_FIELD, "host": self.host, "port": self.port, "headers": True,
+            "server_id": server.server_id, "server_name": server.server_name,
+            "version": VERSION, "proto": 1, "go": GO_FIELD, "host": host, "port": port,
+            "headers": True, "auth_required": True,
         }
-        if opts.leafnodes.username or opts.leafnodes.users or opts.auth_required:
-            info["auth_required"] = True
         if opts.leafnodes.tls is not None:
             info["tls_required"] = True
             if opts.leafnodes.tls.verify:
                 info["tls_verify"] = True
-        info.update({"max_payload": opts.max_payload, "client_id": leaf.cid,
-                     "nonce": leaf.nonce.decode(), "proto": 1})
+        info.update({"max_payload": opts.max_payload, "client_id": leaf.cid})
+        if not connected:
+            info["nonce"] = leaf.nonce.decode()
+        info["info_on_connect"] = True
+        if connected:
+            info["connect_info"] = True
         info["leafnode_urls"] = [] if opts.leafnodes.no_advertise else [self.url()]
         if server.cluster.enabled:
             info["cluster"] = server.cluster.name
-        return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + CR_LF
+        if connected:
+            info["remote_account"] = leaf.account.name
+        return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
 
     def dial(self, remote: "RemoteLeafOptions"):
         """Dial the remote's next URL (they take turns)."""
@@ -10731,6 +10747,8 @@ class LeafNodes:
             return
         url = remote.urls[remote.next_url % len(remote.urls)]
         remote.next_url += 1
+        server.log.debug("Trying to connect as leafnode to remote server on %s",
+                         go_quote(_host_port(url.host, url.port).encode()))
         try:
             address = socket.getaddrinfo(url.host, url.port, 0, socket.SOCK_STREAM)[0]
             family, _type, _proto, _name, address = address
@@ -10752,21 +10770,28 @@ class LeafNodes:
         """Log (the first failure, then every ROUTE_ERROR_REPORTS-th) and
         try again after the reconnect delay."""
         remote.attempts += 1
+        where = _host_port(url.host, url.port)
         text = "Error trying to connect as leafnode to remote server %s (attempt %d): " \
-               "dial tcp %s: connect: %s" % (go_quote(url.redacted().encode()), remote.attempts,
-                                             _host_port(url.host, url.port), why.lower())
-        if remote.attempts == 1 or remote.attempts % ROUTE_ERROR_REPORTS == 0:
+               "dial tcp %s: connect: %s" % (go_quote(where.encode()), remote.attempts, where,
+                                             why.lower())
+        # Go reports every failure once the remote has been up, else the
+        # first and every ROUTE_ERROR_REPORTS-th.
+        if remote.was_connected or remote.attempts == 1 or \
+                remote.attempts % ROUTE_ERROR_REPORTS == 0:
             self.server.log.error("%s", text)
         else:
             self.server.log.debug("%s", text)
-        self.redial_later(remote)
+        self.redial_later(remote, jitter=True)
 
-    def redial_later(self, remote: "RemoteLeafOptions"):
-        """Dial the remote again after the reconnect delay (or the longer
-        wait a loop imposes)."""
+    def redial_later(self, remote: "RemoteLeafOptions", jitter: bool = False):
+        """Dial the remote again after the reconnect delay (plus up to as
+        much again after a failed dial, as Go 2.15 spreads its retries), or
+        the longer wait a loop imposes."""
         server = self.server
-        delay = max(server.options.leafnodes.reconnect,
-                    remote.delay_until - time.monotonic())
+        delay = server.options.leafnodes.reconnect
+        if jitter:
+            delay += random.uniform(0, delay)
+        delay = max(delay, remote.delay_until - time.monotonic())
         server.add_timer(delay, lambda: self.redial(remote))
 
     def redial(self, remote: "RemoteLeafOptions"):
@@ -10803,10 +10828,11 @@ class LeafNodes:
         self.conns.add(leaf)
         if remote is not None:
             remote.attempts = 0
+            remote.was_connected = True
             leaf.account = server.accounts.get(remote.account or GLOBAL_ACCOUNT,
                                                server.global_account)
             leaf.log_prefix = "%s - lid:%d - " % (_host_port(url.host, url.port), leaf.cid)
-            server.log.info("%sLeafnode connection created for account: %s", leaf.log_prefix,
+            server.log.info("%sLeafnode connection created for account: %s ", leaf.log_prefix,
                             leaf.account.label)
             server.add_timer(LEAF_CONNECT_TIMEOUT * 2, leaf.connect_timeout)
         else:
@@ -10820,7 +10846,7 @@ class LeafNodes:
                 leaf.send_proto(self.info(leaf), "INFO")
             server.add_timer(server.options.leafnodes.auth_timeout or AUTH_TIMEOUT,
                              leaf.connect_timeout)
-            server.log.info("%sLeafnode connection created", leaf.log_prefix)
+            server.log.info("%sLeafnode connection created ", leaf.log_prefix)
         leaf.arm_ping_timer()
         leaf.flush()
 
@@ -10831,8 +10857,7 @@ class LeafNodes:
         leaf.registered = True
         self.by_account.setdefault(leaf.account.name, []).append(leaf)
         leaf.account.client_count += 1
-        self.server.log.info("%sLeafnode connection %s for account: %s", leaf.log_prefix,
-                             "established" if leaf.is_spoke else "accepted", leaf.account.label)
+        leaf.debug("Leafnode registered for account: %s", leaf.account.label)
         for sub in leaf.account.sublist.all_subscriptions():
             if self.tells(leaf, sub):
                 leaf.update_smap(sub.subject, sub.queue, self.weight_of(sub))
@@ -10951,9 +10976,20 @@ class LeafNodes:
 
     # -- monitoring ---------------------------------------------------------------
 
-    def leafz(self) -> list:
-        """/leafz's `leafs`: every registered leaf connection."""
-        return [leaf.conn_info() for peers in self.by_account.values() for leaf in peers]
+    def leafz(self, subs: bool = False, account: str = "") -> list:
+        """/leafz's `leafs`: the registered leaf connections (of `account`
+        if given), with their subscriptions' subjects if `subs`."""
+        out = []
+        for name, peers in self.by_account.items():
+            if account and name != account:
+                continue
+            for leaf in peers:
+                info = leaf.conn_info()
+                if subs and leaf.remote_subs:
+                    info["subscriptions_list"] = sorted(
+                        s.subject.decode("utf-8", "replace") for s in leaf.remote_subs.values())
+                out.append(info)
+        return out
 
     def count(self) -> int:
         """/varz's `leafnodes`."""
@@ -10964,13 +11000,22 @@ class LeafNodes:
         leaf = self.server.options.leafnodes
         if leaf is None:
             return {}
-        out = {"host": self.host or leaf.host, "port": self.port,
-               "auth_timeout": go_number(leaf.auth_timeout or AUTH_TIMEOUT)}
+        out = {}
+        if leaf.port:
+            out = {"host": self.host or leaf.host, "port": self.port,
+                   "auth_timeout": go_number(leaf.auth_timeout or AUTH_TIMEOUT),
+                   "tls_timeout": go_number(leaf.tls.timeout if leaf.tls else TLS_TIMEOUT)}
         if leaf.tls is not None:
             out["tls_required"] = True
         if leaf.remotes:
-            out["remotes"] = [{"url": [u.redacted() for u in r.urls],
-                               "account": r.account or GLOBAL_ACCOUNT} for r in leaf.remotes]
+            out["remotes"] = []
+            for remote in leaf.remotes:
+                entry = {"local_account": remote.account or GLOBAL_ACCOUNT,
+                         "urls": [_host_port(u.host, u.port) for u in remote.urls]}
+                if remote.deny_exports or remote.deny_imports:
+                    entry["deny"] = {"exports": list(remote.deny_exports),
+                                     "imports": list(remote.deny_imports)}
+                out["remotes"].append(entry)
         return out
 
 
@@ -11848,7 +11893,9 @@ class Monitor:
 
     def leafz(self, query: dict) -> dict:
         """/leafz (Go's Leafz): the leaf node connections (chapter 13)."""
-        leafs = self.snapshot(self.server.leafs.leafz, MONITOR_SNAPSHOT_TIMEOUT)
+        subs, account = bool(_subs_param(query)), query.get("acc", "")
+        leafs = self.snapshot(lambda: self.server.leafs.leafz(subs, account),
+                              MONITOR_SNAPSHOT_TIMEOUT)
         return {"server_id": self.server.server_id, "now": rfc3339(time.time()),
                 "leafnodes": len(leafs), "leafs": leafs}
 

@@ -1089,7 +1089,7 @@ def test_a_gnatsd_leaf_logs_in_to_an_operator_hub_with_a_creds_file(kind, serve,
                       "leaf.conf")
     leaf = start_gnatsd("-c", conf)
     try:
-        leaf.wait_for_log(rb"Leafnode connection established for account: \$G", 10)
+        leaf.wait_for_log(rb"Leafnode connection created for account: \$G", 10)
 
         async def crossing(sub_nc, pub_nc, subject: str) -> bytes:
             sub = await sub_nc.subscribe(subject)
