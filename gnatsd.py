@@ -9923,6 +9923,20 @@ class Cluster:
                     other.queue_outbound(announce)
         self.changed()
 
+    def adopt_accounts(self):
+        """A reload made new accounts: each peer's subscriptions move into
+        the new account of the same name (and are forgotten with one that
+        is gone)."""
+        for route in self.conns:
+            for key, sub in list(route.remote_subs.items()):
+                name = key.split(b" ", 1)[0].decode("utf-8", "replace")
+                account = (self.server.global_account if route.legacy
+                           else self.server.accounts.get(name))
+                if account is None:
+                    del route.remote_subs[key]
+                else:
+                    account.sublist.insert(sub)
+
     def learn(self, info: dict):
         """Gossip named a server: dial it unless we know it already."""
         remote_id = info.get("server_id") or ""
@@ -10878,6 +10892,21 @@ class LeafNodes:
                 leaf.process_leaf_unsub(key)
         if leaf.remote is not None and self.server.running:
             self.redial_later(leaf.remote)
+
+    def adopt_accounts(self):
+        """A reload made new accounts: each leaf connection moves to the new
+        account of its account's name, with the peer's subscriptions; one
+        whose account is gone is closed."""
+        for leaf in list(self.conns):
+            account = self.server.accounts.get(leaf.account.name)
+            if account is None:
+                leaf.close(CLIENT_CLOSED)
+                continue
+            leaf.account = account
+            if leaf.registered:
+                account.client_count += 1
+            for sub in leaf.remote_subs.values():
+                account.sublist.insert(sub)
 
     def lds(self, account: Account) -> bytes:
         """Our loop detection subject in `account` ($LDS.<random>)."""
@@ -13442,6 +13471,8 @@ class ServerControl:
             self.global_account = self.accounts[GLOBAL_ACCOUNT]
             self.system_account = self.accounts[new.system_account or SYSTEM_ACCOUNT]
             self.system_client.rebind()
+            self.cluster.adopt_accounts()
+            self.leafs.adopt_accounts()
             arm_account_expiry(self)
         for client in list(self.clients.values()):
             client.reload_config(old)

@@ -1010,3 +1010,44 @@ def test_a_client_whose_info_predates_the_cluster_gets_it_at_its_first_pong(clus
     wait_connect_urls(n1, urls_of([n1, n2]))
     early.send(b'CONNECT {"verbose":false,"protocol":1}\r\nPING\r\n')
     expect_async_info(early, urls_of([n1, n2]))     # (after the PONG, which it skips)
+
+
+def test_a_reload_that_rebuilds_the_accounts_keeps_the_peers_interest(cluster):
+    """Two gnatsd.py nodes with accounts; a reload of one rebuilds its
+    accounts (a user added): the subscriptions its peer told it about
+    move into the new accounts, so its clients still reach the peer's."""
+    import signal
+    accounts = "accounts { A { users = [ {user: a, password: a}%s ] } }\n"
+    n1 = cluster.start("gnatsd", conf="", top=accounts % "")
+    n2 = cluster.start("gnatsd", routes=[n1], conf="", top=accounts % "")
+    wait_mesh([n1, n2])
+
+    async def main():
+        far = await nats.connect(n2.url, user="a", password="a")
+        near = await nats.connect(n1.url, user="a", password="a")
+        sub = await far.subscribe("across")
+        await far.flush()
+        deadline = time.monotonic() + 10          # until n1 knows of the subscription
+        while True:
+            await near.publish("across", b"probe")
+            try:
+                await sub.next_msg(timeout=0.1)
+                break
+            except NatsTimeoutError:
+                assert time.monotonic() < deadline, "the interest never crossed"
+        path = cluster.tmp_path / "node1.conf"        # n1's config file
+        path.write_text(path.read_text().replace("{user: a, password: a}",
+                                                 "{user: a, password: a}, {user: c, password: c}"))
+        mark = len(n1.log)
+        n1.signal(signal.SIGHUP)
+        n1.wait_for_log(rb"Reloaded server configuration", 10, start=mark)
+        while True:                               # drain the probes
+            try:
+                await sub.next_msg(timeout=0.2)
+            except NatsTimeoutError:
+                break
+        await near.publish("across", b"after the reload")
+        assert (await sub.next_msg(timeout=2)).data == b"after the reload"
+        await far.close()
+        await near.close()
+    asyncio.run(main())

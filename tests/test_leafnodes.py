@@ -449,6 +449,42 @@ def test_account_binding_meets_only_the_bound_account(leaf_kind, hub_kind, nodes
     run(main())
 
 
+@pytest.mark.parametrize("hub_kind", ["gnatsd", "go2.15"])
+def test_a_reload_of_the_hubs_accounts_keeps_the_leaf(hub_kind, nodes, tmp_path):
+    """A reload that rebuilds the hub's accounts (a user added to B) keeps
+    the leaf bound to A: interest made before it still crosses both ways,
+    and interest made after it too."""
+    import signal
+    leaf, hub = start_pair(nodes, "gnatsd", hub_kind, tmp_path, LEAF_AUTH, auth="leaf:pw",
+                           hub_top=HUB_ACCOUNTS)
+
+    async def main():
+        na, nl = await connect(hub, user="a", password="a"), await connect(leaf)
+        in_a, in_l = await Inbox.on(na, "before.>"), await Inbox.on(nl, "before.>")
+        await barrier(na)
+        await barrier(nl)
+        await wait_flow(nl, "before.probe", in_a)
+        await wait_flow(na, "before.probe", in_l)
+        conf = tmp_path / "hub.conf"
+        conf.write_text(conf.read_text().replace(
+            "{user: b, password: b}", "{user: b, password: b}, {user: b2, password: b2}"))
+        mark = len(hub.log)
+        hub.signal(signal.SIGHUP)
+        hub.wait_for_log(rb"Reloaded server configuration", 10, start=mark)
+        await na.publish("before.x", b"from a")
+        await nl.publish("before.x", b"from leaf")
+        await until(lambda: in_a.data("before.x") and in_l.data("before.x"),
+                    what="interest made before the reload")
+        after_a, after_l = await Inbox.on(na, "after.>"), await Inbox.on(nl, "after.>")
+        await barrier(na)
+        await barrier(nl)
+        await wait_flow(nl, "after.probe", after_a)
+        await wait_flow(na, "after.probe", after_l)
+        for nc in (na, nl):
+            await nc.close()
+    run(main())
+
+
 @pytest.mark.parametrize("leaf_kind,hub_kind", PAIR_PARAMS)
 def test_a_wrong_password_is_refused_and_the_leaf_retries(leaf_kind, hub_kind, nodes, tmp_path):
     hub = start_hub(nodes, hub_kind, tmp_path, LEAF_AUTH, HUB_ACCOUNTS)
