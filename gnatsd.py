@@ -3496,6 +3496,7 @@ class CoreServer:
                 listener.closed = True
         self.cluster.close_listener()
         self.leafs.close_listener()
+        self.system_client.shutdown_event()     # chapter 14
         for client in list(self.clients.values()):
             client.close(SERVER_SHUTDOWN)
         for route in list(self.cluster.conns):
@@ -10870,7 +10871,6 @@ class LeafNodes:
         subscriptions, when they come, count as ours."""
         leaf.registered = True
         self.by_account.setdefault(leaf.account.name, []).append(leaf)
-        leaf.account.client_count += 1
         leaf.debug("Leafnode registered for account: %s", leaf.account.label)
         for sub in leaf.account.sublist.all_subscriptions():
             if self.tells(leaf, sub):
@@ -10884,7 +10884,6 @@ class LeafNodes:
         self.conns.discard(leaf)
         if leaf.registered:
             leaf.registered = False
-            leaf.account.client_count -= 1
             peers = self.by_account.get(leaf.account.name, [])
             if leaf in peers:
                 peers.remove(leaf)
@@ -10903,8 +10902,6 @@ class LeafNodes:
                 leaf.close(CLIENT_CLOSED)
                 continue
             leaf.account = account
-            if leaf.registered:
-                account.client_count += 1
             for sub in leaf.remote_subs.values():
                 account.sublist.insert(sub)
 
@@ -12452,6 +12449,34 @@ class SystemClient:
             event["received"] = {"msgs": client.out_msgs, "bytes": client.out_bytes}
             event["reason"] = client.close_reason
         self.reply(b"$SYS.ACCOUNT.%s.%s" % (client.account.name.encode(), what.encode()), event)
+        self.conns_event(client.account)
+
+    def conns_event(self, account: Account):
+        """`$SYS.ACCOUNT.<acc>.SERVER.CONNS` (and Go's older
+        `$SYS.SERVER.ACCOUNT.<acc>.CONNS`): the account's connection
+        counts, when they change (Go's sendAccConnsUpdate); made only when
+        someone listens."""
+        name = account.name.encode()
+        subjects = (b"$SYS.SERVER.ACCOUNT.%s.CONNS" % name, b"$SYS.ACCOUNT.%s.SERVER.CONNS" % name)
+        if not any(self.account.sublist.has_interest(s) for s in subjects):
+            return
+        monitor = self.server.monitor or Monitor(self.server)
+        stats = [s for s in monitor.accstatz({"unused": "true"})["account_statz"]
+                 if s["acc"] == account.name]
+        if not stats:
+            return
+        event = {"type": "io.nats.server.advisory.v1.account_connections",
+                 "id": _random_token(22).decode(), "timestamp": rfc3339(time.time()),
+                 "server": self.server_info()}
+        event.update(stats[0])
+        for subject in subjects:
+            self.reply(subject, event)
+
+    def shutdown_event(self):
+        """`$SYS.SERVER.<id>.SHUTDOWN`, this server's info, as it stops
+        (Go's sendShutdownEvent); it leaves with the routes' last bytes."""
+        self.reply(b"$SYS.SERVER.%s.SHUTDOWN" % self.server.server_id.encode(),
+                   self.server_info())
 
     def subscribe(self, subject: bytes, handler):
         """Answer messages on `subject` with handler(subject, reply, payload)."""

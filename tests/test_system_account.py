@@ -19,7 +19,8 @@ import time
 import nats
 import pytest
 
-from conftest import go_server_path, start_gnatsd, start_go, wait_mesh, write_conf
+from conftest import (go_server_path, server_id as id_of, start_gnatsd, start_go, wait_mesh, wait_routes,
+                      write_conf)
 
 # The subscriptions a gnatsd.py server holds for the $SYS requests it
 # answers: PING, PING.<X>, <its id>.<X>, ACCOUNT.*.CONNZ and ACCOUNT.*.STATZ
@@ -287,3 +288,71 @@ def test_connect_and_disconnect_events_as_go_sends_them(tmp_path):
             problems = [p for p in missing_paths(shape(mine), shape(their))
                         if not p.startswith(("/server/feature_flags", "/client/rtt"))]
             assert problems == [], problems
+
+
+def subjects_seen(port: int, subjects: list, action, want: int) -> list:
+    """(subject, event) a system user sees on `subjects` while
+    `action(port)` (a coroutine function) runs, until `want` arrived or 5 s."""
+    async def run():
+        nc = await nats.connect("nats://sys:sys@127.0.0.1:%d" % port)
+        got = []
+
+        async def note(msg):
+            got.append((msg.subject, json.loads(msg.data)))
+        for subject in subjects:
+            await nc.subscribe(subject, cb=note)
+        await nc.flush()
+        await action(port)
+        deadline = time.monotonic() + 5
+        while len(got) < want and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await nc.close()
+        return got
+    return asyncio.run(run())
+
+
+async def _app_client_comes_and_goes(port: int):
+    other = await nats.connect("nats://app:app@127.0.0.1:%d" % port, name="evt")
+    await other.flush()
+    await other.close()
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_account_connection_count_events(kind, tmp_path):
+    """A client of APP coming and going: `$SYS.ACCOUNT.APP.SERVER.CONNS`
+    (and the older `$SYS.SERVER.ACCOUNT.APP.CONNS`) with the account's
+    count, 1 then 0, in Go's account_connections event."""
+    conf = write_conf(tmp_path, ACCOUNTS, "sys.conf")
+    srv = start_gnatsd("-c", conf) if kind == "gnatsd" else start_go("-c", conf, version="2.15")
+    try:
+        seen = subjects_seen(srv.port, ["$SYS.ACCOUNT.APP.SERVER.CONNS",
+                                        "$SYS.SERVER.ACCOUNT.APP.CONNS"],
+                             _app_client_comes_and_goes, 4)
+    finally:
+        srv.stop()
+    new = [event for subject, event in seen if subject == "$SYS.ACCOUNT.APP.SERVER.CONNS"]
+    old = [event for subject, event in seen if subject == "$SYS.SERVER.ACCOUNT.APP.CONNS"]
+    assert [e["conns"] for e in new] == [e["conns"] for e in old] == [1, 0], seen
+    for event in new:
+        assert event["type"] == "io.nats.server.advisory.v1.account_connections"
+        assert event["acc"] == "APP" and event["total_conns"] == event["conns"]
+        assert isinstance(event["server"]["id"], str) and "num_subscriptions" in event
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_a_shutdown_event_reaches_a_peer(kind, cluster_factory):
+    """A node that stops sends `$SYS.SERVER.<id>.SHUTDOWN` (its server
+    info) over the route before it goes; a system user on its peer (a
+    gnatsd.py node) sees it."""
+    cluster = cluster_factory()
+    top = ACCOUNTS
+    peer = cluster.start("gnatsd", conf="", top=top)
+    leaving = cluster.start(kind, routes=[peer], conf="", top=top)
+    wait_routes(peer, 1)
+    leaving_id = id_of(leaving)
+
+    async def stop(_port):
+        leaving.stop()
+    seen = subjects_seen(peer.port, ["$SYS.SERVER.*.SHUTDOWN"], stop, 1)
+    assert [subject for subject, _ in seen] == ["$SYS.SERVER.%s.SHUTDOWN" % leaving_id], seen
+    assert seen[0][1]["id"] == leaving_id and "name" in seen[0][1]
