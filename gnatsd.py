@@ -11854,11 +11854,11 @@ class Monitor:
         zero = {"msgs": 0, "bytes": 0}
         stats = []
         for snap in snaps:
-            if not snap["conns"] and not unused:
+            if not snap["conns"] and not snap["leafnodes"] and not unused:
                 continue
             stats.append({
                 "acc": snap["name"], "name": snap["name"], "conns": snap["conns"],
-                "leafnodes": 0, "total_conns": snap["conns"],
+                "leafnodes": snap["leafnodes"], "total_conns": snap["conns"] + snap["leafnodes"],
                 "num_subscriptions": snap["subscriptions"],
                 "sent": {"msgs": snap["out_msgs"], "bytes": snap["out_bytes"],
                          "gateways": dict(zero), "routes": dict(zero), "leafs": dict(zero)},
@@ -12019,7 +12019,8 @@ def account_snapshots(server: "Server") -> list:
     settle_all(server)
     snaps = {name: {"name": name, "conns": 0, "subscriptions": account.sublist.count,
                     "in_msgs": 0, "in_bytes": 0, "out_msgs": 0, "out_bytes": 0,
-                    "slow_consumers": 0}
+                    "slow_consumers": 0,
+                    "leafnodes": len(server.leafs.by_account.get(name, ()))}
              for name, account in server.accounts.items()}
     for client in server.clients.values():
         snap = snaps[client.account.name]

@@ -290,12 +290,14 @@ def test_connect_and_disconnect_events_as_go_sends_them(tmp_path):
             assert problems == [], problems
 
 
-def subjects_seen(port: int, subjects: list, action, want: int) -> list:
+def subjects_seen(port: int, subjects: list, action, want: int, into: list | None = None,
+                  until=None) -> list:
     """(subject, event) a system user sees on `subjects` while
-    `action(port)` (a coroutine function) runs, until `want` arrived or 5 s."""
+    `action(port)` (a coroutine function) runs, until `want` arrived (or
+    `until()` holds) or 5 s; `into` is the list they are gathered in."""
     async def run():
         nc = await nats.connect("nats://sys:sys@127.0.0.1:%d" % port)
-        got = []
+        got = into if into is not None else []
 
         async def note(msg):
             got.append((msg.subject, json.loads(msg.data)))
@@ -304,7 +306,7 @@ def subjects_seen(port: int, subjects: list, action, want: int) -> list:
         await nc.flush()
         await action(port)
         deadline = time.monotonic() + 5
-        while len(got) < want and time.monotonic() < deadline:
+        while not (until() if until else len(got) >= want) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         await nc.close()
         return got
@@ -352,7 +354,20 @@ def test_a_shutdown_event_reaches_a_peer(kind, cluster_factory):
     leaving_id = id_of(leaving)
 
     async def stop(_port):
+        # Until the leaving node knows of the subscription: a probe it
+        # routes reaches the peer's system user.
+        nc = await nats.connect("nats://sys:sys@127.0.0.1:%d" % leaving.port)
+        probe = "$SYS.SERVER.PROBE.SHUTDOWN"
+        deadline = time.monotonic() + 5
+        while probe not in [s for s, _ in seen] and time.monotonic() < deadline:
+            await nc.publish(probe, b"{}")
+            await nc.flush()
+            await asyncio.sleep(0.05)
+        await nc.close()
         leaving.stop()
-    seen = subjects_seen(peer.port, ["$SYS.SERVER.*.SHUTDOWN"], stop, 1)
-    assert [subject for subject, _ in seen] == ["$SYS.SERVER.%s.SHUTDOWN" % leaving_id], seen
-    assert seen[0][1]["id"] == leaving_id and "name" in seen[0][1]
+    seen = []
+    got = subjects_seen(peer.port, ["$SYS.SERVER.*.SHUTDOWN"], stop, 1, into=seen,
+                        until=lambda: any("PROBE" not in s for s, _ in seen))
+    events = [(s, e) for s, e in got if "PROBE" not in s]
+    assert [subject for subject, _ in events] == ["$SYS.SERVER.%s.SHUTDOWN" % leaving_id], got
+    assert events[0][1]["id"] == leaving_id and "name" in events[0][1]
