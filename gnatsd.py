@@ -5021,6 +5021,7 @@ class LeafNodeOptions:
         self.advertise = ""
         self.no_advertise = False
         self.username = self.password = ""
+        self.nkey = ""                   # or an nkey whose holder signs the nonce
         self.account = ""                # the account an authorized leaf binds to
         self.users: list = []            # User, with account
         self.auth_timeout = 0.0
@@ -5110,8 +5111,13 @@ def _leaf_authorization(cm: ConfigMap, key: str, value, leaf: LeafNodeOptions):
                     elif not entry.is_variable(field):
                         raise entry.error(field, 'unknown field "%s"' % field)
                 leaf.users.append(user)
-        elif name in ("nkey", "proxy_required"):
-            continue
+        elif name == "nkey":
+            leaf.nkey = _to_str(value, sub_key, sub_value)
+            if decode_nkey(leaf.nkey, NKEY_USER) is None:
+                raise value.error(sub_key, "Not a valid public nkey for a user")
+        elif name == "proxy_required":
+            if _to_bool(value, sub_key, sub_value):
+                raise value.error(sub_key, "proxy_required is not supported by gnatsd.py")
         elif not value.is_variable(sub_key):
             raise value.error(sub_key, 'unknown field "%s"' % sub_key)
 
@@ -6530,11 +6536,13 @@ JWT_SUBJECTS = {"operator": NKEY_OPERATOR, "account": NKEY_ACCOUNT, "user": NKEY
 CONNECTION_TYPES = ("STANDARD", "WEBSOCKET", "LEAFNODE", "LEAFNODE_WS", "MQTT", "MQTT_WS",
                     "IN_PROCESS")
 
-# Verified JWTs by their text: a JWT's signature covers all of it, so one
-# that verified once needs no second Ed25519 check (a client reconnecting
-# with the same credentials, its account's JWT at every login).
+# User JWTs that logged in, by their text: a JWT's signature covers all of
+# it, so one that passed once needs no second Ed25519 check (a client
+# reconnecting with the same credentials).  Only JWTs of trusted accounts
+# get in (remember_jwt), and at most _VERIFIED_JWTS_BYTES of them.
 _VERIFIED_JWTS: dict = {}
-_VERIFIED_JWTS_MAX = 1024
+_VERIFIED_JWTS_BYTES = 1 << 20
+_verified_jwts_size = 0
 
 
 def _b64url(segment: str) -> bytes:
@@ -6543,12 +6551,15 @@ def _b64url(segment: str) -> bytes:
 
 def decode_jwt(token: str, kind: str) -> dict:
     """The claims of a JWT of `kind` ("operator", "account", "user") whose
-    issuer's signature verifies; raises JWTError with the jwt library's
-    words.  Times are not checked here (jwt_time_error)."""
+    issuer's signature verifies and whose claims have the jwt library's
+    types; raises JWTError with the library's words.  Times are not checked
+    here (jwt_time_error)."""
+    if not isinstance(token, str):
+        raise JWTError("expected 3 chunks")
     claims = _VERIFIED_JWTS.get(token)
     if claims is not None and claims["nats"].get("type") == kind:
         return claims
-    parts = token.split(".") if isinstance(token, str) else ()
+    parts = token.split(".")
     if len(parts) != 3:
         raise JWTError("expected 3 chunks")
     try:
@@ -6570,12 +6581,81 @@ def decode_jwt(token: str, kind: str) -> dict:
         raise JWTError("unable to validate issuer")
     if decode_nkey(claims.get("sub"), JWT_SUBJECTS[kind]) is None:
         raise JWTError("subject is not a valid %s public key" % kind)
+    problem = _claims_type_error(claims)
+    if problem:
+        raise JWTError(problem)
     if not ed25519_verify(issuer, (parts[0] + "." + parts[1]).encode(), signature):
         raise JWTError("claim failed V2 signature verification")
-    if len(_VERIFIED_JWTS) >= _VERIFIED_JWTS_MAX:
-        _VERIFIED_JWTS.clear()
-    _VERIFIED_JWTS[token] = claims
     return claims
+
+
+def remember_jwt(token: str, claims: dict):
+    """Keep a user JWT that logged in (see _VERIFIED_JWTS); the oldest go
+    when the cache is full."""
+    global _verified_jwts_size
+    if token in _VERIFIED_JWTS:
+        return
+    while _VERIFIED_JWTS and _verified_jwts_size + len(token) > _VERIFIED_JWTS_BYTES:
+        _verified_jwts_size -= len(next(iter(_VERIFIED_JWTS)))
+        del _VERIFIED_JWTS[next(iter(_VERIFIED_JWTS))]
+    _VERIFIED_JWTS[token] = claims
+    _verified_jwts_size += len(token)
+
+
+# The types of the claims gnatsd.py reads, as the jwt library's structs
+# declare them (a JWT with others does not decode in Go).
+_JWT_INT = (int,)
+_JWT_CLAIM_TYPES = {"iat": _JWT_INT, "exp": _JWT_INT, "nbf": _JWT_INT, "iss": (str,),
+                    "sub": (str,), "name": (str,), "aud": (str,)}
+_JWT_NATS_TYPES = {
+    "issuer_account": (str,), "bearer_token": (bool,), "subs": _JWT_INT, "data": _JWT_INT,
+    "payload": _JWT_INT, "times_location": (str,), "allowed_connection_types": (list,),
+    "src": (list, str), "times": (list,), "tags": (list,), "signing_keys": (list,),
+    "revocations": (dict,), "limits": (dict,), "exports": (list,), "imports": (list,),
+    "default_permissions": (dict,), "pub": (dict,), "sub": (dict,), "resp": (dict,),
+    "system_account": (str,), "strict_signing_key_usage": (bool,),
+}
+
+
+def _claims_type_error(claims: dict) -> str:
+    """What in `claims` has a type the jwt library would not decode, or ""."""
+    def bad(value, kinds) -> bool:
+        return value is not None and (isinstance(value, bool) and bool not in kinds
+                                      or not isinstance(value, kinds))
+    for key, kinds in _JWT_CLAIM_TYPES.items():
+        if bad(claims.get(key), kinds):
+            return "json: cannot unmarshal %s into field %s" % (type(claims[key]).__name__, key)
+    nats = claims["nats"]
+    for key, kinds in _JWT_NATS_TYPES.items():
+        if bad(nats.get(key), kinds):
+            return "json: cannot unmarshal %s into field %s" % (type(nats[key]).__name__, key)
+    lists = [nats.get("allowed_connection_types"), nats.get("tags")]
+    if isinstance(nats.get("src"), list):
+        lists.append(nats["src"])
+    for perms in (nats, nats.get("default_permissions") or {}):
+        for what in ("pub", "sub"):
+            entry = perms.get(what)
+            if entry is not None and not isinstance(entry, dict):
+                return "json: cannot unmarshal into field %s" % what
+            lists += [(entry or {}).get("allow"), (entry or {}).get("deny")]
+    if any(v is not None and not (isinstance(v, list) and all(isinstance(s, str) for s in v))
+           for v in lists):
+        return "json: cannot unmarshal into a list of strings"
+    if any(not isinstance(t, int) or isinstance(t, bool)
+           for t in (nats.get("revocations") or {}).values()):
+        return "json: cannot unmarshal into field revocations"
+    for key in ("exports", "imports", "times"):
+        if not all(isinstance(entry, dict) for entry in nats.get(key) or ()):
+            return "json: cannot unmarshal into field %s" % key
+    if not all(isinstance(entry, (str, dict)) for entry in nats.get("signing_keys") or ()):
+        return "json: cannot unmarshal into field signing_keys"
+    if any(v is not None and (not isinstance(v, int) or isinstance(v, bool))
+           for v in ((nats.get("resp") or {}).get("max"), (nats.get("resp") or {}).get("ttl"))):
+        return "json: cannot unmarshal into field resp"
+    if any(not isinstance(v, int) or isinstance(v, bool)
+           for v in (nats.get("limits") or {}).values() if not isinstance(v, (bool, dict))):
+        return "json: cannot unmarshal into field limits"
+    return ""
 
 
 def jwt_time_error(claims: dict, now: float | None = None) -> str:
@@ -6743,6 +6823,7 @@ def jwt_login(accounts: dict, client) -> JWTLogin | None:
     if not allowed_now:
         client.error("Outside connect times")
         return None
+    remember_jwt(credentials["jwt"], user)
     perms = jwt_permissions(nats)
     if perms is None:
         perms = account.default_permissions
@@ -6841,7 +6922,7 @@ def expire_account(server: "Server", account: Account):
     if server.accounts.get(account.name) is not account:
         return
     account.expired = True
-    for client in list(server.clients.values()):
+    for client in list(server.clients.values()) + list(server.leafs.conns):
         if client.account is account:
             end_jwt_login(client, ERR_ACCOUNT_EXPIRED)
 
@@ -10136,6 +10217,14 @@ LEAF_CONNECT_TIMEOUT = 2.0        # Go's connectProcessTimeout: a hub's answer t
 LEAF_LDS_PREFIX = b"$LDS."        # loop detection subjects (Go's leafNodeLoopDetectionSubjectPrefix)
 LEAF_LOOP_DELAY = 30.0            # a dialing side's wait after a loop (Go's, 30 s)
 
+# A leaf's CONNECT as Go's leafConnectInfo reads it (load_go_json's rules).
+_LEAF_CONNECT_FIELDS = {
+    "version": str, "nkey": str, "jwt": str, "sig": str, "user": str, "pass": str,
+    "auth_token": str, "server_id": str, "domain": str, "name": str, "is_hub": bool,
+    "cluster": str, "headers": bool, "jetstream": bool, "deny_pub": _STRINGS, "isolate": bool,
+    "compress_mode": str, "gateway": str, "remote_account": str, "protocol": _INT,
+}
+
 # The ops LeafNode.process_op knows.
 _LEAF_OPS = frozenset((b"LMSG", b"HMSG", b"LS+", b"LS-", b"PING", b"PONG", b"INFO",
                        b"CONNECT", b"-ERR", b"+OK"))
@@ -10152,11 +10241,12 @@ class LeafNode(Connection):
     __slots__ = ("remote", "url", "account", "remote_id", "remote_name", "remote_cluster",
                  "remote_info", "info_received", "connect_received", "registered", "headers",
                  "remote_subs", "weights", "smap", "nonce", "credentials", "deny_exports",
-                 "deny_imports", "remote_account")
+                 "deny_imports", "remote_account", "perms", "expiry_entry")
 
     kind = "Leaf"
     tls_label = "leafnode "
     legacy = False              # (as a Route's: what message tracing asks of a peer)
+    user = ""                   # (as a Client's: what expiry's log line names)
 
     @property
     def name(self) -> str:
@@ -10180,6 +10270,8 @@ class LeafNode(Connection):
         self.smap: dict = {}            # b"subject[ queue]" -> count we told the peer
         self.nonce = b""
         self.credentials = None
+        self.perms = None               # an accepted leaf's user's (ClientPermissions)
+        self.expiry_entry = None        # the timer of its JWT login's end
         self.deny_exports = _permission_sublist(remote.deny_exports if remote else None)
         self.deny_imports = _permission_sublist(remote.deny_imports if remote else None)
         host = "[%s]" % self.host if ":" in self.host else self.host
@@ -10237,6 +10329,9 @@ class LeafNode(Connection):
             raise ProtocolError("processLeafnodeInfo: %s" % exc)
         if not isinstance(info, dict):
             raise ProtocolError("processLeafnodeInfo: INFO is not a JSON object")
+        problem = _json_type_error(info, _INFO_FIELDS)
+        if problem:
+            raise ProtocolError("processLeafnodeInfo: " + problem)
         if not self.is_spoke:
             return                      # an accepting side reads no INFO (Go's)
         if not self.info_received:
@@ -10246,9 +10341,10 @@ class LeafNode(Connection):
                 return
             self.info_received = True
             self.nonce = str(info.get("nonce") or "").encode()
-            self.remote_id = info.get("server_id") or ""
-            self.remote_name = info.get("name") or info.get("server_name") or self.remote_id
-            self.remote_cluster = info.get("cluster") or ""
+            self.remote_id = str(info.get("server_id") or "")
+            self.remote_name = str(info.get("server_name") or info.get("name") or
+                                   self.remote_id)
+            self.remote_cluster = str(info.get("cluster") or "")
             self.remote_info = info
             self.headers = bool(info.get("headers"))
             remote = self.remote
@@ -10256,8 +10352,13 @@ class LeafNode(Connection):
                     and self.tls is None:
                 # The upgrade comes after the hub's plain INFO (Go's
                 # leafClientHandshakeIfNeeded); CONNECT after the handshake.
-                context = remote.tls.client_context() if remote.tls is not None else \
-                    load_ssl().create_default_context()
+                try:
+                    context = remote.tls.client_context() if remote.tls is not None else \
+                        load_ssl().create_default_context()
+                except (ConfigError, AttributeError, OSError) as exc:
+                    self.error("TLS leafnode setup failed: %s", exc)
+                    self.close(TLS_HANDSHAKE_ERROR)
+                    return
                 self.start_tls(context, remote.tls.timeout if remote.tls else TLS_TIMEOUT,
                                hostname=self.url.host)
                 return
@@ -10296,14 +10397,17 @@ class LeafNode(Connection):
     def process_connect(self, arg: bytes):
         """A leaf's CONNECT (we accepted; Go's processLeafNodeConnect):
         authenticate, bind the account, register, send our interest."""
-        if self.is_spoke:
-            return
+        if self.is_spoke or self.connect_received:
+            return                      # (a second CONNECT changes nothing)
         try:
             fields = load_go_json(arg)
         except (ValueError, RecursionError) as exc:
             raise ProtocolError("processLeafNodeConnect: %s" % exc)
         if not isinstance(fields, dict):
             raise ProtocolError("processLeafNodeConnect: CONNECT is not a JSON object")
+        problem = _json_type_error(fields, _LEAF_CONNECT_FIELDS)
+        if problem:
+            raise ProtocolError("processLeafNodeConnect: " + problem)
         if fields.get("lang"):
             self.error("attempted to connect to leaf node port")
             self.send_err_and_close("attempted to connect to leaf node port", "Incorrect Port")
@@ -10328,10 +10432,11 @@ class LeafNode(Connection):
         self.credentials = {k: fields[k] for k in ("user", "pass", "auth_token", "nkey",
                                                    "sig", "jwt") if fields.get(k)}
         try:
-            account = self.authorize()
+            login = self.authorize()
         except _SecretCheckPending as pending:
             self.await_secret(pending, lambda: self.process_connect(arg))
             return
+        account = login[0] if login is not None else None
         if account is None:
             user = (self.credentials or {}).get("user")
             if user:
@@ -10342,6 +10447,10 @@ class LeafNode(Connection):
             return
         self.connect_received = True
         self.account = account
+        _account, perms, expires_in = login
+        self.perms = ClientPermissions(perms) if perms is not None else None
+        if expires_in is not None:
+            self.expiry_entry = server.add_timer(expires_in, lambda: end_jwt_login(self))
         self.remote_id = str(fields.get("server_id") or "")
         self.remote_name = str(fields.get("name") or self.remote_id)
         self.remote_cluster = str(cluster)
@@ -10349,34 +10458,53 @@ class LeafNode(Connection):
         self.headers = bool(fields.get("headers"))
         deny = fields.get("deny_pub")
         if isinstance(deny, list) and deny:     # what the leaf will not import: not sent
-            self.deny_exports = _permission_sublist([str(s) for s in deny])
+            self.deny_exports = _permission_sublist([s for s in deny if s])
         self.send_proto(server.leafs.info(self, connected=True), "INFO")
         server.leafs.register(self)
 
-    def authorize(self) -> "Account | None":
-        """The account this accepted leaf logs in to, or None: the leafnodes
-        block's authorization (one user, or users, each with an account),
+    def authorize(self) -> tuple | None:
+        """(account, Permissions or None, seconds until the login ends or
+        None) of this accepted leaf, or None: the leafnodes block's
+        authorization (one user or nkey, or users, each with an account),
         else the credentials a client's would be (users, accounts, operator
-        mode).  Raises _SecretCheckPending for a bcrypt answer."""
+        mode).  The permissions are the user's, seen from the leaf: what it
+        may publish to us and subscribe to here.  Raises _SecretCheckPending
+        for a bcrypt answer."""
         server = self.server
         leaf = server.options.leafnodes
         given = self.credentials or {}
+        if leaf.nkey:
+            if given.get("nkey") != leaf.nkey or \
+                    not nkey_signed(leaf.nkey, given.get("sig"), self.nonce):
+                return None
+            return server.accounts.get(leaf.account or GLOBAL_ACCOUNT), None, None
         if leaf.username or leaf.users:
             users = leaf.users or [User(leaf.username, leaf.password, None, leaf.account)]
             for user in users:
                 if user.username == given.get("user"):
                     if not self.secret_equal(given.get("pass", ""), user.password):
                         return None
-                    return server.accounts.get(user.account or GLOBAL_ACCOUNT)
+                    return server.accounts.get(user.account or GLOBAL_ACCOUNT), None, None
             return None
         opts = server.options
         if opts.trusted_keys:
             login = jwt_login(server.accounts, self)
-            return server.accounts[login.account] if login is not None else None
+            if login is None:
+                return None
+            return server.accounts[login.account], login.permissions, login.expires_in
         found = authenticate(opts, given, (), self.secret_equal, self.nonce)
         if found is None:
             return None
-        return server.accounts.get(found[2] or GLOBAL_ACCOUNT)
+        return server.accounts.get(found[2] or GLOBAL_ACCOUNT), found[1], None
+
+    def perm_violation(self, publish: bool, subject: bytes):
+        """The leaf's user may not publish (or subscribe to) `subject`:
+        -ERR, log, close (Go's leafPermViolation)."""
+        action = "Publish" if publish else "Subscription"
+        self.send_err("Permissions Violation for %s to %s" % (action, go_quote(subject)))
+        self.error("%s Violation on %s - Check other side configuration", action,
+                   go_quote(subject))
+        self.close(PROTOCOL_VIOLATION)
 
     def connection_type(self) -> str:
         """What a user JWT's allowed_connection_types calls this connection."""
@@ -10388,12 +10516,13 @@ class LeafNode(Connection):
         """Leaf ops, one control line at a time (no hot path yet)."""
         n = len(data)
         i = start
+        limit = self.server.options.max_control_line
         while i < n and not self.closed:
             nl = data.find(b"\n", i)
+            if (nl if nl >= 0 else n) - i > limit:
+                raise ProtocolError("leafnode control line too long",
+                                    ERR_MAX_CONTROL_LINE, MAX_CONTROL_LINE_EXCEEDED)
             if nl < 0:
-                if n - i > self.server.options.max_control_line:
-                    raise ProtocolError("leafnode control line too long",
-                                        ERR_MAX_CONTROL_LINE, MAX_CONTROL_LINE_EXCEEDED)
                 self.keep_tail(data, i, n - i + 1)
                 return
             i = self.process_op(data, i, nl)
@@ -10485,6 +10614,10 @@ class LeafNode(Connection):
         self.last_activity = time.time()
         if self.deny_imports is not None and self.deny_imports.has_interest(subject):
             return stop + 2             # deny_imports: not taken from the hub
+        if self.perms is not None and not subject.startswith(b"_R_.") and \
+                not self.perms.can_publish(subject):
+            self.perm_violation(True, subject)
+            return stop + 2
         msg = Message(subject, reply, hdr, size, data[nl + 1:stop],
                       b"%d %d" % (hdr, size) if hdr >= 0 else args[-1])
         self.server.leafs.deliver(self, msg, queues)
@@ -10505,6 +10638,13 @@ class LeafNode(Connection):
             self.loop_detected()
             return
         queue = args[1] if len(args) == 3 else None
+        if not is_valid_subject(subject) or (queue is not None and not _valid_queue(queue)):
+            self.send_err("Invalid Subscription")
+            return
+        if self.perms is not None and not subject.startswith(LEAF_LDS_PREFIX) and \
+                is_valid_literal_subject(subject) and not self.perms.can_subscribe(subject, queue):
+            self.perm_violation(False, subject)
+            return
         key = subject if queue is None else subject + b" " + queue
         delta = 1
         if queue is not None:
@@ -10764,8 +10904,29 @@ class LeafNodes:
         remote.next_url += 1
         server.log.debug("Trying to connect as leafnode to remote server on %s",
                          go_quote(_host_port(url.host, url.port).encode()))
+        if _is_ip_address(url.host):
+            self.connect(remote, url, socket.getaddrinfo(url.host, url.port, 0,
+                                                         socket.SOCK_STREAM)[0], "")
+        else:       # a DNS lookup must not stall the loop: a helper thread asks
+            threading.Thread(target=self.resolve, args=(remote, url), name="gnatsd-resolve",
+                             daemon=True).start()
+
+    def resolve(self, remote: "RemoteLeafOptions", url: LeafURL):
+        """(Helper thread.)  Look the hub's host up, then connect on the loop."""
         try:
-            address = socket.getaddrinfo(url.host, url.port, 0, socket.SOCK_STREAM)[0]
+            address, why = socket.getaddrinfo(url.host, url.port, 0, socket.SOCK_STREAM)[0], ""
+        except (OSError, UnicodeError) as exc:
+            address, why = None, str(exc)
+        self.server.call_soon(lambda: self.connect(remote, url, address, why))
+
+    def connect(self, remote: "RemoteLeafOptions", url: LeafURL, address: tuple | None,
+                why: str):
+        """Start a non-blocking connect to a looked-up address (_LeafDialer
+        hears when it is done)."""
+        server = self.server
+        try:
+            if address is None:
+                raise OSError(why)
             family, _type, _proto, _name, address = address
             sock = socket.socket(family, socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
@@ -10882,13 +11043,14 @@ class LeafNodes:
         """A leaf connection closed: forget its interest, tell the others,
         and dial again if we dialed it."""
         self.conns.discard(leaf)
-        if leaf.registered:
-            leaf.registered = False
-            peers = self.by_account.get(leaf.account.name, [])
-            if leaf in peers:
-                peers.remove(leaf)
-            for key in list(leaf.remote_subs):
-                leaf.process_leaf_unsub(key)
+        if leaf.expiry_entry is not None:
+            self.server.cancel_timer(leaf.expiry_entry)
+        leaf.registered = False
+        peers = self.by_account.get(leaf.account.name, [])
+        if leaf in peers:
+            peers.remove(leaf)
+        for key in list(leaf.remote_subs):
+            leaf.process_leaf_unsub(key)
         if leaf.remote is not None and self.server.running:
             self.redial_later(leaf.remote)
 
@@ -10904,6 +11066,9 @@ class LeafNodes:
             leaf.account = account
             for sub in leaf.remote_subs.values():
                 account.sublist.insert(sub)
+                if not leaf.is_spoke:       # counted for the routes, as a client's is
+                    key = (sub.subject, sub.queue)
+                    account.interest[key] = account.interest.get(key, 0) + self.weight_of(sub)
 
     def lds(self, account: Account) -> bytes:
         """Our loop detection subject in `account` ($LDS.<random>)."""
@@ -10934,13 +11099,17 @@ class LeafNodes:
         if client is leaf:
             return False
         if sub.subject.startswith(LEAF_LDS_PREFIX):
-            return client.kind == "Leaf" and client.remote_cluster != leaf.remote_cluster
+            return client.kind == "Leaf" and (not client.remote_cluster or
+                                              client.remote_cluster != leaf.remote_cluster)
         if leaf.is_spoke and not (client.kind == "Client" or
                                   (client.kind == "Leaf" and not client.is_spoke)):
             return False
         if client.kind == "Leaf" and client.remote_cluster and \
                 client.remote_cluster == leaf.remote_cluster:
             return False
+        if leaf.perms is not None and is_valid_literal_subject(sub.subject) and \
+                not leaf.perms.can_publish(sub.subject):
+            return False        # what the leaf's user may not publish: no use telling it
         return leaf.deny_imports is None or not leaf.deny_imports.has_interest(sub.subject)
 
     def interest_changed(self, account: Account, sub: Subscription, delta: int):

@@ -1092,3 +1092,111 @@ def test_leaf_goes_on_without_info_on_connect(kind, nodes, tmp_path):
         leaf.wait_for_log(rb"Leafnode connection closed: Stale Connection")
     finally:
         hub.close()
+
+
+# -- 10. what a leaf's login allows ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_a_leaf_logged_in_as_a_restricted_user_has_its_permissions(kind, nodes, tmp_path):
+    """A leaf that logs in as a client user (no leafnodes authorization)
+    gets that user's permissions, seen from the leaf: the hub does not tell
+    it of interest it may not publish to, an LS+ it may not subscribe to
+    gets -ERR 'Permissions Violation for Subscription' and the close."""
+    hub = start_hub(nodes, kind, tmp_path, top="""authorization { users = [
+  {user: r, password: r, permissions: {publish: "allowed", subscribe: "allowed"}}
+  {user: admin, password: admin}
+]}
+""")
+    admin = RawConn("127.0.0.1", hub.port)
+    admin.read_info()
+    admin.send(b'CONNECT {"user":"admin","pass":"admin","verbose":false}\r\n'
+               b'SUB secret.in 1\r\nSUB allowed 2\r\n')
+    t_ping_pong(admin)
+    leaf = RawConn("127.0.0.1", hub.leaf_port)
+    leaf.read_info()
+    leaf.send(b'CONNECT {"user":"r","pass":"r","name":"evil","server_id":"NEVIL",'
+              b'"headers":true}\r\n')
+    ops = ops_until_pong(leaf)
+    told = sorted(op.split()[1] for op in ops if op.startswith(b"LS+ ") and b"$" not in op)
+    assert told == [b"allowed"], ops                    # not secret.in
+    leaf.send(b"LS+ secret.out\r\n")
+    assert t_read_until_closed(leaf) == \
+        b"-ERR 'Permissions Violation for Subscription to \"secret.out\"'\r\n"
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_a_leaf_may_not_publish_what_its_user_may_not(kind, nodes, tmp_path):
+    hub = start_hub(nodes, kind, tmp_path, top="""authorization { users = [
+  {user: r, password: r, permissions: {publish: "allowed", subscribe: "allowed"}}
+  {user: admin, password: admin}
+]}
+""")
+    admin = RawConn("127.0.0.1", hub.port)
+    admin.read_info()
+    admin.send(b'CONNECT {"user":"admin","pass":"admin","verbose":false}\r\n'
+               b'SUB secret.in 1\r\n')
+    t_ping_pong(admin)
+    leaf = RawConn("127.0.0.1", hub.leaf_port)
+    leaf.read_info()
+    leaf.send(b'CONNECT {"user":"r","pass":"r","name":"evil","server_id":"NEVIL",'
+              b'"headers":true}\r\n')
+    ops_until_pong(leaf)
+    leaf.send(b"LMSG secret.in 5\r\nhello\r\n")
+    assert t_read_until_closed(leaf) == \
+        b"-ERR 'Permissions Violation for Publish to \"secret.in\"'\r\n"
+    t_ping_pong(admin)                                  # and admin got nothing before it
+    assert not admin.buf, bytes(admin.buf)
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_a_leafnodes_nkey_must_sign_the_nonce(kind, nodes, tmp_path):
+    """`leafnodes { authorization { nkey: U... } }`: a leaf without that
+    key's signature of the nonce is refused; with it, it is in."""
+    import base64
+    import nkeys
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    pair = nkeys.from_seed(seed)
+    public = pair.public_key.decode()
+    hub = start_hub(nodes, kind, tmp_path, "authorization { nkey: %s }" % public)
+    c = RawConn("127.0.0.1", hub.leaf_port)
+    c.read_info()
+    c.send(b'CONNECT {"name":"evil","server_id":"NEVIL","headers":true}\r\nPING\r\n')
+    assert t_read_until_closed(c) == b"-ERR 'Authorization Violation'\r\n"
+    c = RawConn("127.0.0.1", hub.leaf_port)
+    nonce = c.read_info()["nonce"].encode()
+    sig = base64.urlsafe_b64encode(pair.sign(nonce)).rstrip(b"=")
+    c.send(b'CONNECT {"nkey":"%s","sig":"%s","name":"ok","server_id":"NOK","headers":true}'
+           b'\r\nPING\r\n' % (public.encode(), sig))
+    ops = ops_until_pong(c)
+    assert ops[0].startswith(b"INFO ")
+    wait_leafs(hub)
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_invalid_leaf_subjects_are_refused(kind, nodes, tmp_path):
+    hub = start_hub(nodes, kind, tmp_path)
+    c = RawConn("127.0.0.1", hub.leaf_port)
+    c.read_info()
+    c.send(b'CONNECT {"name":"x","server_id":"NX","headers":true}\r\n')
+    ops_until_pong(c)
+    for subject in (b">.x", b"a.>.b"):
+        c.send(b"LS+ %s\r\n" % subject)
+        assert ops_until_pong(c) == [b"-ERR 'Invalid Subscription'\r\n"], subject
+    listed = leafz(hub, subs=True)["leafs"][0].get("subscriptions_list") or []
+    assert not [s for s in listed if s.startswith((">", "a."))], listed
+
+
+def test_a_loop_of_leaves_without_cluster_names_is_detected(nodes, tmp_path):
+    """A hub; B dials A; C dials B and A: the loop detection subjects
+    travel on, and a server that sees its own refuses the connection (a
+    publish once went round 12,000 times in 2 s when they did not)."""
+    a = start_hub(nodes, "gnatsd", tmp_path, name="a")
+    b = start_node(nodes, "gnatsd", tmp_path, "b", 'leafnodes {\n  host: "127.0.0.1"\n'
+                   '  port: -1\n  remotes = [ { url: "%s" } ]\n}\n' % leaf_url(a))
+    start_node(nodes, "gnatsd", tmp_path, "c", 'leafnodes {\n  remotes = [ { url: "%s" }, '
+               '{ url: "%s" } ]\n}\n' % (leaf_url(b), leaf_url(a)))
+    deadline = time.monotonic() + 10
+    while not any(b"Loop detected for leafnode" in bytes(n.log) for n in nodes):
+        assert time.monotonic() < deadline, "no loop detected"
+        time.sleep(0.05)

@@ -1066,6 +1066,27 @@ def test_no_system_account_is_a_warning(kind, serve, world, tmp_path):
     logged_in(srv, *world.user()).close()
 
 
+# -- 10b. claims of the wrong type ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_claims_of_the_wrong_type_are_refused_cleanly(kind, serve, world, tmp_path):
+    """A user JWT its account signed, whose claims have types the jwt
+    library does not decode (exp a string, a permission list a string,
+    times_location a map, resp.max a string): refused as any bad JWT,
+    never an error inside the server (a string deny list once became one
+    deny per character, letting the subject through)."""
+    srv = serve(world.conf(tmp_path))
+    cases = [dict(claims={"exp": "soon"}), dict(pub={"deny": "secret.>"}),
+             dict(times_location={"x": 1}), dict(resp={"max": "1", "ttl": 0})]
+    for case in cases:
+        user = Key("U")
+        token = user_jwt(user, world.app, **case)
+        assert_refused(login(srv, token, user))
+    t_ping_pong(logged_in(srv, *world.user()))
+    assert b"Unexpected error" not in bytes(srv.log) and b"Traceback" not in bytes(srv.log)
+
+
 # -- 11. a leaf node logs in with a .creds file --------------------------------------------------
 
 
