@@ -2174,9 +2174,11 @@ class Client(Connection):
         reply = None
         if msg.reply is not None:
             reply = exporter.new_response(self.account, msg.reply, route.export)
+        info = {"acc": self.account.name}
+        if route.share and self.user:
+            info["user"] = self.user
         routed = msg.routed(subject, reply).with_header(
-            REQUEST_INFO_HEADER, json.dumps({"acc": self.account.name},
-                                            separators=(",", ":")).encode())
+            REQUEST_INFO_HEADER, json.dumps(info, separators=(",", ":")).encode())
         # Nobody in the exporter: the caller's deliver_msg sends the
         # requester its no-responders status, on its own reply subject.
         return self.deliver_msg(exporter.sublist.match(subject), routed, False, exporter)
@@ -7347,13 +7349,15 @@ class StreamImport:
 class ServiceImport:
     """A's requests on `local` go to B's exported service subject."""
 
-    __slots__ = ("exporter", "export", "local", "to_export")
+    __slots__ = ("exporter", "export", "local", "to_export", "share")
 
-    def __init__(self, exporter: "Account", export: Export, subject: bytes, local: bytes):
+    def __init__(self, exporter: "Account", export: Export, subject: bytes, local: bytes,
+                 share: bool = False):
         self.exporter = exporter
         self.export = export
         self.local = local
         self.to_export = SubjectTransform(local, subject)
+        self.share = share          # the requester's user travels in Nats-Request-Info
 
 
 class ResponseImport:
@@ -7467,7 +7471,33 @@ def build_accounts(opts: Options) -> dict:
                 account.wildcard_imports.append((tokens, si))
             else:
                 account.service_imports[si.local] = si
+    add_system_imports(accounts, accounts[system])
     return accounts
+
+
+# The services every account imports from the system account, so that its
+# users can ask about their own account and themselves (Go's
+# addSystemAccountImports): (subject there, subject here, response type,
+# whether the requester's user is shared).
+SYSTEM_IMPORTS = (
+    (b"$SYS.REQ.ACCOUNT.%s.CONNZ", b"$SYS.REQ.ACCOUNT.PING.CONNZ", "stream", False),
+    (b"$SYS.REQ.ACCOUNT.%s.CONNZ", b"$SYS.REQ.SERVER.PING.CONNZ", "stream", False),
+    (b"$SYS.REQ.ACCOUNT.%s.STATZ", b"$SYS.REQ.ACCOUNT.PING.STATZ", "stream", False),
+    (b"$SYS.REQ.USER.%s.INFO", b"$SYS.REQ.USER.INFO", "singleton", True),
+)
+
+
+def add_system_imports(accounts: dict, system: Account):
+    """Give every account the SYSTEM_IMPORTS (the system account only the
+    user info's)."""
+    system.exports_services = True
+    for account in accounts.values():
+        for there, here, response_type, share in SYSTEM_IMPORTS:
+            if account is system and not share:
+                continue
+            export = Export("service", (there % b"*").decode(), None, response_type)
+            account.service_imports.setdefault(here, ServiceImport(
+                system, export, there % account.name.encode(), here, share))
 
 
 def jwt_account_configs(opts: Options) -> dict:
@@ -11983,7 +12013,8 @@ class Monitor:
         limit = _int_param(query, "limit", DEFAULT_MONITOR_LIMIT)
         if limit <= 0:
             limit = DEFAULT_MONITOR_LIMIT
-        snap = self.snapshot(lambda: subsz_snapshot(self.server, bool(subs), test),
+        account = query.get("acc", "")
+        snap = self.snapshot(lambda: subsz_snapshot(self.server, bool(subs), test, account),
                              MONITOR_SNAPSHOT_TIMEOUT)
         out = {
             "server_id": self.server.server_id,
@@ -12000,7 +12031,7 @@ class Monitor:
             "offset": offset,
             "limit": limit,
         }
-        if subs:
+        if subs and snap["subs"]:
             out["subscriptions_list"] = snap["subs"][offset:offset + limit]
         return out
 
@@ -12221,11 +12252,15 @@ def connz_snapshot(server: "Server", state: str, subs: str, auth: bool):
             conns.append(info)
     return conns
 
-def subsz_snapshot(server: "Server", with_subs: bool, test: str):
-    """Sublist statistics summed over every account (as Go's Subsz); with
-    `with_subs`, every subscription (stepped: one at a time)."""
+def subsz_snapshot(server: "Server", with_subs: bool, test: str, account: str = ""):
+    """Sublist statistics summed over every account (or `account`'s only,
+    as Go's Subsz); with `with_subs`, every subscription (stepped: one at a
+    time)."""
     settle_all(server)
-    sublists = [a.sublist for a in server.accounts.values()]
+    if account:
+        sublists = [server.accounts[account].sublist] if account in server.accounts else []
+    else:
+        sublists = [a.sublist for a in server.accounts.values()]
     subs = []
     if with_subs:
         for sublist in sublists:
@@ -12573,6 +12608,7 @@ class SystemClient:
         self.out = []
         self.out_msgs = self.out_bytes = 0
         self.last_activity = 0.0
+        self.request_info: dict = {}     # the Nats-Request-Info of the request in hand
         self.handlers: dict = {}     # sid -> handler(subject, reply, payload)
         self.subs = []
         self.seq = 0                 # of the answers sent (Go's server info "seq")
@@ -12583,8 +12619,8 @@ class SystemClient:
         self.subscribe(SYS_PING, self.ping)
         self.subscribe(SYS_PING + b".*", self.request)
         self.subscribe(SYS_SERVER_REQUEST % self.server.server_id.encode(), self.request)
-        for kind in (b"CONNZ", b"STATZ"):
-            self.subscribe(b"$SYS.REQ.ACCOUNT.*." + kind, self.account_request)
+        self.subscribe(b"$SYS.REQ.ACCOUNT.*.*", self.account_request)
+        self.subscribe(b"$SYS.REQ.USER.*.INFO", self.user_info)
         self.send_statsz()
 
     def send_statsz(self):
@@ -12681,10 +12717,11 @@ class SystemClient:
         except (ValueError, IndexError):
             self.server.log.exception("Error reading what was delivered to $SYS")
             return
-        for sid, subject, reply, payload in messages:
+        for sid, subject, reply, headers, payload in messages:
             handler = self.handlers.get(sid)
             if handler is None or reply is None:
                 continue
+            self.request_info = _request_info(headers)
             try:
                 handler(subject, reply, payload)
             except Exception:
@@ -12735,10 +12772,18 @@ class SystemClient:
         return stats
 
     def reply(self, reply: bytes, body: dict):
-        """Publish `body` as JSON to `reply`, in the system account."""
+        """Publish `body` as JSON to `reply`, in the system account; a reply
+        to a request that came through an account's import goes back to the
+        requester there (the account's response import)."""
         payload = json.dumps(body, separators=(",", ":")).encode()
         msg = Message(reply, None, -1, len(payload), payload)
-        deliver_result(self.account.sublist.match(reply), msg, None, self.account)
+        account = self.account
+        route = account.responses.get(reply) if account.responses else None
+        if route is not None:
+            if route.singleton:
+                account.responses.pop(reply, None)
+            msg, account = msg.routed(route.reply, None), route.importer
+        deliver_result(account.sublist.match(msg.subject), msg, None, account)
 
     def ping(self, subject: bytes, reply: bytes, payload: bytes):
         """`$SYS.REQ.SERVER.PING`: every server's STATSZ."""
@@ -12786,9 +12831,12 @@ class SystemClient:
         self.reply(reply, {"server": self.server_info(), "data": data})
 
     def account_request(self, subject: bytes, reply: bytes, payload: bytes):
-        """`$SYS.REQ.ACCOUNT.<acc>.CONNZ` (/connz of that account) and
-        `.STATZ` (its /accstatz entry; no answer for an account without
-        connections unless `include_unused`), as Go's monAccSrvc."""
+        """`$SYS.REQ.ACCOUNT.<acc>.<X>`, as Go's monAccSrvc: CONNZ, SUBSZ and
+        LEAFZ (the monitor's, for that account), STATZ (its /accstatz entry;
+        no answer for an account without connections unless
+        `include_unused`), INFO (account_info), JSZ (an error: no
+        JetStream) and CONNS (conns_answer).  An account's users reach
+        theirs through the system imports (add_system_imports)."""
         _, _, _, account, kind = subject.decode("utf-8", "replace").split(".")
         try:
             options = json.loads(payload) if payload.strip() else {}
@@ -12799,14 +12847,33 @@ class SystemClient:
         if not isinstance(options, dict) or not self.selected_by(options):
             return
         monitor = self.server.monitor or Monitor(self.server)
-        if kind == "CONNZ":
+        if kind == "CONNS":
+            self.conns_answer(account, reply, options)
+            return
+        if kind in ("INFO", "JSZ"):
+            if kind == "JSZ":
+                problem = "jetstream not enabled"
+            else:
+                problem = "" if account in self.server.accounts else \
+                    "Account %s does not exist" % account
+            answer = {"server": self.server_info(), "data": None}
+            if problem:
+                answer["error"] = {"code": 500, "description": problem}
+            else:
+                answer["data"] = account_info(self.server, self.server.accounts[account])
+            self.reply(reply, answer)
+            return
+        if kind in ("CONNZ", "SUBSZ", "LEAFZ"):
+            query = dict(sys_query(options), acc=account)
+            if kind == "SUBSZ":
+                query["subs"] = "1"
             try:
-                data = monitor.connz(dict(sys_query(options), acc=account))
+                data = getattr(monitor, kind.lower())(query)
             except MonitorError as exc:
-                self.reply(reply, {"server": self.server_info(),
+                self.reply(reply, {"server": self.server_info(), "data": None,
                                    "error": {"code": exc.status, "description": str(exc)}})
                 return
-        else:
+        elif kind == "STATZ":
             if account == "PING":
                 return
             statz = monitor.accstatz({"unused": "true"})
@@ -12815,6 +12882,39 @@ class SystemClient:
                                               and not options.get("include_unused")):
                 return
             data = statz
+        else:
+            return                      # Go does not subscribe to what it does not serve
+        self.reply(reply, {"server": self.server_info(), "data": data})
+
+    def conns_answer(self, name: str, reply: bytes, options: dict):
+        """`$SYS.REQ.ACCOUNT.<acc>.CONNS` (Go's connsRequest): the account's
+        account_connections event, to the asker alone, if it has clients
+        here (and the body names no other account)."""
+        if options.get("acc", name) != name or name not in self.server.accounts:
+            return
+        if not any(c.account.name == name for c in self.server.clients.values()):
+            return
+        monitor = self.server.monitor or Monitor(self.server)
+        stats = [s for s in monitor.accstatz({"unused": "true"})["account_statz"]
+                 if s["acc"] == name]
+        event = {"type": "io.nats.server.advisory.v1.account_connections",
+                 "id": _random_token(22).decode(), "timestamp": rfc3339(time.time()),
+                 "server": self.server_info()}
+        event.update(stats[0])
+        self.reply(reply, event)
+
+    def user_info(self, subject: bytes, reply: bytes, payload: bytes):
+        """`$SYS.REQ.USER.INFO`, imported by every account as
+        `$SYS.REQ.USER.<acc>.INFO`: the asking user, its account and
+        permissions (Go's userInfoReq), from the request's Nats-Request-Info."""
+        info = self.request_info
+        user, account = str(info.get("user") or ""), str(info.get("acc") or "")
+        data = {"user": user, "account": account}
+        if account:
+            data["account_name"] = account
+        for entry in self.server.options.users or ():
+            if user and (entry.username or entry.nkey) == user and entry.permissions:
+                data["permissions"] = go_permissions(entry.permissions)
         self.reply(reply, {"server": self.server_info(), "data": data})
 
     def control_kick(self, options: dict) -> str:
@@ -12873,9 +12973,83 @@ SYS_MONITOR_REQUESTS = ("varz", "connz", "subsz", "routez", "healthz", "accountz
                         "gatewayz", "jsz")
 
 
+def _request_info(headers: bytes) -> dict:
+    """The Nats-Request-Info header's JSON (who asked, through a service
+    import), or {}."""
+    for line in headers.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == REQUEST_INFO_HEADER.lower():
+            try:
+                info = json.loads(value)
+            except ValueError:
+                return {}
+            return info if isinstance(info, dict) else {}
+    return {}
+
+
+def go_permissions(perms: Permissions) -> dict:
+    """Permissions as Go's JSON writes them (publish/subscribe allow and
+    deny lists, responses with its ttl in nanoseconds)."""
+    out = {}
+    for what, allow, deny in (("publish", perms.publish_allow, perms.publish_deny),
+                              ("subscribe", perms.subscribe_allow, perms.subscribe_deny)):
+        entry = {}
+        if allow is not None:
+            entry["allow"] = list(allow)
+        if deny:
+            entry["deny"] = list(deny)
+        if entry:
+            out[what] = entry
+    if perms.responses is not None:
+        out["responses"] = {"max": perms.responses[0], "ttl": int(perms.responses[1] * 1e9)}
+    return out
+
+
+# The services the system account exports, as Go's AccountInfo lists them.
+SYSTEM_EXPORTS = (("$SYS.REQ.ACCOUNT.*.CONNZ", "Streamed"), ("$SYS.REQ.ACCOUNT.*.STATZ",
+                  "Streamed"), ("$SYS.REQ.USER.*.INFO", "Singleton"),
+                  ("$SYS.DEBUG.SUBSCRIBERS", "Singleton"))
+
+
+def account_info(server: "Server", account: Account) -> dict:
+    """Go's AccountInfo (/accountz?acc='s account_detail) of `account`:
+    its connections, subscriptions, imports (and the system account's
+    exports), sublist statistics.  Loop thread."""
+    sublist = account.sublist
+    matches = sublist.matches
+    fanouts = [len(r) for r in sublist.cache.values()]
+    info = {"account_name": account.name, "update_time": rfc3339(server.start_time)}
+    if account is server.system_account:
+        info["is_system"] = True
+    info.update({
+        "expired": account.expired, "complete": True, "jetstream_enabled": False,
+        "leafnode_connections": len(server.leafs.by_account.get(account.name, ())),
+        "client_connections": sum(1 for c in server.clients.values() if c.account is account),
+        "subscriptions": sublist.count,
+    })
+    if account is server.system_account:
+        info["exports"] = [{"subject": subject, "type": "service", "response_type": kind}
+                           for subject, kind in SYSTEM_EXPORTS]
+    imports = []
+    for local, si in sorted(account.service_imports.items()):
+        there = si.to_export.apply(local).decode("utf-8", "replace")
+        imports.append({"subject": there, "account": si.exporter.name,
+                        "to": local.decode("utf-8", "replace"),
+                        "local_subject": local.decode("utf-8", "replace"), "type": "service",
+                        "invalid": False, "share": si.share, "tracking": False})
+    info["imports"] = imports
+    info.update({"name_tag": (account.claims or {}).get("name", account.name), "sublist_stats": {
+        "num_subscriptions": sublist.count, "num_cache": len(sublist.cache),
+        "num_inserts": sublist.inserts, "num_removes": sublist.removes, "num_matches": matches,
+        "cache_hit_rate": (sublist.cache_hits / matches) if matches else 0,
+        "max_fanout": max(fanouts, default=0),
+        "avg_fanout": (sum(fanouts) / len(fanouts)) if fanouts else 0}})
+    return info
+
+
 def _delivered_msgs(data: bytes):
-    """(sid, subject, reply or None, payload) of the MSG/HMSG frames
-    delivered to the SystemClient (headers are dropped)."""
+    """(sid, subject, reply or None, header block, payload) of the MSG/HMSG
+    frames delivered to the SystemClient."""
     i, n = 0, len(data)
     while i < n:
         nl = data.find(b"\n", i)
@@ -12890,7 +13064,7 @@ def _delivered_msgs(data: bytes):
             hdr, size = 0, int(parts[-1])
             subject, sid, reply = parts[1], parts[2], parts[3] if len(parts) == 5 else None
         payload = data[nl + 1:nl + 1 + size]
-        yield sid, subject, reply, payload[hdr:]
+        yield sid, subject, reply, payload[:hdr], payload[hdr:]
         i = nl + 1 + size + 2
 
 

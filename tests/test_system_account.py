@@ -19,8 +19,8 @@ import time
 import nats
 import pytest
 
-from conftest import (go_server_path, server_id as id_of, start_gnatsd, start_go, wait_mesh, wait_routes,
-                      write_conf)
+from conftest import (connected, go_server_path, server_id as id_of, start_gnatsd, start_go,
+                      start_kind, t_ping_pong, wait_mesh, wait_routes, write_conf)
 
 # The subscriptions a gnatsd.py server holds for the $SYS requests it
 # answers: PING, PING.<X>, <its id>.<X>, ACCOUNT.*.CONNZ and ACCOUNT.*.STATZ
@@ -371,3 +371,382 @@ def test_a_shutdown_event_reaches_a_peer(kind, cluster_factory):
     events = [(s, e) for s, e in got if "PROBE" not in s]
     assert [subject for subject, _ in events] == ["$SYS.SERVER.%s.SHUTDOWN" % leaving_id], got
     assert events[0][1]["id"] == leaving_id and "name" in events[0][1]
+
+
+# -- per-account requests, and what a plain account's users may ask ----------
+
+def start_both(conf):
+    """gnatsd.py and Go 2.15 with the same config (skipped without Go 2.15)."""
+    if go_server_path("2.15") is None:
+        pytest.skip("Go nats-server 2.15 is not installed")
+    ours = start_gnatsd("-c", conf)
+    try:
+        return ours, start_go("-c", conf, version="2.15")
+    except BaseException:
+        ours.stop()
+        raise
+
+
+def app_client(srv, name: str = "appclient", user: str = "app"):
+    """A raw client of `user` (account APP for "app") named `name`, with a
+    plain and a queue subscription, past a PING/PONG round trip."""
+    conn = connected(srv, b'{"verbose":false,"user":"%s","pass":"%s","name":"%s"}'
+                     % (user.encode(), user.encode(), name.encode()))
+    conn.send(b"SUB foo.> 1\r\nSUB bar q 2\r\n")
+    t_ping_pong(conn)
+    return conn
+
+
+def keep_ours(answer: dict) -> dict:
+    """The answer with the lists of monitor entries cut down to the ones of
+    the test's own client (`appclient`, subject `foo.>`): the other entries
+    differ between the servers (Go lists its service imports' internal
+    subscriptions in the importing account, for one), and `shape` looks at
+    a list's first item only."""
+    data = answer.get("data")
+    if isinstance(data, dict):
+        data = dict(data)
+        if data.get("subscriptions_list"):
+            data["subscriptions_list"] = [s for s in data["subscriptions_list"]
+                                          if s["subject"] == "foo.>"]
+        if data.get("connections"):
+            data["connections"] = [c for c in data["connections"]
+                                   if c.get("name") == "appclient"]
+        answer = dict(answer, data=data)
+    return answer
+
+
+@pytest.mark.parametrize("subject,body,user", [
+    ("$SYS.REQ.ACCOUNT.APP.SUBSZ", b"", "sys"),
+    ("$SYS.REQ.ACCOUNT.APP.LEAFZ", b"", "sys"),
+    ("$SYS.REQ.ACCOUNT.APP.INFO", b"", "sys"),
+    ("$SYS.REQ.ACCOUNT.SYS.INFO", b"", "sys"),
+    ("$SYS.REQ.ACCOUNT.NOPE.INFO", b"", "sys"),
+    ("$SYS.REQ.ACCOUNT.APP.JSZ", b"", "sys"),
+    ("$SYS.REQ.ACCOUNT.APP.CONNS", b"", "sys"),
+    ("$SYS.REQ.ACCOUNT.PING.CONNZ", b"", "app"),
+    ("$SYS.REQ.SERVER.PING.CONNZ", b"", "app"),
+    ("$SYS.REQ.ACCOUNT.PING.STATZ", b"", "app"),
+    ("$SYS.REQ.USER.INFO", b"", "app"),
+], ids=lambda v: v.replace("$SYS.REQ.", "").replace(".", "-") if isinstance(v, str) else None)
+def test_each_account_request_gets_an_answer_shaped_as_go_s(tmp_path, subject, body, user):
+    """With an APP client holding `foo.>` and a queue subscription: the
+    answer of gnatsd.py and Go 2.15 has the same key paths and JSON types,
+    `data` included (the monitor lists cut to the test client's entry)."""
+    conf = write_conf(tmp_path, ACCOUNTS, "sys.conf")
+    ours, go = start_both(conf)
+    try:
+        answers = []
+        for srv in (ours, go):
+            client = app_client(srv)
+            try:
+                (answer,) = request_all(srv.port, subject, body, user=user, count=1)
+            finally:
+                client.close()
+            answers.append(keep_ours(answer))
+        mine, theirs = answers
+    finally:
+        ours.stop()
+        go.stop()
+    problems = [p for p in missing_paths(shape(mine), shape(theirs)) if p not in GO_ONLY
+                and not p.startswith("/server/feature_flags")]
+    assert problems == [], (problems, mine, theirs)
+    assert sorted(mine) == sorted(theirs), (mine, theirs)       # no keys Go has not
+
+
+def test_account_subsz_leafz_info_and_jsz_answer_what_go_answers(tmp_path):
+    """`$SYS.REQ.ACCOUNT.<acc>.SUBSZ` is /subsz of that account with the
+    subscriptions listed; `.LEAFZ` its leaf connections (none: `leafs: []`);
+    `.INFO` Go's account info (/accountz?acc= 's account_detail); `.JSZ`
+    without JetStream Go's error with `data: null`; an unknown account's
+    INFO an error too.  The same facts from both servers."""
+    conf = write_conf(tmp_path, ACCOUNTS, "sys.conf")
+    ours, go = start_both(conf)
+    seen = {}
+    try:
+        for kind, srv in (("gnatsd", ours), ("go2.15", go)):
+            client = app_client(srv)
+            try:
+                seen[kind] = {what: request_all(srv.port, "$SYS.REQ.ACCOUNT.%s" % what,
+                                                count=1)[0]
+                              for what in ("APP.SUBSZ", "APP.LEAFZ", "APP.INFO", "SYS.INFO",
+                                           "NOPE.INFO", "APP.JSZ", "NOPE.SUBSZ")}
+            finally:
+                client.close()
+    finally:
+        ours.stop()
+        go.stop()
+    for kind, got in seen.items():
+        subsz = got["APP.SUBSZ"]["data"]
+        listed = {(s["subject"], s.get("qgroup")) for s in subsz["subscriptions_list"]}
+        assert {("foo.>", None), ("bar", "q")} <= listed, (kind, subsz)
+        assert {s["account"] for s in subsz["subscriptions_list"]} == {"APP"}, (kind, subsz)
+        assert subsz["total"] == subsz["num_subscriptions"] == len(subsz["subscriptions_list"])
+        # An account with no subscriptions: the list is left out (Go's omitempty).
+        assert "subscriptions_list" not in got["NOPE.SUBSZ"]["data"], kind
+        assert got["NOPE.SUBSZ"]["data"]["num_subscriptions"] == 0, kind
+        leafz = got["APP.LEAFZ"]["data"]
+        assert sorted(leafz) == ["leafnodes", "leafs", "now", "server_id"], (kind, leafz)
+        assert (leafz["leafnodes"], leafz["leafs"]) == (0, []), kind
+        info = got["APP.INFO"]["data"]
+        assert (info["account_name"], info["client_connections"], info["leafnode_connections"],
+                info["jetstream_enabled"], info["expired"], info["complete"]) == \
+            ("APP", 1, 0, False, False, True), (kind, info)
+        assert "is_system" not in info and "exports" not in info, (kind, info)
+        # The service imports every account gets from the system account:
+        # (what the export answers on, the subject the account publishes to).
+        assert {(i["subject"], i["to"], i["account"], i["type"], i["share"])
+                for i in info["imports"]} == {
+            ("$SYS.REQ.ACCOUNT.APP.CONNZ", "$SYS.REQ.SERVER.PING.CONNZ", "SYS", "service", False),
+            ("$SYS.REQ.ACCOUNT.APP.CONNZ", "$SYS.REQ.ACCOUNT.PING.CONNZ", "SYS", "service", False),
+            ("$SYS.REQ.ACCOUNT.APP.STATZ", "$SYS.REQ.ACCOUNT.PING.STATZ", "SYS", "service", False),
+            ("$SYS.REQ.USER.APP.INFO", "$SYS.REQ.USER.INFO", "SYS", "service", True),
+        }, (kind, info["imports"])
+        assert all(i["local_subject"] == i["to"] for i in info["imports"]), kind
+        assert info["subscriptions"] == info["sublist_stats"]["num_subscriptions"], kind
+        sysinfo = got["SYS.INFO"]["data"]
+        assert sysinfo["is_system"] is True and sysinfo["account_name"] == "SYS", kind
+        assert {(e["subject"], e["type"], e["response_type"]) for e in sysinfo["exports"]} == {
+            ("$SYS.REQ.ACCOUNT.*.CONNZ", "service", "Streamed"),
+            ("$SYS.REQ.ACCOUNT.*.STATZ", "service", "Streamed"),
+            ("$SYS.REQ.USER.*.INFO", "service", "Singleton"),
+            ("$SYS.DEBUG.SUBSCRIBERS", "service", "Singleton"),
+        }, (kind, sysinfo["exports"])
+        assert [(i["subject"], i["to"]) for i in sysinfo["imports"]] == [
+            ("$SYS.REQ.USER.SYS.INFO", "$SYS.REQ.USER.INFO")], kind
+        nope = got["NOPE.INFO"]
+        assert nope["data"] is None and nope["error"] == {
+            "code": 500, "description": "Account NOPE does not exist"}, (kind, nope)
+        jsz = got["APP.JSZ"]
+        assert jsz["data"] is None and jsz["error"] == {
+            "code": 500, "description": "jetstream not enabled"}, (kind, jsz)
+
+
+CONNS_KEYS = ["acc", "conns", "id", "leafnodes", "name", "num_subscriptions", "received",
+              "sent", "server", "slow_consumers", "timestamp", "total_conns", "type"]
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_account_conns_request_answers_only_with_local_connections(kind, tmp_path):
+    """`$SYS.REQ.ACCOUNT.<acc>.CONNS` (Go's connsRequest): the bare
+    account_connections event (not the `{"server","data"}` envelope), sent
+    to the reply subject only, and only when the account has connections on
+    this server; a body `{"acc": ...}` naming another account than the
+    subject gets no answer."""
+    conf = write_conf(tmp_path, ACCOUNTS, "sys.conf")
+    srv = start_kind(kind, "-c", conf)
+    try:
+        assert request_all(srv.port, "$SYS.REQ.ACCOUNT.APP.CONNS", wait=0.5) == []
+        assert request_all(srv.port, "$SYS.REQ.ACCOUNT.NOPE.CONNS", wait=0.3) == []
+        client = app_client(srv)
+        try:
+            (event,) = request_all(srv.port, "$SYS.REQ.ACCOUNT.APP.CONNS", wait=0.5)
+            (same,) = request_all(srv.port, "$SYS.REQ.ACCOUNT.APP.CONNS", b'{"acc":"APP"}',
+                                  wait=0.5)
+            assert request_all(srv.port, "$SYS.REQ.ACCOUNT.APP.CONNS", b'{"acc":"SYS"}',
+                               wait=0.5) == []
+
+            asked = []
+
+            async def ask(_port):
+                nc = await nats.connect("nats://sys:sys@127.0.0.1:%d" % srv.port)
+                await nc.request("$SYS.REQ.ACCOUNT.APP.CONNS", b"", timeout=3)
+                await nc.close()
+                await asyncio.sleep(0.3)        # time for a stray event to arrive
+                asked.append(True)
+            # The answer goes to the reply inbox alone, not to the event subjects.
+            broadcast = subjects_seen(srv.port, ["$SYS.ACCOUNT.APP.SERVER.CONNS",
+                                                 "$SYS.SERVER.ACCOUNT.APP.CONNS"], ask, 1,
+                                      until=lambda: asked)
+        finally:
+            client.close()
+        # The requester (a SYS user) is a connection of SYS here.
+        (mine,) = request_all(srv.port, "$SYS.REQ.ACCOUNT.SYS.CONNS", wait=0.5)
+    finally:
+        srv.stop()
+    assert sorted(event) == CONNS_KEYS, event
+    assert event["type"] == "io.nats.server.advisory.v1.account_connections"
+    assert (event["acc"], event["name"], event["conns"], event["leafnodes"],
+            event["total_conns"]) == ("APP", "APP", 1, 0, 1), event
+    assert sorted(event["sent"]) == ["bytes", "gateways", "leafs", "msgs", "routes"]
+    assert same["acc"] == "APP" and same["conns"] == 1
+    assert broadcast == [], broadcast
+    assert (mine["acc"], mine["conns"]) == ("SYS", 1), mine
+
+
+def connz_names(answer: dict) -> list:
+    return sorted(c.get("name", "") for c in answer["data"]["connections"] or ())
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_a_plain_account_asks_about_itself_through_the_system_imports(kind, tmp_path):
+    """A user of APP (no system privileges) publishing to
+    `$SYS.REQ.ACCOUNT.PING.CONNZ`, `$SYS.REQ.SERVER.PING.CONNZ` or
+    `$SYS.REQ.ACCOUNT.PING.STATZ` reaches the system account through the
+    service imports Go gives every account (mapped to
+    `$SYS.REQ.ACCOUNT.APP.CONNZ` / `.STATZ`): one answer, about APP alone,
+    whatever account the request's body names."""
+    conf = write_conf(tmp_path, ACCOUNTS, "sys.conf")
+    srv = start_kind(kind, "-c", conf)
+    try:
+        client = app_client(srv)
+        sys_client = app_client(srv, "sysclient", user="sys")
+        try:
+            answers = {}
+            for subject, body in [("$SYS.REQ.ACCOUNT.PING.CONNZ", b""),
+                                  ("$SYS.REQ.SERVER.PING.CONNZ", b""),
+                                  ("$SYS.REQ.SERVER.PING.CONNZ", b'{"acc":"SYS"}'),
+                                  ("$SYS.REQ.ACCOUNT.PING.STATZ", b""),
+                                  ("$SYS.REQ.ACCOUNT.PING.STATZ", b'{"accounts":["SYS"]}')]:
+                answers[subject, body] = request_all(srv.port, subject, body, user="app",
+                                                     wait=0.5)
+        finally:
+            client.close()
+            sys_client.close()
+    finally:
+        srv.stop()
+    for (subject, body), got in answers.items():
+        assert len(got) == 1, (subject, body, got)
+        (answer,) = got
+        assert sorted(answer) == ["data", "server"], (subject, answer)
+        if subject.endswith("CONNZ"):
+            # appclient and the requester (no name); not sysclient.
+            assert connz_names(answer) == ["", "appclient"], (subject, body, answer)
+            assert answer["data"]["num_connections"] == answer["data"]["total"] == 2
+        else:
+            assert [a["acc"] for a in answer["data"]["account_statz"]] == ["APP"], answer
+            assert answer["data"]["account_statz"][0]["conns"] == 2, answer
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_a_plain_account_gets_nothing_else_of_the_system_account(kind, tmp_path):
+    """Only the imported subjects answer an APP user: the server PING
+    (STATSZ), PING.VARZ and the direct `$SYS.REQ.ACCOUNT.APP.CONNZ` find no
+    responder; an APP subscription on `$SYS.>` (and `>`) is accepted (its
+    own account's subjects) but sees nothing of the system account's
+    traffic: not the CONNECT/DISCONNECT events of APP's own clients, not a
+    system user's publishes or requests."""
+    conf = write_conf(tmp_path, ACCOUNTS, "sys.conf")
+    srv = start_kind(kind, "-c", conf)
+
+    async def spy():
+        seen, errors = [], []
+
+        async def note(msg):
+            seen.append(msg.subject)
+
+        async def on_error(e):
+            errors.append(e)
+        app = await nats.connect("nats://app:app@127.0.0.1:%d" % srv.port, error_cb=on_error)
+        await app.subscribe("$SYS.>", cb=note)
+        await app.subscribe(">", cb=note)
+        await app.flush()
+        other = await nats.connect("nats://app:app@127.0.0.1:%d" % srv.port, name="evt")
+        await other.flush()
+        await other.close()
+        sysnc = await nats.connect("nats://sys:sys@127.0.0.1:%d" % srv.port)
+        await sysnc.publish("$SYS.FOO", b"x")
+        await sysnc.request("$SYS.REQ.SERVER.PING", b"", timeout=3)
+        await sysnc.request("$SYS.REQ.ACCOUNT.APP.CONNZ", b"", timeout=3)
+        await sysnc.flush()
+        await app.flush()
+        await asyncio.sleep(0.3)
+        await sysnc.close()
+        await app.close()
+        return seen, errors
+    try:
+        for subject in ("$SYS.REQ.SERVER.PING", "$SYS.REQ.SERVER.PING.STATSZ",
+                        "$SYS.REQ.SERVER.PING.VARZ", "$SYS.REQ.ACCOUNT.APP.CONNZ",
+                        "$SYS.REQ.ACCOUNT.APP.STATZ", "$SYS.REQ.ACCOUNT.SYS.CONNZ",
+                        "$SYS.REQ.USER.APP.INFO"):
+            assert request_all(srv.port, subject, user="app", wait=0.3) == [], subject
+        seen, errors = asyncio.run(spy())
+    finally:
+        srv.stop()
+    assert (seen, errors) == ([], []), (seen, errors)
+
+
+PERMS_ACCOUNTS = """
+accounts {
+  SYS { users: [{user: sys, password: sys}] }
+  APP { users: [
+    {user: app, password: app},
+    {user: lim, password: lim, permissions: {
+      publish: {allow: ["$SYS.REQ.USER.INFO", "_INBOX.>", "foo.*"], deny: ["foo.bar"]},
+      subscribe: {allow: ["_INBOX.>"]},
+      allow_responses: {max: 3, expires: "5s"}}}
+  ] }
+}
+system_account: SYS
+"""
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_user_info_answers_the_requesting_user(kind, tmp_path):
+    """`$SYS.REQ.USER.INFO` (Go's userInfoReq, imported by every account as
+    `$SYS.REQ.USER.<acc>.INFO` with the requester's details shared):
+    `{"server":..., "data": {"user", "account", "account_name",
+    "permissions"?}}` about whoever asked; `permissions` only for a user
+    that has some, as Go's Permissions JSON (`responses.ttl` in ns)."""
+    conf = write_conf(tmp_path, PERMS_ACCOUNTS, "sys.conf")
+    srv = start_kind(kind, "-c", conf)
+    try:
+        got = {user: request_all(srv.port, "$SYS.REQ.USER.INFO", user=user, wait=0.5)
+               for user in ("app", "sys", "lim")}
+    finally:
+        srv.stop()
+    for user, answers in got.items():
+        assert len(answers) == 1, (user, answers)
+        assert sorted(answers[0]) == ["data", "server"], answers
+    assert got["app"][0]["data"] == {"user": "app", "account": "APP", "account_name": "APP"}
+    assert got["sys"][0]["data"] == {"user": "sys", "account": "SYS", "account_name": "SYS"}
+    lim = got["lim"][0]["data"]
+    assert sorted(lim) == ["account", "account_name", "permissions", "user"], lim
+    assert (lim["user"], lim["account"], lim["account_name"]) == ("lim", "APP", "APP")
+    perms = lim["permissions"]
+    assert sorted(perms) == ["publish", "responses", "subscribe"], perms
+    assert sorted(perms["publish"]["allow"]) == ["$SYS.REQ.USER.INFO", "_INBOX.>", "foo.*"]
+    assert perms["publish"]["deny"] == ["foo.bar"]
+    assert perms["subscribe"] == {"allow": ["_INBOX.>"]}
+    assert perms["responses"] == {"max": 3, "ttl": 5_000_000_000}
+
+
+@pytest.mark.parametrize("kinds", [("gnatsd", "go2.15"), ("go2.15", "gnatsd"),
+                                   ("go2.15", "go2.15")],
+                         ids=["asked-on-gnatsd", "asked-on-go", "go-only"])
+def test_account_ping_forms_are_answered_by_each_node(cluster_factory, kinds):
+    """Two nodes; an APP user on the first.  `$SYS.REQ.ACCOUNT.PING.CONNZ`
+    and `$SYS.REQ.SERVER.PING.CONNZ` are answered by both nodes (the mapped
+    `$SYS.REQ.ACCOUNT.APP.CONNZ` is routed as any system subscription);
+    `$SYS.REQ.ACCOUNT.PING.STATZ` only by the node where APP has
+    connections (both with `include_unused`); `$SYS.REQ.USER.INFO` by the
+    requester's own node alone.  A system user on the first node asking
+    `$SYS.REQ.ACCOUNT.APP.CONNS` hears from the node where APP has a client."""
+    if go_server_path("2.15") is None:
+        pytest.skip("Go nats-server 2.15 is not installed")
+    cluster = cluster_factory("sys")
+    nodes = []
+    for kind in kinds:
+        nodes.append(cluster.start(kind, routes=nodes[-1:], top=ACCOUNTS))
+    wait_mesh(nodes)
+    first, second = (id_of(n) for n in nodes)
+
+    def servers(subject, body=b"", retry=True):
+        deadline = time.monotonic() + 10
+        while True:           # until the system account's interest has crossed
+            got = request_all(nodes[0].port, subject, body, user="app", wait=1.0)
+            if not retry or len(got) >= 2 or time.monotonic() > deadline:
+                return sorted(a["server"]["id"] for a in got)
+    both = sorted([first, second])
+    assert servers("$SYS.REQ.ACCOUNT.PING.CONNZ") == both
+    assert servers("$SYS.REQ.SERVER.PING.CONNZ") == both
+    assert servers("$SYS.REQ.ACCOUNT.PING.STATZ", b'{"include_unused": true}') == both
+    # (The interest has crossed by now: one answer is all there is.)
+    assert servers("$SYS.REQ.ACCOUNT.PING.STATZ", retry=False) == [first]
+    assert servers("$SYS.REQ.USER.INFO", retry=False) == [first]
+    client = app_client(nodes[1])
+    try:
+        (event,) = request_all(nodes[0].port, "$SYS.REQ.ACCOUNT.APP.CONNS", wait=1.0)
+    finally:
+        client.close()
+    assert (event["server"]["id"], event["acc"], event["conns"]) == (second, "APP", 1), event
