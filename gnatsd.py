@@ -2127,7 +2127,8 @@ class Client(Connection):
                 return stop + 2
             if trace_only(header_values(msg)):
                 return stop + 2         # a trace-only message whose trace failed
-        route = account.service_route(subject) if account.routes_services else None
+        route = account.service_route(subject) if account.routes_services or \
+            subject[:5] == b"$SYS." else None
         if route is not None:
             routed = self.route_service(route, msg)
             self.deliver_msg(account.sublist.match(subject), msg, routed)
@@ -2450,7 +2451,8 @@ class Client(Connection):
         line_key = b"PUB " + subject
         plan = None if headers else lines.get(line_key)
         if plan is None or plan.kind == PLAN_STALE:
-            if not self.fast_pub_plain and not self.publishes_plainly(subject):
+            if (not self.fast_pub_plain or subject[:5] == b"$SYS.") and \
+                    not self.publishes_plainly(subject):
                 return none
             sublist = self.account.sublist
             result = sublist.match(subject)
@@ -2492,7 +2494,8 @@ class Client(Connection):
                                   or not perms.can_publish(subject)):
             return False
         account = self.account
-        if account.routes_services and account.service_route(subject) is not None:
+        if (account.routes_services or subject[:5] == b"$SYS.") and \
+                account.service_route(subject) is not None:
             return False
         return not (account.exports_services and subject.startswith(b"_R_."))
 
@@ -7380,6 +7383,7 @@ class Account:
         self.sublist = Sublist(name=name.encode())
         self.stream_imports: list = []
         self.service_imports: dict = {}      # literal local subject -> ServiceImport
+        self.system_imports = 0              # how many of them are add_system_imports'
         self.wildcard_imports: list = []     # (local tokens, ServiceImport)
         self.responses: dict = {}            # reply subject here -> ResponseImport
         self.exports_services = False
@@ -7415,8 +7419,11 @@ class Account:
 
     @property
     def routes_services(self) -> bool:
-        """May a PUB in this account be a service request or a response?"""
-        return bool(self.service_imports or self.wildcard_imports or self.exports_services)
+        """May a PUB in this account be a service request or a response,
+        other than on a `$SYS.` subject (every account imports a few of
+        those: add_system_imports; a PUB checks them by their prefix)?"""
+        return bool(len(self.service_imports) > self.system_imports or self.wildcard_imports
+                    or self.exports_services)
 
     def service_route(self, subject: bytes):
         """The ServiceImport or ResponseImport a PUB on `subject` follows, or None."""
@@ -7496,8 +7503,10 @@ def add_system_imports(accounts: dict, system: Account):
             if account is system and not share:
                 continue
             export = Export("service", (there % b"*").decode(), None, response_type)
-            account.service_imports.setdefault(here, ServiceImport(
-                system, export, there % account.name.encode(), here, share))
+            if here not in account.service_imports:
+                account.service_imports[here] = ServiceImport(
+                    system, export, there % account.name.encode(), here, share)
+                account.system_imports += 1
 
 
 def jwt_account_configs(opts: Options) -> dict:
