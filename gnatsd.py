@@ -4969,17 +4969,21 @@ def find_export(account: AccountConfig, kind: str, subject: str) -> Export | Non
 
 class LeafURL:
     """A leaf remote's URL: `nats-leaf://[user:pass@]host:port` (or
-    `nats://`, `tls://`); port 7422 by default."""
+    `nats://`, `tls://`; port 7422 by default), or a hub's websocket port:
+    `ws://` (port 80) or `wss://` (443)."""
 
     def __init__(self, url: str):
         parsed = urllib.parse.urlsplit(url if "://" in url else "nats-leaf://" + url)
-        if parsed.scheme not in ("nats-leaf", "nats", "tls", "nats+tls") or not parsed.hostname:
+        if parsed.scheme not in ("nats-leaf", "nats", "tls", "nats+tls", "ws", "wss") or \
+                not parsed.hostname:
             raise ConfigError('error parsing leafnode remote url ["%s"]' % url)
         self.url = url
-        self.tls = parsed.scheme in ("tls", "nats+tls")
+        self.ws = parsed.scheme in ("ws", "wss")
+        self.tls = parsed.scheme in ("tls", "nats+tls", "wss")
         self.host = parsed.hostname
+        default = {"ws": 80, "wss": 443}.get(parsed.scheme, DEFAULT_LEAF_PORT)
         try:
-            self.port = parsed.port or DEFAULT_LEAF_PORT
+            self.port = parsed.port or default
         except ValueError:
             raise ConfigError('error parsing leafnode remote url ["%s"]: invalid port' % url)
         self.user = urllib.parse.unquote(parsed.username or "")
@@ -4989,7 +4993,8 @@ class LeafURL:
         """The URL as logs show it (the password hidden, as Go does)."""
         auth = "%s:%s@" % (self.user, "xxxxx") if self.user and self.password else \
             ("%s@" % self.user if self.user else "")
-        return "nats-leaf://%s%s" % (auth, _host_port(self.host, self.port))
+        scheme = ("wss" if self.tls else "ws") if self.ws else "nats-leaf"
+        return "%s://%s%s" % (scheme, auth, _host_port(self.host, self.port))
 
 
 class RemoteLeafOptions:
@@ -8145,7 +8150,9 @@ class TLSServing:
             self.cluster.start_route(client)
             return
         if isinstance(client, LeafNode):
-            if client.is_spoke:
+            if client.is_spoke and client.ws is not None and client.ws.state == WS_HTTP:
+                client.ws_dial(client.url.host, client.url.port)    # wss://: the upgrade
+            elif client.is_spoke and client.ws is None:
                 client.hello()          # our CONNECT to the hub (chapter 13)
             return
         client.tls_identities = client.tls_peer_identities()
@@ -8239,7 +8246,7 @@ WS_PMC_RESPONSE = (b"Sec-WebSocket-Extensions: permessage-deflate; "
 WS_NO_MASKING_HEADER = "nats-no-masking"
 
 # Where a WebSocket connection is: reading the HTTP request, or framed.
-WS_HTTP, WS_OPEN = 0, 1
+WS_HTTP, WS_OPEN, WS_DIALED = 0, 1, 2     # (WS_DIALED: our request sent, its answer due)
 
 
 class WSSession:
@@ -8249,7 +8256,8 @@ class WSSession:
 
     __slots__ = ("state", "request", "compress", "masked", "browser", "tail", "held",
                  "pieces", "remaining", "mask_key", "mask_pos", "final", "inflating",
-                 "deflated", "deflated_size", "control", "close_sent", "close_frame", "unsent")
+                 "deflated", "deflated_size", "control", "close_sent", "close_frame", "unsent",
+                 "key", "mask_writes")
 
     def __init__(self):
         self.state = WS_HTTP
@@ -8271,6 +8279,8 @@ class WSSession:
         self.close_sent = False
         self.close_frame = b""      # the close frame, sent after the output
         self.unsent = None          # framed bytes the kernel has not taken yet
+        self.key = ""               # a dialing side's Sec-WebSocket-Key (ws_dial)
+        self.mask_writes = False    # a dialing side masks what it sends (no Nats-No-Masking)
 
 
 def ws_accept_key(key: str) -> str:
@@ -8376,6 +8386,9 @@ class WSConnection(Connection):
         if ws.state == WS_OPEN:
             self.ws_read_frames(data)
             return
+        if ws.state == WS_DIALED:
+            self.ws_read_answer(data)
+            return
         searched = max(0, len(ws.request) - 3)     # (the blank line may straddle reads)
         ws.request += data
         while ws.state == WS_HTTP and not self.closed:
@@ -8388,6 +8401,55 @@ class WSConnection(Connection):
             head, rest = bytes(ws.request[:end]), bytes(ws.request[end + 4:])
             ws.request = bytearray(rest)
             self.server.ws_upgrade(self, head, rest)
+
+    # -- the dialing side (a leaf node's ws:// remote) -------------------------
+
+    def ws_dial(self, host: str, port: int):
+        """Ask the server we dialed to upgrade (Go's leaf dialing a hub's
+        websocket port: path /leafnode, and no masking, which a server may
+        refuse by not echoing Nats-No-Masking: then we mask)."""
+        ws = self.ws
+        ws.state = WS_DIALED
+        ws.key = base64.b64encode(os.urandom(16)).decode()
+        request = ("GET /leafnode HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                   "Sec-WebSocket-Version: 13\r\nNats-No-Masking: true\r\n\r\n"
+                   % (_host_port(host, port), ws.key))
+        self.queue_outbound(request.encode())
+        self.flush()
+
+    def ws_read_answer(self, data: bytes):
+        """The server's answer to ws_dial: 101 with the right accept key,
+        then frames (unmasked, as a server's are)."""
+        ws = self.ws
+        ws.request += data
+        end = ws.request.find(b"\r\n\r\n")
+        if end < 0:
+            if len(ws.request) > WS_MAX_REQUEST:
+                self.error("websocket handshake error: answer too long")
+                self.close(READ_ERROR)
+            return
+        head, rest = bytes(ws.request[:end]), bytes(ws.request[end + 4:])
+        ws.request = bytearray()
+        lines = head.decode("latin-1").split("\r\n")
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+        status = lines[0].split(" ")
+        if len(status) < 2 or status[1] != "101" or \
+                fields.get("upgrade", "").lower() != "websocket" or \
+                fields.get("connection", "").lower() != "upgrade" or \
+                fields.get("sec-websocket-accept") != ws_accept_key(ws.key):
+            self.error("websocket handshake error: invalid websocket connection (%s)",
+                       lines[0])
+            self.close(READ_ERROR)
+            return
+        ws.state = WS_OPEN
+        ws.masked = False
+        ws.mask_writes = fields.get("nats-no-masking", "").lower() != "true"
+        if rest:
+            self.ws_read_frames(rest)
 
     def ws_read_frames(self, data: bytes):
         """Unframe `data` (after what an earlier read left of a header, or
@@ -8688,7 +8750,13 @@ class WSConnection(Connection):
         frames = []
         for at in range(0, len(data), size):
             chunk = data[at:at + size]
-            frames += [ws_frame_header(WS_BINARY, len(chunk)), chunk]
+            if ws.mask_writes:      # a dialing side whose server wants masked frames
+                key = os.urandom(4)
+                header = bytearray(ws_frame_header(WS_BINARY, len(chunk)))
+                header[1] |= WS_MASKED
+                frames += [bytes(header) + key, ws_unmask(chunk, key, 0)]
+            else:
+                frames += [ws_frame_header(WS_BINARY, len(chunk)), chunk]
         return frames
 
     def pending_bytes(self) -> int:
@@ -10388,18 +10456,10 @@ class LeafNode(Connection):
             self.headers = bool(info.get("headers"))
             remote = self.remote
             if (info.get("tls_required") or remote.tls is not None or self.url.tls) \
-                    and self.tls is None:
+                    and self.tls is None and self.ws is None:
                 # The upgrade comes after the hub's plain INFO (Go's
                 # leafClientHandshakeIfNeeded); CONNECT after the handshake.
-                try:
-                    context = remote.tls.client_context() if remote.tls is not None else \
-                        load_ssl().create_default_context()
-                except (ConfigError, AttributeError, OSError) as exc:
-                    self.error("TLS leafnode setup failed: %s", exc)
-                    self.close(TLS_HANDSHAKE_ERROR)
-                    return
-                self.start_tls(context, remote.tls.timeout if remote.tls else TLS_TIMEOUT,
-                               hostname=self.url.host)
+                self.start_leaf_tls()
                 return
             self.hello()
             return
@@ -10407,6 +10467,20 @@ class LeafNode(Connection):
             self.remote_account = info["remote_account"]
         if info.get("connect_info") and not self.registered:
             self.server.leafs.register(self)
+
+    def start_leaf_tls(self):
+        """Begin our TLS handshake with the hub (after its INFO, or first
+        for wss://), trusting the remote's tls block or the system's CAs."""
+        remote = self.remote
+        try:
+            context = remote.tls.client_context() if remote.tls is not None else \
+                load_ssl().create_default_context()
+        except (ConfigError, AttributeError, OSError) as exc:
+            self.error("TLS leafnode setup failed: %s", exc)
+            self.close(TLS_HANDSHAKE_ERROR)
+            return
+        self.start_tls(context, remote.tls.timeout if remote.tls else TLS_TIMEOUT,
+                       hostname=self.url.host)
 
     def hello(self):
         """Our CONNECT to the hub (after its INFO, and the TLS handshake if
@@ -10859,6 +10933,7 @@ class LeafNodes:
         self.port = 0
         self.lds_subjects: dict = {}    # account name -> our loop detection subject
         self.tls_class = None           # with_tls(LeafNode), made at first use
+        self.ws_class = None            # with_websocket of that, for ws:// remotes
 
     # -- listening and dialing -------------------------------------------------
 
@@ -11031,7 +11106,12 @@ class LeafNodes:
         if remote is not None or tls is not None:     # a dialed leaf may upgrade after INFO
             if self.tls_class is None:
                 self.tls_class = with_tls(LeafNode)
-            leaf = self.tls_class(server, sock, server.next_cid, remote, url)
+            leaf_class = self.tls_class
+            if url is not None and url.ws:            # a hub's websocket port (chapter 11)
+                if self.ws_class is None:
+                    self.ws_class = with_websocket(self.tls_class)
+                leaf_class = self.ws_class
+            leaf = leaf_class(server, sock, server.next_cid, remote, url)
         else:
             leaf = LeafNode(server, sock, server.next_cid, remote, url)
         try:
@@ -11050,6 +11130,12 @@ class LeafNodes:
             server.log.info("%sLeafnode connection created for account: %s ", leaf.log_prefix,
                             leaf.account.label)
             server.add_timer(LEAF_CONNECT_TIMEOUT * 2, leaf.connect_timeout)
+            if url.ws:      # wss://: TLS first, then the upgrade (tls_established)
+                leaf.ws = WSSession()
+                if url.tls:
+                    leaf.start_leaf_tls()
+                else:
+                    leaf.ws_dial(url.host, url.port)
         else:
             leaf.nonce = new_nonce().encode()
             if tls is not None:         # the plain INFO says tls_required, then the handshake

@@ -1200,3 +1200,56 @@ def test_a_loop_of_leaves_without_cluster_names_is_detected(nodes, tmp_path):
     while not any(b"Loop detected for leafnode" in bytes(n.log) for n in nodes):
         assert time.monotonic() < deadline, "no loop detected"
         time.sleep(0.05)
+
+
+# -- 11. a leaf dialing a hub's websocket port -------------------------------------------------
+
+
+@pytest.mark.parametrize("hub_kind", ["go2.15", "go2.9"])
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_a_gnatsd_leaf_dials_a_hubs_websocket_port(hub_kind, scheme, nodes, tmp_path):
+    """A remote `ws://` (or `wss://`, TLS first) URL: the leaf asks the
+    hub's websocket port to upgrade on /leafnode (without masking, which
+    Go hubs accept), then speaks the leafnode protocol in frames; messages
+    cross both ways."""
+    tls = "no_tls: true" if scheme == "ws" else 'tls { cert_file: "%s", key_file: "%s" }' % (
+        os.path.join(CERTS, "server-cert.pem"), os.path.join(CERTS, "server-key.pem"))
+    hub = start_hub(nodes, hub_kind, tmp_path,
+                    top='websocket {\n  listen: "127.0.0.1:-1"\n  %s\n}\n' % tls)
+    ws_port = int(hub.wait_for_log(rb"Listening for websocket clients on wss?://\S+:(\d+)", 5)
+                  .group(1))
+    remote = "" if scheme == "ws" else 'tls { ca_file: "%s" }' % os.path.join(CERTS, "ca.pem")
+    leaf = start_leaf(nodes, "gnatsd", tmp_path, "%s://127.0.0.1:%d" % (scheme, ws_port),
+                      remote)
+    wait_leafs(hub)
+    wait_leafs(leaf)
+
+    async def main():
+        nh, nl = await connect(hub), await connect(leaf)
+        at_hub, at_leaf = await Inbox.on(nh, "up.>"), await Inbox.on(nl, "down.>")
+        await barrier(nh)
+        await barrier(nl)
+        await wait_flow(nl, "up.probe", at_hub)
+        await wait_flow(nh, "down.probe", at_leaf)
+        for nc in (nh, nl):
+            await nc.close()
+    run(main())
+
+
+def test_a_websocket_leaf_masks_its_frames_when_the_hub_asks_for_it():
+    """A hub that does not echo Nats-No-Masking gets masked frames: the
+    mask bit, a 4-byte key, the payload XOR the key (RFC 6455 5.3)."""
+    from conftest import import_gnatsd
+    g = import_gnatsd()
+    ws = g.WSSession()
+    ws.mask_writes = True
+
+    class Leaf:
+        pass
+    leaf = Leaf()
+    leaf.ws = ws
+    data = b"CONNECT {}\r\nLS+ foo\r\n" * 10
+    header, masked = g.WSConnection.ws_frames(leaf, data)
+    assert header[0] == 0x82 and header[1] & 0x80 and header[1] & 0x7F == 126
+    key = header[4:8]
+    assert len(header) == 8 and bytes(b ^ key[i % 4] for i, b in enumerate(masked)) == data
