@@ -7440,6 +7440,15 @@ class Account:
                     return imp
         return route
 
+    def take_response(self, subject: bytes) -> "ResponseImport | None":
+        """The response import `subject` leads back through (a reply to a
+        request that came in through an import), used up if it is a
+        singleton; None if it is no such reply."""
+        route = self.responses.get(subject) if self.responses else None
+        if route is not None and route.singleton:
+            del self.responses[subject]
+        return route
+
     def new_response(self, importer: "Account", reply: bytes, export: Export) -> bytes:
         """A fresh reply subject here that routes back to `reply` in `importer`."""
         subject = self.reply_prefix + _random_token(6)
@@ -9120,20 +9129,18 @@ def local_plan(sublist: Sublist, subject: bytes) -> DeliveryPlan:
     return plan
 
 
-class _RouteDialer:
-    """A route connection being dialed: waits in the selector for the
-    non-blocking connect to finish, then hands the socket to the cluster."""
+class _Dialer:
+    """A connection being dialed (a route, a leaf node's hub): waits in the
+    selector for the non-blocking connect to finish, then hands the socket
+    to `connected`, or why it failed to `failed` (dial_tcp)."""
 
     closed = False
 
-    def __init__(self, cluster: "Cluster", sock: socket.socket, target: RouteURL,
-                 implicit: bool, attempt: int):
-        self.cluster = cluster
-        self.server = cluster.server
+    def __init__(self, server: "Server", sock: socket.socket, connected, failed):
+        self.server = server
         self.sock = sock
-        self.target = target
-        self.implicit = implicit
-        self.attempt = attempt
+        self.connected = connected
+        self.failed = failed
 
     def read_ready(self):
         self.write_ready()
@@ -9146,18 +9153,59 @@ class _RouteDialer:
         error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             self.sock.close()
-            self.cluster.dial_failed(self.target, self.implicit, os.strerror(error),
-                                          self.attempt)
+            self.failed(os.strerror(error))
         else:
-            self.cluster.create_route(self.sock, self.target, self.implicit)
+            self.connected(self.sock)
 
     def timeout(self):
         if not self.closed:
             self.closed = True
             self.server.unregister(self)
             self.sock.close()
-            self.cluster.dial_failed(self.target, self.implicit, "i/o timeout",
-                                          self.attempt)
+            self.failed("i/o timeout")
+
+
+def dial_tcp(server: "Server", host: str, port: int, connected, failed):
+    """Dial host:port without stalling the loop: an IP address at once, a
+    host name looked up on a helper thread first.  `connected(sock)` or
+    `failed(why)` is called on the loop thread (through a _Dialer)."""
+    if _is_ip_address(host):
+        _connect_tcp(server, host, port, None, "", connected, failed)
+        return
+
+    def resolve():      # (helper thread)
+        try:
+            address, why = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0], ""
+        except (OSError, UnicodeError) as exc:
+            address, why = None, str(exc)
+        server.call_soon(lambda: _connect_tcp(server, host, port, address, why, connected,
+                                              failed))
+    threading.Thread(target=resolve, name="gnatsd-resolve", daemon=True).start()
+
+
+def _connect_tcp(server: "Server", host: str, port: int, address: tuple | None, why: str,
+                 connected, failed):
+    """Start a non-blocking connect to a getaddrinfo entry (None: look the
+    numeric host up now, unless `why` says the lookup failed)."""
+    try:
+        if address is None and not why:
+            address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+        if address is None:
+            raise OSError(why)
+        family, _type, _proto, _name, address = address
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        failed(str(exc))
+        return
+    sock.setblocking(False)
+    error = sock.connect_ex(address)
+    if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+        sock.close()
+        failed(os.strerror(error))
+        return
+    dialer = _Dialer(server, sock, connected, failed)
+    server.selector.register(sock, selectors.EVENT_WRITE, dialer)
+    server.add_timer(ROUTE_DIAL_TIMEOUT, dialer.timeout)
 
 
 # The ops Route.process_op knows (a blank line, or one starting with a
@@ -9582,11 +9630,9 @@ class Route(Connection):
         ours: the message goes on to them; routes of the peer's own dialect
         have it from the peer (one hop).  A traced message (`trace`) has
         each delivery noted, and none made if it is trace-only."""
-        route = account.responses.get(msg.subject) if account.responses else None
+        route = account.take_response(msg.subject)
         if route is not None:
             # A response to a service request made here: back to the requester.
-            if route.singleton:
-                account.responses.pop(msg.subject, None)
             routed = msg.routed(route.reply, msg.reply)
             self.deliver_local(route.importer, routed, None)
             return
@@ -9796,28 +9842,7 @@ class Route(Connection):
         if self.legacy:
             self.send_legacy_msg(msg, ([plain] if plain is not None else []) + queue_subs)
             return
-        queues = [sub.queue for sub in queue_subs]
-        if msg.hdr >= 0 and not self.headers:
-            body = msg.payload[msg.hdr:]
-            msg = Message(msg.subject, msg.reply, -1, len(body), body)
-        head = b"RMSG" if msg.hdr < 0 else b"HMSG"
-        parts = [head, account.name.encode(), msg.subject]
-        if queues:
-            if msg.reply is not None:
-                parts += [b"+", msg.reply]
-            else:
-                parts.append(b"|")
-            parts += queues
-        elif msg.reply is not None:
-            parts.append(msg.reply)
-        parts.append(msg.size_field if msg.hdr < 0 else b"%d %d" % (msg.hdr, msg.size))
-        line = b" ".join(parts)
-        if self.trace:
-            self.trace_out(line.decode("utf-8", "replace"))
-        self.out.append(line + CR_LF + msg.payload + CR_LF)
-        self.out_msgs += 1
-        self.out_bytes += msg.size
-        self.server.pending.add(self)
+        queue_peer_msg(self, b"RMSG", account.name.encode(), msg, queue_subs)
 
     # -- ping and close ----------------------------------------------------------------
 
@@ -9848,6 +9873,35 @@ class Route(Connection):
             "out_msgs": self.out_msgs, "in_bytes": self.in_bytes, "out_bytes": self.out_bytes,
             "subscriptions": len(self.remote_subs),
         }
+
+
+def queue_peer_msg(conn, head: bytes, account: bytes | None, msg: Message, queue_subs: list):
+    """Queue `msg` for a route (`head` RMSG, with the account) or a leaf
+    node (LMSG, without): `<head> [account] <subject> [reply | + reply
+    <queues> | | <queues>] <size>`, HMSG and `<hdr> <size>` with headers
+    (stripped for a peer that has none), naming the queue groups the peer
+    was picked for (`queue_subs`, its subscriptions that won)."""
+    queues = [sub.queue for sub in queue_subs]
+    if msg.hdr >= 0 and not conn.headers:
+        body = msg.payload[msg.hdr:]
+        msg = Message(msg.subject, msg.reply, -1, len(body), body)
+    parts = [head if msg.hdr < 0 else b"HMSG"] + ([account] if account else []) + [msg.subject]
+    if queues:
+        if msg.reply is not None:
+            parts += [b"+", msg.reply]
+        else:
+            parts.append(b"|")
+        parts += queues
+    elif msg.reply is not None:
+        parts.append(msg.reply)
+    parts.append(msg.size_field if msg.hdr < 0 else b"%d %d" % (msg.hdr, msg.size))
+    line = b" ".join(parts)
+    if conn.trace:
+        conn.trace_out(line.decode("utf-8", "replace"))
+    conn.out.append(line + CR_LF + msg.payload + CR_LF)
+    conn.out_msgs += 1
+    conn.out_bytes += msg.size
+    conn.server.pending.add(conn)
 
 
 class Cluster:
@@ -9937,52 +9991,15 @@ class Cluster:
         return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + CR_LF
 
     def dial(self, target: RouteURL, implicit: bool, attempt: int = 1):
-        """Dial a route: an IP address at once; a host name is looked up on
-        a helper thread first (a DNS lookup must not stall the loop)."""
+        """Dial a route (dial_tcp: a host name is looked up off the loop)."""
         server = self.server
         if not server.running and server.listener is None:
             return
         if (target.host, target.port) in self.self_routes or server.lame_duck:
             return
-        if _is_ip_address(target.host):
-            self.connect(target, implicit, attempt)
-            return
-        threading.Thread(target=self.resolve, args=(target, implicit, attempt),
-                         name="gnatsd-resolve", daemon=True).start()
-
-    def resolve(self, target: RouteURL, implicit: bool, attempt: int):
-        """(Helper thread.)  Look the host up, then connect on the loop thread."""
-        try:
-            address = socket.getaddrinfo(target.host, target.port, 0, socket.SOCK_STREAM)[0]
-            why = ""
-        except (OSError, UnicodeError) as exc:
-            address, why = None, str(exc)
-        self.server.call_soon(lambda: self.connect(target, implicit, attempt, address, why))
-
-    def connect(self, target: RouteURL, implicit: bool, attempt: int,
-                address: tuple | None = None, why: str = ""):
-        """Start a non-blocking connect; the selector says when it is done
-        (_RouteDialer).  `address` is a getaddrinfo entry (None: look up now)."""
-        server = self.server
-        try:
-            if address is None and not why:
-                address = socket.getaddrinfo(target.host, target.port, 0, socket.SOCK_STREAM)[0]
-            if address is None:
-                raise OSError(why)
-            family, _type, _proto, _name, address = address
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
-            self.dial_failed(target, implicit, str(exc), attempt)
-            return
-        sock.setblocking(False)
-        error = sock.connect_ex(address)
-        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-            sock.close()
-            self.dial_failed(target, implicit, os.strerror(error), attempt)
-            return
-        dialer = _RouteDialer(self, sock, target, implicit, attempt)
-        server.selector.register(sock, selectors.EVENT_WRITE, dialer)
-        server.add_timer(ROUTE_DIAL_TIMEOUT, dialer.timeout)
+        dial_tcp(server, target.host, target.port,
+                 lambda sock: self.create_route(sock, target, implicit),
+                 lambda why: self.dial_failed(target, implicit, why, attempt))
 
     def dial_failed(self, target: RouteURL, implicit: bool, why: str, attempt: int = 0):
         """Log (Go's cadence) and try again: configured routes forever (or
@@ -10836,27 +10853,7 @@ class LeafNode(Connection):
         picked for; nothing if deny_exports keeps the subject here."""
         if self.deny_exports is not None and self.deny_exports.has_interest(msg.subject):
             return
-        queues = [sub.queue for sub in queue_subs]
-        if msg.hdr >= 0 and not self.headers:
-            body = msg.payload[msg.hdr:]
-            msg = Message(msg.subject, msg.reply, -1, len(body), body)
-        parts = [b"LMSG" if msg.hdr < 0 else b"HMSG", msg.subject]
-        if queues:
-            if msg.reply is not None:
-                parts += [b"+", msg.reply]
-            else:
-                parts.append(b"|")
-            parts += queues
-        elif msg.reply is not None:
-            parts.append(msg.reply)
-        parts.append(msg.size_field if msg.hdr < 0 else b"%d %d" % (msg.hdr, msg.size))
-        line = b" ".join(parts)
-        if self.trace:
-            self.trace_out(line.decode("utf-8", "replace"))
-        self.out.append(line + CR_LF + msg.payload + CR_LF)
-        self.out_msgs += 1
-        self.out_bytes += msg.size
-        self.server.pending.add(self)
+        queue_peer_msg(self, b"LMSG", None, msg, queue_subs)     # (chapter 12)
 
     # -- ping and close ----------------------------------------------------------
 
@@ -10879,43 +10876,6 @@ class LeafNode(Connection):
             "in_bytes": self.in_bytes, "out_bytes": self.out_bytes,
             "subscriptions": len(self.remote_subs), "compression": "not supported",
         }
-
-
-class _LeafDialer:
-    """A leaf connection being dialed: waits in the selector for the
-    non-blocking connect to finish, then hands the socket over."""
-
-    closed = False
-
-    def __init__(self, leafs: "LeafNodes", sock: socket.socket, remote: "RemoteLeafOptions",
-                 url: RouteURL):
-        self.leafs = leafs
-        self.server = leafs.server
-        self.sock = sock
-        self.remote = remote
-        self.url = url
-
-    def read_ready(self):
-        self.write_ready()
-
-    def write_ready(self):
-        if self.closed:
-            return
-        self.closed = True
-        self.server.unregister(self)
-        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            self.sock.close()
-            self.leafs.dial_failed(self.remote, self.url, os.strerror(error))
-        else:
-            self.leafs.create_leaf(self.sock, self.remote, self.url)
-
-    def timeout(self):
-        if not self.closed:
-            self.closed = True
-            self.server.unregister(self)
-            self.sock.close()
-            self.leafs.dial_failed(self.remote, self.url, "i/o timeout")
 
 
 class LeafNodes:
@@ -11018,45 +10978,10 @@ class LeafNodes:
         remote.next_url += 1
         server.log.debug("Trying to connect as leafnode to remote server on %s",
                          go_quote(_host_port(url.host, url.port).encode()))
-        if _is_ip_address(url.host):
-            self.connect(remote, url, socket.getaddrinfo(url.host, url.port, 0,
-                                                         socket.SOCK_STREAM)[0], "")
-        else:       # a DNS lookup must not stall the loop: a helper thread asks
-            threading.Thread(target=self.resolve, args=(remote, url), name="gnatsd-resolve",
-                             daemon=True).start()
+        dial_tcp(server, url.host, url.port, lambda sock: self.create_leaf(sock, remote, url),
+                 lambda why: self.dial_failed(remote, url, why))
 
-    def resolve(self, remote: "RemoteLeafOptions", url: LeafURL):
-        """(Helper thread.)  Look the hub's host up, then connect on the loop."""
-        try:
-            address, why = socket.getaddrinfo(url.host, url.port, 0, socket.SOCK_STREAM)[0], ""
-        except (OSError, UnicodeError) as exc:
-            address, why = None, str(exc)
-        self.server.call_soon(lambda: self.connect(remote, url, address, why))
-
-    def connect(self, remote: "RemoteLeafOptions", url: LeafURL, address: tuple | None,
-                why: str):
-        """Start a non-blocking connect to a looked-up address (_LeafDialer
-        hears when it is done)."""
-        server = self.server
-        try:
-            if address is None:
-                raise OSError(why)
-            family, _type, _proto, _name, address = address
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as exc:
-            self.dial_failed(remote, url, str(exc))
-            return
-        sock.setblocking(False)
-        error = sock.connect_ex(address)
-        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-            sock.close()
-            self.dial_failed(remote, url, os.strerror(error))
-            return
-        dialer = _LeafDialer(self, sock, remote, url)
-        server.selector.register(sock, selectors.EVENT_WRITE, dialer)
-        server.add_timer(ROUTE_DIAL_TIMEOUT, dialer.timeout)
-
-    def dial_failed(self, remote: "RemoteLeafOptions", url: RouteURL, why: str):
+    def dial_failed(self, remote: "RemoteLeafOptions", url: LeafURL, why: str):
         """Log (the first failure, then every ROUTE_ERROR_REPORTS-th) and
         try again after the reconnect delay."""
         remote.attempts += 1
@@ -11257,10 +11182,8 @@ class LeafNodes:
         to other leaf connections with interest, never back to `source`.
         Queue groups only when the LMSG names them, local members first."""
         account = source.account
-        route = account.responses.get(msg.subject) if account.responses else None
+        route = account.take_response(msg.subject)
         if route is not None:       # a response to a service request made here
-            if route.singleton:
-                account.responses.pop(msg.subject, None)
             deliver_result(route.importer.sublist.match(route.reply),
                            msg.routed(route.reply, msg.reply), None, route.importer)
             return
@@ -12873,10 +12796,8 @@ class SystemClient:
         payload = json.dumps(body, separators=(",", ":")).encode()
         msg = Message(reply, None, -1, len(payload), payload)
         account = self.account
-        route = account.responses.get(reply) if account.responses else None
+        route = account.take_response(reply)
         if route is not None:
-            if route.singleton:
-                account.responses.pop(reply, None)
             msg, account = msg.routed(route.reply, None), route.importer
         deliver_result(account.sublist.match(msg.subject), msg, None, account)
 
