@@ -1097,12 +1097,10 @@ def test_leaf_goes_on_without_info_on_connect(kind, nodes, tmp_path):
 # -- 10. what a leaf's login allows ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
-def test_a_leaf_logged_in_as_a_restricted_user_has_its_permissions(kind, nodes, tmp_path):
-    """A leaf that logs in as a client user (no leafnodes authorization)
-    gets that user's permissions, seen from the leaf: the hub does not tell
-    it of interest it may not publish to, an LS+ it may not subscribe to
-    gets -ERR 'Permissions Violation for Subscription' and the close."""
+def restricted_leaf(nodes, kind, tmp_path, admin_subs: bytes) -> tuple:
+    """A hub whose user `r` may publish and subscribe to `allowed` only:
+    (an `admin` client with `admin_subs`, a raw leaf that sent CONNECT as
+    `r`)."""
     hub = start_hub(nodes, kind, tmp_path, top="""authorization { users = [
   {user: r, password: r, permissions: {publish: "allowed", subscribe: "allowed"}}
   {user: admin, password: admin}
@@ -1110,13 +1108,23 @@ def test_a_leaf_logged_in_as_a_restricted_user_has_its_permissions(kind, nodes, 
 """)
     admin = RawConn("127.0.0.1", hub.port)
     admin.read_info()
-    admin.send(b'CONNECT {"user":"admin","pass":"admin","verbose":false}\r\n'
-               b'SUB secret.in 1\r\nSUB allowed 2\r\n')
+    admin.send(b'CONNECT {"user":"admin","pass":"admin","verbose":false}\r\n' + admin_subs)
     t_ping_pong(admin)
     leaf = RawConn("127.0.0.1", hub.leaf_port)
     leaf.read_info()
     leaf.send(b'CONNECT {"user":"r","pass":"r","name":"evil","server_id":"NEVIL",'
               b'"headers":true}\r\n')
+    return admin, leaf
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_a_leaf_logged_in_as_a_restricted_user_has_its_permissions(kind, nodes, tmp_path):
+    """A leaf that logs in as a client user (no leafnodes authorization)
+    gets that user's permissions, seen from the leaf: the hub does not tell
+    it of interest it may not publish to, an LS+ it may not subscribe to
+    gets -ERR 'Permissions Violation for Subscription' and the close."""
+    _admin, leaf = restricted_leaf(nodes, kind, tmp_path,
+                                   b"SUB secret.in 1\r\nSUB allowed 2\r\n")
     ops = ops_until_pong(leaf)
     told = sorted(op.split()[1] for op in ops if op.startswith(b"LS+ ") and b"$" not in op)
     assert told == [b"allowed"], ops                    # not secret.in
@@ -1127,20 +1135,7 @@ def test_a_leaf_logged_in_as_a_restricted_user_has_its_permissions(kind, nodes, 
 
 @pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
 def test_a_leaf_may_not_publish_what_its_user_may_not(kind, nodes, tmp_path):
-    hub = start_hub(nodes, kind, tmp_path, top="""authorization { users = [
-  {user: r, password: r, permissions: {publish: "allowed", subscribe: "allowed"}}
-  {user: admin, password: admin}
-]}
-""")
-    admin = RawConn("127.0.0.1", hub.port)
-    admin.read_info()
-    admin.send(b'CONNECT {"user":"admin","pass":"admin","verbose":false}\r\n'
-               b'SUB secret.in 1\r\n')
-    t_ping_pong(admin)
-    leaf = RawConn("127.0.0.1", hub.leaf_port)
-    leaf.read_info()
-    leaf.send(b'CONNECT {"user":"r","pass":"r","name":"evil","server_id":"NEVIL",'
-              b'"headers":true}\r\n')
+    admin, leaf = restricted_leaf(nodes, kind, tmp_path, b"SUB secret.in 1\r\n")
     ops_until_pong(leaf)
     leaf.send(b"LMSG secret.in 5\r\nhello\r\n")
     assert t_read_until_closed(leaf) == \

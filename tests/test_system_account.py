@@ -161,11 +161,9 @@ def test_ping_answers_and_a_server_by_id(tmp_path):
         srv.stop()
 
 
-@pytest.mark.parametrize("kinds", [("gnatsd", "gnatsd", "go2.15"), ("go2.15", "gnatsd", "gnatsd")],
-                         ids=["gnatsd-first", "go-first"])
-def test_ping_counts_every_node_of_a_mixed_cluster(cluster_factory, kinds):
-    """Two gnatsd.py nodes and a Go 2.15 node: a system user on any node
-    gets three PING answers, and each node's VARZ by id."""
+def sys_cluster(cluster_factory, kinds) -> list:
+    """Nodes of `kinds` with the SYS and APP accounts, each routed to the
+    one before, meshed (skipped without Go 2.15)."""
     if go_server_path("2.15") is None:
         pytest.skip("Go nats-server 2.15 is not installed")
     cluster = cluster_factory("sys")
@@ -173,6 +171,15 @@ def test_ping_counts_every_node_of_a_mixed_cluster(cluster_factory, kinds):
     for kind in kinds:
         nodes.append(cluster.start(kind, routes=nodes[-1:], top=ACCOUNTS))
     wait_mesh(nodes)
+    return nodes
+
+
+@pytest.mark.parametrize("kinds", [("gnatsd", "gnatsd", "go2.15"), ("go2.15", "gnatsd", "gnatsd")],
+                         ids=["gnatsd-first", "go-first"])
+def test_ping_counts_every_node_of_a_mixed_cluster(cluster_factory, kinds):
+    """Two gnatsd.py nodes and a Go 2.15 node: a system user on any node
+    gets three PING answers, and each node's VARZ by id."""
+    nodes = sys_cluster(cluster_factory, kinds)
     ids = set()
     for node in nodes:
         deadline = time.monotonic() + 10
@@ -722,13 +729,7 @@ def test_account_ping_forms_are_answered_by_each_node(cluster_factory, kinds):
     connections (both with `include_unused`); `$SYS.REQ.USER.INFO` by the
     requester's own node alone.  A system user on the first node asking
     `$SYS.REQ.ACCOUNT.APP.CONNS` hears from the node where APP has a client."""
-    if go_server_path("2.15") is None:
-        pytest.skip("Go nats-server 2.15 is not installed")
-    cluster = cluster_factory("sys")
-    nodes = []
-    for kind in kinds:
-        nodes.append(cluster.start(kind, routes=nodes[-1:], top=ACCOUNTS))
-    wait_mesh(nodes)
+    nodes = sys_cluster(cluster_factory, kinds)
     first, second = (id_of(n) for n in nodes)
 
     def servers(subject, body=b"", retry=True):
