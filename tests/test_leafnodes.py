@@ -286,6 +286,18 @@ def test_pub_sub_both_ways_exactly_once(leaf_kind, hub_kind, nodes, tmp_path):
     run(main())
 
 
+async def messages_cross_both_ways(hub, leaf):
+    """A probe published on each side reaches a subscriber on the other."""
+    nh, nl = await connect(hub), await connect(leaf)
+    at_hub, at_leaf = await Inbox.on(nh, "up.>"), await Inbox.on(nl, "down.>")
+    await barrier(nh)
+    await barrier(nl)
+    await wait_flow(nl, "up.probe", at_hub)
+    await wait_flow(nh, "down.probe", at_leaf)
+    for nc in (nh, nl):
+        await nc.close()
+
+
 # -- 1b. over TLS ----------------------------------------------------------------------------------
 
 CERTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "certs")
@@ -302,17 +314,7 @@ def test_a_leaf_over_tls_both_ways(leaf_kind, hub_kind, nodes, tmp_path):
     remote = 'tls { ca_file: "%s" }' % os.path.join(CERTS, "ca.pem")
     leaf, hub = start_pair(nodes, leaf_kind, hub_kind, tmp_path, hub_leafnodes=tls,
                            remote=remote)
-
-    async def main():
-        nh, nl = await connect(hub), await connect(leaf)
-        at_hub, at_leaf = await Inbox.on(nh, "up.>"), await Inbox.on(nl, "down.>")
-        await barrier(nh)
-        await barrier(nl)
-        await wait_flow(nl, "up.probe", at_hub)
-        await wait_flow(nh, "down.probe", at_leaf)
-        for nc in (nh, nl):
-            await nc.close()
-    run(main())
+    run(messages_cross_both_ways(hub, leaf))
     rogue = start_leaf(nodes, leaf_kind, tmp_path, leaf_url(hub),
                        'tls { ca_file: "%s" }' % os.path.join(CERTS, "rogue-cert.pem"),
                        name="rogue")
@@ -1218,17 +1220,7 @@ def test_a_gnatsd_leaf_dials_a_hubs_websocket_port(hub_kind, scheme, nodes, tmp_
                       remote)
     wait_leafs(hub)
     wait_leafs(leaf)
-
-    async def main():
-        nh, nl = await connect(hub), await connect(leaf)
-        at_hub, at_leaf = await Inbox.on(nh, "up.>"), await Inbox.on(nl, "down.>")
-        await barrier(nh)
-        await barrier(nl)
-        await wait_flow(nl, "up.probe", at_hub)
-        await wait_flow(nh, "down.probe", at_leaf)
-        for nc in (nh, nl):
-            await nc.close()
-    run(main())
+    run(messages_cross_both_ways(hub, leaf))
 
 
 def test_a_websocket_leaf_masks_its_frames_when_the_hub_asks_for_it():
