@@ -4347,22 +4347,32 @@ def _route_not_yet(cm: ConfigMap, key: str, what: str) -> str:
         cm.files.get(key, cm.path), cm.position(key)[0], what)
 
 
-def _route_authorization(cm: ConfigMap, key: str, value) -> tuple:
-    """cluster { authorization { user password timeout } } -> (user, password)."""
+# A user and password in an `authorization {}` block (cluster, websocket,
+# leafnodes) and in a leaf user's entry: key -> (field, converter).
+_AUTH_USER_KEYS = {"user": ("username", _to_str), "username": ("username", _to_str),
+                   "pass": ("password", _to_str), "password": ("password", _to_str)}
+
+
+def _read_block(cm: ConfigMap, key: str, value, keys: dict, what: str = "authorization") -> dict:
+    """The fields of a block whose keys `keys` names (lowercase key ->
+    (field, converter)): {field: value}; any other key is Go's `unknown
+    field` error."""
     if not isinstance(value, ConfigMap):
-        raise cm.error(key, "expected a map for authorization")
-    user = password = ""
+        raise cm.error(key, "expected a map for %s" % what)
+    fields = {}
     for sub_key, sub_value in value.items():
-        name = sub_key.lower()
-        if name in ("user", "username"):
-            user = _to_str(value, sub_key, sub_value)
-        elif name in ("pass", "password"):
-            password = _to_str(value, sub_key, sub_value)
-        elif name == "timeout":
-            _to_seconds(value, sub_key, sub_value)
+        known = keys.get(sub_key.lower())
+        if known is not None:
+            fields[known[0]] = known[1](value, sub_key, sub_value)
         elif not value.is_variable(sub_key):
             raise value.error(sub_key, 'unknown field "%s"' % sub_key)
-    return (user, password)
+    return fields
+
+
+def _route_authorization(cm: ConfigMap, key: str, value) -> tuple:
+    """cluster { authorization { user password timeout } } -> (user, password)."""
+    fields = _read_block(cm, key, value, dict(_AUTH_USER_KEYS, timeout=("timeout", _to_seconds)))
+    return (fields.get("username", ""), fields.get("password", ""))
 
 
 def _http(cm: ConfigMap, key: str, value, opts: Options):
@@ -4480,20 +4490,10 @@ def _websocket(cm: ConfigMap, key: str, value, opts: Options):
 
 def _websocket_authorization(cm: ConfigMap, key: str, value, ws: WebsocketOptions):
     """websocket { authorization { user password token timeout } }."""
-    if not isinstance(value, ConfigMap):
-        raise cm.error(key, "expected a map for authorization")
-    for sub_key, sub_value in value.items():
-        name = sub_key.lower()
-        if name in ("user", "username"):
-            ws.username = _to_str(value, sub_key, sub_value)
-        elif name in ("pass", "password"):
-            ws.password = _to_str(value, sub_key, sub_value)
-        elif name == "token":
-            ws.token = _to_str(value, sub_key, sub_value)
-        elif name == "timeout":
-            ws.auth_timeout = _to_seconds(value, sub_key, sub_value)
-        elif not value.is_variable(sub_key):
-            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    keys = dict(_AUTH_USER_KEYS, token=("token", _to_str),
+                timeout=("auth_timeout", _to_seconds))
+    for field, field_value in _read_block(cm, key, value, keys).items():
+        setattr(ws, field, field_value)
 
 
 def validate_websocket(ws: WebsocketOptions):
@@ -5088,48 +5088,41 @@ def _leafnodes(cm: ConfigMap, key: str, value, opts: Options):
 
 
 def _leaf_authorization(cm: ConfigMap, key: str, value, leaf: LeafNodeOptions):
-    """leafnodes { authorization { user password account timeout users } }."""
-    if not isinstance(value, ConfigMap):
-        raise cm.error(key, "expected a map for authorization")
-    for sub_key, sub_value in value.items():
-        name = sub_key.lower()
-        if name in ("user", "username"):
-            leaf.username = _to_str(value, sub_key, sub_value)
-        elif name in ("pass", "password"):
-            leaf.password = _to_str(value, sub_key, sub_value)
-        elif name == "account":
-            leaf.account = _to_str(value, sub_key, sub_value)
-        elif name == "timeout":
-            leaf.auth_timeout = _to_seconds(value, sub_key, sub_value)
-        elif name == "users":
-            if not isinstance(sub_value, list):
-                raise value.error(sub_key, "Expected users field to be an array, got %s"
-                                  % _go_type(sub_value))
-            for entry in sub_value:
-                if not isinstance(entry, ConfigMap):
-                    raise value.error(sub_key, "Expected user entry to be a map/struct, got %s"
-                                      % _go_type(entry))
-                user = User("", "", None)
-                for field, field_value in entry.items():
-                    lowered = field.lower()
-                    if lowered in ("user", "username"):
-                        user.username = _to_str(entry, field, field_value)
-                    elif lowered in ("pass", "password"):
-                        user.password = _to_str(entry, field, field_value)
-                    elif lowered == "account":
-                        user.account = _to_str(entry, field, field_value)
-                    elif not entry.is_variable(field):
-                        raise entry.error(field, 'unknown field "%s"' % field)
-                leaf.users.append(user)
-        elif name == "nkey":
-            leaf.nkey = _to_str(value, sub_key, sub_value)
-            if decode_nkey(leaf.nkey, NKEY_USER) is None:
-                raise value.error(sub_key, "Not a valid public nkey for a user")
-        elif name == "proxy_required":
-            if _to_bool(value, sub_key, sub_value):
-                raise value.error(sub_key, "proxy_required is not supported by gnatsd.py")
-        elif not value.is_variable(sub_key):
-            raise value.error(sub_key, 'unknown field "%s"' % sub_key)
+    """leafnodes { authorization { user password account timeout users nkey } }."""
+    keys = dict(_AUTH_USER_KEYS, account=("account", _to_str),
+                timeout=("auth_timeout", _to_seconds), users=("users", _leaf_users),
+                nkey=("nkey", _leaf_nkey), proxy_required=("", _no_proxy_required))
+    for field, field_value in _read_block(cm, key, value, keys).items():
+        if field:
+            setattr(leaf, field, field_value)
+
+
+def _leaf_users(cm: ConfigMap, key: str, value) -> list:
+    """`users = [ {user, password, account} ]` of a leafnodes authorization."""
+    if not isinstance(value, list):
+        raise cm.error(key, "Expected users field to be an array, got %s" % _go_type(value))
+    users = []
+    for entry in value:
+        if not isinstance(entry, ConfigMap):
+            raise cm.error(key, "Expected user entry to be a map/struct, got %s"
+                           % _go_type(entry))
+        fields = _read_block(cm, key, entry, dict(_AUTH_USER_KEYS, account=("account", _to_str)))
+        users.append(User(fields.get("username", ""), fields.get("password", ""), None,
+                          fields.get("account", "")))
+    return users
+
+
+def _leaf_nkey(cm: ConfigMap, key: str, value) -> str:
+    nkey = _to_str(cm, key, value)
+    if decode_nkey(nkey, NKEY_USER) is None:
+        raise cm.error(key, "Not a valid public nkey for a user")
+    return nkey
+
+
+def _no_proxy_required(cm: ConfigMap, key: str, value) -> bool:
+    if _to_bool(cm, key, value):
+        raise cm.error(key, "proxy_required is not supported by gnatsd.py")
+    return False
 
 
 def _remote_leaf(cm: ConfigMap, key: str, entry) -> RemoteLeafOptions:
