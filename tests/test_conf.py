@@ -558,3 +558,19 @@ def test_every_key_go_215_reads_loads_or_warns(key, tmp_path):
     else:
         assert key in gnatsd.CONFIG_KEYS or key in gnatsd.CONFIG_BLOCKS
         assert opts.warnings == []
+
+
+@pytest.mark.parametrize("block", ["cluster { listen: 127.0.0.1:-1, %s }",
+                                   "websocket { port: -1, no_tls: true, %s }",
+                                   "leafnodes { port: -1, %s }"])
+def test_an_unknown_field_of_an_authorization_block_names_its_line(block, tmp_path):
+    """Each block's `authorization {}` takes its keys (and variables) and
+    refuses any other with Go's unknown-field error (one reader,
+    _read_block, serves the three)."""
+    conf = tmp_path / "auth.conf"
+    conf.write_text("pw: secret\n" + block % "authorization { user: a, password: $pw, bogus: 1 }"
+                    + "\n")
+    with pytest.raises(gnatsd.ConfigError, match=r':2:\d+: unknown field "bogus"'):
+        gnatsd.options_from_config(str(conf))
+    conf.write_text("pw: secret\n" + block % "authorization { user: a, password: $pw }" + "\n")
+    gnatsd.options_from_config(str(conf))
