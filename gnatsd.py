@@ -2683,7 +2683,7 @@ class DeliveryPlan:
                     fast = False        # a 0.7-dialect peer: MSG with its sid (send_msg)
                 if c in clients:
                     continue            # a peer gets one RMSG per message
-                prefix = (b"HMSG " if headers else b"RMSG ") + account + b" " + subject + b" "
+                prefix = c.msg_head(headers, account) + subject + b" "     # (chapter 12)
             elif c.kind == "Leaf":      # (chapter 13) one LMSG per message, no account
                 if c in clients:
                     continue
@@ -4056,6 +4056,10 @@ UNSUPPORTED_KEYS = {
     "no_fast_producer_stall": "no_fast_producer_stall is not supported by gnatsd.py",
 }
 
+# Route connections per peer, unless `cluster { pool_size }` says otherwise
+# (Go's DEFAULT_ROUTE_POOL_SIZE; chapter 12).
+DEFAULT_ROUTE_POOL_SIZE = 3
+
 
 class Options:
     """Every server setting, with the Go server's names and defaults.
@@ -4108,6 +4112,8 @@ class Options:
         ("cluster_advertise", ""),
         ("cluster_auth", None),
         ("cluster_tls", None),
+        ("cluster_pool_size", DEFAULT_ROUTE_POOL_SIZE),
+        ("cluster_accounts", None),
         ("no_advertise", False),
         ("connect_retries", 0),
         ("routes", None),
@@ -4181,6 +4187,14 @@ class Options:
             self.warnings.append("Maximum payloads over 8.00 MB are generally discouraged "
                                  "and could lead to poor performance")
         validate_operators(self)
+        if self.cluster_accounts:
+            if self.cluster_pool_size < 0:
+                raise ConfigError("pool_size cannot be negative if pinned accounts are specified")
+            for k, name in enumerate(self.cluster_accounts):
+                if name in self.cluster_accounts[:k]:
+                    listed = " ".join(go_quote(n.encode()) for n in self.cluster_accounts)
+                    raise ConfigError("found duplicate account name %s in pinned accounts list "
+                                      "[%s]" % (go_quote(name.encode()), listed))
         if self.websocket is not None:
             validate_websocket(self.websocket)
             if self.websocket.port and self.users:
@@ -4298,7 +4312,8 @@ def parse_cluster_url(url: str) -> tuple:
 
 def _cluster(cm: ConfigMap, key: str, value, opts: Options):
     """`cluster { name listen host port advertise no_advertise authorization
-    routes tls connect_retries pool_size compression }` (Go's parseCluster)."""
+    routes tls connect_retries pool_size accounts compression }` (Go's
+    parseCluster)."""
     if not isinstance(value, ConfigMap):
         raise cm.error(key, "Expected map to define cluster")
     for sub_key, sub_value in value.items():
@@ -4327,8 +4342,13 @@ def _cluster(cm: ConfigMap, key: str, value, opts: Options):
             opts.routes = list(routes)
         elif name == "authorization":
             opts.cluster_auth = _route_authorization(value, sub_key, sub_value)
-        elif name in ("pool_size", "compression", "ping_interval", "ping_max", "accounts"):
-            continue  # one uncompressed route per peer here; Go peers adapt
+        elif name == "pool_size":
+            opts.cluster_pool_size = _to_int(value, sub_key, sub_value) or DEFAULT_ROUTE_POOL_SIZE
+        elif name == "accounts":
+            names = sub_value if isinstance(sub_value, list) else [sub_value]
+            opts.cluster_accounts = [_to_str(value, sub_key, n) for n in names]
+        elif name in ("compression", "ping_interval", "ping_max"):
+            continue  # uncompressed routes here; Go peers adapt
         elif name == "tls":
             opts.cluster_tls = parse_tls_block(value, sub_key, sub_value, route=True)
             if opts.cluster_tls.verify_and_map:  # peers' certificates are verified, not mapped
@@ -9046,9 +9066,20 @@ class WebSocketServing:
 # is delivered to local clients only: one hop, so every server needs a
 # route to every other (the mesh).
 #
-# This server runs one route per peer and no compression: its INFO carries
-# neither `route_pool_size` nor `compression`, and Go peers fall back to a
-# single uncompressed connection.
+# Between servers of Go 2.10+ and this one, a peer is reached by a pool of
+# connections (`route_pool_size`, 3 by default) plus one per pinned account
+# (`cluster { accounts [...] }`, and always the system account): each
+# account's interest and messages use one of them, the pool slot its name
+# hashes to (route_pool_index) or its pinned route, so one busy account
+# does not hold up the others.  The dialing side sends CONNECT, waits for
+# the peer's INFO, then sends its own naming the slot (`route_pool_idx`) or
+# the account (`route_account`), and dials the rest of the pool once the
+# first is in (Cluster.fill).  On a pinned route the account is implied, so
+# RS+/RS-/RMSG lines leave it out.  A peer without pooling (Go 2.9, or
+# `pool_size: -1` on either side) gets one connection for everything.  A
+# peer's interest lives on the connection it came by, and a message follows
+# the interest, so the two sides need not agree on slot numbers.  Routes
+# are uncompressed (Go peers fall back to no compression).
 #
 # A peer of gnatsd 0.7's dialect (its INFO has no `proto`) gets that
 # protocol instead: SUB/UNSUB/MSG with route sids, the global account only
@@ -9224,13 +9255,15 @@ class Route(Connection):
 
     __slots__ = ("target", "implicit", "remote_id", "remote_name", "remote_info",
                  "remote_subs", "weights", "connect_received", "registered",
-                 "headers", "protocol", "msg_keys", "legacy", "advertised", "retry")
+                 "headers", "protocol", "msg_keys", "legacy", "advertised", "retry",
+                 "pool_idx", "pinned", "pinned_name", "filling", "no_redial")
 
     kind = "Router"
     tls_label = "route "
 
     def __init__(self, server: "Server", sock: socket.socket, cid: int,
-                 target: RouteURL | None = None, implicit: bool = False):
+                 target: RouteURL | None = None, implicit: bool = False,
+                 pinned: str = "", filling: "RoutePool | None" = None):
         super().__init__(server, sock, cid)
         self.target = target            # the URL we dialed, None for an accepted route
         self.implicit = implicit        # learned by gossip rather than configured
@@ -9247,6 +9280,11 @@ class Route(Connection):
         self.legacy = False             # the peer speaks the 0.7 dialect (its INFO has no proto)
         self.advertised: set = set()    # route sids of our interest a 0.7 peer has (SUB sent)
         self.retry = False              # dial again if it closes (it won a duplicate)
+        self.no_redial = False          # refused for good (pool or pinned account mismatch)
+        self.pool_idx = -1              # its slot in the peer's pool, once registered
+        self.pinned = pinned            # the account of a pinned route ("": a pool slot)
+        self.pinned_name = pinned.encode()  # (the same, as wire bytes)
+        self.filling = filling          # the pool we dialed it to fill (Cluster.fill)
         host = "[%s]" % self.host if ":" in self.host else self.host
         self.log_prefix = "%s:%d - rid:%d - " % (host, self.port, cid)
 
@@ -9361,11 +9399,6 @@ class Route(Connection):
             self.error("Rejecting connection, cluster name %s does not match %s",
                        go_quote(cluster.encode()), go_quote(server.cluster.name.encode()))
             self.close("Cluster Name Conflict")
-            return
-        if info.get("route_account"):
-            # A Go peer's dedicated per-account route: we run one route per peer.
-            self.debug("Closing route for pinned account %s", info.get("route_account"))
-            self.close(CLIENT_CLOSED)
             return
         if not info.get("ip"):
             # A peer sends its route URL only with cluster advertise; Go then
@@ -9509,8 +9542,10 @@ class Route(Connection):
         subject of an account that exports services (deliver_local routes
         those).  Keys without a reply are remembered."""
         parts = key.split(b" ")
-        if len(parts) not in (2, 3) or b"" in parts or key.split() != parts \
-                or parts[-1] in (b"+", b"|"):
+        if b"" in parts or key.split() != parts:
+            return None, None
+        parts = self.with_account(parts)
+        if len(parts) not in (2, 3) or parts[-1] in (b"+", b"|"):
             return None, None
         account = self.server.accounts.get(parts[0].decode("utf-8", "replace"))
         if account is None or (account.exports_services and parts[1].startswith(b"_R_.")):
@@ -9546,9 +9581,9 @@ class Route(Connection):
         if self.trace:
             self.trace_in(op.decode("ascii", "replace"), arg)
         if op == b"RS+":
-            self.process_remote_sub(arg.split())
+            self.process_remote_sub(self.with_account(arg.split()))
         elif op == b"RS-":
-            self.process_remote_unsub(arg.split())
+            self.process_remote_unsub(self.with_account(arg.split()))
         elif op == b"SUB" and self.legacy:
             self.process_legacy_sub(split_arg(arg))
         elif op == b"UNSUB" and self.legacy:
@@ -9570,10 +9605,17 @@ class Route(Connection):
                                 ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
         return nl + 1
 
+    def with_account(self, args: list) -> list:
+        """The arguments of RS+, RS-, RMSG or HMSG with the account first: on
+        a pinned route the peer leaves it out (it is the route's)."""
+        if self.pinned and args:
+            args.insert(0, self.pinned_name)
+        return args
+
     def process_msg(self, data: bytes, nl: int, headers: bool, arg: bytes) -> int:
         """RMSG/HMSG whose payload follows `nl`; returns the index after it,
         or -(bytes needed from the line start) when it is not all here."""
-        args = arg.split()
+        args = self.with_account(arg.split())
         try:
             if headers:
                 hdr, size = int(args[-2]), int(args[-1])
@@ -9811,13 +9853,13 @@ class Route(Connection):
                 self.trace_out(line.decode("utf-8", "replace"))
             self.queue_outbound(line + CR_LF)
             return
-        name = account.name.encode()
+        name = b"" if self.pinned else account.name.encode() + b" "
         if count > 0:
-            line = b"RS+ %s %s" % (name, subject)
+            line = b"RS+ %s%s" % (name, subject)
             if queue is not None:
                 line += b" %s %d" % (queue, count)
         else:
-            line = b"RS- %s %s" % (name, subject)
+            line = b"RS- %s%s" % (name, subject)
             if queue is not None:
                 line += b" " + queue
         if self.trace:
@@ -9825,6 +9867,11 @@ class Route(Connection):
         self.queue_outbound(line + CR_LF)
 
     # -- output --------------------------------------------------------------------
+
+    def msg_head(self, headers: bool, account: bytes) -> bytes:
+        """`RMSG <account> ` (HMSG with headers) as a DeliveryPlan's prefix
+        for this route starts; on a pinned route the account is implied."""
+        return (b"HMSG " if headers else b"RMSG ") + (b"" if self.pinned else account + b" ")
 
     def send_msg(self, account: Account, msg: Message, queue_subs: list,
                  plain: Subscription | None = None):
@@ -9835,7 +9882,8 @@ class Route(Connection):
         if self.legacy:
             self.send_legacy_msg(msg, ([plain] if plain is not None else []) + queue_subs)
             return
-        queue_peer_msg(self, b"RMSG", account.name.encode(), msg, queue_subs)
+        queue_peer_msg(self, b"RMSG", None if self.pinned else account.name.encode(), msg,
+                       queue_subs)
 
     # -- ping and close ----------------------------------------------------------------
 
@@ -9865,6 +9913,7 @@ class Route(Connection):
             "pending_size": self.pending_bytes(), "in_msgs": self.in_msgs,
             "out_msgs": self.out_msgs, "in_bytes": self.in_bytes, "out_bytes": self.out_bytes,
             "subscriptions": len(self.remote_subs),
+            **({"account": self.pinned} if self.pinned else {}),
         }
 
 
@@ -9897,6 +9946,46 @@ def queue_peer_msg(conn, head: bytes, account: bytes | None, msg: Message, queue
     conn.server.pending.add(conn)
 
 
+def route_pool_index(pool_size: int, account: str) -> int:
+    """The pool slot that carries `account` (Go's computeRoutePoolIdx: FNV-1a
+    of the name, modulo the pool size), the same on every server."""
+    if pool_size <= 1:
+        return 0
+    h = 0x811C9DC5
+    for byte in account.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % pool_size
+
+
+class RoutePool:
+    """The registered connections to one peer (Go's `routes[id]` slice and
+    its `accRoutes` entries): `slots`, the pool (one slot when the peer does
+    not pool: `no_pool`), and `pinned`, account name -> its dedicated route.
+    For a peer we dialed, `target` is where to dial the missing ones, and
+    `dialing` / `dialing_pinned` what is on its way (Cluster.fill)."""
+
+    def __init__(self, size: int, no_pool: bool):
+        self.slots: list = [None] * size
+        self.pinned: dict = {}
+        self.no_pool = no_pool
+        self.target: RouteURL | None = None
+        self.implicit = False
+        self.dialing = 0
+        self.dialing_pinned: set = set()
+
+    def routes(self) -> list:
+        """Every registered connection to the peer."""
+        return [r for r in self.slots if r is not None] + list(self.pinned.values())
+
+    def drop(self, route: "Route"):
+        """`route` closed: free its slot or its account."""
+        if route.pinned:
+            if self.pinned.get(route.pinned) is route:
+                del self.pinned[route.pinned]
+        elif 0 <= route.pool_idx < len(self.slots) and self.slots[route.pool_idx] is route:
+            self.slots[route.pool_idx] = None
+
+
 class Cluster:
     """This server's side of its cluster (the route half of Go's server.go):
     the route listener, the routes by peer, dialing and redialing, gossip,
@@ -9912,8 +10001,19 @@ class Cluster:
         self.server = server
         opts = server.options
         self.enabled = bool(opts.cluster_port)
-        self.routes: dict = {}          # remote server id -> registered Route
+        self.routes: dict = {}          # remote server id -> a registered Route (its first)
+        self.pools: dict = {}           # remote server id -> RoutePool (all its routes)
         self.conns: set = set()         # every route connection, registered or not
+        # Connections per pooling peer (< 1: one for everything, Go's "no
+        # pool"), and the accounts with a route of their own: the configured
+        # ones and the system account (Go's setBaselineOptions).
+        self.pool_size = opts.cluster_pool_size
+        self.pinned_accounts: list = []
+        if self.pool_size > 0:
+            system = opts.system_account or SYSTEM_ACCOUNT
+            self.pinned_accounts = list(opts.cluster_accounts or ())
+            if system not in self.pinned_accounts:
+                self.pinned_accounts.append(system)
         self.listener = None
         self.host = ""
         self.port = 0
@@ -9962,9 +10062,10 @@ class Cluster:
             host_port = _host_port(_advertise_host(self.host), self.port)
         return "nats-route://%s/" % host_port
 
-    def info(self) -> bytes:
-        """The INFO we send a route (Go's route INFO, without pooling or
-        compression, so Go peers use one plain connection)."""
+    def info(self, pool_idx: int = 0, account: str = "") -> bytes:
+        """The INFO we send a route (Go's route INFO, without compression, so
+        Go peers use plain connections): our pool size, and when we dialed,
+        the slot or the pinned account the connection is for."""
         server = self.server
         opts = server.options
         info = {
@@ -9981,22 +10082,38 @@ class Cluster:
             info["cluster_dynamic"] = True
         if not opts.no_advertise:
             info["connect_urls"] = [server.client_url()]
+        if self.pool_size > 0:
+            info["route_pool_size"] = self.pool_size
+        if pool_idx:
+            info["route_pool_idx"] = pool_idx
+        if account:
+            info["route_account"] = account
         return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + CR_LF
 
-    def dial(self, target: RouteURL, implicit: bool, attempt: int = 1):
-        """Dial a route (dial_tcp: a host name is looked up off the loop)."""
+    def dial(self, target: RouteURL, implicit: bool, attempt: int = 1,
+             pool: RoutePool | None = None, pinned: str = ""):
+        """Dial a route (dial_tcp: a host name is looked up off the loop);
+        with `pool`, a further connection to that peer: a pool slot, or the
+        route of account `pinned`."""
         server = self.server
         if not server.running and server.listener is None:
             return
         if (target.host, target.port) in self.self_routes or server.lame_duck:
             return
+        if pool is not None:
+            if pinned:
+                pool.dialing_pinned.add(pinned)
+            else:
+                pool.dialing += 1
         dial_tcp(server, target.host, target.port,
-                 lambda sock: self.create_route(sock, target, implicit),
-                 lambda why: self.dial_failed(target, implicit, why, attempt))
+                 lambda sock: self.create_route(sock, target, implicit, pool, pinned),
+                 lambda why: self.dial_failed(target, implicit, why, attempt, pool, pinned))
 
-    def dial_failed(self, target: RouteURL, implicit: bool, why: str, attempt: int = 0):
+    def dial_failed(self, target: RouteURL, implicit: bool, why: str, attempt: int = 0,
+                    pool: RoutePool | None = None, pinned: str = ""):
         """Log (Go's cadence) and try again: configured routes forever (or
-        connect_retries times), learned ones connect_retries times."""
+        connect_retries times), learned ones connect_retries times; a pool's
+        further connection when the pool next looks for what it lacks."""
         attempt = attempt or 1
         text = "Error trying to connect to route (attempt %d): dial tcp %s: connect: %s" % (
             attempt, _host_port(target.host, target.port), why.lower())
@@ -10004,6 +10121,10 @@ class Cluster:
             self.server.log.error("%s", text)
         else:
             self.server.log.debug("%s", text)
+        if pool is not None:
+            self.filled(pool, pinned)
+            self.server.add_timer(ROUTE_RECONNECT_DELAY, lambda: self.fill(pool))
+            return
         retries = self.server.options.connect_retries
         if implicit and attempt > retries:
             return
@@ -10035,7 +10156,7 @@ class Cluster:
     # -- route connections ----------------------------------------------------
 
     def create_route(self, sock: socket.socket, target: RouteURL | None = None,
-                     implicit: bool = False):
+                     implicit: bool = False, pool: RoutePool | None = None, pinned: str = ""):
         """A route connection, accepted (target None) or dialed: INFO (and
         CONNECT first when we dialed); with cluster TLS, the handshake comes
         before either (Go's createRoute: TLS at once, no plain INFO)."""
@@ -10048,12 +10169,14 @@ class Cluster:
         server.next_cid += 1
         tls = server.options.cluster_tls
         route_class = server.tls_route_class if tls else Route
-        route = route_class(server, sock, server.next_cid, target, implicit)
+        route = route_class(server, sock, server.next_cid, target, implicit, pinned, pool)
         try:
             server.selector.register(sock, selectors.EVENT_READ, route)
         except (ValueError, OSError) as exc:
             self.server.log.error("Error registering route connection: %s", exc)
             sock.close()
+            if pool is not None:
+                self.filled(pool, pinned)
             return
         self.conns.add(route)
         if target is not None:
@@ -10077,7 +10200,9 @@ class Cluster:
         again at once, thousands of times a second."""
         if route.target is not None:
             route.send_connect()
-            route.send_proto(self.info(), "INFO")
+            if self.pool_size <= 0:
+                route.send_proto(self.info(), "INFO")
+            # (else our INFO waits for the peer's, to name the slot: register)
         else:
             if self.server.options.cluster_auth is None:
                 route.send_proto(self.info(), "INFO")
@@ -10087,11 +10212,52 @@ class Cluster:
         self.server.log.info("%sRoute connection created", route.log_prefix)
 
     def register(self, route: Route):
-        """The peer's INFO arrived: one route per peer, full interest, gossip."""
-        existing = self.routes.get(route.remote_id)
+        """The peer's INFO arrived: place the route in the peer's pool (or as
+        its pinned account's route), send it the interest it carries, and
+        tell the other peers about a new one (gossip)."""
+        info = route.remote_info
+        remote_size = info.get("route_pool_size") or 0
+        pooled = self.pool_size > 0 and remote_size > 0 and not route.legacy
+        if route.target is None:
+            route.pinned = info.get("route_account") or ""
+            route.pinned_name = route.pinned.encode()
+        problem = self.pool_problem(route, pooled, remote_size)
+        if problem:
+            # Go's addRoute refusals: -ERR, and neither side dials it again.
+            route.no_redial = True
+            route.error("%s", problem)
+            route.send_err_and_close(problem, PROTOCOL_VIOLATION)
+            return
+        pool = self.pools.get(route.remote_id)
+        if pool is None:
+            size = max(self.pool_size, remote_size) if pooled else 1
+            pool = self.pools[route.remote_id] = RoutePool(size, not pooled)
+        elif pooled and len(pool.slots) < remote_size:
+            pool.slots += [None] * (remote_size - len(pool.slots))   # the peer's pool grew
+        if route.filling is pool:
+            self.filled(pool, route.pinned)
+            route.filling = None
+        # Its place: the pinned account's, a free slot (dialed), the slot the
+        # peer names (accepted), or the only one (no pool).
+        if route.pinned:
+            existing = pool.pinned.get(route.pinned)
+        elif not pooled:
+            route.pool_idx = 0
+            existing = pool.slots[0]
+        elif route.target is not None:
+            free = [k for k, r in enumerate(pool.slots) if r is None or r.closed]
+            if not free:
+                route.debug("Route pool size reached, closing extra connection to %s",
+                            go_quote(route.remote_id.encode()))
+                route.close("Duplicate Route")
+                return
+            route.pool_idx, existing = free[0], None
+        else:
+            route.pool_idx = info.get("route_pool_idx") or 0
+            existing = pool.slots[route.pool_idx]
         if existing is not None and not existing.closed:
-            # Two connections to one peer (both dialed).  The peer may keep
-            # the other one and close this one's twin, and then no route is
+            # Two connections for one place (both sides dialed).  The peer may
+            # keep the other one and close this one's twin, and then none is
             # left: so the kept one takes over what this one was dialed for,
             # and is dialed again if it closes (Go's handleDuplicateRoute).
             route.debug("Detected duplicate remote route %s", go_quote(route.remote_id.encode()))
@@ -10100,10 +10266,27 @@ class Cluster:
             existing.retry = True
             route.close("Duplicate Route")
             return
+        if route.pinned:
+            pool.pinned[route.pinned] = route
+        else:
+            pool.slots[route.pool_idx] = route
         route.registered = True
-        self.routes[route.remote_id] = route
-        route.debug("Registering remote route %s", go_quote(route.remote_id.encode()))
+        if route.target is not None:
+            if pool.target is None or pool.implicit:
+                pool.target, pool.implicit = route.target, route.implicit
+            if self.pool_size > 0:
+                route.send_proto(self.info(max(route.pool_idx, 0), route.pinned), "INFO")
+        first = route.remote_id not in self.routes
+        if first:
+            self.routes[route.remote_id] = route
+        if route.pinned:
+            route.debug("Registering remote route %s for account %s",
+                        go_quote(route.remote_id.encode()), go_quote(route.pinned_name))
+        else:
+            route.debug("Registering remote route %s", go_quote(route.remote_id.encode()))
         for account in self.server.accounts.values():
+            if self.route_for(pool, account.name) is not route:
+                continue
             bridged = account.bridged[not route.legacy]
             for key in list(account.interest) + [k for k in bridged if k not in account.interest]:
                 count = account.interest.get(key, 0) + bridged.get(key, 0)
@@ -10112,15 +10295,85 @@ class Cluster:
                 route.send_interest(account, account.reply_prefix + b">", None, 1)
         route.send_proto(PING)
         # Gossip: tell the others about the new peer; they dial it (as Go
-        # does).  Not between dialects: a 0.7 peer neither gossips nor
+        # does), and about its pinned routes, which a Go peer dials as
+        # well.  Not between dialects: a 0.7 peer neither gossips nor
         # follows gossip, and a 2.x peer must not dial it.
-        if not route.legacy:
-            announce = b"INFO " + json.dumps(route.remote_info,
-                                             separators=(",", ":")).encode() + CR_LF
+        if not route.legacy and (first or route.pinned):
+            told = {k: v for k, v in info.items()
+                    if k not in ("route_account", "route_pool_idx", "nonce")}
+            if route.pinned:
+                told["route_account"] = route.pinned
+            announce = b"INFO " + json.dumps(told, separators=(",", ":")).encode() + CR_LF
             for other in self.routes.values():
-                if other is not route and not other.legacy:
+                if other.remote_id != route.remote_id and not other.legacy:
                     other.queue_outbound(announce)
-        self.changed()
+        if first:
+            self.changed()
+        if pooled and route.target is not None:
+            self.fill(pool)
+
+    def pool_problem(self, route: Route, pooled: bool, remote_size: int) -> str:
+        """Why the route cannot join the peer's pool, in Go's words, or ""."""
+        info = route.remote_info
+        if not pooled:
+            if route.pinned:
+                return ("Not possible to have a dedicated route for account %s between those "
+                        "servers" % go_quote(route.pinned_name))
+        elif route.target is not None:
+            if info.get("route_pool_idx"):
+                return ("Route pool index should not be set but is set to %d"
+                        % info["route_pool_idx"])
+        else:
+            idx = info.get("route_pool_idx") or 0
+            if not 0 <= idx < max(self.pool_size, remote_size):
+                return "Invalid route pool index: %d - pool size is %d" % (idx, remote_size)
+        if route.pinned and route.pinned not in self.pinned_accounts:
+            return "No route for account %s" % go_quote(route.pinned_name)
+        return ""
+
+    def route_for(self, pool: RoutePool, account: str) -> "Route | None":
+        """The connection to a peer that carries `account`'s interest (and so
+        its messages): its pinned route, or the pool slot its name hashes
+        to; None while that one is not up."""
+        if pool.no_pool:
+            return pool.slots[0]
+        if account in self.pinned_accounts:
+            return pool.pinned.get(account)
+        return pool.slots[route_pool_index(self.pool_size, account)]
+
+    def all_routes(self) -> list:
+        """Every registered route connection (what /routez lists)."""
+        return [route for pool in self.pools.values() for route in pool.routes()]
+
+    def interest_routes(self, account: Account) -> list:
+        """For each peer, the connection that carries `account`."""
+        routes = []
+        for pool in self.pools.values():
+            route = self.route_for(pool, account.name)
+            if route is not None:
+                routes.append(route)
+        return routes
+
+    def fill(self, pool: RoutePool):
+        """Dial what the pool of a peer we dialed lacks: its free slots and
+        its pinned accounts' routes (Go dials each after the previous one's
+        first PONG; here all at once)."""
+        server = self.server
+        if pool.target is None or pool.no_pool or not server.running or server.lame_duck \
+                or pool not in self.pools.values():
+            return
+        for _ in range(sum(1 for r in pool.slots if r is None) - pool.dialing):
+            self.dial(pool.target, pool.implicit, pool=pool)
+        for name in self.pinned_accounts:
+            if name not in pool.pinned and name not in pool.dialing_pinned:
+                self.dial(pool.target, pool.implicit, pool=pool, pinned=name)
+
+    def filled(self, pool: RoutePool, pinned: str):
+        """A connection dialed by `fill` registered, failed or closed."""
+        if pinned:
+            pool.dialing_pinned.discard(pinned)
+        elif pool.dialing > 0:
+            pool.dialing -= 1
 
     def adopt_accounts(self):
         """A reload made new accounts: each peer's subscriptions move into
@@ -10142,6 +10395,8 @@ class Cluster:
         url = info.get("ip") or ""
         if not url or remote_id == self.server.server_id or remote_id in self.routes:
             return
+        if info.get("route_account"):
+            return      # a pinned route: ours follow the pool's first connection (fill)
         try:
             target = RouteURL(url)
         except ConfigError:
@@ -10150,7 +10405,9 @@ class Cluster:
             self.dial(target, implicit=True)
 
     def remove(self, route: Route):
-        """A route closed: forget its interest; dial it again if configured."""
+        """A route closed: forget its interest; dial it again if we dialed it
+        (the whole peer when it was the last connection to it, else the
+        missing part of its pool)."""
         server = self.server
         self.conns.discard(route)
         for key, sub in route.remote_subs.items():
@@ -10159,18 +10416,33 @@ class Cluster:
                 account.sublist.remove(sub)
                 self.bridge_interest(route, account, sub, -1)
         route.remote_subs.clear()
-        if route.registered and self.routes.get(route.remote_id) is route:
-            del self.routes[route.remote_id]
-            self.changed()
+        if route.filling is not None:
+            self.filled(route.filling, route.pinned)
+        pool = self.pools.get(route.remote_id) if route.registered else None
+        if pool is not None:
+            pool.drop(route)
+            left = pool.routes()
+            if not left:
+                del self.pools[route.remote_id]
+                pool = None
+            if self.routes.get(route.remote_id) is route:
+                if left:
+                    self.routes[route.remote_id] = left[0]
+                else:
+                    del self.routes[route.remote_id]
+                    self.changed()
         if route.target is not None and server.running and not server.lame_duck \
-                and route.close_reason not in ("Duplicate Route",) \
+                and route.close_reason not in ("Duplicate Route",) and not route.no_redial \
                 and (route.target.host, route.target.port) not in self.self_routes \
-                and (route.retry or not route.implicit):
+                and (route.retry or not route.implicit or pool is not None):
             # A duplicate's survivor redials after a random part of the
             # delay, so two servers that raced once do not race again.
             delay = random.uniform(0.05, ROUTE_RECONNECT_DELAY) if route.retry \
                 else ROUTE_RECONNECT_DELAY
-            server.add_timer(delay, lambda: self.redial(route.target, route.implicit, 1))
+            if pool is not None:
+                server.add_timer(delay, lambda: self.fill(pool))
+            else:
+                server.add_timer(delay, lambda: self.redial(route.target, route.implicit, 1))
 
     # -- what the cluster means to clients -------------------------------------
 
@@ -10258,7 +10530,7 @@ class Cluster:
         or a queue's weight moves."""
         subject, queue = key
         local = account.interest.get(key, 0)
-        for route in self.routes.values():
+        for route in self.interest_routes(account):
             if route.legacy is source:
                 continue
             count = local + account.bridged[not route.legacy].get(key, 0)
@@ -10285,7 +10557,7 @@ class Cluster:
             return {}
         varz = {"name": self.name, "addr": self.host, "cluster_port": self.port,
                 "auth_timeout": 2, "urls": list(opts.routes or ()), "tls_timeout": 2,
-                "pool_size": -1}
+                "pool_size": self.pool_size}
         tls = opts.cluster_tls
         if tls is not None:
             varz.update(tls_timeout=go_number(tls.timeout), tls_required=True, tls_verify=True)
@@ -12202,7 +12474,7 @@ def varz_snapshot(server: "Server") -> dict:
         "in_bytes": server.closed_in_bytes + sum(c.in_bytes for c in clients),
         "out_msgs": server.closed_out_msgs + sum(c.out_msgs for c in clients),
         "out_bytes": server.closed_out_bytes + sum(c.out_bytes for c in clients),
-        "routes": len(server.cluster.routes),
+        "routes": len(server.cluster.all_routes()),
         "cluster": server.cluster.varz(),
         "leafnodes": server.leafs.count(),
         "leaf": server.leafs.varz(),
@@ -12211,7 +12483,7 @@ def varz_snapshot(server: "Server") -> dict:
 def routez_snapshot(server: "Server", subs: str):
     """/routez's routes (stepped: a route or a subscription at a time)."""
     routes = []
-    for route in sorted(server.cluster.routes.values(), key=lambda r: r.cid):
+    for route in sorted(server.cluster.all_routes(), key=lambda r: r.cid):
         info = route.conn_info()
         if subs:
             remote = list(route.remote_subs.values())
@@ -12763,7 +13035,7 @@ class SystemClient:
                    "sent": {"msgs": route.out_msgs, "bytes": route.out_bytes},
                    "received": {"msgs": route.in_msgs, "bytes": route.in_bytes},
                    "pending": route.pending_bytes()}
-                  for route in server.cluster.routes.values()]
+                  for route in server.cluster.all_routes()]
         stats = {
             "start": rfc3339(server.start_time),
             "mem": _proc_rss(),
@@ -14520,7 +14792,7 @@ class EmbeddedServer:
         self.server.waker.wake()
 
     def route_count(self) -> int:
-        """How many routes are registered now."""
+        """How many peers are routed to now (each by one or more connections)."""
         return len(self.server.cluster.routes)
 
     # -- context managers -----------------------------------------------------------

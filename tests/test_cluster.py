@@ -39,17 +39,18 @@ Route log lines
   closed: Duplicate Route` and the URL is never dialled again.
 
 Pooling and monitoring
-* 2.15 keeps 3 pooled connections per peer plus one pinned to $SYS: a
-  three-node mesh shows `num_routes` 8 in /routez (and "routes" 8 in /varz)
-  on every node; 2.9 keeps one per peer (2).  So "routed to a peer" is
+* 2.15 (and gnatsd.py) keeps 3 pooled connections per peer plus one pinned
+  to $SYS: a three-node mesh shows `num_routes` 8 in /routez (and "routes"
+  8 in /varz) on every node; 2.9 keeps one per peer (2).  So "routed to a peer" is
   counted as distinct `remote_id`s.
 * /varz "cluster" is {"name": "c1", "addr", "cluster_port", "auth_timeout",
   "tls_timeout"}, plus "urls" (configured routes) when there are some and,
   on 2.15, "pool_size": 3.
-* A peer that declines pooling (gnatsd.py) gets one route from 2.15, which
-  logs once per such peer `[ERR] ... - Not possible to have a dedicated
-  route for account "$SYS" between those servers` and closes that extra
-  connection (`Router connection closed: Protocol Violation`).
+* gnatsd.py pools as 2.15 does (tests/test_route_pool.py).  A peer that
+  declines pooling (Go 2.9, or `pool_size: -1`) gets one route from 2.15,
+  which logs once per such peer `[ERR] ... - Not possible to have a
+  dedicated route for account "$SYS" between those servers` and closes that
+  extra connection (`Router connection closed: Protocol Violation`).
 * /subsz?subs=1&test=SUBJ shows local client subscriptions only: remote
   interest is invisible there (/routez?subs=1 lists it per route).  Hence
   the probe barrier instead of polling.
