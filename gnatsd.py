@@ -4190,9 +4190,12 @@ class Options:
         if self.cluster_accounts:
             if self.cluster_pool_size < 0:
                 raise ConfigError("pool_size cannot be negative if pinned accounts are specified")
+            # (Go lists them as pinned: the system account added at the end)
+            pinned = self.cluster_accounts + [
+                n for n in [self.system_account or SYSTEM_ACCOUNT] if n not in self.cluster_accounts]
             for k, name in enumerate(self.cluster_accounts):
                 if name in self.cluster_accounts[:k]:
-                    listed = " ".join(go_quote(n.encode()) for n in self.cluster_accounts)
+                    listed = " ".join(go_quote(n.encode()) for n in pinned)
                     raise ConfigError("found duplicate account name %s in pinned accounts list "
                                       "[%s]" % (go_quote(name.encode()), listed))
         if self.websocket is not None:
@@ -10223,8 +10226,9 @@ class Cluster:
             route.pinned_name = route.pinned.encode()
         problem = self.pool_problem(route, pooled, remote_size)
         if problem:
-            # Go's addRoute refusals: -ERR, and neither side dials it again.
-            route.no_redial = True
+            # Go's addRoute refusals: -ERR and close; a dedicated route the
+            # peer cannot have is not dialed again (Go's setNoReconnect).
+            route.no_redial = problem.startswith("Not possible")
             route.error("%s", problem)
             route.send_err_and_close(problem, PROTOCOL_VIOLATION)
             return
@@ -10298,15 +10302,19 @@ class Cluster:
         # does), and about its pinned routes, which a Go peer dials as
         # well.  Not between dialects: a 0.7 peer neither gossips nor
         # follows gossip, and a 2.x peer must not dial it.
-        if not route.legacy and (first or route.pinned):
+        if not route.legacy:
             told = {k: v for k, v in info.items()
                     if k not in ("route_account", "route_pool_idx", "nonce")}
+            announce = []
+            if first:
+                announce.append(told)
             if route.pinned:
-                told["route_account"] = route.pinned
-            announce = b"INFO " + json.dumps(told, separators=(",", ":")).encode() + CR_LF
-            for other in self.routes.values():
-                if other.remote_id != route.remote_id and not other.legacy:
-                    other.queue_outbound(announce)
+                announce.append(dict(told, route_account=route.pinned))
+            for told in announce:
+                line = b"INFO " + json.dumps(told, separators=(",", ":")).encode() + CR_LF
+                for other in self.routes.values():
+                    if other.remote_id != route.remote_id and not other.legacy:
+                        other.queue_outbound(line)
         if first:
             self.changed()
         if pooled and route.target is not None:
@@ -10327,6 +10335,8 @@ class Cluster:
             idx = info.get("route_pool_idx") or 0
             if not 0 <= idx < max(self.pool_size, remote_size):
                 return "Invalid route pool index: %d - pool size is %d" % (idx, remote_size)
+        if route.pinned and route.pinned not in self.server.accounts:
+            return "Unable to lookup account %s: account missing" % go_quote(route.pinned_name)
         if route.pinned and route.pinned not in self.pinned_accounts:
             return "No route for account %s" % go_quote(route.pinned_name)
         return ""
