@@ -14241,7 +14241,10 @@ _NOT_RELOADABLE = (("server_name", "ServerName"), ("host", "Host"), ("port", "Po
                    ("http_base_path", "HTTPBasePath"), ("https_port", "HTTPSPort"),
                    ("system_account", "SystemAccount"),
                    ("cluster_host", "cluster host"), ("cluster_port", "cluster port"),
-                   ("cluster_name", "cluster name"))
+                   ("cluster_name", "cluster name"),
+                   # (Go reconnects every route for these; not built here)
+                   ("cluster_pool_size", "cluster pool_size"),
+                   ("cluster_accounts", "cluster accounts"))
 
 # What a reload logs for each changed option ("Reloaded: max_payload = 2048"),
 # in the order of Go's Options struct.  A name ending in "=" shows the value.
@@ -14275,6 +14278,8 @@ def reload_changes(old: Options, new: Options, actual_port: int) -> list:
         before, after = getattr(old, attr), getattr(new, attr)
         if attr == "port":
             before, after = actual_port, actual_port if after == RANDOM_PORT else after
+        if attr == "cluster_accounts":      # shown as Go shows a []string: [A B]
+            before, after = ("[%s]" % " ".join(v or ()) for v in (before, after))
         if before != after:
             raise ConfigError("config reload not supported for %s: old=%s, new=%s"
                               % (go_name, before, after))

@@ -47,6 +47,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import nats
 import pytest
@@ -498,3 +499,31 @@ def test_nats_py_client_is_dropped_and_cannot_come_back_with_the_old_password(
                 await nc.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("change", ["pool_size: 5", "accounts: [A]"])
+def test_a_reload_of_the_route_pool_is_refused_and_the_routes_stay(tmp_path, change):
+    """gnatsd.py does not rebuild its route pools on reload (Go reconnects
+    every route for a new pool_size or pinned accounts): the reload fails
+    with the usual not-supported error, and the pool keeps its connections."""
+    from conftest import monitor_json, start_gnatsd
+    base = "accounts { A {} }\ncluster { name: c, listen: 127.0.0.1:-1 %s }\n"
+    conf = write_conf(tmp_path, base % "")
+    srv = start_gnatsd("-c", conf, "-m", "-1")
+    srv.mon_port = int(srv.wait_for_log(rb"Starting http monitor on \S+:(\d+)").group(1))
+    peer_conf = write_conf(tmp_path, base % "", name="peer.conf")
+    route_port = int(srv.wait_for_log(rb"Listening for route connections on \S+:(\d+)").group(1))
+    peer = start_gnatsd("-c", peer_conf, "--routes", "nats://127.0.0.1:%d" % route_port)
+    try:
+        deadline = time.monotonic() + 10
+        while monitor_json(srv, "/routez")["num_routes"] != 4:     # 3 pooled + $SYS
+            assert time.monotonic() < deadline, monitor_json(srv, "/routez")
+            time.sleep(0.05)
+        before = sorted(r["rid"] for r in monitor_json(srv, "/routez")["routes"])
+        what, old, new = (("cluster pool_size", "3", "5") if change.startswith("pool")
+                          else ("cluster accounts", "[]", "[A]"))
+        assert_failed(reload(srv, conf, base % change),
+                      "config reload not supported for %s: old=%s, new=%s" % (what, old, new))
+        assert sorted(r["rid"] for r in monitor_json(srv, "/routez")["routes"]) == before
+    finally:
+        peer.stop()
