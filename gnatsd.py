@@ -623,8 +623,7 @@ class Subscription:
 
     A shadow subscription (an account's stream import, chapter 9) sits in
     the exporter's sublist for its `parent`; `im` maps delivered subjects
-    back into the subscriber's account.
-    """
+    back into the subscriber's account."""
 
     __slots__ = ("client", "subject", "queue", "sid", "max", "delivered", "parent", "im",
                  "shadows")
@@ -651,8 +650,7 @@ class SublistResult:
     delivery plans there); they live exactly as long as the cached result.
     Whatever sits in them has a `settle()`, called to bring counts up to
     date, and a `retire()`, called when the result is dropped (a caller may
-    hold a plan elsewhere, and must then look the subject up again).
-    """
+    hold a plan elsewhere, and must then look the subject up again)."""
 
     __slots__ = ("psubs", "qsubs", "plan", "header_plan", "local_plan")
 
@@ -1132,7 +1130,7 @@ class Connection:
         "pings_out", "write_waiting", "last_write_progress", "trace",
         "in_msgs", "in_bytes", "out_msgs", "out_bytes", "log_prefix",
         "stalled", "stall_seq", "stall_waiters", "tls", "ws", "ping_entry", "waiting",
-        "secrets_checked",
+        "secrets_checked", "rtt", "ping_at",
     )
 
     kind = "Client"
@@ -1162,7 +1160,7 @@ class Connection:
         self.backlog_at = 0          # ... to be parsed from this index on a later turn
         self.start = time.time()
         self.last_activity = self.start
-        self.pings_out = 0
+        self.pings_out, self.rtt, self.ping_at = 0, 0.0, 0.0  # (rtt: of our last PING answered)
         self.write_waiting = False   # registered for EVENT_WRITE
         self.last_write_progress = 0.0
         self.trace = server.trace
@@ -1477,14 +1475,18 @@ class Connection:
         """Seconds between this connection's PINGs."""
         return self.server.options.ping_interval
 
+    def pong(self):
+        """A PONG: no PING is left unanswered; ours took `rtt` (in /connz)."""
+        self.pings_out = 0
+        if self.ping_at:
+            self.rtt, self.ping_at = time.monotonic() - self.ping_at, 0.0
+
     def arm_ping_timer(self):
         """Start the ping timer for one interval (Go's setPingTimer);
         `close` cancels it."""
-        # close() cancels it, so a closed connection is not held for
-        # ping_interval (2 min); under connect/disconnect churn that held
-        # every client closed in the last two minutes (tests/soak.py: +1.2 KB
-        # RSS per connection churned).  The auth and TLS timers, a few
-        # seconds long, are left to fire.
+        # close() cancels it: else under connect/disconnect churn every client
+        # closed in the last ping_interval is held (tests/soak.py: +1.2 KB RSS
+        # per connection churned).  The short auth and TLS timers just fire.
         self.ping_entry = self.server.add_timer(self.ping_interval(), self.ping_timer)
 
     def ping_timer(self):
@@ -1498,6 +1500,7 @@ class Connection:
             self.send_err_and_close(ERR_STALE_CONNECTION, STALE_CONNECTION)
             return
         self.pings_out += 1
+        self.ping_at = time.monotonic()
         self.send_proto(PING)
         self.arm_ping_timer()
 
@@ -1717,7 +1720,7 @@ class Client(Connection):
         """PONG: no PING is left unanswered (Go's processPong)."""
         if self.trace:
             self.trace_in("PONG")
-        self.pings_out = 0
+        self.pong()
         return nl + 1
 
     def op_err(self, data, i, nl, line, arg) -> int:
@@ -1877,6 +1880,7 @@ class Client(Connection):
         self.bind_account(self.server.accounts[account or GLOBAL_ACCOUNT])
         self.refresh_pub_path()
         self.update_log_prefix()
+        self.rtt = time.time() - self.start     # until a PING is answered: accept to login (Go)
         self.server.system_client.client_event(self, "CONNECT")
         return True
 
@@ -2222,8 +2226,7 @@ class Client(Connection):
         """Process the whole ops in `data` from `start`, up to this turn's
         budget (the rest is deferred); park an incomplete tail for later.
 
-        Loop thread only.  Raises ProtocolError; the caller closes.
-        """
+        Loop thread only.  Raises ProtocolError; the caller closes."""
         if self.closed:                 # (closed by what the read's early flush ran: a KICK)
             return
         if self.waiting:                # a bcrypt check of its CONNECT is out
@@ -2590,8 +2593,7 @@ class Message:
 
     `size_field` is the size part of the MSG line exactly as the publisher
     wrote it (Go copies the PUB line's size bytes: `PUB foo 02` gives
-    `MSG foo 1 02`); for a message with headers it is `<hdr> <total>`.
-    """
+    `MSG foo 1 02`); for a message with headers it is `<hdr> <total>`."""
 
     __slots__ = ("subject", "reply", "hdr", "size", "payload", "size_field")
 
@@ -2658,8 +2660,7 @@ class DeliveryPlan:
     every subscription is unlimited (no max), so the hot path may use it.
     The hot path counts messages per plan, not per delivery; `settle()`
     moves those counts onto the subscriptions and clients, and the sublist
-    calls it whenever it drops the result (so no count is ever lost).
-    """
+    calls it whenever it drops the result (so no count is ever lost)."""
 
     __slots__ = ("subject", "plain", "plain_out", "queues", "members", "clients", "fast",
                  "runnable", "empty", "kind", "msgs", "bytes")
@@ -2797,8 +2798,7 @@ def deliver_run(data: bytes, i: int, nl: int, size: int, tail_at: int, reply_sp:
     bodies (payload and CRLF) joined with its own MSG line.  Returns the
     number of records taken (at least 1; the record at `i` is whole).
     `tail_at` is the size's offset in the line; `reply_sp` the reply and a
-    space, or None.
-    """
+    space, or None."""
     line = data[i:nl + 1]
     head = len(line)
     stride = head + size + 2
@@ -6891,6 +6891,7 @@ def jwt_client_login(client: "Client") -> bool:
             login.expires_in, lambda: end_jwt_login(client))
     client.refresh_pub_path()
     client.update_log_prefix()
+    client.rtt = time.time() - client.start     # (as Client.login)
     if client.max_subs != -1 and len(client.subs) >= client.max_subs:
         client.error(ERR_MAX_SUBSCRIPTIONS)
         client.send_err_and_close(ERR_MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS_EXCEEDED)
@@ -9594,7 +9595,7 @@ class Route(Connection):
         elif op == b"PING":
             self.send_proto(PONG)
         elif op == b"PONG":
-            self.pings_out = 0
+            self.pong()
         elif op == b"INFO":
             self.process_info(arg)
         elif op == b"CONNECT":
@@ -9911,7 +9912,7 @@ class Route(Connection):
             "did_solicit": self.target is not None, "is_configured": (
                 self.target is not None and not self.implicit),
             "ip": self.host, "port": self.port, "start": rfc3339(self.start),
-            "last_activity": rfc3339(self.last_activity), "rtt": format_duration(0),
+            "last_activity": rfc3339(self.last_activity), "rtt": format_duration(self.rtt),
             "uptime": go_uptime(now - self.start), "idle": go_uptime(now - self.last_activity),
             "pending_size": self.pending_bytes(), "in_msgs": self.in_msgs,
             "out_msgs": self.out_msgs, "in_bytes": self.in_bytes, "out_bytes": self.out_bytes,
@@ -10297,6 +10298,7 @@ class Cluster:
                 route.send_interest(account, key[0], key[1], count)
             if account.exports_services:
                 route.send_interest(account, account.reply_prefix + b">", None, 1)
+        route.ping_at = time.monotonic()        # (its PONG gives the route's rtt)
         route.send_proto(PING)
         # Gossip: tell the others about the new peer; they dial it (as Go
         # does), and about its pinned routes, which a Go peer dials as
@@ -10961,7 +10963,7 @@ class LeafNode(Connection):
         elif op == b"PING":
             self.send_proto(PONG)
         elif op == b"PONG":
-            self.pings_out = 0
+            self.pong()
         elif op == b"INFO":
             self.process_info(arg)
         elif op == b"CONNECT":
@@ -11147,7 +11149,7 @@ class LeafNode(Connection):
         return {
             "id": self.cid, "name": self.remote_name, "is_spoke": self.is_spoke,
             "account": self.account.name, "ip": self.host, "port": self.port,
-            "rtt": format_duration(0), "in_msgs": self.in_msgs, "out_msgs": self.out_msgs,
+            "rtt": format_duration(self.rtt), "in_msgs": self.in_msgs, "out_msgs": self.out_msgs,
             "in_bytes": self.in_bytes, "out_bytes": self.out_bytes,
             "subscriptions": len(self.remote_subs), "compression": "not supported",
         }
@@ -11362,7 +11364,9 @@ class LeafNodes:
             if self.tells(leaf, sub):
                 leaf.update_smap(sub.subject, sub.queue, self.weight_of(sub))
         leaf.update_smap(self.lds(leaf.account), None, 1)
+        leaf.ping_at = time.monotonic()
         leaf.send_proto(PING)
+        self.server.system_client.conns_event(leaf.account)
 
     def remove(self, leaf: LeafNode):
         """A leaf connection closed: forget its interest, tell the others,
@@ -11374,6 +11378,7 @@ class LeafNodes:
         peers = self.by_account.get(leaf.account.name, [])
         if leaf in peers:
             peers.remove(leaf)
+            self.server.system_client.conns_event(leaf.account)
         for key in list(leaf.remote_subs):
             leaf.process_leaf_unsub(key)
         if leaf.remote is not None and self.server.running:
@@ -11970,7 +11975,7 @@ def client_conn_info(client: Client, now: float, subs: str, auth: bool) -> dict:
         "type": "websocket" if client.ws is not None else "nats",
         "ip": client.host, "port": client.port,
         "start": rfc3339(client.start), "last_activity": rfc3339(client.last_activity),
-        "rtt": format_duration(0), "uptime": go_uptime(now - client.start),
+        "rtt": format_duration(client.rtt), "uptime": go_uptime(now - client.start),
         "idle": go_uptime(now - client.last_activity),
         "pending_bytes": client.pending_bytes(), "in_msgs": client.in_msgs,
         "out_msgs": client.out_msgs, "in_bytes": client.in_bytes, "out_bytes": client.out_bytes,
@@ -11993,7 +11998,7 @@ def client_conn_info(client: Client, now: float, subs: str, auth: bool) -> dict:
     if subs == "detail" and client.subs:
         info["subscriptions_list_detail"] = [sub_detail(s) for s in client.subs.values()]
     info.update(_start=client.start, _last=client.last_activity, _idle=now - client.last_activity,
-                _uptime=now - client.start, _rtt=0, _account=client.account.name)
+                _uptime=now - client.start, _rtt=client.rtt, _account=client.account.name)
     return info
 
 
@@ -12855,6 +12860,9 @@ SYS_PING = b"$SYS.REQ.SERVER.PING"
 # Seconds between two `$SYS.SERVER.<id>.STATSZ` (Go's statsz interval, its
 # steady value).
 SYS_STATSZ_INTERVAL = 10.0
+# Seconds between an account's CONNS events while it has connections (Go's
+# eventsHBInterval), on top of one at every change.
+SYS_CONNS_INTERVAL = 30.0
 SYS_SERVER_REQUEST = b"$SYS.REQ.SERVER.%s.*"
 
 # ConnzOptions' "state" (Go's ConnState) as /connz's state parameter.
@@ -12905,6 +12913,7 @@ class SystemClient:
         self.handlers: dict = {}     # sid -> handler(subject, reply, payload)
         self.subs = []
         self.seq = 0                 # of the answers sent (Go's server info "seq")
+        self.conns_timers: dict = {}  # account name -> its CONNS heartbeat's timer
 
     def start(self):
         """Subscribe to the requests this server answers, and send STATSZ
@@ -12940,6 +12949,8 @@ class SystemClient:
                  "id": _random_token(22).decode(), "timestamp": rfc3339(now),
                  "server": self.server_info(), "client": info}
         if what == "DISCONNECT":
+            if client.rtt:
+                info["rtt"] = int(client.rtt * 1e9)     # (Go: a time.Duration, in ns)
             info["stop"] = rfc3339(now)
         info.update({"name_tag": client.account.name, "kind": "Client",
                      "client_type": "websocket" if client.ws is not None else "nats"})
@@ -12953,8 +12964,17 @@ class SystemClient:
     def conns_event(self, account: Account):
         """`$SYS.ACCOUNT.<acc>.SERVER.CONNS` (and Go's older
         `$SYS.SERVER.ACCOUNT.<acc>.CONNS`): the account's connection
-        counts, when they change (Go's sendAccConnsUpdate); made only when
-        someone listens."""
+        counts, when they change and every SYS_CONNS_INTERVAL while it has
+        connections (Go's accConnsUpdate; none for the global account).
+        Made only when someone listens."""
+        if account is self.server.global_account:
+            return
+        timers = self.conns_timers
+        if account.name in timers:
+            self.server.cancel_timer(timers.pop(account.name))
+        if account.client_count + len(self.server.leafs.by_account.get(account.name, ())):
+            timers[account.name] = self.server.add_timer(
+                SYS_CONNS_INTERVAL, lambda: self.conns_heartbeat(account.name))
         name = account.name.encode()
         subjects = (b"$SYS.SERVER.ACCOUNT.%s.CONNS" % name, b"$SYS.ACCOUNT.%s.SERVER.CONNS" % name)
         if not any(self.account.sublist.has_interest(s) for s in subjects):
@@ -12970,6 +12990,14 @@ class SystemClient:
         event.update(stats[0])
         for subject in subjects:
             self.reply(subject, event)
+
+    def conns_heartbeat(self, name: str):
+        """Timer callback: the account's CONNS event again (by name: a reload
+        may have made a new account of it)."""
+        self.conns_timers.pop(name, None)
+        account = self.server.accounts.get(name)
+        if account is not None:
+            self.conns_event(account)
 
     def shutdown_event(self):
         """`$SYS.SERVER.<id>.SHUTDOWN`, this server's info, as it stops
@@ -13405,20 +13433,30 @@ def go_quote(data: bytes) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """Seconds in Go's time.Duration String() form: 1h2m3s, 1.5s, 250ms."""
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        ms = seconds * 1000
-        return ("%g" % ms) + "ms" if ms >= 1 else ("%g" % (seconds * 1e6)) + "\u00b5s"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    text = ""
+    """Seconds in Go's time.Duration String() form, to the nanosecond:
+    1h2m3s, 1.5s, 250ms, 1.234567ms, 523µs, 80ns."""
+    n = int(round(abs(seconds) * 1e9))
+    sign = "-" if seconds < 0 and n else ""
+
+    def decimal(unit: int) -> str:      # n in `unit`s, no trailing zeros
+        whole, frac = divmod(n, unit)
+        if not frac:
+            return str(whole)
+        return "%d.%s" % (whole, ("%0*d" % (len(str(unit)) - 1, frac)).rstrip("0"))
+    if n < 1000:
+        return sign + "%dns" % n if n else "0s"
+    if n < 1000000:
+        return sign + decimal(1000) + "\u00b5s"
+    if n < 1000000000:
+        return sign + decimal(1000000) + "ms"
+    hours, n = divmod(n, 3600 * 10 ** 9)
+    minutes, n = divmod(n, 60 * 10 ** 9)
+    text = sign
     if hours:
         text += "%dh" % hours
     if hours or minutes:
         text += "%dm" % minutes
-    return text + ("%g" % round(secs, 9)) + "s"
+    return text + decimal(10 ** 9) + "s"
 
 
 # Level labels as the Go server prints them.

@@ -404,6 +404,34 @@ def test_connz_per_connection_counters_and_identity(mon_factory, kind):
     pub.close()
 
 
+# Go's time.Duration.String() of a round trip: 523µs, 1.234567ms, 80ns, 1.5s.
+GO_DURATION = re.compile(r"^(\d+h)?(\d+m)?\d+(\.\d+)?(ns|µs|ms|s)$")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_connz_and_routez_show_each_connection_s_round_trip(mon_factory, kind, tmp_path):
+    """A client's `rtt` in /connz is Go's Duration string, not "0s": from
+    accept to CONNECT until one of the server's PINGs is answered, then that
+    round trip.  A route's in /routez likewise (its first PING's)."""
+    srv = mon_factory(kind, "--cluster", "nats://127.0.0.1:-1")
+    route_port = int(srv.wait_for_log(rb"Listening for route connections on \S+:(\d+)")
+                     .group(1))
+    peer = start_gnatsd("--cluster", "nats://127.0.0.1:-1",
+                        "--routes", "nats://127.0.0.1:%d" % route_port)
+    try:
+        c = client(srv, "rtt")
+        t_ping_pong(c)
+        conns = monitor_json(srv, "/connz")["connections"]
+        assert len(conns) == 1 and GO_DURATION.match(conns[0]["rtt"]), conns
+        assert conns[0]["rtt"] != "0s"
+        routes = wait_json(srv, "/routez", lambda j: j["num_routes"] > 0 and all(
+            r["rtt"] != "0s" for r in j["routes"]), "every route's round trip known")["routes"]
+        assert all(GO_DURATION.match(r["rtt"]) for r in routes), routes
+        c.close()
+    finally:
+        peer.stop()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_connz_counters_are_what_the_client_counted(mon_factory, kind):
     """nats.js's "basics - stats": after each step (a publish nobody hears,
@@ -1085,3 +1113,14 @@ def test_varz_shows_server_tags_lowercased_and_a_git_commit(mon_factory, kind, t
     conn = RawConn(srv.host, srv.port)
     assert conn.read_info()["git_commit"] == varz["git_commit"]
     conn.close()
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0, "0s"), (80e-9, "80ns"), (523e-6, "523µs"), (1.234567e-3, "1.234567ms"),
+    (0.25, "250ms"), (1.5, "1.5s"), (120, "2m0s"), (3723.5, "1h2m3.5s"), (1.0000005, "1.0000005s"),
+])
+def test_durations_read_as_go_prints_them(seconds, text):
+    """Go's time.Duration.String(), to the nanosecond (rtt, uptime-like
+    fields, reload lines): what format_duration gives."""
+    from conftest import import_gnatsd
+    assert import_gnatsd().format_duration(seconds) == text

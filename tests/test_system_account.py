@@ -293,8 +293,12 @@ def test_connect_and_disconnect_events_as_go_sends_them(tmp_path):
             go.stop()
         for (_, mine), (_, their) in zip(ours, theirs):
             problems = [p for p in missing_paths(shape(mine), shape(their))
-                        if not p.startswith(("/server/feature_flags", "/client/rtt"))]
+                        if not p.startswith("/server/feature_flags")]
             assert problems == [], problems
+        # The client's round trip, in ns as Go's Duration: on the way out only.
+        for (_, connected), (_, gone) in (ours, theirs):
+            assert "rtt" not in connected["client"]
+            assert isinstance(gone["client"]["rtt"], int) and gone["client"]["rtt"] > 0
 
 
 def subjects_seen(port: int, subjects: list, action, want: int, into: list | None = None,
@@ -346,6 +350,65 @@ def test_account_connection_count_events(kind, tmp_path):
         assert event["type"] == "io.nats.server.advisory.v1.account_connections"
         assert event["acc"] == "APP" and event["total_conns"] == event["conns"]
         assert isinstance(event["server"]["id"], str) and "num_subscriptions" in event
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_no_connection_count_events_for_the_global_account(kind, tmp_path):
+    """Go sends no account_connections event for $G (accConnsUpdate skips
+    the global account); APP's, at the same time, do come."""
+    conf = write_conf(tmp_path, ACCOUNTS + "authorization { users: [{user: g, password: g}] }\n",
+                      "sys.conf")
+    srv = start_gnatsd("-c", conf) if kind == "gnatsd" else start_go("-c", conf, version="2.15")
+
+    async def both_come_and_go(port):
+        g = await nats.connect("nats://g:g@127.0.0.1:%d" % port)
+        await _app_client_comes_and_goes(port)
+        await g.close()
+    try:
+        seen = subjects_seen(srv.port, ["$SYS.ACCOUNT.*.SERVER.CONNS"], both_come_and_go, 2)
+        time.sleep(0.3)     # ($G's would have come before APP's second: g closes last)
+    finally:
+        srv.stop()
+    assert sorted({event["acc"] for _, event in seen}) == ["APP"], seen
+
+
+def test_account_connection_counts_repeat_while_the_account_has_clients(tmp_path, monkeypatch):
+    """Go sends an account's CONNS event again every 30 s (eventsHBInterval)
+    while it has connections, and stops when it has none.  In process, with
+    the interval made short (SYS_CONNS_INTERVAL)."""
+    from conftest import import_gnatsd
+    gnatsd = import_gnatsd()
+    monkeypatch.setattr(gnatsd, "SYS_CONNS_INTERVAL", 0.2)
+    conf = write_conf(tmp_path, ACCOUNTS, "sys.conf")
+    server = gnatsd.run(config_path=conf)
+    try:
+        async def run():
+            nc = await nats.connect("nats://sys:sys@127.0.0.1:%d" % server.port)
+            counts = []
+
+            async def note(msg):
+                counts.append(json.loads(msg.data)["conns"])
+            sub = await nc.subscribe("$SYS.ACCOUNT.APP.SERVER.CONNS", cb=note)
+            await nc.flush()
+            app = await nats.connect("nats://app:app@127.0.0.1:%d" % server.port)
+            deadline = time.monotonic() + 5
+            while len(counts) < 4 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            beating = list(counts)
+            await app.close()
+            deadline = time.monotonic() + 5
+            while counts[-1:] != [0] and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.6)        # three intervals: nothing more
+            await sub.unsubscribe()
+            await nc.close()
+            return beating, counts[len(beating):]
+        beating, after = asyncio.run(run())
+    finally:
+        server.shutdown()
+    assert beating == [1, 1, 1, 1], "one at the login, then one per interval"
+    assert after == [0] or after[-1:] == [0] and set(after[:-1]) <= {1}, after
+    assert after.count(0) == 1, "no heartbeat once the account has no connections"
 
 
 @pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
