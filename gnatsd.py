@@ -9730,6 +9730,8 @@ class Route(Connection):
             self.remote_subs[key] = sub
             account.sublist.insert(sub)
             self.server.cluster.bridge_interest(self, account, sub, 1)
+            if account is self.server.system_account:
+                self.server.system_client.peer_listens(sub.subject)
 
     def process_remote_unsub(self, args: list):
         """RS- <account> <subject> [<queue>]."""
@@ -12860,6 +12862,11 @@ SYS_PING = b"$SYS.REQ.SERVER.PING"
 # Seconds between two `$SYS.SERVER.<id>.STATSZ` (Go's statsz interval, its
 # steady value).
 SYS_STATSZ_INTERVAL = 10.0
+# After startup the first comes this soon, and the gaps double up to the
+# interval (Go's startStatszTimer); one on a change waits at least this long
+# after the last (Go's statszRateLimit).
+SYS_STATSZ_FIRST = 0.25
+SYS_STATSZ_MIN_GAP = 1.0
 # Seconds between an account's CONNS events while it has connections (Go's
 # eventsHBInterval), on top of one at every change.
 SYS_CONNS_INTERVAL = 30.0
@@ -12913,11 +12920,14 @@ class SystemClient:
         self.handlers: dict = {}     # sid -> handler(subject, reply, payload)
         self.subs = []
         self.seq = 0                 # of the answers sent (Go's server info "seq")
+        self.statsz_gap = SYS_STATSZ_FIRST   # until the next STATSZ heartbeat
+        self.statsz_at = 0.0         # when the last STATSZ left (monotonic)
         self.conns_timers: dict = {}  # account name -> its CONNS heartbeat's timer
 
     def start(self):
         """Subscribe to the requests this server answers, and send STATSZ
-        now and every SYS_STATSZ_INTERVAL."""
+        now, then after SYS_STATSZ_FIRST and gaps doubling up to
+        SYS_STATSZ_INTERVAL."""
         self.subscribe(SYS_PING, self.ping)
         self.subscribe(SYS_PING + b".*", self.request)
         self.subscribe(SYS_SERVER_REQUEST % self.server.server_id.encode(), self.request)
@@ -12925,12 +12935,26 @@ class SystemClient:
         self.subscribe(b"$SYS.REQ.USER.*.INFO", self.user_info)
         self.send_statsz()
 
-    def send_statsz(self):
-        """`$SYS.SERVER.<id>.STATSZ` (Go's heartbeat of server stats)."""
+    def send_statsz(self, heartbeat: bool = True):
+        """`$SYS.SERVER.<id>.STATSZ` (Go's heartbeat of server stats); the
+        heartbeat arms the next one."""
         server = self.server
+        self.statsz_at = time.monotonic()
         self.reply(b"$SYS.SERVER.%s.STATSZ" % server.server_id.encode(),
                    {"server": self.server_info(), "statsz": self.statsz()})
-        server.add_timer(SYS_STATSZ_INTERVAL, self.send_statsz)
+        if heartbeat:
+            server.add_timer(self.statsz_gap, self.send_statsz)
+            self.statsz_gap = min(self.statsz_gap * 2, SYS_STATSZ_INTERVAL)
+
+    def peer_listens(self, subject: bytes):
+        """A peer subscribed to `subject` in the system account: if that is
+        a server's STATSZ (a server joined), a STATSZ now, for it to count
+        us (as Go announces itself to a new server), unless one left within
+        SYS_STATSZ_MIN_GAP."""
+        ours = b"$SYS.SERVER.%s.STATSZ" % self.server.server_id.encode()
+        if _subject_matches(ours.split(b"."), subject.split(b".")) and \
+                time.monotonic() - self.statsz_at >= SYS_STATSZ_MIN_GAP:
+            self.send_statsz(heartbeat=False)
 
     def client_event(self, client, what: str):
         """`$SYS.ACCOUNT.<acc>.CONNECT` when a client logs in, `.DISCONNECT`

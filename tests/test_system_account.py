@@ -315,7 +315,8 @@ def subjects_seen(port: int, subjects: list, action, want: int, into: list | Non
         for subject in subjects:
             await nc.subscribe(subject, cb=note)
         await nc.flush()
-        await action(port)
+        if action is not None:
+            await action(port)
         deadline = time.monotonic() + 5
         while not (until() if until else len(got) >= want) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -409,6 +410,60 @@ def test_account_connection_counts_repeat_while_the_account_has_clients(tmp_path
     assert beating == [1, 1, 1, 1], "one at the login, then one per interval"
     assert after == [0] or after[-1:] == [0] and set(after[:-1]) <= {1}, after
     assert after.count(0) == 1, "no heartbeat once the account has no connections"
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_statsz_comes_often_after_startup_then_slows_down(kind, tmp_path):
+    """Go's STATSZ heartbeat starts 250 ms after startup and doubles its
+    gap up to 10 s: a system user who connects at once sees several in the
+    first 2 s (250 ms, 750 ms, 1.75 s), with growing gaps."""
+    conf = write_conf(tmp_path, ACCOUNTS, "sys.conf")
+    srv = start_gnatsd("-c", conf) if kind == "gnatsd" else start_go("-c", conf, version="2.15")
+    try:
+        async def run():
+            nc = await nats.connect("nats://sys:sys@127.0.0.1:%d" % srv.port)
+            times = []
+
+            async def note(msg):
+                times.append(time.monotonic())
+            await nc.subscribe("$SYS.SERVER.*.STATSZ", cb=note)
+            await nc.flush()
+            deadline = time.monotonic() + 5
+            while len(times) < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await nc.close()
+            return times
+        times = asyncio.run(run())
+    finally:
+        srv.stop()
+    assert len(times) >= 3, "STATSZ in the first seconds: %d" % len(times)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[-1] > gaps[0] * 1.5, gaps
+
+
+def test_a_peer_listening_to_statsz_gets_one_at_once(tmp_path, monkeypatch):
+    """When a peer starts listening to STATSZ over a route (a server joined,
+    or one of its system users subscribed), a node sends its own at once
+    rather than at its next heartbeat (Go announces itself to a new server),
+    so the newcomer counts it.  The node runs in process with its heartbeat
+    pushed a minute away (SYS_STATSZ_FIRST) and no rate limit."""
+    from conftest import import_gnatsd
+    gnatsd = import_gnatsd()
+    monkeypatch.setattr(gnatsd, "SYS_STATSZ_FIRST", 60.0)
+    monkeypatch.setattr(gnatsd, "SYS_STATSZ_MIN_GAP", 0.0)
+    conf = write_conf(tmp_path, ACCOUNTS + "cluster { name: c1, listen: 127.0.0.1:-1 }\n",
+                      "node.conf")
+    node = gnatsd.run(config_path=conf)
+    peer = start_gnatsd("-c", write_conf(tmp_path, ACCOUNTS, "peer.conf"),
+                        "--cluster_name", "c1", "--cluster", "nats://127.0.0.1:-1",
+                        "--routes", "nats://127.0.0.1:%d" % node.cluster_port)
+    try:
+        node_id = node.server.server_id     # (the route may come up after the SUB: same)
+        got = subjects_seen(peer.port, ["$SYS.SERVER.%s.STATSZ" % node_id], None, 1)
+    finally:
+        peer.stop()
+        node.shutdown()
+    assert [subject for subject, _ in got] == ["$SYS.SERVER.%s.STATSZ" % node_id]
 
 
 @pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
