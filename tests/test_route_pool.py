@@ -74,6 +74,7 @@ import nats
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from test_cluster import nats_barrier
 from conftest import (GO_SERVERS, RawConn, go_server_path, layout_kinds, monitor_json,
                       server_id, start_kind, wait_mesh, write_conf, GNATSD, SERVER_PYTHON)
 
@@ -152,34 +153,13 @@ def err_lines(node) -> list:
     return [line for line in node.log_text().splitlines() if "[ERR]" in line]
 
 
-# -- nats-py helpers ----------------------------------------------------------------
-
-_probes = iter(range(1, 1 << 30))
+# -- nats-py helpers (nats_barrier: test_cluster's) ---------------------------------
 
 
 async def connect(node, user: str | None = None):
     auth = "%s:%s@" % (user, user) if user else ""
     return await nats.connect("nats://%s127.0.0.1:%d" % (auth, node.port),
                               allow_reconnect=False, connect_timeout=5)
-
-
-async def barrier(pub_nc, sub_nc, timeout: float = 10.0) -> None:
-    """pub_nc's node knows every subscription sub_nc made so far: a probe
-    subscribed after them is published until it arrives (one account's
-    interest crosses one connection in order)."""
-    subject = "probe.%d" % next(_probes)
-    sub = await sub_nc.subscribe(subject)
-    await sub_nc.flush()
-    deadline = time.monotonic() + timeout
-    while True:
-        await pub_nc.publish(subject, b"")
-        try:
-            await sub.next_msg(timeout=0.05)
-            break
-        except NatsTimeoutError:
-            if time.monotonic() > deadline:
-                raise AssertionError("interest in %s never crossed" % subject)
-    await sub.unsubscribe()
 
 
 async def drain(sub) -> list:
@@ -381,8 +361,7 @@ async def exchange(account: str, here, there, n: int = 20, requests: bool = True
 
         await remote.subscribe("svc", cb=answer)
         hdr = await remote.subscribe("hdr")
-        await barrier(pub, remote)
-        await barrier(pub, local)
+        await nats_barrier(pub, remote, local)
         payloads = [b"%s-%d" % (account.encode(), k) for k in range(n)]
         for p in payloads:
             await pub.publish("ev.%s" % account, p)
@@ -646,7 +625,7 @@ async def crosses(a, b) -> None:
         pub, sub_nc = await connect(here), await connect(there)
         try:
             sub = await sub_nc.subscribe("x")
-            await barrier(pub, sub_nc)
+            await nats_barrier(pub, sub_nc)
             for k in range(10):
                 await pub.publish("x", b"%d" % k)
             got = [(await sub.next_msg(timeout=5)).data for _ in range(10)]
