@@ -144,6 +144,39 @@ def test_varying_lines_on_the_hot_path_cut_anywhere():
         assert answer_to([data[:cut], data[cut:]]) == (want, False), "cut at %d" % cut
 
 
+# PUB lines the hot path must leave to the reference path, each sent right
+# after a clean line on the same subject (so pub_lines knows the subject).
+ODD_PUBS = [b"PUB odd re\tply 2\r\nok\r\n", b"PUB odd rep\rly 2\r\nok\r\n",
+            b"PUB o\rdd 2\r\nok\r\n", b"PUB od\td 2\r\nok\r\n", b"PUB odd\t 2\r\nok\r\n",
+            b"PUB odd  reply 2\r\nok\r\n", b"PUB odd reply\t 2\r\nok\r\n",
+            b"PUB \todd 2\r\nok\r\n", b"PUB  odd 2\r\nok\r\n", b"PUB odd a b 2\r\nok\r\n",
+            b"PUB odd reply 2\r\nok\r\n", b"HPUB odd re\tply 12 14\r\nNATS/1.0\r\n\r\nok\r\n",
+            b"HPUB o\rdd 12 14\r\nNATS/1.0\r\n\r\nok\r\n"]
+
+
+@pytest.mark.parametrize("line", ODD_PUBS)
+def test_odd_pub_lines_give_what_the_reference_path_gives(line):
+    """The same input from a client on the hot path and from one held to
+    the reference path (fast_pub off) must give the same bytes."""
+    quiet = b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
+    clean = b"PUB odd 2\r\nok\r\nPUB odd reply 2\r\nok\r\n"
+
+    def outcome(hot: bool) -> tuple:
+        sub = Wire(None, quiet + b"SUB > 1\r\n")
+        pub = Wire(sub.server, quiet)
+        pub.client.fast_pub = hot
+        try:
+            pub.feed(clean)
+            assert bool(pub.client.pub_lines) == hot
+            pub.feed(line + clean + b"PING\r\n")
+            return sub.answer(), pub.answer(), pub.closed
+        finally:
+            pub.close()
+            sub.close()
+
+    assert outcome(True) == outcome(False)
+
+
 def test_a_header_set_on_a_message_with_headers_stays_in_one_block():
     """Message.with_header (Nats-Request-Info on a service import, Nats-
     Trace-Hop on a traced message) replaces or appends inside the block:
