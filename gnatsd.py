@@ -2793,7 +2793,8 @@ class DeliveryPlan:
         self.plain_out = plain_out = []
         for append, before, after in shape.plain_parts:
             plain_out.append((append, before + subject + after))
-        self.queues = queues = []
+        # (No list when there are no groups: one object fewer per cached subject.)
+        self.queues = queues = [] if shape.queue_parts else ()
         for group in shape.queue_parts:
             kept = []
             for append, before, after, owner, c in group:
