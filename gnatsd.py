@@ -944,16 +944,23 @@ def _cached_matching(node: dict, pattern: list, i: int, out: list):
 def _match_level(level: _Level, tokens: list, psubs: list, qsubs: dict):
     """Go's matchLevel: follow literal tokens, branch into `*`, collect `>`."""
     node = pwc = None
-    for i, token in enumerate(tokens):
+    i = 0
+    for token in tokens:
         if level is None:
             return
-        if level.fwc is not None:
-            _add_node(level.fwc, psubs, qsubs)
+        fwc = level.fwc
+        if fwc is not None:
+            # HOT: _add_node inlined, its queue half only when there are
+            #      queues (a `>` is met on every match under it).
+            psubs.extend(fwc.psubs)
+            if fwc.qsubs:
+                _add_queues(fwc, qsubs)
         pwc = level.pwc
         if pwc is not None:
             _match_level(pwc.next, tokens[i + 1:], psubs, qsubs)
         node = level.nodes.get(token)
         level = node.next if node is not None else None
+        i += 1
     if node is not None:
         _add_node(node, psubs, qsubs)
     if pwc is not None:
@@ -962,6 +969,11 @@ def _match_level(level: _Level, tokens: list, psubs: list, qsubs: dict):
 
 def _add_node(node: _Node, psubs: list, qsubs: dict):
     psubs.extend(node.psubs)
+    if node.qsubs:
+        _add_queues(node, qsubs)
+
+
+def _add_queues(node: _Node, qsubs: dict):
     for name, group in node.qsubs.items():
         members = qsubs.get(name)
         if members is None:
