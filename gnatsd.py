@@ -2306,9 +2306,9 @@ class Client(Connection):
                     plan = lines_get(data[i:sp])
                     size = sizes_get(data[sp + 1:nl], -1)
                 else:
-                    plan = None
+                    plan, size = None, -1
                 if plan is None or size < 0:
-                    plan, reply_sp, size, tail_at = self.pub_lookup(data, i, nl, sp)
+                    plan, reply_sp, size, tail_at = self.pub_lookup(data, i, nl, sp, size)
                     if plan is None:
                         run_plan = None
                         i = self.process_op(data, i, nl)
@@ -2416,9 +2416,10 @@ class Client(Connection):
                 sublist.matches += msgs - misses
                 sublist.cache_hits += msgs - misses
 
-    def pub_lookup(self, data: bytes, i: int, nl: int, sp: int) -> tuple:
+    def pub_lookup(self, data: bytes, i: int, nl: int, sp: int, size: int = -1) -> tuple:
         """The hot path's take on a line pub_lines does not settle at once
-        (the line from `i` to the LF at `nl`, `sp` its last space): (the
+        (the line from `i` to the LF at `nl`, `sp` its last space, `size`
+        its last token's value if parse found it in pub_line_sizes): (the
         subject's delivery plan, b"reply " or None, the payload size, where
         the MSG line's size field starts), or a None plan when the reference
         path must take the line.
@@ -2438,12 +2439,13 @@ class Client(Connection):
         if (not self.fast_pub or sp <= i or data[nl - 1] != 13
                 or nl - i > server.options.max_control_line + 5):
             return none
-        token = data[sp + 1:nl]
-        size = server.pub_line_sizes.get(token)
-        if size is None:
-            size = server.pub_line_size(token)
         if size < 0:
-            return none
+            token = data[sp + 1:nl]
+            size = server.pub_line_sizes.get(token)
+            if size is None:
+                size = server.pub_line_size(token)
+            if size < 0:
+                return none
         if data.startswith(b"PUB ", i):
             headers = False
             tail_at = sp + 1
