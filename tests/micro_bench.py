@@ -10,7 +10,8 @@ interleaving the two 9 times and keeping each one's best; it prints us/msg
 for each copy and old/new.  Scenarios (SCEN below): pub (64 subjects,
 16..256-byte payloads, nobody listening), pubsub (the same to one `real.>`
 subscriber), 10k and 100k (that many subjects, one wildcard subscriber: the
-sublist cache-miss path), fanout8, queue4, reply, hpub, same (one line
+sublist cache-miss path), 10k-pub (the same, nobody
+listening), fanout8, queue4, reply, hpub, same (one line
 repeated), varied (one subject, varying sizes).  With no scenario, all.
 
 The numbers are for comparing the two copies in one run; on a shared
@@ -47,6 +48,7 @@ SCEN = {
  "pub": ([], {}), "pubsub": ([b"SUB real.> 1\r\n"], {}), "fanout8": ([b"SUB real.> 1\r\n"]*8, {}),
  "queue4": ([b"SUB real.> q 1\r\n"]*4, {}), "10k": ([b"SUB real.> 1\r\n"], {"nsubj": 10000}),
  "100k": ([b"SUB real.> 1\r\n"], {"nsubj": 100000}),
+ "10k-pub": ([], {"nsubj": 10000}),
  "reply": ([b"SUB real.> 1\r\n"], {"reply": True}), "hpub": ([b"SUB real.> 1\r\n"], {"hdr": True}),
  "same": ([b"SUB real.> 1\r\n"], {"nsubj": 1, "lo": 128, "hi": 128}),
  "varied": ([b"SUB real.> 1\r\n"], {"nsubj": 1, "lo": 64, "hi": 192}),
