@@ -650,9 +650,9 @@ class SublistResult:
     The plan slots are free for the caller (the client chapter keeps its
     delivery plans there); they live exactly as long as the cached result.
     Whatever sits in them has a `settle()`, called to bring counts up to
-    date, and a `retire()`, called when the result is dropped, which settles
-    first (a caller may hold a plan elsewhere, and must then look the
-    subject up again).
+    date, and a `retire()` (which settles) when the result is dropped (a
+    caller may hold a plan elsewhere, and must then look the subject up
+    again).  False in a slot is a placeholder (the client's SEEN_ONCE).
     """
 
     __slots__ = ("psubs", "qsubs", "plan", "header_plan", "local_plan")
@@ -671,20 +671,14 @@ class SublistResult:
         """Settle each delivery plan kept here; the sublist calls it before
         dropping the result."""
         for plan in (self.plan, self.header_plan, self.local_plan):
-            if plan is not None:
+            if plan:
                 plan.settle()
 
     def drop(self):
-        """Retire each plan kept here (which settles it): the sublist drops
-        the result."""
-        # HOT: three tests, no tuple and loop: a result is dropped for
-        #      every cache miss once the cache is full.
-        if self.plan is not None:
-            self.plan.retire()
-        if self.header_plan is not None:
-            self.header_plan.retire()
-        if self.local_plan is not None:
-            self.local_plan.retire()
+        """Retire (and so settle) each plan kept here: the sublist drops the result."""
+        for plan in (self.plan, self.header_plan, self.local_plan):
+            if plan:
+                plan.retire()
 
 
 class _Node:
@@ -726,9 +720,7 @@ class Sublist:
         self.removes = 0
         self.matches = 0
         self.cache_hits = 0
-        # The client chapter's PlanShapes, by the subscriptions they were
-        # built from (plan_for); valid while genid stays what it was.
-        self.plan_shapes = {}
+        self.plan_shapes = {}        # the client chapter's (shape_for), for genid:
         self.plan_shapes_genid = 0
 
     def insert(self, sub: Subscription):
@@ -874,13 +866,10 @@ class Sublist:
         cache = self.cache
         if len(cache) >= self.cache_max:
             # Drop the oldest quarter (dicts keep insertion order), and the
-            # token trie with it: built again if a wildcard needs it.
-            # HOT: _drop without the token trie, inlined (a result is
-            #      dropped for each miss, once the cache is full).
+            # token trie with it (so no _drop): built again if a wildcard needs it.
             self.cache_index = None
-            pop = cache.pop
             for key in list(cache)[: max(1, self.cache_max // 4)]:
-                pop(key).drop()
+                cache.pop(key).drop()
             self.genid += 1
         cache[subject] = result
         if self.cache_index is not None:
@@ -944,23 +933,16 @@ def _cached_matching(node: dict, pattern: list, i: int, out: list):
 def _match_level(level: _Level, tokens: list, psubs: list, qsubs: dict):
     """Go's matchLevel: follow literal tokens, branch into `*`, collect `>`."""
     node = pwc = None
-    i = 0
-    for token in tokens:
+    for i, token in enumerate(tokens):
         if level is None:
             return
-        fwc = level.fwc
-        if fwc is not None:
-            # HOT: _add_node inlined, its queue half only when there are
-            #      queues (a `>` is met on every match under it).
-            psubs.extend(fwc.psubs)
-            if fwc.qsubs:
-                _add_queues(fwc, qsubs)
+        if level.fwc is not None:
+            _add_node(level.fwc, psubs, qsubs)
         pwc = level.pwc
         if pwc is not None:
             _match_level(pwc.next, tokens[i + 1:], psubs, qsubs)
         node = level.nodes.get(token)
         level = node.next if node is not None else None
-        i += 1
     if node is not None:
         _add_node(node, psubs, qsubs)
     if pwc is not None:
@@ -969,12 +951,9 @@ def _match_level(level: _Level, tokens: list, psubs: list, qsubs: dict):
 
 def _add_node(node: _Node, psubs: list, qsubs: dict):
     psubs.extend(node.psubs)
-    if node.qsubs:
-        _add_queues(node, qsubs)
-
-
-def _add_queues(node: _Node, qsubs: dict):
-    for name, group in node.qsubs.items():
+    # HOT: no queue walk for a node without queues (the `>` of every match
+    #      under real.>: a cache miss 3.04 -> 2.72 us with its plan).
+    for name, group in node.qsubs.items() if node.qsubs else ():
         members = qsubs.get(name)
         if members is None:
             qsubs[name] = list(group)
@@ -2270,8 +2249,7 @@ class Client(Connection):
         sizes_get = server.pub_line_sizes.get
         pending = server.pending
         rand = random.random
-        EMPTY, PLAIN, QUEUES, STALE, FIRST = (PLAN_EMPTY, PLAN_PLAIN, PLAN_QUEUES, PLAN_STALE,
-                                              PLAN_FIRST)
+        EMPTY, PLAIN, QUEUES, STALE = PLAN_EMPTY, PLAN_PLAIN, PLAN_QUEUES, PLAN_STALE
         msgs = nbytes = misses = 0
         miss_at = -1
         run_plan = None
@@ -2383,10 +2361,7 @@ class Client(Connection):
                         c.out_bytes += size
                         c.last_activity = now
                         pending.add(c)
-                elif kind == FIRST:
-                    # A subject's first PUB: pub_lookup handed over the
-                    # PlanShape (no reply, no headers: the subject is the
-                    # line's second word); the next PUB gets a plan.
+                elif kind == PLAN_FIRST:   # a PlanShape: `PUB <subject> <size>` (pub_lookup)
                     run_plan = None
                     plan.deliver(data[i + 4:sp], data[tail_at:stop + 2], size)
                     touch(plan)
@@ -2427,7 +2402,7 @@ class Client(Connection):
     def pub_lookup(self, data: bytes, i: int, nl: int, sp: int, size: int = -1) -> tuple:
         """The hot path's take on a line pub_lines does not settle at once
         (the line from `i` to the LF at `nl`, `sp` its last space, `size`
-        its last token's value if parse found it in pub_line_sizes): (the
+        its last token's value if parse has it, else -1): (the
         subject's delivery plan, b"reply " or None, the payload size, where
         the MSG line's size field starts), or a None plan when the reference
         path must take the line.
@@ -2441,9 +2416,8 @@ class Client(Connection):
         echo off, not on a subject it listens to itself.  Then the plan is
         one the reference path would follow exactly.  A plain `PUB
         <subject>` line is remembered in pub_lines, which refresh_pub_path
-        empties whenever any of this may change (CONNECT, reload).  The
-        first such line on a subject gets the plan's PlanShape instead
-        (PLAN_FIRST), and is not remembered."""
+        empties whenever any of this may change (CONNECT, reload); the first
+        on a subject gets the plan's PlanShape instead (PLAN_FIRST)."""
         none = (None, None, -1, 0)
         server = self.server
         if (not self.fast_pub or sp <= i or data[nl - 1] != 13
@@ -2474,10 +2448,8 @@ class Client(Connection):
             key = data[i + 5:sp2]
         else:
             return none
-        # HOT: ask for a byte by its value (9 is TAB, 13 CR, 32 space):
-        #      `9 in key` is one memchr, where `b"\t" in key` first fails
-        #      to read b"\t" as an int (~20 vs ~200 ns on 3.11, ~360 on
-        #      3.12); this function on a cached subject 1.31 -> 0.80 us.
+        # HOT: a byte by its value (9 TAB, 13 CR, 32 space) is one memchr;
+        #      `b"\t" in key` is ~10x slower (here: 1.31 -> 0.80 us).
         if 9 in key or 13 in key:
             return none
         if 32 in key:
@@ -2499,27 +2471,20 @@ class Client(Connection):
                 return none
             sublist = self.account.sublist
             result = sublist.match(subject)
-            if headers:
-                plan = result.header_plan
-                if plan is None:
-                    plan = result.header_plan = plan_for(sublist, result, subject, True)
-            else:
-                plan = result.plan
-                if plan is None and reply_sp is None:
-                    # HOT: a subject's first PUB is delivered from its shape;
-                    #      only a second one (while the sublist still caches
-                    #      the subject) pays for a plan: with 10,000 or
-                    #      100,000 subjects most never come back in time
-                    #      (in process, one real.> subscriber: 10k 4.70 ->
-                    #      3.86 us/msg, 100k 4.80 -> 3.74).
-                    shape = shape_for(sublist, result, subject)
-                    if (shape.plan_kind == PLAN_PLAIN or shape.plan_kind == PLAN_EMPTY) \
-                            and (self.echo or self not in shape.members):
-                        result.plan = SEEN_ONCE
-                        return shape, None, size, tail_at
-                    plan = result.plan = DeliveryPlan(result, subject, sublist.name, False, shape)
-                elif plan is None or plan is SEEN_ONCE:
-                    plan = result.plan = plan_for(sublist, result, subject)
+            plan = result.header_plan if headers else result.plan
+            if not plan:
+                shape = shape_for(sublist, result, subject, headers)
+                # HOT: a subject's first PUB goes out from its shape (PlanShape)
+                #      and a plan is built for a second (10k 4.68 -> 3.84 us/msg).
+                if plan is None and reply_sp is None and not headers and shape.plan_kind \
+                        in (PLAN_EMPTY, PLAN_PLAIN) and (self.echo or self not in shape.members):
+                    result.plan = SEEN_ONCE
+                    return shape, None, size, tail_at
+                plan = DeliveryPlan(result, subject, sublist.name, headers, shape)
+                if headers:
+                    result.header_plan = plan
+                else:
+                    result.plan = plan
             if not self.echo and self in plan.members:
                 return none     # its own subscriptions are skipped: deliver_msg
             # A remembered line is taken whatever its size token, so only a
@@ -2703,38 +2668,32 @@ class Message:
 
 # DeliveryPlan kinds: nobody to deliver to; plain subs only; with queue
 # groups; anything the general deliver_msg must handle (auto-unsubscribe);
-# retired (the sublist dropped its result: look the subject up again).
-# And a PlanShape's, handed to parse for a subject's first PUB.
+# retired (the sublist dropped its result: look the subject up again); a
+# PlanShape's, for a subject's first PUB (SEEN_ONCE then holds its place).
 PLAN_EMPTY, PLAN_PLAIN, PLAN_QUEUES, PLAN_SLOW, PLAN_STALE, PLAN_FIRST = 0, 1, 2, 3, 4, 5
+SEEN_ONCE = False
 
 
 class PlanShape:
-    """What a DeliveryPlan holds that does not depend on its subject.
-
-    For each receiver the bytes around the subject in its MSG line
-    (`MSG ` and ` <sid> `), the counts' owners, the receivers, the kind.
-    Every subject a SublistResult's subscriptions match alike (every
-    subject under one `real.>` subscriber) has the same shape, so
-    `plan_for` keeps shapes by the subscriptions they were built from and
-    makes the plan of a new subject from one with two concatenations per
-    receiver, not a pass with every check.  A shape built through a deny
-    list (`can_receive` asks the subject) is not `shared`.
-
-    A subject's first PUB is delivered from the shape itself (`deliver`),
-    and only a second one, while the sublist still caches the subject,
-    gets a plan: most of 100,000 subjects never come back in time.
+    """What a DeliveryPlan holds that does not depend on its subject: for
+    each receiver the bytes around the subject in its MSG line (`MSG `,
+    ` <sid> `), the counts' owners, the receivers, the plan's kind.  The
+    subjects under one `real.>` subscriber share one (shape_for), and a
+    plan is made from it with two concatenations per receiver; a shape
+    built through a deny list (`can_receive` asks the subject) is not
+    `shared`.  A subject's first PUB goes out from the shape (`deliver`):
+    most of 100,000 subjects leave the sublist cache before their second.
     """
 
     __slots__ = ("plain", "plain_parts", "queue_parts", "members", "clients", "runnable",
                  "plan_kind", "shared")
 
-    kind = PLAN_FIRST     # for parse; the plans made from it get `plan_kind`
+    kind = PLAN_FIRST     # (parse's view; a plan made from it gets `plan_kind`)
 
     def __init__(self, result: SublistResult, subject: bytes, account: bytes = b"$G",
                  headers: bool = False):
-        # One pass over the subscriptions.  A header plan (an HPUB's)
-        # writes HMSG; a receiver that did not ask for headers needs them
-        # stripped, which deliver_msg does.
+        # A header plan (an HPUB's) writes HMSG; a receiver that did not ask
+        # for headers needs them stripped, which deliver_msg does.
         head = b"HMSG " if headers else b"MSG "
         plain, plain_parts, clients = [], [], set()
         fast = shared = True
@@ -2815,10 +2774,8 @@ class PlanShape:
             self.plan_kind = PLAN_QUEUES if queue_parts else PLAN_PLAIN
 
     def deliver(self, subject: bytes, tail: bytes, size: int):
-        """One message on `subject` to every plain subscriber of a
-        PLAN_PLAIN (or PLAN_EMPTY) shape, the same bytes as
-        DeliveryPlan.deliver gives, and counted at once (there is no plan
-        to settle)."""
+        """DeliveryPlan.deliver's bytes (no reply) for a PLAN_PLAIN shape,
+        counted at once: no plan to settle."""
         for append, before, after in self.plain_parts:
             append(before + subject + after)
             append(tail)
@@ -2828,30 +2785,13 @@ class PlanShape:
             c.out_bytes += size
 
 
-class _SeenOnce:
-    """What `result.plan` holds once a subject's first PUB went out from
-    its shape: the next PUB builds the plan.  Nothing to settle or retire."""
-
-    __slots__ = ()
-
-    def settle(self):
-        pass
-
-    def retire(self):
-        pass
-
-
-SEEN_ONCE = _SeenOnce()
-
-
 class DeliveryPlan:
     """Ready-made per-subscriber prefixes for one published subject.
 
-    Built from a SublistResult on first use (its PlanShape, with the
-    subject put in); dropped with it.  The hot path counts messages per
-    plan, not per delivery; `settle()` moves those counts onto the
-    subscriptions and clients, and the sublist calls it whenever it drops
-    the result (so no count is ever lost).
+    Made from its PlanShape on use; dropped with its SublistResult.  The
+    hot path counts messages per plan, not per delivery; `settle()` moves
+    those counts onto the subscriptions and clients, and the sublist calls
+    it whenever it drops the result (so no count is ever lost).
     """
 
     __slots__ = ("subject", "plain", "plain_out", "queues", "members", "clients",
@@ -2862,11 +2802,11 @@ class DeliveryPlan:
         if shape is None:
             shape = PlanShape(result, subject, account, headers)
         self.subject = subject
-        # HOT: loops, not comprehensions (a function call each before 3.12).
+        # HOT: loops, not comprehensions (a call each before 3.12); no list
+        #      without queue groups (one object fewer per cached subject).
         self.plain_out = plain_out = []
         for append, before, after in shape.plain_parts:
             plain_out.append((append, before + subject + after))
-        # (No list when there are no groups: one object fewer per cached subject.)
         self.queues = queues = [] if shape.queue_parts else ()
         for group in shape.queue_parts:
             kept = []
@@ -2903,7 +2843,7 @@ class DeliveryPlan:
         the cache made room): whoever still holds the plan must not use it.
         Its receivers are let go (a client's pub_lines may keep the plan a
         while); `clients` stays, for a read that touched the plan before.
-        Settles first, so no count is lost."""
+        Settles first."""
         if self.msgs:
             self.settle()
         self.kind = PLAN_STALE
@@ -2922,22 +2862,12 @@ class DeliveryPlan:
                 client.out_bytes += nbytes
 
 
-def plan_for(sublist: Sublist, result: SublistResult, subject: bytes,
-             headers: bool = False) -> DeliveryPlan:
-    """A new plan for `subject` (its SublistResult `result`), from its shape."""
-    return DeliveryPlan(result, subject, sublist.name, headers,
-                        shape_for(sublist, result, subject, headers))
-
-
 def shape_for(sublist: Sublist, result: SublistResult, subject: bytes,
               headers: bool = False) -> PlanShape:
-    """The PlanShape for `subject` (its SublistResult `result`): that of a
-    subject with the same subscriptions if the sublist holds one.  Shapes
-    are kept until the sublist's genid moves: a subscription, a permission
-    or a limit changed, or the cache made room."""
-    # HOT: on a cache miss the plan is made from a shared shape, not built
-    #      (one `real.>` subscriber, in process: a plan 1.11 -> 0.72 us,
-    #      10,000 subjects 6.90 -> 6.27 us/msg).
+    """The PlanShape for `subject` (its SublistResult `result`), that of a
+    subject with the same subscriptions while the sublist's genid stays."""
+    # HOT: shared, not built per subject (a plan 1.11 -> 0.72 us; 10k
+    #      subjects under one real.> 6.90 -> 6.27 us/msg).
     shapes = sublist.plan_shapes
     if sublist.plan_shapes_genid != sublist.genid:
         shapes.clear()
