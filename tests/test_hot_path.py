@@ -295,7 +295,7 @@ def test_headers_interleaved_with_plain_publishes_keep_their_order(start):
 # -- many subjects: plans made from a shared shape --------------------------------------
 #
 # A subject seen for the first time gets its delivery plan from the shape of
-# another subject the same subscriptions match (plan_for); these publish to
+# another subject the same subscriptions match (shape_for); these publish to
 # more subjects than the sublist caches, so plans are made from shapes again
 # and again, and change the subscriptions in between.
 
