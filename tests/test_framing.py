@@ -144,6 +144,88 @@ def test_varying_lines_on_the_hot_path_cut_anywhere():
         assert answer_to([data[:cut], data[cut:]]) == (want, False), "cut at %d" % cut
 
 
+# PUB lines the hot path must leave to the reference path, each sent right
+# after a clean line on the same subject (so pub_lines knows the subject).
+ODD_PUBS = [b"PUB odd re\tply 2\r\nok\r\n", b"PUB odd rep\rly 2\r\nok\r\n",
+            b"PUB o\rdd 2\r\nok\r\n", b"PUB od\td 2\r\nok\r\n", b"PUB odd\t 2\r\nok\r\n",
+            b"PUB odd  reply 2\r\nok\r\n", b"PUB odd reply\t 2\r\nok\r\n",
+            b"PUB \todd 2\r\nok\r\n", b"PUB  odd 2\r\nok\r\n", b"PUB odd a b 2\r\nok\r\n",
+            b"PUB odd reply 2\r\nok\r\n", b"HPUB odd re\tply 12 14\r\nNATS/1.0\r\n\r\nok\r\n",
+            b"HPUB o\rdd 12 14\r\nNATS/1.0\r\n\r\nok\r\n"]
+
+
+@pytest.mark.parametrize("line", ODD_PUBS)
+def test_odd_pub_lines_give_what_the_reference_path_gives(line):
+    """The same input from a client on the hot path and from one held to
+    the reference path (fast_pub off) must give the same bytes."""
+    quiet = b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
+    clean = b"PUB odd 2\r\nok\r\nPUB odd reply 2\r\nok\r\n"
+
+    def outcome(hot: bool) -> tuple:
+        sub = Wire(None, quiet + b"SUB > 1\r\n")
+        pub = Wire(sub.server, quiet)
+        pub.client.fast_pub = hot
+        try:
+            pub.feed(clean)
+            assert bool(pub.client.pub_lines) == hot
+            pub.feed(line + clean + b"PING\r\n")
+            return sub.answer(), pub.answer(), pub.closed
+        finally:
+            pub.close()
+            sub.close()
+
+    assert outcome(True) == outcome(False)
+
+
+def test_counts_and_bytes_of_first_and_later_pubs_to_many_subjects():
+    """A subject's first PUB goes out from its PlanShape and is counted at
+    once, later ones from its plan and counted when it settles: both must
+    add up, and give the bytes, the reference path gives (fast_pub off)."""
+    quiet = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+    msgs = [(b"n.%d" % (k % 1500 if k % 3 else k % 7), b"p" * (k % 5)) for k in range(3000)]
+    data = b"".join(b"PUB %s %d\r\n%s\r\n" % (s, len(p), p) for s, p in msgs)
+
+    def outcome(hot: bool) -> tuple:
+        sub = Wire(None, quiet + b"SUB n.> 1\r\nSUB n.* 2\r\n")
+        other = Wire(sub.server, quiet + b"SUB > 3\r\n")
+        pub = Wire(sub.server, quiet)
+        pub.client.fast_pub = hot
+        try:
+            for k in range(0, len(data), 4096):
+                pub.feed(data[k:k + 4096])
+            got = sub.answer(), other.answer()
+            g.settle_all(sub.server)
+            subs = sorted((s.sid, s.delivered) for w in (sub, other)
+                          for s in w.client.subs.values())
+            stats = [(w.client.out_msgs, w.client.out_bytes) for w in (sub, other)]
+            return got, subs, stats, (pub.client.in_msgs, pub.client.in_bytes)
+        finally:
+            for w in (pub, sub, other):
+                w.close()
+
+    hot = outcome(True)
+    assert hot == outcome(False)
+    assert hot[1] == [(b"1", 3000), (b"2", 3000), (b"3", 3000)]
+    assert hot[2][1] == (3000, sum(len(p) for _s, p in msgs))
+
+
+def test_a_first_pub_to_a_subject_reaches_its_receiver_with_that_read():
+    """The read that holds a subject's first PUB (delivered from the shape)
+    marks its receivers pending and active, as a plan's delivery does."""
+    quiet = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+    sub = Wire(None, quiet + b"SUB f.> 1\r\n")
+    pub = Wire(sub.server, quiet)
+    try:
+        sub.client.last_activity = 0.0
+        for k in range(3):
+            pub.feed(b"PUB f.%d 2\r\nhi\r\n" % k)
+            assert sub.answer() == b"MSG f.%d 1 2\r\nhi\r\n" % k
+        assert sub.client.last_activity > 0.0
+    finally:
+        pub.close()
+        sub.close()
+
+
 def test_a_header_set_on_a_message_with_headers_stays_in_one_block():
     """Message.with_header (Nats-Request-Info on a service import, Nats-
     Trace-Hop on a traced message) replaces or appends inside the block:

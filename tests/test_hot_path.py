@@ -290,3 +290,97 @@ def test_headers_interleaved_with_plain_publishes_keep_their_order(start):
     pub.send(out)
     t_ping_pong(pub)
     assert until_pong(sub) == want
+
+
+# -- many subjects: plans made from a shared shape --------------------------------------
+#
+# A subject seen for the first time gets its delivery plan from the shape of
+# another subject the same subscriptions match (shape_for); these publish to
+# more subjects than the sublist caches, so plans are made from shapes again
+# and again, and change the subscriptions in between.
+
+DENY = """
+authorization { users = [
+  { user: d, password: pd, permissions: { subscribe: { deny: ["hot.5", "hot.7.x"] } } }
+  { user: s, password: ps }
+] }
+"""
+
+
+def many(seed: int, count: int, reply: bool = False) -> list:
+    """Messages over 2,000 subjects, one and three tokens deep."""
+    rnd = random.Random(seed)
+    out = []
+    for k in range(count):
+        n = rnd.randrange(1000)
+        subject = b"hot.%d" % n if rnd.random() < 0.5 else b"hot.%d.x" % n
+        payload = b"p%d" % k * rnd.randrange(4)
+        out.append((subject, b"_INBOX.%d" % k if reply and k % 3 == 0 else None, payload))
+    return out
+
+
+def test_thousands_of_subjects_reach_wildcards_queues_and_a_deny_list_byte_exact(start, tmp_path):
+    srv = start("-c", write_conf(tmp_path, DENY))
+    every = quiet_client(srv, login("s", "ps"))
+    every.send(b"SUB hot.> 1\r\n")
+    two = quiet_client(srv, login("s", "ps"))
+    two.send(b"SUB hot.* 2\r\nSUB hot.*.x 3\r\n")
+    denied = quiet_client(srv, login("d", "pd"))
+    denied.send(b"SUB hot.> 4\r\n")
+    members = [quiet_client(srv, login("s", "ps")) for _ in range(2)]
+    for k, m in enumerate(members):
+        m.send(b"SUB hot.> q %d\r\n" % (k + 5))
+    for conn in [every, two, denied] + members:
+        t_ping_pong(conn)
+    pub = quiet_client(srv, login("s", "ps"))
+    msgs = many(9, 3000, reply=True)
+    pub.send(pubs(msgs))
+    t_ping_pong(pub)
+    assert until_pong(every) == msgs_for(msgs, b"1")
+    assert until_pong(two) == b"".join(
+        msgs_for([m], b"3" if m[0].endswith(b".x") else b"2") for m in msgs)
+    assert until_pong(denied) == msgs_for(
+        [m for m in msgs if m[0] not in (b"hot.5", b"hot.7.x")], b"4")
+    got = [until_pong(m) for m in members]
+    assert sum(g.count(b"MSG hot.") for g in got) == len(msgs)
+
+
+def test_new_subjects_after_a_change_see_it(start, tmp_path):
+    """A shape outlives no change to what it was built from: a second
+    subscriber, an auto-unsubscribe limit set on a subscription it holds, a
+    reload giving a subscriber a deny list, an unsubscribe; each applies to
+    the next subjects, seen before or not."""
+    conf = write_conf(tmp_path, DENY.replace("hot.5", "hot.6"))
+    srv = start("-c", conf)
+    first = quiet_client(srv, login("s", "ps"))
+    first.send(b"SUB hot.> 1\r\n")
+    t_ping_pong(first)
+    pub = quiet_client(srv, login("s", "ps"))
+    batches = [many(k, 300) for k in range(10, 15)]
+    pub.send(pubs(batches[0]))
+    t_ping_pong(pub)
+    assert until_pong(first) == msgs_for(batches[0], b"1")
+    second = quiet_client(srv, login("s", "ps"))
+    second.send(b"SUB hot.> 2\r\n")
+    t_ping_pong(second)
+    pub.send(pubs(batches[1]))
+    t_ping_pong(pub)
+    assert until_pong(first) == msgs_for(batches[1], b"1")
+    assert until_pong(second) == msgs_for(batches[1], b"2")
+    second.send(b"UNSUB 2 307\r\n")       # 300 delivered: 7 more
+    t_ping_pong(second)
+    pub.send(pubs(batches[2]))
+    t_ping_pong(pub)
+    assert until_pong(first) == msgs_for(batches[2], b"1")
+    assert until_pong(second) == msgs_for(batches[2][:7], b"2")
+    assert_reloaded(reload(srv, conf, DENY.replace("user: s, password: ps", "user: s, "
+                                                   "password: ps, permissions: { subscribe: "
+                                                   "{ deny: [\"hot.5\"] } }")))
+    pub.send(pubs(batches[3]))
+    t_ping_pong(pub)
+    assert until_pong(first) == msgs_for([m for m in batches[3] if m[0] != b"hot.5"], b"1")
+    first.send(b"UNSUB 1\r\n")
+    t_ping_pong(first)
+    pub.send(pubs(batches[4]))
+    t_ping_pong(pub)
+    assert until_pong(first) == b""
