@@ -226,6 +226,38 @@ def test_a_first_pub_to_a_subject_reaches_its_receiver_with_that_read():
         sub.close()
 
 
+def test_a_subject_gets_its_plan_at_its_third_pub_and_every_pub_arrives():
+    """A subject's first two PUBs go out from its PlanShape (the cached
+    result's slot says SEEN_ONCE, then SEEN_TWICE), the third makes its
+    DeliveryPlan, which pub_lines then serves.  A subscriber that comes
+    between two PUBs drops the cached result (and so starts it over) and
+    gets what follows."""
+    quiet = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+    sub = Wire(None, quiet + b"SUB t.> 1\r\n")
+    pub = Wire(sub.server, quiet)
+    late = None
+    sublist = pub.client.account.sublist
+    try:
+        seen = []
+        for k in range(6):
+            if k == 4:
+                late = Wire(sub.server, quiet + b"SUB t.x 9\r\n")
+            pub.feed(b"PUB t.x %d\r\n%s\r\n" % (k + 1, b"z" * (k + 1)))
+            assert sub.answer() == b"MSG t.x 1 %d\r\n%s\r\n" % (k + 1, b"z" * (k + 1))
+            seen.append(sublist.cache[b"t.x"].plan)
+        assert seen[0] is g.SEEN_ONCE and seen[1] is g.SEEN_TWICE
+        assert isinstance(seen[2], g.DeliveryPlan) and seen[3] is seen[2]
+        assert seen[4] is g.SEEN_ONCE and seen[5] is g.SEEN_TWICE, "started over"
+        assert pub.client.pub_lines[b"PUB t.x"] is seen[2]
+        assert late.answer() == b"MSG t.x 9 5\r\nzzzzz\r\nMSG t.x 9 6\r\nzzzzzz\r\n"
+        g.settle_all(sub.server)
+        assert [s.delivered for s in sub.client.subs.values()] == [6]
+    finally:
+        for w in (pub, sub, late):
+            if w is not None:
+                w.close()
+
+
 def test_a_header_set_on_a_message_with_headers_stays_in_one_block():
     """Message.with_header (Nats-Request-Info on a service import, Nats-
     Trace-Hop on a traced message) replaces or appends inside the block:
