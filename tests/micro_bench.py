@@ -1,7 +1,7 @@
 """In-process A/B micro bench of the client PUB path (issue 11).
 
     git show main:gnatsd.py > /tmp/base.py
-    python3 tests/micro_bench.py /tmp/base.py gnatsd.py [scenario ...]
+    python3 tests/micro_bench.py [-n MESSAGES] /tmp/base.py gnatsd.py [scenario ...]
 
 Loads two copies of gnatsd.py side by side, connects one publisher and the
 scenario's subscribers to each over socketpairs (no event loop, no TCP), and
@@ -71,9 +71,12 @@ def once(server, pub, recv, chunks):
         server.pending.clear()
     return time.perf_counter() - t
 if __name__ == "__main__":
-    old, new = load(sys.argv[1], "g_old"), load(sys.argv[2], "g_new")
-    names = sys.argv[3:] or list(SCEN)
-    N = 20000
+    args = sys.argv[1:]
+    N = 20000               # messages per stream; -n N for another
+    if args[:1] == ["-n"]:
+        N, args = int(args[1]), args[2:]
+    old, new = load(args[0], "g_old"), load(args[1], "g_new")
+    names = args[2:] or list(SCEN)
     for name in names:
         envs = [setup(old, name, N), setup(new, name, N)]
         best = [1e9, 1e9]
