@@ -9368,10 +9368,13 @@ _ROUTE_CONNECT_FIELDS = {
 class Route(Connection):
     """A connection to another server of the cluster.
 
-    dialed:   connect -> [TLS] -> CONNECT + INFO -> peer INFO -> registered
+    dialed:   connect -> [TLS] -> CONNECT -> peer INFO -> INFO -> registered
     accepted: [TLS] -> INFO -> peer CONNECT (checked) -> peer INFO -> registered
 
     [TLS] is a handshake, when the cluster has a tls block (`with_tls(Route)`).
+    A dialed route's INFO names its pool slot or pinned account, so it waits
+    for the peer's (with `pool_size: -1` it goes with the CONNECT).
+    Registered, a route is one of its peer's RoutePool.
     """
 
     __slots__ = ("target", "implicit", "remote_id", "remote_name", "remote_info",
