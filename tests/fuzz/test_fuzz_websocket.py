@@ -151,6 +151,12 @@ class Peer:
 
 @pytest.fixture(scope="module")
 def server():
+    # The parser's time budget per turn (MAX_INPUT_TIME) is what a loaded
+    # machine runs out of at random points, and input put off changes which
+    # of two errors in one read closes the connection (see the strict xfail
+    # below): split-equals-whole is about frame boundaries, so the budget is
+    # made too large to run out here, and the fuzzer stays deterministic.
+    budget, g.MAX_INPUT_TIME = g.MAX_INPUT_TIME, 3600.0
     ws = g.WebsocketOptions()
     ws.host, ws.port, ws.no_tls = "127.0.0.1", -1, True
     srv = g.Server(g.Options(host="127.0.0.1", port=-1, websocket=ws)).start()
@@ -159,6 +165,7 @@ def server():
     yield srv
     release_errors(g, errors)
     srv.shutdown()
+    g.MAX_INPUT_TIME = budget
 
 
 def test_fuzz_websocket_frames_split_equals_whole(server):
@@ -178,3 +185,34 @@ def test_fuzz_websocket_frames_split_equals_whole(server):
         assert split_closed == whole_closed
 
     assert run_fuzzer("websocket", prop, count) > 0
+
+
+# The case hypothesis found on a loaded CI machine (2026-12-06): data frames
+# whose ops include a PUB over max_payload, then a frame with RSV1 set
+# (compressed, never negotiated).  Parsed within the budget, the PUB closes
+# the connection ('Maximum Message Payload Exceeded'); with the parser's
+# input put off at every check, the later frame's header is read before the
+# put-off PUB is parsed, and it closes the connection instead (close 1002,
+# "compressed frame received without negotiated permessage-deflate").
+@pytest.mark.xfail(strict=True, reason="known: input put off by the parser's time budget lets "
+                   "a later frame's error close the connection before an earlier payload's "
+                   "(issue note, session 8)")
+def test_input_put_off_does_not_change_which_error_closes(monkeypatch):
+    """The same frames, parsed within the budget and with every check past
+    it, end with the same close (the earlier error wins)."""
+    frames = (frame(b'CONNECT {"verbose":true,"pedantic":false}\r\n', 2)
+              + frame(b"PUB foo 5\r\nhello\r\n" * 8 + b"PUB foo 99999999\r\n", 2)
+              + frame(b"PING\r\n", 2, rsv=0x40))
+
+    def closed_by(budget: float):
+        monkeypatch.setattr(g, "MAX_INPUT_TIME", budget)
+        monkeypatch.setattr(g, "INPUT_CHECK_BYTES", 64 if budget < 0 else 65536)
+        ws = g.WebsocketOptions()
+        ws.host, ws.port, ws.no_tls = "127.0.0.1", -1, True
+        srv = g.Server(g.Options(host="127.0.0.1", port=-1, websocket=ws)).start()
+        try:
+            peer = Peer(srv)
+            return peer.feed([frames])
+        finally:
+            srv.shutdown()
+    assert closed_by(-1.0) == closed_by(3600.0)
