@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from conftest import import_gnatsd
-from fuzzing import (FUZZ_SETTINGS, capture_errors, even_out, feed_on_loop, read_to_close,
-                     release_errors, run_fuzzer)
+from fuzzing import (FUZZ_INPUT_BUDGET, FUZZ_SETTINGS, capture_errors, even_out, feed_on_loop,
+                     read_to_close, release_errors, run_fuzzer)
 
 g = import_gnatsd()
 
@@ -136,14 +136,15 @@ class Peer:
         self.client = server.call_in_loop(
             lambda: next(c for c in server.clients.values() if c.port == local))
 
-    def feed(self, chunks) -> tuple:
+    def feed(self, chunks, budget=FUZZ_INPUT_BUDGET) -> tuple:
         """The chunks as separate reads, then close; between reads the
         connection may hold no more than a frame header or a control
-        frame.  Returns (closed by the input, reason)."""
+        frame.  `budget`: the parser's, as feed_on_loop's.  Returns (closed
+        by the input, reason)."""
         def bounded(conn):
             assert len(conn.ws.tail) <= 14 + g.WS_MAX_CONTROL_PAYLOAD, \
                 "held %d bytes of frame" % len(conn.ws.tail)
-        return feed_on_loop(self.server, self.client, chunks, between=bounded)
+        return feed_on_loop(self.server, self.client, chunks, between=bounded, budget=budget)
 
     def output(self) -> tuple:
         return unframe(read_to_close(self.sock, bytearray()))
@@ -151,12 +152,6 @@ class Peer:
 
 @pytest.fixture(scope="module")
 def server():
-    # The parser's time budget per turn (MAX_INPUT_TIME) is what a loaded
-    # machine runs out of at random points, and input put off changes which
-    # of two errors in one read closes the connection (see the strict xfail
-    # below): split-equals-whole is about frame boundaries, so the budget is
-    # made too large to run out here, and the fuzzer stays deterministic.
-    budget, g.MAX_INPUT_TIME = g.MAX_INPUT_TIME, 3600.0
     ws = g.WebsocketOptions()
     ws.host, ws.port, ws.no_tls = "127.0.0.1", -1, True
     srv = g.Server(g.Options(host="127.0.0.1", port=-1, websocket=ws)).start()
@@ -165,7 +160,6 @@ def server():
     yield srv
     release_errors(g, errors)
     srv.shutdown()
-    g.MAX_INPUT_TIME = budget
 
 
 def test_fuzz_websocket_frames_split_equals_whole(server):
@@ -205,14 +199,13 @@ def test_input_put_off_does_not_change_which_error_closes(monkeypatch):
               + frame(b"PING\r\n", 2, rsv=0x40))
 
     def closed_by(budget: float):
-        monkeypatch.setattr(g, "MAX_INPUT_TIME", budget)
         monkeypatch.setattr(g, "INPUT_CHECK_BYTES", 64 if budget < 0 else 65536)
         ws = g.WebsocketOptions()
         ws.host, ws.port, ws.no_tls = "127.0.0.1", -1, True
         srv = g.Server(g.Options(host="127.0.0.1", port=-1, websocket=ws)).start()
         try:
             peer = Peer(srv)
-            return peer.feed([frames])
+            return peer.feed([frames], budget=budget)
         finally:
             srv.shutdown()
     assert closed_by(-1.0) == closed_by(3600.0)
