@@ -8335,6 +8335,8 @@ WS_CONTINUATION, WS_TEXT, WS_BINARY = 0, 1, 2
 WS_CLOSE, WS_PING, WS_PONG = 8, 9, 10
 WS_FINAL, WS_RSV1, WS_RSV2_RSV3, WS_MASKED = 0x80, 0x40, 0x30, 0x80
 WS_MAX_CONTROL_PAYLOAD = 125
+# ws_frame_start: a bad frame waits for input the parser put off.
+WS_HELD = -2
 
 # Close status codes (RFC 6455 7.4.1) Go sends.
 WS_CLOSE_NORMAL = 1000
@@ -8618,6 +8620,9 @@ class WSConnection(Connection):
                 if header is None:
                     ws.tail = data[i:]
                     break
+                if header == WS_HELD:
+                    ws.held = data[i:]      # refused once the put-off input is parsed
+                    break
                 if header < 0:
                     return                  # refused and closed
                 i = header
@@ -8663,7 +8668,8 @@ class WSConnection(Connection):
     def ws_frame_start(self, data: bytes, i: int):
         """Read the frame header at `i`: the index after it (a control frame's
         payload included, the frame handled), None when the header is not all
-        here, or -1 when the frame was refused (and the connection closed)."""
+        here, -1 when the frame was refused (and the connection closed), or
+        WS_HELD when refusing it waits for input the parser put off."""
         ws = self.ws
         n = len(data)
         if n - i < 2:
@@ -8673,31 +8679,31 @@ class WSConnection(Connection):
         final = bool(b0 & WS_FINAL)
         compressed = bool(b0 & WS_RSV1)
         if b0 & WS_RSV2_RSV3:
-            return self.ws_protocol_error("RSV2 and RSV3 must be clear")
+            return self.ws_frame_refused("RSV2 and RSV3 must be clear")
         if compressed and not ws.compress:
-            return self.ws_protocol_error(
+            return self.ws_frame_refused(
                 "compressed frame received without negotiated permessage-deflate")
         if ws.masked and not b1 & WS_MASKED:
-            return self.ws_protocol_error("mask bit missing")
+            return self.ws_frame_refused("mask bit missing")
         length = b1 & 0x7F
         if opcode in (WS_PING, WS_PONG, WS_CLOSE):
             if length > WS_MAX_CONTROL_PAYLOAD:
-                return self.ws_protocol_error(
+                return self.ws_frame_refused(
                     "control frame length bigger than maximum allowed of %d bytes"
                     % WS_MAX_CONTROL_PAYLOAD)
             if not final:
-                return self.ws_protocol_error("control frame does not have final bit set")
+                return self.ws_frame_refused("control frame does not have final bit set")
             if compressed:
-                return self.ws_protocol_error("control frame must not be compressed")
+                return self.ws_frame_refused("control frame must not be compressed")
         elif opcode in (WS_TEXT, WS_BINARY):
             if not ws.final:
-                return self.ws_protocol_error(
+                return self.ws_frame_refused(
                     "new message started before final frame for previous message was received")
         elif opcode == WS_CONTINUATION:
             if ws.final or compressed:
-                return self.ws_protocol_error("invalid continuation frame")
+                return self.ws_frame_refused("invalid continuation frame")
         else:
-            return self.ws_protocol_error("unknown opcode %d" % opcode)
+            return self.ws_frame_refused("unknown opcode %d" % opcode)
         at = i + 2
         if length == 126:
             if n - at < 2:
@@ -8708,7 +8714,7 @@ class WSConnection(Connection):
                 return None
             length, at = int.from_bytes(data[at:at + 8], "big"), at + 8
             if length >> 63:
-                return self.ws_protocol_error("invalid 64-bit payload length")
+                return self.ws_frame_refused("invalid 64-bit payload length")
         key = b""
         if ws.masked:
             if n - at < 4:
@@ -8717,6 +8723,8 @@ class WSConnection(Connection):
         if opcode >= WS_CLOSE:
             if n - at < length:
                 return None
+            if self.ws_input_put_off():
+                return WS_HELD      # answered after the payloads before it
             payload = data[at:at + length]
             if ws.masked:
                 payload = ws_unmask(payload, key, 0)
@@ -8791,6 +8799,23 @@ class WSConnection(Connection):
         """A compressed message too large: Go's max payload error and close."""
         self.error("%s", ERR_MAX_PAYLOAD)
         self.send_err_and_close(ERR_MAX_PAYLOAD, MAX_PAYLOAD_EXCEEDED)
+
+    def ws_input_put_off(self) -> bool:
+        """Parse the payloads read so far; True if the parser put some of
+        them off (its time budget, a bcrypt check, a stall).  A control
+        frame or a refused header after them then waits raw with the rest of
+        the read (WS_HELD), so that it comes after them, as it does when
+        nothing is put off: a PING's PONG after the answers before it, an
+        error among them closing the connection first."""
+        self.ws_parse_pieces()
+        return not self.closed and (self.backlog is not None or self.waiting or self.stalled)
+
+    def ws_frame_refused(self, text: str) -> int:
+        """A frame header broke RFC 6455: ws_protocol_error, once the
+        payloads before it are parsed (WS_HELD while some are put off)."""
+        if self.ws_input_put_off():
+            return WS_HELD
+        return self.ws_protocol_error(text)
 
     def ws_protocol_error(self, text: str) -> int:
         """A frame broke RFC 6455: a close frame with 1002 and `text`, and
