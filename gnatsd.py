@@ -10159,6 +10159,7 @@ class Cluster:
         # pool"), and the accounts with a route of their own: the configured
         # ones and the system account (Go's setBaselineOptions).
         self.pool_size = opts.cluster_pool_size
+        self.slot_of: dict = {}         # account name -> its pool slot (route_for)
         self.pinned_accounts: list = []
         if self.pool_size > 0:
             system = opts.system_account or SYSTEM_ACCOUNT
@@ -10498,7 +10499,10 @@ class Cluster:
             return pool.slots[0]
         if account in self.pinned_accounts:
             return pool.pinned.get(account)
-        return pool.slots[route_pool_index(self.pool_size, account)]
+        slot = self.slot_of.get(account)
+        if slot is None:    # (hashed once per account, not per peer and SUB)
+            slot = self.slot_of[account] = route_pool_index(self.pool_size, account)
+        return pool.slots[slot]
 
     def all_routes(self) -> list:
         """Every registered route connection (what /routez lists)."""
