@@ -384,3 +384,120 @@ def test_new_subjects_after_a_change_see_it(start, tmp_path):
     pub.send(pubs(batches[4]))
     t_ping_pong(pub)
     assert until_pong(first) == b""
+
+
+# -- subjects the sublist cache let go (cold lines) ------------------------------------
+#
+# gnatsd.py's sublist caches 1,024 subjects; a subject published again after
+# the cache let it go is found by its PUB line among the account's cold
+# lines, delivered from the shape of its first match.  Every test here
+# publishes COLD subjects once (so most leave the cache) and then again (so
+# those come back from the cold lines), and checks that what the cold lines
+# hold follows every change: subscriptions, echo, permissions, a reload.
+
+COLD = 2500
+
+
+def cold(seed: int, rounds: int = 2) -> list:
+    """COLD subjects under `cold.`, each published once per round, a size per message."""
+    rnd = random.Random(seed)
+    return [(b"cold.%d" % k, None, b"r%d.%d" % (r, k) * rnd.randrange(3))
+            for r in range(rounds) for k in range(COLD)]
+
+
+def test_cold_subjects_follow_every_subscription_change(start):
+    srv = start()
+    first = quiet_client(srv)
+    first.send(b"SUB cold.> 1\r\n")
+    t_ping_pong(first)
+    pub = quiet_client(srv)
+    warm = cold(1)
+    pub.send(pubs(warm))
+    t_ping_pong(pub)
+    assert until_pong(first) == msgs_for(warm, b"1")
+    # A new subscriber, on a wildcard and on one subject: both see the
+    # subjects the cold lines held.
+    second = quiet_client(srv)
+    second.send(b"SUB cold.* 2\r\n")
+    t_ping_pong(second)
+    one = quiet_client(srv)
+    one.send(b"SUB cold.7 3\r\n")
+    t_ping_pong(one)
+    again = cold(2, rounds=1)
+    pub.send(pubs(again))
+    t_ping_pong(pub)
+    assert until_pong(first) == msgs_for(again, b"1")
+    assert until_pong(second) == msgs_for(again, b"2")
+    assert until_pong(one) == msgs_for([m for m in again if m[0] == b"cold.7"], b"3")
+    # An auto-unsubscribe limit: 5 more, and no more.
+    second.send(b"UNSUB 2 %d\r\n" % (COLD + 5))
+    t_ping_pong(second)
+    more = cold(3, rounds=1)
+    pub.send(pubs(more))
+    t_ping_pong(pub)
+    assert until_pong(first) == msgs_for(more, b"1")
+    assert until_pong(second) == msgs_for(more[:5], b"2")
+    assert until_pong(one) == msgs_for([m for m in more if m[0] == b"cold.7"], b"3")
+    # An unsubscribe: nothing more for it.
+    first.send(b"UNSUB 1\r\n")
+    t_ping_pong(first)
+    pub.send(pubs(cold(4, rounds=1)))
+    t_ping_pong(pub)
+    assert until_pong(first) == b""
+
+
+def test_cold_subjects_keep_echo_off_from_a_publishers_own_messages(start):
+    srv = start()
+    other = quiet_client(srv)
+    other.send(b"SUB cold.> 1\r\n")
+    t_ping_pong(other)
+    quiet = quiet_client(srv, b'CONNECT {"verbose":false,"pedantic":false,"echo":false}\r\n')
+    quiet.send(b"SUB cold.> 2\r\n")
+    t_ping_pong(quiet)
+    warm = cold(5)
+    other.send(pubs(warm))          # the cold lines now hold every subject
+    assert until_pong(other) == msgs_for(warm, b"1")
+    assert until_pong(quiet) == msgs_for(warm, b"2")
+    msgs = cold(6)
+    quiet.send(pubs(msgs))
+    t_ping_pong(quiet)
+    assert until_pong(other) == msgs_for(msgs, b"1")
+    assert until_pong(quiet) == b""
+
+
+def test_cold_subjects_keep_a_publishers_permissions(start, tmp_path):
+    conf = write_conf(tmp_path, PERMS.replace('deny: ["hot.secret"]', 'deny: ["cold.13"]')
+                      .replace('allow: ["hot.>"]', 'allow: ["cold.>"]'))
+    srv = start("-c", conf)
+    sub = quiet_client(srv, login("s", "ps"))
+    sub.send(b"SUB cold.> 1\r\n")
+    t_ping_pong(sub)
+    free = quiet_client(srv, login("s", "ps"))
+    warm = cold(7)
+    free.send(pubs(warm))
+    t_ping_pong(free)
+    assert until_pong(sub) == msgs_for(warm, b"1")
+    bound = quiet_client(srv, login("b", "pb"))
+    bound.send(b"PUB cold.12 1\r\na\r\nPUB cold.13 1\r\nb\r\nPUB cold.14 1\r\nc\r\n")
+    t_expect_exact(bound, b"-ERR 'Permissions Violation for Publish to \"cold.13\"'\r\n")
+    t_ping_pong(bound)
+    assert until_pong(sub) == b"MSG cold.12 1 1\r\na\r\nMSG cold.14 1 1\r\nc\r\n"
+
+
+def test_a_reload_lowering_max_control_line_applies_to_cold_subjects(start, tmp_path):
+    # `PUB cold.<44 bytes> 1` passes max_control_line 64 and not 40.
+    conf = write_conf(tmp_path, "max_control_line: 64\n")
+    srv = start("-c", conf)
+    sub = quiet_client(srv)
+    sub.send(b"SUB cold.> 1\r\n")
+    t_ping_pong(sub)
+    pub = quiet_client(srv)
+    subjects = [b"cold.%044d" % k for k in range(COLD)]
+    warm = [(s, None, b"w") for s in subjects * 2]
+    pub.send(pubs(warm))
+    t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for(warm, b"1")
+    assert_reloaded(reload(srv, conf, "max_control_line: 40\n"), "max_control_line = 40")
+    pub.send(pubs([(subjects[3], None, b"late")]))
+    assert t_read_until_closed(pub) == b"-ERR 'maximum control line exceeded'\r\n"
+    assert until_pong(sub) == b""
