@@ -189,16 +189,14 @@ MAX_STALL = 0.1
 MAX_INPUT_TIME = 0.005
 INPUT_CHECK_BYTES = 16 * 1024
 
-# Entries in the sublist's match cache before the oldest are dropped.
+# Entries in the sublist's match cache before the oldest are dropped (and
+# distinct subscription sets it keeps PlanShapes for).
 SUBLIST_CACHE_MAX = 1024
 
 # What a sublist keeps of the cached results it dropped (their `cold` line,
 # the client chapter's PUB line and PlanShape), at most: ~105 bytes each, so
 # 100,000 subjects published at random take ~10 MB, not a cache miss each.
 COLD_LINES_MAX = 131072
-
-# Distinct subscription sets a sublist keeps PlanShapes for, at most.
-PLAN_SHAPES_MAX = 1024
 
 # PUB size tokens the hot path remembers the value of (Server.pub_size).
 PUB_SIZES_MAX = 4096
@@ -622,9 +620,8 @@ def split_ops(data: bytes, max_control_line: int = MAX_CONTROL_LINE_SIZE) -> tup
 # subjects, which fills and evicts the cache, does not pay for it).  `genid`
 # counts changes to the subscriptions, so callers may keep derived data (such
 # as a client's ready-made delivery plan) and know when it went stale.  A
-# result the cache drops may leave a line behind (its `cold` key and value,
-# in cold_lines) until the subscriptions next change: the client chapter
-# finds a subject published past the cache there.
+# result the cache drops leaves its `cold` (key, value) in cold_lines until
+# they next change: the client chapter finds subjects past the cache there.
 #
 # A published subject with an empty token (`foo..bar`, `.foo`) matches
 # nothing.  Go twin: server/sublist.go.
@@ -664,8 +661,7 @@ class SublistResult:
     date, and a `retire()` (which settles) when the result is dropped (a
     caller may hold a plan elsewhere, and must then look the subject up
     again).  A falsy marker in a slot holds a place (the client's SEEN_ONCE).
-    `cold`, if set, is what the sublist keeps of the result when its cache
-    makes room (cold_lines); it must stay true while the subscriptions do."""
+    `cold`: what the sublist keeps once the cache drops it (cold_lines)."""
 
     __slots__ = ("psubs", "qsubs", "plan", "header_plan", "local_plan", "cold")
 
@@ -738,14 +734,9 @@ class Sublist:
         self.removes = 0
         self.matches = 0
         self.cache_hits = 0
-        # The client chapter's PlanShapes by subscriptions, valid while
-        # genid stays (shape_for).
-        self.plan_shapes = {}
+        self.plan_shapes = {}        # the client chapter's (shape_for), for genid:
         self.plan_shapes_genid = 0
-        # What the cache let go of results that had a `cold` (key, value),
-        # until a subscription comes or goes (the client chapter's parse
-        # finds PUB lines there).
-        self.cold_lines = {}
+        self.cold_lines = {}         # dropped results' `cold` (key, value)s
 
     def insert(self, sub: Subscription):
         """Add `sub` under its subject and drop the cached results it changes
@@ -818,8 +809,7 @@ class Sublist:
         return True
 
     def _changed(self):
-        """A subscription came or went (or the cache was cleared): count it
-        in genid, and forget the lines derived from the old subscriptions."""
+        """Subscriptions changed: count it, and forget the cold lines."""
         self.genid += 1
         if self.cold_lines:
             self.cold_lines.clear()
@@ -2475,9 +2465,8 @@ class Client(Connection):
         <subject>` line is remembered in pub_lines, which refresh_pub_path
         empties whenever any of this may change (CONNECT, reload); the first
         on a subject gets the plan's PlanShape instead (PLAN_FIRST), and
-        leaves its line and shape on the cached result (`cold`): once the
-        cache lets the subject go, parse finds them in cold_lines, for a
-        client that may take any line there (cold_lines_get)."""
+        leaves line and shape on the cached result (`cold`) for parse to find
+        in cold_lines once the cache lets the subject go (cold_lines_get)."""
         none = (None, None, -1, 0)
         server = self.server
         if (not self.fast_pub or sp <= i or data[nl - 1] != 13
@@ -2572,9 +2561,8 @@ class Client(Connection):
         return plan, reply_sp, size, tail_at
 
     def cold_lines_get(self):
-        """The lookup parse may find a line's PlanShape with in its
-        account's cold_lines: for a client that may take the hot path on
-        any subject (no permissions to check) and gets its own messages."""
+        """How parse finds a line's PlanShape in the account's cold_lines:
+        for a client that may take any subject's line and its own messages."""
         if self.fast_pub and self.fast_pub_plain and self.echo:
             return self.account.sublist.cold_lines.get
         return NO_LINES.get
@@ -2949,7 +2937,7 @@ def shape_for(sublist: Sublist, result: SublistResult, subject: bytes,
     # HOT: shared, not built per subject (a plan 1.11 -> 0.72 us; 10k
     #      subjects under one real.> 6.90 -> 6.27 us/msg).
     shapes = sublist.plan_shapes
-    if sublist.plan_shapes_genid != sublist.genid or len(shapes) >= PLAN_SHAPES_MAX:
+    if sublist.plan_shapes_genid != sublist.genid or len(shapes) >= SUBLIST_CACHE_MAX:
         shapes.clear()
         sublist.plan_shapes_genid = sublist.genid
     key = (headers, *result.psubs, *map(tuple, result.qsubs)) if result.qsubs else \
