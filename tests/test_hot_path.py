@@ -31,8 +31,9 @@ import re
 
 import pytest
 
-from conftest import (RawConn, t_expect, t_expect_exact, t_ping_pong, t_read_until_closed,
-                      write_conf)
+from conftest import (RawConn, monitor_json, t_expect, t_expect_exact, t_ping_pong,
+                      t_read_until_closed, write_conf)
+from test_monitor import attach_monitor
 from test_reload import assert_reloaded, reload
 
 QUIET = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
@@ -501,3 +502,122 @@ def test_a_reload_lowering_max_control_line_applies_to_cold_subjects(start, tmp_
     pub.send(pubs([(subjects[3], None, b"late")]))
     assert t_read_until_closed(pub) == b"-ERR 'maximum control line exceeded'\r\n"
     assert until_pong(sub) == b""
+
+
+# -- runs on one subject, sizes free (deliver_subject_run) ------------------------------
+#
+# gnatsd.py takes a run of PUBs on one subject at once: it splits the bytes
+# ahead at every `PUB <subject> ` and checks each piece is a record (the size
+# its length allows, a CRLF at its end).  Payloads here hold CRLFs, the
+# subject's own PUB line, whole fake records; sizes change their number of
+# digits; and the run breaks where Go's parser would.
+
+RUN = b"hot.run"
+
+
+def run_of(seed: int, count: int) -> list:
+    rnd = random.Random(seed)
+    tricks = [b"PUB hot.run ", b"PUB hot.run 3\r\nabc\r\n", b"\r\n", b"PUB hot.run 03\r\n",
+              b"\r\nPUB hot.run 1\r\nx\r\n"]
+    out = []
+    for k in range(count):
+        size = rnd.choice([0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 1500])
+        body = bytearray(rnd.choice(b"ab \r\n") for _ in range(size))
+        if size > 25 and rnd.random() < 0.5:
+            trick = rnd.choice(tricks)
+            at = rnd.randrange(size - len(trick))
+            body[at:at + len(trick)] = trick
+        out.append((RUN, None, bytes(body)))
+    return out
+
+
+def run_server(start, conf: str = ""):
+    srv = start(*conf)
+    sub = quiet_client(srv)
+    sub.send(b"SUB hot.> 1\r\n")
+    t_ping_pong(sub)
+    return srv, sub, quiet_client(srv)
+
+
+def test_a_run_on_one_subject_arrives_byte_exact(start):
+    srv, sub, pub = run_server(start)
+    msgs = run_of(1, 600)
+    data = pubs(msgs)
+    # As one write, then in pieces that cut the run anywhere.
+    pub.send(data)
+    t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for(msgs, b"1")
+    rnd = random.Random(2)
+    at = 0
+    while at < len(data):
+        step = rnd.choice([1, 7, 100, 4096, 30000])
+        pub.send(data[at:at + step])
+        at += step
+    t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for(msgs, b"1")
+
+
+def test_a_run_breaks_for_other_lines_and_keeps_their_order(start):
+    srv, sub, pub = run_server(start)
+    msgs = run_of(3, 40)
+    other = [(b"hot.other", None, b"o"), (RUN, b"_INBOX.1", b"reply"), (b"hot.x", None, b"")]
+    mixed = msgs[:10] + other[:1] + msgs[10:20] + other[1:2] + msgs[20:30] + other[2:] + msgs[30:]
+    # A size with a leading zero is read as the reference path reads it.
+    data = pubs(mixed[:15]) + b"PUB hot.run 05\r\nhello\r\n" + pubs(mixed[15:])
+    pub.send(data + b"PING\r\n" + pubs(msgs))
+    t_expect_exact(pub, b"PONG\r\n")
+    t_ping_pong(pub)
+    want = msgs_for(mixed[:15], b"1") + b"MSG hot.run 1 05\r\nhello\r\n" + \
+        msgs_for(mixed[15:], b"1") + msgs_for(msgs, b"1")
+    assert until_pong(sub) == want
+
+
+def test_a_bad_end_in_a_run_delivers_what_came_before_and_closes(start):
+    srv, sub, pub = run_server(start)
+    good = [(RUN, None, b"x" * (k % 7 + 1)) for k in range(40)]
+    # `abc` then `XY` where CRLF belongs, then records that look whole.
+    pub.send(pubs(good) + b"PUB hot.run 3\r\nabcXYPUB hot.run 3\r\nabc\r\n" + pubs(good))
+    assert t_read_until_closed(pub) == b"-ERR 'Unknown Protocol Operation'\r\n"
+    assert until_pong(sub) == msgs_for(good, b"1")
+
+
+def test_a_run_past_max_payload_is_refused_where_it_goes_past(start, tmp_path):
+    conf = write_conf(tmp_path, "max_payload: 100\n")
+    srv, sub, pub = run_server(start, ("-c", conf))
+    fine = [(RUN, None, b"x" * n) for n in (10, 100, 99, 5, 100)]
+    pub.send(pubs(fine) + pubs([(RUN, None, b"y" * 101)] + fine))
+    assert t_read_until_closed(pub) == b"-ERR 'Maximum Payload Violation'\r\n"
+    assert until_pong(sub) == msgs_for(fine, b"1")
+
+
+def test_a_reload_lowering_max_payload_applies_to_a_run(start, tmp_path):
+    conf = write_conf(tmp_path, "max_payload: 1000\n")
+    srv, sub, pub = run_server(start, ("-c", conf))
+    warm = [(RUN, None, b"x" * n) for n in (500, 400, 500, 300, 500, 100) * 6]
+    pub.send(pubs(warm))
+    t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for(warm, b"1")
+    assert_reloaded(reload(srv, conf, "max_payload: 450\n"), "max_payload = 450")
+    fine = [m for m in warm if len(m[2]) < 450]
+    pub.send(pubs(fine + warm))
+    assert t_read_until_closed(pub) == b"-ERR 'Maximum Payload Violation'\r\n"
+    assert until_pong(sub) == msgs_for(fine, b"1")
+
+
+def test_a_runs_messages_are_counted_as_go_counts_them(start):
+    srv = attach_monitor(start("-m", "-1"))
+    sub = quiet_client(srv)
+    sub.send(b"SUB hot.> 1\r\n")
+    t_ping_pong(sub)
+    pub = quiet_client(srv)
+    msgs = run_of(4, 300)
+    pub.send(pubs(msgs))
+    t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for(msgs, b"1")
+    payload = sum(len(p) for _, _, p in msgs)
+    counts = sorted((c["in_msgs"], c["in_bytes"], c["out_msgs"], c["out_bytes"])
+                    for c in monitor_json(srv, "/connz")["connections"])
+    assert counts == [(0, 0, 300, payload), (300, payload, 0, 0)]
+    varz = monitor_json(srv, "/varz")
+    assert (varz["in_msgs"], varz["out_msgs"]) == (300, 300)
+    assert (varz["in_bytes"], varz["out_bytes"]) == (payload, payload)
