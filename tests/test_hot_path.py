@@ -58,6 +58,14 @@ def until_pong(conn: RawConn) -> bytes:
     return t_expect(conn, rb"(.*?)PONG\r\n").group(1)
 
 
+def sub_and_pub(srv, subject: bytes = b"hot.>", connect: bytes = QUIET) -> tuple:
+    """A subscriber on `subject` (sid 1), its SUB in place, and a publisher."""
+    sub = quiet_client(srv, connect)
+    sub.send(b"SUB %s 1\r\n" % subject)
+    t_ping_pong(sub)
+    return sub, quiet_client(srv, connect)
+
+
 def varied(seed: int, count: int, subjects: list, reply: bool = False) -> list:
     """(subject, reply or None, payload) with sizes that change per message."""
     rnd = random.Random(seed)
@@ -408,10 +416,7 @@ def cold(seed: int, rounds: int = 2) -> list:
 
 def test_cold_subjects_follow_every_subscription_change(start):
     srv = start()
-    first = quiet_client(srv)
-    first.send(b"SUB cold.> 1\r\n")
-    t_ping_pong(first)
-    pub = quiet_client(srv)
+    first, pub = sub_and_pub(srv, b"cold.>")
     warm = cold(1)
     pub.send(pubs(warm))
     t_ping_pong(pub)
@@ -470,10 +475,7 @@ def test_cold_subjects_keep_a_publishers_permissions(start, tmp_path):
     conf = write_conf(tmp_path, PERMS.replace('deny: ["hot.secret"]', 'deny: ["cold.13"]')
                       .replace('allow: ["hot.>"]', 'allow: ["cold.>"]'))
     srv = start("-c", conf)
-    sub = quiet_client(srv, login("s", "ps"))
-    sub.send(b"SUB cold.> 1\r\n")
-    t_ping_pong(sub)
-    free = quiet_client(srv, login("s", "ps"))
+    sub, free = sub_and_pub(srv, b"cold.>", login("s", "ps"))
     warm = cold(7)
     free.send(pubs(warm))
     t_ping_pong(free)
@@ -489,10 +491,7 @@ def test_a_reload_lowering_max_control_line_applies_to_cold_subjects(start, tmp_
     # `PUB cold.<44 bytes> 1` passes max_control_line 64 and not 40.
     conf = write_conf(tmp_path, "max_control_line: 64\n")
     srv = start("-c", conf)
-    sub = quiet_client(srv)
-    sub.send(b"SUB cold.> 1\r\n")
-    t_ping_pong(sub)
-    pub = quiet_client(srv)
+    sub, pub = sub_and_pub(srv, b"cold.>")
     subjects = [b"cold.%044d" % k for k in range(COLD)]
     warm = [(s, None, b"w") for s in subjects * 2]
     pub.send(pubs(warm))
@@ -531,16 +530,8 @@ def run_of(seed: int, count: int) -> list:
     return out
 
 
-def run_server(start, conf: str = ""):
-    srv = start(*conf)
-    sub = quiet_client(srv)
-    sub.send(b"SUB hot.> 1\r\n")
-    t_ping_pong(sub)
-    return srv, sub, quiet_client(srv)
-
-
 def test_a_run_on_one_subject_arrives_byte_exact(start):
-    srv, sub, pub = run_server(start)
+    sub, pub = sub_and_pub(start())
     msgs = run_of(1, 600)
     data = pubs(msgs)
     # As one write, then in pieces that cut the run anywhere.
@@ -558,7 +549,7 @@ def test_a_run_on_one_subject_arrives_byte_exact(start):
 
 
 def test_a_run_breaks_for_other_lines_and_keeps_their_order(start):
-    srv, sub, pub = run_server(start)
+    sub, pub = sub_and_pub(start())
     msgs = run_of(3, 40)
     other = [(b"hot.other", None, b"o"), (RUN, b"_INBOX.1", b"reply"), (b"hot.x", None, b"")]
     mixed = msgs[:10] + other[:1] + msgs[10:20] + other[1:2] + msgs[20:30] + other[2:] + msgs[30:]
@@ -573,7 +564,7 @@ def test_a_run_breaks_for_other_lines_and_keeps_their_order(start):
 
 
 def test_a_bad_end_in_a_run_delivers_what_came_before_and_closes(start):
-    srv, sub, pub = run_server(start)
+    sub, pub = sub_and_pub(start())
     good = [(RUN, None, b"x" * (k % 7 + 1)) for k in range(40)]
     # `abc` then `XY` where CRLF belongs, then records that look whole.
     pub.send(pubs(good) + b"PUB hot.run 3\r\nabcXYPUB hot.run 3\r\nabc\r\n" + pubs(good))
@@ -583,7 +574,8 @@ def test_a_bad_end_in_a_run_delivers_what_came_before_and_closes(start):
 
 def test_a_run_past_max_payload_is_refused_where_it_goes_past(start, tmp_path):
     conf = write_conf(tmp_path, "max_payload: 100\n")
-    srv, sub, pub = run_server(start, ("-c", conf))
+    srv = start("-c", conf)
+    sub, pub = sub_and_pub(srv)
     fine = [(RUN, None, b"x" * n) for n in (10, 100, 99, 5, 100)]
     pub.send(pubs(fine) + pubs([(RUN, None, b"y" * 101)] + fine))
     assert t_read_until_closed(pub) == b"-ERR 'Maximum Payload Violation'\r\n"
@@ -592,7 +584,8 @@ def test_a_run_past_max_payload_is_refused_where_it_goes_past(start, tmp_path):
 
 def test_a_reload_lowering_max_payload_applies_to_a_run(start, tmp_path):
     conf = write_conf(tmp_path, "max_payload: 1000\n")
-    srv, sub, pub = run_server(start, ("-c", conf))
+    srv = start("-c", conf)
+    sub, pub = sub_and_pub(srv)
     warm = [(RUN, None, b"x" * n) for n in (500, 400, 500, 300, 500, 100) * 6]
     pub.send(pubs(warm))
     t_ping_pong(pub)
@@ -606,10 +599,7 @@ def test_a_reload_lowering_max_payload_applies_to_a_run(start, tmp_path):
 
 def test_a_runs_messages_are_counted_as_go_counts_them(start):
     srv = attach_monitor(start("-m", "-1"))
-    sub = quiet_client(srv)
-    sub.send(b"SUB hot.> 1\r\n")
-    t_ping_pong(sub)
-    pub = quiet_client(srv)
+    sub, pub = sub_and_pub(srv)
     msgs = run_of(4, 300)
     pub.send(pubs(msgs))
     t_ping_pong(pub)
