@@ -12,7 +12,8 @@ for each copy and old/new.  Scenarios (SCEN below): pub (64 subjects,
 subscriber), 10k and 100k (that many subjects, one wildcard subscriber: the
 sublist cache-miss path), 10k-pub (the same, nobody
 listening), fanout8, queue4, reply, hpub, same (one line
-repeated), varied (one subject, varying sizes).  With no scenario, all.
+repeated), varied (one subject, varying sizes), runs8, runs32 and runs128 (as
+pubsub, the subject drawn every 8, 32, 128 messages).  With no scenario, all.
 
 The numbers are for comparing the two copies in one run; on a shared
 machine repeat it and trust ratios, not absolute times.
@@ -33,10 +34,12 @@ class Wire:
         self.client.process_input(data)
         while self.server.backlogged: self.server.run_backlog()
         self.server.flush_pending()
-def stream(nmsg, nsubj=64, lo=16, hi=256, reply=False, hdr=False):
+def stream(nmsg, nsubj=64, lo=16, hi=256, reply=False, hdr=False, run=1):
     random.seed(1); out = bytearray()
     for k in range(nmsg):
-        s = b"real.%d" % random.randrange(nsubj); size = random.randint(lo, hi)
+        if k % run == 0:
+            s = b"real.%d" % random.randrange(nsubj)
+        size = random.randint(lo, hi)
         r = b" _INBOX.%d" % k if reply else b""
         if hdr:
             h = b"NATS/1.0\r\nA: b\r\n\r\n"
@@ -52,6 +55,9 @@ SCEN = {
  "reply": ([b"SUB real.> 1\r\n"], {"reply": True}), "hpub": ([b"SUB real.> 1\r\n"], {"hdr": True}),
  "same": ([b"SUB real.> 1\r\n"], {"nsubj": 1, "lo": 128, "hi": 128}),
  "varied": ([b"SUB real.> 1\r\n"], {"nsubj": 1, "lo": 64, "hi": 192}),
+ "runs8": ([b"SUB real.> 1\r\n"], {"run": 8}),
+ "runs32": ([b"SUB real.> 1\r\n"], {"run": 32}),
+ "runs128": ([b"SUB real.> 1\r\n"], {"run": 128}),
 }
 CONN = b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
 def setup(g, name, N):

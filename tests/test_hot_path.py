@@ -505,11 +505,13 @@ def test_a_reload_lowering_max_control_line_applies_to_cold_subjects(start, tmp_
 
 # -- runs on one subject, sizes free (deliver_subject_run) ------------------------------
 #
-# gnatsd.py takes a run of PUBs on one subject at once: it splits the bytes
-# ahead at every `PUB <subject> ` and checks each piece is a record (the size
-# its length allows, a CRLF at its end).  Payloads here hold CRLFs, the
-# subject's own PUB line, whole fake records; sizes change their number of
-# digits; and the run breaks where Go's parser would.
+# gnatsd.py takes the rest of a run of PUBs on one subject at once (after 32,
+# SUBJECT_RUN_MIN, in a row): it splits the bytes ahead at every `PUB
+# <subject> ` and checks each piece is a record (the size its length allows,
+# a CRLF at its end).  Payloads here hold CRLFs, the subject's own PUB line,
+# whole fake records; sizes change their number of digits; the run breaks
+# where Go's parser would; a record that must be refused sits at several
+# places in the windows gnatsd.py splits.
 
 RUN = b"hot.run"
 
@@ -550,16 +552,17 @@ def test_a_run_on_one_subject_arrives_byte_exact(start):
 
 def test_a_run_breaks_for_other_lines_and_keeps_their_order(start):
     sub, pub = sub_and_pub(start())
-    msgs = run_of(3, 40)
+    msgs = run_of(3, 200)
     other = [(b"hot.other", None, b"o"), (RUN, b"_INBOX.1", b"reply"), (b"hot.x", None, b"")]
-    mixed = msgs[:10] + other[:1] + msgs[10:20] + other[1:2] + msgs[20:30] + other[2:] + msgs[30:]
+    mixed = msgs[:50] + other[:1] + msgs[50:100] + other[1:2] + msgs[100:150] + other[2:] + \
+        msgs[150:]
     # A size with a leading zero is read as the reference path reads it.
-    data = pubs(mixed[:15]) + b"PUB hot.run 05\r\nhello\r\n" + pubs(mixed[15:])
+    data = pubs(mixed[:45]) + b"PUB hot.run 05\r\nhello\r\n" + pubs(mixed[45:])
     pub.send(data + b"PING\r\n" + pubs(msgs))
     t_expect_exact(pub, b"PONG\r\n")
     t_ping_pong(pub)
-    want = msgs_for(mixed[:15], b"1") + b"MSG hot.run 1 05\r\nhello\r\n" + \
-        msgs_for(mixed[15:], b"1") + msgs_for(msgs, b"1")
+    want = msgs_for(mixed[:45], b"1") + b"MSG hot.run 1 05\r\nhello\r\n" + \
+        msgs_for(mixed[45:], b"1") + msgs_for(msgs, b"1")
     assert until_pong(sub) == want
 
 
@@ -576,7 +579,7 @@ def test_a_run_past_max_payload_is_refused_where_it_goes_past(start, tmp_path):
     conf = write_conf(tmp_path, "max_payload: 100\n")
     srv = start("-c", conf)
     sub, pub = sub_and_pub(srv)
-    fine = [(RUN, None, b"x" * n) for n in (10, 100, 99, 5, 100)]
+    fine = [(RUN, None, b"x" * n) for n in (10, 100, 99, 5, 100)] * 10
     pub.send(pubs(fine) + pubs([(RUN, None, b"y" * 101)] + fine))
     assert t_read_until_closed(pub) == b"-ERR 'Maximum Payload Violation'\r\n"
     assert until_pong(sub) == msgs_for(fine, b"1")
@@ -586,15 +589,18 @@ def test_a_reload_lowering_max_payload_applies_to_a_run(start, tmp_path):
     conf = write_conf(tmp_path, "max_payload: 1000\n")
     srv = start("-c", conf)
     sub, pub = sub_and_pub(srv)
-    warm = [(RUN, None, b"x" * n) for n in (500, 400, 500, 300, 500, 100) * 6]
+    warm = [(RUN, None, b"x" * n) for n in (500, 400, 500, 300, 500, 100) * 12]
     pub.send(pubs(warm))
     t_ping_pong(pub)
     assert until_pong(sub) == msgs_for(warm, b"1")
     assert_reloaded(reload(srv, conf, "max_payload: 450\n"), "max_payload = 450")
-    fine = [m for m in warm if len(m[2]) < 450]
-    pub.send(pubs(fine + warm))
-    assert t_read_until_closed(pub) == b"-ERR 'Maximum Payload Violation'\r\n"
-    assert until_pong(sub) == msgs_for(fine, b"1")
+    fine = [m for m in warm if len(m[2]) < 450] * 3
+    for extra in range(6):
+        before = fine + fine[:extra]
+        pub.send(pubs(before + warm + fine))
+        assert t_read_until_closed(pub) == b"-ERR 'Maximum Payload Violation'\r\n"
+        assert until_pong(sub) == msgs_for(before, b"1")
+        pub = quiet_client(srv)
 
 
 def test_a_runs_messages_are_counted_as_go_counts_them(start):
