@@ -203,9 +203,8 @@ COLD_LINES_MAX = 131072
 # record lengths, Server.run_token).
 PUB_SIZES_MAX = 4096
 
-# PUBs in a row on one subject before the rest of the run is taken at once
-# (deliver_subject_run; a shorter run costs more so than one by one), and
-# the bytes it splits at once, at most.
+# PUBs in a row on one subject before deliver_subject_run takes the rest of
+# the run (a shorter one costs more so), and the bytes it splits at most.
 SUBJECT_RUN_MIN = 32
 SUBJECT_RUN_WINDOW_MAX = 256 * 1024
 
@@ -2298,6 +2297,7 @@ class Client(Connection):
         lines_get = lines.get
         cold_get = self.cold_lines_get()
         sizes_get = server.pub_line_sizes.get
+        max_line = server.options.max_control_line
         pending = server.pending
         rand = random.random
         EMPTY, PLAIN, QUEUES, STALE = PLAN_EMPTY, PLAN_PLAIN, PLAN_QUEUES, PLAN_STALE
@@ -2305,7 +2305,7 @@ class Client(Connection):
         miss_at = -1
         run_plan = None
         last_size = -1
-        streak = 0                  # PUBs in a row on run_plan's subject, past the first
+        streak, run_min = 0, SUBJECT_RUN_MIN    # PUBs in a row on run_plan's (past the first)
         window = 0                  # bytes deliver_subject_run looks at next
         # HOT: the plans delivered to, whose receivers are marked pending
         #      (and active) once, after the loop, not per message.
@@ -2368,8 +2368,9 @@ class Client(Connection):
                     raise payload_end_error(data, stop)
                 kind = plan.kind
                 if kind == PLAIN:
-                    if plan is run_plan and reply_sp is None and plan.runnable:
-                        if size == last_size and startswith(data[i:nl + 1], stop + 2):
+                    if plan is run_plan:
+                        if size == last_size and reply_sp is None and plan.runnable and \
+                                startswith(data[i:nl + 1], stop + 2):
                             # HOT (best case): the same PUB line again: take the
                             #      whole run of repeats at once (deliver_run; make
                             #      bench same-line pub-only 0.28x -> 2.4x of Go 2.9).
@@ -2379,21 +2380,17 @@ class Client(Connection):
                             i += k * (nl + 3 - i + size)
                             touch(plan)
                             continue
-                        # HOT: the same subject again, another size: once
-                        #      SUBJECT_RUN_MIN PUBs in a row were on it, take
-                        #      the rest of the run at once (deliver_subject_run),
-                        #      in windows doubling while the run lasts (one
-                        #      subject, 64..192 bytes, in process: 0.94 -> 0.48
-                        #      us/msg; runs of 128: 0.96 -> 0.71; of 32 and 8
-                        #      within noise, of 32 0.81x with 16 here).
+                        # HOT: after SUBJECT_RUN_MIN PUBs in a row on a subject,
+                        #      the rest of the run at once (deliver_subject_run;
+                        #      in process, one subject 0.94 -> 0.48 us/msg; runs
+                        #      of 128 0.96 -> 0.71; of 32 within noise).
                         streak += 1
-                        if streak >= SUBJECT_RUN_MIN and startswith(data[i:tail_at], stop + 2) \
-                                and tail_at - i + 5 <= server.options.max_control_line:
+                        if streak >= run_min and reply_sp is None and plan.runnable and startswith(
+                                data[i:tail_at], stop + 2) and tail_at - i + 5 <= max_line:
                             if not window:
                                 window = SUBJECT_RUN_MIN * (stop + 2 - i)
                             k, got, at = deliver_subject_run(data, i, tail_at, window, plan,
                                                              server)
-                            # (A run to the window's end: a longer window next.)
                             window = min(2 * window, SUBJECT_RUN_WINDOW_MAX) if k < 0 else 0
                             if k:
                                 k = abs(k)
@@ -3028,26 +3025,23 @@ def deliver_run(data: bytes, i: int, nl: int, size: int, tail_at: int, reply_sp:
 def deliver_subject_run(data: bytes, i: int, tail_at: int, window: int,
                         plan: DeliveryPlan, server) -> tuple:
     """Deliver a run of whole records on the subject of the PUB line at
-    `i` (`PUB <subject> ` ends at `tail_at`), sizes free, found in the
-    next `window` bytes: (records taken, negative when the run went on to
-    the window's end; their payload bytes; the index after them); none
-    taken if the record at `i` is the only one.
+    `i` (`PUB <subject> ` ends at `tail_at`), sizes free, in the next
+    `window` bytes: (records taken, negative if the run reaches the
+    window's end; their payload bytes; the index after them).
 
-    The window split at every `PUB <subject> ` gives pieces that must be
-    records' `<size>\r\n<payload>\r\n`; a piece's length fixes the only
-    size it can hold (server.run_token), so a piece is a record exactly when
-    it starts with that size token and ends with CRLF, checked for all
-    pieces at C speed (a payload holding `PUB <subject> ` breaks the
-    run where it stands).  The last piece may be cut short: never taken.
-    Each subscriber gets its MSG line's prefix joined with the pieces."""
+    Split at every `PUB <subject> `, the window gives pieces that must be
+    `<size>\r\n<payload>\r\n`; a piece's length fixes the one size it can
+    hold (server.run_token): it is a record exactly when it starts with
+    that size and ends with CRLF, checked for all pieces at C speed (a
+    payload holding `PUB <subject> ` ends the run there).  The last piece
+    may be cut short: never taken.  Subscribers get their MSG prefix
+    joined with the pieces."""
     head = data[i:tail_at]
     pieces = data[i:i + window].split(head)
-    del pieces[-1]          # cut short, or past the run
-    del pieces[0]           # (empty: the window starts with head)
+    del pieces[-1], pieces[0]   # cut short (or past the run), and empty
     whole = len(pieces)
     if whole < 2:
         return 0, 0, i
-    # HOT: whole lists at C speed, no loop per record in Python.
     lengths = list(map(len, pieces))
     tokens = list(map(server.run_tokens.get, lengths))
     if None in tokens:
@@ -3503,16 +3497,14 @@ class CoreServer:
         return size
 
     def run_token(self, length: int) -> bytes | None:
-        """For deliver_subject_run: the `<size>\r\n` that starts a record
-        `length` bytes long after its `PUB <subject> ` (size, its decimal
-        digits, two CRLFs: one size fits), None past max_payload.
-        Remembered in `run_tokens`, which a reload empties."""
+        """deliver_subject_run's `<size>\r\n` for a record `length` bytes long
+        after its `PUB <subject> ` (the one size that fits), None past
+        max_payload; in `run_tokens`, which a reload empties."""
         token = None
-        for digits in range(1, 10):
+        for digits in range(1, 10):     # size + its digits + 2 CRLFs == length
             size = length - 4 - digits
             if size >= 0 and len(str(size)) == digits:
-                if size <= self.options.max_payload:
-                    token = b"%d\r\n" % size
+                token = b"%d\r\n" % size if size <= self.options.max_payload else None
                 break
         tokens = self.run_tokens
         if len(tokens) >= PUB_SIZES_MAX:
