@@ -127,6 +127,46 @@ def test_odd_spacing_and_tabs_are_read_as_the_reference_path_reads_them(start):
                                                  b"ok"))
 
 
+REPLY_LINES = [
+    # (the line after three plain PUBs on hot.r, what hot.> gets; None: the
+    # publisher is closed)
+    (b"PUB hot.r _INBOX.a 2\r\nok\r\n", b"MSG hot.r 1 _INBOX.a 2\r\nok\r\n"),
+    (b"PUB hot.r rep  2\r\nt1\r\n", b"MSG hot.r 1 rep 2\r\nt1\r\n"),
+    (b"PUB hot.r  2\r\nt2\r\n", b"MSG hot.r 1 2\r\nt2\r\n"),
+    (b"PUB hot.r re\rply 2\r\nt3\r\n", b"MSG hot.r 1 re\rply 2\r\nt3\r\n"),
+    (b"PUB hot.r re\tply 2\r\nt4\r\n", None),
+    (b"PUB hot.r a b 2\r\nt5\r\n", None),
+    (b"PUB hot.r " + b"r" * 60 + b" 2\r\nt6\r\n", None),
+]
+
+
+def test_replies_on_a_known_subject_are_read_as_the_reference_path_reads_them(start, tmp_path):
+    srv = start("-c", write_conf(tmp_path, "max_control_line: 64\n"))
+    for line, delivered in REPLY_LINES:
+        sub, pub = sub_and_pub(srv)
+        pub.send(b"PUB hot.r 1\r\nx\r\n" * 3 + line + b"PING\r\n")
+        warm = b"MSG hot.r 1 1\r\nx\r\n" * 3
+        if delivered is None:
+            assert b"PONG" not in t_read_until_closed(pub), line
+            assert until_pong(sub) == warm, line
+        else:
+            t_expect_exact(pub, b"PONG\r\n")
+            assert until_pong(sub) == warm + delivered, line
+
+
+def test_a_reply_on_a_subject_whose_plan_a_sub_retired(start):
+    srv = start()
+    first, pub = sub_and_pub(srv)
+    pub.send(b"PUB hot.r _INBOX.1 1\r\na\r\n" + b"PUB hot.r 1\r\nx\r\n" * 3)
+    t_ping_pong(pub)
+    assert until_pong(first) == b"MSG hot.r 1 _INBOX.1 1\r\na\r\n" + b"MSG hot.r 1 1\r\nx\r\n" * 3
+    second, _ = sub_and_pub(srv, b"hot.r")
+    pub.send(b"PUB hot.r _INBOX.2 1\r\nb\r\n")
+    t_ping_pong(pub)
+    assert until_pong(first) == b"MSG hot.r 1 _INBOX.2 1\r\nb\r\n"
+    assert until_pong(second) == b"MSG hot.r 1 _INBOX.2 1\r\nb\r\n"
+
+
 def test_an_overlong_line_on_a_known_subject_is_still_refused(start):
     srv = start()
     pub = quiet_client(srv)
