@@ -545,7 +545,7 @@ def test_a_reload_lowering_max_control_line_applies_to_cold_subjects(start, tmp_
 
 # -- runs on one subject, sizes free (deliver_subject_run) ------------------------------
 #
-# gnatsd.py takes the rest of a run of PUBs on one subject at once (after 32,
+# gnatsd.py takes the rest of a run of PUBs on one subject at once (after 8,
 # SUBJECT_RUN_MIN, in a row): it splits the bytes ahead at every `PUB
 # <subject> ` and checks each piece is a record (the size its length allows,
 # a CRLF at its end).  Payloads here hold CRLFs, the subject's own PUB line,
