@@ -657,3 +657,33 @@ def test_a_runs_messages_are_counted_as_go_counts_them(start):
     varz = monitor_json(srv, "/varz")
     assert (varz["in_msgs"], varz["out_msgs"]) == (300, 300)
     assert (varz["in_bytes"], varz["out_bytes"]) == (payload, payload)
+
+
+def mixed_runs(seed: int, count: int) -> list:
+    """Runs of 1..100 PUBs on one of five subjects, sizes and payloads drawn
+    per message (CRLFs and PUB lines inside), a reply now and then."""
+    rnd = random.Random(seed)
+    out = []
+    while len(out) < count:
+        subject = b"hot.%d" % rnd.randrange(5)
+        for _ in range(rnd.choice([1, 2, 7, 8, 9, 33, 100])):
+            size = rnd.choice([0, 1, 9, 10, 99, 100, 300])
+            body = bytes(rnd.choice(b"ab\r\n PUB") for _ in range(size))
+            reply = b"_INBOX.%d" % len(out) if rnd.random() < 0.1 else None
+            out.append((subject, reply, body))
+    return out[:count]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_runs_of_every_length_with_replies_arrive_byte_exact(start, seed):
+    sub, pub = sub_and_pub(start())
+    msgs = mixed_runs(seed, 1500)
+    data = pubs(msgs)
+    rnd = random.Random(seed)
+    at = 0
+    while at < len(data):           # writes cut anywhere
+        step = rnd.choice([50, 1000, 8000, 40000])
+        pub.send(data[at:at + step])
+        at += step
+    t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for(msgs, b"1")
