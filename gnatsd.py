@@ -2402,7 +2402,7 @@ class Client(Connection):
                         if streak >= run_min and reply_sp is None and plan.runnable and startswith(
                                 data[i:tail_at], stop + 2) and tail_at - i + 5 <= max_line:
                             if not window:
-                                window = SUBJECT_RUN_MIN * (stop + 2 - i)
+                                window = run_min * (stop + 2 - i)
                             k, got, at = deliver_subject_run(data, i, tail_at, window, plan,
                                                              server)
                             window = min(2 * window, SUBJECT_RUN_WINDOW_MAX) if k < 0 else 0
@@ -2564,7 +2564,6 @@ class Client(Connection):
                     not self.publishes_plainly(subject):
                 return none
             sublist = self.account.sublist
-            plain = reply_sp is None and not headers
             result = sublist.match(subject)
             plan = result.header_plan if headers else result.plan
             if not plan:
@@ -2573,7 +2572,7 @@ class Client(Connection):
                 #      (PlanShape) and a plan is built for a third (10k 4.68 ->
                 #      3.84 us/msg for a plan at the second; 10k subjects
                 #      through 1,024 cache entries seldom come a third time).
-                if plan is not SEEN_TWICE and plain and \
+                if plan is not SEEN_TWICE and reply_sp is None and not headers and \
                         shape.plan_kind in (PLAN_EMPTY, PLAN_PLAIN) and \
                         (self.echo or self not in shape.members):
                     result.plan = SEEN_ONCE if plan is None else SEEN_TWICE
@@ -3061,19 +3060,16 @@ def deliver_subject_run(data: bytes, i: int, tail_at: int, window: int,
     if None in tokens:
         token_for = server.run_token
         tokens = [token or token_for(length) for token, length in zip(tokens, lengths)]
-        if None in tokens:
-            k = tokens.index(None)
-            if k < 2:
-                return 0, 0, i
-            del pieces[k:], tokens[k:], lengths[k:]
-    starts = list(map(bytes.startswith, pieces, tokens))
-    ends = list(map(bytes.endswith, pieces, itertools.repeat(CR_LF)))
-    k = len(pieces)
+    # The run ends at the first piece without a size (past max_payload),
+    # not starting with it, or not ending with CRLF (map stops at k).
+    k = tokens.index(None) if None in tokens else whole
+    starts = list(map(bytes.startswith, pieces[:k], tokens))
+    ends = list(map(bytes.endswith, pieces[:k], itertools.repeat(CR_LF)))
     if False in starts:
         k = starts.index(False)
     if False in ends:
         k = min(k, ends.index(False))
-    if k < len(pieces):
+    if k < whole:
         if k < 2:
             return 0, 0, i
         del pieces[k:], tokens[k:], lengths[k:]
