@@ -58,12 +58,23 @@ def until_pong(conn: RawConn) -> bytes:
     return t_expect(conn, rb"(.*?)PONG\r\n").group(1)
 
 
+def subscriber(srv, subject: bytes, sid: bytes = b"1", connect: bytes = QUIET) -> RawConn:
+    """A client with its SUB on `subject` in place."""
+    sub = quiet_client(srv, connect)
+    sub.send(b"SUB %s %s\r\n" % (subject, sid))
+    t_ping_pong(sub)
+    return sub
+
+
 def sub_and_pub(srv, subject: bytes = b"hot.>", connect: bytes = QUIET) -> tuple:
     """A subscriber on `subject` (sid 1), its SUB in place, and a publisher."""
-    sub = quiet_client(srv, connect)
-    sub.send(b"SUB %s 1\r\n" % subject)
-    t_ping_pong(sub)
-    return sub, quiet_client(srv, connect)
+    return subscriber(srv, subject, b"1", connect), quiet_client(srv, connect)
+
+
+def publish(pub: RawConn, msgs: list):
+    """Send `msgs` as PUB lines and wait for the PONG after them."""
+    pub.send(pubs(msgs))
+    t_ping_pong(pub)
 
 
 def varied(seed: int, count: int, subjects: list, reply: bool = False) -> list:
@@ -93,15 +104,12 @@ def msgs_for(msgs: list, sid: bytes) -> bytes:
 @pytest.mark.parametrize("reply", [False, True], ids=["no-reply", "distinct-replies"])
 def test_varying_subjects_sizes_and_replies_arrive_byte_exact_in_order(start, reply):
     srv = start()
-    sub = quiet_client(srv)
-    sub.send(b"SUB hot.> 7\r\n")
-    t_ping_pong(sub)
+    sub = subscriber(srv, b"hot.>", b"7")
     pub = quiet_client(srv)
     msgs = varied(1, 400, [b"hot.a", b"hot.b.c", b"hot.%d" % 7, b"hot.a"], reply)
     # Repeats too: the same line several times in a row.
     msgs += [(b"hot.same", None, b"0123456789")] * 50 + varied(2, 50, [b"hot.z"], reply)
-    pub.send(pubs(msgs))
-    t_ping_pong(pub)
+    publish(pub, msgs)
     assert until_pong(sub) == msgs_for(msgs, b"7")
 
 
@@ -110,9 +118,7 @@ def test_odd_spacing_and_tabs_are_read_as_the_reference_path_reads_them(start):
     spaces, a lower-case op, a LF without CR, each right after the same
     subject took the hot path."""
     srv = start()
-    sub = quiet_client(srv)
-    sub.send(b"SUB odd 1\r\n")
-    t_ping_pong(sub)
+    sub = subscriber(srv, b"odd", b"1")
     pub = quiet_client(srv)
     pub.send(b"PUB odd 2\r\nok\r\n"
              b"PUB odd\t2\r\nt1\r\n"
@@ -232,8 +238,7 @@ def test_a_publish_a_reload_denies_is_refused_at_once(start, tmp_path):
     t_ping_pong(sub)
     pub = quiet_client(srv, login("a", "pa"))
     warm = varied(3, 30, [b"hot.secret", b"hot.open"])
-    pub.send(pubs(warm))
-    t_ping_pong(pub)
+    publish(pub, warm)
     assert until_pong(sub) == msgs_for(warm, b"1")
     assert_reloaded(reload(srv, conf, PERMS.replace('allow: ["hot.>"] } } }\n  { user: b',
                                                     'allow: ["hot.>"], deny: ["hot.secret"] }'
@@ -251,8 +256,7 @@ def test_a_publish_a_second_connect_denies_is_refused(start, tmp_path):
     t_ping_pong(sub)
     pub = quiet_client(srv, login("a", "pa"))
     warm = varied(4, 20, [b"hot.secret"])
-    pub.send(pubs(warm))
-    t_ping_pong(pub)
+    publish(pub, warm)
     assert until_pong(sub) == msgs_for(warm, b"1")
     pub.send(login("b", "pb") + b"PUB hot.secret 3\r\nabc\r\nPUB hot.x 1\r\ny\r\n")
     t_expect_exact(pub, b"-ERR 'Permissions Violation for Publish to \"hot.secret\"'\r\n")
@@ -278,8 +282,7 @@ def test_unsub_max_stops_after_exactly_that_many_varying_messages(start):
     t_ping_pong(sub)
     pub = quiet_client(srv)
     msgs = varied(6, 10, [b"hot.a", b"hot.b"])
-    pub.send(pubs(msgs))
-    t_ping_pong(pub)
+    publish(pub, msgs)
     assert until_pong(sub) == msgs_for(msgs[:3], b"1")
 
 
@@ -291,8 +294,7 @@ def test_a_queue_group_gets_each_varying_message_once(start):
         t_ping_pong(m)
     pub = quiet_client(srv)
     msgs = varied(7, 200, [b"hot.a", b"hot.b", b"hot.c"])
-    pub.send(pubs(msgs))
-    t_ping_pong(pub)
+    publish(pub, msgs)
     got = [until_pong(m) for m in members]
     frames = [re.findall(rb"MSG (\S+) (\d) (\d+)\r\n", g) for g in got]
     assert sum(len(f) for f in frames) == len(msgs)
@@ -304,17 +306,13 @@ def test_echo_off_keeps_a_clients_own_varying_messages_from_it(start):
     me = quiet_client(srv, b'CONNECT {"verbose":false,"pedantic":false,"echo":false}\r\n')
     me.send(b"SUB hot.> 1\r\n")
     t_ping_pong(me)
-    other = quiet_client(srv)
-    other.send(b"SUB hot.> 2\r\n")
-    t_ping_pong(other)
+    other = subscriber(srv, b"hot.>", b"2")
     msgs = varied(8, 50, [b"hot.a", b"hot.b"])
-    me.send(pubs(msgs))
-    t_ping_pong(me)
+    publish(me, msgs)
     assert until_pong(me) == b""
     assert until_pong(other) == msgs_for(msgs, b"2")
     third = quiet_client(srv)
-    third.send(pubs(msgs[:5]))
-    t_ping_pong(third)
+    publish(third, msgs[:5])
     assert until_pong(me) == msgs_for(msgs[:5], b"1")
 
 
@@ -383,8 +381,7 @@ def test_thousands_of_subjects_reach_wildcards_queues_and_a_deny_list_byte_exact
         t_ping_pong(conn)
     pub = quiet_client(srv, login("s", "ps"))
     msgs = many(9, 3000, reply=True)
-    pub.send(pubs(msgs))
-    t_ping_pong(pub)
+    publish(pub, msgs)
     assert until_pong(every) == msgs_for(msgs, b"1")
     assert until_pong(two) == b"".join(
         msgs_for([m], b"3" if m[0].endswith(b".x") else b"2") for m in msgs)
@@ -406,32 +403,27 @@ def test_new_subjects_after_a_change_see_it(start, tmp_path):
     t_ping_pong(first)
     pub = quiet_client(srv, login("s", "ps"))
     batches = [many(k, 300) for k in range(10, 15)]
-    pub.send(pubs(batches[0]))
-    t_ping_pong(pub)
+    publish(pub, batches[0])
     assert until_pong(first) == msgs_for(batches[0], b"1")
     second = quiet_client(srv, login("s", "ps"))
     second.send(b"SUB hot.> 2\r\n")
     t_ping_pong(second)
-    pub.send(pubs(batches[1]))
-    t_ping_pong(pub)
+    publish(pub, batches[1])
     assert until_pong(first) == msgs_for(batches[1], b"1")
     assert until_pong(second) == msgs_for(batches[1], b"2")
     second.send(b"UNSUB 2 307\r\n")       # 300 delivered: 7 more
     t_ping_pong(second)
-    pub.send(pubs(batches[2]))
-    t_ping_pong(pub)
+    publish(pub, batches[2])
     assert until_pong(first) == msgs_for(batches[2], b"1")
     assert until_pong(second) == msgs_for(batches[2][:7], b"2")
     assert_reloaded(reload(srv, conf, DENY.replace("user: s, password: ps", "user: s, "
                                                    "password: ps, permissions: { subscribe: "
                                                    "{ deny: [\"hot.5\"] } }")))
-    pub.send(pubs(batches[3]))
-    t_ping_pong(pub)
+    publish(pub, batches[3])
     assert until_pong(first) == msgs_for([m for m in batches[3] if m[0] != b"hot.5"], b"1")
     first.send(b"UNSUB 1\r\n")
     t_ping_pong(first)
-    pub.send(pubs(batches[4]))
-    t_ping_pong(pub)
+    publish(pub, batches[4])
     assert until_pong(first) == b""
 
 
@@ -458,20 +450,14 @@ def test_cold_subjects_follow_every_subscription_change(start):
     srv = start()
     first, pub = sub_and_pub(srv, b"cold.>")
     warm = cold(1)
-    pub.send(pubs(warm))
-    t_ping_pong(pub)
+    publish(pub, warm)
     assert until_pong(first) == msgs_for(warm, b"1")
     # A new subscriber, on a wildcard and on one subject: both see the
     # subjects the cold lines held.
-    second = quiet_client(srv)
-    second.send(b"SUB cold.* 2\r\n")
-    t_ping_pong(second)
-    one = quiet_client(srv)
-    one.send(b"SUB cold.7 3\r\n")
-    t_ping_pong(one)
+    second = subscriber(srv, b"cold.*", b"2")
+    one = subscriber(srv, b"cold.7", b"3")
     again = cold(2, rounds=1)
-    pub.send(pubs(again))
-    t_ping_pong(pub)
+    publish(pub, again)
     assert until_pong(first) == msgs_for(again, b"1")
     assert until_pong(second) == msgs_for(again, b"2")
     assert until_pong(one) == msgs_for([m for m in again if m[0] == b"cold.7"], b"3")
@@ -479,24 +465,20 @@ def test_cold_subjects_follow_every_subscription_change(start):
     second.send(b"UNSUB 2 %d\r\n" % (COLD + 5))
     t_ping_pong(second)
     more = cold(3, rounds=1)
-    pub.send(pubs(more))
-    t_ping_pong(pub)
+    publish(pub, more)
     assert until_pong(first) == msgs_for(more, b"1")
     assert until_pong(second) == msgs_for(more[:5], b"2")
     assert until_pong(one) == msgs_for([m for m in more if m[0] == b"cold.7"], b"3")
     # An unsubscribe: nothing more for it.
     first.send(b"UNSUB 1\r\n")
     t_ping_pong(first)
-    pub.send(pubs(cold(4, rounds=1)))
-    t_ping_pong(pub)
+    publish(pub, cold(4, rounds=1))
     assert until_pong(first) == b""
 
 
 def test_cold_subjects_keep_echo_off_from_a_publishers_own_messages(start):
     srv = start()
-    other = quiet_client(srv)
-    other.send(b"SUB cold.> 1\r\n")
-    t_ping_pong(other)
+    other = subscriber(srv, b"cold.>", b"1")
     quiet = quiet_client(srv, b'CONNECT {"verbose":false,"pedantic":false,"echo":false}\r\n')
     quiet.send(b"SUB cold.> 2\r\n")
     t_ping_pong(quiet)
@@ -505,8 +487,7 @@ def test_cold_subjects_keep_echo_off_from_a_publishers_own_messages(start):
     assert until_pong(other) == msgs_for(warm, b"1")
     assert until_pong(quiet) == msgs_for(warm, b"2")
     msgs = cold(6)
-    quiet.send(pubs(msgs))
-    t_ping_pong(quiet)
+    publish(quiet, msgs)
     assert until_pong(other) == msgs_for(msgs, b"1")
     assert until_pong(quiet) == b""
 
@@ -517,8 +498,7 @@ def test_cold_subjects_keep_a_publishers_permissions(start, tmp_path):
     srv = start("-c", conf)
     sub, free = sub_and_pub(srv, b"cold.>", login("s", "ps"))
     warm = cold(7)
-    free.send(pubs(warm))
-    t_ping_pong(free)
+    publish(free, warm)
     assert until_pong(sub) == msgs_for(warm, b"1")
     bound = quiet_client(srv, login("b", "pb"))
     bound.send(b"PUB cold.12 1\r\na\r\nPUB cold.13 1\r\nb\r\nPUB cold.14 1\r\nc\r\n")
@@ -534,8 +514,7 @@ def test_a_reload_lowering_max_control_line_applies_to_cold_subjects(start, tmp_
     sub, pub = sub_and_pub(srv, b"cold.>")
     subjects = [b"cold.%044d" % k for k in range(COLD)]
     warm = [(s, None, b"w") for s in subjects * 2]
-    pub.send(pubs(warm))
-    t_ping_pong(pub)
+    publish(pub, warm)
     assert until_pong(sub) == msgs_for(warm, b"1")
     assert_reloaded(reload(srv, conf, "max_control_line: 40\n"), "max_control_line = 40")
     pub.send(pubs([(subjects[3], None, b"late")]))
@@ -630,8 +609,7 @@ def test_a_reload_lowering_max_payload_applies_to_a_run(start, tmp_path):
     srv = start("-c", conf)
     sub, pub = sub_and_pub(srv)
     warm = [(RUN, None, b"x" * n) for n in (500, 400, 500, 300, 500, 100) * 12]
-    pub.send(pubs(warm))
-    t_ping_pong(pub)
+    publish(pub, warm)
     assert until_pong(sub) == msgs_for(warm, b"1")
     assert_reloaded(reload(srv, conf, "max_payload: 450\n"), "max_payload = 450")
     fine = [m for m in warm if len(m[2]) < 450] * 3
@@ -647,8 +625,7 @@ def test_a_runs_messages_are_counted_as_go_counts_them(start):
     srv = attach_monitor(start("-m", "-1"))
     sub, pub = sub_and_pub(srv)
     msgs = run_of(4, 300)
-    pub.send(pubs(msgs))
-    t_ping_pong(pub)
+    publish(pub, msgs)
     assert until_pong(sub) == msgs_for(msgs, b"1")
     payload = sum(len(p) for _, _, p in msgs)
     counts = sorted((c["in_msgs"], c["in_bytes"], c["out_msgs"], c["out_bytes"])
