@@ -13224,6 +13224,7 @@ class SystemClient:
         self.request_info: dict = {}     # the Nats-Request-Info of the request in hand
         self.handlers: dict = {}     # sid -> handler(subject, reply, payload)
         self.subs = []
+        self.unforwarded = set()     # sids of the subscriptions only our clients reach
         self.seq = 0                 # of the answers sent (Go's server info "seq")
         self.statsz_gap = SYS_STATSZ_FIRST   # until the next STATSZ heartbeat
         self.statsz_at = 0.0         # when the last STATSZ left (monotonic)
@@ -13237,7 +13238,7 @@ class SystemClient:
         self.subscribe(SYS_PING + b".*", self.request)
         self.subscribe(SYS_SERVER_REQUEST % self.server.server_id.encode(), self.request)
         self.subscribe(b"$SYS.REQ.ACCOUNT.*.*", self.account_request)
-        self.subscribe(b"$SYS.REQ.USER.*.INFO", self.user_info)
+        self.subscribe(b"$SYS.REQ.USER.*.INFO", self.user_info, forward=False)  # ours only
         self.send_statsz()
 
     def send_statsz(self, heartbeat: bool = True):
@@ -13334,25 +13335,33 @@ class SystemClient:
         self.reply(b"$SYS.SERVER.%s.SHUTDOWN" % self.server.server_id.encode(),
                    self.server_info())
 
-    def subscribe(self, subject: bytes, handler):
-        """Answer messages on `subject` with handler(subject, reply, payload)."""
+    def subscribe(self, subject: bytes, handler, forward: bool = True):
+        """Answer messages on `subject` with handler(subject, reply, payload).
+        Not `forward`ed: the routes and leaf nodes do not hear of it, so
+        only this server's own clients reach it (Go's sysSubscribeInternal)."""
         sub = Subscription(self, subject, None, b"%d" % (len(self.handlers) + 1))
         self.handlers[sub.sid] = handler
+        if not forward:
+            self.unforwarded.add(sub.sid)
         self.subs.append(sub)
-        self.account.sublist.insert(sub)
-        self.server.interest_changed(self.account, sub, 1)
+        self.insert(sub, 1)
+
+    def insert(self, sub: Subscription, delta: int):
+        """Put `sub` in the system account's sublist (delta 1) or take it out."""
+        if delta > 0:
+            self.account.sublist.insert(sub)
+        else:
+            self.account.sublist.remove(sub)
+        if sub.sid not in self.unforwarded:
+            self.server.interest_changed(self.account, sub, delta)
 
     def rebind(self):
         """A reload made new accounts: subscribe again in the new system account."""
         for sub in self.subs:
-            self.account.sublist.remove(sub)
-            self.server.interest_changed(self.account, sub, -1)
+            self.insert(sub, -1)
         self.account = self.server.system_account
-        subs, self.subs = self.subs, []
-        for sub in subs:
-            self.subs.append(sub)
-            self.account.sublist.insert(sub)
-            self.server.interest_changed(self.account, sub, 1)
+        for sub in self.subs:
+            self.insert(sub, 1)
 
     def pending_bytes(self) -> int:
         """Nothing waits on a socket here."""

@@ -19,8 +19,8 @@ import time
 import nats
 import pytest
 
-from conftest import (connected, go_server_path, server_id as id_of, start_gnatsd, start_go,
-                      start_kind, t_ping_pong, wait_mesh, wait_routes, write_conf)
+from conftest import (connected, go_server_path, monitor_json, server_id as id_of, start_gnatsd,
+                      start_go, start_kind, t_ping_pong, wait_mesh, wait_routes, write_conf)
 
 # The subscriptions a gnatsd.py server holds for the $SYS requests it
 # answers: PING, PING.<X>, <its id>.<X>, ACCOUNT.*.CONNZ and ACCOUNT.*.STATZ
@@ -871,3 +871,26 @@ def test_account_ping_forms_are_answered_by_each_node(cluster_factory, kinds):
     finally:
         client.close()
     assert (event["server"]["id"], event["acc"], event["conns"]) == (second, "APP", 1), event
+
+
+@pytest.mark.parametrize("kinds", [("gnatsd", "go2.15"), ("gnatsd", "gnatsd"),
+                                   ("go2.15", "go2.15")],
+                         ids=["mixed", "gnatsd-only", "go-only"])
+def test_user_info_interest_stays_on_its_node(cluster_factory, kinds):
+    """`$SYS.REQ.USER.*.INFO` is a subscription no route hears of (Go's
+    sysSubscribeInternal): each node's system route carries the peer's
+    `$SYS.REQ.ACCOUNT...` interest and nothing of `$SYS.REQ.USER`.  (Had a
+    peer heard of it, a USER.INFO asked on one node would race to the
+    other's answer: the singleton import lets the first one through.)"""
+    nodes = sys_cluster(cluster_factory, kinds)
+    for node in nodes:
+        deadline = time.monotonic() + 10
+        while True:        # until the peer's system interest has crossed
+            heard = [s for r in monitor_json(node, "/routez?subs=1")["routes"]
+                     for s in r.get("subscriptions_list") or ()]
+            if any(s.startswith("$SYS.REQ.ACCOUNT.") for s in heard) or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert any(s.startswith("$SYS.REQ.ACCOUNT.") for s in heard), (node.node_kind, heard)
+        assert [s for s in heard if s.startswith("$SYS.REQ.USER")] == [], node.node_kind
