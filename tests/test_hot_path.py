@@ -339,6 +339,139 @@ def test_headers_interleaved_with_plain_publishes_keep_their_order(start):
     assert until_pong(sub) == want
 
 
+# -- headers: HPUB lines remembered with their header size -----------------------------
+#
+# `HPUB <subject> <hdr>` is remembered as `PUB <subject>` is (HeaderLine), so
+# these send the same HPUB lines again with other totals and check that what
+# the first one settled is checked again where it may change.
+
+HEADERS = b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
+BLOCKS = [b"NATS/1.0\r\n\r\n", b"NATS/1.0\r\nA: b\r\n\r\n",
+          b"NATS/1.0\r\nKey: " + b"v" * 40 + b"\r\n\r\n"]
+
+
+def with_headers(seed: int, count: int, subjects: list) -> list:
+    """(subject, header block, payload): three header sizes, payloads that vary."""
+    rnd = random.Random(seed)
+    return [(rnd.choice(subjects), rnd.choice(BLOCKS),
+             bytes(rnd.choice(b"ab\r\n ") for _ in range(rnd.choice([0, 1, 9, 100, 700]))))
+            for _ in range(count)]
+
+
+def hpubs(msgs: list) -> bytes:
+    return b"".join(b"HPUB %s %d %d\r\n%s%s\r\n" % (s, len(h), len(h) + len(p), h, p)
+                    for s, h, p in msgs)
+
+
+def hmsgs_for(msgs: list, sid: bytes) -> bytes:
+    return b"".join(b"HMSG %s %s %d %d\r\n%s%s\r\n" % (s, sid, len(h), len(h) + len(p), h, p)
+                    for s, h, p in msgs)
+
+
+def test_repeated_hpub_lines_reach_a_subscriber_and_a_queue_group_byte_exact(start):
+    srv = start()
+    sub = subscriber(srv, b"hot.>", b"7", HEADERS)
+    members = [subscriber(srv, b"hot.> q", b"%d" % k, HEADERS) for k in (1, 2)]
+    pub = quiet_client(srv, HEADERS)
+    msgs = with_headers(1, 300, [b"hot.a", b"hot.b.c", b"hot.a"])
+    pub.send(hpubs(msgs))
+    t_ping_pong(pub)
+    assert until_pong(sub) == hmsgs_for(msgs, b"7")
+    got = [until_pong(m) for m in members]
+    frames = [re.findall(rb"HMSG (\S+) \d (\d+) (\d+)\r\n", g) for g in got]
+    assert sum(len(f) for f in frames) == len(msgs)
+    assert sorted(f for member in frames for f in member) == sorted(
+        (s, b"%d" % len(h), b"%d" % (len(h) + len(p))) for s, h, p in msgs)
+
+
+def test_an_hpub_line_whose_plan_a_sub_retired_reaches_the_new_subscriber(start):
+    srv = start()
+    first = subscriber(srv, b"hot.>", b"1", HEADERS)
+    pub = quiet_client(srv, HEADERS)
+    warm = with_headers(2, 20, [b"hot.h"])
+    pub.send(hpubs(warm))
+    t_ping_pong(pub)
+    assert until_pong(first) == hmsgs_for(warm, b"1")
+    second = subscriber(srv, b"hot.h", b"2", HEADERS)
+    more = with_headers(3, 20, [b"hot.h"])
+    pub.send(hpubs(more))
+    t_ping_pong(pub)
+    assert until_pong(first) == hmsgs_for(more, b"1")
+    assert until_pong(second) == hmsgs_for(more, b"2")
+
+
+def test_a_total_below_the_header_size_on_a_known_hpub_line_closes(start):
+    srv = start()
+    sub = subscriber(srv, b"hot.>", b"1", HEADERS)
+    pub = quiet_client(srv, HEADERS)
+    head = BLOCKS[1]
+    warm = [(b"hot.h", head, b"xy")] * 3
+    pub.send(hpubs(warm) + b"PUB hot.x %d\r\n%s\r\n" % (len(head) - 5, head[:-5]))
+    t_ping_pong(pub)        # (the line and the size token are known)
+    pub.send(b"HPUB hot.h %d %d\r\n%s\r\n" % (len(head), len(head) - 5, head[:-5]))
+    assert t_read_until_closed(pub) == b""
+    assert until_pong(sub) == hmsgs_for(warm, b"1") + b"MSG hot.x 1 %d\r\n%s\r\n" % (
+        len(head) - 5, head[:-5])
+
+
+def test_a_known_hpub_line_after_a_verbose_connect_gets_its_ok(start):
+    srv = start()
+    sub = subscriber(srv, b"hot.>", b"1", HEADERS)
+    pub = quiet_client(srv, HEADERS)
+    warm = [(b"hot.h", BLOCKS[1], b"xy")] * 3
+    pub.send(hpubs(warm))
+    t_ping_pong(pub)
+    pub.send(HEADERS.replace(b'"verbose":false', b'"verbose":true') + hpubs(warm[:2]))
+    t_expect_exact(pub, b"+OK\r\n+OK\r\n+OK\r\n")
+    assert until_pong(sub) == hmsgs_for(warm + warm[:2], b"1")
+
+
+def test_an_hpub_a_reload_denies_is_refused_at_once(start, tmp_path):
+    conf = write_conf(tmp_path, PERMS)
+    srv = start("-c", conf)
+    sub = subscriber(srv, b"hot.>", b"1", HEADERS[:-3] + b',"user":"s","pass":"ps"}\r\n')
+    pub = quiet_client(srv, HEADERS[:-3] + b',"user":"a","pass":"pa"}\r\n')
+    warm = with_headers(4, 30, [b"hot.secret", b"hot.open"])
+    pub.send(hpubs(warm))
+    t_ping_pong(pub)
+    assert until_pong(sub) == hmsgs_for(warm, b"1")
+    assert_reloaded(reload(srv, conf, PERMS.replace('allow: ["hot.>"] } } }\n  { user: b',
+                                                    'allow: ["hot.>"], deny: ["hot.secret"] }'
+                                                    ' } }\n  { user: b')))
+    pub.send(hpubs([(b"hot.secret", BLOCKS[1], b"hello"), (b"hot.open", BLOCKS[1], b"ok")]))
+    t_expect_exact(pub, b"-ERR 'Permissions Violation for Publish to \"hot.secret\"'\r\n")
+    t_ping_pong(pub)
+    assert until_pong(sub) == hmsgs_for([(b"hot.open", BLOCKS[1], b"ok")], b"1")
+
+
+def test_max_payload_lowered_by_a_reload_applies_to_a_known_hpub_line(start, tmp_path):
+    conf = write_conf(tmp_path, "max_payload: 2048\n")
+    srv = start("-c", conf)
+    pub = quiet_client(srv, HEADERS)
+    pub.send(hpubs(with_headers(5, 40, [b"hot.big"]) + [(b"hot.big", BLOCKS[0], b"x" * 1500)]))
+    t_ping_pong(pub)
+    assert_reloaded(reload(srv, conf, "max_payload: 1024\n"), "max_payload = 1024")
+    pub.send(hpubs([(b"hot.big", BLOCKS[0], b"x" * 10), (b"hot.big", BLOCKS[0], b"x" * 1500)]))
+    assert t_read_until_closed(pub) == b"-ERR 'Maximum Payload Violation'\r\n"
+
+
+def test_a_traced_message_on_a_known_hpub_line_is_traced(start, kind):
+    if kind == "go2.9":
+        pytest.skip("message tracing arrived in nats-server 2.11")
+    srv = start()
+    sub = subscriber(srv, b"hot.>", b"1", HEADERS)
+    tracer = subscriber(srv, b"traces", b"9", HEADERS)
+    pub = quiet_client(srv, HEADERS)
+    plain = b"NATS/1.0\r\nXats-Trace-Dest: traces\r\n\r\n"     # (the same size)
+    traced = b"NATS/1.0\r\nNats-Trace-Dest: traces\r\n\r\n"
+    warm = [(b"hot.h", plain, b"x" * k) for k in range(5)]
+    pub.send(hpubs(warm + [(b"hot.h", traced, b"t")]))
+    t_ping_pong(pub)
+    assert until_pong(sub) == hmsgs_for(warm + [(b"hot.h", traced, b"t")], b"1")
+    event = t_expect(tracer, rb"MSG traces 9 +(\d+)\r\n").group(1)    # (Go: two spaces)
+    assert int(event) > 0
+
+
 # -- many subjects: plans made from a shared shape --------------------------------------
 #
 # A subject seen for the first time gets its delivery plan from the shape of
