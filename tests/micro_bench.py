@@ -11,7 +11,7 @@ for each copy and old/new.  Scenarios (SCEN below): pub (64 subjects,
 16..256-byte payloads, nobody listening), pubsub (the same to one `real.>`
 subscriber), 10k and 100k (that many subjects, one wildcard subscriber: the
 sublist cache-miss path), 10k-pub (the same, nobody
-listening), fanout8, queue4, reply, hpub, same (one line
+listening), fanout8, queue4, reply, hpub, hreply (headers and a reply), same (one line
 repeated), varied (one subject, varying sizes), runs8, runs32 and runs128 (as
 pubsub, the subject drawn every 8, 32, 128 messages).  With no scenario, all.
 
@@ -55,6 +55,7 @@ SCEN = {
  "100k": ([b"SUB real.> 1\r\n"], {"nsubj": 100000}),
  "10k-pub": ([], {"nsubj": 10000}),
  "reply": ([b"SUB real.> 1\r\n"], {"reply": True}), "hpub": ([b"SUB real.> 1\r\n"], {"hdr": True}),
+ "hreply": ([b"SUB real.> 1\r\n"], {"hdr": True, "reply": True}),
  "same": ([b"SUB real.> 1\r\n"], {"nsubj": 1, "lo": 128, "hi": 128}),
  "varied": ([b"SUB real.> 1\r\n"], {"nsubj": 1, "lo": 64, "hi": 192}),
  "runs8": ([b"SUB real.> 1\r\n"], {"run": 8}),

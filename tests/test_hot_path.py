@@ -400,6 +400,61 @@ def test_an_hpub_line_whose_plan_a_sub_retired_reaches_the_new_subscriber(start)
     assert until_pong(second) == hmsgs_for(more, b"2")
 
 
+HPUB_REPLY_LINES = [
+    # (the line after three HPUBs on hot.r with a 12-byte header, what hot.>
+    # gets; None: the publisher is closed)
+    (b"HPUB hot.r _INBOX.a 12 14\r\nNATS/1.0\r\n\r\nok\r\n",
+     b"HMSG hot.r 1 _INBOX.a 12 14\r\nNATS/1.0\r\n\r\nok\r\n"),
+    (b"HPUB hot.r rep  12 14\r\nNATS/1.0\r\n\r\nt1\r\n",
+     b"HMSG hot.r 1 rep 12 14\r\nNATS/1.0\r\n\r\nt1\r\n"),
+    (b"HPUB hot.r  12 14\r\nNATS/1.0\r\n\r\nt2\r\n",
+     b"HMSG hot.r 1 12 14\r\nNATS/1.0\r\n\r\nt2\r\n"),
+    (b"HPUB hot.r re\rply 12 14\r\nNATS/1.0\r\n\r\nt3\r\n",
+     b"HMSG hot.r 1 re\rply 12 14\r\nNATS/1.0\r\n\r\nt3\r\n"),
+    (b"HPUB hot.r re\tply 12 14\r\nNATS/1.0\r\n\r\nt4\r\n", None),
+    (b"HPUB hot.r a b 12 14\r\nNATS/1.0\r\n\r\nt5\r\n", None),
+    (b"HPUB hot.r " + b"r" * 60 + b" 12 14\r\nNATS/1.0\r\n\r\nt6\r\n", None),
+    (b"HPUB hot.r _INBOX.b 12 11\r\nNATS/1.0\r\n\r\n\r\n", None),
+]
+
+
+def test_replies_on_a_known_hpub_line_are_read_as_the_reference_path_reads_them(start,
+                                                                                tmp_path):
+    srv = start("-c", write_conf(tmp_path, "max_control_line: 64\n"))
+    warm_line = b"HPUB hot.r 12 13\r\nNATS/1.0\r\n\r\nx\r\n"
+    warm = b"HMSG hot.r 1 12 13\r\nNATS/1.0\r\n\r\nx\r\n" * 3
+    for line, delivered in HPUB_REPLY_LINES:
+        sub, pub = sub_and_pub(srv, connect=HEADERS)
+        pub.send(warm_line * 3 + b"PUB hot.x 11\r\n0123456789a\r\n" + line + b"PING\r\n")
+        if delivered is None:
+            assert b"PONG" not in t_read_until_closed(pub), line
+            assert until_pong(sub) == warm + b"MSG hot.x 1 11\r\n0123456789a\r\n", line
+        else:
+            t_expect_exact(pub, b"PONG\r\n")
+            assert until_pong(sub) == warm + b"MSG hot.x 1 11\r\n0123456789a\r\n" + \
+                delivered, line
+
+
+def test_requests_with_headers_on_known_lines_arrive_byte_exact(start):
+    srv = start()
+    sub = subscriber(srv, b"hot.>", b"7", HEADERS)
+    members = [subscriber(srv, b"hot.q.> q", b"%d" % k, HEADERS) for k in (1, 2)]
+    pub = quiet_client(srv, HEADERS)
+    msgs = with_headers(6, 200, [b"hot.a", b"hot.q.b"])
+    inboxes = [b"_INBOX.x.%d" % k for k in range(len(msgs))]
+    pub.send(b"".join(b"HPUB %s %s%d %d\r\n%s%s\r\n" % (
+        s, r + b" " if k % 3 else b"", len(h), len(h) + len(p), h, p)
+        for k, ((s, h, p), r) in enumerate(zip(msgs, inboxes))))
+    t_ping_pong(pub)
+    assert until_pong(sub) == b"".join(b"HMSG %s 7 %s%d %d\r\n%s%s\r\n" % (
+        s, r + b" " if k % 3 else b"", len(h), len(h) + len(p), h, p)
+        for k, ((s, h, p), r) in enumerate(zip(msgs, inboxes)))
+    got = b"".join(until_pong(m) for m in members)
+    assert sorted(re.findall(rb"HMSG hot\.q\.b \d (\S+ )?\d+ \d+\r\n", got)) == sorted(
+        r + b" " if k % 3 else b"" for k, ((s, _, _), r) in enumerate(zip(msgs, inboxes))
+        if s == b"hot.q.b")
+
+
 def test_a_total_below_the_header_size_on_a_known_hpub_line_closes(start):
     srv = start()
     sub = subscriber(srv, b"hot.>", b"1", HEADERS)
