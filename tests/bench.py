@@ -23,6 +23,8 @@ named); subscribers hold real.> so each sees every message:
     real_big     as real_pubsub with 1 KiB..64 KiB payloads
     real_reply   as real_pubsub, every message with a reply subject of its
                  own (_INBOX.<pub>.<seq>, as requests carry)
+    real_headers as real_pubsub, every message an HPUB with a 38-byte header
+                 block (a Msg-Id header of its own; MB/s counts the payload)
     real_route   as real_pubsub across a route: two nodes of one kind, the
                  publisher on node 1, the subscriber on node 2
     real_reqrep  sequential request/reply as a NATS client makes it: one
@@ -299,7 +301,7 @@ SUBJECT_BASE = 100000
 # Ratio gnatsd/go2.9 each scenario should reach (the project issue).
 # pubsub2 has none: it is there to show the per-message path, which the
 # alternating subjects force (gnatsd.py's runs of one PUB line cannot form);
-# nor have real_reply, real_reqrep, same_line and varied_line.
+# nor have real_reply, real_headers, real_reqrep, same_line and varied_line.
 TARGETS = {"real_pub": 0.20, "real_pubsub": 0.45, "real_fanout8": 0.60,
            "real_queue4": 0.40, "real_10k": 0.40, "real_100k": 0.40, "real_big": 0.80,
            "real_ws": 0.50,
@@ -2088,7 +2090,8 @@ class Realistic:
     payload of size[0]..size[1] bytes, both drawn per message; `subs`
     subscriber connections on `sub` (by default PREFIX.>, so each sees every
     message), or with `queue` a queue group of `subs` members. `reply`: every
-    message carries a reply subject of its own. `routed`: on a RoutedPair,
+    message carries a reply subject of its own; `headers`: every message is an
+    HPUB with a header block of its own. `routed`: on a RoutedPair,
     publishers on node 1 and subscribers on node 2 (an InterestProbe proves
     their interest crossed the route before anything is published). `ws`:
     the servers get WS_CONFIG and every client connects to the websocket
@@ -2103,10 +2106,10 @@ class Realistic:
     def __init__(self, pubs: int = 1, subs: int = 1, subjects: int = 64,
                  size: tuple = (16, 256), queue: bool = False, reply: bool = False,
                  prefix: str = "real", sub: str = "", routed: bool = False,
-                 ws: bool = False):
+                 ws: bool = False, headers: bool = False):
         self.pubs, self.subs, self.subjects, self.size = pubs, subs, subjects, size
         self.queue, self.reply, self.prefix, self.routed = queue, reply, prefix, routed
-        self.ws = ws
+        self.ws, self.headers = ws, headers
         self.sub = sub or prefix + ".>"
         self.metrics = [("msgs", "msgs/s", True), ("mbs", "MB/s", True),
                         ("cpu_us", "srv us/msg", False)]
@@ -2120,7 +2123,8 @@ class Realistic:
         """The loadgen options that define the messages (pubs and subs alike)."""
         return (["--prefix", self.prefix, "--subjects", str(self.subjects),
                  "--size", "%d-%d" % self.size, "--seed", "1"]
-                + (["--reply"] if self.reply else []))
+                + (["--reply"] if self.reply else [])
+                + (["--headers"] if self.headers else []))
 
     def sub_procs(self) -> list:
         """(first group, connections) per subscriber process: a queue group
@@ -2475,19 +2479,27 @@ def fake_server_feed(loadgen: str, traffic: list, stream: bytes, queue: bool,
         listener.close()
 
 
-def loadgen_self_test(loadgen: str) -> int:
-    """Feed loadgen subscribers streams with known faults: each must be
-    caught, by the subscriber itself or by Realistic.verify. Returns failures."""
-    traffic = Realistic(reply=True).traffic()
+def loadgen_frames(loadgen: str, traffic: list) -> tuple:
+    """What publisher 1's first 5,000 messages of `traffic` look like to a
+    subscriber: ({1: the publisher's fields}, its MSG or HMSG frames)."""
     out = subprocess.run([loadgen, "frames", "--count", "5000"] + traffic,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
     sent = {1: dict(w.split("=") for w in out.stderr.decode().split()[1:])}
     frames, pos = [], 0
-    while pos < len(out.stdout):  # split the stream into whole MSG frames
+    while pos < len(out.stdout):  # split the stream into whole frames (total size last)
         eol = out.stdout.index(CRLF, pos)
         end = eol + 2 + int(out.stdout[pos:eol].split()[-1]) + 2
         frames.append(out.stdout[pos:end])
         pos = end
+    return sent, frames
+
+
+def loadgen_self_test(loadgen: str) -> int:
+    """Feed loadgen subscribers streams with known faults: each must be
+    caught, by the subscriber itself or by Realistic.verify. Returns failures."""
+    spec = Realistic(reply=True)
+    traffic = spec.traffic()
+    sent, frames = loadgen_frames(loadgen, traffic)
     head, body = frames[100].split(CRLF, 1)
     other = frames[101].split(CRLF, 1)[0].split()[1]
     cases = [  # (name, frames, must it be caught)
@@ -2510,10 +2522,27 @@ def loadgen_self_test(loadgen: str) -> int:
     # Each case for a plain subscriber and a queue member (one connection
     # each), then a queue group of two where a message reaches both members
     # and another none: every count looks right, the hash sums do not.
-    runs = [(name, [stream], catch, queue, None, b"") for name, stream, catch in cases
+    runs = [(name, [stream], catch, queue, None, b"", spec) for name, stream, catch in cases
             for queue in (False, True)]
     runs.append(("dup+loss", [frames[:2] + frames[2::2], frames[1:2] + frames[5::2]], True, True,
-                 None, b""))
+                 None, b"", spec))
+
+    # With --headers: HMSG frames whose header block repeats the stamp.
+    hspec = Realistic(reply=True, headers=True)
+    hsent, hframes = loadgen_frames(loadgen, hspec.traffic())
+    hhead, hbody = hframes[100].split(CRLF, 1)
+    hsize = hhead.split()[-2]
+    assert hhead.startswith(b"HMSG ") and hsize == b"38", hhead
+    runs += [(name, [stream], catch, False, None, b"", hspec) for name, stream, catch in [
+        ("hdr clean", hframes, False),
+        ("hdr lost one", hframes[:3000] + hframes[3001:], True),
+        ("hdr stamp", hframes[:100] + [hhead + CRLF + hbody.replace(b"Msg-Id: 0001",
+                                                                    b"Msg-Id: 0002", 1)]
+         + hframes[101:], True),
+        ("hdr size", hframes[:100] + [hhead.replace(b" 38 ", b" 37 ", 1) + CRLF + hbody]
+         + hframes[101:], True),
+        ("hdr as MSG", hframes[:100] + frames[100:101] + hframes[101:], True),
+    ]]
 
     # Over websocket (--ws): the stream in frames of every length class,
     # fragmented, with pings and pongs, every header split across reads;
@@ -2540,13 +2569,13 @@ def loadgen_self_test(loadgen: str) -> int:
          b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade"
          b"\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"),
     ]
-    runs += [(name, [stream], catch, False, framer, answer)
+    runs += [(name, [stream], catch, False, framer, answer, spec)
              for name, stream, catch, framer, answer in ws_cases]
     failures = 0
-    for name, members, must_catch, queue, framer, answer in runs:
+    for name, members, must_catch, queue, framer, answer, run_spec in runs:
         conns, error = [], ""
         for stream in members:
-            conn, error = fake_server_feed(loadgen, traffic, b"".join(stream), queue,
+            conn, error = fake_server_feed(loadgen, run_spec.traffic(), b"".join(stream), queue,
                                            framer, answer)
             if error:
                 break
@@ -2554,7 +2583,7 @@ def loadgen_self_test(loadgen: str) -> int:
             conns.append(conn)
         if not error:
             try:
-                Realistic(reply=True).verify(sent, conns)
+                run_spec.verify(hsent if run_spec is hspec else sent, conns)
             except BenchError as e:
                 error = "verify: %s" % e
         ok = bool(error) == must_catch
@@ -2576,6 +2605,7 @@ SCENARIOS = {
     "real_100k": Realistic(subjects=100000),
     "real_big": Realistic(size=(KIB, 64 * KIB)),
     "real_reply": Realistic(reply=True),
+    "real_headers": Realistic(headers=True),
     "real_reqrep": RealReqRep(),
     "real_route": Realistic(routed=True),
     "real_ws": Realistic(ws=True),
@@ -2794,7 +2824,8 @@ Realistic rows (tests/loadgen.c; subject and payload size drawn per message:
 named): real_pub 4 publishers, no subscribers; real_pubsub 1 pub, 1 sub;
 real_fanout8 8 subs; real_queue4 a queue group of 4; real_10k/real_100k
 10,000/100,000 subjects; real_big 1..64 KiB payloads; real_reply a distinct
-reply subject per message; real_reqrep sequential requests, a reply inbox
+reply subject per message; real_headers an HPUB with a 38-byte header block
+(a Msg-Id of its own) per message; real_reqrep sequential requests, a reply inbox
 each; same_line 1 subject, 128 bytes every message vs varied_line 1 subject,
 64..192 bytes. real_ws is real_pubsub with both clients on the websocket
 port (ws://, no TLS or compression; each write one binary frame, masked

@@ -13,12 +13,15 @@
  * PREFIX.<h % SUBJECTS> and its payload size (MIN + (h >> 32) % (MAX-MIN+1)).
  * The payload opens with a 16-character stamp: ID in 4 hex digits and SEQ
  * in 12, then filler. With --reply every message carries its own reply
- * subject _INBOX.<ID 4 hex>.<SEQ 12 hex> (as requests do). A subscriber
+ * subject _INBOX.<ID 4 hex>.<SEQ 12 hex> (as requests do). With --headers
+ * every message is an HPUB whose header block carries the stamp again
+ * ("NATS/1.0\r\nMsg-Id: <stamp>\r\n\r\n", HDR_LEN bytes; sizes and MB/s
+ * count the payload after it). A subscriber
  * given the same traffic options recomputes h from the stamp, so it checks
  * every message's subject, size, reply and framing, not just a count.
  *
  * Modes (common options: --host H --port P, and the traffic options
- * --prefix S --subjects N --size MIN[-MAX] --seed X [--reply]; pub, sub and
+ * --prefix S --subjects N --size MIN[-MAX] --seed X [--reply] [--headers]; pub, sub and
  * req also take --ws, below):
  *
  *   pub --id ID (--duration S | --count N) [--batch B] [--unacked B]
@@ -114,6 +117,7 @@
 #define MAX_CONNS 64
 #define MAX_PAYLOAD (1 << 20)
 #define STAMP 16              /* 4 hex digits of id, 12 of sequence */
+#define HDR_LEN 38            /* --headers: "NATS/1.0\r\nMsg-Id: " STAMP "\r\n\r\n" */
 #define RECV_CAP (2 << 20)    /* bytes a connection reads at once */
 #define BUF_CAP (RECV_CAP + MAX_PAYLOAD + 4096)
 #define TIMEOUT 20.0          /* seconds without progress that fail a run */
@@ -125,14 +129,14 @@
 
 typedef struct {
     const char *mode, *host, *prefix, *sub, *queue, *shm;
-    int port, id, subjects, min, max, reply, conns, group, respond, sync, ws;
+    int port, id, subjects, min, max, reply, conns, group, respond, sync, ws, headers;
     double duration;
     uint64_t count, seed, window;
     long batch, unacked, coalesce_us;
 } Opts;
 
 static Opts o = {NULL, "127.0.0.1", "real", NULL, NULL, NULL, 4222, 1, 64, 16, 256, 0, 1, 0,
-                 0, 0, 0, 2.0, 0, 1, 0, 32 * 1024, 2 * 1024 * 1024, 1000};
+                 0, 0, 0, 0, 2.0, 0, 1, 0, 32 * 1024, 2 * 1024 * 1024, 1000};
 static volatile uint64_t *shm;   /* see the header comment */
 
 static void die(const char *fmt, ...)
@@ -239,12 +243,15 @@ static int64_t get_hex(const char *p, int n)
 
 /* "PUB <subject> [<reply>] <size>\r\n<payload>\r\n" for message seq, or with
  * msg set, the delivery "MSG <subject> 1 [<reply>] <size>\r\n..." a
- * subscriber gets; adds its payload size to *bytes and its hash to *sum. */
+ * subscriber gets (with --headers HPUB and HMSG, "<HDR_LEN> <total>" for the
+ * size and the header block before the payload); adds its payload size to
+ * *bytes and its hash to *sum. */
 static char *put_frame(char *p, int msg, unsigned id, uint64_t seq, uint64_t *bytes,
                        uint64_t *sum)
 {
     uint64_t h = mix(id, seq);
     int k = subject_of(h), n = size_of(h);
+    if (o.headers) *p++ = 'H';
     memcpy(p, msg ? "MSG " : "PUB ", 4);
     p += 4;
     memcpy(p, subj[k], (size_t)subj_len[k]);
@@ -261,9 +268,20 @@ static char *put_frame(char *p, int msg, unsigned id, uint64_t seq, uint64_t *by
         p = put_hex(p, seq, 12);
         *p++ = ' ';
     }
-    p = put_uint(p, (unsigned long)n);
-    *p++ = '\r';
-    *p++ = '\n';
+    if (o.headers) {
+        p = put_uint(p, HDR_LEN);
+        *p++ = ' ';
+        p = put_uint(p, (unsigned long)(HDR_LEN + n));
+        memcpy(p, "\r\nNATS/1.0\r\nMsg-Id: ", 20);
+        p = put_hex(p + 20, id, 4);
+        p = put_hex(p, seq, 12);
+        memcpy(p, "\r\n\r\n", 4);
+        p += 4;
+    } else {
+        p = put_uint(p, (unsigned long)n);
+        *p++ = '\r';
+        *p++ = '\n';
+    }
     p = put_hex(p, id, 4);
     p = put_hex(p, seq, 12);
     memcpy(p, fill, (size_t)(n - STAMP));
@@ -543,37 +561,53 @@ static int next_frame(Input *in, Msg *m)
         return F_NONE;
     }
     if (eol == p || eol[-1] != '\r') die("line not ended by CRLF: %.60s", p);
-    if (p[0] == 'M' && p[1] == 'S' && p[2] == 'G' && p[3] == ' ') {
-        /* MSG <subject> <sid> [<reply>] <size>: tokens up to the CR */
-        char *q = p + 4, *stop = eol - 1;
-        int len[5];
-        long size = 0;
+    if (o.headers ? !memcmp(p, "HMSG ", 5) : !memcmp(p, "MSG ", 4)) {
+        /* MSG <subject> <sid> [<reply>] <size>, or HMSG ... <hdr> <total>:
+         * tokens up to the CR */
+        char *q = p + 4 + o.headers, *stop = eol - 1;
+        int len[5], most = 4 + o.headers;
+        long size = 0, hdr = 0;
         while (q < stop) {
-            if (ntok == 4) die("bad MSG line: %.*s", (int)(stop - p), p);
+            if (ntok == most) die("bad MSG line: %.*s", (int)(stop - p), p);
             tok[ntok] = q;
             while (q < stop && *q != ' ') q++;
             len[ntok] = (int)(q - tok[ntok]);
             ntok++;
             while (q < stop && *q == ' ') q++;
         }
-        if (ntok < 3) die("bad MSG line: %.*s", (int)(stop - p), p);
+        if (ntok < 3 + o.headers) die("bad MSG line: %.*s", (int)(stop - p), p);
         for (q = tok[ntok - 1]; q < tok[ntok - 1] + len[ntok - 1]; q++) {
             if (*q < '0' || *q > '9' || size > MAX_PAYLOAD)
                 die("bad MSG size: %.*s", (int)(stop - p), p);
             size = size * 10 + (*q - '0');
+        }
+        if (o.headers) {
+            for (q = tok[ntok - 2]; q < tok[ntok - 2] + len[ntok - 2]; q++) {
+                if (*q < '0' || *q > '9' || hdr > MAX_PAYLOAD)
+                    die("bad HMSG header size: %.*s", (int)(stop - p), p);
+                hdr = hdr * 10 + (*q - '0');
+            }
+            if (hdr != HDR_LEN || size < hdr)
+                die("HMSG header of %ld bytes (sent %d): %.*s", hdr, HDR_LEN,
+                    (int)(stop - p), p);
         }
         if ((size_t)(end - (eol + 1)) < (size_t)size + 2) return F_NONE;
         m->subj = tok[0];
         m->subj_len = len[0];
         m->sid = tok[1];
         m->sid_len = len[1];
-        m->reply = ntok == 4 ? tok[2] : NULL;
-        m->reply_len = ntok == 4 ? len[2] : 0;
-        m->payload = eol + 1;
-        m->size = (int)size;
+        m->reply = ntok == most ? tok[2] : NULL;
+        m->reply_len = ntok == most ? len[2] : 0;
+        m->payload = eol + 1 + hdr;
+        m->size = (int)(size - hdr);
         if (eol[1 + size] != '\r' || eol[2 + size] != '\n')
             die("MSG payload of %ld bytes not followed by CRLF: %.*s", size,
                 (int)(stop - p), p);
+        if (hdr && (memcmp(eol + 1, "NATS/1.0\r\nMsg-Id: ", 18)
+                    || memcmp(eol + 19, eol + 1 + hdr, STAMP)
+                    || memcmp(eol + 19 + STAMP, "\r\n\r\n", 4)))
+            die("HMSG header block %.*s does not carry the payload's stamp", (int)hdr,
+                eol + 1);
         in->pos = (size_t)(eol + 3 + size - in->buf);
         return F_MSG;
     }
@@ -589,10 +623,12 @@ static int next_frame(Input *in, Msg *m)
 /* Read INFO, send CONNECT (+ ops), PING, and wait for the PONG. */
 static void handshake(int fd, Input *in, const char *ops)
 {
-    static const char connect_line[] = "CONNECT {\"verbose\":false,\"pedantic\":false}\r\n";
+    const char *connect_line = o.headers
+        ? "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\n"
+        : "CONNECT {\"verbose\":false,\"pedantic\":false}\r\n";
     Msg m;
     int f;
-    char *out = malloc(strlen(ops) + 64);
+    char *out = malloc(strlen(connect_line) + strlen(ops) + 8);
     sprintf(out, "%s%sPING\r\n", connect_line, ops);
     send_all(fd, out, strlen(out));
     free(out);
@@ -1096,6 +1132,7 @@ int main(int argc, char **argv)
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int flag = 1;
         if (!strcmp(k, "--reply")) o.reply = 1;
+        else if (!strcmp(k, "--headers")) o.headers = 1;
         else if (!strcmp(k, "--respond")) o.respond = 1;
         else if (!strcmp(k, "--sync")) o.sync = 1;
         else if (!strcmp(k, "--ws")) o.ws = 1;
