@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -787,6 +788,102 @@ def start_cluster(cluster: Cluster, kinds, mesh: bool = True) -> list:
     if mesh:
         wait_mesh(nodes)
     return nodes
+
+
+class TcpProxy:
+    """A TCP relay on 127.0.0.1 to `target_port` (threads; the target may be
+    set later, as `target`): `cut()` ends every relayed connection, with an
+    RST when `reset` (a link dropped on the way) or a shutdown of both sides
+    (a peer that closed); while `refuse` is set, new ones are reset at once.
+    `accepted` and `connections()` count relayed connections, ever and now."""
+
+    def __init__(self, target_port: int = 0, reset: bool = True):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = ("127.0.0.1", target_port)
+        self.reset = reset
+        self.lock = threading.Lock()
+        self.links = []
+        self.accepted = 0
+        self.refuse = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return "nats://127.0.0.1:%d" % self.port
+
+    def _accept(self):
+        while True:
+            try:
+                a, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.refuse:
+                self._end(a, True)
+                continue
+            try:
+                b = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                self._end(a, True)
+                continue
+            b.settimeout(None)
+            with self.lock:
+                self.links.append((a, b))
+                self.accepted += 1
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _end(sock, reset: bool):
+        """Close `sock`: with an RST (SO_LINGER 0), or after a shutdown."""
+        try:
+            if reset:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def connections(self) -> int:
+        with self.lock:
+            return len(self.links)
+
+    def cut(self):
+        with self.lock:
+            links, self.links = self.links, []
+        for a, b in links:
+            self._end(a, self.reset)
+            self._end(b, self.reset)
+
+    def close(self):
+        self.refuse = True
+        self.listener.close()
+        self.cut()
+
+
+@pytest.fixture
+def proxies():
+    """A list to put TcpProxy objects in; each is closed at teardown."""
+    made = []
+    yield made
+    for p in made:
+        p.close()
 
 
 @pytest.fixture

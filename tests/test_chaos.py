@@ -27,87 +27,11 @@ import time
 
 import pytest
 
-from conftest import RawConn, layout_kinds, monitor_json, route_ids, server_id, wait_mesh
+from conftest import (RawConn, TcpProxy, layout_kinds, monitor_json, route_ids, server_id,
+                      wait_mesh)
 from test_cluster import assert_quiet, gather, interest_barrier, read_msgs
 
 CONNECT = b'CONNECT {"verbose":false}\r\n'
-
-
-class RouteProxy:
-    """A TCP proxy on 127.0.0.1 to `target_port`; cut() closes every
-    connection it carries and goes on accepting new ones."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.pairs = []
-        self.lock = threading.Lock()
-        self.cuts = 0
-        self.stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return "nats://127.0.0.1:%d" % self.port
-
-    def _accept(self):
-        while not self.stopped:
-            try:
-                down, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                up = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
-            except OSError:
-                down.close()
-                continue
-            with self.lock:
-                self.pairs.append((down, up))
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst):
-        src.settimeout(None)
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def connections(self) -> int:
-        with self.lock:
-            return len(self.pairs)
-
-    def cut(self):
-        """Reset every carried connection (both sides see it closed)."""
-        with self.lock:
-            pairs, self.pairs = self.pairs, []
-            self.cuts += 1
-        for pair in pairs:
-            for s in pair:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-
-    def stop(self):
-        self.stopped = True
-        self.listener.close()
-        self.cut()
 
 
 class Steady:
@@ -299,21 +223,13 @@ def wait_replaced(node, peer, rid, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.fixture
-def proxies():
-    made = []
-    yield made
-    for p in made:
-        p.stop()
-
-
 @pytest.mark.parametrize("layout", ["gnatsd", "go+gnatsd", "gnatsd+go+gnatsd"])
 def test_cut_route_and_sigkilled_node_heal_under_steady_traffic(cluster_factory, proxies, layout):
     k1, k2, k3 = layout_kinds(layout)
     cluster = cluster_factory("chaos")
     n1 = cluster.start(k1)
     n2 = cluster.start(k2, routes=[n1])
-    proxy = RouteProxy(n2.route_port)
+    proxy = TcpProxy(n2.route_port, reset=False)
     proxies.append(proxy)
     n3 = cluster.start(k3, routes=[proxy.url])
     wait_mesh([n1, n2, n3])

@@ -50,16 +50,14 @@ import json
 import os
 import re
 import socket
-import struct
-import threading
 import time
 
 import nats
 import pytest
 
-from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, RawConn, layout_kinds, monitor_json,
-                      start_go, start_gnatsd, t_expect_exact, t_ping_pong, t_read_until_closed,
-                      wait_mesh, write_conf)
+from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, RawConn, TcpProxy, layout_kinds,
+                      monitor_json, start_go, start_gnatsd, t_expect_exact, t_ping_pong,
+                      t_read_until_closed, wait_mesh, write_conf)
 
 
 PAIRS = [("go2.15", "go2.15"), ("go2.9", "go2.9"),
@@ -618,86 +616,6 @@ def test_leafz_and_varz_have_gos_key_paths_and_types(leaf_kind, hub_kind, nodes,
 
 
 # -- 7. the uplink is cut under traffic -----------------------------------------------------------
-
-
-class TcpProxy:
-    """A TCP relay on 127.0.0.1 to one port (threads): `cut()` resets every
-    relayed connection; while `refuse` is set, new ones are closed at once."""
-
-    def __init__(self, target_port: int = 0):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.target = ("127.0.0.1", target_port)    # may be set later
-        self.lock = threading.Lock()
-        self.links = []
-        self.accepted = 0
-        self.refuse = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                a, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.refuse:
-                self._reset(a)
-                continue
-            try:
-                b = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                self._reset(a)
-                continue
-            b.settimeout(None)
-            with self.lock:
-                self.links.append((a, b))
-                self.accepted += 1
-            for src, dst in ((a, b), (b, a)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    @staticmethod
-    def _reset(sock):
-        """Close with an RST, as a dropped link looks to the far end."""
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-        sock.close()
-
-    def cut(self):
-        with self.lock:
-            links, self.links = self.links, []
-        for a, b in links:
-            self._reset(a)
-            self._reset(b)
-
-    def close(self):
-        self.refuse = True
-        self.listener.close()
-        self.cut()
-
-
-@pytest.fixture
-def proxies():
-    made = []
-    yield made
-    for p in made:
-        p.close()
 
 
 @pytest.mark.parametrize("leaf_kind,hub_kind", PAIR_PARAMS)
