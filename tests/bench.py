@@ -27,6 +27,8 @@ named); subscribers hold real.> so each sees every message:
                  block (a Msg-Id header of its own; MB/s counts the payload)
     real_route   as real_pubsub across a route: two nodes of one kind, the
                  publisher on node 1, the subscriber on node 2
+    real_route_10k  as real_route over 10,000 subjects (node 2's side of
+                 the route past its sublist cache)
     real_reqrep  sequential request/reply as a NATS client makes it: one
                  _INBOX.<id>.* subscription, a reply subject per request,
                  requests over the 64 subjects and sizes: p50/p99 round trip
@@ -2608,6 +2610,7 @@ SCENARIOS = {
     "real_headers": Realistic(headers=True),
     "real_reqrep": RealReqRep(),
     "real_route": Realistic(routed=True),
+    "real_route_10k": Realistic(routed=True, subjects=10000),
     "real_ws": Realistic(ws=True),
     "same_line": Realistic(subjects=1, size=(128, 128), prefix="line", sub="line.0"),
     "varied_line": Realistic(subjects=1, size=(64, 192), prefix="line", sub="line.0"),

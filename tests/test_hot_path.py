@@ -852,3 +852,75 @@ def test_runs_of_every_length_with_replies_arrive_byte_exact(start, seed):
         at += step
     t_ping_pong(pub)
     assert until_pong(sub) == msgs_for(msgs, b"1")
+
+
+# -- the receiving end of a route: subjects past the sublist cache ----------------------
+#
+# A node takes RMSG lines as a client's PUBs are taken: a subject's first
+# messages go out from a shared plan shape (local_plan), kept under the
+# subject once the cache lets it go; these send 2,000 subjects across a
+# route and change the subscriptions on the receiving node in between.
+
+
+@pytest.mark.parametrize("layout", [("gnatsd", "gnatsd"), ("go2.15", "gnatsd"),
+                                    ("go2.15", "go2.15")],
+                         ids=["gnatsd", "go-to-gnatsd", "go-only"])
+def test_a_route_carries_thousands_of_subjects_through_subscription_changes(cluster_factory,
+                                                                           layout):
+    from conftest import go_server_path, wait_mesh
+    from test_cluster import interest_barrier
+    if "go2.15" in layout and go_server_path("2.15") is None:
+        pytest.skip("Go nats-server 2.15 is not installed")
+    cluster = cluster_factory("hot")
+    sender = cluster.start(layout[0], top=DENY)
+    receiver = cluster.start(layout[1], routes=[sender], top=DENY)
+    wait_mesh([sender, receiver])
+    pub = quiet_client(sender, login("s", "ps"))
+    every = subscriber(receiver, b"hot.>", b"1", login("s", "ps"))
+    denied = subscriber(receiver, b"hot.>", b"4", login("d", "pd"))
+
+    def barrier(*subs):
+        interest_barrier(pub, subs)
+        for sub in subs:
+            until_pong(sub)       # (the probes' messages)
+
+    def arrives(sub, want: bytes):
+        t_expect_exact(sub, want, timeout=20)
+        assert until_pong(sub) == b""
+
+    def round_of(seed: int) -> list:
+        msgs = many(seed, 3000, reply=True)
+        publish(pub, msgs)
+        return msgs
+
+    barrier(every, denied)
+    msgs = round_of(1)
+    arrives(every, msgs_for(msgs, b"1"))
+    arrives(denied, msgs_for([m for m in msgs if m[0] not in (b"hot.5", b"hot.7.x")], b"4"))
+    # New subscribers on subjects the first round made cold, and an
+    # auto-unsubscribe limit.
+    wild = subscriber(receiver, b"hot.*", b"2", login("s", "ps"))
+    one = subscriber(receiver, b"hot.7", b"3", login("s", "ps"))
+    limited = quiet_client(receiver, login("s", "ps"))
+    limited.send(b"SUB hot.> 5\r\nUNSUB 5 20\r\n")
+    barrier(wild, one, limited)
+    msgs = round_of(2)
+    arrives(every, msgs_for(msgs, b"1"))
+    arrives(wild, msgs_for([m for m in msgs if not m[0].endswith(b".x")], b"2"))
+    arrives(one, msgs_for([m for m in msgs if m[0] == b"hot.7"], b"3"))
+    arrives(denied, msgs_for([m for m in msgs if m[0] not in (b"hot.5", b"hot.7.x")], b"4"))
+    arrives(limited, msgs_for(msgs[:20], b"5"))
+    # An unsubscribe: nothing more for it, the others go on.
+    every.send(b"UNSUB 1\r\n")
+    t_ping_pong(every)
+    barrier(wild)
+    msgs = round_of(3)
+    arrives(wild, msgs_for([m for m in msgs if not m[0].endswith(b".x")], b"2"))
+    assert until_pong(every) == b""
+    assert until_pong(limited) == b""
+    # A client line that is only a subject the route made cold is no PUB.
+    stray = quiet_client(receiver, login("s", "ps"))
+    recent = {m[0] for m in msgs[-1500:]}
+    gone = next(m[0] for m in msgs if m[0] not in recent)     # (past the cache)
+    stray.send(b"%s 1\r\nx\r\n" % gone)
+    assert t_read_until_closed(stray) == b"-ERR 'Unknown Protocol Operation'\r\n"
