@@ -11302,11 +11302,18 @@ class LeafNode(Connection):
     # -- input -----------------------------------------------------------------
 
     def parse(self, data: bytes, start: int = 0):
-        """Leaf ops, one control line at a time (no hot path yet)."""
+        """Leaf ops, one control line at a time (no hot path yet), up to
+        this turn's time as a client's (chapter 5): the clock is read after
+        every op, and past MAX_INPUT_TIME the rest waits for the next turn."""
         n = len(data)
         i = start
         limit = self.server.options.max_control_line
+        monotonic = time.monotonic
+        deadline = monotonic() + MAX_INPUT_TIME
         while i < n and not self.closed:
+            if i > start and (self.waiting or monotonic() > deadline):
+                self.defer_input(data, i)
+                return
             nl = data.find(b"\n", i)
             if (nl if nl >= 0 else n) - i > limit:
                 raise ProtocolError("leafnode control line too long",

@@ -805,6 +805,27 @@ HDR = b"NATS/1.0\r\nA: BC\r\n\r\n"      # 19 bytes of headers
 
 
 @pytest.mark.parametrize("kind", KIND_PARAMS)
+def test_a_long_burst_from_a_leaf_arrives_whole_and_in_order(kind, nodes, tmp_path):
+    """30,000 LMSGs in one write take the hub many turns (a slice of input
+    per turn, as a client's): every one reaches the subscriber in order,
+    and the leaf's PING after them is answered after them."""
+    hub = start_hub(nodes, kind, tmp_path)
+    c = RawConn("127.0.0.1", hub.leaf_port)
+    c.expect(rb"INFO \{[^\r\n]*\} ?\r\n")
+    pings = []
+    c.send(b'CONNECT {"server_id":"NRAWLEAF","name":"rawleaf","headers":true}\r\n')
+    ops_until_pong(c, pings)
+    sub = client_of(hub, b"SUB in.> 1\r\n")
+    assert ops_until_pong(c, pings) == [b"LS+ in.>\r\n"]
+    burst = [(b"in.%d" % (k % 5000), b"m%d" % k) for k in range(30000)]
+    c.send(b"".join(b"LMSG %s %d\r\n%s\r\n" % (s, len(p), p) for s, p in burst))
+    assert ops_until_pong(c, pings) == []
+    t_expect_exact(sub, b"".join(b"MSG %s 1 %d\r\n%s\r\n" % (s, len(p), p) for s, p in burst),
+                   timeout=30)
+    t_ping_pong(sub)
+
+
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 def test_hub_side_wire_protocol(kind, nodes, tmp_path):
     hub = start_hub(nodes, kind, tmp_path)
     c = RawConn("127.0.0.1", hub.leaf_port)

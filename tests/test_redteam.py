@@ -43,6 +43,7 @@ import resource
 import socket
 import threading
 import time
+import types
 import urllib.request
 
 import pytest
@@ -286,6 +287,29 @@ def test_a_unique_subject_pub_flood_does_not_starve_others(server_factory):
     for a whole 1 MB read."""
     chunks = [unique_pubs(b"flood%d" % k, 400000) for k in range(2)]
     under_attack(server_factory, "unique-subject PUB flood", lambda srv: flood(srv, chunks))
+
+
+LEAF_HUB = "leafnodes { listen: 127.0.0.1:-1 }\n"
+LEAF_LISTEN_RE = rb"Listening for leafnode connections on \S+:(\d+)"
+
+
+def test_a_leaf_flood_does_not_starve_others(server_factory, tmp_path):
+    """A leaf connection (no leaf authorization on the hub) sending LMSGs
+    on ever new subjects as fast as it can: its input is parsed a slice
+    per turn as a client's is, so the hub's other clients wait for a
+    slice, not for a whole 1 MB read."""
+    chunks = [b"".join(b"LMSG leaf.%d.%d 0\r\n\r\n" % (base, k) for k in range(20000))
+              for base in range(20)]
+
+    def attack(srv):
+        port = int(srv.wait_for_log(LEAF_LISTEN_RE, 5).group(1))
+        leaf = Flood(types.SimpleNamespace(host=srv.host, port=port), chunks,
+                     b'CONNECT {"server_id":"NLEAFFLOOD","name":"flood","headers":true}\r\n')
+        leaf.start()
+        leaf.finish()
+        assert leaf.sent >= 1000000, leaf.sent
+    under_attack(server_factory, "leaf LMSG flood", attack,
+                 args=("-c", write_conf(tmp_path, LEAF_HUB)))
 
 
 def fill_match_cache(subjects: list):
