@@ -11055,8 +11055,9 @@ class LeafNode(Connection):
         self.credentials = None
         self.perms = None               # an accepted leaf's user's (ClientPermissions)
         self.expiry_entry = None        # the timer of its JWT login's end
-        self.deny_exports = _permission_sublist(remote.deny_exports if remote else None)
-        self.deny_imports = _permission_sublist(remote.deny_imports if remote else None)
+        # (None when a remote denies nothing: a plan through the hub stays fast.)
+        self.deny_exports = _permission_sublist(remote.deny_exports or None if remote else None)
+        self.deny_imports = _permission_sublist(remote.deny_imports or None if remote else None)
         host = "[%s]" % self.host if ":" in self.host else self.host
         self.log_prefix = "%s:%d - lid:%d - " % (host, self.port, cid)
 
