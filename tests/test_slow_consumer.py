@@ -421,3 +421,43 @@ def test_several_slow_consumers_are_cut_counted_and_memory_stays_bounded(sc_serv
         for s in slow:
             s.close()
         pub.close()
+
+
+def test_a_reader_slower_than_the_publisher_gets_every_byte_in_order(sc_server):
+    """A subscriber that reads, but slower than the publisher writes (a small
+    receive buffer, a pause after every read): megabytes wait for it on the
+    server, sent from what the kernel left at each turn while the rest
+    queues behind (Connection.flush_rest), and it gets every message in
+    order, byte-exact; nobody is cut."""
+    server = sc_server("max_pending: 67108864\n")
+    sub = RawConn(server.host, server.port)
+    s = sub.sock
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sub.read_info()
+    sub.send(QUIET + b"SUB steady 1\r\n")
+    t_ping_pong(sub)
+    s.settimeout(10)
+    pub = RawConn(server.host, server.port)
+    pub.read_info()
+    pub.send(QUIET)
+    t_ping_pong(pub)
+    sizes = [16, 300, 1024, 4000]
+    msgs = [payload(k, sizes[k % 4]) for k in range(6000)]      # ~8 MB
+    want = b"".join(b"MSG steady 1 %d\r\n%s\r\n" % (len(m), m) for m in msgs)
+    got = bytearray()
+
+    def read_slowly():
+        while len(got) < len(want):
+            chunk = s.recv(65536)
+            if not chunk:
+                return
+            got.extend(chunk)
+            time.sleep(0.002)
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    for at in range(0, len(msgs), 500):
+        pub.send(b"".join(b"PUB steady %d\r\n%s\r\n" % (len(m), m) for m in msgs[at:at + 500]))
+    t_ping_pong(pub)
+    reader.join(60)
+    assert len(got) == len(want) and bytes(got) == want, (len(got), len(want))
+    assert "Slow Consumer" not in server.log_text()
