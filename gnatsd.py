@@ -1332,14 +1332,11 @@ class Connection:
 
     def flush_rest(self, rest: memoryview) -> bool:
         """Send what the kernel left of the last flush (`rest`, out[0]) on
-        its own; True if it all went (flush goes on with the rest).  The
-        chunks queued behind it wait, and are joined once it is all sent,
-        instead of being copied with it at every flush.  (A
-        peer that reads slower than we write kept tens of MB queued, copied
-        whole at every turn: a gnatsd.py leaf feeding a slower hub spent its
-        CPU in memmove.)  The chunks behind it are gathered into one
-        bytearray as they come, so `out` stays two items long and its size
-        is known: the same slow-consumer and stall rules as a whole flush."""
+        its own; True if it all went (flush goes on with the rest).  What
+        queued behind it is gathered into one bytearray (out[1]) and sent
+        after it, not copied with it at every flush (a peer slower than us
+        kept tens of MB queued, copied whole every turn); its size known,
+        the same slow-consumer and stall rules hold as for a whole flush."""
         out = self.out
         if len(out) > 2:
             if type(out[1]) is bytearray:

@@ -145,7 +145,9 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     cold lines, subject runs and reply lines, issue 11: 10k/100k subjects
     2.4x, one subject with sizes that vary 2x, replies 1.35x, in process;
     3,820 since HPUB lines are remembered too: headers 1.9x, with replies
-    1.6x)."""
+    1.6x; 3,865 since the routes' cold subjects, route 10k 3x, and
+    Connection.flush_rest: a slow peer's queue is no longer copied every
+    turn)."""
     doc = ast.get_docstring(tree, clean=False) or ""
     parts = contents_of(doc, parts=True)
     banners = part_banners_of(source)
@@ -155,7 +157,7 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     for (p, title), (q, banner, _) in zip(parts, banners):
         assert title.split(":")[0] == banner, (title, banner)
     part_one = banners[1][2] - banners[0][2]
-    assert part_one <= 3820, "Part I is %d lines" % part_one
+    assert part_one <= 3865, "Part I is %d lines" % part_one
 
 
 def test_grep_for_numbered_headings_finds_only_banners(source):
