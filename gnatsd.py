@@ -1314,8 +1314,6 @@ class Connection:
             return
         if sent:
             self.last_write_progress = time.monotonic()
-        if self.stall_waiters and size - sent <= self.server.options.max_pending * 3 // 4:
-            self.release_stalled()
         if sent < size:
             out.append(memoryview(data)[sent:])
             if size - sent > self.server.options.max_pending:
@@ -1329,6 +1327,10 @@ class Connection:
         elif self.write_waiting:
             self.write_waiting = False
             self.server.want_write(self, False)
+        # Last, with the unsent bytes back in `out`: a publisher released
+        # here may deliver to us at once (a websocket's held frames), behind them.
+        if self.stall_waiters and size - sent <= self.server.options.max_pending * 3 // 4:
+            self.release_stalled()
 
     def flush_rest(self, rest: memoryview) -> bool:
         """Send what the kernel left of the last flush (`rest`, out[0]) on
