@@ -1304,16 +1304,9 @@ class Connection:
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         size = len(data)
-        try:
-            sent = self.sock.send(data if size <= MAX_SEND_SIZE else memoryview(data)[:MAX_SEND_SIZE])
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self.debug("Error flushing: %s", exc)
-            self.close(WRITE_ERROR, flush=False)
+        sent = self.send_some(data)
+        if sent < 0:
             return
-        if sent:
-            self.last_write_progress = time.monotonic()
         if sent < size:
             out.append(memoryview(data)[sent:])
             if size - sent > self.server.options.max_pending:
@@ -1346,16 +1339,9 @@ class Connection:
                 del out[2:]
             else:
                 out[1:] = [bytearray(b"".join(out[1:]))]
-        try:
-            sent = self.sock.send(rest[:MAX_SEND_SIZE])
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self.debug("Error flushing: %s", exc)
-            self.close(WRITE_ERROR, flush=False)
+        sent = self.send_some(rest)
+        if sent < 0:
             return False
-        if sent:
-            self.last_write_progress = time.monotonic()
         if sent == len(rest):
             del out[0]
             return True
@@ -1366,6 +1352,21 @@ class Connection:
         if left > self.server.options.max_pending:
             self.slow_consumer(SLOW_CONSUMER_PENDING_BYTES, left)
         return False
+
+    def send_some(self, data) -> int:
+        """Send `data` (MAX_SEND_SIZE at most): bytes taken, -1 if the socket failed (closed)."""
+        try:
+            sent = self.sock.send(data if len(data) <= MAX_SEND_SIZE else
+                                  memoryview(data)[:MAX_SEND_SIZE])
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self.debug("Error flushing: %s", exc)
+            self.close(WRITE_ERROR, flush=False)
+            return -1
+        if sent:
+            self.last_write_progress = time.monotonic()
+        return sent
 
     def pending_bytes(self) -> int:
         """Bytes queued for this peer and not yet taken by the kernel."""
@@ -2586,7 +2587,7 @@ class Client(Connection):
         echo off, not on a subject it listens to itself.  Then the plan is
         one the reference path would follow exactly.  A plain `PUB
         <subject>` line is remembered in pub_lines, an `HPUB <subject>
-        <hdr>` line (no reply, someone listening) in header_lines, both
+        <hdr>` line (its reply left out, someone listening) in header_lines, both
         emptied by refresh_pub_path whenever any of this may change
         (CONNECT, reload); the first PUB
         on a subject gets the plan's PlanShape instead (PLAN_FIRST), and
@@ -8325,23 +8326,15 @@ class TLSConnection(Connection):
                 return
             out.clear()
         outgoing = tls.outgoing
-        send = self.sock.send
         while True:
             data = tls.unsent
             if data is None:
                 if not outgoing.pending:
                     break
                 data = outgoing.read(MAX_SEND_SIZE)
-            try:
-                sent = send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self.debug("Error flushing: %s", exc)
-                self.close(WRITE_ERROR, flush=False)
+            sent = self.send_some(data)
+            if sent < 0:
                 return
-            if sent:
-                self.last_write_progress = time.monotonic()
             if sent < len(data):
                 tls.unsent = memoryview(data)[sent:]
                 break
@@ -13464,8 +13457,9 @@ class SystemClient:
 
     def subscribe(self, subject: bytes, handler, forward: bool = True):
         """Answer messages on `subject` with handler(subject, reply, payload).
-        Not `forward`ed: the routes and leaf nodes do not hear of it, so
-        only this server's own clients reach it (Go's sysSubscribeInternal)."""
+        Not `forward`ed: the routes do not hear of it, so only this
+        server's clients reach it (Go's sysSubscribeInternal; a leaf bound
+        to the system account still hears of it when it connects, as Go's do)."""
         sub = Subscription(self, subject, None, b"%d" % (len(self.handlers) + 1))
         self.handlers[sub.sid] = handler
         if not forward:

@@ -31,8 +31,9 @@ import re
 
 import pytest
 
-from conftest import (RawConn, monitor_json, t_expect, t_expect_exact, t_ping_pong,
-                      t_read_until_closed, write_conf)
+from conftest import (RawConn, go_server_path, monitor_json, t_expect, t_expect_exact,
+                      t_ping_pong, t_read_until_closed, wait_mesh, write_conf)
+from test_cluster import interest_barrier
 from test_monitor import attach_monitor
 from test_reload import assert_reloaded, reload
 
@@ -867,8 +868,6 @@ def test_runs_of_every_length_with_replies_arrive_byte_exact(start, seed):
                          ids=["gnatsd", "go-to-gnatsd", "go-only"])
 def test_a_route_carries_thousands_of_subjects_through_subscription_changes(cluster_factory,
                                                                            layout):
-    from conftest import go_server_path, wait_mesh
-    from test_cluster import interest_barrier
     if "go2.15" in layout and go_server_path("2.15") is None:
         pytest.skip("Go nats-server 2.15 is not installed")
     cluster = cluster_factory("hot")

@@ -50,6 +50,7 @@ import pytest
 
 from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, ROUTE_LISTEN_RE, RawConn, bcrypt_hash, rss, t_expect,
                       t_expect_exact, t_ping_pong, t_read_until_closed, write_conf)
+from test_leafnodes import LEAF_LISTEN_RE
 
 QUIET = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
 
@@ -290,7 +291,6 @@ def test_a_unique_subject_pub_flood_does_not_starve_others(server_factory):
 
 
 LEAF_HUB = "leafnodes { listen: 127.0.0.1:-1 }\n"
-LEAF_LISTEN_RE = rb"Listening for leafnode connections on \S+:(\d+)"
 
 
 def test_a_leaf_flood_does_not_starve_others(server_factory, tmp_path):
@@ -302,7 +302,7 @@ def test_a_leaf_flood_does_not_starve_others(server_factory, tmp_path):
               for base in range(20)]
 
     def attack(srv):
-        port = int(srv.wait_for_log(LEAF_LISTEN_RE, 5).group(1))
+        port = int(srv.wait_for_log(LEAF_LISTEN_RE, 5).group(2))
         leaf = Flood(types.SimpleNamespace(host=srv.host, port=port), chunks,
                      b'CONNECT {"server_id":"NLEAFFLOOD","name":"flood","headers":true}\r\n')
         leaf.start()
