@@ -191,6 +191,18 @@ def gone_timeout(server) -> float:
     return 10.0 if server.kind == "gnatsd.py" else 25.0
 
 
+def read_until_gone_or_go_keeps_it(s: socket.socket, server) -> None:
+    """read_until_gone; Go 2.15, having logged the cut, once kept the socket
+    open past 25 s (CI, 2026-12-07: its write loop still blocked), which is
+    the oracle's flaw, not an expectation: xfail then.  gnatsd.py must close."""
+    try:
+        read_until_gone(s, gone_timeout(server))
+    except AssertionError:
+        if server.kind == "gnatsd.py":
+            raise
+        pytest.xfail("Go kept the cut slow consumer's socket open")
+
+
 class Publisher:
     """Publishes numbered messages on `flood` in batches, each followed by a
     PING whose PONG is timed; samples the server's RSS after every batch."""
@@ -368,7 +380,7 @@ def test_unpaced_flood_cuts_the_slow_consumer_but_not_a_fast_one(sc_server, size
         scene.fast.wait_for(n, timeout=60)
         m = server.wait_for_log(SC_MAX_PENDING, timeout=10)
         assert int(m.group(1)) == scene.slow_port
-        read_until_gone(scene.slow, gone_timeout(server))
+        read_until_gone_or_go_keeps_it(scene.slow, server)
         with server.lock:
             assert server.log.count(b"Slow Consumer Detected") == 1, server.log_text()[-1500:]
     finally:
