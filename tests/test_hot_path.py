@@ -34,6 +34,8 @@ import pytest
 from conftest import (RawConn, go_server_path, monitor_json, t_expect, t_expect_exact,
                       t_ping_pong, t_read_until_closed, wait_mesh, write_conf)
 from test_cluster import interest_barrier
+from test_leafnodes import (KIND_PARAMS, client_of, leafz, nodes, ops_until_pong,  # noqa: F401
+                            start_hub, wait_leafs)
 from test_monitor import attach_monitor
 from test_reload import assert_reloaded, reload
 
@@ -923,3 +925,140 @@ def test_a_route_carries_thousands_of_subjects_through_subscription_changes(clus
     gone = next(m[0] for m in msgs if m[0] not in recent)     # (past the cache)
     stray.send(b"%s 1\r\nx\r\n" % gone)
     assert t_read_until_closed(stray) == b"-ERR 'Unknown Protocol Operation'\r\n"
+
+
+# -- LMSGs from a leaf connection ------------------------------------------------------
+#
+# A leaf connection's `LMSG <subject> [reply] <size>` takes a hot path of its
+# own (LeafNode.parse): a plan per subject for that connection, which never
+# includes the connection itself, includes routes only on the hub side, and
+# is made again after any subscription change.  Raw leaf connections to a
+# hub of each kind (Go as the oracle) send varying messages; a spoke cluster
+# of gnatsd.py nodes checks the other side.
+
+def raw_leaf(hub, name: bytes) -> RawConn:
+    """A leaf connection to `hub` spoken by hand, its CONNECT answered."""
+    leaf = RawConn("127.0.0.1", hub.leaf_port)
+    leaf.expect(rb"INFO \{[^\r\n]*\} ?\r\n")
+    leaf.send(b'CONNECT {"server_id":"N%s","name":"%s","headers":true}\r\n'
+              % (name.upper(), name))
+    ops_until_pong(leaf)
+    return leaf
+
+
+def lmsgs(msgs: list) -> bytes:
+    return b"".join(b"LMSG %s %s%d\r\n%s\r\n" % (s, r + b" " if r else b"", len(p), p)
+                    for s, r, p in msgs)
+
+
+def lmsg_ops(msgs: list) -> list:
+    return [b"LMSG %s %s%d\r\n%s\r\n" % (s, r + b" " if r else b"", len(p), p)
+            for s, r, p in msgs]
+
+
+LEAF_SUBJECTS = [b"hot.a", b"hot.b.c", b"hot.7", b"hot.d"]
+
+
+@pytest.mark.parametrize("kind", KIND_PARAMS)
+def test_a_leafs_varying_messages_reach_clients_and_leaves_never_itself(kind, nodes, tmp_path):
+    hub = start_hub(nodes, kind, tmp_path)
+    src, other = raw_leaf(hub, b"src"), raw_leaf(hub, b"other")
+    every = client_of(hub, b"SUB hot.> 1\r\n")
+    one = client_of(hub, b"SUB hot.a 2\r\n")
+    # Both leaves want what src sends: src must not get its own back.
+    src.send(b"LS+ hot.>\r\n")
+    ops_until_pong(src)
+    other.send(b"LS+ hot.*\r\n")
+    ops_until_pong(other)
+    ops_until_pong(src)           # (the hub tells src of the others' interest)
+    msgs = (varied(1, 700, LEAF_SUBJECTS) + varied(2, 700, LEAF_SUBJECTS, reply=True)
+            + varied(3, 700, LEAF_SUBJECTS))
+    src.send(lmsgs(msgs))
+    assert ops_until_pong(src) == []
+    t_expect_exact(every, msgs_for(msgs, b"1"), timeout=20)
+    t_expect_exact(one, msgs_for([m for m in msgs if m[0] == b"hot.a"], b"2"), timeout=20)
+    assert ops_until_pong(other) == lmsg_ops([m for m in msgs if m[0] != b"hot.b.c"])
+    # Interest changes between two rounds: the plans follow them.
+    one.send(b"UNSUB 2\r\nSUB hot.b.* 3\r\n")
+    t_ping_pong(one)
+    other.send(b"LS- hot.*\r\nLS+ hot.d\r\n")
+    ops_until_pong(other)
+    src.send(b"LS- hot.>\r\n")
+    ops_until_pong(src)
+    more = varied(4, 700, LEAF_SUBJECTS, reply=True) + varied(5, 700, LEAF_SUBJECTS)
+    src.send(lmsgs(more))
+    assert ops_until_pong(src) == []
+    t_expect_exact(every, msgs_for(more, b"1"), timeout=20)
+    t_expect_exact(one, msgs_for([m for m in more if m[0] == b"hot.b.c"], b"3"), timeout=20)
+    assert ops_until_pong(other) == lmsg_ops([m for m in more if m[0] == b"hot.d"])
+    assert until_pong(every) == b"" and until_pong(one) == b""
+    # Counted as Go counts them: in by the leaf, out by each client.
+    total = len(msgs) + len(more)
+    leafs = {leaf["port"]: leaf for leaf in leafz(hub)["leafs"]}    # (Go 2.9's have no name)
+    assert leafs[src.sock.getsockname()[1]]["in_msgs"] == total
+    assert leafs[other.sock.getsockname()[1]]["out_msgs"] == len(msgs) - sum(m[0] == b"hot.b.c" for m in msgs) + \
+        sum(m[0] == b"hot.d" for m in more)
+    conns = {tuple(c.get("subscriptions_list", ())): c
+             for c in monitor_json(hub, "/connz?subs=1")["connections"]}
+    assert conns[("hot.>",)]["out_msgs"] == total
+    assert conns[("hot.b.*",)]["out_msgs"] == sum(m[0] == b"hot.b.c" for m in more) + \
+        sum(m[0] == b"hot.a" for m in msgs)
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["whole", "cut-before-the-end"])
+@pytest.mark.parametrize("kind", KIND_PARAMS)
+def test_odd_lmsg_lines_are_read_as_the_reference_path_reads_them(kind, cut, nodes, tmp_path):
+    """Tabs, doubled blanks, queue forms and a bad payload end, on a
+    subject the hot path already knows."""
+    hub = start_hub(nodes, kind, tmp_path)
+    src = raw_leaf(hub, b"src")
+    sub = client_of(hub, b"SUB hot.a 1\r\nSUB hot.q grp 2\r\n")
+    ops_until_pong(src)
+    src.send(lmsgs([(b"hot.a", None, b"warm"), (b"hot.a", b"r.1", b"warm")]))
+    assert ops_until_pong(src) == []
+    t_expect_exact(sub, msgs_for([(b"hot.a", None, b"warm"), (b"hot.a", b"r.1", b"warm")], b"1"))
+    src.send(b"LMSG hot.a\tr.2 2\r\nab\r\nLMSG hot.a  r.3 2\r\ncd\r\n"
+             b"LMSG hot.q | grp 2\r\nef\r\nLMSG hot.q + r.4 grp 2\r\ngh\r\n"
+             b"LMSG hot.a 2\r\nij\r\n")
+    assert ops_until_pong(src) == []
+    t_expect_exact(sub, b"MSG hot.a 1 r.2 2\r\nab\r\nMSG hot.a 1 r.3 2\r\ncd\r\n"
+                   b"MSG hot.q 2 2\r\nef\r\nMSG hot.q 2 r.4 2\r\ngh\r\nMSG hot.a 1 2\r\nij\r\n")
+    assert until_pong(sub) == b""
+    # A payload not followed by CRLF: refused (as soon as the wrong byte
+    # shows), and not delivered.
+    bad = b"LMSG hot.a 2\r\nkl\r\nLMSG hot.a 2\r\nmnXY"
+    if cut:
+        src.send(bad[:-2])
+        t_expect_exact(sub, b"MSG hot.a 1 2\r\nkl\r\n")   # (the rest waits for its end)
+        bad = bad[-2:-1]          # (X alone: the wrong byte is enough)
+    src.send(bad)
+    assert t_read_until_closed(src) == b"-ERR 'Unknown Protocol Operation'\r\n"
+    if not cut:
+        t_expect_exact(sub, b"MSG hot.a 1 2\r\nkl\r\n")
+    assert until_pong(sub) == b""
+
+
+def test_a_spoke_cluster_delivers_each_hub_message_once_per_client(cluster_factory, nodes,
+                                                                   tmp_path):
+    """Two gnatsd.py nodes in a cluster, each a leaf of one hub: what the hub
+    sends a spoke goes to that spoke's clients, not on over its routes (the
+    other node has its own leaf connection)."""
+    hub = start_hub(nodes, "gnatsd", tmp_path)
+    cluster = cluster_factory("spokes")
+    top = 'leafnodes { remotes = [ { url: "nats-leaf://127.0.0.1:%d" } ] }\n' % hub.leaf_port
+    spokes = []
+    for _ in range(2):
+        spokes.append(cluster.start("gnatsd", routes=spokes[-1:], top=top))
+    wait_mesh(spokes)
+    wait_leafs(hub, 2)
+    subs = [subscriber(node, b"hot.>", b"1") for node in spokes]
+    pub = quiet_client(hub)
+    interest_barrier(pub, subs)
+    for sub in subs:
+        until_pong(sub)           # (the probes' messages)
+    msgs = varied(6, 1500, LEAF_SUBJECTS) + varied(7, 1500, LEAF_SUBJECTS, reply=True)
+    publish(pub, msgs)
+    for sub in subs:
+        t_expect_exact(sub, msgs_for(msgs, b"1"), timeout=20)
+    for sub in subs:
+        assert until_pong(sub) == b""
