@@ -29,6 +29,8 @@ named); subscribers hold real.> so each sees every message:
                  publisher on node 1, the subscriber on node 2
     real_route_10k  as real_route over 10,000 subjects (node 2's side of
                  the route past its sublist cache)
+    real_leaf    as real_route across a leaf connection: the publisher on a
+                 leaf node, the subscriber on its hub (the hub parses LMSGs)
     real_reqrep  sequential request/reply as a NATS client makes it: one
                  _INBOX.<id>.* subscription, a reply subject per request,
                  requests over the 64 subjects and sizes: p50/p99 round trip
@@ -224,6 +226,10 @@ LISTEN_RE = re.compile(rb"Listening for client connections on (\S+):(\d+)")
 READY_RE = re.compile(rb"(Server|gnatsd) is ready")
 # ... and once it takes routes (Go and gnatsd.py print it after the above).
 ROUTE_LISTEN_RE = re.compile(rb"Listening for route connections on (\S+):(\d+)")
+LEAF_LISTEN_RE = re.compile(rb"Listening for leafnode connections on (\S+):(\d+)")
+# The two configs of a LeafPair: the hub's, and the leaf's (host, port).
+HUB_CONFIG = 'leafnodes { host: "127.0.0.1", port: -1 }\n'
+LEAF_CONFIG = 'leafnodes { remotes = [ { url: "nats-leaf://%s:%d" } ] }\n'
 # ... and, before it is ready, where websocket clients connect (if it does).
 WS_LISTEN_RE = re.compile(rb"Listening for websocket clients on wss?://(\S+):(\d+)")
 # Websocket scenarios: the configuration file every server is started with
@@ -599,6 +605,28 @@ class RoutedPair:
 
     def node_cpu_seconds(self) -> list:
         return [node.cpu_seconds() for node in self.nodes]
+
+
+class LeafPair(RoutedPair):
+    """Two servers of one kind joined as a leaf node and its hub: node 1,
+    the leaf (it dials the hub and takes the publisher on `port`), and
+    node 2, the hub (`leafnodes { port: -1 }`; the subscribers connect to its
+    `sub_port`). The publisher's messages cross the leaf connection as LMSGs,
+    which the hub parses. Otherwise as a RoutedPair."""
+
+    def start(self) -> "LeafPair":
+        """Start the hub, read its leafnode port, start the leaf dialing it."""
+        try:
+            hub = self._start_node(["-c", temp_config("bench-hub-", HUB_CONFIG)])
+            leaf_port = int(hub.wait_log(LEAF_LISTEN_RE).group(2))
+            leaf = self._start_node(["-c", temp_config(
+                "bench-leaf-", LEAF_CONFIG % (HOST, leaf_port))])
+        except BaseException:
+            self.stop()
+            raise
+        self.nodes.reverse()        # (node 1 is the leaf, as a RoutedPair's seed)
+        self.port, self.sub_port = leaf.port, hub.port
+        return self
 
 
 # ============================================================================
@@ -2093,9 +2121,10 @@ class Realistic:
     subscriber connections on `sub` (by default PREFIX.>, so each sees every
     message), or with `queue` a queue group of `subs` members. `reply`: every
     message carries a reply subject of its own; `headers`: every message is an
-    HPUB with a header block of its own. `routed`: on a RoutedPair,
-    publishers on node 1 and subscribers on node 2 (an InterestProbe proves
-    their interest crossed the route before anything is published). `ws`:
+    HPUB with a header block of its own. `routed`: on a RoutedPair (a
+    LeafPair with `leaf`), publishers on node 1 and subscribers on node 2 (an
+    InterestProbe proves their interest crossed the route before anything is
+    published). `ws`:
     the servers get WS_CONFIG and every client connects to the websocket
     port (loadgen --ws: an HTTP upgrade, then frames both ways)."""
 
@@ -2108,9 +2137,10 @@ class Realistic:
     def __init__(self, pubs: int = 1, subs: int = 1, subjects: int = 64,
                  size: tuple = (16, 256), queue: bool = False, reply: bool = False,
                  prefix: str = "real", sub: str = "", routed: bool = False,
-                 ws: bool = False, headers: bool = False):
+                 ws: bool = False, headers: bool = False, leaf: bool = False):
         self.pubs, self.subs, self.subjects, self.size = pubs, subs, subjects, size
         self.queue, self.reply, self.prefix, self.routed = queue, reply, prefix, routed
+        self.leaf = leaf
         self.ws, self.headers = ws, headers
         self.sub = sub or prefix + ".>"
         self.metrics = [("msgs", "msgs/s", True), ("mbs", "MB/s", True),
@@ -2611,6 +2641,7 @@ SCENARIOS = {
     "real_reqrep": RealReqRep(),
     "real_route": Realistic(routed=True),
     "real_route_10k": Realistic(routed=True, subjects=10000),
+    "real_leaf": Realistic(routed=True, leaf=True),
     "real_ws": Realistic(ws=True),
     "same_line": Realistic(subjects=1, size=(128, 128), prefix="line", sub="line.0"),
     "varied_line": Realistic(subjects=1, size=(64, 192), prefix="line", sub="line.0"),
@@ -2646,7 +2677,9 @@ OPTIONAL_SCENARIOS = ("login_nkey", "login_jwt")
 def run_one(scenario, name: str, argv: list, opts) -> dict:
     """One measurement on a fresh server; {'error': text} if it failed."""
     server = None
-    kind = RoutedPair if getattr(scenario, "routed", False) else Server
+    kind = Server
+    if getattr(scenario, "routed", False):
+        kind = LeafPair if scenario.leaf else RoutedPair
     if name == "sink" and getattr(scenario, "c_sink", False):
         argv = [opts.loadgen, "sink"]  # as cheap as the C publishers it serves
     try:
@@ -2830,7 +2863,10 @@ real_fanout8 8 subs; real_queue4 a queue group of 4; real_10k/real_100k
 reply subject per message; real_headers an HPUB with a 38-byte header block
 (a Msg-Id of its own) per message; real_reqrep sequential requests, a reply inbox
 each; same_line 1 subject, 128 bytes every message vs varied_line 1 subject,
-64..192 bytes. real_ws is real_pubsub with both clients on the websocket
+64..192 bytes. real_route/real_route_10k: real_pubsub across a route (two
+nodes, publisher on node 1, subscriber on node 2; srv us/msg sums both
+nodes' CPU); real_leaf: the same across a leaf connection (publisher on the
+leaf, subscriber on its hub). real_ws is real_pubsub with both clients on the websocket
 port (ws://, no TLS or compression; each write one binary frame, masked
 with the zero key). The older rows: 16-byte payloads unless named.
 msgs/s counts deliveries summed over subscribers (publishes for pub and
