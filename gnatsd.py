@@ -2483,10 +2483,7 @@ class Client(Connection):
                                 window = run_min * (stop + 2 - i)
                             k, got, at = deliver_subject_run(data, i, tail_at, window, plan,
                                                              server)
-                            # The next window: twice this one while runs reach
-                            # its end (or it held less than two records), half
-                            # when a run ended inside it, so that it follows
-                            # the length of this publisher's runs.
+                            # (Twice as wide while runs fill it, half after one ended.)
                             window = min(2 * window, SUBJECT_RUN_WINDOW_MAX) if k <= 0 \
                                 else window // 2
                             if k:
@@ -3149,10 +3146,8 @@ def deliver_subject_run(data: bytes, i: int, tail_at: int, window: int,
     Subscribers get their MSG prefix joined with the pieces."""
     head = data[i:tail_at]
     span = data[tail_at:i + window]
-    # HOT: the CRLF in the separator proves each taken payload's end
-    #      (a map of bytes.endswith per piece before: in process, one
-    #      subject with varying sizes 0.70 -> 0.56 us/msg, runs of 128
-    #      0.82 -> 0.72).
+    # HOT: the separator's CRLF ends each payload (no bytes.endswith per
+    #      piece: in process, one subject 0.70 -> 0.56 us/msg).
     pieces = span.split(CR_LF + head)
     del pieces[-1]              # cut short (or past the run)
     whole = len(pieces)
@@ -3181,14 +3176,9 @@ def deliver_subject_run(data: bytes, i: int, tail_at: int, window: int,
         append(CR_LF)
     plan.msgs += k
     plan.bytes += nbytes
-    # The run reaches the window's end if every piece was a record and they
-    # fill it (the last piece, never taken, is then one cut short; when a
-    # record of another subject follows the run's last, the pieces are all
-    # records too, but leave the rest of the window to the others).
-    # HOT: with runs that ended taken for runs that reached the end, the
-    #      window grew to 256 KiB, split and copied per call (in process,
-    #      with loadgen's PING every 32 KiB: runs of 32 1.9 -> 1.1 us/msg,
-    #      of 128 0.96 -> 0.80, one subject 0.79 -> 0.70; parse's halving).
+    # HOT: the run reaches the window's end only if its records fill it
+    #      (else the window grew to 256 KiB for runs that had ended: in
+    #      process, runs of 32 1.9 -> 1.1 us/msg, with parse's halving).
     taken += k * (len(head) + 2)
     reached = k == whole and taken * 4 >= 3 * (len(span) + len(head))
     return -k if reached else k, nbytes, i + taken

@@ -147,7 +147,9 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     3,820 since HPUB lines are remembered too: headers 1.9x, with replies
     1.6x; 3,865 since the routes' cold subjects, route 10k 3x, and
     Connection.flush_rest: a slow peer's queue is no longer copied every
-    turn)."""
+    turn; 3,875 since a subject run's window follows the runs' length and
+    its separator carries the CRLF: one subject with varying sizes 1.4x,
+    runs of 32 1.7x, with loadgen's PINGs)."""
     doc = ast.get_docstring(tree, clean=False) or ""
     parts = contents_of(doc, parts=True)
     banners = part_banners_of(source)
@@ -157,7 +159,7 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     for (p, title), (q, banner, _) in zip(parts, banners):
         assert title.split(":")[0] == banner, (title, banner)
     part_one = banners[1][2] - banners[0][2]
-    assert part_one <= 3865, "Part I is %d lines" % part_one
+    assert part_one <= 3875, "Part I is %d lines" % part_one
 
 
 def test_grep_for_numbered_headings_finds_only_banners(source):
