@@ -2483,9 +2483,10 @@ class Client(Connection):
                                 window = run_min * (stop + 2 - i)
                             k, got, at = deliver_subject_run(data, i, tail_at, window, plan,
                                                              server)
-                            # (Twice as wide while runs fill it, half after one ended.)
-                            window = min(2 * window, SUBJECT_RUN_WINDOW_MAX) if k <= 0 \
-                                else window // 2
+                            # (Twice as wide while runs fill it, half after one
+                            # ended, anew after a run of less than two.)
+                            window = min(2 * window, SUBJECT_RUN_WINDOW_MAX) if k < 0 \
+                                else window // 2 if k else 0
                             if k:
                                 k = abs(k)
                                 msgs += k
@@ -11444,10 +11445,10 @@ class LeafNode(Connection):
                 pending.update(clients)
                 for c in clients:
                     c.last_activity = now
-        if msgs:
-            self.in_msgs += msgs
-            self.in_bytes += nbytes
-            self.last_activity = now
+            if msgs:                # (also when a bad op ends the read)
+                self.in_msgs += msgs
+                self.in_bytes += nbytes
+                self.last_activity = now
 
     def leaf_plans(self) -> dict:
         """msg_plans, emptied if the account's sublist changed since they
@@ -14762,6 +14763,8 @@ class ServerControl:
         for route in self.cluster.conns:
             route.trace = self.trace
             route.msg_keys.clear()    # its entries hold the old accounts' sublists
+        for leaf in self.leafs.conns:
+            leaf.trace = self.trace   # (an untraced leaf's LMSGs skip the receivers' traces)
         for account in self.accounts.values():
             account.sublist.clear_cache()   # plans filtered by the old permissions
         if new.pid_file and new.pid_file != old.pid_file:

@@ -716,9 +716,9 @@ def test_a_reload_lowering_max_control_line_applies_to_cold_subjects(start, tmp_
 # -- runs on one subject, sizes free (deliver_subject_run) ------------------------------
 #
 # gnatsd.py takes the rest of a run of PUBs on one subject at once (after 8,
-# SUBJECT_RUN_MIN, in a row): it splits the bytes ahead at every `PUB
-# <subject> ` and checks each piece is a record (the size its length allows,
-# a CRLF at its end).  Payloads here hold CRLFs, the subject's own PUB line,
+# SUBJECT_RUN_MIN, in a row): it splits the bytes ahead at every CRLF and
+# `PUB <subject> ` and checks each piece is a record (it starts with the one
+# size its length allows).  Payloads here hold CRLFs, the subject's own PUB line,
 # whole fake records; sizes change their number of digits; the run breaks
 # where Go's parser would; a record that must be refused sits at several
 # places in the windows gnatsd.py splits.
@@ -1062,3 +1062,23 @@ def test_a_spoke_cluster_delivers_each_hub_message_once_per_client(cluster_facto
         t_expect_exact(sub, msgs_for(msgs, b"1"), timeout=20)
     for sub in subs:
         assert until_pong(sub) == b""
+
+
+@pytest.mark.parametrize("kind", KIND_PARAMS)
+def test_a_reload_turning_trace_on_traces_a_leafs_messages(kind, nodes, tmp_path):
+    """A leaf connected before a reload turns tracing on: its LMSGs and
+    their deliveries are traced from then on, as any connection's."""
+    hub = start_hub(nodes, kind, tmp_path)
+    src = raw_leaf(hub, b"src")
+    sub = client_of(hub, b"SUB hot.a 1\r\n")
+    ops_until_pong(src)
+    src.send(lmsgs([(b"hot.a", None, b"warm")]))
+    t_expect_exact(sub, b"MSG hot.a 1 4\r\nwarm\r\n")
+    conf = tmp_path / "hub.conf"
+    conf.write_text(conf.read_text() + "trace: true\n")
+    reload(hub)
+    start = len(hub.log)
+    src.send(lmsgs([(b"hot.a", None, b"traced")]))
+    t_expect_exact(sub, b"MSG hot.a 1 6\r\ntraced\r\n")
+    hub.wait_for_log(rb"<<- \[LMSG hot\.a 6\]", start=start)
+    hub.wait_for_log(rb"->> \[MSG hot\.a 1 6\]", start=start)
