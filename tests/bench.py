@@ -2679,7 +2679,7 @@ def run_one(scenario, name: str, argv: list, opts) -> dict:
     server = None
     kind = Server
     if getattr(scenario, "routed", False):
-        kind = LeafPair if scenario.leaf else RoutedPair
+        kind = LeafPair if getattr(scenario, "leaf", False) else RoutedPair
     if name == "sink" and getattr(scenario, "c_sink", False):
         argv = [opts.loadgen, "sink"]  # as cheap as the C publishers it serves
     try:
