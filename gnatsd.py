@@ -2344,7 +2344,6 @@ class Client(Connection):
         deadline = monotonic() + MAX_INPUT_TIME
         check_at = start + INPUT_CHECK_BYTES
         find = data.find
-        rfind = data.rfind
         startswith = data.startswith
         lines = self.pub_lines
         lines_get = lines.get
@@ -2383,17 +2382,18 @@ class Client(Connection):
                 #      value in pub_line_sizes; two dict lookups, no split
                 #      (64 subjects, 16..256-byte payloads, in process:
                 #      publish-only 0.90 -> 0.66 us/msg, to one wildcard sub
-                #      1.33 -> 1.03; make bench real_pub 0.07x -> 0.11x of Go
-                #      2.9).  Anything else, a reply, headers, a first sight,
+                #      1.33 -> 1.03; then rpartition, not rfind with bounds and
+                #      two slices: 0.69 -> 0.62 on 3.11, 0.84 -> 0.76 on 3.12).
+                #      Anything else, a reply, headers, a first sight,
                 #      goes to pub_lookup, and what it does not take to
                 #      process_op (the reference path).
-                sp = rfind(b" ", i, nl)
-                if sp > i:
-                    key = data[i:sp]
+                key, _, token = data[i:nl].rpartition(b" ")
+                sp = i + len(key)
+                if key:
                     plan = lines_get(key)
                     if plan is None:
                         plan = cold_get(key)    # a PlanShape (see pub_lookup)
-                    size = sizes_get(data[sp + 1:nl], -1)
+                    size = sizes_get(token, -1)
                 else:
                     plan, size = None, -1
                 if plan is None or size < 0:
