@@ -11487,7 +11487,10 @@ class LeafNode(Connection):
         line = data[i:nl]
         if line.endswith(b"\r"):
             line = line[:-1]
-        op, _, arg = line.partition(b" ")
+        op, blank, arg = line.partition(b" ")
+        if b"\t" in op:        # (a tab after the op's name is a blank, as Go's parser reads it)
+            op, _, rest = op.partition(b"\t")
+            arg = rest + blank + arg
         op = op.upper()
         if not self.is_spoke and not self.connect_received and op != b"CONNECT":
             self.error("authentication error")

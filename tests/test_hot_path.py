@@ -1082,3 +1082,53 @@ def test_a_reload_turning_trace_on_traces_a_leafs_messages(kind, nodes, tmp_path
     t_expect_exact(sub, b"MSG hot.a 1 6\r\ntraced\r\n")
     hub.wait_for_log(rb"<<- \[LMSG hot\.a 6\]", start=start)
     hub.wait_for_log(rb"->> \[MSG hot\.a 1 6\]", start=start)
+
+
+def random_leaf_ops(seed: int, count: int) -> bytes:
+    """LMSG and HMSG lines as a leaf may write them: replies, queue forms,
+    tabs and doubled blanks, sizes with a leading zero, payloads with CRLF."""
+    rnd = random.Random(seed)
+    ops = []
+    for k in range(count):
+        subject = rnd.choice([b"hot.a", b"hot.b.c", b"hot.q", b"hot.7", b"cold.x"])
+        payload = bytes(rnd.choice(b"ab \r\n") for _ in range(rnd.choice([0, 1, 5, 40, 300])))
+        reply = b"_INBOX.%d" % k
+        form = rnd.randrange(5)
+        middle = [[], [reply], [b"|", b"q"], [b"+", reply, b"q"], [reply]][form]
+        header = form == 4 or rnd.random() < 0.2
+        blank = b" " if rnd.random() < 0.9 else rnd.choice([b"  ", b"\t", b" \t"])
+        if header:
+            hdr = b"NATS/1.0\r\nK: %d\r\n\r\n" % k
+            sizes = [b"%d" % len(hdr), b"%d" % (len(hdr) + len(payload))]
+            ops.append(blank.join([b"HMSG", subject] + middle + sizes) + b"\r\n" + hdr + payload)
+        else:
+            size = b"%d" % len(payload) if rnd.random() < 0.9 else b"0%d" % len(payload)
+            ops.append(blank.join([b"LMSG", subject] + middle + [size]) + b"\r\n" + payload)
+        ops[-1] += b"\r\n"
+    return b"".join(ops)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("go", ["go2.9", "go2.15"])
+def test_random_leaf_traffic_reaches_everyone_as_from_go(go, seed, nodes, tmp_path):
+    """The same random LMSG/HMSG stream from a raw leaf into a gnatsd.py hub
+    and a Go hub: clients (plain, wildcard, a queue group) and another leaf
+    get the same bytes from both."""
+    got = []
+    for kind in ("gnatsd", go):
+        (tmp_path / kind).mkdir()
+        hub = start_hub(nodes, kind, tmp_path / kind)
+        src, other = raw_leaf(hub, b"src"), raw_leaf(hub, b"other")
+        every = client_of(hub, b"SUB hot.> 1\r\n")
+        queue = client_of(hub, b"SUB hot.q q 2\r\n")
+        wild = client_of(hub, b"SUB hot.* 3\r\n")
+        other.send(b"LS+ hot.*\r\n")
+        ops_until_pong(other)
+        ops_until_pong(src)
+        src.send(random_leaf_ops(seed, 600))
+        assert ops_until_pong(src) == []
+        got.append([until_pong(every), until_pong(queue), until_pong(wild),
+                    ops_until_pong(other)])
+    assert got[0][0] and got[0][1] and got[0][3]
+    for mine, theirs, who in zip(got[0], got[1], ["hot.>", "queue", "hot.*", "leaf"]):
+        assert mine == theirs, who
