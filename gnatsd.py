@@ -10362,7 +10362,7 @@ def queue_peer_msg(conn, head: bytes, account: bytes | None, msg: Message, queue
         parts += queues
     elif msg.reply is not None:
         parts.append(msg.reply)
-    parts.append(msg.size_field if msg.hdr < 0 else b"%d %d" % (msg.hdr, msg.size))
+    parts.append(msg.size_field)        # (as the publisher wrote it, as Go copies it)
     line = b" ".join(parts)
     if conn.trace:
         conn.trace_out(line.decode("utf-8", "replace"))
@@ -11577,8 +11577,8 @@ class LeafNode(Connection):
                 not self.perms.can_publish(subject):
             self.perm_violation(True, subject)
             return stop + 2
-        msg = Message(subject, reply, hdr, size, data[nl + 1:stop],
-                      b"%d %d" % (hdr, size) if hdr >= 0 else args[-1])
+        msg = Message(subject, reply, hdr, size, data[nl + 1:stop],     # (the sizes as written)
+                      args[-2] + b" " + args[-1] if hdr >= 0 else args[-1])
         self.server.leafs.deliver(self, msg, queues)
         return stop + 2
 

@@ -1100,6 +1100,8 @@ def random_leaf_ops(seed: int, count: int) -> bytes:
         if header:
             hdr = b"NATS/1.0\r\nK: %d\r\n\r\n" % k
             sizes = [b"%d" % len(hdr), b"%d" % (len(hdr) + len(payload))]
+            if rnd.random() < 0.1:
+                sizes = [b"0" + size for size in sizes]     # (Go copies them as written)
             ops.append(blank.join([b"HMSG", subject] + middle + sizes) + b"\r\n" + hdr + payload)
         else:
             size = b"%d" % len(payload) if rnd.random() < 0.9 else b"0%d" % len(payload)
