@@ -11072,7 +11072,7 @@ class LeafNode(Connection):
                  "remote_info", "info_received", "connect_received", "registered", "headers",
                  "remote_subs", "weights", "smap", "nonce", "credentials", "deny_exports",
                  "deny_imports", "remote_account", "perms", "expiry_entry", "msg_plans",
-                 "msg_plans_for")
+                 "header_plans", "msg_plans_for")
 
     kind = "Leaf"
     tls_label = "leafnode "
@@ -11104,6 +11104,7 @@ class LeafNode(Connection):
         self.perms = None               # an accepted leaf's user's (ClientPermissions)
         self.expiry_entry = None        # the timer of its JWT login's end
         self.msg_plans: dict = {}       # LMSG subject -> DeliveryPlan (parse, leaf_plan)
+        self.header_plans: dict = {}    # the same for HMSG
         self.msg_plans_for = None       # (sublist, genid) the plans were made for
         # (None when a remote denies nothing: a plan through the hub stays fast.)
         self.deny_exports = _permission_sublist(remote.deny_exports or None if remote else None)
@@ -11354,9 +11355,10 @@ class LeafNode(Connection):
 
     def parse(self, data: bytes, start: int = 0):
         """Leaf ops, up to this turn's time as a client's (chapter 5).  A
-        plain `LMSG <subject> [reply] <size>` takes the hot path as a
-        route's RMSG does: the size from the line's last token, the plan
-        from msg_plans (leaf_plan); anything else goes to process_op."""
+        plain `LMSG <subject> [reply] <size>` (or HMSG, `<hdr> <size>`)
+        takes the hot path as a route's RMSG does: the size from the line's
+        last token, the plan from msg_plans (header_plans; leaf_plan);
+        anything else goes to process_op."""
         server = self.server
         n = len(data)
         i = start
@@ -11373,7 +11375,7 @@ class LeafNode(Connection):
         # leaf, untraced, with no deny_imports and no user permissions.
         hot = self.registered and not self.trace and self.deny_imports is None and \
             self.perms is None
-        plans_get = self.leaf_plans().get
+        plans_get, header_plans_get = (d.get for d in self.leaf_plans())
         msgs = nbytes = 0
         touched = set()               # plans delivered to: settled and marked once, after
         touch = touched.add
@@ -11396,12 +11398,21 @@ class LeafNode(Connection):
                 #      a hub's CPU for LMSGs over 64 subjects from a leaf to
                 #      one client: 3.5 -> 1.9 us/msg).
                 plan = None
-                if hot and startswith(b"LMSG ", i) and data[nl - 1] == 13:
+                if hot and data[nl - 1] == 13 and (startswith(b"LMSG ", i) or
+                                                   startswith(b"HMSG ", i)):
                     subject, _, size_token = data[i + 5:nl - 1].rpartition(b" ")
-                    sp = i + 5 + len(subject)
                     size = sizes_get(size_token, -2)
                     if size == -2:
                         size = server.pub_size(size_token)
+                    header = data[i] == 72          # HMSG: `<hdr> <total>`
+                    if header and size >= 0:
+                        subject, _, hdr_token = subject.rpartition(b" ")
+                        hdr = sizes_get(hdr_token, -2)
+                        if hdr == -2:
+                            hdr = server.pub_size(hdr_token)
+                        if not 0 <= hdr <= size:
+                            size = -1
+                    tail_at = i + 6 + len(subject)  # (the size field)
                     if size >= 0 and subject:
                         reply_sp = None
                         r = subject.find(b" ")
@@ -11412,13 +11423,17 @@ class LeafNode(Connection):
                                 reply_sp = reply + b" "
                             else:
                                 subject = b""
-                        plan = plans_get(subject) or self.leaf_plan(subject)
+                        if header:
+                            plan = header_plans_get(subject) or self.leaf_plan(subject, True)
+                        else:
+                            plan = plans_get(subject) or self.leaf_plan(subject)
                 if plan is None or (plan.kind != PLAN_PLAIN and plan.kind != PLAN_EMPTY):
                     i = self.process_op(data, i, nl)
                     if i < 0:
                         break
                     check_at = 0
-                    plans_get = self.leaf_plans().get   # (an LS+ or LS- changes the sublist)
+                    # (An LS+ or LS- changes the sublist.)
+                    plans_get, header_plans_get = (d.get for d in self.leaf_plans())
                     continue
                 stop = nl + 1 + size
                 if stop + 2 > n or data[stop] != 13 or data[stop + 1] != 10:
@@ -11428,7 +11443,7 @@ class LeafNode(Connection):
                     check_at = 0
                     continue
                 if plan.kind == PLAN_PLAIN:
-                    plan.deliver(data[sp + 1:stop + 2], size, reply_sp)
+                    plan.deliver(data[tail_at:stop + 2], size, reply_sp)
                     touch(plan)
                 msgs += 1
                 nbytes += size
@@ -11446,24 +11461,25 @@ class LeafNode(Connection):
                 self.in_bytes += nbytes
                 self.last_activity = now
 
-    def leaf_plans(self) -> dict:
-        """msg_plans, emptied if the account's sublist changed since they
-        were made (its genid: any subscription, a reload's new accounts).
-        Each parse settles the plans it used, so none holds counts here."""
+    def leaf_plans(self) -> tuple:
+        """(msg_plans, header_plans), emptied if the account's sublist
+        changed since they were made (its genid: any subscription, a
+        reload's new accounts).  Each parse settles the plans it used, so
+        none holds counts here."""
         sublist = self.account.sublist
         made_for = (sublist, sublist.genid)
         if self.msg_plans_for != made_for:
-            self.msg_plans = {}
+            self.msg_plans, self.header_plans = {}, {}
             self.msg_plans_for = made_for
-        return self.msg_plans
+        return self.msg_plans, self.header_plans
 
-    def leaf_plan(self, subject: bytes):
-        """The delivery plan of a plain LMSG on `subject` from this leaf,
-        LeafNodes.deliver's for a message naming no queue group: the local
-        clients' plain subscriptions, the other leaf connections and, on
-        a hub, the routes; never this connection.  None (process_op takes
-        the line) for a subject with other whitespace in it, or a response
-        to a service request (take_response)."""
+    def leaf_plan(self, subject: bytes, headers: bool = False):
+        """The delivery plan of a plain LMSG (`headers`: HMSG) on `subject`
+        from this leaf, LeafNodes.deliver's for a message naming no queue
+        group: the local clients' plain subscriptions, the other leaf
+        connections and, on a hub, the routes; never this connection.  None
+        (process_op takes the line) for a subject with other whitespace in
+        it, or a response to a service request (take_response)."""
         account = self.account
         if subject.split() != [subject] or (account.exports_services and
                                             subject.startswith(b"_R_.")):
@@ -11473,9 +11489,9 @@ class LeafNode(Connection):
         psubs = [s for s in sublist.match(subject).psubs if s.client is not self and
                  (s.client.kind != "Router" or not spoke)]
         receivers = SublistResult(psubs, [])
-        plan = DeliveryPlan(receivers, subject, sublist.name, False,
-                            shape_for(sublist, receivers, subject))
-        plans = self.msg_plans
+        plan = DeliveryPlan(receivers, subject, sublist.name, headers,
+                            shape_for(sublist, receivers, subject, headers))
+        plans = self.header_plans if headers else self.msg_plans
         if len(plans) >= LEAF_MSG_PLANS_MAX:
             plans.clear()
         plans[subject] = plan

@@ -1115,7 +1115,8 @@ def random_leaf_ops(seed: int, count: int) -> bytes:
 def test_random_leaf_traffic_reaches_everyone_as_from_go(go, seed, nodes, tmp_path):
     """The same random LMSG/HMSG stream from a raw leaf into a gnatsd.py hub
     and a Go hub: clients (plain, wildcard, a queue group) and another leaf
-    get the same bytes from both."""
+    get the same bytes from both, and the leaf's and a client's counts are
+    the same."""
     got = []
     for kind in ("gnatsd", go):
         (tmp_path / kind).mkdir()
@@ -1131,6 +1132,11 @@ def test_random_leaf_traffic_reaches_everyone_as_from_go(go, seed, nodes, tmp_pa
         assert ops_until_pong(src) == []
         got.append([until_pong(every), until_pong(queue), until_pong(wild),
                     ops_until_pong(other)])
+        leaf = {lf["port"]: lf for lf in leafz(hub)["leafs"]}[src.sock.getsockname()[1]]
+        conns = {tuple(c.get("subscriptions_list", ())): c
+                 for c in monitor_json(hub, "/connz?subs=1")["connections"]}
+        got[-1].append([leaf["in_msgs"], leaf["in_bytes"], conns[("hot.>",)]["out_msgs"],
+                        conns[("hot.>",)]["out_bytes"]])
     assert got[0][0] and got[0][1] and got[0][3]
-    for mine, theirs, who in zip(got[0], got[1], ["hot.>", "queue", "hot.*", "leaf"]):
+    for mine, theirs, who in zip(got[0], got[1], ["hot.>", "queue", "hot.*", "leaf", "counts"]):
         assert mine == theirs, who
