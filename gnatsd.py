@@ -2354,8 +2354,7 @@ class Client(Connection):
         pending = server.pending
         rand = random.random
         EMPTY, PLAIN, QUEUES, STALE = PLAN_EMPTY, PLAN_PLAIN, PLAN_QUEUES, PLAN_STALE
-        msgs = nbytes = misses = 0
-        miss_at = -1
+        msgs = nbytes = 0
         run_plan = None
         last_size = -1
         streak, run_min = 0, SUBJECT_RUN_MIN    # PUBs in a row on run_plan's (past the first)
@@ -2444,16 +2443,12 @@ class Client(Connection):
                             check_at = 0
                             cold_get = self.cold_lines_get()    # (a CONNECT may change it)
                             continue
-                        misses += 1
-                        miss_at = i
                 else:
                     reply_sp = None
                     tail_at = sp + 1
                 stop = nl + 1 + size
                 if stop + 2 > n:
                     check_payload_end(data, stop)
-                    if miss_at == i:
-                        misses -= 1         # looked up again when the payload is in
                     self.keep_tail(data, i, stop + 2 - i)
                     break
                 if data[stop] != 13 or data[stop + 1] != 10:
@@ -2566,11 +2561,9 @@ class Client(Connection):
                 self.in_msgs += msgs
                 self.in_bytes += nbytes
                 self.last_activity = now
-                # Each message is a match of the sublist's (Go counts them so);
-                # pub_lookup's went through Sublist.match and counted themselves.
-                sublist = self.account.sublist
-                sublist.matches += msgs - misses
-                sublist.cache_hits += msgs - misses
+        # (No sublist match is counted for a line pub_lines answers: Go's
+        # per-connection results answer the same PUBs, and /subsz counts
+        # only what reaches the sublist, pub_lookup's.)
 
     def pub_lookup(self, data: bytes, i: int, nl: int, sp: int, size: int = -1) -> tuple:
         """The hot path's take on a line pub_lines does not settle at once

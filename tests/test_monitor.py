@@ -802,6 +802,22 @@ def test_subsz_test_subject_offset_and_limit(mon_factory, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_subsz_counts_a_connections_subjects_not_each_publish(mon_factory, kind):
+    """A connection publishing to the same subjects again is answered from
+    what it looked up before (Go's per-connection results, gnatsd.py's PUB
+    lines): /subsz num_matches grows by a few per subject, not per PUB."""
+    srv = mon_factory(kind)
+    c = client(srv, "matches")
+    c.send(b"SUB m.> 1\r\n")
+    t_ping_pong(c)
+    base = get_json(srv, "/subsz")["num_matches"]
+    c.send(b"".join(b"PUB m.%d 2\r\nhi\r\n" % (k % 2) for k in range(100)))
+    t_expect_exact(c, b"".join(b"MSG m.%d 1 2\r\nhi\r\n" % (k % 2) for k in range(100)))
+    t_ping_pong(c)
+    assert 2 <= get_json(srv, "/subsz")["num_matches"] - base <= 10
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_subsz_statistics_follow_inserts_removes_and_matches(mon_factory, kind):
     srv = mon_factory(kind)
     base = get_json(srv, "/subsz")
