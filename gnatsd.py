@@ -2552,11 +2552,7 @@ class Client(Connection):
                 nbytes += size
                 i = stop + 2
         finally:
-            for plan in touched:
-                clients = plan.clients
-                pending.update(clients)
-                for c in clients:
-                    c.last_activity = now
+            mark_receivers(touched, pending, now)
             if msgs:                    # (also when a bad op ends the read)
                 self.in_msgs += msgs
                 self.in_bytes += nbytes
@@ -3176,6 +3172,16 @@ def deliver_subject_run(data: bytes, i: int, tail_at: int, window: int,
     taken += k * (len(head) + 2)
     reached = k == whole and taken * 4 >= 3 * (len(span) + len(head))
     return -k if reached else k, nbytes, i + taken
+
+
+def mark_receivers(plans, pending: set, now: float):
+    """After a read, once: the receivers of the plans it delivered to wait
+    for the turn's flush (`pending`) and were active at `now`."""
+    for plan in plans:
+        clients = plan.clients
+        pending.update(clients)
+        for c in clients:
+            c.last_activity = now
 
 
 # Secrets in a CONNECT line, replaced before it is traced (Go's removeSecretsFromTrace).
@@ -9940,12 +9946,7 @@ class Route(Connection):
                 i += k * (nl + 3 - i + size)
                 touch(plan)
         finally:
-            pending = server.pending
-            for plan in touched:
-                clients = plan.clients
-                pending.update(clients)
-                for c in clients:
-                    c.last_activity = now
+            mark_receivers(touched, server.pending, now)
         if msgs:
             self.in_msgs += msgs
             self.in_bytes += nbytes
@@ -11442,13 +11443,9 @@ class LeafNode(Connection):
                 nbytes += size
                 i = stop + 2
         finally:
-            pending = server.pending
             for plan in touched:
                 plan.settle()       # (msg_plans may be emptied before the next parse)
-                clients = plan.clients
-                pending.update(clients)
-                for c in clients:
-                    c.last_activity = now
+            mark_receivers(touched, server.pending, now)
             if msgs:                # (also when a bad op ends the read)
                 self.in_msgs += msgs
                 self.in_bytes += nbytes
