@@ -2495,8 +2495,17 @@ class Client(Connection):
                     # HOT: one slice holds "<size>\r\n<payload>\r\n" for every
                     #      receiver; prefixes are ready-made per subscriber, and
                     #      counts are kept per plan (settle()), not per delivery
-                    #      (make bench fan-out 16: 0.57x -> 0.75x of Go 2.9).
-                    plan.deliver(data[tail_at:stop + 2], size, reply_sp)
+                    #      (make bench fan-out 16: 0.57x -> 0.75x of Go 2.9).  No
+                    #      reply: deliver() written out (pub->sub 1.05-1.08x on 3.11).
+                    if reply_sp is None:
+                        tail = data[tail_at:stop + 2]
+                        plan.msgs += 1
+                        plan.bytes += size
+                        for append, prefix in plan.plain_out:
+                            append(prefix)
+                            append(tail)
+                    else:
+                        plan.deliver(data[tail_at:stop + 2], size, reply_sp)
                     touch(plan)
                 elif kind == EMPTY:
                     if reply_sp is not None:

@@ -149,7 +149,9 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     Connection.flush_rest: a slow peer's queue is no longer copied every
     turn; 3,875 since a subject run's window follows the runs' length and
     its separator carries the CRLF: one subject with varying sizes 1.4x,
-    runs of 32 1.7x, with loadgen's PINGs)."""
+    runs of 32 1.7x, with loadgen's PINGs; 3,885 since a plain PUB's
+    deliveries are written out in Client.parse: pub->sub 1.05-1.08x on
+    3.11, the bench's interpreter)."""
     doc = ast.get_docstring(tree, clean=False) or ""
     parts = contents_of(doc, parts=True)
     banners = part_banners_of(source)
@@ -159,7 +161,7 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     for (p, title), (q, banner, _) in zip(parts, banners):
         assert title.split(":")[0] == banner, (title, banner)
     part_one = banners[1][2] - banners[0][2]
-    assert part_one <= 3875, "Part I is %d lines" % part_one
+    assert part_one <= 3885, "Part I is %d lines" % part_one
 
 
 def test_grep_for_numbered_headings_finds_only_banners(source):
