@@ -9994,7 +9994,10 @@ class Route(Connection):
         line = data[i:nl]
         if line.endswith(b"\r"):
             line = line[:-1]
-        op, _, arg = line.partition(b" ")
+        op, blank, arg = line.partition(b" ")
+        if b"\t" in op:        # (a tab after the op's name is a blank, as Go's parser reads it)
+            op, _, rest = op.partition(b"\t")
+            arg = rest + blank + arg
         op = op.upper()
         if op == b"RMSG" or op == b"HMSG" or op == b"MSG" and self.legacy:
             if op == b"MSG":

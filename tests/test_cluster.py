@@ -412,6 +412,44 @@ def test_an_accepted_route_connection_gets_info_at_once(start, tmp_path):
     conn.close()
 
 
+def test_a_tab_after_a_route_ops_name_is_read_as_a_blank(start):
+    """Go's route parser takes a tab after an op's name as it takes a space
+    (RS+, RS-, RMSG, PING): a peer writing `RS+<TAB>$G foo` subscribes, its
+    `RMSG<TAB>...` is delivered, its `PING<TAB>` answered.  (Go peers write
+    spaces; gnatsd.py closed such a route as an unknown op.)  A fake peer
+    that does not pool dials the cluster port."""
+    srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
+    port = int(srv.wait_for_log(rb"Listening for route connections on \S+:(\d+)").group(1))
+    peer = RawConn("127.0.0.1", port, timeout=5)
+    peer.read_info()
+    peer.send(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"name":"NTABPEER",'
+              b'"cluster":"c1"}\r\nINFO {"server_id":"NTABPEER","host":"127.0.0.1","port":1,'
+              b'"headers":true,"cluster":"c1","proto":1}\r\n')
+    client = RawConn(srv.host, srv.port, timeout=5)
+    client.read_info()
+    client.send(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB bar 1\r\nPING\r\n')
+    client.expect(rb"PONG\r\n")
+
+    def peer_reads(pattern: bytes) -> re.Match:
+        # (Skipping what a Go peer also sends: PINGs, INFO, other interest.)
+        return peer.expect(rb"(?:(?:PING|PONG|INFO [^\r]*|RS[+-] [^\r]*)\r\n)*?" + pattern)
+
+    peer.send(b"RS+\t$G foo\r\nRS+ $G probe\r\nPING\t\r\n")
+    peer_reads(rb"PONG\r\n")
+    client.send(b"PUB probe 0\r\n\r\nPUB foo 2\r\nhi\r\nPING\r\n")
+    client.expect(rb"PONG\r\n")
+    peer_reads(rb"RMSG \$G probe 0\r\n\r\nRMSG \$G foo 2\r\nhi\r\n")
+    peer.send(b"RMSG\t$G bar 2\r\nho\r\n")
+    client.expect(rb"MSG bar 1 2\r\nho\r\n")
+    peer.send(b"RS-\t$G foo\r\nPING\r\n")
+    peer_reads(rb"PONG\r\n")
+    client.send(b"PUB foo 2\r\nhi\r\nPUB probe 1\r\nx\r\nPING\r\n")
+    client.expect(rb"PONG\r\n")
+    peer_reads(rb"RMSG \$G probe 1\r\nx\r\n")      # (not foo's: its interest is gone)
+    peer.close()
+    client.close()
+
+
 # -- 2. pub/sub -------------------------------------------------------------------
 
 
