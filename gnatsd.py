@@ -9888,9 +9888,7 @@ class Route(Connection):
                     if n - i > server.options.max_control_line * 16:
                         op = data[i:i + 16].partition(b" ")[0].upper()
                         if op not in _ROUTE_OPS:   # as process_op will say (and Go at once)
-                            raise ProtocolError("route parser: unknown op %s"
-                                                % go_quote(op[:8]), ERR_UNKNOWN_PROTOCOL,
-                                                PARSE_ERROR)
+                            raise op_name_error(data, i, "Router")
                         raise ProtocolError("route control line too long",
                                             ERR_MAX_CONTROL_LINE, MAX_CONTROL_LINE_EXCEEDED)
                     self.keep_tail(data, i, n - i + 1)
@@ -9932,8 +9930,7 @@ class Route(Connection):
                     self.keep_tail(data, i, stop + 2 - i)
                     break
                 if data[stop] != 13 or data[stop + 1] != 10:
-                    raise ProtocolError("route parser: payload not followed by CRLF",
-                                        ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+                    raise payload_end_error(data, stop, "Router")
                 if plan.kind == PLAN_FIRST:     # a PlanShape (local_plan): no runs
                     k = 1
                     plan.deliver(subject, data[sp + 1:stop + 2], size)
@@ -10031,8 +10028,7 @@ class Route(Connection):
         elif op in (b"+OK", b"LS+", b"LS-"):
             pass
         else:
-            raise ProtocolError("route parser: unknown op %s" % go_quote(op),
-                                ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+            raise op_name_error(data, i, "Router")
         return nl + 1
 
     def with_account(self, args: list) -> list:
@@ -10045,27 +10041,12 @@ class Route(Connection):
     def process_msg(self, data: bytes, nl: int, headers: bool, arg: bytes) -> int:
         """RMSG/HMSG whose payload follows `nl`; returns the index after it,
         or -(bytes needed from the line start) when it is not all here."""
-        args = self.with_account(arg.split())
-        try:
-            if headers:
-                hdr, size = int(args[-2]), int(args[-1])
-                args = args[:-2]
-            else:
-                hdr, size = -1, int(args[-1])
-                args = args[:-1]
-            account_name, subject = args[0], args[1]
-        except (ValueError, IndexError):
-            raise ProtocolError("processRoutedMsgArgs: bad arguments %s" % go_quote(arg),
-                                ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
-        reply, queues = None, None
-        if len(args) > 2:
-            if args[2] == b"+" and len(args) > 3:
-                reply, queues = args[3], args[4:]
-            elif args[2] == b"|":
-                queues = args[3:]
-            else:
-                reply = args[2]
+        account_name, subject, reply, queues, hdr, size, size_field = \
+            self.routed_msg_args(headers, arg)
         stop = nl + 1 + size
+        end = data[stop:stop + 2]
+        if end != CR_LF[:len(end)]:     # (as soon as a wrong byte shows, as Go's parser)
+            raise payload_end_error(data, stop, "Router")
         if stop + 2 > len(data):
             return -(stop + 2)
         payload = data[nl + 1:stop]
@@ -10076,7 +10057,7 @@ class Route(Connection):
         self.last_activity = time.time()
         account = self.server.accounts.get(account_name.decode("utf-8", "replace"))
         if account is not None:
-            msg = Message(subject, reply, hdr, size, payload)
+            msg = Message(subject, reply, hdr, size, payload, size_field)
             trace = None
             if hdr > 0 and payload.find(b"Nats-Trace-", 0, hdr) >= 0:
                 trace = MsgTrace.start(self, msg, account)
@@ -10084,6 +10065,44 @@ class Route(Connection):
             if trace is not None:
                 trace.send(self, account)
         return stop + 2
+
+    # GO-COMPAT: processRoutedMsgArgs (test_cluster.py::test_bad_routed_msg_args_close_the_route_as_go_does)
+    def routed_msg_args(self, headers: bool, arg: bytes) -> tuple:
+        """The arguments of an RMSG (`headers`: HMSG) as Go reads them:
+        `<account> <subject> [reply] <size>`, or with queue groups
+        `... + <reply> <queues> <size>` / `... | <queues> <size>` (an HMSG
+        has `<hdr> <size>` at the end); the account is the route's on a
+        pinned route.  -> (account, subject, reply, queues, hdr (-1 for
+        RMSG), size, the size tokens as written).  Go's errors close the
+        route without a word to the peer."""
+        args = self.with_account(split_arg(arg))
+        sizes = 2 if headers else 1
+        name = "processRoutedHeaderMsgArgs" if headers else "processRoutedMsgArgs"
+        listed = "[%s]" % " ".join(a.decode("utf-8", "replace") for a in args)
+        text = arg.decode("utf-8", "replace")
+        if len(args) < 2 + sizes:
+            raise ProtocolError("%s Parse Error: '%s'" % (name, listed))
+        reply, queues = None, None
+        if len(args) == 3 + sizes:
+            reply = args[2]
+        elif len(args) > 3 + sizes:
+            if args[2] == b"+":
+                reply, queues = args[3], args[4:-sizes]
+            elif args[2] == b"|":
+                queues = args[3:-sizes]
+            else:
+                raise ProtocolError("%s Bad or Missing Reply Indicator: '%s'"
+                                    % (name, args[2].decode("utf-8", "replace")))
+        size = parse_size(args[-1])
+        hdr = parse_size(args[-2]) if headers else -1
+        if headers and hdr < 0:
+            raise ProtocolError("%s Bad or Missing Header Size: '%s'" % (name, text))
+        if size < 0:
+            raise ProtocolError("%s Bad or Missing Size: '%s'" % (name, listed))
+        if hdr > size:
+            raise ProtocolError("%s Header Size larger then TotalSize: '%s'" % (name, text))
+        size_field = args[-2] + b" " + args[-1] if headers else args[-1]
+        return args[0], args[1], reply, queues, hdr, size, size_field
 
     def deliver_local(self, account: Account, msg: Message, queues, plain: bool = True,
                       trace: "MsgTrace | None" = None):
@@ -11580,8 +11599,7 @@ class LeafNode(Connection):
         stop = nl + 1 + size
         end = data[stop:stop + 2]
         if end != CR_LF[:len(end)]:     # (as soon as a wrong byte shows, as Go's parser)
-            raise ProtocolError("Leafnode parser ERROR: payload not followed by CRLF",
-                                ERR_UNKNOWN_PROTOCOL)
+            raise payload_end_error(data, stop, "Leafnode")
         if stop + 2 > len(data):
             return -(stop + 2)
         if self.trace:
@@ -14336,6 +14354,12 @@ _GO_OP_STATES = {
     b"U": 59, b"UN": 60, b"UNS": 61, b"UNSU": 62, b"UNSUB": 63,
     b"M": 66, b"MS": 67, b"MSG": 68, b"I": 71, b"IN": 72, b"INF": 73, b"INFO": 74,
 }
+# A route's parser also knows RS+ RS- RMSG LS+ LS- LMSG A+ A- (OP_R, OP_L,
+# OP_A: RS+ goes on as SUB does, RS- as UNSUB, RMSG as MSG).
+_GO_ROUTE_OP_STATES = {
+    **_GO_OP_STATES, b"R": 57, b"RS": 58, b"RS+": 45, b"RS-": 63, b"RM": 66, b"RMS": 67,
+    b"RMSG": 68, b"L": 55, b"LS": 56, b"LS+": 45, b"LS-": 63, b"LM": 66, b"LMS": 67,
+    b"LMSG": 68, b"A": 48, b"A+": 49, b"A-": 52}
 # ... and after a payload: CR expected, then LF.
 GO_MSG_END_R, GO_MSG_END_N = 41, 42
 
@@ -14343,8 +14367,9 @@ GO_MSG_END_R, GO_MSG_END_N = 41, 42
 PROTO_SNIPPET_SIZE = 32
 
 
-def parser_error(data: bytes, at: int, state: int) -> ProtocolError:
-    """The unknown-op error for the byte at `at`, with Go's log line."""
+def parser_error(data: bytes, at: int, state: int, kind: str = "Client") -> ProtocolError:
+    """The unknown-op error for the byte at `at`, with Go's log line
+    (`kind`: Go's name for the connection's kind, Router or Leafnode)."""
     stop = at + PROTO_SNIPPET_SIZE
     if at >= len(data):
         snippet = '""'
@@ -14352,25 +14377,26 @@ def parser_error(data: bytes, at: int, state: int) -> ProtocolError:
         if stop > len(data):
             stop = len(data) - 1        # (Go's protoSnippet leaves the last byte out)
         snippet = go_quote(data[at:stop])
-    return ProtocolError("Client parser ERROR, state=%d, i=%d: proto='%s...'"
-                         % (state, at, snippet), ERR_UNKNOWN_PROTOCOL)
+    return ProtocolError("%s parser ERROR, state=%d, i=%d: proto='%s...'"
+                         % (kind, state, at, snippet), ERR_UNKNOWN_PROTOCOL)
 
 
-def op_name_error(data: bytes, i: int) -> ProtocolError:
+def op_name_error(data: bytes, i: int, kind: str = "Client") -> ProtocolError:
     """The unknown op starting at `i`: Go fails on the first byte that no
-    op name continues with."""
+    op name continues with (a route's names: _GO_ROUTE_OP_STATES)."""
+    states = _GO_ROUTE_OP_STATES if kind == "Router" else _GO_OP_STATES
     name = data[i:i + 8].upper()
     j = 0
-    while j < len(name) and name[:j + 1] in _GO_OP_STATES:
+    while j < len(name) and name[:j + 1] in states:
         j += 1
-    return parser_error(data, i + j, _GO_OP_STATES[name[:j]])
+    return parser_error(data, i + j, states[name[:j]], kind)
 
 
-def payload_end_error(data: bytes, stop: int) -> ProtocolError:
+def payload_end_error(data: bytes, stop: int, kind: str = "Client") -> ProtocolError:
     """A payload not followed by CRLF (`stop` is where the CR belongs)."""
     if data[stop] != 13:
-        return parser_error(data, stop, GO_MSG_END_R)
-    return parser_error(data, stop + 1, GO_MSG_END_N)
+        return parser_error(data, stop, GO_MSG_END_R, kind)
+    return parser_error(data, stop + 1, GO_MSG_END_N, kind)
 
 
 # ============================================================================

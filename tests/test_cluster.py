@@ -412,41 +412,107 @@ def test_an_accepted_route_connection_gets_info_at_once(start, tmp_path):
     conn.close()
 
 
+def raw_route(srv) -> RawConn:
+    """A route peer spoken by hand that dials `srv`'s cluster port (cluster
+    c1) and does not pool (as Go 2.9: one connection)."""
+    port = int(srv.wait_for_log(rb"Listening for route connections on \S+:(\d+)").group(1))
+    peer = RawConn("127.0.0.1", port, timeout=5)
+    peer.read_info()
+    peer.send(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"name":"NRAWPEER",'
+              b'"cluster":"c1"}\r\nINFO {"server_id":"NRAWPEER","host":"127.0.0.1","port":1,'
+              b'"headers":true,"cluster":"c1","proto":1}\r\n')
+    return peer
+
+
+def raw_client(srv, ops: bytes) -> RawConn:
+    client = RawConn(srv.host, srv.port, timeout=5)
+    client.read_info()
+    client.send(b'CONNECT {"verbose":false,"pedantic":false}\r\n' + ops + b"PING\r\n")
+    client.expect(rb"PONG\r\n")
+    return client
+
+
+def peer_reads(peer: RawConn, pattern: bytes) -> re.Match:
+    """What a route peer reads next, past what a Go server also sends it
+    (PINGs, INFO, interest)."""
+    return peer.expect(rb"(?:(?:PING|PONG|INFO [^\r]*|RS[+-] [^\r]*)\r\n)*?" + pattern)
+
+
 def test_a_tab_after_a_route_ops_name_is_read_as_a_blank(start):
     """Go's route parser takes a tab after an op's name as it takes a space
     (RS+, RS-, RMSG, PING): a peer writing `RS+<TAB>$G foo` subscribes, its
     `RMSG<TAB>...` is delivered, its `PING<TAB>` answered.  (Go peers write
-    spaces; gnatsd.py closed such a route as an unknown op.)  A fake peer
-    that does not pool dials the cluster port."""
+    spaces; gnatsd.py closed such a route as an unknown op.)"""
     srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
-    port = int(srv.wait_for_log(rb"Listening for route connections on \S+:(\d+)").group(1))
-    peer = RawConn("127.0.0.1", port, timeout=5)
-    peer.read_info()
-    peer.send(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"name":"NTABPEER",'
-              b'"cluster":"c1"}\r\nINFO {"server_id":"NTABPEER","host":"127.0.0.1","port":1,'
-              b'"headers":true,"cluster":"c1","proto":1}\r\n')
-    client = RawConn(srv.host, srv.port, timeout=5)
-    client.read_info()
-    client.send(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB bar 1\r\nPING\r\n')
-    client.expect(rb"PONG\r\n")
-
-    def peer_reads(pattern: bytes) -> re.Match:
-        # (Skipping what a Go peer also sends: PINGs, INFO, other interest.)
-        return peer.expect(rb"(?:(?:PING|PONG|INFO [^\r]*|RS[+-] [^\r]*)\r\n)*?" + pattern)
-
+    peer = raw_route(srv)
+    client = raw_client(srv, b"SUB bar 1\r\n")
     peer.send(b"RS+\t$G foo\r\nRS+ $G probe\r\nPING\t\r\n")
-    peer_reads(rb"PONG\r\n")
+    peer_reads(peer, rb"PONG\r\n")
     client.send(b"PUB probe 0\r\n\r\nPUB foo 2\r\nhi\r\nPING\r\n")
     client.expect(rb"PONG\r\n")
-    peer_reads(rb"RMSG \$G probe 0\r\n\r\nRMSG \$G foo 2\r\nhi\r\n")
+    peer_reads(peer, rb"RMSG \$G probe 0\r\n\r\nRMSG \$G foo 2\r\nhi\r\n")
     peer.send(b"RMSG\t$G bar 2\r\nho\r\n")
     client.expect(rb"MSG bar 1 2\r\nho\r\n")
     peer.send(b"RS-\t$G foo\r\nPING\r\n")
-    peer_reads(rb"PONG\r\n")
+    peer_reads(peer, rb"PONG\r\n")
     client.send(b"PUB foo 2\r\nhi\r\nPUB probe 1\r\nx\r\nPING\r\n")
     client.expect(rb"PONG\r\n")
-    peer_reads(rb"RMSG \$G probe 1\r\nx\r\n")      # (not foo's: its interest is gone)
+    peer_reads(peer, rb"RMSG \$G probe 1\r\nx\r\n")      # (not foo's: its interest is gone)
     peer.close()
+    client.close()
+
+
+# What Go 2.9 and 2.15 log for RMSG/HMSG arguments they refuse (then they
+# close the route, "Protocol Violation", without a word to the peer), and
+# for a payload not followed by CRLF or an unknown op (-ERR 'Unknown Protocol
+# Operation', and the bytes from the failing one, less the last: protoSnippet).
+BAD_ROUTED_MSGS = {
+    "underscore": (b"RMSG $G foo 1_0\r\n0123456789\r\n",
+                   "processRoutedMsgArgs Bad or Missing Size: '[$G foo 1_0]'"),
+    "plus-sign": (b"RMSG $G foo +5\r\nabcde\r\n",
+                  "processRoutedMsgArgs Bad or Missing Size: '[$G foo +5]'"),
+    "negative": (b"RMSG $G foo -1\r\n\r\n", "processRoutedMsgArgs Bad or Missing Size: '[$G foo -1]'"),
+    "ten-digits": (b"RMSG $G foo 1000000000\r\n",
+                   "processRoutedMsgArgs Bad or Missing Size: '[$G foo 1000000000]'"),
+    "no-size": (b"RMSG $G foo\r\n", "processRoutedMsgArgs Parse Error: '[$G foo]'"),
+    "indicator": (b"RMSG $G foo bar baz 2\r\nab\r\n",
+                  "processRoutedMsgArgs Bad or Missing Reply Indicator: 'bar'"),
+    "hdr-over-total": (b"HMSG $G foo 12 10\r\nNATS/1.0\r\n\r\n\r\n",
+                       "processRoutedHeaderMsgArgs Header Size larger then TotalSize: '$G foo 12 10'"),
+    "hdr-bad": (b"HMSG $G foo x 10\r\n0123456789\r\n",
+                "processRoutedHeaderMsgArgs Bad or Missing Header Size: '$G foo x 10'"),
+    "hdr-short": (b"HMSG $G foo 10\r\n0123456789\r\n",
+                  "processRoutedHeaderMsgArgs Parse Error: '[$G foo 10]'"),
+    "bad-end": (b"RMSG $G foo 2\r\nabXY\r\n",
+                "Router parser ERROR, state=41, i=17: proto='\"XY\\r\"...'"),
+    "bad-end-lower": (b"rmsg $G foo 2\r\nab\rY\r\n",
+                      "Router parser ERROR, state=42, i=18: proto='\"Y\\r\"...'"),
+    "unknown-op": (b"RMX $G foo\r\n", "Router parser ERROR, state=66, i=2: proto='\"X $G foo\\r\"...'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROUTED_MSGS))
+def test_bad_routed_msg_args_close_the_route_as_go_does(start, case):
+    """A refused RMSG/HMSG line closes the route with Go's error line and
+    reason, and nothing of it reaches a client; only a bad payload end
+    (or an unknown op) gets -ERR.  (gnatsd.py delivered `MSG foo 1 -1` and
+    an HMSG whose header outgrew it, and took sizes like 1_0 and +5.)"""
+    line, text = BAD_ROUTED_MSGS[case]
+    srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
+    peer = raw_route(srv)
+    client = raw_client(srv, b"SUB foo 1\r\n")
+    peer.send(b"PING\r\n")
+    peer_reads(peer, rb"PONG\r\n")
+    mark = len(srv.log)
+    peer.send(line)
+    rest = re.sub(rb"^(?:(?:PING|INFO [^\r]*|RS[+-] [^\r]*)\r\n)*", b"", peer.read_until_closed())
+    err = case.startswith("bad-end") or case == "unknown-op"
+    assert rest == (b"-ERR 'Unknown Protocol Operation'\r\n" if err else b"")
+    srv.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:\d+ - rid:\d+ - " + re.escape(text.encode()) +
+                     rb"\n", start=mark)
+    srv.wait_for_log(rb"rid:\d+ - Router connection closed: Protocol Violation", start=mark)
+    client.send(b"PING\r\n")
+    client.expect(rb"(?:INFO [^\r]*\r\n)*PONG\r\n")      # (no MSG: nothing delivered)
     client.close()
 
 

@@ -33,9 +33,9 @@ import pytest
 
 from conftest import (RawConn, go_server_path, monitor_json, t_expect, t_expect_exact,
                       t_ping_pong, t_read_until_closed, wait_mesh, write_conf)
-from test_cluster import interest_barrier
+from test_cluster import interest_barrier, raw_route
 from test_leafnodes import (KIND_PARAMS, client_of, leafz, nodes, ops_until_pong,  # noqa: F401
-                            start_hub, wait_leafs)
+                            start_hub, start_node, wait_leafs)
 from test_monitor import attach_monitor
 from test_reload import assert_reloaded, reload
 
@@ -925,6 +925,84 @@ def test_a_route_carries_thousands_of_subjects_through_subscription_changes(clus
     gone = next(m[0] for m in msgs if m[0] not in recent)     # (past the cache)
     stray.send(b"%s 1\r\nx\r\n" % gone)
     assert t_read_until_closed(stray) == b"-ERR 'Unknown Protocol Operation'\r\n"
+
+
+def route_ops_until_pong(peer: RawConn) -> list:
+    """Send PING; the RMSG and HMSG ops (with their payloads) that come
+    before its PONG, the server's PINGs answered, INFO and interest skipped."""
+    peer.send(b"PING\r\n")
+    ops = []
+    while True:
+        line = peer.expect(rb"([^\n]*\n)").group(1)
+        if line == b"PING\r\n":
+            peer.send(b"PONG\r\n")
+        elif line == b"PONG\r\n":
+            return ops
+        elif line.startswith((b"RMSG ", b"HMSG ")):
+            size = int(line.split()[-1])
+            ops.append(line + peer.expect(re.compile(rb"(.{%d}\r\n)" % size, re.S)).group(1))
+
+
+def random_route_ops(seed: int, count: int) -> bytes:
+    """RMSG and HMSG lines as a route may write them: replies, queue forms,
+    tabs and doubled blanks (after the op's name too), lower-case op names,
+    sizes with a leading zero, payloads with CRLF."""
+    rnd = random.Random(seed)
+    ops = []
+    for k in range(count):
+        subject = rnd.choice([b"hot.a", b"hot.b.c", b"hot.q", b"hot.7", b"cold.x"])
+        payload = bytes(rnd.choice(b"ab \r\n") for _ in range(rnd.choice([0, 1, 5, 40, 300])))
+        reply = b"_INBOX.%d" % k
+        middle = rnd.choice([[], [reply], [b"|", b"q"], [b"+", reply, b"q"], [b"+", reply, b"w"]])
+        blank = b" " if rnd.random() < 0.9 else rnd.choice([b"  ", b"\t", b" \t"])
+        # (One blank between account and subject: Go keys its per-route
+        # results by the bytes from the account to the subject's length
+        # past it, so `$G  hot.7` and `$G  hot.q` share one, a Go bug.)
+        account = b"$G" + (b" " if len(blank) > 1 else blank)
+        if rnd.random() < 0.2:
+            hdr = b"NATS/1.0\r\nK: %d\r\n\r\n" % k
+            sizes = [b"%d" % len(hdr), b"%d" % (len(hdr) + len(payload))]
+            if rnd.random() < 0.1:
+                sizes = [b"0" + size for size in sizes]
+            op = b"HMSG" if rnd.random() < 0.9 else b"hmsg"
+            ops.append(blank.join([op, account + subject] + middle + sizes) + b"\r\n" + hdr +
+                       payload)
+        else:
+            size = b"%d" % len(payload) if rnd.random() < 0.9 else b"0%d" % len(payload)
+            op = b"RMSG" if rnd.random() < 0.9 else b"rmsg"
+            ops.append(blank.join([op, account + subject] + middle + [size]) + b"\r\n" + payload)
+        ops[-1] += b"\r\n"
+    return b"".join(ops)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("go", ["go2.9", "go2.15"])
+def test_random_route_traffic_reaches_clients_as_from_go(go, seed, nodes, tmp_path):
+    """The same random RMSG/HMSG stream from a raw route peer into a gnatsd.py
+    node and a Go node: clients (plain, wildcard, a queue group) get the
+    same bytes from both, and the route's and a client's counts are the
+    same."""
+    got = []
+    for kind in ("gnatsd", go):
+        (tmp_path / kind).mkdir()
+        srv = start_node(nodes, kind, tmp_path / kind, "node",
+                         'cluster {\n  name: c1\n  listen: "127.0.0.1:-1"\n}\n')
+        peer = raw_route(srv)
+        every = client_of(srv, b"SUB hot.> 1\r\n")
+        queue = client_of(srv, b"SUB hot.q q 2\r\n")
+        wild = client_of(srv, b"SUB hot.* 3\r\n")
+        route_ops_until_pong(peer)
+        peer.send(random_route_ops(seed, 600))
+        assert route_ops_until_pong(peer) == []
+        got.append([until_pong(every), until_pong(queue), until_pong(wild)])
+        route, = monitor_json(srv, "/routez")["routes"]
+        conns = {tuple(c.get("subscriptions_list", ())): c
+                 for c in monitor_json(srv, "/connz?subs=1")["connections"]}
+        got[-1].append([route["in_msgs"], route["in_bytes"], conns[("hot.>",)]["out_msgs"],
+                        conns[("hot.>",)]["out_bytes"]])
+    assert got[0][0] and got[0][1] and got[0][2]
+    for mine, theirs, who in zip(got[0], got[1], ["hot.>", "queue", "hot.*", "counts"]):
+        assert mine == theirs, who
 
 
 # -- LMSGs from a leaf connection ------------------------------------------------------
