@@ -10008,9 +10008,9 @@ class Route(Connection):
         if self.trace:
             self.trace_in(op.decode("ascii", "replace"), arg)
         if op == b"RS+":
-            self.process_remote_sub(self.with_account(arg.split()))
+            self.process_remote_sub(arg)
         elif op == b"RS-":
-            self.process_remote_unsub(self.with_account(arg.split()))
+            self.process_remote_unsub(arg)
         elif op == b"SUB" and self.legacy:
             self.process_legacy_sub(split_arg(arg))
         elif op == b"UNSUB" and self.legacy:
@@ -10155,21 +10155,31 @@ class Route(Connection):
 
     # -- interest ----------------------------------------------------------------
 
-    def process_remote_sub(self, args: list):
-        """RS+ <account> <subject> [<queue> <weight>]."""
-        if len(args) < 2:
-            raise ProtocolError("processRemoteSub: bad arguments", ERR_UNKNOWN_PROTOCOL,
-                                PARSE_ERROR)
+    # GO-COMPAT: processRemoteSub (test_cluster.py::test_bad_interest_lines_are_refused_as_go_does)
+    def process_remote_sub(self, arg: bytes):
+        """RS+ <account> <subject> [<queue> <weight>] (no account on a
+        pinned route), as Go's processRemoteSub reads it: another count of
+        arguments closes the route, an unknown account or an invalid subject
+        is logged (the latter answered -ERR) and the line ignored.  (A
+        weight that is not a positive number counts as 1: Go's makes the
+        member one it never picks.)"""
+        args = self.with_account(split_arg(arg))
+        if len(args) not in (2, 4):
+            raise ProtocolError("processRemoteSub Parse Error: 'R %s'"
+                                % arg.decode("utf-8", "replace"))
         account = self.server.accounts.get(args[0].decode("utf-8", "replace"))
         if account is None:
+            self.error("Unknown account %s for remote subject %s", go_quote(args[0]),
+                       go_quote(args[1]))
+            return
+        if not is_valid_subject(args[1]):
+            self.error("Could not insert subscription: sublist: invalid subject")
+            self.send_err("Invalid Subscription")
             return
         queue = args[2] if len(args) > 2 else None
         key = b" ".join(args[:3])
         if queue is not None:
-            try:
-                self.weights[key] = max(1, int(args[3])) if len(args) > 3 else 1
-            except ValueError:
-                self.weights[key] = 1
+            self.weights[key] = max(1, parse_size(args[3]))
         if key not in self.remote_subs:
             sub = Subscription(self, args[1], queue, key)
             self.remote_subs[key] = sub
@@ -10178,10 +10188,13 @@ class Route(Connection):
             if account is self.server.system_account:
                 self.server.system_client.peer_listens(sub.subject)
 
-    def process_remote_unsub(self, args: list):
-        """RS- <account> <subject> [<queue>]."""
-        if len(args) < 2:
-            return
+    def process_remote_unsub(self, arg: bytes):
+        """RS- <account> <subject> [<queue>] (Go's processRemoteUnsub: another
+        count of arguments closes the route)."""
+        args = self.with_account(split_arg(arg))
+        if len(args) not in (2, 3):
+            raise ProtocolError("processRemoteUnsub parse error: '%s'"
+                                % arg.decode("utf-8", "replace"))
         key = b" ".join(args[:3])
         sub = self.remote_subs.pop(key, None)
         self.weights.pop(key, None)

@@ -516,6 +516,58 @@ def test_bad_routed_msg_args_close_the_route_as_go_does(start, case):
     client.close()
 
 
+# RS+ and RS- lines as Go 2.9 and 2.15 take them: a wrong count of arguments
+# closes the route ("Protocol Violation", nothing sent; 2.15 quotes the line
+# behind an "R ", 2.9 without), an unknown account is logged, an invalid
+# subject logged and answered -ERR; the route stays up for those.  Then a
+# client publishes twice on foo: does the peer get it (interest left)?
+BAD_INTEREST = {
+    "queue-without-weight": (b"RS+ $G foo q\r\n", "processRemoteSub Parse Error: '{R}$G foo q'", ""),
+    "no-subject": (b"RS+ $G\r\n", "processRemoteSub Parse Error: '{R}$G'", ""),
+    "five-args": (b"RS+ $G foo q 1 x\r\n", "processRemoteSub Parse Error: '{R}$G foo q 1 x'", ""),
+    "unsub-no-subject": (b"RS+ $G foo\r\nRS- $G\r\n", "processRemoteUnsub parse error: '$G'", ""),
+    "unsub-four-args": (b"RS+ $G foo q 2\r\nRS- $G foo q x\r\n",
+                        "processRemoteUnsub parse error: '$G foo q x'", ""),
+    "unknown-account": (b"RS+ NOPE foo\r\n", 'Unknown account "NOPE" for remote subject "foo"',
+                        "open"),
+    "invalid-subject": (b"RS+ $G foo..\r\nRS+ $G foo\r\n",
+                        "Could not insert subscription: sublist: invalid subject", "delivered"),
+    "twice-then-unsub": (b"RS+ $G foo\r\nRS+ $G foo\r\nRS- $G foo\r\n", None, "open"),
+    "weighted-queue": (b"RS+ $G foo q 3\r\n", None, "queue"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INTEREST))
+def test_bad_interest_lines_are_refused_as_go_does(start, case):
+    lines, text, after = BAD_INTEREST[case]
+    srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
+    peer = raw_route(srv)
+    client = raw_client(srv, b"")
+    peer.send(b"PING\r\n")
+    peer_reads(peer, rb"PONG\r\n")
+    mark = len(srv.log)
+    peer.send(lines + b"PING\r\n")
+    if text is not None:
+        text = text.replace("{R}", "" if "2.9" in srv.kind else "R ")
+        srv.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:\d+ - rid:\d+ - " + re.escape(text.encode()) +
+                         rb"\n", start=mark)
+    if not after:
+        assert re.sub(rb"(?:PING|INFO [^\r]*|RS[+-] [^\r]*)\r\n", b"",
+                      peer.read_until_closed()) == b""
+        srv.wait_for_log(rb"rid:\d+ - Router connection closed: Protocol Violation", start=mark)
+        return
+    if case == "invalid-subject":
+        peer_reads(peer, rb"-ERR 'Invalid Subscription'\r\n")
+    peer_reads(peer, rb"PONG\r\n")
+    client.send(b"PUB foo 2\r\nhi\r\nPUB foo r 2\r\nho\r\nPING\r\n")
+    client.expect(rb"PONG\r\n")
+    want = {"open": b"", "delivered": b"RMSG $G foo 2\r\nhi\r\nRMSG $G foo r 2\r\nho\r\n",
+            "queue": b"RMSG $G foo | q 2\r\nhi\r\nRMSG $G foo + r q 2\r\nho\r\n"}[after]
+    peer.send(b"PING\r\n")
+    peer_reads(peer, re.escape(want) + rb"(?:PING\r\n)*PONG\r\n")
+    assert not peer.closed
+
+
 # -- 2. pub/sub -------------------------------------------------------------------
 
 
