@@ -120,6 +120,7 @@ import asyncio
 import itertools
 import json
 import os
+import random
 import re
 import socket
 import ssl
@@ -131,8 +132,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from conftest import (GO_SERVERS, ROOT, Cluster, RawConn, drop_unasked, free_port,
-                      layout_kinds, monitor_json, route_ids, server_id, start_cluster,
-                      t_expect, wait_mesh)
+                      layout_kinds, monitor_json, route_ids, server_id, start_cluster, start_go,
+                      start_gnatsd, t_expect, wait_mesh)
 
 LAYOUTS = ["go", "go2.9", "gnatsd", "go+gnatsd", "gnatsd+go"]
 
@@ -566,6 +567,82 @@ def test_bad_interest_lines_are_refused_as_go_does(start, case):
     peer.send(b"PING\r\n")
     peer_reads(peer, re.escape(want) + rb"(?:PING\r\n)*PONG\r\n")
     assert not peer.closed
+
+
+def route_ops_until_pong(peer: RawConn) -> list:
+    """Send PING; the RMSG and HMSG ops (with their payloads) the peer gets
+    before its PONG, the server's PINGs answered, INFO and interest skipped."""
+    peer.send(b"PING\r\n")
+    ops = []
+    while True:
+        line = peer.expect(rb"([^\n]*\n)").group(1)
+        if line == b"PING\r\n":
+            peer.send(b"PONG\r\n")
+        elif line == b"PONG\r\n":
+            return ops
+        elif line.startswith((b"RMSG ", b"HMSG ")):
+            size = int(line.split()[-1])
+            ops.append(line + peer.expect(re.compile(rb"(.{%d}\r\n)" % size, re.S)).group(1))
+
+
+def random_interest_rounds(seed: int, rounds: int) -> list:
+    """[(RS+/RS- lines, PUB lines)]: a peer's interest changing (plain and
+    queue q, weights 1-3, overlapping wildcards), then messages on it."""
+    rnd = random.Random(seed)
+    subjects = [b"foo", b"foo.bar", b"foo.*", b"foo.>", b">", b"bar"]
+    out = []
+    for r in range(rounds):
+        lines = []
+        for _ in range(rnd.randrange(1, 4)):
+            subject = rnd.choice(subjects)
+            queue = b" q" if rnd.random() < 0.4 else b""
+            if rnd.random() < 0.65:
+                lines.append(b"RS+ $G %s%s%s\r\n" % (subject, queue, b" %d" % rnd.randrange(1, 4)
+                                                      if queue else b""))
+            else:
+                lines.append(b"RS- $G %s%s\r\n" % (subject, queue))
+        pubs = []
+        for k in range(6):
+            subject = rnd.choice([b"foo", b"foo.bar", b"bar", b"baz", b"foo.bar.baz"])
+            reply = b" _INBOX.%d.%d" % (r, k) if rnd.random() < 0.3 else b""
+            payload = b"%d.%d" % (r, k)
+            pubs.append(b"PUB %s%s %d\r\n%s\r\n" % (subject, reply, len(payload), payload))
+        out.append((b"".join(lines), b"".join(pubs)))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("go", ["2.9", "2.15"])
+def test_random_interest_from_a_route_gets_go_s_messages(go, seed):
+    """A route peer's interest comes and goes (RS+/RS-, queue q with
+    weights, wildcards that overlap); after each change a client publishes:
+    the RMSGs the peer gets (their queue and reply forms) are Go's, on
+    gnatsd.py as on Go 2.9 and 2.15."""
+    if go not in GO_SERVERS:
+        pytest.skip("Go nats-server %s is not installed" % go)
+    got, started = {}, []
+    try:
+        for kind in ("gnatsd", go):
+            args = ("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
+            srv = start_gnatsd(*args) if kind == "gnatsd" else start_go(*args, version=go)
+            started.append(srv)
+            peer = raw_route(srv)
+            client = raw_client(srv, b"")
+            route_ops_until_pong(peer)
+            seen = []
+            for lines, pubs in random_interest_rounds(seed, 40):
+                peer.send(lines)
+                assert route_ops_until_pong(peer) == []
+                client.send(pubs + b"PING\r\n")
+                client.expect(rb"PONG\r\n")
+                seen.append(route_ops_until_pong(peer))
+            got[kind] = seen
+    finally:
+        for srv in started:
+            srv.stop()
+    assert any(got["gnatsd"]), "no message reached the peer"
+    for r, (mine, theirs) in enumerate(zip(got["gnatsd"], got[go])):
+        assert mine == theirs, r
 
 
 # -- 2. pub/sub -------------------------------------------------------------------
