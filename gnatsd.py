@@ -9656,12 +9656,53 @@ def _connect_tcp(server: "Server", host: str, port: int, address: tuple | None, 
 # space, is unknown: Go fails on its first byte).
 _ROUTE_OPS = frozenset((b"RMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"PING", b"PONG",
                         b"INFO", b"CONNECT", b"-ERR", b"+OK", b"SUB", b"UNSUB", b"MSG"))
+# ... those whose name Go's parser wants a blank after (OP_SUB, OP_UNSUB,
+# OP_MSG, OP_HMSG, OP_MINUS_ERR; a route's and a leaf's alike).
+_OPS_WITH_ARGS = frozenset((b"RMSG", b"LMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"-ERR"))
 # A peer's CONNECT as Go's connectInfo reads it (its INFO: _INFO_FIELDS,
 # chapter 5, where load_go_json explains the rules).
 _ROUTE_CONNECT_FIELDS = {
     "user": str, "pass": str, "name": str, "cluster": str, "cluster_dynamic": bool,
     "echo": bool, "verbose": bool, "pedantic": bool, "tls_required": bool, "headers": bool,
 }
+
+
+# GO-COMPAT: processRoutedMsgArgs (test_cluster.py::test_bad_routed_msg_args_close_the_route_as_go_does)
+def routed_msg_args(args: list, lead: int, headers: bool, name: str, arg: bytes) -> tuple:
+    """The arguments `args` of an RMSG, LMSG or HMSG line `arg` as Go reads
+    them (its processRoutedMsgArgs, processLeafMsgArgs and their Header
+    twins, `name`): `lead` of them first (a route's account and subject, a
+    leaf's subject), then `[reply] <size>`, or with queue groups `+ <reply>
+    <queues> <size>` / `| <queues> <size>`; an HMSG has `<hdr> <size>` at
+    the end.  -> (*the lead, reply, queues, hdr (-1 for no headers), size,
+    the size tokens as written).  Go's errors close the connection without
+    a word to the peer (ProtocolError with no -ERR)."""
+    sizes = 2 if headers else 1
+    listed = "[%s]" % " ".join(a.decode("utf-8", "replace") for a in args)
+    text = arg.decode("utf-8", "replace")
+    if len(args) < lead + sizes:
+        raise ProtocolError("%s Parse Error: '%s'" % (name, listed))
+    reply, queues = None, None
+    if len(args) == lead + 1 + sizes:
+        reply = args[lead]
+    elif len(args) > lead + 1 + sizes:
+        if args[lead] == b"+":
+            reply, queues = args[lead + 1], args[lead + 2:-sizes]
+        elif args[lead] == b"|":
+            queues = args[lead + 1:-sizes]
+        else:
+            raise ProtocolError("%s Bad or Missing Reply Indicator: '%s'"
+                                % (name, args[lead].decode("utf-8", "replace")))
+    size = parse_size(args[-1])
+    hdr = parse_size(args[-2]) if headers else -1
+    if headers and hdr < 0:
+        raise ProtocolError("%s Bad or Missing Header Size: '%s'" % (name, text))
+    if size < 0:
+        raise ProtocolError("%s Bad or Missing Size: '%s'" % (name, listed))
+    if hdr > size:
+        raise ProtocolError("%s Header Size larger then TotalSize: '%s'" % (name, text))
+    size_field = args[-2] + b" " + args[-1] if headers else args[-1]
+    return (*args[:lead], reply, queues, hdr, size, size_field)
 
 
 class Route(Connection):
@@ -9993,9 +10034,11 @@ class Route(Connection):
             line = line[:-1]
         op, blank, arg = line.partition(b" ")
         if b"\t" in op:        # (a tab after the op's name is a blank, as Go's parser reads it)
-            op, _, rest = op.partition(b"\t")
-            arg = rest + blank + arg
+            op, tab, rest = op.partition(b"\t")
+            arg, blank = rest + blank + arg, tab
         op = op.upper()
+        if not blank and op in _OPS_WITH_ARGS:      # (Go fails on the byte after the name)
+            raise op_name_error(data, i, "Router")
         if op == b"RMSG" or op == b"HMSG" or op == b"MSG" and self.legacy:
             if op == b"MSG":
                 stop = self.process_legacy_msg(data, nl, arg)
@@ -10041,8 +10084,9 @@ class Route(Connection):
     def process_msg(self, data: bytes, nl: int, headers: bool, arg: bytes) -> int:
         """RMSG/HMSG whose payload follows `nl`; returns the index after it,
         or -(bytes needed from the line start) when it is not all here."""
-        account_name, subject, reply, queues, hdr, size, size_field = \
-            self.routed_msg_args(headers, arg)
+        account_name, subject, reply, queues, hdr, size, size_field = routed_msg_args(
+            self.with_account(split_arg(arg)), 2, headers,
+            "processRoutedHeaderMsgArgs" if headers else "processRoutedMsgArgs", arg)
         stop = nl + 1 + size
         end = data[stop:stop + 2]
         if end != CR_LF[:len(end)]:     # (as soon as a wrong byte shows, as Go's parser)
@@ -10065,44 +10109,6 @@ class Route(Connection):
             if trace is not None:
                 trace.send(self, account)
         return stop + 2
-
-    # GO-COMPAT: processRoutedMsgArgs (test_cluster.py::test_bad_routed_msg_args_close_the_route_as_go_does)
-    def routed_msg_args(self, headers: bool, arg: bytes) -> tuple:
-        """The arguments of an RMSG (`headers`: HMSG) as Go reads them:
-        `<account> <subject> [reply] <size>`, or with queue groups
-        `... + <reply> <queues> <size>` / `... | <queues> <size>` (an HMSG
-        has `<hdr> <size>` at the end); the account is the route's on a
-        pinned route.  -> (account, subject, reply, queues, hdr (-1 for
-        RMSG), size, the size tokens as written).  Go's errors close the
-        route without a word to the peer."""
-        args = self.with_account(split_arg(arg))
-        sizes = 2 if headers else 1
-        name = "processRoutedHeaderMsgArgs" if headers else "processRoutedMsgArgs"
-        listed = "[%s]" % " ".join(a.decode("utf-8", "replace") for a in args)
-        text = arg.decode("utf-8", "replace")
-        if len(args) < 2 + sizes:
-            raise ProtocolError("%s Parse Error: '%s'" % (name, listed))
-        reply, queues = None, None
-        if len(args) == 3 + sizes:
-            reply = args[2]
-        elif len(args) > 3 + sizes:
-            if args[2] == b"+":
-                reply, queues = args[3], args[4:-sizes]
-            elif args[2] == b"|":
-                queues = args[3:-sizes]
-            else:
-                raise ProtocolError("%s Bad or Missing Reply Indicator: '%s'"
-                                    % (name, args[2].decode("utf-8", "replace")))
-        size = parse_size(args[-1])
-        hdr = parse_size(args[-2]) if headers else -1
-        if headers and hdr < 0:
-            raise ProtocolError("%s Bad or Missing Header Size: '%s'" % (name, text))
-        if size < 0:
-            raise ProtocolError("%s Bad or Missing Size: '%s'" % (name, listed))
-        if hdr > size:
-            raise ProtocolError("%s Header Size larger then TotalSize: '%s'" % (name, text))
-        size_field = args[-2] + b" " + args[-1] if headers else args[-1]
-        return args[0], args[1], reply, queues, hdr, size, size_field
 
     def deliver_local(self, account: Account, msg: Message, queues, plain: bool = True,
                       trace: "MsgTrace | None" = None):
@@ -11539,9 +11545,11 @@ class LeafNode(Connection):
             line = line[:-1]
         op, blank, arg = line.partition(b" ")
         if b"\t" in op:        # (a tab after the op's name is a blank, as Go's parser reads it)
-            op, _, rest = op.partition(b"\t")
-            arg = rest + blank + arg
+            op, tab, rest = op.partition(b"\t")
+            arg, blank = rest + blank + arg, tab
         op = op.upper()
+        if not blank and op in _OPS_WITH_ARGS:      # (Go fails on the byte after the name)
+            raise op_name_error(data, i, "Leafnode")
         if not self.is_spoke and not self.connect_received and op != b"CONNECT":
             self.error("authentication error")
             self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
@@ -11573,8 +11581,7 @@ class LeafNode(Connection):
                                             "same cluster name" in text):
                 self.remote.delay_until = time.monotonic() + LEAF_LOOP_DELAY
         elif op != b"+OK":
-            raise ProtocolError("leafnode parser: unknown op %s" % go_quote(op[:8]),
-                                ERR_UNKNOWN_PROTOCOL, PARSE_ERROR)
+            raise op_name_error(data, i, "Leafnode")
         return nl + 1
 
     def process_msg(self, data: bytes, nl: int, headers: bool, arg: bytes) -> int:
@@ -11582,33 +11589,14 @@ class LeafNode(Connection):
         `<subject> [reply] <size>`, or `<subject> + <reply> <queues> <size>`
         or `<subject> | <queues> <size>` (HMSG: `<hdr> <size>` at the end);
         returns the index after the payload, or -(bytes needed)."""
-        args = arg.split()
-        sizes = 2 if headers else 1
-        if len(args) < 1 + sizes:
-            raise ProtocolError("processLeafMsgArgs Parse Error: '%s'"
-                                % arg.decode("utf-8", "replace"), None, PARSE_ERROR)
-        size = parse_size(args[-1])
-        hdr = parse_size(args[-2]) if headers else -1
-        if size < 0 or (headers and (hdr < 0 or hdr > size)):
-            raise ProtocolError("processLeafMsgArgs Bad or Missing Size: '%s'"
-                                % arg.decode("utf-8", "replace"), None, PARSE_ERROR)
+        subject, reply, queues, hdr, size, size_field = routed_msg_args(
+            split_arg(arg), 1, headers,
+            "processLeafHeaderMsgArgs" if headers else "processLeafMsgArgs", arg)
         if size > self.server.options.max_payload:
             self.error("maximum payload exceeded: %d vs %d", size,
                        self.server.options.max_payload)
             self.send_err_and_close(ERR_MAX_PAYLOAD, MAX_PAYLOAD_EXCEEDED)
             return len(data)
-        subject, middle = args[0], args[1:-sizes]
-        reply, queues = None, None
-        if len(middle) == 1:
-            reply = middle[0]
-        elif middle:
-            if middle[0] == b"+" and len(middle) > 1:
-                reply, queues = middle[1], middle[2:]
-            elif middle[0] == b"|":
-                queues = middle[1:]
-            else:
-                raise ProtocolError("processLeafMsgArgs Bad or Missing Reply Indicator: '%s'"
-                                    % middle[0].decode("utf-8", "replace"), None, PARSE_ERROR)
         stop = nl + 1 + size
         end = data[stop:stop + 2]
         if end != CR_LF[:len(end)]:     # (as soon as a wrong byte shows, as Go's parser)
@@ -11626,8 +11614,7 @@ class LeafNode(Connection):
                 not self.perms.can_publish(subject):
             self.perm_violation(True, subject)
             return stop + 2
-        msg = Message(subject, reply, hdr, size, data[nl + 1:stop],     # (the sizes as written)
-                      args[-2] + b" " + args[-1] if hdr >= 0 else args[-1])
+        msg = Message(subject, reply, hdr, size, data[nl + 1:stop], size_field)   # (as written)
         self.server.leafs.deliver(self, msg, queues)
         return stop + 2
 
@@ -11639,7 +11626,7 @@ class LeafNode(Connection):
         coming back means a loop."""
         if len(args) not in (1, 3):
             raise ProtocolError("processLeafSub Parse Error: '%s'"
-                                % b" ".join(args).decode("utf-8", "replace"), None, PARSE_ERROR)
+                                % b" ".join(args).decode("utf-8", "replace"))
         subject = args[0]
         leafs = self.server.leafs
         if subject == leafs.lds(self.account):
@@ -14396,8 +14383,8 @@ def parser_error(data: bytes, at: int, state: int, kind: str = "Client") -> Prot
 
 def op_name_error(data: bytes, i: int, kind: str = "Client") -> ProtocolError:
     """The unknown op starting at `i`: Go fails on the first byte that no
-    op name continues with (a route's names: _GO_ROUTE_OP_STATES)."""
-    states = _GO_ROUTE_OP_STATES if kind == "Router" else _GO_OP_STATES
+    op name continues with (a route's and a leaf's: _GO_ROUTE_OP_STATES)."""
+    states = _GO_OP_STATES if kind == "Client" else _GO_ROUTE_OP_STATES
     name = data[i:i + 8].upper()
     j = 0
     while j < len(name) and name[:j + 1] in states:

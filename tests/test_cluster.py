@@ -489,14 +489,19 @@ BAD_ROUTED_MSGS = {
     "bad-end-lower": (b"rmsg $G foo 2\r\nab\rY\r\n",
                       "Router parser ERROR, state=42, i=18: proto='\"Y\\r\"...'"),
     "unknown-op": (b"RMX $G foo\r\n", "Router parser ERROR, state=66, i=2: proto='\"X $G foo\\r\"...'"),
+    "rmsg-bare": (b"RMSG\r\n", "Router parser ERROR, state=68, i=4: proto='\"\\r\"...'"),
+    "hmsg-bare": (b"HMSG\r\n", "Router parser ERROR, state=26, i=4: proto='\"\\r\"...'"),
+    "rs-plus-bare": (b"RS+\r\n", "Router parser ERROR, state=45, i=3: proto='\"\\r\"...'"),
+    "rs-minus-bare": (b"RS-\n", "Router parser ERROR, state=63, i=3: proto='\"\"...'"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_ROUTED_MSGS))
 def test_bad_routed_msg_args_close_the_route_as_go_does(start, case):
     """A refused RMSG/HMSG line closes the route with Go's error line and
-    reason, and nothing of it reaches a client; only a bad payload end
-    (or an unknown op) gets -ERR.  (gnatsd.py delivered `MSG foo 1 -1` and
+    reason, and nothing of it reaches a client; only a byte the parser
+    fails on (a bad payload end, an unknown op, an op that needs arguments
+    ending at its name) gets -ERR.  (gnatsd.py delivered `MSG foo 1 -1` and
     an HMSG whose header outgrew it, and took sizes like 1_0 and +5.)"""
     line, text = BAD_ROUTED_MSGS[case]
     srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
@@ -507,8 +512,7 @@ def test_bad_routed_msg_args_close_the_route_as_go_does(start, case):
     mark = len(srv.log)
     peer.send(line)
     rest = re.sub(rb"^(?:(?:PING|INFO [^\r]*|RS[+-] [^\r]*)\r\n)*", b"", peer.read_until_closed())
-    err = case.startswith("bad-end") or case == "unknown-op"
-    assert rest == (b"-ERR 'Unknown Protocol Operation'\r\n" if err else b"")
+    assert rest == (b"-ERR 'Unknown Protocol Operation'\r\n" if "parser ERROR" in text else b"")
     srv.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:\d+ - rid:\d+ - " + re.escape(text.encode()) +
                      rb"\n", start=mark)
     srv.wait_for_log(rb"rid:\d+ - Router connection closed: Protocol Violation", start=mark)

@@ -1123,6 +1123,49 @@ def test_invalid_leaf_subjects_are_refused(kind, nodes, tmp_path):
     assert not [s for s in listed if s.startswith((">", "a."))], listed
 
 
+# Leaf lines Go 2.9 and 2.15 refuse: the log line each writes, then the
+# connection closed ("Protocol Violation"); -ERR 'Unknown Protocol Operation'
+# only where its parser fails on a byte (an op that needs arguments ends at
+# its name: the byte after it, quoted less its last byte as protoSnippet does).
+BAD_LEAF_LINES = {
+    "ls-bare": (b"LS+\r\n", "Leafnode parser ERROR, state=45, i=3: proto='\"\\r\"...'"),
+    "ls-two-args": (b"LS+ foo q\r\n", "processLeafSub Parse Error: 'foo q'"),
+    "ls-four-args": (b"LS+ foo q 1 x\r\n", "processLeafSub Parse Error: 'foo q 1 x'"),
+    "unsub-bare": (b"LS-\r\n", "Leafnode parser ERROR, state=63, i=3: proto='\"\\r\"...'"),
+    "lmsg-bare": (b"LMSG\r\n", "Leafnode parser ERROR, state=68, i=4: proto='\"\\r\"...'"),
+    "lmsg-size": (b"LMSG foo 1_0\r\n0123456789\r\n",
+                  "processLeafMsgArgs Bad or Missing Size: '[foo 1_0]'"),
+    "lmsg-no-size": (b"LMSG foo\r\n", "processLeafMsgArgs Parse Error: '[foo]'"),
+    "lmsg-indicator": (b"LMSG foo bar baz 2\r\nab\r\n",
+                       "processLeafMsgArgs Bad or Missing Reply Indicator: 'bar'"),
+    "hmsg-over-total": (b"HMSG foo 12 10\r\nNATS/1.0\r\n\r\n\r\n",
+                        "processLeafHeaderMsgArgs Header Size larger then TotalSize: 'foo 12 10'"),
+    "hmsg-bad-header": (b"HMSG foo x 10\r\n0123456789\r\n",
+                        "processLeafHeaderMsgArgs Bad or Missing Header Size: 'foo x 10'"),
+    "unknown-op": (b"LX foo\r\n", "Leafnode parser ERROR, state=55, i=1: proto='\"X foo\\r\"...'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LEAF_LINES))
+def test_bad_leaf_lines_close_the_leaf_as_go_does(kind, case, nodes, tmp_path):
+    line, text = BAD_LEAF_LINES[case]
+    hub = start_hub(nodes, kind, tmp_path)
+    c = RawConn("127.0.0.1", hub.leaf_port)
+    c.read_info()
+    c.send(b'CONNECT {"name":"x","server_id":"NX","headers":true}\r\n')
+    ops_until_pong(c)
+    sub = client_of(hub, b"SUB foo 1\r\n")
+    ops_until_pong(c)
+    mark = len(hub.log)
+    c.send(line)
+    rest = re.sub(rb"^(?:(?:PING|INFO [^\r]*|LS[+-] [^\r]*)\r\n)*", b"", c.read_until_closed())
+    assert rest == (b"-ERR 'Unknown Protocol Operation'\r\n" if "parser ERROR" in text else b"")
+    hub.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:\d+ - lid:\d+ - " + re.escape(text.encode()) +
+                     rb"\n", start=mark)
+    hub.wait_for_log(rb"lid:\d+ - Leafnode connection closed: Protocol Violation", start=mark)
+    t_ping_pong(sub)            # (and nothing delivered before the PONG)
+
+
 def test_a_loop_of_leaves_without_cluster_names_is_detected(nodes, tmp_path):
     """A hub; B dials A; C dials B and A: the loop detection subjects
     travel on, and a server that sees its own refuses the connection (a
