@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 import socket
 import time
@@ -1164,6 +1165,61 @@ def test_bad_leaf_lines_close_the_leaf_as_go_does(kind, case, nodes, tmp_path):
                      rb"\n", start=mark)
     hub.wait_for_log(rb"lid:\d+ - Leafnode connection closed: Protocol Violation", start=mark)
     t_ping_pong(sub)            # (and nothing delivered before the PONG)
+
+
+def random_leaf_interest(seed: int, rounds: int) -> list:
+    """[(LS+/LS- lines, PUB lines)]: a leaf's interest changing (plain and
+    queue q, weights 1-3, overlapping wildcards), then messages on it."""
+    rnd = random.Random(seed)
+    subjects = [b"foo", b"foo.bar", b"foo.*", b"foo.>", b">", b"bar"]
+    out = []
+    for r in range(rounds):
+        lines = []
+        for _ in range(rnd.randrange(1, 4)):
+            subject = rnd.choice(subjects)
+            queue = b" q" if rnd.random() < 0.4 else b""
+            if rnd.random() < 0.65:
+                weight = b" %d" % rnd.randrange(1, 4) if queue else b""
+                lines.append(b"LS+ %s%s%s\r\n" % (subject, queue, weight))
+            else:
+                lines.append(b"LS- %s%s\r\n" % (subject, queue))
+        pubs = []
+        for k in range(6):
+            subject = rnd.choice([b"foo", b"foo.bar", b"bar", b"baz", b"foo.bar.baz"])
+            reply = b" _INBOX.%d.%d" % (r, k) if rnd.random() < 0.3 else b""
+            payload = b"%d.%d" % (r, k)
+            pubs.append(b"PUB %s%s %d\r\n%s\r\n" % (subject, reply, len(payload), payload))
+        out.append((b"".join(lines), b"".join(pubs)))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("go", ["go2.9", "go2.15"])
+def test_random_leaf_interest_gets_go_s_messages(go, seed, nodes, tmp_path):
+    """A leaf's interest comes and goes (LS+/LS-, queue q with weights,
+    wildcards that overlap); after each change a client on the hub
+    publishes: the LMSGs the leaf gets (plain, '| q', '+ reply q') are the
+    same from a gnatsd.py hub as from a Go hub."""
+    got = {}
+    for kind in ("gnatsd", go):
+        (tmp_path / kind).mkdir()
+        hub = start_hub(nodes, kind, tmp_path / kind)
+        leaf = RawConn("127.0.0.1", hub.leaf_port)
+        leaf.read_info()
+        leaf.send(b'CONNECT {"name":"x","server_id":"NX","headers":true}\r\n')
+        ops_until_pong(leaf)
+        pub = client_of(hub)
+        seen = []
+        for lines, pubs in random_leaf_interest(seed, 40):
+            leaf.send(lines)
+            assert ops_until_pong(leaf) == []
+            pub.send(pubs)
+            t_ping_pong(pub)
+            seen.append(ops_until_pong(leaf))
+        got[kind] = seen
+    assert any(got["gnatsd"]), "no message reached the leaf"
+    for r, (mine, theirs) in enumerate(zip(got["gnatsd"], got[go])):
+        assert mine == theirs, r
 
 
 def test_a_loop_of_leaves_without_cluster_names_is_detected(nodes, tmp_path):
