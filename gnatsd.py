@@ -408,10 +408,10 @@ def parse_pub_args(arg: bytes) -> tuple:
     elif len(args) == 3:
         subject, reply, size_token = args
     else:
-        raise ProtocolError("processPub Parse Error: %r" % arg)
+        raise ProtocolError("processPub Parse Error: %s" % go_quote(arg))
     size = parse_size(size_token)
     if size < 0:
-        raise ProtocolError("processPub Bad or Missing Size: %r" % arg)
+        raise ProtocolError("processPub Bad or Missing Size: %s" % go_quote(arg))
     return subject, reply, size, size_token
 
 
@@ -424,15 +424,16 @@ def parse_hpub_args(arg: bytes) -> tuple:
     elif len(args) == 4:
         subject, reply, hdr_token, size_token = args
     else:
-        raise ProtocolError("processHeaderPub Parse Error: %r" % arg)
+        raise ProtocolError("processHeaderPub Parse Error: %s" % go_quote(arg))
     hdr = parse_size(hdr_token)
     if hdr < 0:
-        raise ProtocolError("processHeaderPub Bad or Missing Header Size: %r" % arg)
+        raise ProtocolError("processHeaderPub Bad or Missing Header Size: %s" % go_quote(arg))
     size = parse_size(size_token)
     if size < 0:
-        raise ProtocolError("processHeaderPub Bad or Missing Total Size: %r" % arg)
+        raise ProtocolError("processHeaderPub Bad or Missing Total Size: %s" % go_quote(arg))
     if hdr > size:
-        raise ProtocolError("processHeaderPub Header Size larger then TotalSize: %r" % arg)
+        raise ProtocolError("processHeaderPub Header Size larger then TotalSize: %s"
+                            % go_quote(arg))
     # The size field of the MSG/HMSG lines it makes, from the raw tokens (a
     # header block of 0 bytes makes a plain message: Go's processHeaderPub).
     return subject, reply, hdr, size, size_token if hdr == 0 else hdr_token + b" " + size_token
@@ -445,7 +446,7 @@ def parse_sub_args(arg: bytes) -> tuple:
         return args[0], None, args[1]
     if len(args) == 3:
         return args[0], args[1], args[2]
-    raise ProtocolError("processSub Parse Error: %r" % arg)
+    raise ProtocolError("processSub Parse Error: %s" % go_quote(arg))
 
 
 def parse_unsub_args(arg: bytes) -> tuple:
@@ -455,7 +456,7 @@ def parse_unsub_args(arg: bytes) -> tuple:
         return args[0], 0
     if len(args) == 2:
         return args[0], max(parse_size(args[1]), 0)  # Go ignores a bad max: unsubscribe now
-    raise ProtocolError("processUnsub Parse Error: %r" % arg)
+    raise ProtocolError("processUnsub Parse Error: %s" % go_quote(arg))
 
 
 def err_proto(text: str) -> bytes:
@@ -14352,10 +14353,12 @@ _GO_OP_STATES = {
     b"PO": 37, b"PON": 38, b"PONG": 39,
     b"S": 43, b"SU": 44, b"SUB": 45,
     b"U": 59, b"UN": 60, b"UNS": 61, b"UNSU": 62, b"UNSUB": 63,
-    b"M": 66, b"MS": 67, b"MSG": 68, b"I": 71, b"IN": 72, b"INF": 73, b"INFO": 74,
+    b"I": 71, b"IN": 72, b"INF": 73, b"INFO": 74,
 }
-# A route's parser also knows RS+ RS- RMSG LS+ LS- LMSG A+ A- (OP_R, OP_L,
-# OP_A: RS+ goes on as SUB does, RS- as UNSUB, RMSG as MSG).
+# (No op starts with M: Go's OP_M follows R or L only, and a client's MSG
+# fails on its first byte.)  A route's parser also knows RS+ RS- RMSG LS+
+# LS- LMSG A+ A- (OP_R, OP_L, OP_A: RS+ goes on as SUB does, RS- as UNSUB,
+# RMSG as MSG).
 _GO_ROUTE_OP_STATES = {
     **_GO_OP_STATES, b"R": 57, b"RS": 58, b"RS+": 45, b"RS-": 63, b"RM": 66, b"RMS": 67,
     b"RMSG": 68, b"L": 55, b"LS": 56, b"LS+": 45, b"LS-": 63, b"LM": 66, b"LMS": 67,

@@ -183,12 +183,13 @@ PARSE_ERRORS = [
     (b"PUB foo 2\r\nok\rX", r"state=42, i=14: proto='\"\"...'"),
     (b"CONNX {}\r\n", r"state=13, i=4: proto='\"X {}\\r\"...'"),
     (b"PIX\r\n", r"state=34, i=2: proto='\"X\\r\"...'"),
+    (b"MSG foo 1 2\r\nhi\r\n", r"state=0, i=0: proto='\"MSG foo 1 2\\r\\nhi\\r\"...'"),
 ]
 
 
 @pytest.mark.parametrize("sent,where", PARSE_ERRORS,
                          ids=["unknown-op", "payload-end-cr", "op-without-space", "payload-end-lf",
-                              "connect-misspelt", "ping-misspelt"])
+                              "connect-misspelt", "ping-misspelt", "msg-from-a-client"])
 def test_parse_error_log_names_state_and_snippet(start, sent, where):
     """Go's parse error line: the state its byte-wise parser stood in, the
     failing byte's index in the read, and up to 32 bytes from there."""
@@ -200,6 +201,30 @@ def test_parse_error_log_names_state_and_snippet(start, sent, where):
     c.read_until_closed()
     srv.wait_for_log((r"\[ERR\] 127\.0\.0\.1:%d - cid:\d+ - Client parser ERROR, %s\n"
                       % (port, where)).encode(), timeout=3)
+
+
+# What Go logs for arguments it refuses (then it closes silently): the
+# arguments as %q quotes them.
+ARG_ERRORS = [
+    (b"PUB foo 1_0\r\n", 'processPub Bad or Missing Size: "foo 1_0"'),
+    (b"PUB foo bar baz 2\r\nab\r\n", 'processPub Parse Error: "foo bar baz 2"'),
+    (b"HPUB foo 12 10\r\n", 'processHeaderPub Header Size larger then TotalSize: "foo 12 10"'),
+    (b"SUB foo q 1 x\r\n", 'processSub Parse Error: "foo q 1 x"'),
+    (b"UNSUB 1 2 3\r\n", 'processUnsub Parse Error: "1 2 3"'),
+]
+
+
+@pytest.mark.parametrize("sent,text", ARG_ERRORS, ids=["pub-size", "pub-args", "hpub-sizes",
+                                                         "sub-args", "unsub-args"])
+def test_refused_arguments_are_logged_as_go_quotes_them(start, sent, text):
+    srv = start()
+    c = RawConn(srv.host, srv.port)
+    c.read_info()
+    port = c.sock.getsockname()[1]
+    c.send(b'CONNECT {"verbose":false,"headers":true}\r\n' + sent)
+    assert c.read_until_closed() == b""
+    srv.wait_for_log((r"\[ERR\] 127\.0\.0\.1:%d - cid:\d+ - %s\n" % (port, re.escape(text)))
+                     .encode(), timeout=3)
 
 
 # -- -V: protocol trace -------------------------------------------------------------------
