@@ -1689,7 +1689,7 @@ class Connection:
 # process_op and the ops, CONNECT, SUB/UNSUB, process_pub -> deliver_msg ->
 # deliver_to; then, fenced, the hot path: Client.parse (the entry point a
 # read calls), pub_lookup, and the DeliveryPlan and deliver_run it uses.
-# Go's exact reading of odd CONNECT and INFO JSON (load_go_json) is in
+# Go's exact reading of odd CONNECT and INFO JSON (read_go_json) is in
 # chapter 9, and the parse error's log line (op_name_error) in chapter 15.
 #
 # Go twins: server/client.go (processConnect, processPub, processSub,
@@ -1842,14 +1842,9 @@ class Client(Connection):
         if self.trace:
             self.trace_in("INFO", arg)
         try:
-            info = load_go_json(arg)
-        except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
-            raise ProtocolError("Error parsing INFO: %s" % exc)
-        if info is not None:
-            problem = ("json: cannot unmarshal %s into Info" % type(info).__name__
-                       if not isinstance(info, dict) else _json_type_error(info, _INFO_FIELDS))
-            if problem:
-                raise ProtocolError("Error parsing INFO: " + problem)
+            read_go_json(arg, _INFO_FIELDS, "Info")
+        except ValueError as exc:
+            raise ProtocolError(str(exc))
         return nl + 1
 
     def op_connect(self, data, i, nl, line, arg) -> int:
@@ -1906,16 +1901,11 @@ class Client(Connection):
     def process_connect(self, arg: bytes):
         """Apply the CONNECT fields sent (only those), then check auth."""
         try:
-            fields = load_go_json(arg)
-        except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
-            raise ProtocolError("processConnect: %s" % exc)
+            fields = read_go_json(arg, _CONNECT_FIELDS, "ClientOpts")
+        except ValueError as exc:
+            raise ProtocolError(str(exc))
         if fields is None:
             fields = {}             # Go's json.Unmarshal of null leaves the defaults
-        if not isinstance(fields, dict):
-            raise ProtocolError("processConnect: CONNECT is not a JSON object")
-        problem = _json_type_error(fields, _CONNECT_FIELDS)
-        if problem:
-            raise ProtocolError("processConnect: " + problem)
         for key in ("verbose", "pedantic", "echo", "no_responders", "name", "lang",
                     "version", "protocol"):
             if fields.get(key) is not None:
@@ -1939,6 +1929,7 @@ class Client(Connection):
             self.await_secret(pending, lambda: self.process_connect(arg))
             return
         if self.protocol < 0 or self.protocol > PROTO:
+            self.error("%s", ERR_BAD_CLIENT_PROTOCOL)
             self.send_err_and_close(ERR_BAD_CLIENT_PROTOCOL, BAD_CLIENT_PROTOCOL_VERSION)
             return
         if self.no_responders and not self.headers:
@@ -6218,7 +6209,7 @@ def _process_config(cm: ConfigMap, path: str, opts: Options):
 # spaces, each with a sublist, joined by stream and service imports.  The
 # client (chapter 5) calls into this chapter; nothing here reads a socket.
 # The chapter ends with how a peer's CONNECT and INFO JSON is read, as Go's
-# encoding/json reads it (load_go_json).  Go twins: server/auth.go,
+# encoding/json reads it (read_go_json).  Go twins: server/auth.go,
 # server/accounts.go.
 
 
@@ -8052,24 +8043,68 @@ _INFO_FIELDS = {
 }
 
 
-# GO-COMPAT: json.Unmarshal (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
-def _json_type_error(fields: dict, types: dict) -> str:
-    """Go's unmarshal error for the first field of the wrong type, or ""."""
+# Go's names for a JSON value's type in its unmarshal errors, and for the
+# kinds above.
+_GO_JSON_TYPES = {str: "string", bool: "bool", int: "number", float: "number", list: "array",
+                  dict: "object"}
+_GO_KINDS = {str: "string", bool: "bool", _INT: "int", _INT32: "int32", _UINT64: "uint64",
+             _BYTE: "uint8", _STRINGS: "[]string", _PERMISSION: "server.SubjectPermission"}
+
+
+class _GoFloat(float):
+    """A JSON number with a fraction or an exponent, its text kept (Go's
+    error for one in an integer field quotes it as written)."""
+    __slots__ = ("text",)
+
+
+def _go_float(text: str) -> float:
+    number = _GoFloat(text)
+    number.text = text
+    return number
+
+
+def _go_json_type(value, kind=None) -> str:
+    """`value`'s JSON type as Go's UnmarshalTypeError names it; a number
+    meant for an integer kind comes with its text ("number 1.5")."""
+    name = "object" if isinstance(value, dict) else \
+        _GO_JSON_TYPES.get(type(value)) or _GO_JSON_TYPES[type(value).__mro__[1]]
+    if name == "number" and isinstance(kind, tuple):
+        return "number " + getattr(value, "text", str(value))
+    return name
+
+
+# GO-COMPAT: json.Unmarshal (test_logging.py::test_bad_json_is_logged_as_go_logs_it)
+def _json_type_error(fields: dict, types: dict, struct: str, sent: dict | None = None) -> str:
+    """Go's unmarshal error for the first field of `fields` (Go's `struct`,
+    e.g. ClientOpts) whose value does not fit its kind in `types`, or "".
+    The field is named as the peer spelled its key (`sent`: lower-cased key
+    -> as sent), an element of a list by its index, as Go 1.2x does."""
     for key, kind in types.items():
         value = fields.get(key)
         if value is None:
             continue
-        if kind is _STRINGS:
-            ok = isinstance(value, list) and all(v is None or isinstance(v, str) for v in value)
-        elif kind is _PERMISSION:
-            ok = isinstance(value, dict) and not _json_type_error(
-                value, {"allow": _STRINGS, "deny": _STRINGS})
-        elif isinstance(kind, tuple):
+        name = "%s.%s" % (struct, (sent or {}).get(key, key))
+        if kind is _STRINGS and isinstance(value, list):
+            for index, item in enumerate(value):
+                if item is not None and not isinstance(item, str):
+                    return "json: cannot unmarshal %s into %s.%d of type string" % (
+                        _go_json_type(item), name, index)
+            continue
+        if kind is _PERMISSION and isinstance(value, dict):
+            problem = _json_type_error({k.lower(): v for k, v in value.items()},
+                                       {"allow": _STRINGS, "deny": _STRINGS}, name,
+                                       {k.lower(): k for k in value})
+            if problem:
+                return problem
+            continue
+        where = "Go struct field %s of type" % name
+        if isinstance(kind, tuple):
             ok = type(value) is int and kind[0] <= value <= kind[1]  # true is no int
         else:
-            ok = isinstance(value, kind)
+            ok = not isinstance(kind, str) and isinstance(value, kind)
         if not ok:
-            return "json: cannot unmarshal %s into field %s" % (type(value).__name__, key)
+            return "json: cannot unmarshal %s into %s %s" % (_go_json_type(value, kind), where,
+                                                            _GO_KINDS[kind])
     return ""
 
 
@@ -8078,14 +8113,179 @@ def _no_constant(name: str):
 
 
 # GO-COMPAT: json.Unmarshal (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
-def load_go_json(arg: bytes):
-    """json.loads as encoding/json reads a CONNECT or INFO (see above): an
-    object comes back with its keys lower-cased (for a key repeated in
-    different cases the last one wins)."""
-    value = json.loads(arg.decode("utf-8", "replace"), parse_constant=_no_constant)
-    if isinstance(value, dict):
-        value = {key.lower(): item for key, item in value.items()}
+def read_go_json(arg: bytes, types: dict, struct: str):
+    """A CONNECT's or INFO's JSON read as encoding/json reads it into Go's
+    `struct` (ClientOpts, Info, connectInfo, leafConnectInfo), whose fields
+    have `types` (see above): the object, its keys lower-cased (for a key
+    repeated in different cases the last one wins), or None for null.
+    Raises ValueError with Go's words: the scanner's for bad JSON
+    (go_json_syntax_error), the decoder's for a value of the wrong type."""
+    try:
+        value = json.loads(arg.decode("utf-8", "replace"), parse_constant=_no_constant,
+                           parse_float=_go_float)
+    except (ValueError, RecursionError) as exc:    # (deep nesting: Go's json fails too)
+        text = go_json_syntax_error(arg.decode("utf-8", "surrogateescape"))
+        raise ValueError(text or ("exceeded max depth" if isinstance(exc, RecursionError)
+                                  else str(exc)))
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("json: cannot unmarshal %s into Go value of type server.%s"
+                         % (_go_json_type(value), struct))
+    sent = {key.lower(): key for key in value}
+    value = {key.lower(): item for key, item in value.items()}
+    problem = _json_type_error(value, types, struct, sent)
+    if problem:
+        raise ValueError(problem)
     return value
+
+
+# -- Go's json scanner, for its error texts -------------------------------------
+#
+# Python's json says where JSON breaks in its own words; a peer's bad CONNECT
+# is logged in Go's (nats-server 2.15's: Go 1.2x words some of them
+# differently from the Go that built 2.9).
+
+_JSON_SPACE = " \t\r\n"
+_JSON_DIGITS = "0123456789"
+_JSON_HEX = "0123456789abcdefABCDEF"
+_JSON_END_OF_INPUT = "unexpected end of JSON input"
+
+
+def _json_string_end(text: str, i: int):
+    """(index after the string opening at i, "") or (-1, Go's error)."""
+    n = len(text)
+    i += 1
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            return i + 1, ""
+        if ch == "\\":
+            escape = text[i + 1:i + 2]
+            if escape == "u":
+                digits = text[i + 2:i + 6]
+                if all(d in _JSON_HEX for d in digits):
+                    if len(digits) < 4:
+                        break
+                    i += 6
+                    continue
+                return -1, "invalid escape sequence `\\u%s` in string" % digits
+            if not escape:
+                break
+            if escape not in '"\\/bfnrt':
+                return -1, "invalid escape sequence `\\%s` in string" % escape
+            i += 2
+            continue
+        if ch < " ":
+            return -1, _json_bad(text, i, "in string")
+        i += 1
+    return -1, _JSON_END_OF_INPUT
+
+
+def _json_number_end(text: str, i: int):
+    """(index after the number starting at i, "") or (-1, Go's error)."""
+    n = len(text)
+    if text[i] == "-":
+        i += 1
+    if i >= n:
+        return -1, _JSON_END_OF_INPUT
+    if text[i] == "0":
+        i += 1
+    elif text[i] in _JSON_DIGITS:
+        while i < n and text[i] in _JSON_DIGITS:
+            i += 1
+    else:
+        return -1, _json_bad(text, i, "in numeric literal")
+    for marks, signs in ((".", ""), ("eE", "+-")):
+        if i < n and text[i] in marks:
+            i += 1
+            if signs and i < n and text[i] in signs:
+                i += 1
+            if i >= n:
+                return -1, _JSON_END_OF_INPUT
+            if text[i] not in _JSON_DIGITS:
+                return -1, _json_bad(text, i, "in numeric literal")
+            while i < n and text[i] in _JSON_DIGITS:
+                i += 1
+    return i, ""
+
+
+def _json_bad(text: str, at: int, context: str) -> str:
+    """Go's scanner error for the character at `at` (quoted as its quoteChar)."""
+    ch = text[at]
+    quoted = "\\'" if ch == "'" else '"' if ch == '"' else \
+        go_quote(ch.encode("utf-8", "surrogateescape"))[1:-1]
+    return "invalid character '%s' %s" % (quoted, context)
+
+
+def go_json_syntax_error(text: str) -> str:
+    """What Go's json scanner (nats-server 2.15's) says of the first
+    character of `text` that breaks JSON, or "" when there is none.
+    Containers are an explicit stack ("{" or "["), so depth costs no
+    recursion."""
+    n, i, stack = len(text), 0, []
+    state = "value"             # value | value-or-] | key | key-or-} | colon | after
+    while True:
+        while i < n and text[i] in _JSON_SPACE:
+            i += 1
+        if i >= n:
+            return "" if state == "after" and not stack else _JSON_END_OF_INPUT
+        ch = text[i]
+        if state in ("key", "key-or-}"):
+            if ch == "}" and state == "key-or-}":
+                stack.pop()
+                i, state = i + 1, "after"
+                continue
+            if ch != '"':
+                return _json_bad(text, i, "looking for beginning of object key string")
+            i, error = _json_string_end(text, i)
+            if error:
+                return error
+            state = "colon"
+        elif state == "colon":
+            if ch != ":":
+                return _json_bad(text, i, "after object key")
+            i, state = i + 1, "value"
+        elif state == "after":
+            if not stack:
+                return _json_bad(text, i, "after top-level value")
+            close = "}" if stack[-1] == "{" else "]"
+            if ch == ",":
+                i, state = i + 1, "key" if close == "}" else "value"
+            elif ch == close:
+                stack.pop()
+                i += 1
+            else:
+                return _json_bad(text, i, "after object key:value pair" if close == "}"
+                                 else "after array element")
+        elif ch == "]" and state == "value-or-]":
+            stack.pop()
+            i, state = i + 1, "after"
+        elif ch in "{[":
+            stack.append(ch)
+            i, state = i + 1, "key-or-}" if ch == "{" else "value-or-]"
+        else:
+            if ch == '"':
+                i, error = _json_string_end(text, i)
+            elif ch == "-" or ch in _JSON_DIGITS:
+                i, error = _json_number_end(text, i)
+            elif ch in "tfn":
+                word = "true" if ch == "t" else "false" if ch == "f" else "null"
+                error = ""
+                for k in range(1, len(word)):
+                    if i + k >= n:
+                        error = _JSON_END_OF_INPUT
+                    elif text[i + k] != word[k]:
+                        error = _json_bad(text, i + k, "in literal %s (expecting '%s')"
+                                          % (word, word[k]))
+                    if error:
+                        break
+                i += len(word)
+            else:
+                error = _json_bad(text, i, "looking for beginning of value")
+            if error:
+                return error
+            state = "after"
 
 
 # ============================================================================
@@ -9661,7 +9861,7 @@ _ROUTE_OPS = frozenset((b"RMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"PING
 # OP_MSG, OP_HMSG, OP_MINUS_ERR; a route's and a leaf's alike).
 _OPS_WITH_ARGS = frozenset((b"RMSG", b"LMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"-ERR"))
 # A peer's CONNECT as Go's connectInfo reads it (its INFO: _INFO_FIELDS,
-# chapter 5, where load_go_json explains the rules).
+# chapter 5, where read_go_json explains the rules).
 _ROUTE_CONNECT_FIELDS = {
     "user": str, "pass": str, "name": str, "cluster": str, "cluster_dynamic": bool,
     "echo": bool, "verbose": bool, "pedantic": bool, "tls_required": bool, "headers": bool,
@@ -9772,14 +9972,9 @@ class Route(Connection):
     def process_connect(self, arg: bytes):
         """The dialing peer's CONNECT (Go's processRouteConnect)."""
         try:
-            fields = load_go_json(arg)
-        except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
-            raise ProtocolError("processRouteConnect: %s" % exc)
-        if not isinstance(fields, dict):
-            raise ProtocolError("processRouteConnect: CONNECT is not a JSON object")
-        problem = _json_type_error(fields, _ROUTE_CONNECT_FIELDS)
-        if problem:
-            raise ProtocolError("processRouteConnect: " + problem)
+            fields = read_go_json(arg, _ROUTE_CONNECT_FIELDS, "connectInfo") or {}
+        except ValueError as exc:
+            raise ProtocolError(str(exc))
         if "lang" in fields:
             self.error("Route connect with client lang, attempted to connect to route port")
             self.send_err_and_close("attempted to connect to route port", PROTOCOL_VIOLATION)
@@ -9832,17 +10027,11 @@ class Route(Connection):
         """The peer's INFO: the first registers the route; later ones are
         gossip about other servers, or updates of the peer itself."""
         try:
-            info = load_go_json(arg)
-        except (ValueError, RecursionError) as exc:  # deep nesting: Go's json fails too
-            raise ProtocolError("processRouteInfo: %s" % exc)
+            info = read_go_json(arg, _INFO_FIELDS, "Info")
+        except ValueError as exc:
+            raise ProtocolError(str(exc))
         if info is None:
             return                  # null: Go's zero Info, nothing to learn
-        if not isinstance(info, dict):
-            raise ProtocolError("processRouteInfo: json: cannot unmarshal %s into Info"
-                                % type(info).__name__)
-        problem = _json_type_error(info, _INFO_FIELDS)
-        if problem:
-            raise ProtocolError("processRouteInfo: " + problem)
         server = self.server
         remote_id = info.get("server_id") or ""
         if self.registered and remote_id != self.remote_id:
@@ -11092,7 +11281,7 @@ LEAF_LOOP_DELAY = 30.0            # a dialing side's wait after a loop (Go's, 30
 # emptied when full, each plan some hundred bytes.
 LEAF_MSG_PLANS_MAX = 4096
 
-# A leaf's CONNECT as Go's leafConnectInfo reads it (load_go_json's rules).
+# A leaf's CONNECT as Go's leafConnectInfo reads it (read_go_json's rules).
 _LEAF_CONNECT_FIELDS = {
     "version": str, "nkey": str, "jwt": str, "sig": str, "user": str, "pass": str,
     "auth_token": str, "server_id": str, "domain": str, "name": str, "is_hub": bool,
@@ -11204,14 +11393,9 @@ class LeafNode(Connection):
         when it says it will send one (info_on_connect).  Later INFOs update
         what we know (the hub's answer: connect_info)."""
         try:
-            info = load_go_json(arg)
-        except (ValueError, RecursionError) as exc:
-            raise ProtocolError("processLeafnodeInfo: %s" % exc)
-        if not isinstance(info, dict):
-            raise ProtocolError("processLeafnodeInfo: INFO is not a JSON object")
-        problem = _json_type_error(info, _INFO_FIELDS)
-        if problem:
-            raise ProtocolError("processLeafnodeInfo: " + problem)
+            info = read_go_json(arg, _INFO_FIELDS, "Info") or {}
+        except ValueError as exc:
+            raise ProtocolError(str(exc))
         if not self.is_spoke:
             return                      # an accepting side reads no INFO (Go's)
         if not self.info_received:
@@ -11286,14 +11470,9 @@ class LeafNode(Connection):
         if self.is_spoke or self.connect_received:
             return                      # (a second CONNECT changes nothing)
         try:
-            fields = load_go_json(arg)
-        except (ValueError, RecursionError) as exc:
-            raise ProtocolError("processLeafNodeConnect: %s" % exc)
-        if not isinstance(fields, dict):
-            raise ProtocolError("processLeafNodeConnect: CONNECT is not a JSON object")
-        problem = _json_type_error(fields, _LEAF_CONNECT_FIELDS)
-        if problem:
-            raise ProtocolError("processLeafNodeConnect: " + problem)
+            fields = read_go_json(arg, _LEAF_CONNECT_FIELDS, "leafConnectInfo") or {}
+        except ValueError as exc:
+            raise ProtocolError(str(exc))
         if fields.get("lang"):
             self.error("attempted to connect to leaf node port")
             self.send_err_and_close("attempted to connect to leaf node port", "Incorrect Port")

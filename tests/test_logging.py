@@ -227,6 +227,78 @@ def test_refused_arguments_are_logged_as_go_quotes_them(start, sent, text):
                      .encode(), timeout=3)
 
 
+# A CONNECT or INFO that is not JSON, or whose values do not fit Go's
+# struct: what Go logs before it closes (nats-server 2.15's words; the Go
+# that built 2.9 words string and number errors differently: False below).
+BAD_JSON = [
+    (b'CONNECT {bad\r\n', "invalid character 'b' looking for beginning of object key string",
+     True),
+    (b'CONNECTX {}\r\n', "invalid character 'X' looking for beginning of value", True),
+    (b'CONNECT\r\n', "unexpected end of JSON input", True),
+    (b'CONNECT {"verbose":tru}\r\n', "invalid character '}' in literal true (expecting 'e')",
+     True),
+    (b'CONNECT {"a" 1}\r\n', "invalid character '1' after object key", True),
+    (b'CONNECT {"a":1 x}\r\n', "invalid character 'x' after object key:value pair", True),
+    (b'CONNECT {"a":[1 x]}\r\n', "invalid character 'x' after array element", True),
+    (b'CONNECT {"a":1,}\r\n', "invalid character '}' looking for beginning of object key string",
+     True),
+    (b"CONNECT {'a':1}\r\n", "invalid character '\\'' looking for beginning of object key string",
+     True),
+    (b'CONNECT {} x\r\n', "invalid character 'x' after top-level value", True),
+    (b'CONNECT {"a":\x7f}\r\n', "invalid character '\\x7f' looking for beginning of value", True),
+    (b'CONNECT {"a":\xc3\xa9}\r\n', "invalid character '\u00e9' looking for beginning of value",
+     False),
+    (b'CONNECT {"a":"\x01"}\r\n', "invalid character '\\x01' in string", False),
+    (b'CONNECT {"a":"\\q"}\r\n', "invalid escape sequence `\\q` in string", False),
+    (b'CONNECT {"a":1e}\r\n', "invalid character '}' in numeric literal", False),
+    (b'CONNECT {"verbose":"x"}\r\n',
+     "json: cannot unmarshal string into Go struct field ClientOpts.verbose of type bool", True),
+    (b'CONNECT {"protocol":1.5}\r\n',
+     "json: cannot unmarshal number 1.5 into Go struct field ClientOpts.protocol of type int",
+     True),
+    (b'CONNECT {"Name":["a"]}\r\n',
+     "json: cannot unmarshal array into Go struct field ClientOpts.Name of type string", False),
+    (b'CONNECT [1]\r\n', "json: cannot unmarshal array into Go value of type server.ClientOpts",
+     True),
+    (b'INFO {"port":"x"}\r\n',
+     "json: cannot unmarshal string into Go struct field Info.port of type int", True),
+    (b'INFO {"connect_urls":[1]}\r\n',
+     "json: cannot unmarshal number into Info.connect_urls.0 of type string", False),
+    (b'CONNECT {"protocol":-1}\r\n', "invalid client protocol", True),
+]
+
+
+@pytest.mark.parametrize("sent,text,same_in_29", BAD_JSON,
+                         ids=["object-key", "connect-x", "empty", "literal", "after-key",
+                              "after-pair", "after-element", "trailing-comma", "single-quote",
+                              "after-top", "del", "utf8", "control", "escape", "exponent",
+                              "bool-field", "int-field", "string-field", "not-object",
+                              "info-int", "info-strings", "protocol"])
+def test_bad_json_is_logged_as_go_logs_it(start, sent, text, same_in_29):
+    srv = start()
+    if "2.9" in srv.kind and not same_in_29:
+        pytest.skip("the Go that built nats-server 2.9 words this one differently")
+    c = RawConn(srv.host, srv.port)
+    c.read_info()
+    port = c.sock.getsockname()[1]
+    c.send(sent)
+    c.read_until_closed()
+    srv.wait_for_log((r"\[ERR\] 127\.0\.0\.1:%d - cid:\d+ - %s\n" % (port, re.escape(text)))
+                     .encode(), timeout=3)
+
+
+def test_a_route_connect_that_is_not_json_is_logged_as_go_logs_it(start):
+    srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
+    port = int(srv.wait_for_log(rb"Listening for route connections on \S+:(\d+)").group(1))
+    c = RawConn("127.0.0.1", port)
+    c.read_info()
+    c.send(b'CONNECT {"cluster":"c1",}\r\n')
+    assert c.read_until_closed() == b""
+    srv.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:\d+ - rid:\d+ - invalid character '\}' looking "
+                     rb"for beginning of object key string\n", timeout=3)
+    srv.wait_for_log(rb"rid:\d+ - Router connection closed: Protocol Violation\n", timeout=3)
+
+
 # -- -V: protocol trace -------------------------------------------------------------------
 
 
