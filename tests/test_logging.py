@@ -218,13 +218,21 @@ ARG_ERRORS = [
                                                          "sub-args", "unsub-args"])
 def test_refused_arguments_are_logged_as_go_quotes_them(start, sent, text):
     srv = start()
+    assert logged_as_it_closes(srv, b'CONNECT {"verbose":false,"headers":true}\r\n' + sent,
+                               text) == b""
+
+
+def logged_as_it_closes(srv, sent: bytes, text: str) -> bytes:
+    """Send `sent` on a new client connection, read until the server closes
+    it, and wait for `[ERR] <text>` in its log; returns what was read."""
     c = RawConn(srv.host, srv.port)
     c.read_info()
     port = c.sock.getsockname()[1]
-    c.send(b'CONNECT {"verbose":false,"headers":true}\r\n' + sent)
-    assert c.read_until_closed() == b""
+    c.send(sent)
+    got = c.read_until_closed()
     srv.wait_for_log((r"\[ERR\] 127\.0\.0\.1:%d - cid:\d+ - %s\n" % (port, re.escape(text)))
                      .encode(), timeout=3)
+    return got
 
 
 # A CONNECT or INFO that is not JSON, or whose values do not fit Go's
@@ -278,13 +286,7 @@ def test_bad_json_is_logged_as_go_logs_it(start, sent, text, same_in_29):
     srv = start()
     if "2.9" in srv.kind and not same_in_29:
         pytest.skip("the Go that built nats-server 2.9 words this one differently")
-    c = RawConn(srv.host, srv.port)
-    c.read_info()
-    port = c.sock.getsockname()[1]
-    c.send(sent)
-    c.read_until_closed()
-    srv.wait_for_log((r"\[ERR\] 127\.0\.0\.1:%d - cid:\d+ - %s\n" % (port, re.escape(text)))
-                     .encode(), timeout=3)
+    logged_as_it_closes(srv, sent, text)
 
 
 def test_a_route_connect_that_is_not_json_is_logged_as_go_logs_it(start):
