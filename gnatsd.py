@@ -11230,6 +11230,8 @@ class Cluster:
         varz = {"name": self.name, "addr": self.host, "cluster_port": self.port,
                 "auth_timeout": 2, "urls": list(opts.routes or ()), "tls_timeout": 2,
                 "pool_size": self.pool_size}
+        if not varz["urls"]:
+            del varz["urls"]            # (omitempty)
         tls = opts.cluster_tls
         if tls is not None:
             varz.update(tls_timeout=go_number(tls.timeout), tls_required=True, tls_verify=True)
@@ -13197,11 +13199,12 @@ class Monitor:
                 "outbound_gateways": {}, "inbound_gateways": {}}
 
     def jsz(self, query: dict) -> dict:
-        """/jsz: JetStream, always disabled."""
+        """/jsz: JetStream, always disabled (Go 2.15's JSInfo, all zero)."""
         return {"memory": 0, "storage": 0, "reserved_memory": 0, "reserved_storage": 0,
                 "accounts": 0, "ha_assets": 0, "api": {"level": 0, "total": 0, "errors": 0},
                 "server_id": self.server.server_id, "now": rfc3339(time.time()),
-                "disabled": True}
+                "disabled": True, "config": {"max_memory": 0, "max_storage": 0},
+                "streams": 0, "consumers": 0, "messages": 0, "bytes": 0, "total": 0}
 
 
 # -- snapshots (loop thread) ----------------------------------------------------

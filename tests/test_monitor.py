@@ -69,7 +69,7 @@ def attach_monitor(srv, timeout: float = 5.0):
 
 @pytest.fixture
 def mon_factory():
-    """`mon_factory("gnatsd" | "go2.15", *args)`: a server with `-m -1` (unless
+    """`mon_factory("gnatsd" | "go2.9" | "go2.15", *args)`: a server with `-m -1` (unless
     `monitor=False`, when args must configure the monitor), its monitor
     address read from the log.  All are stopped at teardown."""
     started = []
@@ -79,9 +79,10 @@ def mon_factory():
         if kind == "gnatsd":
             srv = start_gnatsd(*extra, *args)
         else:
-            if not HAVE_GO:
-                pytest.skip("Go nats-server 2.15 is not installed")
-            srv = start_go(*extra, *args, version="2.15")
+            version = kind[2:] if kind.startswith("go2.") else "2.15"
+            if version not in GO_SERVERS:
+                pytest.skip("Go nats-server %s is not installed" % version)
+            srv = start_go(*extra, *args, version=version)
         started.append(srv)
         return attach_monitor(srv)
 
@@ -185,7 +186,7 @@ def names(connz: dict) -> list:
 ENDPOINTS = [
     "/varz", "/connz", "/connz?subs=1", "/connz?subs=detail", "/connz?state=closed",
     "/connz?state=all&subs=detail", "/routez", "/subsz", "/subsz?subs=1", "/healthz",
-    "/accountz", "/accstatz", "/accstatz?unused=1", "/leafz", "/gatewayz",
+    "/accountz", "/accstatz", "/accstatz?unused=1", "/leafz", "/gatewayz", "/jsz",
 ]
 
 # Key paths of Go's answers that gnatsd.py need not have ("<endpoint>.<path>",
@@ -1111,6 +1112,14 @@ def test_garbage_and_stalled_http_clients_do_not_block_the_monitor(mon_factory, 
 
 
 # -- server_tags, git_commit, system_account -----------------------------------------
+
+
+def test_varz_cluster_lists_route_urls_only_when_there_are_some(mon_factory, kind):
+    """Go's ClusterOptsVarz has `urls,omitempty`: a cluster with no routes
+    configured shows no `urls` key at all."""
+    srv = mon_factory(kind, "--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
+    cluster = get_json(srv, "/varz")["cluster"]
+    assert cluster["name"] == "c1" and "urls" not in cluster
 
 
 @pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
