@@ -11730,12 +11730,12 @@ class LeafNode(Connection):
             op, tab, rest = op.partition(b"\t")
             arg, blank = rest + blank + arg, tab
         op = op.upper()
-        if not blank and op in _OPS_WITH_ARGS:      # (Go fails on the byte after the name)
-            raise op_name_error(data, i, "Leafnode")
         if not self.is_spoke and not self.connect_received and op != b"CONNECT":
             self.error("authentication error")
             self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
             return -1
+        if not blank and op in _OPS_WITH_ARGS:      # (Go fails on the byte after the name)
+            raise op_name_error(data, i, "Leafnode")
         if op == b"LMSG" or op == b"HMSG":
             stop = self.process_msg(data, nl, op == b"HMSG", arg.strip())
             if stop < 0:

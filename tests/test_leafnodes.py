@@ -1167,6 +1167,20 @@ def test_bad_leaf_lines_close_the_leaf_as_go_does(kind, case, nodes, tmp_path):
     t_ping_pong(sub)            # (and nothing delivered before the PONG)
 
 
+@pytest.mark.parametrize("line", [b"LS+\r\n", b"LMSG\r\n", b"LS+ foo\r\n"],
+                         ids=["bare-sub", "bare-msg", "sub"])
+def test_a_leafs_first_line_must_be_connect_even_a_bare_op(kind, line, nodes, tmp_path):
+    """Before CONNECT, Go's parser refuses any op but CONNECT at its first
+    byte (Authorization Violation), before it could fail on arguments."""
+    hub = start_hub(nodes, kind, tmp_path)
+    c = RawConn("127.0.0.1", hub.leaf_port)
+    c.read_info()
+    mark = len(hub.log)
+    c.send(line)
+    assert c.read_until_closed() == b"-ERR 'Authorization Violation'\r\n"
+    hub.wait_for_log(rb"Leafnode connection closed: Authentication Failure", start=mark)
+
+
 def random_leaf_interest(seed: int, rounds: int) -> list:
     """[(LS+/LS- lines, PUB lines)]: a leaf's interest changing (plain and
     queue q, weights 1-3, overlapping wildcards), then messages on it."""
