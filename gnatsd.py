@@ -10374,15 +10374,22 @@ class Route(Connection):
             return
         queue = args[2] if len(args) > 2 else None
         key = b" ".join(args[:3])
+        weight = old = 1
         if queue is not None:
-            self.weights[key] = max(1, parse_size(args[3]))
-        if key not in self.remote_subs:
+            old = self.weights.get(key, 0)
+            self.weights[key] = weight = max(1, parse_size(args[3]))
+        sub = self.remote_subs.get(key)
+        if sub is None:
             sub = Subscription(self, args[1], queue, key)
             self.remote_subs[key] = sub
             account.sublist.insert(sub)
-            self.server.cluster.bridge_interest(self, account, sub, 1)
+            self.server.cluster.bridge_interest(self, account, sub, weight)
             if account is self.server.system_account:
                 self.server.system_client.peer_listens(sub.subject)
+        elif queue is not None:
+            # A queue group's weight again (its members there come and go):
+            # leaves hear the new total, also when it stayed, as from Go 2.15.
+            self.server.cluster.bridge_interest(self, account, sub, weight - old)
 
     def process_remote_unsub(self, arg: bytes):
         """RS- <account> <subject> [<queue>] (Go's processRemoteUnsub: another
@@ -10393,11 +10400,11 @@ class Route(Connection):
                                 % arg.decode("utf-8", "replace"))
         key = b" ".join(args[:3])
         sub = self.remote_subs.pop(key, None)
-        self.weights.pop(key, None)
+        weight = self.weights.pop(key, 1)
         account = self.server.accounts.get(args[0].decode("utf-8", "replace"))
         if sub is not None and account is not None:
             account.sublist.remove(sub)
-            self.server.cluster.bridge_interest(self, account, sub, -1)
+            self.server.cluster.bridge_interest(self, account, sub, -weight)
 
     # -- the 0.7 dialect ------------------------------------------------------------
     #
@@ -11086,7 +11093,7 @@ class Cluster:
             account = server.accounts.get(key.split(b" ", 1)[0].decode("utf-8", "replace"))
             if account is not None:
                 account.sublist.remove(sub)
-                self.bridge_interest(route, account, sub, -1)
+                self.bridge_interest(route, account, sub, -route.weights.get(key, 1))
         route.remote_subs.clear()
         if route.filling is not None:
             self.filled(route.filling, route.pinned)

@@ -1181,6 +1181,38 @@ def test_a_leafs_first_line_must_be_connect_even_a_bare_op(kind, line, nodes, tm
     hub.wait_for_log(rb"Leafnode connection closed: Authentication Failure", start=mark)
 
 
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_a_route_peers_queue_weights_reach_a_leaf(kind, nodes, tmp_path):
+    """A queue group's weight from a route peer (RS+ <acc> <subject> <queue>
+    <weight>, sent again as its members come and go) reaches a leaf as the
+    group's new total (again when unchanged), and its end as LS- (as
+    from Go 2.15; Go 2.9 sends LS- on a weight going down and keeps a
+    group the peer dropped)."""
+    from test_cluster import peer_reads, raw_route
+    srv = start_node(nodes, kind, tmp_path, "node", 'cluster {\n  name: c1\n  listen: '
+                     '"127.0.0.1:-1"\n}\nleafnodes {\n  host: "127.0.0.1"\n  port: -1\n}\n')
+    peer = raw_route(srv)
+    peer.send(b"PING\r\n")
+    peer_reads(peer, rb"PONG\r\n")
+    leaf = RawConn("127.0.0.1", srv.leaf_port)
+    leaf.read_info()
+    leaf.send(b'CONNECT {"name":"x","server_id":"NX","headers":true}\r\n')
+    ops_until_pong(leaf)
+    seen = []
+    for lines in (b"RS+ $G foo q 3\r\n", b"RS+ $G foo q 1\r\n", b"RS+ $G foo q 5\r\n",
+                  b"RS+ $G foo q 5\r\n", b"RS- $G foo q\r\n", b"RS+ $G foo q 2\r\n"):
+        peer.send(lines + b"PING\r\n")
+        peer_reads(peer, rb"PONG\r\n")
+        seen.append([op for op in ops_until_pong(leaf) if not op.startswith(b"INFO")])
+    peer.close()
+    deadline = time.monotonic() + 5
+    while not seen[-1] or seen[-1][-1] != b"LS- foo q\r\n":
+        assert time.monotonic() < deadline, seen
+        seen.append([op for op in ops_until_pong(leaf) if not op.startswith(b"INFO")])
+    assert seen[:6] == [[b"LS+ foo q 3\r\n"], [b"LS+ foo q 1\r\n"], [b"LS+ foo q 5\r\n"],
+                        [b"LS+ foo q 5\r\n"], [b"LS- foo q\r\n"], [b"LS+ foo q 2\r\n"]]
+
+
 def random_leaf_interest(seed: int, rounds: int) -> list:
     """[(LS+/LS- lines, PUB lines)]: a leaf's interest changing (plain and
     queue q, weights 1-3, overlapping wildcards), then messages on it."""
