@@ -571,10 +571,10 @@ def payload_end(data: bytes, nl: int, size: int) -> int:
     return stop
 
 
-def check_payload_end(data: bytes, stop: int):
+def check_payload_end(data: bytes, stop: int, kind: str = "Client"):
     """A payload must be followed by CRLF: fail as soon as a wrong byte shows."""
     if stop < len(data) and data[stop] != 13:
-        raise payload_end_error(data, stop)
+        raise payload_end_error(data, stop, kind)
 
 
 def split_ops(data: bytes, max_control_line: int = MAX_CONTROL_LINE_SIZE) -> tuple:
@@ -9860,12 +9860,30 @@ _ROUTE_OPS = frozenset((b"RMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"PING
 # ... those whose name Go's parser wants a blank after (OP_SUB, OP_UNSUB,
 # OP_MSG, OP_HMSG, OP_MINUS_ERR; a route's and a leaf's alike).
 _OPS_WITH_ARGS = frozenset((b"RMSG", b"LMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"-ERR"))
+
+
+def _line_op(op: bytes) -> bytes:
+    """PING, PONG and +OK followed by anything up to the line's end are
+    those ops: Go's parser skips the rest to the LF (the client's
+    frame_line reads them so too)."""
+    if op[:4] in (b"PING", b"PONG") and len(op) > 4:
+        return op[:4]
+    if op[:3] == b"+OK" and len(op) > 3:
+        return b"+OK"
+    return op
+
+
 # A peer's CONNECT as Go's connectInfo reads it (its INFO: _INFO_FIELDS,
 # chapter 5, where read_go_json explains the rules).
 _ROUTE_CONNECT_FIELDS = {
     "user": str, "pass": str, "name": str, "cluster": str, "cluster_dynamic": bool,
     "echo": bool, "verbose": bool, "pedantic": bool, "tls_required": bool, "headers": bool,
 }
+
+
+def _go_list(args: list) -> str:
+    """A list of byte strings as Go's %s prints a [][]byte: [a b c]."""
+    return "[%s]" % " ".join(a.decode("utf-8", "replace") for a in args)
 
 
 # GO-COMPAT: processRoutedMsgArgs (test_cluster.py::test_bad_routed_msg_args_close_the_route_as_go_does)
@@ -9876,13 +9894,12 @@ def routed_msg_args(args: list, lead: int, headers: bool, name: str, arg: bytes)
     leaf's subject), then `[reply] <size>`, or with queue groups `+ <reply>
     <queues> <size>` / `| <queues> <size>`; an HMSG has `<hdr> <size>` at
     the end.  -> (*the lead, reply, queues, hdr (-1 for no headers), size,
-    the size tokens as written).  Go's errors close the connection without
+    the size tokens as written): a route unpacks seven values (account,
+    subject, ...), a leaf six.  Go's errors close the connection without
     a word to the peer (ProtocolError with no -ERR)."""
     sizes = 2 if headers else 1
-    listed = "[%s]" % " ".join(a.decode("utf-8", "replace") for a in args)
-    text = arg.decode("utf-8", "replace")
     if len(args) < lead + sizes:
-        raise ProtocolError("%s Parse Error: '%s'" % (name, listed))
+        raise ProtocolError("%s Parse Error: '%s'" % (name, _go_list(args)))
     reply, queues = None, None
     if len(args) == lead + 1 + sizes:
         reply = args[lead]
@@ -9897,11 +9914,13 @@ def routed_msg_args(args: list, lead: int, headers: bool, name: str, arg: bytes)
     size = parse_size(args[-1])
     hdr = parse_size(args[-2]) if headers else -1
     if headers and hdr < 0:
-        raise ProtocolError("%s Bad or Missing Header Size: '%s'" % (name, text))
+        raise ProtocolError("%s Bad or Missing Header Size: '%s'"
+                            % (name, arg.decode("utf-8", "replace")))
     if size < 0:
-        raise ProtocolError("%s Bad or Missing Size: '%s'" % (name, listed))
+        raise ProtocolError("%s Bad or Missing Size: '%s'" % (name, _go_list(args)))
     if hdr > size:
-        raise ProtocolError("%s Header Size larger then TotalSize: '%s'" % (name, text))
+        raise ProtocolError("%s Header Size larger then TotalSize: '%s'"
+                            % (name, arg.decode("utf-8", "replace")))
     size_field = args[-2] + b" " + args[-1] if headers else args[-1]
     return (*args[:lead], reply, queues, hdr, size, size_field)
 
@@ -9972,9 +9991,13 @@ class Route(Connection):
     def process_connect(self, arg: bytes):
         """The dialing peer's CONNECT (Go's processRouteConnect)."""
         try:
-            fields = read_go_json(arg, _ROUTE_CONNECT_FIELDS, "connectInfo") or {}
+            # (Go reads every CONNECT into ClientOpts first, then its own.)
+            fields = read_go_json(arg, _CONNECT_FIELDS, "ClientOpts") or {}
+            problem = _json_type_error(fields, _ROUTE_CONNECT_FIELDS, "connectInfo")
         except ValueError as exc:
             raise ProtocolError(str(exc))
+        if problem:
+            raise ProtocolError(problem)
         if "lang" in fields:
             self.error("Route connect with client lang, attempted to connect to route port")
             self.send_err_and_close("attempted to connect to route port", PROTOCOL_VIOLATION)
@@ -10158,6 +10181,7 @@ class Route(Connection):
                     continue
                 stop = nl + 1 + size
                 if stop + 2 > n:
+                    check_payload_end(data, stop, "Router")
                     self.keep_tail(data, i, stop + 2 - i)
                     break
                 if data[stop] != 13 or data[stop + 1] != 10:
@@ -10226,7 +10250,7 @@ class Route(Connection):
         if b"\t" in op:        # (a tab after the op's name is a blank, as Go's parser reads it)
             op, tab, rest = op.partition(b"\t")
             arg, blank = rest + blank + arg, tab
-        op = op.upper()
+        op = _line_op(op.upper())
         if not blank and op in _OPS_WITH_ARGS:      # (Go fails on the byte after the name)
             raise op_name_error(data, i, "Router")
         if op == b"RMSG" or op == b"HMSG" or op == b"MSG" and self.legacy:
@@ -11479,9 +11503,13 @@ class LeafNode(Connection):
         if self.is_spoke or self.connect_received:
             return                      # (a second CONNECT changes nothing)
         try:
-            fields = read_go_json(arg, _LEAF_CONNECT_FIELDS, "leafConnectInfo") or {}
+            # (Go reads every CONNECT into ClientOpts first, then its own.)
+            fields = read_go_json(arg, _CONNECT_FIELDS, "ClientOpts") or {}
+            problem = _json_type_error(fields, _LEAF_CONNECT_FIELDS, "leafConnectInfo")
         except ValueError as exc:
             raise ProtocolError(str(exc))
+        if problem:
+            raise ProtocolError(problem)
         if fields.get("lang"):
             self.error("attempted to connect to leaf node port")
             self.send_err_and_close("attempted to connect to leaf node port", "Incorrect Port")
@@ -11736,8 +11764,10 @@ class LeafNode(Connection):
         if b"\t" in op:        # (a tab after the op's name is a blank, as Go's parser reads it)
             op, tab, rest = op.partition(b"\t")
             arg, blank = rest + blank + arg, tab
-        op = op.upper()
-        if not self.is_spoke and not self.connect_received and op != b"CONNECT":
+        op = _line_op(op.upper())
+        if not self.is_spoke and not self.connect_received and op[:1] != b"C":
+            # (Go refuses the first byte of anything but a C before CONNECT;
+            # a C that spells no CONNECT is an unknown op, below.)
             self.error("authentication error")
             self.send_err_and_close(ERR_AUTH_VIOLATION, AUTHENTICATION_VIOLATION)
             return -1
@@ -11752,7 +11782,7 @@ class LeafNode(Connection):
         if self.trace:
             self.trace_in(op.decode("ascii", "replace"), arg)
         if op == b"LS+":
-            self.process_leaf_sub(arg.split())
+            self.process_leaf_sub(split_arg(arg))
         elif op == b"LS-":
             self.process_leaf_unsub(arg.strip())
         elif op == b"PING":

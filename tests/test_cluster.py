@@ -493,6 +493,7 @@ BAD_ROUTED_MSGS = {
     "hmsg-bare": (b"HMSG\r\n", "Router parser ERROR, state=26, i=4: proto='\"\\r\"...'"),
     "rs-plus-bare": (b"RS+\r\n", "Router parser ERROR, state=45, i=3: proto='\"\\r\"...'"),
     "rs-minus-bare": (b"RS-\n", "Router parser ERROR, state=63, i=3: proto='\"\"...'"),
+    "bad-end-cut": (b"RMSG $G foo 2\r\nhi\n", "Router parser ERROR, state=41, i=17: proto='\"\"...'"),
 }
 
 
@@ -519,6 +520,24 @@ def test_bad_routed_msg_args_close_the_route_as_go_does(start, case):
     client.send(b"PING\r\n")
     client.expect(rb"(?:INFO [^\r]*\r\n)*PONG\r\n")      # (no MSG: nothing delivered)
     client.close()
+
+
+@pytest.mark.parametrize("line", [b"PINGX\r\n", b"PONG x\r\n", b"+OKAY\r\n"])
+def test_ping_pong_and_ok_take_the_rest_of_their_line_on_a_route(start, line):
+    """Go's parser skips what follows PING, PONG or +OK up to the LF: a
+    route's `PINGX` is a PING (answered), `+OKAY` an +OK; the route stays."""
+    srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
+    peer = raw_route(srv)
+    peer.send(b"PING\r\n")
+    peer_reads(peer, rb"PONG\r\n")
+    peer.send(line + b"PING\r\n")
+    peer_reads(peer, rb"PONG\r\n" * (2 if line.startswith(b"PING") else 1))
+    client = raw_client(srv, b"")
+    peer.send(b"RS+ $G foo\r\nPING\r\n")
+    peer_reads(peer, rb"PONG\r\n")
+    client.send(b"PUB foo 2\r\nhi\r\nPING\r\n")
+    client.expect(rb"PONG\r\n")
+    peer_reads(peer, rb"RMSG \$G foo 2\r\nhi\r\n")
 
 
 # RS+ and RS- lines as Go 2.9 and 2.15 take them: a wrong count of arguments

@@ -1213,6 +1213,24 @@ def test_a_route_peers_queue_weights_reach_a_leaf(kind, nodes, tmp_path):
                         [b"LS+ foo q 5\r\n"], [b"LS- foo q\r\n"], [b"LS+ foo q 2\r\n"]]
 
 
+@pytest.mark.parametrize("line,text", [
+    (b"C\r\n", "Leafnode parser ERROR, state=10, i=1: proto='\"\\r\"...'"),
+    (b"CONNEC {}\r\n", "Leafnode parser ERROR, state=15, i=6: proto='\" {}\\r\"...'"),
+], ids=["c", "connec"])
+def test_a_leafs_first_line_starting_with_c_is_read_as_an_op(kind, line, text, nodes,
+                                                            tmp_path):
+    """A first byte C passes Go's check for CONNECT; what it spells is then
+    parsed: an unknown op, -ERR and Go's parser error line."""
+    hub = start_hub(nodes, kind, tmp_path)
+    c = RawConn("127.0.0.1", hub.leaf_port)
+    c.read_info()
+    mark = len(hub.log)
+    c.send(line)
+    assert c.read_until_closed() == b"-ERR 'Unknown Protocol Operation'\r\n"
+    hub.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:\d+ - lid:\d+ - " + re.escape(text.encode()) + rb"\n",
+                     start=mark)
+
+
 def random_leaf_interest(seed: int, rounds: int) -> list:
     """[(LS+/LS- lines, PUB lines)]: a leaf's interest changing (plain and
     queue q, weights 1-3, overlapping wildcards), then messages on it."""

@@ -289,15 +289,22 @@ def test_bad_json_is_logged_as_go_logs_it(start, sent, text, same_in_29):
     logged_as_it_closes(srv, sent, text)
 
 
-def test_a_route_connect_that_is_not_json_is_logged_as_go_logs_it(start):
+@pytest.mark.parametrize("sent,text", [
+    (b'CONNECT {"cluster":"c1",}\r\n',
+     "invalid character '}' looking for beginning of object key string"),
+    # (Go reads a route's CONNECT into ClientOpts before its own struct.)
+    (b'CONNECT {"cluster":"c1","name":1}\r\n',
+     "json: cannot unmarshal number into Go struct field ClientOpts.name of type string"),
+], ids=["syntax", "client-opts-type"])
+def test_a_route_connect_that_is_not_json_is_logged_as_go_logs_it(start, sent, text):
     srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
     port = int(srv.wait_for_log(rb"Listening for route connections on \S+:(\d+)").group(1))
     c = RawConn("127.0.0.1", port)
     c.read_info()
-    c.send(b'CONNECT {"cluster":"c1",}\r\n')
+    c.send(sent)
     assert c.read_until_closed() == b""
-    srv.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:\d+ - rid:\d+ - invalid character '\}' looking "
-                     rb"for beginning of object key string\n", timeout=3)
+    srv.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:\d+ - rid:\d+ - " + re.escape(text.encode()) +
+                     rb"\n", timeout=3)
     srv.wait_for_log(rb"rid:\d+ - Router connection closed: Protocol Violation\n", timeout=3)
 
 
