@@ -8112,6 +8112,23 @@ def _no_constant(name: str):
     raise ValueError("invalid character %r looking for beginning of value" % name[:1])
 
 
+# A lone UTF-16 surrogate, which a \\ud800-style escape makes.
+_LONE_SURROGATE = re.compile("[\\ud800-\\udfff]")
+
+
+def _go_strings(value):
+    """`value` with each lone surrogate in its strings as U+FFFD, which Go's
+    decoder writes for one (Python keeps it, and it cannot be encoded:
+    a client named "\\ud800" was closed by a UnicodeEncodeError)."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_go_strings(item) for item in value]
+    if isinstance(value, dict):
+        return {_go_strings(key): _go_strings(item) for key, item in value.items()}
+    return value
+
+
 # GO-COMPAT: json.Unmarshal (fuzz/test_fuzz_client_vs_go.py::test_found_inputs_get_go_answer)
 def read_go_json(arg: bytes, types: dict, struct: str):
     """A CONNECT's or INFO's JSON read as encoding/json reads it into Go's
@@ -8123,6 +8140,8 @@ def read_go_json(arg: bytes, types: dict, struct: str):
     try:
         value = json.loads(arg.decode("utf-8", "replace"), parse_constant=_no_constant,
                            parse_float=_go_float)
+        if b"\\u" in arg:
+            value = _go_strings(value)
     except (ValueError, RecursionError) as exc:    # (deep nesting: Go's json fails too)
         text = go_json_syntax_error(arg.decode("utf-8", "surrogateescape"))
         raise ValueError(text or ("exceeded max depth" if isinstance(exc, RecursionError)

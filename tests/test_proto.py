@@ -115,6 +115,15 @@ def test_connect_unknown_fields_are_ignored(any_server, raw_factory):
     t_expect_exact(c, b"PONG\r\n")
 
 
+def test_connect_strings_with_a_lone_surrogate_escape_are_taken(any_server, raw_factory):
+    """`\ud800` alone is no character; Go's decoder makes it U+FFFD and
+    goes on (gnatsd.py's log prefix failed to encode it and dropped the
+    client)."""
+    c = raw_factory(any_server, b'CONNECT {"verbose":true,"name":"\\ud800x","lang":"\\udfff"}'
+                                b'\r\nPING\r\n')
+    t_expect_exact(c, b"+OK\r\nPONG\r\n")
+
+
 # -- PUB / SUB / MSG -------------------------------------------------------------
 
 
