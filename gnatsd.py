@@ -8073,17 +8073,28 @@ def _go_json_type(value, kind=None) -> str:
     return name
 
 
+class _GoObject(dict):
+    """A JSON object that keeps its members in the order sent, repeated
+    keys included (`pairs`): Go's decoder checks each in that order."""
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list):
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
 # GO-COMPAT: json.Unmarshal (test_logging.py::test_bad_json_is_logged_as_go_logs_it)
-def _json_type_error(fields: dict, types: dict, struct: str, sent: dict | None = None) -> str:
-    """Go's unmarshal error for the first field of `fields` (Go's `struct`,
-    e.g. ClientOpts) whose value does not fit its kind in `types`, or "".
-    The field is named as the peer spelled its key (`sent`: lower-cased key
-    -> as sent), an element of a list by its index, as Go 1.2x does."""
-    for key, kind in types.items():
-        value = fields.get(key)
-        if value is None:
+def _json_type_error(fields: dict, types: dict, struct: str) -> str:
+    """Go's unmarshal error for the first member of `fields` (Go's `struct`,
+    e.g. ClientOpts), in the order sent and repeats included, whose value
+    does not fit its kind in `types` (keys in any case), or "".  The field
+    is named as the peer spelled its key, an element of a list by its
+    index, as Go 1.2x does."""
+    for sent, value in getattr(fields, "pairs", None) or fields.items():
+        kind = types.get(sent.lower())
+        if kind is None or value is None:
             continue
-        name = "%s.%s" % (struct, (sent or {}).get(key, key))
+        name = "%s.%s" % (struct, sent)
         if kind is _STRINGS and isinstance(value, list):
             for index, item in enumerate(value):
                 if item is not None and not isinstance(item, str):
@@ -8091,9 +8102,7 @@ def _json_type_error(fields: dict, types: dict, struct: str, sent: dict | None =
                         _go_json_type(item), name, index)
             continue
         if kind is _PERMISSION and isinstance(value, dict):
-            problem = _json_type_error({k.lower(): v for k, v in value.items()},
-                                       {"allow": _STRINGS, "deny": _STRINGS}, name,
-                                       {k.lower(): k for k in value})
+            problem = _json_type_error(value, {"allow": _STRINGS, "deny": _STRINGS}, name)
             if problem:
                 return problem
             continue
@@ -8125,7 +8134,8 @@ def _go_strings(value):
     if isinstance(value, list):
         return [_go_strings(item) for item in value]
     if isinstance(value, dict):
-        return {_go_strings(key): _go_strings(item) for key, item in value.items()}
+        return _GoObject([(_go_strings(key), _go_strings(item))
+                          for key, item in getattr(value, "pairs", value.items())])
     return value
 
 
@@ -8139,7 +8149,7 @@ def read_go_json(arg: bytes, types: dict, struct: str):
     (go_json_syntax_error), the decoder's for a value of the wrong type."""
     try:
         value = json.loads(arg.decode("utf-8", "replace"), parse_constant=_no_constant,
-                           parse_float=_go_float)
+                           parse_float=_go_float, object_pairs_hook=_GoObject)
         if b"\\u" in arg:
             value = _go_strings(value)
     except (ValueError, RecursionError) as exc:    # (deep nesting: Go's json fails too)
@@ -8151,12 +8161,12 @@ def read_go_json(arg: bytes, types: dict, struct: str):
     if not isinstance(value, dict):
         raise ValueError("json: cannot unmarshal %s into Go value of type server.%s"
                          % (_go_json_type(value), struct))
-    sent = {key.lower(): key for key in value}
-    value = {key.lower(): item for key, item in value.items()}
-    problem = _json_type_error(value, types, struct, sent)
+    problem = _json_type_error(value, types, struct)
     if problem:
         raise ValueError(problem)
-    return value
+    fields = _GoObject([(key.lower(), item) for key, item in value.pairs])
+    fields.pairs = value.pairs      # (as sent: a route's or leaf's own struct is checked next)
+    return fields
 
 
 # -- Go's json scanner, for its error texts -------------------------------------

@@ -273,6 +273,10 @@ BAD_JSON = [
     (b'INFO {"connect_urls":[1]}\r\n',
      "json: cannot unmarshal number into Info.connect_urls.0 of type string", False),
     (b'CONNECT {"protocol":-1}\r\n', "invalid client protocol", True),
+    (b'CONNECT {"name":1,"verbose":"x"}\r\n',
+     "json: cannot unmarshal number into Go struct field ClientOpts.name of type string", True),
+    (b'CONNECT {"name":1,"Name":"x"}\r\n',
+     "json: cannot unmarshal number into Go struct field ClientOpts.name of type string", True),
 ]
 
 
@@ -281,7 +285,8 @@ BAD_JSON = [
                               "after-pair", "after-element", "trailing-comma", "single-quote",
                               "after-top", "del", "utf8", "control", "escape", "exponent",
                               "bool-field", "int-field", "string-field", "not-object",
-                              "info-int", "info-strings", "protocol"])
+                              "info-int", "info-strings", "protocol", "first-sent",
+                              "repeated-key"])
 def test_bad_json_is_logged_as_go_logs_it(start, sent, text, same_in_29):
     srv = start()
     if "2.9" in srv.kind and not same_in_29:
