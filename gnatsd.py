@@ -10286,7 +10286,7 @@ class Route(Connection):
             if op == b"MSG":
                 stop = self.process_legacy_msg(data, nl, arg)
             else:
-                stop = self.process_msg(data, nl, op == b"HMSG", arg.strip())
+                stop = self.process_msg(data, nl, op == b"HMSG", arg.lstrip(b" \t"))
             if stop < 0:
                 self.keep_tail(data, i, -stop - i)
                 return -1
@@ -11803,7 +11803,7 @@ class LeafNode(Connection):
         if not blank and op in _OPS_WITH_ARGS:      # (Go fails on the byte after the name)
             raise op_name_error(data, i, "Leafnode")
         if op == b"LMSG" or op == b"HMSG":
-            stop = self.process_msg(data, nl, op == b"HMSG", arg.strip())
+            stop = self.process_msg(data, nl, op == b"HMSG", arg.lstrip(b" \t"))
             if stop < 0:
                 self.keep_tail(data, i, -stop - i)
                 return -1

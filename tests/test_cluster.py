@@ -480,8 +480,8 @@ BAD_ROUTED_MSGS = {
                   "processRoutedMsgArgs Bad or Missing Reply Indicator: 'bar'"),
     "hdr-over-total": (b"HMSG $G foo 12 10\r\nNATS/1.0\r\n\r\n\r\n",
                        "processRoutedHeaderMsgArgs Header Size larger then TotalSize: '$G foo 12 10'"),
-    "hdr-bad": (b"HMSG $G foo x 10\r\n0123456789\r\n",
-                "processRoutedHeaderMsgArgs Bad or Missing Header Size: '$G foo x 10'"),
+    "hdr-bad": (b"HMSG $G foo x 10 \r\n0123456789\r\n",      # (Go quotes the trailing blank)
+                "processRoutedHeaderMsgArgs Bad or Missing Header Size: '$G foo x 10 '"),
     "hdr-short": (b"HMSG $G foo 10\r\n0123456789\r\n",
                   "processRoutedHeaderMsgArgs Parse Error: '[$G foo 10]'"),
     "bad-end": (b"RMSG $G foo 2\r\nabXY\r\n",
