@@ -8043,10 +8043,8 @@ _INFO_FIELDS = {
 }
 
 
-# Go's names for a JSON value's type in its unmarshal errors, and for the
-# kinds above.
-_GO_JSON_TYPES = {str: "string", bool: "bool", int: "number", float: "number", list: "array",
-                  dict: "object"}
+# Go's names for the kinds above in its unmarshal errors (and below, for a
+# JSON value's type: _GO_JSON_TYPES).
 _GO_KINDS = {str: "string", bool: "bool", _INT: "int", _INT32: "int32", _UINT64: "uint64",
              _BYTE: "uint8", _STRINGS: "[]string", _PERMISSION: "server.SubjectPermission"}
 
@@ -8063,11 +8061,14 @@ def _go_float(text: str) -> float:
     return number
 
 
+_GO_JSON_TYPES = {str: "string", bool: "bool", int: "number", _GoFloat: "number",
+                  list: "array"}
+
+
 def _go_json_type(value, kind=None) -> str:
     """`value`'s JSON type as Go's UnmarshalTypeError names it; a number
     meant for an integer kind comes with its text ("number 1.5")."""
-    name = "object" if isinstance(value, dict) else \
-        _GO_JSON_TYPES.get(type(value)) or _GO_JSON_TYPES[type(value).__mro__[1]]
+    name = "object" if isinstance(value, dict) else _GO_JSON_TYPES[type(value)]
     if name == "number" and isinstance(kind, tuple):
         return "number " + getattr(value, "text", str(value))
     return name
@@ -9891,15 +9892,25 @@ _ROUTE_OPS = frozenset((b"RMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"PING
 _OPS_WITH_ARGS = frozenset((b"RMSG", b"LMSG", b"HMSG", b"RS+", b"RS-", b"LS+", b"LS-", b"-ERR"))
 
 
-def _line_op(op: bytes) -> bytes:
-    """PING, PONG and +OK followed by anything up to the line's end are
-    those ops: Go's parser skips the rest to the LF (the client's
-    frame_line reads them so too)."""
+def peer_op(data: bytes, i: int, nl: int) -> tuple:
+    """A route's or leaf's control line at `i` (ending at `nl`) as Go's
+    parser reads it: (its op's name upper-cased, the blank after the name
+    or b"", the arguments).  A tab after the name is a blank; PING, PONG and
+    +OK followed by anything up to the line's end are those ops (Go skips
+    the rest to the LF, as the client's frame_line does)."""
+    line = data[i:nl]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    op, blank, arg = line.partition(b" ")
+    if b"\t" in op:
+        op, tab, rest = op.partition(b"\t")
+        arg, blank = rest + blank + arg, tab
+    op = op.upper()
     if op[:4] in (b"PING", b"PONG") and len(op) > 4:
-        return op[:4]
-    if op[:3] == b"+OK" and len(op) > 3:
-        return b"+OK"
-    return op
+        op = op[:4]
+    elif op[:3] == b"+OK" and len(op) > 3:
+        op = b"+OK"
+    return op, blank, arg
 
 
 # A peer's CONNECT as Go's connectInfo reads it (its INFO: _INFO_FIELDS,
@@ -10272,14 +10283,7 @@ class Route(Connection):
         the op's payload is not all here yet (the tail is kept)."""
         if self.refused_before_connect(data[i:i + 1]):
             return -1
-        line = data[i:nl]
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        op, blank, arg = line.partition(b" ")
-        if b"\t" in op:        # (a tab after the op's name is a blank, as Go's parser reads it)
-            op, tab, rest = op.partition(b"\t")
-            arg, blank = rest + blank + arg, tab
-        op = _line_op(op.upper())
+        op, blank, arg = peer_op(data, i, nl)
         if not blank and op in _OPS_WITH_ARGS:      # (Go fails on the byte after the name)
             raise op_name_error(data, i, "Router")
         if op == b"RMSG" or op == b"HMSG" or op == b"MSG" and self.legacy:
@@ -11786,14 +11790,7 @@ class LeafNode(Connection):
     def process_op(self, data: bytes, i: int, nl: int) -> int:
         """One control line; returns the next index, or -1 when the op's
         payload is not all here yet (the tail is kept)."""
-        line = data[i:nl]
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        op, blank, arg = line.partition(b" ")
-        if b"\t" in op:        # (a tab after the op's name is a blank, as Go's parser reads it)
-            op, tab, rest = op.partition(b"\t")
-            arg, blank = rest + blank + arg, tab
-        op = _line_op(op.upper())
+        op, blank, arg = peer_op(data, i, nl)
         if not self.is_spoke and not self.connect_received and op[:1] != b"C":
             # (Go refuses the first byte of anything but a C before CONNECT;
             # a C that spells no CONNECT is an unknown op, below.)
