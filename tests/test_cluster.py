@@ -439,14 +439,23 @@ def peer_reads(peer: RawConn, pattern: bytes) -> re.Match:
     return peer.expect(rb"(?:(?:PING|PONG|INFO [^\r]*|RS[+-] [^\r]*)\r\n)*?" + pattern)
 
 
+def routed_node(start, subs: bytes = b"") -> tuple:
+    """(a node of cluster c1 of `start`'s kind, a hand-spoken route peer
+    that has had the node's PONG, a client whose `subs` are made)."""
+    srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
+    peer = raw_route(srv)
+    client = raw_client(srv, subs)
+    peer.send(b"PING\r\n")
+    peer_reads(peer, rb"PONG\r\n")
+    return srv, peer, client
+
+
 def test_a_tab_after_a_route_ops_name_is_read_as_a_blank(start):
     """Go's route parser takes a tab after an op's name as it takes a space
     (RS+, RS-, RMSG, PING): a peer writing `RS+<TAB>$G foo` subscribes, its
     `RMSG<TAB>...` is delivered, its `PING<TAB>` answered.  (Go peers write
     spaces; gnatsd.py closed such a route as an unknown op.)"""
-    srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
-    peer = raw_route(srv)
-    client = raw_client(srv, b"SUB bar 1\r\n")
+    srv, peer, client = routed_node(start, b"SUB bar 1\r\n")
     peer.send(b"RS+\t$G foo\r\nRS+ $G probe\r\nPING\t\r\n")
     peer_reads(peer, rb"PONG\r\n")
     client.send(b"PUB probe 0\r\n\r\nPUB foo 2\r\nhi\r\nPING\r\n")
@@ -505,11 +514,7 @@ def test_bad_routed_msg_args_close_the_route_as_go_does(start, case):
     ending at its name) gets -ERR.  (gnatsd.py delivered `MSG foo 1 -1` and
     an HMSG whose header outgrew it, and took sizes like 1_0 and +5.)"""
     line, text = BAD_ROUTED_MSGS[case]
-    srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
-    peer = raw_route(srv)
-    client = raw_client(srv, b"SUB foo 1\r\n")
-    peer.send(b"PING\r\n")
-    peer_reads(peer, rb"PONG\r\n")
+    srv, peer, client = routed_node(start, b"SUB foo 1\r\n")
     mark = len(srv.log)
     peer.send(line)
     rest = re.sub(rb"^(?:(?:PING|INFO [^\r]*|RS[+-] [^\r]*)\r\n)*", b"", peer.read_until_closed())
@@ -526,13 +531,9 @@ def test_bad_routed_msg_args_close_the_route_as_go_does(start, case):
 def test_ping_pong_and_ok_take_the_rest_of_their_line_on_a_route(start, line):
     """Go's parser skips what follows PING, PONG or +OK up to the LF: a
     route's `PINGX` is a PING (answered), `+OKAY` an +OK; the route stays."""
-    srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
-    peer = raw_route(srv)
-    peer.send(b"PING\r\n")
-    peer_reads(peer, rb"PONG\r\n")
+    srv, peer, client = routed_node(start)
     peer.send(line + b"PING\r\n")
     peer_reads(peer, rb"PONG\r\n" * (2 if line.startswith(b"PING") else 1))
-    client = raw_client(srv, b"")
     peer.send(b"RS+ $G foo\r\nPING\r\n")
     peer_reads(peer, rb"PONG\r\n")
     client.send(b"PUB foo 2\r\nhi\r\nPING\r\n")
@@ -564,11 +565,7 @@ BAD_INTEREST = {
 @pytest.mark.parametrize("case", list(BAD_INTEREST))
 def test_bad_interest_lines_are_refused_as_go_does(start, case):
     lines, text, after = BAD_INTEREST[case]
-    srv = start("--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1")
-    peer = raw_route(srv)
-    client = raw_client(srv, b"")
-    peer.send(b"PING\r\n")
-    peer_reads(peer, rb"PONG\r\n")
+    srv, peer, client = routed_node(start)
     mark = len(srv.log)
     peer.send(lines + b"PING\r\n")
     if text is not None:
@@ -608,9 +605,11 @@ def route_ops_until_pong(peer: RawConn) -> list:
             ops.append(line + peer.expect(re.compile(rb"(.{%d}\r\n)" % size, re.S)).group(1))
 
 
-def random_interest_rounds(seed: int, rounds: int) -> list:
-    """[(RS+/RS- lines, PUB lines)]: a peer's interest changing (plain and
-    queue q, weights 1-3, overlapping wildcards), then messages on it."""
+def random_interest_rounds(seed: int, rounds: int, plus: bytes = b"RS+ $G ",
+                           minus: bytes = b"RS- $G ") -> list:
+    """[(interest lines, PUB lines)]: a route peer's interest changing
+    (`plus`/`minus`: RS+/RS- of $G, or a leaf's LS+/LS-; plain and queue q,
+    weights 1-3, overlapping wildcards), then messages on it."""
     rnd = random.Random(seed)
     subjects = [b"foo", b"foo.bar", b"foo.*", b"foo.>", b">", b"bar"]
     out = []
@@ -620,10 +619,10 @@ def random_interest_rounds(seed: int, rounds: int) -> list:
             subject = rnd.choice(subjects)
             queue = b" q" if rnd.random() < 0.4 else b""
             if rnd.random() < 0.65:
-                lines.append(b"RS+ $G %s%s%s\r\n" % (subject, queue, b" %d" % rnd.randrange(1, 4)
-                                                      if queue else b""))
+                weight = b" %d" % rnd.randrange(1, 4) if queue else b""
+                lines.append(b"%s%s%s%s\r\n" % (plus, subject, queue, weight))
             else:
-                lines.append(b"RS- $G %s%s\r\n" % (subject, queue))
+                lines.append(b"%s%s%s\r\n" % (minus, subject, queue))
         pubs = []
         for k in range(6):
             subject = rnd.choice([b"foo", b"foo.bar", b"bar", b"baz", b"foo.bar.baz"])

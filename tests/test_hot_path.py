@@ -33,7 +33,7 @@ import pytest
 
 from conftest import (RawConn, go_server_path, monitor_json, t_expect, t_expect_exact,
                       t_ping_pong, t_read_until_closed, wait_mesh, write_conf)
-from test_cluster import interest_barrier, raw_route
+from test_cluster import interest_barrier, raw_route, route_ops_until_pong
 from test_leafnodes import (KIND_PARAMS, client_of, leafz, nodes, ops_until_pong,  # noqa: F401
                             start_hub, start_node, wait_leafs)
 from test_monitor import attach_monitor
@@ -925,22 +925,6 @@ def test_a_route_carries_thousands_of_subjects_through_subscription_changes(clus
     gone = next(m[0] for m in msgs if m[0] not in recent)     # (past the cache)
     stray.send(b"%s 1\r\nx\r\n" % gone)
     assert t_read_until_closed(stray) == b"-ERR 'Unknown Protocol Operation'\r\n"
-
-
-def route_ops_until_pong(peer: RawConn) -> list:
-    """Send PING; the RMSG and HMSG ops (with their payloads) that come
-    before its PONG, the server's PINGs answered, INFO and interest skipped."""
-    peer.send(b"PING\r\n")
-    ops = []
-    while True:
-        line = peer.expect(rb"([^\n]*\n)").group(1)
-        if line == b"PING\r\n":
-            peer.send(b"PONG\r\n")
-        elif line == b"PONG\r\n":
-            return ops
-        elif line.startswith((b"RMSG ", b"HMSG ")):
-            size = int(line.split()[-1])
-            ops.append(line + peer.expect(re.compile(rb"(.{%d}\r\n)" % size, re.S)).group(1))
 
 
 def random_route_ops(seed: int, count: int) -> bytes:

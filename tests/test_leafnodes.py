@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import re
 import socket
 import time
@@ -59,6 +58,7 @@ import pytest
 from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, RawConn, TcpProxy, layout_kinds,
                       monitor_json, start_go, start_gnatsd, t_expect_exact, t_ping_pong,
                       t_read_until_closed, wait_mesh, write_conf)
+from test_cluster import peer_reads, random_interest_rounds, raw_route
 
 
 PAIRS = [("go2.15", "go2.15"), ("go2.9", "go2.9"),
@@ -1167,17 +1167,24 @@ def test_bad_leaf_lines_close_the_leaf_as_go_does(kind, case, nodes, tmp_path):
     t_ping_pong(sub)            # (and nothing delivered before the PONG)
 
 
+def first_line_answer(hub, line: bytes) -> tuple:
+    """Send `line` first on a new leaf connection: (what the hub answers
+    up to its close, the log's length before)."""
+    c = RawConn("127.0.0.1", hub.leaf_port)
+    c.read_info()
+    mark = len(hub.log)
+    c.send(line)
+    return c.read_until_closed(), mark
+
+
 @pytest.mark.parametrize("line", [b"LS+\r\n", b"LMSG\r\n", b"LS+ foo\r\n"],
                          ids=["bare-sub", "bare-msg", "sub"])
 def test_a_leafs_first_line_must_be_connect_even_a_bare_op(kind, line, nodes, tmp_path):
     """Before CONNECT, Go's parser refuses any op but CONNECT at its first
     byte (Authorization Violation), before it could fail on arguments."""
     hub = start_hub(nodes, kind, tmp_path)
-    c = RawConn("127.0.0.1", hub.leaf_port)
-    c.read_info()
-    mark = len(hub.log)
-    c.send(line)
-    assert c.read_until_closed() == b"-ERR 'Authorization Violation'\r\n"
+    answer, mark = first_line_answer(hub, line)
+    assert answer == b"-ERR 'Authorization Violation'\r\n"
     hub.wait_for_log(rb"Leafnode connection closed: Authentication Failure", start=mark)
 
 
@@ -1188,7 +1195,6 @@ def test_a_route_peers_queue_weights_reach_a_leaf(kind, nodes, tmp_path):
     group's new total (again when unchanged), and its end as LS- (as
     from Go 2.15; Go 2.9 sends LS- on a weight going down and keeps a
     group the peer dropped)."""
-    from test_cluster import peer_reads, raw_route
     srv = start_node(nodes, kind, tmp_path, "node", 'cluster {\n  name: c1\n  listen: '
                      '"127.0.0.1:-1"\n}\nleafnodes {\n  host: "127.0.0.1"\n  port: -1\n}\n')
     peer = raw_route(srv)
@@ -1222,39 +1228,10 @@ def test_a_leafs_first_line_starting_with_c_is_read_as_an_op(kind, line, text, n
     """A first byte C passes Go's check for CONNECT; what it spells is then
     parsed: an unknown op, -ERR and Go's parser error line."""
     hub = start_hub(nodes, kind, tmp_path)
-    c = RawConn("127.0.0.1", hub.leaf_port)
-    c.read_info()
-    mark = len(hub.log)
-    c.send(line)
-    assert c.read_until_closed() == b"-ERR 'Unknown Protocol Operation'\r\n"
+    answer, mark = first_line_answer(hub, line)
+    assert answer == b"-ERR 'Unknown Protocol Operation'\r\n"
     hub.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:\d+ - lid:\d+ - " + re.escape(text.encode()) + rb"\n",
                      start=mark)
-
-
-def random_leaf_interest(seed: int, rounds: int) -> list:
-    """[(LS+/LS- lines, PUB lines)]: a leaf's interest changing (plain and
-    queue q, weights 1-3, overlapping wildcards), then messages on it."""
-    rnd = random.Random(seed)
-    subjects = [b"foo", b"foo.bar", b"foo.*", b"foo.>", b">", b"bar"]
-    out = []
-    for r in range(rounds):
-        lines = []
-        for _ in range(rnd.randrange(1, 4)):
-            subject = rnd.choice(subjects)
-            queue = b" q" if rnd.random() < 0.4 else b""
-            if rnd.random() < 0.65:
-                weight = b" %d" % rnd.randrange(1, 4) if queue else b""
-                lines.append(b"LS+ %s%s%s\r\n" % (subject, queue, weight))
-            else:
-                lines.append(b"LS- %s%s\r\n" % (subject, queue))
-        pubs = []
-        for k in range(6):
-            subject = rnd.choice([b"foo", b"foo.bar", b"bar", b"baz", b"foo.bar.baz"])
-            reply = b" _INBOX.%d.%d" % (r, k) if rnd.random() < 0.3 else b""
-            payload = b"%d.%d" % (r, k)
-            pubs.append(b"PUB %s%s %d\r\n%s\r\n" % (subject, reply, len(payload), payload))
-        out.append((b"".join(lines), b"".join(pubs)))
-    return out
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -1274,7 +1251,7 @@ def test_random_leaf_interest_gets_go_s_messages(go, seed, nodes, tmp_path):
         ops_until_pong(leaf)
         pub = client_of(hub)
         seen = []
-        for lines, pubs in random_leaf_interest(seed, 40):
+        for lines, pubs in random_interest_rounds(seed, 40, b"LS+ ", b"LS- "):
             leaf.send(lines)
             assert ops_until_pong(leaf) == []
             pub.send(pubs)
