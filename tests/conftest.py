@@ -9,6 +9,7 @@ hanging the run.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -621,9 +622,26 @@ def bcrypt_hash(password: str, cost: int) -> str | None:
 
 
 def free_port() -> int:
-    """A port free right now (for a node that must know its own route port
-    before it starts); the tiny race is accepted."""
-    with socket.socket() as s:
+    """A port free right now, for a node that must know its own port before
+    it starts.  Drawn below the kernel's ephemeral range: a port the kernel
+    handed out could be handed out again, to another test's outgoing
+    connection or `-p -1` listener, before the node binds it (a Go node
+    once failed so: "bind: address already in use")."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rnd = random.Random()
+    for _ in range(200):
+        port = rnd.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:          # (no luck below the range: the old way)
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
