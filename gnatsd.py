@@ -8952,8 +8952,14 @@ def ws_valid_close_status(code: int) -> bool:
 
 
 # XOR_TABLES[k]: the bytes.translate table that XORs every byte with k;
-# made on the first websocket frame (64 KiB).
+# made on the first long websocket frame (64 KiB).
 XOR_TABLES: list = []
+
+# Frames up to this size are unmasked as one XOR of two integers, longer
+# ones by strided translation (ws_unmask); WS_KEY_ONES has a 1 in the low
+# byte of each of its WS_INT_UNMASK_MAX // 4 little-endian 32-bit words.
+WS_INT_UNMASK_MAX = 4096
+WS_KEY_ONES = int.from_bytes(b"\x01\0\0\0" * (WS_INT_UNMASK_MAX // 4), "little")
 
 
 def ws_unmask(data: bytes, key: bytes, pos: int) -> bytes:
@@ -8962,8 +8968,17 @@ def ws_unmask(data: bytes, key: bytes, pos: int) -> bytes:
     if not n:
         return data
     key = key[pos:] + key[:pos]
-    if n < 64:
-        return bytes(b ^ key[i & 3] for i, b in enumerate(data))
+    if n <= WS_INT_UNMASK_MAX:
+        # HOT: a short frame (a browser client's PUB) is read as one
+        #      little-endian integer and XORed with the key repeated, which is
+        #      the key's value times 1s spaced 32 bits apart (in process on
+        #      3.11: 16 B 1.9 -> 0.8 us, 100 B 2.5 -> 0.8, 1 KiB 3.1 -> 2.4,
+        #      4 KiB 9.1 -> 7.8; 3.8 alike; 3.13 even from 2 KiB on; past
+        #      4 KiB the translation below is as fast or faster).
+        words = (n + 3) >> 2
+        mask = int.from_bytes(key, "little") * \
+            (WS_KEY_ONES >> (32 * (WS_INT_UNMASK_MAX // 4 - words)))
+        return (int.from_bytes(data, "little") ^ mask).to_bytes(4 * words, "little")[:n]
     if not XOR_TABLES:
         XOR_TABLES.extend(bytes(b ^ k for b in range(256)) for k in range(256))
     # HOT: every 4th byte has the same mask byte, so four strided slices,

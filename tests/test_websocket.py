@@ -1292,10 +1292,11 @@ def test_a_request_head_past_one_mebibyte_gets_431_and_close(ws_server):
     assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer[:200]
 
 
-@pytest.mark.parametrize("size", [0, 1, 3, 63, 64, 65, 127, 4096, 32768 + 3])
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 5, 63, 64, 65, 127, 4095, 4096, 4097, 32768 + 3])
 def test_unmasking_undoes_the_client_mask_from_any_key_position(size):
-    """ws_unmask, in process: every size (short ones byte by byte, longer
-    ones by strided translation) and every starting position in the key."""
+    """ws_unmask, in process: every size (up to 4 KiB as one integer XOR,
+    longer ones by strided translation; lengths not a multiple of 4 on
+    either side of the line) and every starting position in the key."""
     from conftest import import_gnatsd
     g = import_gnatsd()
     data = os.urandom(size)
