@@ -2017,9 +2017,15 @@ class Client(Connection):
             self.add_subscription(sub)
 
     def update_log_prefix(self):
-        """Go 2.15's prefix: `ip:port - cid:N - "name" - "$G/user:alice" - `."""
+        """Go 2.15's prefix: `ip:port - cid:N - "name" - "$G/user:alice" - `
+        (`wid:N` for a websocket client)."""
         host = "[%s]" % self.host if ":" in self.host else self.host
-        prefix = "%s:%d - cid:%d - " % (host, self.port, self.cid)
+        address = "%s:%d" % (host, self.port)
+        forwarded_for = self.ws.client_ip if self.ws is not None else ""
+        if forwarded_for:
+            address = "%s/%s" % ("[%s]" % forwarded_for if ":" in forwarded_for
+                                 else forwarded_for, address)
+        prefix = "%s - %s:%d - " % (address, "cid" if self.ws is None else "wid", self.cid)
         if self.name:
             prefix += go_quote(self.name.encode()) + " - "
         if self.user and not self.awaiting_auth:
@@ -3343,6 +3349,7 @@ class CoreServer:
         self.ws_listener = None              # the websocket port's (chapter 11)
         self.ws_port = 0
         self.ws_client_classes: dict = {}    # secure (wss) -> with_websocket(...) class
+        self.ws_upgrading: set = set()      # websocket connections not yet upgraded
         self.tls_route_class = with_tls(Route)
         self.tls_read_buffer = self.tls_read_view = None
         self.trace = self.options.trace
@@ -3879,6 +3886,8 @@ class CoreServer:
         self.system_client.shutdown_event()     # chapter 14
         for client in list(self.clients.values()):
             client.close(SERVER_SHUTDOWN)
+        for client in list(self.ws_upgrading):
+            client.close(SERVER_SHUTDOWN, flush=False)
         for route in list(self.cluster.conns):
             route.close(SERVER_SHUTDOWN)
         for leaf in list(self.leafs.conns):
@@ -8891,7 +8900,7 @@ class WSSession:
     __slots__ = ("state", "request", "compress", "masked", "browser", "tail", "held",
                  "pieces", "remaining", "mask_key", "mask_pos", "final", "inflating",
                  "deflated", "deflated_size", "control", "close_sent", "close_frame", "unsent",
-                 "key", "mask_writes")
+                 "key", "mask_writes", "client_ip")
 
     def __init__(self):
         self.state = WS_HTTP
@@ -8914,6 +8923,7 @@ class WSSession:
         self.close_frame = b""      # the close frame, sent after the output
         self.unsent = None          # framed bytes the kernel has not taken yet
         self.key = ""               # a dialing side's Sec-WebSocket-Key (ws_dial)
+        self.client_ip = ""         # an X-Forwarded-For address, shown in the log prefix
         self.mask_writes = False    # a dialing side masks what it sends (no Nats-No-Masking)
 
 
@@ -9453,6 +9463,17 @@ class WSConnection(Connection):
                     return
         super().close(reason, flush)
 
+    def log_closed(self, reason: str):
+        """A connection the upgrade never made a client ends unlogged, as
+        one of Go's HTTP server's; any other as its class logs it."""
+        if self.ws is None or self.ws.state != WS_HTTP:
+            super().log_closed(reason)
+
+    def closed_cleanup(self):
+        """No longer one of the connections shutdown closes unupgraded."""
+        self.server.ws_upgrading.discard(self)
+        super().closed_cleanup()
+
 
 def with_websocket(cls: type) -> type:
     """`cls` (a client class, TLS or not) speaking WebSocket: a subclass whose
@@ -9491,30 +9512,30 @@ class WebSocketServing:
 
     def create_ws_client(self, sock: socket.socket):
         """A websocket connection: a client that reads the HTTP request
-        first (and, for wss://, completes its TLS handshake before that)."""
+        first (and, for wss://, completes its TLS handshake before that).
+        Until the upgrade it is only an HTTP connection, as in Go: no cid
+        (ws_upgrade gives one), not counted, listed or logged as a client."""
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        self.next_cid += 1
         ws_opts = self.options.websocket
         secure = ws_opts.tls is not None
         client_class = self.ws_client_classes.get(secure)
         if client_class is None:
             client_class = self.ws_client_classes[secure] = with_websocket(
                 self.tls_client_class if secure else Client)
-        client = client_class(self, sock, self.next_cid)
+        client = client_class(self, sock, 0)
         client.ws = WSSession()
-        self.total_connections += 1
+        client.log_prefix = "%s - " % _host_port(client.host, client.port)
         try:
             self.selector.register(sock, selectors.EVENT_READ, client)
         except (ValueError, OSError) as exc:
             self.log.error("Error registering client connection: %s", exc)
             sock.close()
             return
-        self.clients[client.cid] = client
-        client.debug("Websocket connection created")
+        self.ws_upgrading.add(client)
         timeout = ws_opts.handshake_timeout
         if ws_opts.tls is not None:
             client.start_tls(ws_opts.tls.server_context(), ws_opts.tls.timeout, TLS_HELLO,
@@ -9525,7 +9546,6 @@ class WebSocketServing:
     def ws_handshake_timeout(self, client: WSConnection):
         """The upgrade did not come in time: close (Go's ReadTimeout)."""
         if not client.closed and client.ws.state != WS_OPEN:
-            client.debug("Websocket handshake timeout")
             client.close(READ_ERROR, flush=False)
 
     def ws_upgrade(self, client: WSConnection, head: bytes, rest: bytes):
@@ -9577,6 +9597,9 @@ class WebSocketServing:
         ws.compress = ws_opts.compression and ws_offers_deflate(headers)
         ws.masked = first.get(WS_NO_MASKING_HEADER) != "true"
         ws.browser = first.get("user-agent", "").startswith("Mozilla/")
+        forwarded_for = first.get("x-forwarded-for", "")
+        if _is_ip_address(forwarded_for):
+            ws.client_ip = forwarded_for    # the log names it (Go: only when a valid IP)
         answer = [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                   b"Connection: Upgrade\r\nSec-WebSocket-Accept: ",
                   ws_accept_key(key).encode(), b"\r\n"]
@@ -9592,6 +9615,14 @@ class WebSocketServing:
         if client.closed:
             return
         ws.state = WS_OPEN
+        # Now a client (Go's createWSClient): its cid, counted and listed.
+        self.ws_upgrading.discard(client)
+        self.next_cid += 1
+        client.cid = self.next_cid
+        client.update_log_prefix()
+        self.total_connections += 1
+        self.clients[client.cid] = client
+        client.debug("Client connection created")
         client.queue_outbound(self.client_info(client))
         over_limit = len(self.clients) > self.options.max_connections
         if over_limit:

@@ -39,12 +39,13 @@ import ssl
 import struct
 import subprocess
 import time
+import urllib.request
 import zlib
 
 import pytest
 
-from conftest import (GO_SERVERS, RawConn, connected, gnatsd_argv, go_server_path,
-                      t_expect_exact, t_ping_pong, t_read_until_closed, wait_mesh, write_conf)
+from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, RawConn, connected, gnatsd_argv,
+                      go_server_path, t_expect_exact, t_ping_pong, t_read_until_closed, wait_mesh, write_conf)
 
 # The servers every test here runs against (the Go ones are the oracles).
 WS_KINDS = ["gnatsd", "go2.15", "go2.9"]
@@ -880,6 +881,66 @@ def test_server_shutdown_sends_close_1001(ws_server, ws_client):
     srv.stop()
     assert t_read_until_closed(c) == b""
     assert c.close_frames() == [close_payload(CLOSE_GOING_AWAY, b"Server Shutdown")]
+
+
+# -- a client once upgraded ------------------------------------------------------
+#
+# Go's websocket port is an HTTP server: a connection becomes a client (a
+# cid, counted in /varz, listed in /connz, logged) only when its upgrade
+# succeeds (createWSClient).  Its log prefix says `wid:N`, and names a valid
+# X-Forwarded-For address before the peer's: `10.1.2.3/127.0.0.1:PORT`.
+
+CREATED_RE = rb"(\S+) - (\w+):(\d+) - Client connection created"
+
+
+def get_json(srv, path: str) -> dict:
+    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (srv.mon_port, path), timeout=5) as r:
+        return json.load(r)
+
+
+def test_only_an_upgraded_connection_is_a_client(ws_start, kind):
+    """A refused upgrade and a connection still silent are no clients: no
+    cid taken, nothing in /connz (open or closed) or /varz, no created or
+    closed lines; the upgraded one is the first and only client."""
+    srv = ws_start(top="debug: true\nhttp: 127.0.0.1:-1")
+    srv.mon_port = int(srv.wait_for_log(MONITOR_LISTEN_RE).group(2))
+    status, _, _ = http_exchange(srv.ws_port, handshake_request(srv.ws_port,
+                                                                headers={"Upgrade": None}))
+    assert status.startswith("HTTP/1.1 400 ")
+    silent = socket.create_connection(("127.0.0.1", srv.ws_port))
+    try:
+        c = WsConn(srv.ws_port)
+        c.read_info()
+        c.send(b'CONNECT {"verbose":false,"name":"bob"}\r\n')
+        t_ping_pong(c)
+        (cid,) = [x["cid"] for x in get_json(srv, "/connz")["connections"]]
+        assert get_json(srv, "/connz?state=closed")["connections"] == []
+        varz = get_json(srv, "/varz")
+        assert (varz["connections"], varz["total_connections"]) == (1, 1)
+        created = srv.wait_for_log(CREATED_RE)
+        assert created.group(2) == b"wid" and int(created.group(3)) == cid
+        if kind == "gnatsd":
+            assert cid == 1             # (Go's own internal clients come first)
+        c.close()
+        srv.wait_for_log(rb' - wid:%d - "bob" - Client connection closed: Client Closed' % cid)
+    finally:
+        silent.close()
+    log = srv.log_text()
+    assert log.count("connection created") == 1, log
+    assert log.count("connection closed") == 1, log
+
+
+@pytest.mark.parametrize("forwarded_for,shown", [
+    ("10.1.2.3", "10.1.2.3/"), (" 10.9.9.9 ", "10.9.9.9/"), ("::1", "[::1]/"),
+    ("::ffff:1.2.3.4", "[::ffff:1.2.3.4]/"), ("fe80::1%eth0", ""), ("010.1.2.3", ""),
+    ("10.1.2.3, 10.0.0.1", ""), ("1.2.3", ""), ("", "")])
+def test_the_log_prefix_names_a_valid_x_forwarded_for(ws_start, kind, forwarded_for, shown):
+    srv = ws_start(top="debug: true")
+    c = WsConn(srv.ws_port, headers={"X-Forwarded-For": forwarded_for})
+    c.read_info()
+    created = srv.wait_for_log(CREATED_RE)
+    assert created.group(1) == ("%s127.0.0.1:%d" % (shown, c.sock.getsockname()[1])).encode()
+    c.close()
 
 
 # -- d. websocket and TCP clients together ---------------------------------------
