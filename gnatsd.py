@@ -4584,6 +4584,11 @@ class Options:
                                       "[%s]" % (go_quote(name.encode()), listed))
         if self.websocket is not None:
             validate_websocket(self.websocket)
+            jwt_cookie = self.websocket.cookies.get("jwt_cookie")
+            if self.websocket.port and jwt_cookie and not (self.trusted_keys or
+                                                           self.trusted_operators):
+                raise ConfigError('trusted operators or trusted keys configuration is required '
+                                  'for JWT authentication via cookie "%s"' % jwt_cookie)
             if self.websocket.port and self.users:
                 for what in ("username", "token"):
                     if getattr(self.websocket, what):
@@ -4889,10 +4894,6 @@ def _websocket(cm: ConfigMap, key: str, value, opts: Options):
             continue
         else:
             raise value.error(sub_key, 'unknown field "%s"' % sub_key)
-    if ws.cookies:
-        opts.warnings.append("%s:%d: websocket cookies are not supported by gnatsd.py yet; "
-                             "websocket clients log in with their CONNECT"
-                             % (cm.files.get(key, cm.path), cm.position(key)[0]))
 
 
 def _websocket_authorization(cm: ConfigMap, key: str, value, ws: WebsocketOptions):
@@ -4905,8 +4906,8 @@ def _websocket_authorization(cm: ConfigMap, key: str, value, ws: WebsocketOption
 
 def validate_websocket(ws: WebsocketOptions):
     """Go's validateWebsocketOptions: TLS unless no_tls, absolute http(s)
-    allowed origins, no header the upgrade answer owns, no JWT cookie
-    without operators.  Raises ConfigError."""
+    allowed origins, no header the upgrade answer owns (Options.validate:
+    no JWT cookie without operators).  Raises ConfigError."""
     if not ws.port:
         return
     if ws.port and ws.tls is None and not ws.no_tls:
@@ -4925,9 +4926,6 @@ def validate_websocket(ws: WebsocketOptions):
         if lowered.startswith("sec-websocket-"):
             raise ConfigError('websocket: invalid header "%s", "Sec-WebSocket-" prefix not '
                               'allowed' % header)
-    if ws.cookies.get("jwt_cookie"):
-        raise ConfigError('trusted operators or trusted keys configuration is required for '
-                          'JWT authentication via cookie "%s"' % ws.cookies["jwt_cookie"])
 
 
 class Permissions:
@@ -8900,7 +8898,7 @@ class WSSession:
     __slots__ = ("state", "request", "compress", "masked", "browser", "tail", "held",
                  "pieces", "remaining", "mask_key", "mask_pos", "final", "inflating",
                  "deflated", "deflated_size", "control", "close_sent", "close_frame", "unsent",
-                 "key", "mask_writes", "client_ip")
+                 "key", "mask_writes", "client_ip", "cookies")
 
     def __init__(self):
         self.state = WS_HTTP
@@ -8924,6 +8922,7 @@ class WSSession:
         self.unsent = None          # framed bytes the kernel has not taken yet
         self.key = ""               # a dialing side's Sec-WebSocket-Key (ws_dial)
         self.client_ip = ""         # an X-Forwarded-For address, shown in the log prefix
+        self.cookies = {}           # CONNECT credential -> the value of its *_cookie
         self.mask_writes = False    # a dialing side masks what it sends (no Nats-No-Masking)
 
 
@@ -9012,6 +9011,39 @@ def ws_offers_deflate(headers: dict) -> bool:
     return any(param.strip(" \t").lower() == WS_PMC_EXTENSION
                for line in headers.get("sec-websocket-extensions", ())
                for extension in line.split(",") for param in extension.split(";"))
+
+
+# websocket { *_cookie: NAME }: the CONNECT field the cookie NAME fills in,
+# the first of these winning when two options name one cookie (Go's order).
+WS_COOKIE_FIELDS = (("jwt_cookie", "jwt"), ("user_cookie", "user"), ("pass_cookie", "pass"),
+                    ("token_cookie", "auth_token"))
+
+# A cookie name is an HTTP token (RFC 7230's tchar).
+_HTTP_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+def ws_credential_cookies(headers: dict, names: dict) -> dict:
+    """The request's Cookie headers read as Go's net/http reads them (each
+    `name=value` between semicolons, trimmed; a name that is not a token, or
+    a value, quotes stripped, holding a control byte, '"', ';' or '\\', is
+    skipped): {CONNECT field: value} for the cookies `names` configures,
+    the last one of a name winning."""
+    fields = {}
+    for option, field in reversed(WS_COOKIE_FIELDS):
+        if names.get(option):
+            fields[names[option]] = field
+    found = {}
+    for line in headers.get("cookie", ()):
+        for part in line.split(";"):
+            name, _, value = part.strip(" \t\r\n").partition("=")
+            name = name.strip(" \t\r\n")
+            if not _HTTP_TOKEN_RE.match(name) or name not in fields:
+                continue
+            if len(value) > 1 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if all(0x20 <= ord(c) < 0x7F and c not in '";\\' for c in value):
+                found[fields[name]] = value
+    return found
 
 
 def ws_host_port(secure: bool, hostport: str) -> tuple:
@@ -9463,6 +9495,17 @@ class WSConnection(Connection):
                     return
         super().close(reason, flush)
 
+    def authorize(self, fields: dict) -> bool:
+        """The upgrade's cookies (websocket { user_cookie ... }) stand in
+        for the credentials the CONNECTs left empty (Go's processConnect)."""
+        cookies = self.ws.cookies if self.ws is not None else None
+        if cookies:
+            fields, kept = dict(fields), self.credentials or {}
+            for key, value in cookies.items():
+                if not fields.get(key) and not (fields.get(key) is None and kept.get(key)):
+                    fields[key] = value
+        return super().authorize(fields)
+
     def log_closed(self, reason: str):
         """A connection the upgrade never made a client ends unlogged, as
         one of Go's HTTP server's; any other as its class logs it."""
@@ -9600,6 +9643,8 @@ class WebSocketServing:
         forwarded_for = first.get("x-forwarded-for", "")
         if _is_ip_address(forwarded_for):
             ws.client_ip = forwarded_for    # the log names it (Go: only when a valid IP)
+        if ws_opts.cookies:
+            ws.cookies = ws_credential_cookies(headers, ws_opts.cookies)
         answer = [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                   b"Connection: Upgrade\r\nSec-WebSocket-Accept: ",
                   ws_accept_key(key).encode(), b"\r\n"]

@@ -44,7 +44,7 @@ import zlib
 
 import pytest
 
-from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, RawConn, connected, gnatsd_argv,
+from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, RawConn, ServerProcess, connected, gnatsd_argv,
                       go_server_path, t_expect_exact, t_ping_pong, t_read_until_closed, wait_mesh, write_conf)
 
 # The servers every test here runs against (the Go ones are the oracles).
@@ -873,6 +873,78 @@ def test_no_auth_user_for_websocket_clients(ws_start, ws_client):
     tcp.read_info()
     tcp.send(CONNECT + b"PING\r\n")
     assert t_read_until_closed(tcp) == b"-ERR 'Authorization Violation'\r\n"
+
+
+# `user_cookie`, `pass_cookie`, `token_cookie` (Go 2.10+) and `jwt_cookie`
+# name cookies of the upgrade request whose values stand in for the
+# credentials a websocket client's CONNECT leaves empty.  The Cookie header
+# is read as Go's net/http reads it.  Answers from Go 2.15.
+COOKIE_AUTH_USER = "authorization { user: alice, password: pw }"
+COOKIE_CASES = [  # (id, authorization, Cookie lines, CONNECT fields, logged in)
+    ("user_and_pass", COOKIE_AUTH_USER, ["u=alice; p=pw"], b"", True),
+    ("wrong_pass", COOKIE_AUTH_USER, ["u=alice; p=nope"], b"", False),
+    ("connect_first", COOKIE_AUTH_USER, ["u=alice; p=pw"], b',"user":"bob","pass":"x"', False),
+    ("connect_user_cookie_pass", COOKIE_AUTH_USER, ["p=pw"], b',"user":"alice"', True),
+    ("quoted", COOKIE_AUTH_USER, ['u="alice"; p="pw"'], b"", True),
+    ("backslash_skipped", COOKIE_AUTH_USER, ["u=ali\\ce; p=pw"], b"", False),
+    ("bad_name_skipped", COOKIE_AUTH_USER, ["u(=x; u=alice; p=pw"], b"", True),
+    ("blank_before_value", COOKIE_AUTH_USER, ["u= alice;p=pw"], b"", False),
+    ("comma_is_no_separator", COOKIE_AUTH_USER, ["u=alice,p=pw"], b"", False),
+    ("later_line_wins", COOKIE_AUTH_USER, ["u=bob; p=pw", "u=alice"], b"", True),
+    ("token", "authorization { token: s3cr3t }", ["t=s3cr3t"], b',"auth_token":""', True),
+    ("unnamed_cookie", "authorization { token: s3cr3t }", ["x=s3cr3t"], b"", False),
+]
+
+
+@pytest.mark.parametrize("auth,cookies,connect,ok", [case[1:] for case in COOKIE_CASES],
+                         ids=[case[0] for case in COOKIE_CASES])
+def test_cookies_stand_in_for_missing_connect_credentials(ws_start, kind, auth, cookies,
+                                                          connect, ok):
+    if kind == "go2.9":
+        pytest.skip("Go 2.9 has jwt_cookie only")
+    srv = ws_start('user_cookie: "u"\n  pass_cookie: "p"\n  token_cookie: "t"', top=auth)
+    # (Several Cookie lines: the later ones ride in the first one's value.)
+    c = WsConn(srv.ws_port, headers={"Cookie": "\r\nCookie: ".join(cookies)})
+    c.read_info()
+    c.send(b'CONNECT {"verbose":false%s}\r\nPING\r\n' % connect)
+    if ok:
+        t_expect_exact(c, b"PONG\r\n")
+    else:
+        assert t_read_until_closed(c) == b"-ERR 'Authorization Violation'\r\n"
+
+
+def test_a_jwt_cookie_carries_an_operator_mode_user_s_jwt(kind, tmp_path):
+    """jwt_cookie: the user JWT comes in a cookie, the CONNECT signs the
+    nonce only; without the cookie the same CONNECT is refused."""
+    from test_operator import World, b64url
+    world = World()
+    token, user = world.user()
+    conf = world.conf(tmp_path, extra='websocket {\n  host: 127.0.0.1\n  port: -1\n'
+                                      '  no_tls: true\n  jwt_cookie: "my_jwt"\n}\n')
+    srv = ServerProcess(server_argv(kind, "-c", conf), kind).start()
+    try:
+        port = int(srv.wait_for_log(WS_LISTEN_RE).group(2))
+        for cookie, ok in (("my_jwt=" + token, True), ("other=" + token, False)):
+            c = WsConn(port, headers={"Cookie": cookie})
+            nonce = c.read_info()["nonce"].encode()
+            c.send(b'CONNECT {"verbose":false,"sig":"%s"}\r\nPING\r\n'
+                   % b64url(user.sign(nonce)).encode())
+            if ok:
+                t_expect_exact(c, b"PONG\r\n")
+            else:
+                assert t_read_until_closed(c) == b"-ERR 'Authorization Violation'\r\n"
+            c.close()
+    finally:
+        srv.stop()
+
+
+def test_a_jwt_cookie_needs_operators(kind, tmp_path):
+    conf = write_conf(tmp_path, 'websocket {\n  host: 127.0.0.1\n  port: -1\n  no_tls: true\n'
+                                '  jwt_cookie: "my_jwt"\n}\n')
+    out = subprocess.run(server_argv(kind, "-c", conf), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, timeout=30).stdout
+    assert out.endswith(b'nats-server: trusted operators or trusted keys configuration is '
+                        b'required for JWT authentication via cookie "my_jwt"\n'), out
 
 
 def test_server_shutdown_sends_close_1001(ws_server, ws_client):
