@@ -8398,21 +8398,23 @@ class TLSConnection(Connection):
 
     __slots__ = ()
 
-    def start_tls(self, context, timeout: float, state: int = TLS_HELLO, first: bool = False,
-                  hostname: str | None = None):
-        """Begin a handshake, due within `timeout` s: the server side, or
-        with the `hostname` we dialed the client side, which speaks first."""
+    def start_tls(self, context, timeout: float | None, state: int = TLS_HELLO,
+                  first: bool = False, hostname: str | None = None):
+        """Begin a handshake, due within `timeout` s (None: another timer
+        sees to it): the server side, or with the `hostname` we dialed the
+        client side, which speaks first."""
         server = self.server
         if server.tls_read_buffer is None:  # ciphertext lands here; plaintext in read_buffer
             server.tls_read_buffer = read_buffer(server.read_size)
             server.tls_read_view = memoryview(server.tls_read_buffer)
         self.tls = TLSSession(context, TLS_HANDSHAKE if hostname else state, first, hostname)
         if self.tls_label:
-            self.debug("Starting TLS %s%s handshake", self.tls_label,
-                       "client" if hostname else "server")
+            self.tls_debug("Starting TLS %s%s handshake", self.tls_label,
+                           "client" if hostname else "server")
         else:
-            self.debug("Starting TLS %s connection handshake", self.kind.lower())
-        server.add_timer(timeout, self.tls_timeout)
+            self.tls_debug("Starting TLS %s connection handshake", self.kind.lower())
+        if timeout is not None:
+            server.add_timer(timeout, self.tls_timeout)
         if hostname:
             self.tls_handshake()  # the ClientHello
 
@@ -8462,9 +8464,8 @@ class TLSConnection(Connection):
                         return
                     # A plain-text peer: Go closes without a word or an alert
                     # (and logs it at [ERR] for a route).
-                    (self.error if self.tls_label else self.debug)(
-                        "TLS %shandshake error: tls: first record does not look like a "
-                        "TLS handshake", self.tls_label)
+                    self.log_tls_error(self.refuse_plain_text(bytes(server.tls_read_view[:5])),
+                                       at_debug=not self.tls_label)
                     self.close(TLS_HANDSHAKE_ERROR, flush=False)
                     return
                 tls.state = TLS_HANDSHAKE
@@ -8485,9 +8486,10 @@ class TLSConnection(Connection):
             return False
         tls.state = TLS_OPEN
         if self.server.log.isEnabledFor(logging.DEBUG):
-            self.debug("TLS handshake complete")
-            self.debug("TLS version %s, cipher suite %s", tls_version_name(tls.sslobj.version()),
-                       go_cipher_name(tls.sslobj.cipher()[0]))
+            self.tls_debug("TLS handshake complete")
+            self.tls_debug("TLS version %s, cipher suite %s",
+                           tls_version_name(tls.sslobj.version()),
+                           go_cipher_name(tls.sslobj.cipher()[0]))
         self.server.tls_established(self)
         self.flush()
         return True
@@ -8495,7 +8497,7 @@ class TLSConnection(Connection):
     def tls_failed(self, reason: str):
         """Log why (Go's "TLS handshake error"), give the peer the alert
         OpenSSL wrote, and close."""
-        self.error("TLS %shandshake error: %s", self.tls_label, reason)
+        self.log_tls_error(reason)
         alert = self.tls.outgoing.read()
         if alert:
             try:
@@ -8503,6 +8505,21 @@ class TLSConnection(Connection):
             except OSError:
                 pass
         self.close(TLS_HANDSHAKE_ERROR, flush=False)
+
+    def tls_debug(self, text: str, *args):
+        """A [DBG] line of the handshake's progress."""
+        self.debug(text, *args)
+
+    def log_tls_error(self, reason: str, at_debug: bool = False):
+        """Go's "TLS handshake error" line (a client's plain-text first
+        record is logged at [DBG])."""
+        (self.debug if at_debug else self.error)("TLS %shandshake error: %s", self.tls_label,
+                                                 reason)
+
+    def refuse_plain_text(self, first: bytes) -> str:
+        """The peer's first bytes are no TLS record: why (here nothing is
+        sent; a wss:// port answers an HTTP request)."""
+        return "tls: first record does not look like a TLS handshake"
 
     def tls_timeout(self):
         """Go's tlsTimeout: a handshake still unfinished is closed."""
@@ -9013,6 +9030,9 @@ def ws_offers_deflate(headers: dict) -> bool:
                for extension in line.split(",") for param in extension.split(";"))
 
 
+# The first bytes of an HTTP request (Go's tlsRecordHeaderLooksLikeHTTP).
+WS_HTTP_REQUEST_STARTS = (b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO")
+
 # websocket { *_cookie: NAME }: the CONNECT field the cookie NAME fills in,
 # the first of these winning when two options name one cookie (Go's order).
 WS_COOKIE_FIELDS = (("jwt_cookie", "jwt"), ("user_cookie", "user"), ("pass_cookie", "pass"),
@@ -9404,6 +9424,30 @@ class WSConnection(Connection):
         self.server.log.error("%s - websocket handshake error: %s",
                               _host_port(self.host, self.port), reason)
 
+    # wss://: before the upgrade, TLS is Go's HTTP server's, which logs only
+    # a failed handshake, through nats-server's "websocket: " prefix.
+
+    def tls_debug(self, text: str, *args):
+        """Not logged before the upgrade."""
+        if self not in self.server.ws_upgrading:
+            super().tls_debug(text, *args)
+
+    def log_tls_error(self, reason: str, at_debug: bool = False):
+        """Before the upgrade, as Go's HTTP server logs it."""
+        if self in self.server.ws_upgrading:
+            self.server.log.error("websocket: TLS handshake error from %s: %s",
+                                  _host_port(self.host, self.port), reason)
+        else:
+            super().log_tls_error(reason, at_debug)
+
+    def refuse_plain_text(self, first: bytes) -> str:
+        """An HTTP request to the wss:// port gets Go's plain-text 400."""
+        if self in self.server.ws_upgrading and first in WS_HTTP_REQUEST_STARTS:
+            self.send_now(b"HTTP/1.0 400 Bad Request\r\n\r\n"
+                          b"Client sent an HTTP request to an HTTPS server.\n")
+            return "client sent an HTTP request to an HTTPS server"
+        return super().refuse_plain_text(first)
+
     def protocol_error(self, exc: ProtocolError):
         """A parse error inside a frame: Go's websocket read loop sends the
         -ERR, logs a read error and closes at once, without a close frame."""
@@ -9581,7 +9625,7 @@ class WebSocketServing:
         self.ws_upgrading.add(client)
         timeout = ws_opts.handshake_timeout
         if ws_opts.tls is not None:
-            client.start_tls(ws_opts.tls.server_context(), ws_opts.tls.timeout, TLS_HELLO,
+            client.start_tls(ws_opts.tls.server_context(), None, TLS_HELLO,
                              first=True)
         if timeout:
             self.add_timer(timeout, lambda: self.ws_handshake_timeout(client))
@@ -9589,6 +9633,10 @@ class WebSocketServing:
     def ws_handshake_timeout(self, client: WSConnection):
         """The upgrade did not come in time: close (Go's ReadTimeout)."""
         if not client.closed and client.ws.state != WS_OPEN:
+            if client.tls is not None and client.tls.state != TLS_OPEN:
+                local = _host_port(*client.sock.getsockname()[:2])
+                client.log_tls_error("read tcp %s->%s: i/o timeout" % (
+                    local, _host_port(client.host, client.port)))
             client.close(READ_ERROR, flush=False)
 
     def ws_upgrade(self, client: WSConnection, head: bytes, rest: bytes):

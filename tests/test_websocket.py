@@ -1247,6 +1247,67 @@ def test_wss_upgrades_inside_tls_and_says_so_in_info(start, tmp_path, kind):
         assert info["port"] == port
 
 
+# Before the upgrade a wss:// port is Go's HTTP server's: it logs no TLS
+# progress, logs a failed handshake as `websocket: TLS handshake error from
+# ADDR: REASON` (Go 2.15; 2.9 logs nothing), answers a plain HTTP request with
+# net/http's 400 page, and times a silent peer out after handshake_timeout
+# (the tls block's timeout is not used).
+
+def wss_server(start, tmp_path, ws_extra: str = ""):
+    conf = ("debug: true\nwebsocket {\n  host: 127.0.0.1\n  port: -1\n  %s\n  tls {\n"
+            "    cert_file: \"%s\"\n    key_file: \"%s\"\n    timeout: 0.2\n  }\n}\n"
+            % (ws_extra, os.path.join(CERTS, "server-cert.pem"),
+               os.path.join(CERTS, "server-key.pem")))
+    srv = start("-c", write_conf(tmp_path, conf, "wss.conf"))
+    srv.ws_port = int(srv.wait_for_log(rb"websocket clients on wss://\S+:(\d+)").group(1))
+    return srv
+
+
+@pytest.mark.parametrize("sent,answer,reason", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+     b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+     b"client sent an HTTP request to an HTTPS server"),
+    (b"OPTIONS * HTTP/1.1\r\n\r\n",
+     b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+     b"client sent an HTTP request to an HTTPS server"),
+    (b"GET/ HTTP/1.1\r\n\r\n", b"", b"tls: first record does not look like a TLS handshake"),
+    (b"\x01\x02\x03\x04\x05\x06", b"", b"tls: first record does not look like a TLS handshake"),
+], ids=["get", "options", "not_quite_http", "junk"])
+def test_a_wss_port_refuses_plain_text_as_go_s_http_server(start, tmp_path, kind, sent,
+                                                           answer, reason):
+    srv = wss_server(start, tmp_path)
+    c = RawConn("127.0.0.1", srv.ws_port)
+    c.send(sent)
+    assert t_read_until_closed(c) == answer
+    if kind != "go2.9":
+        srv.wait_for_log(rb"\[ERR\] websocket: TLS handshake error from 127\.0\.0\.1:%d: %s\r?\n"
+                         % (c.sock.getsockname()[1], re.escape(reason)))
+
+
+def test_a_silent_wss_peer_is_closed_after_the_handshake_timeout(start, tmp_path, kind):
+    srv = wss_server(start, tmp_path, 'handshake_timeout: "1s"')
+    c = RawConn("127.0.0.1", srv.ws_port, timeout=5)
+    began = time.monotonic()
+    assert t_read_until_closed(c) == b""
+    assert 0.8 < time.monotonic() - began < 3
+    if kind != "go2.9":
+        srv.wait_for_log(rb"\[ERR\] websocket: TLS handshake error from 127\.0\.0\.1:%d: "
+                         rb"read tcp 127\.0\.0\.1:%d->127\.0\.0\.1:%d: i/o timeout\r?\n"
+                         % (c.sock.getsockname()[1], srv.ws_port, c.sock.getsockname()[1]))
+
+
+def test_a_wss_client_s_handshake_is_not_logged(start, tmp_path, kind):
+    srv = wss_server(start, tmp_path)
+    context = ssl.create_default_context(cafile=os.path.join(CERTS, "ca.pem"))
+    with socket.create_connection(("127.0.0.1", srv.ws_port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(handshake_request(srv.ws_port, new_key()))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 101 ")
+            srv.wait_for_log(rb" - wid:\d+ - Client connection created")
+    srv.wait_for_log(rb" - wid:\d+ - Client connection closed")
+    assert "TLS" not in srv.log_text().partition("Server is ready")[2]
+
+
 # -- in-process: the frames of one read keep their order ------------------------------
 
 
