@@ -1784,7 +1784,7 @@ class Client(Connection):
         if not self.awaiting_auth or first in (b"C", b"c"):
             return False
         if self.auth_options().no_auth_user:
-            return not self.authorize({})
+            return not self.authorize_connect({})
         self.auth_violation()
         return True
 
@@ -1921,7 +1921,7 @@ class Client(Connection):
         self.connect_received = True
         self.refresh_pub_path()
         try:
-            if not self.authorize(fields):
+            if not self.authorize_connect(fields):
                 return
         except _SecretCheckPending as pending:
             # Do it all again once the bcrypt answer is in (the same fields
@@ -1939,7 +1939,7 @@ class Client(Connection):
         if self.verbose:
             self.send_ok()
 
-    def authorize(self, fields: dict) -> bool:
+    def authorize_connect(self, fields: dict) -> bool:
         """Check credentials when auth is on (Go's isClientAuthorized); every
         CONNECT is checked, not just the first.  The credentials are kept:
         a config reload checks them again."""
@@ -9539,7 +9539,7 @@ class WSConnection(Connection):
                     return
         super().close(reason, flush)
 
-    def authorize(self, fields: dict) -> bool:
+    def authorize_connect(self, fields: dict) -> bool:
         """The upgrade's cookies (websocket { user_cookie ... }) stand in
         for the credentials the CONNECTs left empty (Go's processConnect)."""
         cookies = self.ws.cookies if self.ws is not None else None
@@ -9548,7 +9548,7 @@ class WSConnection(Connection):
             for key, value in cookies.items():
                 if not fields.get(key) and not (fields.get(key) is None and kept.get(key)):
                     fields[key] = value
-        return super().authorize(fields)
+        return super().authorize_connect(fields)
 
     def log_closed(self, reason: str):
         """A connection the upgrade never made a client ends unlogged, as
@@ -9685,13 +9685,15 @@ class WebSocketServing:
             client.close(READ_ERROR, flush=False)
             return
         ws = client.ws
+        # A leaf node dials the path /leafnode (Go's wsUpgrade: its suffix).
+        leaf = urllib.parse.urlsplit(parts[1]).path.endswith("/leafnode")
         ws.compress = ws_opts.compression and ws_offers_deflate(headers)
         ws.masked = first.get(WS_NO_MASKING_HEADER) != "true"
-        ws.browser = first.get("user-agent", "").startswith("Mozilla/")
+        ws.browser = not leaf and first.get("user-agent", "").startswith("Mozilla/")
         forwarded_for = first.get("x-forwarded-for", "")
         if _is_ip_address(forwarded_for):
             ws.client_ip = forwarded_for    # the log names it (Go: only when a valid IP)
-        if ws_opts.cookies:
+        if ws_opts.cookies and not leaf:
             ws.cookies = ws_credential_cookies(headers, ws_opts.cookies)
         answer = [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                   b"Connection: Upgrade\r\nSec-WebSocket-Accept: ",
@@ -9706,6 +9708,13 @@ class WebSocketServing:
         client.out.append(b"".join(answer))
         client.flush()                  # before the state changes: the 101 is not framed
         if client.closed:
+            return
+        if leaf:
+            if self.options.leafnodes is None or not self.options.leafnodes.port:
+                self.log.error("Not configured to accept leaf node connections")
+                client.close(READ_ERROR, flush=False)
+                return
+            self.leafs.accept_websocket(client)
             return
         ws.state = WS_OPEN
         # Now a client (Go's createWSClient): its cid, counted and listed.
@@ -12300,7 +12309,8 @@ class LeafNodes:
             remote.was_connected = True
             leaf.account = server.accounts.get(remote.account or GLOBAL_ACCOUNT,
                                                server.global_account)
-            leaf.log_prefix = "%s - lid:%d - " % (_host_port(url.host, url.port), leaf.cid)
+            leaf.log_prefix = "%s - %s:%d - " % (_host_port(url.host, url.port),
+                                                 "lid_ws" if url.ws else "lid", leaf.cid)
             server.log.info("%sLeafnode connection created for account: %s ", leaf.log_prefix,
                             leaf.account.label)
             server.add_timer(LEAF_CONNECT_TIMEOUT * 2, leaf.connect_timeout)
@@ -12322,6 +12332,35 @@ class LeafNodes:
             server.add_timer(server.options.leafnodes.auth_timeout or AUTH_TIMEOUT,
                              leaf.connect_timeout)
             server.log.info("%sLeafnode connection created ", leaf.log_prefix)
+        leaf.arm_ping_timer()
+        leaf.flush()
+
+    def accept_websocket(self, upgraded: "WSConnection"):
+        """A leaf upgraded on the websocket port (path /leafnode): a leaf
+        connection takes over its socket and its TLS and websocket
+        sessions, and starts as an accepted leaf does (Go's createLeafNode
+        with a websocket): the INFO, in a frame; no TLS of the leafnodes
+        block.  The client the upgrade had made ends unseen."""
+        server = self.server
+        server.ws_upgrading.discard(upgraded)
+        upgraded.closed = True          # (its timers see it so; the socket lives on)
+        upgraded.account.client_count -= 1
+        if self.tls_class is None:
+            self.tls_class = with_tls(LeafNode)
+        if self.ws_class is None:
+            self.ws_class = with_websocket(self.tls_class)
+        server.next_cid += 1
+        leaf = self.ws_class(server, upgraded.sock, server.next_cid, None, None)
+        leaf.tls, leaf.ws = upgraded.tls, upgraded.ws
+        leaf.ws.state = WS_OPEN
+        leaf.log_prefix = "%s - lid_ws:%d - " % (_host_port(leaf.host, leaf.port), leaf.cid)
+        server.selector.modify(leaf.sock, selectors.EVENT_READ, leaf)
+        self.conns.add(leaf)
+        leaf.nonce = new_nonce().encode()
+        leaf.send_proto(self.info(leaf), "INFO")
+        server.add_timer(server.options.leafnodes.auth_timeout or AUTH_TIMEOUT,
+                         leaf.connect_timeout)
+        server.log.info("%sLeafnode connection created ", leaf.log_prefix)
         leaf.arm_ping_timer()
         leaf.flush()
 

@@ -51,6 +51,7 @@ import os
 import re
 import socket
 import time
+import urllib.request
 
 import nats
 import pytest
@@ -1299,7 +1300,44 @@ def test_a_gnatsd_leaf_dials_a_hubs_websocket_port(hub_kind, scheme, nodes, tmp_
                       remote)
     wait_leafs(hub)
     wait_leafs(leaf)
+    leaf.wait_for_log(rb" - lid_ws:\d+ - Leafnode connection created for account")
     run(messages_cross_both_ways(hub, leaf))
+
+
+@pytest.mark.parametrize("leaf_kind", ["gnatsd", "go2.15", "go2.9"])
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_a_leaf_dials_a_gnatsd_hub_s_websocket_port(leaf_kind, scheme, nodes, tmp_path):
+    """The hub's side of the above: an upgrade on the path /leafnode makes
+    a leaf connection, not a client (Go's wsUpgrade); it gets the leaf
+    INFO in a frame, logs as `lid_ws:N`, and messages cross both ways."""
+    tls = "no_tls: true" if scheme == "ws" else 'tls { cert_file: "%s", key_file: "%s" }' % (
+        os.path.join(CERTS, "server-cert.pem"), os.path.join(CERTS, "server-key.pem"))
+    hub = start_hub(nodes, "gnatsd", tmp_path,
+                    top='websocket {\n  listen: "127.0.0.1:-1"\n  %s\n}\n' % tls)
+    ws_port = int(hub.wait_for_log(rb"Listening for websocket clients on wss?://\S+:(\d+)", 5)
+                  .group(1))
+    remote = "" if scheme == "ws" else 'tls { ca_file: "%s" }' % os.path.join(CERTS, "ca.pem")
+    leaf = start_leaf(nodes, leaf_kind, tmp_path, "%s://127.0.0.1:%d" % (scheme, ws_port),
+                      remote)
+    wait_leafs(hub)
+    wait_leafs(leaf)
+    hub.wait_for_log(rb"127\.0\.0\.1:\d+ - lid_ws:\d+ - Leafnode connection created")
+    assert b" - wid:" not in hub.log
+    run(messages_cross_both_ways(hub, leaf))
+
+
+@pytest.mark.parametrize("hub_kind", ["gnatsd", "go2.15"])
+def test_a_websocket_port_without_leafnodes_refuses_a_leaf(hub_kind, nodes, tmp_path):
+    """No leafnodes block: the upgrade is answered, then Go logs that it
+    does not take leaf nodes and closes; no client is made of it."""
+    hub = start_node(nodes, hub_kind, tmp_path, "hub",
+                     'websocket {\n  listen: "127.0.0.1:-1"\n  no_tls: true\n}\n')
+    ws_port = int(hub.wait_for_log(rb"Listening for websocket clients on ws://\S+:(\d+)", 5)
+                  .group(1))
+    start_leaf(nodes, "go2.15", tmp_path, "ws://127.0.0.1:%d" % ws_port)
+    hub.wait_for_log(rb"\[ERR\] Not configured to accept leaf node connections", 10)
+    with urllib.request.urlopen("http://127.0.0.1:%d/varz" % hub.mon_port, timeout=5) as r:
+        assert json.load(r)["total_connections"] == 0
 
 
 def test_a_websocket_leaf_masks_its_frames_when_the_hub_asks_for_it():
