@@ -9803,6 +9803,16 @@ class WebSocketServing:
                 varz[name] = value
         return varz
 
+    def ws_url(self) -> str:
+        """Our websocket address as other servers tell their websocket
+        clients (the block's advertise, else host and port)."""
+        ws = self.options.websocket
+        if ws.advertise:
+            if ":" not in ws.advertise.rsplit("]", 1)[-1]:
+                return _host_port(ws.advertise, self.ws_port)
+            return ws.advertise
+        return _host_port(_advertise_host(ws.host), self.ws_port)
+
     def ws_info_template(self) -> dict:
         """The INFO fields websocket clients share: the websocket listener's
         host and port, TLS as the websocket port has it, its own
@@ -9810,7 +9820,9 @@ class WebSocketServing:
         info = dict(self.info_template)
         secure = self.options.websocket.tls is not None
         info["host"], info["port"] = self.options.websocket.host, self.ws_port
-        info.pop("connect_urls", None)          # (Go gives the cluster's ws URLs)
+        info.pop("connect_urls", None)
+        if self.cluster.ws_urls:                # the cluster's websocket URLs
+            info["connect_urls"] = list(self.cluster.ws_urls)
         info.pop("tls_required", None)
         info.pop("tls_available", None)
         if secure:
@@ -10892,6 +10904,7 @@ class Cluster:
         self.port = 0
         self.self_routes: set = set()   # (host, port) of route URLs that led to us
         self.urls_changed_at = 0.0      # when connect_urls last changed (Go's lastCURLsUpdate)
+        self.ws_urls: list = []         # the cluster's websocket URLs, ours first, if routed
         self.name = opts.cluster_name or _new_server_id()[1:23]
         self.dynamic = not opts.cluster_name    # a generated name, which gives way
         self.legacy_ids: dict = {}      # (subject, queue) -> our route sid for 0.7 peers
@@ -10955,6 +10968,8 @@ class Cluster:
             info["cluster_dynamic"] = True
         if not opts.no_advertise:
             info["connect_urls"] = [server.client_url()]
+            if server.ws_port:
+                info["ws_connect_urls"] = [server.ws_url()]
         if self.pool_size > 0:
             info["route_pool_size"] = self.pool_size
         if pool_idx:
@@ -11331,28 +11346,40 @@ class Cluster:
     # -- what the cluster means to clients -------------------------------------
 
     def changed(self):
-        """Peers came or went: new connect_urls for clients (an async INFO to
-        clients that speak protocol 1, as Go sends)."""
+        """Peers came or went: new connect_urls for clients, and for
+        websocket clients the websocket ones (an async INFO to the clients
+        of a list that changed and speak protocol 1, as Go sends)."""
         server = self.server
         urls = self.connect_urls() if self.routes else []
-        if urls == server.info_template.get("connect_urls", []):
+        # (Websocket URLs only once a peer has some, as Go adds them.)
+        ws_urls = self.connect_urls("ws_connect_urls") if server.ws_port and any(
+            route.remote_info.get("ws_connect_urls") for route in self.routes.values()) else []
+        changed = urls != server.info_template.get("connect_urls", [])
+        ws_changed = ws_urls != self.ws_urls
+        if not changed and not ws_changed:
             return
         if urls:
             server.info_template["connect_urls"] = urls
         else:
             server.info_template.pop("connect_urls", None)
+        self.ws_urls = ws_urls
         self.urls_changed_at = time.time()
         # (A client yet to send its first PING gets it then: Client.op_ping.)
         for client in list(server.clients.values()):
-            if client.protocol >= 1 and client.first_pong_sent and not client.closed:
+            if client.protocol >= 1 and client.first_pong_sent and not client.closed and \
+                    (ws_changed if client.ws is not None else changed):
                 client.send_proto(server.client_info(client), "INFO")
 
-    def connect_urls(self) -> list:
-        """Our client address and every peer's, for clients to fail over to."""
+    def connect_urls(self, field: str = "connect_urls") -> list:
+        """Our client address and every peer's, for clients to fail over to
+        (`ws_connect_urls`: the websocket addresses, for websocket clients)."""
         server = self.server
-        urls = [] if server.options.no_advertise else [server.client_url()]
+        if server.options.no_advertise:
+            urls = []
+        else:
+            urls = [server.client_url() if field == "connect_urls" else server.ws_url()]
         for route in self.routes.values():
-            for url in route.remote_info.get("connect_urls") or ():
+            for url in route.remote_info.get(field) or ():
                 if url and url not in urls:     # (Go reads a null element as "")
                     urls.append(url)
         return urls
@@ -13185,6 +13212,9 @@ class Monitor:
             varz["tls_required"] = True
             if opts.tls.verify:
                 varz["tls_verify"] = True
+        for name in ("connect_urls", "ws_connect_urls"):    # (the cluster's, when routed)
+            if snap[name]:
+                varz[name] = snap[name]
         varz.update({
             "max_connections": opts.max_connections,
             "ping_interval": int(opts.ping_interval * 1e9),
@@ -13505,6 +13535,8 @@ def varz_snapshot(server: "Server") -> dict:
         "cluster": server.cluster.varz(),
         "leafnodes": server.leafs.count(),
         "leaf": server.leafs.varz(),
+        "connect_urls": list(server.info_template.get("connect_urls", ())),
+        "ws_connect_urls": list(server.cluster.ws_urls),
     }
 
 def routez_snapshot(server: "Server", subs: str):

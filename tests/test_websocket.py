@@ -44,8 +44,9 @@ import zlib
 
 import pytest
 
-from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, RawConn, ServerProcess, connected, gnatsd_argv,
-                      go_server_path, t_expect_exact, t_ping_pong, t_read_until_closed, wait_mesh, write_conf)
+from conftest import (GO_SERVERS, MONITOR_LISTEN_RE, RawConn, ServerProcess, connected,
+                      gnatsd_argv, go_server_path, t_expect, t_expect_exact, t_ping_pong,
+                      t_read_until_closed, wait_mesh, write_conf)
 
 # The servers every test here runs against (the Go ones are the oracles).
 WS_KINDS = ["gnatsd", "go2.15", "go2.9"]
@@ -1205,6 +1206,67 @@ def test_websocket_and_tcp_clients_meet_across_a_mixed_cluster(cluster_factory, 
 
     _until_delivered(from_tcp, ws, b"MSG to.ws 1 6\r\nhi, ws\r\n")
     _until_delivered(from_ws, tcp, b"MSG to.tcp 2 7\r\nhi, tcp\r\n")
+    tcp.close()
+
+
+WS_BLOCK = "websocket {\n  host: 127.0.0.1\n  port: -1\n  no_tls: true\n}\n"
+
+
+def next_info(conn, want=None) -> dict:
+    """The next INFO `conn` reads (t_expect's timeout), or the first one
+    whose connect_urls is the set `want`."""
+    while True:
+        info = json.loads(conn.expect(rb"(?:PING\r\n)*INFO (\{.*?\}) ?\r\n").group(1))
+        if want is None or set(info.get("connect_urls", ())) == want:
+            return info
+
+
+@pytest.mark.parametrize("kinds", [("gnatsd", "gnatsd"), ("gnatsd", "go2.15"),
+                                   ("go2.15", "gnatsd"), ("go2.15", "go2.15")],
+                         ids=lambda k: "-".join(k))
+def test_websocket_clients_learn_the_cluster_s_websocket_urls(cluster_factory, kinds):
+    """Routes carry each node's websocket address (ws_connect_urls in the
+    route INFO); a websocket client's INFO lists the cluster's, its node's
+    first, where a TCP client's lists the client ones; a protocol-1
+    websocket client hears of a node joining and leaving, a TCP one too,
+    each with the URLs of its own kind.  /varz lists both."""
+    cluster = cluster_factory("wsurls")
+    a = cluster.start(kinds[0], top=WS_BLOCK + "http: 127.0.0.1:-1\n")
+    a.ws_port = int(a.wait_for_log(WS_LISTEN_RE).group(2))
+    a.mon_port = int(a.wait_for_log(MONITOR_LISTEN_RE).group(2))
+    hello = b'CONNECT {"verbose":false,"protocol":1}\r\nPING\r\n'
+    ws = WsConn(a.ws_port)
+    assert "connect_urls" not in ws.read_info()
+    ws.send(hello)
+    t_expect(ws, rb"PONG\r\n")
+    tcp = RawConn(a.host, a.port)
+    tcp.read_info()
+    tcp.send(hello)
+    t_expect(tcp, rb"PONG\r\n")
+    b = cluster.start(kinds[1], routes=[a], top=WS_BLOCK)
+    b.ws_port = int(b.wait_for_log(WS_LISTEN_RE).group(2))
+    wait_mesh([a, b])
+    ws_urls = ["127.0.0.1:%d" % n.ws_port for n in (a, b)]
+    next_info(ws, set(ws_urls))
+    next_info(tcp, {"127.0.0.1:%d" % n.port for n in (a, b)})
+    on_b = WsConn(b.ws_port)
+    assert on_b.read_info()["connect_urls"] == ws_urls[::-1]
+    on_b.close()
+    varz = get_json(a, "/varz")             # (both lists, as Go's Varz has them)
+    assert varz["ws_connect_urls"] == ws_urls
+    assert varz["connect_urls"] == ["127.0.0.1:%d" % n.port for n in (a, b)]
+    # A node without websocket: news for TCP clients only.
+    c = cluster.start(kinds[1], routes=[a])
+    wait_mesh([a, b, c])
+    next_info(tcp, {"127.0.0.1:%d" % n.port for n in (a, b, c)})
+    ws.send(b"PING\r\n")
+    assert ws.expect(rb"[^\n]*\n").group(0) == b"PONG\r\n"
+    c.stop()
+    b.stop()
+    # (Go then lists its own URL; gnatsd.py has no connect_urls without a
+    # route, as for TCP clients: see test_cluster.py.)
+    next_info(ws, set() if kinds[0] == "gnatsd" else set(ws_urls[:1]))
+    ws.close()
     tcp.close()
 
 
