@@ -2017,15 +2017,9 @@ class Client(Connection):
             self.add_subscription(sub)
 
     def update_log_prefix(self):
-        """Go 2.15's prefix: `ip:port - cid:N - "name" - "$G/user:alice" - `
-        (`wid:N` for a websocket client)."""
+        """Go 2.15's prefix: `ip:port - cid:N - "name" - "$G/user:alice" - `."""
         host = "[%s]" % self.host if ":" in self.host else self.host
-        address = "%s:%d" % (host, self.port)
-        forwarded_for = self.ws.client_ip if self.ws is not None else ""
-        if forwarded_for:
-            address = "%s/%s" % ("[%s]" % forwarded_for if ":" in forwarded_for
-                                 else forwarded_for, address)
-        prefix = "%s - %s:%d - " % (address, "cid" if self.ws is None else "wid", self.cid)
+        prefix = "%s:%d - cid:%d - " % (host, self.port, self.cid)
         if self.name:
             prefix += go_quote(self.name.encode()) + " - "
         if self.user and not self.awaiting_auth:
@@ -3812,10 +3806,10 @@ class CoreServer:
         else:
             self.start_client_tls(client)
 
-    def client_info(self, client: Client) -> bytes:
+    def client_info(self, client: Client, ldm: bool = False) -> bytes:
         """The INFO a client gets (Go does not trace it): a websocket
         client's names the websocket port (chapter 11); with nkey users, a
-        nonce of its own to sign."""
+        nonce of its own to sign; `ldm` in lame duck mode."""
         info = dict(self.info_template if client.ws is None else self.ws_info_template())
         info["client_id"] = client.cid
         info["client_ip"] = client.host
@@ -3823,6 +3817,8 @@ class CoreServer:
             if not client.nonce:
                 client.nonce = new_nonce().encode()
             info["nonce"] = client.nonce.decode()
+        if ldm:
+            info["ldm"] = True
         return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
 
     def start_client_timers(self, client: Client):
@@ -9539,6 +9535,19 @@ class WSConnection(Connection):
                     return
         super().close(reason, flush)
 
+    def update_log_prefix(self):
+        """A client's prefix with `wid:N` for `cid:N`, after the peer's
+        X-Forwarded-For address if the upgrade named a valid one (Go's)."""
+        super().update_log_prefix()
+        address = _host_port(self.host, self.port)
+        given = "%s - cid:%d - " % (address, self.cid)
+        forwarded_for = self.ws.client_ip
+        if forwarded_for:
+            address = "%s/%s" % ("[%s]" % forwarded_for if ":" in forwarded_for
+                                 else forwarded_for, address)
+        self.log_prefix = "%s - wid:%d - %s" % (address, self.cid,
+                                                  self.log_prefix[len(given):])
+
     def authorize_connect(self, fields: dict) -> bool:
         """The upgrade's cookies (websocket { user_cookie ... }) stand in
         for the credentials the CONNECTs left empty (Go's processConnect)."""
@@ -11345,10 +11354,12 @@ class Cluster:
 
     # -- what the cluster means to clients -------------------------------------
 
-    def changed(self):
+    def changed(self, lame_duck: bool = False):
         """Peers came or went: new connect_urls for clients, and for
         websocket clients the websocket ones (an async INFO to the clients
-        of a list that changed and speak protocol 1, as Go sends)."""
+        of a list that changed and speak protocol 1, as Go sends).  In
+        `lame_duck` mode (Go's sendLDMToClients) every such client hears,
+        with `ldm`, of the other nodes only."""
         server = self.server
         urls = self.connect_urls() if self.routes else []
         # (Websocket URLs only once a peer has some, as Go adds them.)
@@ -11356,7 +11367,7 @@ class Cluster:
             route.remote_info.get("ws_connect_urls") for route in self.routes.values()) else []
         changed = urls != server.info_template.get("connect_urls", [])
         ws_changed = ws_urls != self.ws_urls
-        if not changed and not ws_changed:
+        if not changed and not ws_changed and not lame_duck:
             return
         if urls:
             server.info_template["connect_urls"] = urls
@@ -11367,14 +11378,14 @@ class Cluster:
         # (A client yet to send its first PING gets it then: Client.op_ping.)
         for client in list(server.clients.values()):
             if client.protocol >= 1 and client.first_pong_sent and not client.closed and \
-                    (ws_changed if client.ws is not None else changed):
-                client.send_proto(server.client_info(client), "INFO")
+                    (lame_duck or (ws_changed if client.ws is not None else changed)):
+                client.send_proto(server.client_info(client, lame_duck), "INFO")
 
     def connect_urls(self, field: str = "connect_urls") -> list:
         """Our client address and every peer's, for clients to fail over to
         (`ws_connect_urls`: the websocket addresses, for websocket clients)."""
         server = self.server
-        if server.options.no_advertise:
+        if server.options.no_advertise or server.lame_duck:    # (Go's LDM drops ours)
             urls = []
         else:
             urls = [server.client_url() if field == "connect_urls" else server.ws_url()]
@@ -15300,11 +15311,7 @@ class ServerControl:
                 self.unregister(listener)
                 listener.sock.close()
                 listener.closed = True
-        info = dict(self.info_template, ldm=True)
-        proto = b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
-        for client in list(self.clients.values()):
-            if client.protocol >= PROTO:
-                client.queue_outbound(proto)
+        self.cluster.changed(lame_duck=True)
         opts = self.options
         self.add_timer(opts.lame_duck_grace_period, self.lame_duck_close_clients)
 

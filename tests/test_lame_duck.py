@@ -15,7 +15,8 @@ import time
 import nats
 import pytest
 
-from conftest import RawConn, start_gnatsd, start_go, write_conf
+from conftest import (GO_SERVERS, RawConn, start_gnatsd, start_go, t_ping_pong, wait_mesh,
+                      write_conf)
 
 # Go's shortest lame_duck_duration is 30 s; clients are closed at most 1 s apart.
 CONF = 'lame_duck_duration: "30s"\nlame_duck_grace_period: "500ms"\n'
@@ -60,6 +61,50 @@ def test_sigusr2_informs_clients_closes_them_and_exits(kind, tmp_path):
         srv.kill()
         for c in clients:
             c.close()
+
+
+WS_LISTEN_RE = rb"Listening for websocket clients on ws://\S+:(\d+)"
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.9", "go2.15"])
+def test_the_lame_duck_info_is_each_client_s_and_lists_the_other_nodes(kind,
+                                                                        cluster_factory):
+    """Go's sendLDMToClients: each protocol-1 client past its first PONG
+    gets its own INFO (client_id; a websocket client's names the websocket
+    port) with ldm, and connect_urls of the other nodes only, client or
+    websocket ones by its kind; a client before its first PING gets none."""
+    if kind != "gnatsd" and kind[2:] not in GO_SERVERS:
+        pytest.skip("Go nats-server %s is not installed" % kind[2:])
+    from test_websocket import WsConn
+    ws_block = "websocket {\n  host: 127.0.0.1\n  port: -1\n  no_tls: true\n}\n"
+    cluster = cluster_factory("ldm")
+    a = cluster.start(kind, top=CONF + ws_block)
+    b = cluster.start(kind, routes=[a], top=ws_block)
+    wait_mesh([a, b])
+    a_ws, b_ws = (int(n.wait_for_log(WS_LISTEN_RE).group(1)) for n in (a, b))
+    hello = b'CONNECT {"verbose":false,"protocol":1}\r\nPING\r\n'
+    tcp, ws = RawConn(a.host, a.port), WsConn(a_ws)
+    early = RawConn(a.host, a.port)
+    for c in (tcp, ws, early):
+        c.cid = c.read_info()["client_id"]
+    for c in (tcp, ws):
+        c.send(hello)
+        c.expect(rb"(INFO [^\r]*\r\n)?PONG\r\n")
+    early.send(b'CONNECT {"verbose":true,"protocol":1}\r\n')
+    early.expect(rb"\+OK\r\n")     # (its CONNECT is in; a first PING is not)
+    a.signal(signal.SIGUSR2)
+    # (Go 2.9 gives a websocket client the client port's host and port.)
+    ws_port = a.port if kind == "go2.9" else a_ws
+    for c, port, urls in ((tcp, a.port, [b.port]), (ws, ws_port, [b_ws])):
+        while True:
+            info = json.loads(c.expect(rb"(?:PING\r\n)?INFO (\{.*?\}) \r\n", timeout=5).group(1))
+            if "ldm" in info:
+                break
+        assert info["ldm"] is True and info["client_id"] == c.cid and info["port"] == port
+        assert info["connect_urls"] == ["127.0.0.1:%d" % p for p in urls]
+    assert b"ldm" not in early.read_until_closed(timeout=10)
+    tcp.close()
+    ws.close()
 
 
 @pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
