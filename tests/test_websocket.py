@@ -33,6 +33,7 @@ import hashlib
 import itertools
 import json
 import os
+import random
 import re
 import socket
 import ssl
@@ -1099,6 +1100,105 @@ def test_a_compressed_control_frame_is_a_protocol_error(ws_start, ws_client, kin
         assert c.control_frames(OP_PONG) == [b"x"]
         return
     assert_protocol_error_close(c, "control frame must not be compressed", sent_ping=False)
+
+
+# -- random frames, against Go 2.15 ------------------------------------------------
+
+
+def random_ws_stream(rng, compress: bool) -> tuple:
+    """(the client's bytes, PINGs in them): NATS ops (PUB and HPUB of
+    random sizes and bytes to three subscriptions, UNSUB with a max, PING)
+    cut at random into messages of random frames: binary or text, split into
+    up to three fragments (compressed whole when `compress`, at random),
+    payload lengths in the 7-bit, 16-bit or 64-bit form whatever their
+    size (control frames: 7-bit), pings and pongs with random payloads
+    between fragments, random masking keys."""
+    ops = [b"SUB f.a 1\r\nSUB f.b 2\r\nSUB f.c 3 5\r\n"]
+    for k in range(60):
+        r = rng.random()
+        if r < 0.15:
+            ops.append(b"PING\r\n")
+        elif r < 0.55:
+            payload = rng.randbytes(rng.randrange(300)).replace(b"\r", b"r")
+            ops.append(b"PUB f.%s %d\r\n%s\r\n" % (rng.choice(b"abc:").to_bytes(1, "big"),
+                                                 len(payload), payload))
+        elif r < 0.7:
+            head = b"NATS/1.0\r\nX: %d\r\n\r\n" % k
+            body = b"y" * rng.randrange(50)
+            ops.append(b"HPUB f.a r.%d %d %d\r\n%s%s\r\n" % (k, len(head), len(head) + len(body),
+                                                             head, body))
+        else:
+            ops.append(b"UNSUB 2 %d\r\n" % rng.randrange(30))
+    data = b"".join(ops)
+
+    def frame(payload, opcode, fin=True, rsv=0):
+        n = len(payload)
+        form = 0 if n < 126 else 1 if n < 65536 else 2
+        if opcode < OP_CLOSE:       # (a control frame's length has the 7-bit form only)
+            form = rng.choice([form, 1, 2])
+        head = bytes([(FIN if fin else 0) | rsv | opcode])
+        if form == 0:
+            head += bytes([MASK_BIT | n])
+        elif form == 1:
+            head += bytes([MASK_BIT | 126]) + struct.pack(">H", n)
+        else:
+            head += bytes([MASK_BIT | 127]) + struct.pack(">Q", n)
+        key = rng.randbytes(4)
+        return head + key + apply_mask(payload, key)
+
+    out, i = [], 0
+    while i < len(data):
+        message = data[i:i + rng.choice([1, 2, 5, 17, 100, 1000, 5000])]
+        i += len(message)
+        parts = rng.choice([1, 1, 2, 3])
+        rsv = RSV1 if compress and rng.random() < 0.5 else 0
+        body = deflate(message) if rsv else message
+        cuts = sorted(rng.randrange(len(body) + 1) for _ in range(parts - 1))
+        for j, (a, b) in enumerate(zip([0] + cuts, cuts + [len(body)])):
+            opcode = rng.choice([OP_BINARY, OP_TEXT]) if j == 0 else OP_CONTINUATION
+            out.append(frame(body[a:b], opcode, fin=j == parts - 1, rsv=rsv if j == 0 else 0))
+            if rng.random() < 0.2:
+                out.append(frame(rng.randbytes(rng.randrange(126)),
+                                 rng.choice([OP_PING, OP_PONG])))
+    return b"".join(out), data.count(b"PING\r\n")
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "compressed"])
+def test_random_frames_get_go_s_answers_byte_for_byte(tmp_path, compress):
+    """The same random frame streams (random_ws_stream), sent in random
+    pieces to gnatsd.py and to Go 2.15: the NATS bytes that come back
+    (unframed) and the pongs' payloads are the same."""
+    if "2.15" not in GO_SERVERS:
+        pytest.skip("Go nats-server 2.15 is not installed")
+    answers = {}
+    for kind in ("gnatsd", "go2.15"):
+        conf = write_conf(tmp_path, "websocket {\n  host: 127.0.0.1\n  port: -1\n  no_tls: true\n"
+                          "  compression: %s\n}\n" % str(compress).lower(), kind + ".conf")
+        srv = ServerProcess(server_argv(kind, "-c", conf), kind).start()
+        try:
+            port = int(srv.wait_for_log(WS_LISTEN_RE).group(2))
+            for seed in range(8):
+                rng = random.Random(seed)
+                c = WsConn(port, headers={"Sec-WebSocket-Extensions": PMC_OFFER}
+                           if compress else None)
+                c.read_info()
+                c.send(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
+                stream, pings = random_ws_stream(rng, compress)
+                at = 0
+                while at < len(stream):
+                    step = rng.choice([1, 7, 100, 4000, 100000])
+                    c.send_raw(stream[at:at + step])
+                    at += step
+                c.send(b"PING\r\n")
+                deadline = time.monotonic() + 10
+                while bytes(c.buf).count(b"PONG\r\n") <= pings:
+                    assert c._fill(deadline), (kind, seed, bytes(c.buf)[-200:])
+                answers.setdefault(seed, []).append((bytes(c.buf), c.control_frames(OP_PONG)))
+                c.close()
+        finally:
+            srv.stop()
+    for seed, (ours, go) in answers.items():
+        assert ours == go, seed
 
 
 # -- f. nats-py over ws:// -------------------------------------------------------
