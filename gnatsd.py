@@ -12358,18 +12358,27 @@ class LeafNodes:
                     leaf.start_leaf_tls()
                 else:
                     leaf.ws_dial(url.host, url.port)
+            leaf.arm_ping_timer()
+            leaf.flush()
         else:
-            leaf.nonce = new_nonce().encode()
-            if tls is not None:         # the plain INFO says tls_required, then the handshake
-                if leaf.trace:
-                    leaf.trace_out("INFO")
-                leaf.send_now(self.info(leaf))
-                leaf.start_tls(tls.server_context(), tls.timeout)
-            else:
-                leaf.send_proto(self.info(leaf), "INFO")
-            server.add_timer(server.options.leafnodes.auth_timeout or AUTH_TIMEOUT,
-                             leaf.connect_timeout)
-            server.log.info("%sLeafnode connection created ", leaf.log_prefix)
+            self.welcome(leaf, tls)
+
+    def welcome(self, leaf: LeafNode, tls=None):
+        """An accepted leaf's start: a nonce to sign, our INFO (plain, and
+        then the handshake, when the leafnodes block has `tls`), the auth
+        timer, the log line and the ping timer."""
+        server = self.server
+        leaf.nonce = new_nonce().encode()
+        if tls is not None:         # the plain INFO says tls_required, then the handshake
+            if leaf.trace:
+                leaf.trace_out("INFO")
+            leaf.send_now(self.info(leaf))
+            leaf.start_tls(tls.server_context(), tls.timeout)
+        else:
+            leaf.send_proto(self.info(leaf), "INFO")
+        server.add_timer(server.options.leafnodes.auth_timeout or AUTH_TIMEOUT,
+                         leaf.connect_timeout)
+        server.log.info("%sLeafnode connection created ", leaf.log_prefix)
         leaf.arm_ping_timer()
         leaf.flush()
 
@@ -12394,13 +12403,7 @@ class LeafNodes:
         leaf.log_prefix = "%s - lid_ws:%d - " % (_host_port(leaf.host, leaf.port), leaf.cid)
         server.selector.modify(leaf.sock, selectors.EVENT_READ, leaf)
         self.conns.add(leaf)
-        leaf.nonce = new_nonce().encode()
-        leaf.send_proto(self.info(leaf), "INFO")
-        server.add_timer(server.options.leafnodes.auth_timeout or AUTH_TIMEOUT,
-                         leaf.connect_timeout)
-        server.log.info("%sLeafnode connection created ", leaf.log_prefix)
-        leaf.arm_ping_timer()
-        leaf.flush()
+        self.welcome(leaf)
 
     def register(self, leaf: LeafNode):
         """The handshake is done: the leaf joins its account, hears of the
