@@ -15,8 +15,7 @@ import time
 import nats
 import pytest
 
-from conftest import (GO_SERVERS, RawConn, start_gnatsd, start_go, t_ping_pong, wait_mesh,
-                      write_conf)
+from conftest import GO_SERVERS, RawConn, start_gnatsd, start_go, wait_mesh, write_conf
 
 # Go's shortest lame_duck_duration is 30 s; clients are closed at most 1 s apart.
 CONF = 'lame_duck_duration: "30s"\nlame_duck_grace_period: "500ms"\n'
