@@ -9539,20 +9539,26 @@ class WSConnection(Connection):
         """A client's prefix with `wid:N` for `cid:N`, after the peer's
         X-Forwarded-For address if the upgrade named a valid one (Go's)."""
         super().update_log_prefix()
+        given = "%s - cid:%d - " % (_host_port(self.host, self.port), self.cid)
+        self.log_prefix = "%s - wid:%d - %s" % (self.ws_peer_address(), self.cid,
+                                                  self.log_prefix[len(given):])
+
+    def ws_peer_address(self) -> str:
+        """`host:port` of the peer for log lines, after the X-Forwarded-For
+        address of the upgrade if it named a valid one: `10.1.2.3/host:port`."""
         address = _host_port(self.host, self.port)
-        given = "%s - cid:%d - " % (address, self.cid)
         forwarded_for = self.ws.client_ip
         if forwarded_for:
             address = "%s/%s" % ("[%s]" % forwarded_for if ":" in forwarded_for
                                  else forwarded_for, address)
-        self.log_prefix = "%s - wid:%d - %s" % (address, self.cid,
-                                                  self.log_prefix[len(given):])
+        return address
 
     def authorize_connect(self, fields: dict) -> bool:
         """The upgrade's cookies (websocket { user_cookie ... }) stand in
-        for the credentials the CONNECTs left empty (Go's processConnect)."""
+        for the credentials the CONNECTs left empty (Go's processConnect;
+        a no_auth_user login without a CONNECT takes none)."""
         cookies = self.ws.cookies if self.ws is not None else None
-        if cookies:
+        if cookies and self.connect_received:
             fields, kept = dict(fields), self.credentials or {}
             for key, value in cookies.items():
                 if not fields.get(key) and not (fields.get(key) is None and kept.get(key)):
@@ -9562,8 +9568,8 @@ class WSConnection(Connection):
     def log_closed(self, reason: str):
         """A connection the upgrade never made a client ends unlogged, as
         one of Go's HTTP server's; any other as its class logs it."""
-        if self.ws is None or self.ws.state != WS_HTTP:
-            super().log_closed(reason)
+        if self.kind != "Client" or self.ws is None or self.ws.state != WS_HTTP:
+            super().log_closed(reason)      # (a dialed wss:// leaf in its TLS too)
 
     def closed_cleanup(self):
         """No longer one of the connections shutdown closes unupgraded."""
@@ -9730,6 +9736,7 @@ class WebSocketServing:
         self.ws_upgrading.discard(client)
         self.next_cid += 1
         client.cid = self.next_cid
+        client.start = client.last_activity = time.time()
         client.update_log_prefix()
         self.total_connections += 1
         self.clients[client.cid] = client
@@ -12400,7 +12407,7 @@ class LeafNodes:
         leaf = self.ws_class(server, upgraded.sock, server.next_cid, None, None)
         leaf.tls, leaf.ws = upgraded.tls, upgraded.ws
         leaf.ws.state = WS_OPEN
-        leaf.log_prefix = "%s - lid_ws:%d - " % (_host_port(leaf.host, leaf.port), leaf.cid)
+        leaf.log_prefix = "%s - lid_ws:%d - " % (leaf.ws_peer_address(), leaf.cid)
         server.selector.modify(leaf.sock, selectors.EVENT_READ, leaf)
         self.conns.add(leaf)
         self.welcome(leaf)
@@ -15314,6 +15321,8 @@ class ServerControl:
                 self.unregister(listener)
                 listener.sock.close()
                 listener.closed = True
+        for upgrading in list(self.ws_upgrading):     # (Go closes its HTTP server)
+            upgrading.close(SERVER_SHUTDOWN, flush=False)
         self.cluster.changed(lame_duck=True)
         opts = self.options
         self.add_timer(opts.lame_duck_grace_period, self.lame_duck_close_clients)

@@ -107,6 +107,28 @@ def test_the_lame_duck_info_is_each_client_s_and_lists_the_other_nodes(kind,
 
 
 @pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
+def test_lame_duck_closes_websocket_connections_not_yet_upgraded(kind, tmp_path):
+    """Go closes its websocket HTTP server: a connection that has not asked
+    to upgrade yet is closed, and cannot become a client."""
+    from test_websocket import handshake_request
+    srv = start(kind, "-c", write_conf(tmp_path, CONF + "websocket {\n  host: 127.0.0.1\n"
+                                                  "  port: -1\n  no_tls: true\n}\n"))
+    try:
+        ws_port = int(srv.wait_for_log(WS_LISTEN_RE).group(1))
+        c = RawConn("127.0.0.1", ws_port)
+        c.send(b"GET / HT")         # (an unfinished request: still HTTP)
+        srv.signal(signal.SIGUSR2)
+        srv.wait_for_log(r"\[INF\] Entering lame duck mode, stop accepting new clients")
+        try:
+            c.send(handshake_request(ws_port)[8:])
+        except OSError:
+            pass                    # (closed already)
+        assert c.read_until_closed(timeout=5) == b""
+    finally:
+        srv.kill()
+
+
+@pytest.mark.parametrize("kind", ["gnatsd", "go2.15"])
 def test_lame_duck_duration_below_30s_is_a_config_error(kind, tmp_path):
     import subprocess
     import sys

@@ -1327,6 +1327,39 @@ def test_a_leaf_dials_a_gnatsd_hub_s_websocket_port(leaf_kind, scheme, nodes, tm
 
 
 @pytest.mark.parametrize("hub_kind", ["gnatsd", "go2.15"])
+def test_a_websocket_leaf_s_log_prefix_names_its_x_forwarded_for(hub_kind, nodes, tmp_path):
+    """An upgrade on /leafnode behind a proxy: the leaf's log prefix names
+    the X-Forwarded-For address first, as a websocket client's does."""
+    from test_websocket import handshake_request
+    hub = start_hub(nodes, hub_kind, tmp_path,
+                    top='websocket {\n  listen: "127.0.0.1:-1"\n  no_tls: true\n}\n')
+    ws_port = int(hub.wait_for_log(rb"Listening for websocket clients on ws://\S+:(\d+)", 5)
+                  .group(1))
+    c = RawConn("127.0.0.1", ws_port)
+    c.send(handshake_request(ws_port, target="/leafnode",
+                             headers={"X-Forwarded-For": "10.1.2.3"}))
+    c.expect(rb"HTTP/1\.1 101 ")
+    hub.wait_for_log(rb"\] 10\.1\.2\.3/127\.0\.0\.1:%d - lid_ws:\d+ - Leafnode connection "
+                     rb"created" % c.sock.getsockname()[1])
+    c.close()
+
+
+@pytest.mark.parametrize("leaf_kind", ["gnatsd", "go2.15"])
+def test_a_wss_leaf_whose_handshake_fails_logs_its_close(leaf_kind, nodes, tmp_path):
+    """A leaf dialing a hub's wss:// port with a CA that does not sign the
+    hub's certificate: the handshake fails and the close is logged."""
+    tls = 'tls { cert_file: "%s", key_file: "%s" }' % (
+        os.path.join(CERTS, "server-cert.pem"), os.path.join(CERTS, "server-key.pem"))
+    hub = start_hub(nodes, "gnatsd", tmp_path,
+                    top='websocket {\n  listen: "127.0.0.1:-1"\n  %s\n}\n' % tls)
+    ws_port = int(hub.wait_for_log(rb"Listening for websocket clients on wss://\S+:(\d+)", 5)
+                  .group(1))
+    leaf = start_leaf(nodes, leaf_kind, tmp_path, "wss://127.0.0.1:%d" % ws_port,
+                      'tls { ca_file: "%s" }' % os.path.join(CERTS, "rogue-cert.pem"))
+    leaf.wait_for_log(rb"Leafnode connection closed: TLS Handshake Failure", 10)
+
+
+@pytest.mark.parametrize("hub_kind", ["gnatsd", "go2.15"])
 def test_a_websocket_port_without_leafnodes_refuses_a_leaf(hub_kind, nodes, tmp_path):
     """No leafnodes block: the upgrade is answered, then Go logs that it
     does not take leaf nodes and closes; no client is made of it."""

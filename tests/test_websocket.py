@@ -915,6 +915,20 @@ def test_cookies_stand_in_for_missing_connect_credentials(ws_start, kind, auth, 
         assert t_read_until_closed(c) == b"-ERR 'Authorization Violation'\r\n"
 
 
+def test_no_auth_user_without_a_connect_takes_no_cookies(ws_start, kind):
+    """Cookies fill in a CONNECT's credentials only: a client that sends
+    none is the no_auth_user, whatever its cookies say."""
+    if kind == "go2.9":
+        pytest.skip("Go 2.9 has jwt_cookie only")
+    srv = ws_start('user_cookie: "u"\n  pass_cookie: "p"',
+                   top="authorization { users: [{user: a, password: x}, {user: b, password: y}] }"
+                       "\nno_auth_user: b")
+    c = WsConn(srv.ws_port, headers={"Cookie": "u=a; p=wrong"})
+    c.read_info()
+    c.send(b"SUB foo 1\r\nPING\r\n")
+    t_expect(c, rb"(\+OK\r\n)*PONG\r\n")
+
+
 def test_a_jwt_cookie_carries_an_operator_mode_user_s_jwt(kind, tmp_path):
     """jwt_cookie: the user JWT comes in a cookie, the CONNECT signs the
     nonce only; without the cookie the same CONNECT is refused."""
@@ -1002,6 +1016,21 @@ def test_only_an_upgraded_connection_is_a_client(ws_start, kind):
     log = srv.log_text()
     assert log.count("connection created") == 1, log
     assert log.count("connection closed") == 1, log
+
+
+def test_a_websocket_client_starts_at_its_upgrade(ws_start, kind):
+    """/connz's start (and so uptime) of a websocket client is when the
+    upgrade made it a client, not when its TCP connection came."""
+    srv = ws_start(top="http: 127.0.0.1:-1")
+    srv.mon_port = int(srv.wait_for_log(MONITOR_LISTEN_RE).group(2))
+    c = RawConn("127.0.0.1", srv.ws_port)
+    time.sleep(3)                   # (the point: time passes before the upgrade)
+    c.send(handshake_request(srv.ws_port))
+    # (Go makes the client after the 101: wait for its INFO's frame.)
+    c.expect(rb"HTTP/1\.1 101 .*?\r\n\r\n\x82")
+    (conn,) = get_json(srv, "/connz")["connections"]
+    assert conn["uptime"] in ("0s", "1s"), conn   # (3s if counted from the connection)
+    c.close()
 
 
 @pytest.mark.parametrize("forwarded_for,shown", [
