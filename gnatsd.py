@@ -11368,10 +11368,12 @@ class Cluster:
         `lame_duck` mode (Go's sendLDMToClients) every such client hears,
         with `ldm`, of the other nodes only."""
         server = self.server
-        urls = self.connect_urls() if self.routes else []
-        # (Websocket URLs only once a peer has some, as Go adds them.)
-        ws_urls = self.connect_urls("ws_connect_urls") if server.ws_port and any(
-            route.remote_info.get("ws_connect_urls") for route in self.routes.values()) else []
+        # Go lists the URLs from the first peer on: ours alone once the
+        # peers have gone (websocket ones once a peer has some).
+        urls = self.connect_urls() if self.routes or "connect_urls" in server.info_template \
+            else []
+        ws_urls = self.connect_urls("ws_connect_urls") if server.ws_port and (self.ws_urls or any(
+            route.remote_info.get("ws_connect_urls") for route in self.routes.values())) else []
         changed = urls != server.info_template.get("connect_urls", [])
         ws_changed = ws_urls != self.ws_urls
         if not changed and not ws_changed and not lame_duck:

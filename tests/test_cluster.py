@@ -68,7 +68,8 @@ Route authorization (`cluster { authorization { user, password } }`)
 Clients
 * A clustered node's client INFO carries `"cluster":"c1"` and
   `"connect_urls":["127.0.0.1:P1","127.0.0.1:P2",...]`: the client URL of
-  every node, its own included (no `connect_urls` key while it has no route).
+  every node, its own included (no `connect_urls` key before its first
+  route; its own URL alone once its peers have gone).
 * When a node joins or leaves, protocol-1 clients get a full INFO with the
   new `connect_urls`; protocol-0 clients get nothing.  (2.15 also sends
   protocol-1 clients a `"connect_info":true` INFO after their first PONG.)
@@ -950,9 +951,11 @@ def test_clients_learn_connect_urls_and_get_async_info(cluster, kinds, raw_facto
     for node in (n1, n2, n3):
         info = wait_connect_urls(node, urls_of([n1, n2, n3]))
         assert info["cluster"] == "c1"
-    # Node 3 leaves: its URL is withdrawn.
+    # Node 3 leaves: its URL is withdrawn; the last peer gone, its own URL stays.
     n3.stop()
     expect_async_info(proto1, urls_of([n1, n2]))
+    n2.stop()
+    expect_async_info(proto1, urls_of([n1]))
     # Protocol 0 clients never get an INFO with connect_urls after CONNECT.
     assert b"connect_urls" not in proto0.read_all(0.1)
 

@@ -1392,9 +1392,7 @@ def test_websocket_clients_learn_the_cluster_s_websocket_urls(cluster_factory, k
     assert ws.expect(rb"[^\n]*\n").group(0) == b"PONG\r\n"
     c.stop()
     b.stop()
-    # (Go then lists its own URL; gnatsd.py has no connect_urls without a
-    # route, as for TCP clients: see test_cluster.py.)
-    next_info(ws, set() if kinds[0] == "gnatsd" else set(ws_urls[:1]))
+    next_info(ws, set(ws_urls[:1]))   # (its own, once it had peers)
     ws.close()
     tcp.close()
 
