@@ -15259,7 +15259,7 @@ class ServerControl:
         is returned ("" when the reload went through)."""
         try:
             new = self.reloaded_options()
-            changes = reload_changes(self.options, new, self.port)
+            changes = reload_changes(self.options, new, self.port, self.ws_port)
         except ConfigError as exc:
             self.log.error("Failed to reload server configuration: %s", exc)
             return str(exc)
@@ -15412,16 +15412,28 @@ _RELOADED = (
     ("lame_duck_grace_period", "lame_duck_grace_period ="),
     ("client_advertise", "client_advertise ="), ("tls", "tls = enabled"),
 )
+def _websocket_reload_view(ws, ws_port: int) -> tuple:
+    """A websocket block's settings as a reload compares them: all but its
+    TLS, a random port (-1) as the port bound."""
+    if ws is None:
+        return ()
+    fields = dict(vars(ws), tls=None)
+    if fields["port"] == RANDOM_PORT:
+        fields["port"] = ws_port
+    return tuple(fields.values())
+
+
 _DURATION_OPTIONS = ("ping_interval", "write_deadline", "lame_duck_duration",
                      "lame_duck_grace_period")
 _LOGGING_OPTIONS = ("trace", "debug", "logtime", "logtime_utc", "log_file", "log_size_limit",
                     "syslog", "remote_syslog")
 
 
-def reload_changes(old: Options, new: Options, actual_port: int) -> list:
+def reload_changes(old: Options, new: Options, actual_port: int, ws_port: int = 0) -> list:
     """What a reload from `old` to `new` changes, as Go logs it; raises
     ConfigError for an option that cannot change while running.  A random
-    port (-1) in the new options means the port already bound."""
+    port (-1) in the new options means the port already bound (the
+    websocket block's too: it may change its TLS only)."""
     for attr, go_name in _NOT_RELOADABLE:
         before, after = getattr(old, attr), getattr(new, attr)
         if attr == "port":
@@ -15431,6 +15443,10 @@ def reload_changes(old: Options, new: Options, actual_port: int) -> list:
         if before != after:
             raise ConfigError("config reload not supported for %s: old=%s, new=%s"
                               % (go_name, before, after))
+    before, after = (_websocket_reload_view(opts.websocket, ws_port) for opts in (old, new))
+    if before != after:
+        raise ConfigError("config reload not supported for Websocket: old={%s}, new={%s}"
+                          % (" ".join(map(str, before)), " ".join(map(str, after))))
     # Go compares these by pointer, so every reload reports them.
     changes = ["authorization users", "accounts"]
     for attr, text in _RELOADED:

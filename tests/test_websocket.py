@@ -35,6 +35,7 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import ssl
 import struct
@@ -1625,6 +1626,24 @@ def test_a_reload_keeps_the_websocket_block_s_own_authorization(tmp_path):
     for ours, peer in pairs:
         ours.close()
         peer.close()
+
+
+def test_a_reload_may_not_change_the_websocket_block(start, tmp_path, kind):
+    """Go refuses a reload that changes the websocket block (its TLS
+    aside): the old settings stay.  The same block, its port -1, reloads."""
+    block = "websocket {\n  host: 127.0.0.1\n  port: -1\n  no_tls: true\n  %s\n}\n"
+    path = write_conf(tmp_path, block % "", "ws.conf")
+    srv = start("-c", path)
+    port = int(srv.wait_for_log(WS_LISTEN_RE).group(2))
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log(rb"\[INF\] Reloaded server configuration")
+    write_conf(tmp_path, block % "compression: true", "ws.conf")
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log(rb"\[ERR\] Failed to reload server configuration: config reload not "
+                     rb"supported for Websocket: old=\{")
+    c = WsConn(port, headers={"Sec-WebSocket-Extensions": PMC_OFFER})
+    assert b"permessage-deflate" not in c.response
+    c.close()
 
 
 def test_many_tiny_frames_of_a_compressed_message_cost_linear_time(tmp_path):
