@@ -3798,7 +3798,7 @@ class CoreServer:
         if client_class is Client:
             client.queue_outbound(self.client_info(client))
             if over_limit:
-                self.log.error("Maximum connections exceeded (%d)", opts.max_connections)
+                client.error(ERR_MAX_CONNECTIONS)      # (Go's sendErrAndErr)
                 client.send_err_and_close(ERR_MAX_CONNECTIONS, MAX_CONNECTIONS_EXCEEDED)
                 return
             self.start_client_timers(client)
@@ -9744,7 +9744,7 @@ class WebSocketServing:
         client.queue_outbound(self.client_info(client))
         over_limit = len(self.clients) > self.options.max_connections
         if over_limit:
-            self.log.error("Maximum connections exceeded (%d)", self.options.max_connections)
+            client.error(ERR_MAX_CONNECTIONS)
             client.send_err_and_close(ERR_MAX_CONNECTIONS, MAX_CONNECTIONS_EXCEEDED)
             return
         self.start_client_timers(client)

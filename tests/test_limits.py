@@ -95,6 +95,8 @@ def test_max_connections_exceeded_sends_info_then_err_and_closes(any_server_with
     try:
         extra.expect(rb"INFO \{[^\r\n]*\} \r\n")  # raw: t_expect would drop it
         assert t_read_until_closed(extra) == b"-ERR 'maximum connections exceeded'\r\n"
+        srv.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:%d - cid:\d+ - maximum connections exceeded"
+                         % extra.sock.getsockname()[1])
     finally:
         extra.close()
     first.send(b"PUB foo 2\r\nok\r\nPING\r\n")

@@ -1034,6 +1034,23 @@ def test_a_websocket_client_starts_at_its_upgrade(ws_start, kind):
     c.close()
 
 
+def test_a_websocket_client_over_max_connections(ws_start, kind):
+    """As over TCP: its INFO, -ERR 'maximum connections exceeded' (logged
+    with its wid), and Go's close frame 1008."""
+    srv = ws_start(top="max_connections: 1")
+    first = RawConn(srv.host, srv.port)
+    first.read_info()
+    t_ping_pong(first)
+    c = WsConn(srv.ws_port)
+    c.expect(rb"INFO \{[^\r\n]*\} \r\n")
+    assert t_read_until_closed(c) == b"-ERR 'maximum connections exceeded'\r\n"
+    assert c.close_frames() in ([], [close_payload(CLOSE_POLICY_VIOLATION,
+                                                   b"Maximum Connections Exceeded")])
+    srv.wait_for_log(rb"\[ERR\] 127\.0\.0\.1:%d - wid:\d+ - maximum connections exceeded"
+                     % c.sock.getsockname()[1])
+    first.close()
+
+
 @pytest.mark.parametrize("forwarded_for,shown", [
     ("10.1.2.3", "10.1.2.3/"), (" 10.9.9.9 ", "10.9.9.9/"), ("::1", "[::1]/"),
     ("::ffff:1.2.3.4", "[::ffff:1.2.3.4]/"), ("fe80::1%eth0", ""), ("010.1.2.3", ""),
