@@ -3850,12 +3850,7 @@ class CoreServer:
 
     def client_url(self) -> str:
         """Our client address as other servers tell their clients."""
-        if self.options.client_advertise:
-            advertise = self.options.client_advertise
-            if ":" not in advertise.rsplit("]", 1)[-1]:
-                advertise = _host_port(advertise, self.port)
-            return advertise
-        return _host_port(_advertise_host(self.host), self.port)
+        return _advertised(self.options.client_advertise, self.host, self.port)
 
     # -- shutdown --------------------------------------------------------------
 
@@ -3951,6 +3946,14 @@ def _host_port(host: str, port: int) -> str:
 
 def _advertise_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def _advertised(advertise: str, host: str, port: int) -> str:
+    """`host:port` others reach a listener at: its `advertise` (its port
+    added if it names none), else the host it listens on, and the port."""
+    if not advertise:
+        return _host_port(_advertise_host(host), port)
+    return advertise if ":" in advertise.rsplit("]", 1)[-1] else _host_port(advertise, port)
 
 
 def _write_file(path: str, text: str):
@@ -9823,11 +9826,7 @@ class WebSocketServing:
         """Our websocket address as other servers tell their websocket
         clients (the block's advertise, else host and port)."""
         ws = self.options.websocket
-        if ws.advertise:
-            if ":" not in ws.advertise.rsplit("]", 1)[-1]:
-                return _host_port(ws.advertise, self.ws_port)
-            return ws.advertise
-        return _host_port(_advertise_host(ws.host), self.ws_port)
+        return _advertised(ws.advertise, ws.host, self.ws_port)
 
     def ws_info_template(self) -> dict:
         """The INFO fields websocket clients share: the websocket listener's
@@ -10955,14 +10954,8 @@ class Cluster:
 
     def url(self) -> str:
         """How peers reach our route port (INFO's `ip`)."""
-        opts = self.server.options
-        if opts.cluster_advertise:
-            host_port = opts.cluster_advertise
-            if ":" not in host_port.rsplit("]", 1)[-1]:
-                host_port = _host_port(host_port, self.port)
-        else:
-            host_port = _host_port(_advertise_host(self.host), self.port)
-        return "nats-route://%s/" % host_port
+        return "nats-route://%s/" % _advertised(self.server.options.cluster_advertise,
+                                                  self.host, self.port)
 
     def info(self, pool_idx: int = 0, account: str = "") -> bytes:
         """The INFO we send a route (Go's route INFO, without compression, so
@@ -12229,13 +12222,7 @@ class LeafNodes:
 
     def url(self) -> str:
         """How leaf nodes reach our leafnode port (INFO's leafnode_urls)."""
-        leaf = self.server.options.leafnodes
-        if leaf.advertise:
-            host_port = leaf.advertise
-            if ":" not in host_port.rsplit("]", 1)[-1]:
-                host_port = _host_port(host_port, self.port)
-            return host_port
-        return _host_port(_advertise_host(self.host), self.port)
+        return _advertised(self.server.options.leafnodes.advertise, self.host, self.port)
 
     def info(self, leaf: LeafNode, connected: bool = False) -> bytes:
         """The INFO an accepted leaf gets (Go's leafnode INFO): a nonce to
