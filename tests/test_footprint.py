@@ -119,3 +119,35 @@ def test_the_script_start_is_the_modules():
         assert b"-c" in argv and GNATSD.encode() in argv
     finally:
         srv.stop()
+
+
+def minor_faults(pid: int) -> int:
+    """The process's minor page faults so far (/proc/PID/stat's tenth field)."""
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+def test_reads_reuse_the_heap_not_fresh_pages():
+    """A flood of PUBs is read into memory the C heap reuses (tune_malloc):
+    glibc's own rule maps each large read afresh, and the kernel faults in
+    and zeroes every page of it (~a fault per 4 KiB read)."""
+    srv = start_gnatsd()
+    try:
+        pub = RawConn(srv.host, srv.port)
+        pub.read_info()
+        pub.send(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+        t_ping_pong(pub)
+        chunk = b"".join(b"PUB flood.%d %d\r\n%s\r\n" % (k % 64, 16 + k % 200,
+                                                             b"x" * (16 + k % 200))
+                         for k in range(2000))
+        t_ping_pong(pub)
+        before = minor_faults(srv.pid)
+        total = 0
+        while total < 64 * MB:
+            pub.sock.sendall(chunk)
+            total += len(chunk)
+        t_ping_pong(pub)
+        faults = minor_faults(srv.pid) - before
+        assert faults < total // 4096 // 8, "%d page faults reading %d MB" % (faults, total // MB)
+    finally:
+        srv.stop()
