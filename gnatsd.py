@@ -57,9 +57,11 @@ import copy
 import errno
 import gc
 import heapq
+import itertools
 import json
 import logging
 import mmap
+import operator
 import os
 import platform
 import queue
@@ -210,6 +212,17 @@ PUB_SIZES_MAX = 4096
 # the run (a shorter one costs more so), and the bytes it splits at most.
 SUBJECT_RUN_MIN = 8
 SUBJECT_RUN_WINDOW_MAX = 256 * 1024
+
+# deliver_pub_batch's window: small enough that its pieces and lists stay
+# in the CPU's caches (4 publishers, no subscriber, over TCP: 1.16M msgs/s
+# with windows growing to 128 KiB, 1.21M at 32 KiB, 1.57M at 8-12 KiB).
+# After a batch of fewer than PUB_BATCH_RECORDS records (or none), parse
+# takes the next 16 KiB its own way first, twice that after each such batch
+# in a row, 1 MiB at most.
+PUB_BATCH_WINDOW = 12 * 1024
+PUB_BATCH_RECORDS = 8
+PUB_BATCH_RETRY_MIN = 16 * 1024
+PUB_BATCH_RETRY_MAX = 1024 * 1024
 
 # `PUB <subject>` lines a client's hot path remembers the delivery plan of
 # (Client.pub_lines), at most; the plans themselves live in the sublist's
@@ -2356,6 +2369,8 @@ class Client(Connection):
         touched = set()
         touch = touched.add
         now = time.time()  # last_activity of publisher and receivers (Go's c.last)
+        batch_at = start if self.fast_pub and n - start >= PUB_BATCH_WINDOW else n
+        batch_retry = PUB_BATCH_RETRY_MIN
         try:
             while i < n:
                 if i >= check_at:
@@ -2363,6 +2378,19 @@ class Client(Connection):
                         self.defer_input(data, i)
                         break
                     check_at = i + INPUT_CHECK_BYTES
+                if i >= batch_at:
+                    # HOT: a window of many subjects' records at once
+                    #      (deliver_pub_batch), then one the way below (TCP: 4
+                    #      publishers 1.45M -> 1.65M msgs/s, pub->sub 0.98M -> 1.13M).
+                    k, got, at = deliver_pub_batch(data, i, lines_get, server, touch)
+                    if k >= PUB_BATCH_RECORDS:
+                        batch_at, batch_retry = at + 1, PUB_BATCH_RETRY_MIN
+                    else:
+                        batch_at = at + (batch_retry if k >= 0 else PUB_BATCH_RETRY_MAX)
+                        batch_retry = min(2 * batch_retry, PUB_BATCH_RETRY_MAX)
+                    if k > 0:
+                        msgs, nbytes, i, run_plan = msgs + k, nbytes + got, at, None
+                        continue
                 nl = find(b"\n", i)
                 if nl < 0:
                     self.partial_line(data, i)
@@ -2991,7 +3019,7 @@ class DeliveryPlan:
     it whenever it drops the result (so no count is ever lost).
     """
 
-    __slots__ = ("subject", "plain", "plain_out", "queues", "members", "clients",
+    __slots__ = ("subject", "plain", "plain_out", "prefixes", "queues", "members", "clients",
                  "runnable", "kind", "msgs", "bytes")
 
     def __init__(self, result: SublistResult, subject: bytes, account: bytes = b"$G",
@@ -3004,6 +3032,7 @@ class DeliveryPlan:
         self.plain_out = plain_out = []
         for append, before, after in shape.plain_parts:
             plain_out.append((append, before + subject + after))
+        self.prefixes = tuple(prefix for _, prefix in plain_out)     # (deliver_pub_batch)
         self.queues = queues = [] if shape.queue_parts else ()
         for group in shape.queue_parts:
             kept = []
@@ -3044,7 +3073,7 @@ class DeliveryPlan:
         if self.msgs:
             self.settle()
         self.kind = PLAN_STALE
-        self.plain = self.plain_out = self.queues = ()
+        self.plain = self.plain_out = self.prefixes = self.queues = ()
         self.members = frozenset()
 
     def settle(self):
@@ -3173,6 +3202,102 @@ def deliver_subject_run(data: bytes, i: int, tail_at: int, window: int,
     taken += k * (len(head) + 2)
     reached = k == whole and taken * 4 >= 3 * (len(span) + len(head))
     return -k if reached else k, nbytes, i + taken
+
+
+def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
+    """Deliver the whole `PUB <subject> <size>` records whose lines
+    pub_lines knows in the PUB_BATCH_WINDOW bytes from `i`: (records taken,
+    their payload bytes, the index after them); none unless the first two
+    are such; -1 when the window has too few lines (large payloads), or
+    only one subject (the runs' way): parse tries again in its next read.
+
+    Split at every LF, the window gives pieces that alternate a line and a
+    payload with its CR, while no payload holds an LF.  A line is `PUB
+    <subject> <size>\r` exactly when everything before its last space is a
+    line pub_lines knows and the rest a size token pub_line_lens knows
+    (digits and CR, within max_payload); the piece after it is its payload
+    and CR exactly when it is as long as that size says and ends in CR.
+    Records are taken up to the first that fails a check, or whose plan is
+    neither EMPTY nor PLAIN with the receivers of the other PLAIN ones
+    (parse takes that one).  Each receiver gets one chunk, its MSG prefix
+    and size line before each payload, and is counted at once (no plan to
+    settle)."""
+    pieces = data[i:i + PUB_BATCH_WINDOW].split(b"\n")
+    m = (len(pieces) - 1) >> 1
+    if m < PUB_BATCH_RECORDS:
+        return -1, 0, i
+    lines, payloads = pieces[0:2 * m:2], pieces[1:2 * m:2]
+    parts = list(map(bytes.rpartition, lines, itertools.repeat(b" ")))
+    plans = list(map(lines_get, map(_FIRST, parts)))
+    tokens = list(map(_THIRD, parts))
+    lens = list(map(len, payloads))
+    k = m
+    expected = list(map(server.pub_line_lens.get, tokens))
+    if lens != expected:
+        k = list(map(operator.eq, lens, expected)).index(False)
+    if bytes(map(_LAST, payloads[:k])).count(13) < k:
+        k = list(map(bytes.endswith, payloads, itertools.repeat(b"\r"))).index(False)
+    if k < m:
+        del plans[k:], tokens[k:], payloads[k:], lens[k:]
+    distinct = set(plans)
+    if None in distinct:
+        k = plans.index(None)
+        del plans[k:], tokens[k:], payloads[k:], lens[k:]
+        distinct = set(plans)
+    if len(distinct) < 2:
+        return -1 if len(plans) >= PUB_BATCH_RECORDS else 0, 0, i
+    # HOT: the plans are told apart at C speed when all are PLAIN with one
+    #      set of receivers, or all EMPTY (64 subjects, one window: ~60 each).
+    # (Not `runnable`, a connection holding two of the receivers' subscriptions
+    # would get one chunk per subscription, not each message's MSGs together.)
+    kinds = set(map(_KIND, distinct))
+    receivers = None
+    if kinds == _PLAIN_ONLY and len(set(map(id, map(_RECEIVERS, distinct)))) == 1 \
+            and plans[0].runnable:
+        receivers = plans[0].plain
+    elif kinds != _EMPTY_ONLY:
+        # Else one by one: the first PLAIN record's receivers; any other
+        # kind, or other receivers, end the batch.
+        receivers = next((p.plain for p in plans if p.kind == PLAN_PLAIN and p.runnable), None)
+        ending = len(plans)
+        for plan in distinct:
+            if plan.kind != PLAN_EMPTY and (plan.kind != PLAN_PLAIN or
+                                            plan.plain is not receivers):
+                ending = min(ending, plans.index(plan))
+        if ending < 2:
+            return 0, 0, i
+        if ending < len(plans):
+            del plans[ending:], tokens[ending:], payloads[ending:], lens[ending:]
+            kinds = set(map(_KIND, plans))
+    k = len(plans)
+    nbytes = sum(lens) - k
+    taken = sum(map(len, lines[:k])) + nbytes + 3 * k
+    if PLAN_PLAIN not in kinds:
+        return k, nbytes, i + taken
+    if PLAN_EMPTY in kinds:             # (subjects nobody listens to: left out)
+        keep = list(map(PLAN_PLAIN.__eq__, map(_KIND, plans)))
+        plans, tokens, payloads, lens = (list(itertools.compress(column, keep))
+                                         for column in (plans, tokens, payloads, lens))
+    sent = len(plans)
+    sent_bytes = sum(lens) - sent
+    chunk = [b""] * (2 * sent + 1)
+    chunk[1::2] = payloads
+    prefixes = list(map(_PREFIXES, plans))
+    first = plans[0]
+    for r, (owner, c) in enumerate(receivers):
+        chunk[0:-1:2] = map(operator.add, map(operator.itemgetter(r), prefixes), tokens)
+        first.plain_out[r][0](b"\n".join(chunk))
+        owner.delivered += sent
+        c.out_msgs += sent
+        c.out_bytes += sent_bytes
+    touch(first)
+    return k, nbytes, i + taken
+
+
+_FIRST, _THIRD, _LAST = operator.itemgetter(0), operator.itemgetter(2), operator.itemgetter(-1)
+_KIND, _RECEIVERS = operator.attrgetter("kind"), operator.attrgetter("plain")
+_PREFIXES = operator.attrgetter("prefixes")
+_PLAIN_ONLY, _EMPTY_ONLY = {PLAN_PLAIN}, {PLAN_EMPTY}
 
 
 def mark_receivers(plans, pending: set, now: float):
@@ -3327,6 +3452,7 @@ class CoreServer:
         self.backlogged: dict = {}   # connections with input left for the next turn (ordered)
         self.pub_sizes: dict = {}    # PUB size token -> size, for the hot path (pub_size)
         self.pub_line_sizes: dict = {}   # the same with the line's CR (pub_line_size)
+        self.pub_line_lens: dict = {}    # and, valid ones, the payload's length with its CR
         self.run_tokens: dict = {}   # record length -> "<size>\r\n" (run_token)
         self.selector = selectors.DefaultSelector()
         self.timers: list = []       # a heap of [when, seq, callback or None]
@@ -3603,10 +3729,13 @@ class CoreServer:
         line (`16\r`): a client's hot path looks up token and CR at once.
         Remembered in `pub_line_sizes` (-1 for a token without its CR)."""
         size = self.pub_size(token[:-1]) if token.endswith(b"\r") else -1
-        sizes = self.pub_line_sizes
+        sizes, lens = self.pub_line_sizes, self.pub_line_lens
         if len(sizes) >= PUB_SIZES_MAX:
             sizes.clear()
+            lens.clear()
         sizes[token] = size
+        if size >= 0:
+            lens[token] = size + 1      # (deliver_pub_batch)
         return size
 
     def run_token(self, length: int) -> bytes | None:
@@ -15253,6 +15382,7 @@ class ServerControl:
         old, self.options = self.options, new
         self.pub_sizes.clear()          # sizes checked against the old max_payload
         self.pub_line_sizes.clear()
+        self.pub_line_lens.clear()
         self.run_tokens.clear()
         for change in changes:
             self.log.info("Reloaded: %s", change)

@@ -857,6 +857,388 @@ def test_runs_of_every_length_with_replies_arrive_byte_exact(start, seed):
     assert until_pong(sub) == msgs_for(msgs, b"1")
 
 
+# -- many subjects at once: a window's records together (deliver_pub_batch) -------------
+#
+# Real publishers spread messages over many subjects with sizes that change
+# every time; parse takes a 12 KiB window of such records at once when every
+# line is one the client sent before (`PUB <subject> <size>`, no reply) and
+# no payload holds an LF.  The traffic below is made so that it does (payloads
+# of letters, blanks, CRs and PUB-line look-alikes, never an LF; a warm-up
+# round first), `test_the_batch_takes_such_traffic` proves it in process, and
+# each test breaks a batch where the reference path must answer.
+
+BATCH_SUBJECTS = [b"hot.%d" % n for n in range(64)]
+
+
+def batch_traffic(seed: int, count: int, subjects: list = BATCH_SUBJECTS,
+                  sizes: tuple = (0, 300)) -> list:
+    """(subject, None, payload): subjects and sizes drawn per message, the
+    payloads free of LF (a CR at the end now and then)."""
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(count):
+        size = rnd.randint(*sizes)
+        payload = bytes(rnd.choice(b"ab \r.PUB 12") for _ in range(size))
+        out.append((rnd.choice(subjects), None, payload))
+    return out
+
+
+def warm_up(subjects: list = BATCH_SUBJECTS, sizes: tuple = (0, 300)) -> list:
+    """Every subject and every size once, for the reference path to see first."""
+    msgs = [(subjects[n % len(subjects)], None, b"w" * n) for n in range(sizes[0], sizes[1] + 1)]
+    return msgs + [(s, None, b"") for s in subjects]
+
+
+def warm(pub: RawConn, subjects: list = BATCH_SUBJECTS) -> list:
+    """Publish warm_up(subjects); returns its messages."""
+    msgs = warm_up(subjects)
+    publish(pub, msgs)
+    return msgs
+
+
+def test_the_batch_takes_such_traffic(monkeypatch):
+    """In process: after the warm-up, nearly every record of batch_traffic
+    goes through deliver_pub_batch (so the live tests below take it)."""
+    from test_framing import Wire, g
+    taken = []
+    real = g.deliver_pub_batch
+
+    def counting(*args):
+        result = real(*args)
+        taken.append(result[0])
+        return result
+
+    monkeypatch.setattr(g, "deliver_pub_batch", counting)
+    sub = Wire(connect=QUIET + b"SUB hot.> 1\r\n")
+    pub = Wire(sub.server, QUIET)
+    try:
+        sub.answer()
+        warm_msgs = warm_up()
+        pub.feed(pubs(warm_msgs))
+        assert sub.answer() == msgs_for(warm_msgs, b"1")
+        taken.clear()
+        msgs = batch_traffic(1, 3000)
+        for at in range(0, len(msgs), 500):     # (within the socketpair's buffer)
+            pub.feed(pubs(msgs[at:at + 500]))
+            assert sub.answer() == msgs_for(msgs[at:at + 500], b"1")
+        assert sum(k for k in taken if k > 0) >= 0.9 * len(msgs), taken
+    finally:
+        sub.close()
+        pub.close()
+
+
+def test_deliver_pub_batch_stops_where_a_record_is_not_one_it_may_take():
+    """The batch ends before a payload holding an LF, a payload not ended by
+    CRLF, a size it does not know, a line with a reply, and leaves a window
+    of one subject (the runs' way) and one of a few lines to parse."""
+    from test_framing import Wire, g
+    sub = Wire(connect=QUIET + b"SUB hot.> 1\r\n")
+    pub = Wire(sub.server, QUIET)
+    try:
+        # (A subject's third PUB leaves its line in pub_lines: pub_lookup.)
+        pub.feed(pubs([(s, None, b"x" * n) for n, s in enumerate(BATCH_SUBJECTS[:4])] * 3))
+        lines_get = pub.client.pub_lines.get
+        good = pubs([(BATCH_SUBJECTS[n % 4], None, b"y" * (n % 4)) for n in range(20)])
+
+        def taken(data: bytes) -> int:
+            return g.deliver_pub_batch(data, 0, lines_get, pub.server, set().add)[0]
+
+        assert taken(good + b"PING\r\n") == 20
+        assert taken(good + b"PUB hot.1 3\r\na\nb\r\n" + good) == 20
+        assert taken(good + b"PUB hot.1 3\r\nabcX\n" + good) == 20
+        assert taken(good + b"PUB hot.1 3\r\nabc\r\r\n" + good) == 20
+        assert taken(good + b"PUB hot.1 7\r\nabcdefg\r\n" + good) == 20   # (7: never seen)
+        assert taken(good + b"PUB hot.1 _INBOX.1 3\r\nabc\r\n" + good) == 20
+        assert taken(good + b"PUB hot.99 3\r\nabc\r\n" + good) == 20
+        assert taken(b"PUB hot.2 2\r\nab\r\n" * 30) == -1       # (one subject: not here)
+        assert taken(good[:good.index(b"PUB hot.3")]) == -1       # (too few to try)
+        assert taken(good[:-1]) == 19
+    finally:
+        sub.close()
+        pub.close()
+
+
+def cut_writes(conn: RawConn, data: bytes, seed: int):
+    """`data` in writes cut anywhere."""
+    rnd = random.Random(seed)
+    at = 0
+    while at < len(data):
+        step = rnd.choice([1, 500, 9000, 40000, 200000])
+        conn.send(data[at:at + step])
+        at += step
+
+
+@pytest.mark.parametrize("writes", ["whole", "cut"])
+def test_many_subjects_at_once_arrive_byte_exact_in_order(start, writes):
+    sub, pub = sub_and_pub(start())
+    assert until_pong(sub) == b""
+    warmed = warm(pub)
+    msgs = batch_traffic(2, 4000)
+    if writes == "whole":
+        publish(pub, msgs)
+    else:
+        cut_writes(pub, pubs(msgs), 2)
+        t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for(warmed + msgs, b"1")
+
+
+def test_many_subjects_with_more_receivers_on_some_and_none_on_others(start):
+    """Subjects nobody listens to among them (left out of the batch's
+    chunk), and one subject with a second receiver (the batch ends there)."""
+    srv = start()
+    every = subscriber(srv, b"hot.>", b"1")
+    one = subscriber(srv, b"hot.7", b"2")
+    pub = quiet_client(srv)
+    unheard = [b"cold.%d" % n for n in range(16)]
+    warmed = warm(pub, BATCH_SUBJECTS + unheard)
+    msgs = batch_traffic(3, 4000, BATCH_SUBJECTS + unheard)
+    publish(pub, msgs)
+    heard = [m for m in warmed + msgs if m[0].startswith(b"hot.")]
+    assert until_pong(every) == msgs_for(heard, b"1")
+    assert until_pong(one) == msgs_for([m for m in heard if m[0] == b"hot.7"], b"2")
+
+
+def test_many_subjects_nobody_listens_to_are_counted(start):
+    srv = attach_monitor(start("-m", "-1"))
+    pub = quiet_client(srv)
+    warmed = warm(pub)
+    msgs = batch_traffic(4, 3000)
+    publish(pub, msgs)
+    payload = sum(len(p) for _, _, p in warmed + msgs)
+    varz = monitor_json(srv, "/varz")
+    assert (varz["in_msgs"], varz["in_bytes"]) == (len(warmed) + len(msgs), payload)
+    assert (varz["out_msgs"], varz["out_bytes"]) == (0, 0)
+
+
+def test_many_subjects_are_counted_as_go_counts_them(start):
+    srv = attach_monitor(start("-m", "-1"))
+    sub, pub = sub_and_pub(srv)
+    msgs = warm(pub)
+    more = batch_traffic(5, 3000)
+    publish(pub, more)
+    msgs += more
+    assert until_pong(sub) == msgs_for(msgs, b"1")
+    payload = sum(len(p) for _, _, p in msgs)
+    counts = sorted((c["in_msgs"], c["in_bytes"], c["out_msgs"], c["out_bytes"])
+                    for c in monitor_json(srv, "/connz")["connections"])
+    assert counts == [(0, 0, len(msgs), payload), (len(msgs), payload, 0, 0)]
+    detail = monitor_json(srv, "/connz?subs=detail")["connections"]
+    assert [s["msgs"] for c in detail for s in c.get("subscriptions_list_detail", [])] == \
+        [len(msgs)]
+    varz = monitor_json(srv, "/varz")
+    assert (varz["in_msgs"], varz["out_msgs"]) == (len(msgs), len(msgs))
+    assert (varz["in_bytes"], varz["out_bytes"]) == (payload, payload)
+
+
+def test_many_subjects_with_an_lf_in_a_payload_then_a_bad_end(start):
+    """An LF in a payload ends a batch (the reference path takes that
+    record, the next batch goes on); a record whose payload is not ended by
+    CRLF closes the connection after everything before it was delivered."""
+    sub, pub = sub_and_pub(start())
+    warmed = warm(pub)
+    msgs = batch_traffic(6, 3000)
+    msgs[1000] = (b"hot.3", None, b"two\nlines")
+    msgs[1700] = (b"hot.4", None, b"\n" * 20)
+    pub.send(pubs(msgs[:2500]) + b"PUB hot.5 3\r\nabcX\n" + pubs(msgs[2500:]))
+    assert t_read_until_closed(pub) == b"-ERR 'Unknown Protocol Operation'\r\n"
+    assert until_pong(sub) == msgs_for(warmed + msgs[:2500], b"1")
+
+
+def test_many_subjects_past_max_payload_are_refused_where_they_go_past(start, tmp_path):
+    sub, pub = sub_and_pub(start("-c", write_conf(tmp_path, "max_payload: 300\n")))
+    warmed = warm(pub)
+    msgs = batch_traffic(7, 3000)
+    pub.send(pubs(msgs[:2000]) + pubs([(b"hot.9", None, b"x" * 301)] + msgs[2000:]))
+    assert t_read_until_closed(pub) == b"-ERR 'Maximum Payload Violation'\r\n"
+    assert until_pong(sub) == msgs_for(warmed + msgs[:2000], b"1")
+
+
+def test_a_reload_lowering_max_payload_applies_to_many_subjects_at_once(start, tmp_path):
+    conf = write_conf(tmp_path, "max_payload: 1000\n")
+    srv = start("-c", conf)
+    sub, pub = sub_and_pub(srv)
+    warmed = warm(pub)
+    msgs = batch_traffic(8, 2000)
+    publish(pub, msgs)
+    assert until_pong(sub) == msgs_for(warmed + msgs, b"1")
+    assert_reloaded(reload(srv, conf, "max_payload: 200\n"), "max_payload = 200")
+    fine = batch_traffic(9, 2000, sizes=(0, 200))
+    big = [m for m in batch_traffic(10, 100, sizes=(201, 300))]
+    pub.send(pubs(fine + big + fine))
+    assert t_read_until_closed(pub) == b"-ERR 'Maximum Payload Violation'\r\n"
+    assert until_pong(sub) == msgs_for(fine, b"1")
+
+
+BATCH_PERMS = PERMS.replace('"hot.>"', '"hot.>", "cold.>"')
+
+
+def test_a_reload_denying_one_of_many_subjects_refuses_it_at_once(start, tmp_path):
+    conf = write_conf(tmp_path, BATCH_PERMS)
+    srv = start("-c", conf)
+    sub = subscriber(srv, b"hot.>", b"1", login("s", "ps"))
+    pub = quiet_client(srv, login("a", "pa"))
+    subjects = BATCH_SUBJECTS + [b"hot.secret"]
+    warmed = warm(pub, subjects)
+    msgs = batch_traffic(11, 2000, subjects)
+    publish(pub, msgs)
+    assert until_pong(sub) == msgs_for(warmed + msgs, b"1")
+    assert_reloaded(reload(srv, conf, BATCH_PERMS.replace(
+        'allow: ["hot.>", "cold.>"] } } }\n  { user: b',
+        'allow: ["hot.>", "cold.>"], deny: ["hot.secret"] } } }\n  { user: b')))
+    msgs = batch_traffic(12, 2000, subjects)
+    denied = sum(m[0] == b"hot.secret" for m in msgs)
+    assert denied > 10
+    pub.send(pubs(msgs))
+    t_expect_exact(pub, b"-ERR 'Permissions Violation for Publish to \"hot.secret\"'\r\n" * denied)
+    t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for([m for m in msgs if m[0] != b"hot.secret"], b"1")
+
+
+def test_a_second_connect_denying_one_of_many_subjects_refuses_it(start, tmp_path):
+    srv = start("-c", write_conf(tmp_path, BATCH_PERMS))
+    sub = subscriber(srv, b"hot.>", b"1", login("s", "ps"))
+    pub = quiet_client(srv, login("a", "pa"))
+    subjects = BATCH_SUBJECTS + [b"hot.secret"]
+    warmed = warm(pub, subjects)
+    msgs = batch_traffic(13, 2000, subjects)
+    publish(pub, msgs)
+    assert until_pong(sub) == msgs_for(warmed + msgs, b"1")
+    msgs = batch_traffic(14, 2000, subjects)
+    denied = sum(m[0] == b"hot.secret" for m in msgs)
+    pub.send(login("b", "pb") + pubs(msgs))
+    t_expect_exact(pub, b"-ERR 'Permissions Violation for Publish to \"hot.secret\"'\r\n" * denied)
+    t_ping_pong(pub)
+    assert until_pong(sub) == msgs_for([m for m in msgs if m[0] != b"hot.secret"], b"1")
+
+
+def test_unsub_max_among_many_subjects_stops_after_exactly_that_many(start):
+    srv = start()
+    every = subscriber(srv, b"hot.>", b"1")
+    limited = quiet_client(srv)
+    limited.send(b"SUB hot.> 2\r\nUNSUB 2 1000\r\n")
+    t_ping_pong(limited)
+    pub = quiet_client(srv)
+    msgs = warm(pub)
+    more = batch_traffic(15, 3000)
+    publish(pub, more)
+    msgs += more
+    assert until_pong(every) == msgs_for(msgs, b"1")
+    assert until_pong(limited) == msgs_for(msgs[:1000], b"2")
+
+
+def test_a_queue_group_among_many_subjects_gets_each_of_its_messages_once(start):
+    srv = start()
+    every = subscriber(srv, b"hot.>", b"1")
+    members = []
+    for k in range(2):
+        m = quiet_client(srv)
+        m.send(b"SUB hot.q.* grp %d\r\n" % (k + 2))
+        t_ping_pong(m)
+        members.append(m)
+    pub = quiet_client(srv)
+    subjects = BATCH_SUBJECTS + [b"hot.q.%d" % n for n in range(4)]
+    msgs = warm(pub, subjects)
+    more = batch_traffic(16, 3000, subjects)
+    publish(pub, more)
+    msgs += more
+    assert until_pong(every) == msgs_for(msgs, b"1")
+    got = [until_pong(m) for m in members]
+    frames = [re.findall(rb"MSG (hot\.q\.\d) (\d) (\d+)\r\n", g) for g in got]
+    assert sum(len(f) for f in frames) == sum(m[0].startswith(b"hot.q.") for m in msgs)
+    assert all(frames), "a member got nothing"
+
+
+def test_echo_among_many_subjects_on_and_off(start):
+    """Echo on: a publisher listening to its own subjects gets its messages
+    in order with the PONGs to the PINGs between them; echo off: none."""
+    srv = start()
+    me = quiet_client(srv)
+    me.send(b"SUB hot.> 1\r\n")
+    t_ping_pong(me)
+    quiet = quiet_client(srv, b'CONNECT {"verbose":false,"pedantic":false,"echo":false}\r\n')
+    quiet.send(b"SUB hot.> 1\r\n")
+    t_ping_pong(quiet)
+    other = subscriber(srv, b"hot.>", b"2")
+    for conn, listener in ((me, quiet), (quiet, me)):
+        warmed = warm_up()
+        msgs = batch_traffic(17, 3000)
+        chunks = [warmed] + [msgs[k:k + 700] for k in range(0, len(msgs), 700)]
+        conn.send(b"PING\r\n".join(pubs(c) for c in chunks) + b"PING\r\n")
+        if conn is me:
+            want = b"PONG\r\n".join(msgs_for(c, b"1") for c in chunks) + b"PONG\r\n"
+        else:
+            want = b"PONG\r\n" * len(chunks)
+        t_expect_exact(conn, want, timeout=20)
+        assert until_pong(conn) == b""
+        assert until_pong(listener) == msgs_for(warmed + msgs, b"1")
+        assert until_pong(other) == msgs_for(warmed + msgs, b"2")
+
+
+def frames_in_sid_order(data: bytes) -> list:
+    """MSG frames as (subject, sid, payload), each message's deliveries to
+    one connection sorted by sid (Go sends them as its sublist walks)."""
+    frames, at = [], 0
+    while at < len(data):
+        m = re.compile(rb"MSG (\S+) (\d+) (\d+)\r\n").match(data, at)
+        assert m, data[at:at + 100]
+        end = m.end() + int(m.group(3))
+        frames.append((m.group(1), int(m.group(2)), data[m.end():end]))
+        at = end + 2
+    out, k = [], 0
+    while k < len(frames):
+        j = k + 1
+        while j < len(frames) and frames[j][::2] == frames[k][::2] and \
+                frames[j][1] != frames[j - 1][1]:
+            j += 1
+        out += sorted(frames[k:j])
+        k = j
+    return out
+
+
+def test_two_subscriptions_of_one_connection_get_each_message_together(start):
+    """A connection with two subscriptions a message matches gets both MSGs
+    before the next message's (a plan that is not `runnable`)."""
+    srv = start()
+    both = quiet_client(srv)
+    both.send(b"SUB hot.> 1\r\nSUB hot.7 2\r\n")
+    three = quiet_client(srv)
+    three.send(b"SUB hot.> 1\r\nSUB hot.* 3\r\n")
+    t_ping_pong(three)
+    t_ping_pong(both)
+    pub = quiet_client(srv)
+    msgs = warm(pub)
+    more = batch_traffic(20, 3000)
+    publish(pub, more)
+    msgs += more
+    want = b"".join(msgs_for([m], b"1") + (msgs_for([m], b"2") if m[0] == b"hot.7" else b"")
+                    for m in msgs)
+    assert frames_in_sid_order(until_pong(both)) == frames_in_sid_order(want)
+    want = b"".join(msgs_for([m], b"1") + msgs_for([m], b"3") for m in msgs)
+    assert frames_in_sid_order(until_pong(three)) == frames_in_sid_order(want)
+
+@pytest.mark.parametrize("far", ["gnatsd", "go2.15"])
+def test_many_subjects_at_once_cross_a_route_byte_exact(cluster_factory, far):
+    """A batch's receivers include a route: its chunk is RMSG lines."""
+    if far == "go2.15" and go_server_path("2.15") is None:
+        pytest.skip("Go nats-server 2.15 is not installed")
+    cluster = cluster_factory("batch")
+    near = cluster.start("gnatsd")
+    other = cluster.start(far, routes=[near])
+    wait_mesh([near, other])
+    pub = quiet_client(near)
+    local = subscriber(near, b"hot.>", b"1")
+    remote = subscriber(other, b"hot.>", b"2")
+    interest_barrier(pub, [remote])
+    until_pong(remote)          # (the probe's message)
+    msgs = warm(pub)
+    more = batch_traffic(18, 4000)
+    publish(pub, more)
+    msgs += more
+    assert until_pong(local) == msgs_for(msgs, b"1")
+    t_expect_exact(remote, msgs_for(msgs, b"2"), timeout=20)
+    assert until_pong(remote) == b""
+
+
 # -- the receiving end of a route: subjects past the sublist cache ----------------------
 #
 # A node takes RMSG lines as a client's PUBs are taken: a subject's first

@@ -151,7 +151,11 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     its separator carries the CRLF: one subject with varying sizes 1.4x,
     runs of 32 1.7x, with loadgen's PINGs; 3,885 since a plain PUB's
     deliveries are written out in Client.parse: pub->sub 1.05-1.08x on
-    3.11, the bench's interpreter)."""
+    3.11, the bench's interpreter; 4,010 since deliver_pub_batch takes a
+    window of many subjects' records at C speed: 64 subjects, 16..256 B,
+    in process, publish-only 0.63 -> 0.48 us/msg, one subscriber 0.74 ->
+    0.67; over TCP, 4 publishers 1.45M -> 1.65M msgs/s, pub->sub 0.98M ->
+    1.13M)."""
     doc = ast.get_docstring(tree, clean=False) or ""
     parts = contents_of(doc, parts=True)
     banners = part_banners_of(source)
@@ -161,7 +165,7 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     for (p, title), (q, banner, _) in zip(parts, banners):
         assert title.split(":")[0] == banner, (title, banner)
     part_one = banners[1][2] - banners[0][2]
-    assert part_one <= 3885, "Part I is %d lines" % part_one
+    assert part_one <= 4010, "Part I is %d lines" % part_one
 
 
 def test_grep_for_numbered_headings_finds_only_banners(source):

@@ -1086,6 +1086,28 @@ def test_websocket_and_tcp_clients_exchange_messages_both_ways(ws_server, ws_cli
     tcp.close()
 
 
+
+@pytest.mark.parametrize("side", ["ws-subscriber", "ws-publisher"])
+def test_many_subjects_at_once_between_websocket_and_tcp_byte_exact(ws_server, ws_client, side):
+    """Traffic as tests/test_hot_path.py's batches send it (many subjects,
+    sizes free): the websocket side is the receiver of the batch's chunk,
+    or the publisher whose unmasked frames are taken at once."""
+    from test_hot_path import QUIET, batch_traffic, msgs_for, pubs, until_pong, warm_up
+    srv, port = ws_server
+    ws = ws_client(srv, connect=QUIET)
+    tcp = connected(srv, b'{"verbose":false,"pedantic":false}')
+    sub, pub = (ws, tcp) if side == "ws-subscriber" else (tcp, ws)
+    sub.send(b"SUB hot.> 1\r\n")
+    t_ping_pong(sub)
+    msgs = warm_up() + batch_traffic(19, 4000)
+    data = pubs(msgs)
+    for at in range(0, len(data), 60000):
+        pub.send(data[at:at + 60000])
+    t_ping_pong(pub)
+    t_expect_exact(sub, msgs_for(msgs, b"1"), timeout=20)
+    assert until_pong(sub) == b""
+    tcp.close()
+
 # -- e. compression -------------------------------------------------------------
 
 

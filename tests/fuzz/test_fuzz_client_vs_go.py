@@ -20,7 +20,9 @@ message's deliveries are compared in sid order (deliveries_in_any_order).
 """
 from __future__ import annotations
 
+import random
 import socket
+import threading
 
 import pytest
 from hypothesis import given, strategies as st
@@ -165,6 +167,93 @@ def test_fuzz_client_protocol_answers_as_go_does(tmp_path, variant):
         ours.stop()
         go.stop()
 
+
+
+# Streams for deliver_pub_batch (tests/test_hot_path.py): after a warm-up,
+# thousands of PUBs on 16 subjects with sizes that vary, which the hot path
+# takes a window at a time, and now and then what must end a batch there.
+BATCH_SUBJECTS = [b"hot.%d" % n for n in range(16)]
+
+
+def batch_stream(seed: int) -> bytes:
+    """The connection listens to its own subjects (hot.>, and at times a
+    second subscription on one of them, so a message gets two MSGs); among
+    the PUBs: a payload holding an LF, a reply, an HPUB, a PING, a SUB or
+    UNSUB, a size not seen before.  (Not a payload without its CRLF: Go
+    may close before its last writes are out; test_hot_path has that.)"""
+    rnd = random.Random(seed)
+    ops = [QUIET, b"SUB hot.> 1\r\n"]
+    ops += [b"PUB %s %d\r\n%s\r\n" % (BATCH_SUBJECTS[n % 16], n, b"w" * n) for n in range(121)]
+    for k in range(rnd.randint(300, 3000)):
+        subject = rnd.choice(BATCH_SUBJECTS)
+        payload = bytes(rnd.choice(b"ab \r.PUB 12") for _ in range(rnd.randint(0, 120)))
+        roll = rnd.random()
+        if roll < 0.003:
+            payload += b"\n" + payload
+        elif roll < 0.0015 * 3:
+            ops.append(b"PUB %s _INBOX.%d %d\r\n%s\r\n" % (subject, k, len(payload), payload))
+            continue
+        elif roll < 0.0015 * 4:
+            ops.append(b"HPUB %s 12 %d\r\nNATS/1.0\r\n\r\n%s\r\n"
+                       % (subject, 12 + len(payload), payload))
+            continue
+        elif roll < 0.0015 * 5:
+            ops.append(b"PING\r\n")
+        elif roll < 0.0015 * 6:
+            ops.append(b"SUB %s %d\r\n" % (subject, rnd.randint(2, 5)))
+        elif roll < 0.0015 * 7:
+            ops.append(b"UNSUB %d\r\n" % rnd.randint(2, 5))
+        elif roll < 0.0015 * 8:
+            payload = b"n" * rnd.randint(121, 300)
+        ops.append(b"PUB %s %d\r\n%s\r\n" % (subject, len(payload), payload))
+    return b"".join(ops) + b"PING\r\n"
+
+
+def answer_while_sending(server, data: bytes) -> bytes:
+    """answer(), reading while a thread sends: the connection hears much
+    of what it sends, and a server whose writes stall would drop it as a
+    slow consumer."""
+    sock = socket.create_connection((server.host, server.port), timeout=10)
+    buf = bytearray()
+    while b"\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, "%s closed before INFO" % server.kind
+        buf += chunk
+    del buf[:buf.index(b"\r\n") + 2]
+
+    def send():
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass                    # closed by the server halfway
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        return read_to_close(sock, buf, server.kind, timeout=20)
+    finally:
+        sender.join(5)
+
+
+def test_fuzz_many_subject_streams_answer_as_go_does(servers):
+    ours, go = servers
+    count = [0]
+
+    @FUZZ_SETTINGS
+    @given(st.integers(0, 2 ** 32 - 1))
+    def prop(seed):
+        count[0] += 1
+        data = batch_stream(seed)
+        want = deliveries_in_any_order(even_out(answer_while_sending(go, data)))
+        got = deliveries_in_any_order(even_out(answer_while_sending(ours, data)))
+        if got != want:
+            at = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b),
+                      min(len(got), len(want)))
+            raise AssertionError("seed %d: answers differ at byte %d\nGo:        %r\n"
+                                 "gnatsd.py: %r" % (seed, at, want[max(at - 200, 0):at + 300],
+                                                    got[max(at - 200, 0):at + 300]))
+
+    assert run_fuzzer("client-vs-go many subjects", prop, count) > 0
 
 # What this fuzzer found (2026-11-27), each an input and Go 2.15's answer;
 # gnatsd.py answered otherwise until the fix named.  Run against both.
