@@ -3208,8 +3208,8 @@ def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
     """Deliver the whole `PUB <subject> <size>` records whose lines
     pub_lines knows in the PUB_BATCH_WINDOW bytes from `i`: (records taken,
     their payload bytes, the index after them); none unless the first two
-    are such; -1 when the window has too few lines (large payloads), or
-    only one subject (the runs' way): parse tries again in its next read.
+    are such; -1 when its records are too few (large payloads) or share one
+    plan (one subject: the runs' way): parse tries again in its next read.
 
     Split at every LF, the window gives pieces that alternate a line and a
     payload with its CR, while no payload holds an LF.  A line is `PUB
