@@ -26,6 +26,7 @@ Facts from Go 2.9.10 and 2.15.1 (they agree unless said otherwise):
 """
 from __future__ import annotations
 
+import collections
 import random
 import re
 
@@ -1146,6 +1147,68 @@ def test_a_queue_group_among_many_subjects_gets_each_of_its_messages_once(start)
     frames = [re.findall(rb"MSG (hot\.q\.\d) (\d) (\d+)\r\n", g) for g in got]
     assert sum(len(f) for f in frames) == sum(m[0].startswith(b"hot.q.") for m in msgs)
     assert all(frames), "a member got nothing"
+
+
+def received(data: bytes) -> list:
+    """(subject, sid, payload) of each MSG in `data`, in order."""
+    frames, at = [], 0
+    while at < len(data):
+        m = re.compile(rb"MSG (\S+) (\d+) (\d+)\r\n").match(data, at)
+        assert m, data[at:at + 100]
+        end = m.end() + int(m.group(3))
+        frames.append((m.group(1), m.group(2), data[m.end():end]))
+        at = end + 2
+    return frames
+
+
+def test_a_queue_group_alone_on_many_subjects_gets_each_message_once_in_order(start):
+    """A queue group with no other subscriber: each message to one member,
+    picked at random (each gets a fair share), each member's in the order
+    published; then two more members on one connection, which gets the
+    messages meant for either in that order too.  Counted as Go counts."""
+    srv = attach_monitor(start("-m", "-1"))
+    single = [quiet_client(srv) for _ in range(3)]
+    for k, m in enumerate(single):
+        m.send(b"SUB hot.> grp %d\r\n" % (k + 3))
+        t_ping_pong(m)
+    pub = quiet_client(srv)
+    warmed = warm(pub)
+    warm_got = [received(until_pong(c)) for c in single]
+    assert sum(len(g) for g in warm_got) == len(warmed)
+    pair = quiet_client(srv)
+    total = collections.Counter()     # (sid, "msgs"/"bytes"): what each member got
+    for g in warm_got:
+        for _, sid, p in g:
+            total[int(sid), "msgs"] += 1
+            total[int(sid), "bytes"] += len(p)
+    for conns, sids, seed in ((single, [3, 4, 5], 21), ([pair] + single, [1, 2, 3, 4, 5], 22)):
+        if pair in conns:
+            pair.send(b"SUB hot.> grp 1\r\nSUB hot.> grp 2\r\n")
+            t_ping_pong(pair)
+        more = [(s, r, b"%05d" % k + p) for k, (s, r, p) in enumerate(batch_traffic(seed, 6000))]
+        publish(pub, more)
+        got = [received(until_pong(c)) for c in conns]
+        numbered = [[(s, int(p[:5]), p) for s, _, p in g] for g in got]
+        assert sorted(m[1] for g in numbered for m in g) == list(range(len(more)))
+        for g in numbered:
+            assert [m[1] for m in g] == sorted(m[1] for m in g)
+            assert all(more[n][0] == s and more[n][2] == p for s, n, p in g)
+        by_sid = collections.Counter(sid for g in got for _, sid, _ in g)
+        share = len(more) / len(sids)
+        assert all(0.75 * share < by_sid[b"%d" % n] < 1.25 * share for n in sids), by_sid
+        for g in got:
+            for _, sid, p in g:
+                total[int(sid), "msgs"] += 1
+                total[int(sid), "bytes"] += len(p)
+    detail = {c["cid"]: c for c in monitor_json(srv, "/connz?subs=detail")["connections"]}
+    members = [c for c in detail.values() if c.get("subscriptions_list_detail")]
+    assert sorted((int(d["sid"]), d["msgs"]) for c in members
+                  for d in c["subscriptions_list_detail"]) == \
+        [(sid, total[sid, "msgs"]) for sid in range(1, 6)]
+    for c in members:
+        sids = [int(d["sid"]) for d in c["subscriptions_list_detail"]]
+        assert (c["out_msgs"], c["out_bytes"]) == (sum(total[n, "msgs"] for n in sids),
+                                                   sum(total[n, "bytes"] for n in sids))
 
 
 def test_echo_among_many_subjects_on_and_off(start):

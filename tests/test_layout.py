@@ -155,7 +155,8 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     window of many subjects' records at C speed: 64 subjects, 16..256 B,
     in process, publish-only 0.63 -> 0.48 us/msg, one subscriber 0.74 ->
     0.67; over TCP, 4 publishers 1.45M -> 1.65M msgs/s, pub->sub 0.98M ->
-    1.13M)."""
+    1.13M; 4,065 since a queue group alone is taken so too: queue of 4
+    over TCP 0.67-0.78M -> 0.82-0.83M msgs/s)."""
     doc = ast.get_docstring(tree, clean=False) or ""
     parts = contents_of(doc, parts=True)
     banners = part_banners_of(source)
@@ -165,7 +166,7 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     for (p, title), (q, banner, _) in zip(parts, banners):
         assert title.split(":")[0] == banner, (title, banner)
     part_one = banners[1][2] - banners[0][2]
-    assert part_one <= 4010, "Part I is %d lines" % part_one
+    assert part_one <= 4065, "Part I is %d lines" % part_one
 
 
 def test_grep_for_numbered_headings_finds_only_banners(source):
