@@ -3212,7 +3212,7 @@ def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
     pub_lines knows in the PUB_BATCH_WINDOW bytes from `i`: (records taken,
     their payload bytes, the index after them); none unless the first two
     are such; -1 when its records are too few (large payloads) or share one
-    plan (one subject: the runs' way): parse tries again in its next read.
+    plan but a queue group's (the runs' way): parse tries again next read.
 
     Split at every LF, the window gives pieces that alternate a line and a
     payload with its CR, while no payload holds an LF.  A line is `PUB
@@ -3248,8 +3248,8 @@ def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
         k = plans.index(None)
         del plans[k:], tokens[k:], payloads[k:], lens[k:]
         distinct = set(plans)
-    if len(distinct) < 2:
-        return -1 if len(plans) >= PUB_BATCH_RECORDS else 0, 0, i
+    if len(distinct) < 2 and not (plans and plans[0].kind == PLAN_QUEUES):
+        return -1 if len(plans) >= PUB_BATCH_RECORDS else 0, 0, i   # (a queue group has no run)
     # HOT: the plans are told apart at C speed when all are PLAIN with one
     #      set of receivers, or all EMPTY (64 subjects, one window: ~60 each).
     # (Not `runnable`, a connection holding two of the receivers' subscriptions

@@ -1152,7 +1152,8 @@ def received(data: bytes) -> list:
     return frames
 
 
-def test_a_queue_group_alone_on_many_subjects_gets_each_message_once_in_order(start):
+@pytest.mark.parametrize("subjects", [64, 1])
+def test_a_queue_group_alone_on_many_subjects_gets_each_message_once_in_order(start, subjects):
     """A queue group with no other subscriber: each message to one member,
     picked at random (each gets a fair share), each member's in the order
     published; then two more members on one connection, which gets the
@@ -1176,7 +1177,8 @@ def test_a_queue_group_alone_on_many_subjects_gets_each_message_once_in_order(st
         if pair in conns:
             pair.send(b"SUB hot.> grp 1\r\nSUB hot.> grp 2\r\n")
             t_ping_pong(pair)
-        more = [(s, r, b"%05d" % k + p) for k, (s, r, p) in enumerate(batch_traffic(seed, 6000))]
+        more = [(s, r, b"%05d" % k + p) for k, (s, r, p) in
+                enumerate(batch_traffic(seed, 6000, BATCH_SUBJECTS[:subjects]))]
         publish(pub, more)
         got = [received(until_pong(c)) for c in conns]
         numbered = [[(s, int(p[:5]), p) for s, _, p in g] for g in got]
