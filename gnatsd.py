@@ -2383,7 +2383,9 @@ class Client(Connection):
                     #      (deliver_pub_batch), then one the way below (TCP: 4
                     #      publishers 1.45M -> 1.65M msgs/s, pub->sub 0.98M -> 1.13M).
                     k, got, at = deliver_pub_batch(data, i, lines_get, server, touch)
-                    if k >= PUB_BATCH_RECORDS:
+                    # (Not again at once if a PUB ended it early: LFs in payloads, say.)
+                    if k >= PUB_BATCH_RECORDS and (2 * (at - i) >= min(PUB_BATCH_WINDOW, n - i)
+                                                   or not startswith(b"PUB ", at)):
                         batch_at, batch_retry = at + 1, PUB_BATCH_RETRY_MIN
                     else:
                         batch_at = at + (batch_retry if k >= 0 else PUB_BATCH_RETRY_MAX)
