@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from conftest import (GNATSD, ROOT, SERVER_PYTHON, RawConn, _cache_bytecode, start_gnatsd,
-                      t_ping_pong, write_conf)
+from conftest import (GNATSD, ROOT, SERVER_PYTHON, RawConn, _cache_bytecode, connected,
+                      start_gnatsd, t_ping_pong, write_conf)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -133,10 +133,7 @@ def test_reads_reuse_the_heap_not_fresh_pages():
     and zeroes every page of it (~a fault per 4 KiB read)."""
     srv = start_gnatsd()
     try:
-        pub = RawConn(srv.host, srv.port)
-        pub.read_info()
-        pub.send(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
-        t_ping_pong(pub)
+        pub = connected(srv, b'{"verbose":false,"pedantic":false}')
         chunk = b"".join(b"PUB flood.%d %d\r\n%s\r\n" % (k % 64, 16 + k % 200,
                                                              b"x" * (16 + k % 200))
                          for k in range(2000))

@@ -897,6 +897,16 @@ def warm(pub: RawConn, subjects: list = BATCH_SUBJECTS) -> list:
     return msgs
 
 
+def warm_then_traffic(pub: RawConn, seed: int, count: int,
+                      subjects: list = BATCH_SUBJECTS) -> list:
+    """Publish the warm-up, then batch_traffic(seed, count, subjects);
+    returns all the messages, in order."""
+    msgs = warm(pub, subjects)
+    more = batch_traffic(seed, count, subjects)
+    publish(pub, more)
+    return msgs + more
+
+
 def test_the_batch_takes_such_traffic(monkeypatch):
     """In process: after the warm-up, nearly every record of batch_traffic
     goes through deliver_pub_batch (so the live tests below take it)."""
@@ -1014,10 +1024,7 @@ def test_many_subjects_nobody_listens_to_are_counted(start):
 def test_many_subjects_are_counted_as_go_counts_them(start):
     srv = attach_monitor(start("-m", "-1"))
     sub, pub = sub_and_pub(srv)
-    msgs = warm(pub)
-    more = batch_traffic(5, 3000)
-    publish(pub, more)
-    msgs += more
+    msgs = warm_then_traffic(pub, 5, 3000)
     assert until_pong(sub) == msgs_for(msgs, b"1")
     payload = sum(len(p) for _, _, p in msgs)
     counts = sorted((c["in_msgs"], c["in_bytes"], c["out_msgs"], c["out_bytes"])
@@ -1110,10 +1117,7 @@ def test_unsub_max_among_many_subjects_stops_after_exactly_that_many(start):
     limited.send(b"SUB hot.> 2\r\nUNSUB 2 1000\r\n")
     t_ping_pong(limited)
     pub = quiet_client(srv)
-    msgs = warm(pub)
-    more = batch_traffic(15, 3000)
-    publish(pub, more)
-    msgs += more
+    msgs = warm_then_traffic(pub, 15, 3000)
     assert until_pong(every) == msgs_for(msgs, b"1")
     assert until_pong(limited) == msgs_for(msgs[:1000], b"2")
 
@@ -1129,10 +1133,7 @@ def test_a_queue_group_among_many_subjects_gets_each_of_its_messages_once(start)
         members.append(m)
     pub = quiet_client(srv)
     subjects = BATCH_SUBJECTS + [b"hot.q.%d" % n for n in range(4)]
-    msgs = warm(pub, subjects)
-    more = batch_traffic(16, 3000, subjects)
-    publish(pub, more)
-    msgs += more
+    msgs = warm_then_traffic(pub, 16, 3000, subjects)
     assert until_pong(every) == msgs_for(msgs, b"1")
     got = [until_pong(m) for m in members]
     frames = [re.findall(rb"MSG (hot\.q\.\d) (\d) (\d+)\r\n", g) for g in got]
@@ -1262,10 +1263,7 @@ def test_two_subscriptions_of_one_connection_get_each_message_together(start):
     t_ping_pong(three)
     t_ping_pong(both)
     pub = quiet_client(srv)
-    msgs = warm(pub)
-    more = batch_traffic(20, 3000)
-    publish(pub, more)
-    msgs += more
+    msgs = warm_then_traffic(pub, 20, 3000)
     want = b"".join(msgs_for([m], b"1") + (msgs_for([m], b"2") if m[0] == b"hot.7" else b"")
                     for m in msgs)
     assert frames_in_sid_order(until_pong(both)) == frames_in_sid_order(want)
@@ -1286,10 +1284,7 @@ def test_many_subjects_at_once_cross_a_route_byte_exact(cluster_factory, far):
     remote = subscriber(other, b"hot.>", b"2")
     interest_barrier(pub, [remote])
     until_pong(remote)          # (the probe's message)
-    msgs = warm(pub)
-    more = batch_traffic(18, 4000)
-    publish(pub, more)
-    msgs += more
+    msgs = warm_then_traffic(pub, 18, 4000)
     assert until_pong(local) == msgs_for(msgs, b"1")
     t_expect_exact(remote, msgs_for(msgs, b"2"), timeout=20)
     assert until_pong(remote) == b""
