@@ -216,9 +216,9 @@ SUBJECT_RUN_WINDOW_MAX = 256 * 1024
 # deliver_pub_batch's window: small enough that its pieces and lists stay
 # in the CPU's caches (4 publishers, no subscriber, over TCP: 1.16M msgs/s
 # with windows growing to 128 KiB, 1.21M at 32 KiB, 1.57M at 8-12 KiB).
-# After a batch of fewer than PUB_BATCH_RECORDS records (or none), parse
-# takes the next 16 KiB its own way first, twice that after each such batch
-# in a row, 1 MiB at most.
+# After a batch of fewer than PUB_BATCH_RECORDS records, or one a PUB ended
+# in its window's first half, parse takes the next 16 KiB its own way, twice
+# that after each such batch in a row, 1 MiB at most.
 PUB_BATCH_WINDOW = 12 * 1024
 PUB_BATCH_RECORDS = 8
 PUB_BATCH_RETRY_MIN = 16 * 1024
