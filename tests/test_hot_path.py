@@ -955,6 +955,14 @@ def test_deliver_pub_batch_stops_where_a_record_is_not_one_it_may_take():
             return g.deliver_pub_batch(data, 0, lines_get, pub.server, set().add)[0]
 
         assert taken(good + b"PING\r\n") == 20
+        last = good.rindex(b"PUB ")     # (its last record: `PUB hot.3 3`, 3 bytes)
+        for after, records, nbytes, at in [(b"PING\r\n" + good, 20, 30, len(good)),
+                                           (b"PUB hot.1 3\r\nabcX\n" + good, 20, 30, len(good)),
+                                           (good[:-1], 39, 57, len(good) + last),
+                                           (good, 40, 60, 2 * len(good))]:
+            # (records taken, their payload bytes, the index after them)
+            got = g.deliver_pub_batch(good + after, 0, lines_get, pub.server, set().add)
+            assert got == (records, nbytes, at), after
         assert taken(good + b"PUB hot.1 3\r\na\nb\r\n" + good) == 20
         assert taken(good + b"PUB hot.1 3\r\nabcX\n" + good) == 20
         assert taken(good + b"PUB hot.1 3\r\nabc\r\r\n" + good) == 20
