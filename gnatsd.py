@@ -2415,6 +2415,14 @@ class Client(Connection):
                     if plan is None:
                         plan = cold_get(key)    # a PlanShape (see pub_lookup)
                     size = sizes_get(token, -1)
+                elif token == b"PING\r" and self.first_pong_sent and not self.trace:
+                    # HOT: a PING past the first (clients send one per flush,
+                    #      the load generator every 32 KiB): its PONG without
+                    #      process_op (in process 2.6 -> 0.4 us).
+                    self.queue_outbound(PONG)
+                    i = nl + 1
+                    run_plan = None
+                    continue
                 else:
                     plan, size = None, -1
                 if plan is None or size < 0:

@@ -349,6 +349,23 @@ def test_trace_of_client_ops_matches_go(start):
     ]
 
 
+def test_every_ping_is_traced_not_only_the_first(start):
+    """(The PING after the first one takes parse's short way to its PONG;
+    with -V it must not.)"""
+    srv = start("-V")
+    c = RawConn(srv.host, srv.port)
+    c.read_info()
+    c.send(QUIET + b"PING\r\n")
+    t_expect(c, rb"PONG\r\n")
+    c.send(b"PUB foo 2\r\nhi\r\nPING\r\nPING\r\n")
+    t_expect(c, rb"PONG\r\nPONG\r\n")
+    port = c.sock.getsockname()[1]
+    srv.wait_for_log(rb"(?s)(->> \[PONG\].*){3}")
+    c.close()
+    lines = [line for line in client_lines(srv, "TRC", port) if "PING" in line or "PONG" in line]
+    assert lines == ["<<- [PING]", "->> [PONG]"] * 3
+
+
 def test_trace_of_hpub_shows_header_and_body(start):
     srv = start("-V")
     c, port = traced_session(srv, b'CONNECT {"verbose":false,"headers":true}\r\n'
