@@ -3219,7 +3219,8 @@ def deliver_subject_run(data: bytes, i: int, tail_at: int, window: int,
 
 def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
     """Deliver the whole `PUB <subject> <size>` records whose lines
-    pub_lines knows in the PUB_BATCH_WINDOW bytes from `i`: (records taken,
+    pub_lines knows in the PUB_BATCH_WINDOW bytes from `i`, and those with
+    a reply on such subjects (pub_batch_replies): (records taken,
     their payload bytes, the index after them); none unless the first two
     are such; -1 when its records are too few (large payloads) or share one
     plan but a queue group's (the runs' way): parse tries again next read.
@@ -3255,16 +3256,19 @@ def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
     expected = list(map(server.pub_line_lens.get, map(_THIRD, parts)))
     if lens != expected:
         k = list(map(operator.eq, lens, expected)).index(False)
-    if bytes(map(_LAST, payloads[:k])).count(13) < k:
+    if bytes(map(_LAST, payloads if k == m else payloads[:k])).count(13) < k:
         k = list(map(bytes.endswith, payloads, itertools.repeat(b"\r"))).index(False)
     if k < m:
         del plans[k:], parts[k:], payloads[k:], lens[k:]
     distinct = set(plans)
+    tails = None
     if None in distinct:
-        k = plans.index(None)
-        del plans[k:], parts[k:], payloads[k:], lens[k:]
+        plans, tails = pub_batch_replies(plans, parts, lines, lines_get,
+                                         server.options.max_control_line)
+        k = len(plans)
+        del parts[k:], payloads[k:], lens[k:]
         distinct = set(plans)
-    if len(distinct) < 2 and not (plans and plans[0].kind == PLAN_QUEUES):
+    if len(distinct) < 2 and tails is None and not (plans and plans[0].kind == PLAN_QUEUES):
         return -1 if len(plans) >= PUB_BATCH_RECORDS else 0, 0, i   # (a queue group has no run)
     # HOT: the plans are told apart at C speed when all are PLAIN with one
     #      set of receivers, or all EMPTY (64 subjects, one window: ~60 each).
@@ -3292,6 +3296,8 @@ def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
             return 0, 0, i
         if ending < len(plans):
             del plans[ending:], parts[ending:], payloads[ending:], lens[ending:]
+            if tails is not None:
+                del tails[ending:]
             kinds = set(map(_KIND, plans))
     k = len(plans)
     nbytes = sum(lens) - k
@@ -3303,7 +3309,7 @@ def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
         taken = sum(map(len, lines[:k])) + nbytes + 3 * k
     if PLAN_PLAIN not in kinds and group is None:
         return k, nbytes, i + taken     # (nobody listens)
-    tokens = list(map(_THIRD, parts))
+    tokens = tails if tails is not None else list(map(_THIRD, parts))
     if group is not None:
         deliver_queue_batch(group, plans, tokens, payloads, lens, server.pending)
         return k, nbytes, i + taken
@@ -3325,6 +3331,34 @@ def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
         c.out_bytes += sent_bytes
     touch(first)
     return k, nbytes, i + taken
+
+
+def pub_batch_replies(plans: list, parts: list, lines: list, lines_get, max_line: int) -> tuple:
+    """deliver_pub_batch's records whose lines pub_lines does not know are
+    taken when they are `PUB <subject> <reply> <size>`: pub_lines knows
+    `PUB <subject>`, someone listens (else no_responders may answer), and
+    the reply passes parse's checks (not empty, no tab or CR, the line
+    within max_control_line).  Returns the records' plans up to the first
+    that is neither, and the rest of their MSG lines after a receiver's
+    prefix (`<size>\r`, or `<reply> <size>\r`): None if none has a reply."""
+    # HOT: requests in the batch (one publisher, 64 subjects, a reply each,
+    #      to one wildcard subscriber, in process: 1.70 -> 1.18 us/msg; the
+    #      same checks as maps over all such records were no faster).
+    k = len(plans)
+    tails = list(map(_THIRD, parts))
+    replies = 0
+    for j in [j for j, plan in enumerate(plans) if plan is None]:
+        key, _, reply = parts[j][0].rpartition(b" ")
+        plan = lines_get(key)
+        if plan is None or plan.kind == PLAN_EMPTY or not reply or 9 in reply or \
+                13 in reply or len(lines[j]) > max_line + 5:
+            k = j
+            break
+        plans[j] = plan
+        tails[j] = reply + b" " + tails[j]
+        replies += 1
+    del plans[k:], tails[k:]
+    return plans, tails if replies else None
 
 
 _FIRST, _THIRD, _LAST = operator.itemgetter(0), operator.itemgetter(2), operator.itemgetter(-1)

@@ -872,15 +872,17 @@ BATCH_SUBJECTS = [b"hot.%d" % n for n in range(64)]
 
 
 def batch_traffic(seed: int, count: int, subjects: list = BATCH_SUBJECTS,
-                  sizes: tuple = (0, 300)) -> list:
-    """(subject, None, payload): subjects and sizes drawn per message, the
-    payloads free of LF (a CR at the end now and then)."""
+                  sizes: tuple = (0, 300), replies: float = 0.0) -> list:
+    """(subject, reply, payload): subjects and sizes drawn per message, the
+    payloads free of LF (a CR at the end now and then); a distinct reply
+    subject on a `replies` share of them, else None."""
     rnd = random.Random(seed)
     out = []
-    for _ in range(count):
+    for n in range(count):
         size = rnd.randint(*sizes)
         payload = bytes(rnd.choice(b"ab \r.PUB 12") for _ in range(size))
-        out.append((rnd.choice(subjects), None, payload))
+        reply = b"_INBOX.%d.%d" % (seed, n) if rnd.random() < replies else None
+        out.append((rnd.choice(subjects), reply, payload))
     return out
 
 
@@ -907,9 +909,11 @@ def warm_then_traffic(pub: RawConn, seed: int, count: int,
     return msgs + more
 
 
-def test_the_batch_takes_such_traffic(monkeypatch):
+@pytest.mark.parametrize("replies", [0.0, 0.5, 1.0])
+def test_the_batch_takes_such_traffic(monkeypatch, replies):
     """In process: after the warm-up, nearly every record of batch_traffic
-    goes through deliver_pub_batch (so the live tests below take it)."""
+    goes through deliver_pub_batch (so the live tests below take it), with
+    replies on none, half or all of them."""
     from test_framing import Wire, g
     taken = []
     real = g.deliver_pub_batch
@@ -928,7 +932,7 @@ def test_the_batch_takes_such_traffic(monkeypatch):
         pub.feed(pubs(warm_msgs))
         assert sub.answer() == msgs_for(warm_msgs, b"1")
         taken.clear()
-        msgs = batch_traffic(1, 3000)
+        msgs = batch_traffic(1, 3000, replies=replies)
         for at in range(0, len(msgs), 500):     # (within the socketpair's buffer)
             pub.feed(pubs(msgs[at:at + 500]))
             assert sub.answer() == msgs_for(msgs[at:at + 500], b"1")
@@ -940,14 +944,17 @@ def test_the_batch_takes_such_traffic(monkeypatch):
 
 def test_deliver_pub_batch_stops_where_a_record_is_not_one_it_may_take():
     """The batch ends before a payload holding an LF, a payload not ended by
-    CRLF, a size it does not know, a line with a reply, and leaves a window
-    of one subject (the runs' way) and one of a few lines to parse."""
+    CRLF, a size it does not know, a reply parse would not take so, and
+    leaves a window of one subject (the runs' way) and one of a few lines
+    to parse."""
     from test_framing import Wire, g
     sub = Wire(connect=QUIET + b"SUB hot.> 1\r\n")
     pub = Wire(sub.server, QUIET)
     try:
         # (A subject's third PUB leaves its line in pub_lines: pub_lookup.)
         pub.feed(pubs([(s, None, b"x" * n) for n, s in enumerate(BATCH_SUBJECTS[:4])] * 3))
+        pub.feed(pubs([(b"cold.1", None, b"xyz")] * 3))
+        assert b"PUB cold.1" in pub.client.pub_lines
         lines_get = pub.client.pub_lines.get
         good = pubs([(BATCH_SUBJECTS[n % 4], None, b"y" * (n % 4)) for n in range(20)])
 
@@ -967,7 +974,13 @@ def test_deliver_pub_batch_stops_where_a_record_is_not_one_it_may_take():
         assert taken(good + b"PUB hot.1 3\r\nabcX\n" + good) == 20
         assert taken(good + b"PUB hot.1 3\r\nabc\r\r\n" + good) == 20
         assert taken(good + b"PUB hot.1 7\r\nabcdefg\r\n" + good) == 20   # (7: never seen)
-        assert taken(good + b"PUB hot.1 _INBOX.1 3\r\nabc\r\n" + good) == 20
+        assert taken(good + b"PUB hot.1 _INBOX.1 3\r\nabc\r\n" + good) == 41  # (a reply: fine)
+        for line in (b"PUB hot.1  3", b"PUB hot.1 _IN\tBOX 3", b"PUB hot.1 a b 3",
+                     b"PUB hot.1 _INBOX\r 3", b"PUB cold.1 _INBOX.1 3", b"PUB hot.99 _INBOX.1 3",
+                     b"PUB hot.1 " + b"r" * 4092 + b" 3"):
+            # (an empty reply, a tab or CR in it, two of them, a subject nobody
+            # listens to (no_responders), one never seen, a line too long)
+            assert taken(good + line + b"\r\nabc\r\n" + good) == 20, line
         assert taken(good + b"PUB hot.99 3\r\nabc\r\n" + good) == 20
         assert taken(b"PUB hot.2 2\r\nab\r\n" * 30) == -1       # (one subject: not here)
         assert taken(good[:good.index(b"PUB hot.3")]) == -1       # (too few to try)
@@ -987,18 +1000,39 @@ def cut_writes(conn: RawConn, data: bytes, seed: int):
         at += step
 
 
+@pytest.mark.parametrize("replies", [0.0, 0.5], ids=["no-reply", "half-replies"])
 @pytest.mark.parametrize("writes", ["whole", "cut"])
-def test_many_subjects_at_once_arrive_byte_exact_in_order(start, writes):
+def test_many_subjects_at_once_arrive_byte_exact_in_order(start, writes, replies):
     sub, pub = sub_and_pub(start())
     assert until_pong(sub) == b""
     warmed = warm(pub)
-    msgs = batch_traffic(2, 4000)
+    msgs = batch_traffic(2, 4000, replies=replies)
     if writes == "whole":
         publish(pub, msgs)
     else:
         cut_writes(pub, pubs(msgs), 2)
         t_ping_pong(pub)
     assert until_pong(sub) == msgs_for(warmed + msgs, b"1")
+
+
+def test_requests_nobody_listens_to_among_many_get_no_responders_in_order(start):
+    """Requests over many subjects, some nobody listens to: the publisher
+    (no_responders) gets a 503 for each of those, in order, the subscriber
+    the others (a batch of requests ends before each unheard one)."""
+    srv = start()
+    sub = subscriber(srv, b"hot.>", b"1")
+    pub = quiet_client(srv, b'CONNECT {"verbose":false,"pedantic":false,"headers":true,'
+                            b'"no_responders":true}\r\nSUB _INBOX.> 9\r\n')
+    subjects = BATCH_SUBJECTS + [b"cold.%d" % n for n in range(4)]
+    warmed = warm(pub, subjects)
+    msgs = batch_traffic(3, 3000, subjects, replies=1.0)
+    pub.send(pubs(msgs))
+    unheard = [reply for subject, reply, _ in msgs if subject.startswith(b"cold.")]
+    answers = until_pong(pub)
+    assert re.findall(rb"HMSG (\S+) 9 ", answers) == unheard
+    assert answers.count(b"NATS/1.0 503\r\n") == len(unheard)
+    assert until_pong(sub) == msgs_for([m for m in warmed + msgs if m[0].startswith(b"hot.")],
+                                       b"1")
 
 
 def test_many_subjects_with_more_receivers_on_some_and_none_on_others(start):
