@@ -156,7 +156,10 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     in process, publish-only 0.63 -> 0.48 us/msg, one subscriber 0.74 ->
     0.67; over TCP, 4 publishers 1.45M -> 1.65M msgs/s, pub->sub 0.98M ->
     1.13M; 4,065 since a queue group alone is taken so too: queue of 4
-    over TCP 0.67-0.78M -> 0.82-0.83M msgs/s)."""
+    over TCP 0.67-0.78M -> 0.82-0.83M msgs/s; 4,120 since a PING ends the
+    batch's window and is answered without the op dispatch, 4 publishers
+    over TCP 1.52-1.74M -> 1.56-1.83M msgs/s, and requests are taken in
+    the batch: real_reply 0.36x -> 0.51-0.55x of Go 2.9)."""
     doc = ast.get_docstring(tree, clean=False) or ""
     parts = contents_of(doc, parts=True)
     banners = part_banners_of(source)
@@ -166,7 +169,7 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     for (p, title), (q, banner, _) in zip(parts, banners):
         assert title.split(":")[0] == banner, (title, banner)
     part_one = banners[1][2] - banners[0][2]
-    assert part_one <= 4065, "Part I is %d lines" % part_one
+    assert part_one <= 4120, "Part I is %d lines" % part_one
 
 
 def test_grep_for_numbered_headings_finds_only_banners(source):
