@@ -3222,8 +3222,9 @@ def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
     pub_lines knows in the PUB_BATCH_WINDOW bytes from `i`, and those with
     a reply on such subjects (pub_batch_replies): (records taken,
     their payload bytes, the index after them); none unless the first two
-    are such; -1 when its records are too few (large payloads) or share one
-    plan but a queue group's (the runs' way): parse tries again next read.
+    are such (or one has a reply); -1 when its records are too few (large
+    payloads) or, without replies, share one plan but a queue group's (the
+    runs' way, which takes no replies): parse tries again next read.
 
     Split at every LF, the window gives pieces that alternate a line and a
     payload with its CR, while no payload holds an LF.  A line is `PUB
@@ -3301,8 +3302,8 @@ def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
             kinds = set(map(_KIND, plans))
     k = len(plans)
     nbytes = sum(lens) - k
-    # (Each record is its line, LF, payload and CR, LF: counted from the
-    # window's end when the records fill it but for an unfinished one.)
+    # (Each record is its line, LF, payload and CR, LF: sum(len(pieces[:2k]))
+    # + 2k, which is the window less its last pieces and their LFs if k == whole.)
     if k == whole:
         taken = len(window) - sum(map(len, pieces[2 * k:])) - (len(pieces) - 1 - 2 * k)
     else:
@@ -3338,9 +3339,10 @@ def pub_batch_replies(plans: list, parts: list, lines: list, lines_get, max_line
     taken when they are `PUB <subject> <reply> <size>`: pub_lines knows
     `PUB <subject>`, someone listens (else no_responders may answer), and
     the reply passes parse's checks (not empty, no tab or CR, the line
-    within max_control_line).  Returns the records' plans up to the first
-    that is neither, and the rest of their MSG lines after a receiver's
-    prefix (`<size>\r`, or `<reply> <size>\r`): None if none has a reply."""
+    within max_control_line, plus `PUB ` and CR).  Returns the records'
+    plans up to the first that is neither (a STALE plan ends the batch in
+    the caller), and the rest of their MSG lines after a receiver's prefix
+    (`<size>\r`, or `<reply> <size>\r`): None if none has a reply."""
     # HOT: requests in the batch (one publisher, 64 subjects, a reply each,
     #      to one wildcard subscriber, in process: 1.70 -> 1.18 us/msg; the
     #      same checks as maps over all such records were no faster).
