@@ -362,7 +362,7 @@ class ProtocolError(NatsError):
 
 def split_op(line: bytes) -> tuple:
     """(OP upper-cased, argument bytes, had a separator) of a control line."""
-    m = re.match(rb"([^ \t]*)([ \t]*)(.*)", line, re.S)
+    m = _OP_AND_ARG.match(line)
     return m.group(1).upper(), m.group(3), bool(m.group(2))
 
 
@@ -397,6 +397,7 @@ def parse_size(token: bytes) -> int:
 
 _TABS = bytes.maketrans(b"\t", b" ")
 _TABS_CR_LF = bytes.maketrans(b"\t\r\n", b"   ")
+_OP_AND_ARG = re.compile(rb"([^ \t]*)([ \t]*)(.*)", re.S)    # (split_op: compiled once)
 
 
 # GO-COMPAT: processPub (test_proto.py::test_tabs_and_repeated_spaces_separate_args)
