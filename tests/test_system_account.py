@@ -370,7 +370,10 @@ def test_no_connection_count_events_for_the_global_account(kind, tmp_path):
         time.sleep(0.3)     # ($G's would have come before APP's second: g closes last)
     finally:
         srv.stop()
-    assert sorted({event["acc"] for _, event in seen}) == ["APP"], seen
+    # (Go 2.15 may also send SYS's own count, conns 0, for the watching
+    # system user's connection, when it lands after that user's SUB: a CI
+    # run saw it once. Not what this test is about: $G's must never come.)
+    assert sorted({event["acc"] for _, event in seen} - {"SYS"}) == ["APP"], seen
 
 
 def test_account_connection_counts_repeat_while_the_account_has_clients(tmp_path, monkeypatch):
