@@ -3322,13 +3322,17 @@ def deliver_pub_batch(data: bytes, i: int, lines_get, server, touch) -> tuple:
                                          for column in (plans, tokens, payloads, lens))
     sent = len(plans)
     sent_bytes = sum(lens) - sent
-    chunk = [b""] * (2 * sent + 1)
-    chunk[1::2] = payloads
+    # HOT: five pieces a record (prefix, token, LF, payload and CR, LF), no
+    #      prefix + token made per record and receiver (in process, one
+    #      subscriber 0.82 -> 0.76 us/msg, eight 1.85 -> 1.47-1.58).
+    chunk = [b"\n"] * (5 * sent)
+    chunk[1::5] = tokens
+    chunk[3::5] = payloads
     prefixes = list(map(_PREFIXES, plans))
     first = plans[0]
     for r, (owner, c) in enumerate(receivers):
-        chunk[0:-1:2] = map(operator.add, map(operator.itemgetter(r), prefixes), tokens)
-        first.plain_out[r][0](b"\n".join(chunk))
+        chunk[0::5] = map(operator.itemgetter(r), prefixes)
+        first.plain_out[r][0](b"".join(chunk))
         owner.delivered += sent
         c.out_msgs += sent
         c.out_bytes += sent_bytes
@@ -3384,12 +3388,11 @@ def deliver_queue_batch(group: list, plans: list, tokens: list, payloads: list, 
         mine = picks.translate(queue_pick_table(len(group), j))
         sent = mine.count(1)
         if sent:
-            chunk = [b""] * (2 * sent + 1)
-            chunk[1::2] = itertools.compress(payloads, mine)
-            chunk[0:-1:2] = map(operator.add, map(operator.itemgetter(j),
-                                                  itertools.compress(prefixes, mine)),
-                                itertools.compress(tokens, mine))
-            append(b"\n".join(chunk))
+            chunk = [b"\n"] * (5 * sent)     # (as deliver_pub_batch's)
+            chunk[0::5] = map(operator.itemgetter(j), itertools.compress(prefixes, mine))
+            chunk[1::5] = itertools.compress(tokens, mine)
+            chunk[3::5] = itertools.compress(payloads, mine)
+            append(b"".join(chunk))
             owner.delivered += sent
             c.out_msgs += sent
             c.out_bytes += sum(itertools.compress(lens, mine)) - sent
