@@ -9716,18 +9716,9 @@ class WSConnection(Connection):
         if ws.unsent is not None:
             frames.insert(0, ws.unsent)
             ws.unsent = None
-        if out and not (ws.compress or ws.browser or ws.mask_writes):
-            # HOT: one frame around the queued chunks as they are, joined
-            #      once by the plain flush below, not once more before it.
-            size = sum(map(len, out))
-            if size:
-                frames.append(ws_frame_header(WS_BINARY, size))
-                frames += out
+        if out:
+            frames += self.ws_frames(out)
             out.clear()
-        elif out:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            frames += self.ws_frames(data)
         if ws.close_frame:
             frames.append(ws.close_frame)
             ws.close_frame = b""
@@ -9742,17 +9733,25 @@ class WSConnection(Connection):
             out.clear()
             ws.unsent = bytes(rest)
 
-    def ws_frames(self, data: bytes) -> list:
-        """`data` as binary frames: one compressed frame when negotiated and
-        worth it, else one frame, or frames of WS_FRAME_SIZE_FOR_BROWSERS
-        bytes for a browser (Go's wsCollapsePtoNB)."""
+    def ws_frames(self, chunks: list) -> list:
+        """The queued `chunks` as binary frames: one compressed frame when
+        negotiated and worth it, else one frame, or frames of
+        WS_FRAME_SIZE_FOR_BROWSERS bytes for a browser (Go's wsCollapsePtoNB)."""
         ws = self.ws
-        if ws.compress and len(data) > WS_COMPRESS_THRESHOLD:
+        total = sum(map(len, chunks))
+        if not total:
+            return []
+        if ws.compress and total > WS_COMPRESS_THRESHOLD:
             import zlib
             deflater = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
-            packed = deflater.compress(data) + deflater.flush(zlib.Z_SYNC_FLUSH)
+            packed = deflater.compress(b"".join(chunks)) + deflater.flush(zlib.Z_SYNC_FLUSH)
             packed = packed[:-len(WS_DEFLATE_TAIL)]
             return [ws_frame_header(WS_BINARY, len(packed), compressed=True), packed]
+        if not (ws.browser or ws.mask_writes):
+            # HOT: one frame's header before the chunks as they are, joined
+            #      once by the plain flush, not once more here.
+            return [ws_frame_header(WS_BINARY, total), *chunks]
+        data = b"".join(chunks)
         size = WS_FRAME_SIZE_FOR_BROWSERS if ws.browser else len(data)
         frames = []
         for at in range(0, len(data), size):

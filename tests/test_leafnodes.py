@@ -1386,7 +1386,7 @@ def test_a_websocket_leaf_masks_its_frames_when_the_hub_asks_for_it():
     leaf = Leaf()
     leaf.ws = ws
     data = b"CONNECT {}\r\nLS+ foo\r\n" * 10
-    header, masked = g.WSConnection.ws_frames(leaf, data)
+    header, masked = g.WSConnection.ws_frames(leaf, [data])
     assert header[0] == 0x82 and header[1] & 0x80 and header[1] & 0x7F == 126
     key = header[4:8]
     assert len(header) == 8 and bytes(b ^ key[i % 4] for i, b in enumerate(masked)) == data
