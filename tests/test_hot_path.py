@@ -861,9 +861,10 @@ def test_runs_of_every_length_with_replies_arrive_byte_exact(start, seed):
 # -- many subjects at once: a window's records together (deliver_pub_batch) -------------
 #
 # Real publishers spread messages over many subjects with sizes that change
-# every time; parse takes a 12 KiB window of such records at once when every
-# line is one the client sent before (`PUB <subject> <size>`, no reply) and
-# no payload holds an LF.  The traffic below is made so that it does (payloads
+# every time; parse takes a window of such records at once (12 KiB, growing
+# to 64 KiB while it takes them all) when every line is one the client sent
+# before (`PUB <subject> [reply] <size>`, PINGs between them) and no payload
+# holds an LF.  The traffic below is made so that it does (payloads
 # of letters, blanks, CRs and PUB-line look-alikes, never an LF; a warm-up
 # round first), `test_the_batch_takes_such_traffic` proves it in process, and
 # each test breaks a batch where the reference path must answer.
@@ -955,11 +956,13 @@ def test_deliver_pub_batch_stops_where_a_record_is_not_one_it_may_take():
         pub.feed(pubs([(s, None, b"x" * n) for n, s in enumerate(BATCH_SUBJECTS[:4])] * 3))
         pub.feed(pubs([(b"cold.1", None, b"xyz")] * 3))
         assert b"PUB cold.1" in pub.client.pub_lines
-        lines_get = pub.client.pub_lines.get
         good = pubs([(BATCH_SUBJECTS[n % 4], None, b"y" * (n % 4)) for n in range(20)])
 
+        def batch(data: bytes, client=pub.client) -> tuple:
+            return g.deliver_pub_batch(client, data, 0, g.PUB_BATCH_WINDOW, set().add)
+
         def taken(data: bytes) -> int:
-            return g.deliver_pub_batch(data, 0, lines_get, pub.server, set().add)[0]
+            return batch(data)[0]
 
         assert taken(good + b"PING\r\n") == 20
         last = good.rindex(b"PUB ")     # (its last record: `PUB hot.3 3`, 3 bytes)
@@ -968,8 +971,7 @@ def test_deliver_pub_batch_stops_where_a_record_is_not_one_it_may_take():
                                            (good[:-1], 39, 57, len(good) + last),
                                            (good, 40, 60, 2 * len(good))]:
             # (records taken, their payload bytes, the index after them)
-            got = g.deliver_pub_batch(good + after, 0, lines_get, pub.server, set().add)
-            assert got == (records, nbytes, at), after
+            assert batch(good + after) == (records, nbytes, at), after
         assert taken(good + b"PUB hot.1 3\r\na\nb\r\n" + good) == 20
         assert taken(good + b"PUB hot.1 3\r\nabcX\n" + good) == 20
         assert taken(good + b"PUB hot.1 3\r\nabc\r\r\n" + good) == 20
@@ -988,6 +990,93 @@ def test_deliver_pub_batch_stops_where_a_record_is_not_one_it_may_take():
     finally:
         sub.close()
         pub.close()
+
+
+def test_deliver_pub_batch_answers_the_pings_between_its_records():
+    """Past a client's first PONG, a PING between two records the batch
+    takes is answered (PONG) and the records after it are taken too.  The
+    batch ends at the PING before the first PONG (op_ping sends that one,
+    an INFO with it at times), when the publisher gets some of the
+    messages (its PONG belongs between them), and a PING after the window's
+    last whole record is left to parse."""
+    from test_framing import Wire, g
+    sub = Wire(connect=QUIET + b"SUB hot.> 1\r\n")
+    pub = Wire(sub.server, QUIET)
+    me = Wire(sub.server, QUIET + b"SUB hot.> 5\r\nPING\r\n")     # (gets its own)
+    try:
+        warm = pubs([(s, None, b"x" * n) for n, s in enumerate(BATCH_SUBJECTS[:4])] * 3
+                    + [(b"hot.1", None, b"four")])
+        pub.feed(warm)
+        me.feed(warm)
+        sub.answer(), me.answer()
+        good = pubs([(BATCH_SUBJECTS[n % 4], None, b"y" * (n % 4)) for n in range(20)])
+        ping = b"PING\r\n"
+
+        def batch(wire: Wire, data: bytes) -> tuple:
+            """(records taken, payload bytes, index after them), the
+            client's queued output (taken from it), and the MSGs `sub` got."""
+            got = g.deliver_pub_batch(wire.client, data, 0, g.PUB_BATCH_WINDOW, set().add)
+            out, msgs = b"".join(wire.client.out), b"".join(sub.client.out).count(b"MSG ")
+            for each in (sub, pub, me):
+                each.client.out.clear()
+            return got, out, msgs
+
+        assert not pub.client.first_pong_sent
+        assert batch(pub, good + ping + good) == ((20, 30, len(good)), b"", 20)
+        pub.feed(ping)
+        assert pub.answer() == g.PONG
+        assert batch(pub, good + ping + good + ping + ping + good) == \
+            ((60, 90, 3 * len(good) + 18), 3 * g.PONG, 60)
+        assert batch(pub, ping + good + ping) == ((20, 30, len(good) + 6), g.PONG, 20)
+        assert batch(pub, good + ping + good + b"PING\r") == \
+            ((40, 60, 2 * len(good) + 6), g.PONG, 40)       # (no LF yet: parse's)
+        four = b"PUB hot.1 4\r\nPING\r\n"      # (a payload `PING`, before a PING and after)
+        assert batch(pub, good + four + ping + good + four + good) == \
+            ((62, 98, 3 * len(good) + 2 * len(four) + 6), g.PONG, 62)
+        assert batch(pub, good + ping + b"PUB hot.1 3\r\na\nb\r\n" + good) == \
+            ((20, 30, len(good)), b"", 20)
+        got, out, msgs = batch(me, good + ping + good)
+        assert (got, msgs) == ((20, 30, len(good)), 20)
+        assert out.count(b"MSG ") == 20 and g.PONG not in out
+    finally:
+        for wire in (sub, pub, me):
+            wire.close()
+
+
+def with_pings(msgs: list, every: int) -> list:
+    """`msgs` cut into parts of `every` messages (the PINGs go between them)."""
+    return [msgs[at:at + every] for at in range(0, len(msgs), every)]
+
+
+@pytest.mark.parametrize("every", [1, 7, 150])
+def test_pings_among_many_subjects_get_their_pongs(start, every):
+    """A flood with a PING every few records, in one write: each PING gets
+    its PONG, the subscriber every message in order."""
+    sub, pub = sub_and_pub(start())
+    assert until_pong(sub) == b""
+    warmed = warm(pub)
+    msgs = batch_traffic(5, 3000)
+    parts = with_pings(msgs, every)
+    pub.send(b"PING\r\n".join(map(pubs, parts)) + b"PING\r\n")
+    t_expect_exact(pub, b"PONG\r\n" * len(parts), timeout=30)
+    assert until_pong(pub) == b""
+    assert until_pong(sub) == msgs_for(warmed + msgs, b"1")
+
+
+def test_a_publishers_own_messages_and_pongs_keep_their_order(start):
+    """A publisher subscribed to the subjects it floods, PINGs among them:
+    each PONG comes after the messages published before its PING and
+    before the ones after it."""
+    srv = start()
+    pub = subscriber(srv, b"hot.>", b"1")
+    warmed = warm_up()
+    pub.send(pubs(warmed))
+    assert until_pong(pub) == msgs_for(warmed, b"1")
+    msgs = batch_traffic(6, 3000)
+    parts = with_pings(msgs, 40)
+    pub.send(b"PING\r\n".join(map(pubs, parts)) + b"PING\r\n")
+    t_expect_exact(pub, b"PONG\r\n".join(msgs_for(part, b"1") for part in parts) + b"PONG\r\n",
+                   timeout=30)
 
 
 def cut_writes(conn: RawConn, data: bytes, seed: int):

@@ -161,7 +161,10 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     over TCP 1.52-1.74M -> 1.56-1.83M msgs/s, and requests are taken in
     the batch: real_reply 0.36x -> 0.51-0.55x of Go 2.9; 4,125 for the
     batch's MSG chunks without a prefix + token per record and receiver:
-    one subscriber 0.82 -> 0.76 us/msg in process, eight 1.85 -> ~1.5)."""
+    one subscriber 0.82 -> 0.76 us/msg in process, eight 1.85 -> ~1.5;
+    4,175 since PINGs between the batch's records are answered in it and
+    its window grows from 12 to 64 KiB: over TCP, 4 publishers 1.90M ->
+    2.2M msgs/s, pub->sub 1.30M -> 1.55M, queue of 4 0.93M -> 1.1M)."""
     doc = ast.get_docstring(tree, clean=False) or ""
     parts = contents_of(doc, parts=True)
     banners = part_banners_of(source)
@@ -171,7 +174,7 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     for (p, title), (q, banner, _) in zip(parts, banners):
         assert title.split(":")[0] == banner, (title, banner)
     part_one = banners[1][2] - banners[0][2]
-    assert part_one <= 4125, "Part I is %d lines" % part_one
+    assert part_one <= 4175, "Part I is %d lines" % part_one
 
 
 def test_grep_for_numbered_headings_finds_only_banners(source):
