@@ -3264,11 +3264,10 @@ def deliver_pub_batch(client, data: bytes, i: int, width: int, touch) -> tuple:
     if b"PING\r" in lines:
         j = lines.index(b"PING\r")
         if client.first_pong_sent:
-            # HOT: PINGs (a client's flushes; the load generator's every 32
-            #      KiB) are taken out of the pieces, so that the records
-            #      after them alternate again, and answered with the records
-            #      taken.  After a PING the pieces' parity flips: a `PING\r`
-            #      where a payload goes (one `PING`) is a payload.
+            # HOT: PINGs (a client's flushes; the load generator's every 32 KiB)
+            #      are taken out of the pieces, so that the records after them
+            #      alternate again, and answered with the records taken.  Past a
+            #      PING the parity flips: a `PING\r` where a payload goes is one.
             pings, gone, p = [j], [2 * j], 2 * j
             try:
                 while True:
@@ -3342,8 +3341,7 @@ def deliver_pub_batch(client, data: bytes, i: int, width: int, touch) -> tuple:
     if pongs:
         mine = group if group is not None else receivers or ()
         if any(member[-1] is client for member in mine):
-            # (The publisher gets some of these messages: its PONGs belong
-            # between them, so the batch ends at the first PING.)
+            # (Its PONGs belong between its own messages: end at the first PING.)
             k, pongs = pings[0], 0
             if k < 2:
                 return 0, 0, i
@@ -3367,19 +3365,22 @@ def deliver_pub_batch(client, data: bytes, i: int, width: int, touch) -> tuple:
     if group is not None:
         deliver_queue_batch(group, plans, tokens, payloads, lens, server.pending)
         return k, nbytes, i + taken
+    sent, sent_bytes = k, nbytes
     if PLAN_EMPTY in kinds:             # (subjects nobody listens to: left out)
         keep = list(map(PLAN_PLAIN.__eq__, map(_KIND, plans)))
         plans, tokens, payloads, lens = (list(itertools.compress(column, keep))
                                          for column in (plans, tokens, payloads, lens))
-    sent = len(plans)
-    sent_bytes = sum(lens) - sent
+        sent = len(plans)
+        sent_bytes = sum(lens) - sent
     # HOT: five pieces a record (prefix, token, LF, payload and CR, LF), no
     #      prefix + token made per record and receiver (in process, one
     #      subscriber 0.82 -> 0.76 us/msg, eight 1.85 -> 1.47-1.58).
     chunk = [b"\n"] * (5 * sent)
     chunk[1::5] = tokens
     chunk[3::5] = payloads
-    prefixes = list(map(_PREFIXES, plans))
+    # HOT: one receiver maps the plans' prefixes as it reads them, no list
+    #      (with sent_bytes not summed again: in process 0.596 -> 0.584 us/msg).
+    prefixes = list(map(_PREFIXES, plans)) if len(receivers) > 1 else map(_PREFIXES, plans)
     first = plans[0]
     for r, (owner, c) in enumerate(receivers):
         chunk[0::5] = map(operator.itemgetter(r), prefixes)
