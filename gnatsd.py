@@ -220,11 +220,15 @@ SUBJECT_RUN_WINDOW_MAX = 256 * 1024
 # were spent for nothing).  Over TCP, 4 publishers, no subscriber: 12 KiB
 # windows 1.90M msgs/s, growing to 64 KiB 2.2M; 10,000 subjects to one
 # subscriber: 0.61M either way, 0.52M with 64 KiB windows from the start.
+# It grows only after a batch that took less than PUB_BATCH_GROW_TIME: a
+# batch takes about twice that at most, and a turn runs past MAX_INPUT_TIME
+# by no more (tiny payloads to 8 subscribers took ~4 ms a 64 KiB window).
 # After a batch of fewer than PUB_BATCH_RECORDS records, or one a PUB ended
 # in its window's first half, parse takes the next 16 KiB its own way, twice
 # that after each such batch in a row, 1 MiB at most.
 PUB_BATCH_WINDOW = 12 * 1024
 PUB_BATCH_WINDOW_MAX = 64 * 1024
+PUB_BATCH_GROW_TIME = MAX_INPUT_TIME / 4
 PUB_BATCH_RECORDS = 8
 PUB_BATCH_RETRY_MIN = 16 * 1024
 PUB_BATCH_RETRY_MAX = 1024 * 1024
@@ -2389,12 +2393,16 @@ class Client(Connection):
                     # HOT: a window of many subjects' records at once
                     #      (deliver_pub_batch), then one the way below (TCP: 4
                     #      publishers 1.45M -> 1.65M msgs/s, pub->sub 0.98M -> 1.13M).
+                    began = monotonic()
                     k, got, at = deliver_pub_batch(self, data, i, batch_width, touch)
                     # (Not again at once if a PUB ended it early: LFs in payloads,
-                    # say; the window twice as wide after one it took the most of.)
+                    # say; the window twice as wide after one it took the most of
+                    # in less than PUB_BATCH_GROW_TIME, narrow after one it did not.)
                     whole = 2 * (at - i) >= min(batch_width, n - i)
-                    batch_width = min(2 * batch_width, PUB_BATCH_WINDOW_MAX) if whole \
-                        else PUB_BATCH_WINDOW
+                    if not whole:
+                        batch_width = PUB_BATCH_WINDOW
+                    elif monotonic() - began < PUB_BATCH_GROW_TIME:
+                        batch_width = min(2 * batch_width, PUB_BATCH_WINDOW_MAX)
                     if k >= PUB_BATCH_RECORDS and (whole or not startswith(b"PUB ", at)):
                         batch_at, batch_retry = at + 1, PUB_BATCH_RETRY_MIN
                     else:
@@ -3277,8 +3285,14 @@ def deliver_pub_batch(client, data: bytes, i: int, width: int, touch) -> tuple:
                         gone.append(p)
             except ValueError:
                 pass
-            for p in reversed(gone):
-                del pieces[p]
+            if len(gone) < 16:
+                for p in reversed(gone):
+                    del pieces[p]
+            else:               # (many: one copy, not a shift of the rest per PING)
+                keep = bytearray(b"\1") * len(pieces)
+                for p in gone:
+                    keep[p] = 0
+                pieces = list(itertools.compress(pieces, keep))
             whole = m = (len(pieces) - 1) >> 1
             lines = pieces[0:2 * m:2]
         else:                   # (the first PONG goes the way of op_ping)

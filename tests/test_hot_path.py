@@ -1030,6 +1030,9 @@ def test_deliver_pub_batch_answers_the_pings_between_its_records():
         assert batch(pub, ping + good + ping) == ((20, 30, len(good) + 6), g.PONG, 20)
         assert batch(pub, good + ping + good + b"PING\r") == \
             ((40, 60, 2 * len(good) + 6), g.PONG, 40)       # (no LF yet: parse's)
+        flood = ping.join(pubs([(BATCH_SUBJECTS[n % 4], None, b"y" * (n % 4))])
+                          for n in range(20)) + ping + good     # (a PING after each record)
+        assert batch(pub, flood) == ((40, 60, len(flood)), 20 * g.PONG, 40)
         four = b"PUB hot.1 4\r\nPING\r\n"      # (a payload `PING`, before a PING and after)
         assert batch(pub, good + four + ping + good + four + good) == \
             ((62, 98, 3 * len(good) + 2 * len(four) + 6), g.PONG, 62)
@@ -1041,6 +1044,37 @@ def test_deliver_pub_batch_answers_the_pings_between_its_records():
     finally:
         for wire in (sub, pub, me):
             wire.close()
+
+
+@pytest.mark.parametrize("grow_time", [10.0, 0.0])
+def test_the_batch_window_grows_while_its_batches_are_quick(monkeypatch, grow_time):
+    """In one read, parse doubles the batch's window after each batch that
+    took most of it in less than PUB_BATCH_GROW_TIME, up to
+    PUB_BATCH_WINDOW_MAX; after a slower one it stays (a turn's budget)."""
+    from test_framing import Wire, g
+    widths = []
+    real = g.deliver_pub_batch
+
+    def recording(client, data, i, width, touch):
+        widths.append(width)
+        return real(client, data, i, width, touch)
+
+    monkeypatch.setattr(g, "deliver_pub_batch", recording)
+    monkeypatch.setattr(g, "MAX_INPUT_TIME", 10.0)      # (one parse for the read)
+    monkeypatch.setattr(g, "PUB_BATCH_GROW_TIME", grow_time)
+    pub = Wire(connect=QUIET + b"PING\r\n")            # (nobody listens)
+    try:
+        pub.feed(pubs(warm_up()))
+        widths.clear()
+        pub.feed(pubs(batch_traffic(7, 3000)))          # (~480 KB)
+        small, large = g.PUB_BATCH_WINDOW, g.PUB_BATCH_WINDOW_MAX
+        if grow_time:
+            assert widths[:4] == [small, 2 * small, 4 * small, large], widths
+            assert widths[3:] == [large] * (len(widths) - 3), widths
+        else:
+            assert widths == [small] * len(widths) and len(widths) > 20, widths
+    finally:
+        pub.close()
 
 
 def with_pings(msgs: list, every: int) -> list:

@@ -164,7 +164,10 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     one subscriber 0.82 -> 0.76 us/msg in process, eight 1.85 -> ~1.5;
     4,175 since PINGs between the batch's records are answered in it and
     its window grows from 12 to 64 KiB: over TCP, 4 publishers 1.90M ->
-    2.2M msgs/s, pub->sub 1.30M -> 1.55M, queue of 4 0.93M -> 1.1M)."""
+    2.2M msgs/s, pub->sub 1.30M -> 1.55M, queue of 4 0.93M -> 1.1M; 4,190
+    since it grows only after a quick batch, so that a turn keeps its time
+    budget (tiny payloads to 8 subscribers took ~4 ms a 64 KiB window), and
+    many PINGs leave its pieces in one copy, not one shift each)."""
     doc = ast.get_docstring(tree, clean=False) or ""
     parts = contents_of(doc, parts=True)
     banners = part_banners_of(source)
@@ -174,7 +177,7 @@ def test_the_book_has_its_parts_and_part_one_is_short(source, tree):
     for (p, title), (q, banner, _) in zip(parts, banners):
         assert title.split(":")[0] == banner, (title, banner)
     part_one = banners[1][2] - banners[0][2]
-    assert part_one <= 4175, "Part I is %d lines" % part_one
+    assert part_one <= 4190, "Part I is %d lines" % part_one
 
 
 def test_grep_for_numbered_headings_finds_only_banners(source):
