@@ -2398,12 +2398,12 @@ class Client(Connection):
                     # (Not again at once if a PUB ended it early: LFs in payloads,
                     # say; the window twice as wide after one it took the most of
                     # in less than PUB_BATCH_GROW_TIME, narrow after one it did not.)
-                    whole = 2 * (at - i) >= min(batch_width, n - i)
-                    if not whole:
+                    took_most = 2 * (at - i) >= min(batch_width, n - i)
+                    if not took_most:
                         batch_width = PUB_BATCH_WINDOW
                     elif monotonic() - began < PUB_BATCH_GROW_TIME:
                         batch_width = min(2 * batch_width, PUB_BATCH_WINDOW_MAX)
-                    if k >= PUB_BATCH_RECORDS and (whole or not startswith(b"PUB ", at)):
+                    if k >= PUB_BATCH_RECORDS and (took_most or not startswith(b"PUB ", at)):
                         batch_at, batch_retry = at + 1, PUB_BATCH_RETRY_MIN
                     else:
                         batch_at = at + (batch_retry if k >= 0 else PUB_BATCH_RETRY_MAX)

@@ -958,8 +958,8 @@ def test_deliver_pub_batch_stops_where_a_record_is_not_one_it_may_take():
         assert b"PUB cold.1" in pub.client.pub_lines
         good = pubs([(BATCH_SUBJECTS[n % 4], None, b"y" * (n % 4)) for n in range(20)])
 
-        def batch(data: bytes, client=pub.client) -> tuple:
-            return g.deliver_pub_batch(client, data, 0, g.PUB_BATCH_WINDOW, set().add)
+        def batch(data: bytes) -> tuple:
+            return g.deliver_pub_batch(pub.client, data, 0, g.PUB_BATCH_WINDOW, set().add)
 
         def taken(data: bytes) -> int:
             return batch(data)[0]
